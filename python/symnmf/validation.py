@@ -1,0 +1,92 @@
+"""Input checks and conversions for similarity matrices, shared by the models, solvers and estimator.
+
+These read the values of X (a host synchronisation), so they run once per fit,
+never inside a training step.
+"""
+import warnings
+
+import numpy as np
+import torch
+
+__all__ = ["as_similarity", "check_similarity", "check_rank"]
+
+
+def _is_scipy_sparse(X):
+    try:
+        import scipy.sparse as sp
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        return False
+    return sp.issparse(X)
+
+
+def as_similarity(X, device=None, dtype=None, name="X"):
+    """X (numpy, scipy.sparse, or torch; dense or sparse) as a torch tensor.
+
+    Dense input gives a strided tensor, sparse input a torch sparse CSR tensor.
+    dtype defaults to float32 for integer or float16 input, else X's own float dtype.
+    """
+    if _is_scipy_sparse(X):
+        X = X.tocsr()
+        X.sum_duplicates()
+        X.sort_indices()
+        with warnings.catch_warnings():  # torch's "sparse CSR is beta" notice
+            warnings.simplefilter("ignore", UserWarning)
+            X = torch.sparse_csr_tensor(
+                torch.from_numpy(X.indptr.astype(np.int64)),
+                torch.from_numpy(X.indices.astype(np.int64)),
+                torch.from_numpy(np.asarray(X.data)),
+                size=X.shape,
+                check_invariants=False,  # scipy's canonical form above already holds them
+            )
+    elif isinstance(X, np.ndarray) or not isinstance(X, torch.Tensor):
+        X = torch.as_tensor(np.asarray(X))
+    elif X.layout == torch.sparse_coo:
+        X = X.coalesce().to_sparse_csr()
+    elif X.layout not in (torch.strided, torch.sparse_csr):
+        raise TypeError(f"{name} has layout {X.layout}; pass a dense tensor or a sparse CSR/COO tensor")
+    if dtype is None:
+        dtype = X.dtype if X.dtype in (torch.float32, torch.float64) else torch.float32
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    return X.to(device=device if device is not None else X.device, dtype=dtype)
+
+
+def check_similarity(X, name="X", symmetric_tol=1e-5):
+    """Raise ValueError unless X is a square, symmetric, finite, non-negative similarity matrix.
+
+    X is a torch tensor from `as_similarity`, dense (..., n, n) or sparse CSR (n, n).
+    Returns X unchanged.
+    """
+    if X.dim() < 2 or X.shape[-1] != X.shape[-2]:
+        raise ValueError(f"{name} must be a square n x n similarity matrix, got shape {tuple(X.shape)}")
+    if X.shape[-1] == 0:
+        raise ValueError(f"{name} is empty (n = 0)")
+    sparse = X.layout != torch.strided
+    values = X.values() if sparse else X
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"{name} has NaN or infinite entries; clean or impute them before fitting")
+    if bool((values < 0).any()):
+        raise ValueError(f"{name} has negative entries; SymNMF needs a non-negative similarity (e.g. clip at 0)")
+    if sparse:
+        Xc = X.to_sparse_coo()
+        diff = (Xc - Xc.t()).coalesce().values()
+        asym = diff.abs().max() if diff.numel() else values.new_zeros(())
+    else:
+        asym = (X - X.mT).abs().max()
+    scale = values.abs().max() if values.numel() else values.new_zeros(())
+    if bool(asym > symmetric_tol * torch.clamp(scale, min=1e-30)):
+        raise ValueError(
+            f"{name} is not symmetric (max |X - X^T| = {float(asym):.3g}); symmetrise it, e.g. (X + X^T) / 2"
+        )
+    return X
+
+
+def check_rank(rank, n, name="n_components"):
+    """Raise ValueError unless 1 <= rank <= n."""
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(rank).__name__}")
+    if rank < 1:
+        raise ValueError(f"{name} must be >= 1, got {rank}")
+    if rank > n:
+        raise ValueError(f"{name} = {rank} exceeds the number of nodes n = {n}; choose {name} <= n")
+    return int(rank)

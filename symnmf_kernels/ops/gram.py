@@ -1,0 +1,5 @@
+from .. import reference
+
+
+def gram(*args, **kwargs):
+    return reference.gram(*args, **kwargs)

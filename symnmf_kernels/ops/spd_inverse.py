@@ -1,0 +1,5 @@
+from .. import reference
+
+
+def spd_inverse(*args, **kwargs):
+    return reference.spd_inverse(*args, **kwargs)
