@@ -1,0 +1,203 @@
+"""Sparse similarity graphs from feature vectors (Kuang, Yun and Park, 2015).
+
+`similarity_graph` builds the self-tuning k-nearest-neighbour graph used by the
+SymNMF literature:
+
+- D_ij = ||x_i - x_j||^2 (squared Euclidean distance);
+- sigma_i = distance (not squared) from x_i to its 7th nearest neighbour, self excluded;
+- A_ij = exp(-D_ij / (sigma_i sigma_j)), A_ii = 0;
+- the edge (i, j) is kept when j is among the k = floor(log2 n) + 1 nearest
+  neighbours of i, or i among those of j;
+- A <- D^{-1/2} A D^{-1/2} with the degrees D = diag(A 1).
+
+For text (``metric="cosine"``) the rows are L2-normalised and A_ij is their
+cosine similarity (clipped at 0) on the same kNN pattern, then normalised the
+same way.
+
+The neighbour search runs over blocks of rows, so at most ``chunk_size x n``
+distances exist at once; the work is matrix products and top-k on whatever
+device the features are on. Entry values are recomputed from the feature rows
+(not from the expanded ||a||^2 + ||b||^2 - 2 a.b, which loses digits for near
+neighbours), once per undirected edge, so the result is exactly symmetric.
+"""
+import math
+import warnings
+
+import numpy as np
+import torch
+
+__all__ = ["similarity_graph", "knn_search"]
+
+_METRICS = ("euclidean", "cosine")
+
+# Budget of floats for one block of the neighbour search (a chunk_size x n distance block).
+_BLOCK_FLOATS = 1 << 24
+
+
+def _as_features(features, device, dtype):
+    """features (numpy, scipy.sparse or torch, (n, d)) as a dense float torch tensor."""
+    try:
+        import scipy.sparse as sp
+
+        if sp.issparse(features):
+            features = features.toarray()
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        pass
+    if isinstance(features, torch.Tensor):
+        if features.layout != torch.strided:
+            features = features.to_dense()
+        X = features
+    else:
+        X = torch.as_tensor(np.asarray(features))
+    if dtype is None:
+        dtype = X.dtype if X.dtype in (torch.float32, torch.float64) else torch.float32
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    X = X.to(device=device if device is not None else X.device, dtype=dtype)
+    if X.dim() != 2:
+        raise ValueError(f"features must be a 2-D (n_samples, n_features) array, got shape {tuple(X.shape)}")
+    if X.shape[0] < 2:
+        raise ValueError(f"features needs at least 2 samples to build a graph, got {X.shape[0]}")
+    if X.shape[1] == 0:
+        raise ValueError("features has no columns (n_features = 0)")
+    if not bool(torch.isfinite(X).all()):
+        raise ValueError("features has NaN or infinite entries; clean or impute them first")
+    return X.contiguous()
+
+
+def _check_count(value, name, n):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return min(int(value), n - 1)
+
+
+def knn_search(X, k, metric="euclidean", chunk_size=None):
+    """Indices (n, k) of each row's k nearest other rows of X, nearest first, and the
+    squared distances (euclidean) or cosine similarities (cosine, rows already unit norm).
+
+    Rows are searched in blocks of ``chunk_size`` so that at most chunk_size x n
+    scores exist at once. Squared distances of the neighbours found are recomputed
+    from the row differences, and the k neighbours re-sorted by them.
+    """
+    n = X.shape[0]
+    if chunk_size is None:
+        chunk_size = max(1, min(n, _BLOCK_FLOATS // n))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    cosine = metric == "cosine"
+    sq_norms = None if cosine else (X * X).sum(dim=1)
+    indices = torch.empty(n, k, dtype=torch.int64, device=X.device)
+    scores = torch.empty(n, k, dtype=X.dtype, device=X.device)
+    for start in range(0, n, chunk_size):
+        stop = min(n, start + chunk_size)
+        rows = torch.arange(start, stop, device=X.device)
+        block = X[start:stop] @ X.T  # (c, n) inner products
+        if cosine:
+            block[rows - start, rows] = -math.inf  # self is never its own neighbour
+            _, idx = torch.topk(block, k, dim=1, largest=True, sorted=False)
+            exact = (X[start:stop, None, :] * X[idx]).sum(dim=-1)
+            exact, order = torch.sort(exact, dim=1, descending=True)
+        else:
+            block.mul_(-2).add_(sq_norms[start:stop, None]).add_(sq_norms[None, :])
+            block[rows - start, rows] = math.inf
+            _, idx = torch.topk(block, k, dim=1, largest=False, sorted=False)
+            diff = X[start:stop, None, :] - X[idx]
+            exact = (diff * diff).sum(dim=-1)
+            exact, order = torch.sort(exact, dim=1)
+        indices[start:stop] = torch.gather(idx, 1, order)
+        scores[start:stop] = exact
+        del block
+    return indices, scores
+
+
+def similarity_graph(
+    features,
+    n_neighbors=None,
+    metric="euclidean",
+    scale_neighbor=7,
+    device=None,
+    chunk_size=None,
+    dtype=None,
+):
+    """Kuang's normalised self-tuning kNN similarity graph of the rows of ``features``.
+
+    Parameters
+    ----------
+    features : array-like (n_samples, n_features)
+        numpy array, scipy.sparse matrix (densified) or torch tensor.
+    n_neighbors : int, optional
+        k of the kNN pattern; default floor(log2 n) + 1. Capped at n - 1.
+    metric : "euclidean" | "cosine"
+        "euclidean": Gaussian of the squared distance with self-tuning scales
+        sigma_i (images, generic features). "cosine": cosine similarity of the
+        L2-normalised rows (text, e.g. tf-idf); rows of zero norm get no weight.
+    scale_neighbor : int
+        sigma_i is the distance to this nearest neighbour (7 in Kuang et al.).
+        Euclidean only.
+    device : torch device, optional
+        Where to compute; default the features' device (CPU for numpy input).
+    chunk_size : int, optional
+        Rows per block of the neighbour search; default keeps a block near 2^24 scores.
+    dtype : torch.float32 | torch.float64, optional
+        Default: float64 features stay float64, anything else becomes float32.
+
+    Returns
+    -------
+    torch sparse CSR tensor (n, n), symmetric, non-negative, zero diagonal,
+    with sorted column indices; its stored entries are exactly the union kNN
+    pattern (an entry whose weight underflows to 0 is still stored).
+    """
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+    X = _as_features(features, device, dtype)
+    n = X.shape[0]
+    k = _check_count(int(math.floor(math.log2(n))) + 1 if n_neighbors is None else n_neighbors, "n_neighbors", n)
+    cosine = metric == "cosine"
+    if cosine:
+        norms = torch.linalg.vector_norm(X, dim=1, keepdim=True)
+        X = X / torch.where(norms > 0, norms, torch.ones_like(norms))
+        n_search = k
+    else:
+        s = _check_count(scale_neighbor, "scale_neighbor", n)
+        n_search = max(k, s)
+
+    indices, scores = knn_search(X, n_search, metric=metric, chunk_size=chunk_size)
+
+    # Undirected edges of the union pattern, each once as (lo, hi) with lo < hi.
+    src = torch.arange(n, device=X.device).repeat_interleave(k)
+    dst = indices[:, :k].reshape(-1)
+    lo, hi = torch.minimum(src, dst), torch.maximum(src, dst)
+    keys, inverse = torch.unique(lo * n + hi, return_inverse=True)
+    # The two directions of an edge found from both ends carry the same score up to
+    # rounding; amax picks one deterministically.
+    edge_scores = torch.empty(keys.numel(), dtype=X.dtype, device=X.device).scatter_reduce_(
+        0, inverse, scores[:, :k].reshape(-1), reduce="amax", include_self=False
+    )
+    lo, hi = keys // n, keys % n
+
+    if cosine:
+        weights = edge_scores.clamp_min(0)
+    else:
+        sigma = scores[:, s - 1].sqrt()
+        # Duplicate points give sigma = 0; the clamp makes their mutual weight exp(0) = 1
+        # and every other weight through them exp(-inf) = 0 instead of NaN.
+        scale = (sigma[lo] * sigma[hi]).clamp_min(torch.finfo(X.dtype).tiny)
+        weights = torch.exp(-edge_scores / scale)
+
+    degree = torch.zeros(n, dtype=X.dtype, device=X.device)
+    degree.index_add_(0, lo, weights).index_add_(0, hi, weights)
+    inv_sqrt = torch.where(degree > 0, degree.rsqrt(), torch.zeros_like(degree))
+    weights = weights * (inv_sqrt[lo] * inv_sqrt[hi])
+
+    rows = torch.cat([lo, hi])
+    cols = torch.cat([hi, lo])
+    values = torch.cat([weights, weights])
+    order = torch.argsort(rows * n + cols)
+    rows, cols, values = rows[order], cols[order], values[order]
+    crow = torch.zeros(n + 1, dtype=torch.int64, device=X.device)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n), dim=0)
+    with warnings.catch_warnings():  # torch's "sparse CSR is beta" notice
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, values, size=(n, n))

@@ -1,0 +1,181 @@
+"""similarity_graph against a dense brute-force implementation of the same formula."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from symnmf.graph import knn_search, similarity_graph
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    err = np.linalg.norm(a - b) / np.linalg.norm(b)
+    assert np.isfinite(err)
+    return err
+
+
+def knn_mask(score, k, largest):
+    """Boolean (n, n): j among i's k best by score (diagonal excluded by the caller)."""
+    n = score.shape[0]
+    order = np.argsort(-score if largest else score, axis=1, kind="stable")
+    mask = np.zeros((n, n), dtype=bool)
+    mask[np.arange(n)[:, None], order[:, :k]] = True
+    return mask
+
+
+def dense_self_tuning(X, k=None, scale_neighbor=7, mask=None):
+    """Kuang's graph written out on the full n x n distance matrix (on ``mask``'s pattern if given)."""
+    X = np.asarray(X, dtype=np.float64)
+    n = X.shape[0]
+    k = int(math.floor(math.log2(n))) + 1 if k is None else k
+    D = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(D, np.inf)
+    sigma = np.sqrt(np.sort(D, axis=1)[:, scale_neighbor - 1])
+    A = np.exp(-D / np.outer(sigma, sigma))
+    np.fill_diagonal(A, 0.0)
+    if mask is None:
+        mask = knn_mask(D, k, largest=False)
+        mask |= mask.T
+    A = np.where(mask, A, 0.0)
+    d = A.sum(axis=1)
+    return A / np.sqrt(np.outer(d, d)), mask
+
+
+def dense_cosine(X, k=None):
+    X = np.asarray(X, dtype=np.float64)
+    n = X.shape[0]
+    k = int(math.floor(math.log2(n))) + 1 if k is None else k
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    S = Xn @ Xn.T
+    np.fill_diagonal(S, -np.inf)
+    mask = knn_mask(S, k, largest=True)
+    mask |= mask.T
+    A = np.where(mask, np.clip(S, 0, None), 0.0)
+    d = A.sum(axis=1)
+    return A / np.sqrt(np.outer(d, d)), mask
+
+
+def pattern(A):
+    n = A.shape[0]
+    mask = np.zeros((n, n), dtype=bool)
+    crow, col = A.crow_indices().numpy(), A.col_indices().numpy()
+    rows = np.repeat(np.arange(n), np.diff(crow))
+    mask[rows, col] = True
+    return mask
+
+
+@pytest.mark.parametrize("n,d", [(53, 5), (130, 17)])
+def test_euclidean_matches_dense_formula(n, d):
+    X = np.random.default_rng().normal(size=(n, d))
+    A = similarity_graph(X)
+    expected, mask = dense_self_tuning(X)
+    assert A.layout == torch.sparse_csr and A.shape == (n, n) and A.dtype == torch.float64
+    assert rel_err(A.to_dense().numpy(), expected) < 1e-12
+    assert np.array_equal(pattern(A), mask)
+
+
+def test_float32_features_give_float32_graph_close_to_float64():
+    X = np.random.default_rng().normal(size=(97, 9)).astype(np.float32)
+    A = similarity_graph(X)
+    assert A.dtype == torch.float32
+    # A near-tie at the k-th neighbour may resolve differently in float32: compare the
+    # values on the pattern float32 found, and the patterns up to such a flip.
+    expected, _ = dense_self_tuning(X, mask=pattern(A))
+    assert rel_err(A.to_dense().numpy(), expected) < 1e-5
+    _, mask64 = dense_self_tuning(X)
+    assert (pattern(A) != mask64).sum() <= 4
+
+
+def test_explicit_neighbours_and_scale():
+    X = np.random.default_rng().normal(size=(61, 4))
+    A = similarity_graph(X, n_neighbors=3, scale_neighbor=2)
+    expected, mask = dense_self_tuning(X, k=3, scale_neighbor=2)
+    assert rel_err(A.to_dense().numpy(), expected) < 1e-12
+    assert np.array_equal(pattern(A), mask)
+    assert (pattern(A).sum(axis=1) >= 3).all()
+
+
+def test_cosine_matches_dense_formula():
+    X = np.abs(np.random.default_rng().normal(size=(77, 31)))  # non-negative, like tf-idf
+    A = similarity_graph(X, metric="cosine")
+    expected, mask = dense_cosine(X)
+    assert rel_err(A.to_dense().numpy(), expected) < 1e-12
+    assert np.array_equal(pattern(A), mask)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_chunked_equals_unchunked(metric):
+    X = torch.rand(89, 6, dtype=torch.float64)
+    full = similarity_graph(X, metric=metric, chunk_size=89)
+    for chunk in (1, 7, 40):
+        part = similarity_graph(X, metric=metric, chunk_size=chunk)
+        assert torch.equal(part.crow_indices(), full.crow_indices())
+        assert torch.equal(part.col_indices(), full.col_indices())
+        assert rel_err(part.values().numpy(), full.values().numpy()) < 1e-14
+
+
+def test_exactly_symmetric_zero_diagonal_sorted_csr():
+    X = torch.randn(150, 3)
+    A = similarity_graph(X, chunk_size=16)
+    dense = A.to_dense()
+    assert torch.equal(dense, dense.T)
+    assert torch.count_nonzero(torch.diagonal(dense)) == 0
+    assert bool((A.values() >= 0).all()) and bool(torch.isfinite(A.values()).all())
+    crow, col = A.crow_indices(), A.col_indices()
+    for i in range(150):
+        row_cols = col[crow[i] : crow[i + 1]]
+        assert bool((row_cols[1:] > row_cols[:-1]).all())
+
+
+def test_knn_search_finds_true_neighbours_nearest_first():
+    X = torch.randn(70, 5, dtype=torch.float64)
+    idx, dist = knn_search(X, 6, chunk_size=9)
+    D = torch.cdist(X, X) ** 2
+    D.fill_diagonal_(math.inf)
+    best, best_idx = torch.sort(D, dim=1)
+    assert torch.equal(idx, best_idx[:, :6])
+    assert rel_err(dist.numpy(), best[:, :6].numpy()) < 1e-12
+
+
+def test_duplicate_points_give_finite_weights():
+    rng = np.random.default_rng()
+    base = rng.normal(size=(20, 3))
+    X = np.concatenate([base] + [base[:1]] * 9)  # point 0 repeated: its sigma is 0
+    A = similarity_graph(X)
+    assert bool(torch.isfinite(A.values()).all())
+    dense = A.to_dense()
+    assert torch.equal(dense, dense.T)
+
+
+def test_small_n_caps_neighbour_counts():
+    X = np.random.default_rng().normal(size=(5, 2))
+    A = similarity_graph(X)  # k = 3, scale neighbour 7 capped at 4
+    expected, _ = dense_self_tuning(X, k=3, scale_neighbor=4)
+    assert rel_err(A.to_dense().numpy(), expected) < 1e-12
+
+
+def test_bad_input_errors():
+    with pytest.raises(ValueError, match="metric"):
+        similarity_graph(np.ones((4, 2)), metric="manhattan")
+    with pytest.raises(ValueError, match="2-D"):
+        similarity_graph(np.ones(5))
+    with pytest.raises(ValueError, match="at least 2"):
+        similarity_graph(np.ones((1, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        similarity_graph(np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]]))
+    with pytest.raises(ValueError, match="n_neighbors"):
+        similarity_graph(np.random.rand(6, 2), n_neighbors=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        similarity_graph(np.random.rand(6, 2), chunk_size=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    X = torch.randn(300, 12, dtype=torch.float64)
+    cpu = similarity_graph(X, chunk_size=64)
+    gpu = similarity_graph(X, device="cuda", chunk_size=64)
+    assert gpu.device.type == "cuda"
+    assert torch.equal(gpu.col_indices().cpu(), cpu.col_indices())
+    assert rel_err(gpu.values().cpu().numpy(), cpu.values().numpy()) < 1e-12

@@ -1,0 +1,82 @@
+"""Clustering metrics against hand-computed cases and scikit-learn."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import normalized_mutual_info_score
+
+from symnmf.metrics import accuracy, contingency, nmi, purity
+
+
+def test_accuracy_hand_cases():
+    assert accuracy([0, 0, 1, 1], [1, 1, 0, 0]) == 1.0  # relabelled perfect clustering
+    # classes a,a,a,b,b,c ; clusters 0,0,1,1,1,2 : best matching a->0 (2), b->1 (2), c->2 (1)
+    assert accuracy(list("aaabbc"), [0, 0, 1, 1, 1, 2]) == pytest.approx(5 / 6)
+    # one cluster for two classes: only one class can be matched
+    assert accuracy([0, 0, 1, 1, 1], [7, 7, 7, 7, 7]) == pytest.approx(3 / 5)
+    # more clusters than classes: the extra cluster is wrong
+    assert accuracy([0, 0, 0, 1], [0, 1, 2, 2]) == pytest.approx(2 / 4)
+
+
+def test_accuracy_is_hungarian_not_greedy():
+    # counts: class 0 -> clusters [3, 3], class 1 -> [3, 0]. Taking the first largest cell
+    # (0, 0) forces (1, 1) = 0: 3/9. The optimal matching (0, 1) + (1, 0) gives 6/9.
+    true = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1])
+    pred = np.array([0, 0, 0, 1, 1, 1, 0, 0, 0])
+    assert accuracy(true, pred) == pytest.approx(6 / 9)
+
+
+def test_purity_hand_cases():
+    assert purity([0, 0, 1, 1], [1, 1, 0, 0]) == 1.0
+    assert purity(list("aaabbc"), [0, 0, 1, 1, 1, 2]) == pytest.approx(5 / 6)
+    # purity counts each cluster's majority, even when two clusters share a class
+    assert purity([0, 0, 0, 1], [0, 1, 2, 2]) == pytest.approx(3 / 4)
+    assert purity([0, 1, 2, 3], [0, 0, 0, 0]) == pytest.approx(1 / 4)
+
+
+def test_nmi_hand_case_max_normalisation():
+    true = [0, 0, 1, 1]
+    pred = [0, 0, 0, 1]
+    # H(true) = ln 2; H(pred) = -(3/4 ln 3/4 + 1/4 ln 1/4); MI = H(true) - H(true | pred)
+    h_true = math.log(2)
+    h_pred = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    h_true_given_pred = 0.75 * (-(2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3))
+    mi = h_true - h_true_given_pred
+    assert nmi(true, pred, "max") == pytest.approx(mi / max(h_true, h_pred), rel=1e-12)
+    assert nmi(true, pred, "min") == pytest.approx(mi / min(h_true, h_pred), rel=1e-12)
+    assert nmi(true, pred, "geometric") == pytest.approx(mi / math.sqrt(h_true * h_pred), rel=1e-12)
+    assert nmi(true, pred) == nmi(true, pred, "max")
+
+
+@pytest.mark.parametrize("normalization", ["arithmetic", "max", "min", "geometric"])
+def test_nmi_matches_sklearn(normalization):
+    rng = np.random.default_rng()
+    true = rng.integers(0, 7, size=503)
+    pred = np.where(rng.random(503) < 0.6, true, rng.integers(0, 9, size=503))
+    ours = nmi(true, pred, normalization)
+    ref = normalized_mutual_info_score(true, pred, average_method=normalization)
+    assert abs(ours - ref) <= 1e-12 * max(ref, 1e-300)
+
+
+def test_nmi_extremes():
+    assert nmi([1, 1, 2, 2], ["x", "x", "y", "y"]) == pytest.approx(1.0)
+    assert nmi([0, 0, 0], [5, 5, 5]) == 1.0
+    assert nmi([0, 1, 0, 1], [0, 0, 0, 0]) == 0.0
+    # independent labellings: MI = 0
+    assert nmi([0, 0, 1, 1], [0, 1, 0, 1], "arithmetic") == pytest.approx(0.0, abs=1e-15)
+
+
+def test_metrics_accept_torch_and_check_input():
+    t = torch.tensor([0, 0, 1, 1, 2])
+    p = torch.tensor([2, 2, 0, 0, 1])
+    assert accuracy(t, p) == 1.0 and purity(t, p) == 1.0 and nmi(t, p) == pytest.approx(1.0)
+    assert contingency(t, p).sum() == 5
+    with pytest.raises(ValueError, match="same length"):
+        accuracy([0, 1, 1], [0, 1])
+    with pytest.raises(ValueError, match="1-D"):
+        purity(np.zeros((2, 2)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="empty"):
+        nmi([], [])
+    with pytest.raises(ValueError, match="normalization"):
+        nmi([0, 1], [0, 1], normalization="sqrt")
