@@ -1,0 +1,145 @@
+"""Device dispatch, launch geometry and argument checks shared by the ops.
+
+Checks read shapes, dtypes and devices only: reading tensor values would
+synchronise with the host inside a training step.
+"""
+import os
+import warnings
+
+import torch
+
+MAX_FUSED_R = 128
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+try:
+    import triton  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - depends on the install
+    HAS_TRITON = False
+
+_warned = set()
+
+
+def warn_once(key, message):
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, stacklevel=3)
+
+
+def interpreting():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(t, r=None):
+    """Whether the Triton kernels run for tensor t (and rank r)."""
+    if not HAS_TRITON or not (t.is_cuda or (t.device.type == "cpu" and interpreting())):
+        return False
+    if r is not None and r > MAX_FUSED_R:
+        warn_once(
+            ("large-r", t.device.type),
+            f"r = {r} exceeds the fused kernels' limit of {MAX_FUSED_R}: symnmf_kernels falls back to the torch path",
+        )
+        return False
+    return True
+
+
+def block_r(r):
+    """Padded width of an r-wide tile: a power of two, at least 16 for tl.dot."""
+    return max(16, 1 << (r - 1).bit_length())
+
+
+def block_n(r, device):
+    if device.type == "cpu":
+        return 64  # the interpreter runs each program serially: fewer, wider tiles are faster
+    return 128 if r <= 32 else (64 if r <= 64 else 32)
+
+
+def split_rows(n, batch, block, device):
+    """Rows per program along n and the number of programs per problem.
+
+    Enough programs to fill the GPU a few times over, each owning a whole
+    number of row tiles so that tiles never straddle two programs.
+    """
+    tiles = triton_cdiv(n, block)
+    if device.type == "cpu":
+        splits = min(tiles, 4)
+    else:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        splits = max(1, min(tiles, triton_cdiv(4 * sms, batch)))
+    rows_per_split = triton_cdiv(tiles, splits) * block
+    return rows_per_split, triton_cdiv(n, rows_per_split)
+
+
+def triton_cdiv(a, b):
+    return -(-a // b)
+
+
+def num_warps(r):
+    return 4 if r <= 64 else 8
+
+
+def acc_dtype(dtype):
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def as_batch(t, trailing=2):
+    """t as a 3-d (B, a, b) tensor (a view when possible) and its batch shape."""
+    batch = t.shape[:-trailing]
+    return t.reshape(-1, *t.shape[-trailing:]), batch
+
+
+# ---- argument checks -------------------------------------------------------------------------------------------
+
+
+def check_tensor(t, name, min_dim=2):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got layout {t.layout}")
+    if t.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimensions (..., rows, cols), got shape {tuple(t.shape)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}; convert it with {name}.float()")
+    if t.shape[-1] == 0 or t.shape[-2] == 0:
+        raise ValueError(f"{name} has an empty dimension: shape {tuple(t.shape)}")
+
+
+def check_same(t, ref, name, ref_name):
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; move both to one device")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} is {t.dtype} but {ref_name} is {ref.dtype}; use one dtype")
+
+
+def as_lam(lam, U):
+    """lam (float or tensor) as a tensor on U's device and dtype, broadcastable to U's batch shape."""
+    batch = U.shape[:-2]
+    if isinstance(lam, torch.Tensor):
+        if lam.device != U.device:
+            raise ValueError(f"lam is on {lam.device} but U is on {U.device}; move lam to {U.device}")
+        if not lam.is_floating_point():
+            lam = lam.to(U.dtype)
+        elif lam.dtype != U.dtype:
+            raise TypeError(f"lam is {lam.dtype} but U is {U.dtype}; use one dtype")
+        try:
+            fits = torch.broadcast_shapes(lam.shape, batch) == batch
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"lam of shape {tuple(lam.shape)} must broadcast to U's batch shape {tuple(batch)}")
+        return lam
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+        raise TypeError(f"lam must be a float or a tensor, got {type(lam).__name__}")
+    lam = float(lam)
+    if lam != lam or lam in (float("inf"), float("-inf")):
+        raise ValueError(f"lam must be finite, got {lam}")
+    return torch.tensor(lam, dtype=U.dtype, device=U.device)
+
+
+def check_square(G, name):
+    check_tensor(G, name)
+    if G.shape[-1] != G.shape[-2]:
+        raise ValueError(f"{name} must be square (..., r, r), got shape {tuple(G.shape)}")

@@ -1,0 +1,107 @@
+"""Host-side launchers of the Triton kernels: allocate outputs, pick the geometry, launch.
+
+Every launcher takes and returns batched 3-d tensors (B, rows, cols); the ops
+reshape leading dimensions around them. Inputs may be non-contiguous: the
+kernels take strides.
+"""
+import torch
+
+from ..triton.apply import apply_backward_kernel, apply_kernel
+from ..triton.cholesky import spd_inverse_kernel
+from ..triton.gram import gram_finalize_kernel, gram_partials_kernel
+from ..triton.loss import sym_loss_partials_kernel
+from ._common import acc_dtype, block_n, block_r, num_warps, split_rows, triton_cdiv
+
+
+def _geometry(A):
+    B, n, r = A.shape
+    BR, BN = block_r(r), block_n(r, A.device)
+    rows_per_split, splits = split_rows(n, B, BN, A.device)
+    return B, n, r, BR, BN, rows_per_split, splits
+
+
+def _partials(A, B, splits, BR):
+    # float64 problems reduce in float64, all others in float32.
+    dtype = torch.float64 if A.dtype == torch.float64 else torch.float32
+    return torch.empty((B, splits, BR, BR), dtype=dtype, device=A.device)
+
+
+def reduce_partials(partials, lam, r, out_dtype):
+    """Sum (B, splits, BR, BR) partials and add lam (B,) on the diagonal: (B, r, r)."""
+    B, splits, BR, _ = partials.shape
+    G = torch.empty((B, r, r), dtype=out_dtype, device=partials.device)
+    gram_finalize_kernel[(B,)](partials, lam, G, splits, r, *G.stride(), BLOCK_R=BR, num_warps=num_warps(r))
+    return G
+
+
+def gram(U, lam, deterministic=True):
+    """U^T U + lam I; lam is a (B,) tensor."""
+    B, n, r, BR, BN, rows_per_split, splits = _geometry(U)
+    if deterministic:
+        partials = _partials(U, B, splits, BR)
+    else:
+        partials = torch.zeros((B, 1, BR, BR), dtype=_partials(U, 0, 0, BR).dtype, device=U.device)
+    gram_partials_kernel[(B, splits)](
+        U, partials, n, r, rows_per_split, *U.stride(),
+        ATOMIC=not deterministic, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(partials.dtype), num_warps=num_warps(r),
+    )
+    return reduce_partials(partials, lam, r, U.dtype)
+
+
+def spd_inverse(G):
+    """(G^{-1}, info) with info[b] = 1 where the Cholesky of G[b] met a non-positive pivot."""
+    B, r, _ = G.shape
+    out = torch.empty((B, r, r), dtype=G.dtype, device=G.device)
+    info = torch.empty((B,), dtype=torch.int32, device=G.device)
+    BR = block_r(r)
+    spd_inverse_kernel[(B,)](
+        G, out, info, r, *G.stride(), *out.stride(),
+        BLOCK_R=BR, ACC=acc_dtype(G.dtype), num_warps=num_warps(r),
+    )
+    return out, info
+
+
+def apply(A, M, relu, emit_gram=False):
+    """[ReLU](A @ M), and with emit_gram the Gram partials of the result."""
+    B, n, r, BR, BN, rows_per_split, splits = _geometry(A)
+    Y = torch.empty((B, n, r), dtype=A.dtype, device=A.device)
+    partials = _partials(A, B, splits, BR) if emit_gram else Y  # Y stands in for an unused pointer
+    apply_kernel[(B, splits)](
+        A, M, Y, partials, n, r, rows_per_split, *A.stride(), *M.stride(), *Y.stride(),
+        RELU=relu, EMIT_GRAM=emit_gram, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(A.dtype), num_warps=num_warps(r),
+    )
+    return (Y, partials) if emit_gram else Y
+
+
+def apply_backward(grad, Y, A, M, H=None, relu=True):
+    """Backward of Y = [ReLU](A @ M): (dA, dM) with dM of shape (B, r, r).
+
+    H, when given, adds Y @ H to grad first (the gradient through Y^T Y).
+    """
+    B, n, r, BR, BN, rows_per_split, splits = _geometry(A)
+    dA = torch.empty((B, n, r), dtype=A.dtype, device=A.device)
+    partials = _partials(A, B, splits, BR)
+    Mt = M.mT  # dA = Zb @ M^T: a transposed view, read through strides
+    H_arg = H if H is not None else M
+    apply_backward_kernel[(B, splits)](
+        grad, Y, A, Mt, H_arg, dA, partials, n, r, rows_per_split,
+        *grad.stride(), *Y.stride(), *A.stride(), *Mt.stride(), *H_arg.stride(), *dA.stride(),
+        HAS_H=H is not None, RELU=relu, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(A.dtype), num_warps=num_warps(r),
+    )
+    zero_lam = torch.zeros((B,), dtype=partials.dtype, device=A.device)
+    return dA, reduce_partials(partials, zero_lam, r, A.dtype)
+
+
+def sym_loss(X, U):
+    """||X[b] - U[b] U[b]^T||_F^2 for each b: (B,)."""
+    B, n, r = U.shape
+    BR = block_r(r)
+    BN = 64 if X.device.type == "cpu" else (64 if r <= 64 else 32)
+    tiles = triton_cdiv(n, BN)
+    dtype = torch.float64 if U.dtype == torch.float64 else torch.float32
+    partials = torch.empty((B, tiles, tiles), dtype=dtype, device=U.device)
+    sym_loss_partials_kernel[(B, tiles, tiles)](
+        X, U, partials, n, r, *X.stride(), *U.stride(),
+        BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(dtype), num_warps=4,
+    )
+    return partials.sum((1, 2)).to(U.dtype)

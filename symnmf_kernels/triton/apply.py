@@ -1,0 +1,106 @@
+"""Tall-skinny times small-square kernels: one pass over n x r data each.
+
+`apply_kernel`:  Y = [ReLU](A @ M) for A (B, n, r), M (B, r, r). With
+EMIT_GRAM it also accumulates Y^T Y into the Gram partial layout of gram.py,
+so the next block's Gram costs no extra read of Y. Used for the block forward
+(A = P, M = G^{-1}, ReLU) and for dU = U (dG + dG^T) (no ReLU).
+
+`apply_backward_kernel`: the backward of Y = ReLU(A @ M) in one pass:
+    Zb = (grad + Y @ H) * 1[Y > 0]      (Y @ H only with HAS_H)
+    dA = Zb @ M^T                         (the caller passes M^T through strides)
+    partials += A^T Zb                    (the r x r gradient of M, before the r x r algebra)
+Y @ H is the gradient that flows into Y through the next block's Gram
+Y^T Y when that Gram was emitted by apply_kernel: H = dGram + dGram^T.
+
+The row range of each program follows gram.py: program (b, s) owns
+rows [s * rows_per_split, (s + 1) * rows_per_split) of problem b.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _load_square(M, b, r, stride_mb, stride_mr, stride_mc, BLOCK_R: tl.constexpr, ACC: tl.constexpr):
+    offs = tl.arange(0, BLOCK_R)
+    mask = (offs[:, None] < r) & (offs[None, :] < r)
+    m = tl.load(M + b * stride_mb + offs[:, None] * stride_mr + offs[None, :] * stride_mc, mask=mask, other=0.0)
+    return m.to(ACC)
+
+
+@triton.jit
+def apply_kernel(
+    A, M, Y, partials, n, r, rows_per_split,
+    stride_ab, stride_an, stride_ar,
+    stride_mb, stride_mr, stride_mc,
+    stride_yb, stride_yn, stride_yr,
+    RELU: tl.constexpr, EMIT_GRAM: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
+    num_splits = tl.num_programs(1)
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_n = tl.arange(0, BLOCK_N)
+    row_start = s * rows_per_split
+    row_end = tl.minimum(row_start + rows_per_split, n)
+
+    m = _load_square(M, b, r, stride_mb, stride_mr, stride_mc, BLOCK_R, ACC)
+    acc = tl.zeros((BLOCK_R, BLOCK_R), dtype=ACC)
+    for start in range(row_start, row_end, BLOCK_N):
+        rows = (start + offs_n).to(tl.int64)
+        mask = (rows[:, None] < row_end) & (offs_r[None, :] < r)
+        a = tl.load(A + b * stride_ab + rows[:, None] * stride_an + offs_r[None, :] * stride_ar, mask=mask, other=0.0)
+        y = tl.dot(a.to(ACC), m, input_precision="ieee", out_dtype=ACC)
+        if RELU:
+            y = tl.maximum(y, 0.0)
+        tl.store(Y + b * stride_yb + rows[:, None] * stride_yn + offs_r[None, :] * stride_yr, y, mask=mask)
+        if EMIT_GRAM:
+            # Padding rows of A are zero, so their rows of y are zero too.
+            acc += tl.dot(tl.trans(y), y, input_precision="ieee", out_dtype=ACC)
+    if EMIT_GRAM:
+        tile = offs_r[:, None] * BLOCK_R + offs_r[None, :]
+        tl.store(partials + (b * num_splits + s) * BLOCK_R * BLOCK_R + tile, acc)
+
+
+@triton.jit
+def apply_backward_kernel(
+    grad, Y, A, M, H, dA, partials, n, r, rows_per_split,
+    stride_gb, stride_gn, stride_gr,
+    stride_yb, stride_yn, stride_yr,
+    stride_ab, stride_an, stride_ar,
+    stride_mb, stride_mr, stride_mc,
+    stride_hb, stride_hr, stride_hc,
+    stride_db, stride_dn, stride_dr,
+    HAS_H: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
+    num_splits = tl.num_programs(1)
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_n = tl.arange(0, BLOCK_N)
+    row_start = s * rows_per_split
+    row_end = tl.minimum(row_start + rows_per_split, n)
+
+    m = _load_square(M, b, r, stride_mb, stride_mr, stride_mc, BLOCK_R, ACC)
+    if HAS_H:
+        h = _load_square(H, b, r, stride_hb, stride_hr, stride_hc, BLOCK_R, ACC)
+    acc = tl.zeros((BLOCK_R, BLOCK_R), dtype=ACC)
+    for start in range(row_start, row_end, BLOCK_N):
+        rows = (start + offs_n).to(tl.int64)
+        mask = (rows[:, None] < row_end) & (offs_r[None, :] < r)
+        g = tl.load(grad + b * stride_gb + rows[:, None] * stride_gn + offs_r[None, :] * stride_gr, mask=mask, other=0.0)
+        g = g.to(ACC)
+        if HAS_H or RELU:
+            y = tl.load(Y + b * stride_yb + rows[:, None] * stride_yn + offs_r[None, :] * stride_yr, mask=mask, other=0.0)
+            y = y.to(ACC)
+        if HAS_H:
+            g += tl.dot(y, h, input_precision="ieee", out_dtype=ACC)
+        if RELU:
+            g = tl.where(y > 0.0, g, 0.0)
+        da = tl.dot(g, m, input_precision="ieee", out_dtype=ACC)
+        tl.store(dA + b * stride_db + rows[:, None] * stride_dn + offs_r[None, :] * stride_dr, da, mask=mask)
+        a = tl.load(A + b * stride_ab + rows[:, None] * stride_an + offs_r[None, :] * stride_ar, mask=mask, other=0.0)
+        acc += tl.dot(tl.trans(a.to(ACC)), g, input_precision="ieee", out_dtype=ACC)
+    tile = offs_r[:, None] * BLOCK_R + offs_r[None, :]
+    tl.store(partials + (b * num_splits + s) * BLOCK_R * BLOCK_R + tile, acc)

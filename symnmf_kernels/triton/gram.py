@@ -1,0 +1,60 @@
+"""Gram kernels: G = U^T U + lam I for a batch of tall-skinny U (B, n, r).
+
+A split-n reduction in two stages. Stage one: program (b, s) reads rows
+[s * rows_per_split, (s + 1) * rows_per_split) of U[b] once and writes its
+BLOCK_R x BLOCK_R partial sum (or adds it atomically into a single slot).
+Stage two: one program per problem sums the partials, adds lam on the
+diagonal and writes the r x r result. The partial layout
+(B, num_splits, BLOCK_R, BLOCK_R) is shared with the apply kernels, which emit
+the Gram of their own output in the same pass.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def gram_partials_kernel(
+    U, partials, n, r, rows_per_split,
+    stride_ub, stride_un, stride_ur,
+    ATOMIC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
+    num_splits = tl.num_programs(1)
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_n = tl.arange(0, BLOCK_N)
+    row_start = s * rows_per_split
+    row_end = tl.minimum(row_start + rows_per_split, n)
+    U_b = U + b * stride_ub
+    acc = tl.zeros((BLOCK_R, BLOCK_R), dtype=ACC)
+    for start in range(row_start, row_end, BLOCK_N):
+        rows = start + offs_n
+        mask = (rows[:, None] < row_end) & (offs_r[None, :] < r)
+        u = tl.load(U_b + rows[:, None].to(tl.int64) * stride_un + offs_r[None, :] * stride_ur, mask=mask, other=0.0)
+        u = u.to(ACC)
+        # ieee: the Gram feeds a Cholesky, where tf32's 10-bit mantissa is not enough.
+        acc += tl.dot(tl.trans(u), u, input_precision="ieee", out_dtype=ACC)
+    tile = offs_r[:, None] * BLOCK_R + offs_r[None, :]
+    if ATOMIC:
+        tl.atomic_add(partials + b * BLOCK_R * BLOCK_R + tile, acc)
+    else:
+        tl.store(partials + (b * num_splits + s) * BLOCK_R * BLOCK_R + tile, acc)
+
+
+@triton.jit
+def gram_finalize_kernel(
+    partials, lam, G, num_splits, r,
+    stride_gb, stride_gr, stride_gc,
+    BLOCK_R: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs_r = tl.arange(0, BLOCK_R)
+    tile = offs_r[:, None] * BLOCK_R + offs_r[None, :]
+    base = partials + b * num_splits * BLOCK_R * BLOCK_R
+    acc = tl.load(base + tile)
+    for s in range(1, num_splits):
+        acc += tl.load(base + s * BLOCK_R * BLOCK_R + tile)
+    lam_b = tl.load(lam + b).to(acc.dtype)
+    acc = tl.where(offs_r[:, None] == offs_r[None, :], acc + lam_b, acc)
+    mask = (offs_r[:, None] < r) & (offs_r[None, :] < r)
+    tl.store(G + b * stride_gb + offs_r[:, None] * stride_gr + offs_r[None, :] * stride_gc, acc, mask=mask)
