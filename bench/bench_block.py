@@ -1,0 +1,313 @@
+"""Microbenchmark of the SymNMF block kernels: ours (symnmf_kernels) against plain torch and torch.compile.
+
+Kernels: gram (U^T U + lam I), spd_inverse, apply_relu (ReLU(P Ginv)), block
+forward (sk.symnmf_block), block forward + backward, each on one tall-skinny
+problem (n x r) and on batches of small problems (B x n x r). Every variant runs
+side by side on the same fresh random inputs:
+
+    ours      sk.gram / sk.spd_inverse / sk.apply_relu / sk.symnmf_block
+    eager     sk.reference.* (plain torch)
+    compile   torch.compile(sk.reference.*, dynamic=True)
+
+Each row gives the median time of each variant, the ideal traffic of our kernel
+(the bytes it must move at least), each variant's achieved fraction of the
+measured copy bandwidth (the roofline) and the speed-ups of ours. The table goes
+to bench/results/bench_block-<date>-<device>.md, rewritten after every row so a
+run cut short keeps what it measured.
+
+    python bench/bench_block.py                   # GPU: --sizes full; CPU: --sizes small
+    python bench/bench_block.py --sizes tiny --rep 5 --out /tmp/results
+"""
+import argparse
+import gc
+import math
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import symnmf_kernels as sk  # noqa: E402
+from bench.common import bench, copy_bandwidth, roofline_fraction, write_table  # noqa: E402
+from symnmf_kernels import reference  # noqa: E402
+
+KERNELS = ("gram", "spd_inverse", "apply_relu", "block_fwd", "block_fwd_bwd")
+
+# (n, r) of single problems and (B, n, r) of batches, per size preset.
+SIZES = {
+    "tiny": {"single": [(257, 5), (257, 16)], "batched": [(8, 64, 4)]},
+    "small": {
+        "single": [(n, r) for n in (1_000, 10_000) for r in (16, 64)],
+        "batched": [(64, 256, 8), (16, 1024, 16)],
+    },
+    "full": {
+        "single": [(n, r) for n in (100_000, 1_000_000, 4_000_000) for r in (16, 32, 64, 128)],
+        "batched": [(4096, 256, 8), (1024, 1024, 16), (256, 4096, 32)],
+    },
+}
+
+# The rows that DESIGN.md section 7 sets targets for: measured first, so a run
+# stopped by --budget-s still has them.
+PRIORITY = {
+    ("block_fwd", 1, 1_000_000, 64),
+    ("block_fwd_bwd", 1, 1_000_000, 64),
+    ("block_fwd", 1, 4_000_000, 64),
+    ("block_fwd", 4096, 256, 8),
+    ("block_fwd_bwd", 4096, 256, 8),
+}
+
+COLUMNS = [
+    "kernel", "B", "n", "r",
+    "ours_ms", "eager_ms", "compile_ms",
+    "ideal_MB", "copy_GB/s",
+    "frac_ours", "frac_eager", "frac_compile",
+    "x_eager", "x_compile",
+    "rel_err", "notes",
+]
+
+LAM = 1.0
+
+
+def ideal_bytes(kernel, B, n, r, itemsize):
+    """The least traffic of our kernel, in bytes: what it must read and write once."""
+    per_problem = {
+        "gram": n * r + r * r,  # read U, write G
+        "spd_inverse": 2 * r * r,  # read G, write Ginv
+        "apply_relu": 2 * n * r + r * r,  # read P and Ginv, write U
+        "block_fwd": 3 * n * r,  # read U (Gram pass), read P, write U_out
+        # forward 3nr; backward reads g, U_out, P and writes dP (4nr), then reads U and writes dU (2nr)
+        "block_fwd_bwd": 9 * n * r,
+    }[kernel]
+    return B * per_problem * itemsize
+
+
+def cases(sizes):
+    """(kernel, B, n, r) in table order; B = 1 means one unbatched 2-D problem, n = 0 a kernel without n."""
+    preset = SIZES[sizes]
+    out = []
+    for kernel in KERNELS:
+        if kernel == "spd_inverse":
+            out += [(kernel, 1, 0, r) for r in sorted({r for _, r in preset["single"]})]
+        else:
+            out += [(kernel, 1, n, r) for n, r in preset["single"]]
+        out += [(kernel, B, 0 if kernel == "spd_inverse" else n, r) for B, n, r in preset["batched"]]
+    return list(dict.fromkeys(out))
+
+
+def make_inputs(kernel, B, n, r, dtype, device):
+    """Fresh random inputs of one case (torch.rand: non-negative, never all zeros)."""
+    lead = (B,) if B > 1 else ()
+
+    def rand(*shape):
+        return torch.rand(*lead, *shape, dtype=dtype, device=device)
+
+    if kernel == "gram":
+        return {"U": rand(n, r)}
+    if kernel == "spd_inverse":
+        # Condition number of about 3r: rank-one dominated plus the lam shift.
+        return {"G": reference.gram(rand(max(2 * r, 16), r), LAM)}
+    U, P = rand(n, r), rand(n, r)
+    lam = torch.tensor(LAM, dtype=dtype, device=device)
+    if kernel == "apply_relu":
+        return {"P": P, "Ginv": reference.spd_inverse(reference.gram(U, LAM))}
+    if kernel == "block_fwd":
+        return {"U": U, "P": P, "lam": lam}
+    return {"U": U.requires_grad_(), "P": P.requires_grad_(), "lam": lam.requires_grad_(), "g": rand(n, r)}
+
+
+def call(kernel, impl, x):
+    """Run one kernel of impl (the namespace sk or sk.reference, or compiled functions)."""
+    if kernel == "gram":
+        return impl["gram"](x["U"], LAM)
+    if kernel == "spd_inverse":
+        return impl["spd_inverse"](x["G"])
+    if kernel == "apply_relu":
+        return impl["apply_relu"](x["P"], x["Ginv"])
+    out = impl["symnmf_block"](x["U"], x["P"], x["lam"])
+    if kernel == "block_fwd":
+        return out
+    # backward(g) is the gradient of (out * g).sum(): the timed region holds the block's own traffic only.
+    out.backward(x["g"])
+    return out
+
+
+def outputs(kernel, impl, x):
+    """The outputs to compare: the result, and for forward + backward every gradient too (fresh leaves)."""
+    if kernel != "block_fwd_bwd":
+        with torch.no_grad():
+            return [call(kernel, impl, x)]
+    leaves = {k: x[k].detach().clone().requires_grad_() for k in ("U", "P", "lam")}
+    out = call(kernel, impl, {**leaves, "g": x["g"]})
+    return [out.detach()] + [leaves[k].grad for k in ("U", "P", "lam")]
+
+
+def rel_err(ours, ref):
+    """Largest ||a - b|| / ||b|| over the outputs, in float64; NaN when any output is missing or not finite."""
+    worst = 0.0
+    for a, b in zip(ours, ref):
+        if a is None or b is None:
+            return float("nan")
+        a, b = a.double(), b.double()
+        denom = torch.linalg.vector_norm(b).item()
+        err = torch.linalg.vector_norm(a - b).item() / (denom if denom > 0 else 1.0)
+        worst = max(worst, err) if math.isfinite(err) else float("nan")
+    return worst
+
+
+def short_error(exc):
+    text = str(exc).strip().splitlines()
+    return "%s: %s" % (type(exc).__name__, (text[0] if text else "")[:100])
+
+
+def release(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measure(case, variants, args, bw, device):
+    kernel, B, n, r = case
+    itemsize = torch.empty((), dtype=args.dtype).element_size()
+    row = {"kernel": kernel, "B": B, "n": n if n else "-", "r": r, "copy_GB/s": bw / 1e9}
+    nbytes = ideal_bytes(kernel, B, n, r, itemsize)
+    row["ideal_MB"] = nbytes / 1e6
+    notes = []
+    x = make_inputs(kernel, B, n, r, args.dtype, device)
+    grads = [x[k] for k in ("U", "P", "lam")] if kernel == "block_fwd_bwd" else None
+    try:
+        row["rel_err"] = rel_err(outputs(kernel, variants["ours"], x), outputs(kernel, variants["eager"], x))
+    except Exception as exc:  # a broken variant must not cost the other rows
+        row["rel_err"] = float("nan")
+        notes.append("check: " + short_error(exc))
+    for name, impl in variants.items():
+        try:
+            ms = bench(lambda: call(kernel, impl, x), warmup=args.warmup, rep=args.rep, grad_to_none=grads, device=device)
+        except Exception as exc:
+            ms = float("nan")
+            notes.append("%s: %s" % (name, short_error(exc)))
+            release(device)
+        row[name + "_ms"] = ms
+        row["frac_" + name] = roofline_fraction(nbytes, ms, bw)
+    for peer in ("eager", "compile"):
+        ours, theirs = row.get("ours_ms", float("nan")), row.get(peer + "_ms")
+        row["x_" + peer] = theirs / ours if theirs is not None and ours > 0 else float("nan")
+    if "compile" not in variants:
+        row["compile_ms"] = row["frac_compile"] = row["x_compile"] = None
+    row["notes"] = "; ".join(notes)
+    del x, grads
+    release(device)
+    return row
+
+
+def make_variants(use_compile):
+    names = ("gram", "spd_inverse", "apply_relu", "symnmf_block")
+    variants = {
+        "ours": {k: getattr(sk, k) for k in names},
+        "eager": {k: getattr(reference, k) for k in names},
+    }
+    if use_compile:
+        # dynamic=True: one compilation per kernel (and input rank) for all sizes, so the
+        # run never reaches dynamo's recompile limit and silently falls back to eager.
+        variants["compile"] = {k: torch.compile(getattr(reference, k), dynamic=True) for k in names}
+    return variants
+
+
+def disable_tf32():
+    """Float32 matmuls in full precision, as the kernels compute them."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision = "ieee"
+    else:
+        matmul.allow_tf32 = False
+
+
+def header_lines(args, device, bw, stopped):
+    lines = [
+        "ours: symnmf_kernels (sk.*); eager: sk.reference.* (plain torch); compile: torch.compile(sk.reference.*, dynamic=True)",
+        "times: median ms, %s; warmup %g ms, rep %g ms" % (
+            "triton.testing.do_bench (CUDA events, L2 flushed before each run)" if device.type == "cuda"
+            else "time.perf_counter", args.warmup, args.rep),
+        "%s, TF32 off, lam = %g, inputs torch.rand (fresh per row, seed %d)" % (str(args.dtype).replace("torch.", ""), LAM, args.seed),
+        "ideal_MB: least traffic of our kernel per row: gram n r + r^2, spd_inverse 2 r^2, apply_relu 2 n r + r^2, "
+        "block_fwd 3 n r, block_fwd_bwd 9 n r elements, times B",
+        "block_fwd_bwd: out = symnmf_block(U, P, lam); out.backward(g) (the gradient of (out * g).sum()), "
+        "gradients for U, P and lam (lam a 0-d tensor)",
+        "copy bandwidth: %.4g GB/s (device-to-device copy, bytes read + written); frac_*: (ideal bytes / time) / copy bandwidth"
+        % (bw / 1e9),
+        "x_eager, x_compile: speed-up of ours over each peer; rel_err: ours vs eager, ||a - b|| / ||b||, worst output or gradient",
+        "B = 1: one unbatched 2-D problem",
+    ]
+    if device.type != "cuda":
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            lines.append("CPU run with TRITON_INTERPRET=1: ours runs the Triton kernels in the interpreter; times are meaningless")
+        else:
+            lines.append("CPU smoke run: without TRITON_INTERPRET, sk.* runs the same plain-torch path as the reference, "
+                         "so ours and eager coincide; these numbers only show that the script works")
+    if stopped:
+        lines.append("stopped after --budget-s %g s: %d rows not measured" % (args.budget_s, stopped))
+    return lines
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", choices=sorted(SIZES), help="size preset (default: full on CUDA, small on CPU)")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS), help="kernels to run")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="include torch.compile (default: on CUDA only)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--warmup", type=float, default=25.0, help="warm-up budget per measurement, ms")
+    parser.add_argument("--rep", type=float, default=100.0, help="repetition budget per measurement, ms")
+    parser.add_argument("--budget-s", type=float, default=float("inf"),
+                        help="stop starting new rows after this many seconds and write what was measured")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="results folder (default: bench/results)")
+    args = parser.parse_args(argv)
+    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible; use --device cpu")
+    args.sizes = args.sizes or ("full" if args.device.type == "cuda" else "small")
+    args.compile = args.device.type == "cuda" if args.compile is None else args.compile
+    args.dtype = getattr(torch, args.dtype)
+    if os.environ.get("TRITON_INTERPRET") == "1" and args.device.type == "cpu" and args.sizes != "tiny":
+        parser.error("TRITON_INTERPRET=1 runs the kernels in Triton's interpreter, far too slowly for "
+                     "--sizes %s: use --sizes tiny, or unset TRITON_INTERPRET" % args.sizes)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = args.device
+    torch.manual_seed(args.seed)
+    if device.type == "cuda":
+        disable_tf32()
+    bw = copy_bandwidth(device)
+    variants = make_variants(args.compile)
+    todo = [c for c in cases(args.sizes) if c[0] in args.kernels]
+    order = {c: i for i, c in enumerate(todo)}
+    start = time.perf_counter()
+    rows, stopped = {}, 0
+    path = None
+    for case in sorted(todo, key=lambda c: c not in PRIORITY):  # stable: the rest keep table order
+        if time.perf_counter() - start > args.budget_s:
+            stopped += 1
+            continue
+        t0 = time.perf_counter()
+        rows[case] = measure(case, variants, args, bw, device)
+        print("%-14s B=%-5d n=%-8s r=%-4d ours %.4g ms, eager %.4g ms (%.1f s)" % (
+            case[0], case[1], rows[case]["n"], case[3], rows[case]["ours_ms"], rows[case]["eager_ms"],
+            time.perf_counter() - t0), flush=True)
+        table = [rows[c] for c in sorted(rows, key=order.get)]
+        path = write_table("bench_block", table, COLUMNS, header_lines(args, device, bw, stopped),
+                           out_dir=args.out, device=device, echo=False)
+    table = [rows[c] for c in sorted(rows, key=order.get)]
+    path = write_table("bench_block", table, COLUMNS, header_lines(args, device, bw, stopped),
+                       out_dir=args.out, device=device, echo=True)
+    print("wrote", path, flush=True)
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The benchmark harness works on a CPU-only machine: bench/bench_block.py runs at tiny sizes and
+writes a table with the expected columns and finite positive numbers; bench/common.py's helpers."""
+import glob
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench import common  # noqa: E402
+
+BLOCK_COLUMNS = [
+    "kernel", "B", "n", "r", "ours_ms", "eager_ms", "compile_ms", "ideal_MB", "copy_GB/s",
+    "frac_ours", "frac_eager", "frac_compile", "x_eager", "x_compile", "rel_err", "notes",
+]
+POSITIVE = ["ours_ms", "eager_ms", "ideal_MB", "copy_GB/s", "frac_ours", "frac_eager", "x_eager"]
+KERNELS = {"gram", "spd_inverse", "apply_relu", "block_fwd", "block_fwd_bwd"}
+
+
+def read_table(path):
+    """Header lines and rows (dicts of strings) of a markdown table written by common.write_table."""
+    lines = open(path).read().splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table]
+    columns, rows = cells[0], [dict(zip(cells[0], row)) for row in cells[2:]]
+    return [line for line in lines if not line.startswith("|")], columns, rows
+
+
+def test_bench_block_tiny_cpu(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("TRITON_INTERPRET", None)  # the harness is under test here, not the kernels
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "bench_block.py"), "--device", "cpu", "--sizes", "tiny",
+           "--warmup", "0", "--rep", "1", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+    files = glob.glob(str(tmp_path / "bench_block-*.md"))
+    assert len(files) == 1, files
+    assert re.fullmatch(r"bench_block-\d{4}-\d{2}-\d{2}-cpu\.md", os.path.basename(files[0]))
+    header, columns, rows = read_table(files[0])
+    text = "\n".join(header)
+    assert columns == BLOCK_COLUMNS
+    assert "torch %s" % torch.__version__ in text and "- date: " in text and "- device: CPU" in text
+    assert "ours and eager coincide" in text
+
+    # tiny: 2 single problems (one spd_inverse row per r, also 2) and 1 batch, for each of 5 kernels
+    assert len(rows) == 15
+    assert {row["kernel"] for row in rows} == KERNELS
+    for row in rows:
+        for column in POSITIVE:
+            value = float(row[column])
+            assert math.isfinite(value) and value > 0, (column, row)
+        assert row["compile_ms"] == "" and row["x_compile"] == ""  # torch.compile is off on CPU by default
+        assert float(row["rel_err"]) <= 1e-6, row  # ours is the reference path on CPU
+        assert row["notes"] == "", row
+    fwd = [row for row in rows if row["kernel"] == "block_fwd" and row["B"] == "1"]
+    for row in fwd:  # 3 n r float32 elements
+        assert float(row["ideal_MB"]) == pytest.approx(3 * int(row["n"]) * int(row["r"]) * 4 / 1e6, rel=1e-3)
+
+
+def test_bench_block_refuses_interpreter_at_large_sizes(monkeypatch, capsys):
+    from bench import bench_block
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(SystemExit):
+        bench_block.parse_args(["--device", "cpu", "--sizes", "small"])
+    assert "--sizes tiny" in capsys.readouterr().err
+
+
+def test_bench_median_and_grad_reset():
+    x = torch.rand(7, requires_grad=True)
+
+    def step():
+        assert x.grad is None  # reset before every run
+        (x * 2).sum().backward()
+
+    ms = common.bench(step, warmup=0, rep=1, grad_to_none=[x], device="cpu")
+    assert math.isfinite(ms) and ms > 0
+
+
+def test_roofline_fraction():
+    assert common.roofline_fraction(3e9, 1.0, 6e12) == pytest.approx(0.5)
+    assert math.isnan(common.roofline_fraction(1e6, float("nan"), 1e12))
+    assert math.isnan(common.roofline_fraction(1e6, 0.0, 1e12))
+
+
+def test_copy_bandwidth_cpu():
+    bw = common.copy_bandwidth("cpu", nbytes=1 << 20)
+    assert math.isfinite(bw) and bw > 1e6
+
+
+def test_write_table(tmp_path):
+    path = common.write_table("demo", [{"a": 1.5, "b": float("nan")}, [2, "x|y"]], ["a", "b"], ["extra line"],
+                              out_dir=str(tmp_path), device="cpu", echo=False)
+    info = common.device_info("cpu")
+    assert os.path.basename(path) == "demo-%s-cpu.md" % info["date"]
+    header, columns, rows = read_table(path)
+    assert columns == ["a", "b"]
+    assert rows == [{"a": "1.5", "b": "nan"}, {"a": "2", "b": "x/y"}]
+    assert "- extra line" in header and "- device: %s" % info["device"] in header
