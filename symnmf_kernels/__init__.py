@@ -13,7 +13,17 @@ plain-torch path of `sk.reference`, or the Triton kernels through Triton's
 interpreter when TRITON_INTERPRET=1.
 """
 from . import reference
-from .ops import apply_relu, gram, spd_inverse, spmm, sym_loss, symnmf_block
+from .ops import apply_relu, apply_relu_gram, gram, spd_inverse, spmm, sym_loss, symnmf_block, symnmf_block_from_gram
 
 __version__ = "0.1.0"
-__all__ = ["gram", "spd_inverse", "apply_relu", "symnmf_block", "spmm", "sym_loss", "reference"]
+__all__ = [
+    "gram",
+    "spd_inverse",
+    "apply_relu",
+    "apply_relu_gram",
+    "symnmf_block",
+    "symnmf_block_from_gram",
+    "spmm",
+    "sym_loss",
+    "reference",
+]

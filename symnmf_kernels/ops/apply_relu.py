@@ -1,5 +1,127 @@
-from .. import reference
+"""apply_relu(P, Ginv) = ReLU(P @ Ginv), alone or with the Gram of its output from the same pass."""
+from typing import Optional
+
+import torch
+
+from . import _launch
+from ._common import as_batch, check_same, check_square, check_tensor, use_triton
 
 
-def apply_relu(*args, **kwargs):
-    return reference.apply_relu(*args, **kwargs)
+def _flat_square(M, B, r):
+    return M.reshape(B, r, r)
+
+
+@torch.library.custom_op("symnmf_kernels::apply_relu", mutates_args=())
+def apply_relu_op(P: torch.Tensor, Ginv: torch.Tensor) -> torch.Tensor:
+    r = P.shape[-1]
+    if use_triton(P, r):
+        P3, batch = as_batch(P)
+        return _launch.apply(P3, _flat_square(Ginv, P3.shape[0], r), relu=True).reshape(P.shape)
+    return torch.relu(P @ Ginv)
+
+
+@apply_relu_op.register_fake
+def _(P, Ginv):
+    return torch.empty_like(P, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("symnmf_kernels::apply_relu_gram", mutates_args=())
+def apply_relu_gram_op(P: torch.Tensor, Ginv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Y, Y^T Y) with Y = ReLU(P @ Ginv), both from one pass over P."""
+    r = P.shape[-1]
+    if use_triton(P, r):
+        P3, batch = as_batch(P)
+        B = P3.shape[0]
+        Y, partials = _launch.apply(P3, _flat_square(Ginv, B, r), relu=True, emit_gram=True)
+        zero = torch.zeros((B,), dtype=partials.dtype, device=P.device)
+        return Y.reshape(P.shape), _launch.reduce_partials(partials, zero, r, P.dtype).reshape(*batch, r, r)
+    Y = torch.relu(P @ Ginv)
+    return Y, Y.mT @ Y
+
+
+@apply_relu_gram_op.register_fake
+def _(P, Ginv):
+    r = P.shape[-1]
+    return torch.empty_like(P, memory_format=torch.contiguous_format), P.new_empty((*P.shape[:-2], r, r))
+
+
+@torch.library.custom_op("symnmf_kernels::apply_relu_backward", mutates_args=())
+def apply_relu_backward(
+    grad: torch.Tensor, Y: torch.Tensor, P: torch.Tensor, Ginv: torch.Tensor, H: Optional[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dP, dGinv) for Y = ReLU(P @ Ginv) given dL/dY = grad + Y @ H (H = dGram + dGram^T, optional)."""
+    r = P.shape[-1]
+    if use_triton(P, r):
+        P3, batch = as_batch(P)
+        B = P3.shape[0]
+        H3 = None if H is None else _flat_square(H, B, r)
+        dP, dGinv = _launch.apply_backward(
+            grad.reshape(B, -1, r), Y.reshape(B, -1, r), P3, _flat_square(Ginv, B, r), H3
+        )
+        return dP.reshape(P.shape), dGinv.reshape(Ginv.shape)
+    if H is not None:
+        grad = grad + Y @ H
+    Zb = grad * (Y > 0)
+    return Zb @ Ginv.mT, P.mT @ Zb
+
+
+@apply_relu_backward.register_fake
+def _(grad, Y, P, Ginv, H):
+    return torch.empty_like(P, memory_format=torch.contiguous_format), torch.empty_like(Ginv)
+
+
+def _setup(ctx, inputs, output):
+    P, Ginv = inputs
+    Y = output[0] if isinstance(output, tuple) else output
+    ctx.save_for_backward(Y, P, Ginv)
+
+
+def _backward(ctx, dY):
+    Y, P, Ginv = ctx.saved_tensors
+    if dY is None:
+        dY = torch.zeros_like(Y)
+    dP, dGinv = apply_relu_backward(dY.contiguous(), Y, P, Ginv, None)
+    return dP, dGinv
+
+
+def _backward_gram(ctx, dY, dYtY):
+    Y, P, Ginv = ctx.saved_tensors
+    if dY is None:
+        dY = torch.zeros_like(Y)
+    H = None if dYtY is None else (dYtY + dYtY.mT).contiguous()
+    return apply_relu_backward(dY.contiguous(), Y, P, Ginv, H)
+
+
+apply_relu_op.register_autograd(_backward, setup_context=_setup)
+apply_relu_gram_op.register_autograd(_backward_gram, setup_context=_setup)
+
+
+def _check(P, Ginv):
+    check_tensor(P, "P")
+    check_square(Ginv, "Ginv")
+    check_same(Ginv, P, "Ginv", "P")
+    if Ginv.shape[-1] != P.shape[-1]:
+        raise ValueError(f"Ginv is {tuple(Ginv.shape[-2:])} but P has r = {P.shape[-1]} columns; Ginv must be r x r")
+    batch = P.shape[:-2]
+    try:
+        fits = torch.broadcast_shapes(Ginv.shape[:-2], batch) == batch
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"Ginv's batch shape {tuple(Ginv.shape[:-2])} must broadcast to P's {tuple(batch)}")
+    return Ginv.expand(*batch, *Ginv.shape[-2:])
+
+
+def apply_relu(P, Ginv):
+    """ReLU(P @ Ginv) for P (..., n, r) and Ginv (..., r, r) (its batch broadcasts to P's)."""
+    return apply_relu_op(P, _check(P, Ginv))
+
+
+def apply_relu_gram(P, Ginv):
+    """(Y, Y^T Y) with Y = ReLU(P @ Ginv), the Gram accumulated in the same pass over P.
+
+    Feeding Y^T Y to the next block (`symnmf_block_from_gram`) means a chain of
+    blocks reads each factor once forward, and its backward folds the Gram's
+    gradient into this op's single backward pass.
+    """
+    return apply_relu_gram_op(P, _check(P, Ginv))
