@@ -1,0 +1,89 @@
+// Launcher of the CSR x dense kernel (spmm_kernel.cuh) for the symnmf::spmm_csr op on CUDA.
+// The Python layer validates indices once per matrix; this file only checks metadata.
+#include <algorithm>
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "../spmm.h"
+#include "spmm_kernel.cuh"
+
+namespace symnmf {
+namespace {
+
+using cuda::kThreads;
+using cuda::spmm_csr_kernel;
+using cuda::VecWidth;
+
+int ceil_log2(int64_t x) {
+  int k = 0;
+  while ((int64_t(1) << k) < x) ++k;
+  return k;
+}
+
+template <typename scalar_t, typename index_t>
+void launch(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& val, const at::Tensor& U,
+            at::Tensor& out) {
+  constexpr int VEC = VecWidth<scalar_t>::value;
+  const int64_t n_rows = crow.numel() - 1;
+  const int64_t n_cols = U.size(0);
+  const int64_t r = U.size(1);
+  const int64_t ld = r <= 1 ? 1 : U.stride(0);
+  const int64_t nnz = col.numel();
+
+  // Column lanes: enough 16-byte slices to cover r, at most a warp (a tile of 32 * VEC columns).
+  const int lanes_col_log2 = std::min(5, ceil_log2((r + VEC - 1) / VEC));
+  const int64_t tile = (int64_t(1) << lanes_col_log2) * VEC;
+  // Spare lanes of the warp split the nonzeros of a row, up to about one per two nonzeros.
+  const int64_t avg_nnz = n_rows > 0 ? nnz / n_rows : 0;
+  const int lanes_nnz_log2 = std::min(5 - lanes_col_log2, std::max(0, ceil_log2(avg_nnz / 2)));
+  const int group_log2 = lanes_col_log2 + lanes_nnz_log2;
+
+  const int64_t grid_x = (n_rows * (int64_t(1) << group_log2) + kThreads - 1) / kThreads;
+  const int64_t grid_y = (r + tile - 1) / tile;
+  TORCH_CHECK(grid_x <= 0x7fffffff && grid_y <= 65535, "spmm_csr: problem too large for one launch (n_rows = ",
+              n_rows, ", r = ", r, ")");
+
+  const scalar_t* dense = U.data_ptr<scalar_t>();
+  const bool aligned = r % VEC == 0 && ld % VEC == 0 && reinterpret_cast<uintptr_t>(dense) % 16 == 0;
+  const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y));
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  auto args = [&](auto kernel) {
+    kernel<<<grid, kThreads, 0, stream>>>(crow.data_ptr<int64_t>(), col.data_ptr<index_t>(),
+                                         val.data_ptr<scalar_t>(), dense, out.data_ptr<scalar_t>(), n_rows,
+                                         n_cols, r, ld, lanes_col_log2, group_log2);
+  };
+  if (aligned)
+    args(spmm_csr_kernel<scalar_t, index_t, true>);
+  else
+    args(spmm_csr_kernel<scalar_t, index_t, false>);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor spmm_csr_cuda(const at::Tensor& crow_indices, const at::Tensor& col_indices, const at::Tensor& values,
+                         const at::Tensor& dense, const std::optional<at::Tensor>& /*t_crow_indices*/,
+                         const std::optional<at::Tensor>& /*t_col_indices*/,
+                         const std::optional<at::Tensor>& /*t_values*/) {
+  check_spmm_args(crow_indices, col_indices, values, dense);
+  const c10::cuda::CUDAGuard guard(dense.device());
+  const at::Tensor crow = crow_indices.to(at::kLong).contiguous();
+  const at::Tensor col = col_indices.contiguous();
+  const at::Tensor val = values.contiguous();
+  const at::Tensor U = (dense.stride(1) == 1 || dense.size(1) <= 1) ? dense : dense.contiguous();
+  at::Tensor out = at::empty({crow.numel() - 1, U.size(1)}, U.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(U.scalar_type(), "spmm_csr_cuda", [&] {
+    AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "spmm_csr_cuda_index",
+                            [&] { launch<scalar_t, index_t>(crow, col, val, U, out); });
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace symnmf
+
+TORCH_LIBRARY_IMPL(symnmf, CUDA, m) { m.impl("spmm_csr", &symnmf::spmm_csr_cuda); }

@@ -1,0 +1,37 @@
+// Shared declarations of the symnmf::spmm_csr op: argument checks common to every backend.
+#pragma once
+
+#include <optional>
+
+#include <torch/library.h>
+#include <ATen/ATen.h>
+
+namespace symnmf {
+
+// Checks the metadata of (crow_indices, col_indices, values, dense) for out = X @ dense,
+// X an n_rows x n_cols CSR matrix with n_cols = dense.size(0). Reads no tensor values,
+// so it never synchronises with a device.
+inline void check_spmm_args(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                            const at::Tensor& dense) {
+  TORCH_CHECK_VALUE(crow.dim() == 1 && crow.numel() >= 1,
+                    "spmm_csr: crow_indices must be 1-D with n_rows + 1 >= 1 entries, got shape ", crow.sizes());
+  TORCH_CHECK_VALUE(col.dim() == 1, "spmm_csr: col_indices must be 1-D, got shape ", col.sizes());
+  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == col.numel(),
+                    "spmm_csr: values must be 1-D with one entry per column index (", col.numel(),
+                    "), got shape ", values.sizes());
+  TORCH_CHECK_VALUE(dense.dim() == 2, "spmm_csr: dense must be 2-D (n_cols, r), got shape ", dense.sizes());
+  TORCH_CHECK_TYPE(crow.scalar_type() == at::kLong || crow.scalar_type() == at::kInt,
+                   "spmm_csr: crow_indices must be int64 or int32, got ", crow.scalar_type());
+  TORCH_CHECK_TYPE(col.scalar_type() == at::kLong || col.scalar_type() == at::kInt,
+                   "spmm_csr: col_indices must be int64 or int32, got ", col.scalar_type());
+  TORCH_CHECK_TYPE(dense.scalar_type() == at::kFloat || dense.scalar_type() == at::kDouble,
+                   "spmm_csr: dense must be float32 or float64, got ", dense.scalar_type());
+  TORCH_CHECK_TYPE(values.scalar_type() == dense.scalar_type(), "spmm_csr: values (", values.scalar_type(),
+                   ") and dense (", dense.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK_VALUE(crow.device() == dense.device() && col.device() == dense.device() &&
+                        values.device() == dense.device(),
+                    "spmm_csr: crow_indices (", crow.device(), "), col_indices (", col.device(), "), values (",
+                    values.device(), ") and dense (", dense.device(), ") must be on the same device");
+}
+
+}  // namespace symnmf
