@@ -1,0 +1,309 @@
+"""The comparison of the SymNMF-Net paper (its Tables 1-3) on the offline digit data sets.
+
+For every available data set: build Kuang's similarity graph of the images
+(`similarity_graph`), factorise it at rank r = number of classes with
+SymNMF-Net and each classical solver from the same kind of random start, label
+node i by argmax_j U[i, j], and report per method
+
+- E: relative error ||X - U U^T||_F^2 / ||X||_F^2 of the final factor,
+- ACC (Hungarian matching), NMI (MI / max(H1, H2), as in the paper), purity,
+- iterations (epochs for SymNMF-Net) and wall-clock seconds.
+
+With ``runs > 1`` every method runs from ``runs`` seeds and the table shows
+mean +- standard deviation. The default iteration counts are a quick setting
+(digits on a 2-core CPU in well under a minute); raise them with ``max_iter`` /
+``epochs`` to run the solvers to their tolerances.
+
+Convergence curves (E against iteration and against time, one PNG per data
+set) are written when matplotlib is installed.
+"""
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+import symnmf_kernels as sk
+
+from . import datasets as _datasets
+from .graph import similarity_graph
+from .metrics import accuracy, nmi, purity
+
+__all__ = [
+    "METHODS", "METHOD_NAMES", "QUICK_MAX_ITER", "QUICK_EPOCHS", "MethodRun",
+    "run_method", "score", "reproduce", "format_table", "plot_convergence",
+]
+
+METHODS = ("net", "anls", "hals", "pgd", "newton", "admm")
+METHOD_NAMES = {
+    "net": "SymNMF-Net", "anls": "SymANLS", "hals": "SymHALS",
+    "pgd": "PGD", "newton": "SymNewton", "admm": "ADMM",
+}
+
+# Quick setting: iterations per solver (one iteration updates the whole factor once).
+QUICK_MAX_ITER = {"anls": 100, "hals": 200, "pgd": 200, "newton": 30, "admm": 300}
+QUICK_EPOCHS = 100
+
+
+@dataclass
+class MethodRun:
+    """One factorisation: its factor, labels, final relative error and convergence curve."""
+
+    method: str
+    U: torch.Tensor
+    labels: np.ndarray
+    rel_error: float
+    n_iter: int
+    seconds: float
+    curve_iter: list = field(default_factory=list)
+    curve_rel_error: list = field(default_factory=list)
+    curve_time: list = field(default_factory=list)
+
+
+def _frob2(X):
+    return float(X.values().pow(2).sum()) if X.layout != torch.strided else float(X.pow(2).sum())
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _scalar(value):
+    """A history entry as a float (the net records one value per problem as a list)."""
+    if isinstance(value, (list, tuple)):
+        return float(np.mean(value))
+    return float(value)
+
+
+def run_method(X, rank, method, max_iter=None, epochs=None, lr=0.5, tol=None, seed=None, device=None):
+    """Factorise the similarity X (torch dense or sparse CSR, on ``device``) at ``rank``.
+
+    method: "net" (SymNMF-Net trained for ``epochs`` Adam steps at ``lr``) or a
+    solver name of `symnmf.solvers.solve` (run for ``max_iter`` iterations or to ``tol``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    device = X.device if device is None else torch.device(device)
+    X = X.to(device)
+    _sync(device)
+    start = time.perf_counter()
+    if method == "net":
+        from .net import SymNMFNet
+
+        net = SymNMFNet(rank, random_state=seed)
+        net.fit(X, epochs=QUICK_EPOCHS if epochs is None else epochs, lr=lr, tol=tol)
+        with torch.no_grad():
+            U = net().detach()
+        _sync(device)
+        seconds = time.perf_counter() - start
+        hist = net.history_
+        curve_iter = [int(e) for e in hist.get("epoch", [])]
+        curve_rel = [_scalar(v) for v in hist.get("relative_error", [])]
+        curve_time = [float(t) for t in hist.get("time", [])]
+        n_iter = int(net.n_iter_)
+    else:
+        from .solvers import solve
+
+        result = solve(
+            X, rank, solver=method, max_iter=QUICK_MAX_ITER[method] if max_iter is None else max_iter,
+            tol=tol, random_state=seed, device=device,
+        )
+        U = result.U.detach()
+        _sync(device)
+        seconds = time.perf_counter() - start
+        hist = result.history
+        curve_rel = [float(v) for v in hist.get("rel_error", [])]
+        curve_time = [float(t) for t in hist.get("time", [])]
+        curve_iter = list(range(len(curve_rel)))
+        n_iter = int(result.n_iter)
+    with torch.no_grad():
+        rel_error = float(sk.sym_loss(X, U)) / _frob2(X)
+    labels = U.argmax(dim=-1).cpu().numpy()
+    return MethodRun(method, U, labels, rel_error, n_iter, seconds, curve_iter, curve_rel, curve_time)
+
+
+def score(labels_true, labels_pred):
+    """ACC, NMI (max normalisation, the paper's) and purity as a dict."""
+    return {
+        "acc": accuracy(labels_true, labels_pred),
+        "nmi": nmi(labels_true, labels_pred, normalization="max"),
+        "purity": purity(labels_true, labels_pred),
+    }
+
+
+def _subsample(features, labels, n, seed):
+    """n samples drawn without replacement, every class kept where n allows."""
+    if n is None or n >= len(labels):
+        return features, labels
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(labels), size=n, replace=False)
+    picked.sort()
+    return features[picked], labels[picked]
+
+
+def reproduce(
+    datasets=None,
+    methods=METHODS,
+    max_iter=None,
+    epochs=None,
+    lr=0.5,
+    tol=None,
+    runs=1,
+    seed=0,
+    device=None,
+    subset=None,
+    out_dir=None,
+    plot=True,
+    log=print,
+):
+    """Run the comparison and return its rows (one dict per data set and method).
+
+    datasets: names (default: every available one). max_iter: iterations of every
+    classical solver (default: `QUICK_MAX_ITER`); epochs: SymNMF-Net's steps
+    (default `QUICK_EPOCHS`). subset: use only this many samples of each data set.
+    out_dir: where to write results.md, results.json and the convergence PNGs.
+    log: a print-like function for progress lines, or None.
+    """
+    log = log or (lambda *a, **k: None)
+    names = list(datasets) if datasets else _datasets.available()
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise ValueError(f"runs must be a positive int, got {runs!r}")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    for name in names:
+        features, labels_true = _datasets.load(name)
+        features, labels_true = _subsample(features, labels_true, subset, seed)
+        rank = int(len(np.unique(labels_true)))
+        _sync(device)
+        start = time.perf_counter()
+        X = similarity_graph(features, device=device, dtype=torch.float32)
+        _sync(device)
+        graph_seconds = time.perf_counter() - start
+        log(f"{name}: n = {X.shape[0]}, r = {rank}, graph nnz = {X.values().numel()} "
+            f"({graph_seconds:.2f} s on {device})")
+        curves = {}
+        for method in methods:
+            results = []
+            for run in range(runs):
+                mrun = run_method(X, rank, method, max_iter=max_iter, epochs=epochs, lr=lr, tol=tol,
+                                  seed=seed + run, device=device)
+                results.append((mrun, score(labels_true, mrun.labels)))
+                if run == 0:
+                    curves[method] = mrun
+            row = _summarise(name, method, X.shape[0], rank, results, graph_seconds)
+            rows.append(row)
+            log(f"  {METHOD_NAMES[method]:<10} E {row['rel_error']:.4f}  ACC {row['acc']:.4f}  "
+                f"NMI {row['nmi']:.4f}  purity {row['purity']:.4f}  iters {row['iterations']}  "
+                f"{row['seconds']:.2f} s")
+        if out_dir and plot:
+            path = plot_convergence(curves, os.path.join(out_dir, f"convergence-{name}.png"), title=name)
+            if path:
+                log(f"  wrote {path}")
+    if out_dir:
+        meta = {
+            "device": str(device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+            "runs": runs, "seed": seed, "subset": subset, "lr": lr, "tol": tol,
+            "max_iter": max_iter if max_iter is not None else QUICK_MAX_ITER,
+            "epochs": epochs if epochs is not None else QUICK_EPOCHS,
+        }
+        with open(os.path.join(out_dir, "results.md"), "w") as f:
+            f.write(format_table(rows, markdown=True, meta=meta))
+        with open(os.path.join(out_dir, "results.json"), "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    return rows
+
+
+def _summarise(dataset, method, n, rank, results, graph_seconds):
+    def stat(values):
+        values = np.asarray(values, dtype=np.float64)
+        return float(values.mean()), float(values.std())
+
+    row = {"dataset": dataset, "method": method, "name": METHOD_NAMES[method], "n": n, "rank": rank,
+           "runs": len(results), "graph_seconds": graph_seconds}
+    for key, values in (
+        ("rel_error", [r.rel_error for r, _ in results]),
+        ("acc", [s["acc"] for _, s in results]),
+        ("nmi", [s["nmi"] for _, s in results]),
+        ("purity", [s["purity"] for _, s in results]),
+        ("seconds", [r.seconds for r, _ in results]),
+    ):
+        row[key], row[key + "_std"] = stat(values)
+    row["iterations"] = int(round(np.mean([r.n_iter for r, _ in results])))
+    return row
+
+
+_COLUMNS = (
+    ("rel_error", "E", "{:.4f}"),
+    ("acc", "ACC", "{:.4f}"),
+    ("nmi", "NMI", "{:.4f}"),
+    ("purity", "purity", "{:.4f}"),
+    ("iterations", "iters", "{}"),
+    ("seconds", "time (s)", "{:.2f}"),
+)
+
+
+def format_table(rows, markdown=False, meta=None):
+    """The rows as a table in the layout of the paper's Tables 1-3: one block per data set."""
+    header = ["data set", "method"] + [title for _, title, _ in _COLUMNS]
+    body = []
+    for row in rows:
+        cells = [f"{row['dataset']} (n={row['n']}, r={row['rank']})", row["name"]]
+        for key, _, fmt in _COLUMNS:
+            cell = fmt.format(row[key])
+            if row["runs"] > 1 and key + "_std" in row:
+                cell += " ± " + fmt.format(row[key + "_std"])
+            cells.append(cell)
+        body.append(cells)
+    notes = [
+        "E = ||X - U U^T||_F^2 / ||X||_F^2; ACC by Hungarian matching; NMI = MI / max(H(true), H(pred)); "
+        "labels = argmax of each row of U; X = Kuang's self-tuning kNN graph of the raw features.",
+    ]
+    if meta:
+        notes.append(", ".join(f"{k} = {v}" for k, v in meta.items()))
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
+    widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(header)]
+    fmt_line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    lines = [fmt_line(header), "  ".join("-" * w for w in widths)] + [fmt_line(c) for c in body]
+    return "\n".join(lines) + "\n" + "\n".join(notes) + "\n"
+
+
+def plot_convergence(curves, path, title=None):
+    """PNG of E against iteration (left) and against seconds (right) per method; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (ax_iter, ax_time) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for method, run in curves.items():
+        if not run.curve_rel_error:
+            continue
+        label = METHOD_NAMES.get(method, method)
+        ax_iter.plot(run.curve_iter, run.curve_rel_error, label=label)
+        if len(run.curve_time) == len(run.curve_rel_error):
+            ax_time.plot(run.curve_time, run.curve_rel_error, label=label)
+    for ax, xlabel in ((ax_iter, "iteration (epoch for SymNMF-Net)"), (ax_time, "time (s)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("relative error ||X - UU^T||² / ||X||²")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    ax_iter.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
