@@ -17,7 +17,7 @@ def apply_relu_op(P: torch.Tensor, Ginv: torch.Tensor) -> torch.Tensor:
     if use_triton(P, r):
         P3, batch = as_batch(P)
         return _launch.apply(P3, _flat_square(Ginv, P3.shape[0], r), relu=True).reshape(P.shape)
-    return torch.relu(P @ Ginv)
+    return torch.relu(P @ Ginv).contiguous()
 
 
 @apply_relu_op.register_fake
@@ -35,8 +35,8 @@ def apply_relu_gram_op(P: torch.Tensor, Ginv: torch.Tensor) -> tuple[torch.Tenso
         Y, partials = _launch.apply(P3, _flat_square(Ginv, B, r), relu=True, emit_gram=True)
         zero = torch.zeros((B,), dtype=partials.dtype, device=P.device)
         return Y.reshape(P.shape), _launch.reduce_partials(partials, zero, r, P.dtype).reshape(*batch, r, r)
-    Y = torch.relu(P @ Ginv)
-    return Y, Y.mT @ Y
+    Y = torch.relu(P @ Ginv).contiguous()
+    return Y, (Y.mT @ Y).contiguous()
 
 
 @apply_relu_gram_op.register_fake
@@ -62,12 +62,15 @@ def apply_relu_backward(
     if H is not None:
         grad = grad + Y @ H
     Zb = grad * (Y > 0)
-    return Zb @ Ginv.mT, P.mT @ Zb
+    return (Zb @ Ginv.mT).contiguous(), (P.mT @ Zb).contiguous()
 
 
 @apply_relu_backward.register_fake
 def _(grad, Y, P, Ginv, H):
-    return torch.empty_like(P, memory_format=torch.contiguous_format), torch.empty_like(Ginv)
+    return (
+        torch.empty_like(P, memory_format=torch.contiguous_format),
+        torch.empty_like(Ginv, memory_format=torch.contiguous_format),
+    )
 
 
 def _setup(ctx, inputs, output):

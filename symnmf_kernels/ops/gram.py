@@ -12,7 +12,7 @@ def mm_small(A: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     if use_triton(A, r):
         A3, batch = as_batch(A)
         return _launch.apply(A3, M.reshape(-1, r, r), relu=False).reshape(A.shape)
-    return A @ M
+    return (A @ M).contiguous()
 
 
 @mm_small.register_fake
@@ -28,7 +28,7 @@ def gram_op(U: torch.Tensor, lam: torch.Tensor, deterministic: bool = True) -> t
         lam_b = lam.expand(batch).reshape(-1).contiguous()
         return _launch.gram(U3, lam_b, deterministic).reshape(*batch, r, r)
     G = U.mT @ U
-    return G + lam[..., None, None] * torch.eye(r, dtype=U.dtype, device=U.device)
+    return (G + lam[..., None, None] * torch.eye(r, dtype=U.dtype, device=U.device)).contiguous()
 
 
 @gram_op.register_fake

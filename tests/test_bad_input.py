@@ -1,0 +1,73 @@
+"""Bad arguments raise errors that name the argument and the fix, before any kernel runs."""
+import pytest
+import torch
+
+import symnmf_kernels as sk
+
+
+def test_gram_rejects_bad_u():
+    with pytest.raises(TypeError, match="U must be float32 or float64"):
+        sk.gram(torch.ones(5, 2, dtype=torch.int64), 1.0)
+    with pytest.raises(ValueError, match="U must have at least 2 dimensions"):
+        sk.gram(torch.rand(5), 1.0)
+    with pytest.raises(ValueError, match="U has an empty dimension"):
+        sk.gram(torch.rand(0, 3), 1.0)
+    with pytest.raises(TypeError, match="U must be a torch.Tensor"):
+        sk.gram([[1.0, 2.0]], 1.0)
+
+
+def test_lam_checks():
+    U = torch.rand(2, 10, 3)
+    with pytest.raises(ValueError, match="lam must be finite"):
+        sk.gram(U, float("nan"))
+    with pytest.raises(TypeError, match="lam is torch.float64 but U is torch.float32"):
+        sk.gram(U, torch.tensor(1.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="lam of shape \\(3,\\) must broadcast"):
+        sk.gram(U, torch.ones(3))
+    with pytest.raises(TypeError, match="lam must be a float or a tensor"):
+        sk.gram(U, "1.0")
+
+
+def test_spd_inverse_rejects_non_square():
+    with pytest.raises(ValueError, match="G must be square"):
+        sk.spd_inverse(torch.rand(3, 4))
+
+
+def test_apply_relu_shape_mismatch():
+    with pytest.raises(ValueError, match="Ginv must be r x r"):
+        sk.apply_relu(torch.rand(10, 4), torch.eye(3))
+    with pytest.raises(ValueError, match="Ginv's batch shape"):
+        sk.apply_relu(torch.rand(2, 10, 3), torch.eye(3).expand(4, 3, 3))
+    with pytest.raises(TypeError, match="Ginv is torch.float64 but P is torch.float32"):
+        sk.apply_relu(torch.rand(10, 3), torch.eye(3, dtype=torch.float64))
+
+
+def test_symnmf_block_mismatch():
+    with pytest.raises(ValueError, match="P has r = 4 columns but U has r = 3"):
+        sk.symnmf_block(torch.rand(10, 3), torch.rand(10, 4), 1.0)
+    with pytest.raises(ValueError, match="batch shape"):
+        sk.symnmf_block(torch.rand(2, 10, 3), torch.rand(10, 3), 1.0)
+
+
+def test_sym_loss_mismatch():
+    with pytest.raises(ValueError, match="X must be square"):
+        sk.sym_loss(torch.rand(5, 6), torch.rand(5, 2))
+    with pytest.raises(ValueError, match="U has n = 4 rows"):
+        sk.sym_loss(torch.rand(5, 5), torch.rand(4, 2))
+
+
+@pytest.mark.gpu
+def test_device_mismatch_is_named():
+    with pytest.raises(ValueError, match="P is on cuda"):
+        sk.symnmf_block(torch.rand(10, 3), torch.rand(10, 3, device="cuda"), 1.0)
+
+
+def test_large_r_falls_back_with_one_warning(monkeypatch):
+    from symnmf_kernels.ops import _common
+
+    monkeypatch.setattr(_common, "_warned", set())
+    monkeypatch.setattr(_common, "interpreting", lambda: True)
+    U = torch.rand(140, 130, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="r = 130 exceeds"):
+        G = sk.gram(U, 1.0)
+    assert torch.allclose(G, U.mT @ U + torch.eye(130, dtype=torch.float64))

@@ -1,0 +1,77 @@
+"""symnmf_block and its chain form against the reference, forward and every gradient.
+
+Following flash-attention's tests: the float32 kernel's error against a float64
+reference is bounded by a small multiple of the float32 torch path's error.
+"""
+import pytest
+import torch
+
+import symnmf_kernels as sk
+from symnmf_kernels import reference
+from conftest import rel_err
+
+
+def block_inputs(batch, n, r, device, dtype=torch.float32):
+    U = torch.rand(*batch, n, r, device=device, dtype=dtype)
+    P = torch.randn(*batch, n, r, device=device, dtype=dtype)
+    # lam on the scale of U^T U keeps the Gram's condition number moderate, as in the network.
+    lam = torch.tensor(0.1 * n + 1.0, device=device, dtype=dtype)
+    return U, P, lam
+
+
+def grads(fn, U, P, lam, g):
+    U, P, lam = (t.detach().clone().requires_grad_() for t in (U, P, lam))
+    out = fn(U, P, lam)
+    return (out, *torch.autograd.grad(out, (U, P, lam), g))
+
+
+@pytest.mark.parametrize("n,r", [(1, 1), (7, 5), (1003, 16), (301, 48), (67, 128)])
+def test_block_forward_backward(device, n, r):
+    U, P, lam = block_inputs((), n, r, device)
+    g = torch.randn(n, r, device=device)
+    ours = grads(sk.symnmf_block, U, P, lam, g)
+    exact = grads(reference.symnmf_block, U.double(), P.double(), lam.double(), g.double())
+    torch32 = grads(reference.symnmf_block, U, P, lam, g)
+    for name, got, want, base in zip(["U_next", "dU", "dP", "dlam"], ours, exact, torch32):
+        err, base_err = rel_err(got, want), rel_err(base, want)
+        assert err <= 2 * base_err + 1e-5, f"{name}: {err:.2e} vs torch float32 {base_err:.2e}"
+
+
+def test_block_batched_non_contiguous(device):
+    U, P, lam = block_inputs((2, 3), 45, 6, device, torch.float64)
+    U_nc = U.transpose(0, 1).contiguous().transpose(0, 1)  # batch dims out of order in memory
+    assert not U_nc.is_contiguous()
+    lam_b = torch.rand(2, 3, device=device, dtype=torch.float64) + 5.0
+    g = torch.randn(2, 3, 45, 6, device=device, dtype=torch.float64)
+    for got, want in zip(grads(sk.symnmf_block, U_nc, P, lam_b, g), grads(reference.symnmf_block, U, P, lam_b, g)):
+        assert rel_err(got, want) <= 1e-12
+
+
+def test_block_lam_as_float(device):
+    U, P, _ = block_inputs((), 50, 4, device, torch.float64)
+    assert rel_err(sk.symnmf_block(U, P, 2.5), reference.symnmf_block(U, P, 2.5)) <= 1e-12
+
+
+def test_chain_form_equals_block(device):
+    U, P, lam = block_inputs((2,), 77, 8, device, torch.float64)
+    gU = torch.randn(2, 77, 8, device=device, dtype=torch.float64)
+    gG = torch.randn(2, 8, 8, device=device, dtype=torch.float64)
+
+    def chain(U, P, lam):
+        U_next, UtU_next = sk.symnmf_block_from_gram(sk.gram(U, 0.0), P, lam)
+        return (U_next * gU).sum() + (UtU_next * gG).sum()
+
+    def plain(U, P, lam):
+        U_next = reference.symnmf_block(U, P, lam)
+        return (U_next * gU).sum() + ((U_next.mT @ U_next) * gG).sum()
+
+    one = torch.ones((), device=device, dtype=torch.float64)
+    for got, want in zip(grads(chain, U, P, lam, one), grads(plain, U, P, lam, one)):
+        assert rel_err(got, want) <= 1e-12
+
+
+def test_block_gradcheck(device):
+    U, P, lam = block_inputs((), 4, 2, device, torch.float64)
+    inputs = tuple(t.requires_grad_() for t in (U, P, lam))
+    assert torch.autograd.gradcheck(sk.symnmf_block, inputs)
+    assert torch.autograd.gradcheck(reference.symnmf_block, inputs)

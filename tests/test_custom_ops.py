@@ -1,0 +1,60 @@
+"""The ops are torch.library custom ops: opcheck passes and torch.compile traces through them."""
+import pytest
+import torch
+
+import symnmf_kernels as sk
+from symnmf_kernels import reference
+from symnmf_kernels.ops.apply_relu import apply_relu_backward, apply_relu_gram_op, apply_relu_op
+from symnmf_kernels.ops.gram import gram_op, mm_small
+from symnmf_kernels.ops.spd_inverse import spd_inverse_op
+from symnmf_kernels.ops.sym_loss import sym_loss_dense
+from conftest import rel_err
+
+
+def _spd(r, device):
+    A = torch.randn(2, r, r, device=device, dtype=torch.float64)
+    return A @ A.mT + r * torch.eye(r, device=device, dtype=torch.float64)
+
+
+def cases(device):
+    f64 = dict(device=device, dtype=torch.float64)
+    U = torch.rand(2, 9, 3, **f64)
+    G = _spd(3, device)
+    Ginv = torch.linalg.inv(G)
+    X = torch.rand(2, 9, 9, **f64)
+    return [
+        (gram_op, (U.requires_grad_(), torch.tensor(0.5, **f64).requires_grad_(), True)),
+        (mm_small, (torch.rand(2, 9, 3, **f64), G)),
+        (spd_inverse_op, (G.clone().requires_grad_(),)),
+        (apply_relu_op, (torch.randn(2, 9, 3, **f64).requires_grad_(), Ginv.clone().requires_grad_())),
+        (apply_relu_gram_op, (torch.randn(2, 9, 3, **f64).requires_grad_(), Ginv.clone().requires_grad_())),
+        (apply_relu_backward, (torch.randn(2, 9, 3, **f64), torch.rand(2, 9, 3, **f64), torch.randn(2, 9, 3, **f64), Ginv, None)),
+        (sym_loss_dense, (X + X.mT, torch.rand(2, 9, 3, **f64).requires_grad_())),
+    ]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_opcheck(device, index):
+    op, args = cases(device)[index]
+    torch.library.opcheck(op, args)
+
+
+def test_torch_compile_block_training_step(device):
+    torch._dynamo.reset()
+    U = torch.rand(64, 4, device=device)
+    P = torch.randn(64, 4, device=device, requires_grad=True)
+    lam = torch.tensor(8.0, device=device, requires_grad=True)
+
+    def step(U, P, lam):
+        U1 = sk.symnmf_block(U, P, lam)
+        return (U1 * U1).sum()
+
+    compiled = torch.compile(step, fullgraph=True)
+    loss = compiled(U, P, lam)
+    dP, dlam = torch.autograd.grad(loss, (P, lam))
+    P_ref, lam_ref = P.detach().double().requires_grad_(), lam.detach().double().requires_grad_()
+    U_ref = reference.symnmf_block(U.double(), P_ref, lam_ref)
+    dP_ref, dlam_ref = torch.autograd.grad((U_ref * U_ref).sum(), (P_ref, lam_ref))
+    assert rel_err(loss, (U_ref * U_ref).sum()) <= 1e-5
+    assert rel_err(dP, dP_ref) <= 1e-4
+    assert rel_err(dlam, dlam_ref) <= 1e-4

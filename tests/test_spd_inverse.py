@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+import symnmf_kernels as sk
+from symnmf_kernels import reference
+from conftest import rel_err
+
+
+def spd_batch(batch, r, cond, device, dtype=torch.float32):
+    """SPD matrices with eigenvalues spread log-uniformly over [1/cond, 1]."""
+    Q, _ = torch.linalg.qr(torch.randn(*batch, r, r, dtype=torch.float64))
+    eig = torch.logspace(0, -torch.log10(torch.tensor(float(cond))).item(), r, dtype=torch.float64)
+    G = Q @ torch.diag_embed(eig.expand(*batch, r)) @ Q.mT
+    return (0.5 * (G + G.mT)).to(device=device, dtype=dtype)
+
+
+@pytest.mark.parametrize("r", [1, 5, 16, 48, 128])
+def test_spd_inverse_matches_reference(device, r):
+    G = spd_batch((3,), r, 1e4, device)
+    exact = reference.spd_inverse(G.double())
+    err = rel_err(sk.spd_inverse(G), exact)
+    # The bound of the issue, and no worse than a small multiple of torch's own float32 error.
+    torch_err = rel_err(reference.spd_inverse(G), exact)
+    assert err <= 1e-4
+    assert err <= 4 * torch_err + 1e-6
+
+
+@pytest.mark.parametrize("r", [5, 33])
+def test_spd_inverse_float64(device, r):
+    G = spd_batch((2, 2), r, 1e6, device, torch.float64)
+    assert rel_err(sk.spd_inverse(G), reference.spd_inverse(G)) <= 1e-9
+
+
+def test_spd_inverse_non_contiguous(device):
+    G = spd_batch((4,), 20, 100, device)
+    Gt = G.mT[1::2]  # symmetric, so the transposed view has the same inverse
+    assert not Gt.is_contiguous()
+    assert rel_err(sk.spd_inverse(Gt), reference.spd_inverse(Gt.double())) <= 1e-5
+
+
+def test_not_positive_definite_gives_nan_only_there(device):
+    G = spd_batch((3,), 6, 10, device)
+    G[1, 2, 2] = -1.0
+    inv = sk.spd_inverse(G)
+    assert torch.isnan(inv[1]).all()
+    assert torch.isfinite(inv[0]).all() and torch.isfinite(inv[2]).all()
+    with pytest.raises(ValueError, match="not positive definite in 1 of 3"):
+        sk.spd_inverse(G, check=True)
+
+
+def test_spd_inverse_gradients_match_reference(device):
+    A = torch.randn(2, 7, 7, device=device, dtype=torch.float64)
+    G = (A @ A.mT + 7 * torch.eye(7, device=device, dtype=torch.float64)).requires_grad_()
+    dinv = torch.randn(2, 7, 7, device=device, dtype=torch.float64)
+    (dG,) = torch.autograd.grad(sk.spd_inverse(G), G, dinv)
+    G_ref = G.detach().clone().requires_grad_()
+    (dG_ref,) = torch.autograd.grad(reference.spd_inverse(G_ref), G_ref, dinv)
+    assert rel_err(dG, dG_ref) <= 1e-12
+
+
+def test_spd_inverse_gradcheck(device):
+    # G is built symmetric from A, the way every caller builds it.
+    A = torch.randn(2, 3, 3, device=device, dtype=torch.float64, requires_grad=True)
+    eye = torch.eye(3, device=device, dtype=torch.float64)
+
+    def through(fn):
+        return lambda A: fn(A @ A.mT + eye)
+
+    assert torch.autograd.gradcheck(through(sk.spd_inverse), (A,))
+    assert torch.autograd.gradcheck(through(reference.spd_inverse), (A,))
