@@ -136,7 +136,8 @@ def as_lam(lam, U):
     lam = float(lam)
     if lam != lam or lam in (float("inf"), float("-inf")):
         raise ValueError(f"lam must be finite, got {lam}")
-    return torch.tensor(lam, dtype=U.dtype, device=U.device)
+    # torch.full, not torch.tensor: a fill kernel rather than a host-to-device copy, so CUDA graphs can capture it.
+    return torch.full((), lam, dtype=U.dtype, device=U.device)
 
 
 def check_square(G, name):

@@ -56,7 +56,8 @@ def spd_inverse(G):
     BR = block_r(r)
     spd_inverse_kernel[(B,)](
         G, out, info, r, *G.stride(), *out.stride(),
-        BLOCK_R=BR, ACC=acc_dtype(G.dtype), num_warps=num_warps(r),
+        # Three BLOCK_R x BLOCK_R tiles live in registers: spread them over more warps at r = 128.
+        BLOCK_R=BR, ACC=acc_dtype(G.dtype), num_warps=16 if BR >= 128 else num_warps(r),
     )
     return out, info
 
