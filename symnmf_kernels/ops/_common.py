@@ -3,6 +3,7 @@
 Checks read shapes, dtypes and devices only: reading tensor values would
 synchronise with the host inside a training step.
 """
+import functools
 import os
 import warnings
 
@@ -65,10 +66,15 @@ def split_rows(n, batch, block, device):
     if device.type == "cpu":
         splits = min(tiles, 4)
     else:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
         splits = max(1, min(tiles, triton_cdiv(4 * sms, batch)))
     rows_per_split = triton_cdiv(tiles, splits) * block
     return rows_per_split, triton_cdiv(n, rows_per_split)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index):
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def triton_cdiv(a, b):
