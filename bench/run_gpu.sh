@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Everything a GPU machine has to do, in one call from the repository root:
+#   install the package, run the GPU tests, the benchmarks, then the whole test
+#   suite on CUDA; the log and the result tables are copied to $OUT.
+#
+#   OUT=/some/folder bash bench/run_gpu.sh
+#
+# The GPU tests and the benchmarks come first: they are what only this machine
+# can produce (CI runs the rest of the suite on CPU). Every step has a time
+# limit and the whole run a deadline (RUN_GPU_BUDGET_S, default 470 s), so it
+# ends within about 8 minutes even when a step hangs; a step that fails does
+# not stop the others. The exit status is 0 only when every step that ran passed.
+#
+# Environment: PYTHON (default python3), OUT (default: a fresh temporary folder),
+# RUN_GPU_BUDGET_S. $OUT receives at most 8 files: run_gpu.log and the tables
+# written under bench/results during this run (packed into bench_results.tar.gz
+# when there are more than 7).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+OUT=${OUT:-$(mktemp -d)}
+BUDGET=${RUN_GPU_BUDGET_S:-470}
+mkdir -p "$OUT" bench/results
+LOG="$OUT/run_gpu.log"
+export PYTHONUNBUFFERED=1
+# The CUDA extension's sources compile in parallel (ninja).
+export MAX_JOBS=${MAX_JOBS:-16}
+unset TRITON_INTERPRET
+
+START=$(date +%s)
+STAMP=$(mktemp)
+touch "$STAMP"
+SUMMARY=()
+FAILED=0
+: >"$LOG"
+
+say() { echo "$*" | tee -a "$LOG"; }
+remaining() { echo $((BUDGET - ($(date +%s) - START))); }
+
+# step NAME LIMIT_S COMMAND...: run COMMAND under min(LIMIT_S, time left), log its output and outcome.
+step() {
+    local name=$1 limit=$2 left rc t0 outcome
+    shift 2
+    left=$(remaining)
+    if [ "$left" -lt 15 ]; then
+        SUMMARY+=("$name: skipped, run deadline reached")
+        say "=== $name: skipped, run deadline reached"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    say "=== $name (limit ${limit} s): $*"
+    t0=$(date +%s)
+    timeout --signal=TERM --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        outcome="TIMED OUT after ${limit} s"
+        FAILED=1
+    elif [ "$rc" -eq 5 ] && [[ "$name" == pytest* ]]; then
+        outcome="no tests collected"
+    elif [ "$rc" -ne 0 ]; then
+        outcome="FAILED (exit $rc) in $(($(date +%s) - t0)) s"
+        FAILED=1
+    else
+        outcome="ok in $(($(date +%s) - t0)) s"
+    fi
+    SUMMARY+=("$name: $outcome")
+    say "=== $name: $outcome"
+}
+
+run_bench() {
+    local script=bench/$1 limit=$2
+    shift 2
+    if [ -f "$script" ]; then
+        step "$script" "$limit" "$PY" "$script" "$@"
+    else
+        SUMMARY+=("$script: skipped, not in this checkout")
+    fi
+}
+
+collect() {
+    local tables=()
+    while IFS= read -r f; do tables+=("$f"); done < <(find bench/results -maxdepth 1 -name '*.md' -newer "$STAMP" | sort)
+    say "=== summary ($(($(date +%s) - START)) s in all)"
+    for line in "${SUMMARY[@]}"; do say "$line"; done
+    say "tables: ${tables[*]:-none}"
+    if [ "${#tables[@]}" -gt 7 ]; then
+        tar czf "$OUT/bench_results.tar.gz" "${tables[@]}"
+    elif [ "${#tables[@]}" -gt 0 ]; then
+        cp "${tables[@]}" "$OUT/"
+    fi
+    rm -f "$STAMP"
+}
+
+say "=== machine"
+say "$(date -u)"
+say "$(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1)"
+say "$("$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name())" 2>&1)"
+say "$(git log --oneline -1 2>&1)"
+
+step "install" 150 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
+step "pytest -m gpu" 120 "$PY" -m pytest -q -p no:cacheprovider -rfE -m gpu
+# --budget-s: the script stops starting rows in time to write its table before the step's limit.
+run_bench bench_block.py 190 --budget-s 140
+run_bench bench_spmm.py 75
+run_bench bench_solvers.py 75
+XDIST=()
+if "$PY" -c "import xdist" 2>/dev/null; then
+    XDIST=(-n 4)
+    export OMP_NUM_THREADS=4
+fi
+step "pytest (whole suite, not gpu-marked)" 240 "$PY" -m pytest -q -p no:cacheprovider -rfE "${XDIST[@]}" -m "not gpu"
+collect
+exit "$FAILED"
