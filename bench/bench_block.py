@@ -217,12 +217,12 @@ def make_variants(use_compile):
 
 
 def disable_tf32():
-    """Float32 matmuls in full precision, as the kernels compute them."""
-    matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):
-        matmul.fp32_precision = "ieee"
-    else:
-        matmul.allow_tf32 = False
+    """Float32 matmuls in full precision (no TF32), as the kernels compute them.
+
+    The documented switch, not the backend flags: mixing the old allow_tf32 flags
+    with the newer fp32_precision ones makes torch raise when either is read.
+    """
+    torch.set_float32_matmul_precision("highest")
 
 
 def header_lines(args, device, bw, stopped):
