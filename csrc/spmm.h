@@ -9,7 +9,8 @@
 namespace symnmf {
 
 // Checks the metadata of (crow_indices, col_indices, values, dense) for out = X @ dense,
-// X an n_rows x n_cols CSR matrix with n_cols = dense.size(0). Reads no tensor values,
+// X an n_rows x n_cols CSR matrix with n_cols = dense.size(-2); a 3-D dense is a batch
+// multiplied by the same X. Reads no tensor values,
 // so it never synchronises with a device.
 inline void check_spmm_args(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
                             const at::Tensor& dense) {
@@ -19,7 +20,8 @@ inline void check_spmm_args(const at::Tensor& crow, const at::Tensor& col, const
   TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == col.numel(),
                     "spmm_csr: values must be 1-D with one entry per column index (", col.numel(),
                     "), got shape ", values.sizes());
-  TORCH_CHECK_VALUE(dense.dim() == 2, "spmm_csr: dense must be 2-D (n_cols, r), got shape ", dense.sizes());
+  TORCH_CHECK_VALUE(dense.dim() == 2 || dense.dim() == 3,
+                    "spmm_csr: dense must be (n_cols, r) or (B, n_cols, r), got shape ", dense.sizes());
   TORCH_CHECK_TYPE(crow.scalar_type() == at::kLong || crow.scalar_type() == at::kInt,
                    "spmm_csr: crow_indices must be int64 or int32, got ", crow.scalar_type());
   TORCH_CHECK_TYPE(col.scalar_type() == at::kLong || col.scalar_type() == at::kInt,

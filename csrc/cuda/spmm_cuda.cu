@@ -29,10 +29,11 @@ template <typename scalar_t, typename index_t>
 void launch(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& val, const at::Tensor& U,
             at::Tensor& out) {
   constexpr int VEC = VecWidth<scalar_t>::value;
+  constexpr int64_t kMaxGridZ = 65535;
+  const int64_t batch = U.size(0), n_cols = U.size(1), r = U.size(2);
   const int64_t n_rows = crow.numel() - 1;
-  const int64_t n_cols = U.size(0);
-  const int64_t r = U.size(1);
-  const int64_t ld = r <= 1 ? 1 : U.stride(0);
+  const int64_t stride_b = U.stride(0);
+  const int64_t ld = r <= 1 ? 1 : U.stride(1);
   const int64_t nnz = col.numel();
 
   // Column lanes: enough 16-byte slices to cover r, at most a warp (a tile of 32 * VEC columns).
@@ -49,19 +50,24 @@ void launch(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& val
               n_rows, ", r = ", r, ")");
 
   const scalar_t* dense = U.data_ptr<scalar_t>();
-  const bool aligned = r % VEC == 0 && ld % VEC == 0 && reinterpret_cast<uintptr_t>(dense) % 16 == 0;
-  const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y));
+  scalar_t* dst = out.data_ptr<scalar_t>();
+  const bool aligned = r % VEC == 0 && ld % VEC == 0 && (batch == 1 || stride_b % VEC == 0) &&
+                       reinterpret_cast<uintptr_t>(dense) % 16 == 0;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  auto args = [&](auto kernel) {
-    kernel<<<grid, kThreads, 0, stream>>>(crow.data_ptr<int64_t>(), col.data_ptr<index_t>(),
-                                         val.data_ptr<scalar_t>(), dense, out.data_ptr<scalar_t>(), n_rows,
-                                         n_cols, r, ld, lanes_col_log2, group_log2);
-  };
-  if (aligned)
-    args(spmm_csr_kernel<scalar_t, index_t, true>);
-  else
-    args(spmm_csr_kernel<scalar_t, index_t, false>);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  for (int64_t b0 = 0; b0 < batch; b0 += kMaxGridZ) {
+    const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
+                    static_cast<unsigned>(std::min(kMaxGridZ, batch - b0)));
+    auto run = [&](auto kernel) {
+      kernel<<<grid, kThreads, 0, stream>>>(crow.data_ptr<int64_t>(), col.data_ptr<index_t>(),
+                                           val.data_ptr<scalar_t>(), dense + b0 * stride_b, dst + b0 * n_rows * r,
+                                           n_rows, n_cols, r, stride_b, ld, lanes_col_log2, group_log2);
+    };
+    if (aligned)
+      run(spmm_csr_kernel<scalar_t, index_t, true>);
+    else
+      run(spmm_csr_kernel<scalar_t, index_t, false>);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 at::Tensor spmm_csr_cuda(const at::Tensor& crow_indices, const at::Tensor& col_indices, const at::Tensor& values,
@@ -73,14 +79,16 @@ at::Tensor spmm_csr_cuda(const at::Tensor& crow_indices, const at::Tensor& col_i
   const at::Tensor crow = crow_indices.to(at::kLong).contiguous();
   const at::Tensor col = col_indices.contiguous();
   const at::Tensor val = values.contiguous();
-  const at::Tensor U = (dense.stride(1) == 1 || dense.size(1) <= 1) ? dense : dense.contiguous();
-  at::Tensor out = at::empty({crow.numel() - 1, U.size(1)}, U.options());
-  if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(U.scalar_type(), "spmm_csr_cuda", [&] {
-    AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "spmm_csr_cuda_index",
-                            [&] { launch<scalar_t, index_t>(crow, col, val, U, out); });
-  });
-  return out;
+  const at::Tensor U3 = dense.dim() == 3 ? dense : dense.unsqueeze(0);
+  const at::Tensor U = (U3.stride(2) == 1 || U3.size(2) <= 1) ? U3 : U3.contiguous();
+  at::Tensor out = at::empty({U.size(0), crow.numel() - 1, U.size(2)}, U.options());
+  if (out.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(U.scalar_type(), "spmm_csr_cuda", [&] {
+      AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "spmm_csr_cuda_index",
+                              [&] { launch<scalar_t, index_t>(crow, col, val, U, out); });
+    });
+  }
+  return dense.dim() == 3 ? out : out.squeeze(0);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 // then broadcasts them with shuffles, so index traffic is never repeated per column lane.
 // Row pointers are int64; column indices int32 or int64. Out-of-range column indices are
 // skipped: the kernel never reads out of bounds and never synchronises with the host.
+// A batch of dense operands multiplied by the same X runs along gridDim.z.
 #pragma once
 
 #include <cstdint>
@@ -68,8 +69,8 @@ struct RowSlice<scalar_t, VEC, false> {
 template <typename scalar_t, typename index_t, bool ALIGNED>
 __global__ void spmm_csr_kernel(const int64_t* __restrict__ crow, const index_t* __restrict__ col,
                     const scalar_t* __restrict__ val, const scalar_t* __restrict__ dense,
-                    scalar_t* __restrict__ out, int64_t n_rows, int64_t n_cols, int64_t r, int64_t ld_dense,
-                    int lanes_col_log2, int group_log2) {
+                    scalar_t* __restrict__ out, int64_t n_rows, int64_t n_cols, int64_t r, int64_t stride_b,
+                    int64_t ld_dense, int lanes_col_log2, int group_log2) {
   constexpr int VEC = VecWidth<scalar_t>::value;
   using Slice = RowSlice<scalar_t, VEC, ALIGNED>;
   const int group = 1 << group_log2;
@@ -84,6 +85,9 @@ __global__ void spmm_csr_kernel(const int64_t* __restrict__ crow, const index_t*
   const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> group_log2;
   if (row >= n_rows) return;  // the whole group leaves together: no shuffle is left waiting
   const int64_t c0 = (static_cast<int64_t>(blockIdx.y) * lanes_col + lane_col) * VEC;
+  // blockIdx.z is the batch entry: dense[b] is (n_cols, r) with row stride ld_dense, out[b] is (n_rows, r).
+  dense += static_cast<int64_t>(blockIdx.z) * stride_b;
+  out += static_cast<int64_t>(blockIdx.z) * n_rows * r;
   const int64_t left = r - c0;  // columns of this row from c0 on; <= 0 for idle column lanes
   const int64_t start = crow[row];
   const int64_t end = crow[row + 1];

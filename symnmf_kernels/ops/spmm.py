@@ -1,5 +1,225 @@
-from .. import reference
+"""spmm(X, U): a sparse X times a tall-skinny dense U, differentiable in U.
+
+The product is the custom operator symnmf::spmm_csr of the C++/CUDA extension
+symnmf_kernels._C (csrc/): an OpenMP row-parallel kernel on the CPU, a
+sub-warp-per-row kernel on CUDA. Its fake (shape) kernel and its autograd
+formula, dense.grad = X^T out.grad, are registered here, so the operator works
+under torch.compile and torch.library.opcheck. Where the extension has no
+kernel for a device (not built, or built without CUDA) the same operator runs
+torch.sparse.mm instead and says so once.
+
+The backward needs X^T: a symmetric X (a similarity graph) is its own
+transpose; any other X has its transpose computed once and cached with X
+(symnmf_kernels.sparse.CSR).
+"""
+import importlib.util
+import math
+import os
+
+import torch
+
+from ..sparse import as_csr
+from ._common import FLOAT_DTYPES, warn_once
+
+__all__ = ["spmm", "spmm_csr", "extension_status"]
+
+OP = "symnmf::spmm_csr"
+SCHEMA = (
+    "spmm_csr(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor dense, "
+    "Tensor? t_crow_indices=None, Tensor? t_col_indices=None, Tensor? t_values=None) -> Tensor"
+)
 
 
-def spmm(X, U):
-    return reference.spmm(X, U)
+def _load_extension():
+    """Load symnmf_kernels._C (or the library named by SYMNMF_KERNELS_LIBRARY); the error, or None."""
+    path = os.environ.get("SYMNMF_KERNELS_LIBRARY")
+    if not path:
+        try:
+            spec = importlib.util.find_spec("symnmf_kernels._C")
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or spec.origin is None:
+            return "symnmf_kernels._C is not built (reinstall with `pip install --no-build-isolation -e .`)"
+        path = spec.origin
+    try:
+        torch.ops.load_library(path)
+    except (OSError, RuntimeError) as e:
+        return f"symnmf_kernels._C failed to load from {path}: {e}"
+    return None
+
+
+_load_error = _load_extension()
+_fallback_lib = None  # keeps the Python registrations of the fallback alive
+
+
+def _has_op():
+    return hasattr(torch.ops.symnmf, "spmm_csr")
+
+
+def _has_native_kernel(dispatch_key):
+    return _load_error is None and _has_op() and torch._C._dispatch_has_kernel_for_dispatch_key(OP, dispatch_key)
+
+
+# Taken before the fallbacks below fill the gaps.
+_native = {"cpu": _has_native_kernel("CPU"), "cuda": _has_native_kernel("CUDA")}
+
+
+def extension_status():
+    """{'cpu': bool, 'cuda': bool, 'error': str or None}: which native SpMM kernels are available."""
+    return {**_native, "error": _load_error}
+
+
+def _spmm_csr_torch(crow_indices, col_indices, values, dense, t_crow_indices=None, t_col_indices=None,
+                    t_values=None):
+    """symnmf::spmm_csr through torch.sparse.mm, for a device without a native kernel."""
+    why = _load_error or "the extension was built without CUDA"
+    warn_once(("spmm-fallback", dense.device.type), f"{why}; sk.spmm on {dense.device.type} uses torch.sparse.mm")
+    n_rows, n_cols = crow_indices.numel() - 1, dense.shape[-2]
+    X = torch.sparse_csr_tensor(
+        crow_indices.to(torch.int64), col_indices.to(torch.int64), values, size=(n_rows, n_cols),
+        check_invariants=False,
+    )
+    if dense.dim() == 2:
+        return torch.sparse.mm(X, dense)
+    B, _, r = dense.shape
+    flat = dense.transpose(0, 1).reshape(n_cols, B * r)
+    return torch.sparse.mm(X, flat).reshape(n_rows, B, r).transpose(0, 1).contiguous()
+
+
+def _register_fallbacks():
+    global _fallback_lib
+    if not _has_op():
+        _fallback_lib = torch.library.Library("symnmf", "FRAGMENT")
+        _fallback_lib.define(SCHEMA)
+    missing = [key for key in ("CPU", "CUDA") if not torch._C._dispatch_has_kernel_for_dispatch_key(OP, key)]
+    if missing:
+        _fallback_lib = _fallback_lib or torch.library.Library("symnmf", "IMPL")
+        for key in missing:
+            _fallback_lib.impl("spmm_csr", _spmm_csr_torch, key)
+
+
+_register_fallbacks()
+
+
+@torch.library.register_fake(OP)
+def _spmm_csr_fake(crow_indices, col_indices, values, dense, t_crow_indices=None, t_col_indices=None,
+                   t_values=None):
+    torch._check(dense.dim() in (2, 3), lambda: f"spmm_csr: dense must be 2-d or 3-d, got {dense.dim()}-d")
+    torch._check(values.shape == col_indices.shape, lambda: "spmm_csr: values and col_indices differ in length")
+    return dense.new_empty((*dense.shape[:-2], crow_indices.shape[0] - 1, dense.shape[-1]))
+
+
+def _setup_context(ctx, inputs, output):
+    crow, col, values, _, t_crow, t_col, t_values = inputs
+    ctx.save_for_backward(crow, col, values, t_crow, t_col, t_values)
+
+
+def _backward(ctx, grad):
+    crow, col, values, t_crow, t_col, t_values = ctx.saved_tensors
+    dense_grad = None
+    if ctx.needs_input_grad[3]:
+        if t_crow is None:  # X is symmetric
+            dense_grad = spmm_csr(crow, col, values, grad)
+        else:  # X^T grad; X is in turn the transpose of X^T, for a double backward
+            dense_grad = spmm_csr(t_crow, t_col, t_values, grad, crow, col, values)
+    return None, None, None, dense_grad, None, None, None
+
+
+torch.library.register_autograd(OP, _backward, setup_context=_setup_context)
+
+
+def spmm_csr(crow_indices, col_indices, values, dense, t_crow_indices=None, t_col_indices=None, t_values=None):
+    """The raw operator: X @ dense for X = (crow_indices, col_indices, values), differentiable in dense.
+
+    dense is (n_cols, r) or (B, n_cols, r). The t_* tensors are X^T in CSR
+    form for the backward; leaving them out declares X symmetric.
+    """
+    return torch.ops.symnmf.spmm_csr(crow_indices, col_indices, values, dense, t_crow_indices, t_col_indices, t_values)
+
+
+def _check_dense(U, name="U"):
+    if not isinstance(U, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(U).__name__}")
+    if U.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got layout {U.layout}")
+    if U.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {U.dtype}; convert it with {name}.float()")
+    if U.dim() < 1:
+        raise ValueError(f"{name} must be (n, r) or (..., n, r), got a scalar")
+
+
+def prepare(X, U, name="X"):
+    """X as a validated CSR on U's device and dtype, and U's layout against it.
+
+    Returns (A, D, out_shape): A the CSR, D the dense operand of the raw
+    operator ((n_cols, r) or (B, n_cols, r)) and the shape of the result.
+    U may be (n_cols, r); (..., n_cols, r), every problem times the same X; or
+    (..., n, r) against a block-diagonal X of prod(...) blocks of size n.
+    """
+    A = as_csr(X, device=U.device, dtype=U.dtype, name=name)
+    if A.device != U.device:
+        raise ValueError(f"{name} is on {A.device} but U is on {U.device}; move both to one device")
+    if A.dtype != U.dtype:
+        raise TypeError(f"{name} is {A.dtype} but U is {U.dtype}; use one dtype (e.g. {name}.to(U.dtype))")
+    if A.values.requires_grad:
+        raise ValueError(
+            f"sk.spmm is differentiable in U only, but {name}'s values require grad; detach them, or use "
+            "torch.sparse.mm for gradients in X"
+        )
+    A.validate()
+    n_rows, n_cols = A.shape
+    n, r = U.shape[-2:]
+    batch = U.shape[:-2]
+    B = math.prod(batch)
+    if n == n_cols:
+        D = U.reshape(B, n, r) if batch else U
+        return A, D, (*batch, n_rows, r)
+    if batch and B * n == n_cols and n_rows == n_cols:
+        return A, U.reshape(B * n, r), U.shape
+    raise ValueError(
+        f"{name} is {n_rows} x {n_cols} but U has shape {tuple(U.shape)}: U must be ({n_cols}, r), "
+        f"(..., {n_cols}, r), or (B, n, r) with B * n = {n_cols} for a block-diagonal {name} of B graphs"
+    )
+
+
+def transpose_args(A, U, symmetric=None):
+    """The t_* arguments of the raw operator: (None,) * 3 when no backward needs X^T or X is symmetric."""
+    if not (torch.is_grad_enabled() and U.requires_grad):
+        return None, None, None
+    if symmetric is None:
+        symmetric = A.is_symmetric()
+    if symmetric:
+        return None, None, None
+    T = A.transpose()
+    return T.crow_indices, T.col_indices, T.values
+
+
+def spmm(X, U, symmetric=None):
+    """X @ U for a sparse X and a tall-skinny dense U; differentiable in U.
+
+    X: a torch sparse CSR or COO tensor (n_rows, n_cols), a batched CSR tensor
+    (B, n, n) (taken as the block-diagonal matrix of its B graphs), a
+    scipy.sparse matrix (converted to U's device and dtype), a
+    symnmf_kernels.sparse.CSR, or a dense tensor (then plain X @ U).
+    U: (n_cols, r) or (n_cols,); (..., n_cols, r), every problem multiplied by
+    the same X; or (B, n, r) against a block-diagonal X of B graphs of n nodes
+    (B n = n_cols), each block multiplied by its own U[b].
+    symmetric: whether X^T = X, which spares the backward a transpose. None
+    finds out once per X (a host synchronisation, remembered with X) when U
+    requires grad.
+    Index values are checked once per X (remembered for a torch tensor X;
+    scipy input is converted and checked at every call, so convert it once
+    with symnmf_kernels.sparse.as_csr for repeated use).
+    Returns X @ U of shape (..., n_rows, r) (or (n_rows,) for a 1-d U).
+    """
+    _check_dense(U)
+    if isinstance(X, torch.Tensor) and X.layout == torch.strided:
+        if X.device != U.device or X.dtype != U.dtype:
+            raise ValueError(f"X ({X.dtype}, {X.device}) and U ({U.dtype}, {U.device}) must share dtype and device")
+        return X @ U
+    if U.dim() == 1:
+        return spmm(X, U[:, None], symmetric)[:, 0]
+    A, D, out_shape = prepare(X, U)
+    out = spmm_csr(A.crow_indices, A.col_indices, A.values, D, *transpose_args(A, U, symmetric))
+    return out.reshape(out_shape)
+

@@ -1,0 +1,237 @@
+"""SymNMF losses for a sparse X, never forming an n x n matrix (DESIGN.md section 1).
+
+    sparse_sym_loss(X, U)             ||X - U U^T||_F^2
+    sparse_layer_loss(X, U, P, lam)   (||X - U U^T||_F^2, ||P - (X U + lam U)||_F^2)
+
+both through one SpMM S = X U per call:
+
+    ||X - U U^T||^2 = ||X||^2 - 2 <S, U> + ||U^T U||^2       d/dU = -4 S + 4 U (U^T U)
+    ||R||^2, R = P - S - lam U                               d/dP = 2 R, d/dlam = -2 <R, U>,
+                                                             d/dU = -2 (X^T R + lam R)
+
+(the first gradient for a symmetric X; a general X adds X^T U - S). A layer of
+SymNMF-Net needs the loss of its output U_i and the regulariser of the next
+block's weight P_{i+1} against U_i: `sparse_layer_loss(X, U_i, P_{i+1}, lam)`
+serves both with one SpMM forward and at most one backward (X^T (2 b R), and
+none at all for the loss alone with a symmetric X).
+
+The passes over n x r data around the SpMM are fused Triton kernels
+(symnmf_kernels.triton.sparse) on CUDA and under TRITON_INTERPRET=1, plain
+torch otherwise. The expansion of ||X - U U^T||^2 cancels when the fit is
+good: its scalar sums run in float64, but a float32 S = X U still limits the
+loss to about 1e-7 ||X||^2 absolute accuracy.
+"""
+import math
+from typing import Optional
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ._common import acc_dtype, as_lam, block_n, block_r, num_warps, split_rows, triton_cdiv, use_triton
+from .spmm import _check_dense, prepare, transpose_args
+
+__all__ = ["sparse_sym_loss", "sparse_layer_loss"]
+
+
+# ---- the fused passes as custom ops (opaque to torch.compile, checked by opcheck) -----------------------------
+
+
+def _vec(t, B):
+    """A per-problem scalar as a contiguous (B,) tensor."""
+    return t.reshape(-1).expand(B).contiguous()
+
+
+@torch.library.custom_op("symnmf::sparse_loss_terms", mutates_args=())
+def sparse_loss_terms(U: torch.Tensor, S: torch.Tensor, P: Optional[torch.Tensor], lam: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reductions of the forward for U, S, P of shape (B, n, r) and lam (B,).
+
+    Returns sums (B, 3) float64 = (<S, U>, ||R||^2, <R, U>) with R = P - S - lam U
+    (zeros without P), and the Gram U^T U (B, r, r) in U's dtype.
+    """
+    B, n, r = U.shape
+    if use_triton(U, r):
+        from ..triton.sparse import sparse_loss_terms_kernel
+
+        BR, BN = block_r(r), block_n(r, U.device)
+        rows_per_split, splits = split_rows(n, B, BN, U.device)
+        sums = torch.empty((B, splits, 3), dtype=torch.float64, device=U.device)
+        gram = torch.empty((B, splits, BR, BR), dtype=torch.float64 if U.dtype == torch.float64 else torch.float32,
+                           device=U.device)
+        Pt = P if P is not None else U  # stands in for an unused pointer
+        sparse_loss_terms_kernel[(B, splits)](
+            U, S, Pt, lam, sums, gram, n, r, rows_per_split, *U.stride(), *S.stride(), *Pt.stride(),
+            HAS_P=P is not None, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype), num_warps=num_warps(r),
+        )
+        return sums.sum(1), gram.sum(1)[:, :r, :r].to(U.dtype)
+    su = (U * S).sum((-2, -1), dtype=torch.float64)
+    if P is None:
+        rr = ru = torch.zeros_like(su)
+    else:
+        R = P - S - lam[:, None, None] * U
+        rr = R.pow(2).sum((-2, -1), dtype=torch.float64)
+        ru = (R * U).sum((-2, -1), dtype=torch.float64)
+    return torch.stack([su, rr, ru], dim=-1), U.mT @ U
+
+
+@sparse_loss_terms.register_fake
+def _(U, S, P, lam):
+    B, _, r = U.shape
+    return U.new_empty((B, 3), dtype=torch.float64), U.new_empty((B, r, r))
+
+
+@torch.library.custom_op("symnmf::sparse_reg_grad", mutates_args=())
+def sparse_reg_grad(U: torch.Tensor, S: torch.Tensor, P: torch.Tensor, lam: torch.Tensor, coef: torch.Tensor
+                    ) -> torch.Tensor:
+    """W = coef (P - S - lam U) for (B, n, r) tensors and (B,) lam, coef."""
+    B, n, r = U.shape
+    if use_triton(U, r):
+        from ..triton.sparse import sparse_reg_grad_kernel
+
+        BR, BN = block_r(r), block_n(r, U.device)
+        W = torch.empty_like(U, memory_format=torch.contiguous_format)
+        sparse_reg_grad_kernel[(B, triton_cdiv(n, BN))](
+            U, S, P, lam, coef, W, n, r, *U.stride(), *S.stride(), *P.stride(), *W.stride(),
+            BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype), num_warps=num_warps(r),
+        )
+        return W
+    return coef[:, None, None] * (P - S - lam[:, None, None] * U)
+
+
+@sparse_reg_grad.register_fake
+def _(U, S, P, lam, coef):
+    return torch.empty_like(U, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("symnmf::sparse_loss_grad", mutates_args=())
+def sparse_loss_grad(U: torch.Tensor, S: torch.Tensor, G: torch.Tensor, W: Optional[torch.Tensor],
+                     Y: Optional[torch.Tensor], lam: torch.Tensor, coef_s: torch.Tensor, coef_g: torch.Tensor
+                     ) -> torch.Tensor:
+    """dU = coef_s S + coef_g U G - lam W - Y for (B, n, r) U, S, W, Y, (B, r, r) G and (B,) scalars."""
+    B, n, r = U.shape
+    if use_triton(U, r):
+        from ..triton.sparse import sparse_loss_grad_kernel
+
+        BR, BN = block_r(r), block_n(r, U.device)
+        dU = torch.empty_like(U, memory_format=torch.contiguous_format)
+        Wt = W if W is not None else U  # stand in for unused pointers
+        Yt = Y if Y is not None else U
+        sparse_loss_grad_kernel[(B, triton_cdiv(n, BN))](
+            U, S, G, Wt, Yt, lam, coef_s, coef_g, dU, n, r,
+            *U.stride(), *S.stride(), *G.stride(), *Wt.stride(), *Yt.stride(), *dU.stride(),
+            HAS_W=W is not None, HAS_Y=Y is not None, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype),
+            num_warps=num_warps(r),
+        )
+        return dU
+    dU = coef_s[:, None, None] * S + coef_g[:, None, None] * (U @ G)
+    if W is not None:
+        dU = dU - lam[:, None, None] * W
+    if Y is not None:
+        dU = dU - Y
+    return dU
+
+
+@sparse_loss_grad.register_fake
+def _(U, S, G, W, Y, lam, coef_s, coef_g):
+    return torch.empty_like(U, memory_format=torch.contiguous_format)
+
+
+# ---- autograd --------------------------------------------------------------------------------------------------
+
+
+def _times_x(crow, col, values, M, blockdiag):
+    """X @ M[b] for every b of M (B, n, r): one shared X, or the b-th block of a block-diagonal X."""
+    B, n, r = M.shape
+    if blockdiag:
+        return torch.ops.symnmf.spmm_csr(crow, col, values, M.reshape(B * n, r)).reshape(B, n, r)
+    return torch.ops.symnmf.spmm_csr(crow, col, values, M)
+
+
+class _SparseLayerLoss(torch.autograd.Function):
+    """(loss, reg) per problem for U, P of shape (B, n, r), lam (B,); t_* is X^T (None: X symmetric)."""
+
+    @staticmethod
+    def forward(ctx, crow, col, values, t_crow, t_col, t_values, x_sq, U, P, lam, blockdiag):
+        S = _times_x(crow, col, values, U, blockdiag)
+        sums, G = sparse_loss_terms(U, S, P, lam)
+        loss = x_sq - 2 * sums[:, 0] + G.to(torch.float64).pow(2).sum((-2, -1))
+        ctx.save_for_backward(crow, col, values, t_crow, t_col, t_values, U, S, P, lam, G, sums)
+        ctx.blockdiag = blockdiag
+        return loss.to(U.dtype), sums[:, 1].to(U.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gloss, greg):
+        crow, col, values, t_crow, t_col, t_values, U, S, P, lam, G, sums = ctx.saved_tensors
+        need_u, need_p, need_lam = ctx.needs_input_grad[7:10]
+        B = U.shape[0]
+        gloss, greg = _vec(gloss.to(U.dtype), B), _vec(greg.to(U.dtype), B)
+        dU = dP = dlam = None
+        # W = 2 greg R is dP and, through X^T W + lam W, the regulariser's part of dU.
+        W = sparse_reg_grad(U, S, P, lam, 2 * greg) if P is not None and (need_u or need_p) else None
+        if need_u:
+            if t_crow is None:  # symmetric X: -2 (X U + X^T U) = -4 S
+                V, coef_s = W, -4 * gloss
+                Xt = (crow, col, values)
+            else:  # general X: -2 S - X^T (2 gloss U), folded into the one backward SpMM
+                V = 2 * gloss[:, None, None] * U + (W if W is not None else 0)
+                coef_s = -2 * gloss
+                Xt = (t_crow, t_col, t_values)
+            Y = _times_x(*Xt, V, ctx.blockdiag) if V is not None else None
+            dU = sparse_loss_grad(U, S, G, W, Y, lam, coef_s, 4 * gloss)
+        if need_p:
+            dP = W
+        if need_lam and P is not None:
+            dlam = (-2 * greg.to(torch.float64) * sums[:, 2]).to(lam.dtype)
+        return None, None, None, None, None, None, None, dU, dP, dlam, None
+
+
+# ---- public functions ------------------------------------------------------------------------------------------
+
+
+def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None):
+    """(||X - U U^T||_F^2, ||P - (X U + lam U)||_F^2) per problem, with one SpMM X U.
+
+    X: sparse (n, n) (torch sparse CSR/COO, scipy.sparse or symnmf_kernels.sparse.CSR),
+    shared by every problem, or the block-diagonal (B n, B n) matrix of B graphs.
+    U: (n, r) or (..., n, r); P: U's shape, or None (then the second value is None).
+    lam: float or tensor broadcastable to U's batch shape (learnable).
+    symmetric: whether X^T = X (None: found out once per X when U requires grad).
+    Differentiable in U, P and lam. Returns two tensors of shape U.shape[:-2].
+    """
+    _check_dense(U)
+    if U.dim() < 2:
+        raise ValueError(f"U must be (n, r) or (..., n, r), got shape {tuple(U.shape)}")
+    A, _, _ = prepare(X, U)
+    n_rows, n_cols = A.shape
+    if n_rows != n_cols:
+        raise ValueError(f"X must be square (n, n) for the SymNMF loss, got {n_rows} x {n_cols}")
+    batch, (n, r) = U.shape[:-2], U.shape[-2:]
+    B = math.prod(batch)
+    blockdiag = n != n_cols
+    U3 = U.reshape(B, n, r)
+    P3 = None
+    if P is not None:
+        _check_dense(P, "P")
+        if P.shape != U.shape:
+            raise ValueError(f"P must have U's shape {tuple(U.shape)}, got {tuple(P.shape)}")
+        if P.device != U.device or P.dtype != U.dtype:
+            raise ValueError(f"P ({P.dtype}, {P.device}) must share U's dtype and device ({U.dtype}, {U.device})")
+        P3 = P.reshape(B, n, r)
+    lam_b = as_lam(lam, U).expand(batch).reshape(B)
+    row_sq = A.row_sq_norms().to(torch.float64)
+    x_sq = row_sq.reshape(B, n).sum(1) if blockdiag else row_sq.sum().expand(B)
+    t = transpose_args(A, U, symmetric)
+    loss, reg = _SparseLayerLoss.apply(
+        A.crow_indices, A.col_indices, A.values, *t, x_sq, U3, P3, lam_b, blockdiag
+    )
+    return loss.reshape(batch), (reg.reshape(batch) if P is not None else None)
+
+
+def sparse_sym_loss(X, U, symmetric=None):
+    """||X - U U^T||_F^2 per problem (shape U.shape[:-2]) for a sparse X, differentiable in U.
+
+    X and U as in `sparse_layer_loss`. For a symmetric X the gradient
+    -4 X U + 4 U (U^T U) reuses the forward's SpMM: the backward runs none.
+    """
+    return sparse_layer_loss(X, U, None, 0.0, symmetric)[0]

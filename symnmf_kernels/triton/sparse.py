@@ -1,0 +1,128 @@
+"""Fused passes over n x r data around the SpMM S = X U of the sparse SymNMF losses.
+
+For a sparse symmetric X (DESIGN.md section 1)
+
+    ||X - U U^T||^2       = ||X||^2 - 2 <S, U> + ||U^T U||^2
+    ||P - (S + lam U)||^2 = ||R||^2,  R = P - S - lam U
+
+Forward: `sparse_loss_terms_kernel` reads U, S (and P) once and emits every
+reduction both losses and the lam-gradient need: <S, U>, U^T U, ||R||^2 and
+<R, U>, as per-program partials (deterministic; the host sums them).
+Backward: `sparse_reg_grad_kernel` writes W = c (P - S - lam U), which is both
+dP and the right-hand side of the backward SpMM; `sparse_loss_grad_kernel`
+writes dU = cs S + cg U G - lam W - Y in one pass (Y the backward SpMM).
+
+All tensors are batches (B, n, r) addressed through strides; per-problem
+scalars (lam, coefficients) are (B,) tensors. Scalar reductions accumulate in
+float64: ||X||^2 - 2 <S, U> + ||U^T U||^2 cancels near a good fit.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def sparse_loss_terms_kernel(
+    U, S, P, lam, sums, gram, n, r, rows_per_split,
+    stride_ub, stride_un, stride_ur,
+    stride_sb, stride_sn, stride_sr,
+    stride_pb, stride_pn, stride_pr,
+    HAS_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+):
+    """Program (b, s) reduces rows [s * rows_per_split, (s + 1) * rows_per_split) of problem b.
+
+    sums[b, s, :] = (<S, U>, ||R||^2, <R, U>) over those rows (float64);
+    gram[b, s] = their BLOCK_R x BLOCK_R part of U^T U.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
+    num_splits = tl.num_programs(1)
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_n = tl.arange(0, BLOCK_N)
+    row_start = s * rows_per_split
+    row_end = tl.minimum(row_start + rows_per_split, n)
+    lam_b = tl.load(lam + b).to(ACC)
+    su = tl.zeros((BLOCK_R,), dtype=tl.float64)
+    rr = tl.zeros((BLOCK_R,), dtype=tl.float64)
+    ru = tl.zeros((BLOCK_R,), dtype=tl.float64)
+    g = tl.zeros((BLOCK_R, BLOCK_R), dtype=ACC)
+    for start in range(row_start, row_end, BLOCK_N):
+        rows = (start + offs_n).to(tl.int64)
+        mask = (rows[:, None] < row_end) & (offs_r[None, :] < r)
+        u = tl.load(U + b * stride_ub + rows[:, None] * stride_un + offs_r[None, :] * stride_ur, mask=mask, other=0.0)
+        x = tl.load(S + b * stride_sb + rows[:, None] * stride_sn + offs_r[None, :] * stride_sr, mask=mask, other=0.0)
+        u = u.to(ACC)
+        x = x.to(ACC)
+        su += tl.sum(u * x, axis=0).to(tl.float64)
+        g += tl.dot(tl.trans(u), u, input_precision="ieee", out_dtype=ACC)
+        if HAS_P:
+            p = tl.load(P + b * stride_pb + rows[:, None] * stride_pn + offs_r[None, :] * stride_pr, mask=mask, other=0.0)
+            res = p.to(ACC) - x - lam_b * u
+            rr += tl.sum(res * res, axis=0).to(tl.float64)
+            ru += tl.sum(res * u, axis=0).to(tl.float64)
+    slot = b * num_splits + s
+    tl.store(sums + slot * 3, tl.sum(su, axis=0))
+    tl.store(sums + slot * 3 + 1, tl.sum(rr, axis=0))
+    tl.store(sums + slot * 3 + 2, tl.sum(ru, axis=0))
+    tile = offs_r[:, None] * BLOCK_R + offs_r[None, :]
+    tl.store(gram + slot * BLOCK_R * BLOCK_R + tile, g)
+
+
+@triton.jit
+def sparse_reg_grad_kernel(
+    U, S, P, lam, coef, W, n, r,
+    stride_ub, stride_un, stride_ur,
+    stride_sb, stride_sn, stride_sr,
+    stride_pb, stride_pn, stride_pr,
+    stride_wb, stride_wn, stride_wr,
+    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+):
+    """W[b] = coef[b] (P[b] - S[b] - lam[b] U[b]) on row tile (b, i)."""
+    b = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1)
+    offs_r = tl.arange(0, BLOCK_R)
+    rows = (i * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    mask = (rows[:, None] < n) & (offs_r[None, :] < r)
+    u = tl.load(U + b * stride_ub + rows[:, None] * stride_un + offs_r[None, :] * stride_ur, mask=mask, other=0.0)
+    x = tl.load(S + b * stride_sb + rows[:, None] * stride_sn + offs_r[None, :] * stride_sr, mask=mask, other=0.0)
+    p = tl.load(P + b * stride_pb + rows[:, None] * stride_pn + offs_r[None, :] * stride_pr, mask=mask, other=0.0)
+    lam_b = tl.load(lam + b).to(ACC)
+    c = tl.load(coef + b).to(ACC)
+    w = c * (p.to(ACC) - x.to(ACC) - lam_b * u.to(ACC))
+    tl.store(W + b * stride_wb + rows[:, None] * stride_wn + offs_r[None, :] * stride_wr, w, mask=mask)
+
+
+@triton.jit
+def sparse_loss_grad_kernel(
+    U, S, G, W, Y, lam, coef_s, coef_g, dU, n, r,
+    stride_ub, stride_un, stride_ur,
+    stride_sb, stride_sn, stride_sr,
+    stride_gb, stride_gr, stride_gc,
+    stride_wb, stride_wn, stride_wr,
+    stride_yb, stride_yn, stride_yr,
+    stride_db, stride_dn, stride_dr,
+    HAS_W: tl.constexpr, HAS_Y: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+):
+    """dU[b] = coef_s[b] S + coef_g[b] U G[b] - lam[b] W - Y on row tile (b, i); W, Y optional."""
+    b = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1)
+    offs_r = tl.arange(0, BLOCK_R)
+    rows = (i * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    r_ok = offs_r < r
+    mask = (rows[:, None] < n) & r_ok[None, :]
+    u = tl.load(U + b * stride_ub + rows[:, None] * stride_un + offs_r[None, :] * stride_ur, mask=mask, other=0.0)
+    x = tl.load(S + b * stride_sb + rows[:, None] * stride_sn + offs_r[None, :] * stride_sr, mask=mask, other=0.0)
+    g = tl.load(
+        G + b * stride_gb + offs_r[:, None] * stride_gr + offs_r[None, :] * stride_gc,
+        mask=r_ok[:, None] & r_ok[None, :], other=0.0,
+    )
+    cs = tl.load(coef_s + b).to(ACC)
+    cg = tl.load(coef_g + b).to(ACC)
+    ug = tl.dot(u.to(ACC), g.to(ACC), input_precision="ieee", out_dtype=ACC)
+    d = cs * x.to(ACC) + cg * ug
+    if HAS_W:
+        w = tl.load(W + b * stride_wb + rows[:, None] * stride_wn + offs_r[None, :] * stride_wr, mask=mask, other=0.0)
+        d -= tl.load(lam + b).to(ACC) * w.to(ACC)
+    if HAS_Y:
+        y = tl.load(Y + b * stride_yb + rows[:, None] * stride_yn + offs_r[None, :] * stride_yr, mask=mask, other=0.0)
+        d -= y.to(ACC)
+    tl.store(dU + b * stride_db + rows[:, None] * stride_dn + offs_r[None, :] * stride_dr, d, mask=mask)
