@@ -154,7 +154,9 @@ def rel_err(ours, ref):
         a, b = a.double(), b.double()
         denom = torch.linalg.vector_norm(b).item()
         err = torch.linalg.vector_norm(a - b).item() / (denom if denom > 0 else 1.0)
-        worst = max(worst, err) if math.isfinite(err) else float("nan")
+        if not math.isfinite(err):
+            return float("nan")
+        worst = max(worst, err)
     return worst
 
 
@@ -301,7 +303,12 @@ def main(argv=None):
             stopped += 1
             continue
         t0 = time.perf_counter()
-        rows[case] = measure(case, variants, args, bw, device)
+        try:
+            rows[case] = measure(case, variants, args, bw, device)
+        except Exception as exc:  # e.g. out of memory while making the inputs: the other rows still run
+            rows[case] = {"kernel": case[0], "B": case[1], "n": case[2] or "-", "r": case[3],
+                          "ours_ms": float("nan"), "eager_ms": float("nan"), "notes": "inputs: " + short_error(exc)}
+            release(device)
         print("%-14s B=%-5d n=%-8s r=%-4d ours %.4g ms, eager %.4g ms (%.1f s)" % (
             case[0], case[1], rows[case]["n"], case[3], rows[case]["ours_ms"], rows[case]["eager_ms"],
             time.perf_counter() - t0), flush=True)
