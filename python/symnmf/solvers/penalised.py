@@ -1,0 +1,53 @@
+"""The alternating loop shared by SymANLS and SymHALS on the penalised two-factor form
+
+    ||X - W V^T||_F^2 + lam ||W - V||_F^2,   W, V >= 0.
+
+With B = V^T V + lam I and C = X V + lam V, W's subproblem is
+min_{W >= 0} tr(W B W^T) - 2 tr(C^T W) (then V's with the roles swapped): the
+solvers differ only in how they update a factor from (B, C), exactly (ANLS) or
+by one sweep of coordinate minimisation (HALS).
+
+Each iteration costs two products with X, and everything the stopping rule
+needs comes from them: the gradient in W at (W, V) uses the B, C that W's next
+update needs, the gradient in V uses the B, C of V's last update, and the
+objective of W uses X W from that update.
+"""
+import symnmf_kernels as sk
+
+from .base import Monitor, Problem, penalty, projected_gradient_sq
+
+
+def alternate(name, X, U0, update, *, lam, max_iter, tol, check_every, callback, verbose):
+    """Run update(F, B, C) -> new F alternately on W and V from W = V = U0; returns the SolverResult of W.
+
+    update may work in place; it must return the updated factor. lam: a
+    positive float, "kuang" or "zhu" (`base.penalty`).
+    """
+    problem = Problem(X)
+    W = U0.clone()
+    V = U0.clone()
+    XV = problem.matmul(V)
+    lam = penalty(lam, problem, U0, XV)
+    monitor = Monitor(name, problem, tol, max_iter, check_every, callback, verbose)
+
+    XW = XV
+    # At W = V the penalty's gradient vanishes and V's gradient is that of W.
+    pgV_sq = projected_gradient_sq(2 * (V @ sk.gram(V, 0.0) - XV), V)
+    it = 0
+    while True:
+        BV = sk.gram(V, lam)
+        CV = XV + lam * V
+        if monitor.due(it):
+            gW = 2 * (W @ BV - CV)
+            if monitor.check(it, W, problem.loss(W, XW), projected_gradient_sq(gW, W) + pgV_sq):
+                break
+        W = update(W, BV, CV)
+        XW = problem.matmul(W)
+        BW = sk.gram(W, lam)
+        CW = XW + lam * W
+        V = update(V, BW, CW)
+        it += 1
+        if monitor.due(it):
+            pgV_sq = projected_gradient_sq(2 * (V @ BW - CW), V)
+        XV = problem.matmul(V)
+    return monitor.result(W, solver=name, lam=lam)

@@ -1,0 +1,112 @@
+"""hals_sweep_: one SymHALS sweep over the columns of a factor, in place.
+
+    for k in 0..r-1:  w_k <- max(0, w_k + (C_k - W B_k) / B_kk)
+
+with the shared r x r matrix B = V^T V + lam I and C = X V + lam V (n x r).
+A column the sweep leaves all zero is then reset to 1e-16 times the largest
+entry of W (the safety step of Gillis's HALS code, taken after the sweep rather
+than inside it so that the sweep stays independent across rows).
+
+CUDA tensors (and CPU tensors under TRITON_INTERPRET=1) run the fused Triton
+row sweep of symnmf_kernels/triton/hals.py: one pass reading W and C and
+writing W. CPU tensors run a torch column loop over blocks of rows small enough
+to stay in cache. r above the fused limit falls back to the torch loop.
+"""
+import torch
+
+from ._common import check_same, check_tensor, triton_cdiv, use_triton
+
+ZERO_COLUMN_FILL = 1e-16
+
+__all__ = ["hals_sweep_", "hals_sweep"]
+
+
+def _check(W, C, B):
+    check_tensor(W, "W")
+    check_tensor(C, "C")
+    check_tensor(B, "B")
+    check_same(C, W, "C", "W")
+    check_same(B, W, "B", "W")
+    if W.dim() != 2:
+        raise ValueError(f"W must be a single n x r factor, got shape {tuple(W.shape)}")
+    if C.shape != W.shape:
+        raise ValueError(f"C has shape {tuple(C.shape)} but W has {tuple(W.shape)}; C = X V + lam V must match W")
+    r = W.shape[1]
+    if B.shape != (r, r):
+        raise ValueError(f"B must be r x r = {r} x {r} (V^T V + lam I), got shape {tuple(B.shape)}")
+
+
+def _sweep_torch_(W, C, B):
+    n, r = W.shape
+    diag = B.diagonal()
+    # Rows are independent: a block of rows that fits in cache is swept over all r
+    # columns before the next block, instead of r passes over the whole of W.
+    block = max(1024, (1 << 18) // r)
+    for start in range(0, n, block):
+        Wb = W[start:start + block]
+        Cb = C[start:start + block]
+        for k in range(r):
+            w_k = Wb[:, k] + (Cb[:, k] - Wb @ B[:, k]) / diag[k]
+            Wb[:, k] = w_k.clamp_(min=0)
+    return W.amax(0)
+
+
+def _block_sizes(r, device):
+    block_r = max(4, 1 << (r - 1).bit_length())
+    if device.type == "cpu":
+        return 256, block_r  # the interpreter runs programs one after another: few, wide tiles
+    return max(16, min(256, 4096 // block_r)), block_r
+
+
+def _sweep_triton_(W, C, B, revive):
+    from ..triton.hals import fill_zero_columns_kernel, hals_sweep_kernel
+
+    n, r = W.shape
+    block_n, block_r = _block_sizes(r, W.device)
+    grid = triton_cdiv(n, block_n)
+    warps = 4 if block_r <= 64 else 8
+    partial = torch.empty((grid, block_r), dtype=W.dtype, device=W.device)
+    hals_sweep_kernel[(grid,)](
+        W, C, B, partial, n, r, *W.stride(), *C.stride(), *B.stride(),
+        BLOCK_N=block_n, BLOCK_R=block_r, num_warps=warps,
+    )
+    colmax = partial.amax(0)[:r]
+    if revive:
+        fill = (ZERO_COLUMN_FILL * colmax.max()).reshape(1)
+        fill_zero_columns_kernel[(grid,)](
+            W, colmax, fill, n, r, *W.stride(), BLOCK_N=block_n, BLOCK_R=block_r, num_warps=warps,
+        )
+        colmax = torch.where(colmax == 0, fill, colmax)
+    return colmax
+
+
+def hals_sweep_(W, C, B, *, revive=True, backend=None):
+    """Sweep the columns of W (n x r) in place; returns W's column maxima (r,) after the sweep.
+
+    B (r x r) is V^T V + lam I with a positive diagonal, C (n x r) is X V + lam V.
+    revive: reset all-zero columns of the result to 1e-16 * max(W).
+    backend: None picks by device (Triton on CUDA or under TRITON_INTERPRET=1,
+    torch otherwise); "torch" or "triton" force one.
+    Never synchronises with the host.
+    """
+    _check(W, C, B)
+    if backend is None:
+        backend = "triton" if use_triton(W, W.shape[1]) else "torch"
+    if backend == "triton":
+        return _sweep_triton_(W, C, B, revive)
+    if backend != "torch":
+        raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
+    colmax = _sweep_torch_(W, C, B)
+    if revive:
+        fill = ZERO_COLUMN_FILL * colmax.max()
+        zero = colmax == 0
+        # A zero column is exactly zero, so adding the fill sets it; other columns add an exact 0.
+        W.add_(torch.where(zero, fill, torch.zeros_like(fill)))
+        colmax = torch.where(zero, fill, colmax)
+    return colmax
+
+
+def hals_sweep(W, C, B, *, revive=True, backend=None):
+    """Out-of-place `hals_sweep_`: returns (updated copy of W, its column maxima)."""
+    W = W.clone(memory_format=torch.contiguous_format)
+    return W, hals_sweep_(W, C, B, revive=revive, backend=backend)

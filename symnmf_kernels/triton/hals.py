@@ -1,0 +1,68 @@
+"""SymHALS row sweep: one pass over a factor that updates all r of its columns.
+
+For the penalised SymNMF problem with the other factor fixed, HALS updates the
+columns of W in turn,
+
+    w_k <- max(0, w_k + (C_k - W B_k) / B_kk),   k = 0, ..., r - 1,
+
+with B = V^T V + lam I (r x r, shared) and C = X V + lam V (n x r). Row i of the
+update reads only row i of W and C and the shared B, so each program owns a
+tile of rows, keeps it in registers and loops over the r columns there: the
+pass reads C and W once and writes W once (3 n r values), where a column loop
+in torch reads W r times.
+
+`hals_sweep_kernel` updates W in place and writes, per program, the column
+maxima of its updated rows (a (programs, BLOCK_R) buffer the caller reduces):
+they tell which columns ended up all zero. `fill_zero_columns_kernel` then sets
+those columns to a small positive value with masked stores, so a sweep that
+leaves no zero column costs no extra pass over W.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def hals_sweep_kernel(
+    W, C, B, colmax, n, r,
+    stride_wn, stride_wr, stride_cn, stride_cr, stride_br, stride_bc,
+    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_R)
+    col_ok = cols < r
+    mask = (rows[:, None] < n) & col_ok[None, :]
+    w = tl.load(W + rows[:, None] * stride_wn + cols[None, :] * stride_wr, mask=mask, other=0.0)
+    c = tl.load(C + rows[:, None] * stride_cn + cols[None, :] * stride_cr, mask=mask, other=0.0)
+    for k in range(r):
+        # Column k of B; padding entries are zero so padded columns of w never contribute.
+        b_k = tl.load(B + cols * stride_br + k * stride_bc, mask=col_ok, other=0.0)
+        b_kk = tl.load(B + k * stride_br + k * stride_bc)
+        is_k = (cols == k)[None, :]
+        w_k = tl.sum(tl.where(is_k, w, 0.0), axis=1)
+        c_k = tl.sum(tl.where(is_k, c, 0.0), axis=1)
+        wb_k = tl.sum(w * b_k[None, :], axis=1)
+        new_k = tl.maximum(w_k + (c_k - wb_k) / b_kk, 0.0)
+        w = tl.where(is_k, new_k[:, None], w)
+    tl.store(W + rows[:, None] * stride_wn + cols[None, :] * stride_wr, w, mask=mask)
+    # Rows past n were loaded as zeros and stay zero, so they do not raise the maxima of W >= 0.
+    tl.store(colmax + pid * BLOCK_R + cols, tl.max(w, axis=0))
+
+
+@triton.jit
+def fill_zero_columns_kernel(
+    W, colmax, fill, n, r, stride_wn, stride_wr,
+    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_R)
+    col_ok = cols < r
+    zero_col = tl.load(colmax + cols, mask=col_ok, other=1.0) == 0.0
+    value = tl.load(fill)
+    mask = (rows[:, None] < n) & (col_ok & zero_col)[None, :]
+    tl.store(
+        W + rows[:, None] * stride_wn + cols[None, :] * stride_wr,
+        tl.zeros((BLOCK_N, BLOCK_R), dtype=W.dtype.element_ty) + value,
+        mask=mask,
+    )
