@@ -63,7 +63,7 @@ def sparse_loss_terms(U: torch.Tensor, S: torch.Tensor, P: Optional[torch.Tensor
             U, S, Pt, lam, sums, gram, n, r, rows_per_split, *U.stride(), *S.stride(), *Pt.stride(),
             HAS_P=P is not None, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype), num_warps=num_warps(r),
         )
-        return sums.sum(1), gram.sum(1)[:, :r, :r].to(U.dtype)
+        return sums.sum(1), gram.sum(1)[:, :r, :r].to(U.dtype).contiguous()
     su = (U * S).sum((-2, -1), dtype=torch.float64)
     if P is None:
         rr = ru = torch.zeros_like(su)

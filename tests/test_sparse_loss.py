@@ -1,0 +1,281 @@
+"""Sparse SymNMF losses against the dense float64 formulas, their gradients, and the fused passes."""
+import importlib
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import symnmf_kernels as sk
+from symnmf_kernels.ops.sparse_loss import (
+    sparse_layer_loss,
+    sparse_loss_grad,
+    sparse_loss_terms,
+    sparse_reg_grad,
+    sparse_sym_loss,
+)
+from symnmf_kernels.sparse import as_csr, block_diag
+
+from conftest import DEVICES, INTERPRET, rel_err
+
+loss_mod = importlib.import_module("symnmf_kernels.ops.sparse_loss")
+
+
+def random_graph(n, nnz_per_row=5.0, seed=0, symmetric=True):
+    """A scipy CSR (n, n), duplicate-free random pattern, positive values, some empty rows."""
+    rng = np.random.default_rng(seed)
+    A = sp.random(n, n, density=min(1.0, nnz_per_row / n), format="csr", random_state=rng,
+                  data_rvs=lambda k: rng.uniform(0.1, 1, k))
+    if symmetric:
+        A = (A + A.T).tocsr()
+    A.sort_indices()
+    return A
+
+
+def dense(A, device="cpu"):
+    return torch.from_numpy(A.toarray()).to(device)
+
+
+def dense_losses(Xd, U, P=None, lam=0.0):
+    """The dense float64 formulas: ||X - U U^T||^2 and ||P - (X U + lam U)||^2 per problem."""
+    Xd, U = Xd.double(), U.double()
+    loss = (Xd - U @ U.mT).pow(2).sum((-2, -1))
+    if P is None:
+        return loss, None
+    lam = torch.as_tensor(lam, dtype=torch.float64, device=U.device)[..., None, None]
+    return loss, (P.double() - (Xd @ U + lam * U)).pow(2).sum((-2, -1))
+
+
+@pytest.fixture(params=["torch", "triton"])
+def path(request, monkeypatch):
+    """Run the fused passes through plain torch, or through the Triton kernels (interpreter or GPU)."""
+    if request.param == "torch":
+        monkeypatch.setattr(loss_mod, "use_triton", lambda t, r=None: False)
+    elif not INTERPRET and not torch.cuda.is_available():
+        pytest.skip("the Triton kernels need a GPU or TRITON_INTERPRET=1")
+    return request.param
+
+
+def _device_for(path, device):
+    if path == "triton" and device.type == "cpu" and not INTERPRET:
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1")
+    return device
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n, r", [(1, 1), (50, 3), (203, 17)])
+def test_sym_loss_value_and_gradient(path, device, dtype, n, r):
+    _device_for(path, device)
+    A = random_graph(n, seed=n + r)
+    X = as_csr(A, device=device, dtype=dtype)
+    U = (0.3 * torch.rand(n, r, dtype=dtype, device=device)).requires_grad_()
+    loss = sparse_sym_loss(X, U)
+    assert loss.shape == () and loss.dtype == dtype
+    U64 = U.detach().double().requires_grad_()
+    ref = dense_losses(dense(A, device), U64)[0]
+    (ref_grad,) = torch.autograd.grad(ref, U64)
+    (grad,) = torch.autograd.grad(loss, U)
+    tol = 1e-5 if dtype == torch.float32 else 1e-11
+    assert rel_err(loss, ref) < tol
+    assert rel_err(grad, ref_grad) < tol
+
+
+def test_layer_loss_value_and_gradients(path, device):
+    _device_for(path, device)
+    n, r = 77, 5
+    A = random_graph(n, seed=1)
+    X = as_csr(A, device=device, dtype=torch.float64)
+    U = torch.rand(n, r, dtype=torch.float64, device=device, requires_grad=True)
+    P = torch.rand(n, r, dtype=torch.float64, device=device, requires_grad=True)
+    lam = torch.tensor(0.7, dtype=torch.float64, device=device, requires_grad=True)
+    loss, reg = sparse_layer_loss(X, U, P, lam)
+    ref_loss, ref_reg = dense_losses(dense(A, device), U, P, lam)
+    assert rel_err(loss, ref_loss) < 1e-12 and rel_err(reg, ref_reg) < 1e-12
+    w = torch.tensor([0.3, 1.7], dtype=torch.float64)  # weighs the two terms differently
+    grads = torch.autograd.grad(w[0] * loss + w[1] * reg, (U, P, lam))
+    ref_grads = torch.autograd.grad(w[0] * ref_loss + w[1] * ref_reg, (U, P, lam))
+    for g, ref in zip(grads, ref_grads):
+        assert rel_err(g, ref) < 1e-11
+
+
+def test_batched_shared_x_and_per_problem_lam(path):
+    _device_for(path, torch.device("cpu"))
+    A = random_graph(40, seed=2)
+    X = as_csr(A, dtype=torch.float64)
+    U = torch.rand(2, 3, 40, 4, dtype=torch.float64, requires_grad=True)
+    P = torch.rand(2, 3, 40, 4, dtype=torch.float64, requires_grad=True)
+    lam = torch.rand(3, dtype=torch.float64, requires_grad=True)  # broadcast over the first batch dimension
+    loss, reg = sparse_layer_loss(X, U, P, lam)
+    ref_loss, ref_reg = dense_losses(dense(A), U, P, lam)
+    assert loss.shape == reg.shape == (2, 3)
+    assert rel_err(loss, ref_loss) < 1e-12 and rel_err(reg, ref_reg) < 1e-12
+    g = torch.rand(2, 3, dtype=torch.float64)
+    grads = torch.autograd.grad((g * (loss + reg)).sum(), (U, P, lam))
+    ref_grads = torch.autograd.grad((g * (ref_loss + ref_reg)).sum(), (U, P, lam))
+    for a, b in zip(grads, ref_grads):
+        assert rel_err(a, b) < 1e-11
+
+
+def test_block_diagonal_batch(path):
+    _device_for(path, torch.device("cpu"))
+    graphs = [random_graph(30, seed=s) for s in range(3)]
+    X = block_diag([as_csr(g, dtype=torch.float64) for g in graphs])
+    U = torch.rand(3, 30, 6, dtype=torch.float64, requires_grad=True)
+    loss = sparse_sym_loss(X, U)
+    Xd = torch.stack([dense(g) for g in graphs])
+    ref = dense_losses(Xd, U)[0]
+    assert loss.shape == (3,) and rel_err(loss, ref) < 1e-12
+    assert rel_err(torch.autograd.grad(loss.sum(), U)[0], torch.autograd.grad(ref.sum(), U)[0]) < 1e-11
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gradcheck(symmetric):
+    A = random_graph(9, nnz_per_row=3, seed=3, symmetric=symmetric)
+    X = as_csr(A, dtype=torch.float64)
+    assert X.is_symmetric() == symmetric
+    U = torch.rand(9, 2, dtype=torch.float64, requires_grad=True)
+    P = torch.rand(9, 2, dtype=torch.float64, requires_grad=True)
+    lam = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda u, p, l: sparse_layer_loss(X, u, p, l), (U, P, lam))
+    assert torch.autograd.gradcheck(lambda u: sparse_sym_loss(X, u), (U,))
+
+
+def test_general_x_gradient_matches_dense():
+    A = random_graph(25, seed=4, symmetric=False)
+    U = torch.rand(25, 3, dtype=torch.float64, requires_grad=True)
+    P = torch.rand(25, 3, dtype=torch.float64)
+    loss, reg = sparse_layer_loss(A, U, P, 0.5)
+    ref_loss, ref_reg = dense_losses(dense(A), U, P, 0.5)
+    g = torch.autograd.grad(loss + 2 * reg, U)[0]
+    assert rel_err(g, torch.autograd.grad(ref_loss + 2 * ref_reg, U)[0]) < 1e-11
+
+
+def test_backward_of_symmetric_sym_loss_runs_no_spmm(monkeypatch):
+    X = as_csr(random_graph(20, seed=5), dtype=torch.float64)
+    U = torch.rand(20, 3, dtype=torch.float64, requires_grad=True)
+    loss = sparse_sym_loss(X, U)
+    calls = []
+    real = loss_mod._times_x
+    monkeypatch.setattr(loss_mod, "_times_x", lambda *a: calls.append(1) or real(*a))
+    loss.backward()
+    assert calls == [] and U.grad is not None
+
+
+def test_routed_through_sym_loss():
+    A = random_graph(35, seed=6)
+    U = torch.rand(35, 4, dtype=torch.float64)
+    Xt = as_csr(A, dtype=torch.float64).to_torch()
+    assert rel_err(sk.sym_loss(Xt, U), dense_losses(dense(A), U)[0]) < 1e-12
+    assert rel_err(sk.sym_loss(Xt, U), sk.reference.sym_loss(Xt, U)) < 1e-12
+
+
+def test_float32_loss_near_a_good_fit():
+    # A rank-4 X = V V^T and U close to V: the three terms cancel to ~1e-6 of ||X||^2.
+    rng = np.random.default_rng(7)
+    V = rng.random((60, 4))
+    X = sp.csr_matrix(V @ V.T)
+    U = torch.from_numpy(V + 1e-3 * rng.standard_normal(V.shape)).float()
+    loss = sparse_sym_loss(X, U)
+    ref = dense_losses(dense(X), U.double())[0]
+    x_sq = float(dense(X).pow(2).sum())
+    assert abs(float(loss) - float(ref)) < 1e-6 * x_sq
+
+
+# ---- the fused passes on their own ------------------------------------------------------------------------------
+
+
+def _fused_inputs(B, n, r, dtype=torch.float64):
+    g = torch.Generator().manual_seed(B * n + r)
+    U, S, P, W, Y = (torch.randn(B, n, r, dtype=dtype, generator=g) for _ in range(5))
+    G = torch.randn(B, r, r, dtype=dtype, generator=g)
+    lam, c1, c2 = (torch.rand(B, dtype=dtype, generator=g) for _ in range(3))
+    return U, S, P, W, Y, G, lam, c1, c2
+
+
+@pytest.mark.skipif(not (INTERPRET or torch.cuda.is_available()), reason="Triton needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B, n, r", [(1, 1, 1), (2, 70, 5), (1, 131, 33)])
+def test_triton_passes_match_torch(monkeypatch, dtype, B, n, r):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    args = [t.to(device) for t in _fused_inputs(B, n, r, dtype)]
+    U, S, P, W, Y, G, lam, c1, c2 = args
+    U = U.mT.contiguous().mT  # a column-major operand: the kernels take strides
+    calls = [
+        lambda: sparse_loss_terms(U, S, P, lam),
+        lambda: sparse_loss_terms(U, S, None, lam),
+        lambda: sparse_reg_grad(U, S, P, lam, c1),
+        lambda: sparse_loss_grad(U, S, G, W, Y, lam, c1, c2),
+        lambda: sparse_loss_grad(U, S, G, None, None, lam, c1, c2),
+    ]
+    fused = [f() for f in calls]
+    monkeypatch.setattr(loss_mod, "use_triton", lambda t, r=None: False)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for out, f in zip(fused, calls):
+        ref = f()
+        for a, b in zip(out if isinstance(out, tuple) else (out,), ref if isinstance(ref, tuple) else (ref,)):
+            assert a.shape == b.shape and rel_err(a, b) < tol
+
+
+def test_opcheck_fused_ops():
+    U, S, P, W, Y, G, lam, c1, c2 = _fused_inputs(2, 20, 4)
+    torch.library.opcheck(torch.ops.symnmf.sparse_loss_terms.default, (U, S, P, lam))
+    torch.library.opcheck(torch.ops.symnmf.sparse_loss_terms.default, (U, S, None, lam))
+    torch.library.opcheck(torch.ops.symnmf.sparse_reg_grad.default, (U, S, P, lam, c1))
+    torch.library.opcheck(torch.ops.symnmf.sparse_loss_grad.default, (U, S, G, W, Y, lam, c1, c2))
+
+
+def test_torch_compile_layer_loss():
+    A = random_graph(24, seed=8)
+    X = as_csr(A, dtype=torch.float64)
+    X.is_symmetric()
+
+    def step(u, p):
+        loss, reg = sparse_layer_loss(X, u, p, 0.3, symmetric=True)
+        return loss + reg
+
+    compiled = torch.compile(step, backend="aot_eager")
+    U = torch.rand(24, 3, dtype=torch.float64, requires_grad=True)
+    P = torch.rand(24, 3, dtype=torch.float64)
+    out = compiled(U, P)
+    ref_loss, ref_reg = dense_losses(dense(A), U, P, 0.3)
+    assert rel_err(out, ref_loss + ref_reg) < 1e-12
+    assert rel_err(torch.autograd.grad(out, U)[0], torch.autograd.grad(ref_loss + ref_reg, U)[0]) < 1e-11
+
+
+# ---- bad input --------------------------------------------------------------------------------------------------
+
+
+def test_bad_input():
+    X = as_csr(random_graph(10, seed=9), dtype=torch.float64)
+    U = torch.rand(10, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="square"):
+        sparse_sym_loss(sp.random(10, 12, density=0.2, format="csr"), torch.rand(12, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="P must have U's shape"):
+        sparse_layer_loss(X, U, torch.rand(10, 3, dtype=torch.float64), 0.1)
+    with pytest.raises(ValueError, match="share U's dtype"):
+        sparse_layer_loss(X, U, torch.rand(10, 2), 0.1)
+    with pytest.raises(ValueError, match="broadcast"):
+        sparse_layer_loss(X, U, U, torch.rand(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="U has shape"):
+        sparse_sym_loss(X, torch.rand(11, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\(n, r\)"):
+        sparse_sym_loss(X, torch.rand(10, dtype=torch.float64))
+    with pytest.raises(TypeError, match="use one dtype"):
+        sparse_sym_loss(X, U.float())
+
+
+@pytest.mark.gpu
+def test_cuda_layer_loss_matches_cpu():
+    A = random_graph(2000, nnz_per_row=16, seed=10)
+    X = as_csr(A, dtype=torch.float32)
+    U = torch.rand(2, 2000, 64, requires_grad=True)
+    P = torch.rand(2, 2000, 64, requires_grad=True)
+    out = sparse_layer_loss(X, U, P, 0.5)
+    Uc, Pc = (t.detach().cuda().requires_grad_() for t in (U, P))
+    out_c = sparse_layer_loss(X.to("cuda"), Uc, Pc, 0.5)
+    for a, b in zip(out_c, out):
+        assert rel_err(a, b) < 1e-5
+    g = torch.autograd.grad(sum(t.sum() for t in out), (U, P))
+    g_c = torch.autograd.grad(sum(t.sum() for t in out_c), (Uc, Pc))
+    for a, b in zip(g_c, g):
+        assert rel_err(a, b) < 1e-5
