@@ -31,8 +31,10 @@ def spd_inverse(G):
     A matrix that is not positive definite gets an all-NaN inverse.
     """
     L, info = torch.linalg.cholesky_ex(G)
-    inv = torch.cholesky_inverse(L)
-    return torch.where((info != 0)[..., None, None], torch.full_like(inv, float("nan")), inv)
+    failed = (info != 0)[..., None, None]
+    # A failed factor may hold zeros on its diagonal, which cholesky_inverse refuses: invert I there instead.
+    L = torch.where(failed, torch.eye(G.shape[-1], dtype=G.dtype, device=G.device), L)
+    return torch.where(failed, torch.full_like(G, float("nan")), torch.cholesky_inverse(L))
 
 
 def apply_relu(P, Ginv):
@@ -48,14 +50,14 @@ def symnmf_block(U, P, lam):
 def block_backward(grad_out, U, P, Ginv, U_out):
     """Gradients of one block (DESIGN.md section 1), for checking the fused backward.
 
-    Returns (dU, dP, dlam) with dlam per problem, shape (...).
+    Returns (dU, dP, dG), dG the gradient of G = U^T U + lam I; that of lam is
+    trace(dG) per problem.
     """
     Zb = grad_out * (U_out > 0)
-    dP = Zb @ Ginv
-    dG = -Ginv @ (P.mT @ Zb) @ Ginv
+    dP = Zb @ Ginv.mT
+    dG = -(Ginv.mT @ (P.mT @ Zb) @ Ginv.mT)
     dU = U @ (dG + dG.mT)
-    dlam = dG.diagonal(dim1=-2, dim2=-1).sum(-1)
-    return dU, dP, dlam
+    return dU, dP, dG
 
 
 def spmm(X, U):

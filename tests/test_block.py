@@ -25,7 +25,8 @@ def grads(fn, U, P, lam, g):
     return (out, *torch.autograd.grad(out, (U, P, lam), g))
 
 
-@pytest.mark.parametrize("n,r", [(1, 1), (7, 5), (1003, 16), (301, 48), (67, 128)])
+# n <= 1024 runs the fused one-program-per-problem kernel, n = 1500 the split-n kernels.
+@pytest.mark.parametrize("n,r", [(1, 1), (7, 5), (1003, 16), (301, 48), (67, 128), (1500, 8)])
 def test_block_forward_backward(device, n, r):
     U, P, lam = block_inputs((), n, r, device)
     g = torch.randn(n, r, device=device)
@@ -45,6 +46,16 @@ def test_block_batched_non_contiguous(device):
     g = torch.randn(2, 3, 45, 6, device=device, dtype=torch.float64)
     for got, want in zip(grads(sk.symnmf_block, U_nc, P, lam_b, g), grads(reference.symnmf_block, U, P, lam_b, g)):
         assert rel_err(got, want) <= 1e-12
+
+
+@pytest.mark.parametrize("n", [40, 1100])
+def test_block_singular_gram_gives_nan_not_garbage(device, n):
+    U = torch.zeros(2, n, 3, device=device)
+    U[0] = torch.rand(n, 3, device=device)  # problem 1 has U = 0, so U^T U + 0 I is singular
+    P = torch.rand(2, n, 3, device=device)
+    out = sk.symnmf_block(U, P, 0.0)
+    assert torch.isnan(out[1]).all()
+    assert rel_err(out[0], reference.symnmf_block(U[0].double(), P[0].double(), 0.0)) <= 1e-4
 
 
 def test_block_lam_as_float(device):

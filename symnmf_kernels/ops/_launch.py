@@ -7,10 +7,16 @@ kernels take strides.
 import torch
 
 from ..triton.apply import apply_backward_kernel, apply_kernel
+from ..triton.block import symnmf_block_small_kernel
 from ..triton.cholesky import spd_inverse_kernel
 from ..triton.gram import gram_finalize_kernel, gram_partials_kernel
 from ..triton.loss import sym_loss_partials_kernel
 from ._common import acc_dtype, block_n, block_r, num_warps, split_rows, triton_cdiv
+
+
+# Up to this many rows a problem is one program of the fused small-block kernel;
+# beyond it the split-n kernels spread each problem over many programs.
+SMALL_N = 1024
 
 
 def _geometry(A):
@@ -60,6 +66,26 @@ def spd_inverse(G):
         BLOCK_R=BR, ACC=acc_dtype(G.dtype), num_warps=16 if BR >= 128 else num_warps(r),
     )
     return out, info
+
+
+def symnmf_block(U, P, lam):
+    """(ReLU(P (U^T U + lam I)^{-1}), (U^T U + lam I)^{-1}, info); lam is a (B,) tensor."""
+    B, m, r = U.shape
+    n = P.shape[1]
+    if max(m, n) > SMALL_N:
+        G = gram(U, lam)
+        Ginv, info = spd_inverse(G)
+        return apply(P, Ginv, relu=True), Ginv, info
+    Y = torch.empty((B, n, r), dtype=P.dtype, device=P.device)
+    Ginv = torch.empty((B, r, r), dtype=P.dtype, device=P.device)
+    info = torch.empty((B,), dtype=torch.int32, device=P.device)
+    BR = block_r(r)
+    symnmf_block_small_kernel[(B,)](
+        U, P, lam, Y, Ginv, info, m, n, r, *U.stride(), *P.stride(), *Y.stride(), *Ginv.stride(),
+        BLOCK_N=block_n(r, P.device), BLOCK_R=BR, ACC=acc_dtype(P.dtype),
+        num_warps=16 if BR >= 128 else num_warps(r),
+    )
+    return Y, Ginv, info
 
 
 def apply(A, M, relu, emit_gram=False):

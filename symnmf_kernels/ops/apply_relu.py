@@ -3,6 +3,7 @@ from typing import Optional
 
 import torch
 
+from .. import reference
 from . import _launch
 from ._common import as_batch, check_same, check_square, check_tensor, use_triton
 
@@ -17,7 +18,7 @@ def apply_relu_op(P: torch.Tensor, Ginv: torch.Tensor) -> torch.Tensor:
     if use_triton(P, r):
         P3, batch = as_batch(P)
         return _launch.apply(P3, _flat_square(Ginv, P3.shape[0], r), relu=True).reshape(P.shape)
-    return torch.relu(P @ Ginv).contiguous()
+    return reference.apply_relu(P, Ginv).contiguous()
 
 
 @apply_relu_op.register_fake
@@ -35,7 +36,7 @@ def apply_relu_gram_op(P: torch.Tensor, Ginv: torch.Tensor) -> tuple[torch.Tenso
         Y, partials = _launch.apply(P3, _flat_square(Ginv, B, r), relu=True, emit_gram=True)
         zero = torch.zeros((B,), dtype=partials.dtype, device=P.device)
         return Y.reshape(P.shape), _launch.reduce_partials(partials, zero, r, P.dtype).reshape(*batch, r, r)
-    Y = torch.relu(P @ Ginv).contiguous()
+    Y = reference.apply_relu(P, Ginv).contiguous()
     return Y, (Y.mT @ Y).contiguous()
 
 

@@ -1,10 +1,85 @@
-"""symnmf_block: one SymNMF-Net block, U_next = ReLU(P (U^T U + lam I)^{-1})."""
+"""symnmf_block: one SymNMF-Net block, U_next = ReLU(P (U^T U + lam I)^{-1}).
+
+One custom op forward and one backward, so that a block costs two dispatches
+however many kernels run inside; small problems take the single-launch
+fused kernel of triton/block.py.
+"""
 import torch
 
-from ._common import as_lam, check_same, check_tensor
-from .apply_relu import apply_relu, apply_relu_gram
-from .gram import gram
+from .. import reference
+from . import _launch
+from ._common import as_batch, as_lam, check_same, check_tensor, use_triton
+from .apply_relu import apply_relu_gram
 from .spd_inverse import spd_inverse
+
+
+@torch.library.custom_op("symnmf_kernels::symnmf_block", mutates_args=())
+def symnmf_block_op(U: torch.Tensor, P: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U_next, G^{-1}) with G = U^T U + lam I; G^{-1} is kept for the backward."""
+    r = P.shape[-1]
+    if use_triton(P, r):
+        U3, batch = as_batch(U)
+        P3, _ = as_batch(P)
+        lam_b = lam.expand(batch).reshape(-1).contiguous()
+        Y, Ginv, _ = _launch.symnmf_block(U3, P3, lam_b)
+        return Y.reshape(P.shape), Ginv.reshape(*batch, r, r)
+    Ginv = reference.spd_inverse(reference.gram(U, lam))
+    return reference.apply_relu(P, Ginv).contiguous(), Ginv.contiguous()
+
+
+@symnmf_block_op.register_fake
+def _(U, P, lam):
+    r = P.shape[-1]
+    return torch.empty_like(P, memory_format=torch.contiguous_format), P.new_empty((*P.shape[:-2], r, r))
+
+
+@torch.library.custom_op("symnmf_kernels::symnmf_block_backward", mutates_args=())
+def symnmf_block_backward(
+    grad: torch.Tensor, U: torch.Tensor, P: torch.Tensor, Ginv: torch.Tensor, Y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dU, dP, dG) of Y = ReLU(P G^{-1}), G = U^T U + lam I (DESIGN.md section 1); dlam = trace(dG)."""
+    r = P.shape[-1]
+    if use_triton(P, r):
+        U3, batch = as_batch(U)
+        P3, _ = as_batch(P)
+        B = P3.shape[0]
+        Ginv3 = Ginv.reshape(B, r, r)
+        dP, PtZb = _launch.apply_backward(grad.reshape(P3.shape), Y.reshape(P3.shape), P3, Ginv3)
+        dG = -(Ginv3.mT @ PtZb @ Ginv3.mT)
+        dU = _launch.apply(U3, (dG + dG.mT).contiguous(), relu=False)
+        return dU.reshape(U.shape), dP.reshape(P.shape), dG.reshape(Ginv.shape)
+    return tuple(t.contiguous() for t in reference.block_backward(grad, U, P, Ginv, Y))
+
+
+@symnmf_block_backward.register_fake
+def _(grad, U, P, Ginv, Y):
+    like = torch.contiguous_format
+    return (
+        torch.empty_like(U, memory_format=like),
+        torch.empty_like(P, memory_format=like),
+        torch.empty_like(Ginv, memory_format=like),
+    )
+
+
+def _setup(ctx, inputs, output):
+    U, P, lam = inputs
+    Y, Ginv = output
+    ctx.save_for_backward(U, P, Ginv, Y)
+    ctx.lam_shape = lam.shape
+
+
+def _backward(ctx, dY, dGinv):
+    U, P, Ginv, Y = ctx.saved_tensors
+    if dY is None:
+        return None, None, None
+    dU, dP, dG = symnmf_block_backward(dY.contiguous(), U, P, Ginv, Y)
+    dlam = None
+    if ctx.needs_input_grad[2]:
+        dlam = dG.diagonal(dim1=-2, dim2=-1).sum(-1).sum_to_size(ctx.lam_shape)
+    return dU, dP, dlam
+
+
+symnmf_block_op.register_autograd(_backward, setup_context=_setup)
 
 
 def _check(U, P):
@@ -18,14 +93,17 @@ def _check(U, P):
 def symnmf_block(U, P, lam):
     """ReLU(P (U^T U + lam I)^{-1}) for U (..., m, r), P (..., n, r); differentiable in U, P and lam.
 
+    lam is a float or a tensor broadcastable to the batch shape (...).
     Passes over n x r data: forward reads U and P and writes the result;
     backward reads the gradient, the result and P, writes dP, then reads U and
-    writes dU (the r x r algebra in between is negligible).
+    writes dU (the r x r algebra in between is negligible). A Gram that is not
+    positive definite (lam too small for a rank-deficient U) yields NaN.
     """
     _check(U, P)
     if U.shape[:-2] != P.shape[:-2]:
         raise ValueError(f"U's batch shape {tuple(U.shape[:-2])} differs from P's {tuple(P.shape[:-2])}")
-    return apply_relu(P, spd_inverse(gram(U, lam)))
+    U_next, _ = symnmf_block_op(U, P, as_lam(lam, U))
+    return U_next
 
 
 def symnmf_block_from_gram(UtU, P, lam):

@@ -1,6 +1,7 @@
 """gram(U, lam) = U^T U + lam I, and mm_small(A, M) = A @ M, its backward's one pass over U."""
 import torch
 
+from .. import reference
 from . import _launch
 from ._common import as_batch, as_lam, check_same, check_tensor, use_triton
 
@@ -27,8 +28,7 @@ def gram_op(U: torch.Tensor, lam: torch.Tensor, deterministic: bool = True) -> t
         U3, batch = as_batch(U)
         lam_b = lam.expand(batch).reshape(-1).contiguous()
         return _launch.gram(U3, lam_b, deterministic).reshape(*batch, r, r)
-    G = U.mT @ U
-    return (G + lam[..., None, None] * torch.eye(r, dtype=U.dtype, device=U.device)).contiguous()
+    return reference.gram(U, lam).contiguous()
 
 
 @gram_op.register_fake
