@@ -44,10 +44,11 @@ def _solve_passive(B, C, F):
         M, rhs, Fd = _masked_systems(B, C[sl], F[sl])
         L, info = torch.linalg.cholesky_ex(M)
         x = torch.cholesky_solve(rhs, L).squeeze(-1)
-        failed = info != 0
-        if bool(failed.any()):
-            # B_FF singular (lam = 0 with dependent columns): the least-norm solution.
-            x[failed] = (torch.linalg.pinv(M[failed]) @ rhs[failed]).squeeze(-1)
+        if bool((info != 0).any()):
+            raise ValueError(
+                "B is not positive definite: block principal pivoting needs B = A^T A with A of full "
+                "column rank (for SymANLS, a penalty lam > 0)"
+            )
         out[sl] = x * Fd
     return out
 
@@ -60,7 +61,8 @@ def _infeasible(B, C, F, X):
 def nnls_gram(B, C, X0=None, *, max_rounds=None):
     """Solve min_{x >= 0} x^T B x - 2 c^T x for each row c of C; returns X (m x r).
 
-    B: (r, r) symmetric positive definite. C: (m, r). X0: optional (m, r) warm
+    B: (r, r) symmetric positive definite (a ValueError says so when a
+    Cholesky factorisation meets a non-positive pivot). C: (m, r). X0: optional (m, r) warm
     start whose positive entries give the initial passive sets. max_rounds caps
     the pivoting rounds (default 5 r + 20; block principal pivoting terminates
     in far fewer in practice), after which any row still infeasible is clipped

@@ -1,0 +1,225 @@
+"""The classical SymNMF solvers: descent, stationarity, planted clusters, dense vs sparse, errors.
+
+These tests check the algorithms, so the symnmf_kernels ops run their torch
+path here even under TRITON_INTERPRET=1 (the interpreter would take seconds
+per op); the kernels themselves are checked against the torch path in their
+own tests, and test_hals_kernel.py runs SymHALS end to end through the
+Triton sweep.
+"""
+import numpy as np
+import pytest
+import scipy.optimize
+import scipy.sparse
+import torch
+
+from symnmf.solvers import SOLVERS, SolverResult, init_factor, solve
+
+ALL = sorted(SOLVERS)
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+
+
+@pytest.fixture(autouse=True)
+def torch_path_ops(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
+def accuracy(labels, predicted):
+    """Fraction of nodes correctly clustered under the best matching of clusters to classes."""
+    k = int(max(labels.max(), predicted.max())) + 1
+    counts = np.zeros((k, k))
+    np.add.at(counts, (labels, predicted), 1)
+    rows, cols = scipy.optimize.linear_sum_assignment(-counts)
+    return counts[rows, cols].sum() / len(labels)
+
+
+def stochastic_block_model(sizes, p_in, p_out, seed, dtype=torch.float64):
+    """Normalised adjacency D^{-1/2} A D^{-1/2} of a planted-partition graph, and its labels."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.cat([torch.full((s,), i) for i, s in enumerate(sizes)])
+    n = len(labels)
+    P = torch.where(labels[:, None] == labels[None, :], p_in, p_out)
+    A = torch.triu((torch.rand(n, n, generator=g) < P).double(), 1)
+    A = A + A.T
+    d = A.sum(1).clamp_min(1)
+    return (A / torch.sqrt(d[:, None] * d[None, :])).to(dtype), labels.numpy()
+
+
+@pytest.fixture(scope="module")
+def sbm():
+    return stochastic_block_model([23, 31, 37], 0.35, 0.03, seed=0)
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("solver", ALL)
+@pytest.mark.parametrize("sparse", [False, True])
+def test_recovers_planted_clusters(solver, sparse, sbm):
+    X, labels = sbm
+    X = X.to_sparse_csr() if sparse else X
+    result = solve(X, 3, solver, random_state=1)
+    assert isinstance(result, SolverResult)
+    assert result.converged
+    assert result.U.shape == (X.shape[0], 3) and bool((result.U >= 0).all())
+    assert accuracy(labels, result.U.argmax(1).numpy()) >= 0.95
+
+
+@pytest.mark.parametrize("solver", ALL)
+def test_objective_descends_to_a_stationary_point(solver):
+    X, _ = stochastic_block_model([17, 21, 26], 0.4, 0.05, seed=2)
+    tol = 1e-5
+    result = solve(X, 3, solver, random_state=3, tol=tol, max_iter=3000)
+    h = result.history
+    obj = np.array(h["objective"])
+    assert result.converged and h["pg_norm"][-1] <= tol * h["pg_norm"][0]
+    assert obj[-1] < 0.9 * obj[0]
+    increases = np.diff(obj)
+    if solver in ("pgd", "newton"):
+        # Armijo steps: the objective never rises.
+        assert increases.max() <= 1e-12 * obj[0]
+    else:
+        # ANLS/HALS descend on the penalised objective and ADMM on its Lagrangian:
+        # ||X - U U^T||^2 of the returned factor may rise a little on the way.
+        assert increases.max() <= 0.02 * obj[0]
+    # The history's relative error and objective agree, and the factor reported is the history's last.
+    norm_sq = float(X.pow(2).sum())
+    assert abs(h["rel_error"][-1] - obj[-1] / norm_sq) <= 1e-12
+    assert abs(float(((X - result.U @ result.U.T) ** 2).sum()) - obj[-1]) <= 1e-9 * obj[-1]
+
+
+@pytest.mark.parametrize("solver", ALL)
+def test_exact_factorisation_is_found(solver):
+    """X = U* U*^T with disjoint supports: every solver drives the relative error to ~0."""
+    g = torch.Generator().manual_seed(7)
+    n, r = 47, 3
+    U_star = torch.zeros(n, r, dtype=torch.float64)
+    U_star[torch.arange(n), torch.arange(n) % r] = 0.5 + torch.rand(n, generator=g, dtype=torch.float64)
+    result = solve(U_star @ U_star.T, r, solver, random_state=2, tol=1e-6, max_iter=3000)
+    assert result.history["rel_error"][-1] <= 1e-6
+
+
+@pytest.mark.parametrize("solver", ALL)
+def test_dense_and_sparse_give_the_same_iterates(solver):
+    X, _ = stochastic_block_model([13, 19, 24], 0.4, 0.05, seed=4)
+    U0 = init_factor(X, 3, torch.Generator().manual_seed(5))
+    dense = solve(X, 3, solver, U0=U0, max_iter=12, tol=0.0)
+    sparse = solve(X.to_sparse_csr(), 3, solver, U0=U0, max_iter=12, tol=0.0)
+    assert dense.n_iter == sparse.n_iter == 12
+    assert rel(sparse.U, dense.U) <= 1e-9
+    np.testing.assert_allclose(sparse.history["objective"], dense.history["objective"], rtol=1e-9)
+    np.testing.assert_allclose(sparse.history["pg_norm"], dense.history["pg_norm"], rtol=1e-7)
+
+
+def test_newton_forms_agree_on_the_solution(sbm):
+    X, labels = sbm
+    exact = solve(X, 3, "newton", random_state=1, method="exact")
+    cg = solve(X.to_sparse_csr(), 3, "newton", random_state=1, method="cg")
+    assert exact.params["method"] == "exact" and cg.params["method"] == "cg"
+    assert exact.converged and cg.converged
+    assert abs(exact.history["objective"][-1] - cg.history["objective"][-1]) <= 1e-6 * exact.history["objective"][-1]
+    assert accuracy(labels, cg.U.argmax(1).numpy()) >= 0.95
+
+
+@pytest.mark.parametrize("solver", ["hals", "anls"])
+def test_zhu_penalty_converges_to_a_symmetric_factor(solver, sbm):
+    X, labels = sbm
+    result = solve(X, 3, solver, lam="zhu", random_state=1, max_iter=2000)
+    # 1/2 (||X||_2 + ||X - U0 U0^T||_F) with ||X||_2 = 1 for a normalised connected graph.
+    U0 = init_factor(X, 3, torch.Generator().manual_seed(1))
+    expected = 0.5 * (1.0 + float(torch.linalg.norm(X - U0 @ U0.T)))
+    assert abs(result.params["lam"] - expected) <= 1e-6 * expected
+    assert result.converged and accuracy(labels, result.U.argmax(1).numpy()) >= 0.95
+
+
+def test_float32_and_history_layout(sbm):
+    X, labels = sbm
+    result = solve(X.float(), 3, "hals", random_state=1, check_every=4, max_iter=50, tol=0.0)
+    h = result.history
+    assert result.U.dtype == torch.float32
+    assert set(h) == {"iteration", "objective", "rel_error", "pg_norm", "time"}
+    assert h["iteration"] == list(range(0, 50, 4)) + [50]
+    assert all(len(v) == len(h["iteration"]) for v in h.values())
+    assert all(b >= a for a, b in zip(h["time"], h["time"][1:]))
+    assert result.n_iter == 50 and not result.converged
+
+
+def test_init_factor_kuang_scale():
+    g = torch.Generator().manual_seed(8)
+    A = torch.rand(301, 301, generator=g, dtype=torch.float64)
+    A = torch.where(A > 0.9, A, torch.zeros_like(A))
+    X = A + A.T
+    U_dense = init_factor(X, 4, torch.Generator().manual_seed(9))
+    U_sparse = init_factor(X.to_sparse_csr(), 4, torch.Generator().manual_seed(9))
+    assert rel(U_sparse, U_dense) <= 1e-14
+    bound = 2 * (float(X.mean()) / 4) ** 0.5
+    assert float(U_dense.min()) >= 0 and float(U_dense.max()) <= bound
+    assert abs(float(U_dense.mean()) - bound / 2) <= 0.05 * bound
+
+
+def test_random_state_reproducible_and_inputs_accepted(sbm):
+    X, _ = sbm
+    a = solve(X.numpy(), 3, "pgd", random_state=11, max_iter=5)
+    b = solve(scipy.sparse.csr_matrix(X.numpy()), 3, "pgd", random_state=np.random.RandomState(11), max_iter=5)
+    c = solve(X, 3, "pgd", random_state=11, max_iter=5)
+    d = solve(X, 3, "pgd", random_state=12, max_iter=5)
+    assert torch.equal(a.U, c.U)
+    assert b.U.shape == a.U.shape
+    assert not torch.equal(c.U, d.U)
+
+
+def test_callback_can_stop(sbm):
+    X, _ = sbm
+    seen = []
+
+    def callback(it, U, history):
+        seen.append(it)
+        return it >= 3
+
+    result = solve(X, 3, "admm", random_state=1, callback=callback)
+    assert seen == [0, 1, 2, 3] and result.n_iter == 3 and not result.converged
+
+
+def test_bad_input(sbm):
+    X, _ = sbm
+    with pytest.raises(ValueError, match="solver must be one of"):
+        solve(X, 3, "mu")
+    with pytest.raises(ValueError, match="exceeds the number of nodes"):
+        solve(X, X.shape[0] + 1)
+    with pytest.raises(ValueError, match="not symmetric"):
+        solve(X + torch.triu(torch.ones_like(X), 1), 3)
+    with pytest.raises(ValueError, match="negative"):
+        solve(X - 1, 3)
+    bad = X.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        solve(bad, 3)
+    with pytest.raises(ValueError, match="U0 must have shape"):
+        solve(X, 3, U0=torch.rand(5, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="U0 has negative"):
+        solve(X, 3, U0=-torch.rand(X.shape[0], 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="no penalty"):
+        solve(X, 3, "pgd", lam=1.0)
+    with pytest.raises(ValueError, match="positive"):
+        solve(X, 3, "hals", lam=-1.0)
+    with pytest.raises(ValueError, match='"kuang" or "zhu"'):
+        solve(X, 3, "anls", lam="big")
+    with pytest.raises(ValueError, match="max_iter"):
+        solve(X, 3, "pgd", max_iter=-1)
+    with pytest.raises(ValueError, match="method"):
+        solve(X, 3, "newton", method="bfgs")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("solver", ALL)
+def test_cuda_matches_cpu(solver, sbm, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    X, labels = sbm
+    U0 = init_factor(X, 3, torch.Generator().manual_seed(1))
+    cpu = solve(X.to_sparse_csr(), 3, solver, U0=U0, max_iter=20, tol=0.0)
+    gpu = solve(X.to_sparse_csr(), 3, solver, U0=U0, max_iter=20, tol=0.0, device="cuda", check_every=1)
+    assert gpu.U.is_cuda
+    assert rel(gpu.U.cpu(), cpu.U) <= 1e-6
+    full = solve(X, 3, solver, random_state=1, device="cuda")
+    assert accuracy(labels, full.U.argmax(1).cpu().numpy()) >= 0.95
