@@ -5,6 +5,7 @@ import torch
 import symnmf_kernels as sk
 from symnmf_kernels import reference
 from symnmf_kernels.ops.apply_relu import apply_relu_backward, apply_relu_gram_op, apply_relu_op
+from symnmf_kernels.ops.block import symnmf_block_backward, symnmf_block_op
 from symnmf_kernels.ops.gram import gram_op, mm_small
 from symnmf_kernels.ops.spd_inverse import spd_inverse_op
 from symnmf_kernels.ops.sym_loss import sym_loss_dense
@@ -30,10 +31,14 @@ def cases(device):
         (apply_relu_gram_op, (torch.randn(2, 9, 3, **f64).requires_grad_(), Ginv.clone().requires_grad_())),
         (apply_relu_backward, (torch.randn(2, 9, 3, **f64), torch.rand(2, 9, 3, **f64), torch.randn(2, 9, 3, **f64), Ginv, None)),
         (sym_loss_dense, (X + X.mT, torch.rand(2, 9, 3, **f64).requires_grad_())),
+        (symnmf_block_op, (torch.rand(2, 9, 3, **f64).requires_grad_(), torch.randn(2, 9, 3, **f64).requires_grad_(),
+                           torch.tensor(2.0, **f64).requires_grad_())),
+        (symnmf_block_backward, (torch.randn(2, 9, 3, **f64), torch.rand(2, 9, 3, **f64), torch.randn(2, 9, 3, **f64),
+                                 Ginv, torch.rand(2, 9, 3, **f64))),
     ]
 
 
-@pytest.mark.parametrize("index", range(7))
+@pytest.mark.parametrize("index", range(9))
 def test_opcheck(device, index):
     op, args = cases(device)[index]
     torch.library.opcheck(op, args)
