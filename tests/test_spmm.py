@@ -3,6 +3,7 @@ import importlib
 import os
 import shutil
 import subprocess
+import sys
 import textwrap
 
 import numpy as np
@@ -414,3 +415,21 @@ def test_cuda_power_law_rows_and_gradient():
     g = torch.randn_like(out)
     out.backward(g)
     assert rel_err(U.grad, torch.from_numpy(A.toarray()).T @ g.double().cpu()) < 1e-5
+
+
+def test_bench_spmm_smoke(tmp_path):
+    """bench/bench_spmm.py runs on a CPU at a tiny size and writes its table."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "bench_spmm.py"), "--device", "cpu", "--n", "300",
+           "--r", "3", "--graphs", "knn_gauss", "random", "--warmup", "0", "--rep", "1", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    (table,) = tmp_path.glob("bench_spmm-*.md")
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| knn_gauss") or
+            line.startswith("| random")]
+    assert len(rows) == 4
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        ours_ms, torch_ms, err = float(cells[5]), float(cells[6]), float(cells[14])
+        assert ours_ms > 0 and torch_ms > 0 and err < 1e-4, line
