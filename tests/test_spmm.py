@@ -180,6 +180,32 @@ def test_fallback_matches_native():
         assert rel_err(fallback, native) < 1e-12
 
 
+FALLBACK_SCRIPT = """
+import warnings, torch, symnmf_kernels as sk, importlib
+status = importlib.import_module("symnmf_kernels.ops.spmm").extension_status()
+assert not status["cpu"] and "failed to load" in status["error"], status
+X = torch.tensor([[0.0, 2.0], [2.0, 1.0]], dtype=torch.float64).to_sparse_csr()
+U = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64, requires_grad=True)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    out = sk.spmm(X, U)
+    sk.spmm(X, U)
+assert sum("torch.sparse.mm" in str(w.message) for w in caught) == 1, [str(w.message) for w in caught]
+assert torch.equal(out, X.to_dense() @ U)
+out.sum().backward()
+assert torch.equal(U.grad, X.to_dense().T @ torch.ones(2, 2, dtype=torch.float64))
+print("fallback ok")
+"""
+
+
+def test_fallback_when_the_extension_is_missing():
+    """Without the extension, symnmf::spmm_csr is defined in Python on torch.sparse.mm and warns once."""
+    env = dict(os.environ, SYMNMF_KERNELS_LIBRARY=os.path.join(ROOT, "no-such-library.so"))
+    proc = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "fallback ok" in proc.stdout, proc.stderr[-3000:]
+
+
 def test_native_cpu_kernel_is_built():
     status = spmm_mod.extension_status()
     assert status["cpu"], status["error"]
@@ -380,6 +406,27 @@ def test_cuda_extension_source_compiles(tmp_path):
     cmd += [os.path.join(ROOT, "csrc", "cuda", "spmm_cuda.cu"), "-o", str(tmp_path / "spmm_cuda.o")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None or os.environ.get("SYMNMF_SLOW") != "1",
+                    reason="needs cmake and SYMNMF_SLOW=1")
+def test_cmake_build(tmp_path):
+    """CMakeLists.txt builds the same library; symnmf_kernels loads it from SYMNMF_KERNELS_LIBRARY."""
+    from torch.utils import cmake_prefix_path
+
+    build = tmp_path / "build"
+    for cmd in (["cmake", "-S", ROOT, "-B", str(build), f"-DCMAKE_PREFIX_PATH={cmake_prefix_path}", "-DSYMNMF_CUDA=OFF"],
+                ["cmake", "--build", str(build), "-j2"]):
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    script = ("import importlib, torch, symnmf_kernels as sk\n"
+              "assert importlib.import_module('symnmf_kernels.ops.spmm').extension_status()['cpu']\n"
+              "X = torch.eye(3, dtype=torch.float64).to_sparse_csr()\n"
+              "U = torch.rand(3, 2, dtype=torch.float64)\n"
+              "assert torch.equal(sk.spmm(X, U), U)\n")
+    env = dict(os.environ, SYMNMF_KERNELS_LIBRARY=str(build / "_C.so"))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @pytest.mark.gpu

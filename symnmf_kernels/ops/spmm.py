@@ -15,6 +15,7 @@ transpose; any other X has its transpose computed once and cached with X
 import importlib.util
 import math
 import os
+import warnings
 
 import torch
 
@@ -75,10 +76,12 @@ def _spmm_csr_torch(crow_indices, col_indices, values, dense, t_crow_indices=Non
     why = _load_error or "the extension was built without CUDA"
     warn_once(("spmm-fallback", dense.device.type), f"{why}; sk.spmm on {dense.device.type} uses torch.sparse.mm")
     n_rows, n_cols = crow_indices.numel() - 1, dense.shape[-2]
-    X = torch.sparse_csr_tensor(
-        crow_indices.to(torch.int64), col_indices.to(torch.int64), values, size=(n_rows, n_cols),
-        check_invariants=False,
-    )
+    with warnings.catch_warnings():  # torch's "sparse CSR is beta" notice
+        warnings.simplefilter("ignore", UserWarning)
+        X = torch.sparse_csr_tensor(
+            crow_indices.to(torch.int64), col_indices.to(torch.int64), values, size=(n_rows, n_cols),
+            check_invariants=False,
+        )
     if dense.dim() == 2:
         return torch.sparse.mm(X, dense)
     B, _, r = dense.shape
