@@ -105,7 +105,7 @@ class Problem:
         self.n = X.shape[-1]
         self.dtype = X.dtype
         self.device = X.device
-        self.norm_sq = _values(X).pow(2).sum()
+        self.norm_sq = _values(X).double().pow(2).sum()
 
     def matmul(self, U):
         return sk.spmm(self.X, U) if self.sparse else self.X @ U
@@ -113,7 +113,9 @@ class Problem:
     def loss(self, U, XU=None):
         if XU is None:
             return sk.sym_loss(self.X, U)
-        return self.norm_sq - 2 * (XU * U).sum() + sk.gram(U, 0.0).pow(2).sum()
+        # The three terms nearly cancel near a good fit: sum them in float64.
+        cross = (XU * U).sum(dtype=torch.float64)
+        return self.norm_sq - 2 * cross + sk.gram(U, 0.0).double().pow(2).sum()
 
     def dense(self):
         return self.X.to_dense() if self.sparse else self.X

@@ -156,7 +156,6 @@ def newton(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=F
 
     H = U0.clone()
     XH = problem.matmul(H)
-    obj = problem.loss(H, XH)
     g0_norm = None
     it = 0
     while True:
@@ -164,7 +163,7 @@ def newton(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=F
         grad = 4 * (H @ G - XH)
         if g0_norm is None:
             g0_norm = grad.norm()
-        if monitor.due(it) and monitor.check(it, H, obj, projected_gradient_sq(grad, H)):
+        if monitor.due(it) and monitor.check(it, H, problem.loss(H, XH), projected_gradient_sq(grad, H)):
             break
         free = (H > 0) | (grad <= 0)
         if exact is not None:
@@ -173,12 +172,11 @@ def newton(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=F
             direction = _cg_direction(problem, H, G, grad, free, g0_norm, cg_max_iter, cg_check_every)
             descent = (grad * direction).sum() > torch.finfo(H.dtype).eps * grad.norm() * direction.norm()
             direction = torch.where(descent, direction, grad)
-        Hn, XHn, obj, accepted = armijo_projected(
-            problem, H, grad, direction, obj, sigma=sigma, beta=beta, max_trials=max_trials
+        H, XH, accepted = armijo_projected(
+            problem, H, XH, G, grad, direction, sigma=sigma, beta=beta, max_trials=max_trials
         )
         if not accepted:
-            monitor.record_last(it, H, obj, projected_gradient_sq(grad, H))
+            monitor.record_last(it, H, problem.loss(H, XH), projected_gradient_sq(grad, H))
             break
-        H, XH = Hn, XHn
         it += 1
     return monitor.result(H, solver="newton", method=method, sigma=sigma, beta=beta)

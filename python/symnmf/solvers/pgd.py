@@ -34,18 +34,15 @@ def pgd(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=Fals
     )
     H = U0.clone()
     XH = problem.matmul(H)
-    obj = problem.loss(H, XH)
     it = 0
     while True:
-        grad = 4 * (H @ sk.gram(H, 0.0) - XH)
-        if monitor.due(it) and monitor.check(it, H, obj, projected_gradient_sq(grad, H)):
+        G = sk.gram(H, 0.0)
+        grad = 4 * (H @ G - XH)
+        if monitor.due(it) and monitor.check(it, H, problem.loss(H, XH), projected_gradient_sq(grad, H)):
             break
-        H, XHn, obj, accepted = armijo_projected(
-            problem, H, grad, grad, obj, sigma=sigma, beta=beta, max_trials=max_trials
-        )
+        H, XH, accepted = armijo_projected(problem, H, XH, G, grad, grad, sigma=sigma, beta=beta, max_trials=max_trials)
         if not accepted:
-            monitor.record_last(it, H, obj, projected_gradient_sq(grad, H))
+            monitor.record_last(it, H, problem.loss(H, XH), projected_gradient_sq(grad, H))
             break
-        XH = XHn
         it += 1
     return monitor.result(H, solver="pgd", sigma=sigma, beta=beta)

@@ -1,0 +1,259 @@
+"""Solver benchmark: time per iteration and time to tolerance of every SymNMF solver,
+the GPU kernels against the CPU path, on kNN-like graphs (DESIGN.md section 7).
+
+Rows, per graph and rank:
+
+    sweep       one SymHALS half-iteration sweep (symnmf_kernels.ops.hals.hals_sweep_):
+                the fused Triton row sweep against the torch column loop on the
+                same device; ideal traffic 3 n r values (read C and W, write W)
+    <solver>    anls, hals, pgd, newton, admm through symnmf.solvers.SOLVERS on
+                each path:
+                  kernels     CUDA tensors: Triton kernels and the CUDA SpMM
+                  torch-loop  CUDA, SymHALS only: the sweep as a plain torch
+                              column loop (DESIGN.md's peer for SymHALS)
+                  cpu         CPU tensors: the torch path and the C++ SpMM
+                ms_per_iter: (time of k2 iterations - time of k1) / (k2 - k1),
+                so set-up (penalty, first product) cancels; the stopping check
+                runs only at the ends
+                to tolerance: the solver's default tol and max_iter, stopped
+                early after --tol-cap-s seconds (converged = False then)
+
+Every solver starts from the same Kuang et al. factor. The table goes to
+bench/results/bench_solvers-<date>-<device>.md, rewritten after every row.
+
+    python bench/bench_solvers.py                     # CUDA: --sizes full; CPU: --sizes tiny
+    python bench/bench_solvers.py --sizes small --solvers hals pgd --out /tmp/results
+"""
+import argparse
+import gc
+import math
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from bench.common import bench, copy_bandwidth, roofline_fraction, write_table  # noqa: E402
+from symnmf.solvers import SOLVERS, init_factor  # noqa: E402
+from symnmf_kernels.ops.hals import hals_sweep_  # noqa: E402
+
+SIZES = {
+    "tiny": {"n": [2_000], "r": [8]},
+    "small": {"n": [20_000], "r": [16]},
+    "full": {"n": [1_000_000], "r": [64]},
+}
+GRAPHS = ("knn_like", "knn_gauss")
+COLUMNS = [
+    "graph", "n", "nnz", "r", "solver", "path", "ms_per_iter", "x_cpu", "frac_roofline",
+    "iters", "s_to_tol", "converged", "rel_error", "notes",
+]
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def release(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def short_error(exc):
+    text = str(exc).strip().splitlines()
+    return "%s: %s" % (type(exc).__name__, (text[0] if text else "")[:100])
+
+
+def make_graph(kind, n, device, seed):
+    """The graphs of bench_spmm.py (kNN-like or Gaussian-mixture kNN), as a torch sparse CSR."""
+    from bench.bench_spmm import make_graph as spmm_graph
+
+    return spmm_graph(kind, n, device, seed).to_torch()
+
+
+def run_solver(name, X, U0, path, **kwargs):
+    """Wall time (s) and result of one solver run, device synchronised around it."""
+    if path == "torch-loop":
+        kwargs["backend"] = "torch"
+    sync(X.device)
+    start = time.perf_counter()
+    result = SOLVERS[name](X, U0, **kwargs)
+    sync(X.device)
+    return time.perf_counter() - start, result
+
+
+def ms_per_iter(name, X, U0, path, k1, k2):
+    run_solver(name, X, U0, path, max_iter=1, tol=0.0, check_every=1)  # compiles / warms up what it needs
+    t1, _ = run_solver(name, X, U0, path, max_iter=k1, tol=0.0, check_every=k1)
+    t2, _ = run_solver(name, X, U0, path, max_iter=k2, tol=0.0, check_every=k2)
+    return 1e3 * max(t2 - t1, 0.0) / (k2 - k1)
+
+
+def to_tolerance(name, X, U0, path, cap_s):
+    def stop_at_cap(it, U, history):
+        return history["time"][-1] > cap_s
+
+    seconds, result = run_solver(name, X, U0, path, callback=stop_at_cap)
+    return {
+        "iters": result.n_iter, "s_to_tol": seconds, "converged": result.converged,
+        "rel_error": result.history["rel_error"][-1],
+    }
+
+
+def sweep_rows(X, r, args, bw, base):
+    """The SymHALS sweep alone: Triton against the torch column loop, on X's device."""
+    device = X.device
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    n = X.shape[0]
+    V = torch.rand(n, r, device=device, generator=g)
+    W = torch.rand(n, r, device=device, generator=g)
+    B = V.T @ V + 0.5 * torch.eye(r, device=device)
+    C = torch.sparse.mm(X, V) + 0.5 * V
+    nbytes = 3 * n * r * 4
+    paths = ["triton", "torch"] if device.type == "cuda" else ["torch"]
+    rows, times = [], {}
+    for path in paths:
+        Wp = W.clone()
+        times[path] = bench(lambda: hals_sweep_(Wp, C, B, backend=path), warmup=args.warmup, rep=args.rep,
+                            device=device)
+        rows.append({**base, "solver": "sweep", "path": "kernels" if path == "triton" else "torch-loop",
+                     "ms_per_iter": times[path], "frac_roofline": roofline_fraction(nbytes, times[path], bw)})
+    if "triton" in times:
+        rows[0]["notes"] = "%.3gx the torch loop" % (times["torch"] / times["triton"])
+    return rows
+
+
+def header_lines(args, device, bw, stopped):
+    lines = [
+        "paths: kernels = CUDA tensors (Triton sweep, CUDA SpMM, Triton Gram/loss); torch-loop = CUDA, SymHALS "
+        "sweep as a torch column loop; cpu = CPU tensors (%d threads)" % torch.get_num_threads(),
+        "ms_per_iter: (wall time of k2 - k1 more iterations) / (k2 - k1), k1 = %d, k2 = %d (CPU: k1 = 1, k2 = %d), "
+        "device synchronised; stopping checks only at the ends" % (args.k1, args.k2, args.cpu_k2),
+        "x_cpu: the cpu path's ms_per_iter over this path's",
+        "to tolerance: each solver's default tol and max_iter (anls/hals 1e-3, 500; pgd/newton 1e-4, 10000; "
+        "admm 1e-4, 1000), stopped after %g s (converged False then); cpu path only for n <= %d"
+        % (args.tol_cap_s, args.cpu_tol_max_n),
+        "sweep: hals_sweep_ timed with bench.common.bench; frac_roofline = (3 n r x 4 bytes / time) / copy "
+        "bandwidth (%.4g GB/s)" % (bw / 1e9),
+        "float32; graphs from bench_spmm.py (knn_like: DESIGN.md section 7; knn_gauss: kNN of Gaussian-mixture points)",
+    ]
+    if device.type != "cuda":
+        lines.append("CPU-only run on a shared machine: no GPU numbers here")
+    if stopped:
+        lines.append("stopped after --budget-s %g s: %d rows not measured" % (args.budget_s, stopped))
+    return lines
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", choices=sorted(SIZES), help="size preset (default: full on CUDA, tiny on CPU)")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--graphs", nargs="+", choices=GRAPHS, default=["knn_like"])
+    parser.add_argument("--solvers", nargs="+", choices=sorted(SOLVERS), default=sorted(SOLVERS))
+    parser.add_argument("--n", type=int, nargs="+", help="node counts (default: from --sizes)")
+    parser.add_argument("--r", type=int, nargs="+", help="ranks (default: from --sizes)")
+    parser.add_argument("--k1", type=int, default=2, help="iterations of the shorter timed run")
+    parser.add_argument("--k2", type=int, default=12, help="iterations of the longer timed run")
+    parser.add_argument("--cpu-k2", type=int, default=3, help="k2 on the CPU path (k1 = 1 there)")
+    parser.add_argument("--no-cpu", action="store_true", help="skip the cpu path on a CUDA machine")
+    parser.add_argument("--cpu-tol-max-n", type=int, default=50_000, help="largest n for the cpu path's to-tolerance run")
+    parser.add_argument("--tol-cap-s", type=float, help="time cap of a to-tolerance run (default: 8 CUDA, 20 CPU)")
+    parser.add_argument("--warmup", type=float, help="sweep warm-up budget, ms (default: 25 CUDA, 5 CPU)")
+    parser.add_argument("--rep", type=float, help="sweep repetition budget, ms (default: 100 CUDA, 20 CPU)")
+    parser.add_argument("--budget-s", type=float, help="stop starting rows after this many seconds "
+                        "(default: 55 on CUDA, unlimited on CPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="results folder (default: bench/results)")
+    args = parser.parse_args(argv)
+    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible; use --device cpu")
+    on_cuda = args.device.type == "cuda"
+    args.sizes = args.sizes or ("full" if on_cuda else "tiny")
+    args.n = args.n or SIZES[args.sizes]["n"]
+    args.r = args.r or SIZES[args.sizes]["r"]
+    args.tol_cap_s = (8.0 if on_cuda else 20.0) if args.tol_cap_s is None else args.tol_cap_s
+    args.warmup = (25.0 if on_cuda else 5.0) if args.warmup is None else args.warmup
+    args.rep = (100.0 if on_cuda else 20.0) if args.rep is None else args.rep
+    args.budget_s = (55.0 if on_cuda else float("inf")) if args.budget_s is None else args.budget_s
+    if not 1 <= args.k1 < args.k2 or args.cpu_k2 < 2:
+        parser.error("need 1 <= k1 < k2 and cpu-k2 >= 2")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = args.device
+    torch.set_float32_matmul_precision("highest")
+    bw = copy_bandwidth(device)
+    start = time.perf_counter()
+    rows, stopped = [], 0
+    paths = ["kernels", "cpu"] if device.type == "cuda" and not args.no_cpu else [
+        "kernels" if device.type == "cuda" else "cpu"]
+
+    def save(echo=False):
+        return write_table("bench_solvers", rows, COLUMNS, header_lines(args, device, bw, stopped),
+                           out_dir=args.out, device=device, echo=echo)
+
+    for gi, kind in enumerate(args.graphs):
+        for n in args.n:
+            try:
+                X = make_graph(kind, n, device, args.seed + gi)
+                X_cpu = X.cpu() if device.type == "cuda" else X
+            except Exception as exc:  # e.g. out of memory: the other graphs still run
+                rows.append({"graph": kind, "n": n, "notes": "graph: " + short_error(exc)})
+                release(device)
+                continue
+            nnz = X.values().numel()
+            for r in args.r:
+                base = {"graph": kind, "n": n, "nnz": nnz, "r": r}
+                try:
+                    rows.extend(sweep_rows(X, r, args, bw, base))
+                except Exception as exc:
+                    rows.append({**base, "solver": "sweep", "notes": short_error(exc)})
+                save()
+                U0 = init_factor(X, r, torch.Generator().manual_seed(args.seed))
+                for name in args.solvers:
+                    solver_paths = list(paths)
+                    if name == "hals" and device.type == "cuda":
+                        solver_paths.insert(1, "torch-loop")
+                    results = {}
+                    for path in solver_paths:
+                        if time.perf_counter() - start > args.budget_s:
+                            stopped += 1
+                            continue
+                        on_cpu = path == "cpu"
+                        Xp = X_cpu if on_cpu else X
+                        Up = U0.to(Xp.device)
+                        row = {**base, "solver": name, "path": path}
+                        try:
+                            k1, k2 = (1, args.cpu_k2) if on_cpu else (args.k1, args.k2)
+                            row["ms_per_iter"] = ms_per_iter(name, Xp, Up, path, k1, k2)
+                            if not (on_cpu and n > args.cpu_tol_max_n):
+                                row.update(to_tolerance(name, Xp, Up, path, args.tol_cap_s))
+                        except Exception as exc:
+                            row["notes"] = short_error(exc)
+                            release(device)
+                        results[path] = row
+                        rows.append(row)
+                        print("%-9s n=%-8d r=%-4d %-7s %-10s %s ms/iter" % (
+                            kind, n, r, name, path, row.get("ms_per_iter", float("nan"))), flush=True)
+                        save()
+                    cpu_ms = results.get("cpu", {}).get("ms_per_iter")
+                    for row in results.values():
+                        ms = row.get("ms_per_iter")
+                        if cpu_ms and ms and math.isfinite(ms) and ms > 0:
+                            row["x_cpu"] = cpu_ms / ms
+                save()
+            del X, X_cpu
+            release(device)
+    path = save(echo=True)
+    print("wrote", path, flush=True)
+    return path
+
+
+if __name__ == "__main__":
+    main()
