@@ -3,9 +3,11 @@ the GPU kernels against the CPU path, on kNN-like graphs (DESIGN.md section 7).
 
 Rows, per graph and rank:
 
-    sweep       one SymHALS half-iteration sweep (symnmf_kernels.ops.hals.hals_sweep_):
-                the fused Triton row sweep against the torch column loop on the
-                same device; ideal traffic 3 n r values (read C and W, write W)
+    sweep       one SymHALS half-iteration sweep as the solver runs it
+                (symnmf_kernels.ops.hals.hals_sweep_ with C = X V + lam V formed
+                from X V and V): the fused Triton row sweep against the torch
+                column loop on the same device; ideal traffic 4 n r values
+                (read X V, V and W, write W)
     <solver>    anls, hals, pgd, newton, admm through symnmf.solvers.SOLVERS on
                 each path:
                   kernels     CUDA tensors: Triton kernels and the CUDA SpMM
@@ -111,14 +113,14 @@ def sweep_rows(X, r, args, bw, base):
     V = torch.rand(n, r, device=device, generator=g)
     W = torch.rand(n, r, device=device, generator=g)
     B = V.T @ V + 0.5 * torch.eye(r, device=device)
-    C = torch.sparse.mm(X, V) + 0.5 * V
-    nbytes = 3 * n * r * 4
+    XV = torch.sparse.mm(X, V)
+    nbytes = 4 * n * r * 4
     paths = ["triton", "torch"] if device.type == "cuda" else ["torch"]
     rows, times = [], {}
     for path in paths:
         Wp = W.clone()
-        times[path] = bench(lambda: hals_sweep_(Wp, C, B, backend=path), warmup=args.warmup, rep=args.rep,
-                            device=device)
+        times[path] = bench(lambda: hals_sweep_(Wp, XV, B, V=V, lam=0.5, backend=path), warmup=args.warmup,
+                            rep=args.rep, device=device)
         rows.append({**base, "solver": "sweep", "path": "kernels" if path == "triton" else "torch-loop",
                      "ms_per_iter": times[path], "frac_roofline": roofline_fraction(nbytes, times[path], bw)})
     if "triton" in times:
@@ -136,7 +138,7 @@ def header_lines(args, device, bw, stopped):
         "to tolerance: each solver's default tol and max_iter (anls/hals 1e-3, 500; pgd/newton 1e-4, 10000; "
         "admm 1e-4, 1000), stopped after %g s (converged False then); cpu path only for n <= %d"
         % (args.tol_cap_s, args.cpu_tol_max_n),
-        "sweep: hals_sweep_ timed with bench.common.bench; frac_roofline = (3 n r x 4 bytes / time) / copy "
+        "sweep: hals_sweep_ timed with bench.common.bench; frac_roofline = (4 n r x 4 bytes / time) / copy "
         "bandwidth (%.4g GB/s)" % (bw / 1e9),
         "float32; graphs from bench_spmm.py (knn_like: DESIGN.md section 7; knn_gauss: kNN of Gaussian-mixture points)",
     ]

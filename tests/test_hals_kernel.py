@@ -21,8 +21,8 @@ def rel(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def hals_inputs(n, r, dtype, seed, lam=0.3):
-    """W, C = X V + lam V, B = V^T V + lam I from a random symmetric non-negative X."""
+def hals_inputs(n, r, dtype, seed, lam=0.3, with_v=False):
+    """W, C = X V + lam V, B = V^T V + lam I from a random symmetric non-negative X (and X V, V)."""
     g = torch.Generator().manual_seed(seed)
     X = torch.rand(n, n, generator=g, dtype=torch.float64)
     X = X + X.T
@@ -30,7 +30,8 @@ def hals_inputs(n, r, dtype, seed, lam=0.3):
     W = torch.rand(n, r, generator=g, dtype=torch.float64)
     B = V.T @ V + lam * torch.eye(r, dtype=torch.float64)
     C = X @ V + lam * V
-    return [t.to(device=DEVICE, dtype=dtype) for t in (W, C, B)]
+    out = (W, C, B, X @ V, V) if with_v else (W, C, B)
+    return [t.to(device=DEVICE, dtype=dtype) for t in out]
 
 
 @needs_triton
@@ -43,6 +44,17 @@ def test_triton_matches_torch_float32(n, r):
     assert rel(W_triton, W_torch) <= 1e-5
     assert rel(max_triton, max_torch) <= 1e-5
     assert bool((W_triton >= 0).all())
+
+
+@needs_triton
+@pytest.mark.parametrize("r", [5, 16])
+def test_right_hand_side_formed_in_the_kernel(r):
+    """With V given, the sweep reads X V and V and forms C = X V + lam V itself."""
+    W, C, B, XV, V = hals_inputs(203, r, torch.float32, seed=r, lam=0.3, with_v=True)
+    expected, _ = hals_sweep(W, C, B, backend="torch")
+    for backend in ("triton", "torch"):
+        out, _ = hals_sweep(W, XV, B, V=V, lam=0.3, backend=backend)
+        assert rel(out, expected) <= 1e-5
 
 
 @needs_triton
@@ -99,6 +111,8 @@ def test_bad_input():
         hals_sweep_(W, C.double(), B)
     with pytest.raises(ValueError, match="backend"):
         hals_sweep_(W, C, B, backend="cuda")
+    with pytest.raises(ValueError, match="V has shape"):
+        hals_sweep_(W, C, B, V=W[:4], lam=0.5)
 
 
 @needs_triton

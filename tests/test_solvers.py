@@ -210,6 +210,23 @@ def test_bad_input(sbm):
         solve(X, 3, "newton", method="bfgs")
 
 
+def test_bench_solvers_runs(tmp_path):
+    """bench/bench_solvers.py at a toy size writes its table with a finite time for every solver."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench import bench_solvers
+
+    path = bench_solvers.main([
+        "--device", "cpu", "--n", "300", "--r", "3", "--k2", "3", "--cpu-k2", "2",
+        "--tol-cap-s", "0.5", "--warmup", "0", "--rep", "1", "--out", str(tmp_path),
+    ])
+    rows = [line.split("|")[1:-1] for line in open(path).read().splitlines() if line.startswith("| knn_like")]
+    assert sorted(row[4].strip() for row in rows) == sorted(["sweep"] + ALL)
+    assert all(float(row[6]) > 0 for row in rows)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("solver", ALL)

@@ -21,12 +21,17 @@ ZERO_COLUMN_FILL = 1e-16
 __all__ = ["hals_sweep_", "hals_sweep"]
 
 
-def _check(W, C, B):
+def _check(W, C, B, V):
     check_tensor(W, "W")
     check_tensor(C, "C")
     check_tensor(B, "B")
     check_same(C, W, "C", "W")
     check_same(B, W, "B", "W")
+    if V is not None:
+        check_tensor(V, "V")
+        check_same(V, W, "V", "W")
+        if V.shape != W.shape:
+            raise ValueError(f"V has shape {tuple(V.shape)} but W has {tuple(W.shape)}; they must match")
     if W.dim() != 2:
         raise ValueError(f"W must be a single n x r factor, got shape {tuple(W.shape)}")
     if C.shape != W.shape:
@@ -36,7 +41,9 @@ def _check(W, C, B):
         raise ValueError(f"B must be r x r = {r} x {r} (V^T V + lam I), got shape {tuple(B.shape)}")
 
 
-def _sweep_torch_(W, C, B):
+def _sweep_torch_(W, C, B, V, lam):
+    if V is not None:
+        C = C + lam * V
     n, r = W.shape
     diag = B.diagonal()
     # Rows are independent: a block of rows that fits in cache is swept over all r
@@ -58,7 +65,7 @@ def _block_sizes(r, device):
     return max(16, min(256, 4096 // block_r)), block_r
 
 
-def _sweep_triton_(W, C, B, revive):
+def _sweep_triton_(W, C, B, V, lam, revive):
     from ..triton.hals import fill_zero_columns_kernel, hals_sweep_kernel
 
     n, r = W.shape
@@ -66,9 +73,11 @@ def _sweep_triton_(W, C, B, revive):
     grid = triton_cdiv(n, block_n)
     warps = 4 if block_r <= 64 else 8
     partial = torch.empty((grid, block_r), dtype=W.dtype, device=W.device)
+    has_v = V is not None
     hals_sweep_kernel[(grid,)](
-        W, C, B, partial, n, r, *W.stride(), *C.stride(), *B.stride(),
-        BLOCK_N=block_n, BLOCK_R=block_r, num_warps=warps,
+        W, C, V if has_v else C, float(lam), B, partial, n, r,
+        *W.stride(), *C.stride(), *(V.stride() if has_v else C.stride()), *B.stride(),
+        HAS_V=has_v, BLOCK_N=block_n, BLOCK_R=block_r, num_warps=warps,
     )
     colmax = partial.amax(0)[:r]
     if revive:
@@ -80,23 +89,25 @@ def _sweep_triton_(W, C, B, revive):
     return colmax
 
 
-def hals_sweep_(W, C, B, *, revive=True, backend=None):
+def hals_sweep_(W, C, B, *, V=None, lam=0.0, revive=True, backend=None):
     """Sweep the columns of W (n x r) in place; returns W's column maxima (r,) after the sweep.
 
-    B (r x r) is V^T V + lam I with a positive diagonal, C (n x r) is X V + lam V.
+    B (r x r) is V^T V + lam I with a positive diagonal; the right-hand side is
+    C (n x r) = X V + lam V, or, when V is given, C + lam V (then pass C = X V:
+    the Triton path forms the sum as it reads, saving a pass).
     revive: reset all-zero columns of the result to 1e-16 * max(W).
     backend: None picks by device (Triton on CUDA or under TRITON_INTERPRET=1,
     torch otherwise); "torch" or "triton" force one.
     Never synchronises with the host.
     """
-    _check(W, C, B)
+    _check(W, C, B, V)
     if backend is None:
         backend = "triton" if use_triton(W, W.shape[1]) else "torch"
     if backend == "triton":
-        return _sweep_triton_(W, C, B, revive)
+        return _sweep_triton_(W, C, B, V, lam, revive)
     if backend != "torch":
         raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
-    colmax = _sweep_torch_(W, C, B)
+    colmax = _sweep_torch_(W, C, B, V, lam)
     if revive:
         fill = ZERO_COLUMN_FILL * colmax.max()
         zero = colmax == 0
@@ -106,7 +117,7 @@ def hals_sweep_(W, C, B, *, revive=True, backend=None):
     return colmax
 
 
-def hals_sweep(W, C, B, *, revive=True, backend=None):
+def hals_sweep(W, C, B, *, V=None, lam=0.0, revive=True, backend=None):
     """Out-of-place `hals_sweep_`: returns (updated copy of W, its column maxima)."""
     W = W.clone(memory_format=torch.contiguous_format)
-    return W, hals_sweep_(W, C, B, revive=revive, backend=backend)
+    return W, hals_sweep_(W, C, B, V=V, lam=lam, revive=revive, backend=backend)

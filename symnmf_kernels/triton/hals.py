@@ -9,7 +9,9 @@ with B = V^T V + lam I (r x r, shared) and C = X V + lam V (n x r). Row i of the
 update reads only row i of W and C and the shared B, so each program owns a
 tile of rows, keeps it in registers and loops over the r columns there: the
 pass reads C and W once and writes W once (3 n r values), where a column loop
-in torch reads W r times.
+in torch reads W r times. With HAS_V the kernel takes X V and V and forms
+C = X V + lam V as it loads them, so C is never written out (4 n r values per
+sweep instead of 3 n r plus the 3 n r of forming C).
 
 `hals_sweep_kernel` updates W in place and writes, per program, the column
 maxima of its updated rows (a (programs, BLOCK_R) buffer the caller reduces):
@@ -23,9 +25,9 @@ import triton.language as tl
 
 @triton.jit
 def hals_sweep_kernel(
-    W, C, B, colmax, n, r,
-    stride_wn, stride_wr, stride_cn, stride_cr, stride_br, stride_bc,
-    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    W, C, V, lam, B, colmax, n, r,
+    stride_wn, stride_wr, stride_cn, stride_cr, stride_vn, stride_vr, stride_br, stride_bc,
+    HAS_V: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -34,6 +36,9 @@ def hals_sweep_kernel(
     mask = (rows[:, None] < n) & col_ok[None, :]
     w = tl.load(W + rows[:, None] * stride_wn + cols[None, :] * stride_wr, mask=mask, other=0.0)
     c = tl.load(C + rows[:, None] * stride_cn + cols[None, :] * stride_cr, mask=mask, other=0.0)
+    if HAS_V:
+        v = tl.load(V + rows[:, None] * stride_vn + cols[None, :] * stride_vr, mask=mask, other=0.0)
+        c += lam * v
     for k in range(r):
         # Column k of B; padding entries are zero so padded columns of w never contribute.
         b_k = tl.load(B + cols * stride_br + k * stride_bc, mask=col_ok, other=0.0)

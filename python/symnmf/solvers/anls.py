@@ -34,8 +34,8 @@ def anls(X, U0, *, lam="kuang", max_iter=None, tol=None, callback=None, verbose=
     synchronises every round anyway).
     """
 
-    def update(F, B, C):
-        return nnls_gram(B, C, X0=F)
+    def update(F, B, XO, O, lam):
+        return nnls_gram(B, XO + lam * O, X0=F)
 
     return alternate(
         "anls", X, U0, update,

@@ -36,8 +36,8 @@ def hals(X, U0, *, lam="kuang", max_iter=None, tol=None, callback=None, verbose=
     backend: for `hals_sweep_` (None: Triton on CUDA, torch on CPU).
     """
 
-    def update(F, B, C):
-        hals_sweep_(F, C, B, backend=backend)
+    def update(F, B, XO, O, lam):
+        hals_sweep_(F, XO, B, V=O, lam=lam, backend=backend)
         return F
 
     return alternate(

@@ -18,10 +18,13 @@ from .base import Monitor, Problem, penalty, projected_gradient_sq
 
 
 def alternate(name, X, U0, update, *, lam, max_iter, tol, check_every, callback, verbose):
-    """Run update(F, B, C) -> new F alternately on W and V from W = V = U0; returns the SolverResult of W.
+    """Run update(F, B, XO, O, lam) -> new F alternately on W and V from W = V = U0.
 
-    update may work in place; it must return the updated factor. lam: a
-    positive float, "kuang" or "zhu" (`base.penalty`).
+    update gets the factor F to update, B = O^T O + lam I and X O for the other
+    factor O, and forms C = X O + lam O itself (HALS's fused sweep never writes
+    it out); it may work in place and must return the updated factor.
+    lam: a positive float, "kuang" or "zhu" (`base.penalty`).
+    Returns the SolverResult of W.
     """
     problem = Problem(X)
     W = U0.clone()
@@ -36,18 +39,16 @@ def alternate(name, X, U0, update, *, lam, max_iter, tol, check_every, callback,
     it = 0
     while True:
         BV = sk.gram(V, lam)
-        CV = XV + lam * V
         if monitor.due(it):
-            gW = 2 * (W @ BV - CV)
+            gW = 2 * (W @ BV - XV - lam * V)
             if monitor.check(it, W, problem.loss(W, XW), projected_gradient_sq(gW, W) + pgV_sq):
                 break
-        W = update(W, BV, CV)
+        W = update(W, BV, XV, V, lam)
         XW = problem.matmul(W)
         BW = sk.gram(W, lam)
-        CW = XW + lam * W
-        V = update(V, BW, CW)
+        V = update(V, BW, XW, W, lam)
         it += 1
         if monitor.due(it):
-            pgV_sq = projected_gradient_sq(2 * (V @ BW - CW), V)
+            pgV_sq = projected_gradient_sq(2 * (V @ BW - XW - lam * W), V)
         XV = problem.matmul(V)
     return monitor.result(W, solver=name, lam=lam)
