@@ -8,8 +8,8 @@ entry of W (the safety step of Gillis's HALS code, taken after the sweep rather
 than inside it so that the sweep stays independent across rows).
 
 CUDA tensors (and CPU tensors under TRITON_INTERPRET=1) run the fused Triton
-row sweep of symnmf_kernels/triton/hals.py: one pass reading W and C and
-writing W. CPU tensors run a torch column loop over blocks of rows small enough
+row sweep of symnmf_kernels/triton/hals.py: one pass reading W and C (or
+X V and V, forming C as it reads) and writing W. CPU tensors run a torch column loop over blocks of rows small enough
 to stay in cache. r above the fused limit falls back to the torch loop.
 """
 import torch
