@@ -92,9 +92,12 @@ class CSR:
             X = X.coalesce().to_sparse_csr()
         if X.layout != torch.sparse_csr:
             raise TypeError(f"{name} has layout {X.layout}; pass a sparse CSR/COO tensor or a scipy.sparse matrix")
+        # values() is a view whose base is the sparse tensor itself; a detached alias shares the
+        # memory and version counter without that base, which torch.compile cannot trace.
+        values = X.values() if X.values().requires_grad else X.values().detach()
         if X.dim() == 3:
             B, n, m = X.shape
-            crow, col, val = X.crow_indices(), X.col_indices(), X.values()
+            crow, col, val = X.crow_indices(), X.col_indices(), values
             nnz = col.shape[-1]
             offsets = torch.arange(B, device=col.device, dtype=torch.int64)
             crow = (crow[:, :-1].to(torch.int64) + (offsets * nnz)[:, None]).reshape(-1)
@@ -103,7 +106,7 @@ class CSR:
             return cls(crow, col, val.reshape(-1), (B * n, B * m), name=name)
         if X.dim() != 2:
             raise ValueError(f"{name}: a sparse CSR matrix must be 2-d or a batch (B, n, n), got shape {tuple(X.shape)}")
-        return cls(X.crow_indices(), X.col_indices(), X.values(), X.shape, name=name)
+        return cls(X.crow_indices(), X.col_indices(), values, X.shape, name=name)
 
     @classmethod
     def from_scipy(cls, A, device=None, dtype=None, name="X"):

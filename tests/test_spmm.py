@@ -287,6 +287,12 @@ def test_torch_compile():
     Xd = torch.from_numpy(A.toarray())
     assert rel_err(loss, (Xd @ U * U).sum()) < 1e-12
     assert rel_err(grad, 2 * Xd @ U) < 1e-12
+    # The public function on a torch sparse tensor: its per-matrix host work runs eagerly (a graph break).
+    Xt = Xd.to_sparse_csr()
+    public = torch.compile(lambda u: (sk.spmm(Xt, u) * u).sum(), backend="aot_eager")
+    loss = public(U)
+    assert rel_err(loss, (Xd @ U * U).sum()) < 1e-12
+    assert rel_err(torch.autograd.grad(loss, U)[0], 2 * Xd @ U) < 1e-12
 
 
 # ---- bad input --------------------------------------------------------------------------------------------------

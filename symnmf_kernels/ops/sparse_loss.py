@@ -28,7 +28,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._common import acc_dtype, as_lam, block_n, block_r, num_warps, split_rows, triton_cdiv, use_triton
-from .spmm import _check_dense, prepare, transpose_args
+from .spmm import _check_dense, host_side, layout
 
 __all__ = ["sparse_sym_loss", "sparse_layer_loss"]
 
@@ -189,6 +189,12 @@ class _SparseLayerLoss(torch.autograd.Function):
 # ---- public functions ------------------------------------------------------------------------------------------
 
 
+@torch.compiler.disable
+def _row_sq_norms(A):
+    """Squared row norms of X in float64, cached with X (so eager even under torch.compile)."""
+    return A.row_sq_norms()
+
+
 def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None):
     """(||X - U U^T||_F^2, ||P - (X U + lam U)||_F^2) per problem, with one SpMM X U.
 
@@ -202,13 +208,13 @@ def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None):
     _check_dense(U)
     if U.dim() < 2:
         raise ValueError(f"U must be (n, r) or (..., n, r), got shape {tuple(U.shape)}")
-    A, _, _ = prepare(X, U)
+    A, t = host_side(X, U, symmetric)
+    _, _, blockdiag = layout(A, U)
     n_rows, n_cols = A.shape
     if n_rows != n_cols:
         raise ValueError(f"X must be square (n, n) for the SymNMF loss, got {n_rows} x {n_cols}")
     batch, (n, r) = U.shape[:-2], U.shape[-2:]
     B = math.prod(batch)
-    blockdiag = n != n_cols
     U3 = U.reshape(B, n, r)
     P3 = None
     if P is not None:
@@ -219,9 +225,8 @@ def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None):
             raise ValueError(f"P ({P.dtype}, {P.device}) must share U's dtype and device ({U.dtype}, {U.device})")
         P3 = P.reshape(B, n, r)
     lam_b = as_lam(lam, U).expand(batch).reshape(B)
-    row_sq = A.row_sq_norms().to(torch.float64)
+    row_sq = _row_sq_norms(A)
     x_sq = row_sq.reshape(B, n).sum(1) if blockdiag else row_sq.sum().expand(B)
-    t = transpose_args(A, U, symmetric)
     loss, reg = _SparseLayerLoss.apply(
         A.crow_indices, A.col_indices, A.values, *t, x_sq, U3, P3, lam_b, blockdiag
     )

@@ -151,13 +151,12 @@ def _check_dense(U, name="U"):
         raise ValueError(f"{name} must be (n, r) or (..., n, r), got a scalar")
 
 
-def prepare(X, U, name="X"):
-    """X as a validated CSR on U's device and dtype, and U's layout against it.
+@torch.compiler.disable
+def host_side(X, U, symmetric=None, name="X"):
+    """The per-matrix work, which reads index values and caches, so it runs eagerly even under torch.compile.
 
-    Returns (A, D, out_shape): A the CSR, D the dense operand of the raw
-    operator ((n_cols, r) or (B, n_cols, r)) and the shape of the result.
-    U may be (n_cols, r); (..., n_cols, r), every problem times the same X; or
-    (..., n, r) against a block-diagonal X of prod(...) blocks of size n.
+    Returns (A, t): X as a validated CSR on U's device and dtype, and the t_*
+    arguments of the raw operator (`transpose_args`).
     """
     A = as_csr(X, device=U.device, dtype=U.dtype, name=name)
     if A.device != U.device:
@@ -170,15 +169,25 @@ def prepare(X, U, name="X"):
             "torch.sparse.mm for gradients in X"
         )
     A.validate()
+    return A, transpose_args(A, U, symmetric)
+
+
+def layout(A, U, name="X"):
+    """U's layout against the CSR A: (D, out_shape, blockdiag).
+
+    D is the dense operand of the raw operator ((n_cols, r) or (B, n_cols, r)).
+    U may be (n_cols, r); (..., n_cols, r), every problem times the same X; or
+    (..., n, r) against a block-diagonal X of prod(...) blocks of size n.
+    """
     n_rows, n_cols = A.shape
     n, r = U.shape[-2:]
     batch = U.shape[:-2]
     B = math.prod(batch)
     if n == n_cols:
         D = U.reshape(B, n, r) if batch else U
-        return A, D, (*batch, n_rows, r)
+        return D, (*batch, n_rows, r), False
     if batch and B * n == n_cols and n_rows == n_cols:
-        return A, U.reshape(B * n, r), U.shape
+        return U.reshape(B * n, r), U.shape, True
     raise ValueError(
         f"{name} is {n_rows} x {n_cols} but U has shape {tuple(U.shape)}: U must be ({n_cols}, r), "
         f"(..., {n_cols}, r), or (B, n, r) with B * n = {n_cols} for a block-diagonal {name} of B graphs"
@@ -222,7 +231,7 @@ def spmm(X, U, symmetric=None):
         return X @ U
     if U.dim() == 1:
         return spmm(X, U[:, None], symmetric)[:, 0]
-    A, D, out_shape = prepare(X, U)
-    out = spmm_csr(A.crow_indices, A.col_indices, A.values, D, *transpose_args(A, U, symmetric))
-    return out.reshape(out_shape)
+    A, t = host_side(X, U, symmetric)
+    D, out_shape, _ = layout(A, U)
+    return spmm_csr(A.crow_indices, A.col_indices, A.values, D, *t).reshape(out_shape)
 
