@@ -7,6 +7,7 @@
     symnmf bench block --sizes tiny                    # bench/bench_block.py with the arguments after the name
 """
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -216,8 +217,9 @@ def _reproduce(args):
     print()
     print(format_table(rows))
     if args.out:
-        print(f"wrote {os.path.join(args.out, 'results.md')} and results.json"
-              + ("" if args.no_plot else " (convergence PNGs need matplotlib: pip install \"symnmf-kernels[plot]\")"))
+        print(f"wrote {os.path.join(args.out, 'results.md')} and results.json")
+        if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
+            print('no convergence plots: they need matplotlib (pip install "symnmf-kernels[plot]")')
     return 0
 
 
@@ -281,7 +283,7 @@ def build_parser():
     c.add_argument("--labels", help="true labels (.npy or one per line) to score the clustering against")
     c.add_argument("--key", help="array name inside an .npz")
     c.add_argument("--max-iter", type=int, help="iterations of a classical solver (default: a quick setting)")
-    c.add_argument("--epochs", type=int, help="training steps of SymNMF-Net (default 100)")
+    c.add_argument("--epochs", type=int, help="training steps of SymNMF-Net (default 200)")
     c.add_argument("--lr", type=float, default=0.5, help="SymNMF-Net learning rate (paper: 0.5 images, 0.3 text)")
     c.add_argument("--tol", type=float, help="stopping tolerance (projected-gradient norm relative to its start)")
     c.add_argument("--seed", type=int, default=0)
@@ -296,7 +298,7 @@ def build_parser():
     r.add_argument("--dataset", nargs="+", help="digits, mnist5k, mfeat-pix, or all (default: all available)")
     r.add_argument("--methods", help=f"comma-separated subset of {methods} (default all)")
     r.add_argument("--max-iter", type=int, help="iterations of every classical solver (default: a quick per-solver setting)")
-    r.add_argument("--epochs", type=int, help="SymNMF-Net training steps (default 100)")
+    r.add_argument("--epochs", type=int, help="SymNMF-Net training steps (default 200)")
     r.add_argument("--lr", type=float, default=0.5)
     r.add_argument("--tol", type=float, help="stopping tolerance passed to every method")
     r.add_argument("--runs", type=int, default=1, help="seeds per method; the table shows mean +- std")
