@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 import symnmf_kernels as sk
+from symnmf_kernels.ops.sparse_loss import sparse_layer_loss
 
 from .validation import as_similarity, check_rank, check_similarity
 
@@ -47,24 +48,24 @@ def _frob2(X):
 
 
 def _times(X, U):
-    """X @ U for a dense (..., n, n) or sparse (n, n) X and U of shape (..., n, r).
+    """X @ U for a dense (..., n, n) or sparse (n, n) X and U of shape (..., n, r)."""
+    return sk.spmm(X, U) if _is_sparse(X) else X @ U
 
-    Restarts on one sparse X go through a single SpMM with their columns side by
-    side, so X is read once for all of them.
+
+def _layer_terms(X, X_norm2, U, P, lam):
+    """(||X - U U^T||_F^2, ||P - (X + lam I) U||_F^2 or None) per problem, from one product X U.
+
+    These are the residual of a block's output U and the regulariser of the next
+    block's weight P. A sparse X goes to the fused sparse kernels; a dense X
+    uses the same expansion ||X||^2 - 2 <X U, U> + ||U^T U||^2, which never
+    forms U U^T.
     """
-    if not _is_sparse(X):
-        return X @ U
-    if U.dim() == 2:
-        return sk.spmm(X, U)
-    lead, (n, r) = U.shape[:-2], U.shape[-2:]
-    wide = U.reshape(-1, n, r).permute(1, 0, 2).reshape(n, -1)
-    return sk.spmm(X, wide).reshape(n, -1, r).permute(1, 0, 2).reshape(*lead, n, r)
-
-
-def _residual2(X_norm2, S, U):
-    """||X - U U^T||_F^2 from S = X U without forming U U^T."""
-    G = U.mT @ U
-    return X_norm2 - 2 * (S * U).sum((-2, -1)) + G.pow(2).sum((-2, -1))
+    if _is_sparse(X):
+        return sparse_layer_loss(X, U, P, lam)
+    S = X @ U
+    residual = X_norm2 - 2 * (S * U).sum((-2, -1)) + (U.mT @ U).pow(2).sum((-2, -1))
+    regulariser = None if P is None else (P - S - _batch_view(lam) * U).pow(2).sum((-2, -1))
+    return residual, regulariser
 
 
 def _batch_view(t):
@@ -214,10 +215,10 @@ class SymNMFNet(nn.Module):
                 raise ValueError("U0 must be finite and non-negative")
             U0 = U0.clone()
         X_norm2 = _frob2(X)
-        S = _times(X, U0)
         batch_shape = U0.shape[:-2]
         x_norm = torch.sqrt(X_norm2).expand(batch_shape)
-        lam_min = 0.5 * (x_norm + torch.sqrt(torch.clamp(_residual2(X_norm2, S, U0), min=0)))
+        residual0 = _layer_terms(X, X_norm2, U0, None, 0.0)[0]
+        lam_min = 0.5 * (x_norm + torch.sqrt(torch.clamp(residual0, min=0)))
         lam0 = x_norm if self.lam_init is None else torch.full_like(lam_min, self.lam_init)
         lam = torch.maximum(lam0, lam_min)
 
@@ -227,10 +228,9 @@ class SymNMFNet(nn.Module):
         weights = []
         U = U0
         for _ in range(self.n_layers):
-            P = S + _batch_view(lam) * U
+            P = _times(X, U) + _batch_view(lam) * U
             weights.append(nn.Parameter(P))
             U = sk.symnmf_block(U, P, lam)
-            S = _times(X, U)
         self.P = nn.ParameterList(weights)
         self.history_ = {}
         self.n_iter_ = 0
@@ -251,21 +251,22 @@ class SymNMFNet(nn.Module):
             iterates.append(U)
         return iterates if return_all else U
 
-    def _objective(self, X, X_norm2, S0):
+    def _objective(self, X, X_norm2):
         """(loss per problem, ||X - U_L U_L^T||^2 per problem, U_L).
 
-        One product S_i = X U_i per block serves both the residual of block i
+        One product X U_i per block output serves both the residual of block i
         and the regulariser of block i + 1.
         """
-        lam = self.lam
-        U, S = self.U0, S0
+        iterates = self.forward(return_all=True)
+        weights = list(self.P) + [None]
         loss = 0.0
-        for P in self.P:
-            regulariser = (P - S - _batch_view(lam) * U).pow(2).sum((-2, -1))
-            U = sk.symnmf_block(U, P, lam)
-            S = _times(X, U)
-            residual = _residual2(X_norm2, S, U)
-            loss = loss + residual + self.beta * regulariser
+        for i, (U, P_next) in enumerate(zip(iterates, weights)):
+            residual, regulariser = _layer_terms(X, X_norm2, U, P_next, self.lam)
+            if i > 0:
+                loss = loss + residual
+            if regulariser is not None:
+                loss = loss + self.beta * regulariser
+        U = iterates[-1]
         if self.mu:
             loss = loss + self.mu * U.sum((-2, -1))  # U_L >= 0, so this is ||U_L||_1
         return loss, residual, U
@@ -275,7 +276,7 @@ class SymNMFNet(nn.Module):
         self._require_initialized()
         X = self._prepare(X)
         self._check_matches(X)
-        return self._objective(X, _frob2(X), _times(X, self.U0))[0]
+        return self._objective(X, _frob2(X))[0]
 
     @torch.no_grad()
     def project_lam(self):
@@ -353,8 +354,6 @@ class SymNMFNet(nn.Module):
 
         optimizer = (optimizer or torch.optim.Adam)(self._param_groups(lr, relative_lr), lr=lr)
         X_norm2 = _frob2(X)
-        with torch.no_grad():
-            S0 = _times(X, self.U0)
 
         history = {"epoch": [], "loss": [], "relative_error": [], "sparse_factor": [], "time": []}
         start = time.perf_counter()
@@ -376,7 +375,7 @@ class SymNMFNet(nn.Module):
         try:
             for epoch in range(epochs):
                 optimizer.zero_grad(set_to_none=True)
-                loss, residual, U = self._objective(X, X_norm2, S0)
+                loss, residual, U = self._objective(X, X_norm2)
                 loss.sum().backward()
                 optimizer.step()
                 self.project_lam()
@@ -399,7 +398,7 @@ class SymNMFNet(nn.Module):
             if bar is not None:
                 bar.close()
         with torch.no_grad():
-            record(steps, *self._objective(X, X_norm2, S0))
+            record(steps, *self._objective(X, X_norm2))
         self.history_ = history
         self.n_iter_ = steps
         return self
