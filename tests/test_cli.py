@@ -97,11 +97,24 @@ def test_load_matrix_formats(tmp_path):
     assert np.allclose(M, F)
 
 
-def test_reproduce_tiny_subset_end_to_end(tmp_path, capsys):
+@pytest.fixture
+def torch_threads():
+    """Restore torch's thread count: `reproduce` sets it for the process it runs in."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_reproduce_tiny_subset_end_to_end(tmp_path, capsys, torch_threads):
+    import torch
+
     out = tmp_path / "results"
     rc = main(["reproduce", "--dataset", "digits", "--subset", "80", "--max-iter", "2", "--epochs", "1",
                "--device", "cpu", "--out", str(out)])
     assert rc == 0
+    assert torch.get_num_threads() == 1
     printed = capsys.readouterr().out
     for name in ("SymNMF-Net", "SymANLS", "SymHALS", "PGD", "SymNewton", "ADMM"):
         assert name in printed

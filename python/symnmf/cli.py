@@ -209,9 +209,16 @@ def _reproduce(args):
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise CommandError(f"unknown method(s) {unknown} in --methods; choose from {','.join(METHODS)}")
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cpu" and args.threads:
+        # Each op here is tens of microseconds of work: more threads gain nothing, and a
+        # thread descheduled by other load stalls every op at its barrier.
+        torch.set_num_threads(args.threads)
     rows = reproduce(
         datasets=names, methods=methods, max_iter=args.max_iter, epochs=args.epochs, lr=args.lr, tol=args.tol,
-        runs=args.runs, seed=args.seed, device=args.device, subset=args.subset, out_dir=args.out,
+        runs=args.runs, seed=args.seed, device=device, subset=args.subset, out_dir=args.out,
         plot=not args.no_plot, log=print if not args.quiet else None,
     )
     print()
@@ -305,6 +312,9 @@ def build_parser():
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", help="cpu or cuda (default cuda when available)")
     r.add_argument("--subset", type=int, help="use only this many samples of each data set")
+    r.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch (default 1: these problems are too small to gain from more; "
+                        "0 keeps torch's default)")
     r.add_argument("--out", default="symnmf-results", help="folder for results.md, results.json and PNGs")
     r.add_argument("--no-plot", action="store_true", help="skip the convergence PNGs")
     r.add_argument("--quiet", action="store_true", help="print only the table")
