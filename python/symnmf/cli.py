@@ -77,7 +77,9 @@ def load_matrix(path, key=None):
     if not _is_sparse(matrix):
         matrix = np.asarray(matrix)
         if matrix.ndim != 2:
-            raise CommandError(f"{path} holds an array of shape {matrix.shape}; expected 2-D (samples x features or n x n)")
+            raise CommandError(
+                f"{path} holds an array of shape {matrix.shape}; expected 2-D (samples x features or n x n)"
+            )
         if not np.issubdtype(matrix.dtype, np.number):
             raise CommandError(f"{path} holds non-numeric data ({matrix.dtype})")
     return matrix, labels
@@ -149,7 +151,8 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
     if affinity == "features":
         features = matrix.toarray() if _is_sparse(matrix) else matrix
         X = similarity_graph(features, n_neighbors=args.n_neighbors, metric=args.metric, device=device, dtype=dtype)
-        graph_note = f"kNN graph ({args.metric}) of {features.shape[0]} x {features.shape[1]} features, nnz {X.values().numel()}"
+        graph_note = (f"kNN graph ({args.metric}) of {features.shape[0]} x {features.shape[1]} features, "
+                      f"nnz {X.values().numel()}")
     else:
         try:
             X = check_similarity(as_similarity(matrix, device=device, dtype=dtype), name="the affinity")
@@ -163,7 +166,8 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
         raise CommandError(str(err)) from None
 
     print(f"{source}: {graph_note} ({graph_seconds:.2f} s)")
-    run = run_method(X, k, args.solver, max_iter=args.max_iter, epochs=args.epochs, lr=args.lr, tol=args.tol,
+    run = run_method(X, k, args.solver, max_iter=args.max_iter, epochs=args.epochs, lr=args.lr,
+                     relative_lr=args.relative_lr, tol=args.tol,
                      seed=args.seed, device=device)
     result = {
         "input": source, "affinity": affinity, "solver": args.solver, "n_clusters": k, "n": int(X.shape[0]),
@@ -217,9 +221,9 @@ def _reproduce(args):
         # thread descheduled by other load stalls every op at its barrier.
         torch.set_num_threads(args.threads)
     rows = reproduce(
-        datasets=names, methods=methods, max_iter=args.max_iter, epochs=args.epochs, lr=args.lr, tol=args.tol,
-        runs=args.runs, seed=args.seed, device=device, subset=args.subset, out_dir=args.out,
-        plot=not args.no_plot, log=print if not args.quiet else None,
+        datasets=names, methods=methods, max_iter=args.max_iter, epochs=args.epochs, lr=args.lr,
+        relative_lr=args.relative_lr, tol=args.tol, runs=args.runs, seed=args.seed, device=device,
+        subset=args.subset, out_dir=args.out, plot=not args.no_plot, log=print if not args.quiet else None,
     )
     print()
     print(format_table(rows))
@@ -292,6 +296,8 @@ def build_parser():
     c.add_argument("--max-iter", type=int, help="iterations of a classical solver (default: a quick setting)")
     c.add_argument("--epochs", type=int, help="training steps of SymNMF-Net (default 200)")
     c.add_argument("--lr", type=float, default=0.5, help="SymNMF-Net learning rate (paper: 0.5 images, 0.3 text)")
+    c.add_argument("--relative-lr", action="store_true",
+                   help="SymNMF-Net: lr relative to each weight's initial scale (then try lr 0.01 to 0.1)")
     c.add_argument("--tol", type=float, help="stopping tolerance (projected-gradient norm relative to its start)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", help="cpu or cuda (default cuda when available)")
@@ -304,9 +310,12 @@ def build_parser():
                                    "relative error, ACC, NMI, purity, iterations and time; convergence PNGs.")
     r.add_argument("--dataset", nargs="+", help="digits, mnist5k, mfeat-pix, or all (default: all available)")
     r.add_argument("--methods", help=f"comma-separated subset of {methods} (default all)")
-    r.add_argument("--max-iter", type=int, help="iterations of every classical solver (default: a quick per-solver setting)")
+    r.add_argument("--max-iter", type=int,
+                   help="iterations of every classical solver (default: a quick per-solver setting)")
     r.add_argument("--epochs", type=int, help="SymNMF-Net training steps (default 200)")
-    r.add_argument("--lr", type=float, default=0.5)
+    r.add_argument("--lr", type=float, default=0.5, help="SymNMF-Net learning rate (paper: 0.5 for images)")
+    r.add_argument("--relative-lr", action="store_true",
+                   help="SymNMF-Net: lr relative to each weight's initial scale (then try lr 0.01 to 0.1)")
     r.add_argument("--tol", type=float, help="stopping tolerance passed to every method")
     r.add_argument("--runs", type=int, default=1, help="seeds per method; the table shows mean +- std")
     r.add_argument("--seed", type=int, default=0)

@@ -81,10 +81,12 @@ def _scalar(value):
     return float(value)
 
 
-def run_method(X, rank, method, max_iter=None, epochs=None, lr=0.5, tol=None, seed=None, device=None):
+def run_method(X, rank, method, max_iter=None, epochs=None, lr=0.5, relative_lr=False, tol=None, seed=None,
+               device=None):
     """Factorise the similarity X (torch dense or sparse CSR, on ``device``) at ``rank``.
 
-    method: "net" (SymNMF-Net trained for ``epochs`` Adam steps at ``lr``) or a
+    method: "net" (SymNMF-Net trained for ``epochs`` Adam steps at ``lr``, relative to the
+    scale of each weight when ``relative_lr``; see `SymNMFNet.fit`) or a
     solver name of `symnmf.solvers.solve` (run for ``max_iter`` iterations or to ``tol``).
     """
     if method not in METHODS:
@@ -97,7 +99,7 @@ def run_method(X, rank, method, max_iter=None, epochs=None, lr=0.5, tol=None, se
         from .net import SymNMFNet
 
         net = SymNMFNet(rank, random_state=seed)
-        net.fit(X, epochs=QUICK_EPOCHS if epochs is None else epochs, lr=lr, tol=tol)
+        net.fit(X, epochs=QUICK_EPOCHS if epochs is None else epochs, lr=lr, relative_lr=relative_lr, tol=tol)
         with torch.no_grad():
             U = net().detach()
         _sync(device)
@@ -162,6 +164,7 @@ def reproduce(
     max_iter=None,
     epochs=None,
     lr=0.5,
+    relative_lr=False,
     tol=None,
     runs=1,
     seed=0,
@@ -205,8 +208,8 @@ def reproduce(
         for method in methods:
             results = []
             for run in range(runs):
-                mrun = run_method(X, rank, method, max_iter=max_iter, epochs=epochs, lr=lr, tol=tol,
-                                  seed=seed + run, device=device)
+                mrun = run_method(X, rank, method, max_iter=max_iter, epochs=epochs, lr=lr,
+                                  relative_lr=relative_lr, tol=tol, seed=seed + run, device=device)
                 results.append((mrun, score(labels_true, mrun.labels)))
                 if run == 0:
                     curves[method] = mrun
@@ -222,7 +225,7 @@ def reproduce(
     if out_dir:
         meta = {
             "device": str(device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-            "runs": runs, "seed": seed, "subset": subset, "lr": lr, "tol": tol,
+            "runs": runs, "seed": seed, "subset": subset, "lr": lr, "relative_lr": relative_lr, "tol": tol,
             "max_iter": max_iter if max_iter is not None else QUICK_MAX_ITER,
             "epochs": epochs if epochs is not None else QUICK_EPOCHS,
         }
@@ -285,8 +288,10 @@ def format_table(rows, markdown=False, meta=None):
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
         return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
     widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(header)]
-    fmt_line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-    lines = [fmt_line(header), "  ".join("-" * w for w in widths)] + [fmt_line(c) for c in body]
+    def line(cells):  # text columns left-aligned, numbers right-aligned
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    lines = [line(header), "  ".join("-" * w for w in widths)] + [line(c) for c in body]
     return "\n".join(lines) + "\n" + "\n".join(notes) + "\n"
 
 
