@@ -145,6 +145,8 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
     import torch
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
 
     start = time.perf_counter()
@@ -302,6 +304,7 @@ def build_parser():
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", help="cpu or cuda (default cuda when available)")
     c.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    c.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default 0: torch's default)")
     c.add_argument("--out", default="symnmf-cluster", help="output folder (default ./symnmf-cluster)")
     c.set_defaults(func=_cluster)
 
