@@ -1,2 +1,15 @@
-"""symnmf: SymNMF-Net, classical SymNMF solvers, similarity graphs and clustering on symnmf_kernels."""
+"""symnmf: SymNMF-Net, classical SymNMF solvers, similarity graphs and clustering on symnmf_kernels.
+
+    import symnmf
+    net = symnmf.SymNMFNet(n_components=10).fit(X)           # X: similarity, dense or sparse
+    labels = symnmf.SymNMF(10, solver="hals").fit_predict(features)
+    A = symnmf.similarity_graph(features)                     # sparse CSR kNN graph
+    symnmf.metrics.accuracy(y, labels)
+"""
+from . import datasets, metrics, solvers
+from .estimator import SymNMF
+from .graph import similarity_graph
+from .net import SymNMFNet
+
 __version__ = "0.1.0"
+__all__ = ["SymNMFNet", "SymNMF", "similarity_graph", "metrics", "solvers", "datasets"]

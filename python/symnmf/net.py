@@ -24,9 +24,9 @@ ever multiplied by n x r factors. Leading batch dimensions are independent
 problems: a dense X of shape (B, n, n) is B graphs, and `n_restarts=R` adds a
 leading dimension of R random starts (U_0 of shape (R, ..., n, r)) on the same X.
 """
-import math
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -74,13 +74,23 @@ def _batch_view(t):
 
 
 def _generator(random_state):
+    """A CPU torch.Generator from None, an int, a numpy RandomState / Generator, or a torch.Generator."""
     if isinstance(random_state, torch.Generator):
         return random_state
     g = torch.Generator()
     if random_state is None:
         g.seed()
-    else:
+    elif isinstance(random_state, np.random.RandomState):
+        g.manual_seed(int(random_state.randint(0, 2**31 - 1)))
+    elif isinstance(random_state, np.random.Generator):
+        g.manual_seed(int(random_state.integers(0, 2**31 - 1)))
+    elif isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
         g.manual_seed(int(random_state))
+    else:
+        raise TypeError(
+            f"random_state must be None, an int, a numpy RandomState/Generator or a torch.Generator, "
+            f"got {type(random_state).__name__}"
+        )
     return g
 
 
@@ -414,7 +424,7 @@ class SymNMFNet(nn.Module):
 
     # ------------------------------------------------------------ persistence
     def get_config(self):
-        random_state = self.random_state if isinstance(self.random_state, (int, type(None))) else None
+        random_state = int(self.random_state) if isinstance(self.random_state, (int, np.integer)) else None
         return {
             "n_components": self.n_components,
             "n_layers": self.n_layers,

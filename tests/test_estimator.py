@@ -1,0 +1,167 @@
+"""SymNMF estimator: scikit-learn conventions, input types, feature and precomputed input, errors."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from scipy.optimize import nnls
+from sklearn.base import clone
+from sklearn.datasets import make_blobs
+from sklearn.exceptions import NotFittedError
+
+from symnmf import SymNMF, SymNMFNet
+from symnmf.metrics import accuracy
+
+# few epochs / iterations: under TRITON_INTERPRET=1 every kernel runs through Triton's interpreter
+NET = dict(solver="net", n_layers=3, max_iter=20, lr=0.1)
+
+
+def planted_graph(sizes, p_in, p_out, seed):
+    """Normalised adjacency D^{-1/2} A D^{-1/2} of a stochastic block model (numpy), and its labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    same = labels[:, None] == labels[None, :]
+    A = np.triu(rng.random((len(labels), len(labels))) < np.where(same, p_in, p_out), 1).astype(float)
+    A = A + A.T
+    d = np.maximum(A.sum(1), 1)
+    return A / np.sqrt(d[:, None] * d[None, :]), labels
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return planted_graph([14, 17, 20], 0.6, 0.05, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted_hals(graph):
+    A, _ = graph
+    return SymNMF(3, solver="hals", affinity="precomputed", random_state=0).fit(A)
+
+
+def test_sklearn_parameters_and_clone():
+    model = SymNMF(4, solver="pgd", affinity="precomputed", random_state=3, tol=1e-5)
+    params = model.get_params()
+    assert params["n_components"] == 4 and params["solver"] == "pgd" and params["tol"] == 1e-5
+    assert params["affinity"] == "precomputed" and params["random_state"] == 3
+    assert model.set_params(max_iter=7, lam=0.5) is model
+    assert model.max_iter == 7 and model.lam == 0.5
+    copy = clone(model)
+    assert copy is not model and copy.get_params() == model.get_params()
+    assert repr(model).startswith("SymNMF(")
+    # __init__ stores parameters untouched; fit checks them
+    bad = SymNMF(3, solver="sgd", affinity="precomputed")
+    assert bad.solver == "sgd"
+    with pytest.raises(ValueError, match="solver must be one of"):
+        bad.fit(np.eye(4))
+    with pytest.raises(NotFittedError):
+        SymNMF(2).transform(np.eye(3))
+
+
+def test_fit_attributes_and_fit_predict(graph, fitted_hals):
+    A, labels = graph
+    model = fitted_hals
+    n = A.shape[0]
+    U = model.embedding_
+    assert U.shape == (n, 3) and U.dtype == np.float64 and (U >= 0).all()
+    np.testing.assert_array_equal(model.labels_, U.argmax(1))
+    assert accuracy(labels, model.labels_) >= 0.95
+    err2 = np.linalg.norm(A - U @ U.T) ** 2
+    assert model.reconstruction_err_ == pytest.approx(np.sqrt(err2), rel=1e-6)
+    assert model.relative_error_ == pytest.approx(err2 / np.linalg.norm(A) ** 2, rel=1e-6)
+    assert model.n_iter_ >= 1 and model.converged_
+    assert len(model.history_["rel_error"]) >= 1 and model.n_features_in_ == n
+    np.testing.assert_allclose(model.affinity_matrix_, A)
+    again = clone(model).fit_predict(A)
+    np.testing.assert_array_equal(again, model.labels_)  # same seed, same result
+    np.testing.assert_array_equal(model.fit_transform(A), model.embedding_)
+    assert list(model.get_feature_names_out()) == ["symnmf0", "symnmf1", "symnmf2"]
+
+
+def test_numpy_scipy_and_torch_input_agree(graph, fitted_hals):
+    A, _ = graph
+    reference = fitted_hals.embedding_
+    for X in (sp.csr_matrix(A), torch.from_numpy(A), torch.from_numpy(A).to_sparse_csr()):
+        model = SymNMF(3, solver="hals", affinity="precomputed", random_state=0).fit(X)
+        err = np.linalg.norm(model.embedding_ - reference) / np.linalg.norm(reference)
+        assert err < 1e-8, type(X)
+        np.testing.assert_array_equal(model.labels_, fitted_hals.labels_)
+    assert sp.issparse(model.affinity_matrix_)
+
+
+def test_net_solver_on_precomputed_graph(graph):
+    A, labels = graph
+    model = SymNMF(3, affinity="precomputed", random_state=1, **NET).fit(sp.csr_matrix(A.astype(np.float32)))
+    assert isinstance(model.net_, SymNMFNet) and model.n_iter_ == 20
+    h = model.history_
+    assert len(h["loss"]) == 21 and h["loss"][-1] < h["loss"][0]
+    assert model.relative_error_ == pytest.approx(h["relative_error"][-1], rel=1e-3)
+    assert model.embedding_.dtype == np.float32
+    np.testing.assert_array_equal(model.fit_predict(A.astype(np.float32)), model.labels_)
+    assert accuracy(labels, model.labels_) >= 0.95
+
+
+def test_feature_input_builds_a_graph():
+    features, labels = make_blobs(n_samples=[21, 25, 29], centers=[[0, 0], [6, 0], [0, 6]], random_state=2)
+    model = SymNMF(3, solver="hals", random_state=3, n_neighbors=6).fit(features)
+    A = model.affinity_matrix_
+    assert sp.issparse(A) and A.shape == (75, 75)
+    assert abs(A - A.T).max() < 1e-12 and A.min() >= 0
+    assert model.n_features_in_ == 2
+    assert accuracy(labels, model.labels_) >= 0.95
+    # torch features give the same graph
+    torch_model = SymNMF(3, solver="hals", random_state=3, n_neighbors=6).fit(torch.from_numpy(features))
+    assert abs(torch_model.affinity_matrix_ - A).max() < 1e-12
+    np.testing.assert_array_equal(torch_model.labels_, model.labels_)
+    # the fitted data transforms to the embedding; new feature vectors cannot
+    np.testing.assert_array_equal(model.transform(features), model.embedding_)
+    with pytest.raises(ValueError, match="precomputed"):
+        model.transform(features[:5] + 0.1)
+
+
+def test_transform_new_samples_is_nnls(graph, fitted_hals):
+    A, _ = graph
+    model = fitted_hals
+    U = model.embedding_
+    rng = np.random.default_rng(4)
+    new = rng.random((5, A.shape[0])) * (rng.random((5, A.shape[0])) < 0.3)
+    H = model.transform(new)
+    assert H.shape == (5, 3)
+    for h, a in zip(H, new):
+        expected, _ = nnls(U, a)
+        assert np.linalg.norm(h - expected) <= 1e-8 * max(np.linalg.norm(expected), 1e-30)
+    # rows of the fitted affinity land in their own cluster
+    rows = A[::3] + 0.0  # a copy with other values' identity: not recognised as the fitted data
+    np.testing.assert_array_equal(model.predict(rows), model.labels_[::3])
+    assert (model.transform(sp.csr_matrix(new)) - H).max() < 1e-10
+    with pytest.raises(ValueError, match="similarities to the"):
+        model.transform(new[:, :-1])
+    with pytest.raises(ValueError, match="negative"):
+        model.transform(-new)
+
+
+def test_bad_input_gives_clear_errors(graph):
+    A, _ = graph
+    pre = dict(affinity="precomputed", solver="hals")
+    with pytest.raises(ValueError, match="not symmetric"):
+        SymNMF(2, **pre).fit(A + np.triu(np.ones_like(A), 1))
+    with pytest.raises(ValueError, match="negative"):
+        SymNMF(2, **pre).fit(A - 0.5)
+    nan = A.copy()
+    nan[1, 2] = nan[2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        SymNMF(2, **pre).fit(nan)
+    with pytest.raises(ValueError, match="NaN"):
+        SymNMF(2, solver="hals").fit(np.array([[0.0, 1.0], [np.nan, 2.0], [3.0, 1.0]]))
+    with pytest.raises(ValueError, match="exceeds the number of nodes"):
+        SymNMF(A.shape[0] + 1, **pre).fit(A)
+    with pytest.raises(ValueError, match="square"):
+        SymNMF(2, **pre).fit(A[:, :-1])
+    with pytest.raises(ValueError, match="2-D"):
+        SymNMF(2, **pre).fit(A[None])
+    with pytest.raises(ValueError, match="n_components"):
+        SymNMF(0, **pre).fit(A)
+    with pytest.raises(ValueError, match="affinity must be one of"):
+        SymNMF(2, affinity="rbf").fit(A)
+    with pytest.raises(ValueError, match="lam"):
+        SymNMF(2, solver="net", affinity="precomputed", lam="zhu").fit(A)
+    with pytest.raises(ValueError, match="random_state"):
+        SymNMF(2, random_state="seven", **pre).fit(A)
