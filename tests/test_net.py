@@ -125,6 +125,30 @@ def test_loss_matches_its_definition_with_l1():
     assert rel(net.loss(X), expected) < 1e-10
 
 
+def test_gradients_match_plain_torch():
+    n, r, L = 21, 3, 3
+    X = random_similarity(n, seed=19)
+    beta, mu = 0.05, 0.01
+    net = SymNMFNet(r, n_layers=L, beta=beta, mu=mu, random_state=20).initialize(X)
+    with torch.no_grad():
+        for P in net.P:
+            P.mul_(1 + 0.3 * torch.rand_like(P))
+    net.loss(X).backward()
+    # the same loss written with plain torch ops (explicit inverse, dense residual)
+    P = [p.detach().clone().requires_grad_() for p in net.P]
+    lam = net.lam.detach().clone().requires_grad_()
+    eye = torch.eye(r, dtype=X.dtype)
+    U, loss = net.U0, 0.0
+    for Pi in P:
+        loss = loss + beta * (Pi - X @ U - lam * U).pow(2).sum()
+        U = torch.relu(Pi @ torch.linalg.inv(U.T @ U + lam * eye))
+        loss = loss + (X - U @ U.T).pow(2).sum()
+    (loss + mu * U.sum()).backward()
+    assert rel(net.lam.grad, lam.grad) < 1e-8 and float(lam.grad.abs()) > 0
+    for mine, theirs in zip(net.P, P):
+        assert rel(mine.grad, theirs.grad) < 1e-8 and float(theirs.grad.norm()) > 0
+
+
 def test_dense_and_sparse_give_same_loss_and_gradients():
     X, _ = planted_graph([9, 11, 14], 0.6, 0.1, seed=7)
     grads = {}
@@ -221,3 +245,12 @@ def test_bad_input_and_usage():
         net.fit(random_similarity(12, seed=18), epochs=1, warm_start=True)
     with pytest.raises(ValueError, match="U0"):
         SymNMFNet(2).initialize(X, U0=-torch.ones(11, 2))
+
+
+def test_early_stop_progress_bar_and_log_every(capsys):
+    X = random_similarity(13, seed=21, dtype=torch.float32)
+    net = SymNMFNet(2, n_layers=1, random_state=22).fit(X, epochs=50, lr=0.01, tol=1.0, progress=True)
+    assert net.n_iter_ == 2 and net.history_["epoch"] == [0, 1, 2]  # the loss changes by less than its own size
+    net.fit(X, epochs=5, lr=0.01, log_every=2, verbose=True, progress=False)
+    assert net.history_["epoch"] == [0, 2, 4, 5]
+    assert "epoch 4" in capsys.readouterr().out
