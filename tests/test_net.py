@@ -68,6 +68,15 @@ def test_initial_net_reproduces_classical_scheme():
     assert torch.equal(net(), got[-1])
 
 
+def test_same_start_as_the_classical_solvers():
+    from symnmf.solvers import init_factor, make_generator
+
+    X, _ = planted_graph([10, 13], 0.5, 0.1, seed=23)
+    for Xi in (X, X.to_sparse_csr()):
+        net = SymNMFNet(2, n_layers=1, random_state=5).initialize(Xi)
+        assert rel(net.U0, init_factor(Xi, 2, make_generator(5))) < 1e-12
+
+
 def test_initialize_from_given_start_and_lam():
     n, r = 29, 2
     X = random_similarity(n, seed=2)

@@ -16,8 +16,7 @@ paper's Algorithm 1 and trains P_i and lam on
     sum_i ||X - U_i U_i^T||_F^2 + beta ||P_i - (X + lam I) U_{i-1}||_F^2  (+ mu ||U_L||_1),
 
 projecting lam onto lam >= lam_min = (||X||_F + ||X - U_0 U_0^T||_F) / 2 after
-every step (the paper's Proposition 1: the bound under which the classical
-scheme decreases the objective).
+every step (the lower bound of the paper's Proposition 1).
 
 X may be dense (..., n, n) or a torch sparse CSR (n, n); a sparse X is only
 ever multiplied by n x r factors. Leading batch dimensions are independent
@@ -97,9 +96,11 @@ def _generator(random_state):
 def kuang_init(X, rank, batch_shape=(), generator=None):
     """Kuang et al.'s random start U_0 = 2 sqrt(mean(X) / r) * rand(..., n, r).
 
-    The scale makes the entries of U_0 U_0^T match the mean of X. Draws on the
-    CPU so that a seed gives the same U_0 on every device. X is dense (..., n, n)
-    or sparse (n, n); batch_shape are extra leading dimensions (restarts).
+    The scale makes the entries of U_0 U_0^T match the mean of X. The draws come
+    from `generator` on its own device (a CPU generator gives the same U_0 on
+    every device, and the same as `symnmf.solvers.init_factor` for one problem).
+    X is dense (..., n, n) or sparse (n, n); batch_shape are extra leading
+    dimensions (restarts).
     """
     n = X.shape[-1]
     if _is_sparse(X):
@@ -107,7 +108,8 @@ def kuang_init(X, rank, batch_shape=(), generator=None):
     else:
         mean = X.mean((-2, -1))
     shape = (*batch_shape, *X.shape[:-2], n, rank) if not _is_sparse(X) else (*batch_shape, n, rank)
-    U0 = torch.rand(shape, generator=generator, dtype=X.dtype).to(X.device)
+    draw_device = generator.device if generator is not None else X.device
+    U0 = torch.rand(shape, generator=generator, dtype=X.dtype, device=draw_device).to(X.device)
     return 2 * torch.sqrt(_batch_view(mean) / rank) * U0
 
 
@@ -138,8 +140,9 @@ class SymNMFNet(nn.Module):
     n_restarts : int or None
         Number of random starts trained side by side on the same X; None means one
         start and no extra leading dimension.
-    random_state : int, torch.Generator or None
-        Seed of the random start U_0.
+    random_state : None, int, numpy RandomState / Generator, or torch.Generator
+        Seed of the random start U_0 (an int gives the start of
+        `symnmf.solvers.solve` with the same random_state).
 
     After `initialize(X)` (called by `fit`) the net holds `U0` (..., n, r), the
     weights `P` (L tensors of that shape), `lam` and `lam_min` (shape (...)).
