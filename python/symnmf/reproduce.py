@@ -81,7 +81,7 @@ def _scalar(value):
     return float(value)
 
 
-def run_method(X, rank, method, max_iter=None, epochs=None, lr=0.5, relative_lr=False, tol=None, seed=None,
+def run_method(X, rank, method, max_iter=None, epochs=None, lr=0.1, relative_lr=True, tol=None, seed=None,
                device=None):
     """Factorise the similarity X (torch dense or sparse CSR, on ``device``) at ``rank``.
 
@@ -163,8 +163,8 @@ def reproduce(
     methods=METHODS,
     max_iter=None,
     epochs=None,
-    lr=0.5,
-    relative_lr=False,
+    lr=0.1,
+    relative_lr=True,
     tol=None,
     runs=1,
     seed=0,
