@@ -16,7 +16,7 @@ from symnmf_kernels.ops.sparse_loss import (
 )
 from symnmf_kernels.sparse import as_csr, block_diag
 
-from conftest import DEVICES, INTERPRET, rel_err
+from conftest import INTERPRET, rel_err
 
 loss_mod = importlib.import_module("symnmf_kernels.ops.sparse_loss")
 

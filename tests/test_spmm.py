@@ -14,7 +14,7 @@ import torch
 import symnmf_kernels as sk
 from symnmf_kernels.sparse import CSR, as_csr, block_diag
 
-from conftest import DEVICES, rel_err
+from conftest import rel_err
 
 spmm_mod = importlib.import_module("symnmf_kernels.ops.spmm")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

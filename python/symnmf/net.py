@@ -32,6 +32,7 @@ from torch import nn
 import symnmf_kernels as sk
 from symnmf_kernels.ops.sparse_loss import sparse_layer_loss
 
+from .solvers.base import make_generator
 from .validation import as_similarity, check_rank, check_similarity
 
 __all__ = ["SymNMFNet", "kuang_init", "sparse_factor"]
@@ -70,27 +71,6 @@ def _layer_terms(X, X_norm2, U, P, lam):
 def _batch_view(t):
     """A per-problem tensor of shape (...) as (..., 1, 1), to scale (..., n, r) factors."""
     return t[..., None, None]
-
-
-def _generator(random_state):
-    """A CPU torch.Generator from None, an int, a numpy RandomState / Generator, or a torch.Generator."""
-    if isinstance(random_state, torch.Generator):
-        return random_state
-    g = torch.Generator()
-    if random_state is None:
-        g.seed()
-    elif isinstance(random_state, np.random.RandomState):
-        g.manual_seed(int(random_state.randint(0, 2**31 - 1)))
-    elif isinstance(random_state, np.random.Generator):
-        g.manual_seed(int(random_state.integers(0, 2**31 - 1)))
-    elif isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
-        g.manual_seed(int(random_state))
-    else:
-        raise TypeError(
-            f"random_state must be None, an int, a numpy RandomState/Generator or a torch.Generator, "
-            f"got {type(random_state).__name__}"
-        )
-    return g
 
 
 def kuang_init(X, rank, batch_shape=(), generator=None):
@@ -219,7 +199,7 @@ class SymNMFNet(nn.Module):
     def _initialize(self, X, U0):
         r = self.n_components
         if U0 is None:
-            U0 = kuang_init(X, r, self._restart_shape(), _generator(self.random_state))
+            U0 = kuang_init(X, r, self._restart_shape(), make_generator(self.random_state))
         else:
             U0 = torch.as_tensor(U0).to(device=X.device, dtype=X.dtype)
             if U0.shape[-1] != r or U0.shape[-2] != X.shape[-1]:

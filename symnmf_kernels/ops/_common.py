@@ -130,11 +130,7 @@ def as_lam(lam, U):
             lam = lam.to(U.dtype)
         elif lam.dtype != U.dtype:
             raise TypeError(f"lam is {lam.dtype} but U is {U.dtype}; use one dtype")
-        try:
-            fits = torch.broadcast_shapes(lam.shape, batch) == batch
-        except RuntimeError:
-            fits = False
-        if not fits:
+        if not broadcasts_to(lam.shape, batch):
             raise ValueError(f"lam of shape {tuple(lam.shape)} must broadcast to U's batch shape {tuple(batch)}")
         return lam
     if isinstance(lam, bool) or not isinstance(lam, (int, float)):
@@ -144,6 +140,14 @@ def as_lam(lam, U):
         raise ValueError(f"lam must be finite, got {lam}")
     # torch.full, not torch.tensor: a fill kernel rather than a host-to-device copy, so CUDA graphs can capture it.
     return torch.full((), lam, dtype=U.dtype, device=U.device)
+
+
+def broadcasts_to(shape, batch):
+    """Whether a tensor of this shape broadcasts to the batch shape without growing it."""
+    try:
+        return torch.broadcast_shapes(shape, batch) == batch
+    except RuntimeError:
+        return False
 
 
 def check_square(G, name):

@@ -5,7 +5,7 @@ import torch
 
 from .. import reference
 from . import _launch
-from ._common import as_batch, check_same, check_square, check_tensor, use_triton
+from ._common import as_batch, broadcasts_to, check_same, check_square, check_tensor, use_triton
 
 
 def _flat_square(M, B, r):
@@ -107,11 +107,7 @@ def _check(P, Ginv):
     if Ginv.shape[-1] != P.shape[-1]:
         raise ValueError(f"Ginv is {tuple(Ginv.shape[-2:])} but P has r = {P.shape[-1]} columns; Ginv must be r x r")
     batch = P.shape[:-2]
-    try:
-        fits = torch.broadcast_shapes(Ginv.shape[:-2], batch) == batch
-    except RuntimeError:
-        fits = False
-    if not fits:
+    if not broadcasts_to(Ginv.shape[:-2], batch):
         raise ValueError(f"Ginv's batch shape {tuple(Ginv.shape[:-2])} must broadcast to P's {tuple(batch)}")
     return Ginv.expand(*batch, *Ginv.shape[-2:])
 

@@ -3,7 +3,7 @@ import torch
 
 from .. import reference
 from . import _launch
-from ._common import as_batch, as_lam, check_same, check_tensor, use_triton
+from ._common import as_batch, as_lam, check_tensor, use_triton
 
 
 @torch.library.custom_op("symnmf_kernels::mm_small", mutates_args=())

@@ -2,7 +2,7 @@
 import torch
 
 from . import _launch
-from ._common import as_batch, check_same, check_tensor, use_triton
+from ._common import as_batch, broadcasts_to, check_same, check_tensor, use_triton
 
 
 @torch.library.custom_op("symnmf_kernels::sym_loss_dense", mutates_args=())
@@ -59,10 +59,6 @@ def sym_loss(X, U):
     if X.shape[-1] != n:
         raise ValueError(f"X is {X.shape[-1]} x {X.shape[-1]} but U has n = {n} rows; they must match")
     batch = U.shape[:-2]
-    try:
-        fits = torch.broadcast_shapes(X.shape[:-2], batch) == batch
-    except RuntimeError:
-        fits = False
-    if not fits:
+    if not broadcasts_to(X.shape[:-2], batch):
         raise ValueError(f"X's batch shape {tuple(X.shape[:-2])} must broadcast to U's {tuple(batch)}")
     return sym_loss_dense(X.expand(*batch, n, n), U)
