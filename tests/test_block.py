@@ -98,7 +98,8 @@ def test_block_training_step_captures_in_a_cuda_graph(shape):
 
     def step():
         out = sk.symnmf_block(U, P, lam)
-        return (out * out).sum(), *torch.autograd.grad((out * out).sum(), (P, lam))
+        loss = (out * out).sum()
+        return (loss, *torch.autograd.grad(loss, (P, lam)))
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
