@@ -219,6 +219,20 @@ def test_save_and_load_round_trip(tmp_path):
     assert torch.equal(loaded.U0, net.U0)
 
 
+def test_relative_lr_training_is_scale_invariant_without_regulariser():
+    # X -> cX with U_0 -> sqrt(c) U_0: every iterate scales by sqrt(c), lam by c, the
+    # weights by c^(3/2), so Adam steps relative to the weights' size give U -> sqrt(c) U
+    n, r, c = 19, 3, 7.0
+    X = random_similarity(n, seed=31)
+    U0 = torch.rand(n, r, generator=torch.Generator().manual_seed(32), dtype=torch.float64)
+    small = SymNMFNet(r, n_layers=3, beta=0.0).fit(X, epochs=6, lr=0.05, relative_lr=True, U0=U0)
+    large = SymNMFNet(r, n_layers=3, beta=0.0).fit(c * X, epochs=6, lr=0.05, relative_lr=True, U0=c ** 0.5 * U0)
+    with torch.no_grad():
+        assert rel(small(), small.U0) > 1e-3  # training moved the factor
+        assert rel(large(), c ** 0.5 * small()) < 1e-6
+        assert rel(large.lam, c * small.lam) < 1e-9
+
+
 def test_recovers_planted_clusters():
     X, labels = planted_graph([19, 23, 27], 0.45, 0.04, seed=15, dtype=torch.float32)
     net = SymNMFNet(3, n_layers=6, random_state=16).fit(X, epochs=30, lr=0.1, relative_lr=True)

@@ -111,7 +111,15 @@ class SymNMFNet(nn.Module):
         Number of blocks L (paper default 10).
     beta : float
         Weight of the regulariser ||P_i - (X + lam I) U_{i-1}||_F^2 that keeps
-        each block close to the classical update (paper default 5e-6).
+        each block close to the classical update (paper default 5e-6). The
+        regulariser is also the only path by which X reaches a weight whose
+        output is cut by the ReLU: with beta near 0 an entry (or a whole row) of
+        U_i that hits zero receives no gradient and stays zero, so training can
+        stall at factors that are not stationary points of SymNMF. Relative to
+        the residual its weight grows like c under X -> cX (the regulariser
+        scales like c^3, the residual like c^2), so a suitable beta depends on
+        the scale of X; on Kuang's normalised graphs (||X||_F ~ 10) beta near
+        0.1 keeps every entry alive.
     mu : float
         Weight of ||U_L||_1, for sparser factors (default 0).
     lam : float or None
@@ -308,8 +316,10 @@ class SymNMFNet(nn.Module):
             ||X||_F^{3/2}: an absolute lr suits only graphs of one scale.
         relative_lr : bool
             Scale lr by the root-mean-square of the initial P_i for the weights and by
-            the initial lam for lam, which makes training invariant to the scale of X
-            (X -> cX gives U -> sqrt(c) U). Suggested lr then: 0.01 to 0.1.
+            the initial lam for lam, which makes training with beta = 0 invariant to
+            the scale of X (X -> cX, U_0 -> sqrt(c) U_0 gives U -> sqrt(c) U; with
+            beta > 0 the regulariser's relative weight still grows like c).
+            Suggested lr then: 0.01 to 0.1.
         optimizer : a torch.optim.Optimizer class, or None for Adam.
         tol : float or None
             Stop early once the loss changes by less than tol times the initial
