@@ -224,7 +224,7 @@ def _reproduce(args):
         torch.set_num_threads(args.threads)
     rows = reproduce(
         datasets=names, methods=methods, max_iter=args.max_iter, epochs=args.epochs, lr=args.lr,
-        relative_lr=args.relative_lr, tol=args.tol, runs=args.runs, seed=args.seed, device=device,
+        relative_lr=args.relative_lr, beta=args.beta, tol=args.tol, runs=args.runs, seed=args.seed, device=device,
         subset=args.subset, out_dir=args.out, plot=not args.no_plot, log=print if not args.quiet else None,
     )
     print()
@@ -320,6 +320,9 @@ def build_parser():
     r.add_argument("--epochs", type=int, help="SymNMF-Net training steps (default 200)")
     r.add_argument("--lr", type=float, default=0.1,
                    help="SymNMF-Net learning rate, relative to each weight's initial scale (default 0.1)")
+    r.add_argument("--beta", type=float, default=5e-6,
+                   help="SymNMF-Net regulariser weight (paper 5e-6; about 0.1 keeps ReLU-cut entries alive on "
+                        "normalised graphs, see SymNMFNet)")
     r.add_argument("--absolute-lr", dest="relative_lr", action="store_false",
                    help="SymNMF-Net: the paper's absolute Adam step instead (the paper uses --lr 0.5 for images, "
                         "0.3 for text; on normalised graphs that step is far larger than the weights)")

@@ -82,11 +82,11 @@ def _scalar(value):
 
 
 def run_method(X, rank, method, max_iter=None, epochs=None, lr=0.1, relative_lr=True, tol=None, seed=None,
-               device=None):
+               device=None, beta=5e-6):
     """Factorise the similarity X (torch dense or sparse CSR, on ``device``) at ``rank``.
 
     method: "net" (SymNMF-Net trained for ``epochs`` Adam steps at ``lr``, relative to the
-    scale of each weight when ``relative_lr``; see `SymNMFNet.fit`) or a
+    scale of each weight when ``relative_lr``, with regulariser weight ``beta``; see `SymNMFNet`) or a
     solver name of `symnmf.solvers.solve` (run for ``max_iter`` iterations or to ``tol``).
     """
     if method not in METHODS:
@@ -98,7 +98,7 @@ def run_method(X, rank, method, max_iter=None, epochs=None, lr=0.1, relative_lr=
     if method == "net":
         from .net import SymNMFNet
 
-        net = SymNMFNet(rank, random_state=seed)
+        net = SymNMFNet(rank, beta=beta, random_state=seed)
         net.fit(X, epochs=QUICK_EPOCHS if epochs is None else epochs, lr=lr, relative_lr=relative_lr, tol=tol)
         with torch.no_grad():
             U = net().detach()
@@ -165,6 +165,7 @@ def reproduce(
     epochs=None,
     lr=0.1,
     relative_lr=True,
+    beta=5e-6,
     tol=None,
     runs=1,
     seed=0,
@@ -209,7 +210,7 @@ def reproduce(
             results = []
             for run in range(runs):
                 mrun = run_method(X, rank, method, max_iter=max_iter, epochs=epochs, lr=lr,
-                                  relative_lr=relative_lr, tol=tol, seed=seed + run, device=device)
+                                  relative_lr=relative_lr, tol=tol, seed=seed + run, device=device, beta=beta)
                 results.append((mrun, score(labels_true, mrun.labels)))
                 if run == 0:
                     curves[method] = mrun
@@ -225,7 +226,7 @@ def reproduce(
     if out_dir:
         meta = {
             "device": str(device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-            "runs": runs, "seed": seed, "subset": subset, "lr": lr, "relative_lr": relative_lr, "tol": tol,
+            "runs": runs, "seed": seed, "subset": subset, "lr": lr, "relative_lr": relative_lr, "beta": beta, "tol": tol,
             "max_iter": max_iter if max_iter is not None else QUICK_MAX_ITER,
             "epochs": epochs if epochs is not None else QUICK_EPOCHS,
         }
