@@ -30,7 +30,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import symnmf_kernels as sk  # noqa: E402
-from bench.common import bench, copy_bandwidth, roofline_fraction, write_table  # noqa: E402
+from bench.common import (  # noqa: E402
+    add_run_args,
+    bench,
+    copy_bandwidth,
+    resolve_run_args,
+    roofline_fraction,
+    write_table,
+)
 from symnmf_kernels import reference  # noqa: E402
 
 KERNELS = ("gram", "spd_inverse", "apply_relu", "block_fwd", "block_fwd_bwd")
@@ -257,27 +264,15 @@ def header_lines(args, device, bw, stopped):
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", choices=sorted(SIZES), help="size preset (default: full on CUDA, small on CPU)")
-    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS), help="kernels to run")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="include torch.compile (default: on CUDA only)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--warmup", type=float, help="warm-up budget per measurement, ms (default: 25 on CUDA, 5 on CPU)")
-    parser.add_argument("--rep", type=float, help="repetition budget per measurement, ms (default: 100 on CUDA, 20 on CPU)")
-    parser.add_argument("--budget-s", type=float, default=float("inf"),
-                        help="stop starting new rows after this many seconds and write what was measured")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="results folder (default: bench/results)")
-    args = parser.parse_args(argv)
-    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible; use --device cpu")
-    args.sizes = args.sizes or ("full" if args.device.type == "cuda" else "small")
+    add_run_args(parser)
+    args = resolve_run_args(parser, parser.parse_args(argv))
     on_cuda = args.device.type == "cuda"
+    args.sizes = args.sizes or ("full" if on_cuda else "small")
     args.compile = on_cuda if args.compile is None else args.compile
-    # CPU runs are smoke runs: short budgets keep them to seconds.
-    args.warmup = (25.0 if on_cuda else 5.0) if args.warmup is None else args.warmup
-    args.rep = (100.0 if on_cuda else 20.0) if args.rep is None else args.rep
     args.dtype = getattr(torch, args.dtype)
     if os.environ.get("TRITON_INTERPRET") == "1" and args.device.type == "cpu" and args.sizes != "tiny":
         parser.error("TRITON_INTERPRET=1 runs the kernels in Triton's interpreter, far too slowly for "

@@ -37,7 +37,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from bench.common import bench, copy_bandwidth, roofline_fraction, write_table  # noqa: E402
+from bench.common import (  # noqa: E402
+    add_run_args,
+    bench,
+    copy_bandwidth,
+    resolve_run_args,
+    roofline_fraction,
+    write_table,
+)
 from symnmf.solvers import SOLVERS, init_factor  # noqa: E402
 from symnmf_kernels.ops.hals import hals_sweep_  # noqa: E402
 
@@ -153,7 +160,6 @@ def header_lines(args, device, bw, stopped):
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", choices=sorted(SIZES), help="size preset (default: full on CUDA, tiny on CPU)")
-    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--graphs", nargs="+", choices=GRAPHS, default=["knn_like"])
     parser.add_argument("--solvers", nargs="+", choices=sorted(SOLVERS), default=sorted(SOLVERS))
     parser.add_argument("--n", type=int, nargs="+", help="node counts (default: from --sizes)")
@@ -164,24 +170,13 @@ def parse_args(argv):
     parser.add_argument("--no-cpu", action="store_true", help="skip the cpu path on a CUDA machine")
     parser.add_argument("--cpu-tol-max-n", type=int, default=50_000, help="largest n for the cpu path's to-tolerance run")
     parser.add_argument("--tol-cap-s", type=float, help="time cap of a to-tolerance run (default: 8 CUDA, 20 CPU)")
-    parser.add_argument("--warmup", type=float, help="sweep warm-up budget, ms (default: 25 CUDA, 5 CPU)")
-    parser.add_argument("--rep", type=float, help="sweep repetition budget, ms (default: 100 CUDA, 20 CPU)")
-    parser.add_argument("--budget-s", type=float, help="stop starting rows after this many seconds "
-                        "(default: 55 on CUDA, unlimited on CPU)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="results folder (default: bench/results)")
-    args = parser.parse_args(argv)
-    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible; use --device cpu")
+    add_run_args(parser)  # --budget-s: 55 s on CUDA by default, unlimited on CPU
+    args = resolve_run_args(parser, parser.parse_args(argv), cuda_budget_s=55.0)
     on_cuda = args.device.type == "cuda"
     args.sizes = args.sizes or ("full" if on_cuda else "tiny")
     args.n = args.n or SIZES[args.sizes]["n"]
     args.r = args.r or SIZES[args.sizes]["r"]
     args.tol_cap_s = (8.0 if on_cuda else 20.0) if args.tol_cap_s is None else args.tol_cap_s
-    args.warmup = (25.0 if on_cuda else 5.0) if args.warmup is None else args.warmup
-    args.rep = (100.0 if on_cuda else 20.0) if args.rep is None else args.rep
-    args.budget_s = (55.0 if on_cuda else float("inf")) if args.budget_s is None else args.budget_s
     if not 1 <= args.k1 < args.k2 or args.cpu_k2 < 2:
         parser.error("need 1 <= k1 < k2 and cpu-k2 >= 2")
     return args

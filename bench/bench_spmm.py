@@ -42,7 +42,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import symnmf_kernels as sk  # noqa: E402
-from bench.common import bench, copy_bandwidth, roofline_fraction, write_table  # noqa: E402
+from bench.common import (  # noqa: E402
+    add_run_args,
+    bench,
+    copy_bandwidth,
+    resolve_run_args,
+    roofline_fraction,
+    write_table,
+)
 from symnmf_kernels.ops.sparse_loss import sparse_layer_loss  # noqa: E402
 from symnmf_kernels.sparse import CSR  # noqa: E402
 
@@ -272,28 +279,15 @@ def header_lines(args, device, bw, stopped):
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", choices=sorted(SIZES), help="size preset (default: full on CUDA, small on CPU)")
-    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--graphs", nargs="+", choices=GRAPHS, default=list(GRAPHS))
     parser.add_argument("--r", type=int, nargs="+", help="ranks (default: from --sizes)")
     parser.add_argument("--n", type=int, nargs="+", help="node counts (default: from --sizes)")
     parser.add_argument("--no-loss", action="store_true", help="skip the loss_step rows")
-    parser.add_argument("--warmup", type=float, help="warm-up budget per measurement, ms (default: 25 CUDA, 5 CPU)")
-    parser.add_argument("--rep", type=float, help="repetition budget per measurement, ms (default: 100 CUDA, 20 CPU)")
-    parser.add_argument("--budget-s", type=float, help="stop starting new graphs after this many seconds "
-                        "(default: 60 on CUDA, unlimited on CPU)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="results folder (default: bench/results)")
-    args = parser.parse_args(argv)
-    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible; use --device cpu")
-    on_cuda = args.device.type == "cuda"
-    args.sizes = args.sizes or ("full" if on_cuda else "small")
+    add_run_args(parser)  # --budget-s: 60 s on CUDA by default, unlimited on CPU
+    args = resolve_run_args(parser, parser.parse_args(argv), cuda_budget_s=60.0)
+    args.sizes = args.sizes or ("full" if args.device.type == "cuda" else "small")
     args.n = args.n or SIZES[args.sizes]["n"]
     args.r = args.r or SIZES[args.sizes]["r"]
-    args.warmup = (25.0 if on_cuda else 5.0) if args.warmup is None else args.warmup
-    args.rep = (100.0 if on_cuda else 20.0) if args.rep is None else args.rep
-    args.budget_s = (60.0 if on_cuda else float("inf")) if args.budget_s is None else args.budget_s
     return args
 
 

@@ -240,3 +240,26 @@ def write_table(name, rows, columns, header_lines=(), out_dir=None, device=None,
     if echo:
         print(text, flush=True)
     return path
+
+
+def add_run_args(parser):
+    """The options every benchmark shares: --device, --warmup, --rep, --budget-s, --seed, --out."""
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--warmup", type=float, help="warm-up budget per measurement, ms (default: 25 on CUDA, 5 on CPU)")
+    parser.add_argument("--rep", type=float, help="repetition budget per measurement, ms (default: 100 on CUDA, 20 on CPU)")
+    parser.add_argument("--budget-s", type=float,
+                        help="stop starting new rows after this many seconds and write what was measured")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="results folder (default: bench/results)")
+
+
+def resolve_run_args(parser, args, cuda_budget_s=float("inf")):
+    """Fill in the defaults of `add_run_args` that depend on the device; CPU runs are short smoke runs."""
+    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible; use --device cpu")
+    on_cuda = args.device.type == "cuda"
+    args.warmup = (25.0 if on_cuda else 5.0) if args.warmup is None else args.warmup
+    args.rep = (100.0 if on_cuda else 20.0) if args.rep is None else args.rep
+    args.budget_s = (cuda_budget_s if on_cuda else float("inf")) if args.budget_s is None else args.budget_s
+    return args
