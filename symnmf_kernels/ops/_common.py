@@ -50,9 +50,39 @@ def block_r(r):
     return max(16, 1 << (r - 1).bit_length())
 
 
-def block_n(r, device):
+# (BLOCK_N, num_warps) on a GPU by kernel family and padded width BLOCK_R. The float32 dots run
+# with input_precision="ieee" (FMA, no tensor cores), whose register tiles spill easily: these
+# are the configurations that compile for sm_90 without spilling (bench/compile_report.py reads
+# registers and stack off the cubins), but for r = 128 in the inverse, the backward, the
+# small-block kernel and the sparse terms, and a little at r = 64 in the small-block kernel.
+_GPU_TILES = {
+    "gram": {16: (128, 4), 32: (128, 4), 64: (64, 4), 128: (32, 8)},
+    "apply": {16: (64, 4), 32: (64, 8), 64: (32, 8), 128: (16, 16)},
+    "apply_backward": {16: (64, 4), 32: (32, 8), 64: (16, 8), 128: (16, 32)},
+    "loss": {16: (64, 4), 32: (64, 4), 64: (64, 8), 128: (32, 8)},
+    "block_small": {16: (64, 4), 32: (32, 4), 64: (16, 8), 128: (32, 32)},
+    "sparse_terms": {16: (128, 4), 32: (64, 8), 64: (16, 8), 128: (16, 16)},
+    "sparse_grad": {16: (128, 4), 32: (64, 8), 64: (32, 8), 128: (32, 8)},
+}
+# The Cholesky tile: three BLOCK_R x BLOCK_R register tiles; r = 128 still spills.
+_INVERSE_WARPS = {16: 4, 32: 4, 64: 4, 128: 16}
+
+
+def tiles(kind, r, device):
+    """(BLOCK_N, num_warps) of a kernel family for rank r on this device."""
     if device.type == "cpu":
-        return 64  # the interpreter runs each program serially: fewer, wider tiles are faster
+        return 64, 4  # the interpreter runs each program serially: fewer, wider tiles are faster
+    return _GPU_TILES[kind][block_r(r)]
+
+
+def inverse_warps(r):
+    return _INVERSE_WARPS[block_r(r)]
+
+
+def block_n(r, device):
+    """Row tile of the kernels without a tuned entry in _GPU_TILES."""
+    if device.type == "cpu":
+        return 64
     return 128 if r <= 32 else (64 if r <= 64 else 32)
 
 

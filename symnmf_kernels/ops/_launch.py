@@ -11,7 +11,7 @@ from ..triton.block import symnmf_block_small_kernel
 from ..triton.cholesky import spd_inverse_kernel
 from ..triton.gram import gram_finalize_kernel, gram_partials_kernel
 from ..triton.loss import sym_loss_partials_kernel
-from ._common import acc_dtype, block_n, block_r, num_warps, split_rows, triton_cdiv
+from ._common import acc_dtype, block_r, inverse_warps, num_warps, split_rows, tiles, triton_cdiv
 
 
 # Up to this many rows a problem is one program of the fused small-block kernel;
@@ -19,11 +19,11 @@ from ._common import acc_dtype, block_n, block_r, num_warps, split_rows, triton_
 SMALL_N = 1024
 
 
-def _geometry(A):
+def _geometry(A, kind):
     B, n, r = A.shape
-    BR, BN = block_r(r), block_n(r, A.device)
+    BN, warps = tiles(kind, r, A.device)
     rows_per_split, splits = split_rows(n, B, BN, A.device)
-    return B, n, r, BR, BN, rows_per_split, splits
+    return B, n, r, block_r(r), BN, warps, rows_per_split, splits
 
 
 def _partials(A, B, splits, BR):
@@ -42,14 +42,14 @@ def reduce_partials(partials, lam, r, out_dtype):
 
 def gram(U, lam, deterministic=True):
     """U^T U + lam I; lam is a (B,) tensor."""
-    B, n, r, BR, BN, rows_per_split, splits = _geometry(U)
+    B, n, r, BR, BN, warps, rows_per_split, splits = _geometry(U, "gram")
     if deterministic:
         partials = _partials(U, B, splits, BR)
     else:
         partials = torch.zeros((B, 1, BR, BR), dtype=_partials(U, 0, 0, BR).dtype, device=U.device)
     gram_partials_kernel[(B, splits)](
         U, partials, n, r, rows_per_split, *U.stride(),
-        ATOMIC=not deterministic, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(partials.dtype), num_warps=num_warps(r),
+        ATOMIC=not deterministic, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(partials.dtype), num_warps=warps,
     )
     return reduce_partials(partials, lam, r, U.dtype)
 
@@ -62,8 +62,7 @@ def spd_inverse(G):
     BR = block_r(r)
     spd_inverse_kernel[(B,)](
         G, out, info, r, *G.stride(), *out.stride(),
-        # Three BLOCK_R x BLOCK_R tiles live in registers: spread them over more warps at r = 128.
-        BLOCK_R=BR, ACC=acc_dtype(G.dtype), num_warps=16 if BR >= 128 else num_warps(r),
+        BLOCK_R=BR, ACC=acc_dtype(G.dtype), num_warps=inverse_warps(r),
     )
     return out, info
 
@@ -79,23 +78,22 @@ def symnmf_block(U, P, lam):
     Y = torch.empty((B, n, r), dtype=P.dtype, device=P.device)
     Ginv = torch.empty((B, r, r), dtype=P.dtype, device=P.device)
     info = torch.empty((B,), dtype=torch.int32, device=P.device)
-    BR = block_r(r)
+    BN, warps = tiles("block_small", r, P.device)
     symnmf_block_small_kernel[(B,)](
         U, P, lam, Y, Ginv, info, m, n, r, *U.stride(), *P.stride(), *Y.stride(), *Ginv.stride(),
-        BLOCK_N=block_n(r, P.device), BLOCK_R=BR, ACC=acc_dtype(P.dtype),
-        num_warps=16 if BR >= 128 else num_warps(r),
+        BLOCK_N=BN, BLOCK_R=block_r(r), ACC=acc_dtype(P.dtype), num_warps=warps,
     )
     return Y, Ginv, info
 
 
 def apply(A, M, relu, emit_gram=False):
     """[ReLU](A @ M), and with emit_gram the Gram partials of the result."""
-    B, n, r, BR, BN, rows_per_split, splits = _geometry(A)
+    B, n, r, BR, BN, warps, rows_per_split, splits = _geometry(A, "apply")
     Y = torch.empty((B, n, r), dtype=A.dtype, device=A.device)
     partials = _partials(A, B, splits, BR) if emit_gram else Y  # Y stands in for an unused pointer
     apply_kernel[(B, splits)](
         A, M, Y, partials, n, r, rows_per_split, *A.stride(), *M.stride(), *Y.stride(),
-        RELU=relu, EMIT_GRAM=emit_gram, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(A.dtype), num_warps=num_warps(r),
+        RELU=relu, EMIT_GRAM=emit_gram, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(A.dtype), num_warps=warps,
     )
     return (Y, partials) if emit_gram else Y
 
@@ -105,7 +103,7 @@ def apply_backward(grad, Y, A, M, H=None, relu=True):
 
     H, when given, adds Y @ H to grad first (the gradient through Y^T Y).
     """
-    B, n, r, BR, BN, rows_per_split, splits = _geometry(A)
+    B, n, r, BR, BN, warps, rows_per_split, splits = _geometry(A, "apply_backward")
     dA = torch.empty((B, n, r), dtype=A.dtype, device=A.device)
     partials = _partials(A, B, splits, BR)
     Mt = M.mT  # dA = Zb @ M^T: a transposed view, read through strides
@@ -113,7 +111,7 @@ def apply_backward(grad, Y, A, M, H=None, relu=True):
     apply_backward_kernel[(B, splits)](
         grad, Y, A, Mt, H_arg, dA, partials, n, r, rows_per_split,
         *grad.stride(), *Y.stride(), *A.stride(), *Mt.stride(), *H_arg.stride(), *dA.stride(),
-        HAS_H=H is not None, RELU=relu, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(A.dtype), num_warps=num_warps(r),
+        HAS_H=H is not None, RELU=relu, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(A.dtype), num_warps=warps,
     )
     zero_lam = torch.zeros((B,), dtype=partials.dtype, device=A.device)
     return dA, reduce_partials(partials, zero_lam, r, A.dtype)
@@ -123,12 +121,12 @@ def sym_loss(X, U):
     """||X[b] - U[b] U[b]^T||_F^2 for each b: (B,)."""
     B, n, r = U.shape
     BR = block_r(r)
-    BN = 64 if X.device.type == "cpu" else (64 if r <= 64 else 32)
-    tiles = triton_cdiv(n, BN)
+    BN, warps = tiles("loss", r, X.device)
+    n_tiles = triton_cdiv(n, BN)
     dtype = torch.float64 if U.dtype == torch.float64 else torch.float32
-    partials = torch.empty((B, tiles, tiles), dtype=dtype, device=U.device)
-    sym_loss_partials_kernel[(B, tiles, tiles)](
+    partials = torch.empty((B, n_tiles, n_tiles), dtype=dtype, device=U.device)
+    sym_loss_partials_kernel[(B, n_tiles, n_tiles)](
         X, U, partials, n, r, *X.stride(), *U.stride(),
-        BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(dtype), num_warps=4,
+        BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(dtype), num_warps=warps,
     )
     return partials.sum((1, 2)).to(U.dtype)

@@ -1,0 +1,176 @@
+"""Compile every Triton kernel of symnmf_kernels for a Hopper GPU (sm_90) without one, and report its resources.
+
+Triton's compiler needs no GPU to go from Python to a cubin, so this catches
+what the interpreter cannot (a construct the GPU compiler rejects, a dtype
+mismatch) on any machine, and reports each configuration's registers per
+thread, spill (local memory) bytes and shared memory, read off the cubin by
+cuobjdump. Run with TRITON_INTERPRET unset:
+
+    python bench/compile_report.py            # print the table
+    python bench/compile_report.py --out bench/results
+"""
+import argparse
+import datetime
+import itertools
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from symnmf_kernels.ops._common import block_n, block_r, inverse_warps, num_warps, tiles  # noqa: E402
+from symnmf_kernels.ops.hals import _block_sizes as hals_block_sizes  # noqa: E402
+from symnmf_kernels.triton import apply, block, cholesky, gram, hals, loss, sparse  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+INT_ARGS = {"n", "m", "r", "rows_per_split", "num_splits"}
+# Arguments whose type does not follow the problem's dtype.
+SPECIAL_TYPES = {"info": "*i32", "sums": "*fp64"}
+SCALAR_LAM = {"hals_sweep_kernel"}  # lam passed by value, not as a per-problem tensor
+
+
+def signature(fn, dtype):
+    """Triton signature of fn's runtime arguments: strides i64, sizes i32, pointers of the problem's dtype."""
+    sig = {}
+    for p in fn.params:
+        if p.is_constexpr:
+            sig[p.name] = "constexpr"
+        elif p.name.startswith("stride_"):
+            sig[p.name] = "i64"
+        elif p.name in INT_ARGS:
+            sig[p.name] = "i32"
+        elif p.name == "lam" and fn.fn.__name__ in SCALAR_LAM:
+            sig[p.name] = dtype
+        else:
+            sig[p.name] = SPECIAL_TYPES.get(p.name, "*" + dtype)
+    return sig
+
+
+def configs(quick):
+    """(kernel, dtype, r, constexpr flags, warps) to compile: every flag combination at r = 64 in float32,
+    the smallest and largest r, and float64."""
+    kernels = [
+        (gram.gram_partials_kernel, ["ATOMIC"]),
+        (gram.gram_finalize_kernel, []),
+        (cholesky.spd_inverse_kernel, []),
+        (apply.apply_kernel, ["RELU", "EMIT_GRAM"]),
+        (apply.apply_backward_kernel, ["HAS_H", "RELU"]),
+        (block.symnmf_block_small_kernel, []),
+        (loss.sym_loss_partials_kernel, []),
+        (sparse.sparse_loss_terms_kernel, ["HAS_P"]),
+        (sparse.sparse_reg_grad_kernel, []),
+        (sparse.sparse_loss_grad_kernel, ["HAS_W", "HAS_Y"]),
+        (hals.hals_sweep_kernel, ["HAS_V"]),
+        (hals.fill_zero_columns_kernel, []),
+    ]
+    shapes = [("fp32", 64)] if quick else [("fp32", 64), ("fp32", 16), ("fp32", 128), ("fp64", 32)]
+    for fn, flags in kernels:
+        for dtype, r in shapes:
+            combos = itertools.product([True, False], repeat=len(flags)) if (dtype, r) == ("fp32", 64) else [
+                (True,) * len(flags)]
+            for values in combos:
+                yield fn, dtype, r, dict(zip(flags, values))
+
+
+class _Cuda:
+    type = "cuda"
+
+
+# The kernel family whose launch geometry (symnmf_kernels.ops._common.tiles) each kernel runs with.
+FAMILY = {
+    "gram_partials_kernel": "gram",
+    "apply_kernel": "apply",
+    "apply_backward_kernel": "apply_backward",
+    "sym_loss_partials_kernel": "loss",
+    "symnmf_block_small_kernel": "block_small",
+    "sparse_loss_terms_kernel": "sparse_terms",
+    "sparse_loss_grad_kernel": "sparse_grad",
+}
+
+
+def launch(fn, r):
+    """(BLOCK_N, BLOCK_R, num_warps) the ops launch fn with on a GPU at rank r."""
+    name = fn.fn.__name__
+    if name in FAMILY:
+        BN, warps = tiles(FAMILY[name], r, _Cuda())
+        return BN, block_r(r), warps
+    if name == "spd_inverse_kernel":
+        return None, block_r(r), inverse_warps(r)
+    if name in ("hals_sweep_kernel", "fill_zero_columns_kernel"):
+        BN, BR = hals_block_sizes(r, _Cuda())
+        return BN, BR, 4 if BR <= 64 else 8
+    return block_n(r, _Cuda()), block_r(r), num_warps(r)
+
+
+def constexprs(fn, dtype, r, flags):
+    names = {p.name for p in fn.params if p.is_constexpr}
+    BN, BR, _ = launch(fn, r)
+    values = dict(flags)
+    if "BLOCK_R" in names:
+        values["BLOCK_R"] = BR
+    if "BLOCK_N" in names:
+        values["BLOCK_N"] = BN
+    if "ACC" in names:
+        values["ACC"] = tl.float64 if dtype == "fp64" else tl.float32
+    return values
+
+
+def resources(cubin):
+    """(registers, stack bytes, local bytes, shared bytes) of the cubin's kernel, from cuobjdump."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    field = lambda name: int(re.search(name + r":(\d+)", out).group(1)) if re.search(name + r":(\d+)", out) else -1
+    return field("REG"), field("STACK"), field("LOCAL"), field("SHARED")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="r = 64 float32 only (every flag combination)")
+    parser.add_argument("--out", help="also write the table to this folder as compile-sm90-<date>.md")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("unset TRITON_INTERPRET: the interpreter replaces the compiler this script runs")
+    rows, failures = [], 0
+    for fn, dtype, r, flags in configs(args.quick):
+        warps = launch(fn, r)[2]
+        name = fn.fn.__name__ + "".join(f" {k}={int(v)}" for k, v in flags.items())
+        try:
+            src = ASTSource(fn=fn, signature=signature(fn, dtype), constexprs=constexprs(fn, dtype, r, flags))
+            compiled = triton.compile(src, target=TARGET, options={"num_warps": warps})
+            rows.append((name, dtype, r, warps, *resources(compiled.asm["cubin"]), "ok"))
+        except Exception as exc:  # report every failure, not only the first
+            failures += 1
+            message = " ".join(str(exc).split())[-160:]
+            rows.append((name, dtype, r, warps, -1, -1, -1, -1, "FAILED: " + message))
+    header = ["kernel", "dtype", "r", "warps", "registers", "stack bytes", "local bytes", "shared bytes", "compile"]
+    lines = [
+        f"# Triton kernels compiled for sm_90 (no GPU needed), {datetime.date.today()}",
+        "",
+        f"triton {triton.__version__}; resources from cuobjdump --dump-resource-usage; stack or local bytes"
+        " well above zero mean registers spilled to memory.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(" --- " for _ in header) + "|",
+    ]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, f"compile-sm90-{datetime.date.today()}.md"), "w") as f:
+            f.write(table)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
