@@ -246,9 +246,12 @@ class SymNMFNet(nn.Module):
         """U_L, or the list [U_0, U_1, ..., U_L] when return_all is True."""
         self._require_initialized()
         U = self.U0
+        # The chain form: each block hands the next the Gram of its output from the same pass,
+        # so a forward reads each U_i once and each block's backward is a single pass.
+        UtU = sk.gram(U, 0.0)
         iterates = [U]
         for P in self.P:
-            U = sk.symnmf_block(U, P, self.lam)
+            U, UtU = sk.symnmf_block_from_gram(UtU, P, self.lam)
             iterates.append(U)
         return iterates if return_all else U
 
