@@ -12,18 +12,8 @@ CUDA tensors run the Triton kernels and the CUDA extension; CPU tensors run the
 plain-torch path of `sk.reference`, or the Triton kernels through Triton's
 interpreter when TRITON_INTERPRET=1.
 """
-from . import reference
-from .ops import apply_relu, apply_relu_gram, gram, spd_inverse, spmm, sym_loss, symnmf_block, symnmf_block_from_gram
+from . import ops, reference
+from .ops import *  # noqa: F401,F403 - the public ops, listed in ops.__all__
 
 __version__ = "0.1.0"
-__all__ = [
-    "gram",
-    "spd_inverse",
-    "apply_relu",
-    "apply_relu_gram",
-    "symnmf_block",
-    "symnmf_block_from_gram",
-    "spmm",
-    "sym_loss",
-    "reference",
-]
+__all__ = [*ops.__all__, "reference"]

@@ -18,6 +18,8 @@ rows [s * rows_per_split, (s + 1) * rows_per_split) of problem b.
 import triton
 import triton.language as tl
 
+from .gram import split_rows, store_partial
+
 
 @triton.jit
 def _load_square(M, b, r, stride_mb, stride_mr, stride_mc, BLOCK_R: tl.constexpr, ACC: tl.constexpr):
@@ -36,13 +38,9 @@ def apply_kernel(
     RELU: tl.constexpr, EMIT_GRAM: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    s = tl.program_id(1)
-    num_splits = tl.num_programs(1)
+    b, s, num_splits, row_start, row_end = split_rows(n, rows_per_split)
     offs_r = tl.arange(0, BLOCK_R)
     offs_n = tl.arange(0, BLOCK_N)
-    row_start = s * rows_per_split
-    row_end = tl.minimum(row_start + rows_per_split, n)
 
     m = _load_square(M, b, r, stride_mb, stride_mr, stride_mc, BLOCK_R, ACC)
     acc = tl.zeros((BLOCK_R, BLOCK_R), dtype=ACC)
@@ -58,8 +56,7 @@ def apply_kernel(
             # Padding rows of A are zero, so their rows of y are zero too.
             acc += tl.dot(tl.trans(y), y, input_precision="ieee", out_dtype=ACC)
     if EMIT_GRAM:
-        tile = offs_r[:, None] * BLOCK_R + offs_r[None, :]
-        tl.store(partials + (b * num_splits + s) * BLOCK_R * BLOCK_R + tile, acc)
+        store_partial(partials, acc, b, s, num_splits, BLOCK_R)
 
 
 @triton.jit
@@ -74,13 +71,9 @@ def apply_backward_kernel(
     HAS_H: tl.constexpr, RELU: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    s = tl.program_id(1)
-    num_splits = tl.num_programs(1)
+    b, s, num_splits, row_start, row_end = split_rows(n, rows_per_split)
     offs_r = tl.arange(0, BLOCK_R)
     offs_n = tl.arange(0, BLOCK_N)
-    row_start = s * rows_per_split
-    row_end = tl.minimum(row_start + rows_per_split, n)
 
     m = _load_square(M, b, r, stride_mb, stride_mr, stride_mc, BLOCK_R, ACC)
     if HAS_H:
@@ -102,5 +95,4 @@ def apply_backward_kernel(
         tl.store(dA + b * stride_db + rows[:, None] * stride_dn + offs_r[None, :] * stride_dr, da, mask=mask)
         a = tl.load(A + b * stride_ab + rows[:, None] * stride_an + offs_r[None, :] * stride_ar, mask=mask, other=0.0)
         acc += tl.dot(tl.trans(a.to(ACC)), g, input_precision="ieee", out_dtype=ACC)
-    tile = offs_r[:, None] * BLOCK_R + offs_r[None, :]
-    tl.store(partials + (b * num_splits + s) * BLOCK_R * BLOCK_R + tile, acc)
+    store_partial(partials, acc, b, s, num_splits, BLOCK_R)

@@ -13,18 +13,30 @@ import triton.language as tl
 
 
 @triton.jit
+def split_rows(n, rows_per_split):
+    """(b, s, number of splits, first row, end row) of program (b, s) in the split-n layout."""
+    b = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
+    row_start = s * rows_per_split
+    return b, s, tl.num_programs(1), row_start, tl.minimum(row_start + rows_per_split, n)
+
+
+@triton.jit
+def store_partial(partials, acc, b, s, num_splits, BLOCK_R: tl.constexpr):
+    """Write program (b, s)'s BLOCK_R x BLOCK_R partial sum to partials[b, s]."""
+    offs = tl.arange(0, BLOCK_R)
+    tl.store(partials + (b * num_splits + s) * BLOCK_R * BLOCK_R + offs[:, None] * BLOCK_R + offs[None, :], acc)
+
+
+@triton.jit
 def gram_partials_kernel(
     U, partials, n, r, rows_per_split,
     stride_ub, stride_un, stride_ur,
     ATOMIC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    s = tl.program_id(1)
-    num_splits = tl.num_programs(1)
+    b, s, num_splits, row_start, row_end = split_rows(n, rows_per_split)
     offs_r = tl.arange(0, BLOCK_R)
     offs_n = tl.arange(0, BLOCK_N)
-    row_start = s * rows_per_split
-    row_end = tl.minimum(row_start + rows_per_split, n)
     U_b = U + b * stride_ub
     acc = tl.zeros((BLOCK_R, BLOCK_R), dtype=ACC)
     for start in range(row_start, row_end, BLOCK_N):
@@ -34,11 +46,10 @@ def gram_partials_kernel(
         u = u.to(ACC)
         # ieee: the Gram feeds a Cholesky, where tf32's 10-bit mantissa is not enough.
         acc += tl.dot(tl.trans(u), u, input_precision="ieee", out_dtype=ACC)
-    tile = offs_r[:, None] * BLOCK_R + offs_r[None, :]
     if ATOMIC:
-        tl.atomic_add(partials + b * BLOCK_R * BLOCK_R + tile, acc)
+        tl.atomic_add(partials + b * BLOCK_R * BLOCK_R + offs_r[:, None] * BLOCK_R + offs_r[None, :], acc)
     else:
-        tl.store(partials + (b * num_splits + s) * BLOCK_R * BLOCK_R + tile, acc)
+        store_partial(partials, acc, b, s, num_splits, BLOCK_R)
 
 
 @triton.jit

@@ -19,6 +19,8 @@ float64: ||X||^2 - 2 <S, U> + ||U^T U||^2 cancels near a good fit.
 import triton
 import triton.language as tl
 
+from .gram import split_rows, store_partial
+
 
 @triton.jit
 def sparse_loss_terms_kernel(
@@ -33,13 +35,9 @@ def sparse_loss_terms_kernel(
     sums[b, s, :] = (<S, U>, ||R||^2, <R, U>) over those rows (float64);
     gram[b, s] = their BLOCK_R x BLOCK_R part of U^T U.
     """
-    b = tl.program_id(0).to(tl.int64)
-    s = tl.program_id(1)
-    num_splits = tl.num_programs(1)
+    b, s, num_splits, row_start, row_end = split_rows(n, rows_per_split)
     offs_r = tl.arange(0, BLOCK_R)
     offs_n = tl.arange(0, BLOCK_N)
-    row_start = s * rows_per_split
-    row_end = tl.minimum(row_start + rows_per_split, n)
     lam_b = tl.load(lam + b).to(ACC)
     su = tl.zeros((BLOCK_R,), dtype=tl.float64)
     rr = tl.zeros((BLOCK_R,), dtype=tl.float64)
@@ -63,8 +61,7 @@ def sparse_loss_terms_kernel(
     tl.store(sums + slot * 3, tl.sum(su, axis=0))
     tl.store(sums + slot * 3 + 1, tl.sum(rr, axis=0))
     tl.store(sums + slot * 3 + 2, tl.sum(ru, axis=0))
-    tile = offs_r[:, None] * BLOCK_R + offs_r[None, :]
-    tl.store(gram + slot * BLOCK_R * BLOCK_R + tile, g)
+    store_partial(gram, g, b, s, num_splits, BLOCK_R)
 
 
 @triton.jit
