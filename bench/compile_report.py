@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from symnmf_kernels.ops._common import block_n, block_r, inverse_warps, num_warps, tiles  # noqa: E402
 from symnmf_kernels.ops.hals import _block_sizes as hals_block_sizes  # noqa: E402
-from symnmf_kernels.triton import apply, block, cholesky, gram, hals, loss, sparse  # noqa: E402
+from symnmf_kernels.triton import apply_relu, gram, hals, sparse_loss, spd_inverse, sym_loss, symnmf_block  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 INT_ARGS = {"n", "m", "r", "rows_per_split", "num_splits"}
@@ -59,14 +59,14 @@ def configs(quick):
     kernels = [
         (gram.gram_partials_kernel, ["ATOMIC"]),
         (gram.gram_finalize_kernel, []),
-        (cholesky.spd_inverse_kernel, []),
-        (apply.apply_kernel, ["RELU", "EMIT_GRAM"]),
-        (apply.apply_backward_kernel, ["HAS_H", "RELU"]),
-        (block.symnmf_block_small_kernel, []),
-        (loss.sym_loss_partials_kernel, []),
-        (sparse.sparse_loss_terms_kernel, ["HAS_P"]),
-        (sparse.sparse_reg_grad_kernel, []),
-        (sparse.sparse_loss_grad_kernel, ["HAS_W", "HAS_Y"]),
+        (spd_inverse.spd_inverse_kernel, []),
+        (apply_relu.apply_kernel, ["RELU", "EMIT_GRAM"]),
+        (apply_relu.apply_backward_kernel, ["HAS_H", "RELU"]),
+        (symnmf_block.symnmf_block_small_kernel, []),
+        (sym_loss.sym_loss_partials_kernel, []),
+        (sparse_loss.sparse_loss_terms_kernel, ["HAS_P"]),
+        (sparse_loss.sparse_reg_grad_kernel, []),
+        (sparse_loss.sparse_loss_grad_kernel, ["HAS_W", "HAS_Y"]),
         (hals.hals_sweep_kernel, ["HAS_V"]),
         (hals.fill_zero_columns_kernel, []),
     ]

@@ -116,6 +116,27 @@ def test_batched_shared_x_and_per_problem_lam(path):
         assert rel_err(a, b) < 1e-11
 
 
+@pytest.mark.parametrize("lam", [0.6, "tensor"])
+def test_batched_problems_with_one_scalar_lam(path, device, lam):
+    # One lam for every problem: each problem's regulariser and gradients must use it, not only the first's.
+    _device_for(path, device)
+    A = random_graph(60, seed=3)
+    X = as_csr(A, device=device, dtype=torch.float64)
+    U = torch.rand(3, 60, 5, dtype=torch.float64, device=device, requires_grad=True)
+    P = torch.rand(3, 60, 5, dtype=torch.float64, device=device, requires_grad=True)
+    if lam == "tensor":
+        lam = torch.tensor(0.6, dtype=torch.float64, device=device, requires_grad=True)
+    loss, reg = sparse_layer_loss(X, U, P, lam)
+    ref_loss, ref_reg = dense_losses(dense(A, device), U, P, lam)
+    for b in range(3):
+        assert rel_err(reg[b], ref_reg[b]) < 1e-12 and rel_err(loss[b], ref_loss[b]) < 1e-12
+    wrt = (U, P) + ((lam,) if isinstance(lam, torch.Tensor) else ())
+    grads = torch.autograd.grad((loss + reg).sum(), wrt)
+    ref_grads = torch.autograd.grad((ref_loss + ref_reg).sum(), wrt)
+    for a, b in zip(grads, ref_grads):
+        assert rel_err(a, b) < 1e-11
+
+
 def test_block_diagonal_batch(path):
     _device_for(path, torch.device("cpu"))
     graphs = [random_graph(30, seed=s) for s in range(3)]

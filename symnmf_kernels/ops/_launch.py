@@ -6,11 +6,11 @@ kernels take strides.
 """
 import torch
 
-from ..triton.apply import apply_backward_kernel, apply_kernel
-from ..triton.block import symnmf_block_small_kernel
-from ..triton.cholesky import spd_inverse_kernel
+from ..triton.apply_relu import apply_backward_kernel, apply_kernel
+from ..triton.symnmf_block import symnmf_block_small_kernel
+from ..triton.spd_inverse import spd_inverse_kernel
 from ..triton.gram import gram_finalize_kernel, gram_partials_kernel
-from ..triton.loss import sym_loss_partials_kernel
+from ..triton.sym_loss import sym_loss_partials_kernel
 from ._common import acc_dtype, block_r, inverse_warps, num_warps, split_rows, tiles, triton_cdiv
 
 

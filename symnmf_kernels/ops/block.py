@@ -2,7 +2,7 @@
 
 One custom op forward and one backward, so that a block costs two dispatches
 however many kernels run inside; small problems take the single-launch
-fused kernel of triton/block.py.
+fused kernel of triton/symnmf_block.py.
 """
 import torch
 

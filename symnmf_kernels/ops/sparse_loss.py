@@ -16,7 +16,7 @@ serves both with one SpMM forward and at most one backward (X^T (2 b R), and
 none at all for the loss alone with a symmetric X).
 
 The passes over n x r data around the SpMM are fused Triton kernels
-(symnmf_kernels.triton.sparse) on CUDA and under TRITON_INTERPRET=1, plain
+(symnmf_kernels.triton.sparse_loss) on CUDA and under TRITON_INTERPRET=1, plain
 torch otherwise. The expansion of ||X - U U^T||^2 cancels when the fit is
 good: its scalar sums run in float64, but a float32 S = X U still limits the
 loss to about 1e-7 ||X||^2 absolute accuracy.
@@ -51,7 +51,8 @@ def sparse_loss_terms(U: torch.Tensor, S: torch.Tensor, P: Optional[torch.Tensor
     """
     B, n, r = U.shape
     if use_triton(U, r):
-        from ..triton.sparse import sparse_loss_terms_kernel
+        from ..triton.sparse_loss import sparse_loss_terms_kernel
+        lam = lam.contiguous()  # read as lam[b]: an expanded scalar would be read out of bounds
 
         BR, (BN, warps) = block_r(r), tiles("sparse_terms", r, U.device)
         rows_per_split, splits = split_rows(n, B, BN, U.device)
@@ -86,11 +87,12 @@ def sparse_reg_grad(U: torch.Tensor, S: torch.Tensor, P: torch.Tensor, lam: torc
     """W = coef (P - S - lam U) for (B, n, r) tensors and (B,) lam, coef."""
     B, n, r = U.shape
     if use_triton(U, r):
-        from ..triton.sparse import sparse_reg_grad_kernel
+        from ..triton.sparse_loss import sparse_reg_grad_kernel
+        lam = lam.contiguous()
 
         BR, BN = block_r(r), block_n(r, U.device)
         W = torch.empty_like(U, memory_format=torch.contiguous_format)
-        sparse_reg_grad_kernel[(B, triton_cdiv(n, BN))](
+        sparse_reg_grad_kernel[(B * triton_cdiv(n, BN),)](
             U, S, P, lam, coef, W, n, r, *U.stride(), *S.stride(), *P.stride(), *W.stride(),
             BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype), num_warps=num_warps(r),
         )
@@ -110,13 +112,14 @@ def sparse_loss_grad(U: torch.Tensor, S: torch.Tensor, G: torch.Tensor, W: Optio
     """dU = coef_s S + coef_g U G - lam W - Y for (B, n, r) U, S, W, Y, (B, r, r) G and (B,) scalars."""
     B, n, r = U.shape
     if use_triton(U, r):
-        from ..triton.sparse import sparse_loss_grad_kernel
+        from ..triton.sparse_loss import sparse_loss_grad_kernel
+        lam = lam.contiguous()
 
         BR, (BN, warps) = block_r(r), tiles("sparse_grad", r, U.device)
         dU = torch.empty_like(U, memory_format=torch.contiguous_format)
         Wt = W if W is not None else U  # stand in for unused pointers
         Yt = Y if Y is not None else U
-        sparse_loss_grad_kernel[(B, triton_cdiv(n, BN))](
+        sparse_loss_grad_kernel[(B * triton_cdiv(n, BN),)](
             U, S, G, Wt, Yt, lam, coef_s, coef_g, dU, n, r,
             *U.stride(), *S.stride(), *G.stride(), *Wt.stride(), *Yt.stride(), *dU.stride(),
             HAS_W=W is not None, HAS_Y=Y is not None, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype),
@@ -224,7 +227,8 @@ def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None):
         if P.device != U.device or P.dtype != U.dtype:
             raise ValueError(f"P ({P.dtype}, {P.device}) must share U's dtype and device ({U.dtype}, {U.device})")
         P3 = P.reshape(B, n, r)
-    lam_b = as_lam(lam, U).expand(batch).reshape(B)
+    # contiguous: the kernels read lam[b] for every b, which an expanded 0-d tensor does not hold.
+    lam_b = as_lam(lam, U).expand(batch).reshape(B).contiguous()
     row_sq = _row_sq_norms(A)
     x_sq = row_sq.reshape(B, n).sum(1) if blockdiag else row_sq.sum().expand(B)
     loss, reg = _SparseLayerLoss.apply(

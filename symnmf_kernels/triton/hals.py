@@ -22,6 +22,8 @@ leaves no zero column costs no extra pass over W.
 import triton
 import triton.language as tl
 
+from ._common import relu
+
 
 @triton.jit
 def hals_sweep_kernel(
@@ -47,7 +49,7 @@ def hals_sweep_kernel(
         w_k = tl.sum(tl.where(is_k, w, 0.0), axis=1)
         c_k = tl.sum(tl.where(is_k, c, 0.0), axis=1)
         wb_k = tl.sum(w * b_k[None, :], axis=1)
-        new_k = tl.maximum(w_k + (c_k - wb_k) / b_kk, 0.0)
+        new_k = relu(w_k + (c_k - wb_k) / b_kk)
         w = tl.where(is_k, new_k[:, None], w)
     tl.store(W + rows[:, None] * stride_wn + cols[None, :] * stride_wr, w, mask=mask)
     # Rows past n were loaded as zeros and stay zero, so they do not raise the maxima of W >= 0.

@@ -18,6 +18,7 @@ rows [s * rows_per_split, (s + 1) * rows_per_split) of problem b.
 import triton
 import triton.language as tl
 
+from ._common import relu
 from .gram import split_rows, store_partial
 
 
@@ -50,7 +51,7 @@ def apply_kernel(
         a = tl.load(A + b * stride_ab + rows[:, None] * stride_an + offs_r[None, :] * stride_ar, mask=mask, other=0.0)
         y = tl.dot(a.to(ACC), m, input_precision="ieee", out_dtype=ACC)
         if RELU:
-            y = tl.maximum(y, 0.0)
+            y = relu(y)
         tl.store(Y + b * stride_yb + rows[:, None] * stride_yn + offs_r[None, :] * stride_yr, y, mask=mask)
         if EMIT_GRAM:
             # Padding rows of A are zero, so their rows of y are zero too.

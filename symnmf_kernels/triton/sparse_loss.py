@@ -19,6 +19,7 @@ float64: ||X||^2 - 2 <S, U> + ||U^T U||^2 cancels near a good fit.
 import triton
 import triton.language as tl
 
+from ._common import row_tile
 from .gram import split_rows, store_partial
 
 
@@ -73,9 +74,8 @@ def sparse_reg_grad_kernel(
     stride_wb, stride_wn, stride_wr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
 ):
-    """W[b] = coef[b] (P[b] - S[b] - lam[b] U[b]) on row tile (b, i)."""
-    b = tl.program_id(0).to(tl.int64)
-    i = tl.program_id(1)
+    """W[b] = coef[b] (P[b] - S[b] - lam[b] U[b]) on row tile (b, i), grid (B * row tiles,)."""
+    b, i = row_tile(n, BLOCK_N)
     offs_r = tl.arange(0, BLOCK_R)
     rows = (i * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     mask = (rows[:, None] < n) & (offs_r[None, :] < r)
@@ -99,9 +99,8 @@ def sparse_loss_grad_kernel(
     stride_db, stride_dn, stride_dr,
     HAS_W: tl.constexpr, HAS_Y: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
 ):
-    """dU[b] = coef_s[b] S + coef_g[b] U G[b] - lam[b] W - Y on row tile (b, i); W, Y optional."""
-    b = tl.program_id(0).to(tl.int64)
-    i = tl.program_id(1)
+    """dU[b] = coef_s[b] S + coef_g[b] U G[b] - lam[b] W - Y on row tile (b, i), grid (B * row tiles,); W, Y optional."""
+    b, i = row_tile(n, BLOCK_N)
     offs_r = tl.arange(0, BLOCK_R)
     rows = (i * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     r_ok = offs_r < r

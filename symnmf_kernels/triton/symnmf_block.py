@@ -8,7 +8,8 @@ and writes ReLU(P[b] G^{-1}): the ideal 3 n r traffic in a single launch.
 import triton
 import triton.language as tl
 
-from .cholesky import spd_inverse_tile
+from ._common import relu
+from .spd_inverse import spd_inverse_tile
 
 
 @triton.jit
@@ -45,5 +46,5 @@ def symnmf_block_small_kernel(
         rows = (start + offs_n).to(tl.int64)
         mask = (rows[:, None] < n) & r_ok
         p = tl.load(P + b * stride_pb + rows[:, None] * stride_pn + offs_r[None, :] * stride_pr, mask=mask, other=0.0)
-        y = tl.maximum(tl.dot(p.to(ACC), inv, input_precision="ieee", out_dtype=ACC), 0.0)
+        y = relu(tl.dot(p.to(ACC), inv, input_precision="ieee", out_dtype=ACC))
         tl.store(Y + b * stride_yb + rows[:, None] * stride_yn + offs_r[None, :] * stride_yr, y, mask=mask)
