@@ -254,7 +254,7 @@ def measure_loss(X, Xt, r, args, bw, device):
 def header_lines(args, device, bw, stopped):
     status = importlib.import_module("symnmf_kernels.ops.spmm").extension_status()
     lines = [
-        "ours: sk.spmm (symnmf::spmm_csr, native %s kernel: %s); torch: torch.sparse.mm (%s); dense: X_dense @ U"
+        "ours: sk.spmm (symnmf_kernels::spmm_csr, native %s kernel: %s); torch: torch.sparse.mm (%s); dense: X_dense @ U"
         % (device.type, status[device.type], "cuSPARSE" if device.type == "cuda" else "torch's CPU kernel"),
         "times: median ms, %s; warmup %g ms, rep %g ms" % (
             "triton.testing.do_bench (CUDA events, L2 flushed before each run)" if device.type == "cuda"

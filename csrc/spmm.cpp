@@ -1,9 +1,9 @@
-// Schema of the symnmf operators. The kernels register themselves from cpu/ and cuda/;
+// Schema of the symnmf_kernels operators. The kernels register themselves from cpu/ and cuda/;
 // the fake (meta) kernel and the autograd formula are registered from Python, in the
 // module named below, which torch imports when it needs them.
 #include <torch/library.h>
 
-TORCH_LIBRARY(symnmf, m) {
+TORCH_LIBRARY(symnmf_kernels, m) {
   m.set_python_module("symnmf_kernels.ops.spmm");
   // out = X @ dense for the CSR matrix X = (crow_indices, col_indices, values) of shape
   // (crow_indices.numel() - 1, dense.size(-2)); dense is (n_cols, r) or a batch (B, n_cols, r). The optional t_* tensors are X^T in CSR form,

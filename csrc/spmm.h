@@ -1,4 +1,4 @@
-// Shared declarations of the symnmf::spmm_csr op: argument checks common to every backend.
+// Shared declarations of the symnmf_kernels::spmm_csr op: argument checks common to every backend.
 #pragma once
 
 #include <optional>

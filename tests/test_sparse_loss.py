@@ -239,10 +239,10 @@ def test_triton_passes_match_torch(monkeypatch, dtype, B, n, r):
 
 def test_opcheck_fused_ops():
     U, S, P, W, Y, G, lam, c1, c2 = _fused_inputs(2, 20, 4)
-    torch.library.opcheck(torch.ops.symnmf.sparse_loss_terms.default, (U, S, P, lam))
-    torch.library.opcheck(torch.ops.symnmf.sparse_loss_terms.default, (U, S, None, lam))
-    torch.library.opcheck(torch.ops.symnmf.sparse_reg_grad.default, (U, S, P, lam, c1))
-    torch.library.opcheck(torch.ops.symnmf.sparse_loss_grad.default, (U, S, G, W, Y, lam, c1, c2))
+    torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_terms.default, (U, S, P, lam))
+    torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_terms.default, (U, S, None, lam))
+    torch.library.opcheck(torch.ops.symnmf_kernels.sparse_reg_grad.default, (U, S, P, lam, c1))
+    torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_grad.default, (U, S, G, W, Y, lam, c1, c2))
 
 
 def test_torch_compile_layer_loss():

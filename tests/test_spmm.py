@@ -1,4 +1,4 @@
-"""sk.spmm and the symnmf::spmm_csr operator against torch.sparse.mm and a dense float64 product."""
+"""sk.spmm and the symnmf_kernels::spmm_csr operator against torch.sparse.mm and a dense float64 product."""
 import importlib
 import os
 import shutil
@@ -199,7 +199,7 @@ print("fallback ok")
 
 
 def test_fallback_when_the_extension_is_missing():
-    """Without the extension, symnmf::spmm_csr is defined in Python on torch.sparse.mm and warns once."""
+    """Without the extension, symnmf_kernels::spmm_csr is defined in Python on torch.sparse.mm and warns once."""
     env = dict(os.environ, SYMNMF_KERNELS_LIBRARY=os.path.join(ROOT, "no-such-library.so"))
     proc = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
@@ -268,9 +268,9 @@ def test_opcheck():
     T = X.transpose()
     for dense in (torch.rand(15, 4, dtype=torch.float64), torch.rand(2, 15, 3, dtype=torch.float64)):
         args = (X.crow_indices, X.col_indices, X.values, dense)
-        torch.library.opcheck(torch.ops.symnmf.spmm_csr.default, args)
+        torch.library.opcheck(torch.ops.symnmf_kernels.spmm_csr.default, args)
         grad_args = (*args[:3], dense.clone().requires_grad_(), T.crow_indices, T.col_indices, T.values)
-        torch.library.opcheck(torch.ops.symnmf.spmm_csr.default, grad_args)
+        torch.library.opcheck(torch.ops.symnmf_kernels.spmm_csr.default, grad_args)
 
 
 def test_torch_compile():
@@ -278,7 +278,7 @@ def test_torch_compile():
     X = as_csr(A, dtype=torch.float64)
 
     def f(crow, col, values, u):
-        return (torch.ops.symnmf.spmm_csr(crow, col, values, u) * u).sum()
+        return (torch.ops.symnmf_kernels.spmm_csr(crow, col, values, u) * u).sum()
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     U = torch.rand(21, 5, dtype=torch.float64, requires_grad=True)

@@ -89,4 +89,4 @@ at::Tensor spmm_csr_cpu(const at::Tensor& crow_indices, const at::Tensor& col_in
 }  // namespace
 }  // namespace symnmf
 
-TORCH_LIBRARY_IMPL(symnmf, CPU, m) { m.impl("spmm_csr", &symnmf::spmm_csr_cpu); }
+TORCH_LIBRARY_IMPL(symnmf_kernels, CPU, m) { m.impl("spmm_csr", &symnmf::spmm_csr_cpu); }

@@ -94,4 +94,4 @@ at::Tensor spmm_csr_cuda(const at::Tensor& crow_indices, const at::Tensor& col_i
 }  // namespace
 }  // namespace symnmf
 
-TORCH_LIBRARY_IMPL(symnmf, CUDA, m) { m.impl("spmm_csr", &symnmf::spmm_csr_cuda); }
+TORCH_LIBRARY_IMPL(symnmf_kernels, CUDA, m) { m.impl("spmm_csr", &symnmf::spmm_csr_cuda); }

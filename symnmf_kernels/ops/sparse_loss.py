@@ -41,7 +41,7 @@ def _vec(t, B):
     return t.reshape(-1).expand(B).contiguous()
 
 
-@torch.library.custom_op("symnmf::sparse_loss_terms", mutates_args=())
+@torch.library.custom_op("symnmf_kernels::sparse_loss_terms", mutates_args=())
 def sparse_loss_terms(U: torch.Tensor, S: torch.Tensor, P: Optional[torch.Tensor], lam: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reductions of the forward for U, S, P of shape (B, n, r) and lam (B,).
@@ -81,7 +81,7 @@ def _(U, S, P, lam):
     return U.new_empty((B, 3), dtype=torch.float64), U.new_empty((B, r, r))
 
 
-@torch.library.custom_op("symnmf::sparse_reg_grad", mutates_args=())
+@torch.library.custom_op("symnmf_kernels::sparse_reg_grad", mutates_args=())
 def sparse_reg_grad(U: torch.Tensor, S: torch.Tensor, P: torch.Tensor, lam: torch.Tensor, coef: torch.Tensor
                     ) -> torch.Tensor:
     """W = coef (P - S - lam U) for (B, n, r) tensors and (B,) lam, coef."""
@@ -105,7 +105,7 @@ def _(U, S, P, lam, coef):
     return torch.empty_like(U, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("symnmf::sparse_loss_grad", mutates_args=())
+@torch.library.custom_op("symnmf_kernels::sparse_loss_grad", mutates_args=())
 def sparse_loss_grad(U: torch.Tensor, S: torch.Tensor, G: torch.Tensor, W: Optional[torch.Tensor],
                      Y: Optional[torch.Tensor], lam: torch.Tensor, coef_s: torch.Tensor, coef_g: torch.Tensor
                      ) -> torch.Tensor:
@@ -146,8 +146,8 @@ def _times_x(crow, col, values, M, blockdiag):
     """X @ M[b] for every b of M (B, n, r): one shared X, or the b-th block of a block-diagonal X."""
     B, n, r = M.shape
     if blockdiag:
-        return torch.ops.symnmf.spmm_csr(crow, col, values, M.reshape(B * n, r)).reshape(B, n, r)
-    return torch.ops.symnmf.spmm_csr(crow, col, values, M)
+        return torch.ops.symnmf_kernels.spmm_csr(crow, col, values, M.reshape(B * n, r)).reshape(B, n, r)
+    return torch.ops.symnmf_kernels.spmm_csr(crow, col, values, M)
 
 
 class _SparseLayerLoss(torch.autograd.Function):

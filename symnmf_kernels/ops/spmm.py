@@ -1,6 +1,6 @@
 """spmm(X, U): a sparse X times a tall-skinny dense U, differentiable in U.
 
-The product is the custom operator symnmf::spmm_csr of the C++/CUDA extension
+The product is the custom operator symnmf_kernels::spmm_csr of the C++/CUDA extension
 symnmf_kernels._C (csrc/): an OpenMP row-parallel kernel on the CPU, a
 sub-warp-per-row kernel on CUDA. Its fake (shape) kernel and its autograd
 formula, dense.grad = X^T out.grad, are registered here, so the operator works
@@ -24,7 +24,7 @@ from ._common import FLOAT_DTYPES, warn_once
 
 __all__ = ["spmm", "spmm_csr", "extension_status"]
 
-OP = "symnmf::spmm_csr"
+OP = "symnmf_kernels::spmm_csr"
 SCHEMA = (
     "spmm_csr(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor dense, "
     "Tensor? t_crow_indices=None, Tensor? t_col_indices=None, Tensor? t_values=None) -> Tensor"
@@ -54,7 +54,7 @@ _fallback_lib = None  # keeps the Python registrations of the fallback alive
 
 
 def _has_op():
-    return hasattr(torch.ops.symnmf, "spmm_csr")
+    return hasattr(torch.ops.symnmf_kernels, "spmm_csr")
 
 
 def _has_native_kernel(dispatch_key):
@@ -72,7 +72,7 @@ def extension_status():
 
 def _spmm_csr_torch(crow_indices, col_indices, values, dense, t_crow_indices=None, t_col_indices=None,
                     t_values=None):
-    """symnmf::spmm_csr through torch.sparse.mm, for a device without a native kernel."""
+    """symnmf_kernels::spmm_csr through torch.sparse.mm, for a device without a native kernel."""
     why = _load_error or "the extension was built without CUDA"
     warn_once(("spmm-fallback", dense.device.type), f"{why}; sk.spmm on {dense.device.type} uses torch.sparse.mm")
     n_rows, n_cols = crow_indices.numel() - 1, dense.shape[-2]
@@ -92,11 +92,11 @@ def _spmm_csr_torch(crow_indices, col_indices, values, dense, t_crow_indices=Non
 def _register_fallbacks():
     global _fallback_lib
     if not _has_op():
-        _fallback_lib = torch.library.Library("symnmf", "FRAGMENT")
+        _fallback_lib = torch.library.Library("symnmf_kernels", "FRAGMENT")
         _fallback_lib.define(SCHEMA)
     missing = [key for key in ("CPU", "CUDA") if not torch._C._dispatch_has_kernel_for_dispatch_key(OP, key)]
     if missing:
-        _fallback_lib = _fallback_lib or torch.library.Library("symnmf", "IMPL")
+        _fallback_lib = _fallback_lib or torch.library.Library("symnmf_kernels", "IMPL")
         for key in missing:
             _fallback_lib.impl("spmm_csr", _spmm_csr_torch, key)
 
@@ -137,7 +137,7 @@ def spmm_csr(crow_indices, col_indices, values, dense, t_crow_indices=None, t_co
     dense is (n_cols, r) or (B, n_cols, r). The t_* tensors are X^T in CSR
     form for the backward; leaving them out declares X symmetric.
     """
-    return torch.ops.symnmf.spmm_csr(crow_indices, col_indices, values, dense, t_crow_indices, t_col_indices, t_values)
+    return torch.ops.symnmf_kernels.spmm_csr(crow_indices, col_indices, values, dense, t_crow_indices, t_col_indices, t_values)
 
 
 def _check_dense(U, name="U"):
