@@ -25,7 +25,7 @@ from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from symnmf_kernels.ops._common import block_n, block_r, inverse_warps, num_warps, tiles  # noqa: E402
+from symnmf_kernels.ops._common import block_n, block_r, get_dot_precision, inverse_warps, num_warps, tiles  # noqa: E402
 from symnmf_kernels.ops.hals import _block_sizes as hals_block_sizes  # noqa: E402
 from symnmf_kernels.triton import apply_relu, gram, hals, sparse_loss, spd_inverse, sym_loss, symnmf_block  # noqa: E402
 
@@ -119,7 +119,24 @@ def constexprs(fn, dtype, r, flags):
         values["BLOCK_N"] = BN
     if "ACC" in names:
         values["ACC"] = tl.float64 if dtype == "fp64" else tl.float32
+    if "PRECISION" in names:
+        values["PRECISION"] = "ieee" if dtype == "fp64" else PRECISION[0]
     return values
+
+
+# The float32 dot precision compiled (ops._common.get_dot_precision() unless --precision says otherwise).
+PRECISION = [get_dot_precision()]
+
+
+def tensor_core_ops(cubin):
+    """The tensor-core instructions in the cubin's SASS: "HGMMA" (wgmma), "HMMA" (mma) or "none"."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
+    found = [op for op in ("HGMMA", "HMMA", "DMMA") if re.search(r"\b" + op + r"\.", sass)]
+    return "+".join(found) if found else "none"
 
 
 def resources(cubin):
@@ -137,7 +154,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="r = 64 float32 only (every flag combination)")
     parser.add_argument("--out", help="also write the table to this folder as compile-sm90-<date>.md")
+    parser.add_argument("--precision", choices=["ieee", "tf32x3", "tf32"], default=get_dot_precision(),
+                        help="input_precision of the float32 n-length dots (default: the library's CUDA default)")
     args = parser.parse_args(argv)
+    PRECISION[0] = args.precision
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter replaces the compiler this script runs")
     rows, failures = [], 0
@@ -147,17 +167,20 @@ def main(argv=None):
         try:
             src = ASTSource(fn=fn, signature=signature(fn, dtype), constexprs=constexprs(fn, dtype, r, flags))
             compiled = triton.compile(src, target=TARGET, options={"num_warps": warps})
-            rows.append((name, dtype, r, warps, *resources(compiled.asm["cubin"]), "ok"))
+            cubin = compiled.asm["cubin"]
+            rows.append((name, dtype, r, warps, *resources(cubin), tensor_core_ops(cubin), "ok"))
         except Exception as exc:  # report every failure, not only the first
             failures += 1
             message = " ".join(str(exc).split())[-160:]
-            rows.append((name, dtype, r, warps, -1, -1, -1, -1, "FAILED: " + message))
-    header = ["kernel", "dtype", "r", "warps", "registers", "stack bytes", "local bytes", "shared bytes", "compile"]
+            rows.append((name, dtype, r, warps, -1, -1, -1, -1, "-", "FAILED: " + message))
+    header = ["kernel", "dtype", "r", "warps", "registers", "stack bytes", "local bytes", "shared bytes",
+              "tensor cores", "compile"]
     lines = [
         f"# Triton kernels compiled for sm_90 (no GPU needed), {datetime.date.today()}",
         "",
-        f"triton {triton.__version__}; resources from cuobjdump --dump-resource-usage; stack or local bytes"
-        " well above zero mean registers spilled to memory.",
+        f"triton {triton.__version__}; float32 n-length dots with input_precision={args.precision!r}; resources"
+        " from cuobjdump --dump-resource-usage; stack or local bytes well above zero mean registers spilled to"
+        " memory; tensor cores: the matrix instructions in the SASS (HGMMA = wgmma, HMMA = mma).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join(" --- " for _ in header) + "|",

@@ -45,6 +45,38 @@ def use_triton(t, r=None):
     return True
 
 
+# input_precision of the float32 tl.dot over n-length data (Gram, apply, backward, sparse terms):
+# "tf32x3" runs on tensor cores at close to float32 accuracy, "ieee" is plain FMA, "tf32" is
+# fastest and coarsest (10-bit mantissa). float64, the interpreter and the r x r solve use "ieee".
+DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
+_dot_precision = ["tf32x3"]
+
+
+def set_dot_precision(precision):
+    """Set the default float32 dot precision of the Triton kernels on CUDA; returns the previous one."""
+    check_precision(precision)
+    previous = _dot_precision[0]
+    _dot_precision[0] = precision
+    return previous
+
+
+def get_dot_precision():
+    return _dot_precision[0]
+
+
+def check_precision(precision, name="precision"):
+    if precision is not None and precision not in DOT_PRECISIONS:
+        raise ValueError(f"{name} must be one of {DOT_PRECISIONS} or None (the default), got {precision!r}")
+
+
+def dot_precision(t, precision=None):
+    """The input_precision of the n-length dots for tensor t: the requested or default one on CUDA
+    in float32, "ieee" for float64 and under the interpreter (which computes in full precision anyway)."""
+    if t.dtype != torch.float32 or not t.is_cuda:
+        return "ieee"
+    return precision or _dot_precision[0]
+
+
 def block_r(r):
     """Padded width of an r-wide tile: a power of two, at least 16 for tl.dot."""
     return max(16, 1 << (r - 1).bit_length())

@@ -11,7 +11,7 @@ from ..triton.symnmf_block import symnmf_block_small_kernel
 from ..triton.spd_inverse import spd_inverse_kernel
 from ..triton.gram import gram_finalize_kernel, gram_partials_kernel
 from ..triton.sym_loss import sym_loss_partials_kernel
-from ._common import acc_dtype, block_r, inverse_warps, num_warps, split_rows, tiles, triton_cdiv
+from ._common import acc_dtype, block_r, dot_precision, inverse_warps, num_warps, split_rows, tiles, triton_cdiv
 
 
 # Up to this many rows a problem is one program of the fused small-block kernel;
@@ -40,7 +40,7 @@ def reduce_partials(partials, lam, r, out_dtype):
     return G
 
 
-def gram(U, lam, deterministic=True):
+def gram(U, lam, deterministic=True, precision=None):
     """U^T U + lam I; lam is a (B,) tensor."""
     B, n, r, BR, BN, warps, rows_per_split, splits = _geometry(U, "gram")
     if deterministic:
@@ -49,7 +49,8 @@ def gram(U, lam, deterministic=True):
         partials = torch.zeros((B, 1, BR, BR), dtype=_partials(U, 0, 0, BR).dtype, device=U.device)
     gram_partials_kernel[(B, splits)](
         U, partials, n, r, rows_per_split, *U.stride(),
-        ATOMIC=not deterministic, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(partials.dtype), num_warps=warps,
+        ATOMIC=not deterministic, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(partials.dtype),
+        PRECISION=dot_precision(U, precision), num_warps=warps,
     )
     return reduce_partials(partials, lam, r, U.dtype)
 
@@ -67,38 +68,40 @@ def spd_inverse(G):
     return out, info
 
 
-def symnmf_block(U, P, lam):
+def symnmf_block(U, P, lam, precision=None):
     """(ReLU(P (U^T U + lam I)^{-1}), (U^T U + lam I)^{-1}, info); lam is a (B,) tensor."""
     B, m, r = U.shape
     n = P.shape[1]
     if max(m, n) > SMALL_N:
-        G = gram(U, lam)
+        G = gram(U, lam, precision=precision)
         Ginv, info = spd_inverse(G)
-        return apply(P, Ginv, relu=True), Ginv, info
+        return apply(P, Ginv, relu=True, precision=precision), Ginv, info
     Y = torch.empty((B, n, r), dtype=P.dtype, device=P.device)
     Ginv = torch.empty((B, r, r), dtype=P.dtype, device=P.device)
     info = torch.empty((B,), dtype=torch.int32, device=P.device)
     BN, warps = tiles("block_small", r, P.device)
     symnmf_block_small_kernel[(B,)](
         U, P, lam, Y, Ginv, info, m, n, r, *U.stride(), *P.stride(), *Y.stride(), *Ginv.stride(),
-        BLOCK_N=BN, BLOCK_R=block_r(r), ACC=acc_dtype(P.dtype), num_warps=warps,
+        BLOCK_N=BN, BLOCK_R=block_r(r), ACC=acc_dtype(P.dtype), PRECISION=dot_precision(P, precision),
+        num_warps=warps,
     )
     return Y, Ginv, info
 
 
-def apply(A, M, relu, emit_gram=False):
+def apply(A, M, relu, emit_gram=False, precision=None):
     """[ReLU](A @ M), and with emit_gram the Gram partials of the result."""
     B, n, r, BR, BN, warps, rows_per_split, splits = _geometry(A, "apply")
     Y = torch.empty((B, n, r), dtype=A.dtype, device=A.device)
     partials = _partials(A, B, splits, BR) if emit_gram else Y  # Y stands in for an unused pointer
     apply_kernel[(B, splits)](
         A, M, Y, partials, n, r, rows_per_split, *A.stride(), *M.stride(), *Y.stride(),
-        RELU=relu, EMIT_GRAM=emit_gram, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(A.dtype), num_warps=warps,
+        RELU=relu, EMIT_GRAM=emit_gram, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(A.dtype),
+        PRECISION=dot_precision(A, precision), num_warps=warps,
     )
     return (Y, partials) if emit_gram else Y
 
 
-def apply_backward(grad, Y, A, M, H=None, relu=True):
+def apply_backward(grad, Y, A, M, H=None, relu=True, precision=None):
     """Backward of Y = [ReLU](A @ M): (dA, dM) with dM of shape (B, r, r).
 
     H, when given, adds Y @ H to grad first (the gradient through Y^T Y).
@@ -111,13 +114,14 @@ def apply_backward(grad, Y, A, M, H=None, relu=True):
     apply_backward_kernel[(B, splits)](
         grad, Y, A, Mt, H_arg, dA, partials, n, r, rows_per_split,
         *grad.stride(), *Y.stride(), *A.stride(), *Mt.stride(), *H_arg.stride(), *dA.stride(),
-        HAS_H=H is not None, RELU=relu, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(A.dtype), num_warps=warps,
+        HAS_H=H is not None, RELU=relu, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(A.dtype),
+        PRECISION=dot_precision(A, precision), num_warps=warps,
     )
     zero_lam = torch.zeros((B,), dtype=partials.dtype, device=A.device)
     return dA, reduce_partials(partials, zero_lam, r, A.dtype)
 
 
-def sym_loss(X, U):
+def sym_loss(X, U, precision=None):
     """||X[b] - U[b] U[b]^T||_F^2 for each b: (B,)."""
     B, n, r = U.shape
     BR = block_r(r)
@@ -127,6 +131,6 @@ def sym_loss(X, U):
     partials = torch.empty((B, n_tiles, n_tiles), dtype=dtype, device=U.device)
     sym_loss_partials_kernel[(B, n_tiles, n_tiles)](
         X, U, partials, n, r, *X.stride(), *U.stride(),
-        BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(dtype), num_warps=warps,
+        BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(dtype), PRECISION=dot_precision(U, precision), num_warps=warps,
     )
     return partials.sum((1, 2)).to(U.dtype)

@@ -38,6 +38,7 @@ def apply_kernel(
     stride_yb, stride_yn, stride_yr,
     RELU: tl.constexpr, EMIT_GRAM: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+    PRECISION: tl.constexpr = "ieee",
 ):
     b, s, num_splits, row_start, row_end = split_rows(n, rows_per_split)
     offs_r = tl.arange(0, BLOCK_R)
@@ -49,13 +50,13 @@ def apply_kernel(
         rows = (start + offs_n).to(tl.int64)
         mask = (rows[:, None] < row_end) & (offs_r[None, :] < r)
         a = tl.load(A + b * stride_ab + rows[:, None] * stride_an + offs_r[None, :] * stride_ar, mask=mask, other=0.0)
-        y = tl.dot(a.to(ACC), m, input_precision="ieee", out_dtype=ACC)
+        y = tl.dot(a.to(ACC), m, input_precision=PRECISION, out_dtype=ACC)
         if RELU:
             y = relu(y)
         tl.store(Y + b * stride_yb + rows[:, None] * stride_yn + offs_r[None, :] * stride_yr, y, mask=mask)
         if EMIT_GRAM:
             # Padding rows of A are zero, so their rows of y are zero too.
-            acc += tl.dot(tl.trans(y), y, input_precision="ieee", out_dtype=ACC)
+            acc += tl.dot(tl.trans(y), y, input_precision=PRECISION, out_dtype=ACC)
     if EMIT_GRAM:
         store_partial(partials, acc, b, s, num_splits, BLOCK_R)
 
@@ -71,6 +72,7 @@ def apply_backward_kernel(
     stride_db, stride_dn, stride_dr,
     HAS_H: tl.constexpr, RELU: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+    PRECISION: tl.constexpr = "ieee",
 ):
     b, s, num_splits, row_start, row_end = split_rows(n, rows_per_split)
     offs_r = tl.arange(0, BLOCK_R)
@@ -89,11 +91,11 @@ def apply_backward_kernel(
             y = tl.load(Y + b * stride_yb + rows[:, None] * stride_yn + offs_r[None, :] * stride_yr, mask=mask, other=0.0)
             y = y.to(ACC)
         if HAS_H:
-            g += tl.dot(y, h, input_precision="ieee", out_dtype=ACC)
+            g += tl.dot(y, h, input_precision=PRECISION, out_dtype=ACC)
         if RELU:
             g = tl.where(y > 0.0, g, 0.0)
-        da = tl.dot(g, m, input_precision="ieee", out_dtype=ACC)
+        da = tl.dot(g, m, input_precision=PRECISION, out_dtype=ACC)
         tl.store(dA + b * stride_db + rows[:, None] * stride_dn + offs_r[None, :] * stride_dr, da, mask=mask)
         a = tl.load(A + b * stride_ab + rows[:, None] * stride_an + offs_r[None, :] * stride_ar, mask=mask, other=0.0)
-        acc += tl.dot(tl.trans(a.to(ACC)), g, input_precision="ieee", out_dtype=ACC)
+        acc += tl.dot(tl.trans(a.to(ACC)), g, input_precision=PRECISION, out_dtype=ACC)
     store_partial(partials, acc, b, s, num_splits, BLOCK_R)

@@ -33,6 +33,7 @@ def gram_partials_kernel(
     U, partials, n, r, rows_per_split,
     stride_ub, stride_un, stride_ur,
     ATOMIC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+    PRECISION: tl.constexpr = "ieee",
 ):
     b, s, num_splits, row_start, row_end = split_rows(n, rows_per_split)
     offs_r = tl.arange(0, BLOCK_R)
@@ -44,8 +45,9 @@ def gram_partials_kernel(
         mask = (rows[:, None] < row_end) & (offs_r[None, :] < r)
         u = tl.load(U_b + rows[:, None].to(tl.int64) * stride_un + offs_r[None, :] * stride_ur, mask=mask, other=0.0)
         u = u.to(ACC)
-        # ieee: the Gram feeds a Cholesky, where tf32's 10-bit mantissa is not enough.
-        acc += tl.dot(tl.trans(u), u, input_precision="ieee", out_dtype=ACC)
+        # The Gram feeds a Cholesky: plain tf32's 10-bit mantissa is not enough there, tf32x3 (three
+        # tensor-core products of split operands) and ieee (FMA) keep float32 accuracy.
+        acc += tl.dot(tl.trans(u), u, input_precision=PRECISION, out_dtype=ACC)
     if ATOMIC:
         tl.atomic_add(partials + b * BLOCK_R * BLOCK_R + offs_r[:, None] * BLOCK_R + offs_r[None, :], acc)
     else:

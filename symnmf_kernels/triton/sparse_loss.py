@@ -30,6 +30,7 @@ def sparse_loss_terms_kernel(
     stride_sb, stride_sn, stride_sr,
     stride_pb, stride_pn, stride_pr,
     HAS_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+    PRECISION: tl.constexpr = "ieee",
 ):
     """Program (b, s) reduces rows [s * rows_per_split, (s + 1) * rows_per_split) of problem b.
 
@@ -52,7 +53,7 @@ def sparse_loss_terms_kernel(
         u = u.to(ACC)
         x = x.to(ACC)
         su += tl.sum(u * x, axis=0).to(tl.float64)
-        g += tl.dot(tl.trans(u), u, input_precision="ieee", out_dtype=ACC)
+        g += tl.dot(tl.trans(u), u, input_precision=PRECISION, out_dtype=ACC)
         if HAS_P:
             p = tl.load(P + b * stride_pb + rows[:, None] * stride_pn + offs_r[None, :] * stride_pr, mask=mask, other=0.0)
             res = p.to(ACC) - x - lam_b * u
@@ -98,6 +99,7 @@ def sparse_loss_grad_kernel(
     stride_yb, stride_yn, stride_yr,
     stride_db, stride_dn, stride_dr,
     HAS_W: tl.constexpr, HAS_Y: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+    PRECISION: tl.constexpr = "ieee",
 ):
     """dU[b] = coef_s[b] S + coef_g[b] U G[b] - lam[b] W - Y on row tile (b, i), grid (B * row tiles,); W, Y optional."""
     b, i = row_tile(n, BLOCK_N)
@@ -113,7 +115,7 @@ def sparse_loss_grad_kernel(
     )
     cs = tl.load(coef_s + b).to(ACC)
     cg = tl.load(coef_g + b).to(ACC)
-    ug = tl.dot(u.to(ACC), g.to(ACC), input_precision="ieee", out_dtype=ACC)
+    ug = tl.dot(u.to(ACC), g.to(ACC), input_precision=PRECISION, out_dtype=ACC)
     d = cs * x.to(ACC) + cg * ug
     if HAS_W:
         w = tl.load(W + b * stride_wb + rows[:, None] * stride_wn + offs_r[None, :] * stride_wr, mask=mask, other=0.0)

@@ -16,6 +16,7 @@ def sym_loss_partials_kernel(
     stride_xb, stride_xi, stride_xj,
     stride_ub, stride_un, stride_ur,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+    PRECISION: tl.constexpr = "ieee",
 ):
     b = tl.program_id(0).to(tl.int64)
     i = tl.program_id(1)
@@ -27,7 +28,7 @@ def sym_loss_partials_kernel(
     r_ok = offs_r[None, :] < r
     u_i = tl.load(U_b + rows[:, None] * stride_un + offs_r[None, :] * stride_ur, mask=(rows[:, None] < n) & r_ok, other=0.0)
     u_j = tl.load(U_b + cols[:, None] * stride_un + offs_r[None, :] * stride_ur, mask=(cols[:, None] < n) & r_ok, other=0.0)
-    uu = tl.dot(u_i.to(ACC), tl.trans(u_j.to(ACC)), input_precision="ieee", out_dtype=ACC)
+    uu = tl.dot(u_i.to(ACC), tl.trans(u_j.to(ACC)), input_precision=PRECISION, out_dtype=ACC)
     x_mask = (rows[:, None] < n) & (cols[None, :] < n)
     x = tl.load(X + b * stride_xb + rows[:, None] * stride_xi + cols[None, :] * stride_xj, mask=x_mask, other=0.0)
     res = x.to(ACC) - uu

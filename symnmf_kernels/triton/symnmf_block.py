@@ -20,6 +20,7 @@ def symnmf_block_small_kernel(
     stride_yb, stride_yn, stride_yr,
     stride_gb, stride_gr, stride_gc,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+    PRECISION: tl.constexpr = "ieee",
 ):
     b = tl.program_id(0).to(tl.int64)
     offs_r = tl.arange(0, BLOCK_R)
@@ -32,7 +33,7 @@ def symnmf_block_small_kernel(
         mask = (rows[:, None] < m) & r_ok
         u = tl.load(U + b * stride_ub + rows[:, None] * stride_un + offs_r[None, :] * stride_ur, mask=mask, other=0.0)
         u = u.to(ACC)
-        G += tl.dot(tl.trans(u), u, input_precision="ieee", out_dtype=ACC)
+        G += tl.dot(tl.trans(u), u, input_precision=PRECISION, out_dtype=ACC)
     diagonal = offs_r[:, None] == offs_r[None, :]
     lam_b = tl.load(lam + b).to(ACC)
     G = tl.where(diagonal, G + tl.where(offs_r[:, None] < r, lam_b, 1.0), G)
@@ -46,5 +47,5 @@ def symnmf_block_small_kernel(
         rows = (start + offs_n).to(tl.int64)
         mask = (rows[:, None] < n) & r_ok
         p = tl.load(P + b * stride_pb + rows[:, None] * stride_pn + offs_r[None, :] * stride_pr, mask=mask, other=0.0)
-        y = relu(tl.dot(p.to(ACC), inv, input_precision="ieee", out_dtype=ACC))
+        y = relu(tl.dot(p.to(ACC), inv, input_precision=PRECISION, out_dtype=ACC))
         tl.store(Y + b * stride_yb + rows[:, None] * stride_yn + offs_r[None, :] * stride_yr, y, mask=mask)
