@@ -10,6 +10,9 @@ scipy.sparse matrix or a CSR into a CSR; for a torch tensor the result is
 cached on the tensor, so repeated calls with the same X share that work.
 `block_diag(mats)` stacks B graphs into one block-diagonal CSR, the layout of
 a batch of graphs of the same size.
+
+This module imports no op; `X @ U` on a CSR is attached by
+symnmf_kernels.ops.spmm (it is `sk.spmm(X, U)`).
 """
 import warnings
 
@@ -169,11 +172,6 @@ class CSR:
 
     def __repr__(self):
         return f"CSR(shape={self.shape}, nnz={self.nnz}, dtype={self.dtype}, device={self.device})"
-
-    def __matmul__(self, U):
-        from .ops.spmm import spmm
-
-        return spmm(self, U)
 
     # ---- checks and cached derived data -------------------------------------------------------------------------
 

@@ -169,14 +169,14 @@ def test_matches_reference_module():
 
 
 def test_fallback_matches_native():
-    from symnmf_kernels.ops import _common
+    from symnmf_kernels import _extension
 
     X = as_csr(random_graph(45, seed=10), dtype=torch.float64)
     for U in (torch.randn(45, 6, dtype=torch.float64), torch.randn(3, 45, 6, dtype=torch.float64)):
         native = spmm_mod.spmm_csr(X.crow_indices, X.col_indices, X.values, U)
-        _common._warned.discard(("spmm-fallback", "cpu"))
+        _extension._warned.discard("cpu")
         with pytest.warns(UserWarning, match="torch.sparse.mm"):
-            fallback = spmm_mod._spmm_csr_torch(X.crow_indices, X.col_indices, X.values, U)
+            fallback = _extension.spmm_csr_torch(X.crow_indices, X.col_indices, X.values, U)
         assert rel_err(fallback, native) < 1e-12
 
 
@@ -486,3 +486,24 @@ def test_bench_spmm_smoke(tmp_path):
         cells = [c.strip() for c in line.strip("|").split("|")]
         ours_ms, torch_ms, err = float(cells[5]), float(cells[6]), float(cells[14])
         assert ours_ms > 0 and torch_ms > 0 and err < 1e-4, line
+
+
+# ---- layering ---------------------------------------------------------------------------------------------------
+
+
+def test_csr_matmul_is_spmm():
+    A = random_graph(20, seed=21)
+    X = as_csr(A, dtype=torch.float64)
+    U = torch.rand(20, 3, dtype=torch.float64)
+    assert torch.equal(X @ U, sk.spmm(X, U))
+
+
+def test_the_container_imports_no_op():
+    """symnmf_kernels.sparse knows nothing of the ops (ops.spmm attaches CSR's `@`): no import circle."""
+    import ast
+
+    for module in ("sparse.py", "_extension.py"):
+        tree = ast.parse(open(os.path.join(ROOT, "symnmf_kernels", module)).read())
+        imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        assert not [m for m in imported if m.startswith(("ops", ".ops", "symnmf_kernels.ops"))], (module, imported)

@@ -1,107 +1,26 @@
 """spmm(X, U): a sparse X times a tall-skinny dense U, differentiable in U.
 
-The product is the custom operator symnmf_kernels::spmm_csr of the C++/CUDA extension
-symnmf_kernels._C (csrc/): an OpenMP row-parallel kernel on the CPU, a
-sub-warp-per-row kernel on CUDA. Its fake (shape) kernel and its autograd
-formula, dense.grad = X^T out.grad, are registered here, so the operator works
-under torch.compile and torch.library.opcheck. Where the extension has no
-kernel for a device (not built, or built without CUDA) the same operator runs
-torch.sparse.mm instead and says so once.
+The product is the custom operator symnmf_kernels::spmm_csr of the C++/CUDA
+extension symnmf_kernels._C (csrc/): an OpenMP row-parallel kernel on the CPU,
+a sub-warp-per-row kernel on CUDA. symnmf_kernels._extension loads the library
+and fills the devices it has no kernel for with torch.sparse.mm. Here the op
+gets its fake (shape) kernel and its autograd formula, dense.grad = X^T
+out.grad, so it works under torch.compile and torch.library.opcheck, and
+symnmf_kernels.sparse.CSR gets its `@`.
 
 The backward needs X^T: a symmetric X (a similarity graph) is its own
 transpose; any other X has its transpose computed once and cached with X
 (symnmf_kernels.sparse.CSR).
 """
-import importlib.util
 import math
-import os
-import warnings
 
 import torch
 
-from ..sparse import as_csr
-from ._common import FLOAT_DTYPES, warn_once
+from .._extension import OP, extension_status
+from ..sparse import CSR, as_csr
+from ._common import FLOAT_DTYPES
 
 __all__ = ["spmm", "spmm_csr", "extension_status"]
-
-OP = "symnmf_kernels::spmm_csr"
-SCHEMA = (
-    "spmm_csr(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor dense, "
-    "Tensor? t_crow_indices=None, Tensor? t_col_indices=None, Tensor? t_values=None) -> Tensor"
-)
-
-
-def _load_extension():
-    """Load symnmf_kernels._C (or the library named by SYMNMF_KERNELS_LIBRARY); the error, or None."""
-    path = os.environ.get("SYMNMF_KERNELS_LIBRARY")
-    if not path:
-        try:
-            spec = importlib.util.find_spec("symnmf_kernels._C")
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None or spec.origin is None:
-            return "symnmf_kernels._C is not built (reinstall with `pip install --no-build-isolation -e .`)"
-        path = spec.origin
-    try:
-        torch.ops.load_library(path)
-    except (OSError, RuntimeError) as e:
-        return f"symnmf_kernels._C failed to load from {path}: {e}"
-    return None
-
-
-_load_error = _load_extension()
-_fallback_lib = None  # keeps the Python registrations of the fallback alive
-
-
-def _has_op():
-    return hasattr(torch.ops.symnmf_kernels, "spmm_csr")
-
-
-def _has_native_kernel(dispatch_key):
-    return _load_error is None and _has_op() and torch._C._dispatch_has_kernel_for_dispatch_key(OP, dispatch_key)
-
-
-# Taken before the fallbacks below fill the gaps.
-_native = {"cpu": _has_native_kernel("CPU"), "cuda": _has_native_kernel("CUDA")}
-
-
-def extension_status():
-    """{'cpu': bool, 'cuda': bool, 'error': str or None}: which native SpMM kernels are available."""
-    return {**_native, "error": _load_error}
-
-
-def _spmm_csr_torch(crow_indices, col_indices, values, dense, t_crow_indices=None, t_col_indices=None,
-                    t_values=None):
-    """symnmf_kernels::spmm_csr through torch.sparse.mm, for a device without a native kernel."""
-    why = _load_error or "the extension was built without CUDA"
-    warn_once(("spmm-fallback", dense.device.type), f"{why}; sk.spmm on {dense.device.type} uses torch.sparse.mm")
-    n_rows, n_cols = crow_indices.numel() - 1, dense.shape[-2]
-    with warnings.catch_warnings():  # torch's "sparse CSR is beta" notice
-        warnings.simplefilter("ignore", UserWarning)
-        X = torch.sparse_csr_tensor(
-            crow_indices.to(torch.int64), col_indices.to(torch.int64), values, size=(n_rows, n_cols),
-            check_invariants=False,
-        )
-    if dense.dim() == 2:
-        return torch.sparse.mm(X, dense)
-    B, _, r = dense.shape
-    flat = dense.transpose(0, 1).reshape(n_cols, B * r)
-    return torch.sparse.mm(X, flat).reshape(n_rows, B, r).transpose(0, 1).contiguous()
-
-
-def _register_fallbacks():
-    global _fallback_lib
-    if not _has_op():
-        _fallback_lib = torch.library.Library("symnmf_kernels", "FRAGMENT")
-        _fallback_lib.define(SCHEMA)
-    missing = [key for key in ("CPU", "CUDA") if not torch._C._dispatch_has_kernel_for_dispatch_key(OP, key)]
-    if missing:
-        _fallback_lib = _fallback_lib or torch.library.Library("symnmf_kernels", "IMPL")
-        for key in missing:
-            _fallback_lib.impl("spmm_csr", _spmm_csr_torch, key)
-
-
-_register_fallbacks()
 
 
 @torch.library.register_fake(OP)
@@ -235,3 +154,11 @@ def spmm(X, U, symmetric=None):
     D, out_shape, _ = layout(A, U)
     return spmm_csr(A.crow_indices, A.col_indices, A.values, D, *t).reshape(out_shape)
 
+
+def _csr_matmul(self, U):
+    """X @ U for a CSR X: `spmm(X, U)`."""
+    return spmm(self, U)
+
+
+# The container knows nothing of the ops that use it: the op attaches itself.
+CSR.__matmul__ = _csr_matmul
