@@ -5,7 +5,7 @@ import torch
 import symnmf_kernels as sk
 from symnmf_kernels import reference
 from symnmf_kernels.ops.apply_relu import apply_relu_backward, apply_relu_gram_op, apply_relu_op
-from symnmf_kernels.ops.block import symnmf_block_backward, symnmf_block_op
+from symnmf_kernels.ops.symnmf_block import symnmf_block_backward, symnmf_block_op
 from symnmf_kernels.ops.gram import gram_op, mm_small
 from symnmf_kernels.ops.spd_inverse import spd_inverse_op
 from symnmf_kernels.ops.sym_loss import sym_loss_dense

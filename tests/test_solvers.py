@@ -3,7 +3,7 @@
 These tests check the algorithms, so the symnmf_kernels ops run their torch
 path here even under TRITON_INTERPRET=1 (the interpreter would take seconds
 per op); the kernels themselves are checked against the torch path in their
-own tests, and test_hals_kernel.py runs SymHALS end to end through the
+own tests, and test_hals.py runs SymHALS end to end through the
 Triton sweep.
 """
 import numpy as np

@@ -1,6 +1,6 @@
 """Public ops: autograd-aware, registered as torch.library custom ops, dispatching by device."""
 from .apply_relu import apply_relu, apply_relu_gram
-from .block import symnmf_block, symnmf_block_from_gram
+from .symnmf_block import symnmf_block, symnmf_block_from_gram
 from .gram import gram
 from .spd_inverse import spd_inverse
 from .spmm import spmm
