@@ -4,7 +4,7 @@ import pytest
 import scipy.optimize
 import torch
 
-from symnmf_kernels.ops.nnls import nnls_gram
+from symnmf.solvers.nnls import nnls_gram
 
 
 def rel(a, b):

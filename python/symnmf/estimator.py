@@ -379,7 +379,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
 
 def _nnls_rows(U, C):
     """argmin_{h >= 0} h^T (U^T U) h - 2 c^T h for every row c of C."""
-    from symnmf_kernels.ops.nnls import nnls_gram
+    from symnmf.solvers.nnls import nnls_gram
 
     B = U.mT @ U
     r = B.shape[-1]

@@ -7,13 +7,13 @@ alternating non-negative least squares:
        = NNLS with Gram B = V^T V + lam I and right-hand sides C = X V + lam V,
 
 then V likewise. Each row of W is an independent NNLS sharing B, solved for all
-rows at once by block principal pivoting (`symnmf_kernels.ops.nnls.nnls_gram`),
+rows at once by block principal pivoting (`symnmf.solvers.nnls.nnls_gram`),
 warm-started from the previous factor's passive sets.
 
 Returned factor: the final W. The stopping rule uses the projected gradient of
 the penalised objective in (W, V); the history's objective is ||X - W W^T||^2.
 """
-from symnmf_kernels.ops.nnls import nnls_gram
+from .nnls import nnls_gram
 
 from .base import default_check_every
 from .penalised import alternate
