@@ -1,5 +1,11 @@
 """Plain-torch implementation of every op: the oracle for every kernel test.
 
+One function per public op of symnmf_kernels.ops, under the same name and
+with the same arguments (the tuning arguments of an op, such as gram's
+`deterministic` or hals_sweep's `backend`, excepted), written the obvious way:
+no fusion, no custom op, no kernel. tests/test_layout.py checks that every
+name in symnmf_kernels.ops.__all__ has its twin here.
+
 Shapes follow the public API: leading dimensions are independent problems.
 U and P are (..., n, r), G and Ginv are (..., r, r), dense X is (..., n, n).
 lam is a float or a tensor broadcastable to the batch shape (...).
@@ -9,7 +15,21 @@ that matrix's inverse instead of raising.
 """
 import torch
 
-__all__ = ["gram", "spd_inverse", "apply_relu", "symnmf_block", "spmm", "sym_loss", "block_backward"]
+__all__ = [
+    "gram",
+    "spd_inverse",
+    "apply_relu",
+    "apply_relu_gram",
+    "symnmf_block",
+    "symnmf_block_from_gram",
+    "block_backward",
+    "spmm",
+    "sym_loss",
+    "sparse_sym_loss",
+    "sparse_layer_loss",
+    "hals_sweep",
+    "hals_sweep_",
+]
 
 
 def _lam_matrix(lam, like):
@@ -42,13 +62,25 @@ def apply_relu(P, Ginv):
     return torch.relu(P @ Ginv)
 
 
+def apply_relu_gram(P, Ginv):
+    """(Y, Y^T Y) with Y = ReLU(P @ Ginv)."""
+    Y = apply_relu(P, Ginv)
+    return Y, Y.mT @ Y
+
+
 def symnmf_block(U, P, lam):
     """One SymNMF-Net block: ReLU(P (U^T U + lam I)^{-1})."""
     return apply_relu(P, spd_inverse(gram(U, lam)))
 
 
+def symnmf_block_from_gram(UtU, P, lam):
+    """One block from the Gram U^T U of its input: (Y, Y^T Y), Y = ReLU(P (U^T U + lam I)^{-1})."""
+    eye = torch.eye(P.shape[-1], dtype=P.dtype, device=P.device)
+    return apply_relu_gram(P, spd_inverse(UtU + _lam_matrix(lam, P) * eye))
+
+
 def block_backward(grad_out, U, P, Ginv, U_out):
-    """Gradients of one block (DESIGN.md section 1), for checking the fused backward.
+    """Gradients of one block (docs/design.md, "The block and its backward"), for checking the fused backward.
 
     Returns (dU, dP, dG), dG the gradient of G = U^T U + lam I; that of lam is
     trace(dG) per problem.
@@ -79,3 +111,56 @@ def sym_loss(X, U):
         return values.pow(2).sum() - 2 * (XU * U).sum((-2, -1)) + G.pow(2).sum((-2, -1))
     R = X - U @ U.mT
     return R.pow(2).sum((-2, -1))
+
+
+def _dense(X):
+    """X as a dense tensor: a torch sparse tensor is densified, a dense one returned as is."""
+    return X.to_dense() if X.layout != torch.strided else X
+
+
+def sparse_sym_loss(X, U):
+    """||X - U U^T||_F^2 per problem (shape U.shape[:-2]) for a sparse or dense X (n, n) shared by every problem.
+
+    The residual is formed densely: this is the oracle of the op's expansion
+    ||X||^2 - 2 <X U, U> + ||U^T U||^2, not a copy of it.
+    """
+    R = _dense(X) - U @ U.mT
+    return R.pow(2).sum((-2, -1))
+
+
+def sparse_layer_loss(X, U, P=None, lam=0.0):
+    """(||X - U U^T||_F^2, ||P - (X U + lam U)||_F^2) per problem; the second is None without P."""
+    Xd = _dense(X)
+    loss = (Xd - U @ U.mT).pow(2).sum((-2, -1))
+    if P is None:
+        return loss, None
+    return loss, (P - (Xd @ U + _lam_matrix(lam, U) * U)).pow(2).sum((-2, -1))
+
+
+ZERO_COLUMN_FILL = 1e-16
+
+
+def hals_sweep_(W, C, B, *, V=None, lam=0.0, revive=True):
+    """One SymHALS sweep over the columns of W (n x r), in place; returns W's column maxima (r,).
+
+    for k in 0..r-1: w_k <- max(0, w_k + (C_k - W B_k) / B_kk), with C + lam V
+    in place of C when V is given. With revive, a column left all zero is
+    then set to 1e-16 times the largest entry of W.
+    """
+    if V is not None:
+        C = C + lam * V
+    for k in range(W.shape[1]):
+        W[:, k] = torch.clamp(W[:, k] + (C[:, k] - W @ B[:, k]) / B[k, k], min=0)
+    colmax = W.amax(0)
+    if revive:
+        fill = ZERO_COLUMN_FILL * colmax.max()
+        zero = colmax == 0
+        W.copy_(torch.where(zero, fill, W))
+        colmax = torch.where(zero, fill, colmax)
+    return colmax
+
+
+def hals_sweep(W, C, B, *, V=None, lam=0.0, revive=True):
+    """Out-of-place `hals_sweep_`: (updated copy of W, its column maxima)."""
+    W = W.clone()
+    return W, hals_sweep_(W, C, B, V=V, lam=lam, revive=revive)

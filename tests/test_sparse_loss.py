@@ -7,6 +7,7 @@ import scipy.sparse as sp
 import torch
 
 import symnmf_kernels as sk
+from symnmf_kernels import reference
 from symnmf_kernels.ops.sparse_loss import (
     sparse_layer_loss,
     sparse_loss_grad,
@@ -37,13 +38,8 @@ def dense(A, device="cpu"):
 
 
 def dense_losses(Xd, U, P=None, lam=0.0):
-    """The dense float64 formulas: ||X - U U^T||^2 and ||P - (X U + lam U)||^2 per problem."""
-    Xd, U = Xd.double(), U.double()
-    loss = (Xd - U @ U.mT).pow(2).sum((-2, -1))
-    if P is None:
-        return loss, None
-    lam = torch.as_tensor(lam, dtype=torch.float64, device=U.device)[..., None, None]
-    return loss, (P.double() - (Xd @ U + lam * U)).pow(2).sum((-2, -1))
+    """The reference on a dense float64 X: ||X - U U^T||^2 and ||P - (X U + lam U)||^2 per problem."""
+    return reference.sparse_layer_loss(Xd.double(), U.double(), None if P is None else P.double(), lam)
 
 
 @pytest.fixture(params=["torch", "triton"])
@@ -147,6 +143,19 @@ def test_block_diagonal_batch(path):
     ref = dense_losses(Xd, U)[0]
     assert loss.shape == (3,) and rel_err(loss, ref) < 1e-12
     assert rel_err(torch.autograd.grad(loss.sum(), U)[0], torch.autograd.grad(ref.sum(), U)[0]) < 1e-11
+
+
+def test_reference_takes_a_sparse_or_dense_x():
+    A = random_graph(40, seed=5)
+    Xs = torch.from_numpy(A.toarray()).to_sparse_csr()
+    Xd = dense(A)
+    U = torch.rand(2, 40, 3, dtype=torch.float64)
+    P = torch.rand(2, 40, 3, dtype=torch.float64)
+    for got, want in zip(reference.sparse_layer_loss(Xs, U, P, 0.4), reference.sparse_layer_loss(Xd, U, P, 0.4)):
+        assert rel_err(got, want) < 1e-13
+    assert rel_err(reference.sparse_sym_loss(Xs.to_sparse_coo(), U), reference.sparse_sym_loss(Xd, U)) < 1e-13
+    assert reference.sparse_layer_loss(Xs, U)[1] is None
+    assert rel_err(sparse_sym_loss(as_csr(A, dtype=torch.float64), U), reference.sparse_sym_loss(Xs, U)) < 1e-12
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
