@@ -28,6 +28,29 @@ def test_lam_checks():
         sk.gram(U, "1.0")
 
 
+@pytest.mark.parametrize("lam", [-0.5, -100, "cpu tensor", "cpu batch"])
+def test_negative_lam_is_refused_unless_opted_out(lam):
+    U, P = torch.rand(2, 10, 3), torch.randn(2, 10, 3)
+    if lam == "cpu tensor":
+        lam = torch.tensor(-1.0, requires_grad=True)
+    elif lam == "cpu batch":
+        lam = torch.tensor([2.0, -1.0])
+    for call in (lambda **kw: sk.gram(U, lam, **kw), lambda **kw: sk.symnmf_block(U, P, lam, **kw),
+                 lambda **kw: sk.symnmf_block_from_gram(sk.gram(U), P, lam, **kw)):
+        with pytest.raises(ValueError, match=r"lam = -[0-9.]+ is negative.*lam >= 0.*check_lam=False"):
+            call()
+        call(check_lam=False)  # an expert's explicit opt-out
+
+
+def test_zero_lam_is_allowed_and_the_sparse_regulariser_takes_any_lam():
+    U = torch.rand(10, 3, dtype=torch.float64)
+    sk.gram(U, 0.0)
+    sk.symnmf_block(U, torch.randn(10, 3, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64))
+    X = torch.eye(10, dtype=torch.float64).to_sparse_csr()
+    loss, reg = sk.sparse_layer_loss(X, U, U, -2.0)
+    assert torch.isfinite(reg)
+
+
 def test_spd_inverse_rejects_non_square():
     with pytest.raises(ValueError, match="G must be square"):
         sk.spd_inverse(torch.rand(3, 4))

@@ -66,6 +66,27 @@ def test_block_singular_gram_gives_nan_not_garbage(device, n):
     assert rel_err(out[0], reference.symnmf_block(U[0].double(), P[0].double(), 0.0)) <= 1e-4
 
 
+@pytest.mark.parametrize("n", [40, 1100])  # the one-program kernel and the split-n path
+@pytest.mark.parametrize("case", ["nan in U", "indefinite G", "U = 0 and lam = 0"])
+def test_block_gives_nan_like_the_reference_never_zeros(device, n, case):
+    U = torch.rand(n, 4, device=device)
+    P = torch.rand(n, 4, device=device)
+    lam = 1.0
+    if case == "nan in U":
+        U[n // 2, 1] = float("nan")
+    elif case == "indefinite G":
+        lam = -100.0 * n  # far below -||U||^2: G = U^T U + lam I is negative definite
+    else:
+        U.zero_()
+        lam = 0.0
+    want = reference.symnmf_block(U.double(), P.double(), lam)
+    assert torch.isnan(want).all()
+    got = sk.symnmf_block(U, P, lam, check_lam=False)
+    assert torch.isnan(got).all(), f"{int((got == 0).sum())} zeros, {int(torch.isnan(got).sum())} NaN"
+    got_chain, gram_chain = sk.symnmf_block_from_gram(sk.gram(U, 0.0), P, lam, check_lam=False)
+    assert torch.isnan(got_chain).all() and torch.isnan(gram_chain).all()
+
+
 def test_block_lam_as_float(device):
     U, P, _ = block_inputs((), 50, 4, device, torch.float64)
     assert rel_err(sk.symnmf_block(U, P, 2.5), reference.symnmf_block(U, P, 2.5)) <= 1e-12

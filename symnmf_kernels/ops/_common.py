@@ -182,8 +182,21 @@ def check_same(t, ref, name, ref_name):
         raise TypeError(f"{name} is {t.dtype} but {ref_name} is {ref.dtype}; use one dtype")
 
 
-def as_lam(lam, U):
-    """lam (float or tensor) as a tensor on U's device and dtype, broadcastable to U's batch shape."""
+def _negative_lam(value):
+    return ValueError(
+        f"lam = {value} is negative: G = U^T U + lam I is positive definite for every U only with lam >= 0 "
+        "(an indefinite G gives NaN). Pass lam >= 0, or check_lam=False to allow a negative lam on purpose"
+    )
+
+
+def as_lam(lam, U, check=True):
+    """lam (float or tensor) as a tensor on U's device and dtype, broadcastable to U's batch shape.
+
+    With check, a negative lam is a ValueError wherever that costs no device
+    synchronisation: always for a Python number; for a tensor on the CPU
+    (outside torch.compile tracing). A tensor on a GPU is not read (that would
+    stall the training step): a negative one there yields NaN, never zeros.
+    """
     batch = U.shape[:-2]
     if isinstance(lam, torch.Tensor):
         if lam.device != U.device:
@@ -194,12 +207,18 @@ def as_lam(lam, U):
             raise TypeError(f"lam is {lam.dtype} but U is {U.dtype}; use one dtype")
         if not broadcasts_to(lam.shape, batch):
             raise ValueError(f"lam of shape {tuple(lam.shape)} must broadcast to U's batch shape {tuple(batch)}")
+        if check and lam.device.type == "cpu" and not torch.compiler.is_compiling():
+            low = lam.detach().min() if lam.numel() else None
+            if low is not None and bool(low < 0):
+                raise _negative_lam(float(low))
         return lam
     if isinstance(lam, bool) or not isinstance(lam, (int, float)):
         raise TypeError(f"lam must be a float or a tensor, got {type(lam).__name__}")
     lam = float(lam)
     if lam != lam or lam in (float("inf"), float("-inf")):
         raise ValueError(f"lam must be finite, got {lam}")
+    if check and lam < 0:
+        raise _negative_lam(lam)
     # torch.full, not torch.tensor: a fill kernel rather than a host-to-device copy, so CUDA graphs can capture it.
     return torch.full((), lam, dtype=U.dtype, device=U.device)
 

@@ -56,13 +56,15 @@ def _gram_backward(ctx, dG):
 gram_op.register_autograd(_gram_backward, setup_context=_gram_setup)
 
 
-def gram(U, lam=0.0, deterministic=True):
+def gram(U, lam=0.0, deterministic=True, *, check_lam=True):
     """G = U^T U + lam I for U of shape (..., n, r): (..., r, r).
 
     lam is a float or a tensor broadcastable to the batch shape (...); it may
     require grad. deterministic=False lets the split-n partial sums meet by
     atomic adds (run-to-run bit differences) instead of a second stage.
+    check_lam: a negative lam is a ValueError (checked for a float, and for a
+    CPU tensor; a GPU tensor is not read back); False allows it.
     """
     check_tensor(U, "U")
-    lam = as_lam(lam, U)
+    lam = as_lam(lam, U, check_lam)
     return gram_op(U, lam, bool(deterministic))

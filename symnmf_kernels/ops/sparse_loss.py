@@ -228,7 +228,8 @@ def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None):
             raise ValueError(f"P ({P.dtype}, {P.device}) must share U's dtype and device ({U.dtype}, {U.device})")
         P3 = P.reshape(B, n, r)
     # contiguous: the kernels read lam[b] for every b, which an expanded 0-d tensor does not hold.
-    lam_b = as_lam(lam, U).expand(batch).reshape(B).contiguous()
+    # Any finite lam is valid here: the regulariser has no Gram to keep positive definite.
+    lam_b = as_lam(lam, U, check=False).expand(batch).reshape(B).contiguous()
     row_sq = _row_sq_norms(A)
     x_sq = row_sq.reshape(B, n).sum(1) if blockdiag else row_sq.sum().expand(B)
     loss, reg = _SparseLayerLoss.apply(

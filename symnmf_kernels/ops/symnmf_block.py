@@ -37,7 +37,7 @@ def _(U, P, lam):
 def symnmf_block_backward(
     grad: torch.Tensor, U: torch.Tensor, P: torch.Tensor, Ginv: torch.Tensor, Y: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dU, dP, dG) of Y = ReLU(P G^{-1}), G = U^T U + lam I (DESIGN.md section 1); dlam = trace(dG)."""
+    """(dU, dP, dG) of Y = ReLU(P G^{-1}), G = U^T U + lam I (docs/design.md); dlam = trace(dG)."""
     r = P.shape[-1]
     if use_triton(P, r):
         U3, batch = as_batch(U)
@@ -90,29 +90,32 @@ def _check(U, P):
         raise ValueError(f"P has r = {P.shape[-1]} columns but U has r = {U.shape[-1]}; they must match")
 
 
-def symnmf_block(U, P, lam):
+def symnmf_block(U, P, lam, *, check_lam=True):
     """ReLU(P (U^T U + lam I)^{-1}) for U (..., m, r), P (..., n, r); differentiable in U, P and lam.
 
     lam is a float or a tensor broadcastable to the batch shape (...).
     Passes over n x r data: forward reads U and P and writes the result;
     backward reads the gradient, the result and P, writes dP, then reads U and
-    writes dU (the r x r algebra in between is negligible). A Gram that is not
-    positive definite (lam too small for a rank-deficient U) yields NaN.
+    writes dU (the r x r algebra in between is negligible).
+    lam must be >= 0: a negative lam is a ValueError for a float and for a CPU
+    tensor (a GPU tensor is not read back, which would stall the step);
+    check_lam=False allows it. A Gram that is not positive definite (lam = 0
+    with a rank-deficient U, a negative lam, NaN in U) yields NaN, never zeros.
     """
     _check(U, P)
     if U.shape[:-2] != P.shape[:-2]:
         raise ValueError(f"U's batch shape {tuple(U.shape[:-2])} differs from P's {tuple(P.shape[:-2])}")
-    U_next, _ = symnmf_block_op(U, P, as_lam(lam, U))
+    U_next, _ = symnmf_block_op(U, P, as_lam(lam, U, check_lam))
     return U_next
 
 
-def symnmf_block_from_gram(UtU, P, lam):
+def symnmf_block_from_gram(UtU, P, lam, *, check_lam=True):
     """One block from the Gram U^T U of its input: returns (U_next, U_next^T U_next).
 
     The chain form of `symnmf_block` for networks of blocks: the Gram of each
     block's output comes out of the same pass that writes it, so the next block
     never reads its input factor, and the backward of a block needs one pass
-    over n x r data instead of two.
+    over n x r data instead of two. lam and check_lam as in `symnmf_block`.
     """
     check_tensor(UtU, "UtU")
     check_tensor(P, "P")
@@ -120,6 +123,6 @@ def symnmf_block_from_gram(UtU, P, lam):
     r = P.shape[-1]
     if UtU.shape[-2:] != (r, r):
         raise ValueError(f"UtU must be r x r = {r} x {r} to match P, got {tuple(UtU.shape[-2:])}")
-    lam = as_lam(lam, P)
+    lam = as_lam(lam, P, check_lam)
     G = UtU + lam[..., None, None] * torch.eye(r, dtype=P.dtype, device=P.device)
     return apply_relu_gram(P, spd_inverse(G))
