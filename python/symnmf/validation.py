@@ -8,14 +8,13 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["as_similarity", "check_similarity", "check_rank"]
+__all__ = ["as_similarity", "check_similarity", "check_rank", "is_scipy_sparse"]
 
 
-def _is_scipy_sparse(X):
-    try:
-        import scipy.sparse as sp
-    except ImportError:  # pragma: no cover - scipy is a dependency
-        return False
+def is_scipy_sparse(X):
+    """Whether X is a scipy.sparse matrix or array (the one such test of the package)."""
+    import scipy.sparse as sp
+
     return sp.issparse(X)
 
 
@@ -25,7 +24,7 @@ def as_similarity(X, device=None, dtype=None, name="X"):
     Dense input gives a strided tensor, sparse input a torch sparse CSR tensor.
     dtype defaults to float32 for integer or float16 input, else X's own float dtype.
     """
-    if _is_scipy_sparse(X):
+    if is_scipy_sparse(X):
         X = X.tocsr()
         X.sum_duplicates()
         X.sort_indices()
@@ -39,7 +38,8 @@ def as_similarity(X, device=None, dtype=None, name="X"):
                 check_invariants=False,  # scipy's canonical form above already holds them
             )
     elif isinstance(X, np.ndarray) or not isinstance(X, torch.Tensor):
-        X = torch.as_tensor(np.asarray(X))
+        array = np.asarray(X)
+        X = torch.as_tensor(array if array.flags.writeable else array.copy())  # torch refuses read-only memory
     elif X.layout == torch.sparse_coo:
         X = X.coalesce().to_sparse_csr()
     elif X.layout not in (torch.strided, torch.sparse_csr):
@@ -52,7 +52,11 @@ def as_similarity(X, device=None, dtype=None, name="X"):
 
 
 def check_similarity(X, name="X", symmetric_tol=1e-5):
-    """Raise ValueError unless X is a square, symmetric, finite, non-negative similarity matrix.
+    """Raise ValueError unless X is a square, symmetric, finite, non-negative, non-zero similarity matrix.
+
+    An all-zero X has the zero factor as its only SymNMF solution: there is
+    nothing to cluster, and every solver would return NaN or zeros, so it is
+    refused here.
 
     X is a torch tensor from `as_similarity`, dense (..., n, n) or sparse CSR (n, n).
     Returns X unchanged.
@@ -67,6 +71,11 @@ def check_similarity(X, name="X", symmetric_tol=1e-5):
         raise ValueError(f"{name} has NaN or infinite entries; clean or impute them before fitting")
     if bool((values < 0).any()):
         raise ValueError(f"{name} has negative entries; SymNMF needs a non-negative similarity (e.g. clip at 0)")
+    if not bool((values != 0).any()):
+        raise ValueError(
+            f"{name} is all zero: no two samples are similar, so there is nothing to factorise or cluster "
+            "(for feature input check the features and the graph's n_neighbors / metric)"
+        )
     if sparse:
         Xc = X.to_sparse_coo()
         diff = (Xc - Xc.t()).coalesce().values()

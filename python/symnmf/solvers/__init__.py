@@ -20,12 +20,15 @@ import torch
 from ..validation import as_similarity, check_rank, check_similarity
 from .admm import admm
 from .anls import anls
-from .base import SolverResult, init_factor, make_generator
+from .base import SolverResult, as_seed, init_factor, make_generator
 from .hals import hals
 from .newton import newton
 from .pgd import pgd
 
-__all__ = ["solve", "SolverResult", "SOLVERS", "init_factor", "anls", "hals", "pgd", "newton", "admm"]
+__all__ = [
+    "solve", "SolverResult", "SOLVERS", "init_factor", "make_generator", "as_seed",
+    "anls", "hals", "pgd", "newton", "admm",
+]
 
 SOLVERS = {"anls": anls, "hals": hals, "pgd": pgd, "newton": newton, "admm": admm}
 

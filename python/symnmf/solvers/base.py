@@ -17,7 +17,7 @@ import torch
 
 import symnmf_kernels as sk
 
-__all__ = ["SolverResult", "init_factor", "Problem", "Monitor", "projected_gradient_sq", "make_generator"]
+__all__ = ["SolverResult", "init_factor", "Problem", "Monitor", "projected_gradient_sq", "make_generator", "as_seed"]
 
 
 @dataclass
@@ -43,44 +43,60 @@ class SolverResult:
     params: dict = field(default_factory=dict)
 
 
+def as_seed(random_state):
+    """An int seed from sklearn-style random_state: None (numpy's global random state, as in
+    scikit-learn), an int (itself), or a numpy RandomState / Generator (one draw from it)."""
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+        return int(random_state)
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2**31 - 1))
+    if random_state is None or isinstance(random_state, np.random.RandomState):
+        from sklearn.utils import check_random_state
+
+        return int(check_random_state(random_state).randint(0, 2**31 - 1))
+    raise TypeError(
+        f"random_state must be None, an int, a numpy RandomState/Generator or a torch.Generator, "
+        f"got {type(random_state).__name__}"
+    )
+
+
 def make_generator(random_state):
-    """A CPU torch.Generator from None, an int seed, a numpy RandomState/Generator or a torch.Generator."""
+    """A torch.Generator from random_state: a torch.Generator is used as is, anything else
+    seeds a CPU generator with `as_seed(random_state)` (the same int gives the same start on
+    every device, for every solver and for SymNMF-Net)."""
     if isinstance(random_state, torch.Generator):
         return random_state
-    gen = torch.Generator()
-    if random_state is None:
-        gen.seed()
-    elif isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
-        gen.manual_seed(int(random_state))
-    elif isinstance(random_state, np.random.RandomState):
-        gen.manual_seed(int(random_state.randint(0, 2**31 - 1)))
-    elif isinstance(random_state, np.random.Generator):
-        gen.manual_seed(int(random_state.integers(0, 2**31 - 1)))
-    else:
-        raise TypeError(
-            f"random_state must be None, an int, a numpy RandomState/Generator or a torch.Generator, "
-            f"got {type(random_state).__name__}"
-        )
-    return gen
+    return torch.Generator().manual_seed(as_seed(random_state))
 
 
 def _values(X):
     return X.values() if X.layout != torch.strided else X
 
 
-def init_factor(X, rank, generator=None):
-    """Kuang et al.'s random start: 2 sqrt(mean(X) / r) * rand(n, r).
+def init_factor(X, rank, generator=None, *, batch_shape=()):
+    """Kuang et al.'s random start U_0 = 2 sqrt(mean(X) / r) * rand(..., n, r).
 
-    The mean runs over all n^2 entries of X, stored or not, for sparse X too.
-    The uniform draws come from `generator` on its own device (a CPU generator
-    gives the same start on every device) and move to X's device and dtype.
+    The scale makes the entries of U_0 U_0^T match the mean of X; the mean runs
+    over all n^2 entries of X, stored or not, for sparse X too. X is dense
+    (..., n, n) (leading dimensions: independent problems, each with its own
+    mean) or sparse (n, n); batch_shape adds leading dimensions in front
+    (restarts). The uniform draws come from `generator` on its own device (a CPU
+    generator gives the same start on every device) and move to X's device and
+    dtype. This is the one random start of the package: the solvers and
+    SymNMF-Net draw theirs here.
     """
     n = X.shape[-1]
-    mean = _values(X).sum() / (n * n)
+    if X.layout != torch.strided:
+        mean = X.values().sum() / (n * n)
+        problems = ()
+    else:
+        mean = X.sum((-2, -1)) / (n * n)
+        problems = tuple(X.shape[:-2])
     scale = 2 * torch.sqrt(torch.clamp(mean, min=0) / rank)
+    shape = (*batch_shape, *problems, n, rank)
     gen_device = generator.device if generator is not None else X.device
-    U = torch.rand((n, rank), generator=generator, dtype=X.dtype, device=gen_device).to(X.device)
-    return U * scale
+    U = torch.rand(shape, generator=generator, dtype=X.dtype, device=gen_device).to(X.device)
+    return U * scale[..., None, None]
 
 
 def projected_gradient_sq(grad, U):

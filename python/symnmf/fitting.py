@@ -1,0 +1,294 @@
+"""The one fit path shared by `SymNMF.fit`, `symnmf cluster` and `symnmf reproduce`.
+
+    A = build_affinity(features, "nearest_neighbors")     # validated torch similarity
+    result = fit_affinity(A, rank=10, solver="hals", random_state=0)
+    result.labels, result.U, result.rel_error
+
+Everything that decides the outcome of a fit lives here, once: the device and
+precision, the similarity graph, the checks of X (run once, up front), the
+random start, the default iteration counts, the thread count and the progress
+bar. The estimator, the CLI and `reproduce` only translate their arguments, so
+for the same data, solver and seed they return the same labels.
+
+Defaults
+--------
+- device: CUDA when available, else the CPU (a torch input keeps its device).
+- dtype: the input's float precision (float32 for anything else).
+- iterations: `DEFAULT_MAX_ITER[solver]` for a classical solver, each also
+  stopping at its own tolerance; `DEFAULT_EPOCHS` Adam steps for SymNMF-Net.
+- threads (`default_threads`): on the CPU, one thread when n * rank is below
+  `SMALL_PROBLEM`, torch's own setting above it. Every op of these solvers is
+  then tens of microseconds of work: a second thread gains nothing, and on a
+  loaded machine a descheduled thread stalls every op at its barrier (digits with
+  SymNMF-Net: 3.1 s on one thread, 57.6 s on two busy cores). The count is set
+  for the fit only and restored afterwards.
+- progress: a tqdm bar on stderr when stderr is a terminal or verbose is set.
+"""
+import contextlib
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+import symnmf_kernels as sk
+
+from .solvers.base import as_seed, init_factor, make_generator
+from .validation import as_similarity, check_rank, check_similarity
+
+__all__ = [
+    "SOLVERS", "AFFINITIES", "DEFAULT_MAX_ITER", "DEFAULT_EPOCHS", "SMALL_PROBLEM", "FitResult",
+    "resolve_device", "resolve_dtype", "build_affinity", "fit_affinity", "default_threads", "thread_limit",
+    "show_progress",
+]
+
+SOLVERS = ("net", "anls", "hals", "pgd", "newton", "admm")
+AFFINITIES = ("nearest_neighbors", "precomputed")
+
+# Iteration caps per classical solver (one iteration updates the whole factor once); each
+# solver also stops at its own tolerance. On digits ANLS, HALS and ADMM meet their
+# tolerances within these caps; PGD and SymNewton (tol 1e-4) take thousands of iterations
+# more for changes in the 5th digit of the relative error.
+DEFAULT_MAX_ITER = {"anls": 300, "hals": 500, "pgd": 500, "newton": 200, "admm": 1000}
+DEFAULT_EPOCHS = 200
+
+# n * rank below which a CPU fit runs on one thread (see the module docstring).
+SMALL_PROBLEM = 1 << 18
+
+
+@dataclass
+class FitResult:
+    """One factorisation: the factor, labels, errors, iterations and convergence curve.
+
+    U: the factor (torch, on the fit's device); labels: argmax of each row of U
+    (numpy int64); rel_error: ||A - U U^T||_F^2 / ||A||_F^2; reconstruction_err:
+    ||A - U U^T||_F; n_iter: iterations (epochs for the net); converged: the
+    stopping tolerance was met; seconds: wall-clock of the solver (device
+    synchronised); history: the solver's or the net's own history; curve_*:
+    the relative error against iteration and time, for plots; net: the trained
+    SymNMFNet (solver "net" only).
+    """
+
+    method: str
+    U: torch.Tensor
+    labels: np.ndarray
+    rel_error: float
+    reconstruction_err: float
+    n_iter: int
+    converged: bool
+    seconds: float
+    history: dict = field(default_factory=dict)
+    curve_iter: list = field(default_factory=list)
+    curve_rel_error: list = field(default_factory=list)
+    curve_time: list = field(default_factory=list)
+    net: object = None
+
+
+# ----------------------------------------------------------------- settings
+def resolve_device(device=None, X=None):
+    """device as a torch.device; None: a torch input's device, else CUDA when available, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    if isinstance(X, torch.Tensor):
+        return X.device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype):
+    """None, torch.float32 / float64 or their names, as None or a torch dtype."""
+    if dtype is None or dtype in (torch.float32, torch.float64):
+        return dtype
+    names = {"float32": torch.float32, "float64": torch.float64, "auto": None}
+    if isinstance(dtype, str) and dtype in names:
+        return names[dtype]
+    raise ValueError(f"dtype must be torch.float32, torch.float64 or None, got {dtype!r}")
+
+
+def default_threads(n, rank, device):
+    """The thread count of a fit: None (leave torch's setting) off the CPU or for a large problem, else 1."""
+    if torch.device(device).type != "cpu":
+        return None
+    return 1 if n * rank < SMALL_PROBLEM else None
+
+
+@contextlib.contextmanager
+def thread_limit(threads):
+    """torch's CPU thread count set to `threads` inside the block (None: unchanged), restored after it."""
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def show_progress(verbose=False):
+    """Whether to draw a progress bar: verbose, or stderr is a terminal."""
+    if verbose:
+        return True
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _progress_bar(total, description, show):
+    if not show:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=description, leave=False, file=sys.stderr)
+
+
+# ----------------------------------------------------------------- affinity
+def build_affinity(X, affinity="nearest_neighbors", *, n_neighbors=None, metric="euclidean", device=None,
+                   dtype=None, return_graph=False):
+    """The similarity to factorise, checked once: a torch dense or sparse CSR tensor on device.
+
+    affinity "nearest_neighbors": X holds features (n_samples, n_features), and
+    the similarity is Kuang's normalised self-tuning kNN graph
+    (`symnmf.similarity_graph`); "precomputed": X is the similarity itself.
+    Raises ValueError for a non-square, asymmetric, negative, non-finite or
+    all-zero similarity. return_graph: also return the graph's GraphScales and
+    features as used (for embedding new samples), or None for "precomputed".
+    """
+    if affinity not in AFFINITIES:
+        raise ValueError(f"affinity must be one of {AFFINITIES}, got {affinity!r}")
+    device = resolve_device(device, X)
+    dtype = resolve_dtype(dtype)
+    graph = None
+    if affinity == "precomputed":
+        shape = tuple(X.shape)
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(
+                f"affinity='precomputed' needs a square (n_samples, n_samples) similarity matrix, got shape "
+                f"{shape}; for feature vectors use affinity='nearest_neighbors'"
+            )
+        A = check_similarity(as_similarity(X, device=device, dtype=dtype), name="the precomputed affinity")
+    else:
+        from .graph import _build_graph
+
+        A, scales, used = _build_graph(X, n_neighbors=n_neighbors, metric=metric, device=device, dtype=dtype)
+        graph = (scales, used)
+        values = A.values()
+        if not bool((values != 0).any()):
+            raise ValueError(
+                "the kNN similarity graph of the features is all zero: no two samples are similar "
+                f"(metric={metric!r}; all-zero feature rows have no cosine similarity), nothing to cluster"
+            )
+    return (A, graph) if return_graph else A
+
+
+# ---------------------------------------------------------------------- fit
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _frob2(A):
+    return float(A.values().double().pow(2).sum()) if A.layout != torch.strided else float(A.double().pow(2).sum())
+
+
+def _scalar(value):
+    """A history entry as a float (the net records one value per problem as a list)."""
+    if isinstance(value, (list, tuple)):
+        return float(np.mean(value))
+    return float(value)
+
+
+def _fit_net(A, rank, seed, epochs, tol, progress, verbose, net_options):
+    """Train SymNMF-Net on A; returns (U, net, n_iter, converged, history)."""
+    from .net import SymNMFNet
+
+    options = dict(net_options or {})
+    train = {key: options.pop(key) for key in ("lr", "relative_lr") if key in options}
+    net = SymNMFNet(rank, random_state=seed, **options)
+    net.fit(A, epochs=epochs, tol=tol, progress=progress, verbose=verbose, **train)
+    with torch.no_grad():
+        U = net().detach()
+    converged = tol is not None and net.n_iter_ < epochs
+    return U, net, int(net.n_iter_), bool(converged), net.history_
+
+
+def _fit_solver(A, rank, solver, seed, max_iter, tol, lam, progress, verbose):
+    from .solvers import SOLVERS as _FUNCTIONS
+
+    U0 = init_factor(A, rank, make_generator(seed))
+    bar = _progress_bar(max_iter, f"Sym{solver.upper()}" if solver in ("anls", "hals") else solver, progress)
+
+    def callback(iteration, U, history):
+        if bar is not None:
+            bar.update(iteration - bar.n)
+            bar.set_postfix(E=f"{history['rel_error'][-1]:.5g}", refresh=False)
+        return False
+
+    try:
+        result = _FUNCTIONS[solver](A, U0, lam=lam, max_iter=max_iter, tol=tol, callback=callback, verbose=verbose)
+    finally:
+        if bar is not None:
+            bar.close()
+    return result.U.detach(), int(result.n_iter), bool(result.converged), result.history
+
+
+def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, tol=None, lam=None,
+                 net_options=None, threads="auto", progress=None, verbose=False):
+    """Factorise a similarity A from `build_affinity` at `rank` with one solver; a FitResult.
+
+    solver: "net" (SymNMF-Net) or a classical solver of `symnmf.solvers`.
+    random_state: None, an int or a numpy RandomState / Generator; the same int
+      gives every solver and the net the same Kuang start.
+    max_iter: iterations of a classical solver (default `DEFAULT_MAX_ITER`) or
+      Adam steps of the net (default `DEFAULT_EPOCHS`). tol: the solver's
+      stopping tolerance (None: its own default; for the net, no early stop).
+    lam: ANLS/HALS penalty, ADMM's rho, or the net's initial lam.
+    net_options: SymNMFNet's settings (n_layers, beta, mu, lr, relative_lr).
+    threads: "auto" (`default_threads`), None (leave torch's setting) or an int.
+    progress: draw a bar (None: `show_progress(verbose)`).
+    A is not checked again: build it with `build_affinity`.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    n = A.shape[-1]
+    rank = check_rank(rank, n)
+    device = A.device
+    if threads == "auto":
+        threads = default_threads(n, rank, device)
+    if progress is None:
+        progress = show_progress(verbose)
+    if max_iter is None:
+        max_iter = DEFAULT_EPOCHS if solver == "net" else DEFAULT_MAX_ITER[solver]
+    seed = as_seed(random_state)
+    net = None
+    with thread_limit(threads):
+        _sync(device)
+        start = time.perf_counter()
+        if solver == "net":
+            options = dict(net_options or {})
+            if lam is not None:
+                options["lam"] = lam
+            U, net, n_iter, converged, history = _fit_net(A, rank, seed, int(max_iter), tol, progress, verbose,
+                                                          options)
+            curve_iter = [int(e) for e in history.get("epoch", [])]
+            curve_rel = [_scalar(v) for v in history.get("relative_error", [])]
+        else:
+            U, n_iter, converged, history = _fit_solver(A, rank, solver, seed, int(max_iter), tol, lam, progress,
+                                                        verbose)
+            curve_rel = [float(v) for v in history.get("rel_error", [])]
+            curve_iter = [int(i) for i in history.get("iteration", range(len(curve_rel)))]
+        _sync(device)
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            err2 = max(float(sk.sym_loss(A, U)), 0.0)
+    a2 = _frob2(A)
+    return FitResult(
+        method=solver, U=U, labels=U.argmax(dim=-1).cpu().numpy(), rel_error=err2 / a2,
+        reconstruction_err=float(np.sqrt(err2)), n_iter=n_iter, converged=converged, seconds=seconds,
+        history=history, curve_iter=curve_iter, curve_rel_error=curve_rel,
+        curve_time=[float(t) for t in history.get("time", [])], net=net,
+    )
