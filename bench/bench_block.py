@@ -56,7 +56,7 @@ SIZES = {
 }
 
 # Measurement order (the table keeps KERNELS order): first the rows that
-# DESIGN.md section 7 sets targets for, then the whole block before its parts,
+# docs/design.md, "Measuring performance" sets targets for, then the whole block before its parts,
 # so a run stopped by --budget-s has what matters most.
 MEASURE_ORDER = ("block_fwd", "block_fwd_bwd", "apply_relu", "gram", "spd_inverse")
 TARGETS = {

@@ -1,5 +1,5 @@
 """Solver benchmark: time per iteration and time to tolerance of every SymNMF solver,
-the GPU kernels against the CPU path, on kNN-like graphs (DESIGN.md section 7).
+the GPU kernels against the CPU path, on kNN-like graphs (docs/design.md, "Measuring performance").
 
 Rows, per graph and rank:
 
@@ -12,7 +12,7 @@ Rows, per graph and rank:
                 each path:
                   kernels     CUDA tensors: Triton kernels and the CUDA SpMM
                   torch-loop  CUDA, SymHALS only: the sweep as a plain torch
-                              column loop (DESIGN.md's peer for SymHALS)
+                              column loop (the SymHALS peer of docs/design.md)
                   cpu         CPU tensors: the torch path and the C++ SpMM
                 ms_per_iter: (time of k2 iterations - time of k1) / (k2 - k1),
                 so set-up (penalty, first product) cancels; the stopping check
@@ -148,7 +148,7 @@ def header_lines(args, device, bw, stopped):
         % (args.tol_cap_s, args.cpu_tol_max_n),
         "sweep: hals_sweep_ timed with bench.common.bench; frac_roofline = (4 n r x 4 bytes / time) / copy "
         "bandwidth (%.4g GB/s)" % (bw / 1e9),
-        "float32; graphs from bench_spmm.py (knn_like: DESIGN.md section 7; knn_gauss: kNN of Gaussian-mixture points)",
+        "float32; graphs from bench_spmm.py (knn_like: docs/design.md, 'Measuring performance'; knn_gauss: kNN of Gaussian-mixture points)",
     ]
     if device.type != "cuda":
         lines.append("CPU-only run on a shared machine: no GPU numbers here")

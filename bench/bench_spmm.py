@@ -7,7 +7,7 @@ unless the graph is banded by construction):
                 10 clusters), approximate search: exact among the 1024 nearest
                 points in a sort by (cluster, a random projection); nodes in
                 random order, as a data set would come
-    knn_like    DESIGN.md section 7: 16 out-neighbours, half within +-500 of the
+    knn_like    docs/design.md, "Measuring performance": 16 out-neighbours, half within +-500 of the
                 node's index, half uniform; A + A^T
     random      a uniformly random pattern with knn_gauss's number of entries
 

@@ -1,4 +1,6 @@
-"""SymNMFNet: Algorithm-1 initialisation, training, the lam bound, dense/sparse/batched X, save/load.
+"""SymNMFNet: Algorithm-1 initialisation, training, the lam bound, dense/sparse/batched X, save/load,
+the recipes (starts, lam handling, beta decay, loss over the last block, early stopping), restart
+selection, fit_net, checkpoint integrity and an all-zero X.
 
 Shapes stay small: under TRITON_INTERPRET=1 every block runs through Triton's interpreter.
 """
@@ -7,7 +9,8 @@ import pytest
 import torch
 
 from symnmf.metrics import accuracy
-from symnmf.net import SymNMFNet, kuang_init, sparse_factor
+from symnmf.net import (CHECKPOINT_VERSION, RECIPES, SymNMFNet, fit_net, kuang_init, select_restart,
+                        sparse_factor, spectral_init)
 
 
 def rel(a, b):
@@ -48,7 +51,7 @@ def classical_iterates(X, U0, lam, steps):
 def test_initial_net_reproduces_classical_scheme():
     n, r, L = 37, 3, 4
     X = random_similarity(n, seed=1)
-    net = SymNMFNet(r, n_layers=L, random_state=0).initialize(X)
+    net = SymNMFNet(r, n_layers=L, random_state=0, recipe="paper").initialize(X)
     lam = float(net.lam.detach())
     # Algorithm 1: lam starts at ||X||_F raised to lam_min, lam_min = (||X|| + ||X - U0 U0^T||) / 2
     x_norm = float(X.norm())
@@ -73,7 +76,7 @@ def test_same_start_as_the_classical_solvers():
 
     X, _ = planted_graph([10, 13], 0.5, 0.1, seed=23)
     for Xi in (X, X.to_sparse_csr()):
-        net = SymNMFNet(2, n_layers=1, random_state=5).initialize(Xi)
+        net = SymNMFNet(2, n_layers=1, random_state=5, recipe="paper").initialize(Xi)
         assert rel(net.U0, init_factor(Xi, 2, make_generator(5))) < 1e-12
 
 
@@ -99,7 +102,7 @@ def test_training_lowers_loss_and_keeps_lam_bound():
         lam_seen.append((net.lam.detach().clone(), net.lam_min.clone()))
 
     # lam starts on its bound, and an absolute lr of 0.05 pushes it below the bound at every step
-    net = SymNMFNet(3, n_layers=3, lam=1e-6, random_state=4)
+    net = SymNMFNet(3, n_layers=3, lam=1e-6, random_state=4, recipe="paper")
     net.fit(X, epochs=12, lr=0.05, callback=watch)
     h = net.history_
     assert net.n_iter_ == 12 and h["epoch"] == list(range(13))
@@ -120,7 +123,7 @@ def test_loss_matches_its_definition_with_l1():
     n, r, L = 23, 3, 3
     X = random_similarity(n, seed=5)
     beta, mu = 0.3, 0.7
-    net = SymNMFNet(r, n_layers=L, beta=beta, mu=mu, random_state=6).initialize(X)
+    net = SymNMFNet(r, n_layers=L, beta=beta, mu=mu, random_state=6, recipe="paper").initialize(X)
     with torch.no_grad():  # move the weights off the classical iterates, so the regulariser is not zero
         for P in net.P:
             P.mul_(1 + 0.2 * torch.rand_like(P))
@@ -138,7 +141,7 @@ def test_gradients_match_plain_torch():
     n, r, L = 21, 3, 3
     X = random_similarity(n, seed=19)
     beta, mu = 0.05, 0.01
-    net = SymNMFNet(r, n_layers=L, beta=beta, mu=mu, random_state=20).initialize(X)
+    net = SymNMFNet(r, n_layers=L, beta=beta, mu=mu, random_state=20, recipe="paper").initialize(X)
     with torch.no_grad():
         for P in net.P:
             P.mul_(1 + 0.3 * torch.rand_like(P))
@@ -162,7 +165,7 @@ def test_dense_and_sparse_give_same_loss_and_gradients():
     X, _ = planted_graph([9, 11, 14], 0.6, 0.1, seed=7)
     grads = {}
     for name, Xi in (("dense", X), ("sparse", X.to_sparse_csr())):
-        net = SymNMFNet(3, n_layers=3, beta=0.01, random_state=8).initialize(Xi)
+        net = SymNMFNet(3, n_layers=3, beta=0.01, random_state=8, recipe="paper").initialize(Xi)
         with torch.no_grad():
             for P in net.P:
                 P.mul_(1 + 0.1 * torch.linspace(0, 1, P.numel(), dtype=P.dtype).reshape(P.shape))
@@ -182,10 +185,10 @@ def test_batch_of_graphs_equals_separate_nets():
     X = random_similarity(n, seed=9, batch=(2,), dtype=torch.float32)
     U0 = kuang_init(X, r, generator=torch.Generator().manual_seed(10))
     assert U0.shape == (2, n, r)
-    batched = SymNMFNet(r, n_layers=2).fit(X, epochs=3, lr=0.01, U0=U0)
+    batched = SymNMFNet(r, n_layers=2, recipe="paper").fit(X, epochs=3, lr=0.01, U0=U0)
     assert batched.lam.shape == (2,) and len(batched.history_["relative_error"][0]) == 2
     for b in range(2):
-        single = SymNMFNet(r, n_layers=2).fit(X[b], epochs=3, lr=0.01, U0=U0[b])
+        single = SymNMFNet(r, n_layers=2, recipe="paper").fit(X[b], epochs=3, lr=0.01, U0=U0[b])
         assert rel(batched()[b], single()) < 1e-4
         assert float(batched.lam[b]) == pytest.approx(float(single.lam), rel=1e-5)
         assert batched.history_["relative_error"][-1][b] == pytest.approx(single.history_["relative_error"][-1], rel=1e-4)
@@ -194,19 +197,19 @@ def test_batch_of_graphs_equals_separate_nets():
 def test_restarts_on_one_sparse_graph():
     X, _ = planted_graph([8, 9, 12], 0.6, 0.1, seed=11, dtype=torch.float32)
     Xs = X.to_sparse_csr()
-    net = SymNMFNet(3, n_layers=2, n_restarts=3, random_state=12).fit(Xs, epochs=2, lr=0.01)
+    net = SymNMFNet(3, n_layers=2, n_restarts=3, random_state=12, recipe="paper").fit(Xs, epochs=2, lr=0.01)
     U = net()
     assert U.shape == (3, X.shape[0], 3) and net.lam.shape == (3,)
     assert rel(U[0], U[1]) > 1e-3  # different starts
     for k in range(3):
-        single = SymNMFNet(3, n_layers=2).fit(X, epochs=2, lr=0.01, U0=net.U0[k])
+        single = SymNMFNet(3, n_layers=2, recipe="paper").fit(X, epochs=2, lr=0.01, U0=net.U0[k])
         assert rel(U[k], single()) < 1e-4
     assert net.labels().shape == (3, X.shape[0])
 
 
 def test_save_and_load_round_trip(tmp_path):
     X = random_similarity(17, seed=13, dtype=torch.float32).to_sparse_csr()
-    net = SymNMFNet(2, n_layers=2, beta=1e-3, mu=1e-4, n_restarts=2, random_state=14).fit(X, epochs=2, lr=0.01)
+    net = SymNMFNet(2, n_layers=2, beta=1e-3, mu=1e-4, n_restarts=2, random_state=14, recipe="paper").fit(X, epochs=2, lr=0.01)
     path = tmp_path / "net.pt"
     net.save(path)
     loaded = SymNMFNet.load(path)
@@ -225,8 +228,8 @@ def test_relative_lr_training_is_scale_invariant_without_regulariser():
     n, r, c = 19, 3, 7.0
     X = random_similarity(n, seed=31)
     U0 = torch.rand(n, r, generator=torch.Generator().manual_seed(32), dtype=torch.float64)
-    small = SymNMFNet(r, n_layers=3, beta=0.0).fit(X, epochs=6, lr=0.05, relative_lr=True, U0=U0)
-    large = SymNMFNet(r, n_layers=3, beta=0.0).fit(c * X, epochs=6, lr=0.05, relative_lr=True, U0=c ** 0.5 * U0)
+    small = SymNMFNet(r, n_layers=3, beta=0.0, recipe="paper").fit(X, epochs=6, lr=0.05, relative_lr=True, U0=U0)
+    large = SymNMFNet(r, n_layers=3, beta=0.0, recipe="paper").fit(c * X, epochs=6, lr=0.05, relative_lr=True, U0=c ** 0.5 * U0)
     with torch.no_grad():
         assert rel(small(), small.U0) > 1e-3  # training moved the factor
         assert rel(large(), c ** 0.5 * small()) < 1e-6
@@ -235,7 +238,7 @@ def test_relative_lr_training_is_scale_invariant_without_regulariser():
 
 def test_recovers_planted_clusters():
     X, labels = planted_graph([19, 23, 27], 0.45, 0.04, seed=15, dtype=torch.float32)
-    net = SymNMFNet(3, n_layers=6, random_state=16).fit(X, epochs=30, lr=0.1, relative_lr=True)
+    net = SymNMFNet(3, n_layers=6, random_state=16, recipe="paper").fit(X, epochs=30, lr=0.1, relative_lr=True)
     h = net.history_
     assert h["loss"][-1] < h["loss"][0]
     assert accuracy(labels, net.labels().numpy()) >= 0.95
@@ -263,7 +266,7 @@ def test_bad_input_and_usage():
         SymNMFNet(2).fit(bad, epochs=1)
     with pytest.raises(RuntimeError, match="initialise"):
         SymNMFNet(2)()
-    net = SymNMFNet(2, n_layers=1).initialize(X)
+    net = SymNMFNet(2, n_layers=1, recipe="paper").initialize(X)
     with pytest.raises(ValueError, match="does not match"):
         net.fit(random_similarity(12, seed=18), epochs=1, warm_start=True)
     with pytest.raises(ValueError, match="U0"):
@@ -272,8 +275,242 @@ def test_bad_input_and_usage():
 
 def test_early_stop_progress_bar_and_log_every(capsys):
     X = random_similarity(13, seed=21, dtype=torch.float32)
-    net = SymNMFNet(2, n_layers=1, random_state=22).fit(X, epochs=50, lr=0.01, tol=1.0, progress=True)
+    net = SymNMFNet(2, n_layers=1, random_state=22, recipe="paper").fit(X, epochs=50, lr=0.01, tol=1.0, progress=True)
     assert net.n_iter_ == 2 and net.history_["epoch"] == [0, 1, 2]  # the loss changes by less than its own size
     net.fit(X, epochs=5, lr=0.01, log_every=2, verbose=True, progress=False)
     assert net.history_["epoch"] == [0, 2, 4, 5]
     assert "epoch 4" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------ recipes
+
+
+def test_recipes_fill_unset_arguments_and_explicit_ones_win():
+    assert set(RECIPES["paper"]) == set(RECIPES["default"])
+    paper = RECIPES["paper"]
+    assert (paper["n_layers"], paper["beta"], paper["lr"], paper["relative_lr"]) == (10, 5e-6, 0.5, False)
+    assert (paper["init"], paper["lam"], paper["learn_lam"], paper["loss_blocks"]) == ("random", "fro", True, "all")
+    default = RECIPES["default"]
+    net = SymNMFNet(3)
+    assert net.recipe == "default"
+    assert (net.n_layers, net.beta, net.init, net.init_iter, net.loss_blocks, net.learn_lam) == (
+        default["n_layers"], default["beta"], default["init"], default["init_iter"], default["loss_blocks"],
+        default["learn_lam"])
+    mine = SymNMFNet(3, n_layers=2, beta=0.5, init="random", recipe="paper")
+    assert (mine.n_layers, mine.beta, mine.init, mine.mu) == (2, 0.5, "random", 0.0)
+    with pytest.raises(ValueError, match="recipe"):
+        SymNMFNet(3, recipe="fast")
+    with pytest.raises(ValueError, match="init"):
+        SymNMFNet(3, init="kmeans")
+    with pytest.raises(ValueError, match="loss_blocks"):
+        SymNMFNet(3, loss_blocks="first")
+    with pytest.raises(ValueError, match="lam"):
+        SymNMFNet(3, lam="max")
+
+
+def test_hals_start_is_symhals_from_each_restarts_random_start():
+    from symnmf.solvers import make_generator, solve
+
+    X, _ = planted_graph([10, 12, 14], 0.5, 0.05, seed=41)
+    net = SymNMFNet(3, n_layers=1, n_restarts=2, init="hals", init_iter=7, random_state=3).initialize(X)
+    random_starts = kuang_init(X, 3, (2,), make_generator(3))
+    assert rel(random_starts[0], random_starts[1]) > 1e-3
+    for k in range(2):
+        expected = solve(X, 3, solver="hals", U0=random_starts[k], max_iter=7, tol=0.0).U
+        assert rel(net.U0[k], expected) < 1e-12
+
+
+def test_spectral_start_finds_planted_blocks():
+    X, labels = planted_graph([15, 20, 25], 0.6, 0.02, seed=42)
+    U = spectral_init(X, 3, generator=torch.Generator().manual_seed(0))
+    assert U.shape == (60, 3) and bool((U >= 0).all()) and bool(torch.isfinite(U).all())
+    assert accuracy(labels, U.argmax(-1).numpy()) >= 0.95
+    noisy = spectral_init(X.to_sparse_csr(), 3, (2,), torch.Generator().manual_seed(0), noise=0.1)
+    assert noisy.shape == (2, 60, 3) and rel(noisy[0], noisy[1]) > 1e-3
+    assert accuracy(labels, noisy[0].argmax(-1).numpy()) >= 0.95
+    net = SymNMFNet(3, n_layers=1, init="spectral", random_state=0, recipe="paper").initialize(X)
+    assert accuracy(labels, net.U0.argmax(-1).numpy()) >= 0.95
+
+
+def test_fixed_lam_stays_and_spectral_lam_uses_the_spectral_norm():
+    X, _ = planted_graph([9, 11, 13], 0.5, 0.1, seed=43)
+    net = SymNMFNet(3, n_layers=2, learn_lam=False, random_state=1, recipe="paper")
+    net.fit(X, epochs=5, lr=0.05, relative_lr=True)
+    lam0 = float(net.lam)
+    assert not net.lam.requires_grad
+    assert lam0 == pytest.approx(max(float(X.norm()), float(net.lam_min)), rel=1e-12)
+    spec = SymNMFNet(3, n_layers=1, lam="spectral", random_state=1, recipe="paper").initialize(X)
+    two_norm = float(torch.linalg.matrix_norm(X, ord=2))
+    residual = float((X - spec.U0 @ spec.U0.T).norm())
+    assert float(spec.lam_min) == pytest.approx(0.5 * (two_norm + residual), rel=1e-4)
+    assert float(spec.lam) == pytest.approx(max(two_norm, float(spec.lam_min)), rel=1e-4)
+
+
+def test_last_block_loss_and_beta_decay():
+    n, r, L = 19, 2, 3
+    X = random_similarity(n, seed=44)
+    beta = 0.2
+    net = SymNMFNet(r, n_layers=L, beta=beta, loss_blocks="last", random_state=2, recipe="paper").initialize(X)
+    with torch.no_grad():
+        for P in net.P:
+            P.mul_(1 + 0.2 * torch.rand_like(P))
+    Us = net(return_all=True)
+    expected = (X - Us[-1] @ Us[-1].T).pow(2).sum() + beta * sum(
+        (net.P[i - 1] - X @ Us[i - 1] - net.lam * Us[i - 1]).pow(2).sum() for i in range(1, L + 1))
+    assert rel(net.loss(X), expected) < 1e-10
+    decayed = SymNMFNet(r, n_layers=1, beta=0.1, beta_final=1e-3, random_state=2, recipe="paper")
+    decayed.fit(X, epochs=5, lr=0.01)
+    assert decayed._beta_now == pytest.approx(1e-3, rel=1e-9)
+    with pytest.raises(ValueError, match="beta_final"):
+        SymNMFNet(2, beta_final=0.0)
+
+
+def test_plateau_early_stopping():
+    X, _ = planted_graph([12, 14], 0.6, 0.05, seed=45, dtype=torch.float32)
+    # tol 1 on a plateau window of 3: the best loss of 3 steps never beats the earlier best by 100%
+    net = SymNMFNet(2, n_layers=1, random_state=3, recipe="paper").fit(X, epochs=40, lr=0.01, tol=1.0, patience=3)
+    assert net.n_iter_ == 4 and len(net.history_["loss"]) == 5
+    # without tol the same run goes on to the end
+    full = SymNMFNet(2, n_layers=1, random_state=3, recipe="paper").fit(X, epochs=40, lr=0.01, patience=3)
+    assert full.n_iter_ == 40
+    with pytest.raises(ValueError, match="patience"):
+        SymNMFNet(2, recipe="paper").fit(X, epochs=2, patience=-1)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        SymNMFNet(2, recipe="paper").fit(X, epochs=2, lr_schedule="step")
+
+
+def test_select_restart_rules():
+    n, r = 12, 3
+    base = torch.zeros(n, r)
+    base[torch.arange(n), torch.arange(n) % r] = 1.0
+    other = torch.zeros(n, r)
+    other[torch.arange(n), (torch.arange(n) // 4) % r] = 1.0  # a different partition
+    U = torch.stack([other, base, base[:, [1, 2, 0]] * 2])  # restarts 1 and 2 agree (relabelled)
+    assert select_restart(U, "consensus") in (1, 2)
+    assert select_restart(U, "loss", [3.0, 1.0, 2.0]) == 1
+    assert select_restart(U, "error", [0.5, float("nan"), 0.7]) == 0  # NaN is never the best
+    bad = U.clone()
+    bad[1, 0, 0] = float("nan")
+    assert select_restart(bad, "consensus") in (0, 2)
+    with pytest.raises(ValueError, match="rule"):
+        select_restart(U, "acc")
+    with pytest.raises(ValueError, match="scores"):
+        select_restart(U, "loss")
+
+
+def test_fit_net_recovers_planted_blocks_with_each_recipe():
+    X, labels = planted_graph([16, 20, 24], 0.5, 0.03, seed=46, dtype=torch.float32)
+    for recipe, overrides in (("default", dict(n_restarts=3, epochs=25)), ("paper", dict(epochs=25, lr=0.1))):
+        result = fit_net(X.to_sparse_csr(), 3, recipe=recipe, random_state=0, **overrides)
+        assert result.U.shape == (60, 3) and result.labels.shape == (60,)
+        assert accuracy(labels, result.labels.numpy()) >= 0.95, recipe
+        assert np.isfinite(result.relative_error) and 0 < result.relative_error < 1
+        assert 1 <= result.n_iter <= 25 and result.seconds > 0
+        assert len(result.relative_errors) == overrides.get("n_restarts", 1)
+    assert result.index == 0  # one restart
+    with pytest.raises(ValueError, match="unknown recipe settings"):
+        fit_net(X, 3, epochs=2, depth=3)
+
+
+def test_all_zero_similarity_is_refused():
+    Z = torch.zeros(10, 10)
+    for X in (Z, Z.to_sparse_csr(), torch.zeros(2, 10, 10)):
+        with pytest.raises(ValueError, match="all zero"):
+            SymNMFNet(2, recipe="paper").fit(X, epochs=1)
+    with pytest.raises(ValueError, match="all zero"):
+        fit_net(Z, 2, epochs=1)
+    partly = random_similarity(10, seed=47, batch=(2,))
+    partly[1] = 0
+    with pytest.raises(ValueError, match="all zero"):
+        SymNMFNet(2, recipe="paper").initialize(partly)
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture
+def saved_net(tmp_path):
+    X = random_similarity(13, seed=48, dtype=torch.float32)
+    net = SymNMFNet(2, n_layers=2, random_state=1, recipe="paper").fit(X, epochs=2, lr=0.01)
+    path = tmp_path / "net.ckpt"
+    net.save(path)
+    return net, path
+
+
+def test_checkpoint_has_version_and_checksum(saved_net):
+    import hashlib
+    import json
+
+    net, path = saved_net
+    data = path.read_bytes()
+    magic, header, payload = data.split(b"\n", 2)
+    header = json.loads(header)
+    assert header["version"] == CHECKPOINT_VERSION and header["format"] == "symnmf-net"
+    assert header["size"] == len(payload) and header["sha256"] == hashlib.sha256(payload).hexdigest()
+    loaded = SymNMFNet.load(path)
+    assert torch.equal(loaded(), net()) and loaded.get_config() == net.get_config()
+
+
+def _write_checkpoint(path, obj):
+    """A well-formed file (right header and checksum) around an arbitrary payload."""
+    import hashlib
+    import io
+    import json
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    payload = buffer.getvalue()
+    header = {"format": "symnmf-net", "version": CHECKPOINT_VERSION, "size": len(payload),
+              "sha256": hashlib.sha256(payload).hexdigest()}
+    path.write_bytes(b"SYMNMF-NET\n" + json.dumps(header).encode() + b"\n" + payload)
+
+
+def test_bad_checkpoints_raise_value_error_naming_the_file(saved_net, tmp_path):
+    net, path = saved_net
+    good = path.read_bytes()
+    cases = {
+        "empty": (b"", "empty"),
+        "truncated": (good[: len(good) - 50], "truncated"),
+        "header_cut": (good[:15], "header"),
+        "flipped": (good[:-30] + bytes([good[-30] ^ 0xFF]) + good[-29:], "sha256"),
+        "garbage": (b"not a checkpoint at all" * 10, "unpickle"),
+        "future": (good.replace(b'"version": 2', b'"version": 99', 1), "version"),
+    }
+    for name, (data, match) in cases.items():
+        bad = tmp_path / f"{name}.ckpt"
+        bad.write_bytes(data)
+        with pytest.raises(ValueError, match=match) as info:
+            SymNMFNet.load(bad)
+        assert str(bad) in str(info.value), name
+    saved = {"config": net.get_config(), "state_dict": dict(net.state_dict()), "history": {}, "n_iter": 0}
+    for drop, match in (("config", "config"), ("state_dict", "state_dict")):
+        partial = {k: v for k, v in saved.items() if k != drop}
+        bad = tmp_path / f"no_{drop}.ckpt"
+        _write_checkpoint(bad, partial)
+        with pytest.raises(ValueError, match=match):
+            SymNMFNet.load(bad)
+    no_weight = dict(saved, state_dict={k: v for k, v in saved["state_dict"].items() if k != "P.1"})
+    bad = tmp_path / "no_weight.ckpt"
+    _write_checkpoint(bad, no_weight)
+    with pytest.raises(ValueError, match="P.1"):
+        SymNMFNet.load(bad)
+    no_rank = dict(saved, config={k: v for k, v in saved["config"].items() if k != "n_components"})
+    bad = tmp_path / "no_rank.ckpt"
+    _write_checkpoint(bad, no_rank)
+    with pytest.raises(ValueError, match="n_components"):
+        SymNMFNet.load(bad)
+    wrong_shape = dict(saved, state_dict=dict(saved["state_dict"], **{"P.0": torch.zeros(3, 5)}))
+    bad = tmp_path / "wrong_shape.ckpt"
+    _write_checkpoint(bad, wrong_shape)
+    with pytest.raises(ValueError, match="do not fit"):
+        SymNMFNet.load(bad)
+
+
+def test_first_format_checkpoint_still_loads(saved_net, tmp_path):
+    net, _ = saved_net
+    config = {k: net.get_config()[k] for k in ("n_components", "n_layers", "beta", "mu", "n_restarts", "random_state")}
+    config["lam"] = None  # version 1 wrote None for ||X||_F
+    old = tmp_path / "v1.pt"
+    torch.save({"config": config, "state_dict": net.state_dict(), "history": net.history_, "n_iter": net.n_iter_}, old)
+    loaded = SymNMFNet.load(old)
+    assert torch.equal(loaded(), net()) and loaded.recipe == "paper" and loaded.lam_init == "fro"

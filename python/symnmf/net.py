@@ -22,8 +22,24 @@ X may be dense (..., n, n) or a torch sparse CSR (n, n); a sparse X is only
 ever multiplied by n x r factors. Leading batch dimensions are independent
 problems: a dense X of shape (B, n, n) is B graphs, and `n_restarts=R` adds a
 leading dimension of R random starts (U_0 of shape (R, ..., n, r)) on the same X.
+
+Training recipes
+----------------
+Every setting of the start, the loss and the optimiser is named in `RECIPES`:
+"paper" is the paper's (Kuang's random start, L = 10, beta = 5e-6, lam from
+||X||_F, Adam at the absolute lr 0.5); "default" is the library's, chosen by
+the study in docs/symnmf_net_study.md (bench/study_net.py). A recipe fills in
+every argument left at None; explicit arguments win. `fit_net(X, r)` runs a
+whole recipe, restarts and label-free selection included, and returns one
+factor: the entry point for the estimator, the CLI and `symnmf reproduce`.
 """
+import hashlib
+import io
+import json
+import math
+import os
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,7 +51,49 @@ from symnmf_kernels.ops.sparse_loss import sparse_layer_loss
 from .solvers.base import make_generator
 from .validation import as_similarity, check_rank, check_similarity
 
-__all__ = ["SymNMFNet", "kuang_init", "sparse_factor"]
+__all__ = ["SymNMFNet", "RECIPES", "NetResult", "fit_net", "kuang_init", "spectral_init", "sparse_factor",
+           "select_restart", "CHECKPOINT_VERSION"]
+
+
+# The settings of a training recipe; every None argument of SymNMFNet / fit takes its recipe's value.
+#   init: the start U_0: "random" (Kuang et al.), "hals" (Kuang's start refined by init_iter SymHALS
+#         iterations, each restart from its own random start) or "spectral" (the top-r eigenvectors
+#         of X, signs fixed and clipped at 0, plus init_noise times Kuang's random start).
+#   lam: "fro" (||X||_F, the paper's), "spectral" (||X||_2) or a float; learn_lam: train it (projected
+#         onto lam >= lam_min) or keep it fixed.
+#   beta -> beta_final: the regulariser's weight, decayed geometrically over the epochs (None: constant).
+#   loss_blocks: "all" (the paper's sum over the L blocks) or "last" (the last block's residual only).
+#   lr, relative_lr, lr_schedule ("constant" or "cosine"): Adam's step.
+#   tol, patience: stop once the best loss of the last `patience` steps is within tol (relative) of the
+#         best before them (patience None: the older rule, two consecutive records within tol of loss_0).
+#   n_restarts, select: restarts trained side by side by `fit_net`, and the label-free rule that keeps
+#         one ("loss", "error" or "consensus"; see `select_restart`).
+RECIPES = {
+    "paper": {
+        "n_layers": 10, "beta": 5e-6, "beta_final": None, "mu": 0.0, "lam": "fro", "learn_lam": True,
+        "init": "random", "init_iter": 0, "init_noise": 0.0, "loss_blocks": "all",
+        "epochs": 100, "lr": 0.5, "relative_lr": False, "lr_schedule": "constant", "tol": None, "patience": None,
+        "n_restarts": 1, "select": "loss",
+    },
+    "default": {
+        "n_layers": 3, "beta": 0.1, "beta_final": None, "mu": 0.0, "lam": "fro", "learn_lam": True,
+        "init": "hals", "init_iter": 100, "init_noise": 0.0, "loss_blocks": "all",
+        "epochs": 300, "lr": 0.02, "relative_lr": True, "lr_schedule": "cosine", "tol": 1e-5, "patience": 20,
+        "n_restarts": 4, "select": "consensus",
+    },
+}
+_INITS = ("random", "hals", "spectral")
+_LOSS_BLOCKS = ("all", "last")
+_LR_SCHEDULES = ("constant", "cosine")
+SELECTION_RULES = ("loss", "error", "consensus")
+CHECKPOINT_VERSION = 2
+_CHECKPOINT_MAGIC = b"SYMNMF-NET\n"
+
+
+def _recipe(name):
+    if name not in RECIPES:
+        raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {name!r}")
+    return RECIPES[name]
 
 
 def _is_sparse(X):
@@ -93,6 +151,65 @@ def kuang_init(X, rank, batch_shape=(), generator=None):
     return 2 * torch.sqrt(_batch_view(mean) / rank) * U0
 
 
+def spectral_norm(X, iters=50):
+    """||X||_2 per problem by power iteration from the all-ones vector (X >= 0: the Perron root)."""
+    n = X.shape[-1]
+    shape = (n, 1) if _is_sparse(X) else (*X.shape[:-2], n, 1)
+    v = torch.ones(shape, dtype=X.dtype, device=X.device) / math.sqrt(n)
+    est = None
+    for _ in range(iters):
+        w = _times(X, v)
+        est = w.pow(2).sum((-2, -1)).sqrt()
+        v = w / _batch_view(torch.clamp(est, min=torch.finfo(X.dtype).tiny))
+    return est
+
+
+@torch.no_grad()
+def spectral_init(X, rank, batch_shape=(), generator=None, noise=0.0, iters=30):
+    """A start from X's spectrum: Y = V_r sqrt(Lambda_r) of the r leading eigenpairs, each column's
+    sign chosen so its positive part carries the larger mass, clipped at 0, plus noise times
+    Kuang's random start (different for every restart in batch_shape).
+
+    The eigenpairs come from a subspace iteration on X + s I, s = max row sum of X (so that the
+    leading eigenvalues of X lead), with r + 4 vectors and `iters` steps: only products X V.
+    """
+    n = X.shape[-1]
+    k = min(n, rank + 4)
+    base = () if _is_sparse(X) else tuple(X.shape[:-2])
+    ones = torch.ones((*base, n, 1), dtype=X.dtype, device=X.device)
+    shift = _times(X, ones).amax((-2, -1))
+    draw_device = generator.device if generator is not None else X.device
+    Q = torch.randn((*base, n, k), generator=generator, dtype=X.dtype, device=draw_device).to(X.device)
+    Q = torch.linalg.qr(Q)[0]
+    for _ in range(iters):
+        Q = torch.linalg.qr(_times(X, Q) + _batch_view(shift) * Q)[0]
+    T = Q.mT @ _times(X, Q)
+    w, V = torch.linalg.eigh((T + T.mT) / 2)
+    w, V = w[..., -rank:].flip(-1), V[..., -rank:].flip(-1)
+    Y = (Q @ V) * torch.sqrt(torch.clamp(w, min=0))[..., None, :]
+    flip = torch.clamp(Y, min=0).pow(2).sum(-2, keepdim=True) < torch.clamp(-Y, min=0).pow(2).sum(-2, keepdim=True)
+    U = torch.clamp(torch.where(flip, -Y, Y), min=0)
+    U = U.expand((*batch_shape, *U.shape)).clone()
+    if noise:
+        U = U + noise * kuang_init(X, rank, batch_shape, generator)
+    return U
+
+
+def _hals_refine(X, U0, iters, tol=0.0):
+    """Each (n, r) start in U0 refined by `iters` SymHALS iterations (one problem at a time)."""
+    from .solvers import solve
+
+    if iters <= 0:
+        return U0
+    flat = U0.reshape(-1, *U0.shape[-2:])
+    Xs = X if _is_sparse(X) else X.expand((*U0.shape[:-2], *X.shape[-2:])).reshape(-1, *X.shape[-2:])
+    out = []
+    for b in range(flat.shape[0]):
+        Xb = X if _is_sparse(X) else Xs[b]
+        out.append(solve(Xb, flat.shape[-1], solver="hals", U0=flat[b], max_iter=int(iters), tol=tol).U)
+    return torch.stack(out).reshape(U0.shape)
+
+
 def sparse_factor(U):
     """SF = #{|u| > 0.01 mean(|u|)} / #u per problem (the paper's sparsity measure)."""
     a = U.abs()
@@ -107,9 +224,10 @@ class SymNMFNet(nn.Module):
     ----------
     n_components : int
         The rank r (number of clusters).
-    n_layers : int
-        Number of blocks L (paper default 10).
-    beta : float
+    n_layers : int or None
+        Number of blocks L (paper 10). Every argument left at None takes the
+        value of `recipe` (see `RECIPES`).
+    beta : float or None
         Weight of the regulariser ||P_i - (X + lam I) U_{i-1}||_F^2 that keeps
         each block close to the classical update (paper default 5e-6). The
         regulariser is also the only path by which X reaches a weight whose
@@ -120,42 +238,88 @@ class SymNMFNet(nn.Module):
         scales like c^3, the residual like c^2), so a suitable beta depends on
         the scale of X; on Kuang's normalised graphs (||X||_F ~ 10) beta near
         0.1 keeps every entry alive.
-    mu : float
-        Weight of ||U_L||_1, for sparser factors (default 0).
-    lam : float or None
-        Initial lam; None means ||X||_F (the paper's choice). Either way the
-        start is raised to lam_min when below it.
+    mu : float or None
+        Weight of ||U_L||_1, for sparser factors (both recipes: 0).
+    lam : float, "fro", "spectral" or None
+        Initial lam: ||X||_F ("fro", the paper's choice), ||X||_2 ("spectral";
+        the bound lam_min then uses ||X||_2 too, Zhu et al.'s sufficient value
+        1/2 (||X||_2 + ||X - U_0 U_0^T||_F)) or a float. Either way the start
+        is raised to lam_min when below it.
     n_restarts : int or None
         Number of random starts trained side by side on the same X; None means one
         start and no extra leading dimension.
     random_state : None, int, numpy RandomState / Generator, or torch.Generator
         Seed of the random start U_0 (an int gives the start of
         `symnmf.solvers.solve` with the same random_state).
+    recipe : "default" or "paper"
+        Where the unset arguments come from (`RECIPES`).
+    init : "random", "hals" or "spectral"
+        The start U_0: Kuang's random start, that start refined by `init_iter`
+        SymHALS iterations, or the spectral start of `spectral_init` (plus
+        `init_noise` times Kuang's start).
+    learn_lam : bool
+        Train lam (projected onto lam >= lam_min) or keep it at its start.
+    beta_final : float or None
+        Decay beta geometrically to this value over the epochs of `fit`.
+    loss_blocks : "all" or "last"
+        The residual of every block in the loss (the paper's), or of the last only.
 
     After `initialize(X)` (called by `fit`) the net holds `U0` (..., n, r), the
     weights `P` (L tensors of that shape), `lam` and `lam_min` (shape (...)).
     `forward()` needs no input: U_0 is fixed and X enters only the loss.
     """
 
-    def __init__(self, n_components, n_layers=10, beta=5e-6, mu=0.0, lam=None, n_restarts=None, random_state=None):
+    def __init__(self, n_components, n_layers=None, beta=None, mu=None, lam=None, n_restarts=None, random_state=None,
+                 *, recipe="default", init=None, init_iter=None, init_noise=None, learn_lam=None, beta_final=None,
+                 loss_blocks=None):
         super().__init__()
+        settings = _recipe(recipe)
+
+        def pick(name, value):
+            return settings[name] if value is None else value
+
+        n_layers, beta, mu = pick("n_layers", n_layers), pick("beta", beta), pick("mu", mu)
+        lam, init, init_iter = pick("lam", lam), pick("init", init), pick("init_iter", init_iter)
+        init_noise, learn_lam = pick("init_noise", init_noise), pick("learn_lam", learn_lam)
+        beta_final, loss_blocks = pick("beta_final", beta_final), pick("loss_blocks", loss_blocks)
         if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
             raise ValueError(f"n_components must be a positive int, got {n_components!r}")
         if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
             raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
         if not beta >= 0 or not mu >= 0:
             raise ValueError(f"beta and mu must be >= 0, got beta={beta!r}, mu={mu!r}")
-        if lam is not None and not lam > 0:
-            raise ValueError(f"lam must be > 0 or None (None: ||X||_F), got {lam!r}")
+        if beta_final is not None and not (beta_final > 0 and beta > 0):
+            raise ValueError(f"beta_final must be > 0 (with beta > 0) or None, got {beta_final!r}")
+        if isinstance(lam, str):
+            if lam not in ("fro", "spectral"):
+                raise ValueError(f'lam must be > 0, "fro", "spectral" or None, got {lam!r}')
+        elif not lam > 0:
+            raise ValueError(f'lam must be > 0, "fro", "spectral" or None (None: the recipe\'s), got {lam!r}')
         if n_restarts is not None and (isinstance(n_restarts, bool) or not isinstance(n_restarts, int) or n_restarts < 1):
             raise ValueError(f"n_restarts must be a positive int or None, got {n_restarts!r}")
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+        if isinstance(init_iter, bool) or not isinstance(init_iter, int) or init_iter < 0:
+            raise ValueError(f"init_iter must be a non-negative int, got {init_iter!r}")
+        if not init_noise >= 0:
+            raise ValueError(f"init_noise must be >= 0, got {init_noise!r}")
+        if loss_blocks not in _LOSS_BLOCKS:
+            raise ValueError(f"loss_blocks must be one of {_LOSS_BLOCKS}, got {loss_blocks!r}")
+        self.recipe = recipe
         self.n_components = n_components
         self.n_layers = n_layers
         self.beta = float(beta)
+        self.beta_final = None if beta_final is None else float(beta_final)
         self.mu = float(mu)
-        self.lam_init = None if lam is None else float(lam)
+        self.lam_init = lam if isinstance(lam, str) else float(lam)
+        self.learn_lam = bool(learn_lam)
+        self.init = init
+        self.init_iter = int(init_iter)
+        self.init_noise = float(init_noise)
+        self.loss_blocks = loss_blocks
         self.n_restarts = n_restarts
         self.random_state = random_state
+        self._beta_now = self.beta
         self.P = nn.ParameterList()
         self.lam = None
         self.register_buffer("U0", None)
@@ -206,8 +370,20 @@ class SymNMFNet(nn.Module):
     @torch.no_grad()
     def _initialize(self, X, U0):
         r = self.n_components
+        X_norm2 = _frob2(X)
+        if not bool((X_norm2 > 0).all()):
+            raise ValueError(
+                "X is all zero (every similarity is 0): there is nothing to factorise and the random start, "
+                "lam and the loss would be 0 or NaN; check the graph construction"
+            )
         if U0 is None:
-            U0 = kuang_init(X, r, self._restart_shape(), make_generator(self.random_state))
+            generator = make_generator(self.random_state)
+            if self.init == "spectral":
+                U0 = spectral_init(X, r, self._restart_shape(), generator, noise=self.init_noise)
+            else:
+                U0 = kuang_init(X, r, self._restart_shape(), generator)
+            if self.init == "hals":
+                U0 = _hals_refine(X, U0, self.init_iter)
         else:
             U0 = torch.as_tensor(U0).to(device=X.device, dtype=X.dtype)
             if U0.shape[-1] != r or U0.shape[-2] != X.shape[-1]:
@@ -215,17 +391,19 @@ class SymNMFNet(nn.Module):
             if bool((U0 < 0).any()) or not bool(torch.isfinite(U0).all()):
                 raise ValueError("U0 must be finite and non-negative")
             U0 = U0.clone()
-        X_norm2 = _frob2(X)
         batch_shape = U0.shape[:-2]
-        x_norm = torch.sqrt(X_norm2).expand(batch_shape)
+        x_norm = torch.sqrt(X_norm2)
+        if self.lam_init == "spectral":
+            x_norm = spectral_norm(X)
+        x_norm = x_norm.expand(batch_shape)
         residual0 = _layer_terms(X, X_norm2, U0, None, 0.0)[0]
         lam_min = 0.5 * (x_norm + torch.sqrt(torch.clamp(residual0, min=0)))
-        lam0 = x_norm if self.lam_init is None else torch.full_like(lam_min, self.lam_init)
+        lam0 = x_norm if isinstance(self.lam_init, str) else torch.full_like(lam_min, self.lam_init)
         lam = torch.maximum(lam0, lam_min)
 
         self.U0 = U0
         self.lam_min = lam_min.contiguous()
-        self.lam = nn.Parameter(lam.clone())
+        self.lam = nn.Parameter(lam.clone(), requires_grad=self.learn_lam)
         weights = []
         U = U0
         for _ in range(self.n_layers):
@@ -233,6 +411,7 @@ class SymNMFNet(nn.Module):
             weights.append(nn.Parameter(P))
             U = sk.symnmf_block(U, P, lam)
         self.P = nn.ParameterList(weights)
+        self._beta_now = self.beta
         self.history_ = {}
         self.n_iter_ = 0
         return self
@@ -264,12 +443,13 @@ class SymNMFNet(nn.Module):
         iterates = self.forward(return_all=True)
         weights = list(self.P) + [None]
         loss = 0.0
+        last = len(iterates) - 1
         for i, (U, P_next) in enumerate(zip(iterates, weights)):
             residual, regulariser = _layer_terms(X, X_norm2, U, P_next, self.lam)
-            if i > 0:
+            if i > 0 and (self.loss_blocks == "all" or i == last):
                 loss = loss + residual
             if regulariser is not None:
-                loss = loss + self.beta * regulariser
+                loss = loss + self._beta_now * regulariser
         U = iterates[-1]
         if self.mu:
             loss = loss + self.mu * U.sum((-2, -1))  # U_L >= 0, so this is ||U_L||_1
@@ -303,16 +483,18 @@ class SymNMFNet(nn.Module):
         return self.forward().argmax(-1)
 
     # --------------------------------------------------------------- training
-    def fit(self, X, epochs=100, lr=0.5, relative_lr=False, optimizer=None, tol=None, U0=None, warm_start=False,
-            progress=None, verbose=False, log_every=1, callback=None):
+    def fit(self, X, epochs=None, lr=None, relative_lr=None, optimizer=None, tol=None, U0=None, warm_start=False,
+            progress=None, verbose=False, log_every=1, callback=None, *, patience=None, lr_schedule=None):
         """Initialise from X (Algorithm 1) and train P_i and lam by gradient steps.
+
+        Every argument left at None takes the value of the net's recipe (`RECIPES`).
 
         Parameters
         ----------
         X : dense (..., n, n) or sparse (n, n) symmetric non-negative similarity
-            (torch, numpy or scipy.sparse).
+            (torch, numpy or scipy.sparse), not all zero.
         epochs : int
-            Number of optimiser steps (one step = one pass through the L blocks).
+            Most optimiser steps (one step = one pass through the L blocks).
         lr : float
             Learning rate (paper: 0.5 for images, 0.3 for text). Adam moves every
             weight by about lr per step whatever its size, while P_i scales like
@@ -324,11 +506,14 @@ class SymNMFNet(nn.Module):
             beta > 0 the regulariser's relative weight still grows like c).
             Suggested lr then: 0.01 to 0.1.
         optimizer : a torch.optim.Optimizer class, or None for Adam.
-        tol : float or None
-            Stop early once the loss changes by less than tol times the initial
-            loss between two logged steps.
+        tol, patience : early stopping. With patience an int: stop once the best loss of
+            the last `patience` steps is within tol times |best loss| of the best loss
+            before them (a plateau; measured at the logged steps). With patience 0 (or
+            None in a recipe without one): stop once the loss changes by less than tol times the initial loss between
+            two logged steps. tol None: no early stopping.
+        lr_schedule : "constant" or "cosine" (lr decays to 5% of its start over `epochs`).
         U0 : tensor (..., n, r) or None
-            The start; None draws Kuang's random start from random_state.
+            The start; None uses the net's `init` from random_state.
         warm_start : bool
             Keep the current weights and continue training instead of re-initialising.
         progress : bool or None
@@ -338,19 +523,36 @@ class SymNMFNet(nn.Module):
             with the device).
         callback : callable(net, epoch, record) or None; returning True stops training.
 
+        beta decays geometrically from `beta` to `beta_final` over the epochs when
+        the net has a beta_final.
+
         History (`history_`): per record the step ("epoch"), "loss" (summed over
-        problems), "relative_error" E and "sparse_factor" SF of U_L (a float, or a
-        list with one value per problem), and "time" in seconds since the start.
-        Record 0 is the initialisation, the last record the trained net.
+        problems), "loss_per_problem", "relative_error" E and "sparse_factor" SF of
+        U_L (a float, or a list with one value per problem), and "time" in seconds
+        since the start (the start U_0 included). Record 0 is the initialisation,
+        the last record the trained net.
         """
+        settings = _recipe(self.recipe)
+        epochs = settings["epochs"] if epochs is None else epochs
+        lr = settings["lr"] if lr is None else lr
+        relative_lr = settings["relative_lr"] if relative_lr is None else relative_lr
+        tol = settings["tol"] if tol is None else tol
+        patience = settings["patience"] if patience is None else patience
+        lr_schedule = settings["lr_schedule"] if lr_schedule is None else lr_schedule
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
         if tol is not None and not tol >= 0:
             raise ValueError(f"tol must be >= 0 or None, got {tol!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            if patience is not None:
+                raise ValueError(f"patience must be a non-negative int or None, got {patience!r}")
+        if lr_schedule not in _LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {_LR_SCHEDULES}, got {lr_schedule!r}")
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise ValueError(f"log_every must be a positive int, got {log_every!r}")
+        start = time.perf_counter()
         if warm_start and self.initialized:
             X = self._prepare(X)
             self._check_matches(X)
@@ -359,15 +561,21 @@ class SymNMFNet(nn.Module):
             self._initialize(X, U0)
 
         optimizer = (optimizer or torch.optim.Adam)(self._param_groups(lr, relative_lr), lr=lr)
+        scheduler = None
+        if lr_schedule == "cosine" and epochs > 0:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda t: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, epochs) / epochs)))
         X_norm2 = _frob2(X)
 
-        history = {"epoch": [], "loss": [], "relative_error": [], "sparse_factor": [], "time": []}
-        start = time.perf_counter()
+        history = {"epoch": [], "loss": [], "loss_per_problem": [], "relative_error": [], "sparse_factor": [],
+                   "time": []}
 
         def record(epoch, loss, residual, U):
+            loss = loss.detach()
             entry = {
                 "epoch": epoch,
-                "loss": float(loss.detach().sum()),
+                "loss": float(loss.sum()),
+                "loss_per_problem": loss.tolist(),
                 "relative_error": (residual.detach() / X_norm2).tolist(),
                 "sparse_factor": sparse_factor(U.detach()).tolist(),
                 "time": time.perf_counter() - start,
@@ -378,12 +586,17 @@ class SymNMFNet(nn.Module):
 
         bar = _progress_bar(epochs, progress if progress is not None else verbose)
         steps = 0
+        window = max(1, -(-patience // log_every)) if patience else None
         try:
             for epoch in range(epochs):
+                if self.beta_final is not None:
+                    self._beta_now = self.beta * (self.beta_final / self.beta) ** (epoch / max(epochs - 1, 1))
                 optimizer.zero_grad(set_to_none=True)
                 loss, residual, U = self._objective(X, X_norm2)
                 loss.sum().backward()
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 self.project_lam()
                 steps = epoch + 1
                 if bar is not None:
@@ -397,8 +610,15 @@ class SymNMFNet(nn.Module):
                     print(f"epoch {epoch}: loss {entry['loss']:.6g}, E {_short(entry['relative_error'])}")
                 if callback is not None and callback(self, epoch, entry):
                     break
-                if tol is not None and len(history["loss"]) >= 2:
-                    if abs(history["loss"][-2] - history["loss"][-1]) <= tol * abs(history["loss"][0]):
+                losses = history["loss"]
+                if tol is None:
+                    continue
+                if window is None:
+                    if len(losses) >= 2 and abs(losses[-2] - losses[-1]) <= tol * abs(losses[0]):
+                        break
+                elif len(losses) > window:
+                    before, recent = min(losses[:-window]), min(losses[-window:])
+                    if before - recent <= tol * abs(before):
                         break
         finally:
             if bar is not None:
@@ -409,14 +629,35 @@ class SymNMFNet(nn.Module):
         self.n_iter_ = steps
         return self
 
+    @torch.no_grad()
+    def select(self, X=None, rule="loss"):
+        """Index of the restart kept by a label-free rule (see `select_restart`), from the last fit.
+
+        "loss" and "error" read the history (X unused); "consensus" compares the restarts' labels.
+        Needs n_restarts; returns an int for one graph, a tensor of indices for a batch of graphs.
+        """
+        self._require_initialized()
+        if self.n_restarts is None:
+            raise ValueError("select needs a net with n_restarts (restarts trained side by side)")
+        scores = None
+        if rule in ("loss", "error"):
+            if not self.history_:
+                raise RuntimeError("select by loss or error needs a fitted net (its history)")
+            key = "loss_per_problem" if rule == "loss" else "relative_error"
+            scores = torch.as_tensor(self.history_[key][-1], dtype=torch.float64)
+        return select_restart(self.forward(), rule, scores)
+
     def _param_groups(self, lr, relative_lr):
         if not relative_lr:
-            return self.parameters()
+            return [p for p in self.parameters() if p.requires_grad]
         with torch.no_grad():
             # Python floats: an optimiser's lr is a host scalar; this reads the device once per fit
             p_scale = float(torch.stack([P.pow(2).mean() for P in self.P]).mean().sqrt())
             lam_scale = float(self.lam.detach().abs().mean())
-        return [{"params": list(self.P), "lr": lr * p_scale}, {"params": [self.lam], "lr": lr * lam_scale}]
+        groups = [{"params": list(self.P), "lr": lr * p_scale}]
+        if self.learn_lam:
+            groups.append({"params": [self.lam], "lr": lr * lam_scale})
+        return groups
 
     # ------------------------------------------------------------ persistence
     def get_config(self):
@@ -429,21 +670,101 @@ class SymNMFNet(nn.Module):
             "lam": self.lam_init,
             "n_restarts": self.n_restarts,
             "random_state": random_state,
+            "recipe": self.recipe,
+            "init": self.init,
+            "init_iter": self.init_iter,
+            "init_noise": self.init_noise,
+            "learn_lam": self.learn_lam,
+            "beta_final": self.beta_final,
+            "loss_blocks": self.loss_blocks,
         }
 
     def save(self, path):
-        """Save the config, the weights (state_dict) and the history to path."""
+        """Save the config, the weights (state_dict) and the history to path.
+
+        The file is a header line (format name, `CHECKPOINT_VERSION`, payload size and
+        its sha256) followed by the payload (torch.save of the rest), so `load` can
+        tell a corrupt or truncated file from a good one.
+        """
         self._require_initialized()
+        buffer = io.BytesIO()
         torch.save({"config": self.get_config(), "state_dict": self.state_dict(),
-                    "history": self.history_, "n_iter": self.n_iter_}, path)
+                    "history": self.history_, "n_iter": self.n_iter_}, buffer)
+        payload = buffer.getvalue()
+        header = {"format": "symnmf-net", "version": CHECKPOINT_VERSION, "size": len(payload),
+                  "sha256": hashlib.sha256(payload).hexdigest()}
+        with open(path, "wb") as f:
+            f.write(_CHECKPOINT_MAGIC + json.dumps(header).encode() + b"\n" + payload)
 
     @classmethod
     def load(cls, path, map_location=None):
-        """A net saved by `save`, with its weights, history and device (or map_location)."""
-        saved = torch.load(path, map_location=map_location, weights_only=True)
-        net = cls(**saved["config"])
-        net._allocate(saved["state_dict"])
-        net.load_state_dict(saved["state_dict"])
+        """A net saved by `save`, with its weights, history and device (or map_location).
+
+        Raises ValueError naming the file when it is empty, truncated, corrupt (checksum
+        mismatch), of another format or version, or misses a key of the checkpoint.
+        Files of the first format (a bare torch.save, no checksum) still load.
+        """
+        name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else repr(path)
+
+        def bad(why):
+            return ValueError(f"{name} is not a usable SymNMFNet checkpoint: {why}")
+
+        with open(path, "rb") as f:
+            data = f.read()
+        if not data:
+            raise bad("the file is empty")
+        if data.startswith(_CHECKPOINT_MAGIC):
+            head, sep, payload = data[len(_CHECKPOINT_MAGIC):].partition(b"\n")
+            if not sep:
+                raise bad("the header is truncated")
+            try:
+                header = json.loads(head.decode())
+                version, size, digest = int(header["version"]), int(header["size"]), str(header["sha256"])
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+                raise bad(f"the header is unreadable ({exc})") from None
+            if header.get("format") != "symnmf-net" or version != CHECKPOINT_VERSION:
+                raise bad(f"format {header.get('format')!r} version {version}; this library reads "
+                          f"symnmf-net version {CHECKPOINT_VERSION} (and the headerless version 1)")
+            if len(payload) != size:
+                raise bad(f"truncated: the payload has {len(payload)} bytes, the header says {size}")
+            if hashlib.sha256(payload).hexdigest() != digest:
+                raise bad("corrupt: the payload's sha256 does not match the header's")
+            legacy = False
+        else:
+            payload, legacy = data, True  # version 1: a bare torch.save
+        try:
+            saved = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+        except Exception as exc:  # torch raises many types on garbage: report them all as one
+            raise bad(f"the payload does not unpickle ({type(exc).__name__}: {str(exc)[:120]})") from None
+        if not isinstance(saved, dict):
+            raise bad(f"the payload is a {type(saved).__name__}, not a dict")
+        for key in ("config", "state_dict"):
+            if key not in saved:
+                raise bad(f"the key {key!r} is missing")
+        config, state = saved["config"], saved["state_dict"]
+        if not isinstance(config, dict) or not isinstance(state, dict):
+            raise bad("config and state_dict must be dicts")
+        config = dict(config)
+        if legacy:
+            config.setdefault("recipe", "paper")
+            if config.get("lam") is None:
+                config["lam"] = "fro"
+        for key in ("n_components", "n_layers"):
+            if key not in config:
+                raise bad(f"the config misses {key!r}")
+        try:
+            net = cls(**config)
+        except (TypeError, ValueError) as exc:
+            raise bad(f"the config is invalid ({exc})") from None
+        needed = ["U0", "lam_min", "lam"] + [f"P.{i}" for i in range(net.n_layers)]
+        missing = [key for key in needed if key not in state]
+        if missing:
+            raise bad(f"the state_dict misses {missing}")
+        try:
+            net._allocate(state)
+            net.load_state_dict(state)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise bad(f"the weights do not fit the config ({str(exc)[:200]})") from None
         net.history_ = saved.get("history", {})
         net.n_iter_ = saved.get("n_iter", 0)
         return net
@@ -453,7 +774,7 @@ class SymNMFNet(nn.Module):
         U0 = state_dict["U0"]
         self.U0 = torch.empty_like(U0)
         self.lam_min = torch.empty_like(state_dict["lam_min"])
-        self.lam = nn.Parameter(torch.empty_like(state_dict["lam"]))
+        self.lam = nn.Parameter(torch.empty_like(state_dict["lam"]), requires_grad=self.learn_lam)
         self.P = nn.ParameterList([nn.Parameter(torch.empty_like(U0)) for _ in range(self.n_layers)])
 
     def extra_repr(self):
@@ -475,3 +796,136 @@ def _progress_bar(total, show):
     except ImportError:
         return None
     return tqdm(total=total, desc="SymNMF-Net", leave=False)
+
+
+def _label_agreement(a, b, r):
+    """Normalised mutual information (arithmetic mean of the entropies) of two labellings in 0..r-1."""
+    n = a.numel()
+    joint = torch.zeros(r * r, dtype=torch.float64)
+    joint.index_add_(0, (a * r + b).cpu(), torch.ones(n, dtype=torch.float64))
+    joint = joint.reshape(r, r) / n
+    pa, pb = joint.sum(1), joint.sum(0)
+
+    def entropy(p):
+        p = p[p > 0]
+        return float(-(p * p.log()).sum())
+
+    nz = joint > 0
+    mi = float((joint[nz] * (joint[nz] / (pa[:, None] * pb[None, :])[nz]).log()).sum())
+    norm = 0.5 * (entropy(pa) + entropy(pb))
+    return 1.0 if norm <= 0 else max(0.0, mi / norm)
+
+
+@torch.no_grad()
+def select_restart(U, rule="loss", scores=None):
+    """The restart (leading dimension of U, shape (R, ..., n, r)) kept by a label-free rule.
+
+    - "loss" / "error": the smallest of `scores` (shape (R, ...): the training loss or E per restart);
+    - "consensus": the restart whose labels (argmax of each row) agree most with the other
+      restarts' labels, by mean NMI (arithmetic normalisation): the medoid of the restarts.
+    Returns an int for U of shape (R, n, r), else a tensor of indices of shape U.shape[1:-2].
+    """
+    if rule not in SELECTION_RULES:
+        raise ValueError(f"rule must be one of {SELECTION_RULES}, got {rule!r}")
+    R = U.shape[0]
+    if rule in ("loss", "error"):
+        if scores is None:
+            raise ValueError(f"rule {rule!r} needs the scores (loss or E) of the restarts")
+        scores = torch.as_tensor(scores, dtype=torch.float64)
+        if scores.shape[0] != R:
+            raise ValueError(f"scores must have one entry per restart ({R}), got shape {tuple(scores.shape)}")
+        if not bool(torch.isfinite(scores).any()):
+            raise ValueError("every restart's score is NaN or infinite")
+        best = torch.nan_to_num(scores, nan=float("inf")).argmin(0)
+        return int(best) if best.dim() == 0 else best
+    labels = U.argmax(-1)  # (R, ..., n)
+    r = U.shape[-1]
+    flat = labels.reshape(R, -1, labels.shape[-1])
+    picks = []
+    for b in range(flat.shape[1]):
+        agree = torch.zeros(R, dtype=torch.float64)
+        for i in range(R):
+            for j in range(i + 1, R):
+                v = _label_agreement(flat[i, b], flat[j, b], r)
+                agree[i] += v
+                agree[j] += v
+        if not bool(torch.isfinite(U.reshape(R, flat.shape[1], -1)[:, b]).all()):
+            finite = torch.isfinite(U.reshape(R, flat.shape[1], -1)[:, b]).all(-1)
+            agree[~finite] = -float("inf")
+        picks.append(int(agree.argmax()))
+    if labels.dim() == 2:
+        return picks[0]
+    return torch.tensor(picks).reshape(labels.shape[1:-1])
+
+
+@dataclass
+class NetResult:
+    """What `fit_net` returns: the kept factor and how it was found.
+
+    U: (n, r) factor of the kept restart (for a dense batch of graphs: (B, n, r)); labels: argmax of
+    its rows; index: the kept restart; relative_error: its E; relative_errors / losses: every restart's;
+    n_iter: training steps; seconds: wall time (start U_0 included); net: the trained SymNMFNet
+    (all restarts); settings: the recipe's values used.
+    """
+
+    U: torch.Tensor
+    labels: torch.Tensor
+    index: object
+    relative_error: object
+    relative_errors: list
+    losses: list
+    n_iter: int
+    seconds: float
+    net: "SymNMFNet"
+    settings: dict = field(default_factory=dict)
+
+
+def fit_net(X, n_components, recipe="default", random_state=None, device=None, dtype=None, verbose=False, **overrides):
+    """Train SymNMF-Net on X with a named recipe (`RECIPES`), restarts batched, and keep one restart.
+
+    X: similarity (dense/sparse; numpy, scipy or torch). overrides: any recipe key
+    (n_layers, beta, epochs, lr, n_restarts, select, ...). With n_restarts > 1 the
+    restarts train side by side (a leading dimension) and `select` (a label-free
+    rule: "loss", "error" or "consensus") keeps one. Returns a `NetResult`.
+    """
+    settings = dict(_recipe(recipe))
+    unknown = sorted(set(overrides) - set(settings))
+    if unknown:
+        raise ValueError(f"unknown recipe settings {unknown}; known: {sorted(settings)}")
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    R = settings["n_restarts"]
+    if isinstance(R, bool) or not isinstance(R, int) or R < 1:
+        raise ValueError(f"n_restarts must be a positive int, got {R!r}")
+    if settings["select"] not in SELECTION_RULES:
+        raise ValueError(f"select must be one of {SELECTION_RULES}, got {settings['select']!r}")
+    X = as_similarity(X, device=device, dtype=dtype)
+    start = time.perf_counter()
+    net = SymNMFNet(
+        n_components, n_layers=settings["n_layers"], beta=settings["beta"], mu=settings["mu"], lam=settings["lam"],
+        n_restarts=None if R == 1 else R, random_state=random_state, recipe=recipe, init=settings["init"],
+        init_iter=settings["init_iter"], init_noise=settings["init_noise"], learn_lam=settings["learn_lam"],
+        beta_final=settings["beta_final"], loss_blocks=settings["loss_blocks"],
+    )
+    net.fit(X, epochs=settings["epochs"], lr=settings["lr"], relative_lr=settings["relative_lr"], tol=settings["tol"],
+            patience=settings["patience"], lr_schedule=settings["lr_schedule"], verbose=verbose)
+    with torch.no_grad():
+        U_all = net()
+    errors = net.history_["relative_error"][-1]
+    losses = net.history_["loss_per_problem"][-1]
+    if R == 1:
+        index, U = 0, U_all
+        error = errors
+    else:
+        index = net.select(X, settings["select"])
+        if isinstance(index, int):
+            U, error = U_all[index], errors[index]
+        else:
+            idx = index.to(U_all.device)
+            U = torch.take_along_dim(U_all, idx[None, ..., None, None], 0)[0]
+            error = [errors[int(k)][b] for b, k in enumerate(index.reshape(-1))]
+    if U.is_cuda:
+        torch.cuda.synchronize(U.device)
+    seconds = time.perf_counter() - start
+    return NetResult(U=U.detach(), labels=U.argmax(-1), index=index, relative_error=error,
+                     relative_errors=errors if R > 1 else [errors], losses=losses if R > 1 else [losses],
+                     n_iter=net.n_iter_, seconds=seconds, net=net, settings=settings)

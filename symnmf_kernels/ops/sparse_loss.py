@@ -1,4 +1,4 @@
-"""SymNMF losses for a sparse X, never forming an n x n matrix (DESIGN.md section 1).
+"""SymNMF losses for a sparse X, never forming an n x n matrix (docs/design.md, "The sparse losses").
 
     sparse_sym_loss(X, U)             ||X - U U^T||_F^2
     sparse_layer_loss(X, U, P, lam)   (||X - U U^T||_F^2, ||P - (X U + lam U)||_F^2)

@@ -1,6 +1,6 @@
 """Fused passes over n x r data around the SpMM S = X U of the sparse SymNMF losses.
 
-For a sparse symmetric X (DESIGN.md section 1)
+For a sparse symmetric X (docs/design.md, "The sparse losses")
 
     ||X - U U^T||^2       = ||X||^2 - 2 <S, U> + ||U^T U||^2
     ||P - (S + lam U)||^2 = ||R||^2,  R = P - S - lam U

@@ -1,0 +1,397 @@
+"""What makes SymNMF-Net train well: the lever study behind RECIPES["default"] (docs/symnmf_net_study.md).
+
+    OMP_NUM_THREADS=1 python bench/study_net.py levers --data digits planted --seeds 0 1 2
+    OMP_NUM_THREADS=1 python bench/study_net.py final  --data digits planted --seeds 0 1 2 3 4
+    OMP_NUM_THREADS=1 python bench/study_net.py cost
+    python bench/study_net.py report     # tables (markdown) and the plot from the JSON lines
+
+Every run appends one JSON line to bench/results/study_net-runs.jsonl. Labels are read only to
+score (ACC, NMI); every choice among restarts is label-free (training loss, E, or the consensus
+of the restarts' labellings; see symnmf.net.select_restart).
+
+Data: sklearn's digits through Kuang's self-tuning kNN graph (symnmf.similarity_graph, float32,
+sparse), and planted partitions: sparse graphs of k unequal blocks where each node draws d_in
+neighbours inside its block and d_out anywhere, symmetrised and normalised D^-1/2 A D^-1/2.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from symnmf import datasets
+from symnmf.graph import similarity_graph
+from symnmf.metrics import accuracy, nmi
+from symnmf.net import RECIPES, SymNMFNet, kuang_init, select_restart
+from symnmf.solvers import make_generator, solve
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RUNS = os.path.join(HERE, "results", "study_net-runs.jsonl")
+CLASSICAL = ("hals", "anls", "pgd", "newton", "admm")
+# the classical solvers' iteration caps of `symnmf reproduce` (each also stops at its own tolerance)
+CLASSICAL_MAX_ITER = {"anls": 300, "hals": 500, "pgd": 500, "newton": 200, "admm": 1000}
+
+
+# ------------------------------------------------------------------------------------------------ data
+def planted(n, k=8, d_in=5, d_out=5, seed=0, dtype=torch.float32):
+    """Sparse planted partition: k blocks of sizes proportional to 1, ..., 2 (shuffled), d_in
+    neighbours drawn inside the block and d_out anywhere per node, symmetrised, D^-1/2 A D^-1/2."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    weights = torch.linspace(1.0, 2.0, k)[torch.randperm(k, generator=g)]
+    sizes = torch.floor(weights / weights.sum() * n).long()
+    sizes[-1] += n - int(sizes.sum())
+    labels = torch.repeat_interleave(torch.arange(k), sizes)
+    starts = torch.cumsum(sizes, 0) - sizes
+    rows_in = torch.arange(n).repeat_interleave(d_in)
+    lab = labels[rows_in]
+    cols_in = starts[lab] + (torch.rand(n * d_in, generator=g) * sizes[lab]).long()
+    rows_out = torch.arange(n).repeat_interleave(d_out)
+    cols_out = torch.randint(0, n, (n * d_out,), generator=g)
+    rows = torch.cat([rows_in, rows_out, cols_in, cols_out])
+    cols = torch.cat([cols_in, cols_out, rows_in, rows_out])
+    keep = rows != cols
+    A = torch.sparse_coo_tensor(torch.stack([rows[keep], cols[keep]]), torch.ones(int(keep.sum())), (n, n),
+                                check_invariants=False)
+    A = A.coalesce()
+    i, j = A.indices()
+    v = torch.ones(i.numel())  # multi-edges count once
+    d = torch.zeros(n).index_add_(0, i, v)
+    v = v / torch.sqrt(d[i] * d[j])
+    X = torch.sparse_coo_tensor(torch.stack([i, j]), v, (n, n)).coalesce().to_sparse_csr().to(dtype)
+    return X, labels.numpy()
+
+
+def load(name, seed=0):
+    if name == "digits":
+        features, labels = datasets.load("digits")
+        return similarity_graph(features, dtype=torch.float32), labels
+    if name == "planted":
+        return planted(2000, k=8, d_in=3, d_out=5, seed=seed)
+    if name == "planted20k":
+        return planted(20_000, k=8, d_in=9, d_out=3, seed=seed)
+    features, labels = datasets.load(name)
+    return similarity_graph(features, dtype=torch.float32), labels
+
+
+# --------------------------------------------------------------------------------------------- configs
+def base(**changes):
+    cfg = dict(RECIPES["default"])
+    cfg.update(changes)
+    return cfg
+
+
+PAPER = dict(RECIPES["paper"])
+# One lever at a time from the reference setting REF (Kuang's random start, L = 10, beta = 0.1,
+# relative lr 0.1, 300 Adam steps, 4 restarts).
+REF = base(init="random", init_iter=0, n_layers=10, beta=0.1, beta_final=None, lam="fro", learn_lam=True,
+           loss_blocks="all", epochs=300, lr=0.1, relative_lr=True, lr_schedule="constant", tol=None, patience=None,
+           n_restarts=4)
+LEVERS = {
+    "paper": dict(PAPER),
+    "ref": dict(REF),
+    "init=hals100": dict(REF, init="hals", init_iter=100),
+    "init=hals20": dict(REF, init="hals", init_iter=20),
+    "init=spectral": dict(REF, init="spectral", init_noise=0.1),
+    "lam=fixed": dict(REF, learn_lam=False),
+    "lam=spectral": dict(REF, lam="spectral"),
+    "beta=0.01": dict(REF, beta=0.01),
+    "beta=1": dict(REF, beta=1.0),
+    "beta=0.1->1e-3": dict(REF, beta_final=1e-3),
+    "lr=0.03": dict(REF, lr=0.03),
+    "lr=0.3": dict(REF, lr=0.3),
+    "lr=0.1 cosine": dict(REF, lr_schedule="cosine"),
+    "L=5": dict(REF, n_layers=5),
+    "L=3": dict(REF, n_layers=3),
+    "epochs=150": dict(REF, epochs=150),
+    "epochs=600": dict(REF, epochs=600),
+    "loss=last": dict(REF, loss_blocks="last"),
+    "early stop": dict(REF, epochs=600, tol=1e-4, patience=50),
+}
+
+
+# ------------------------------------------------------------------------------------------------ runs
+def scores(y, U):
+    labels = U.argmax(-1).numpy()
+    return accuracy(y, labels), nmi(y, labels, normalization="max")
+
+
+def run_net(X, y, cfg, seed):
+    R = cfg["n_restarts"]
+    net = SymNMFNet(
+        int(len(np.unique(y))), n_layers=cfg["n_layers"], beta=cfg["beta"], mu=cfg["mu"], lam=cfg["lam"],
+        n_restarts=R, random_state=seed, init=cfg["init"], init_iter=cfg["init_iter"], init_noise=cfg["init_noise"],
+        learn_lam=cfg["learn_lam"], beta_final=cfg["beta_final"], loss_blocks=cfg["loss_blocks"],
+    )
+    start = time.perf_counter()
+    # tol 0 with patience None never stops early (the loss would have to repeat exactly)
+    net.fit(X, epochs=cfg["epochs"], lr=cfg["lr"], relative_lr=cfg["relative_lr"],
+            tol=0.0 if cfg["tol"] is None else cfg["tol"], patience=cfg["patience"] or 0, lr_schedule=cfg["lr_schedule"])
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        U = net()
+    E = net.history_["relative_error"][-1]
+    loss = net.history_["loss_per_problem"][-1]
+    E, loss = np.atleast_1d(E).tolist(), np.atleast_1d(loss).tolist()
+    U = U.reshape(R, *U.shape[-2:])
+    per = [scores(y, U[k]) for k in range(R)]
+    picks = {"loss": int(np.nanargmin(loss)), "error": int(np.nanargmin(E))}
+    picks["consensus"] = select_restart(U, "consensus") if R > 1 else 0
+    return {"acc": [a for a, _ in per], "nmi": [b for _, b in per], "E": E, "loss": loss, "picks": picks,
+            "seconds": seconds, "n_iter": net.n_iter_, "curve_E": _curve(net.history_)}
+
+
+def _curve(history, keep=60):
+    E = [float(np.mean(np.atleast_1d(v))) for v in history["relative_error"]]
+    t = history["time"]
+    step = max(1, len(E) // keep)
+    return {"t": t[::step] + t[-1:], "E": E[::step] + E[-1:]}
+
+
+def run_classical(X, y, solver, seed, R):
+    """solver from the same R Kuang starts as the net's restarts (restart k = draw k of seed's generator)."""
+    r = int(len(np.unique(y)))
+    U0 = kuang_init(X, r, (R,), make_generator(seed))
+    acc, nmis, E, seconds, iters, Us = [], [], [], 0.0, [], []
+    for k in range(R):
+        start = time.perf_counter()
+        res = solve(X, r, solver=solver, U0=U0[k], max_iter=CLASSICAL_MAX_ITER[solver])
+        seconds += time.perf_counter() - start
+        a, b = scores(y, res.U)
+        acc.append(a), nmis.append(b), E.append(res.history["rel_error"][-1]), iters.append(res.n_iter)
+        Us.append(res.U)
+    picks = {"error": int(np.argmin(E)), "loss": int(np.argmin(E))}
+    picks["consensus"] = select_restart(torch.stack(Us), "consensus") if R > 1 else 0
+    return {"acc": acc, "nmi": nmis, "E": E, "picks": picks, "seconds": seconds, "n_iter": int(np.mean(iters))}
+
+
+def append(record):
+    os.makedirs(os.path.dirname(RUNS), exist_ok=True)
+    with open(RUNS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def meta():
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def cmd_levers(args):
+    for data in args.data:
+        for seed in args.seeds:
+            X, y = load(data, seed)
+            for name in args.levers or LEVERS:
+                cfg = LEVERS[name]
+                out = run_net(X, y, cfg, seed)
+                append({"part": "levers", "data": data, "seed": seed, "method": "net", "config": name, "cfg": cfg,
+                        **out, **meta()})
+                print(f"{data} seed {seed} {name:<16} ACC {np.round(out['acc'], 3)} E {np.round(out['E'], 5)} "
+                      f"picks {out['picks']} {out['seconds']:.1f}s it {out['n_iter']}", flush=True)
+
+
+def cmd_final(args):
+    for data in args.data:
+        for seed in args.seeds:
+            X, y = load(data, seed)
+            for name in args.recipes:
+                cfg = dict(RECIPES[name])
+                out = run_net(X, y, cfg, seed)
+                append({"part": "final", "data": data, "seed": seed, "method": f"net:{name}", "cfg": cfg, **out,
+                        **meta()})
+                print(f"{data} seed {seed} net:{name} ACC {np.round(out['acc'], 3)} picks {out['picks']} "
+                      f"{out['seconds']:.1f}s", flush=True)
+            for solver in args.solvers:
+                out = run_classical(X, y, solver, seed, args.restarts)
+                append({"part": "final", "data": data, "seed": seed, "method": solver, "restarts": args.restarts,
+                        **out, **meta()})
+                print(f"{data} seed {seed} {solver} ACC {np.round(out['acc'], 3)} picks {out['picks']} "
+                      f"{out['seconds']:.1f}s", flush=True)
+
+
+def cmd_cost(args):
+    for data in args.data:
+        X, y = load(data, 0)
+        r = int(len(np.unique(y)))
+        start = time.perf_counter()
+        res = solve(X, r, solver="hals", random_state=0)
+        hals_s = time.perf_counter() - start
+        a, b = scores(y, res.U)
+        rec = {"part": "cost", "data": data, "n": X.shape[0], "nnz": int(X.values().numel()), "hals_s": hals_s,
+               "hals_acc": a, "hals_E": res.history["rel_error"][-1], **meta()}
+        for name in args.recipes:
+            out = run_net(X, y, dict(RECIPES[name]), 0)
+            rec[f"net:{name}"] = {k: out[k] for k in ("acc", "E", "picks", "seconds", "n_iter")}
+        append(rec)
+        print(json.dumps(rec), flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("part", choices=["levers", "final", "cost", "report"])
+    p.add_argument("--data", nargs="+", default=["digits", "planted"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--levers", nargs="+")
+    p.add_argument("--recipes", nargs="+", default=["default", "paper"])
+    p.add_argument("--solvers", nargs="+", default=list(CLASSICAL))
+    p.add_argument("--restarts", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=os.path.join(HERE, "results", f"study_net-{time.strftime('%Y-%m-%d')}-cpu.md"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.part == "report":
+        return report(RUNS, args.out)
+    {"levers": cmd_levers, "final": cmd_final, "cost": cmd_cost}[args.part](args)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _ms(values, fmt="{:.3f}"):
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return "-"
+    if values.size == 1:
+        return fmt.format(values[0])
+    return (fmt + " ± " + fmt).format(values.mean(), values.std())
+
+
+def _pick(rec, key, rule):
+    if rule == "mean":
+        return float(np.mean(rec[key]))
+    if rule == "first":
+        return rec[key][0]
+    return rec[key][rec["picks"][rule]]
+
+
+def _read(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def lever_table(records, data):
+    rows = [r for r in records if r["part"] == "levers" and r["data"] == data]
+    names = [n for n in LEVERS if any(r["config"] == n for r in rows)]
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [f"**{data}** (seeds {', '.join(map(str, seeds))}; 4 restarts per run unless R = 1)", "",
+             "| setting | ACC mean of restarts | ACC kept by loss | ACC kept by consensus | NMI kept by consensus "
+             "| E kept by loss | time (s) | steps |", "|" + " --- |" * 8]
+    for name in names:
+        rs = [r for r in rows if r["config"] == name]
+        lines.append("| " + " | ".join([
+            name, _ms([_pick(r, "acc", "mean") for r in rs]), _ms([_pick(r, "acc", "loss") for r in rs]),
+            _ms([_pick(r, "acc", "consensus") for r in rs]), _ms([_pick(r, "nmi", "consensus") for r in rs]),
+            _ms([_pick(r, "E", "loss") for r in rs], "{:.5f}"), _ms([r["seconds"] for r in rs], "{:.1f}"),
+            _ms([r["n_iter"] for r in rs], "{:.0f}")]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def final_table(records, data):
+    rows = [r for r in records if r["part"] == "final" and r["data"] == data]
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [f"**{data}** (seeds {', '.join(map(str, seeds))})", "",
+             "| method | kept by | ACC | NMI | E | time (s) |", "|" + " --- |" * 6]
+    methods = [m for m in ("net:default", "net:paper") + CLASSICAL if any(r["method"] == m for r in rows)]
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        R = len(rs[0]["acc"])
+        if m.startswith("net:"):
+            rule = rs[0]["cfg"]["select"] if R > 1 else "first"
+            variants = [(f"{rule} of {R}" if R > 1 else "one start", rule)]
+            if R > 1:
+                variants.append((f"mean of the {R} restarts", "mean"))
+        else:
+            variants = [("one start", "first"), (f"mean of {R} starts", "mean"), (f"lowest E of {R}", "error"),
+                        (f"consensus of {R}", "consensus")]
+        for label, rule in variants:
+            seconds = [r["seconds"] / (R if rule == "first" and not m.startswith("net:") else 1) for r in rs]
+            lines.append("| " + " | ".join([
+                m if not m.startswith("net:") else "SymNMF-Net " + m[4:], label,
+                _ms([_pick(r, "acc", rule) for r in rs]), _ms([_pick(r, "nmi", rule) for r in rs]),
+                _ms([_pick(r, "E", rule) for r in rs], "{:.5f}"), _ms(seconds, "{:.2f}")]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def cost_table(records):
+    rows = [r for r in records if r["part"] == "cost"]
+    lines = ["| graph | n | stored entries | SymHALS s (ACC) | net default s (ACC kept, steps) | ratio |",
+             "|" + " --- |" * 6]
+    for r in rows:
+        d = r.get("net:default")
+        if not d:
+            continue
+        acc = d["acc"][d["picks"][RECIPES["default"]["select"]]] if len(d["acc"]) > 1 else d["acc"][0]
+        lines.append(f"| {r['data']} | {r['n']} | {r['nnz']} | {r['hals_s']:.2f} ({r['hals_acc']:.3f}) | "
+                     f"{d['seconds']:.2f} ({acc:.3f}, {d['n_iter']}) | {d['seconds'] / r['hals_s']:.1f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(records, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    datas = [d for d in ("digits", "planted") if any(r["data"] == d and r["part"] == "levers" for r in records)]
+    if not datas:
+        return None
+    fig, axes = plt.subplots(1, len(datas) + 1, figsize=(6 * (len(datas) + 1), 5))
+    for ax, data in zip(axes, datas):
+        rows = [r for r in records if r["part"] == "levers" and r["data"] == data]
+        names = [n for n in LEVERS if any(r["config"] == n for r in rows)]
+        for j, (rule, colour) in enumerate((("mean", "C0"), ("loss", "C1"), ("consensus", "C2"))):
+            vals = [[_pick(r, "acc", rule) for r in rows if r["config"] == n] for n in names]
+            ax.barh(np.arange(len(names)) + 0.27 * (j - 1), [np.mean(v) for v in vals], 0.27,
+                    xerr=[np.std(v) for v in vals], color=colour, label={"mean": "mean of restarts",
+                    "loss": "kept by loss", "consensus": "kept by consensus"}[rule])
+        ax.set_yticks(np.arange(len(names)), names)
+        ax.invert_yaxis()
+        lo = min(_pick(r, "acc", "mean") for r in rows)
+        ax.set_xlim(max(0.0, lo - 0.05), 1.0)
+        ax.set_xlabel("ACC")
+        ax.set_title(f"{data}: one lever at a time from 'ref'")
+        ax.legend(loc="lower right", fontsize=8)
+    ax = axes[-1]
+    curves = [r for r in records if r["part"] == "levers" and r["data"] == "digits" and r["seed"] == 0
+              and r["config"] in ("paper", "ref", "init=hals100", "L=5", "early stop", "lr=0.3")]
+    for r in curves:
+        ax.plot(r["curve_E"]["t"], r["curve_E"]["E"], label=r["config"])
+    ax.set_xlabel("seconds (1 thread)")
+    ax.set_ylabel("E (mean of restarts)")
+    ax.set_ylim(0.92, 0.96)
+    ax.set_title("digits, seed 0: E against time")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def report(path, out):
+    records = _read(path)
+    parts = [f"# SymNMF-Net study: tables (generated by bench/study_net.py report from {os.path.basename(path)})", "",
+             "ACC: Hungarian matching; NMI = MI / max(H(true), H(pred)) (the paper's normalisation); "
+             "E = ||X - UU^T||_F^2 / ||X||_F^2; mean ± std over seeds; CPU, one thread; "
+             f"torch {torch.__version__}.", ""]
+    datas = sorted({r["data"] for r in records if r["part"] == "levers"})
+    if datas:
+        parts += ["## Levers, one at a time", ""] + [lever_table(records, d) for d in datas]
+    datas = sorted({r["data"] for r in records if r["part"] == "final"})
+    if datas:
+        parts += ["## Default and paper recipes against the classical solvers", ""]
+        parts += [final_table(records, d) for d in datas]
+    if any(r["part"] == "cost" for r in records):
+        parts += ["## Cost", "", cost_table(records)]
+    text = "\n".join(parts)
+    with open(out, "w") as f:
+        f.write(text)
+    png = plot(records, os.path.join(os.path.dirname(HERE), "docs", "symnmf_net_study.png"))
+    print(text)
+    print("wrote", out, png or "(no plot)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
