@@ -37,7 +37,10 @@ def _(U, P, lam):
 def symnmf_block_backward(
     grad: torch.Tensor, U: torch.Tensor, P: torch.Tensor, Ginv: torch.Tensor, Y: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dU, dP, dG) of Y = ReLU(P G^{-1}), G = U^T U + lam I (docs/design.md); dlam = trace(dG)."""
+    """(dU, dP, dG) of Y = ReLU(P G^{-1}), G = U^T U + lam I; dlam = trace(dG).
+
+    The formulas: docs/design.md, "The block and its backward".
+    """
     r = P.shape[-1]
     if use_triton(P, r):
         U3, batch = as_batch(U)
