@@ -12,7 +12,8 @@
 # not stop the others. The exit status is 0 only when every step that ran passed.
 #
 # Environment: PYTHON (default python3), OUT (default: a fresh temporary folder),
-# RUN_GPU_BUDGET_S. $OUT receives at most 8 files: run_gpu.log and the tables
+# RUN_GPU_BUDGET_S, RUN_GPU_STEPS (default "install gpu_tests ext_errors tune bench_block bench_spmm
+# bench_solvers suite": a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
 # written under bench/results during this run (packed into bench_results.tar.gz
 # when there are more than 7).
 set -uo pipefail
@@ -21,6 +22,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-$(mktemp -d)}
 BUDGET=${RUN_GPU_BUDGET_S:-470}
+STEPS=" ${RUN_GPU_STEPS:-install gpu_tests ext_errors tune bench_block bench_spmm bench_solvers suite} "
 mkdir -p "$OUT" bench/results
 LOG="$OUT/run_gpu.log"
 export PYTHONUNBUFFERED=1
@@ -80,7 +82,7 @@ run_bench() {
 
 collect() {
     local tables=()
-    while IFS= read -r f; do tables+=("$f"); done < <(find bench/results -maxdepth 1 -name '*.md' -newer "$STAMP" | sort)
+    while IFS= read -r f; do tables+=("$f"); done < <(find bench/results -maxdepth 1 \( -name '*.md' -o -name '*.json' \) -newer "$STAMP" | sort)
     say "=== summary ($(($(date +%s) - START)) s in all)"
     for line in "${SUMMARY[@]}"; do say "$line"; done
     say "tables: ${tables[*]:-none}"
@@ -98,17 +100,24 @@ say "$(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.
 say "$("$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name())" 2>&1)"
 say "$(git log --oneline -1 2>&1)"
 
-step "install" 150 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
-step "pytest -m gpu" 120 "$PY" -m pytest -q -p no:cacheprovider -rfE -m gpu
-# --budget-s: the script stops starting rows in time to write its table before the step's limit.
-run_bench bench_block.py 190 --budget-s 140
-run_bench bench_spmm.py 75
-run_bench bench_solvers.py 75
+wants() { [[ "$STEPS" == *" $1 "* ]]; }
 XDIST=()
 if "$PY" -c "import xdist" 2>/dev/null; then
     XDIST=(-n 4)
-    export OMP_NUM_THREADS=4
 fi
-step "pytest (whole suite, not gpu-marked)" 240 "$PY" -m pytest -q -p no:cacheprovider -rfE "${XDIST[@]}" -m "not gpu"
+wants install && step "install" 150 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
+wants gpu_tests && step "pytest -m gpu" 120 "$PY" -m pytest -q -p no:cacheprovider -rfE "${XDIST[@]}" -m gpu
+# Whether an argument error inside the compiled extension reaches Python (it crashed the process once).
+wants ext_errors && step "ext_errors" 60 "$PY" bench/ext_errors.py
+# (BLOCK_N, num_warps) sweep of the split-n kernels, dot-precision accuracy, block before/after.
+wants tune && step "tune_tiles" 220 "$PY" bench/tune_tiles.py --warm-jobs 16 --budget-s 90 --out bench/results
+# --budget-s: the script stops starting rows in time to write its table before the step's limit.
+wants bench_block && run_bench bench_block.py 190 --budget-s 140
+wants bench_spmm && run_bench bench_spmm.py 75
+wants bench_solvers && run_bench bench_solvers.py 75
+if wants suite; then
+    [ "${#XDIST[@]}" -gt 0 ] && export OMP_NUM_THREADS=4
+    step "pytest (whole suite, not gpu-marked)" 240 "$PY" -m pytest -q -p no:cacheprovider -rfE "${XDIST[@]}" -m "not gpu"
+fi
 collect
 exit "$FAILED"

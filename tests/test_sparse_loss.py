@@ -308,3 +308,27 @@ def test_cuda_layer_loss_matches_cpu():
     g_c = torch.autograd.grad(sum(t.sum() for t in out_c), (Uc, Pc))
     for a, b in zip(g_c, g):
         assert rel_err(a, b) < 1e-5
+
+
+@pytest.mark.gpu
+def test_cuda_layer_loss_past_4m_rows():
+    # 4.5M rows at r = 64 is 70,313 row tiles of 64: more than one grid axis other than x can hold.
+    n, r = 4_500_000, 64
+    rows = torch.arange(n, device="cuda").repeat_interleave(2)
+    cols = torch.stack([torch.arange(n, device="cuda"), (torch.arange(n, device="cuda") + 1) % n], 1).reshape(-1)
+    X = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.rand(2 * n, device="cuda"), (n, n))
+    X = (X + X.t()).coalesce().to_sparse_csr()
+    U = (0.1 * torch.rand(n, r, device="cuda")).requires_grad_()
+    P = torch.rand(n, r, device="cuda", requires_grad=True)
+    loss, reg = sparse_layer_loss(X, U, P, 0.5)
+    gU, gP = torch.autograd.grad(loss + reg, (U, P))
+    # The same maths in plain torch.
+    U64, P64 = U.detach().double().requires_grad_(), P.detach().double().requires_grad_()
+    X64 = X.to(torch.float64)
+    S = X64 @ U64
+    ref_loss = X64.values().pow(2).sum() - 2 * (S * U64).sum() + (U64.mT @ U64).pow(2).sum()
+    ref_reg = (P64 - S - 0.5 * U64).pow(2).sum()
+    rU, rP = torch.autograd.grad(ref_loss + ref_reg, (U64, P64))
+    assert rel_err(loss, ref_loss) < 1e-4 and rel_err(reg, ref_reg) < 1e-4
+    assert rel_err(gU, rU) < 1e-4 and rel_err(gP, rP) < 1e-4
+

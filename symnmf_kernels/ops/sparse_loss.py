@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._common import acc_dtype, as_lam, block_n, block_r, num_warps, split_rows, tiles, triton_cdiv, use_triton
+from ._common import acc_dtype, as_lam, dot_precision, block_n, block_r, num_warps, split_rows, tiles, triton_cdiv, use_triton
 from .spmm import _check_dense, host_side, layout
 
 __all__ = ["sparse_sym_loss", "sparse_layer_loss"]
@@ -62,7 +62,8 @@ def sparse_loss_terms(U: torch.Tensor, S: torch.Tensor, P: Optional[torch.Tensor
         Pt = P if P is not None else U  # stands in for an unused pointer
         sparse_loss_terms_kernel[(B, splits)](
             U, S, Pt, lam, sums, gram, n, r, rows_per_split, *U.stride(), *S.stride(), *Pt.stride(),
-            HAS_P=P is not None, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype), num_warps=warps,
+            HAS_P=P is not None, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype), PRECISION=dot_precision(U),
+            num_warps=warps,
         )
         return sums.sum(1), gram.sum(1)[:, :r, :r].to(U.dtype).contiguous()
     su = (U * S).sum((-2, -1), dtype=torch.float64)
@@ -123,7 +124,7 @@ def sparse_loss_grad(U: torch.Tensor, S: torch.Tensor, G: torch.Tensor, W: Optio
             U, S, G, Wt, Yt, lam, coef_s, coef_g, dU, n, r,
             *U.stride(), *S.stride(), *G.stride(), *Wt.stride(), *Yt.stride(), *dU.stride(),
             HAS_W=W is not None, HAS_Y=Y is not None, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype),
-            num_warps=warps,
+            PRECISION=dot_precision(U), num_warps=warps,
         )
         return dU
     dU = coef_s[:, None, None] * S + coef_g[:, None, None] * (U @ G)

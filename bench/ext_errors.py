@@ -1,0 +1,60 @@
+"""Does an argument error raised inside the compiled extension reach Python as an exception?
+
+Each case calls torch.ops.symnmf_kernels.spmm_csr with one bad argument in a
+fresh subprocess and reports what came back: the exception type and message,
+or the signal that killed the process. A control case raises from torch's own
+C++ code the same way.
+
+    python bench/ext_errors.py
+"""
+import os
+import signal
+import subprocess
+import sys
+
+PRELUDE = (
+    "import torch, symnmf_kernels\n"
+    "op = torch.ops.symnmf_kernels.spmm_csr\n"
+    "t = lambda x, **k: torch.tensor(x, **k)\n"
+    "dev = {dev!r}\n"
+)
+CASES = {
+    "control: torch's own C++ ValueError-free error": "torch.zeros(2, 3, device=dev) @ torch.zeros(4, 5, device=dev)",
+    "metadata check (TORCH_CHECK_VALUE, header)": "op(t([0, 1], device=dev), t([0], device=dev), torch.ones(1, device=dev, dtype=torch.float64), torch.ones(3, device=dev, dtype=torch.float64))",
+    "dtype check (TORCH_CHECK_TYPE, header)": "op(t([0, 1], device=dev), t([0], device=dev), torch.ones(1, device=dev), torch.ones(1, 2, device=dev, dtype=torch.float64))",
+    "row pointers (TORCH_CHECK_VALUE, cpu file)": "op(t([0, 2, 1, 3], device=dev), t([0, 1, 2], device=dev), torch.ones(3, device=dev, dtype=torch.float64), torch.rand(3, 2, device=dev, dtype=torch.float64))",
+}
+
+
+def run(code):
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    if proc.returncode < 0:
+        return f"killed by {signal.Signals(-proc.returncode).name}"
+    last = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    return f"exit {proc.returncode}: " + (last[-1][:150] if last else "no error")
+
+
+def main():
+    import torch
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for dev in devices:
+        for name, body in CASES.items():
+            if "cpu file" in name and dev == "cuda":
+                continue
+            print(f"{dev:4s} {name}: {run(PRELUDE.format(dev=dev) + body)}", flush=True)
+    gdb = subprocess.run(["which", "gdb"], capture_output=True, text=True).stdout.strip()
+    if gdb:
+        code = PRELUDE.format(dev="cpu") + CASES["row pointers (TORCH_CHECK_VALUE, cpu file)"]
+        out = subprocess.run([gdb, "-batch", "-ex", "run", "-ex", "bt 25", "--args", sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=300)
+        frames = [line for line in out.stdout.splitlines() if line.startswith("#") or "signal" in line]
+        print("gdb (row pointers case on cpu):\n" + ("\n".join(frames[:30]) or "no signal, no backtrace"))
+    else:
+        print("gdb: not installed")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONFAULTHANDLER", "1")
+    sys.exit(main())
