@@ -78,10 +78,13 @@ def test_matches_reference(backend, with_v):
         rhs[:, 4] = -1e3
     want, want_max = reference.hals_sweep(W, rhs, B, **extra)
     got, got_max = hals_sweep(W, rhs, B, backend=backend, **extra)
-    assert rel(got, want) <= 1e-12 and rel(got_max, want_max) <= 1e-12
+    # Formed in the kernel, C = X V + lam V may round differently (a fused multiply-add on the GPU), and the
+    # sweep's cancellation C_k - W B_k amplifies that rounding.
+    tol = 1e-9 if with_v and backend == "triton" else 1e-12
+    assert rel(got, want) <= tol and rel(got_max, want_max) <= tol
     W_in_place = W.clone()
-    assert rel(hals_sweep_(W_in_place, rhs, B, backend=backend, **extra), want_max) <= 1e-12
-    assert rel(W_in_place, want) <= 1e-12
+    assert rel(hals_sweep_(W_in_place, rhs, B, backend=backend, **extra), want_max) <= tol
+    assert rel(W_in_place, want) <= tol
 
 
 def test_torch_sweep_is_coordinate_minimisation():
