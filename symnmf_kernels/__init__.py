@@ -6,11 +6,16 @@
     U1 = sk.apply_relu(P, Ginv)    # ReLU(P Ginv)
     U1 = sk.symnmf_block(U, P, lam)
     S = sk.spmm(X, U)              # sparse X times a tall-skinny U
-    f = sk.sym_loss(X, U)          # ||X - U U^T||_F^2
+    f = sk.sym_loss(X, U)          # ||X - U U^T||_F^2, dense or sparse X
+    f, reg = sk.sparse_layer_loss(X, U, P, lam)   # one SymNMF-Net layer's losses, one SpMM
+    colmax = sk.hals_sweep_(W, C, B)              # one SymHALS sweep over W's columns, in place
 
+Every op has a plain-torch twin of the same name in `sk.reference`, and every
+custom op is registered under torch.ops.symnmf_kernels. lam must be >= 0
+(check_lam=False opts out); a Gram that is not positive definite gives NaN.
 CUDA tensors run the Triton kernels and the CUDA extension; CPU tensors run the
-plain-torch path of `sk.reference`, or the Triton kernels through Triton's
-interpreter when TRITON_INTERPRET=1.
+plain-torch path, or the Triton kernels through Triton's interpreter when
+TRITON_INTERPRET=1. docs/design.md explains the design.
 """
 from . import ops, reference
 from .ops import *  # noqa: F401,F403 - the public ops, listed in ops.__all__

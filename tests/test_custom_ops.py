@@ -77,3 +77,17 @@ def test_torch_compile_block_training_step(device):
     assert rel_err(loss, (U_ref * U_ref).sum()) <= 1e-5
     assert rel_err(dP, dP_ref) <= 1e-4
     assert rel_err(dlam, dlam_ref) <= 1e-4
+
+
+def test_one_op_namespace():
+    """Every custom op, C++ or Python, lives under torch.ops.symnmf_kernels, and docs/design.md lists them all."""
+    import os
+    import re
+
+    names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.split("::")[0].startswith("symnmf"))
+    assert names and all(n.startswith("symnmf_kernels::") for n in names), names
+    notes = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "design.md")).read()
+    paragraph = notes[notes.index("**One op namespace.**"):]
+    paragraph = paragraph[:paragraph.index("\n\n")]
+    documented = set(re.findall(r"`(\w+)`", paragraph)) - {"symnmf_kernels"}
+    assert {n.split("::")[1] for n in names} == documented
