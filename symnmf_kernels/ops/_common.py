@@ -82,19 +82,18 @@ def block_r(r):
     return max(16, 1 << (r - 1).bit_length())
 
 
-# (BLOCK_N, num_warps) on a GPU by kernel family and padded width BLOCK_R. The float32 dots run
-# with input_precision="ieee" (FMA, no tensor cores), whose register tiles spill easily: these
-# are the configurations that compile for sm_90 without spilling (bench/compile_report.py reads
-# registers and stack off the cubins), but for r = 128 in the inverse, the backward, the
-# small-block kernel and the sparse terms, and a little at r = 64 in the small-block kernel.
+# (BLOCK_N, num_warps) on a GPU by kernel family and padded width BLOCK_R: the fastest of a sweep
+# over BLOCK_N in {16, ..., 256} x num_warps in {4, 8} with tf32x3 dots at n = 1M on an H200
+# (bench/tune_tiles.py; bench/results/tune_tiles-2026-11-26-NVIDIA-H200.md). Families the sweep
+# did not cover keep the spill-free configurations of the sm_90 compile report.
 _GPU_TILES = {
-    "gram": {16: (128, 4), 32: (128, 4), 64: (64, 4), 128: (32, 8)},
-    "apply": {16: (64, 4), 32: (64, 8), 64: (32, 8), 128: (16, 16)},
-    "apply_backward": {16: (64, 4), 32: (32, 8), 64: (16, 8), 128: (16, 32)},
+    "gram": {16: (128, 4), 32: (32, 4), 64: (32, 4), 128: (64, 8)},
+    "apply": {16: (64, 4), 32: (64, 4), 64: (32, 4), 128: (16, 8)},
+    "apply_backward": {16: (128, 4), 32: (64, 4), 64: (64, 4), 128: (16, 8)},
     "loss": {16: (64, 4), 32: (64, 4), 64: (64, 8), 128: (32, 8)},
-    "block_small": {16: (64, 4), 32: (32, 4), 64: (16, 8), 128: (32, 32)},
-    "sparse_terms": {16: (128, 4), 32: (64, 8), 64: (16, 8), 128: (16, 16)},
-    "sparse_grad": {16: (128, 4), 32: (64, 8), 64: (32, 8), 128: (32, 8)},
+    "block_small": {16: (32, 4), 32: (16, 4), 64: (32, 4), 128: (32, 32)},
+    "sparse_terms": {16: (128, 4), 32: (64, 4), 64: (64, 4), 128: (64, 8)},
+    "sparse_grad": {16: (128, 4), 32: (64, 4), 64: (64, 4), 128: (128, 8)},
 }
 # The Cholesky tile: three BLOCK_R x BLOCK_R register tiles; r = 128 still spills.
 _INVERSE_WARPS = {16: 4, 32: 4, 64: 4, 128: 16}
