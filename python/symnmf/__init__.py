@@ -5,11 +5,14 @@
     labels = symnmf.SymNMF(10, solver="hals").fit_predict(features)
     A = symnmf.similarity_graph(features)                     # sparse CSR kNN graph
     symnmf.metrics.accuracy(y, labels)
+
+`symnmf.fitting` is the one fit path behind SymNMF, `symnmf cluster` and
+`symnmf reproduce` (defaults, threads, progress).
 """
-from . import datasets, metrics, solvers
+from . import datasets, fitting, metrics, solvers
 from .estimator import SymNMF
 from .graph import similarity_graph
 from .net import SymNMFNet
 
 __version__ = "0.1.0"
-__all__ = ["SymNMFNet", "SymNMF", "similarity_graph", "metrics", "solvers", "datasets"]
+__all__ = ["SymNMFNet", "SymNMF", "similarity_graph", "metrics", "solvers", "datasets", "fitting"]

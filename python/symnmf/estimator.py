@@ -121,7 +121,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     n_iter_ : int
         Iterations (classical solvers) or epochs (net) run.
     converged_ : bool
-        Whether the stopping tolerance was met (always False for the net without tol).
+        Whether the stopping tolerance was met (the net: whether it stopped before max_iter).
     history_ : dict of lists
         Per-iteration (per-epoch) objective, relative error and time of the solver.
     affinity_matrix_ : ndarray or scipy.sparse CSR matrix (n_samples, n_samples)

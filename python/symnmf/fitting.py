@@ -227,7 +227,7 @@ def _fit_net(A, rank, seed, epochs, tol, progress, verbose, net_options):
     net.fit(A, epochs=epochs, tol=tol, progress=progress, verbose=verbose, **train)
     with torch.no_grad():
         U = net().detach()
-    converged = tol is not None and net.n_iter_ < epochs
+    converged = net.n_iter_ < epochs  # stopped before the cap: by its tolerance
     return U, net, int(net.n_iter_), bool(converged), net.history_
 
 
