@@ -26,6 +26,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from symnmf_kernels.ops._common import block_n, block_r, get_dot_precision, inverse_warps, num_warps, tiles  # noqa: E402
+from symnmf_kernels.ops._launch import FINALIZE_SPLITS  # noqa: E402
 from symnmf_kernels.ops.hals import _block_sizes as hals_block_sizes  # noqa: E402
 from symnmf_kernels.triton import apply_relu, gram, hals, sparse_loss, spd_inverse, sym_loss, symnmf_block  # noqa: E402
 
@@ -101,6 +102,8 @@ def launch(fn, r):
     if name in FAMILY:
         BN, warps = tiles(FAMILY[name], r, _Cuda())
         return BN, block_r(r), warps
+    if name == "gram_finalize_kernel":
+        return None, block_r(r), 4
     if name == "spd_inverse_kernel":
         return None, block_r(r), inverse_warps(r)
     if name in ("hals_sweep_kernel", "fill_zero_columns_kernel"):
@@ -119,6 +122,9 @@ def constexprs(fn, dtype, r, flags):
         values["BLOCK_N"] = BN
     if "ACC" in names:
         values["ACC"] = tl.float64 if dtype == "fp64" else tl.float32
+    if "CHUNK" in names:  # gram_finalize_kernel, as ops._launch.reduce_partials launches it
+        values["CHUNK"] = min(BR * BR, 256)
+        values["SPLITS"] = FINALIZE_SPLITS
     if "PRECISION" in names:
         values["PRECISION"] = "ieee" if dtype == "fp64" else PRECISION[0]
     return values

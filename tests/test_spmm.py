@@ -328,8 +328,9 @@ def test_bad_indices(crow, col, match):
      ([0, 1, 2, 4], [0, 1, 2], "nnz")],
 )
 def test_native_kernel_checks_indices(crow, col, match):
+    # The raw op raises RuntimeError (see csrc/spmm.h); sk.spmm raises ValueError before reaching it.
     crow, col = torch.tensor(crow), torch.tensor(col)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(RuntimeError, match=match):
         spmm_mod.spmm_csr(crow, col, torch.ones(len(col), dtype=torch.float64), torch.rand(3, 2, dtype=torch.float64))
 
 

@@ -15,11 +15,11 @@ constexpr int64_t kParallelWork = 1 << 15;
 // Row pointers must start at 0, never decrease and end at nnz: then every row's
 // range [crow[i], crow[i+1]) lies inside col_indices.
 void check_row_pointers(const int64_t* crow, int64_t n_rows, int64_t nnz) {
-  TORCH_CHECK_VALUE(crow[0] == 0, "spmm_csr: crow_indices[0] must be 0, got ", crow[0]);
-  TORCH_CHECK_VALUE(crow[n_rows] == nnz, "spmm_csr: crow_indices[-1] must equal nnz = ", nnz, ", got ",
+  TORCH_CHECK(crow[0] == 0, "spmm_csr: crow_indices[0] must be 0, got ", crow[0]);
+  TORCH_CHECK(crow[n_rows] == nnz, "spmm_csr: crow_indices[-1] must equal nnz = ", nnz, ", got ",
                     crow[n_rows]);
   for (int64_t i = 0; i < n_rows; ++i) {
-    TORCH_CHECK_VALUE(crow[i + 1] >= crow[i], "spmm_csr: crow_indices must be non-decreasing, but crow_indices[",
+    TORCH_CHECK(crow[i + 1] >= crow[i], "spmm_csr: crow_indices must be non-decreasing, but crow_indices[",
                       i + 1, "] = ", crow[i + 1], " < crow_indices[", i, "] = ", crow[i]);
   }
 }
@@ -55,7 +55,7 @@ void spmm_rows(const int64_t* crow, const index_t* col, const scalar_t* val, con
     }
   }
   const int64_t k = bad_entry.load();
-  TORCH_CHECK_VALUE(k < 0, "spmm_csr: col_indices[", k, "] = ", k < 0 ? 0 : static_cast<int64_t>(col[k]),
+  TORCH_CHECK(k < 0, "spmm_csr: col_indices[", k, "] = ", k < 0 ? 0 : static_cast<int64_t>(col[k]),
                     " is out of range for ", n_cols, " columns (dense has ", n_cols, " rows)");
 }
 

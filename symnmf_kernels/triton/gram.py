@@ -58,16 +58,27 @@ def gram_partials_kernel(
 def gram_finalize_kernel(
     partials, lam, G, num_splits, r,
     stride_gb, stride_gr, stride_gc,
-    BLOCK_R: tl.constexpr,
+    BLOCK_R: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr,
 ):
+    """Program (b, c) sums entries [c * CHUNK, (c + 1) * CHUNK) of the flattened BLOCK_R x BLOCK_R
+    partials of problem b over every split, adds lam on the diagonal and writes them to G[b].
+
+    Each step loads a SPLITS x CHUNK block (many independent loads in flight) and the splits
+    are always summed in the same order, so the result is bitwise repeatable.
+    """
     b = tl.program_id(0).to(tl.int64)
-    offs_r = tl.arange(0, BLOCK_R)
-    tile = offs_r[:, None] * BLOCK_R + offs_r[None, :]
+    c = tl.program_id(1)
+    entries = c * CHUNK + tl.arange(0, CHUNK)
+    offs_s = tl.arange(0, SPLITS)
     base = partials + b * num_splits * BLOCK_R * BLOCK_R
-    acc = tl.load(base + tile)
-    for s in range(1, num_splits):
-        acc += tl.load(base + s * BLOCK_R * BLOCK_R + tile)
+    acc = tl.zeros((CHUNK,), dtype=partials.dtype.element_ty)
+    for s0 in range(0, num_splits, SPLITS):
+        split = s0 + offs_s
+        block = tl.load(base + split[:, None].to(tl.int64) * BLOCK_R * BLOCK_R + entries[None, :],
+                        mask=split[:, None] < num_splits, other=0.0)
+        acc += tl.sum(block, axis=0)
+    row = entries // BLOCK_R
+    col = entries % BLOCK_R
     lam_b = tl.load(lam + b).to(acc.dtype)
-    acc = tl.where(offs_r[:, None] == offs_r[None, :], acc + lam_b, acc)
-    mask = (offs_r[:, None] < r) & (offs_r[None, :] < r)
-    tl.store(G + b * stride_gb + offs_r[:, None] * stride_gr + offs_r[None, :] * stride_gc, acc, mask=mask)
+    acc = tl.where(row == col, acc + lam_b, acc)
+    tl.store(G + b * stride_gb + row * stride_gr + col * stride_gc, acc, mask=(row < r) & (col < r))
