@@ -25,9 +25,10 @@ from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from symnmf_kernels.ops._common import block_n, block_r, get_dot_precision, inverse_warps, num_warps, tiles  # noqa: E402
+from symnmf_kernels.ops._common import (  # noqa: E402
+    block_n, block_r, get_dot_precision, hals_tiles, inverse_warps, num_warps, tiles,
+)
 from symnmf_kernels.ops._launch import FINALIZE_SPLITS  # noqa: E402
-from symnmf_kernels.ops.hals import _block_sizes as hals_block_sizes  # noqa: E402
 from symnmf_kernels.triton import apply_relu, gram, hals, sparse_loss, spd_inverse, sym_loss, symnmf_block  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -107,8 +108,7 @@ def launch(fn, r):
     if name == "spd_inverse_kernel":
         return None, block_r(r), inverse_warps(r)
     if name in ("hals_sweep_kernel", "fill_zero_columns_kernel"):
-        BN, BR = hals_block_sizes(r, _Cuda())
-        return BN, BR, 4 if BR <= 64 else 8
+        return hals_tiles(r, _Cuda())
     return block_n(r, _Cuda()), block_r(r), num_warps(r)
 
 

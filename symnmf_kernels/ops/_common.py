@@ -106,6 +106,15 @@ def tiles(kind, r, device):
     return _GPU_TILES[kind][block_r(r)]
 
 
+def hals_tiles(r, device):
+    """(BLOCK_N, BLOCK_R, num_warps) of the HALS row sweep, which keeps a BLOCK_N x BLOCK_R tile of W in
+    registers and loops over the r columns (BLOCK_R down to 4: no tl.dot)."""
+    BR = max(4, 1 << (r - 1).bit_length())
+    if device.type == "cpu":
+        return 256, BR, 4  # the interpreter runs programs one after another: few, wide tiles
+    return max(16, min(256, 4096 // BR)), BR, 4 if BR <= 64 else 8
+
+
 def inverse_warps(r):
     return _INVERSE_WARPS[block_r(r)]
 

@@ -10,8 +10,12 @@ from ..triton.apply_relu import apply_backward_kernel, apply_kernel
 from ..triton.symnmf_block import symnmf_block_small_kernel
 from ..triton.spd_inverse import spd_inverse_kernel
 from ..triton.gram import gram_finalize_kernel, gram_partials_kernel
+from ..triton.hals import fill_zero_columns_kernel, hals_sweep_kernel
+from ..triton.sparse_loss import sparse_loss_grad_kernel, sparse_loss_terms_kernel, sparse_reg_grad_kernel
 from ..triton.sym_loss import sym_loss_partials_kernel
-from ._common import acc_dtype, block_r, dot_precision, inverse_warps, split_rows, tiles, triton_cdiv
+from ._common import (
+    acc_dtype, block_n, block_r, dot_precision, hals_tiles, inverse_warps, num_warps, split_rows, tiles, triton_cdiv,
+)
 
 
 # Up to this many rows a problem is one program of the fused small-block kernel;
@@ -141,3 +145,73 @@ def sym_loss(X, U, precision=None):
         BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(dtype), PRECISION=dot_precision(U, precision), num_warps=warps,
     )
     return partials.sum((1, 2)).to(U.dtype)
+
+
+def sparse_loss_terms(U, S, P, lam):
+    """(sums (B, 3) float64 = (<S, U>, ||R||^2, <R, U>), U^T U (B, r, r)) with R = P - S - lam U; P may be None."""
+    B, n, r, BR, BN, warps, rows_per_split, splits = _geometry(U, "sparse_terms")
+    lam = lam.contiguous()  # read as lam[b]: an expanded scalar would be read out of bounds
+    sums = torch.empty((B, splits, 3), dtype=torch.float64, device=U.device)
+    partials = _partials(U, B, splits, BR)
+    Pt = P if P is not None else U  # stands in for an unused pointer
+    sparse_loss_terms_kernel[(B, splits)](
+        U, S, Pt, lam, sums, partials, n, r, rows_per_split, *U.stride(), *S.stride(), *Pt.stride(),
+        HAS_P=P is not None, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype), PRECISION=dot_precision(U),
+        num_warps=warps,
+    )
+    zero_lam = torch.zeros((B,), dtype=partials.dtype, device=U.device)
+    return sums.sum(1), reduce_partials(partials, zero_lam, r, U.dtype)
+
+
+def sparse_reg_grad(U, S, P, lam, coef):
+    """W = coef (P - S - lam U); lam and coef are (B,) tensors."""
+    B, n, r = U.shape
+    BN = block_n(r, U.device)
+    W = torch.empty((B, n, r), dtype=U.dtype, device=U.device)
+    sparse_reg_grad_kernel[(B * triton_cdiv(n, BN),)](
+        U, S, P, lam.contiguous(), coef.contiguous(), W, n, r, *U.stride(), *S.stride(), *P.stride(), *W.stride(),
+        BLOCK_N=BN, BLOCK_R=block_r(r), ACC=acc_dtype(U.dtype), num_warps=num_warps(r),
+    )
+    return W
+
+
+def sparse_loss_grad(U, S, G, W, Y, lam, coef_s, coef_g):
+    """dU = coef_s S + coef_g U G - lam W - Y; W and Y may be None, the scalars are (B,) tensors."""
+    B, n, r = U.shape
+    BN, warps = tiles("sparse_grad", r, U.device)
+    dU = torch.empty((B, n, r), dtype=U.dtype, device=U.device)
+    Wt = W if W is not None else U  # stand in for unused pointers
+    Yt = Y if Y is not None else U
+    sparse_loss_grad_kernel[(B * triton_cdiv(n, BN),)](
+        U, S, G, Wt, Yt, lam.contiguous(), coef_s.contiguous(), coef_g.contiguous(), dU, n, r,
+        *U.stride(), *S.stride(), *G.stride(), *Wt.stride(), *Yt.stride(), *dU.stride(),
+        HAS_W=W is not None, HAS_Y=Y is not None, BLOCK_N=BN, BLOCK_R=block_r(r), ACC=acc_dtype(U.dtype),
+        PRECISION=dot_precision(U), num_warps=warps,
+    )
+    return dU
+
+
+def hals_sweep_(W, C, B, V, lam, revive, fill_scale):
+    """One in-place SymHALS sweep of W (n, r); returns the column maxima (r,) after it.
+
+    With revive, all-zero columns are then set to fill_scale times the largest entry.
+    """
+    n, r = W.shape
+    BN, BR, warps = hals_tiles(r, W.device)
+    grid = triton_cdiv(n, BN)
+    partial = torch.empty((grid, BR), dtype=W.dtype, device=W.device)
+    has_v = V is not None
+    Vt = V if has_v else C  # stands in for an unused pointer
+    hals_sweep_kernel[(grid,)](
+        W, C, Vt, float(lam), B, partial, n, r, *W.stride(), *C.stride(), *Vt.stride(), *B.stride(),
+        HAS_V=has_v, BLOCK_N=BN, BLOCK_R=BR, num_warps=warps,
+    )
+    colmax = partial.amax(0)[:r]
+    if revive:
+        fill = (fill_scale * colmax.max()).reshape(1)
+        fill_zero_columns_kernel[(grid,)](
+            W, colmax, fill, n, r, *W.stride(), BLOCK_N=BN, BLOCK_R=BR, num_warps=warps,
+        )
+        colmax = torch.where(colmax == 0, fill, colmax)
+    return colmax
+

@@ -14,7 +14,8 @@ to stay in cache. r above the fused limit falls back to the torch loop.
 """
 import torch
 
-from ._common import check_same, check_tensor, triton_cdiv, use_triton
+from . import _launch
+from ._common import check_same, check_tensor, use_triton
 
 ZERO_COLUMN_FILL = 1e-16
 
@@ -58,37 +59,6 @@ def _sweep_torch_(W, C, B, V, lam):
     return W.amax(0)
 
 
-def _block_sizes(r, device):
-    block_r = max(4, 1 << (r - 1).bit_length())
-    if device.type == "cpu":
-        return 256, block_r  # the interpreter runs programs one after another: few, wide tiles
-    return max(16, min(256, 4096 // block_r)), block_r
-
-
-def _sweep_triton_(W, C, B, V, lam, revive):
-    from ..triton.hals import fill_zero_columns_kernel, hals_sweep_kernel
-
-    n, r = W.shape
-    block_n, block_r = _block_sizes(r, W.device)
-    grid = triton_cdiv(n, block_n)
-    warps = 4 if block_r <= 64 else 8
-    partial = torch.empty((grid, block_r), dtype=W.dtype, device=W.device)
-    has_v = V is not None
-    hals_sweep_kernel[(grid,)](
-        W, C, V if has_v else C, float(lam), B, partial, n, r,
-        *W.stride(), *C.stride(), *(V.stride() if has_v else C.stride()), *B.stride(),
-        HAS_V=has_v, BLOCK_N=block_n, BLOCK_R=block_r, num_warps=warps,
-    )
-    colmax = partial.amax(0)[:r]
-    if revive:
-        fill = (ZERO_COLUMN_FILL * colmax.max()).reshape(1)
-        fill_zero_columns_kernel[(grid,)](
-            W, colmax, fill, n, r, *W.stride(), BLOCK_N=block_n, BLOCK_R=block_r, num_warps=warps,
-        )
-        colmax = torch.where(colmax == 0, fill, colmax)
-    return colmax
-
-
 def hals_sweep_(W, C, B, *, V=None, lam=0.0, revive=True, backend=None):
     """Sweep the columns of W (n x r) in place; returns W's column maxima (r,) after the sweep.
 
@@ -104,7 +74,7 @@ def hals_sweep_(W, C, B, *, V=None, lam=0.0, revive=True, backend=None):
     if backend is None:
         backend = "triton" if use_triton(W, W.shape[1]) else "torch"
     if backend == "triton":
-        return _sweep_triton_(W, C, B, V, lam, revive)
+        return _launch.hals_sweep_(W, C, B, V, lam, revive, ZERO_COLUMN_FILL)
     if backend != "torch":
         raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
     colmax = _sweep_torch_(W, C, B, V, lam)

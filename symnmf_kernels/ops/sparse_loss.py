@@ -27,7 +27,8 @@ from typing import Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._common import acc_dtype, as_lam, dot_precision, block_n, block_r, num_warps, split_rows, tiles, triton_cdiv, use_triton
+from . import _launch
+from ._common import as_lam, use_triton
 from .spmm import _check_dense, host_side, layout
 
 __all__ = ["sparse_sym_loss", "sparse_layer_loss"]
@@ -49,23 +50,9 @@ def sparse_loss_terms(U: torch.Tensor, S: torch.Tensor, P: Optional[torch.Tensor
     Returns sums (B, 3) float64 = (<S, U>, ||R||^2, <R, U>) with R = P - S - lam U
     (zeros without P), and the Gram U^T U (B, r, r) in U's dtype.
     """
-    B, n, r = U.shape
+    r = U.shape[-1]
     if use_triton(U, r):
-        from ..triton.sparse_loss import sparse_loss_terms_kernel
-        lam = lam.contiguous()  # read as lam[b]: an expanded scalar would be read out of bounds
-
-        BR, (BN, warps) = block_r(r), tiles("sparse_terms", r, U.device)
-        rows_per_split, splits = split_rows(n, B, BN, U.device)
-        sums = torch.empty((B, splits, 3), dtype=torch.float64, device=U.device)
-        gram = torch.empty((B, splits, BR, BR), dtype=torch.float64 if U.dtype == torch.float64 else torch.float32,
-                           device=U.device)
-        Pt = P if P is not None else U  # stands in for an unused pointer
-        sparse_loss_terms_kernel[(B, splits)](
-            U, S, Pt, lam, sums, gram, n, r, rows_per_split, *U.stride(), *S.stride(), *Pt.stride(),
-            HAS_P=P is not None, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype), PRECISION=dot_precision(U),
-            num_warps=warps,
-        )
-        return sums.sum(1), gram.sum(1)[:, :r, :r].to(U.dtype).contiguous()
+        return _launch.sparse_loss_terms(U, S, P, lam)
     su = (U * S).sum((-2, -1), dtype=torch.float64)
     if P is None:
         rr = ru = torch.zeros_like(su)
@@ -86,18 +73,9 @@ def _(U, S, P, lam):
 def sparse_reg_grad(U: torch.Tensor, S: torch.Tensor, P: torch.Tensor, lam: torch.Tensor, coef: torch.Tensor
                     ) -> torch.Tensor:
     """W = coef (P - S - lam U) for (B, n, r) tensors and (B,) lam, coef."""
-    B, n, r = U.shape
+    r = U.shape[-1]
     if use_triton(U, r):
-        from ..triton.sparse_loss import sparse_reg_grad_kernel
-        lam = lam.contiguous()
-
-        BR, BN = block_r(r), block_n(r, U.device)
-        W = torch.empty_like(U, memory_format=torch.contiguous_format)
-        sparse_reg_grad_kernel[(B * triton_cdiv(n, BN),)](
-            U, S, P, lam, coef, W, n, r, *U.stride(), *S.stride(), *P.stride(), *W.stride(),
-            BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype), num_warps=num_warps(r),
-        )
-        return W
+        return _launch.sparse_reg_grad(U, S, P, lam, coef)
     return coef[:, None, None] * (P - S - lam[:, None, None] * U)
 
 
@@ -111,22 +89,9 @@ def sparse_loss_grad(U: torch.Tensor, S: torch.Tensor, G: torch.Tensor, W: Optio
                      Y: Optional[torch.Tensor], lam: torch.Tensor, coef_s: torch.Tensor, coef_g: torch.Tensor
                      ) -> torch.Tensor:
     """dU = coef_s S + coef_g U G - lam W - Y for (B, n, r) U, S, W, Y, (B, r, r) G and (B,) scalars."""
-    B, n, r = U.shape
+    r = U.shape[-1]
     if use_triton(U, r):
-        from ..triton.sparse_loss import sparse_loss_grad_kernel
-        lam = lam.contiguous()
-
-        BR, (BN, warps) = block_r(r), tiles("sparse_grad", r, U.device)
-        dU = torch.empty_like(U, memory_format=torch.contiguous_format)
-        Wt = W if W is not None else U  # stand in for unused pointers
-        Yt = Y if Y is not None else U
-        sparse_loss_grad_kernel[(B * triton_cdiv(n, BN),)](
-            U, S, G, Wt, Yt, lam, coef_s, coef_g, dU, n, r,
-            *U.stride(), *S.stride(), *G.stride(), *Wt.stride(), *Yt.stride(), *dU.stride(),
-            HAS_W=W is not None, HAS_Y=Y is not None, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype),
-            PRECISION=dot_precision(U), num_warps=warps,
-        )
-        return dU
+        return _launch.sparse_loss_grad(U, S, G, W, Y, lam, coef_s, coef_g)
     dU = coef_s[:, None, None] * S + coef_g[:, None, None] * (U @ G)
     if W is not None:
         dU = dU - lam[:, None, None] * W
