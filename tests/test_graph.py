@@ -179,3 +179,24 @@ def test_cuda_matches_cpu():
     assert gpu.device.type == "cuda"
     assert torch.equal(gpu.col_indices().cpu(), cpu.col_indices())
     assert rel_err(gpu.values().cpu().numpy(), cpu.values().numpy()) < 1e-12
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_new_samples_join_the_fitted_graph_row_by_row(metric):
+    from symnmf.graph import _build_graph, similarity_to_graph
+
+    rng = np.random.default_rng(5)
+    features = rng.normal(size=(40, 3)) + 2.0
+    A, scales, used = _build_graph(features, metric=metric, n_neighbors=5)
+    assert torch.equal(A.to_dense(), similarity_graph(features, metric=metric, n_neighbors=5).to_dense())
+    new = rng.normal(size=(6, 3)) + 2.0
+    rows, nearest = similarity_to_graph(new, used, scales)
+    assert rows.shape == (6, 40) and (rows >= 0).all()
+    assert ((rows > 0).sum(1) <= 5).all() and ((rows > 0).sum(1) >= 1).all()
+    for i in range(6):  # each row depends on its own sample only
+        single, near = similarity_to_graph(new[i:i + 1], used, scales)
+        assert torch.allclose(single[0], rows[i], rtol=1e-12, atol=0) and int(near[0]) == int(nearest[i])
+    # the nearest fitted sample is found
+    d = ((new[:, None, :] - features[None]) ** 2).sum(-1) if metric == "euclidean" else None
+    if d is not None:
+        np.testing.assert_array_equal(nearest.numpy(), d.argmin(1))

@@ -286,8 +286,8 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
 
     # ------------------------------------------------------------- transform
     def _match_fitted(self, X):
-        """For each row of X, the index of the fitted sample it equals exactly, or -1, and the
-        similarity rows of the unmatched ones to the fitted samples (torch, or None when all match)."""
+        """(index of the fitted sample each row of X equals exactly, or -1; the rows' similarities to
+        the fitted samples: a torch tensor for feature input, X itself for a precomputed affinity)."""
         if self._graph is not None:
             from .graph import similarity_to_graph
 
@@ -297,19 +297,23 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             nearest = nearest.numpy()
             equal = np.all(dense == self._fit_X[nearest], axis=1)
             return np.where(equal, nearest, -1), rows
-        import scipy.sparse as sp
-
+        # A candidate per row from X @ probe (equal rows give equal values up to rounding), then an exact test.
         keys = np.asarray(X @ _row_probe(X.shape[1], np.float64)).ravel()
         order = np.argsort(self._fit_keys, kind="stable")
         sorted_keys = self._fit_keys[order]
-        pos = np.clip(np.searchsorted(sorted_keys, keys), 1, len(order) - 1) if len(order) > 1 else np.zeros(
-            len(keys), dtype=np.int64)
-        left, right = order[pos - 1], order[pos]
-        candidate = np.where(np.abs(self._fit_keys[left] - keys) <= np.abs(self._fit_keys[right] - keys), left, right)
-        fitted = sp.csr_matrix(self.affinity_matrix_)
-        diff = (sp.csr_matrix(X, dtype=np.float64) - fitted[candidate].astype(np.float64)).tocsr()
-        diff.eliminate_zeros()
-        equal = np.diff(diff.indptr) == 0
+        pos = np.clip(np.searchsorted(sorted_keys, keys), 1, max(len(order) - 1, 1))
+        left, right = order[pos - 1], order[np.minimum(pos, len(order) - 1)]
+        closer = np.abs(self._fit_keys[left] - keys) <= np.abs(self._fit_keys[right] - keys)
+        candidate = np.where(closer, left, right)
+        fitted = self.affinity_matrix_[candidate]
+        if is_scipy_sparse(fitted) or is_scipy_sparse(X):
+            import scipy.sparse as sp
+
+            diff = (sp.csr_matrix(X, dtype=np.float64) - sp.csr_matrix(fitted, dtype=np.float64)).tocsr()
+            diff.eliminate_zeros()
+            equal = np.diff(diff.indptr) == 0
+        else:
+            equal = np.all(np.asarray(X) == fitted, axis=1)
         return np.where(equal, candidate, -1), X
 
     def transform(self, X):
