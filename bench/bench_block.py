@@ -40,7 +40,7 @@ from bench.common import (  # noqa: E402
 )
 from symnmf_kernels import reference  # noqa: E402
 
-KERNELS = ("gram", "spd_inverse", "apply_relu", "block_fwd", "block_fwd_bwd")
+KERNELS = ("gram", "spd_inverse", "apply_relu", "symnmf_block", "symnmf_block_fwd_bwd", "sym_loss")
 
 # (n, r) of single problems and (B, n, r) of batches, per size preset.
 SIZES = {
@@ -58,13 +58,13 @@ SIZES = {
 # Measurement order (the table keeps KERNELS order): first the rows that
 # docs/design.md, "Measuring performance" sets targets for, then the whole block before its parts,
 # so a run stopped by --budget-s has what matters most.
-MEASURE_ORDER = ("block_fwd", "block_fwd_bwd", "apply_relu", "gram", "spd_inverse")
+MEASURE_ORDER = ("symnmf_block", "symnmf_block_fwd_bwd", "apply_relu", "gram", "spd_inverse", "sym_loss")
 TARGETS = {
-    ("block_fwd", 1, 1_000_000, 64),
-    ("block_fwd_bwd", 1, 1_000_000, 64),
-    ("block_fwd", 1, 4_000_000, 64),
-    ("block_fwd", 4096, 256, 8),
-    ("block_fwd_bwd", 4096, 256, 8),
+    ("symnmf_block", 1, 1_000_000, 64),
+    ("symnmf_block_fwd_bwd", 1, 1_000_000, 64),
+    ("symnmf_block", 1, 4_000_000, 64),
+    ("symnmf_block", 4096, 256, 8),
+    ("symnmf_block_fwd_bwd", 4096, 256, 8),
 }
 
 COLUMNS = [
@@ -85,9 +85,10 @@ def ideal_bytes(kernel, B, n, r, itemsize):
         "gram": n * r + r * r,  # read U, write G
         "spd_inverse": 2 * r * r,  # read G, write Ginv
         "apply_relu": 2 * n * r + r * r,  # read P and Ginv, write U
-        "block_fwd": 3 * n * r,  # read U (Gram pass), read P, write U_out
+        "symnmf_block": 3 * n * r,  # read U (Gram pass), read P, write U_out
         # forward 3nr; backward reads g, U_out, P and writes dP (4nr), then reads U and writes dU (2nr)
-        "block_fwd_bwd": 9 * n * r,
+        "symnmf_block_fwd_bwd": 9 * n * r,
+        "sym_loss": n * n + n * r,  # read the dense X once and U (its tiles stay in cache)
     }[kernel]
     return B * per_problem * itemsize
 
@@ -97,6 +98,12 @@ def cases(sizes):
     preset = SIZES[sizes]
     out = []
     for kernel in KERNELS:
+        if kernel == "sym_loss":  # dense X: n x n must fit, so only the sizes up to 8192
+            out += [(kernel, 1, n, r) for n, r in preset["single"] if n <= 8192]
+            out += [(kernel, 1, n, r) for n in (2048, 8192) for r in sorted({r for _, r in preset["single"]})
+                    if sizes == "full"]
+            out += [(kernel, B, n, r) for B, n, r in preset["batched"] if B * n * n <= 1 << 28]
+            continue
         if kernel == "spd_inverse":
             out += [(kernel, 1, 0, r) for r in sorted({r for _, r in preset["single"]})]
         else:
@@ -117,11 +124,14 @@ def make_inputs(kernel, B, n, r, dtype, device):
     if kernel == "spd_inverse":
         # Condition number of about 3r: rank-one dominated plus the lam shift.
         return {"G": reference.gram(rand(max(2 * r, 16), r), LAM)}
+    if kernel == "sym_loss":
+        X = rand(n, n)
+        return {"X": (X + X.mT) / 2, "U": rand(n, r)}
     U, P = rand(n, r), rand(n, r)
     lam = torch.tensor(LAM, dtype=dtype, device=device)
     if kernel == "apply_relu":
         return {"P": P, "Ginv": reference.spd_inverse(reference.gram(U, LAM))}
-    if kernel == "block_fwd":
+    if kernel == "symnmf_block":
         return {"U": U, "P": P, "lam": lam}
     return {"U": U.requires_grad_(), "P": P.requires_grad_(), "lam": lam.requires_grad_(), "g": rand(n, r)}
 
@@ -134,8 +144,10 @@ def call(kernel, impl, x):
         return impl["spd_inverse"](x["G"])
     if kernel == "apply_relu":
         return impl["apply_relu"](x["P"], x["Ginv"])
+    if kernel == "sym_loss":
+        return impl["sym_loss"](x["X"], x["U"])
     out = impl["symnmf_block"](x["U"], x["P"], x["lam"])
-    if kernel == "block_fwd":
+    if kernel == "symnmf_block":
         return out
     # backward(g) is the gradient of (out * g).sum(): the timed region holds the block's own traffic only.
     out.backward(x["g"])
@@ -144,7 +156,7 @@ def call(kernel, impl, x):
 
 def outputs(kernel, impl, x):
     """The outputs to compare: the result, and for forward + backward every gradient too (fresh leaves)."""
-    if kernel != "block_fwd_bwd":
+    if kernel != "symnmf_block_fwd_bwd":
         with torch.no_grad():
             return [call(kernel, impl, x)]
     leaves = {k: x[k].detach().clone().requires_grad_() for k in ("U", "P", "lam")}
@@ -186,7 +198,7 @@ def measure(case, variants, args, bw, device):
     row["ideal_MB"] = nbytes / 1e6
     notes = []
     x = make_inputs(kernel, B, n, r, args.dtype, device)
-    grads = [x[k] for k in ("U", "P", "lam")] if kernel == "block_fwd_bwd" else None
+    grads = [x[k] for k in ("U", "P", "lam")] if kernel == "symnmf_block_fwd_bwd" else None
     try:
         row["rel_err"] = rel_err(outputs(kernel, variants["ours"], x), outputs(kernel, variants["eager"], x))
     except Exception as exc:  # a broken variant must not cost the other rows
@@ -213,7 +225,7 @@ def measure(case, variants, args, bw, device):
 
 
 def make_variants(use_compile):
-    names = ("gram", "spd_inverse", "apply_relu", "symnmf_block")
+    names = ("gram", "spd_inverse", "apply_relu", "symnmf_block", "sym_loss")
     variants = {
         "ours": {k: getattr(sk, k) for k in names},
         "eager": {k: getattr(reference, k) for k in names},
@@ -242,8 +254,8 @@ def header_lines(args, device, bw, stopped):
             else "time.perf_counter", args.warmup, args.rep),
         "%s, TF32 off, lam = %g, inputs torch.rand (fresh per row, seed %d)" % (str(args.dtype).replace("torch.", ""), LAM, args.seed),
         "ideal_MB: least traffic of our kernel per row: gram n r + r^2, spd_inverse 2 r^2, apply_relu 2 n r + r^2, "
-        "block_fwd 3 n r, block_fwd_bwd 9 n r elements, times B",
-        "block_fwd_bwd: out = symnmf_block(U, P, lam); out.backward(g) (the gradient of (out * g).sum()), "
+        "symnmf_block 3 n r, symnmf_block_fwd_bwd 9 n r elements, times B",
+        "symnmf_block_fwd_bwd: out = symnmf_block(U, P, lam); out.backward(g) (the gradient of (out * g).sum()), "
         "gradients for U, P and lam (lam a 0-d tensor)",
         "copy bandwidth: %.4g GB/s (device-to-device copy, bytes read + written); frac_*: (ideal bytes / time) / copy bandwidth"
         % (bw / 1e9),

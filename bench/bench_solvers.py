@@ -3,7 +3,7 @@ the GPU kernels against the CPU path, on kNN-like graphs (docs/design.md, "Measu
 
 Rows, per graph and rank:
 
-    sweep       one SymHALS half-iteration sweep as the solver runs it
+    hals_sweep  one SymHALS half-iteration sweep as the solver runs it
                 (symnmf_kernels.ops.hals.hals_sweep_ with C = X V + lam V formed
                 from X V and V): the fused Triton row sweep against the torch
                 column loop on the same device; ideal traffic 4 n r values
@@ -113,7 +113,7 @@ def to_tolerance(name, X, U0, path, cap_s):
     }
 
 
-def sweep_rows(X, r, args, bw, base):
+def bench_hals(X, r, args, bw, base):
     """The SymHALS sweep alone: Triton against the torch column loop, on X's device."""
     device = X.device
     g = torch.Generator(device=device).manual_seed(args.seed)
@@ -129,7 +129,7 @@ def sweep_rows(X, r, args, bw, base):
         Wp = W.clone()
         times[path] = bench(lambda: hals_sweep_(Wp, XV, B, V=V, lam=0.5, backend=path), warmup=args.warmup,
                             rep=args.rep, device=device)
-        rows.append({**base, "solver": "sweep", "path": "kernels" if path == "triton" else "torch-loop",
+        rows.append({**base, "solver": "hals_sweep", "path": "kernels" if path == "triton" else "torch-loop",
                      "ms_per_iter": times[path], "frac_roofline": roofline_fraction(nbytes, times[path], bw)})
     if "triton" in times:
         rows[0]["notes"] = "%.3gx the torch loop" % (times["torch"] / times["triton"])
@@ -209,9 +209,9 @@ def main(argv=None):
             for r in args.r:
                 base = {"graph": kind, "n": n, "nnz": nnz, "r": r}
                 try:
-                    rows.extend(sweep_rows(X, r, args, bw, base))
+                    rows.extend(bench_hals(X, r, args, bw, base))
                 except Exception as exc:
-                    rows.append({**base, "solver": "sweep", "notes": short_error(exc)})
+                    rows.append({**base, "solver": "hals_sweep", "notes": short_error(exc)})
                 save()
                 U0 = init_factor(X, r, torch.Generator().manual_seed(args.seed))
                 for name in args.solvers:

@@ -15,7 +15,7 @@ Rows:
 
     spmm        X @ U: ours (sk.spmm, C++/CUDA kernel), torch.sparse.mm, and the
                 dense product X_dense @ U where X fits in memory
-    loss_step   value and gradients of ||X - U U^T||^2 + ||P - (X U + lam U)||^2
+    sparse_loss value and gradients of ||X - U U^T||^2 + ||P - (X U + lam U)||^2
                 (sparse_layer_loss; one SpMM forward, one backward) against the same
                 step written in plain torch (torch.sparse.mm + autograd)
 
@@ -211,14 +211,14 @@ def measure_spmm(X, Xt, r, args, bw, device, dense_ok):
     return row, notes
 
 
-def torch_loss_step(Xt, x_sq, U, P, lam):
+def torch_sparse_loss(Xt, x_sq, U, P, lam):
     S = torch.sparse.mm(Xt, U)
     loss = x_sq - 2 * (S * U).sum() + (U.mT @ U).pow(2).sum()
     reg = (P - S - lam * U).pow(2).sum()
     return loss, reg
 
 
-def measure_loss(X, Xt, r, args, bw, device):
+def bench_sparse_loss(X, Xt, r, args, bw, device):
     U = torch.rand(X.shape[1], r, device=device, requires_grad=True)
     P = torch.rand(X.shape[1], r, device=device, requires_grad=True)
     lam = torch.tensor(LAM, device=device, requires_grad=True)
@@ -230,7 +230,7 @@ def measure_loss(X, Xt, r, args, bw, device):
         (loss + reg).backward()
 
     def plain():
-        loss, reg = torch_loss_step(Xt, x_sq, U, P, lam)
+        loss, reg = torch_sparse_loss(Xt, x_sq, U, P, lam)
         (loss + reg).backward()
 
     ours()
@@ -261,11 +261,11 @@ def header_lines(args, device, bw, stopped):
             else "time.perf_counter, %d threads" % torch.get_num_threads(), args.warmup, args.rep),
         "float32, TF32 off, int32 column indices; U = torch.rand(n, r), fresh per row",
         "ideal_MB (spmm): nnz (4 + 4) + 8 (n + 1) + 2 n r 4 bytes: entries once, U read once, X U written once",
-        "loss_step: sparse_layer_loss(X, U, P, lam) forward + backward (U, P, lam) vs the same in plain torch "
+        "sparse_loss: sparse_layer_loss(X, U, P, lam) forward + backward (U, P, lam) vs the same in plain torch "
         "(torch.sparse.mm + autograd); ideal_MB: two SpMMs + 11 n r floats",
         "copy bandwidth: %.4g GB/s (device-to-device copy, bytes read + written); frac_*: (ideal bytes / time) / copy bandwidth"
         % (bw / 1e9),
-        "x_torch, x_dense: speed-up of ours; rel_err: ours vs torch.sparse.mm (loss_step: worst gradient)",
+        "x_torch, x_dense: speed-up of ours; rel_err: ours vs torch.sparse.mm (sparse_loss: worst gradient)",
         "knn_gauss: approximate kNN (exact among a 1024-point window of a (cluster, random projection) sort)",
     ]
     if device.type != "cuda":
@@ -282,7 +282,7 @@ def parse_args(argv):
     parser.add_argument("--graphs", nargs="+", choices=GRAPHS, default=list(GRAPHS))
     parser.add_argument("--r", type=int, nargs="+", help="ranks (default: from --sizes)")
     parser.add_argument("--n", type=int, nargs="+", help="node counts (default: from --sizes)")
-    parser.add_argument("--no-loss", action="store_true", help="skip the loss_step rows")
+    parser.add_argument("--no-loss", action="store_true", help="skip the sparse_loss rows")
     add_run_args(parser)  # --budget-s: 60 s on CUDA by default, unlimited on CPU
     args = resolve_run_args(parser, parser.parse_args(argv), cuda_budget_s=60.0)
     args.sizes = args.sizes or ("full" if args.device.type == "cuda" else "small")
@@ -315,13 +315,13 @@ def main(argv=None):
             continue
         dense_ok = n * n * 4 <= DENSE_LIMIT_BYTES
         for r in args.r:
-            for op in ("spmm",) if args.no_loss else ("spmm", "loss_step"):
+            for op in ("spmm",) if args.no_loss else ("spmm", "sparse_loss"):
                 row = {"graph": kind, "n": n, "nnz": X.nnz, "r": r, "op": op, "copy_GB/s": bw / 1e9}
                 try:
                     if op == "spmm":
                         values, notes = measure_spmm(X, Xt, r, args, bw, device, dense_ok)
                     else:
-                        values, notes = measure_loss(X, Xt, r, args, bw, device)
+                        values, notes = bench_sparse_loss(X, Xt, r, args, bw, device)
                     row.update(values)
                 except Exception as exc:
                     notes = [short_error(exc)]

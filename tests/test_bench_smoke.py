@@ -20,7 +20,7 @@ BLOCK_COLUMNS = [
     "frac_ours", "frac_eager", "frac_compile", "x_eager", "x_compile", "rel_err", "notes",
 ]
 POSITIVE = ["ours_ms", "eager_ms", "ideal_MB", "copy_GB/s", "frac_ours", "frac_eager", "x_eager"]
-KERNELS = {"gram", "spd_inverse", "apply_relu", "block_fwd", "block_fwd_bwd"}
+KERNELS = {"gram", "spd_inverse", "apply_relu", "symnmf_block", "symnmf_block_fwd_bwd", "sym_loss"}
 
 
 def read_table(path):
@@ -50,8 +50,8 @@ def run_tiny(device, out_dir):
     text = "\n".join(header)
     assert "torch %s" % torch.__version__ in text and "- date: " in text and "- device: " in text
 
-    # tiny: 2 single problems (spd_inverse: one row per r, also 2) and 1 batch, for each of 5 kernels
-    assert len(rows) == 15
+    # tiny: 2 single problems (spd_inverse: one row per r, also 2) and 1 batch, for each of 6 kernels
+    assert len(rows) == 18
     assert {row["kernel"] for row in rows} == KERNELS
     for row in rows:
         for column in POSITIVE:
@@ -60,7 +60,7 @@ def run_tiny(device, out_dir):
         assert row["compile_ms"] == "" and row["x_compile"] == "", row
         assert row["notes"] == "", row
     for row in rows:
-        if row["kernel"] == "block_fwd" and row["B"] == "1":  # 3 n r float32 elements
+        if row["kernel"] == "symnmf_block" and row["B"] == "1":  # 3 n r float32 elements
             assert float(row["ideal_MB"]) == pytest.approx(3 * int(row["n"]) * int(row["r"]) * 4 / 1e6, rel=1e-3)
     return text, rows
 

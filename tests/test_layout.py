@@ -21,12 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Ops whose bench entry is not there yet, to be emptied as the entries land. The test fails for an op
 # listed here that has an entry (so the list never goes stale) and for any op missing one that is not.
-KNOWN_MISSING_BENCH = {
-    "symnmf_block",  # bench_block.py measures it as "block_fwd" and "block_fwd_bwd"
-    "sym_loss",  # no bench entry
-    "sparse_loss",  # bench_spmm.py measures sparse_layer_loss as its "loss_step" row
-    "hals",  # bench_solvers.py measures hals_sweep_ as its "sweep" rows
-}
+KNOWN_MISSING_BENCH = set()
 
 
 def op_of(name):
