@@ -68,3 +68,18 @@ def test_spd_inverse_gradcheck(device):
 
     assert torch.autograd.gradcheck(through(sk.spd_inverse), (A,))
     assert torch.autograd.gradcheck(through(reference.spd_inverse), (A,))
+
+
+def test_wide_inverse_through_torch_cholesky_keeps_the_contract(device):
+    # Above BLOCK_R = 64 a CUDA G goes through torch's Cholesky instead of the register kernel:
+    # the same values, info 1 and an all-NaN inverse for a matrix that is not positive definite.
+    from symnmf_kernels.ops import _launch
+
+    A = torch.randn(3, 100, 100, device=device, dtype=torch.float64)
+    G = A @ A.mT + 100 * torch.eye(100, device=device, dtype=torch.float64)
+    G[1] = -G[1]
+    inv, info = _launch._spd_inverse_cusolver(G)
+    assert info.tolist() == [0, 1, 0] and info.dtype == torch.int32
+    assert torch.isnan(inv[1]).all()
+    for b in (0, 2):
+        assert rel_err(inv[b], reference.spd_inverse(G[b])) <= 1e-12

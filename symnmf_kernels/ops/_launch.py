@@ -21,6 +21,10 @@ from ._common import (
 # Up to this many rows a problem is one program of the fused small-block kernel;
 # beyond it the split-n kernels spread each problem over many programs.
 SMALL_N = 1024
+# Beyond this padded width the one-program register Cholesky spills: at r = 128 it ran 6.5x slower
+# than torch's (cuSOLVER) on an H200 (bench/results/bench_block-2026-11-26-NVIDIA-H200.md), which
+# then runs instead.
+INVERSE_MAX_BLOCK_R = 64
 # Partial sums one finalize program loads per step.
 FINALIZE_SPLITS = 16
 
@@ -69,14 +73,26 @@ def gram(U, lam, deterministic=True, precision=None):
 def spd_inverse(G):
     """(G^{-1}, info) with info[b] = 1 where the Cholesky of G[b] met a non-positive pivot."""
     B, r, _ = G.shape
+    BR = block_r(r)
+    if G.is_cuda and BR > INVERSE_MAX_BLOCK_R:
+        return _spd_inverse_cusolver(G)
     out = torch.empty((B, r, r), dtype=G.dtype, device=G.device)
     info = torch.empty((B,), dtype=torch.int32, device=G.device)
-    BR = block_r(r)
     spd_inverse_kernel[(B,)](
         G, out, info, r, *G.stride(), *out.stride(),
         BLOCK_R=BR, ACC=acc_dtype(G.dtype), num_warps=inverse_warps(r),
     )
     return out, info
+
+
+def _spd_inverse_cusolver(G):
+    """spd_inverse through torch's Cholesky (cuSOLVER): same contract, no host synchronisation."""
+    L, info = torch.linalg.cholesky_ex(G)
+    failed = (info != 0)[:, None, None]
+    # A failed factor may hold zeros on its diagonal, which cholesky_inverse refuses: invert I there instead.
+    L = torch.where(failed, torch.eye(G.shape[-1], dtype=G.dtype, device=G.device), L)
+    inv = torch.where(failed, torch.full_like(G, float("nan")), torch.cholesky_inverse(L))
+    return inv, (info != 0).to(torch.int32)
 
 
 def symnmf_block(U, P, lam, precision=None):
