@@ -183,9 +183,44 @@ def main(argv=None):
         bw = copy_bandwidth(device)
     except Exception:  # the table still gives times
         pass
+
+    def write_tables():
+        name = torch.cuda.get_device_name().replace(" ", "-") if device.type == "cuda" else "cpu"
+        stamp = f"{datetime.date.today()}-{name}"
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, f"tune_tiles-{stamp}.json"), "w") as f:
+            json.dump({fam: {str(k): v for k, v in d.items()} for fam, d in best.items()}, f, indent=1)
+        import triton
+
+        lines = [f"# tune_tiles, {stamp}", "",
+                 f"- torch {torch.__version__}, triton {triton.__version__}, copy bandwidth "
+                 f"{f'{bw / 1e9:.0f} GB/s' if bw else 'not measured'}",
+                 f"- sweep: n = {args.n} (block_small: B = {SMALL_B}, n = {SMALL_N}), float32, tf32x3 dots, "
+                 "do_bench median (warmup 10 ms, rep 40 ms), fresh torch.rand inputs",
+                 "- frac: least bytes of our kernel / time / copy bandwidth", "",
+                 "## sweep", "", "| family | r | BLOCK_N | warps | ours_ms | eager_ms | frac | note |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for row in sweep_rows:
+            lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
+        lines += ["", "## accuracy (rel. error vs float64, n = 200003; worst output)", "",
+                  "| family | r | " + " | ".join(["torch_fp32", *_common.DOT_PRECISIONS]) + " |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for family, r, errs in acc_rows:
+            lines.append(f"| {family} | {r} | " + " | ".join(
+                f"{errs.get(k, float('nan')):.2e}" if isinstance(errs.get(k), float) else str(errs.get(k, errs.get("error")))
+                for k in ["torch_fp32", *_common.DOT_PRECISIONS]) + " |")
+        keys = [k for k in block_rows[0] if k not in ("n", "r")] if block_rows else []
+        lines += ["", "## block (sk.symnmf_block, float32, ms)", "", "| n | r | " + " | ".join(keys) + " |",
+                  "|" + " --- |" * (2 + len(keys))]
+        for row in block_rows:
+            lines.append(f"| {row['n']} | {row['r']} | " + " | ".join(
+                f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys) + " |")
+        with open(os.path.join(args.out, f"tune_tiles-{stamp}.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
     previous_tiles = copy.deepcopy(_common._GPU_TILES)
     _common.set_dot_precision("tf32x3")
-    sweep_rows, best = [], {}
+    sweep_rows, acc_rows, block_rows, best = [], [], [], {}
     t_sweep = time.time()
     for family in families:
         for r in ranks:
@@ -217,7 +252,7 @@ def main(argv=None):
             else:
                 set_tile(family, r, *previous_tiles[family][_common.block_r(r)])
 
-    acc_rows = []
+    write_tables()
     for family in families:
         if family in ("block_small",):
             continue
@@ -230,7 +265,7 @@ def main(argv=None):
             print(f"accuracy {family:15s} r={r:4d} " + " ".join(
                 f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in errs.items()), flush=True)
 
-    block_rows = []
+    write_tables()
     tuned_tiles = copy.deepcopy(_common._GPU_TILES)
     for n in [int(x) for x in args.block_sizes.split(",")]:
         for r in ranks:
@@ -266,44 +301,14 @@ def main(argv=None):
             _common._GPU_TILES.update(copy.deepcopy(tuned_tiles))
             _common.set_dot_precision("tf32x3")
             block_rows.append(row)
+            write_tables()
             print("block " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                   flush=True)
             del U, P, g, Ug, Pg
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    name = torch.cuda.get_device_name().replace(" ", "-") if device.type == "cuda" else "cpu"
-    stamp = f"{datetime.date.today()}-{name}"
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"tune_tiles-{stamp}.json"), "w") as f:
-        json.dump({fam: {str(k): v for k, v in d.items()} for fam, d in best.items()}, f, indent=1)
-    import triton
-
-    lines = [f"# tune_tiles, {stamp}", "",
-             f"- torch {torch.__version__}, triton {triton.__version__}, copy bandwidth "
-             f"{f'{bw / 1e9:.0f} GB/s' if bw else 'not measured'}",
-             f"- sweep: n = {args.n} (block_small: B = {SMALL_B}, n = {SMALL_N}), float32, tf32x3 dots, "
-             "do_bench median (warmup 10 ms, rep 40 ms), fresh torch.rand inputs",
-             "- frac: least bytes of our kernel / time / copy bandwidth", "",
-             "## sweep", "", "| family | r | BLOCK_N | warps | ours_ms | eager_ms | frac | note |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for row in sweep_rows:
-        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
-    lines += ["", "## accuracy (rel. error vs float64, n = 200003; first output)", "",
-              "| family | r | " + " | ".join(["torch_fp32", *_common.DOT_PRECISIONS]) + " |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for family, r, errs in acc_rows:
-        lines.append(f"| {family} | {r} | " + " | ".join(
-            f"{errs.get(k, float('nan')):.2e}" if isinstance(errs.get(k), float) else str(errs.get(k, errs.get("error")))
-            for k in ["torch_fp32", *_common.DOT_PRECISIONS]) + " |")
-    keys = [k for k in block_rows[0] if k not in ("n", "r")] if block_rows else []
-    lines += ["", "## block (sk.symnmf_block, float32, ms)", "", "| n | r | " + " | ".join(keys) + " |",
-              "|" + " --- |" * (2 + len(keys))]
-    for row in block_rows:
-        lines.append(f"| {row['n']} | {row['r']} | " + " | ".join(
-            f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys) + " |")
-    with open(os.path.join(args.out, f"tune_tiles-{stamp}.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_tables()
     print(f"tune_tiles: {time.time() - t_start:.0f} s; best tiles {json.dumps(best)}")
     return 0
 
