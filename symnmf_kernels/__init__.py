@@ -15,10 +15,14 @@ custom op is registered under torch.ops.symnmf_kernels. lam must be >= 0
 (check_lam=False opts out); a Gram that is not positive definite gives NaN.
 CUDA tensors run the Triton kernels and the CUDA extension; CPU tensors run the
 plain-torch path, or the Triton kernels through Triton's interpreter when
-TRITON_INTERPRET=1. docs/design.md explains the design.
+TRITON_INTERPRET=1. On CUDA the float32 n-length products run on tensor cores
+in tf32x3 (about float32 accuracy); `sk.set_dot_precision("ieee")` or
+`with sk.dot_precision("ieee"):` selects plain FMA, "tf32" the fastest and
+coarsest mode. docs/design.md explains the design.
 """
 from . import ops, reference
 from .ops import *  # noqa: F401,F403 - the public ops, listed in ops.__all__
+from .ops._common import dot_precision, get_dot_precision, set_dot_precision
 
 __version__ = "0.1.0"
-__all__ = [*ops.__all__, "reference"]
+__all__ = [*ops.__all__, "reference", "dot_precision", "get_dot_precision", "set_dot_precision"]

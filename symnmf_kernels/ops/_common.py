@@ -3,6 +3,7 @@
 Checks read shapes, dtypes and devices only: reading tensor values would
 synchronise with the host inside a training step.
 """
+import contextlib
 import functools
 import os
 import warnings
@@ -54,6 +55,8 @@ _dot_precision = ["tf32x3"]
 
 def set_dot_precision(precision):
     """Set the default float32 dot precision of the Triton kernels on CUDA; returns the previous one."""
+    if precision is None:
+        raise ValueError(f"precision must be one of {DOT_PRECISIONS}, got None")
     check_precision(precision)
     previous = _dot_precision[0]
     _dot_precision[0] = precision
@@ -61,7 +64,18 @@ def set_dot_precision(precision):
 
 
 def get_dot_precision():
+    """The default float32 dot precision of the Triton kernels on CUDA ("tf32x3" unless set)."""
     return _dot_precision[0]
+
+
+@contextlib.contextmanager
+def dot_precision(precision):
+    """Within the block, the Triton kernels' float32 dots on CUDA use `precision`."""
+    previous = set_dot_precision(precision)
+    try:
+        yield
+    finally:
+        set_dot_precision(previous)
 
 
 def check_precision(precision, name="precision"):
@@ -69,7 +83,7 @@ def check_precision(precision, name="precision"):
         raise ValueError(f"{name} must be one of {DOT_PRECISIONS} or None (the default), got {precision!r}")
 
 
-def dot_precision(t, precision=None):
+def input_precision(t, precision=None):
     """The input_precision of the n-length dots for tensor t: the requested or default one on CUDA
     in float32, "ieee" for float64 and under the interpreter (which computes in full precision anyway)."""
     if t.dtype != torch.float32 or not t.is_cuda:
