@@ -183,11 +183,11 @@ def test_cuda_matches_cpu():
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_new_samples_join_the_fitted_graph_row_by_row(metric):
-    from symnmf.graph import _build_graph, similarity_to_graph
+    from symnmf.graph import similarity_to_graph
 
     rng = np.random.default_rng(5)
     features = rng.normal(size=(40, 3)) + 2.0
-    A, scales, used = _build_graph(features, metric=metric, n_neighbors=5)
+    A, scales, used = similarity_graph(features, metric=metric, n_neighbors=5, return_scales=True)
     assert torch.equal(A.to_dense(), similarity_graph(features, metric=metric, n_neighbors=5).to_dense())
     new = rng.normal(size=(6, 3)) + 2.0
     rows, nearest = similarity_to_graph(new, used, scales)

@@ -38,12 +38,15 @@ from .solvers.base import as_seed, init_factor, make_generator
 from .validation import as_similarity, check_rank, check_similarity
 
 __all__ = [
-    "SOLVERS", "AFFINITIES", "DEFAULT_MAX_ITER", "DEFAULT_EPOCHS", "NET_DEFAULTS", "SMALL_PROBLEM", "FitResult",
+    "SOLVERS", "SOLVER_NAMES", "AFFINITIES", "DEFAULT_MAX_ITER", "DEFAULT_EPOCHS", "NET_DEFAULTS", "SMALL_PROBLEM", "FitResult",
     "resolve_device", "resolve_dtype", "build_affinity", "fit_affinity", "default_threads", "thread_limit",
     "show_progress",
 ]
 
 SOLVERS = ("net", "anls", "hals", "pgd", "newton", "admm")
+SOLVER_NAMES = {
+    "net": "SymNMF-Net", "anls": "SymANLS", "hals": "SymHALS", "pgd": "PGD", "newton": "SymNewton", "admm": "ADMM",
+}
 AFFINITIES = ("nearest_neighbors", "precomputed")
 
 # Iteration caps per classical solver (one iteration updates the whole factor once); each
@@ -187,9 +190,10 @@ def build_affinity(X, affinity="nearest_neighbors", *, n_neighbors=None, metric=
             )
         A = check_similarity(as_similarity(X, device=device, dtype=dtype), name="the precomputed affinity")
     else:
-        from .graph import _build_graph
+        from .graph import similarity_graph
 
-        A, scales, used = _build_graph(X, n_neighbors=n_neighbors, metric=metric, device=device, dtype=dtype)
+        A, scales, used = similarity_graph(X, n_neighbors=n_neighbors, metric=metric, device=device, dtype=dtype,
+                                           return_scales=True)
         graph = (scales, used)
         values = A.values()
         if not bool((values != 0).any()):
@@ -235,7 +239,7 @@ def _fit_solver(A, rank, solver, seed, max_iter, tol, lam, progress, verbose):
     from .solvers import SOLVERS as _FUNCTIONS
 
     U0 = init_factor(A, rank, make_generator(seed))
-    bar = _progress_bar(max_iter, f"Sym{solver.upper()}" if solver in ("anls", "hals") else solver, progress)
+    bar = _progress_bar(max_iter, SOLVER_NAMES[solver], progress)
 
     def callback(iteration, U, history):
         if bar is not None:

@@ -123,6 +123,7 @@ def similarity_graph(
     device=None,
     chunk_size=None,
     dtype=None,
+    return_scales=False,
 ):
     """Kuang's normalised self-tuning kNN similarity graph of the rows of ``features``.
 
@@ -145,14 +146,20 @@ def similarity_graph(
         Rows per block of the neighbour search; default keeps a block near 2^24 scores.
     dtype : torch.float32 | torch.float64, optional
         Default: float64 features stay float64, anything else becomes float32.
+    return_scales : bool
+        Also return what `similarity_to_graph` needs to join new samples to
+        the graph: its `GraphScales` and the features as used (a torch tensor;
+        unit rows for cosine).
 
     Returns
     -------
     torch sparse CSR tensor (n, n), symmetric, non-negative, zero diagonal,
     with sorted column indices; its stored entries are exactly the union kNN
-    pattern (an entry whose weight underflows to 0 is still stored).
+    pattern (an entry whose weight underflows to 0 is still stored). With
+    return_scales: (graph, GraphScales, features used).
     """
-    return _build_graph(features, n_neighbors, metric, scale_neighbor, device, chunk_size, dtype)[0]
+    graph = _build_graph(features, n_neighbors, metric, scale_neighbor, device, chunk_size, dtype)
+    return graph if return_scales else graph[0]
 
 
 @dataclass
@@ -237,8 +244,8 @@ def similarity_to_graph(new_features, fitted_features, scales, chunk_size=None):
     s-th nearest fitted sample (cosine: the clipped cosine similarity), then
     normalised by sqrt(degree_x degree_j) with the fitted degrees. The new
     samples do not change the fitted graph, so a row depends on its own sample
-    only. fitted_features: the third value of `_build_graph` (unit rows for
-    cosine). Returns a dense torch tensor (m, n) on the fitted features' device,
+    only. fitted_features and scales: from `similarity_graph(...,
+    return_scales=True)`. Returns a dense torch tensor (m, n) on the fitted features' device,
     and the index of each new sample's nearest fitted sample.
     """
     Y = _as_features(new_features, fitted_features.device, fitted_features.dtype, min_samples=1)

@@ -28,7 +28,7 @@ import torch
 
 from . import datasets as _datasets
 from .fitting import (
-    DEFAULT_EPOCHS, DEFAULT_MAX_ITER, NET_DEFAULTS, SOLVERS, FitResult, build_affinity, fit_affinity,
+    DEFAULT_EPOCHS, DEFAULT_MAX_ITER, NET_DEFAULTS, SOLVER_NAMES, SOLVERS, FitResult, build_affinity, fit_affinity,
     resolve_device, resolve_dtype,
 )
 from .metrics import accuracy, nmi, purity
@@ -38,10 +38,7 @@ __all__ = [
 ]
 
 METHODS = SOLVERS
-METHOD_NAMES = {
-    "net": "SymNMF-Net", "anls": "SymANLS", "hals": "SymHALS",
-    "pgd": "PGD", "newton": "SymNewton", "admm": "ADMM",
-}
+METHOD_NAMES = SOLVER_NAMES
 MethodRun = FitResult
 
 
