@@ -253,3 +253,21 @@ def test_cuda_matches_cpu(solver, sbm, monkeypatch):
     assert rel(gpu.U.cpu(), cpu.U) <= 1e-6
     full = solve(X, 3, solver, random_state=1, device="cuda")
     assert accuracy(labels, full.U.argmax(1).cpu().numpy()) >= 0.95
+
+
+@pytest.mark.parametrize("solver", ALL)
+def test_all_zero_similarity_is_refused(solver):
+    for X in (torch.zeros(6, 6, dtype=torch.float64), torch.zeros(6, 6, dtype=torch.float64).to_sparse_csr()):
+        with pytest.raises(ValueError, match="all zero"):
+            solve(X, 2, solver)
+
+
+def test_random_state_none_follows_numpys_global_state():
+    from symnmf.solvers import make_generator
+
+    np.random.seed(3)
+    a = torch.rand(4, generator=make_generator(None))
+    np.random.seed(3)
+    b = torch.rand(4, generator=make_generator(None))
+    assert torch.equal(a, b)
+    assert torch.equal(torch.rand(4, generator=make_generator(5)), torch.rand(4, generator=make_generator(np.int64(5))))
