@@ -62,7 +62,8 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         similarity matrix, dense or sparse.
     random_state : None, int, numpy RandomState or Generator
         Seed of the random start (Kuang et al.'s 2 sqrt(mean(X) / r) U(0, 1));
-        the same int gives every solver and the net the same start.
+        the same int gives every solver and the net the same start. None
+        draws the seed from numpy's global random state (scikit-learn's rule).
     device : str or torch.device, optional
         Where to compute. Default: the device of a torch input, else CUDA when
         available, else the CPU.

@@ -63,7 +63,8 @@ def solve(X, rank, solver="hals", *, lam=None, max_iter=None, tol=None, U0=None,
     max_iter, tol: default per solver (ANLS/HALS: 500, 1e-3; PGD/SymNewton:
       10000, 1e-4; ADMM: 1000, 1e-4).
     U0: initial factor (n x rank, non-negative); default Kuang et al.'s random
-      start from random_state (None, an int, a numpy or torch generator).
+      start from random_state (an int, a numpy RandomState / Generator, a
+      torch.Generator, or None: a seed from numpy's global random state).
     device, dtype: where and in what precision to run (default: X's; float32
       for integer input).
     callback(iteration, U, history): called at every stopping check; returning
