@@ -126,12 +126,17 @@ def constexprs(fn, dtype, r, flags):
         values["CHUNK"] = min(BR * BR, 256)
         values["SPLITS"] = FINALIZE_SPLITS
     if "PRECISION" in names:
-        values["PRECISION"] = "ieee" if dtype == "fp64" else PRECISION[0]
+        # As ops._common.input_precision resolves it on a GPU ("auto": ieee for the n-length sums at BLOCK_R <= 32).
+        reduction = fn.fn.__name__ not in PRODUCT_KERNELS or flags.get("EMIT_GRAM", False)
+        values["PRECISION"] = "ieee" if dtype == "fp64" else (
+            ("ieee" if reduction and BR <= 32 else "tf32x3") if PRECISION[0] == "auto" else PRECISION[0])
     return values
 
 
 # The float32 dot precision compiled (ops._common.get_dot_precision() unless --precision says otherwise).
 PRECISION = [get_dot_precision()]
+# Kernels whose n-length dots are products, not sums over the rows (apply_kernel too, unless EMIT_GRAM).
+PRODUCT_KERNELS = {"apply_kernel", "sparse_loss_grad_kernel", "sym_loss_partials_kernel"}
 
 
 def tensor_core_ops(cubin):
@@ -160,7 +165,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="r = 64 float32 only (every flag combination)")
     parser.add_argument("--out", help="also write the table to this folder as compile-sm90-<date>.md")
-    parser.add_argument("--precision", choices=["ieee", "tf32x3", "tf32"], default=get_dot_precision(),
+    parser.add_argument("--precision", choices=["auto", "ieee", "tf32x3", "tf32"], default=get_dot_precision(),
                         help="input_precision of the float32 n-length dots (default: the library's CUDA default)")
     args = parser.parse_args(argv)
     PRECISION[0] = args.precision

@@ -9,8 +9,8 @@ tiles installed, the script measures
   - the error of each float32 dot precision (ieee, tf32x3, tf32) and of torch's
     float32 (TF32 off) against a float64 oracle, per family;
   - the block forward and forward + backward (sk.symnmf_block) at n = 1M and 4M
-    with the tuned tiles in tf32x3, with the previous table in ieee, and in plain
-    torch, side by side.
+    with the tuned tiles and the default ("auto") precision, with the previous
+    table in ieee, and in plain torch, side by side.
 
     python bench/tune_tiles.py --warm-jobs 16 --out $OUT     # on a GPU machine
 
@@ -286,7 +286,7 @@ def main(argv=None):
 
             row = {"n": n, "r": r}
             for name, fn, tiles_, prec in [
-                ("tuned_tf32x3", sk.symnmf_block, tuned_tiles, "tf32x3"),
+                ("tuned_auto", sk.symnmf_block, tuned_tiles, "auto"),
                 ("previous_ieee", sk.symnmf_block, previous_tiles, "ieee"),
                 ("eager", reference.symnmf_block, tuned_tiles, "ieee"),
             ]:

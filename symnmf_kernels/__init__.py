@@ -16,8 +16,10 @@ custom op is registered under torch.ops.symnmf_kernels. lam must be >= 0
 CUDA tensors run the Triton kernels and the CUDA extension; CPU tensors run the
 plain-torch path, or the Triton kernels through Triton's interpreter when
 TRITON_INTERPRET=1. On CUDA the float32 n-length products run on tensor cores
-in tf32x3 (about float32 accuracy); `sk.set_dot_precision("ieee")` or
-`with sk.dot_precision("ieee"):` selects plain FMA, "tf32" the fastest and
+in tf32x3 (about float32 accuracy), but for the n-length sums of products at
+r <= 32, which stay in plain FMA ("auto", the default);
+`sk.set_dot_precision("ieee")` or `with sk.dot_precision("ieee"):` selects
+plain FMA everywhere, "tf32x3" tensor cores everywhere, "tf32" the fastest and
 coarsest mode. docs/design.md explains the design.
 """
 from . import ops, reference

@@ -12,10 +12,10 @@ from conftest import INTERPRET, rel_err
 
 
 def test_default_set_get_and_context():
-    assert sk.get_dot_precision() == "tf32x3"
+    assert sk.get_dot_precision() == "auto"
     previous = sk.set_dot_precision("ieee")
     try:
-        assert previous == "tf32x3" and sk.get_dot_precision() == "ieee"
+        assert previous == "auto" and sk.get_dot_precision() == "ieee"
         with sk.dot_precision("tf32"):
             assert sk.get_dot_precision() == "tf32"
         assert sk.get_dot_precision() == "ieee"
@@ -25,22 +25,26 @@ def test_default_set_get_and_context():
 
 @pytest.mark.parametrize("bad", [None, "fp32", "TF32x3", 3])
 def test_bad_precision_names_the_choices(bad):
-    with pytest.raises(ValueError, match="ieee.*tf32x3.*tf32"):
+    with pytest.raises(ValueError, match="auto.*ieee.*tf32x3.*tf32"):
         sk.set_dot_precision(bad)
-    assert sk.get_dot_precision() == "tf32x3"
+    assert sk.get_dot_precision() == "auto"
 
 
 def test_resolution():
     cuda32 = types.SimpleNamespace(dtype=torch.float32, is_cuda=True)
     cuda64 = types.SimpleNamespace(dtype=torch.float64, is_cuda=True)
     cpu32 = torch.empty(1)
-    assert _common.input_precision(cuda32) == "tf32x3"
-    assert _common.input_precision(cuda32, "tf32") == "tf32"
-    with sk.dot_precision("ieee"):
-        assert _common.input_precision(cuda32) == "ieee"
+    # "auto": tensor cores, but for the n-length sums of products at r <= 32.
+    assert _common.input_precision(cuda32, 64, False) == "tf32x3"
+    assert _common.input_precision(cuda32, 64, True) == "tf32x3"
+    assert _common.input_precision(cuda32, 8, False) == "tf32x3"
+    assert _common.input_precision(cuda32, 32, True) == "ieee"
+    assert _common.input_precision(cuda32, 16, True, "tf32") == "tf32"
+    with sk.dot_precision("tf32x3"):
+        assert _common.input_precision(cuda32, 16, True) == "tf32x3"
     # float64 and CPU tensors (the interpreter computes in full precision anyway) always take ieee.
-    assert _common.input_precision(cuda64, "tf32") == "ieee"
-    assert _common.input_precision(cpu32, "tf32") == "ieee"
+    assert _common.input_precision(cuda64, 64, False, "tf32") == "ieee"
+    assert _common.input_precision(cpu32, 64, False, "tf32") == "ieee"
 
 
 @pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(), reason="needs the interpreter or a GPU")
@@ -48,7 +52,7 @@ def test_resolution():
 def test_every_precision_launches(monkeypatch, precision):
     # Each value reaches the kernels' tl.dot; on a GPU the error stays at the precision's own level.
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    monkeypatch.setattr(_launch, "input_precision", lambda t, p=None: precision)
+    monkeypatch.setattr(_launch, "input_precision", lambda t, r, reduction, p=None: precision)
     U, P = torch.rand(1, 1103, 24, device=device), torch.rand(1, 1103, 24, device=device)  # the split-n path
     lam = torch.ones(1, device=device)
     Y, Ginv, info = _launch.symnmf_block(U, P, lam)

@@ -49,22 +49,26 @@ def use_triton(t, r=None):
 # input_precision of the float32 tl.dot over n-length data (Gram, apply, backward, sparse terms):
 # "tf32x3" runs on tensor cores at close to float32 accuracy, "ieee" is plain FMA, "tf32" is
 # fastest and coarsest (10-bit mantissa). float64, the interpreter and the r x r solve use "ieee".
+# "auto", the default, keeps each dot within 2x of torch's own float32 error against a float64
+# oracle, as measured on an H200 (bench/results/tune_tiles-2026-11-26-NVIDIA-H200.md): tf32x3
+# everywhere but the n-length reductions (U^T U and the like) at BLOCK_R <= 32, where tf32x3 was
+# 2.1-4x torch's error and ieee 2x, so they take ieee (cheap at that width).
 DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
-_dot_precision = ["tf32x3"]
+_dot_precision = ["auto"]
 
 
 def set_dot_precision(precision):
-    """Set the default float32 dot precision of the Triton kernels on CUDA; returns the previous one."""
-    if precision is None:
-        raise ValueError(f"precision must be one of {DOT_PRECISIONS}, got None")
-    check_precision(precision)
+    """Set the float32 dot precision of the Triton kernels on CUDA ("auto", "ieee", "tf32x3" or "tf32");
+    returns the previous setting."""
+    if precision != "auto":
+        check_precision(precision)
     previous = _dot_precision[0]
     _dot_precision[0] = precision
     return previous
 
 
 def get_dot_precision():
-    """The default float32 dot precision of the Triton kernels on CUDA ("tf32x3" unless set)."""
+    """The float32 dot precision of the Triton kernels on CUDA ("auto" unless set)."""
     return _dot_precision[0]
 
 
@@ -79,16 +83,23 @@ def dot_precision(precision):
 
 
 def check_precision(precision, name="precision"):
-    if precision is not None and precision not in DOT_PRECISIONS:
-        raise ValueError(f"{name} must be one of {DOT_PRECISIONS} or None (the default), got {precision!r}")
+    if precision not in DOT_PRECISIONS:
+        raise ValueError(f"{name} must be 'auto' or one of {DOT_PRECISIONS}, got {precision!r}")
 
 
-def input_precision(t, precision=None):
-    """The input_precision of the n-length dots for tensor t: the requested or default one on CUDA
-    in float32, "ieee" for float64 and under the interpreter (which computes in full precision anyway)."""
+def input_precision(t, r, reduction, precision=None):
+    """The input_precision of a kernel's n-length dots for tensor t at rank r.
+
+    reduction: whether the kernel sums products over the n rows (a Gram and the like), where
+    the "auto" setting keeps ieee at small r. float64 and CPU tensors (the interpreter computes
+    in full precision anyway) always take "ieee".
+    """
     if t.dtype != torch.float32 or not t.is_cuda:
         return "ieee"
-    return precision or _dot_precision[0]
+    precision = precision or _dot_precision[0]
+    if precision == "auto":
+        return "ieee" if reduction and block_r(r) <= 32 else "tf32x3"
+    return precision
 
 
 def block_r(r):

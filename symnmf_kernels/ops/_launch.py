@@ -65,7 +65,7 @@ def gram(U, lam, deterministic=True, precision=None):
     gram_partials_kernel[(B, splits)](
         U, partials, n, r, rows_per_split, *U.stride(),
         ATOMIC=not deterministic, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(partials.dtype),
-        PRECISION=input_precision(U, precision), num_warps=warps,
+        PRECISION=input_precision(U, r, True, precision), num_warps=warps,
     )
     return reduce_partials(partials, lam, r, U.dtype)
 
@@ -109,7 +109,8 @@ def symnmf_block(U, P, lam, precision=None):
     BN, warps = tiles("block_small", r, P.device)
     symnmf_block_small_kernel[(B,)](
         U, P, lam, Y, Ginv, info, m, n, r, *U.stride(), *P.stride(), *Y.stride(), *Ginv.stride(),
-        BLOCK_N=BN, BLOCK_R=block_r(r), ACC=acc_dtype(P.dtype), PRECISION=input_precision(P, precision),
+        BLOCK_N=BN, BLOCK_R=block_r(r), ACC=acc_dtype(P.dtype),
+        PRECISION=input_precision(P, r, True, precision),
         num_warps=warps,
     )
     return Y, Ginv, info
@@ -123,7 +124,7 @@ def apply(A, M, relu, emit_gram=False, precision=None):
     apply_kernel[(B, splits)](
         A, M, Y, partials, n, r, rows_per_split, *A.stride(), *M.stride(), *Y.stride(),
         RELU=relu, EMIT_GRAM=emit_gram, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(A.dtype),
-        PRECISION=input_precision(A, precision), num_warps=warps,
+        PRECISION=input_precision(A, r, emit_gram, precision), num_warps=warps,
     )
     return (Y, partials) if emit_gram else Y
 
@@ -142,7 +143,7 @@ def apply_backward(grad, Y, A, M, H=None, relu=True, precision=None):
         grad, Y, A, Mt, H_arg, dA, partials, n, r, rows_per_split,
         *grad.stride(), *Y.stride(), *A.stride(), *Mt.stride(), *H_arg.stride(), *dA.stride(),
         HAS_H=H is not None, RELU=relu, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(A.dtype),
-        PRECISION=input_precision(A, precision), num_warps=warps,
+        PRECISION=input_precision(A, r, True, precision), num_warps=warps,
     )
     zero_lam = torch.zeros((B,), dtype=partials.dtype, device=A.device)
     return dA, reduce_partials(partials, zero_lam, r, A.dtype)
@@ -158,7 +159,8 @@ def sym_loss(X, U, precision=None):
     partials = torch.empty((B, n_tiles, n_tiles), dtype=dtype, device=U.device)
     sym_loss_partials_kernel[(B, n_tiles, n_tiles)](
         X, U, partials, n, r, *X.stride(), *U.stride(),
-        BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(dtype), PRECISION=input_precision(U, precision), num_warps=warps,
+        BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(dtype), PRECISION=input_precision(U, r, False, precision),
+        num_warps=warps,
     )
     return partials.sum((1, 2)).to(U.dtype)
 
@@ -172,7 +174,7 @@ def sparse_loss_terms(U, S, P, lam):
     Pt = P if P is not None else U  # stands in for an unused pointer
     sparse_loss_terms_kernel[(B, splits)](
         U, S, Pt, lam, sums, partials, n, r, rows_per_split, *U.stride(), *S.stride(), *Pt.stride(),
-        HAS_P=P is not None, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype), PRECISION=input_precision(U),
+        HAS_P=P is not None, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype), PRECISION=input_precision(U, r, True),
         num_warps=warps,
     )
     zero_lam = torch.zeros((B,), dtype=partials.dtype, device=U.device)
@@ -202,7 +204,7 @@ def sparse_loss_grad(U, S, G, W, Y, lam, coef_s, coef_g):
         U, S, G, Wt, Yt, lam.contiguous(), coef_s.contiguous(), coef_g.contiguous(), dU, n, r,
         *U.stride(), *S.stride(), *G.stride(), *Wt.stride(), *Yt.stride(), *dU.stride(),
         HAS_W=W is not None, HAS_Y=Y is not None, BLOCK_N=BN, BLOCK_R=block_r(r), ACC=acc_dtype(U.dtype),
-        PRECISION=input_precision(U), num_warps=warps,
+        PRECISION=input_precision(U, r, False), num_warps=warps,
     )
     return dU
 
