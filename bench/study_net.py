@@ -86,7 +86,7 @@ def base(**changes):
 PAPER = dict(RECIPES["paper"])
 # One lever at a time from the reference setting REF (Kuang's random start, L = 10, beta = 0.1,
 # relative lr 0.1, 300 Adam steps, 4 restarts).
-REF = base(init="random", init_iter=0, n_layers=10, beta=0.1, beta_final=None, lam="fro", learn_lam=True,
+REF = base(init="random", init_iter=0, n_layers=10, beta=0.1, beta_relative=False, beta_final=None, lam="fro", learn_lam=True,
            loss_blocks="all", epochs=300, lr=0.1, relative_lr=True, lr_schedule="constant", tol=None, patience=None,
            n_restarts=4)
 LEVERS = {
@@ -109,6 +109,12 @@ LEVERS = {
     "epochs=600": dict(REF, epochs=600),
     "loss=last": dict(REF, loss_blocks="last"),
     "early stop": dict(REF, epochs=600, tol=1e-4, patience=50),
+    # candidates for the default: training, then SymHALS from the restart kept by consensus
+    "early stop+polish": dict(REF, epochs=600, tol=1e-4, patience=50, polish_iter=100),
+    "150 steps+polish": dict(REF, epochs=150, polish_iter=100),
+    "L=5 early stop+polish": dict(REF, n_layers=5, epochs=600, tol=1e-4, patience=50, polish_iter=100),
+    "L=5 lam=spectral early stop+polish": dict(REF, n_layers=5, lam="spectral", epochs=600, tol=1e-4, patience=50,
+                                               polish_iter=100),
 }
 
 
@@ -124,12 +130,13 @@ def run_net(X, y, cfg, seed):
         int(len(np.unique(y))), n_layers=cfg["n_layers"], beta=cfg["beta"], mu=cfg["mu"], lam=cfg["lam"],
         n_restarts=R, random_state=seed, init=cfg["init"], init_iter=cfg["init_iter"], init_noise=cfg["init_noise"],
         learn_lam=cfg["learn_lam"], beta_final=cfg["beta_final"], loss_blocks=cfg["loss_blocks"],
+        beta_relative=cfg.get("beta_relative", False),
     )
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     # tol 0 with patience None never stops early (the loss would have to repeat exactly)
     net.fit(X, epochs=cfg["epochs"], lr=cfg["lr"], relative_lr=cfg["relative_lr"],
             tol=0.0 if cfg["tol"] is None else cfg["tol"], patience=cfg["patience"] or 0, lr_schedule=cfg["lr_schedule"])
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     with torch.no_grad():
         U = net()
     E = net.history_["relative_error"][-1]
@@ -139,8 +146,17 @@ def run_net(X, y, cfg, seed):
     per = [scores(y, U[k]) for k in range(R)]
     picks = {"loss": int(np.nanargmin(loss)), "error": int(np.nanargmin(E))}
     picks["consensus"] = select_restart(U, "consensus") if R > 1 else 0
-    return {"acc": [a for a, _ in per], "nmi": [b for _, b in per], "E": E, "loss": loss, "picks": picks,
-            "seconds": seconds, "n_iter": net.n_iter_, "curve_E": _curve(net.history_)}
+    out = {"acc": [a for a, _ in per], "nmi": [b for _, b in per], "E": E, "loss": loss, "picks": picks,
+           "seconds": seconds, "cpu_seconds": cpu, "n_iter": net.n_iter_, "curve_E": _curve(net.history_)}
+    if cfg.get("polish_iter"):
+        # SymHALS from the kept restart (the rule of the recipe), as fit_net does
+        k = picks[cfg["select"]] if R > 1 else 0
+        start, cpu = time.perf_counter(), time.process_time()
+        res = solve(X, U.shape[-1], solver="hals", U0=U[k], max_iter=int(cfg["polish_iter"]))
+        a, b = scores(y, res.U)
+        out["polished"] = {"acc": a, "nmi": b, "E": res.history["rel_error"][-1], "from": k,
+                           "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
+    return out
 
 
 def _curve(history, keep=60):
@@ -154,17 +170,19 @@ def run_classical(X, y, solver, seed, R):
     """solver from the same R Kuang starts as the net's restarts (restart k = draw k of seed's generator)."""
     r = int(len(np.unique(y)))
     U0 = kuang_init(X, r, (R,), make_generator(seed))
-    acc, nmis, E, seconds, iters, Us = [], [], [], 0.0, [], []
+    acc, nmis, E, seconds, cpu, iters, Us = [], [], [], [], [], [], []
     for k in range(R):
-        start = time.perf_counter()
+        start, c0 = time.perf_counter(), time.process_time()
         res = solve(X, r, solver=solver, U0=U0[k], max_iter=CLASSICAL_MAX_ITER[solver])
-        seconds += time.perf_counter() - start
+        seconds.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - c0)
         a, b = scores(y, res.U)
         acc.append(a), nmis.append(b), E.append(res.history["rel_error"][-1]), iters.append(res.n_iter)
         Us.append(res.U)
     picks = {"error": int(np.argmin(E)), "loss": int(np.argmin(E))}
     picks["consensus"] = select_restart(torch.stack(Us), "consensus") if R > 1 else 0
-    return {"acc": acc, "nmi": nmis, "E": E, "picks": picks, "seconds": seconds, "n_iter": int(np.mean(iters))}
+    return {"acc": acc, "nmi": nmis, "E": E, "picks": picks, "seconds": seconds, "cpu_seconds": cpu,
+            "n_iter": int(np.mean(iters))}
 
 
 def append(record):
@@ -187,7 +205,8 @@ def cmd_levers(args):
                 append({"part": "levers", "data": data, "seed": seed, "method": "net", "config": name, "cfg": cfg,
                         **out, **meta()})
                 print(f"{data} seed {seed} {name:<16} ACC {np.round(out['acc'], 3)} E {np.round(out['E'], 5)} "
-                      f"picks {out['picks']} {out['seconds']:.1f}s it {out['n_iter']}", flush=True)
+                      f"picks {out['picks']} {out['seconds']:.1f}s (cpu {out['cpu_seconds']:.1f}) it {out['n_iter']}"
+                      + (f" polished {out['polished']}" if "polished" in out else ""), flush=True)
 
 
 def cmd_final(args):
@@ -206,22 +225,25 @@ def cmd_final(args):
                 append({"part": "final", "data": data, "seed": seed, "method": solver, "restarts": args.restarts,
                         **out, **meta()})
                 print(f"{data} seed {seed} {solver} ACC {np.round(out['acc'], 3)} picks {out['picks']} "
-                      f"{out['seconds']:.1f}s", flush=True)
+                      f"{sum(out['seconds']):.1f}s", flush=True)
 
 
 def cmd_cost(args):
     for data in args.data:
         X, y = load(data, 0)
         r = int(len(np.unique(y)))
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         res = solve(X, r, solver="hals", random_state=0)
-        hals_s = time.perf_counter() - start
+        hals_s, hals_cpu = time.perf_counter() - start, time.process_time() - cpu
         a, b = scores(y, res.U)
         rec = {"part": "cost", "data": data, "n": X.shape[0], "nnz": int(X.values().numel()), "hals_s": hals_s,
-               "hals_acc": a, "hals_E": res.history["rel_error"][-1], **meta()}
+               "hals_cpu": hals_cpu, "hals_acc": a, "hals_E": res.history["rel_error"][-1], **meta()}
         for name in args.recipes:
-            out = run_net(X, y, dict(RECIPES[name]), 0)
-            rec[f"net:{name}"] = {k: out[k] for k in ("acc", "E", "picks", "seconds", "n_iter")}
+            for R in (RECIPES[name]["n_restarts"], 1) if RECIPES[name]["n_restarts"] > 1 else (1,):
+                out = run_net(X, y, dict(RECIPES[name], n_restarts=R), 0)
+                key = f"net:{name}" + ("" if R == RECIPES[name]["n_restarts"] else f" R={R}")
+                rec[key] = {k: out[k] for k in ("acc", "E", "picks", "seconds", "cpu_seconds", "n_iter", "polished")
+                            if k in out}
         append(rec)
         print(json.dumps(rec), flush=True)
 
@@ -233,7 +255,7 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--levers", nargs="+")
     p.add_argument("--recipes", nargs="+", default=["default", "paper"])
-    p.add_argument("--solvers", nargs="+", default=list(CLASSICAL))
+    p.add_argument("--solvers", nargs="*", default=list(CLASSICAL))
     p.add_argument("--restarts", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(HERE, "results", f"study_net-{time.strftime('%Y-%m-%d')}-cpu.md"))
@@ -303,25 +325,37 @@ def final_table(records, data):
             variants = [("one start", "first"), (f"mean of {R} starts", "mean"), (f"lowest E of {R}", "error"),
                         (f"consensus of {R}", "consensus")]
         for label, rule in variants:
-            seconds = [r["seconds"] / (R if rule == "first" and not m.startswith("net:") else 1) for r in rs]
+            if m.startswith("net:"):
+                seconds = [r["seconds"] for r in rs]
+            else:
+                seconds = [r["seconds"][0] if rule == "first" else sum(r["seconds"]) for r in rs]
             lines.append("| " + " | ".join([
                 m if not m.startswith("net:") else "SymNMF-Net " + m[4:], label,
                 _ms([_pick(r, "acc", rule) for r in rs]), _ms([_pick(r, "nmi", rule) for r in rs]),
                 _ms([_pick(r, "E", rule) for r in rs], "{:.5f}"), _ms(seconds, "{:.2f}")]) + " |")
+        if m.startswith("net:") and all("polished" in r for r in rs):
+            p = [r["polished"] for r in rs]
+            lines.append("| " + " | ".join([
+                "SymNMF-Net " + m[4:], f"{variants[0][0]}, then SymHALS polish",
+                _ms([q["acc"] for q in p]), _ms([q["nmi"] for q in p]), _ms([q["E"] for q in p], "{:.5f}"),
+                _ms([r["seconds"] + q["seconds"] for r, q in zip(rs, p)], "{:.2f}")]) + " |")
     return "\n".join(lines) + "\n"
 
 
 def cost_table(records):
     rows = [r for r in records if r["part"] == "cost"]
-    lines = ["| graph | n | stored entries | SymHALS s (ACC) | net default s (ACC kept, steps) | ratio |",
-             "|" + " --- |" * 6]
+    lines = ["| graph | n | stored entries | SymHALS s, cpu s (ACC) | net | net s, cpu s (ACC kept -> polished, steps) "
+             "| cpu ratio |", "|" + " --- |" * 7]
     for r in rows:
-        d = r.get("net:default")
-        if not d:
-            continue
-        acc = d["acc"][d["picks"][RECIPES["default"]["select"]]] if len(d["acc"]) > 1 else d["acc"][0]
-        lines.append(f"| {r['data']} | {r['n']} | {r['nnz']} | {r['hals_s']:.2f} ({r['hals_acc']:.3f}) | "
-                     f"{d['seconds']:.2f} ({acc:.3f}, {d['n_iter']}) | {d['seconds'] / r['hals_s']:.1f}x |")
+        for key in [k for k in r if k.startswith("net:")]:
+            d = r[key]
+            acc = d["acc"][d["picks"][RECIPES["default"]["select"]]] if len(d["acc"]) > 1 else d["acc"][0]
+            pol = d.get("polished", {})
+            s = d["seconds"] + pol.get("seconds", 0.0)
+            c = d["cpu_seconds"] + pol.get("cpu_seconds", 0.0)
+            lines.append(f"| {r['data']} | {r['n']} | {r['nnz']} | {r['hals_s']:.2f}, {r['hals_cpu']:.2f} "
+                         f"({r['hals_acc']:.3f}) | {key} | {s:.2f}, {c:.2f} ({acc:.3f} -> {pol.get('acc', acc):.3f}, "
+                         f"{d['n_iter']}) | {c / r['hals_cpu']:.1f}x |")
     return "\n".join(lines) + "\n"
 
 

@@ -61,25 +61,30 @@ __all__ = ["SymNMFNet", "RECIPES", "NetResult", "fit_net", "kuang_init", "spectr
 #         of X, signs fixed and clipped at 0, plus init_noise times Kuang's random start).
 #   lam: "fro" (||X||_F, the paper's), "spectral" (||X||_2) or a float; learn_lam: train it (projected
 #         onto lam >= lam_min) or keep it fixed.
-#   beta -> beta_final: the regulariser's weight, decayed geometrically over the epochs (None: constant).
+#   beta -> beta_final: the regulariser's weight, decayed geometrically over the epochs (None: constant);
+#         with beta_relative it is divided by lam^2 (lam at the start): the regulariser then weighs the
+#         change of U, ||P - (X + lam I) U||^2 / lam^2, and one beta suits graphs of any size (beta = 0.1
+#         suits the 2,000-node graphs but pins a 20,000-node graph, where lam is 2.4x larger, to its start).
 #   loss_blocks: "all" (the paper's sum over the L blocks) or "last" (the last block's residual only).
 #   lr, relative_lr, lr_schedule ("constant" or "cosine"): Adam's step.
-#   tol, patience: stop once the best loss of the last `patience` steps is within tol (relative) of the
-#         best before them (patience None: the older rule, two consecutive records within tol of loss_0).
+#   tol, patience: stop once the best loss of the last `patience` steps gains at most tol times the
+#         whole decrease so far on the best before them (patience None: the older rule, two consecutive records within tol of loss_0).
 #   n_restarts, select: restarts trained side by side by `fit_net`, and the label-free rule that keeps
 #         one ("loss", "error" or "consensus"; see `select_restart`).
+#   polish_iter: SymHALS iterations `fit_net` runs from the kept U_L (0: none), which take the
+#         factor to the nearest stationary point of ||X - U U^T|| (lower E, same clusters as a rule).
 RECIPES = {
     "paper": {
-        "n_layers": 10, "beta": 5e-6, "beta_final": None, "mu": 0.0, "lam": "fro", "learn_lam": True,
+        "n_layers": 10, "beta": 5e-6, "beta_relative": False, "beta_final": None, "mu": 0.0, "lam": "fro", "learn_lam": True,
         "init": "random", "init_iter": 0, "init_noise": 0.0, "loss_blocks": "all",
         "epochs": 100, "lr": 0.5, "relative_lr": False, "lr_schedule": "constant", "tol": None, "patience": None,
-        "n_restarts": 1, "select": "loss",
+        "n_restarts": 1, "select": "loss", "polish_iter": 0,
     },
     "default": {
-        "n_layers": 3, "beta": 0.1, "beta_final": None, "mu": 0.0, "lam": "fro", "learn_lam": True,
-        "init": "hals", "init_iter": 100, "init_noise": 0.0, "loss_blocks": "all",
-        "epochs": 300, "lr": 0.02, "relative_lr": True, "lr_schedule": "cosine", "tol": 1e-5, "patience": 20,
-        "n_restarts": 4, "select": "consensus",
+        "n_layers": 5, "beta": 4.0, "beta_relative": True, "beta_final": None, "mu": 0.0, "lam": "spectral", "learn_lam": True,
+        "init": "random", "init_iter": 0, "init_noise": 0.0, "loss_blocks": "all",
+        "epochs": 400, "lr": 0.1, "relative_lr": True, "lr_schedule": "constant", "tol": 2e-3, "patience": 50,
+        "n_restarts": 4, "select": "consensus", "polish_iter": 100,
     },
 }
 _INITS = ("random", "hals", "spectral")
@@ -261,6 +266,9 @@ class SymNMFNet(nn.Module):
         Train lam (projected onto lam >= lam_min) or keep it at its start.
     beta_final : float or None
         Decay beta geometrically to this value over the epochs of `fit`.
+    beta_relative : bool
+        Divide beta by lam^2 (lam at the start, mean over problems), so that the
+        regulariser weighs the change of U and one beta suits graphs of any size.
     loss_blocks : "all" or "last"
         The residual of every block in the loss (the paper's), or of the last only.
 
@@ -271,7 +279,7 @@ class SymNMFNet(nn.Module):
 
     def __init__(self, n_components, n_layers=None, beta=None, mu=None, lam=None, n_restarts=None, random_state=None,
                  *, recipe="default", init=None, init_iter=None, init_noise=None, learn_lam=None, beta_final=None,
-                 loss_blocks=None):
+                 loss_blocks=None, beta_relative=None):
         super().__init__()
         settings = _recipe(recipe)
 
@@ -282,6 +290,7 @@ class SymNMFNet(nn.Module):
         lam, init, init_iter = pick("lam", lam), pick("init", init), pick("init_iter", init_iter)
         init_noise, learn_lam = pick("init_noise", init_noise), pick("learn_lam", learn_lam)
         beta_final, loss_blocks = pick("beta_final", beta_final), pick("loss_blocks", loss_blocks)
+        beta_relative = pick("beta_relative", beta_relative)
         if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
             raise ValueError(f"n_components must be a positive int, got {n_components!r}")
         if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
@@ -310,6 +319,8 @@ class SymNMFNet(nn.Module):
         self.n_layers = n_layers
         self.beta = float(beta)
         self.beta_final = None if beta_final is None else float(beta_final)
+        self.beta_relative = bool(beta_relative)
+        self._beta_scale = 1.0
         self.mu = float(mu)
         self.lam_init = lam if isinstance(lam, str) else float(lam)
         self.learn_lam = bool(learn_lam)
@@ -411,7 +422,9 @@ class SymNMFNet(nn.Module):
             weights.append(nn.Parameter(P))
             U = sk.symnmf_block(U, P, lam)
         self.P = nn.ParameterList(weights)
-        self._beta_now = self.beta
+        # a host float, read once per initialisation
+        self._beta_scale = 1.0 / float(lam.pow(2).mean()) if self.beta_relative else 1.0
+        self._beta_now = self.beta * self._beta_scale
         self.history_ = {}
         self.n_iter_ = 0
         return self
@@ -507,8 +520,9 @@ class SymNMFNet(nn.Module):
             Suggested lr then: 0.01 to 0.1.
         optimizer : a torch.optim.Optimizer class, or None for Adam.
         tol, patience : early stopping. With patience an int: stop once the best loss of
-            the last `patience` steps is within tol times |best loss| of the best loss
-            before them (a plateau; measured at the logged steps). With patience 0 (or
+            the last `patience` steps improves on the best loss before them by at most tol
+            times the whole decrease since the first step (a plateau; measured at the
+            logged steps). With patience 0 (or
             None in a recipe without one): stop once the loss changes by less than tol times the initial loss between
             two logged steps. tol None: no early stopping.
         lr_schedule : "constant" or "cosine" (lr decays to 5% of its start over `epochs`).
@@ -590,7 +604,8 @@ class SymNMFNet(nn.Module):
         try:
             for epoch in range(epochs):
                 if self.beta_final is not None:
-                    self._beta_now = self.beta * (self.beta_final / self.beta) ** (epoch / max(epochs - 1, 1))
+                    self._beta_now = self._beta_scale * self.beta * (self.beta_final / self.beta) ** (
+                        epoch / max(epochs - 1, 1))
                 optimizer.zero_grad(set_to_none=True)
                 loss, residual, U = self._objective(X, X_norm2)
                 loss.sum().backward()
@@ -617,8 +632,10 @@ class SymNMFNet(nn.Module):
                     if len(losses) >= 2 and abs(losses[-2] - losses[-1]) <= tol * abs(losses[0]):
                         break
                 elif len(losses) > window:
+                    # the last window's gain against the whole decrease so far: free of the floor of the
+                    # loss, which on large sparse graphs stays within a percent of the start
                     before, recent = min(losses[:-window]), min(losses[-window:])
-                    if before - recent <= tol * abs(before):
+                    if before - recent <= tol * max(losses[0] - recent, 0.0):
                         break
         finally:
             if bar is not None:
@@ -676,6 +693,7 @@ class SymNMFNet(nn.Module):
             "init_noise": self.init_noise,
             "learn_lam": self.learn_lam,
             "beta_final": self.beta_final,
+            "beta_relative": self.beta_relative,
             "loss_blocks": self.loss_blocks,
         }
 
@@ -864,7 +882,7 @@ class NetResult:
 
     U: (n, r) factor of the kept restart (for a dense batch of graphs: (B, n, r)); labels: argmax of
     its rows; index: the kept restart; relative_error: its E; relative_errors / losses: every restart's;
-    n_iter: training steps; seconds: wall time (start U_0 included); net: the trained SymNMFNet
+    n_iter: training steps; seconds: wall time (start U_0 and polish included); net: the trained SymNMFNet
     (all restarts); settings: the recipe's values used.
     """
 
@@ -886,7 +904,8 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     X: similarity (dense/sparse; numpy, scipy or torch). overrides: any recipe key
     (n_layers, beta, epochs, lr, n_restarts, select, ...). With n_restarts > 1 the
     restarts train side by side (a leading dimension) and `select` (a label-free
-    rule: "loss", "error" or "consensus") keeps one. Returns a `NetResult`.
+    rule: "loss", "error" or "consensus") keeps one; with polish_iter > 0 SymHALS then
+    refines the kept factor. Returns a `NetResult`.
     """
     settings = dict(_recipe(recipe))
     unknown = sorted(set(overrides) - set(settings))
@@ -904,7 +923,7 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
         n_components, n_layers=settings["n_layers"], beta=settings["beta"], mu=settings["mu"], lam=settings["lam"],
         n_restarts=None if R == 1 else R, random_state=random_state, recipe=recipe, init=settings["init"],
         init_iter=settings["init_iter"], init_noise=settings["init_noise"], learn_lam=settings["learn_lam"],
-        beta_final=settings["beta_final"], loss_blocks=settings["loss_blocks"],
+        beta_final=settings["beta_final"], loss_blocks=settings["loss_blocks"], beta_relative=settings["beta_relative"],
     )
     net.fit(X, epochs=settings["epochs"], lr=settings["lr"], relative_lr=settings["relative_lr"], tol=settings["tol"],
             patience=settings["patience"], lr_schedule=settings["lr_schedule"], verbose=verbose)
@@ -923,6 +942,13 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
             idx = index.to(U_all.device)
             U = torch.take_along_dim(U_all, idx[None, ..., None, None], 0)[0]
             error = [errors[int(k)][b] for b, k in enumerate(index.reshape(-1))]
+    if settings["polish_iter"]:
+        from .solvers import solve
+
+        if U.dim() != 2:
+            raise ValueError("polish_iter needs one graph (a single n x n X)")
+        polished = solve(X, n_components, solver="hals", U0=U.detach(), max_iter=int(settings["polish_iter"]))
+        U, error = polished.U, polished.history["rel_error"][-1]
     if U.is_cuda:
         torch.cuda.synchronize(U.device)
     seconds = time.perf_counter() - start
