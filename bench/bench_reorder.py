@@ -1,0 +1,90 @@
+"""What renumbering a graph's nodes buys the SpMM, and what it costs.
+
+A graph whose nodes come in random order makes every gather of a row of U a
+cache miss. `symnmf_kernels.sparse.locality_order` (reverse Cuthill-McKee, or
+by degree) and `permute` renumber it once. For each graph this script takes
+the graph in random node order, renumbers it each way, and times side by side
+on the same U (row-permuted to match):
+
+    ours    sk.spmm (the library's SpMM: CPU OpenMP or CUDA kernel)
+    torch   torch.sparse.mm (MKL on the CPU, cuSPARSE on CUDA)
+
+with the one-off cost of the renumbering (order + permute, on the host) and
+how many SpMMs it takes to pay for itself.
+
+    python bench/bench_reorder.py --device cpu --n 200000
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import symnmf_kernels as sk  # noqa: E402
+from bench.bench_spmm import make_graph, torch_csr  # noqa: E402
+from bench.common import add_run_args, bench, resolve_run_args, write_table  # noqa: E402
+from symnmf_kernels.sparse import locality_order, permute  # noqa: E402
+
+COLUMNS = ["graph", "n", "nnz", "r", "order", "order_s", "ours_ms", "torch_ms", "x_random_ours", "x_random_torch",
+           "pays_after_spmms"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_args(parser)
+    parser.add_argument("--n", type=int, default=None, help="nodes (default: 1M on CUDA, 200k on CPU)")
+    parser.add_argument("--ranks", default="16,64")
+    parser.add_argument("--graphs", default="knn_like,knn_gauss")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    args = resolve_run_args(parser, parser.parse_args(argv))
+    device = args.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    n = args.n or (1_000_000 if device.type == "cuda" else 200_000)
+    header = [
+        "graphs of bench_spmm.py in random node order, renumbered by symnmf_kernels.sparse.locality_order "
+        "(rcm: reverse Cuthill-McKee; degree: by decreasing degree) and permute",
+        f"times: median ms ({'do_bench' if device.type == 'cuda' else 'perf_counter'}), float32, "
+        f"{torch.get_num_threads()} CPU threads; order_s: seconds of locality_order + permute (host)",
+        "x_random_*: speed-up over the random order; pays_after_spmms: order_s over the time ours saves per SpMM",
+    ]
+    rows = []
+    for kind in args.graphs.split(","):
+        X0 = make_graph(kind, n, device, args.seed)
+        gen = torch.Generator(device="cpu").manual_seed(args.seed)
+        X = permute(X0, torch.randperm(n, generator=gen))  # the graph in random node order
+        graphs = {"random": (X, 0.0)}
+        for method in ("rcm", "degree"):
+            t0 = time.perf_counter()
+            perm = locality_order(X, method)
+            Xp = permute(X, perm)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            graphs[method] = (Xp, time.perf_counter() - t0)
+        for r in [int(x) for x in args.ranks.split(",")]:
+            U = torch.rand(n, r, device=device, generator=torch.Generator(device=device).manual_seed(args.seed))
+            base = {}
+            for order, (G, cost) in graphs.items():
+                Gt, _ = torch_csr(G)
+                ours = bench(lambda: sk.spmm(G, U), warmup=args.warmup, rep=args.rep, device=device)
+                peer = bench(lambda: torch.sparse.mm(Gt, U), warmup=args.warmup, rep=args.rep, device=device)
+                if order == "random":
+                    base = {"ours": ours, "torch": peer}
+                saved_ms = base["ours"] - ours
+                rows.append({
+                    "graph": kind, "n": n, "nnz": G.nnz, "r": r, "order": order, "order_s": cost,
+                    "ours_ms": ours, "torch_ms": peer,
+                    "x_random_ours": base["ours"] / ours, "x_random_torch": base["torch"] / peer,
+                    "pays_after_spmms": (cost * 1e3 / saved_ms) if order != "random" and saved_ms > 0 else None,
+                })
+                write_table("bench_reorder", rows, COLUMNS, header_lines=header, out_dir=args.out, device=device,
+                            echo=False)
+    write_table("bench_reorder", rows, COLUMNS, out_dir=args.out, device=device, echo=True, header_lines=header)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The CSR container's node renumbering: locality_order and permute."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import symnmf_kernels as sk
+from symnmf_kernels.sparse import as_csr, locality_order, permute
+
+from conftest import rel_err
+
+
+def shuffled_band(n, width, seed):
+    """A banded symmetric graph (neighbours within `width` of each other) under a random node order."""
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(n), 2 * width)
+    cols = np.clip(rows + np.tile(np.r_[-width:0, 1:width + 1], n), 0, n - 1)
+    A = sp.coo_matrix((rng.uniform(0.1, 1, rows.size), (rows, cols)), shape=(n, n)).tocsr()
+    A = ((A + A.T) / 2).tocsr()
+    shuffle = rng.permutation(n)
+    return A[shuffle][:, shuffle].tocsr()
+
+
+def bandwidth(X):
+    A = as_csr(X).to_scipy().tocoo()
+    return int(np.abs(A.row - A.col).max())
+
+
+@pytest.mark.parametrize("method", ["rcm", "degree"])
+def test_renumbered_product_is_the_permuted_product(method):
+    A = shuffled_band(503, 4, seed=1)
+    X = as_csr(A, dtype=torch.float64)
+    perm = locality_order(X, method)
+    assert perm.dtype == torch.int64 and torch.equal(torch.sort(perm).values, torch.arange(503))
+    Xp = permute(X, perm)
+    U = torch.rand(503, 7, dtype=torch.float64)
+    # (P X P^T)(P U) = P (X U)
+    assert rel_err(sk.spmm(Xp, U[perm]), sk.spmm(X, U)[perm]) < 1e-13
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(503)
+    assert rel_err(sk.spmm(Xp, U[perm])[inverse], sk.spmm(X, U)) < 1e-13
+
+
+def test_rcm_restores_a_narrow_band():
+    A = shuffled_band(2000, 3, seed=2)
+    assert bandwidth(A) > 1000
+    assert bandwidth(permute(A, locality_order(A, "rcm"))) <= 20
+
+
+def test_bad_arguments():
+    A = shuffled_band(20, 2, seed=3)
+    with pytest.raises(ValueError, match="method must be one of"):
+        locality_order(A, "metis")
+    with pytest.raises(ValueError, match="permutation of range"):
+        permute(A, torch.zeros(20, dtype=torch.int64))
+    with pytest.raises(ValueError, match="square"):
+        locality_order(sp.random(5, 6, density=0.5, format="csr"))
