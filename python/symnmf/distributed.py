@@ -1,0 +1,806 @@
+"""Row-sharded SymNMF on torch.distributed: NCCL on GPUs, gloo on the CPU.
+
+    # torchrun --nproc-per-node 4 my_script.py
+    from symnmf import distributed as sd
+    labels = sd.cluster("graph.npz", k=10, solver="hals", seed=0, out="run/")  # labels on rank 0, None elsewhere
+
+    graph = sd.ShardedGraph.from_npz("graph.npz")     # this rank's block of rows only
+    U0 = sd.init_factor(graph, rank=10, seed=0)        # this rank's rows of the single-process start
+    result = sd.hals(graph, U0)                        # result.U: this rank's rows of the factor
+
+Sharding (docs/distributed.md). The n nodes are split into P contiguous blocks
+of rows, rank p owning rows offsets[p]:offsets[p+1] of X and of every n x r
+factor. Each rank reads only its own rows of the CSR (from an .npz written by
+scipy.sparse.save_npz, from a set of shard files written by `save_shards`, or
+from an in-memory matrix that every rank holds).
+
+The halo. Row i of X U reads the rows of U that row i's columns name. A rank's
+block references its own rows and a set of other rows, the halo: the plan
+(`HaloPlan`) computes that set once from the local column pattern, tells every
+owner which of its rows to send (one exchange of index lists), and renumbers
+the local columns into [halo rows before the block, own rows, halo rows after
+it], which keeps the order of the entries in every row. Each product X U then
+sends only the halo rows, by point-to-point send/recv, never an all_gather of
+U. `HaloPlan.bytes_per_exchange` is what one product sends in all.
+
+Everything else is r x r: Grams U^T U, the loss terms and the projected
+gradient are local sums combined by all_reduce, so every rank takes the same
+decisions (stopping, Armijo acceptance) from the same numbers.
+
+Same start as one process: `init_factor` draws the same uniform stream as
+`symnmf.solvers.init_factor` for the same seed (a CPU torch.Generator, drawn in
+chunks; this rank keeps its own rows), so the sharded solvers follow the
+single-process ones up to the order of floating-point reductions (the Gram and
+the loss sums are added per rank, then across ranks).
+
+Solvers: SymHALS (`hals`, Zhu et al.'s two-factor form, W and V both row-
+sharded) and PGD (`pgd`, Kuang et al., Armijo on the projection arc).
+SymANLS, SymNewton, ADMM and SymNMF-Net are not sharded yet.
+"""
+import json
+import math
+import os
+import time
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import symnmf_kernels as sk
+from symnmf_kernels.ops.hals import ZERO_COLUMN_FILL, hals_sweep_
+from symnmf_kernels.sparse import CSR
+
+from .solvers.base import Monitor, SolverResult, as_seed, check_lam, default_check_every, projected_gradient_sq
+
+__all__ = [
+    "Comm", "row_offsets", "read_npz_rows", "save_shards", "HaloPlan", "ShardedGraph", "init_factor",
+    "hals", "pgd", "SOLVERS", "DEFAULT_MAX_ITER", "fit", "DistributedFit", "cluster", "gather_rows",
+    "init_from_env",
+]
+
+DEFAULT_MAX_ITER = {"hals": 500, "pgd": 500}  # as symnmf.fitting.DEFAULT_MAX_ITER
+DEFAULT_TOL = {"hals": 1e-3, "pgd": 1e-4}      # as the solvers' own defaults
+SHARDS_INDEX = "shards.json"
+
+
+# ------------------------------------------------------------------------------------------ the group
+class Comm:
+    """The process group a sharded problem runs on: rank, world size, device, and the collectives used.
+
+    group: a torch.distributed group, or None for the default group when torch.distributed is
+    initialised, else a single process (world size 1: every collective is the identity, so the
+    sharded code runs, unchanged, without torchrun).
+    """
+
+    def __init__(self, group=None, device=None):
+        self.group = group
+        self.active = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank(group) if self.active else 0
+        self.world_size = dist.get_world_size(group) if self.active else 1
+        self.backend = dist.get_backend(group) if self.active else None
+        if device is None:
+            if self.backend == "nccl":
+                device = torch.device("cuda", torch.cuda.current_device())
+            else:
+                device = torch.device("cpu")
+        self.device = torch.device(device)
+        if self.backend == "nccl" and self.device.type != "cuda":
+            raise ValueError("the NCCL backend needs CUDA tensors: pass a CUDA device (or use gloo on the CPU)")
+
+    def all_reduce(self, t, op="sum"):
+        """t summed (or maxed) over the ranks, in place; returns t."""
+        if self.world_size > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX, group=self.group)
+        return t
+
+    def exchange(self, sends, recvs):
+        """Point-to-point: sends[p] goes to rank p, recvs[p] (preallocated) comes from rank p; empty skipped."""
+        ops = []
+        for p, t in sends.items():
+            if t.numel():
+                ops.append(dist.P2POp(dist.isend, t, self._peer(p), group=self.group))
+        for p, t in recvs.items():
+            if t.numel():
+                ops.append(dist.P2POp(dist.irecv, t, self._peer(p), group=self.group))
+        if ops:
+            for req in dist.batch_isend_irecv(ops):
+                req.wait()
+
+    def _peer(self, p):
+        return dist.get_global_rank(self.group, p) if self.group is not None else p
+
+    def all_gather_rows(self, local, counts):
+        """The row blocks of every rank stacked (counts[p] rows from rank p), on every rank."""
+        if self.world_size == 1:
+            return local
+        most = max(counts)
+        padded = local.new_zeros((most, *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        out = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(out, padded, group=self.group)
+        return torch.cat([o[:c] for o, c in zip(out, counts)])
+
+
+def row_offsets(n, world_size):
+    """The first row of every rank's block and n: rank p owns rows offsets[p]:offsets[p+1] (balanced by rows)."""
+    if n < world_size:
+        raise ValueError(f"n = {n} nodes cannot be split over {world_size} ranks: use at most n ranks")
+    return [n * p // world_size for p in range(world_size + 1)]
+
+
+# -------------------------------------------------------------------------------------- reading rows
+def _npy_member(zf, key):
+    names = set(zf.namelist())
+    name = key + ".npy" if key + ".npy" in names else key
+    if name not in names:
+        raise KeyError(key)
+    return name
+
+
+def _open_npy(zf, key):
+    """(file positioned at the data, shape, dtype) of one array of an .npz, without reading the data."""
+    f = zf.open(_npy_member(zf, key))
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    if fortran and len(shape) > 1:
+        f.close()
+        raise ValueError(f"{key}: Fortran-ordered arrays are not supported")
+    return f, shape, dtype
+
+
+def _read_slice(zf, key, start, stop):
+    """Elements start:stop of a 1-d array of an .npz: only those bytes are kept (a compressed member is
+    decompressed up to stop, in a stream)."""
+    f, shape, dtype = _open_npy(zf, key)
+    with f:
+        if dtype.hasobject:
+            raise ValueError(f"{key}: object arrays are not supported")
+        base = f.tell()
+        f.seek(base + start * dtype.itemsize)
+        count = stop - start
+        data = f.read(count * dtype.itemsize)
+        if len(data) != count * dtype.itemsize:
+            raise ValueError(f"{key}: truncated array in the archive")
+        return np.frombuffer(data, dtype=dtype).copy()
+
+
+def _read_small(zf, key):
+    with zf.open(_npy_member(zf, key)) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def read_npz_rows(path, start, stop):
+    """Rows start:stop of a CSR matrix saved by scipy.sparse.save_npz, reading only those rows.
+
+    Returns (indptr (stop - start + 1,) int64 from 0, indices int64 (global columns), data, shape).
+    The row pointers, indices and values of other rows are never held in memory (a compressed
+    archive is still decompressed up to the last row read). Only the "csr" format is read this way.
+    """
+    with zipfile.ZipFile(path) as zf:
+        try:
+            fmt = _read_small(zf, "format")
+        except KeyError:
+            raise ValueError(f"{path} is not a scipy.sparse .npz (no 'format' entry)") from None
+        fmt = fmt.item() if fmt.shape == () else fmt[0]
+        fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+        if fmt != "csr":
+            raise ValueError(
+                f"{path} holds a {fmt!r} matrix; the sharded reader needs CSR: save it with "
+                "scipy.sparse.save_npz(path, A.tocsr())"
+            )
+        shape = tuple(int(s) for s in _read_small(zf, "shape"))
+        if not 0 <= start <= stop <= shape[0]:
+            raise ValueError(f"rows {start}:{stop} out of range for a matrix of {shape[0]} rows")
+        indptr = _read_slice(zf, "indptr", start, stop + 1).astype(np.int64)
+        lo, hi = int(indptr[0]), int(indptr[-1])
+        indices = _read_slice(zf, "indices", lo, hi).astype(np.int64)
+        data = _read_slice(zf, "data", lo, hi)
+    return indptr - lo, indices, data, shape
+
+
+def save_shards(X, directory, parts):
+    """Write the rows of X (scipy.sparse, square) as `parts` shard files part-00000.npz, ... plus shards.json.
+
+    Each shard is a CSR block of consecutive rows (global column numbers) saved by
+    scipy.sparse.save_npz; shards.json records n, the row offsets and the files. Any number of
+    ranks can read the set (`ShardedGraph.from_shards`): each reads only the rows it owns.
+    """
+    import scipy.sparse as sp
+
+    A = sp.csr_matrix(X)
+    A.sum_duplicates()
+    A.sort_indices()
+    n = A.shape[0]
+    if A.shape[1] != n:
+        raise ValueError(f"X must be square, got shape {A.shape}")
+    os.makedirs(directory, exist_ok=True)
+    offsets = row_offsets(n, parts)
+    files = []
+    for p in range(parts):
+        name = f"part-{p:05d}.npz"
+        sp.save_npz(os.path.join(directory, name), A[offsets[p]:offsets[p + 1]].tocsr(), compressed=False)
+        files.append(name)
+    with open(os.path.join(directory, SHARDS_INDEX), "w") as f:
+        json.dump({"n": n, "offsets": offsets, "files": files, "dtype": str(A.dtype)}, f, indent=1)
+    return os.path.join(directory, SHARDS_INDEX)
+
+
+def _read_shard_rows(directory, start, stop):
+    with open(os.path.join(directory, SHARDS_INDEX)) as f:
+        index = json.load(f)
+    offsets, n = index["offsets"], int(index["n"])
+    pieces = []
+    for p, name in enumerate(index["files"]):
+        a, b = max(start, offsets[p]), min(stop, offsets[p + 1])
+        if a >= b:
+            continue
+        indptr, indices, data, shape = read_npz_rows(os.path.join(directory, name), a - offsets[p], b - offsets[p])
+        if shape[1] != n:
+            raise ValueError(f"{name} has {shape[1]} columns, {SHARDS_INDEX} says n = {n}")
+        pieces.append((indptr, indices, data))
+    if not pieces:
+        return np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0), (n, n)
+    indptr = [pieces[0][0]]
+    total = pieces[0][0][-1]
+    for ip, _, _ in pieces[1:]:
+        indptr.append(ip[1:] + total)
+        total += ip[-1]
+    return (np.concatenate(indptr), np.concatenate([p[1] for p in pieces]),
+            np.concatenate([p[2] for p in pieces]), (n, n))
+
+
+# --------------------------------------------------------------------------------------------- halo
+class HaloPlan:
+    """Which rows of U each rank sends and receives for the local product X_local @ U, computed once.
+
+    needed: the sorted global rows outside this rank's block that its columns reference; they come
+    from their owners, recv_counts[p] from rank p. send_rows[p]: this rank's local rows that rank p
+    needs. The extended factor U_ext stacks [halo rows of ranks before, own rows, halo rows of
+    ranks after], in global order, and the local CSR's columns are renumbered into it.
+    """
+
+    def __init__(self, comm, offsets, col_indices):
+        self.comm = comm
+        P, me = comm.world_size, comm.rank
+        lo, hi = offsets[me], offsets[me + 1]
+        self.lo, self.hi = lo, hi
+        cols = col_indices
+        outside = (cols < lo) | (cols >= hi)
+        needed = torch.unique(cols[outside])  # sorted
+        bounds = torch.tensor(offsets, dtype=torch.int64, device=cols.device)
+        owner = torch.searchsorted(bounds, needed, right=True) - 1
+        recv_counts = torch.bincount(owner, minlength=P).cpu()
+        self.needed = needed
+        self.n_before = int((needed < lo).sum())
+        self.n_local = hi - lo
+        self.n_ext = self.n_local + needed.numel()
+        # Renumber the columns: monotone, so every row keeps the order of its entries.
+        ext = torch.empty_like(cols)
+        inside = ~outside
+        ext[inside] = cols[inside] - lo + self.n_before
+        pos = torch.searchsorted(needed, cols[outside])
+        ext[outside] = torch.where(cols[outside] < lo, pos, pos + self.n_local)
+        self.ext_cols = ext
+        # Exchange the counts (a P x P matrix: row q = what q receives from each rank), then the lists.
+        counts = torch.zeros((P, P), dtype=torch.int64, device=comm.device)
+        counts[me] = recv_counts.to(comm.device)
+        comm.all_reduce(counts)
+        counts = counts.cpu()
+        self.recv_counts = [int(c) for c in counts[me]]
+        self.send_counts = [int(counts[q, me]) for q in range(P)]
+        starts = np.concatenate([[0], np.cumsum(self.recv_counts)])
+        sends = {p: needed[starts[p]:starts[p + 1]].to(comm.device).contiguous() for p in range(P) if p != me}
+        recvs = {p: torch.empty(self.send_counts[p], dtype=torch.int64, device=comm.device)
+                 for p in range(P) if p != me}
+        comm.exchange(sends, recvs)
+        self.send_rows = {p: (recvs[p] - lo).to(comm.device) for p in recvs if recvs[p].numel()}
+        for p, rows in self.send_rows.items():
+            if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.n_local):
+                raise RuntimeError(f"rank {p} asked rank {me} for rows it does not own")
+        # Where each peer's rows land in U_ext.
+        self.recv_slices = {}
+        for p in range(P):
+            if p == me or not self.recv_counts[p]:
+                continue
+            a = int(starts[p])
+            a = a if p < me else a + self.n_local
+            self.recv_slices[p] = (a, a + self.recv_counts[p])
+        self.exchanges = 0
+        self.bytes_sent = 0
+
+    @property
+    def halo_rows(self):
+        """Rows this rank receives per product."""
+        return int(self.needed.numel())
+
+    @property
+    def rows_sent(self):
+        """Rows this rank sends per product."""
+        return int(sum(self.send_counts))
+
+    def bytes_per_exchange(self, r, dtype):
+        """Bytes this rank sends for one product X U with an n x r factor of `dtype`."""
+        return self.rows_sent * r * torch.empty((), dtype=dtype).element_size()
+
+    def extend(self, U):
+        """U_ext: this rank's rows U (n_local x r) with the halo rows received from their owners."""
+        n_local, r = U.shape
+        U_ext = U.new_empty((self.n_ext, r))
+        U_ext[self.n_before:self.n_before + n_local] = U
+        sends = {p: U.index_select(0, rows) for p, rows in self.send_rows.items()}
+        recvs = {p: U_ext[a:b] for p, (a, b) in self.recv_slices.items()}
+        self.comm.exchange(sends, recvs)
+        self.exchanges += 1
+        self.bytes_sent += sum(t.numel() for t in sends.values()) * U.element_size()
+        return U_ext
+
+
+# -------------------------------------------------------------------------------------------- graph
+class ShardedGraph:
+    """This rank's block of rows of a symmetric similarity X, with its halo plan.
+
+    Build one with `from_matrix` (every rank holds X, keeps its rows), `from_npz` (reads only its
+    rows of a scipy.sparse.save_npz file) or `from_shards` (a `save_shards` directory). Every rank
+    must build it collectively (the halo plan exchanges index lists).
+
+    Checked locally: square shape, finite and non-negative values, no all-zero X (all_reduce).
+    Symmetry is not checked: it would need the whole matrix; the solvers assume X = X^T.
+    """
+
+    def __init__(self, indptr, indices, data, n, *, comm=None, dtype=None, device=None, name="X"):
+        comm = comm if comm is not None else Comm(device=device)
+        self.comm = comm
+        self.n = int(n)
+        self.offsets = row_offsets(self.n, comm.world_size)
+        self.lo, self.hi = self.offsets[comm.rank], self.offsets[comm.rank + 1]
+        self.n_local = self.hi - self.lo
+        if len(indptr) != self.n_local + 1:
+            raise ValueError(f"{name}: rank {comm.rank} expected {self.n_local} rows, got {len(indptr) - 1}")
+        data = np.asarray(data)
+        if dtype is None:  # as symnmf.fitting: float32 input stays float32, anything else is float64
+            dtype = torch.float32 if data.dtype == np.float32 else torch.float64
+        self.dtype = dtype
+        self.device = comm.device
+        # Canonical rows (sorted, duplicates summed), as the single-process path's scipy conversion.
+        import scipy.sparse as sp
+
+        block = sp.csr_matrix((data, indices, indptr), shape=(self.n_local, self.n))
+        block.sum_duplicates()
+        block.sort_indices()
+        crow = torch.from_numpy(block.indptr.astype(np.int64)).to(self.device)
+        cols = torch.from_numpy(block.indices.astype(np.int64)).to(self.device)
+        values = torch.from_numpy(np.asarray(block.data)).to(device=self.device, dtype=dtype)
+        bad = torch.tensor([float(not bool(torch.isfinite(values).all())), float(bool((values < 0).any()))],
+                           dtype=torch.float64, device=self.device)
+        comm.all_reduce(bad, "max")
+        if bad[0] > 0:
+            raise ValueError(f"{name} has NaN or infinite entries; clean or impute them before fitting")
+        if bad[1] > 0:
+            raise ValueError(f"{name} has negative entries; SymNMF needs a non-negative similarity (e.g. clip at 0)")
+        sums = torch.stack([values.double().pow(2).sum(), values.sum().double(),
+                            values.max().double() if values.numel() else values.new_zeros((), dtype=torch.float64)])
+        self.values = values
+        # ||X||^2 (float64), sum(X) and max(X) over all ranks.
+        stats = torch.stack([sums[0], sums[1]]).clone()
+        comm.all_reduce(stats)
+        top = sums[2].clone().reshape(1)
+        comm.all_reduce(top, "max")
+        self.norm_sq = stats[0]
+        self.value_sum = float(stats[1])
+        self.max_value = float(top[0])
+        if self.norm_sq == 0:
+            raise ValueError(f"{name} is all zero: nothing to factorise or cluster")
+        self.plan = HaloPlan(comm, self.offsets, cols)
+        index_dtype = torch.int32 if self.plan.n_ext < 2**31 else torch.int64
+        self.local = CSR(crow, self.plan.ext_cols.to(index_dtype), values, (self.n_local, self.plan.n_ext),
+                         symmetric=False, name=name)
+        self.nnz_local = int(values.numel())
+
+    # ---- construction ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_matrix(cls, X, *, group=None, device=None, dtype=None):
+        """From a matrix every rank holds (scipy.sparse, numpy, or a torch dense / sparse tensor); keeps its rows."""
+        import scipy.sparse as sp
+
+        comm = Comm(group, device)
+        if isinstance(X, torch.Tensor):
+            if X.layout == torch.strided:
+                X = sp.csr_matrix(X.detach().cpu().numpy())
+            else:
+                X = X.detach().cpu().to_sparse_csr()
+                X = sp.csr_matrix((X.values().numpy(), X.col_indices().numpy(), X.crow_indices().numpy()),
+                                  shape=tuple(X.shape))
+        elif not sp.issparse(X):
+            X = sp.csr_matrix(np.asarray(X))
+        X = X.tocsr()
+        n = X.shape[0]
+        if X.shape != (n, n):
+            raise ValueError(f"X must be a square n x n similarity matrix, got shape {X.shape}")
+        offsets = row_offsets(n, comm.world_size)
+        block = X[offsets[comm.rank]:offsets[comm.rank + 1]]
+        return cls(block.indptr, block.indices, block.data, n, comm=comm, dtype=dtype)
+
+    @classmethod
+    def from_npz(cls, path, *, group=None, device=None, dtype=None):
+        """From a scipy.sparse.save_npz file (CSR); each rank reads only its rows (`read_npz_rows`)."""
+        comm = Comm(group, device)
+        with zipfile.ZipFile(path) as zf:
+            shape = tuple(int(s) for s in _read_small(zf, "shape"))
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"{path}: a similarity matrix is square, got shape {shape}")
+        offsets = row_offsets(shape[0], comm.world_size)
+        indptr, indices, data, _ = read_npz_rows(path, offsets[comm.rank], offsets[comm.rank + 1])
+        return cls(indptr, indices, data, shape[0], comm=comm, dtype=dtype, name=os.path.basename(path))
+
+    @classmethod
+    def from_shards(cls, directory, *, group=None, device=None, dtype=None):
+        """From a `save_shards` directory, for any number of ranks: each reads only the rows it owns."""
+        comm = Comm(group, device)
+        with open(os.path.join(directory, SHARDS_INDEX)) as f:
+            n = int(json.load(f)["n"])
+        offsets = row_offsets(n, comm.world_size)
+        indptr, indices, data, _ = _read_shard_rows(directory, offsets[comm.rank], offsets[comm.rank + 1])
+        return cls(indptr, indices, data, n, comm=comm, dtype=dtype, name=os.path.basename(directory))
+
+    @classmethod
+    def load(cls, source, **kwargs):
+        """From a path (a shards directory or a .npz) or an in-memory matrix."""
+        if isinstance(source, (str, os.PathLike)):
+            if os.path.isdir(source):
+                return cls.from_shards(source, **kwargs)
+            return cls.from_npz(source, **kwargs)
+        return cls.from_matrix(source, **kwargs)
+
+    # ---- products and sums ------------------------------------------------------------------------------------
+    def matmul(self, U):
+        """(X U)[lo:hi] from this rank's rows U: one halo exchange, then the local SpMM."""
+        return sk.spmm(self.local, self.plan.extend(U))
+
+    def gram(self, U):
+        """U^T U over all ranks (r x r), from this rank's rows."""
+        return self.comm.all_reduce(sk.gram(U, 0.0).contiguous())
+
+    def sum(self, *terms):
+        """The float64 sums over all ranks of local scalars, in one all_reduce."""
+        t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(()) for v in terms])
+        return self.comm.all_reduce(t)
+
+    def loss(self, U, XU, G):
+        """||X - U U^T||_F^2 from the local rows of U and X U and the global Gram G = U^T U."""
+        cross = self.sum((XU * U).sum(dtype=torch.float64))[0]
+        return self.norm_sq - 2 * cross + G.double().pow(2).sum()
+
+    def spectral_norm(self, iters=50):
+        """||X||_2 by power iteration from the all-ones vector, as `Problem.spectral_norm`."""
+        v = torch.ones((self.n_local, 1), dtype=self.dtype, device=self.device)
+        v = v / math.sqrt(self.n)
+        est = 0.0
+        for _ in range(iters):
+            w = self.matmul(v)
+            est = math.sqrt(float(self.sum(w.double().pow(2).sum())[0]))
+            v = w / max(est, torch.finfo(self.dtype).tiny)
+        return est
+
+    def __repr__(self):
+        return (f"ShardedGraph(n={self.n}, rank {self.comm.rank}/{self.comm.world_size}, rows {self.lo}:{self.hi}, "
+                f"nnz_local={self.nnz_local}, halo_rows={self.plan.halo_rows}, dtype={self.dtype}, "
+                f"device={self.device})")
+
+
+# ------------------------------------------------------------------------------------------- start
+def init_factor(graph, rank, seed=0, *, chunk_rows=1 << 16):
+    """This rank's rows of Kuang et al.'s start U_0 = 2 sqrt(mean(X) / r) rand(n, r), as
+    `symnmf.solvers.init_factor(X, rank, make_generator(seed))` draws it in one process.
+
+    The CPU generator's stream is drawn in chunks of rows; the rows before this rank's block are
+    drawn and dropped (O(n r) time, O(chunk r) memory beyond the own block).
+    """
+    gen = torch.Generator().manual_seed(as_seed(seed))
+    skip = graph.lo
+    while skip > 0:
+        step = min(skip, chunk_rows)
+        torch.rand((step, rank), generator=gen, dtype=graph.dtype)
+        skip -= step
+    U = torch.rand((graph.n_local, rank), generator=gen, dtype=graph.dtype).to(graph.device)
+    mean = torch.tensor(graph.value_sum / (graph.n * graph.n), dtype=graph.dtype, device=graph.device)
+    scale = 2 * torch.sqrt(torch.clamp(mean, min=0) / rank)
+    return U * scale
+
+
+# ----------------------------------------------------------------------------------------- solvers
+class _MonitorProblem:
+    """What `solvers.base.Monitor` reads of a problem: ||X||^2 and the device."""
+
+    def __init__(self, graph):
+        self.norm_sq = graph.norm_sq
+        self.device = graph.device
+
+
+def _monitor(name, graph, tol, max_iter, check_every, callback, verbose):
+    return Monitor(name, _MonitorProblem(graph), tol, max_iter, check_every, callback,
+                   verbose and graph.comm.rank == 0)
+
+
+def _eye(graph, r):
+    return torch.eye(r, dtype=graph.dtype, device=graph.device)
+
+
+def _sweep(graph, F, B, XO, O, lam, backend):
+    """One SymHALS sweep of the local rows of F, with the zero-column safety step taken globally."""
+    colmax = hals_sweep_(F, XO, B, V=O, lam=lam, revive=False, backend=backend)
+    colmax = graph.comm.all_reduce(colmax.contiguous(), "max")
+    zero = colmax == 0
+    if bool(zero.any()):  # the same on every rank: colmax is the global one
+        fill = ZERO_COLUMN_FILL * colmax.max()
+        F.add_(torch.where(zero, fill, torch.zeros_like(fill)))
+    return F
+
+
+def _penalty(graph, lam, U0, XU0):
+    if isinstance(lam, str):
+        if lam == "kuang":
+            top = graph.max_value
+            return top * top if top > 0 else 1.0
+        if lam == "zhu":
+            loss = float(graph.loss(U0, XU0, graph.gram(U0)))
+            return 0.5 * (graph.spectral_norm() + math.sqrt(max(loss, 0.0)))
+        raise ValueError(f'lam must be a positive float, "kuang" or "zhu", got {lam!r}')
+    return check_lam(lam)
+
+
+def hals(graph, U0, *, lam="kuang", max_iter=None, tol=None, callback=None, verbose=False, check_every=None,
+         backend=None):
+    """SymHALS on a ShardedGraph from this rank's rows U0 of W = V = U_0; `symnmf.solvers.hals` sharded.
+
+    Per iteration: two halo exchanges (X W and X V), two r x r Gram all_reduces, two all_reduces
+    of r column maxima (the zero-column safety step), and at each stopping check one all_reduce
+    of three float64 sums. Returns a SolverResult whose U holds this rank's rows of W; its params
+    include the halo traffic ("bytes_sent", "exchanges").
+    """
+    lam = "kuang" if lam is None else lam
+    max_iter = DEFAULT_MAX_ITER["hals"] if max_iter is None else max_iter
+    tol = DEFAULT_TOL["hals"] if tol is None else tol
+    if check_every is None:
+        check_every = default_check_every(graph.device, syncs_anyway=False)
+    r = U0.shape[1]
+    W = U0.clone()
+    V = U0.clone()
+    XV = graph.matmul(V)
+    GV = graph.gram(V)
+    lam = _penalty(graph, lam, V, XV)
+    eye = _eye(graph, r)
+    monitor = _monitor("hals", graph, tol, max_iter, check_every, callback, verbose)
+    start_bytes, start_exchanges = graph.plan.bytes_sent, graph.plan.exchanges
+    XW, GW = XV, GV
+    # At W = V the penalty's gradient vanishes and V's gradient is that of W.
+    pgV_local = projected_gradient_sq(2 * (V @ GV - XV), V)
+    it = 0
+    while True:
+        BV = GV + lam * eye
+        if monitor.due(it):
+            gW = 2 * (W @ BV - XV - lam * V)
+            cross, pgW, pgV = graph.sum((XW * W).sum(dtype=torch.float64), projected_gradient_sq(gW, W), pgV_local)
+            loss = graph.norm_sq - 2 * cross + GW.double().pow(2).sum()
+            if monitor.check(it, W, loss, pgW + pgV):
+                break
+        W = _sweep(graph, W, BV, XV, V, lam, backend)
+        XW = graph.matmul(W)
+        GW = graph.gram(W)
+        BW = GW + lam * eye
+        V = _sweep(graph, V, BW, XW, W, lam, backend)
+        it += 1
+        if monitor.due(it):
+            pgV_local = projected_gradient_sq(2 * (V @ BW - XW - lam * W), V)
+        XV = graph.matmul(V)
+        GV = graph.gram(V)
+    result = monitor.result(W, solver="hals", lam=lam)
+    _traffic(result, graph, r, start_bytes, start_exchanges, max(it, 1))
+    return result
+
+
+def _objective_change(graph, S, XS, H, XH, G, grad):
+    """(f(H + S) - f(H), <grad, S>) as `solvers.linesearch`, their sums over all ranks in one all_reduce."""
+    r = H.shape[1]
+    SH = S.mT @ H
+    StS = S.mT @ S
+    sums = torch.stack([(S * XH).sum(), (S * XS).sum(), (grad * S).sum()])
+    packed = graph.comm.all_reduce(torch.cat([SH.reshape(-1), StS.reshape(-1), sums]))
+    SH, StS = packed[: r * r].reshape(r, r), packed[r * r: 2 * r * r].reshape(r, r)
+    delta = SH + SH.mT + StS
+    return -4 * packed[-3] - 2 * packed[-2] + 2 * (G * delta).sum() + delta.pow(2).sum(), packed[-1]
+
+
+def pgd(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=False, check_every=1,
+        sigma=0.1, beta=0.1, max_trials=30):
+    """PGD (Kuang et al.) on a ShardedGraph from this rank's rows U0; `symnmf.solvers.pgd` sharded.
+
+    grad = 4 (H (H^T H) - X H) on the local rows; Armijo on the projection arc with the decrease
+    from the step (`solvers.linesearch`), its sums all_reduced in one call per trial. One halo
+    exchange per Armijo trial.
+    """
+    if lam is not None:
+        raise ValueError("pgd has no penalty: leave lam=None")
+    max_iter = DEFAULT_MAX_ITER["pgd"] if max_iter is None else max_iter
+    tol = DEFAULT_TOL["pgd"] if tol is None else tol
+    monitor = _monitor("pgd", graph, tol, max_iter, check_every, callback, verbose)
+    start_bytes, start_exchanges = graph.plan.bytes_sent, graph.plan.exchanges
+    H = U0.clone()
+    XH = graph.matmul(H)
+    it = 0
+    while True:
+        G = graph.gram(H)
+        grad = 4 * (H @ G - XH)
+        if monitor.due(it):
+            cross, pg = graph.sum((XH * H).sum(dtype=torch.float64), projected_gradient_sq(grad, H))
+            if monitor.check(it, H, graph.norm_sq - 2 * cross + G.double().pow(2).sum(), pg):
+                break
+        accepted = False
+        a = 1.0
+        for _ in range(max_trials):
+            Hn = torch.clamp(H - a * grad, min=0)
+            XHn = graph.matmul(Hn)
+            S = Hn - H
+            change, decrease = _objective_change(graph, S, XHn - XH, H, XH, G, grad)
+            if bool(change <= sigma * decrease):
+                H, XH, accepted = Hn, XHn, True
+                break
+            a *= beta
+        if not accepted:
+            cross, pg = graph.sum((XH * H).sum(dtype=torch.float64), projected_gradient_sq(grad, H))
+            monitor.record_last(it, H, graph.norm_sq - 2 * cross + G.double().pow(2).sum(), pg)
+            break
+        it += 1
+    result = monitor.result(H, solver="pgd", sigma=sigma, beta=beta)
+    _traffic(result, graph, H.shape[1], start_bytes, start_exchanges, max(it, 1))
+    return result
+
+
+def _traffic(result, graph, r, start_bytes, start_exchanges, iterations):
+    plan = graph.plan
+    result.params.update(
+        bytes_sent=plan.bytes_sent - start_bytes, exchanges=plan.exchanges - start_exchanges,
+        bytes_per_exchange=plan.bytes_per_exchange(r, graph.dtype),
+        bytes_sent_per_iteration=(plan.bytes_sent - start_bytes) / iterations,
+        halo_rows=plan.halo_rows, world_size=graph.comm.world_size,
+    )
+
+
+SOLVERS = {"hals": hals, "pgd": pgd}
+
+
+# ------------------------------------------------------------------------------------ fit and cluster
+@dataclass
+class DistributedFit:
+    """One sharded factorisation, as seen by this rank.
+
+    U_local: this rank's rows of the factor; labels_local: their argmax; labels: all n labels on
+    rank 0 (None elsewhere); U: the whole factor on rank 0 when gathered, else None; objective and
+    rel_error: ||X - U U^T||^2 and its ratio to ||X||^2 (all ranks); traffic: this rank's halo
+    bytes; seconds: the solver's wall-clock (after a barrier).
+    """
+
+    method: str
+    U_local: torch.Tensor
+    labels_local: np.ndarray
+    labels: np.ndarray
+    U: torch.Tensor
+    objective: float
+    rel_error: float
+    n_iter: int
+    converged: bool
+    seconds: float
+    rank: int
+    world_size: int
+    rows: tuple
+    history: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    traffic: dict = field(default_factory=dict)
+
+
+def gather_rows(graph, local):
+    """The n rows of a row-sharded tensor, on every rank (an all_gather; for outputs, not for iterations)."""
+    counts = [graph.offsets[p + 1] - graph.offsets[p] for p in range(graph.comm.world_size)]
+    return graph.comm.all_gather_rows(local, counts)
+
+
+def fit(graph, k, solver="hals", *, seed=0, max_iter=None, tol=None, lam=None, gather_factor=True, **options):
+    """Factorise a ShardedGraph at rank k with a sharded solver ("hals" or "pgd") from the seed's start."""
+    if solver not in SOLVERS:
+        raise ValueError(f"the sharded solvers are {sorted(SOLVERS)}, got {solver!r} (not sharded yet)")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= graph.n:
+        raise ValueError(f"k must be an int in [1, n = {graph.n}], got {k!r}")
+    comm = graph.comm
+    U0 = init_factor(graph, int(k), seed)
+    if max_iter is None:
+        max_iter = DEFAULT_MAX_ITER[solver]
+    if comm.world_size > 1:
+        dist.barrier(group=comm.group)
+    start = time.perf_counter()
+    result = SOLVERS[solver](graph, U0, lam=lam, max_iter=int(max_iter), tol=tol, **options)
+    if graph.device.type == "cuda":
+        torch.cuda.synchronize(graph.device)
+    seconds = time.perf_counter() - start
+    U = result.U
+    XU = graph.matmul(U)
+    objective = float(graph.loss(U, XU, graph.gram(U)))
+    labels_local = U.argmax(dim=-1)
+    labels = gather_rows(graph, labels_local)
+    U_all = gather_rows(graph, U) if gather_factor else None
+    root = comm.rank == 0
+    params = dict(result.params)
+    traffic = {key: params.pop(key) for key in ("bytes_sent", "exchanges", "bytes_per_exchange",
+                                                "bytes_sent_per_iteration", "halo_rows") if key in params}
+    traffic["allgather_bytes_per_exchange"] = (comm.world_size - 1) * graph.n_local * int(k) * U.element_size()
+    return DistributedFit(
+        method=solver, U_local=U, labels_local=labels_local.cpu().numpy(),
+        labels=labels.cpu().numpy() if root else None, U=U_all if (root and gather_factor) else None,
+        objective=objective, rel_error=objective / float(graph.norm_sq), n_iter=result.n_iter,
+        converged=result.converged, seconds=seconds, rank=comm.rank, world_size=comm.world_size,
+        rows=(graph.lo, graph.hi), history=result.history, params=params, traffic=traffic,
+    )
+
+
+def init_from_env(backend=None):
+    """Initialise torch.distributed from torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT)
+    when it is set and not yet initialised; returns the device this rank should use.
+
+    backend: None picks NCCL when CUDA is available, else gloo. With NCCL, LOCAL_RANK picks the GPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if world > 1 and not dist.is_initialized():
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=None, dtype=None, device=None,
+            out=None, group=None, threads=None, verbose=False, **options):
+    """Cluster a graph with a sharded solver; the labels (numpy, n) on rank 0, None on the other ranks.
+
+    source: a scipy.sparse.save_npz file (CSR; each rank reads only its rows), a `save_shards`
+    directory, or a matrix every rank holds. Started by torchrun (WORLD_SIZE > 1) it initialises
+    the process group itself (`init_from_env`); in one process it runs the same code on one shard.
+    seed: the random start, the same as the single-process solvers' for the same int.
+    out: a directory where rank 0 writes labels.txt, embedding.npy (the factor U, gathered) and
+    metrics.json, the files of `symnmf cluster`, plus the halo traffic and the ranks in metrics.
+    threads: torch CPU threads per rank (None: leave torch's setting; torchrun sets OMP_NUM_THREADS=1).
+    """
+    if device is None and group is None:
+        device = init_from_env()
+    if threads:
+        torch.set_num_threads(int(threads))
+    start = time.perf_counter()
+    graph = ShardedGraph.load(source, group=group, device=device, dtype=dtype)
+    graph_seconds = time.perf_counter() - start
+    run = fit(graph, k, solver, seed=seed, max_iter=max_iter, tol=tol, lam=lam, gather_factor=out is not None,
+              verbose=verbose, **options)
+    traffic = graph.sum(run.traffic.get("bytes_sent", 0), run.traffic.get("allgather_bytes_per_exchange", 0) *
+                        run.traffic.get("exchanges", 0))
+    if run.rank != 0:
+        return None
+    if out is not None:
+        os.makedirs(out, exist_ok=True)
+        metrics = {
+            "input": str(source) if isinstance(source, (str, os.PathLike)) else "matrix", "affinity": "precomputed",
+            "solver": solver, "n_clusters": int(k), "n": graph.n, "device": str(graph.device),
+            "dtype": str(graph.dtype).replace("torch.", ""), "rel_error": run.rel_error, "iterations": run.n_iter,
+            "seconds": run.seconds, "graph_seconds": graph_seconds,
+            "cluster_sizes": np.bincount(run.labels, minlength=int(k)).tolist(),
+            "world_size": run.world_size, "halo_bytes_sent_total": float(traffic[0]),
+            "allgather_bytes_equivalent": float(traffic[1]), "exchanges": run.traffic.get("exchanges", 0),
+        }
+        np.savetxt(os.path.join(out, "labels.txt"), run.labels, fmt="%d")
+        np.save(os.path.join(out, "embedding.npy"), run.U.cpu().numpy())
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+    return run.labels
