@@ -517,3 +517,21 @@ def test_first_format_checkpoint_still_loads(saved_net, tmp_path):
     torch.save({"config": config, "state_dict": net.state_dict(), "history": net.history_, "n_iter": net.n_iter_}, old)
     loaded = SymNMFNet.load(old)
     assert torch.equal(loaded(), net()) and loaded.recipe == "paper" and loaded.lam_init == "fro"
+
+
+def test_relative_beta_is_divided_by_the_starting_lam_squared():
+    n, r = 17, 2
+    X = random_similarity(n, seed=49)
+    net = SymNMFNet(r, n_layers=2, beta=4.0, beta_relative=True, random_state=5, recipe="paper").initialize(X)
+    lam0 = float(net.lam.detach())
+    with torch.no_grad():
+        for P in net.P:
+            P.mul_(1 + 0.2 * torch.rand_like(P))
+    Us = net(return_all=True)
+    expected = sum(
+        (X - Us[i] @ Us[i].T).pow(2).sum()
+        + 4.0 / lam0**2 * (net.P[i - 1] - X @ Us[i - 1] - net.lam * Us[i - 1]).pow(2).sum()
+        for i in range(1, 3)
+    )
+    assert rel(net.loss(X), expected) < 1e-10
+    assert net.get_config()["beta_relative"] is True and RECIPES["default"]["beta_relative"] is True

@@ -68,23 +68,24 @@ __all__ = ["SymNMFNet", "RECIPES", "NetResult", "fit_net", "kuang_init", "spectr
 #   loss_blocks: "all" (the paper's sum over the L blocks) or "last" (the last block's residual only).
 #   lr, relative_lr, lr_schedule ("constant" or "cosine"): Adam's step.
 #   tol, patience: stop once the best loss of the last `patience` steps gains at most tol times the
-#         whole decrease so far on the best before them (patience None: the older rule, two consecutive records within tol of loss_0).
+#         whole decrease so far on the best before them (patience 0 or None: the older rule, two
+#         consecutive records within tol times the first loss).
 #   n_restarts, select: restarts trained side by side by `fit_net`, and the label-free rule that keeps
 #         one ("loss", "error" or "consensus"; see `select_restart`).
 #   polish_iter: SymHALS iterations `fit_net` runs from the kept U_L (0: none), which take the
 #         factor to the nearest stationary point of ||X - U U^T|| (lower E, same clusters as a rule).
 RECIPES = {
     "paper": {
-        "n_layers": 10, "beta": 5e-6, "beta_relative": False, "beta_final": None, "mu": 0.0, "lam": "fro", "learn_lam": True,
-        "init": "random", "init_iter": 0, "init_noise": 0.0, "loss_blocks": "all",
-        "epochs": 100, "lr": 0.5, "relative_lr": False, "lr_schedule": "constant", "tol": None, "patience": None,
-        "n_restarts": 1, "select": "loss", "polish_iter": 0,
+        "n_layers": 10, "beta": 5e-6, "beta_relative": False, "beta_final": None, "mu": 0.0,
+        "lam": "fro", "learn_lam": True, "init": "random", "init_iter": 0, "init_noise": 0.0, "loss_blocks": "all",
+        "epochs": 100, "lr": 0.5, "relative_lr": False, "lr_schedule": "constant",
+        "tol": None, "patience": None, "n_restarts": 1, "select": "loss", "polish_iter": 0,
     },
     "default": {
-        "n_layers": 5, "beta": 4.0, "beta_relative": True, "beta_final": None, "mu": 0.0, "lam": "spectral", "learn_lam": True,
-        "init": "random", "init_iter": 0, "init_noise": 0.0, "loss_blocks": "all",
-        "epochs": 400, "lr": 0.1, "relative_lr": True, "lr_schedule": "constant", "tol": 2e-3, "patience": 50,
-        "n_restarts": 4, "select": "consensus", "polish_iter": 100,
+        "n_layers": 5, "beta": 4.0, "beta_relative": True, "beta_final": None, "mu": 0.0,
+        "lam": "spectral", "learn_lam": True, "init": "random", "init_iter": 0, "init_noise": 0.0, "loss_blocks": "all",
+        "epochs": 400, "lr": 0.1, "relative_lr": True, "lr_schedule": "constant",
+        "tol": 2e-3, "patience": 50, "n_restarts": 4, "select": "consensus", "polish_iter": 100,
     },
 }
 _INITS = ("random", "hals", "spectral")
@@ -304,7 +305,8 @@ class SymNMFNet(nn.Module):
                 raise ValueError(f'lam must be > 0, "fro", "spectral" or None, got {lam!r}')
         elif not lam > 0:
             raise ValueError(f'lam must be > 0, "fro", "spectral" or None (None: the recipe\'s), got {lam!r}')
-        if n_restarts is not None and (isinstance(n_restarts, bool) or not isinstance(n_restarts, int) or n_restarts < 1):
+        if n_restarts is not None and (
+                isinstance(n_restarts, bool) or not isinstance(n_restarts, int) or n_restarts < 1):
             raise ValueError(f"n_restarts must be a positive int or None, got {n_restarts!r}")
         if init not in _INITS:
             raise ValueError(f"init must be one of {_INITS}, got {init!r}")
