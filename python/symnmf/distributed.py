@@ -747,14 +747,13 @@ def fit(graph, k, solver="hals", *, seed=0, max_iter=None, tol=None, lam=None, g
 
 def init_from_env(backend=None):
     """Initialise torch.distributed from torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT)
-    when it is set and not yet initialised; returns the device this rank should use.
+    when WORLD_SIZE is set and no group is initialised yet; returns the device this rank should use.
 
     backend: None picks NCCL when CUDA is available, else gloo. With NCCL, LOCAL_RANK picks the GPU.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if world > 1 and not dist.is_initialized():
+    if "WORLD_SIZE" in os.environ and not dist.is_initialized():
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)

@@ -1,0 +1,234 @@
+"""symnmf.distributed: row-sharded SymHALS and PGD on 1, 2 and 3 gloo ranks against one process.
+
+The ranks are spawned inside pytest (torch.multiprocessing, a FileStore in a temporary
+directory); each runs torch on one thread and the torch path of the ops (TRITON_INTERPRET=0:
+the kernels themselves are tested elsewhere; here the sharding, the halo and the reductions are).
+The GPU case runs the same comparison with NCCL on one GPU per rank (marked `gpu`).
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.multiprocessing as tmp
+
+from symnmf import distributed as sd
+
+SOLVERS = ("hals", "pgd")
+K = 6
+ITERS = 30
+
+
+def clustered_graph(n=2400, k=K, deg=8, cross=0.1, seed=0):
+    """k clusters of consecutive nodes; each node has deg random neighbours in its cluster and, with
+    probability `cross`, one anywhere; symmetrised and normalised D^-1/2 A D^-1/2."""
+    rng = np.random.default_rng(seed)
+    size = n // k
+    cluster = np.minimum(np.arange(n) // size, k - 1)
+    start = cluster * size
+    count = np.where(cluster == k - 1, n - start, size)
+    rows = np.repeat(np.arange(n), deg)
+    cols = start[rows] + (rng.random(rows.size) * count[rows]).astype(np.int64)
+    extra = np.nonzero(rng.random(n) < cross)[0]
+    rows = np.concatenate([rows, extra])
+    cols = np.concatenate([cols, rng.integers(0, n, extra.size)])
+    keep = rows != cols
+    A = sp.coo_matrix((rng.uniform(0.5, 1.0, keep.sum()), (rows[keep], cols[keep])), shape=(n, n)).tocsr()
+    A = (A + A.T).tocsr()
+    d = 1 / np.sqrt(np.asarray(A.sum(1)).ravel())
+    A = sp.csr_matrix(sp.diags(d) @ A @ sp.diags(d))
+    A.sort_indices()
+    return A, cluster
+
+
+def _fit_all(graph, root, tag, solvers, iters):
+    """Fit every solver on a sharded graph; rank 0 of the group saves the labels, every rank its rows of U."""
+    me = graph.comm.rank
+    out = {"halo_rows": graph.plan.halo_rows, "rows_sent": graph.plan.rows_sent, "rows": [graph.lo, graph.hi]}
+    for solver in solvers:
+        run = sd.fit(graph, K, solver, seed=0, max_iter=iters)
+        out[solver] = {
+            "objective": run.objective, "n_iter": run.n_iter, "traffic": run.traffic,
+            "history": run.history["objective"],
+        }
+        np.save(os.path.join(root, f"{tag}-{solver}-U-{me}.npy"), run.U_local.cpu().numpy())
+        if me == 0:
+            np.save(os.path.join(root, f"{tag}-{solver}-labels.npy"), run.labels)
+    with open(os.path.join(root, f"{tag}-rank-{me}.json"), "w") as f:
+        json.dump(out, f)
+
+
+def _worker(rank, world, root, port, solvers, iters, device):
+    """One rank as torchrun starts it: the group from the environment (`sd.init_from_env`); then the
+    fits on all `world` ranks, the same on a subgroup of the first two, and `sd.cluster` with outputs."""
+    os.environ["TRITON_INTERPRET"] = "0"
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    device_used = sd.init_from_env("nccl" if device == "cuda" else "gloo")
+    assert device_used.type == device
+    try:
+        path = os.path.join(root, "graph.npz")
+        graph = sd.ShardedGraph.from_npz(path)
+        # The shard files (4 of them, for any number of ranks) give this rank the same rows.
+        other = sd.ShardedGraph.from_shards(os.path.join(root, "shards"))
+        assert torch.equal(other.local.col_indices, graph.local.col_indices)
+        assert torch.equal(other.local.values, graph.local.values)
+        _fit_all(graph, root, f"w{world}", solvers, iters)
+        if world > 2:
+            pair = dist.new_group([0, 1])
+            if rank < 2:
+                _fit_all(sd.ShardedGraph.from_npz(path, group=pair), root, "w2", solvers, iters)
+        labels = sd.cluster(path, K, solvers[0], seed=0, max_iter=iters, out=os.path.join(root, "out"))
+        assert (labels is None) == (rank != 0)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(root, world, A, solvers=SOLVERS, iters=ITERS, device="cpu"):
+    sp.save_npz(os.path.join(root, "graph.npz"), A)  # compressed: the reader streams it
+    sd.save_shards(A, os.path.join(root, "shards"), 4)
+    tmp.spawn(_worker, args=(world, root, _free_port(), solvers, iters, device), nprocs=world, join=True)
+
+
+def _ranks(root, tag, world):
+    out = []
+    for p in range(world):
+        with open(os.path.join(root, f"{tag}-rank-{p}.json")) as f:
+            out.append(json.load(f))
+    return out
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return clustered_graph()
+
+
+@pytest.fixture(scope="module")
+def single(graph):
+    """One-process fits through the library's single fit path (symnmf.fitting), on the torch path."""
+    from symnmf.fitting import build_affinity, fit_affinity
+
+    before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "0"
+    try:
+        A, _ = graph
+        X = build_affinity(A, "precomputed")
+        return {s: fit_affinity(X, K, s, random_state=0, max_iter=ITERS, threads=1) for s in SOLVERS}
+    finally:
+        if before is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = before
+
+
+def test_read_npz_rows(tmp_path):
+    A, _ = clustered_graph(n=500)
+    for compressed in (True, False):
+        path = tmp_path / f"g{int(compressed)}.npz"
+        sp.save_npz(path, A, compressed=compressed)
+        for a, b in ((0, 500), (0, 1), (137, 333), (499, 500), (200, 200)):
+            indptr, indices, data, shape = sd.read_npz_rows(path, a, b)
+            block = A[a:b]
+            assert shape == (500, 500)
+            assert np.array_equal(indptr, block.indptr) and np.array_equal(indices, block.indices)
+            assert np.array_equal(data, block.data)
+    sp.save_npz(tmp_path / "coo.npz", A.tocoo())
+    with pytest.raises(ValueError, match="CSR"):
+        sd.read_npz_rows(tmp_path / "coo.npz", 0, 10)
+
+
+def test_one_process_is_the_single_process_solver(graph, single, monkeypatch):
+    """World size 1 (no torch.distributed) runs the sharded code: bit-for-bit the single-process result."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    A, _ = graph
+    g = sd.ShardedGraph.from_matrix(A)
+    assert g.plan.halo_rows == 0 and g.plan.rows_sent == 0
+    for solver in SOLVERS:
+        run = sd.fit(g, K, solver, seed=0, max_iter=ITERS)
+        assert np.array_equal(run.labels, single[solver].labels)
+        assert torch.equal(run.U, single[solver].U)
+        assert run.n_iter == single[solver].n_iter
+
+
+@pytest.fixture(scope="module")
+def spawned(graph, tmp_path_factory):
+    """Three gloo ranks spawned once: fits on the 3 ranks and on a subgroup of 2, and `cluster` outputs."""
+    root = str(tmp_path_factory.mktemp("ranks"))
+    _spawn(root, 3, graph[0])
+    return root
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_matches_one_process(spawned, graph, single, world):
+    A, _ = graph
+    root = spawned
+    ranks = _ranks(root, f"w{world}", world)
+    n = A.shape[0]
+    r = K
+    for solver in SOLVERS:
+        ref = single[solver]
+        labels = np.load(os.path.join(root, f"w{world}-{solver}-labels.npy"))
+        assert np.array_equal(labels, ref.labels), f"{solver}: labels differ from one process"
+        U = np.concatenate([np.load(os.path.join(root, f"w{world}-{solver}-U-{p}.npy")) for p in range(world)])
+        assert np.allclose(U, ref.U.numpy(), rtol=1e-8, atol=1e-12)
+        objective = ranks[0][solver]["objective"]
+        assert objective == pytest.approx(ref.reconstruction_err ** 2, rel=1e-10)
+        assert all(rk[solver]["objective"] == objective for rk in ranks)  # every rank agrees
+        assert ranks[0][solver]["n_iter"] == ref.n_iter
+        assert np.allclose(ranks[0][solver]["history"], ref.history["objective"], rtol=1e-10)
+        # The halo: far below an all_gather of U, and the bytes counted are the rows sent times r.
+        halo = sum(rk[solver]["traffic"]["bytes_per_exchange"] for rk in ranks)
+        allgather = (world - 1) * n * r * 8
+        assert 0 < halo < 0.1 * allgather, (halo, allgather)
+        for rk in ranks:
+            traffic = rk[solver]["traffic"]
+            assert traffic["bytes_per_exchange"] == rk["rows_sent"] * r * 8
+            assert traffic["bytes_sent"] == traffic["exchanges"] * rk["rows_sent"] * r * 8
+    # What the ranks receive is what their peers send; the blocks are the balanced row split.
+    assert sum(rk["halo_rows"] for rk in ranks) == sum(rk["rows_sent"] for rk in ranks)
+    offsets = sd.row_offsets(n, world)
+    assert [rk["rows"] for rk in ranks] == [[a, b] for a, b in zip(offsets, offsets[1:])]
+
+
+def test_cluster_writes_the_cli_outputs_on_rank_0(spawned, graph, single):
+    """cluster() under torchrun's variables: rank 0 writes labels.txt, embedding.npy and metrics.json."""
+    A, _ = graph
+    out = os.path.join(spawned, "out")
+    labels = np.loadtxt(os.path.join(out, "labels.txt"), dtype=np.int64)
+    U = np.load(os.path.join(out, "embedding.npy"))
+    with open(os.path.join(out, "metrics.json")) as f:
+        metrics = json.load(f)
+    ref = single[SOLVERS[0]]
+    assert np.array_equal(labels, ref.labels)
+    assert np.allclose(U, ref.U.numpy(), rtol=1e-8, atol=1e-12)
+    assert metrics["world_size"] == 3 and metrics["n"] == A.shape[0]
+    assert metrics["rel_error"] == pytest.approx(ref.rel_error, rel=1e-10)
+    assert 0 < metrics["halo_bytes_sent_total"] < 0.1 * metrics["allgather_bytes_equivalent"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the NCCL test needs a GPU")
+def test_nccl_matches_one_process(tmp_path, graph, single):
+    """NCCL, one rank per GPU (2 where there are 2 GPUs, else 1: the collectives without the halo)."""
+    A, _ = graph
+    world = min(2, torch.cuda.device_count())
+    root = str(tmp_path)
+    _spawn(root, world, A, solvers=("hals",), device="cuda")
+    ranks = _ranks(root, f"w{world}", world)
+    labels = np.load(os.path.join(root, f"w{world}-hals-labels.npy"))
+    assert np.array_equal(labels, single["hals"].labels)
+    assert ranks[0]["hals"]["objective"] == pytest.approx(single["hals"].reconstruction_err ** 2, rel=1e-8)
