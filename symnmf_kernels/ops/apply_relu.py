@@ -3,7 +3,6 @@ from typing import Optional
 
 import torch
 
-from .. import reference
 from . import _launch
 from ._common import as_batch, broadcasts_to, check_same, check_square, check_tensor, use_triton
 
@@ -12,13 +11,68 @@ def _flat_square(M, B, r):
     return M.reshape(B, r, r)
 
 
+# ---- the torch path (CPU, and r beyond the fused kernels) ------------------------------------------------------
+
+
+def apply_relu_torch(P, Ginv):
+    """ReLU(P @ Ginv): one BLAS product, the ReLU in place on its result."""
+    return torch.relu_(P @ Ginv)
+
+
+def apply_relu_backward_torch(grad, Y, P, Ginv, H=None, need_p=True, need_ginv=True):
+    """(dP, dGinv) of Y = ReLU(P @ Ginv) given dL/dY = grad + Y @ H; the ReLU's mask in one pass
+    (threshold_backward, as torch's own relu backward)."""
+    if H is not None:
+        if grad.dim() == 2 and H.dim() == 2:
+            grad = torch.addmm(grad, Y, H)
+        elif grad.dim() == 3 and H.dim() == 3:
+            grad = torch.baddbmm(grad, Y, H)
+        else:
+            grad = grad + Y @ H
+    Zb = torch.ops.aten.threshold_backward(grad, Y, 0)
+    dP = Zb @ Ginv.mT if need_p else None
+    dGinv = P.mT @ Zb if need_ginv else None
+    return dP, dGinv
+
+
+class _ApplyReluTorch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, P, Ginv):
+        Y = apply_relu_torch(P, Ginv)
+        ctx.save_for_backward(Y, P, Ginv)
+        return Y
+
+    @staticmethod
+    def backward(ctx, dY):
+        Y, P, Ginv = ctx.saved_tensors
+        dP, dGinv = apply_relu_backward_torch(dY, Y, P, Ginv, None, *ctx.needs_input_grad[:2])
+        return dP, (dGinv.sum_to_size(Ginv.shape) if dGinv is not None else None)
+
+
+class _ApplyReluGramTorch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, P, Ginv):
+        Y = apply_relu_torch(P, Ginv)
+        ctx.save_for_backward(Y, P, Ginv)
+        return Y, Y.mT @ Y
+
+    @staticmethod
+    def backward(ctx, dY, dYtY):
+        Y, P, Ginv = ctx.saved_tensors
+        if dY is None:
+            dY = torch.zeros_like(Y)
+        H = None if dYtY is None else dYtY + dYtY.mT
+        dP, dGinv = apply_relu_backward_torch(dY, Y, P, Ginv, H, *ctx.needs_input_grad[:2])
+        return dP, (dGinv.sum_to_size(Ginv.shape) if dGinv is not None else None)
+
+
 @torch.library.custom_op("symnmf_kernels::apply_relu", mutates_args=())
 def apply_relu_op(P: torch.Tensor, Ginv: torch.Tensor) -> torch.Tensor:
     r = P.shape[-1]
     if use_triton(P, r):
         P3, batch = as_batch(P)
         return _launch.apply(P3, _flat_square(Ginv, P3.shape[0], r), relu=True).reshape(P.shape)
-    return reference.apply_relu(P, Ginv).contiguous()
+    return apply_relu_torch(P, Ginv).contiguous()
 
 
 @apply_relu_op.register_fake
@@ -36,7 +90,7 @@ def apply_relu_gram_op(P: torch.Tensor, Ginv: torch.Tensor) -> tuple[torch.Tenso
         Y, partials = _launch.apply(P3, _flat_square(Ginv, B, r), relu=True, emit_gram=True)
         zero = torch.zeros((B,), dtype=partials.dtype, device=P.device)
         return Y.reshape(P.shape), _launch.reduce_partials(partials, zero, r, P.dtype).reshape(*batch, r, r)
-    Y = reference.apply_relu(P, Ginv).contiguous()
+    Y = apply_relu_torch(P, Ginv).contiguous()
     return Y, (Y.mT @ Y).contiguous()
 
 
@@ -60,10 +114,8 @@ def apply_relu_backward(
             grad.reshape(B, -1, r), Y.reshape(B, -1, r), P3, _flat_square(Ginv, B, r), H3
         )
         return dP.reshape(P.shape), dGinv.reshape(Ginv.shape)
-    if H is not None:
-        grad = grad + Y @ H
-    Zb = grad * (Y > 0)
-    return (Zb @ Ginv.mT).contiguous(), (P.mT @ Zb).contiguous()
+    dP, dGinv = apply_relu_backward_torch(grad, Y, P, Ginv, H)
+    return dP.contiguous(), dGinv.contiguous()
 
 
 @apply_relu_backward.register_fake
@@ -114,7 +166,10 @@ def _check(P, Ginv):
 
 def apply_relu(P, Ginv):
     """ReLU(P @ Ginv) for P (..., n, r) and Ginv (..., r, r) (its batch broadcasts to P's)."""
-    return apply_relu_op(P, _check(P, Ginv))
+    Ginv = _check(P, Ginv)
+    if not use_triton(P, P.shape[-1]):
+        return _ApplyReluTorch.apply(P, Ginv)
+    return apply_relu_op(P, Ginv)
 
 
 def apply_relu_gram(P, Ginv):
@@ -124,4 +179,7 @@ def apply_relu_gram(P, Ginv):
     blocks reads each factor once forward, and its backward folds the Gram's
     gradient into this op's single backward pass.
     """
-    return apply_relu_gram_op(P, _check(P, Ginv))
+    Ginv = _check(P, Ginv)
+    if not use_triton(P, P.shape[-1]):
+        return _ApplyReluGramTorch.apply(P, Ginv)
+    return apply_relu_gram_op(P, Ginv)

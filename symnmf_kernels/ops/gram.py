@@ -1,7 +1,6 @@
 """gram(U, lam) = U^T U + lam I, and mm_small(A, M) = A @ M, its backward's one pass over U."""
 import torch
 
-from .. import reference
 from . import _launch
 from ._common import as_batch, as_lam, check_tensor, use_triton
 
@@ -21,6 +20,36 @@ def _(A, M):
     return torch.empty_like(A, memory_format=torch.contiguous_format)
 
 
+# ---- the torch path (CPU, and r beyond the fused kernels) ------------------------------------------------------
+
+
+def gram_torch(U, lam):
+    """U^T U + lam I: one BLAS product, lam added to its diagonal in place."""
+    G = U.mT @ U
+    G.diagonal(dim1=-2, dim2=-1).add_(lam[..., None])
+    return G
+
+
+def gram_backward_torch(U, dG, lam_shape, need_u, need_lam):
+    """(dU, dlam) of G = U^T U + lam I: dU = U (dG + dG^T), one product (torch's autograd of U^T U takes two)."""
+    dU = U @ (dG + dG.mT) if need_u else None
+    dlam = dG.diagonal(dim1=-2, dim2=-1).sum(-1).sum_to_size(lam_shape) if need_lam else None
+    return dU, dlam
+
+
+class _GramTorch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, U, lam):
+        ctx.save_for_backward(U)
+        ctx.lam_shape = lam.shape
+        return gram_torch(U, lam)
+
+    @staticmethod
+    def backward(ctx, dG):
+        (U,) = ctx.saved_tensors
+        return gram_backward_torch(U, dG, ctx.lam_shape, *ctx.needs_input_grad[:2])
+
+
 @torch.library.custom_op("symnmf_kernels::gram", mutates_args=())
 def gram_op(U: torch.Tensor, lam: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
     r = U.shape[-1]
@@ -28,7 +57,7 @@ def gram_op(U: torch.Tensor, lam: torch.Tensor, deterministic: bool = True) -> t
         U3, batch = as_batch(U)
         lam_b = lam.expand(batch).reshape(-1).contiguous()
         return _launch.gram(U3, lam_b, deterministic).reshape(*batch, r, r)
-    return reference.gram(U, lam).contiguous()
+    return gram_torch(U, lam)
 
 
 @gram_op.register_fake
@@ -67,4 +96,6 @@ def gram(U, lam=0.0, deterministic=True, *, check_lam=True):
     """
     check_tensor(U, "U")
     lam = as_lam(lam, U, check_lam)
+    if not use_triton(U, U.shape[-1]):
+        return _GramTorch.apply(U, lam)
     return gram_op(U, lam, bool(deterministic))

@@ -34,6 +34,47 @@ from .spmm import _check_dense, host_side, layout
 __all__ = ["sparse_sym_loss", "sparse_layer_loss"]
 
 
+# ---- the torch path of the passes (CPU, and r beyond the fused kernels) ----------------------------------------
+# Plain torch functions, called directly by the autograd below when the Triton kernels do not run (a custom
+# op's dispatch costs more than the work at small n), and by the custom ops' own torch branches.
+
+
+def _col(t):
+    """A (B,) tensor as (B, 1, 1), to scale (B, n, r) tensors."""
+    return t[:, None, None]
+
+
+def _dot64(A, B):
+    """<A[b], B[b]> per problem in float64: a float32 A * B then its sum in float64."""
+    return (A * B).sum((-2, -1), dtype=torch.float64)
+
+
+def sparse_loss_terms_torch(U, S, P, lam):
+    su = _dot64(U, S)
+    if P is None:
+        rr = ru = torch.zeros_like(su)
+    else:
+        R = torch.addcmul(P - S, _col(lam), U, value=-1)
+        rr = _dot64(R, R)
+        ru = _dot64(R, U)
+    return torch.stack([su, rr, ru], dim=-1), U.mT @ U
+
+
+def sparse_reg_grad_torch(U, S, P, lam, coef):
+    W = torch.addcmul(P - S, _col(lam), U, value=-1)
+    return W.mul_(_col(coef))
+
+
+def sparse_loss_grad_torch(U, S, G, W, Y, lam, coef_s, coef_g):
+    dU = U @ (_col(coef_g) * G)
+    dU.addcmul_(_col(coef_s), S)
+    if W is not None:
+        dU.addcmul_(_col(lam), W, value=-1)
+    if Y is not None:
+        dU.sub_(Y)
+    return dU
+
+
 # ---- the fused passes as custom ops (opaque to torch.compile, checked by opcheck) -----------------------------
 
 
@@ -53,14 +94,7 @@ def sparse_loss_terms(U: torch.Tensor, S: torch.Tensor, P: Optional[torch.Tensor
     r = U.shape[-1]
     if use_triton(U, r):
         return _launch.sparse_loss_terms(U, S, P, lam)
-    su = (U * S).sum((-2, -1), dtype=torch.float64)
-    if P is None:
-        rr = ru = torch.zeros_like(su)
-    else:
-        R = P - S - lam[:, None, None] * U
-        rr = R.pow(2).sum((-2, -1), dtype=torch.float64)
-        ru = (R * U).sum((-2, -1), dtype=torch.float64)
-    return torch.stack([su, rr, ru], dim=-1), U.mT @ U
+    return sparse_loss_terms_torch(U, S, P, lam)
 
 
 @sparse_loss_terms.register_fake
@@ -76,7 +110,7 @@ def sparse_reg_grad(U: torch.Tensor, S: torch.Tensor, P: torch.Tensor, lam: torc
     r = U.shape[-1]
     if use_triton(U, r):
         return _launch.sparse_reg_grad(U, S, P, lam, coef)
-    return coef[:, None, None] * (P - S - lam[:, None, None] * U)
+    return sparse_reg_grad_torch(U, S, P, lam, coef)
 
 
 @sparse_reg_grad.register_fake
@@ -92,12 +126,7 @@ def sparse_loss_grad(U: torch.Tensor, S: torch.Tensor, G: torch.Tensor, W: Optio
     r = U.shape[-1]
     if use_triton(U, r):
         return _launch.sparse_loss_grad(U, S, G, W, Y, lam, coef_s, coef_g)
-    dU = coef_s[:, None, None] * S + coef_g[:, None, None] * (U @ G)
-    if W is not None:
-        dU = dU - lam[:, None, None] * W
-    if Y is not None:
-        dU = dU - Y
-    return dU
+    return sparse_loss_grad_torch(U, S, G, W, Y, lam, coef_s, coef_g)
 
 
 @sparse_loss_grad.register_fake
@@ -122,7 +151,8 @@ class _SparseLayerLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, crow, col, values, t_crow, t_col, t_values, x_sq, U, P, lam, blockdiag):
         S = _times_x(crow, col, values, U, blockdiag)
-        sums, G = sparse_loss_terms(U, S, P, lam)
+        ctx.fused = use_triton(U, U.shape[-1])
+        sums, G = (sparse_loss_terms if ctx.fused else sparse_loss_terms_torch)(U, S, P, lam)
         loss = x_sq - 2 * sums[:, 0] + G.to(torch.float64).pow(2).sum((-2, -1))
         ctx.save_for_backward(crow, col, values, t_crow, t_col, t_values, U, S, P, lam, G, sums)
         ctx.blockdiag = blockdiag
@@ -137,7 +167,9 @@ class _SparseLayerLoss(torch.autograd.Function):
         gloss, greg = _vec(gloss.to(U.dtype), B), _vec(greg.to(U.dtype), B)
         dU = dP = dlam = None
         # W = 2 greg R is dP and, through X^T W + lam W, the regulariser's part of dU.
-        W = sparse_reg_grad(U, S, P, lam, 2 * greg) if P is not None and (need_u or need_p) else None
+        reg_grad, loss_grad = (sparse_reg_grad, sparse_loss_grad) if ctx.fused else (
+            sparse_reg_grad_torch, sparse_loss_grad_torch)
+        W = reg_grad(U, S, P, lam, 2 * greg) if P is not None and (need_u or need_p) else None
         if need_u:
             if t_crow is None:  # symmetric X: -2 (X U + X^T U) = -4 S
                 V, coef_s = W, -4 * gloss
@@ -147,7 +179,7 @@ class _SparseLayerLoss(torch.autograd.Function):
                 coef_s = -2 * gloss
                 Xt = (t_crow, t_col, t_values)
             Y = _times_x(*Xt, V, ctx.blockdiag) if V is not None else None
-            dU = sparse_loss_grad(U, S, G, W, Y, lam, coef_s, 4 * gloss)
+            dU = loss_grad(U, S, G, W, Y, lam, coef_s, 4 * gloss)
         if need_p:
             dP = W
         if need_lam and P is not None:

@@ -1,9 +1,41 @@
 """spd_inverse(G): inverse of a batch of small SPD matrices through Cholesky."""
 import torch
 
-from .. import reference
 from . import _launch
 from ._common import as_batch, check_square, use_triton
+
+
+# ---- the torch path (CPU, and r beyond the fused kernels) ------------------------------------------------------
+
+
+def spd_inverse_torch(G):
+    """(G^{-1}, info) through LAPACK's Cholesky (cholesky_ex, cholesky_inverse), without a host synchronisation:
+    where the factorisation fails (info != 0) the factor is replaced by NaN, so that inverse is all NaN."""
+    L, info = torch.linalg.cholesky_ex(G)
+    L = torch.where((info != 0)[..., None, None], float("nan"), L)
+    return torch.cholesky_inverse(L), info
+
+
+def spd_inverse_backward_torch(inv, dinv):
+    """dG of G^{-1}: -G^{-1} dinv G^{-1}, symmetrised (the convention of torch.linalg.cholesky)."""
+    S = -(inv.mT @ dinv @ inv.mT)
+    return 0.5 * (S + S.mT)
+
+
+class _SpdInverseTorch(torch.autograd.Function):
+    """G^{-1} with the backward written out: two r x r products instead of the Cholesky's own backward."""
+
+    @staticmethod
+    def forward(ctx, G):
+        inv, info = spd_inverse_torch(G)
+        ctx.save_for_backward(inv)
+        ctx.mark_non_differentiable(info)
+        return inv, info
+
+    @staticmethod
+    def backward(ctx, dinv, dinfo):
+        (inv,) = ctx.saved_tensors
+        return spd_inverse_backward_torch(inv, dinv)
 
 
 @torch.library.custom_op("symnmf_kernels::spd_inverse", mutates_args=())
@@ -14,8 +46,8 @@ def spd_inverse_op(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         G3, batch = as_batch(G)
         inv, info = _launch.spd_inverse(G3)
         return inv.reshape(G.shape), info.reshape(batch)
-    inv = reference.spd_inverse(G).contiguous()
-    return inv, torch.isnan(inv[..., 0, 0]).to(torch.int32)
+    inv, info = spd_inverse_torch(G)
+    return inv.contiguous(), (info != 0).to(torch.int32)
 
 
 @spd_inverse_op.register_fake
@@ -31,8 +63,7 @@ def _backward(ctx, dinv, dinfo):
     (inv,) = ctx.saved_tensors
     # d(G^{-1}) = -G^{-1} dG G^{-1}; G is symmetric, so its gradient is the
     # symmetric part (the convention of torch.linalg.cholesky).
-    S = -(inv.mT @ dinv @ inv.mT)
-    return 0.5 * (S + S.mT)
+    return spd_inverse_backward_torch(inv, dinv)
 
 
 spd_inverse_op.register_autograd(_backward, setup_context=_setup)
@@ -46,7 +77,7 @@ def spd_inverse(G, check=False):
     (which reads a flag back from the device: keep it out of training steps).
     """
     check_square(G, "G")
-    inv, info = spd_inverse_op(G)
+    inv, info = spd_inverse_op(G) if use_triton(G, G.shape[-1]) else _SpdInverseTorch.apply(G)
     if check:
         bad = torch.nonzero(info.reshape(-1)).reshape(-1)
         if bad.numel():

@@ -5,6 +5,51 @@ from . import _launch
 from ._common import as_batch, broadcasts_to, check_same, check_tensor, use_triton
 
 
+# ---- the torch path (CPU, and r beyond the fused kernels) ------------------------------------------------------
+
+
+def residual_torch(X, U):
+    """R = X - U U^T in one BLAS call (addmm / baddbmm with alpha = -1), never U U^T alone."""
+    if X.dim() == 2:
+        return torch.addmm(X, U, U.mT, alpha=-1)
+    if X.dim() == 3 and X.shape == (*U.shape[:-1], U.shape[-2]):
+        return torch.baddbmm(X, U, U.mT, alpha=-1)
+    return X - U @ U.mT
+
+
+def sq_norm(R):
+    """||R||_F^2 per problem, in one pass without a temporary."""
+    return torch.linalg.vector_norm(R, dim=(-2, -1)).square()
+
+
+class _SymLossTorch(torch.autograd.Function):
+    """||X - U U^T||^2 with R = X - U U^T saved: dU = -2 (R + R^T) U as two products, dX = 2 R."""
+
+    @staticmethod
+    def forward(ctx, X, U):
+        R = residual_torch(X, U)
+        ctx.save_for_backward(R, U)
+        return sq_norm(R)
+
+    @staticmethod
+    def backward(ctx, dloss):
+        R, U = ctx.saved_tensors
+        g = dloss[..., None, None]
+        dX = dU = None
+        if ctx.needs_input_grad[1]:
+            RU = R @ U
+            if R.dim() == 2:
+                RU = torch.addmm(RU, R.mT, U)
+            elif R.dim() == 3:
+                RU = torch.baddbmm(RU, R.mT, U)
+            else:
+                RU = RU + R.mT @ U
+            dU = (-2 * g) * RU
+        if ctx.needs_input_grad[0]:
+            dX = (2 * g) * R
+        return dX, dU
+
+
 @torch.library.custom_op("symnmf_kernels::sym_loss_dense", mutates_args=())
 def sym_loss_dense(X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     """Per-problem loss for X (..., n, n) and U (..., n, r) of the same batch shape."""
@@ -61,4 +106,7 @@ def sym_loss(X, U):
     batch = U.shape[:-2]
     if not broadcasts_to(X.shape[:-2], batch):
         raise ValueError(f"X's batch shape {tuple(X.shape[:-2])} must broadcast to U's {tuple(batch)}")
-    return sym_loss_dense(X.expand(*batch, n, n), U)
+    X = X.expand(*batch, n, n)
+    if not use_triton(U, U.shape[-1]):
+        return _SymLossTorch.apply(X, U)
+    return sym_loss_dense(X, U)

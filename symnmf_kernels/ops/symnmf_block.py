@@ -6,11 +6,78 @@ fused kernel of triton/symnmf_block.py.
 """
 import torch
 
-from .. import reference
 from . import _launch
 from ._common import as_batch, as_lam, check_same, check_tensor, use_triton
-from .apply_relu import apply_relu_gram
-from .spd_inverse import spd_inverse
+from .apply_relu import apply_relu_backward_torch, apply_relu_gram, apply_relu_torch
+from .gram import gram_torch
+from .spd_inverse import spd_inverse, spd_inverse_backward_torch, spd_inverse_torch
+
+
+# ---- the torch path (CPU, and r beyond the fused kernels) ------------------------------------------------------
+# One autograd node per block, with the backward of docs/design.md ("The block and its backward") on BLAS:
+# the ReLU's mask in one pass, dP and P^T Zb as two products, dU as one product with dG + dG^T (torch's own
+# autograd of U^T U takes two), and no saved copy of Z = P G^{-1}.
+
+
+def block_torch(U, P, lam):
+    """(ReLU(P G^{-1}), G^{-1}) with G = U^T U + lam I."""
+    Ginv, _ = spd_inverse_torch(gram_torch(U, lam))
+    return apply_relu_torch(P, Ginv), Ginv
+
+
+def block_backward_torch(grad, U, P, Ginv, Y, need_u=True, need_p=True, need_g=True):
+    """(dU, dP, dG) of Y = ReLU(P G^{-1}), G = U^T U + lam I; dlam = trace(dG). None for what is not needed."""
+    need_dG = need_u or need_g
+    dP, PtZb = apply_relu_backward_torch(grad, Y, P, Ginv, None, need_p, need_dG)
+    dG = -(Ginv.mT @ PtZb @ Ginv.mT) if need_dG else None
+    dU = U @ (dG + dG.mT) if need_u else None
+    return dU, dP, dG
+
+
+class _BlockTorch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, U, P, lam):
+        Y, Ginv = block_torch(U, P, lam)
+        ctx.save_for_backward(U, P, Ginv, Y)
+        ctx.lam_shape = lam.shape
+        return Y
+
+    @staticmethod
+    def backward(ctx, dY):
+        U, P, Ginv, Y = ctx.saved_tensors
+        need_u, need_p, need_lam = ctx.needs_input_grad[:3]
+        dU, dP, dG = block_backward_torch(dY, U, P, Ginv, Y, need_u, need_p, need_lam)
+        dlam = dG.diagonal(dim1=-2, dim2=-1).sum(-1).sum_to_size(ctx.lam_shape) if need_lam else None
+        return dU, dP, dlam
+
+
+class _BlockFromGramTorch(torch.autograd.Function):
+    """(Y, Y^T Y) with Y = ReLU(P (UtU + lam I)^{-1}); the Gram's gradient joins dY before the mask."""
+
+    @staticmethod
+    def forward(ctx, UtU, P, lam):
+        G = UtU + lam[..., None, None] * torch.eye(UtU.shape[-1], dtype=UtU.dtype, device=UtU.device)
+        Ginv, _ = spd_inverse_torch(G)
+        Y = apply_relu_torch(P, Ginv)
+        ctx.save_for_backward(P, Ginv, Y)
+        ctx.lam_shape = lam.shape
+        return Y, Y.mT @ Y
+
+    @staticmethod
+    def backward(ctx, dY, dYtY):
+        P, Ginv, Y = ctx.saved_tensors
+        need_g, need_p, need_lam = ctx.needs_input_grad[:3]
+        if dY is None:
+            dY = torch.zeros_like(Y)
+        H = None if dYtY is None else dYtY + dYtY.mT
+        dP, dGinv = apply_relu_backward_torch(dY, Y, P, Ginv, H, need_p, need_g or need_lam)
+        dUtU = dlam = None
+        if need_g or need_lam:
+            dG = spd_inverse_backward_torch(Ginv, dGinv)
+            dUtU = dG if need_g else None
+            if need_lam:
+                dlam = dG.diagonal(dim1=-2, dim2=-1).sum(-1).sum_to_size(ctx.lam_shape)
+        return dUtU, dP, dlam
 
 
 @torch.library.custom_op("symnmf_kernels::symnmf_block", mutates_args=())
@@ -23,8 +90,8 @@ def symnmf_block_op(U: torch.Tensor, P: torch.Tensor, lam: torch.Tensor) -> tupl
         lam_b = lam.expand(batch).reshape(-1).contiguous()
         Y, Ginv, _ = _launch.symnmf_block(U3, P3, lam_b)
         return Y.reshape(P.shape), Ginv.reshape(*batch, r, r)
-    Ginv = reference.spd_inverse(reference.gram(U, lam))
-    return reference.apply_relu(P, Ginv).contiguous(), Ginv.contiguous()
+    Y, Ginv = block_torch(U, P, lam)
+    return Y.contiguous(), Ginv.contiguous()
 
 
 @symnmf_block_op.register_fake
@@ -51,7 +118,7 @@ def symnmf_block_backward(
         dG = -(Ginv3.mT @ PtZb @ Ginv3.mT)
         dU = _launch.apply(U3, (dG + dG.mT).contiguous(), relu=False)
         return dU.reshape(U.shape), dP.reshape(P.shape), dG.reshape(Ginv.shape)
-    return tuple(t.contiguous() for t in reference.block_backward(grad, U, P, Ginv, Y))
+    return tuple(t.contiguous() for t in block_backward_torch(grad, U, P, Ginv, Y))
 
 
 @symnmf_block_backward.register_fake
@@ -108,7 +175,10 @@ def symnmf_block(U, P, lam, *, check_lam=True):
     _check(U, P)
     if U.shape[:-2] != P.shape[:-2]:
         raise ValueError(f"U's batch shape {tuple(U.shape[:-2])} differs from P's {tuple(P.shape[:-2])}")
-    U_next, _ = symnmf_block_op(U, P, as_lam(lam, U, check_lam))
+    lam = as_lam(lam, U, check_lam)
+    if not use_triton(P, P.shape[-1]):
+        return _BlockTorch.apply(U, P, lam)
+    U_next, _ = symnmf_block_op(U, P, lam)
     return U_next
 
 
@@ -127,5 +197,7 @@ def symnmf_block_from_gram(UtU, P, lam, *, check_lam=True):
     if UtU.shape[-2:] != (r, r):
         raise ValueError(f"UtU must be r x r = {r} x {r} to match P, got {tuple(UtU.shape[-2:])}")
     lam = as_lam(lam, P, check_lam)
+    if not use_triton(P, r):
+        return _BlockFromGramTorch.apply(UtU, P, lam)
     G = UtU + lam[..., None, None] * torch.eye(r, dtype=P.dtype, device=P.device)
     return apply_relu_gram(P, spd_inverse(G))

@@ -1,0 +1,335 @@
+"""The CPU backend against the plain torch it replaces: every public op, forward and forward + backward.
+
+Each row times three variants of one op on CPU tensors:
+
+    ours      the library's public function (symnmf_kernels), its CPU path
+    eager     the same maths in a few lines of eager torch, with torch's own autograd
+    compile   that eager function under torch.compile (inductor, C++ codegen)
+
+and the SpMM against torch.sparse.mm (MKL on x86 builds). The variants run
+interleaved, one call of each per round, so that a busy host slows all of them
+alike; each time is the median over the rounds (at least 9). x_eager and
+x_compile are speed-ups of ours (the other's time / ours: above 1 means ours is
+faster). The thread count is set with torch.set_num_threads and printed in the
+table; the SpMM rows also run with --spmm-threads (default 1 and 2).
+
+Sizes: n = 1,000 and n = 100,000 (r = 16) for the n x r ops; a batch of 1 and of
+1,000 r x r matrices for spd_inverse; dense sym_loss at n = 1,000 and 4,000 (an
+n x n X at n = 1e5 would take 40 GB); the sparse sym_loss and the SpMM on random
+symmetric graphs (every entry (i, j) with j uniform, symmetrised as A + A^T,
+about `--nnz-per-row` stored entries per row) of 100,000 and 300,000 nodes, r
+from 8 to 128.
+
+    python bench/bench_cpu.py                       # writes bench/results/bench_cpu-<date>-cpu.md
+    python bench/bench_cpu.py --quick --no-compile  # a smoke run
+"""
+import argparse
+import gc
+import os
+import statistics
+import sys
+import time
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import symnmf_kernels as sk  # noqa: E402
+from bench.common import write_table  # noqa: E402
+from symnmf_kernels.ops.spmm import extension_status  # noqa: E402
+from symnmf_kernels.sparse import as_csr  # noqa: E402
+
+COLUMNS = ["op", "mode", "threads", "n", "r", "ours_ms", "eager_ms", "compile_ms", "x_eager", "x_compile", "notes"]
+
+
+# ---- timing ----------------------------------------------------------------------------------------------------
+
+
+def race(variants, rounds, min_time_s=0.0, warmup=2):
+    """Median ms of each variant (name -> fn), the variants called in turn within every round."""
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name]()
+    times = {name: [] for name in names}
+    start = time.perf_counter()
+    done = 0
+    while done < rounds or (time.perf_counter() - start < min_time_s and done < 10 * rounds):
+        for name in names[done % len(names):] + names[:done % len(names)]:  # rotate who goes first
+            t0 = time.perf_counter()
+            variants[name]()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+        done += 1
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def forward(fn, *args):
+    def run():
+        with torch.no_grad():
+            fn(*args)
+    return run
+
+
+def forward_backward(fn, inputs, args):
+    """fn(*args) then backward from fixed random output gradients; the inputs' .grad is reset every call."""
+    with torch.no_grad():
+        outs = fn(*args)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    grads = [torch.randn_like(o) for o in outs]
+
+    def run():
+        for x in inputs:
+            x.grad = None
+        outs = fn(*args)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        torch.autograd.backward(outs, grads)
+    return run
+
+
+# ---- the eager twins -------------------------------------------------------------------------------------------
+
+
+def eager_gram(U, lam):
+    return U.mT @ U + lam * torch.eye(U.shape[-1], dtype=U.dtype)
+
+
+def eager_spd_inverse(G):
+    return torch.cholesky_inverse(torch.linalg.cholesky(G))
+
+
+def eager_apply_relu(P, Ginv):
+    return torch.relu(P @ Ginv)
+
+
+def eager_block(U, P, lam):
+    G = U.mT @ U + lam * torch.eye(U.shape[-1], dtype=U.dtype)
+    return torch.relu(P @ torch.cholesky_inverse(torch.linalg.cholesky(G)))
+
+
+def eager_block_from_gram(UtU, P, lam):
+    G = UtU + lam * torch.eye(P.shape[-1], dtype=P.dtype)
+    Y = torch.relu(P @ torch.cholesky_inverse(torch.linalg.cholesky(G)))
+    return Y, Y.mT @ Y
+
+
+def eager_sym_loss(X, U):
+    return (X - U @ U.mT).pow(2).sum()
+
+
+def eager_sparse_sym_loss(Xt, x_sq, U):
+    return x_sq - 2 * (torch.sparse.mm(Xt, U) * U).sum() + (U.mT @ U).pow(2).sum()
+
+
+def eager_spmm(Xt, U):
+    return torch.sparse.mm(Xt, U)
+
+
+# ---- inputs ----------------------------------------------------------------------------------------------------
+
+
+def random_graph(n, per_row, seed):
+    """A random symmetric graph with about per_row stored entries per row: (torch CSR, sk CSR)."""
+    gen = torch.Generator().manual_seed(seed)
+    m = n * per_row // 2
+    i = torch.randint(0, n, (m,), generator=gen)
+    j = torch.randint(0, n, (m,), generator=gen)
+    w = torch.rand(m, generator=gen)
+    idx = torch.cat([torch.stack([i, j]), torch.stack([j, i])], 1)
+    X = torch.sparse_coo_tensor(idx, torch.cat([w, w]), (n, n)).coalesce()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Xt = X.to_sparse_csr()
+    A = as_csr(Xt)
+    A.validate()
+    A.is_symmetric()
+    A.row_sq_norms()
+    return Xt, A
+
+
+def rand(*shape, grad=False, gen=None):
+    t = torch.rand(*shape, generator=gen)
+    return t.requires_grad_(grad)
+
+
+def spd(r, batch=(), gen=None):
+    A = torch.randn(*batch, 2 * r, r, generator=gen)
+    return A.mT @ A / (2 * r) + 0.1 * torch.eye(r)
+
+
+# ---- the cases -------------------------------------------------------------------------------------------------
+
+
+def dense_cases(sizes, r):
+    """(op, n, make) where make(grad) returns (ours, eager, inputs, args): the n x r and r x r ops."""
+    gen = torch.Generator().manual_seed(0)
+    cases = []
+    for n in sizes:
+        def gram_case(grad, n=n):
+            U, lam = rand(n, r, grad=grad, gen=gen), torch.tensor(0.5, requires_grad=grad)
+            return (lambda U, lam: sk.gram(U, lam)), eager_gram, [U, lam], (U, lam)
+
+        def apply_case(grad, n=n):
+            P, Ginv = rand(n, r, grad=grad, gen=gen) - 0.3, spd(r, gen=gen).requires_grad_(grad)
+            return sk.apply_relu, eager_apply_relu, [P, Ginv], (P, Ginv)
+
+        def block_case(grad, n=n):
+            U, P = rand(n, r, grad=grad, gen=gen), rand(n, r, grad=grad, gen=gen) - 0.3
+            lam = torch.tensor(0.5, requires_grad=grad)
+            return sk.symnmf_block, eager_block, [U, P, lam], (U, P, lam)
+
+        def from_gram_case(grad, n=n):
+            U, P = rand(n, r, gen=gen), rand(n, r, grad=grad, gen=gen) - 0.3
+            UtU = (U.mT @ U).requires_grad_(grad)
+            lam = torch.tensor(0.5, requires_grad=grad)
+            return sk.symnmf_block_from_gram, eager_block_from_gram, [UtU, P, lam], (UtU, P, lam)
+
+        cases += [("gram", n, gram_case), ("apply_relu", n, apply_case), ("symnmf_block", n, block_case),
+                  ("symnmf_block_from_gram", n, from_gram_case)]
+    for batch in (1, 1000):
+        def inverse_case(grad, batch=batch):
+            G = spd(r, (batch,) if batch > 1 else (), gen=gen).requires_grad_(grad)
+            return sk.spd_inverse, eager_spd_inverse, [G], (G,)
+        cases.append(("spd_inverse (batch)", batch, inverse_case))
+    return cases
+
+
+def loss_cases(dense_sizes, sparse_sizes, r, per_row):
+    gen = torch.Generator().manual_seed(1)
+    cases = []
+    for n in dense_sizes:
+        def dense_case(grad, n=n):
+            A = torch.rand(n, n, generator=gen)
+            X = (A + A.mT) / 2
+            U = rand(n, r, grad=grad, gen=gen)
+            return (lambda X, U: sk.sym_loss(X, U)), eager_sym_loss, [U], (X, U)
+        cases.append(("sym_loss dense", n, dense_case))
+    for n in sparse_sizes:
+        Xt, A = random_graph(n, per_row, seed=n)
+        x_sq = Xt.values().pow(2).sum()
+
+        def sparse_case(grad, Xt=Xt, A=A, x_sq=x_sq, n=n):
+            U = rand(n, r, grad=grad, gen=gen)
+            return (lambda U: sk.sym_loss(A, U)), (lambda U: eager_sparse_sym_loss(Xt, x_sq, U)), [U], (U,)
+        cases.append(("sym_loss sparse", n, sparse_case))
+    return cases
+
+
+# ---- main ------------------------------------------------------------------------------------------------------
+
+
+def ratio(other, ours):
+    return other / ours if other is not None and ours else None
+
+
+def compiled(fn):
+    return torch.compile(fn, dynamic=False)
+
+
+def measure(rows, op, n, r, make, args, emit):
+    for mode in ("forward", "forward+backward"):
+        grad = mode != "forward"
+        ours, eager, inputs, fargs = make(grad)
+        wrap = (lambda f: forward_backward(f, inputs, fargs)) if grad else (lambda f: forward(f, *fargs))
+        variants = {"ours": wrap(ours), "eager": wrap(eager)}
+        note = ""
+        if args.compile and not op.startswith("sym_loss sparse"):
+            try:
+                fn = wrap(compiled(eager))
+                fn()
+                variants["compile"] = fn
+            except Exception as e:  # noqa: BLE001 - a row says why compile is missing
+                note = "compile failed: %s" % str(e).splitlines()[0][:80]
+        elif op.startswith("sym_loss sparse"):
+            note = "torch.compile does not trace torch.sparse.mm on CSR"
+        t = race(variants, args.rounds, args.min_time)
+        rows.append({
+            "op": op, "mode": mode, "threads": torch.get_num_threads(), "n": n, "r": r,
+            "ours_ms": t["ours"], "eager_ms": t["eager"], "compile_ms": t.get("compile"),
+            "x_eager": ratio(t["eager"], t["ours"]), "x_compile": ratio(t.get("compile"), t["ours"]), "notes": note,
+        })
+        emit()
+        del variants
+        gc.collect()
+
+
+def measure_spmm(rows, sizes, ranks, threads_list, per_row, args, emit):
+    gen = torch.Generator().manual_seed(2)
+    for n in sizes:
+        Xt, A = random_graph(n, per_row, seed=n)
+        for r in ranks:
+            U = torch.rand(n, r, generator=gen)
+            for threads in threads_list:
+                torch.set_num_threads(threads)
+                for mode in ("forward", "forward+backward"):
+                    grad = mode != "forward"
+                    V = U.clone().requires_grad_(grad)
+                    if grad:
+                        variants = {"ours": forward_backward(lambda V: sk.spmm(A, V), [V], (V,)),
+                                    "eager": forward_backward(lambda V: torch.sparse.mm(Xt, V), [V], (V,))}
+                    else:
+                        variants = {"ours": forward(sk.spmm, A, V), "eager": forward(torch.sparse.mm, Xt, V)}
+                    t = race(variants, args.rounds, args.min_time)
+                    rows.append({
+                        "op": "spmm", "mode": mode, "threads": threads, "n": n, "r": r, "ours_ms": t["ours"],
+                        "eager_ms": t["eager"], "x_eager": ratio(t["eager"], t["ours"]),
+                        "notes": "%.1f entries/row; eager = torch.sparse.mm" % (Xt.values().numel() / n),
+                    })
+                    emit()
+        del Xt, A
+        gc.collect()
+    torch.set_num_threads(args.threads)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the op rows (default 1)")
+    p.add_argument("--spmm-threads", type=int, nargs="+", default=[1, 2], help="thread counts of the SpMM rows")
+    p.add_argument("--rounds", type=int, default=11, help="interleaved rounds per row (at least 9 is sensible)")
+    p.add_argument("--min-time", type=float, default=0.5, help="keep adding rounds until this many seconds pass")
+    p.add_argument("--r", type=int, default=16, help="rank of the op rows")
+    p.add_argument("--nnz-per-row", type=int, default=26, help="stored entries per row of the random graphs")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile column")
+    p.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
+    p.add_argument("--only", nargs="+", help="run only these ops (gram, apply_relu, symnmf_block, ..., spmm)")
+    p.add_argument("--out", help="results folder (default bench/results)")
+    p.add_argument("--name", default="bench_cpu", help="table name (file bench_cpu-<date>-cpu.md)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    warnings.filterwarnings("ignore", message=".*[Ss]parse CSR.*")
+    if args.quick:
+        n_sizes, dense_sizes, sparse_sizes, spmm_sizes, ranks = [1000, 20_000], [500], [5000], [20_000], [8, 64]
+    else:
+        n_sizes, dense_sizes, sparse_sizes = [1000, 100_000], [1000, 4000], [1000, 100_000]
+        spmm_sizes, ranks = [100_000, 300_000], [8, 16, 32, 64, 128]
+    rows = []
+    header = [
+        "threads: %d for the op rows (torch.set_num_threads); SpMM rows at %s" % (args.threads, args.spmm_threads),
+        "median of >= %d interleaved rounds (ours, eager, compile called in turn); x_* = other's time / ours" %
+        args.rounds,
+        "extension: %s" % extension_status(),
+    ]
+
+    def emit():
+        write_table(args.name, rows, COLUMNS, header, out_dir=args.out, device="cpu", echo=False)
+        row = rows[-1]
+        print("%-24s %-17s t=%d n=%-7d r=%-4d ours %9.3f ms  eager %9.3f ms  x_eager %.2f  x_compile %s" % (
+            row["op"], row["mode"], row["threads"], row["n"], row["r"], row["ours_ms"], row["eager_ms"],
+            row["x_eager"], "%.2f" % row["x_compile"] if row.get("x_compile") else "-"), flush=True)
+
+    want = (lambda op: args.only is None or op.split()[0] in args.only)
+    for op, n, make in dense_cases(n_sizes, args.r) + loss_cases(dense_sizes, sparse_sizes, args.r, args.nnz_per_row):
+        if want(op):
+            measure(rows, op, n, args.r, make, args, emit)
+    if want("spmm"):
+        measure_spmm(rows, spmm_sizes, ranks, args.spmm_threads, args.nnz_per_row, args, emit)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""The torch path of every op (the CPU backend, and r beyond the fused kernels) against the reference twins.
+
+tests/conftest.py makes CPU tensors run the Triton kernels in the interpreter, so the kernel tests never reach
+the torch path on a machine without CUDA. Here `use_triton` is switched off for the CPU, and every public op
+is checked on that path: values and gradients against `symnmf_kernels.reference` under torch's own autograd,
+gradcheck in float64, NaN where the Gram is not positive definite, and the argument checks.
+"""
+import pytest
+import torch
+
+import symnmf_kernels as sk
+from symnmf_kernels import reference
+from symnmf_kernels.ops import _common
+from symnmf_kernels.sparse import as_csr
+
+
+@pytest.fixture(autouse=True)
+def torch_path(monkeypatch):
+    monkeypatch.setattr(_common, "interpreting", lambda: False)
+    t = torch.ones(2, 2)
+    assert not _common.use_triton(t, 2)
+
+
+def close(a, b, tol=1e-10):
+    assert a.shape == b.shape, (a.shape, b.shape)
+    assert torch.allclose(a, b, rtol=tol, atol=tol), (a - b).abs().max()
+
+
+def grads(fn, inputs, seed=0):
+    """Values and gradients of fn at inputs, with fixed random output gradients."""
+    inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    outs = fn(*inputs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    gen = torch.Generator().manual_seed(seed)
+    gouts = [torch.randn(o.shape, generator=gen, dtype=o.dtype) for o in outs]
+    gin = torch.autograd.grad(outs, inputs, gouts, allow_unused=True)
+    return [o.detach() for o in outs], gin
+
+
+def same_as_reference(ours, ref, inputs, tol=1e-10):
+    o1, g1 = grads(ours, inputs)
+    o2, g2 = grads(ref, inputs)
+    for a, b in zip(o1, o2):
+        close(a, b, tol)
+    for a, b in zip(g1, g2):
+        if b is None:
+            assert a is None or not a.abs().max() > 0
+        else:
+            close(a, b, tol)
+
+
+def spd(batch, r, dtype=torch.float64):
+    A = torch.randn(*batch, 2 * r, r, dtype=dtype)
+    return A.mT @ A / r + 0.5 * torch.eye(r, dtype=dtype)
+
+
+BATCHES = [(), (3,)]
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_gram(batch):
+    U = torch.rand(*batch, 50, 4, dtype=torch.float64)
+    lam = torch.rand(batch, dtype=torch.float64)
+    same_as_reference(sk.gram, reference.gram, [U, lam])
+    assert torch.autograd.gradcheck(sk.gram, (U.requires_grad_(), lam.requires_grad_()))
+    close(sk.gram(U.detach(), 0.3), reference.gram(U.detach(), 0.3))
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_spd_inverse(batch):
+    A = torch.randn(*batch, 5, 3, dtype=torch.float64)
+    eye = torch.eye(3, dtype=torch.float64)
+
+    def through(fn):
+        return lambda A: fn(A.mT @ A + eye)
+
+    same_as_reference(through(sk.spd_inverse), through(reference.spd_inverse), [A])
+    assert torch.autograd.gradcheck(through(sk.spd_inverse), (A.requires_grad_(),))
+
+
+def test_spd_inverse_not_positive_definite_is_nan():
+    G = torch.stack([torch.eye(3, dtype=torch.float64), -torch.eye(3, dtype=torch.float64)])
+    inv = sk.spd_inverse(G)
+    close(inv[0], torch.eye(3, dtype=torch.float64))
+    assert torch.isnan(inv[1]).all()
+    with pytest.raises(ValueError, match="not positive definite"):
+        sk.spd_inverse(G, check=True)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_apply_relu(batch):
+    P = torch.randn(*batch, 40, 4, dtype=torch.float64)
+    Ginv = torch.linalg.inv(spd(batch, 4))
+    same_as_reference(sk.apply_relu, reference.apply_relu, [P, Ginv])
+    same_as_reference(sk.apply_relu_gram, reference.apply_relu_gram, [P, Ginv])
+    assert torch.autograd.gradcheck(sk.apply_relu, (P.requires_grad_(), Ginv.requires_grad_()))
+    assert torch.autograd.gradcheck(sk.apply_relu_gram, (P, Ginv))
+
+
+def test_apply_relu_broadcast_ginv():
+    P = torch.randn(3, 20, 4, dtype=torch.float64)
+    Ginv = torch.linalg.inv(spd((), 4))
+    same_as_reference(sk.apply_relu, reference.apply_relu, [P, Ginv])
+
+
+def test_apply_relu_gram_only_gram_used():
+    P = torch.randn(30, 4, dtype=torch.float64, requires_grad=True)
+    Ginv = torch.linalg.inv(spd((), 4)).requires_grad_()
+    _, YtY = sk.apply_relu_gram(P, Ginv)
+    g_ours = torch.autograd.grad(YtY.sum(), (P, Ginv))
+    _, YtY = reference.apply_relu_gram(P, Ginv)
+    g_ref = torch.autograd.grad(YtY.sum(), (P, Ginv))
+    for a, b in zip(g_ours, g_ref):
+        close(a, b)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_symnmf_block(batch):
+    U = torch.rand(*batch, 60, 4, dtype=torch.float64)
+    P = torch.randn(*batch, 60, 4, dtype=torch.float64)
+    lam = torch.rand(batch, dtype=torch.float64) + 0.1
+    same_as_reference(sk.symnmf_block, reference.symnmf_block, [U, P, lam])
+    assert torch.autograd.gradcheck(sk.symnmf_block, tuple(t.requires_grad_() for t in (U, P, lam)))
+    with pytest.raises(ValueError, match="negative"):
+        sk.symnmf_block(U, P, -1.0)
+
+
+def test_symnmf_block_not_positive_definite_is_nan():
+    U = torch.zeros(10, 3, dtype=torch.float64)
+    P = torch.rand(10, 3, dtype=torch.float64)
+    assert torch.isnan(sk.symnmf_block(U, P, 0.0)).all()
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_symnmf_block_from_gram(batch):
+    U = torch.rand(*batch, 60, 4, dtype=torch.float64)
+    P = torch.randn(*batch, 60, 4, dtype=torch.float64)
+    lam = torch.rand(batch, dtype=torch.float64) + 0.1
+
+    # Through UtU = U^T U, as every caller builds it (the Gram's gradient is taken symmetric).
+    def chain(fn):
+        return lambda U, P, lam: fn(U.mT @ U, P, lam)
+
+    same_as_reference(chain(sk.symnmf_block_from_gram), chain(reference.symnmf_block_from_gram), [U, P, lam])
+    assert torch.autograd.gradcheck(chain(sk.symnmf_block_from_gram), tuple(t.requires_grad_() for t in (U, P, lam)))
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_sym_loss_dense(batch):
+    A = torch.rand(*batch, 30, 30, dtype=torch.float64)
+    X = A + A.mT
+    U = torch.rand(*batch, 30, 3, dtype=torch.float64)
+    same_as_reference(sk.sym_loss, reference.sym_loss, [X, U])
+    # a general (non-symmetric) X, differentiable in X too
+    same_as_reference(sk.sym_loss, reference.sym_loss, [A, U])
+    assert torch.autograd.gradcheck(sk.sym_loss, (A.requires_grad_(), U.requires_grad_()))
+
+
+def test_sym_loss_dense_accuracy_float32():
+    gen = torch.Generator().manual_seed(0)
+    U = torch.rand(500, 8, generator=gen)
+    X = U @ U.mT + 0.01 * torch.rand(500, 500, generator=gen)
+    ref = reference.sym_loss(X.double(), U.double())
+    assert abs(sk.sym_loss(X, U).double() - ref) / ref < 1e-4
+
+
+def random_sparse(n, per_row, seed, symmetric=True):
+    gen = torch.Generator().manual_seed(seed)
+    m = n * per_row
+    i, j = torch.randint(0, n, (m,), generator=gen), torch.randint(0, n, (m,), generator=gen)
+    w = torch.rand(m, generator=gen, dtype=torch.float64)
+    if symmetric:
+        i, j, w = torch.cat([i, j]), torch.cat([j, i]), torch.cat([w, w])
+    return torch.sparse_coo_tensor(torch.stack([i, j]), w, (n, n)).coalesce()
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sparse_losses(symmetric):
+    X = random_sparse(40, 3, 0, symmetric)
+    U = torch.rand(2, 40, 3, dtype=torch.float64)
+    P = torch.rand(2, 40, 3, dtype=torch.float64)
+    lam = torch.rand(2, dtype=torch.float64)
+    same_as_reference(lambda U: sk.sym_loss(X, U), lambda U: reference.sparse_sym_loss(X, U), [U], tol=1e-9)
+    same_as_reference(lambda U, P, lam: sk.sparse_layer_loss(X, U, P, lam),
+                      lambda U, P, lam: reference.sparse_layer_loss(X, U, P, lam), [U, P, lam], tol=1e-9)
+    assert torch.autograd.gradcheck(lambda U, P, lam: sk.sparse_layer_loss(X, U, P, lam),
+                                    tuple(t.requires_grad_() for t in (U, P, lam)))
+
+
+@pytest.mark.parametrize("r", [1, 3, 4, 8, 16, 24, 32, 40, 64, 100, 128, 130])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spmm_widths(r, dtype):
+    # Every fixed-width accumulator of csrc/cpu/spmm_cpu_rows.h and the chunked widths between them.
+    X = random_sparse(300, 5, r).to(dtype)
+    U = torch.rand(300, r, dtype=dtype)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    close(sk.spmm(X, U), (X.to_dense() @ U), tol)
+    U3 = torch.rand(2, 300, r, dtype=dtype)
+    close(sk.spmm(X, U3), X.to_dense() @ U3, tol)
+
+
+def test_spmm_int32_indices_and_empty_rows():
+    X = random_sparse(200, 2, 1).to_sparse_csr()
+    A = as_csr(X)
+    crow, col = A.crow_indices.to(torch.int32), A.col_indices.to(torch.int32)
+    U = torch.rand(200, 8, dtype=torch.float64)
+    out = torch.ops.symnmf_kernels.spmm_csr(crow, col, A.values, U)
+    close(out, X.to_dense() @ U)
+    empty = torch.ops.symnmf_kernels.spmm_csr(torch.zeros(5, dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
+                                              torch.zeros(0, dtype=torch.float64), U[:7])
+    assert empty.shape == (4, 8) and not empty.abs().max() > 0
+
+
+def test_spmm_bad_indices_raise_runtime_error():
+    U = torch.rand(3, 8)
+    crow = torch.tensor([0, 1, 2, 3])
+    with pytest.raises(RuntimeError, match="out of range"):
+        torch.ops.symnmf_kernels.spmm_csr(crow, torch.tensor([0, 5, 1]), torch.ones(3), U)
+    with pytest.raises(RuntimeError, match="non-decreasing"):
+        torch.ops.symnmf_kernels.spmm_csr(torch.tensor([0, 2, 1, 3]), torch.tensor([0, 1, 1]), torch.ones(3), U)
+
+
+def test_compile_traces_the_torch_path():
+    U = torch.rand(50, 4, dtype=torch.float64, requires_grad=True)
+    P = torch.randn(50, 4, dtype=torch.float64, requires_grad=True)
+    fn = torch.compile(lambda U, P: sk.symnmf_block(U, P, 0.5).sum(), backend="aot_eager")
+    fn(U, P).backward()
+    gU, gP = U.grad.clone(), P.grad.clone()
+    U.grad = P.grad = None
+    reference.symnmf_block(U, P, 0.5).sum().backward()
+    close(gU, U.grad)
+    close(gP, P.grad)
