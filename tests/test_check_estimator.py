@@ -11,10 +11,12 @@ from sklearn.utils.estimator_checks import check_estimator
 
 from symnmf import SymNMF
 
-# SymNMF-Net on tiny inputs: 3 blocks and 30 Adam steps finish each fit in well under a second.
+# SymNMF-Net on tiny inputs: 30 Adam steps finish each fit in well under a second. Its default
+# depth is kept: check_clustering asks for an adjusted Rand index above 0.4 on three blobs in two
+# clusters, which 3 blocks trained for 30 steps miss for some seeds (0.40 at random_state=0).
 SETTINGS = {
     "hals": {}, "anls": {}, "pgd": {}, "newton": {}, "admm": {},
-    "net": {"n_layers": 3, "max_iter": 30},
+    "net": {"max_iter": 30},
 }
 
 
