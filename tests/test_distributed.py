@@ -1,7 +1,8 @@
-"""symnmf.distributed: row-sharded SymHALS and PGD on 1, 2 and 3 gloo ranks against one process.
+"""symnmf.distributed: row-sharded SymHALS, PGD and SymANLS on 1, 2 and 3 gloo ranks against one process.
 
-The ranks are spawned inside pytest (torch.multiprocessing, a FileStore in a temporary
-directory); each runs torch on one thread and the torch path of the ops (TRITON_INTERPRET=0:
+The ranks are spawned once inside pytest (torch.multiprocessing), with torchrun's variables
+(WORLD_SIZE, RANK, MASTER_ADDR, a free MASTER_PORT) so that `init_from_env` forms the group as
+under torchrun; each runs torch on one thread and the torch path of the ops (TRITON_INTERPRET=0:
 the kernels themselves are tested elsewhere; here the sharding, the halo and the reductions are).
 The GPU case runs the same comparison with NCCL on one GPU per rank (marked `gpu`).
 """
@@ -16,7 +17,7 @@ import torch.multiprocessing as tmp
 
 from symnmf import distributed as sd
 
-SOLVERS = ("hals", "pgd")
+SOLVERS = ("hals", "pgd", "anls")
 K = 6
 ITERS = 30
 

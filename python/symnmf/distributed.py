@@ -33,9 +33,9 @@ chunks; this rank keeps its own rows), so the sharded solvers follow the
 single-process ones up to the order of floating-point reductions (the Gram and
 the loss sums are added per rank, then across ranks).
 
-Solvers: SymHALS (`hals`, Zhu et al.'s two-factor form, W and V both row-
-sharded) and PGD (`pgd`, Kuang et al., Armijo on the projection arc).
-SymANLS, SymNewton, ADMM and SymNMF-Net are not sharded yet.
+Solvers: SymHALS (`hals`) and SymANLS (`anls`) on Zhu et al.'s two-factor form,
+W and V both row-sharded, and PGD (`pgd`, Kuang et al., Armijo on the projection
+arc). SymNewton, ADMM and SymNMF-Net are not sharded yet.
 """
 import json
 import math
@@ -52,16 +52,19 @@ import symnmf_kernels as sk
 from symnmf_kernels.ops.hals import ZERO_COLUMN_FILL, hals_sweep_
 from symnmf_kernels.sparse import CSR
 
-from .solvers.base import Monitor, SolverResult, as_seed, check_lam, default_check_every, projected_gradient_sq
+from .fitting import DEFAULT_MAX_ITER
+from .solvers.anls import DEFAULTS as _ANLS_DEFAULTS
+from .solvers.hals import DEFAULTS as _HALS_DEFAULTS
+from .solvers.base import Monitor, as_seed, check_lam, default_check_every, projected_gradient_sq
+from .solvers.nnls import nnls_gram
+from .solvers.pgd import DEFAULTS as _PGD_DEFAULTS
 
 __all__ = [
     "Comm", "row_offsets", "read_npz_rows", "save_shards", "HaloPlan", "ShardedGraph", "init_factor",
-    "hals", "pgd", "SOLVERS", "DEFAULT_MAX_ITER", "fit", "DistributedFit", "cluster", "gather_rows",
+    "hals", "pgd", "anls", "SOLVERS", "DEFAULT_MAX_ITER", "fit", "DistributedFit", "cluster", "gather_rows",
     "init_from_env",
 ]
 
-DEFAULT_MAX_ITER = {"hals": 500, "pgd": 500}  # as symnmf.fitting.DEFAULT_MAX_ITER
-DEFAULT_TOL = {"hals": 1e-3, "pgd": 1e-4}      # as the solvers' own defaults
 SHARDS_INDEX = "shards.json"
 
 
@@ -553,20 +556,9 @@ def _penalty(graph, lam, U0, XU0):
     return check_lam(lam)
 
 
-def hals(graph, U0, *, lam="kuang", max_iter=None, tol=None, callback=None, verbose=False, check_every=None,
-         backend=None):
-    """SymHALS on a ShardedGraph from this rank's rows U0 of W = V = U_0; `symnmf.solvers.hals` sharded.
-
-    Per iteration: two halo exchanges (X W and X V), two r x r Gram all_reduces, two all_reduces
-    of r column maxima (the zero-column safety step), and at each stopping check one all_reduce
-    of three float64 sums. Returns a SolverResult whose U holds this rank's rows of W; its params
-    include the halo traffic ("bytes_sent", "exchanges").
-    """
-    lam = "kuang" if lam is None else lam
-    max_iter = DEFAULT_MAX_ITER["hals"] if max_iter is None else max_iter
-    tol = DEFAULT_TOL["hals"] if tol is None else tol
-    if check_every is None:
-        check_every = default_check_every(graph.device, syncs_anyway=False)
+def _alternate(name, graph, U0, update, *, lam, max_iter, tol, check_every, callback, verbose):
+    """`solvers.penalised.alternate` sharded: update(F, B, XO, O, lam) -> F on this rank's rows, alternately
+    on W and V from W = V = U0. B = O^T O + lam I is all-reduced; X O comes through the halo."""
     r = U0.shape[1]
     W = U0.clone()
     V = U0.clone()
@@ -574,7 +566,7 @@ def hals(graph, U0, *, lam="kuang", max_iter=None, tol=None, callback=None, verb
     GV = graph.gram(V)
     lam = _penalty(graph, lam, V, XV)
     eye = _eye(graph, r)
-    monitor = _monitor("hals", graph, tol, max_iter, check_every, callback, verbose)
+    monitor = _monitor(name, graph, tol, max_iter, check_every, callback, verbose)
     start_bytes, start_exchanges = graph.plan.bytes_sent, graph.plan.exchanges
     XW, GW = XV, GV
     # At W = V the penalty's gradient vanishes and V's gradient is that of W.
@@ -588,19 +580,62 @@ def hals(graph, U0, *, lam="kuang", max_iter=None, tol=None, callback=None, verb
             loss = graph.norm_sq - 2 * cross + GW.double().pow(2).sum()
             if monitor.check(it, W, loss, pgW + pgV):
                 break
-        W = _sweep(graph, W, BV, XV, V, lam, backend)
+        W = update(W, BV, XV, V, lam)
         XW = graph.matmul(W)
         GW = graph.gram(W)
         BW = GW + lam * eye
-        V = _sweep(graph, V, BW, XW, W, lam, backend)
+        V = update(V, BW, XW, W, lam)
         it += 1
         if monitor.due(it):
             pgV_local = projected_gradient_sq(2 * (V @ BW - XW - lam * W), V)
         XV = graph.matmul(V)
         GV = graph.gram(V)
-    result = monitor.result(W, solver="hals", lam=lam)
+    result = monitor.result(W, solver=name, lam=lam)
     _traffic(result, graph, r, start_bytes, start_exchanges, max(it, 1))
     return result
+
+
+def hals(graph, U0, *, lam="kuang", max_iter=None, tol=None, callback=None, verbose=False, check_every=None,
+         backend=None):
+    """SymHALS on a ShardedGraph from this rank's rows U0 of W = V = U_0; `symnmf.solvers.hals` sharded.
+
+    Per iteration: two halo exchanges (X W and X V), two r x r Gram all_reduces, two all_reduces
+    of r column maxima (the zero-column safety step), and at each stopping check one all_reduce
+    of three float64 sums. Returns a SolverResult whose U holds this rank's rows of W; its params
+    include the halo traffic ("bytes_sent", "exchanges").
+    """
+
+    def update(F, B, XO, O, lam):
+        return _sweep(graph, F, B, XO, O, lam, backend)
+
+    return _alternate(
+        "hals", graph, U0, update, lam="kuang" if lam is None else lam,
+        max_iter=_HALS_DEFAULTS["max_iter"] if max_iter is None else max_iter,
+        tol=_HALS_DEFAULTS["tol"] if tol is None else tol,
+        check_every=default_check_every(graph.device, syncs_anyway=False) if check_every is None else check_every,
+        callback=callback, verbose=verbose,
+    )
+
+
+def anls(graph, U0, *, lam="kuang", max_iter=None, tol=None, callback=None, verbose=False, check_every=None):
+    """SymANLS on a ShardedGraph from this rank's rows U0; `symnmf.solvers.anls` sharded.
+
+    The rows' NNLS problems share B and are independent, so each rank solves its own rows by
+    block principal pivoting (`solvers.nnls.nnls_gram`, no communication inside); the rest is
+    SymHALS's loop. B must be positive definite (lam > 0): a failed factorisation raises on the
+    rank that meets it.
+    """
+
+    def update(F, B, XO, O, lam):
+        return nnls_gram(B, XO + lam * O, X0=F)
+
+    return _alternate(
+        "anls", graph, U0, update, lam="kuang" if lam is None else lam,
+        max_iter=_ANLS_DEFAULTS["max_iter"] if max_iter is None else max_iter,
+        tol=_ANLS_DEFAULTS["tol"] if tol is None else tol,
+        check_every=default_check_every(graph.device, syncs_anyway=True) if check_every is None else check_every,
+        callback=callback, verbose=verbose,
+    )
 
 
 def _objective_change(graph, S, XS, H, XH, G, grad):
@@ -625,8 +660,8 @@ def pgd(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=
     """
     if lam is not None:
         raise ValueError("pgd has no penalty: leave lam=None")
-    max_iter = DEFAULT_MAX_ITER["pgd"] if max_iter is None else max_iter
-    tol = DEFAULT_TOL["pgd"] if tol is None else tol
+    max_iter = _PGD_DEFAULTS["max_iter"] if max_iter is None else max_iter
+    tol = _PGD_DEFAULTS["tol"] if tol is None else tol
     monitor = _monitor("pgd", graph, tol, max_iter, check_every, callback, verbose)
     start_bytes, start_exchanges = graph.plan.bytes_sent, graph.plan.exchanges
     H = U0.clone()
@@ -670,7 +705,7 @@ def _traffic(result, graph, r, start_bytes, start_exchanges, iterations):
     )
 
 
-SOLVERS = {"hals": hals, "pgd": pgd}
+SOLVERS = {"hals": hals, "pgd": pgd, "anls": anls}
 
 
 # ------------------------------------------------------------------------------------ fit and cluster
