@@ -80,6 +80,14 @@ def _worker(rank, world, root, port, solvers, iters, device):
         assert torch.equal(other.local.col_indices, graph.local.col_indices)
         assert torch.equal(other.local.values, graph.local.values)
         _fit_all(graph, root, f"w{world}", solvers, iters)
+        # Shards renumbered by reverse Cuthill-McKee: the same start and labels in the graph's own order.
+        rcm = sd.ShardedGraph.from_shards(os.path.join(root, "shards-rcm"))
+        run = sd.fit(rcm, K, solvers[0], seed=0, max_iter=iters)
+        if rank == 0:
+            np.save(os.path.join(root, "rcm-labels.npy"), run.labels)
+            np.save(os.path.join(root, "rcm-U.npy"), run.U.cpu().numpy())
+        with open(os.path.join(root, f"rcm-rank-{rank}.json"), "w") as f:
+            json.dump({"halo_rows": rcm.plan.halo_rows, "objective": run.objective}, f)
         if world > 2:
             pair = dist.new_group([0, 1])
             if rank < 2:
@@ -102,6 +110,7 @@ def _free_port():
 def _spawn(root, world, A, solvers=SOLVERS, iters=ITERS, device="cpu"):
     sp.save_npz(os.path.join(root, "graph.npz"), A)  # compressed: the reader streams it
     sd.save_shards(A, os.path.join(root, "shards"), 4)
+    sd.save_shards(A, os.path.join(root, "shards-rcm"), 2, order="rcm")
     tmp.spawn(_worker, args=(world, root, _free_port(), solvers, iters, device), nprocs=world, join=True)
 
 
@@ -203,6 +212,18 @@ def test_sharded_matches_one_process(spawned, graph, single, world):
     assert sum(rk["halo_rows"] for rk in ranks) == sum(rk["rows_sent"] for rk in ranks)
     offsets = sd.row_offsets(n, world)
     assert [rk["rows"] for rk in ranks] == [[a, b] for a, b in zip(offsets, offsets[1:])]
+
+
+def test_renumbered_shards_map_back(spawned, graph, single):
+    """Shards renumbered by RCM: the factor and labels come back in the graph's own node order and
+    match one process on the original numbering (the SpMM adds each row's terms in another order)."""
+    ref = single[SOLVERS[0]]
+    labels = np.load(os.path.join(spawned, "rcm-labels.npy"))
+    U = np.load(os.path.join(spawned, "rcm-U.npy"))
+    assert np.array_equal(labels, ref.labels)
+    assert np.allclose(U, ref.U.numpy(), rtol=1e-8, atol=1e-12)
+    ranks = _ranks(spawned, "rcm", 3)
+    assert ranks[0]["objective"] == pytest.approx(ref.reconstruction_err ** 2, rel=1e-10)
 
 
 def test_cluster_writes_the_cli_outputs_on_rank_0(spawned, graph, single):

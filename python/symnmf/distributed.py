@@ -206,12 +206,18 @@ def read_npz_rows(path, start, stop):
     return indptr - lo, indices, data, shape
 
 
-def save_shards(X, directory, parts):
+def save_shards(X, directory, parts, *, order=None):
     """Write the rows of X (scipy.sparse, square) as `parts` shard files part-00000.npz, ... plus shards.json.
 
     Each shard is a CSR block of consecutive rows (global column numbers) saved by
     scipy.sparse.save_npz; shards.json records n, the row offsets and the files. Any number of
     ranks can read the set (`ShardedGraph.from_shards`): each reads only the rows it owns.
+
+    order: None keeps the node numbering; "rcm" or "degree" renumbers the nodes once
+    (`symnmf_kernels.sparse.locality_order`) so that neighbours sit in the same or nearby
+    blocks, which shrinks the halo (docs/distributed.md). The permutation is saved (perm.npy:
+    node perm[i] of X is row i of the shards), and the sharded fit maps it back: the random start,
+    the labels and the factor are those of X's own numbering.
     """
     import scipy.sparse as sp
 
@@ -221,15 +227,25 @@ def save_shards(X, directory, parts):
     n = A.shape[0]
     if A.shape[1] != n:
         raise ValueError(f"X must be square, got shape {A.shape}")
+    index = {"n": n}
     os.makedirs(directory, exist_ok=True)
+    if order is not None:
+        from symnmf_kernels.sparse import locality_order
+
+        perm = locality_order(A, order).cpu().numpy().astype(np.int64)
+        A = A[perm][:, perm].tocsr()
+        A.sort_indices()
+        np.save(os.path.join(directory, "perm.npy"), perm)
+        index.update(order=order, perm="perm.npy")
     offsets = row_offsets(n, parts)
     files = []
     for p in range(parts):
         name = f"part-{p:05d}.npz"
         sp.save_npz(os.path.join(directory, name), A[offsets[p]:offsets[p + 1]].tocsr(), compressed=False)
         files.append(name)
+    index.update(offsets=offsets, files=files, dtype=str(A.dtype))
     with open(os.path.join(directory, SHARDS_INDEX), "w") as f:
-        json.dump({"n": n, "offsets": offsets, "files": files, "dtype": str(A.dtype)}, f, indent=1)
+        json.dump(index, f, indent=1)
     return os.path.join(directory, SHARDS_INDEX)
 
 
@@ -445,10 +461,35 @@ class ShardedGraph:
         """From a `save_shards` directory, for any number of ranks: each reads only the rows it owns."""
         comm = Comm(group, device)
         with open(os.path.join(directory, SHARDS_INDEX)) as f:
-            n = int(json.load(f)["n"])
+            index = json.load(f)
+        n = int(index["n"])
         offsets = row_offsets(n, comm.world_size)
         indptr, indices, data, _ = _read_shard_rows(directory, offsets[comm.rank], offsets[comm.rank + 1])
-        return cls(indptr, indices, data, n, comm=comm, dtype=dtype, name=os.path.basename(directory))
+        graph = cls(indptr, indices, data, n, comm=comm, dtype=dtype, name=os.path.basename(directory))
+        if index.get("perm"):
+            graph.perm_path = os.path.join(directory, index["perm"])
+        return graph
+
+    perm_path = None  # set when the rows are a renumbering of the graph's nodes (`save_shards(order=...)`)
+
+    def node_ids(self):
+        """The original node number of each local row (numpy int64), or None when rows are nodes."""
+        if self.perm_path is None:
+            return None
+        return np.array(np.load(self.perm_path, mmap_mode="r")[self.lo:self.hi], dtype=np.int64)
+
+    def to_nodes(self, rows):
+        """A gathered n-row array (numpy or torch) in the graph's own node order (identity without a renumbering)."""
+        if self.perm_path is None:
+            return rows
+        perm = np.load(self.perm_path)
+        if isinstance(rows, torch.Tensor):
+            out = torch.empty_like(rows)
+            out[torch.from_numpy(perm).to(rows.device)] = rows
+            return out
+        out = np.empty_like(rows)
+        out[perm] = rows
+        return out
 
     @classmethod
     def load(cls, source, **kwargs):
@@ -504,12 +545,28 @@ def init_factor(graph, rank, seed=0, *, chunk_rows=1 << 16):
     drawn and dropped (O(n r) time, O(chunk r) memory beyond the own block).
     """
     gen = torch.Generator().manual_seed(as_seed(seed))
-    skip = graph.lo
-    while skip > 0:
-        step = min(skip, chunk_rows)
-        torch.rand((step, rank), generator=gen, dtype=graph.dtype)
-        skip -= step
-    U = torch.rand((graph.n_local, rank), generator=gen, dtype=graph.dtype).to(graph.device)
+    ids = graph.node_ids()
+    if ids is None:
+        skip = graph.lo
+        while skip > 0:
+            step = min(skip, chunk_rows)
+            torch.rand((step, rank), generator=gen, dtype=graph.dtype)
+            skip -= step
+        U = torch.rand((graph.n_local, rank), generator=gen, dtype=graph.dtype)
+    else:  # renumbered rows: pick each node's row of the stream as it goes by
+        order = np.argsort(ids, kind="stable")
+        wanted = ids[order]
+        U = torch.empty((graph.n_local, rank), dtype=graph.dtype)
+        done = 0
+        last = int(wanted[-1]) + 1 if wanted.size else 0
+        for c0 in range(0, last, chunk_rows):
+            c1 = min(c0 + chunk_rows, graph.n)
+            block = torch.rand((c1 - c0, rank), generator=gen, dtype=graph.dtype)
+            upto = int(np.searchsorted(wanted, c1, side="left"))
+            if upto > done:
+                U[torch.from_numpy(order[done:upto])] = block[torch.from_numpy(wanted[done:upto] - c0)]
+                done = upto
+    U = U.to(graph.device)
     mean = torch.tensor(graph.value_sum / (graph.n * graph.n), dtype=graph.dtype, device=graph.device)
     scale = 2 * torch.sqrt(torch.clamp(mean, min=0) / rank)
     return U * scale
@@ -713,8 +770,9 @@ SOLVERS = {"hals": hals, "pgd": pgd, "anls": anls}
 class DistributedFit:
     """One sharded factorisation, as seen by this rank.
 
-    U_local: this rank's rows of the factor; labels_local: their argmax; labels: all n labels on
-    rank 0 (None elsewhere); U: the whole factor on rank 0 when gathered, else None; objective and
+    U_local: this rank's rows of the factor; labels_local: their argmax (rows in the graph's shard
+    order: `graph.node_ids()` numbers them when the shards were renumbered); labels: all n labels
+    on rank 0 in the graph's own node order (None elsewhere); U: the whole factor on rank 0 when gathered, else None; objective and
     rel_error: ||X - U U^T||^2 and its ratio to ||X||^2 (all ranks); traffic: this rank's halo
     bytes; seconds: the solver's wall-clock (after a barrier).
     """
@@ -764,8 +822,12 @@ def fit(graph, k, solver="hals", *, seed=0, max_iter=None, tol=None, lam=None, g
     XU = graph.matmul(U)
     objective = float(graph.loss(U, XU, graph.gram(U)))
     labels_local = U.argmax(dim=-1)
-    labels = gather_rows(graph, labels_local)
+    labels = gather_rows(graph, labels_local)  # a collective: every rank takes part
+    if comm.rank == 0:
+        labels = graph.to_nodes(labels)
     U_all = gather_rows(graph, U) if gather_factor else None
+    if U_all is not None and comm.rank == 0:
+        U_all = graph.to_nodes(U_all)
     root = comm.rank == 0
     params = dict(result.params)
     traffic = {key: params.pop(key) for key in ("bytes_sent", "exchanges", "bytes_per_exchange",
