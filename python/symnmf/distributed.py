@@ -917,7 +917,8 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
 
 # ------------------------------------------------------------------------------------- command line
 def main(argv=None):
-    """`torchrun --nproc-per-node N -m symnmf.distributed GRAPH -k K [--solver hals] [--seed 0] [--out DIR]`.
+    """`torchrun --nproc-per-node N -m symnmf.distributed GRAPH -k K [--solver hals] [--seed 0] [--out DIR]`;
+    `python -m symnmf.distributed GRAPH.npz --save-shards DIR [--parts P] [--order rcm]` writes shard files.
 
     GRAPH: a scipy.sparse.save_npz file or a `save_shards` directory. Rank 0 prints the run's
     summary (iterations, seconds, relative error, halo bytes against an all_gather of U) and
@@ -936,7 +937,18 @@ def main(argv=None):
     p.add_argument("--threads", type=int, help="torch CPU threads per rank")
     p.add_argument("--out")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--save-shards", metavar="DIR",
+                   help="instead of fitting: write GRAPH (.npz) as shard files in DIR (one process, no torchrun)")
+    p.add_argument("--parts", type=int, default=8, help="with --save-shards: the number of shard files")
+    p.add_argument("--order", choices=("rcm", "degree"),
+                   help="with --save-shards: renumber the nodes for a small halo (labels map back)")
     args = p.parse_args(argv)
+    if args.save_shards:
+        import scipy.sparse as sp
+
+        index = save_shards(sp.load_npz(args.graph), args.save_shards, args.parts, order=args.order)
+        print(f"wrote {args.parts} shards and {index}")
+        return 0
     device = init_from_env()
     if args.threads:
         torch.set_num_threads(args.threads)
