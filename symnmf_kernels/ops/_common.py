@@ -238,9 +238,13 @@ def as_lam(lam, U, check=True):
             lam = lam.to(U.dtype)
         elif lam.dtype != U.dtype:
             raise TypeError(f"lam is {lam.dtype} but U is {U.dtype}; use one dtype")
-        if not broadcasts_to(lam.shape, batch):
+        if lam.dim() and not broadcasts_to(lam.shape, batch):
             raise ValueError(f"lam of shape {tuple(lam.shape)} must broadcast to U's batch shape {tuple(batch)}")
         if check and lam.device.type == "cpu" and not torch.compiler.is_compiling():
+            if lam.dim() == 0:  # the common case, read directly (a CPU tensor: no device synchronisation)
+                if lam.item() < 0:
+                    raise _negative_lam(lam.item())
+                return lam
             low = lam.detach().min() if lam.numel() else None
             if low is not None and bool(low < 0):
                 raise _negative_lam(float(low))
@@ -258,10 +262,17 @@ def as_lam(lam, U, check=True):
 
 def broadcasts_to(shape, batch):
     """Whether a tensor of this shape broadcasts to the batch shape without growing it."""
+    if shape == batch or not shape:
+        return True
     try:
         return torch.broadcast_shapes(shape, batch) == batch
     except RuntimeError:
         return False
+
+
+def needs_grad(*tensors):
+    """Whether autograd records an op on these tensors: otherwise the torch path skips its autograd node."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def check_square(G, name):

@@ -4,7 +4,7 @@ from typing import Optional
 import torch
 
 from . import _launch
-from ._common import as_batch, broadcasts_to, check_same, check_square, check_tensor, use_triton
+from ._common import as_batch, broadcasts_to, check_same, check_square, check_tensor, needs_grad, use_triton
 
 
 def _flat_square(M, B, r):
@@ -159,6 +159,8 @@ def _check(P, Ginv):
     if Ginv.shape[-1] != P.shape[-1]:
         raise ValueError(f"Ginv is {tuple(Ginv.shape[-2:])} but P has r = {P.shape[-1]} columns; Ginv must be r x r")
     batch = P.shape[:-2]
+    if Ginv.shape[:-2] == batch:
+        return Ginv
     if not broadcasts_to(Ginv.shape[:-2], batch):
         raise ValueError(f"Ginv's batch shape {tuple(Ginv.shape[:-2])} must broadcast to P's {tuple(batch)}")
     return Ginv.expand(*batch, *Ginv.shape[-2:])
@@ -168,7 +170,7 @@ def apply_relu(P, Ginv):
     """ReLU(P @ Ginv) for P (..., n, r) and Ginv (..., r, r) (its batch broadcasts to P's)."""
     Ginv = _check(P, Ginv)
     if not use_triton(P, P.shape[-1]):
-        return _ApplyReluTorch.apply(P, Ginv)
+        return _ApplyReluTorch.apply(P, Ginv) if needs_grad(P, Ginv) else apply_relu_torch(P, Ginv)
     return apply_relu_op(P, Ginv)
 
 
@@ -181,5 +183,8 @@ def apply_relu_gram(P, Ginv):
     """
     Ginv = _check(P, Ginv)
     if not use_triton(P, P.shape[-1]):
+        if not needs_grad(P, Ginv):
+            Y = apply_relu_torch(P, Ginv)
+            return Y, Y.mT @ Y
         return _ApplyReluGramTorch.apply(P, Ginv)
     return apply_relu_gram_op(P, Ginv)

@@ -2,7 +2,7 @@
 import torch
 
 from . import _launch
-from ._common import as_batch, as_lam, check_tensor, use_triton
+from ._common import as_batch, as_lam, check_tensor, needs_grad, use_triton
 
 
 @torch.library.custom_op("symnmf_kernels::mm_small", mutates_args=())
@@ -26,7 +26,7 @@ def _(A, M):
 def gram_torch(U, lam):
     """U^T U + lam I: one BLAS product, lam added to its diagonal in place."""
     G = U.mT @ U
-    G.diagonal(dim1=-2, dim2=-1).add_(lam[..., None])
+    G.diagonal(dim1=-2, dim2=-1).add_(lam.unsqueeze(-1) if lam.dim() else lam)
     return G
 
 
@@ -97,5 +97,5 @@ def gram(U, lam=0.0, deterministic=True, *, check_lam=True):
     check_tensor(U, "U")
     lam = as_lam(lam, U, check_lam)
     if not use_triton(U, U.shape[-1]):
-        return _GramTorch.apply(U, lam)
+        return _GramTorch.apply(U, lam) if needs_grad(U, lam) else gram_torch(U, lam)
     return gram_op(U, lam, bool(deterministic))

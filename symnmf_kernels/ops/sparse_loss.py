@@ -152,6 +152,14 @@ class _SparseLayerLoss(torch.autograd.Function):
     def forward(ctx, crow, col, values, t_crow, t_col, t_values, x_sq, U, P, lam, blockdiag):
         S = _times_x(crow, col, values, U, blockdiag)
         ctx.fused = use_triton(U, U.shape[-1])
+        if not ctx.fused and P is None:  # the loss alone, in as few torch calls as it takes
+            G = U.mT @ U
+            sums = _dot64(U, S)[:, None]
+            loss = (x_sq + _dot64(G, G)).sub_(sums[:, 0], alpha=2)
+            ctx.save_for_backward(crow, col, values, t_crow, t_col, t_values, U, S, P, lam, G, sums)
+            ctx.blockdiag = blockdiag
+            loss = loss.to(U.dtype)
+            return loss, torch.zeros_like(loss)
         sums, G = (sparse_loss_terms if ctx.fused else sparse_loss_terms_torch)(U, S, P, lam)
         loss = x_sq - 2 * sums[:, 0] + G.to(torch.float64).pow(2).sum((-2, -1))
         ctx.save_for_backward(crow, col, values, t_crow, t_col, t_values, U, S, P, lam, G, sums)

@@ -2,7 +2,7 @@
 import torch
 
 from . import _launch
-from ._common import as_batch, check_square, use_triton
+from ._common import as_batch, check_square, needs_grad, use_triton
 
 
 # ---- the torch path (CPU, and r beyond the fused kernels) ------------------------------------------------------
@@ -12,7 +12,12 @@ def spd_inverse_torch(G):
     """(G^{-1}, info) through LAPACK's Cholesky (cholesky_ex, cholesky_inverse), without a host synchronisation:
     where the factorisation fails (info != 0) the factor is replaced by NaN, so that inverse is all NaN."""
     L, info = torch.linalg.cholesky_ex(G)
-    L = torch.where((info != 0)[..., None, None], float("nan"), L)
+    if G.device.type == "cpu" and not torch.compiler.is_compiling():
+        # On the CPU the flags are host memory: replace only the failed factors (usually none).
+        if info.any():
+            L = torch.where((info != 0)[..., None, None], float("nan"), L)
+    else:
+        L = torch.where((info != 0)[..., None, None], float("nan"), L)
     return torch.cholesky_inverse(L), info
 
 
@@ -77,7 +82,10 @@ def spd_inverse(G, check=False):
     (which reads a flag back from the device: keep it out of training steps).
     """
     check_square(G, "G")
-    inv, info = spd_inverse_op(G) if use_triton(G, G.shape[-1]) else _SpdInverseTorch.apply(G)
+    if use_triton(G, G.shape[-1]):
+        inv, info = spd_inverse_op(G)
+    else:
+        inv, info = _SpdInverseTorch.apply(G) if needs_grad(G) else spd_inverse_torch(G)
     if check:
         bad = torch.nonzero(info.reshape(-1)).reshape(-1)
         if bad.numel():

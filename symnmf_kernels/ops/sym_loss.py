@@ -2,7 +2,7 @@
 import torch
 
 from . import _launch
-from ._common import as_batch, broadcasts_to, check_same, check_tensor, use_triton
+from ._common import as_batch, broadcasts_to, check_same, check_tensor, needs_grad, use_triton
 
 
 # ---- the torch path (CPU, and r beyond the fused kernels) ------------------------------------------------------
@@ -104,9 +104,10 @@ def sym_loss(X, U):
     if X.shape[-1] != n:
         raise ValueError(f"X is {X.shape[-1]} x {X.shape[-1]} but U has n = {n} rows; they must match")
     batch = U.shape[:-2]
-    if not broadcasts_to(X.shape[:-2], batch):
+    if X.shape[:-2] != batch and not broadcasts_to(X.shape[:-2], batch):
         raise ValueError(f"X's batch shape {tuple(X.shape[:-2])} must broadcast to U's {tuple(batch)}")
-    X = X.expand(*batch, n, n)
+    if X.shape[:-2] != batch:
+        X = X.expand(*batch, n, n)
     if not use_triton(U, U.shape[-1]):
-        return _SymLossTorch.apply(X, U)
+        return _SymLossTorch.apply(X, U) if needs_grad(X, U) else sq_norm(residual_torch(X, U))
     return sym_loss_dense(X, U)

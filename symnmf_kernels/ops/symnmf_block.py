@@ -7,7 +7,7 @@ fused kernel of triton/symnmf_block.py.
 import torch
 
 from . import _launch
-from ._common import as_batch, as_lam, check_same, check_tensor, use_triton
+from ._common import as_batch, as_lam, check_same, check_tensor, needs_grad, use_triton
 from .apply_relu import apply_relu_backward_torch, apply_relu_gram, apply_relu_torch
 from .gram import gram_torch
 from .spd_inverse import spd_inverse, spd_inverse_backward_torch, spd_inverse_torch
@@ -59,8 +59,9 @@ class _BlockFromGramTorch(torch.autograd.Function):
         G = UtU + lam[..., None, None] * torch.eye(UtU.shape[-1], dtype=UtU.dtype, device=UtU.device)
         Ginv, _ = spd_inverse_torch(G)
         Y = apply_relu_torch(P, Ginv)
-        ctx.save_for_backward(P, Ginv, Y)
-        ctx.lam_shape = lam.shape
+        if ctx is not None:  # None: called without autograd
+            ctx.save_for_backward(P, Ginv, Y)
+            ctx.lam_shape = lam.shape
         return Y, Y.mT @ Y
 
     @staticmethod
@@ -177,7 +178,7 @@ def symnmf_block(U, P, lam, *, check_lam=True):
         raise ValueError(f"U's batch shape {tuple(U.shape[:-2])} differs from P's {tuple(P.shape[:-2])}")
     lam = as_lam(lam, U, check_lam)
     if not use_triton(P, P.shape[-1]):
-        return _BlockTorch.apply(U, P, lam)
+        return _BlockTorch.apply(U, P, lam) if needs_grad(U, P, lam) else block_torch(U, P, lam)[0]
     U_next, _ = symnmf_block_op(U, P, lam)
     return U_next
 
@@ -198,6 +199,8 @@ def symnmf_block_from_gram(UtU, P, lam, *, check_lam=True):
         raise ValueError(f"UtU must be r x r = {r} x {r} to match P, got {tuple(UtU.shape[-2:])}")
     lam = as_lam(lam, P, check_lam)
     if not use_triton(P, r):
+        if not needs_grad(UtU, P, lam):
+            return _BlockFromGramTorch.forward(None, UtU, P, lam)
         return _BlockFromGramTorch.apply(UtU, P, lam)
     G = UtU + lam[..., None, None] * torch.eye(r, dtype=P.dtype, device=P.device)
     return apply_relu_gram(P, spd_inverse(G))
