@@ -38,9 +38,9 @@ from .solvers.base import as_seed, init_factor, make_generator
 from .validation import as_similarity, check_rank, check_similarity
 
 __all__ = [
-    "SOLVERS", "SOLVER_NAMES", "AFFINITIES", "DEFAULT_MAX_ITER", "DEFAULT_EPOCHS", "NET_DEFAULTS", "SMALL_PROBLEM", "FitResult",
-    "resolve_device", "resolve_dtype", "build_affinity", "fit_affinity", "default_threads", "thread_limit",
-    "show_progress",
+    "SOLVERS", "SOLVER_NAMES", "AFFINITIES", "DEFAULT_MAX_ITER", "DEFAULT_EPOCHS", "NET_DEFAULTS", "SMALL_PROBLEM",
+    "FitResult", "resolve_device", "resolve_dtype", "build_affinity", "fit_affinity", "default_threads",
+    "thread_limit", "show_progress", "sync_device",
 ]
 
 SOLVERS = ("net", "anls", "hals", "pgd", "newton", "admm")
@@ -205,7 +205,9 @@ def build_affinity(X, affinity="nearest_neighbors", *, n_neighbors=None, metric=
 
 
 # ---------------------------------------------------------------------- fit
-def _sync(device):
+def sync_device(device):
+    """Wait for the device's queued work (CUDA), so that a wall-clock time covers it."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -286,7 +288,7 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
     seed = as_seed(random_state)
     net = None
     with thread_limit(threads):
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         if solver == "net":
             options = dict(net_options or {})
@@ -301,7 +303,7 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
                                                         verbose)
             curve_rel = [float(v) for v in history.get("rel_error", [])]
             curve_iter = [int(i) for i in history.get("iteration", range(len(curve_rel)))]
-        _sync(device)
+        sync_device(device)
         seconds = time.perf_counter() - start
         with torch.no_grad():
             err2 = max(float(sk.sym_loss(A, U)), 0.0)

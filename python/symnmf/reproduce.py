@@ -29,7 +29,7 @@ import torch
 from . import datasets as _datasets
 from .fitting import (
     DEFAULT_EPOCHS, DEFAULT_MAX_ITER, NET_DEFAULTS, SOLVER_NAMES, SOLVERS, FitResult, build_affinity, fit_affinity,
-    resolve_device, resolve_dtype,
+    resolve_device, resolve_dtype, sync_device,
 )
 from .metrics import accuracy, nmi, purity
 
@@ -143,10 +143,10 @@ def reproduce(
         features, labels_true = _datasets.load(name)
         features, labels_true = _subsample(features, labels_true, subset, seed)
         rank = int(len(np.unique(labels_true)))
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         X = build_affinity(features, "nearest_neighbors", device=device, dtype=dtype)
-        _sync(device)
+        sync_device(device)
         graph_seconds = time.perf_counter() - start
         log(f"{name}: n = {X.shape[0]}, r = {rank}, graph nnz = {X.values().numel()} "
             f"({graph_seconds:.2f} s on {device})")
@@ -183,11 +183,6 @@ def reproduce(
         with open(os.path.join(out_dir, "results.json"), "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)
     return rows
-
-
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _summarise(dataset, method, n, rank, results, graph_seconds):
