@@ -161,6 +161,35 @@ def test_read_npz_rows(tmp_path):
         sd.read_npz_rows(tmp_path / "coo.npz", 0, 10)
 
 
+def test_command_line_one_process(tmp_path, graph, single, monkeypatch, capsys):
+    """`python -m symnmf.distributed` without torchrun: --save-shards, then a fit of the shards."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    A, _ = graph
+    sp.save_npz(tmp_path / "g.npz", A)
+    shards = str(tmp_path / "shards")
+    assert sd.main([str(tmp_path / "g.npz"), "-k", "1", "--save-shards", shards, "--parts", "3", "--order", "rcm"]) == 0
+    out = str(tmp_path / "out")
+    assert sd.main([shards, "-k", str(K), "--solver", "hals", "--max-iter", str(ITERS), "--out", out]) == 0
+    assert "halo: 0 rows" in capsys.readouterr().out
+    assert np.array_equal(np.loadtxt(os.path.join(out, "labels.txt"), dtype=np.int64), single["hals"].labels)
+
+
+def test_refusals(tmp_path, graph):
+    A, _ = graph
+    g = sd.ShardedGraph.from_matrix(A[:300, :300])
+    with pytest.raises(ValueError, match="sharded solvers"):
+        sd.fit(g, 3, "newton")
+    with pytest.raises(ValueError, match="k must be"):
+        sd.fit(g, 0, "hals")
+    with pytest.raises(ValueError, match="negative"):
+        sd.ShardedGraph.from_matrix(-A[:300, :300])
+    with pytest.raises(ValueError, match="square"):
+        sd.ShardedGraph.from_matrix(A[:300, :200])
+    with pytest.raises(ValueError, match="ranks"):
+        sd.row_offsets(2, 3)
+
+
 def test_one_process_is_the_single_process_solver(graph, single, monkeypatch):
     """World size 1 (no torch.distributed) runs the sharded code: bit-for-bit the single-process result."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
