@@ -19,7 +19,7 @@ from symnmf import distributed as sd
 
 SOLVERS = ("hals", "pgd", "anls")
 K = 6
-ITERS = 30
+ITERS = 20
 
 
 def clustered_graph(n=2400, k=K, deg=8, cross=0.1, seed=0):
