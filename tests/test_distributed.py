@@ -80,6 +80,16 @@ def _worker(rank, world, root, port, solvers, iters, device):
         assert torch.equal(other.local.col_indices, graph.local.col_indices)
         assert torch.equal(other.local.values, graph.local.values)
         _fit_all(graph, root, f"w{world}", solvers, iters)
+        # Blocks of equal stored entries: the same rows from the .npz and from the shard files.
+        by_nnz = sd.ShardedGraph.from_npz(path, balance="nnz")
+        other = sd.ShardedGraph.from_shards(os.path.join(root, "shards"), balance="nnz")
+        assert by_nnz.offsets == other.offsets
+        assert torch.equal(other.local.values, by_nnz.local.values)
+        run = sd.fit(by_nnz, K, solvers[0], seed=0, max_iter=iters)
+        if rank == 0:
+            np.save(os.path.join(root, "nnz-labels.npy"), run.labels)
+        with open(os.path.join(root, f"nnz-rank-{rank}.json"), "w") as f:
+            json.dump({"offsets": by_nnz.offsets, "nnz": by_nnz.nnz_local, "objective": run.objective}, f)
         # Shards renumbered by reverse Cuthill-McKee: the same start and labels in the graph's own order.
         rcm = sd.ShardedGraph.from_shards(os.path.join(root, "shards-rcm"))
         run = sd.fit(rcm, K, solvers[0], seed=0, max_iter=iters)
@@ -253,6 +263,26 @@ def test_renumbered_shards_map_back(spawned, graph, single):
     assert np.allclose(U, ref.U.numpy(), rtol=1e-8, atol=1e-12)
     ranks = _ranks(spawned, "rcm", 3)
     assert ranks[0]["objective"] == pytest.approx(ref.reconstruction_err ** 2, rel=1e-10)
+
+
+def test_balanced_by_stored_entries(spawned, graph, single):
+    A, _ = graph
+    ranks = _ranks(spawned, "nnz", 3)
+    offsets = ranks[0]["offsets"]
+    assert offsets == sd.row_offsets(A.shape[0], 3, A.indptr)
+    assert sum(rk["nnz"] for rk in ranks) == A.nnz
+    assert max(rk["nnz"] for rk in ranks) - min(rk["nnz"] for rk in ranks) <= A.getnnz(1).max()
+    assert np.array_equal(np.load(os.path.join(spawned, "nnz-labels.npy")), single[SOLVERS[0]].labels)
+    assert ranks[0]["objective"] == pytest.approx(single[SOLVERS[0]].reconstruction_err ** 2, rel=1e-10)
+
+
+def test_row_offsets():
+    assert sd.row_offsets(10, 3) == [0, 3, 6, 10]
+    indptr = np.concatenate([[0], np.cumsum([100, 1, 1, 1, 1, 1, 1, 1, 1, 1])])
+    assert sd.row_offsets(10, 2, indptr) == [0, 1, 10]  # the heavy row alone
+    assert sd.row_offsets(3, 3, [0, 5, 5, 5]) == [0, 1, 2, 3]  # at least one row each
+    with pytest.raises(ValueError, match="balance"):
+        sd.ShardedGraph.from_matrix(sp.eye(4, format="csr"), balance="edges")
 
 
 def test_cluster_writes_the_cli_outputs_on_rank_0(spawned, graph, single):

@@ -60,7 +60,7 @@ from .solvers.nnls import nnls_gram
 from .solvers.pgd import DEFAULTS as _PGD_DEFAULTS
 
 __all__ = [
-    "Comm", "row_offsets", "read_npz_rows", "save_shards", "HaloPlan", "ShardedGraph", "init_factor",
+    "Comm", "row_offsets", "BALANCES", "read_npz_rows", "save_shards", "HaloPlan", "ShardedGraph", "init_factor",
     "hals", "pgd", "anls", "SOLVERS", "DEFAULT_MAX_ITER", "fit", "DistributedFit", "cluster", "gather_rows",
     "init_from_env",
 ]
@@ -126,11 +126,34 @@ class Comm:
         return torch.cat([o[:c] for o, c in zip(out, counts)])
 
 
-def row_offsets(n, world_size):
-    """The first row of every rank's block and n: rank p owns rows offsets[p]:offsets[p+1] (balanced by rows)."""
+def row_offsets(n, world_size, indptr=None):
+    """The first row of every rank's block and n: rank p owns rows offsets[p]:offsets[p+1].
+
+    Balanced by rows, or, given the matrix's row pointers `indptr` (n + 1), by stored entries
+    (each block still has at least one row).
+    """
     if n < world_size:
         raise ValueError(f"n = {n} nodes cannot be split over {world_size} ranks: use at most n ranks")
-    return [n * p // world_size for p in range(world_size + 1)]
+    if indptr is None:
+        return [n * p // world_size for p in range(world_size + 1)]
+    indptr = np.asarray(indptr, dtype=np.int64)
+    if indptr.shape != (n + 1,):
+        raise ValueError(f"indptr must have n + 1 = {n + 1} entries, got {indptr.shape}")
+    targets = indptr[-1] * np.arange(world_size + 1) / world_size
+    offsets = np.searchsorted(indptr, targets, side="left").astype(np.int64)
+    offsets[0], offsets[-1] = 0, n
+    for p in range(1, world_size):  # at least one row per block
+        offsets[p] = min(max(offsets[p], offsets[p - 1] + 1), n - (world_size - p))
+    return [int(o) for o in offsets]
+
+
+BALANCES = ("rows", "nnz")
+
+
+def _offsets(n, comm, balance, indptr_reader):
+    if balance not in BALANCES:
+        raise ValueError(f"balance must be one of {BALANCES}, got {balance!r}")
+    return row_offsets(n, comm.world_size, indptr_reader() if balance == "nnz" else None)
 
 
 # -------------------------------------------------------------------------------------- reading rows
@@ -371,11 +394,11 @@ class ShardedGraph:
     Symmetry is not checked: it would need the whole matrix; the solvers assume X = X^T.
     """
 
-    def __init__(self, indptr, indices, data, n, *, comm=None, dtype=None, device=None, name="X"):
+    def __init__(self, indptr, indices, data, n, *, comm=None, dtype=None, device=None, name="X", offsets=None):
         comm = comm if comm is not None else Comm(device=device)
         self.comm = comm
         self.n = int(n)
-        self.offsets = row_offsets(self.n, comm.world_size)
+        self.offsets = list(offsets) if offsets is not None else row_offsets(self.n, comm.world_size)
         self.lo, self.hi = self.offsets[comm.rank], self.offsets[comm.rank + 1]
         self.n_local = self.hi - self.lo
         if len(indptr) != self.n_local + 1:
@@ -422,8 +445,11 @@ class ShardedGraph:
 
     # ---- construction ---------------------------------------------------------------------------------------
     @classmethod
-    def from_matrix(cls, X, *, group=None, device=None, dtype=None):
-        """From a matrix every rank holds (scipy.sparse, numpy, or a torch dense / sparse tensor); keeps its rows."""
+    def from_matrix(cls, X, *, group=None, device=None, dtype=None, balance="rows"):
+        """From a matrix every rank holds (scipy.sparse, numpy, or a torch dense / sparse tensor); keeps its rows.
+
+        balance: "rows" (blocks of equal row counts) or "nnz" (of equal stored entries).
+        """
         import scipy.sparse as sp
 
         comm = Comm(group, device)
@@ -440,32 +466,56 @@ class ShardedGraph:
         n = X.shape[0]
         if X.shape != (n, n):
             raise ValueError(f"X must be a square n x n similarity matrix, got shape {X.shape}")
-        offsets = row_offsets(n, comm.world_size)
+        offsets = _offsets(n, comm, balance, lambda: X.indptr)
         block = X[offsets[comm.rank]:offsets[comm.rank + 1]]
-        return cls(block.indptr, block.indices, block.data, n, comm=comm, dtype=dtype)
+        return cls(block.indptr, block.indices, block.data, n, comm=comm, dtype=dtype, offsets=offsets)
 
     @classmethod
-    def from_npz(cls, path, *, group=None, device=None, dtype=None):
-        """From a scipy.sparse.save_npz file (CSR); each rank reads only its rows (`read_npz_rows`)."""
+    def from_npz(cls, path, *, group=None, device=None, dtype=None, balance="rows"):
+        """From a scipy.sparse.save_npz file (CSR); each rank reads only its rows (`read_npz_rows`).
+
+        balance "nnz" reads the whole row-pointer array (n + 1 integers) on every rank to split
+        the stored entries evenly.
+        """
         comm = Comm(group, device)
         with zipfile.ZipFile(path) as zf:
             shape = tuple(int(s) for s in _read_small(zf, "shape"))
         if len(shape) != 2 or shape[0] != shape[1]:
             raise ValueError(f"{path}: a similarity matrix is square, got shape {shape}")
-        offsets = row_offsets(shape[0], comm.world_size)
+
+        def indptr_all():
+            with zipfile.ZipFile(path) as zf:
+                return _read_slice(zf, "indptr", 0, shape[0] + 1)
+
+        offsets = _offsets(shape[0], comm, balance, indptr_all)
         indptr, indices, data, _ = read_npz_rows(path, offsets[comm.rank], offsets[comm.rank + 1])
-        return cls(indptr, indices, data, shape[0], comm=comm, dtype=dtype, name=os.path.basename(path))
+        return cls(indptr, indices, data, shape[0], comm=comm, dtype=dtype, name=os.path.basename(path),
+                   offsets=offsets)
 
     @classmethod
-    def from_shards(cls, directory, *, group=None, device=None, dtype=None):
-        """From a `save_shards` directory, for any number of ranks: each reads only the rows it owns."""
+    def from_shards(cls, directory, *, group=None, device=None, dtype=None, balance="rows"):
+        """From a `save_shards` directory, for any number of ranks: each reads only the rows it owns.
+
+        balance "nnz" reads every part's row pointers (n + 1 integers in all) on every rank.
+        """
         comm = Comm(group, device)
         with open(os.path.join(directory, SHARDS_INDEX)) as f:
             index = json.load(f)
         n = int(index["n"])
-        offsets = row_offsets(n, comm.world_size)
+
+        def indptr_all():
+            parts, total = [np.zeros(1, np.int64)], 0
+            for name, a, b in zip(index["files"], index["offsets"], index["offsets"][1:]):
+                with zipfile.ZipFile(os.path.join(directory, name)) as zf:
+                    ip = _read_slice(zf, "indptr", 0, b - a + 1).astype(np.int64)
+                parts.append(ip[1:] + total)
+                total += int(ip[-1])
+            return np.concatenate(parts)
+
+        offsets = _offsets(n, comm, balance, indptr_all)
         indptr, indices, data, _ = _read_shard_rows(directory, offsets[comm.rank], offsets[comm.rank + 1])
-        graph = cls(indptr, indices, data, n, comm=comm, dtype=dtype, name=os.path.basename(directory))
+        graph = cls(indptr, indices, data, n, comm=comm, dtype=dtype, name=os.path.basename(directory),
+                    offsets=offsets)
         if index.get("perm"):
             graph.perm_path = os.path.join(directory, index["perm"])
         return graph
@@ -860,7 +910,7 @@ def init_from_env(backend=None):
 
 
 def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=None, dtype=None, device=None,
-            out=None, group=None, threads=None, verbose=False, return_fit=False, **options):
+            out=None, group=None, threads=None, verbose=False, return_fit=False, balance="rows", **options):
     """Cluster a graph with a sharded solver; the labels (numpy, n) on rank 0, None on the other ranks.
 
     source: a scipy.sparse.save_npz file (CSR; each rank reads only its rows), a `save_shards`
@@ -874,6 +924,7 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
     float32, anything else float64, as `symnmf cluster`). device: None picks CUDA (NCCL, the GPU
     LOCAL_RANK) when available under torchrun, else the CPU (gloo); "cpu" forces gloo.
     return_fit: return the DistributedFit (rank 0: with labels and the gathered U) instead of the labels.
+    balance: "rows" (equal row counts per rank) or "nnz" (equal stored entries; a skewed graph).
     """
     if isinstance(dtype, str):
         from .fitting import resolve_dtype
@@ -886,7 +937,7 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
     if threads:
         torch.set_num_threads(int(threads))
     start = time.perf_counter()
-    graph = ShardedGraph.load(source, group=group, device=device, dtype=dtype)
+    graph = ShardedGraph.load(source, group=group, device=device, dtype=dtype, balance=balance)
     graph_seconds = time.perf_counter() - start
     run = fit(graph, k, solver, seed=seed, max_iter=max_iter, tol=tol, lam=lam, gather_factor=out is not None,
               verbose=verbose, **options)
@@ -936,6 +987,8 @@ def main(argv=None):
     p.add_argument("--dtype", choices=("float32", "float64"))
     p.add_argument("--threads", type=int, help="torch CPU threads per rank")
     p.add_argument("--out")
+    p.add_argument("--balance", choices=BALANCES, default="rows",
+                   help="split the rows into blocks of equal row counts or of equal stored entries")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--save-shards", metavar="DIR",
                    help="instead of fitting: write GRAPH (.npz) as shard files in DIR (one process, no torchrun)")
@@ -954,7 +1007,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     dtype = {"float32": torch.float32, "float64": torch.float64, None: None}[args.dtype]
     start = time.perf_counter()
-    graph = ShardedGraph.load(args.graph, device=device, dtype=dtype)
+    graph = ShardedGraph.load(args.graph, device=device, dtype=dtype, balance=args.balance)
     load_seconds = time.perf_counter() - start
     run = fit(graph, args.n_clusters, args.solver, seed=args.seed, max_iter=args.max_iter, tol=args.tol,
               gather_factor=args.out is not None, verbose=args.verbose)
