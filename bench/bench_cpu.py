@@ -25,6 +25,7 @@ from 8 to 128.
 """
 import argparse
 import gc
+import math
 import os
 import statistics
 import sys
@@ -255,13 +256,17 @@ def measure(rows, op, n, r, make, args, emit):
 
 def measure_spmm(rows, sizes, ranks, threads_list, per_row, args, emit):
     gen = torch.Generator().manual_seed(2)
+    fwd_bwd_ranks = (ranks[0], ranks[-1]) if len(ranks) < 3 else (16, 64)
     for n in sizes:
         Xt, A = random_graph(n, per_row, seed=n)
         for r in ranks:
             U = torch.rand(n, r, generator=gen)
             for threads in threads_list:
                 torch.set_num_threads(threads)
-                for mode in ("forward", "forward+backward"):
+                # torch.sparse.mm's backward transposes the CSR matrix at every call (seconds at these sizes):
+                # forward + backward is timed at the first graph size only, at two ranks.
+                modes = ("forward", "forward+backward") if n == sizes[0] and r in fwd_bwd_ranks else ("forward",)
+                for mode in modes:
                     grad = mode != "forward"
                     V = U.clone().requires_grad_(grad)
                     if grad:
@@ -269,7 +274,7 @@ def measure_spmm(rows, sizes, ranks, threads_list, per_row, args, emit):
                                     "eager": forward_backward(lambda V: torch.sparse.mm(Xt, V), [V], (V,))}
                     else:
                         variants = {"ours": forward(sk.spmm, A, V), "eager": forward(torch.sparse.mm, Xt, V)}
-                    t = race(variants, args.rounds, args.min_time)
+                    t = race(variants, args.rounds, 0.0)
                     rows.append({
                         "op": "spmm", "mode": mode, "threads": threads, "n": n, "r": r, "ours_ms": t["ours"],
                         "eager_ms": t["eager"], "x_eager": ratio(t["eager"], t["ours"]),
@@ -279,6 +284,69 @@ def measure_spmm(rows, sizes, ranks, threads_list, per_row, args, emit):
         del Xt, A
         gc.collect()
     torch.set_num_threads(args.threads)
+
+
+# ---- a SymNMF-Net training step, profiled -----------------------------------------------------------------------
+
+
+def planted_graph(n, r, per_row, seed, inside=0.8):
+    """A planted-partition graph: n nodes in r equal clusters (node order random), about per_row stored entries
+    per row, a fraction `inside` of them within the node's cluster; symmetric, weights in (0, 1]; torch CSR."""
+    gen = torch.Generator().manual_seed(seed)
+    label = torch.randint(0, r, (n,), generator=gen)
+    members = [torch.nonzero(label == c).reshape(-1) for c in range(r)]
+    m = n * per_row // 2
+    i = torch.randint(0, n, (m,), generator=gen)
+    same = torch.rand(m, generator=gen) < inside
+    j = torch.randint(0, n, (m,), generator=gen)
+    for c in range(r):  # a neighbour in i's own cluster for the `inside` fraction
+        pick = same & (label[i] == c)
+        k = int(pick.sum())
+        j[pick] = members[c][torch.randint(0, len(members[c]), (k,), generator=gen)]
+    keep = i != j
+    i, j = i[keep], j[keep]
+    w = torch.rand(len(i), generator=gen) * 0.9 + 0.1
+    idx = torch.cat([torch.stack([i, j]), torch.stack([j, i])], 1)
+    X = torch.sparse_coo_tensor(idx, torch.cat([w, w]), (n, n)).coalesce()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return X.to_sparse_csr(), label
+
+
+def profile_net(args):
+    """Time and profile SymNMF-Net training steps on a planted graph; returns (rows, profiler table text)."""
+    from symnmf import SymNMFNet
+    from torch.profiler import ProfilerActivity, profile
+
+    n, r, L = args.net_n, args.net_r, args.net_layers
+    X, _ = planted_graph(n, r, 20, seed=0)
+    net = SymNMFNet(r, n_layers=L, random_state=0)
+    net.initialize(X)
+    Xp = net._prepare(X)
+    X_norm2 = (Xp.values().pow(2).sum())
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss, _, _ = net._objective(Xp, X_norm2)
+        loss.sum().backward()
+        opt.step()
+        net.project_lam()
+
+    A = as_csr(Xp)
+    U = torch.rand_like(net.U0)  # (restarts, n, r) when the recipe runs several restarts
+    for _ in range(3):
+        step()
+    t = race({"step": step, "spmm": forward(sk.spmm, A, U)}, args.rounds, args.min_time)
+    n_spmm = 2 * L + 1  # forward: one per block output and U_0 (L + 1); backward: one per regulariser (L)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(5):
+            step()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48)
+    rows = [{"n": n, "r": r, "L": L, "restarts": math.prod(net.U0.shape[:-2]), "nnz": Xp.values().numel(), "threads": torch.get_num_threads(),
+             "step_ms": t["step"], "spmm_ms": t["spmm"], "spmm_per_step": n_spmm,
+             "step_over_spmms": t["step"] / (n_spmm * t["spmm"])}]
+    return rows, table
 
 
 def parse_args(argv):
@@ -294,6 +362,11 @@ def parse_args(argv):
     p.add_argument("--only", nargs="+", help="run only these ops (gram, apply_relu, symnmf_block, ..., spmm)")
     p.add_argument("--out", help="results folder (default bench/results)")
     p.add_argument("--name", default="bench_cpu", help="table name (file bench_cpu-<date>-cpu.md)")
+    p.add_argument("--profile-net", action="store_true",
+                   help="instead of the op rows: time and profile SymNMF-Net training steps (bench_cpu_net table)")
+    p.add_argument("--net-n", type=int, default=20_000)
+    p.add_argument("--net-r", type=int, default=8)
+    p.add_argument("--net-layers", type=int, default=10)
     return p.parse_args(argv)
 
 
@@ -307,6 +380,17 @@ def main(argv=None):
     else:
         n_sizes, dense_sizes, sparse_sizes = [1000, 100_000], [1000, 4000], [1000, 100_000]
         spmm_sizes, ranks = [100_000, 300_000], [8, 16, 32, 64, 128]
+    if args.profile_net:
+        rows, table = profile_net(args)
+        header = ["threads: %d; a planted graph (20 entries per row, 80%% within the node's cluster); one step = "
+                  "forward of every block and layer loss, backward, Adam step" % args.threads,
+                  "step_over_spmms: the step's time over that of the SpMMs it needs (forward and backward)",
+                  "extension: %s" % extension_status()]
+        path = write_table(args.name + "_net", rows, list(rows[0]), header, out_dir=args.out, device="cpu")
+        with open(path, "a") as f:
+            f.write("\n## torch.profiler, 5 steps, by self CPU time\n\n```\n%s\n```\n" % table)
+        print(table)
+        return rows
     rows = []
     header = [
         "threads: %d for the op rows (torch.set_num_threads); SpMM rows at %s" % (args.threads, args.spmm_threads),
