@@ -919,7 +919,8 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
     seed: the random start, the same as the single-process solvers' for the same int.
     out: a directory where rank 0 writes labels.txt, embedding.npy (the factor U, gathered) and
     metrics.json, the files of `symnmf cluster`, plus the halo traffic and the ranks in metrics.
-    threads: torch CPU threads per rank (None: leave torch's setting; torchrun sets OMP_NUM_THREADS=1).
+    threads: torch CPU threads per rank (None or "auto": leave torch's setting; torchrun sets
+    OMP_NUM_THREADS=1).
     dtype: torch.float32 / float64, "float32" / "float64" / "auto", or None (float32 input stays
     float32, anything else float64, as `symnmf cluster`). device: None picks CUDA (NCCL, the GPU
     LOCAL_RANK) when available under torchrun, else the CPU (gloo); "cpu" forces gloo.
@@ -933,8 +934,9 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
     if group is None:
         env_device = init_from_env(None if device is None else ("nccl" if torch.device(device).type == "cuda"
                                                                  else "gloo"))
-        device = env_device if device is None else device
-    if threads:
+        if device is None or torch.device(device).type == env_device.type:
+            device = env_device  # under torchrun with NCCL: this rank's GPU (LOCAL_RANK)
+    if threads and threads != "auto":
         torch.set_num_threads(int(threads))
     start = time.perf_counter()
     graph = ShardedGraph.load(source, group=group, device=device, dtype=dtype, balance=balance)
