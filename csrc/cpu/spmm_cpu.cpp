@@ -1,7 +1,7 @@
 // CSR x dense on the CPU: rows in parallel (OpenMP); each row's r outputs are accumulated in registers
-// (a fixed-width accumulator for r in {4, 8, 16, 32, 64, 128}, the next wider one for other r) while the
-// rows of dense that the next nonzeros need are prefetched. The loop is compiled twice, for AVX2 + FMA and
-// for the baseline instruction set, and the CPU picks one at run time.
+// (a fixed-width accumulator for r in {4, 8, 16, 32, 64, 128}, the next wider one for other r) and stored
+// once. The loop is compiled twice, for AVX2 + FMA and for the baseline instruction set, and the CPU picks
+// one at run time.
 #include <atomic>
 #include <cstdint>
 
@@ -14,8 +14,6 @@ namespace {
 
 // Below this many multiply-adds starting threads costs more than the product.
 constexpr int64_t kParallelWork = 1 << 15;
-// How many nonzeros ahead the gather of dense's rows is prefetched: enough to cover a DRAM miss.
-constexpr int64_t kPrefetchDistance = 12;
 
 // Row pointers must start at 0, never decrease and end at nnz: then every row's
 // range [crow[i], crow[i+1]) lies inside col_indices.

@@ -53,7 +53,7 @@ def _dot64(A, B):
     """
     prod = (A * B).reshape(A.shape[0], -1)
     m = prod.shape[1]
-    if A.dtype != torch.float64 and m % 16 == 0 and m >= 256:
+    if A.dtype != torch.float64 and m % 16 == 0 and m >= 1 << 16:
         prod = prod.view(A.shape[0], m // 16, 16).sum(-1)
     return prod.sum(-1, dtype=torch.float64)
 
