@@ -667,6 +667,7 @@ def _alternate(name, graph, U0, update, *, lam, max_iter, tol, check_every, call
     """`solvers.penalised.alternate` sharded: update(F, B, XO, O, lam) -> F on this rank's rows, alternately
     on W and V from W = V = U0. B = O^T O + lam I is all-reduced; X O comes through the halo."""
     r = U0.shape[1]
+    start_bytes, start_exchanges = graph.plan.bytes_sent, graph.plan.exchanges
     W = U0.clone()
     V = U0.clone()
     XV = graph.matmul(V)
@@ -674,7 +675,6 @@ def _alternate(name, graph, U0, update, *, lam, max_iter, tol, check_every, call
     lam = _penalty(graph, lam, V, XV)
     eye = _eye(graph, r)
     monitor = _monitor(name, graph, tol, max_iter, check_every, callback, verbose)
-    start_bytes, start_exchanges = graph.plan.bytes_sent, graph.plan.exchanges
     XW, GW = XV, GV
     # At W = V the penalty's gradient vanishes and V's gradient is that of W.
     pgV_local = projected_gradient_sq(2 * (V @ GV - XV), V)
@@ -803,6 +803,9 @@ def pgd(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=
 
 
 def _traffic(result, graph, r, start_bytes, start_exchanges, iterations):
+    """The halo traffic of one solver run into result.params: bytes_sent and exchanges (this rank, the
+    first product and, for lam="zhu", the power iteration included), bytes_per_exchange (an n x r
+    product), bytes_sent_per_iteration, halo_rows, world_size."""
     plan = graph.plan
     result.params.update(
         bytes_sent=plan.bytes_sent - start_bytes, exchanges=plan.exchanges - start_exchanges,
