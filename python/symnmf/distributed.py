@@ -1018,8 +1018,11 @@ def main(argv=None):
               gather_factor=args.out is not None, verbose=args.verbose)
     comm = graph.comm
     t = run.traffic
+    import resource
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
     per_rank = torch.tensor([load_seconds, run.seconds, graph.nnz_local, t["halo_rows"], t["bytes_per_exchange"],
-                             t["allgather_bytes_per_exchange"]], dtype=torch.float64, device=graph.device)
+                             t["allgather_bytes_per_exchange"], peak_mb], dtype=torch.float64, device=graph.device)
     table = per_rank.new_zeros((comm.world_size, per_rank.numel()))
     table[comm.rank] = per_rank
     comm.all_reduce(table)
@@ -1030,7 +1033,8 @@ def main(argv=None):
               f"{comm.world_size} ranks ({comm.backend or 'single process'}, {graph.device}, "
               f"{torch.get_num_threads()} threads each)")
         print(f"  {run.n_iter} iterations in {run.seconds:.2f} s ({run.seconds / max(run.n_iter, 1) * 1e3:.1f} ms per "
-              f"iteration), rel_error {run.rel_error:.6f}, load {table[:, 0].max():.2f} s")
+              f"iteration), rel_error {run.rel_error:.6f}, load {table[:, 0].max():.2f} s, peak RSS per rank "
+              f"{table[:, 6].max():.0f} MB (host memory)")
         print(f"  halo: {int(table[:, 3].sum())} rows received in all per product, {halo / 1e6:.3f} MB sent per "
               f"product ({t['exchanges'] / max(run.n_iter, 1):.2f} products per iteration on rank 0); an all_gather "
               f"of U would send {gather / 1e6:.3f} MB ({halo / gather if gather else 0:.4f}x)")
