@@ -28,7 +28,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import _launch
-from ._common import as_lam, use_triton
+from ._common import as_lam, needs_grad, use_triton
 from .spmm import _check_dense, host_side, layout
 
 __all__ = ["sparse_sym_loss", "sparse_layer_loss"]
@@ -146,12 +146,23 @@ def _(U, S, G, W, Y, lam, coef_s, coef_g):
 # ---- autograd --------------------------------------------------------------------------------------------------
 
 
+_CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+
+
+def _spmm_no_autograd(crow, col, values, M):
+    """The SpMM operator called below autograd: inside a forward that records nothing, a CPU call skips the
+    Python autograd wrapper of the op (a few tens of microseconds, as much as the product at n = 1000)."""
+    if M.device.type == "cpu" and not torch.compiler.is_compiling():
+        return torch.ops.symnmf_kernels.spmm_csr.default.redispatch(_CPU_KEYS, crow, col, values, M, None, None, None)
+    return torch.ops.symnmf_kernels.spmm_csr(crow, col, values, M)
+
+
 def _times_x(crow, col, values, M, blockdiag):
     """X @ M[b] for every b of M (B, n, r): one shared X, or the b-th block of a block-diagonal X."""
     B, n, r = M.shape
     if blockdiag:
-        return torch.ops.symnmf_kernels.spmm_csr(crow, col, values, M.reshape(B * n, r)).reshape(B, n, r)
-    return torch.ops.symnmf_kernels.spmm_csr(crow, col, values, M)
+        return _spmm_no_autograd(crow, col, values, M.reshape(B * n, r)).reshape(B, n, r)
+    return _spmm_no_autograd(crow, col, values, M)
 
 
 class _SparseLayerLoss(torch.autograd.Function):
@@ -159,21 +170,23 @@ class _SparseLayerLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, crow, col, values, t_crow, t_col, t_values, x_sq, U, P, lam, blockdiag):
+        # ctx is None when called directly, for a forward without autograd.
         S = _times_x(crow, col, values, U, blockdiag)
-        ctx.fused = use_triton(U, U.shape[-1])
-        if not ctx.fused and P is None:  # the loss alone, in as few torch calls as it takes
+        fused = use_triton(U, U.shape[-1])
+        if not fused and P is None:  # the loss alone, in as few torch calls as it takes
             G = U.mT @ U
             sums = _dot64(U, S)[:, None]
-            loss = (x_sq + _dot64(G, G)).sub_(sums[:, 0], alpha=2)
+            loss = (x_sq + _dot64(G, G)).sub_(sums[:, 0], alpha=2).to(U.dtype)
+            reg = torch.zeros_like(loss)
+        else:
+            sums, G = (sparse_loss_terms if fused else sparse_loss_terms_torch)(U, S, P, lam)
+            loss = (x_sq - 2 * sums[:, 0] + G.to(torch.float64).pow(2).sum((-2, -1))).to(U.dtype)
+            reg = sums[:, 1].to(U.dtype)
+        if ctx is not None:
+            ctx.fused = fused
             ctx.save_for_backward(crow, col, values, t_crow, t_col, t_values, U, S, P, lam, G, sums)
             ctx.blockdiag = blockdiag
-            loss = loss.to(U.dtype)
-            return loss, torch.zeros_like(loss)
-        sums, G = (sparse_loss_terms if ctx.fused else sparse_loss_terms_torch)(U, S, P, lam)
-        loss = x_sq - 2 * sums[:, 0] + G.to(torch.float64).pow(2).sum((-2, -1))
-        ctx.save_for_backward(crow, col, values, t_crow, t_col, t_values, U, S, P, lam, G, sums)
-        ctx.blockdiag = blockdiag
-        return loss.to(U.dtype), sums[:, 1].to(U.dtype)
+        return loss, reg
 
     @staticmethod
     @once_differentiable
@@ -247,9 +260,11 @@ def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None):
     lam_b = as_lam(lam, U, check=False).expand(batch).reshape(B).contiguous()
     row_sq = _row_sq_norms(A)
     x_sq = row_sq.reshape(B, n).sum(1) if blockdiag else row_sq.sum().expand(B)
-    loss, reg = _SparseLayerLoss.apply(
-        A.crow_indices, A.col_indices, A.values, *t, x_sq, U3, P3, lam_b, blockdiag
-    )
+    args = (A.crow_indices, A.col_indices, A.values, *t, x_sq, U3, P3, lam_b, blockdiag)
+    if needs_grad(U3, P3, lam_b):
+        loss, reg = _SparseLayerLoss.apply(*args)
+    else:  # nothing to differentiate: the forward alone, without an autograd node
+        loss, reg = _SparseLayerLoss.forward(None, *args)
     return loss.reshape(batch), (reg.reshape(batch) if P is not None else None)
 
 
