@@ -184,13 +184,13 @@ def test_reproduce_tiny_subset_end_to_end(tmp_path, capsys, torch_threads):
     assert rc == 0
     assert torch.get_num_threads() == threads  # set for each fit only
     printed = capsys.readouterr().out
-    for name in ("SymNMF-Net", "SymANLS", "SymHALS", "PGD", "SymNewton", "ADMM"):
+    for name in ("SymNMF-Net", "SymANLS", "SymHALS", "PGD", "SymNewton", "ADMM", "Net(paper)"):
         assert name in printed
     assert "NMI = MI / max(H(true), H(pred))" in printed
     table = (out / "results.md").read_text()
-    assert table.count("| digits (n=80, r=10) |") == 6
+    assert table.count("| digits (n=80, r=10) |") == 7  # both recipes of the net and the five solvers
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["net", "anls", "hals", "pgd", "newton", "admm"]
+    assert [r["method"] for r in rows] == ["net", "anls", "hals", "pgd", "newton", "admm", "net-paper"]
     for row in rows:
         for key in ("rel_error", "acc", "nmi", "purity", "seconds"):
             assert np.isfinite(row[key]), row
@@ -302,6 +302,8 @@ def test_front_ends_share_the_defaults():
         assert params[name].default == value, name
     for command in ("cluster", "reproduce"):
         args = build_parser().parse_args([command] + (["x.npy"] if command == "cluster" else []))
-        assert (args.lr, args.beta, args.relative_lr) == (NET_DEFAULTS["lr"], NET_DEFAULTS["beta"], True)
+        assert (args.lr, args.beta, args.relative_lr) == (NET_DEFAULTS["lr"], NET_DEFAULTS["beta"],
+                                                          NET_DEFAULTS["relative_lr"])
         assert args.max_iter is None and args.epochs is None and args.dtype == "auto" and args.threads == 0
     assert params["max_iter"].default is None and params["dtype"].default is None
+    assert params["recipe"].default == build_parser().parse_args(["cluster", "x.npy"]).recipe == "default"

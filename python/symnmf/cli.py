@@ -276,7 +276,7 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
     run = fit_affinity(
         X, k, args.solver, random_state=args.seed,
         max_iter=args.epochs if args.solver == "net" else args.max_iter, tol=args.tol, threads=threads,
-        net_options={"lr": args.lr, "relative_lr": args.relative_lr, "beta": args.beta},
+        net_options={"lr": args.lr, "relative_lr": args.relative_lr, "beta": args.beta}, recipe=args.recipe,
     )
     result = {
         "input": source, "affinity": affinity, "solver": args.solver, "n_clusters": k, "n": int(X.shape[0]),
@@ -388,18 +388,20 @@ def _bench(args):
 
 
 # ----------------------------------------------------------------------- parser
-def _net_arguments(p):
-    from .fitting import NET_DEFAULTS
+def _net_arguments(p, recipe=True):
+    from .net import RECIPES
 
-    p.add_argument("--lr", type=float, default=NET_DEFAULTS["lr"],
-                   help=f"SymNMF-Net learning rate, relative to each weight's initial scale "
-                        f"(default {NET_DEFAULTS['lr']})")
-    p.add_argument("--absolute-lr", dest="relative_lr", action="store_false",
+    if recipe:
+        p.add_argument("--recipe", choices=sorted(RECIPES), default="default",
+                       help="SymNMF-Net's training recipe (default: the library's, 4 restarts kept by consensus and "
+                            "a SymHALS finish; paper: the paper's settings); the options below override it")
+    p.add_argument("--lr", type=float, default=None,
+                   help="SymNMF-Net learning rate, relative to each weight's initial scale (default: the recipe's)")
+    p.add_argument("--absolute-lr", dest="relative_lr", action="store_const", const=False, default=None,
                    help="SymNMF-Net: the paper's absolute Adam step instead (the paper uses --lr 0.5 for images, "
                         "0.3 for text; on normalised graphs that step is far larger than the weights)")
-    p.add_argument("--beta", type=float, default=NET_DEFAULTS["beta"],
-                   help=f"SymNMF-Net regulariser weight (default {NET_DEFAULTS['beta']}, the paper's; about 0.1 "
-                        "keeps ReLU-cut entries alive on normalised graphs, see SymNMFNet)")
+    p.add_argument("--beta", type=float, default=None,
+                   help="SymNMF-Net regulariser weight (default: the recipe's)")
 
 
 def _run_arguments(p):
@@ -433,7 +435,7 @@ def build_parser():
     c.add_argument("--key", help="array name inside an .npz")
     c.add_argument("--max-iter", type=int,
                    help="iterations of a classical solver (default: symnmf.fitting.DEFAULT_MAX_ITER, as SymNMF)")
-    c.add_argument("--epochs", type=int, help="training steps of SymNMF-Net (default 200)")
+    c.add_argument("--epochs", type=int, help="SymNMF-Net's most training steps (default: the recipe's)")
     _net_arguments(c)
     c.add_argument("--tol", type=float, help="stopping tolerance (projected-gradient norm relative to its start)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random start (SymNMF's random_state; default 0)")
@@ -446,11 +448,12 @@ def build_parser():
                        description="SymNMF-Net against SymANLS, SymHALS, PGD, SymNewton and ADMM on each data set: "
                                    "relative error, ACC, NMI, purity, iterations and time; convergence PNGs.")
     r.add_argument("--dataset", nargs="+", help="digits, mnist5k, mfeat-pix, or all (default: all available)")
-    r.add_argument("--methods", help=f"comma-separated subset of {methods} (default all)")
+    r.add_argument("--methods", help=f"comma-separated subset of {methods}, net-paper (default all; net-paper is "
+                                     "SymNMF-Net by the paper's settings)")
     r.add_argument("--max-iter", type=int,
                    help="iterations of every classical solver (default: symnmf.fitting.DEFAULT_MAX_ITER per solver)")
-    r.add_argument("--epochs", type=int, help="SymNMF-Net training steps (default 200)")
-    _net_arguments(r)
+    r.add_argument("--epochs", type=int, help="SymNMF-Net's most training steps (default: the recipe's)")
+    _net_arguments(r, recipe=False)  # the table has both recipes: methods net and net-paper
     r.add_argument("--tol", type=float, help="stopping tolerance passed to every method")
     r.add_argument("--runs", type=int, default=1, help="seeds per method; the table shows mean +- std")
     r.add_argument("--seed", type=int, default=0)

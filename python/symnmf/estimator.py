@@ -19,6 +19,7 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .fitting import AFFINITIES, SOLVERS, build_affinity, fit_affinity, resolve_device, resolve_dtype
+from .net import RECIPES
 from .validation import as_similarity, is_scipy_sparse
 
 __all__ = ["SymNMF"]
@@ -68,10 +69,10 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         Where to compute. Default: the device of a torch input, else CUDA when
         available, else the CPU.
     max_iter : int, optional
-        Iterations of a classical solver, or training epochs of the net; None:
-        `symnmf.fitting.DEFAULT_MAX_ITER[solver]` (each solver also stops at its
-        tolerance) or `DEFAULT_EPOCHS` (200) for the net. The CLI and
-        `symnmf reproduce` use the same defaults.
+        Iterations of a classical solver, or the most training steps of the net;
+        None: `symnmf.fitting.DEFAULT_MAX_ITER[solver]` (each solver also stops at
+        its tolerance) or the recipe's (400, with a plateau stop) for the net. The
+        CLI and `symnmf reproduce` use the same defaults.
     tol : float, optional
         Classical solvers: projected-gradient tolerance (relative to its initial
         value). Net: stop once the loss changes by less than tol times its
@@ -85,13 +86,22 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     metric : {"euclidean", "cosine"}
         Similarity of the kNN graph: Gaussian of distances (images, generic
         features) or cosine (text).
-    n_layers, beta, mu : SymNMF-Net's depth L, regulariser weight and L1 weight.
-    lr : float
-        SymNMF-Net's Adam learning rate.
-    relative_lr : bool
+    recipe : {"default", "paper"}
+        SymNMF-Net's training recipe (`symnmf.net.RECIPES`). "default": L = 5,
+        beta relative to lam^2, lam from ||X||_2, relative lr 0.1, a plateau
+        stop, 4 restarts trained together and one kept by a label-free
+        consensus, then 100 SymHALS iterations (docs/symnmf_net_study.md has
+        the study behind it). "paper": the paper's settings (L = 10,
+        beta = 5e-6, Adam at lr 0.5, one start).
+    n_layers, beta, mu : int, float, float or None
+        SymNMF-Net's depth L, regulariser weight and L1 weight; None keeps the
+        recipe's.
+    lr : float or None
+        SymNMF-Net's Adam learning rate; None keeps the recipe's.
+    relative_lr : bool or None
         Whether lr is relative to the scale of the net's weights (then training
         does not depend on the scale of X); with False it is Adam's absolute
-        step, as in the paper (lr = 0.5 there).
+        step, as in the paper (lr = 0.5 there). None keeps the recipe's.
     dtype : torch.float32, torch.float64, "float32", "float64" or None
         Precision; None keeps a float input's own precision (float64 for
         integer input, as scikit-learn converts it).
@@ -152,11 +162,12 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         "lam": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"kuang", "zhu"}), None],
         "n_neighbors": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "metric": [StrOptions({"euclidean", "cosine"})],
-        "n_layers": [Interval(numbers.Integral, 1, None, closed="left")],
-        "beta": [Interval(numbers.Real, 0, None, closed="left")],
-        "mu": [Interval(numbers.Real, 0, None, closed="left")],
-        "lr": [Interval(numbers.Real, 0, None, closed="neither")],
-        "relative_lr": ["boolean"],
+        "recipe": [StrOptions(set(RECIPES))],
+        "n_layers": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "beta": [Interval(numbers.Real, 0, None, closed="left"), None],
+        "mu": [Interval(numbers.Real, 0, None, closed="left"), None],
+        "lr": [Interval(numbers.Real, 0, None, closed="neither"), None],
+        "relative_lr": ["boolean", None],
         "dtype": [None, StrOptions({"float32", "float64"}), Options(torch.dtype, {torch.float32, torch.float64})],
         "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
@@ -175,11 +186,12 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         lam=None,
         n_neighbors=None,
         metric="euclidean",
-        n_layers=10,
-        beta=5e-6,
-        mu=0.0,
-        lr=0.1,
-        relative_lr=True,
+        recipe="default",
+        n_layers=None,
+        beta=None,
+        mu=None,
+        lr=None,
+        relative_lr=None,
         dtype=None,
         n_threads=None,
         verbose=False,
@@ -194,6 +206,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         self.lam = lam
         self.n_neighbors = n_neighbors
         self.metric = metric
+        self.recipe = recipe
         self.n_layers = n_layers
         self.beta = beta
         self.mu = mu
@@ -249,7 +262,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         result = fit_affinity(
             A, self.n_components, self.solver, random_state=self.random_state, max_iter=self.max_iter,
             tol=self.tol, lam=self.lam, threads="auto" if self.n_threads is None else self.n_threads,
-            verbose=bool(self.verbose),
+            verbose=bool(self.verbose), recipe=self.recipe,
             net_options=dict(n_layers=self.n_layers, beta=self.beta, mu=self.mu, lr=self.lr,
                              relative_lr=self.relative_lr),
         )

@@ -38,7 +38,8 @@ from .solvers.base import as_seed, init_factor, make_generator
 from .validation import as_similarity, check_rank, check_similarity
 
 __all__ = [
-    "SOLVERS", "SOLVER_NAMES", "AFFINITIES", "DEFAULT_MAX_ITER", "DEFAULT_EPOCHS", "NET_DEFAULTS", "SMALL_PROBLEM",
+    "SOLVERS", "SOLVER_NAMES", "AFFINITIES", "DEFAULT_MAX_ITER", "DEFAULT_EPOCHS", "DEFAULT_RECIPE", "NET_DEFAULTS",
+    "SMALL_PROBLEM",
     "FitResult", "resolve_device", "resolve_dtype", "build_affinity", "fit_affinity", "default_threads",
     "thread_limit", "show_progress", "sync_device",
 ]
@@ -54,11 +55,14 @@ AFFINITIES = ("nearest_neighbors", "precomputed")
 # tolerances within these caps; PGD and SymNewton (tol 1e-4) take thousands of iterations
 # more for changes in the 5th digit of the relative error.
 DEFAULT_MAX_ITER = {"anls": 300, "hals": 500, "pgd": 500, "newton": 200, "admm": 1000}
-DEFAULT_EPOCHS = 200
+DEFAULT_EPOCHS = None  # the net's training steps: None leaves them to the recipe (at most 400, plateau stop)
 
 # SymNMF-Net's settings used by the estimator, `symnmf cluster` and `symnmf reproduce` alike
 # (SymNMF's parameters of the same names default to these values).
-NET_DEFAULTS = {"n_layers": 10, "beta": 5e-6, "mu": 0.0, "lr": 0.1, "relative_lr": True}
+# SymNMF-Net's settings come from a named recipe (symnmf.net.RECIPES, see docs/symnmf_net_study.md);
+# a value given here or by the caller overrides the recipe's, None keeps it.
+DEFAULT_RECIPE = "default"
+NET_DEFAULTS = {"n_layers": None, "beta": None, "mu": None, "lr": None, "relative_lr": None}
 
 # n * rank below which a CPU fit runs on one thread (see the module docstring).
 SMALL_PROBLEM = 1 << 18
@@ -223,18 +227,15 @@ def _scalar(value):
     return float(value)
 
 
-def _fit_net(A, rank, seed, epochs, tol, progress, verbose, net_options):
-    """Train SymNMF-Net on A; returns (U, net, n_iter, converged, history)."""
-    from .net import SymNMFNet
+def _fit_net(A, rank, seed, epochs, tol, verbose, net_options, recipe):
+    """Train SymNMF-Net on A by `recipe` (restarts batched, one kept, see `symnmf.net.fit_net`);
+    returns (U, net, n_iter, converged, history)."""
+    from .net import fit_net
 
-    options = {**NET_DEFAULTS, **{k: v for k, v in (net_options or {}).items() if v is not None}}
-    train = {key: options.pop(key) for key in ("lr", "relative_lr")}
-    net = SymNMFNet(rank, random_state=seed, **options)
-    net.fit(A, epochs=epochs, tol=tol, progress=progress, verbose=verbose, **train)
-    with torch.no_grad():
-        U = net().detach()
-    converged = net.n_iter_ < epochs  # stopped before the cap: by its tolerance
-    return U, net, int(net.n_iter_), bool(converged), net.history_
+    options = {k: v for k, v in (net_options or {}).items() if v is not None}
+    result = fit_net(A, rank, recipe=recipe, random_state=seed, verbose=verbose, epochs=epochs, tol=tol, **options)
+    converged = result.n_iter < result.settings["epochs"]  # stopped before the cap: by its plateau rule
+    return result.U, result.net, int(result.n_iter), bool(converged), result.net.history_
 
 
 def _fit_solver(A, rank, solver, seed, max_iter, tol, lam, progress, verbose):
@@ -258,18 +259,20 @@ def _fit_solver(A, rank, solver, seed, max_iter, tol, lam, progress, verbose):
 
 
 def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, tol=None, lam=None,
-                 net_options=None, threads="auto", progress=None, verbose=False):
+                 net_options=None, recipe=DEFAULT_RECIPE, threads="auto", progress=None, verbose=False):
     """Factorise a similarity A from `build_affinity` at `rank` with one solver; a FitResult.
 
     solver: "net" (SymNMF-Net) or a classical solver of `symnmf.solvers`.
     random_state: None, an int or a numpy RandomState / Generator; the same int
       gives every solver and the net the same Kuang start.
     max_iter: iterations of a classical solver (default `DEFAULT_MAX_ITER`) or
-      Adam steps of the net (default `DEFAULT_EPOCHS`). tol: the solver's
-      stopping tolerance (None: its own default; for the net, no early stop).
+      the most Adam steps of the net (default: the recipe's). tol: the solver's
+      stopping tolerance (None: its own default; for the net, the recipe's plateau rule).
     lam: ANLS/HALS penalty, ADMM's rho, or the net's initial lam.
-    net_options: SymNMFNet's settings (n_layers, beta, mu, lr, relative_lr); the
-      ones missing or None take `NET_DEFAULTS`.
+    net_options: SymNMF-Net settings that override the recipe's (n_layers, beta, mu, lr,
+      relative_lr, or any other key of `symnmf.net.RECIPES`); None keeps the recipe's.
+    recipe: SymNMF-Net's training recipe, "default" (chosen in docs/symnmf_net_study.md:
+      4 restarts kept by consensus, then a SymHALS finish) or "paper" (the paper's settings).
     threads: "auto" (`default_threads`), None (leave torch's setting) or an int.
     progress: draw a bar (None: `show_progress(verbose)`).
     A is not checked again: build it with `build_affinity`.
@@ -283,8 +286,8 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
         threads = default_threads(n, rank, device)
     if progress is None:
         progress = show_progress(verbose)
-    if max_iter is None:
-        max_iter = DEFAULT_EPOCHS if solver == "net" else DEFAULT_MAX_ITER[solver]
+    if max_iter is None and solver != "net":
+        max_iter = DEFAULT_MAX_ITER[solver]
     seed = as_seed(random_state)
     net = None
     with thread_limit(threads):
@@ -294,8 +297,8 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
             options = dict(net_options or {})
             if lam is not None:
                 options["lam"] = lam
-            U, net, n_iter, converged, history = _fit_net(A, rank, seed, int(max_iter), tol, progress, verbose,
-                                                          options)
+            epochs = None if max_iter is None else int(max_iter)
+            U, net, n_iter, converged, history = _fit_net(A, rank, seed, epochs, tol, verbose, options, recipe)
             curve_iter = [int(e) for e in history.get("epoch", [])]
             curve_rel = [_scalar(v) for v in history.get("relative_error", [])]
         else:

@@ -48,7 +48,7 @@ from torch import nn
 import symnmf_kernels as sk
 from symnmf_kernels.ops.sparse_loss import sparse_layer_loss
 
-from .solvers.base import make_generator
+from .solvers.base import init_factor, make_generator
 from .validation import as_similarity, check_rank, check_similarity
 
 __all__ = ["SymNMFNet", "RECIPES", "NetResult", "fit_net", "kuang_init", "spectral_init", "sparse_factor",
@@ -138,23 +138,9 @@ def _batch_view(t):
 
 
 def kuang_init(X, rank, batch_shape=(), generator=None):
-    """Kuang et al.'s random start U_0 = 2 sqrt(mean(X) / r) * rand(..., n, r).
-
-    The scale makes the entries of U_0 U_0^T match the mean of X. The draws come
-    from `generator` on its own device (a CPU generator gives the same U_0 on
-    every device, and the same as `symnmf.solvers.init_factor` for one problem).
-    X is dense (..., n, n) or sparse (n, n); batch_shape are extra leading
-    dimensions (restarts).
-    """
-    n = X.shape[-1]
-    if _is_sparse(X):
-        mean = X.values().sum() / (n * n)
-    else:
-        mean = X.mean((-2, -1))
-    shape = (*batch_shape, *X.shape[:-2], n, rank) if not _is_sparse(X) else (*batch_shape, n, rank)
-    draw_device = generator.device if generator is not None else X.device
-    U0 = torch.rand(shape, generator=generator, dtype=X.dtype, device=draw_device).to(X.device)
-    return 2 * torch.sqrt(_batch_view(mean) / rank) * U0
+    """Kuang et al.'s random start U_0 = 2 sqrt(mean(X) / r) * rand(..., n, r): the package's one random
+    start, `symnmf.solvers.init_factor`, under the net's argument order (batch_shape = restarts)."""
+    return init_factor(X, rank, generator, batch_shape=batch_shape)
 
 
 def spectral_norm(X, iters=50):

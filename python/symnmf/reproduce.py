@@ -28,7 +28,7 @@ import torch
 
 from . import datasets as _datasets
 from .fitting import (
-    DEFAULT_EPOCHS, DEFAULT_MAX_ITER, NET_DEFAULTS, SOLVER_NAMES, SOLVERS, FitResult, build_affinity, fit_affinity,
+    DEFAULT_MAX_ITER, SOLVER_NAMES, SOLVERS, FitResult, build_affinity, fit_affinity,
     resolve_device, resolve_dtype, sync_device,
 )
 from .metrics import accuracy, nmi, purity
@@ -37,8 +37,10 @@ __all__ = [
     "METHODS", "METHOD_NAMES", "MethodRun", "run_method", "score", "reproduce", "format_table", "plot_convergence",
 ]
 
-METHODS = SOLVERS
-METHOD_NAMES = SOLVER_NAMES
+# SymNMF-Net twice: with the library's default recipe ("net") and with the paper's settings ("net-paper").
+METHODS = (*SOLVERS, "net-paper")
+METHOD_NAMES = {**SOLVER_NAMES, "net": "SymNMF-Net", "net-paper": "Net(paper)"}
+_RECIPE = {"net": "default", "net-paper": "paper"}
 MethodRun = FitResult
 
 
@@ -46,19 +48,23 @@ def run_method(X, rank, method, max_iter=None, epochs=None, lr=None, relative_lr
                device=None, beta=None, threads="auto"):
     """Factorise the similarity X (from `symnmf.fitting.build_affinity`) at ``rank``: a FitResult.
 
-    method: "net" (SymNMF-Net trained for ``epochs`` Adam steps at ``lr``, relative to the
-    scale of each weight when ``relative_lr``, with regulariser weight ``beta``; see `SymNMFNet`) or a
-    solver name of `symnmf.solvers` (run for ``max_iter`` iterations or to ``tol``). None
-    takes the defaults of `symnmf.fitting`, shared with `SymNMF` and `symnmf cluster`.
+    method: "net" (SymNMF-Net by the default recipe), "net-paper" (by the paper's settings;
+    see `symnmf.net.RECIPES`; ``epochs``, ``lr``, ``relative_lr`` and ``beta`` override the
+    recipe's) or a solver name of `symnmf.solvers` (run for ``max_iter`` iterations or to
+    ``tol``). None takes the defaults of `symnmf.fitting`, shared with `SymNMF` and `symnmf cluster`.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if device is not None:
         X = X.to(torch.device(device))
-    return fit_affinity(
-        X, rank, method, random_state=seed, max_iter=epochs if method == "net" else max_iter, tol=tol,
-        net_options={"lr": lr, "relative_lr": relative_lr, "beta": beta}, threads=threads,
+    net = method in _RECIPE
+    result = fit_affinity(
+        X, rank, "net" if net else method, random_state=seed, max_iter=epochs if net else max_iter, tol=tol,
+        net_options={"lr": lr, "relative_lr": relative_lr, "beta": beta}, recipe=_RECIPE.get(method, "default"),
+        threads=threads,
     )
+    result.method = method
+    return result
 
 
 def score(labels_true, labels_pred):
@@ -172,11 +178,9 @@ def reproduce(
         meta = {
             "device": str(device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "dtype": str(X.dtype).replace("torch.", ""), "runs": runs, "seed": seed, "subset": subset,
-            "lr": NET_DEFAULTS["lr"] if lr is None else lr,
-            "relative_lr": NET_DEFAULTS["relative_lr"] if relative_lr is None else relative_lr,
-            "beta": NET_DEFAULTS["beta"] if beta is None else beta, "tol": tol,
+            "net recipes": {m: r for m, r in _RECIPE.items() if m in methods},
+            "net overrides": {"lr": lr, "relative_lr": relative_lr, "beta": beta, "epochs": epochs}, "tol": tol,
             "max_iter": max_iter if max_iter is not None else DEFAULT_MAX_ITER,
-            "epochs": epochs if epochs is not None else DEFAULT_EPOCHS,
         }
         with open(os.path.join(out_dir, "results.md"), "w") as f:
             f.write(format_table(rows, markdown=True, meta=meta))
