@@ -313,3 +313,28 @@ def test_nccl_matches_one_process(tmp_path, graph, single):
     labels = np.load(os.path.join(root, f"w{world}-hals-labels.npy"))
     assert np.array_equal(labels, single["hals"].labels)
     assert ranks[0]["hals"]["objective"] == pytest.approx(single["hals"].reconstruction_err ** 2, rel=1e-8)
+
+
+def test_symnmf_cluster_under_torchrun_gives_the_single_process_labels(tmp_path, graph):
+    # The command itself, sharded over 2 ranks by torchrun, against the same command in one process.
+    import subprocess
+    import sys
+
+    A, _ = graph
+    path = tmp_path / "graph.npz"
+    sp.save_npz(path, sp.csr_matrix(A))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("TRITON_INTERPRET", None)
+    common = ["cluster", str(path), "-k", str(K), "--solver", "hals", "--seed", "0", "--max-iter", "30"]
+    one = subprocess.run([sys.executable, "-m", "symnmf", *common, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",  # torchrun
+                str(_free_port())]
+    two = subprocess.run([*torchrun, "-m", "symnmf", *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "on 2 ranks" in two.stdout
+    labels_one = np.loadtxt(tmp_path / "one" / "labels.txt", dtype=np.int64)
+    labels_two = np.loadtxt(tmp_path / "two" / "labels.txt", dtype=np.int64)
+    np.testing.assert_array_equal(labels_two, labels_one)

@@ -208,6 +208,25 @@ def _device(name):
 
 
 # ---------------------------------------------------------------------- cluster
+def _cluster_sharded(args, threads):
+    """`symnmf cluster` under torchrun: each rank reads its own rows of the graph (symnmf.distributed)."""
+    from . import distributed
+
+    if args.input is None or args.affinity == "features" or args.n_clusters is None:
+        raise CommandError("under torchrun, symnmf cluster takes a precomputed affinity (an .npz from "
+                           "scipy.sparse.save_npz, or a save_shards folder) and -k")
+    if args.solver not in distributed.SOLVERS:
+        raise CommandError(f"--solver {args.solver} is not sharded; under torchrun use one of "
+                           f"{', '.join(sorted(distributed.SOLVERS))}")
+    run = distributed.cluster(args.input, args.n_clusters, args.solver, seed=args.seed, max_iter=args.max_iter,
+                              tol=args.tol, dtype=args.dtype, device=args.device, threads=threads, out=args.out,
+                              return_fit=True)
+    if run is not None:  # rank 0 wrote the outputs
+        print(f"{args.solver}: rank {args.n_clusters}, {run.n_iter} iterations, {run.seconds:.2f} s on "
+              f"{run.world_size} ranks, relative error {run.rel_error:.4f}")
+    return 0
+
+
 def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` stays fast
     from . import datasets
     from .fitting import SOLVERS, build_affinity, fit_affinity
@@ -224,6 +243,8 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
             raise CommandError(f"--{name.replace('_', '-')} must be {'>= 1' if name == 'n_neighbors' else '>= 0'}")
     threads = _threads(args.threads)
     _check_out(args.out, args.overwrite, CLUSTER_FILES)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _cluster_sharded(args, threads)
     labels_true = None
     if args.dataset is not None:
         try:
