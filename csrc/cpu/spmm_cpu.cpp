@@ -14,6 +14,9 @@ namespace {
 
 // Below this many multiply-adds starting threads costs more than the product.
 constexpr int64_t kParallelWork = 1 << 15;
+// Rows of dense at least this wide (bytes) are prefetched this many nonzeros ahead (csrc/cpu/spmm_cpu_rows.h).
+constexpr int64_t kPrefetchDistance = 12;
+constexpr size_t kPrefetchRowBytes = 128;
 
 // Row pointers must start at 0, never decrease and end at nnz: then every row's
 // range [crow[i], crow[i+1]) lies inside col_indices.

@@ -1,17 +1,26 @@
 // The row loops of the CPU SpMM (csrc/cpu/spmm_cpu.cpp). Included there once per instruction set, inside a
-// namespace of its own, so there is no include guard.
+// namespace of its own, so there is no include guard; it uses kPrefetchDistance and kPrefetchRowBytes from
+// that file.
 
 // acc[0..W) += sum over row i's nonzeros of val[k] * u[col[k], c0 .. c0 + W), W fixed at compile time, then
-// stored once. An out-of-range column index is skipped and its position kept in bad. (Software prefetch of the
-// rows of u a few nonzeros ahead measured 5-20% slower on a Xeon with random graphs of 1e5 nodes: the
-// hardware keeps enough gathers in flight by itself.)
+// stored once. An out-of-range column index is skipped and its position kept in bad. Rows of u of at least
+// kPrefetchRowBytes are prefetched kPrefetchDistance nonzeros ahead (within the whole matrix); narrower rows
+// are not (on a Xeon with random graphs of 1e5-3e5 nodes the prefetch cost 5-20% at r <= 16 in float32 and
+// gained 5-15% from r = 32 up, bench/results/bench_cpu-*.md).
 template <int W, typename scalar_t, typename index_t>
 inline void row_fixed(int64_t start, int64_t end, int64_t nnz, const index_t* __restrict__ col,
                       const scalar_t* __restrict__ val, const scalar_t* __restrict__ u, int64_t n_cols,
                       int64_t stride_n, int64_t c0, scalar_t* __restrict__ o, int64_t& bad) {
+  constexpr int kLine = 64 / sizeof(scalar_t);
   scalar_t acc[W];
   for (int c = 0; c < W; ++c) acc[c] = scalar_t(0);
   for (int64_t k = start; k < end; ++k) {
+    if constexpr (W * sizeof(scalar_t) >= kPrefetchRowBytes) {
+      if (k + kPrefetchDistance < nnz) {
+        const scalar_t* next = u + static_cast<int64_t>(col[k + kPrefetchDistance]) * stride_n + c0;
+        for (int c = 0; c < W; c += kLine) __builtin_prefetch(next + c, 0, 1);
+      }
+    }
     const int64_t j = static_cast<int64_t>(col[k]);
     if (static_cast<uint64_t>(j) >= static_cast<uint64_t>(n_cols)) {
       bad = k;
