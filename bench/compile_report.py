@@ -139,24 +139,25 @@ PRECISION = [get_dot_precision()]
 PRODUCT_KERNELS = {"apply_kernel", "sparse_loss_grad_kernel", "sym_loss_partials_kernel"}
 
 
-def tensor_core_ops(cubin):
-    """The tensor-core instructions in the cubin's SASS: "HGMMA" (wgmma), "HMMA" (mma) or "none"."""
+def cuobjdump(cubin, flag):
+    """The output of Triton's own cuobjdump with `flag` on a cubin."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
+        return subprocess.run([tool, flag, f.name], capture_output=True, text=True).stdout
+
+
+def tensor_core_ops(cubin):
+    """The tensor-core instructions in the cubin's SASS: "HGMMA" (wgmma), "HMMA" (mma) or "none"."""
+    sass = cuobjdump(cubin, "-sass")
     found = [op for op in ("HGMMA", "HMMA", "DMMA") if re.search(r"\b" + op + r"\.", sass)]
     return "+".join(found) if found else "none"
 
 
 def resources(cubin):
     """(registers, stack bytes, local bytes, shared bytes) of the cubin's kernel, from cuobjdump."""
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    out = cuobjdump(cubin, "--dump-resource-usage")
     field = lambda name: int(re.search(name + r":(\d+)", out).group(1)) if re.search(name + r":(\d+)", out) else -1
     return field("REG"), field("STACK"), field("LOCAL"), field("SHARED")
 
