@@ -178,12 +178,20 @@ class _SparseLayerLoss(torch.autograd.Function):
             sums = _dot64(U, S)[:, None]
             loss = (x_sq + _dot64(G, G)).sub_(sums[:, 0], alpha=2).to(U.dtype)
             reg = torch.zeros_like(loss)
+        elif not fused:  # torch path with a regulariser: R is kept for the backward, where dP = 2 greg R
+            R = torch.addcmul(P - S, _col(lam), U, value=-1)
+            sums = torch.stack([_dot64(U, S), _dot64(R, R), _dot64(R, U)], dim=-1)
+            G = U.mT @ U
+            loss = (x_sq - 2 * sums[:, 0] + _dot64(G, G)).to(U.dtype)
+            reg = sums[:, 1].to(U.dtype)
+            P = R
         else:
-            sums, G = (sparse_loss_terms if fused else sparse_loss_terms_torch)(U, S, P, lam)
+            sums, G = sparse_loss_terms(U, S, P, lam)
             loss = (x_sq - 2 * sums[:, 0] + G.to(torch.float64).pow(2).sum((-2, -1))).to(U.dtype)
             reg = sums[:, 1].to(U.dtype)
         if ctx is not None:
             ctx.fused = fused
+            # On the torch path the slot of P holds R = P - S - lam U (None without P).
             ctx.save_for_backward(crow, col, values, t_crow, t_col, t_values, U, S, P, lam, G, sums)
             ctx.blockdiag = blockdiag
         return loss, reg
@@ -197,9 +205,10 @@ class _SparseLayerLoss(torch.autograd.Function):
         gloss, greg = _vec(gloss.to(U.dtype), B), _vec(greg.to(U.dtype), B)
         dU = dP = dlam = None
         # W = 2 greg R is dP and, through X^T W + lam W, the regulariser's part of dU.
-        reg_grad, loss_grad = (sparse_reg_grad, sparse_loss_grad) if ctx.fused else (
-            sparse_reg_grad_torch, sparse_loss_grad_torch)
-        W = reg_grad(U, S, P, lam, 2 * greg) if P is not None and (need_u or need_p) else None
+        W = None
+        if P is not None and (need_u or need_p):
+            W = sparse_reg_grad(U, S, P, lam, 2 * greg) if ctx.fused else P * _col(2 * greg)  # P is R there
+        loss_grad = sparse_loss_grad if ctx.fused else sparse_loss_grad_torch
         if need_u:
             if t_crow is None:  # symmetric X: -2 (X U + X^T U) = -4 S
                 V, coef_s = W, -4 * gloss
