@@ -244,6 +244,19 @@ def test_bench_passes_arguments_through(tmp_path):
     assert main(["bench", "--bench-dir", str(tmp_path), "block"]) == 3
 
 
+def test_bench_on_the_cpu_runs_the_cpu_backend_benchmark(tmp_path):
+    # `symnmf bench --device cpu` runs bench_cpu.py alone; a named GPU benchmark gets --device.
+    for name in ("block", "spmm", "solvers", "cpu"):
+        record = tmp_path / f"{name}.json"
+        (tmp_path / f"bench_{name}.py").write_text(
+            f"import json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n")
+    assert main(["bench", "--bench-dir", str(tmp_path), "--device", "cpu", "all", "--quick"]) == 0
+    assert json.loads((tmp_path / "cpu.json").read_text()) == ["--quick"]
+    assert not (tmp_path / "block.json").exists() and not (tmp_path / "spmm.json").exists()
+    assert main(["bench", "--bench-dir", str(tmp_path), "--device", "cpu", "block", "--sizes", "tiny"]) == 0
+    assert json.loads((tmp_path / "block.json").read_text()) == ["--device", "cpu", "--sizes", "tiny"]
+
+
 def test_bench_without_bench_folder(tmp_path, capsys):
     assert main(["bench", "--bench-dir", str(tmp_path), "spmm"]) == 2
     assert "--bench-dir" in capsys.readouterr().err

@@ -21,7 +21,10 @@ from .validation import is_scipy_sparse
 
 __all__ = ["main", "load_matrix", "build_parser"]
 
-BENCHMARKS = {"block": "bench_block.py", "spmm": "bench_spmm.py", "solvers": "bench_solvers.py"}
+BENCHMARKS = {"block": "bench_block.py", "spmm": "bench_spmm.py", "solvers": "bench_solvers.py",
+              "reorder": "bench_reorder.py", "cpu": "bench_cpu.py"}
+# What `symnmf bench all` runs: the kernel benchmarks on a GPU, the CPU backend's on the CPU.
+BENCH_ALL = {"cuda": ("block", "spmm", "solvers"), "cpu": ("cpu",)}
 
 
 class CommandError(Exception):
@@ -386,12 +389,25 @@ def _bench_dir(explicit):
     )
 
 
+def _cuda_available():
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _bench(args):
     folder = _bench_dir(args.bench_dir)
-    names = list(BENCHMARKS) if args.which == "all" else [args.which]
+    device = args.device or ("cuda" if importlib.util.find_spec("torch") and _cuda_available() else "cpu")
+    names = list(BENCH_ALL[device]) if args.which == "all" else [args.which]
     passthrough = list(args.args)
     if passthrough and passthrough[0] == "--":
         passthrough = passthrough[1:]
+    if args.device:
+        # bench_cpu.py measures the CPU backend only; the others take --device.
+        passthrough_for = {name: passthrough if name == "cpu" else ["--device", args.device, *passthrough]
+                           for name in names}
+    else:
+        passthrough_for = {name: passthrough for name in names}
     status = 0
     for name in names:
         script = os.path.join(folder, BENCHMARKS[name])
@@ -399,7 +415,7 @@ def _bench(args):
             print(f"skipping {name}: {script} is not there", file=sys.stderr)
             status = status or 1
             continue
-        command = [sys.executable, script, *passthrough]
+        command = [sys.executable, script, *passthrough_for[name]]
         print("$ " + " ".join(command), flush=True)
         rc = subprocess.call(command)
         if rc != 0:
@@ -490,7 +506,11 @@ def build_parser():
                        description="Run bench/bench_<name>.py; the arguments after the name go to the script "
                                    "(e.g. `symnmf bench block --sizes tiny`).")
     b.add_argument("--bench-dir", help="the bench/ folder (default: ./bench or the checkout's bench/)")
-    b.add_argument("which", choices=(*BENCHMARKS, "all"), help="which benchmark")
+    b.add_argument("--device", choices=("cuda", "cpu"),
+                   help="cpu: `all` runs the CPU backend's benchmark (bench_cpu.py, every op against eager torch "
+                        "and torch.compile); the other scripts get --device (default: cuda when available)")
+    b.add_argument("which", nargs="?", default="all", choices=(*BENCHMARKS, "all"),
+                   help="which benchmark (default all: block, spmm and solvers on a GPU, cpu on the CPU)")
     b.add_argument("args", nargs=argparse.REMAINDER, help="passed to the script")
     b.set_defaults(func=_bench)
     return parser
