@@ -19,7 +19,7 @@ PRELUDE = (
     "dev = {dev!r}\n"
 )
 CASES = {
-    "control: torch's own C++ ValueError-free error": "torch.zeros(2, 3, device=dev) @ torch.zeros(4, 5, device=dev)",
+    "control: a RuntimeError from torch's own C++": "torch.zeros(2, 3, device=dev) @ torch.zeros(4, 5, device=dev)",
     "metadata check (TORCH_CHECK_VALUE, header)": "op(t([0, 1], device=dev), t([0], device=dev), torch.ones(1, device=dev, dtype=torch.float64), torch.ones(3, device=dev, dtype=torch.float64))",
     "dtype check (TORCH_CHECK_TYPE, header)": "op(t([0, 1], device=dev), t([0], device=dev), torch.ones(1, device=dev), torch.ones(1, 2, device=dev, dtype=torch.float64))",
     "row pointers (TORCH_CHECK_VALUE, cpu file)": "op(t([0, 2, 1, 3], device=dev), t([0, 1, 2], device=dev), torch.ones(3, device=dev, dtype=torch.float64), torch.rand(3, 2, device=dev, dtype=torch.float64))",

@@ -73,12 +73,12 @@ def test_spd_inverse_gradcheck(device):
 def test_wide_inverse_through_torch_cholesky_keeps_the_contract(device):
     # Above BLOCK_R = 64 a CUDA G goes through torch's Cholesky instead of the register kernel:
     # the same values, info 1 and an all-NaN inverse for a matrix that is not positive definite.
-    from symnmf_kernels.ops import _launch
+    from symnmf_kernels.ops.spd_inverse import spd_inverse_torch
 
     A = torch.randn(3, 100, 100, device=device, dtype=torch.float64)
     G = A @ A.mT + 100 * torch.eye(100, device=device, dtype=torch.float64)
     G[1] = -G[1]
-    inv, info = _launch._spd_inverse_cusolver(G)
+    inv, info = spd_inverse_torch(G)
     assert info.tolist() == [0, 1, 0] and info.dtype == torch.int32
     assert torch.isnan(inv[1]).all()
     for b in (0, 2):
