@@ -29,6 +29,7 @@ __all__ = [
     "sparse_layer_loss",
     "hals_sweep",
     "hals_sweep_",
+    "nnls",
 ]
 
 
@@ -164,3 +165,46 @@ def hals_sweep(W, C, B, *, V=None, lam=0.0, revive=True):
     """Out-of-place `hals_sweep_`: (updated copy of W, its column maxima)."""
     W = W.clone()
     return W, hals_sweep_(W, C, B, V=V, lam=lam, revive=revive)
+
+
+def _passive_solution(G, C, F):
+    """x with x_F = G_FF^{-1} c_F, x = 0 off F, for every row: the masked system G * F F^T + diag(1 - F)."""
+    Fd = F.to(G.dtype)
+    M = G.unsqueeze(-3) * (Fd.unsqueeze(-1) * Fd.unsqueeze(-2)) + torch.diag_embed(1 - Fd)
+    x, info = torch.linalg.solve_ex(M, (C * Fd).unsqueeze(-1))
+    return torch.where((info != 0).unsqueeze(-1), float("nan"), x.squeeze(-1) * Fd)
+
+
+def nnls(G, C, x0=None, *, max_rounds=None):
+    """Rows of argmin_{x >= 0} 1/2 x^T G x - c^T x for the rows c of C (..., m, k), G (..., k, k) read as its
+    symmetric part: block principal pivoting (Kim & Park 2011) over all rows at once, every row re-solved every
+    round. The last solve is differentiable, so autograd gives the derivative on the final active set.
+
+    A NaN or Inf in a row of C, or in G, makes that row NaN.
+    """
+    G = 0.5 * (G + G.mT)
+    k = G.shape[-1]
+    if max_rounds is None:
+        max_rounds = 5 * k + 20
+    tol = (2.0 ** -17 if C.dtype == torch.float32 else 2.0 ** -46) * C.detach().abs().amax(-1, keepdim=True)
+    F = (x0 > 0) if x0 is not None else torch.zeros(C.shape, dtype=torch.bool, device=C.device)
+    alpha = torch.full(C.shape[:-1], 3, device=C.device)
+    beta = torch.full(C.shape[:-1], k + 1, device=C.device)
+    with torch.no_grad():
+        for rounds in range(max_rounds + 1):
+            X = _passive_solution(G, C, F)
+            Y = (X.unsqueeze(-2) @ G.unsqueeze(-3)).squeeze(-2) - C
+            infeasible = (F & (X < 0)) | (~F & (Y < -tol))
+            count = infeasible.sum(-1)
+            if rounds == max_rounds or not bool(count.any()):
+                break
+            fewer = count < beta
+            full_exchange = fewer | (alpha >= 1)
+            beta = torch.where(fewer, count, beta)
+            alpha = torch.where(fewer, 3, torch.where(alpha >= 1, alpha - 1, alpha))
+            cols = torch.arange(k, device=C.device)
+            largest = torch.where(infeasible, cols, -1).amax(-1, keepdim=True)
+            F = F ^ torch.where(full_exchange.unsqueeze(-1), infeasible, cols == largest)
+    X = _passive_solution(G, C, F)
+    poison = (C * 0).sum(-1, keepdim=True) + (G * 0).sum((-2, -1))[..., None, None]
+    return torch.where(X < 0, 0.0, X) + poison

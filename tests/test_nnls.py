@@ -97,3 +97,188 @@ def test_bad_input():
         nnls_gram(B, torch.ones(5, 3, dtype=torch.float64), X0=torch.ones(4, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="dtype"):
         nnls_gram(B, torch.ones(5, 3, dtype=torch.float32))
+
+
+# ---- the op symnmf_kernels.nnls (Triton kernel under TRITON_INTERPRET=1 on the CPU) and its reference twin ----
+
+import symnmf_kernels as sk  # noqa: E402
+from symnmf_kernels import reference  # noqa: E402
+from symnmf_kernels.ops.nnls import nnls_op, nnls_passive_solve, nnls_torch  # noqa: E402
+from conftest import rel_err  # noqa: E402
+
+OP_TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
+
+
+def least_squares(k, m, rows_a=None, batch=(), device="cpu", dtype=torch.float64, generator=None):
+    """(A, Bt, G, C) of min ||A x - b|| for the columns b of Bt: G = A^T A, C = Bt^T A."""
+    rows_a = rows_a or 2 * k + 3
+    A = torch.randn(*batch, rows_a, k, dtype=torch.float64, generator=generator)
+    Bt = torch.randn(*batch, rows_a, m, dtype=torch.float64, generator=generator)
+    G, C = A.mT @ A, Bt.mT @ A
+    return A, Bt, G.to(device, dtype), C.to(device, dtype)
+
+
+def scipy_solution(A, Bt):
+    A, Bt = A.reshape(-1, *A.shape[-2:]).numpy(), Bt.reshape(-1, *Bt.shape[-2:]).numpy()
+    out = np.stack([scipy_rows(a, bt) for a, bt in zip(A, Bt)])
+    return torch.tensor(out)
+
+
+def kkt_violation(G, C, X):
+    """max of the KKT residuals relative to max |C|: -x, -(G x - c), |x (G x - c)| (all <= 0 at the optimum)."""
+    G, C, X = G.double(), C.double(), X.double()
+    Y = X @ G - C
+    scale = C.abs().max()
+    return max(float((-X).max()), float((-Y).max()) / scale, float((X * Y).abs().max() / (scale * X.abs().max())))
+
+
+@pytest.mark.parametrize("k,m", [(1, 1), (1, 40), (5, 1003), (16, 37)])
+def test_op_equals_scipy(device, k, m):
+    A, Bt, G, C = least_squares(k, m, device=device)
+    X = sk.nnls(G, C)
+    assert X.shape == C.shape
+    expected = scipy_solution(A, Bt)[0]
+    assert rel_err(X, expected) <= OP_TOL[torch.float64]
+    assert rel_err(reference.nnls(G, C), expected) <= OP_TOL[torch.float64]
+    assert kkt_violation(G, C, X) <= 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_op_batched_matches_reference_and_kkt(device, dtype):
+    A, Bt, G, C = least_squares(9, 29, batch=(3, 1), device=device, dtype=dtype)
+    X = sk.nnls(G, C)
+    expected = scipy_solution(A, Bt).reshape(3, 1, 29, 9)
+    assert rel_err(X, expected) <= OP_TOL[dtype]
+    assert rel_err(X, reference.nnls(G.double(), C.double())) <= OP_TOL[dtype]
+    assert kkt_violation(G, C, X) <= (1e-5 if dtype == torch.float32 else 1e-12)
+    assert int((X > 0).sum()) > 0 and int((X == 0).sum()) > 0  # both sets are exercised
+
+
+def test_op_torch_path_matches_scipy():
+    """The CPU torch path (distinct passive sets solved once) on its own, outside the interpreter."""
+    A, Bt, G, C = least_squares(7, 501, batch=(2,))
+    X = nnls_torch(G, C, None, 55)
+    assert rel_err(X, scipy_solution(A, Bt)) <= OP_TOL[torch.float64]
+
+
+def test_op_non_contiguous_inputs(device):
+    A, Bt, G, C = least_squares(6, 45, device=device)
+    Cn = C.mT.contiguous().mT  # column-major rows
+    Gn = G.mT.contiguous().mT
+    x0 = torch.rand(6, 45, dtype=torch.float64, device=device).mT
+    assert not Cn.is_contiguous() and not x0.is_contiguous()
+    expected = scipy_solution(A, Bt)[0]
+    assert rel_err(sk.nnls(Gn, Cn), expected) <= OP_TOL[torch.float64]
+    assert rel_err(sk.nnls(Gn, Cn, x0), expected) <= OP_TOL[torch.float64]
+
+
+def test_op_warm_start_gives_the_same_solution(device):
+    A, Bt, G, C = least_squares(8, 70, device=device)
+    expected = scipy_solution(A, Bt)[0]
+    wrong = torch.rand(70, 8, dtype=torch.float64) * (torch.rand(70, 8) < 0.5)
+    near = expected + 0.01 * (torch.rand(70, 8) < 0.2)
+    for x0 in (wrong, near, expected):
+        assert rel_err(sk.nnls(G, C, x0.to(device)), expected) <= OP_TOL[torch.float64]
+
+
+def test_op_exact_start_takes_no_pivoting(device):
+    """Started from the solution's passive sets, no round is needed: max_rounds=0 still gives the optimum."""
+    A, Bt, G, C = least_squares(5, 50, device=device)
+    expected = scipy_solution(A, Bt)[0]
+    assert rel_err(sk.nnls(G, C, expected.to(device), max_rounds=0), expected) <= OP_TOL[torch.float64]
+    # Without the warm start and without rounds the result is not the optimum: the test above can fail.
+    assert rel_err(sk.nnls(G, C, max_rounds=0), expected) > 1e-3
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy on NaN
+def test_op_nan_and_inf_give_nan(device):
+    A, Bt, G, C = least_squares(4, 9, device=device)
+    C = -C.abs()  # the optimum is x = 0 for every row: NaN must not be hidden as a zero
+    C[3, 1] = float("nan")
+    C[5, 0] = float("inf")
+    X = sk.nnls(G, C)
+    assert torch.isnan(X[3]).all() and torch.isnan(X[5]).all()
+    others = [i for i in range(9) if i not in (3, 5)]
+    assert torch.equal(X[others], torch.zeros_like(X[others]))
+    G_bad = G.clone()
+    G_bad[1, 2] = float("nan")
+    assert torch.isnan(sk.nnls(G_bad, C)).all()
+    assert torch.isnan(reference.nnls(G_bad, C)).all()
+
+
+def test_op_not_positive_definite_gives_nan(device):
+    G = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64, device=device))
+    C = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64, device=device)
+    X = sk.nnls(G, C)
+    assert torch.isnan(X[0]).all()  # index 1 enters the passive set, where G is not positive definite
+    assert torch.equal(X[1], torch.tensor([1.0, 0.0], dtype=torch.float64, device=device))
+
+
+def test_op_gradients_match_reference(device):
+    A, Bt, G, C = least_squares(6, 40, device=device)
+    dX = torch.randn(40, 6, dtype=torch.float64, device=device)
+    G1, C1 = G.clone().requires_grad_(), C.clone().requires_grad_()
+    dG, dC = torch.autograd.grad(sk.nnls(G1, C1), (G1, C1), dX)
+    G2, C2 = G.clone().requires_grad_(), C.clone().requires_grad_()
+    dG_ref, dC_ref = torch.autograd.grad(reference.nnls(G2, C2), (G2, C2), dX)
+    assert rel_err(dC, dC_ref) <= 1e-10
+    assert rel_err(dG, dG_ref) <= 1e-10
+    assert float(dC.abs().max()) > 0 and float(dG.abs().max()) > 0
+
+
+def test_op_gradcheck(device):
+    """At a strictly complementary point (the active set is stable under small perturbations)."""
+    gen = torch.Generator().manual_seed(11)
+    A, Bt, G, C = least_squares(3, 4, generator=gen)
+    X = reference.nnls(G, C)
+    Y = X @ G - C
+    assert float(torch.where(X > 0, X, Y).min()) > 1e-3  # strict complementarity, so finite differences apply
+    G, C = G.to(device).requires_grad_(), C.to(device).requires_grad_()
+    assert torch.autograd.gradcheck(lambda g, c: sk.nnls(g, c), (G, C), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda g, c: reference.nnls(g, c), (G, C))
+
+
+def test_op_gradient_of_least_squares_in_a():
+    """Through gram(A) and C = B^T A, the gradient in A of a loss of S = argmin ||B - A S|| matches finite
+    differences: the use the Neural NMF layers make of the op."""
+    gen = torch.Generator().manual_seed(5)
+    A = torch.rand(6, 3, dtype=torch.float64, generator=gen).requires_grad_()
+    Bm = torch.rand(6, 4, dtype=torch.float64, generator=gen)
+    W = torch.randn(3, 4, dtype=torch.float64, generator=gen)
+
+    def loss(A):
+        S = sk.nnls(sk.gram(A), Bm.mT @ A).mT
+        return (W * S).sum()
+
+    with torch.no_grad():
+        S = sk.nnls(sk.gram(A), Bm.mT @ A)
+        assert float((S == 0).sum()) > 0  # some of the active set is there
+    assert torch.autograd.gradcheck(loss, (A,), fast_mode=True)
+
+
+def test_op_is_a_custom_op(device):
+    A, Bt, G, C = least_squares(3, 7, device=device)
+    torch.library.opcheck(nnls_op, (G.clone().requires_grad_(), C.clone().requires_grad_(), None, 20))
+    X = sk.nnls(G, C)
+    torch.library.opcheck(nnls_passive_solve, (G, torch.randn_like(C), X))
+
+
+def test_op_bad_input_names_the_argument():
+    G = torch.eye(3, dtype=torch.float64)
+    C = torch.ones(5, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="G must be square"):
+        sk.nnls(torch.ones(3, 2, dtype=torch.float64), C)
+    with pytest.raises(ValueError, match="C must be"):
+        sk.nnls(G, torch.ones(5, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="batch shape"):
+        sk.nnls(G, torch.ones(2, 5, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="C is torch.float32"):
+        sk.nnls(G, C.float())
+    with pytest.raises(TypeError, match="C must be float32 or float64"):
+        sk.nnls(G, C.long())
+    with pytest.raises(ValueError, match="x0 must have"):
+        sk.nnls(G, C, torch.ones(4, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="max_rounds"):
+        sk.nnls(G, C, max_rounds=-1)
+    with pytest.raises(TypeError, match="G must be a torch.Tensor"):
+        sk.nnls(np.eye(3), C)

@@ -8,6 +8,7 @@ symnmf_kernels.reference.
 from .apply_relu import apply_relu, apply_relu_gram
 from .gram import gram
 from .hals import hals_sweep, hals_sweep_
+from .nnls import nnls
 from .sparse_loss import sparse_layer_loss, sparse_sym_loss
 from .spd_inverse import spd_inverse
 from .spmm import spmm
@@ -27,4 +28,5 @@ __all__ = [
     "sparse_layer_loss",
     "hals_sweep",
     "hals_sweep_",
+    "nnls",
 ]

@@ -11,6 +11,7 @@ from ..triton.symnmf_block import symnmf_block_small_kernel
 from ..triton.spd_inverse import spd_inverse_kernel
 from ..triton.gram import gram_finalize_kernel, gram_partials_kernel
 from ..triton.hals import fill_zero_columns_kernel, hals_sweep_kernel
+from ..triton.nnls import nnls_kernel
 from ..triton.sparse_loss import sparse_loss_grad_kernel, sparse_loss_terms_kernel, sparse_reg_grad_kernel
 from ..triton.sym_loss import sym_loss_partials_kernel
 from ._common import (
@@ -225,3 +226,27 @@ def hals_sweep_(W, C, B, V, lam, revive, fill_scale):
         colmax = torch.where(colmax == 0, fill, colmax)
     return colmax
 
+
+
+# The NNLS kernel keeps a (BLOCK_M, BLOCK_K, BLOCK_K) system tile per program: about 4096 values, so
+# BLOCK_M shrinks as k grows; beyond k = 32 the tile would spill and the op's torch path runs.
+NNLS_MAX_K = 32
+NNLS_TILE = 4096
+
+
+def nnls(G, C, X0, max_rounds, tol_rel, solve_only=False):
+    """Row-wise NNLS of C (B, m, k) with the Grams G (B, k, k), passive sets started from X0 > 0 (X0 may be None).
+
+    solve_only: solve on the passive sets X0 > 0 only, without pivoting or clipping (the backward's solve).
+    """
+    B, m, k = C.shape
+    BK = max(2, 1 << (k - 1).bit_length())
+    BM = max(1, min(128, NNLS_TILE // (BK * BK)))
+    X = torch.empty((B, m, k), dtype=C.dtype, device=C.device)
+    X0_arg = X0 if X0 is not None else C  # stands in for an unused pointer
+    nnls_kernel[(B * triton_cdiv(m, BM),)](
+        G, C, X0_arg, X, m, k, int(max_rounds), float(tol_rel),
+        *G.stride(), *C.stride(), *X0_arg.stride(), *X.stride(),
+        HAS_X0=X0 is not None, SOLVE_ONLY=solve_only, BLOCK_M=BM, BLOCK_K=BK, ACC=acc_dtype(C.dtype), num_warps=4,
+    )
+    return X
