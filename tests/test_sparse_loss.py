@@ -42,11 +42,16 @@ def dense_losses(Xd, U, P=None, lam=0.0):
     return reference.sparse_layer_loss(Xd.double(), U.double(), None if P is None else P.double(), lam)
 
 
-@pytest.fixture(params=["torch", "triton"])
+@pytest.fixture(params=["torch", "native", "triton"])
 def path(request, monkeypatch):
-    """Run the fused passes through plain torch, or through the Triton kernels (interpreter or GPU)."""
-    if request.param == "torch":
+    """Run the fused passes through plain torch, the extension's fused CPU kernels (SpMM and passes in one;
+    CPU tensors only), or the Triton kernels (interpreter or GPU)."""
+    if request.param in ("torch", "native"):
         monkeypatch.setattr(loss_mod, "use_triton", lambda t, r=None: False)
+    if request.param == "torch":
+        monkeypatch.setattr(loss_mod, "_NATIVE_LOSS", False)
+    elif request.param == "native" and not loss_mod._NATIVE_LOSS:
+        pytest.skip("the extension's CPU kernels are not built")
     elif not INTERPRET and not torch.cuda.is_available():
         pytest.skip("the Triton kernels need a GPU or TRITON_INTERPRET=1")
     return request.param
@@ -252,6 +257,60 @@ def test_opcheck_fused_ops():
     torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_terms.default, (U, S, None, lam))
     torch.library.opcheck(torch.ops.symnmf_kernels.sparse_reg_grad.default, (U, S, P, lam, c1))
     torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_grad.default, (U, S, G, W, Y, lam, c1, c2))
+
+
+def test_opcheck_native_ops():
+    if not loss_mod._NATIVE_LOSS:
+        pytest.skip("the extension's CPU kernels are not built")
+    A = random_graph(23, seed=11)
+    crow, col = torch.from_numpy(A.indptr).long(), torch.from_numpy(A.indices).long()
+    values = torch.from_numpy(A.data).double()
+    U, P, T = (torch.rand(2, 23, 5, dtype=torch.float64) for _ in range(3))
+    lam, c1, c2 = (torch.rand(2, dtype=torch.float64) for _ in range(3))
+    torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_terms_csr.default, (crow, col, values, U, P, lam))
+    torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_terms_csr.default, (crow, col, values, U, None, lam))
+    S, R, _ = torch.ops.symnmf_kernels.sparse_loss_terms_csr(crow, col, values, U, P, lam)
+    torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_grad_csr.default,
+                          (crow, col, values, T, S, R, lam, c1, c2))
+
+
+def test_native_ops_match_their_formulas():
+    """S = X U, R = P - S - lam U and the float64 sums; dU = T + coef_s S - coef_r (lam R + X R)."""
+    if not loss_mod._NATIVE_LOSS:
+        pytest.skip("the extension's CPU kernels are not built")
+    for n, r, B in [(1, 1, 1), (7, 5, 3), (1003, 16, 2), (300, 48, 1), (211, 128, 2)]:
+        A = random_graph(n, seed=n + r)
+        Xd = dense(A)
+        crow, col = torch.from_numpy(A.indptr).long(), torch.from_numpy(A.indices).int()
+        for dtype, tol in [(torch.float64, 1e-12), (torch.float32, 1e-5)]:
+            values = torch.from_numpy(A.data).to(dtype)
+            U, P, T = (torch.rand(B, n, r, dtype=dtype) for _ in range(3))
+            lam, cs, cr = (torch.rand(B, dtype=dtype) for _ in range(3))
+            S, R, sums = torch.ops.symnmf_kernels.sparse_loss_terms_csr(crow, col, values, U, P, lam)
+            S64, U64, P64 = Xd @ U.double(), U.double(), P.double()
+            R64 = P64 - S64 - lam.double()[:, None, None] * U64
+            assert rel_err(S, S64) < tol and rel_err(R, R64) < tol
+            expect = torch.stack([(S64 * U64).sum((1, 2)), (R64 * R64).sum((1, 2)), (R64 * U64).sum((1, 2))], 1)
+            assert sums.dtype == torch.float64 and rel_err(sums, expect) < tol
+            dU = torch.ops.symnmf_kernels.sparse_loss_grad_csr(crow, col, values, T, S, R, lam, cs, cr)
+            R64 = R.double()
+            expect = (T.double() + cs.double()[:, None, None] * S.double()
+                      - cr.double()[:, None, None] * (lam.double()[:, None, None] * R64 + Xd @ R64))
+            assert rel_err(dU, expect) < tol
+    bad = torch.tensor([0, 5], dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="out of range"):
+        torch.ops.symnmf_kernels.sparse_loss_terms_csr(
+            torch.tensor([0, 1]), bad[1:], torch.ones(1), torch.rand(1, 1, 2), None, torch.ones(1))
+
+
+def test_native_loss_keeps_nan():
+    if not loss_mod._NATIVE_LOSS:
+        pytest.skip("the extension's CPU kernels are not built")
+    X = as_csr(random_graph(30, seed=12), dtype=torch.float64)
+    U = torch.rand(30, 3, dtype=torch.float64)
+    U[4, 1] = float("nan")
+    loss, reg = sparse_layer_loss(X, U, torch.rand(30, 3, dtype=torch.float64), 0.5)
+    assert torch.isnan(loss) and torch.isnan(reg)
 
 
 def test_torch_compile_layer_loss():

@@ -29,7 +29,7 @@ from torch.autograd.function import once_differentiable
 
 from . import _launch
 from ._common import as_lam, needs_grad, use_triton
-from .spmm import _check_dense, host_side, layout
+from .spmm import _check_dense, extension_status, host_side, layout
 
 __all__ = ["sparse_sym_loss", "sparse_layer_loss"]
 
@@ -165,20 +165,52 @@ def _times_x(crow, col, values, M, blockdiag):
     return _spmm_no_autograd(crow, col, values, M)
 
 
+def _has_native_loss(U):
+    """Whether the extension's fused CPU kernels of this loss run for U (they exist only on the CPU)."""
+    return U.device.type == "cpu" and _NATIVE_LOSS and not torch.compiler.is_compiling()
+
+
+_NATIVE_LOSS = extension_status()["cpu"] and hasattr(torch.ops.symnmf_kernels, "sparse_loss_terms_csr")
+
+
+def _native_terms(crow, col, values, U, P, lam):
+    return torch.ops.symnmf_kernels.sparse_loss_terms_csr(crow, col, values, U, P, lam)
+
+
+if _NATIVE_LOSS:
+    @torch.library.register_fake("symnmf_kernels::sparse_loss_terms_csr")
+    def _(crow_indices, col_indices, values, U, P, lam):
+        B, n, r = U.shape
+        R = U.new_empty((B, n, r)) if P is not None else U.new_empty((0,))
+        return U.new_empty((B, n, r)), R, U.new_empty((B, 3), dtype=torch.float64)
+
+    @torch.library.register_fake("symnmf_kernels::sparse_loss_grad_csr")
+    def _(crow_indices, col_indices, values, T, S, R, lam, coef_s, coef_r):
+        return torch.empty_like(T, memory_format=torch.contiguous_format)
+
+
 class _SparseLayerLoss(torch.autograd.Function):
     """(loss, reg) per problem for U, P of shape (B, n, r), lam (B,); t_* is X^T (None: X symmetric)."""
 
     @staticmethod
     def forward(ctx, crow, col, values, t_crow, t_col, t_values, x_sq, U, P, lam, blockdiag):
         # ctx is None when called directly, for a forward without autograd.
-        S = _times_x(crow, col, values, U, blockdiag)
         fused = use_triton(U, U.shape[-1])
-        if not fused and P is None:  # the loss alone, in as few torch calls as it takes
+        native = not fused and not blockdiag and _has_native_loss(U)
+        if native:  # the extension's CPU kernels: the SpMM and the passes around it in one
+            S, R, sums = _native_terms(crow, col, values, U, P, lam)
+            G = U.mT @ U
+            loss = (x_sq - 2 * sums[:, 0] + _dot64(G, G)).to(U.dtype)
+            reg = sums[:, 1].to(U.dtype) if P is not None else torch.zeros_like(loss)
+            P = R if P is not None else None
+        elif not fused and P is None:  # the loss alone, in as few torch calls as it takes
+            S = _times_x(crow, col, values, U, blockdiag)
             G = U.mT @ U
             sums = _dot64(U, S)[:, None]
             loss = (x_sq + _dot64(G, G)).sub_(sums[:, 0], alpha=2).to(U.dtype)
             reg = torch.zeros_like(loss)
         elif not fused:  # torch path with a regulariser: R is kept for the backward, where dP = 2 greg R
+            S = _times_x(crow, col, values, U, blockdiag)
             R = torch.addcmul(P - S, _col(lam), U, value=-1)
             sums = torch.stack([_dot64(U, S), _dot64(R, R), _dot64(R, U)], dim=-1)
             G = U.mT @ U
@@ -186,12 +218,14 @@ class _SparseLayerLoss(torch.autograd.Function):
             reg = sums[:, 1].to(U.dtype)
             P = R
         else:
+            S = _times_x(crow, col, values, U, blockdiag)
             sums, G = sparse_loss_terms(U, S, P, lam)
             loss = (x_sq - 2 * sums[:, 0] + G.to(torch.float64).pow(2).sum((-2, -1))).to(U.dtype)
             reg = sums[:, 1].to(U.dtype)
         if ctx is not None:
             ctx.fused = fused
-            # On the torch path the slot of P holds R = P - S - lam U (None without P).
+            ctx.native = native
+            # On the torch and native paths the slot of P holds R = P - S - lam U (None without P).
             ctx.save_for_backward(crow, col, values, t_crow, t_col, t_values, U, S, P, lam, G, sums)
             ctx.blockdiag = blockdiag
         return loss, reg
@@ -205,6 +239,16 @@ class _SparseLayerLoss(torch.autograd.Function):
         gloss, greg = _vec(gloss.to(U.dtype), B), _vec(greg.to(U.dtype), B)
         dU = dP = dlam = None
         # W = 2 greg R is dP and, through X^T W + lam W, the regulariser's part of dU.
+        if ctx.native and t_crow is None and P is not None:  # symmetric X: dU in one fused pass, R in P's slot
+            if need_u:
+                T = U @ (_col(4 * gloss) * G)
+                dU = torch.ops.symnmf_kernels.sparse_loss_grad_csr(crow, col, values, T, S, P, lam, -4 * gloss,
+                                                                   2 * greg)
+            if need_p:
+                dP = P * _col(2 * greg)
+            if need_lam:
+                dlam = (-2 * greg.to(torch.float64) * sums[:, 2]).to(lam.dtype)
+            return None, None, None, None, None, None, None, dU, dP, dlam, None
         W = None
         if P is not None and (need_u or need_p):
             W = sparse_reg_grad(U, S, P, lam, 2 * greg) if ctx.fused else P * _col(2 * greg)  # P is R there
