@@ -1,0 +1,398 @@
+"""Neural NMF: hierarchical NMF whose factors are trained jointly by backpropagation.
+
+    from symnmf.neural_nmf import NeuralNMF
+    model = NeuralNMF(ranks=[9, 4, 2], random_state=0).fit(X)       # X: (n_samples, n_features) >= 0
+    model.relative_errors_, model.A_, model.S_
+    model = NeuralNMF([9, 4, 2], n_classes=2).fit(X, y, label_mask=known)   # (semi-)supervised
+
+The model (Will, Zhang, Sadovnik, Gao, Vendrow, Haddock, Molitor and Needell,
+"Neural nonnegative matrix factorization for hierarchical multilayer topic
+modeling"). With the samples as the columns of D = X^T (n_features x n_samples):
+
+    D ~ A_1 S_1,  S_1 ~ A_2 S_2,  ...,  S_{L-1} ~ A_L S_L,
+    S_l = q(S_{l-1}, A_l) = argmin_{S >= 0} ||S_{l-1} - A_l S||_F,   S_0 = D.
+
+Only the A_l are parameters. Each layer q is one call of the batched NNLS op
+`symnmf_kernels.nnls` on the Gram `gram(A_l)`, warm-started from the previous
+step's S_l, and the gradient flows through its active set. After every step
+each A_l is projected back onto A_l >= 0. Losses:
+
+- "reconstruction": ||D - A_1 ... A_L S_L||_F^2 (the loss of Deep NMF);
+- "layers": sum_l ||D - A_1 ... A_l S_l||_F^2, every layer's reconstruction;
+- "energy": sum_l ||S_{l-1} - A_l S_l||_F^2;
+
+both divided by ||D||_F^2, plus, with labels, label_weight times the
+classification loss ||M (Y - B S_L)||_F^2 / ||M Y||_F^2, where Y is one-hot,
+the mask M keeps the labelled samples and B (n_classes x k_L) is refit by
+least squares at every step.
+
+The baselines on the same kernels are here too: `hierarchical_nmf` (each layer
+an NMF of the previous S, by alternating NNLS) and `deep_nmf` (that
+factorisation fine-tuned on the reconstruction loss with S_L free).
+
+Arrays are sample-major as in scikit-learn: `S_[l]` and `transform` hold
+S_l^T (n_samples x k_l); `A_[0]` is n_features x k_1 and `A_[l]` is
+k_l x k_{l+1}.
+"""
+import numbers
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+import symnmf_kernels as sk
+
+from .fitting import resolve_device, resolve_dtype
+
+__all__ = ["NeuralNMF", "nnls_layer", "forward", "relative_errors", "nmf", "hierarchical_nmf", "deep_nmf"]
+
+# A relative ridge on each Gram A^T A: a column of A that reaches zero leaves it positive definite.
+RIDGE = 1e-12
+
+
+# ---- the layers, on the NNLS op ---------------------------------------------------------------------------------
+
+
+def nnls_layer(S_prev, A, x0=None):
+    """S^T = argmin_{S >= 0} ||S_prev^T - A S||_F for a sample-major S_prev (n, k_prev) and A (k_prev, k): (n, k)."""
+    lam = RIDGE * (A.detach() ** 2).sum() / A.shape[1]
+    return sk.nnls(sk.gram(A, lam), S_prev @ A, x0)
+
+
+def forward(X, As, warm=None):
+    """[S_1^T, ..., S_L^T] of X (n_samples, n_features); warm: the previous list, for warm starts."""
+    Ss, S = [], X
+    for i, A in enumerate(As):
+        S = nnls_layer(S, A, None if warm is None else warm[i])
+        Ss.append(S)
+    return Ss
+
+
+def relative_errors(X, As, Ss):
+    """||D - A_1 ... A_l S_l||_F / ||D||_F for each layer l (D = X^T), as floats."""
+    out, P, norm = [], None, X.norm()
+    for A, S in zip(As, Ss):
+        P = A if P is None else P @ A
+        out.append(float((X - S @ P.mT).norm() / norm))
+    return out
+
+
+def _forward_with_errors(X, X_norm2, As, warm):
+    """The layers and each layer's ||X - S_l P_l^T||_F^2 (P_l = A_1 ... A_l), without an n x d residual:
+
+        ||X - S P^T||^2 = ||X||^2 - 2 <X P, S> + <S^T S, P^T P>,
+
+    where X P_l = (X A_1) A_2 ... A_l reuses X A_1, the first layer's right-hand sides, and
+    P_l^T P_l = A_l^T (P_{l-1}^T P_{l-1}) A_l is k x k. In float64 the expansion loses about
+    1e-16 ||X||^2 to cancellation, far below the errors it measures.
+    """
+    XP = X @ As[0]
+    PtP = As[0].mT @ As[0]
+    Ss, errors2, S = [], [], None
+    for i, A in enumerate(As):
+        if i > 0:
+            XP, PtP = XP @ A, A.mT @ PtP @ A
+        lam = RIDGE * (A.detach() ** 2).sum() / A.shape[1]
+        S = sk.nnls(sk.gram(A, lam), XP if i == 0 else S @ A, None if warm is None else warm[i])
+        Ss.append(S)
+        errors2.append(X_norm2 - 2 * (XP * S).sum() + ((S.mT @ S) * PtP).sum())
+    return Ss, errors2
+
+
+# ---- the baselines ----------------------------------------------------------------------------------------------
+
+
+def _init_factor(n, k, scale, generator, like):
+    return scale * torch.rand(n, k, generator=generator, dtype=like.dtype).to(like.device)
+
+
+def nmf(X, k, n_iter=100, generator=None):
+    """X (n, d) ~ W A^T with W (n, k), A (d, k) >= 0 by alternating NNLS (both solves exact, warm-started);
+    returns (A, W), W the NNLS solution for the final A."""
+    n, d = X.shape
+    scale = float((X.mean() / k).clamp_min(1e-30).sqrt())
+    W = _init_factor(n, k, scale, generator, X)
+    A = None
+    for _ in range(n_iter):
+        A = sk.nnls(sk.gram(W, RIDGE * float((W * W).sum()) / k), X.mT @ W, A)
+        W = nnls_layer(X, A, W)
+    return A, W
+
+
+def hierarchical_nmf(X, ranks, n_iter=100, generator=None):
+    """Sequential hierarchical NMF: S_{l-1} ~ A_l S_l one layer after the other. Returns (As, Ss)."""
+    As, Ss, S = [], [], X
+    for k in ranks:
+        A, S = nmf(S, k, n_iter, generator)
+        As.append(A)
+        Ss.append(S)
+    return As, Ss
+
+
+def deep_nmf(X, ranks, n_iter=100, n_init_iter=100, generator=None):
+    """Deep NMF: hierarchical NMF, then n_iter sweeps on ||D - A_1 ... A_L S_L||_F^2 over every factor: an exact
+    NNLS for S_L and a projected gradient step of step 1 / Lipschitz for each A_l. Returns (As, S_L)."""
+    As, Ss = hierarchical_nmf(X, ranks, n_init_iter, generator)
+    S = Ss[-1]
+    for _ in range(n_iter):
+        for l in range(len(As)):
+            P = None  # A_1 ... A_{l-1}, (n_features, k_{l-1}); None: the identity
+            for A in As[:l]:
+                P = A if P is None else P @ A
+            Q = S.mT  # A_{l+1} ... A_L S_L, (k_l, n)
+            for A in reversed(As[l + 1:]):
+                Q = A @ Q
+            PtP = P.mT @ P if P is not None else None
+            QQt = Q @ Q.mT
+            PtDQt = (Q @ X).mT if P is None else P.mT @ (Q @ X).mT
+            A = As[l]
+            grad = (A @ QQt if PtP is None else PtP @ A @ QQt) - PtDQt
+            lipschitz = torch.linalg.matrix_norm(QQt, 2) * (1.0 if PtP is None else torch.linalg.matrix_norm(PtP, 2))
+            As[l] = (A - grad / lipschitz).clamp_(min=0)
+        left = As[0]
+        for A in As[1:]:
+            left = left @ A
+        S = nnls_layer(X, left, S)
+    return As, S
+
+
+# ---- the estimator ----------------------------------------------------------------------------------------------
+
+
+class NeuralNMF(TransformerMixin, BaseEstimator):
+    """Hierarchical NMF trained by backpropagation through NNLS layers (see the module docstring).
+
+    Parameters
+    ----------
+    ranks : list of int
+        k_1, ..., k_L, the rank of each layer.
+    loss : {"reconstruction", "layers", "energy"}
+        The unsupervised part of the loss: the last layer's reconstruction, the sum of every layer's, or the
+        sum of each layer's fit to the previous one.
+    n_classes : int, optional
+        Number of classes of the classification layer; None: taken from y (without y, no classifier).
+    label_weight : float
+        Weight of the classification loss against the (normalised) reconstruction loss.
+    max_iter : int
+        Training steps (each a forward pass over all samples, a backward and an update of every A_l).
+    lr : float
+        Adam's learning rate, relative to the mean entry of each A_l at the start.
+    init : {"hierarchical", "random"} or list of arrays
+        Start from a sequential hierarchical NMF (n_init_iter alternating-NNLS sweeps per layer), from
+        uniform random factors in [0, 1), or from the given A_1, ..., A_L.
+    n_init_iter : int
+        Sweeps of each layer's NMF for init="hierarchical".
+    random_state : None or int
+        Seed of the initial factors.
+    device : str or torch.device, optional
+        Where to compute (default: the device of a torch input, else CUDA when available, else the CPU).
+    dtype : {"float32", "float64"} or torch dtype, optional
+        Precision of the fit; default float64.
+    verbose : bool
+
+    Attributes
+    ----------
+    A_ : list of ndarray
+        A_1 (n_features x k_1), A_2 (k_1 x k_2), ...
+    S_ : list of ndarray
+        S_l^T (n_samples x k_l) for the fitted X.
+    relative_errors_ : list of float
+        ||X^T - A_1 ... A_l S_l||_F / ||X||_F for each layer l.
+    classifier_ : ndarray (n_classes x k_L), with labels only
+        B, the classification layer: the class scores of sample i are S_L^T[i] @ B^T.
+    classes_ : ndarray, with labels only
+    history_ : dict
+        "loss" (the training loss per step) and "relative_error" (the last layer's, at each step's forward
+        pass, before its update).
+    n_iter_ : int
+    """
+
+    _parameter_constraints = {
+        "ranks": [list, tuple],
+        "loss": [StrOptions({"reconstruction", "layers", "energy"})],
+        "n_classes": [Interval(numbers.Integral, 2, None, closed="left"), None],
+        "label_weight": [Interval(numbers.Real, 0, None, closed="left")],
+        "max_iter": [Interval(numbers.Integral, 0, None, closed="left")],
+        "lr": [Interval(numbers.Real, 0, None, closed="neither")],
+        "init": [StrOptions({"hierarchical", "random"}), list, tuple],
+        "n_init_iter": [Interval(numbers.Integral, 1, None, closed="left")],
+        "random_state": [None, Interval(numbers.Integral, 0, None, closed="left")],
+        "device": [None, str, torch.device],
+        "dtype": [None, StrOptions({"float32", "float64"}), torch.dtype],
+        "verbose": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        ranks=(9, 4, 2),
+        *,
+        loss="reconstruction",
+        n_classes=None,
+        label_weight=1.0,
+        max_iter=200,
+        lr=0.01,
+        init="hierarchical",
+        n_init_iter=100,
+        random_state=None,
+        device=None,
+        dtype=None,
+        verbose=False,
+    ):
+        self.ranks = ranks
+        self.loss = loss
+        self.n_classes = n_classes
+        self.label_weight = label_weight
+        self.max_iter = max_iter
+        self.lr = lr
+        self.init = init
+        self.n_init_iter = n_init_iter
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ input
+    def _tensor(self, X, reset):
+        device = resolve_device(self.device, X) if reset else torch.device(self._device_fit)
+        if isinstance(X, torch.Tensor):
+            X = X.detach().cpu().numpy()
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=reset, ensure_min_samples=1)
+        if X.min() < 0:
+            raise ValueError(f"X must be non-negative; its smallest entry is {X.min()}")
+        dtype = (resolve_dtype(self.dtype) or torch.float64) if reset else self._dtype_fit
+        return torch.as_tensor(np.ascontiguousarray(X), dtype=dtype, device=device)
+
+    def _check_ranks(self, n_features):
+        ranks = list(self.ranks)
+        if not ranks or any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 for k in ranks):
+            raise ValueError(f"ranks must be a non-empty list of ints >= 1, got {self.ranks!r}")
+        if ranks[0] > n_features:
+            raise ValueError(f"ranks[0] = {ranks[0]} exceeds the number of features {n_features}")
+        return [int(k) for k in ranks]
+
+    def _labels(self, y, label_mask, n):
+        """(Y one-hot (n, c) as a tensor, mask (n,) bool) or (None, None) without y."""
+        if y is None:
+            if label_mask is not None:
+                raise ValueError("label_mask is given without y: pass the labels y too")
+            if self.n_classes is not None:
+                raise ValueError(f"n_classes = {self.n_classes} needs labels: pass y to fit")
+            return None, None
+        y = np.asarray(y)
+        if y.shape != (n,):
+            raise ValueError(f"y must have one label per sample, shape ({n},), got {y.shape}")
+        mask = np.ones(n, dtype=bool) if label_mask is None else np.asarray(label_mask)
+        if mask.shape != (n,) or mask.dtype != bool:
+            raise ValueError(f"label_mask must be a boolean array of shape ({n},), got {mask.dtype} {mask.shape}")
+        if not mask.any():
+            raise ValueError("label_mask keeps no sample: at least one label is needed")
+        self.classes_, codes = np.unique(y[mask], return_inverse=True)
+        c = len(self.classes_) if self.n_classes is None else self.n_classes
+        if len(self.classes_) > c:
+            raise ValueError(f"y has {len(self.classes_)} classes among the labelled samples but n_classes = {c}")
+        Y = np.zeros((n, c))
+        Y[np.flatnonzero(mask), codes] = 1.0
+        return Y, mask
+
+    # ------------------------------------------------------------------- fit
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None, label_mask=None):
+        """Train the layers on X (n_samples, n_features) >= 0; y (n_samples,) labels, used where label_mask
+        (boolean, n_samples) is True (all samples without a mask)."""
+        X = self._tensor(X, reset=True)
+        self._device_fit, self._dtype_fit = str(X.device), X.dtype
+        ranks = self._check_ranks(X.shape[1])
+        Y, mask = self._labels(y, label_mask, X.shape[0])
+        generator = torch.Generator().manual_seed(self.random_state if self.random_state is not None
+                                                  else int(np.random.SeedSequence().entropy % (2 ** 63)))
+        sizes = [X.shape[1], *ranks]
+        if isinstance(self.init, (list, tuple)):
+            As = [torch.as_tensor(np.asarray(A), dtype=X.dtype, device=X.device) for A in self.init]
+            shapes = [tuple(A.shape) for A in As]
+            if shapes != [(sizes[i], ranks[i]) for i in range(len(ranks))] or any(bool((A < 0).any()) for A in As):
+                raise ValueError(f"init must be non-negative A_l of shapes {[(sizes[i], k) for i, k in enumerate(ranks)]}"
+                                 f", got {shapes}")
+        elif self.init == "hierarchical":
+            As, _ = hierarchical_nmf(X, ranks, self.n_init_iter, generator)
+        else:
+            As = [_init_factor(sizes[i], ranks[i], 1.0, generator, X) for i in range(len(ranks))]
+        As = [A.clone().requires_grad_() for A in As]
+        optimizer = torch.optim.Adam(
+            [{"params": [A], "lr": self.lr * float(A.detach().mean().clamp_min(1e-12))} for A in As]
+        )
+        if Y is not None:
+            Y = torch.as_tensor(Y, dtype=X.dtype, device=X.device)
+            labelled = torch.as_tensor(mask, device=X.device)
+            Y_norm2 = Y[labelled].pow(2).sum()
+        X_norm2 = X.pow(2).sum()
+        history = {"loss": [], "relative_error": []}
+        warm = None
+        B = None
+        for step in range(self.max_iter):
+            Ss, errors2 = _forward_with_errors(X, X_norm2, As, warm)
+            if self.loss == "reconstruction":
+                loss = errors2[-1]
+            elif self.loss == "layers":
+                loss = sum(errors2)
+            else:
+                loss, S_prev = errors2[0], Ss[0]
+                for A, S in zip(As[1:], Ss[1:]):
+                    loss = loss + (S_prev - S @ A.mT).pow(2).sum()
+                    S_prev = S
+            loss = loss / X_norm2
+            history["relative_error"].append(float(errors2[-1].detach().clamp_min(0).sqrt() / X_norm2.sqrt()))
+            if Y is not None:
+                B = self._classifier(Ss[-1].detach(), Y, labelled)
+                residual = Y[labelled] - Ss[-1][labelled] @ B.mT
+                loss = loss + self.label_weight * residual.pow(2).sum() / Y_norm2
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                for A in As:
+                    A.clamp_(min=0)
+            warm = [S.detach() for S in Ss]
+            history["loss"].append(float(loss.detach()))
+            if self.verbose and (step % 10 == 0 or step == self.max_iter - 1):
+                print(f"NeuralNMF step {step}: loss {float(loss):.6g}")
+        As = [A.detach() for A in As]
+        with torch.no_grad():
+            Ss = forward(X, As, warm)
+            if Y is not None:
+                B = self._classifier(Ss[-1], Y, labelled)
+        self.relative_errors_ = relative_errors(X, As, Ss)
+        self.A_ = [A.cpu().numpy() for A in As]
+        self.S_ = [S.cpu().numpy() for S in Ss]
+        if B is not None:
+            self.classifier_ = B.cpu().numpy()
+        elif hasattr(self, "classifier_"):
+            del self.classifier_
+        self.history_ = history
+        self.n_iter_ = self.max_iter
+        return self
+
+    @staticmethod
+    def _classifier(S, Y, labelled):
+        """B = argmin ||Y_m - S_m B^T||_F over the labelled rows m, with a tiny relative ridge."""
+        Sm = S[labelled]
+        G = Sm.mT @ Sm
+        G = G + RIDGE * G.diagonal().sum() * torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+        return torch.linalg.solve(G, Sm.mT @ Y[labelled]).mT
+
+    # ------------------------------------------------------------- inference
+    def transform(self, X, all_layers=False):
+        """S_L^T (n_samples, k_L) of new samples through the trained layers; all_layers: [S_1^T, ..., S_L^T]."""
+        check_is_fitted(self, "A_")
+        X = self._tensor(X, reset=False)
+        As = [torch.as_tensor(A, device=X.device, dtype=X.dtype) for A in self.A_]
+        with torch.no_grad():
+            Ss = [S.cpu().numpy() for S in forward(X, As)]
+        return Ss if all_layers else Ss[-1]
+
+    def predict(self, X):
+        """Class labels of new samples from the classification layer (needs a fit with labels)."""
+        check_is_fitted(self, "classifier_")
+        scores = self.transform(X) @ self.classifier_.T
+        return self.classes_[np.minimum(scores.argmax(1), len(self.classes_) - 1)]

@@ -1,0 +1,169 @@
+"""NeuralNMF: the layers, their gradients, the estimator and its baselines.
+
+The model runs the ops' torch path here (the kernel itself is tested in tests/test_nnls.py under the
+interpreter, which would make a training loop far too slow).
+"""
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+
+from symnmf.neural_nmf import (
+    NeuralNMF, _forward_with_errors, deep_nmf, forward, hierarchical_nmf, nnls_layer, relative_errors,
+)
+from symnmf_kernels.ops import _common
+from conftest import rel_err
+
+
+@pytest.fixture(autouse=True)
+def _torch_path(monkeypatch):
+    monkeypatch.setattr(_common, "interpreting", lambda: False)
+
+
+def rank9(n=60, d=30, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 9)) @ rng.random((9, d))
+
+
+def two_groups(n_per=20, d=24, seed=0):
+    """Two groups of samples on disjoint halves of the features, plus a little noise: (X, y)."""
+    rng = np.random.default_rng(seed)
+    X = np.zeros((2 * n_per, d))
+    X[:n_per, : d // 2] = rng.random((n_per, d // 2)) + 0.5
+    X[n_per:, d // 2:] = rng.random((n_per, d // 2)) + 0.5
+    return X + 0.01 * rng.random(X.shape), np.repeat([0, 1], n_per)
+
+
+def test_layer_is_the_nnls_solution():
+    import scipy.optimize
+
+    rng = np.random.default_rng(1)
+    S_prev, A = rng.random((25, 7)), rng.random((7, 3))
+    S = nnls_layer(torch.tensor(S_prev), torch.tensor(A)).numpy()
+    expected = np.stack([scipy.optimize.nnls(A, s)[0] for s in S_prev])
+    assert rel_err(S, expected) <= 1e-8  # the relative ridge 1e-12 on A^T A is all that differs
+
+
+def test_expanded_errors_equal_the_residuals():
+    X = torch.tensor(rank9())
+    gen = torch.Generator().manual_seed(0)
+    As = [torch.rand(30, 6, generator=gen, dtype=torch.float64), torch.rand(6, 3, generator=gen, dtype=torch.float64)]
+    Ss, errors2 = _forward_with_errors(X, X.pow(2).sum(), As, None)
+    direct = relative_errors(X, As, Ss)
+    for e2, e in zip(errors2, direct):
+        assert abs(float(e2.sqrt() / X.norm()) - e) <= 1e-10 * max(e, 1e-3)
+    for S, S_plain in zip(Ss, forward(X, As)):
+        assert rel_err(S, S_plain) <= 1e-12
+
+
+def test_gradient_through_the_layers_matches_finite_differences():
+    """The loss of two layers differentiated through both NNLS active sets."""
+    gen = torch.Generator().manual_seed(3)
+    X = torch.rand(12, 7, generator=gen, dtype=torch.float64)
+    A1 = torch.rand(7, 4, generator=gen, dtype=torch.float64).requires_grad_()
+    A2 = torch.rand(4, 2, generator=gen, dtype=torch.float64).requires_grad_()
+
+    def loss(A1, A2):
+        Ss, errors2 = _forward_with_errors(X, X.pow(2).sum(), [A1, A2], None)
+        return errors2[0] + 2 * errors2[1] + Ss[1].sum()
+
+    with torch.no_grad():
+        Ss = forward(X, [A1, A2])
+        assert int((Ss[0] == 0).sum()) > 0  # an active set is there to differentiate through
+    assert torch.autograd.gradcheck(loss, (A1, A2))
+
+
+def test_unsupervised_fit_improves_on_hierarchical_nmf():
+    X = rank9()
+    model = NeuralNMF([9, 4, 2], max_iter=60, random_state=0).fit(X)
+    Xt = torch.tensor(X)
+    As, _ = hierarchical_nmf(Xt, [9, 4, 2], 100, torch.Generator().manual_seed(0))
+    hier = relative_errors(Xt, As, forward(Xt, As))
+    assert model.relative_errors_[-1] <= 0.95 * hier[-1]  # measured 0.85 hier[-1] at 60 steps
+    # No model with k_3 = 2 beats the truncated SVD at rank 2: the error cannot be too good to be true.
+    s = np.linalg.svd(X, compute_uv=False)
+    assert model.relative_errors_[-1] >= np.linalg.norm(s[2:]) / np.linalg.norm(s) - 1e-9
+    assert model.history_["loss"][-1] < model.history_["loss"][0]
+    assert len(model.history_["loss"]) == len(model.history_["relative_error"]) == 60 == model.n_iter_
+
+
+def test_attributes_are_consistent():
+    X = rank9(seed=2)
+    model = NeuralNMF([5, 3], loss="energy", max_iter=10, random_state=1).fit(X)
+    A1, A2 = model.A_
+    S1, S2 = model.S_
+    assert A1.shape == (30, 5) and A2.shape == (5, 3) and S1.shape == (60, 5) and S2.shape == (60, 3)
+    assert (A1 >= 0).all() and (A2 >= 0).all() and (S1 >= 0).all() and (S2 >= 0).all()
+    norm = np.linalg.norm(X)
+    expected = [np.linalg.norm(X - S1 @ A1.T) / norm, np.linalg.norm(X - S2 @ (A1 @ A2).T) / norm]
+    assert np.allclose(model.relative_errors_, expected, rtol=1e-10, atol=0)
+    assert rel_err(model.transform(X), S2) <= 1e-12
+    layers = model.transform(X, all_layers=True)
+    assert rel_err(layers[0], S1) <= 1e-12 and rel_err(layers[1], S2) <= 1e-12
+
+
+@pytest.mark.parametrize("loss", ["reconstruction", "layers", "energy"])
+def test_each_loss_trains(loss):
+    X = rank9(seed=3)
+    model = NeuralNMF([6, 2], loss=loss, max_iter=15, init="random", random_state=0).fit(X)
+    assert np.isfinite(model.history_["loss"]).all()
+    assert model.history_["loss"][-1] < model.history_["loss"][0]
+
+
+def test_semi_supervised_and_supervised():
+    X, y = two_groups()
+    mask = np.zeros(len(y), dtype=bool)
+    mask[::3] = True  # a third of the labels
+    semi = NeuralNMF([4, 2], max_iter=30, random_state=0).fit(X, y, label_mask=mask)
+    assert semi.classifier_.shape == (2, 2) and list(semi.classes_) == [0, 1]
+    assert (semi.predict(X)[~mask] == y[~mask]).mean() >= 0.95
+    full = NeuralNMF([4, 2], max_iter=30, random_state=0).fit(X, np.array(["a", "b"])[y])
+    assert (full.predict(X) == np.array(["a", "b"])[y]).all()
+
+
+def test_random_state_makes_fits_repeatable():
+    X = rank9(seed=4)
+    a = NeuralNMF([4, 2], max_iter=5, init="random", random_state=7).fit(X)
+    b = NeuralNMF([4, 2], max_iter=5, init="random", random_state=7).fit(X)
+    for A, B in zip(a.A_, b.A_):
+        assert np.array_equal(A, B)
+
+
+def test_given_init_and_float32():
+    X = rank9(seed=5)
+    rng = np.random.default_rng(0)
+    init = [rng.random((30, 4)), rng.random((4, 2))]
+    model = NeuralNMF([4, 2], max_iter=5, init=init, dtype="float32").fit(X)
+    assert model.A_[0].dtype == np.float32 and np.isfinite(model.relative_errors_).all()
+
+
+def test_deep_nmf_own_factor_fits_better_than_hierarchical():
+    Xt = torch.tensor(rank9(seed=6))
+    As, _ = hierarchical_nmf(Xt, [9, 4, 2], 50, torch.Generator().manual_seed(0))
+    hier = relative_errors(Xt, As, forward(Xt, As))[-1]
+    As, S = deep_nmf(Xt, [9, 4, 2], 50, 50, torch.Generator().manual_seed(0))
+    own = float((Xt - S @ (As[0] @ As[1] @ As[2]).mT).norm() / Xt.norm())
+    assert own < hier
+    assert all(bool((A >= 0).all()) for A in As) and bool((S >= 0).all())
+
+
+def test_sklearn_conventions_and_bad_input():
+    model = NeuralNMF([3, 2], loss="energy", random_state=0)
+    assert clone(model).get_params() == model.get_params()
+    X = rank9(seed=7)
+    with pytest.raises(ValueError, match="ranks"):
+        NeuralNMF([3, 0]).fit(X)
+    with pytest.raises(ValueError, match="ranks\\[0\\]"):
+        NeuralNMF([31]).fit(X)
+    with pytest.raises(ValueError, match="non-negative"):
+        NeuralNMF([3]).fit(-X)
+    with pytest.raises(ValueError, match="loss"):
+        NeuralNMF([3], loss="kl").fit(X)
+    with pytest.raises(ValueError, match="label_mask"):
+        NeuralNMF([3]).fit(X, label_mask=np.ones(60, dtype=bool))
+    with pytest.raises(ValueError, match="y must have"):
+        NeuralNMF([3]).fit(X, np.zeros(5))
+    with pytest.raises(ValueError, match="init"):
+        NeuralNMF([3], init=[np.ones((30, 4))]).fit(X)
+    with pytest.raises(ValueError, match="NaN|infinity"):
+        NeuralNMF([3]).fit(np.where(X > 0.5, np.nan, X))
