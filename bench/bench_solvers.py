@@ -8,6 +8,9 @@ Rows, per graph and rank:
                 from X V and V): the fused Triton row sweep against the torch
                 column loop on the same device; ideal traffic 4 n r values
                 (read X V, V and W, write W)
+    net         one SymNMF-Net training step (default recipe): eager and
+                replayed from a captured CUDA graph (fit(cuda_graph=True)) on
+                CUDA, the CPU path otherwise; ms_per_iter from k2 - k1 steps
     <solver>    anls, hals, pgd, newton, admm through symnmf.solvers.SOLVERS on
                 each path:
                   kernels     CUDA tensors: Triton kernels and the CUDA SpMM
@@ -136,6 +139,38 @@ def bench_hals(X, r, args, bw, base):
     return rows
 
 
+def net_ms_per_step(X, r, graph, k1, k2, seed):
+    """ms per SymNMF-Net training step (the default recipe, no early stop), from k2 - k1 steps."""
+    from symnmf.net import SymNMFNet
+
+    def timed(k):
+        net = SymNMFNet(r, random_state=seed)
+        sync(X.device)
+        start = time.perf_counter()
+        net.fit(X, epochs=k, tol=None, cuda_graph=graph, log_every=k)
+        sync(X.device)
+        return time.perf_counter() - start
+
+    return (timed(k2) - timed(k1)) / (k2 - k1) * 1e3
+
+
+def bench_net(X, r, args, base):
+    """SymNMF-Net's training step, eager and replayed from a captured CUDA graph (CUDA), or on the CPU."""
+    on_cuda = X.device.type == "cuda"
+    rows = []
+    for path, graph in ([("kernels", False), ("cuda-graph", True)] if on_cuda else [("cpu", False)]):
+        k1, k2 = (5, 5 + args.k2) if on_cuda else (4, 4 + args.cpu_k2)
+        row = {**base, "solver": "net", "path": path}
+        try:
+            row["ms_per_iter"] = net_ms_per_step(X, r, graph, k1, k2, args.seed)
+        except Exception as exc:
+            row["notes"] = short_error(exc)
+        rows.append(row)
+    if on_cuda and all("ms_per_iter" in row for row in rows):
+        rows[1]["notes"] = "%.3gx the eager step" % (rows[0]["ms_per_iter"] / rows[1]["ms_per_iter"])
+    return rows
+
+
 def header_lines(args, device, bw, stopped):
     lines = [
         "paths: kernels = CUDA tensors (Triton sweep, CUDA SpMM, Triton Gram/loss); torch-loop = CUDA, SymHALS "
@@ -168,6 +203,8 @@ def parse_args(argv):
     parser.add_argument("--k2", type=int, default=12, help="iterations of the longer timed run")
     parser.add_argument("--cpu-k2", type=int, default=3, help="k2 on the CPU path (k1 = 1 there)")
     parser.add_argument("--no-cpu", action="store_true", help="skip the cpu path on a CUDA machine")
+    parser.add_argument("--no-net", action="store_true",
+                        help="skip the SymNMF-Net training-step rows (eager and CUDA-graph on CUDA)")
     parser.add_argument("--cpu-tol-max-n", type=int, default=50_000, help="largest n for the cpu path's to-tolerance run")
     parser.add_argument("--tol-cap-s", type=float, help="time cap of a to-tolerance run (default: 8 CUDA, 20 CPU)")
     add_run_args(parser)  # --budget-s: 55 s on CUDA by default, unlimited on CPU
@@ -245,6 +282,8 @@ def main(argv=None):
                         ms = row.get("ms_per_iter")
                         if cpu_ms and ms and math.isfinite(ms) and ms > 0:
                             row["x_cpu"] = cpu_ms / ms
+                if not args.no_net and time.perf_counter() - start <= args.budget_s:
+                    rows.extend(bench_net(X, r, args, base))
                 save()
             del X, X_cpu
             release(device)

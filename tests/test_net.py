@@ -535,3 +535,34 @@ def test_relative_beta_is_divided_by_the_starting_lam_squared():
     )
     assert rel(net.loss(X), expected) < 1e-10
     assert net.get_config()["beta_relative"] is True and RECIPES["default"]["beta_relative"] is True
+
+
+def test_cuda_graph_needs_cuda_and_a_fixed_step():
+    X, _ = planted_graph([10, 12], 0.6, 0.05, seed=30)
+    net = SymNMFNet(2, n_layers=2, random_state=0)
+    with pytest.raises(ValueError, match="CUDA device"):
+        net.fit(X, epochs=2, cuda_graph=True)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        net.fit(X, epochs=2, cuda_graph=True, lr_schedule="cosine")
+    with pytest.raises(ValueError, match="beta_final"):
+        SymNMFNet(2, n_layers=2, random_state=0, beta_final=1e-3).fit(X, epochs=2, cuda_graph=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sparse", [False, True])
+def test_cuda_graph_training_equals_eager(sparse):
+    """Steps replayed from a captured CUDA graph train the net as eager steps do."""
+    X, labels = planted_graph([60, 70, 50], 0.3, 0.02, seed=31, dtype=torch.float32)
+    X = X.cuda()
+    if sparse:
+        X = X.to_sparse_csr()
+    nets = []
+    for graph in (False, True):
+        net = SymNMFNet(3, n_layers=4, n_restarts=2, random_state=0)
+        net.fit(X, epochs=12, tol=None, cuda_graph=graph)
+        nets.append(net)
+    eager, graphed = nets
+    assert graphed.n_iter_ == eager.n_iter_ == 12
+    for a, b in zip(graphed.parameters(), eager.parameters()):
+        assert rel(a, b) < 1e-4
+    assert np.allclose(graphed.history_["loss"], eager.history_["loss"], rtol=1e-4)

@@ -89,6 +89,9 @@ RECIPES = {
     },
 }
 _INITS = ("random", "hals", "spectral")
+# Eager steps before `fit(cuda_graph=True)` captures one: the first compiles the kernels and creates Adam's
+# state, the next ones run on warm caches (capture needs every allocation pattern seen once).
+_EAGER_STEPS_BEFORE_CAPTURE = 3
 _LOSS_BLOCKS = ("all", "last")
 _LR_SCHEDULES = ("constant", "cosine")
 SELECTION_RULES = ("loss", "error", "consensus")
@@ -485,7 +488,8 @@ class SymNMFNet(nn.Module):
 
     # --------------------------------------------------------------- training
     def fit(self, X, epochs=None, lr=None, relative_lr=None, optimizer=None, tol=None, U0=None, warm_start=False,
-            progress=None, verbose=False, log_every=1, callback=None, *, patience=None, lr_schedule=None):
+            progress=None, verbose=False, log_every=1, callback=None, *, patience=None, lr_schedule=None,
+            cuda_graph=False):
         """Initialise from X (Algorithm 1) and train P_i and lam by gradient steps.
 
         Every argument left at None takes the value of the net's recipe (`RECIPES`).
@@ -514,6 +518,11 @@ class SymNMFNet(nn.Module):
             None in a recipe without one): stop once the loss changes by less than tol times the initial loss between
             two logged steps. tol None: no early stopping.
         lr_schedule : "constant" or "cosine" (lr decays to 5% of its start over `epochs`).
+        cuda_graph : bool
+            On a CUDA device, capture one training step (zeroing the gradients, forward, backward,
+            Adam step, projection of lam) in a CUDA graph after the first few eager steps and replay
+            it for the rest: a step then costs one graph launch instead of a few hundred kernel
+            launches. Needs the default optimiser, a constant beta and lr_schedule "constant".
         U0 : tensor (..., n, r) or None
             The start; None uses the net's `init` from random_state.
         warm_start : bool
@@ -554,6 +563,9 @@ class SymNMFNet(nn.Module):
             raise ValueError(f"lr_schedule must be one of {_LR_SCHEDULES}, got {lr_schedule!r}")
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise ValueError(f"log_every must be a positive int, got {log_every!r}")
+        if cuda_graph and (optimizer is not None or self.beta_final is not None or lr_schedule != "constant"):
+            raise ValueError("cuda_graph=True needs the default optimizer, beta_final=None and lr_schedule='constant' "
+                             "(a captured step replays the same optimiser and the same beta every time)")
         start = time.perf_counter()
         if warm_start and self.initialized:
             X = self._prepare(X)
@@ -561,12 +573,15 @@ class SymNMFNet(nn.Module):
         else:
             X = self._prepare(X, like_net=False)
             self._initialize(X, U0)
+        if cuda_graph and not X.is_cuda:
+            raise ValueError(f"cuda_graph=True needs the net and X on a CUDA device, got {X.device}")
 
         if optimizer is None:
             # The fused Adam is one kernel for all of the net's weights; the loop-per-tensor Adam took as
             # long as a third of a training step on the CPU at n = 20,000, r = 8, four restarts.
             fused = self.lam.device.type in ("cpu", "cuda")
-            optimizer = torch.optim.Adam(self._param_groups(lr, relative_lr), lr=lr, fused=fused or None)
+            optimizer = torch.optim.Adam(self._param_groups(lr, relative_lr), lr=lr, fused=fused or None,
+                                         capturable=bool(cuda_graph))
         else:
             optimizer = optimizer(self._param_groups(lr, relative_lr), lr=lr)
         scheduler = None
@@ -595,18 +610,25 @@ class SymNMFNet(nn.Module):
         bar = _progress_bar(epochs, progress if progress is not None else verbose)
         steps = 0
         window = max(1, -(-patience // log_every)) if patience else None
+        graph = None
         try:
             for epoch in range(epochs):
                 if self.beta_final is not None:
                     self._beta_now = self._beta_scale * self.beta * (self.beta_final / self.beta) ** (
                         epoch / max(epochs - 1, 1))
-                optimizer.zero_grad(set_to_none=True)
-                loss, residual, U = self._objective(X, X_norm2)
-                loss.sum().backward()
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                self.project_lam()
+                if cuda_graph and epoch == _EAGER_STEPS_BEFORE_CAPTURE:
+                    graph, static = self._capture_step(X, X_norm2, optimizer)
+                if graph is not None:
+                    graph.replay()
+                    loss, residual, U = static
+                else:
+                    optimizer.zero_grad(set_to_none=not cuda_graph)
+                    loss, residual, U = self._objective(X, X_norm2)
+                    loss.sum().backward()
+                    optimizer.step()
+                    if scheduler is not None:
+                        scheduler.step()
+                    self.project_lam()
                 steps = epoch + 1
                 if bar is not None:
                     bar.update(1)
@@ -639,6 +661,20 @@ class SymNMFNet(nn.Module):
         self.history_ = history
         self.n_iter_ = steps
         return self
+
+    def _capture_step(self, X, X_norm2, optimizer):
+        """One training step captured in a CUDA graph: (graph, (loss, residual, U_L)), the outputs being
+        the tensors each replay overwrites. The eager steps before it compiled the kernels, cached what
+        the ops derive from X once, and created Adam's state, none of which may happen during capture."""
+        torch.cuda.synchronize(X.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            optimizer.zero_grad(set_to_none=False)  # the gradients must stay the tensors the graph writes
+            loss, residual, U = self._objective(X, X_norm2)
+            loss.sum().backward()
+            optimizer.step()
+            self.project_lam()
+        return graph, (loss, residual, U)  # capture records the step without running it
 
     @torch.no_grad()
     def select(self, X=None, rule="loss"):
