@@ -3,6 +3,8 @@
     import symnmf
     net = symnmf.SymNMFNet(n_components=10).fit(X)           # X: similarity, dense or sparse
     labels = symnmf.SymNMF(10, solver="hals").fit_predict(features)
+    symnmf.NeuralNMF(ranks=[9, 4, 2]).fit(X)                  # hierarchical NMF by backpropagation
+    symnmf.AlternatingNMF(n_components=5).fit(Y)              # Li and Liang's alternating updates
     A = symnmf.similarity_graph(features)                     # sparse CSR kNN graph
     symnmf.metrics.accuracy(y, labels)
 
@@ -10,9 +12,12 @@
 `symnmf reproduce` (defaults, threads, progress).
 """
 from . import datasets, fitting, metrics, solvers
+from .alternating import AlternatingNMF
 from .estimator import SymNMF
 from .graph import similarity_graph
 from .net import SymNMFNet
+from .neural_nmf import NeuralNMF
 
 __version__ = "0.1.0"
-__all__ = ["SymNMFNet", "SymNMF", "similarity_graph", "metrics", "solvers", "datasets", "fitting"]
+__all__ = ["SymNMFNet", "SymNMF", "NeuralNMF", "AlternatingNMF", "similarity_graph", "metrics", "solvers", "datasets",
+           "fitting"]
