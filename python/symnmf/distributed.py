@@ -35,7 +35,7 @@ the loss sums are added per rank, then across ranks).
 
 Solvers: SymHALS (`hals`) and SymANLS (`anls`) on Zhu et al.'s two-factor form,
 W and V both row-sharded, and PGD (`pgd`, Kuang et al., Armijo on the projection
-arc). SymNewton, ADMM and SymNMF-Net are not sharded yet.
+arc), and SymNMF-Net (`net`, in symnmf.distributed_net). SymNewton and ADMM are not sharded yet.
 """
 import json
 import math
@@ -61,7 +61,7 @@ from .solvers.pgd import DEFAULTS as _PGD_DEFAULTS
 
 __all__ = [
     "Comm", "row_offsets", "BALANCES", "read_npz_rows", "save_shards", "HaloPlan", "ShardedGraph", "init_factor",
-    "hals", "pgd", "anls", "SOLVERS", "DEFAULT_MAX_ITER", "fit", "DistributedFit", "cluster", "gather_rows",
+    "hals", "pgd", "anls", "net", "SOLVERS", "DEFAULT_MAX_ITER", "fit", "DistributedFit", "cluster", "gather_rows",
     "init_from_env",
 ]
 
@@ -815,7 +815,14 @@ def _traffic(result, graph, r, start_bytes, start_exchanges, iterations):
     )
 
 
-SOLVERS = {"hals": hals, "pgd": pgd, "anls": anls}
+def net(graph, k, **options):
+    """SymNMF-Net row-sharded, trained and finished as `symnmf.net.fit_net`: `symnmf.distributed_net.net`."""
+    from .distributed_net import net as _net
+
+    return _net(graph, k, **options)
+
+
+SOLVERS = {"hals": hals, "pgd": pgd, "anls": anls, "net": net}
 
 
 # ------------------------------------------------------------------------------------ fit and cluster
@@ -855,19 +862,24 @@ def gather_rows(graph, local):
 
 
 def fit(graph, k, solver="hals", *, seed=0, max_iter=None, tol=None, lam=None, gather_factor=True, **options):
-    """Factorise a ShardedGraph at rank k with a sharded solver ("hals" or "pgd") from the seed's start."""
+    """Factorise a ShardedGraph at rank k with a sharded solver ("hals", "pgd", "anls" or "net") from the
+    seed's start; options go to the solver (for "net": recipe and any recipe setting)."""
     if solver not in SOLVERS:
         raise ValueError(f"the sharded solvers are {sorted(SOLVERS)}, got {solver!r} (not sharded yet)")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= graph.n:
         raise ValueError(f"k must be an int in [1, n = {graph.n}], got {k!r}")
     comm = graph.comm
-    U0 = init_factor(graph, int(k), seed)
-    if max_iter is None:
-        max_iter = DEFAULT_MAX_ITER[solver]
+    if solver != "net":  # the net draws the start of each of its restarts itself
+        U0 = init_factor(graph, int(k), seed)
+        if max_iter is None:
+            max_iter = DEFAULT_MAX_ITER[solver]
     if comm.world_size > 1:
         dist.barrier(group=comm.group)
     start = time.perf_counter()
-    result = SOLVERS[solver](graph, U0, lam=lam, max_iter=int(max_iter), tol=tol, **options)
+    if solver == "net":
+        result = net(graph, int(k), seed=seed, max_iter=max_iter, tol=tol, lam=lam, **options)
+    else:
+        result = SOLVERS[solver](graph, U0, lam=lam, max_iter=int(max_iter), tol=tol, **options)
     if graph.device.type == "cuda":
         torch.cuda.synchronize(graph.device)
     seconds = time.perf_counter() - start
