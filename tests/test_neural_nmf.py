@@ -79,7 +79,7 @@ def test_unsupervised_fit_improves_on_hierarchical_nmf():
     Xt = torch.tensor(X)
     As, _ = hierarchical_nmf(Xt, [9, 4, 2], 100, torch.Generator().manual_seed(0))
     hier = relative_errors(Xt, As, forward(Xt, As))
-    assert model.relative_errors_[-1] <= 0.95 * hier[-1]  # measured 0.85 hier[-1] at 60 steps
+    assert model.relative_errors_[-1] <= 0.95 * hier[-1]  # measured 0.44 hier[-1] at 60 steps
     # No model with k_3 = 2 beats the truncated SVD at rank 2: the error cannot be too good to be true.
     s = np.linalg.svd(X, compute_uv=False)
     assert model.relative_errors_[-1] >= np.linalg.norm(s[2:]) / np.linalg.norm(s) - 1e-9

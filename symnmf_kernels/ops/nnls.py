@@ -37,7 +37,7 @@ passive set gives NaN in the rows that meet it.
 import torch
 
 from . import _launch
-from ._common import as_batch, check_same, check_square, check_tensor, use_triton, warn_once
+from ._common import check_same, check_square, check_tensor, needs_grad, use_triton, warn_once
 
 __all__ = ["nnls"]
 
@@ -153,6 +153,37 @@ def nnls_backward_torch(G, X, dX):
     return Z.reshape(B, m, k)
 
 
+def _dG(Z, X):
+    # d(G_PP^{-1} c_P) = -G_PP^{-1} dG_PP x_P: the gradient of G is -Z^T X summed over rows, made symmetric.
+    S = Z.mT @ X
+    return -0.5 * (S + S.mT)
+
+
+def _torch_path(G, C, x0, max_rounds):
+    k = C.shape[-1]
+    X03 = x0.reshape(-1, *C.shape[-2:]) if x0 is not None else None
+    return nnls_torch(G.reshape(-1, k, k), C.reshape(-1, *C.shape[-2:]), X03, max_rounds).reshape(C.shape)
+
+
+class _NnlsTorch(torch.autograd.Function):
+    """The torch path with its backward written out, without the custom op's dispatch (a CPU training step of
+    small layers spent most of its time there)."""
+
+    @staticmethod
+    def forward(ctx, G, C, x0, max_rounds):
+        X = _torch_path(G, C, x0, max_rounds)
+        ctx.save_for_backward(G, X)
+        return X
+
+    @staticmethod
+    def backward(ctx, dX):
+        G, X = ctx.saved_tensors
+        k = X.shape[-1]
+        Z = nnls_backward_torch(G.reshape(-1, k, k), X.reshape(-1, *X.shape[-2:]), dX.reshape(-1, *X.shape[-2:]))
+        Z = Z.reshape(X.shape)
+        return (_dG(Z, X) if ctx.needs_input_grad[0] else None), (Z if ctx.needs_input_grad[1] else None), None, None
+
+
 # ---- the custom ops --------------------------------------------------------------------------------------------
 
 
@@ -211,12 +242,7 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, dX):
     G, X = ctx.saved_tensors
     Z = nnls_passive_solve(G, dX.contiguous(), X)
-    dG = None
-    if ctx.needs_input_grad[0]:
-        # d(G_PP^{-1} c_P) = -G_PP^{-1} dG_PP x_P: the gradient of G is -Z^T X summed over rows, made symmetric.
-        S = Z.mT @ X
-        dG = -0.5 * (S + S.mT)
-    return dG, Z if ctx.needs_input_grad[1] else None, None, None
+    return (_dG(Z, X) if ctx.needs_input_grad[0] else None), (Z if ctx.needs_input_grad[1] else None), None, None
 
 
 nnls_op.register_autograd(_backward, setup_context=_setup)
@@ -252,6 +278,10 @@ def nnls(G, C, x0=None, *, max_rounds=None):
     Differentiable in G and C, through the active set of the solution.
     """
     _check(G, C, x0, max_rounds)
-    if max_rounds is None:
-        max_rounds = default_max_rounds(G.shape[-1])
-    return nnls_op(G, C, None if x0 is None else x0.detach(), int(max_rounds))
+    max_rounds = default_max_rounds(G.shape[-1]) if max_rounds is None else int(max_rounds)
+    x0 = None if x0 is None else x0.detach()
+    if not _kernel_runs(C):
+        if needs_grad(G, C):
+            return _NnlsTorch.apply(G, C, x0, max_rounds)
+        return _torch_path(G, C, x0, max_rounds)
+    return nnls_op(G, C, x0, max_rounds)
