@@ -311,7 +311,9 @@ def lever_table(records, data):
 
 
 def final_table(records, data):
-    rows = [r for r in records if r["part"] == "final" and r["data"] == data]
+    # the latest run of each method and seed: a rerun (after a change of the recipe) replaces the older one
+    latest = {(r["seed"], r["method"]): r for r in records if r["part"] == "final" and r["data"] == data}
+    rows = list(latest.values())
     seeds = sorted({r["seed"] for r in rows})
     lines = [f"**{data}** (seeds {', '.join(map(str, seeds))})", "",
              "| method | kept by | ACC | NMI | E | time (s) |", "|" + " --- |" * 6]

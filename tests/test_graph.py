@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from symnmf.graph import knn_search, similarity_graph
+from symnmf.graph import faiss_knn_search, knn_search, similarity_graph
 
 
 def rel_err(a, b):
@@ -168,6 +168,44 @@ def test_bad_input_errors():
         similarity_graph(np.random.rand(6, 2), n_neighbors=0)
     with pytest.raises(ValueError, match="chunk_size"):
         similarity_graph(np.random.rand(6, 2), chunk_size=0)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_faiss_search_recalls_the_exact_neighbours(metric):
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng()
+    centres = rng.normal(size=(8, 12)) * 4
+    X = torch.from_numpy(centres[rng.integers(0, 8, 1500)] + rng.normal(size=(1500, 12))).float()
+    if metric == "cosine":
+        X = X / X.norm(dim=1, keepdim=True)
+    k = 11
+    exact_idx, exact_scores = knn_search(X, k, metric=metric)
+    idx, scores = faiss_knn_search(X, k, metric=metric)
+    assert idx.shape == (1500, k) and not bool((idx == torch.arange(1500)[:, None]).any())
+    recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(idx.tolist(), exact_idx.tolist())])
+    assert recall > 0.98
+    # scores are recomputed from the rows: exact for the neighbours found, sorted nearest first
+    found = X[idx]
+    expect = ((X[:, None] - found) ** 2).sum(-1) if metric == "euclidean" else (X[:, None] * found).sum(-1)
+    assert rel_err(scores.numpy(), expect.numpy()) < 1e-6
+    assert bool((scores.diff(dim=1) >= 0).all() if metric == "euclidean" else (scores.diff(dim=1) <= 0).all())
+
+
+def test_faiss_graph_is_close_to_the_exact_graph():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng()
+    X = rng.normal(size=(800, 6)).astype(np.float32)
+    exact = similarity_graph(X, neighbors="exact").to_dense().numpy()
+    approx = similarity_graph(X, neighbors="faiss").to_dense().numpy()
+    assert np.allclose(approx, approx.T) and rel_err(approx, exact) < 0.05
+
+
+def test_neighbor_search_choice():
+    with pytest.raises(ValueError, match="neighbors"):
+        similarity_graph(np.random.rand(6, 2), neighbors="annoy")
+    X = np.random.rand(40, 3)
+    # below the size where "auto" turns to FAISS, auto is the exact search
+    assert torch.equal(similarity_graph(X).to_dense(), similarity_graph(X, neighbors="exact").to_dense())
 
 
 @pytest.mark.gpu

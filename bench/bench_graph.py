@@ -1,0 +1,87 @@
+"""Similarity-graph construction at scale: time, peak memory and neighbour recall of
+symnmf.similarity_graph with the exact blocked search and with FAISS's HNSW index.
+
+Data: Gaussian mixtures (10 centres, unit noise, centres at distance about 3 sigma), float32.
+"fashion-sized" is 70,000 x 784 (the size of Fashion-MNIST); "1M" is 1,000,000 x 32.
+recall: the share of the exact k nearest neighbours that the search found, on 2,000 rows
+(the exact neighbours of those rows against all n, computed apart from the timed run).
+peak_rss_gb: the process's peak resident memory after the row (ru_maxrss; it never falls, so
+rows run from small to large).
+
+    OMP_NUM_THREADS=2 python bench/bench_graph.py                  # both sizes
+    python bench/bench_graph.py --sizes 70000x784 --searches exact faiss
+"""
+import argparse
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench.common import write_table  # noqa: E402
+from symnmf.graph import knn_search, similarity_graph  # noqa: E402
+
+COLUMNS = ["n", "d", "neighbors", "k", "seconds", "stored_entries", "recall", "peak_rss_gb", "threads", "notes"]
+
+
+def mixture(n, d, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(10, d)) * (3.0 / np.sqrt(2))
+    return (centres[rng.integers(0, 10, n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def recall_of(A, X, k, sample=2000, seed=0):
+    """Share of the exact k nearest neighbours of `sample` rows that are stored in A's rows."""
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(X.shape[0], size=min(sample, X.shape[0]), replace=False)
+    Xt = torch.from_numpy(X)
+    crow, col = A.crow_indices(), A.col_indices()
+    hits = 0
+    for start in range(0, len(rows), 256):
+        block = torch.from_numpy(rows[start:start + 256])
+        D = torch.cdist(Xt[block], Xt) ** 2
+        D[torch.arange(len(block)), block] = float("inf")
+        exact = torch.topk(D, k, largest=False).indices
+        for i, near in zip(block.tolist(), exact.tolist()):
+            stored = set(col[crow[i]:crow[i + 1]].tolist())
+            hits += len(stored & set(near))
+    return hits / (len(rows) * k)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", nargs="+", default=["70000x784", "1000000x32"], help="n x d of each mixture")
+    p.add_argument("--searches", nargs="+", default=["exact", "faiss"], choices=["exact", "faiss"])
+    p.add_argument("--exact-max-n", type=int, default=100_000, help="skip the exact search above this n")
+    p.add_argument("--out", help="results folder (default bench/results)")
+    args = p.parse_args(argv)
+    rows = []
+    for size in args.sizes:
+        n, d = (int(v) for v in size.split("x"))
+        X = mixture(n, d)
+        k = int(np.floor(np.log2(n))) + 1
+        for search in args.searches:
+            if search == "exact" and n > args.exact_max_n:
+                continue
+            start = time.perf_counter()
+            A = similarity_graph(X, neighbors=search)
+            seconds = time.perf_counter() - start
+            row = {"n": n, "d": d, "neighbors": search, "k": k, "seconds": seconds,
+                   "stored_entries": int(A.values().numel()), "threads": torch.get_num_threads(),
+                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            row["recall"] = recall_of(A, X, k)
+            rows.append(row)
+            print(row, flush=True)
+            del A
+    header = ["Gaussian mixtures (10 centres), float32; k = floor(log2 n) + 1 neighbours, Kuang's self-tuning "
+              "weights; recall of the exact k nearest neighbours on 2,000 rows",
+              "seconds: similarity_graph end to end (search, weights, normalisation, CSR)"]
+    write_table("bench_graph", rows, COLUMNS, header, out_dir=args.out, device="cpu")
+
+
+if __name__ == "__main__":
+    main()
