@@ -147,6 +147,16 @@ def test_deep_nmf_own_factor_fits_better_than_hierarchical():
     assert all(bool((A >= 0).all()) for A in As) and bool((S >= 0).all())
 
 
+def test_check_estimator():
+    """scikit-learn's own estimator checks."""
+    from sklearn.utils.estimator_checks import check_estimator
+
+    results = check_estimator(NeuralNMF(ranks=[2], max_iter=5, n_init_iter=5, random_state=0), on_fail=None)
+    failed = {r["check_name"]: repr(r["exception"]) for r in results if r["status"] == "failed"}
+    assert not failed, failed
+    assert sum(r["status"] == "passed" for r in results) >= 45
+
+
 def test_sklearn_conventions_and_bad_input():
     model = NeuralNMF([3, 2], loss="energy", random_state=0)
     assert clone(model).get_params() == model.get_params()
@@ -155,7 +165,7 @@ def test_sklearn_conventions_and_bad_input():
         NeuralNMF([3, 0]).fit(X)
     with pytest.raises(ValueError, match="ranks\\[0\\]"):
         NeuralNMF([31]).fit(X)
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="Negative values"):
         NeuralNMF([3]).fit(-X)
     with pytest.raises(ValueError, match="loss"):
         NeuralNMF([3], loss="kl").fit(X)

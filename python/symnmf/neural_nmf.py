@@ -253,6 +253,14 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         self.dtype = dtype
         self.verbose = verbose
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        # transform computes in the precision of the fit (dtype), whatever the input's.
+        tags.transformer_tags.preserves_dtype = ["float64"] if self.dtype in (None, "float64", torch.float64) \
+            else ["float32"]
+        return tags
+
     # ------------------------------------------------------------------ input
     def _tensor(self, X, reset):
         device = resolve_device(self.device, X) if reset else torch.device(self._device_fit)
@@ -260,16 +268,17 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
             X = X.detach().cpu().numpy()
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=reset, ensure_min_samples=1)
         if X.min() < 0:
-            raise ValueError(f"X must be non-negative; its smallest entry is {X.min()}")
+            raise ValueError(f"Negative values in data passed to NeuralNMF: X must be non-negative (smallest entry {X.min()})")
         dtype = (resolve_dtype(self.dtype) or torch.float64) if reset else self._dtype_fit
-        return torch.as_tensor(np.ascontiguousarray(X), dtype=dtype, device=device)
+        X = np.ascontiguousarray(X) if X.flags.writeable else X.copy()  # torch refuses read-only memory
+        return torch.as_tensor(X, dtype=dtype, device=device)
 
     def _check_ranks(self, n_features):
         ranks = list(self.ranks)
         if not ranks or any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 for k in ranks):
             raise ValueError(f"ranks must be a non-empty list of ints >= 1, got {self.ranks!r}")
         if ranks[0] > n_features:
-            raise ValueError(f"ranks[0] = {ranks[0]} exceeds the number of features {n_features}")
+            raise ValueError(f"ranks[0] = {ranks[0]} exceeds the number of features, n_features = {n_features}")
         return [int(k) for k in ranks]
 
     def _labels(self, y, label_mask, n):
