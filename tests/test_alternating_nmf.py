@@ -103,7 +103,7 @@ def test_recovers_features_under_correlated_weights(torch_path):
     no noise: recovery error <= 0.01. Plain non-negative least squares (alpha = 0 throughout) is worse."""
     rng = np.random.default_rng()
     Y, X, A, A0 = correlated_problem(rng)
-    assert 0.3 < mean_correlation(X) < 0.5
+    assert 0.2 < mean_correlation(X) < 0.6  # about 0.4; n = 400 samples leave it some spread
     assert recovery_error(A0, A) > 0.2
     model = AlternatingNMF(5).fit(Y, init_components=A0.T)
     assert model.components_.shape == (5, 60)
