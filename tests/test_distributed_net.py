@@ -235,6 +235,17 @@ def test_one_process(graph, single, monkeypatch):
     assert _rel(result.U.numpy(), ref.U.numpy()) < 1e-10
 
 
+def test_layer_terms_gradient():
+    """The hand-written backward of the layer's two sums, against torch's numerical gradient."""
+    from symnmf.distributed_net import _LayerTerms
+
+    gen = torch.Generator().manual_seed(0)
+    U, S, P = (torch.rand((2, 7, 3), generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    lam = torch.tensor([0.7, 1.3], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: _LayerTerms.apply(*a), (U, S, P, lam))
+    assert torch.autograd.gradcheck(lambda u, s: _LayerTerms.apply(u, s, None, lam)[0], (U, S))
+
+
 def test_refusals(graph):
     A, _ = graph
     g = sd.ShardedGraph.from_matrix(A[:100, :100])

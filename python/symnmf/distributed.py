@@ -897,7 +897,8 @@ def fit(graph, k, solver="hals", *, seed=0, max_iter=None, tol=None, lam=None, g
     params = dict(result.params)
     traffic = {key: params.pop(key) for key in ("bytes_sent", "exchanges", "bytes_per_exchange",
                                                 "bytes_sent_per_iteration", "halo_rows") if key in params}
-    traffic["allgather_bytes_per_exchange"] = (comm.world_size - 1) * graph.n_local * int(k) * U.element_size()
+    columns = params.pop("exchange_columns", int(k))  # the net sends its R restarts' k columns at once
+    traffic["allgather_bytes_per_exchange"] = (comm.world_size - 1) * graph.n_local * columns * U.element_size()
     return DistributedFit(
         method=solver, U_local=U, labels_local=labels_local.cpu().numpy(),
         labels=labels.cpu().numpy() if root else None, U=U_all if (root and gather_factor) else None,

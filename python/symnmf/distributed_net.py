@@ -89,6 +89,52 @@ class _Times(torch.autograd.Function):
         return _times(ctx.graph, grad.contiguous()), None
 
 
+def _dot(A, B):
+    """<A[b], B[b]> per restart (A, B of shape (R, m, r)), summed in float64."""
+    if A.dtype == torch.float64:  # one BLAS pass
+        return (A.flatten(1)[:, None, :] @ B.flatten(1)[:, :, None]).reshape(-1)
+    return (A * B).flatten(1).sum(-1, dtype=torch.float64)
+
+
+class _LayerTerms(torch.autograd.Function):
+    """(<S, U>, ||P - S - lam U||^2) per restart over this rank's rows, S = X U: the two sums of the
+    sparse layer loss, with the residual R kept from the forward so the backward is a few passes
+    (dP = 2 b R, dS = a U - 2 b R, dU = a S - 2 b lam R, dlam = -2 b <R, U> for the gradients a, b
+    of the two sums). P None: the first sum only."""
+
+    @staticmethod
+    def forward(ctx, U, S, P, lam):
+        su = _dot(S, U)
+        R = None
+        if P is None:
+            rr = torch.zeros_like(su)
+        else:
+            R = P - S
+            R.addcmul_(lam[:, None, None], U, value=-1)
+            rr = _dot(R, R)
+        ctx.save_for_backward(U, S, R, lam)
+        return su, rr
+
+    @staticmethod
+    def backward(ctx, g_su, g_rr):
+        U, S, R, lam = ctx.saved_tensors
+        need_u, need_s, need_p, need_lam = ctx.needs_input_grad
+        a = torch.zeros_like(U[:, :1, :1]) if g_su is None else g_su.to(U.dtype)[:, None, None]
+        dU = a * S if need_u else None
+        dS = a * U if need_s else None
+        dP = dlam = None
+        if R is not None and g_rr is not None:
+            R2 = (2 * g_rr).to(U.dtype)[:, None, None] * R
+            if need_s:
+                dS.sub_(R2)
+            if need_u:
+                dU.addcmul_(lam[:, None, None], R2, value=-1)
+            if need_lam:
+                dlam = -_dot(R2, U).to(lam.dtype)
+            dP = R2 if need_p else None
+        return dU, dS, dP, dlam
+
+
 def init_restarts(graph, rank, seed=0, restarts=1, *, chunk_rows=1 << 16):
     """This rank's rows of R = `restarts` Kuang starts, shape (R, n_local, rank): the rows of
     `symnmf.solvers.init_factor(X, rank, make_generator(seed), batch_shape=(R,))`.
@@ -306,15 +352,18 @@ def net(graph, k, *, seed=0, recipe="default", U0=None, max_iter=None, tol=None,
         """(this rank's share of the loss per restart, this rank's <X U_L, U_L>, U_L, G_L)."""
         loss = 0.0
         U, G, S = U0, G0, S0
-        for i, P in enumerate(weights):
-            regulariser = (P - S - lam_p[:, None, None] * U).pow(2).sum((-2, -1), dtype=torch.float64)
-            loss = loss + beta_now * regulariser
-            U, g = sk.symnmf_block_from_gram(G, P, lam_p)
-            G = all_reduce(g)
-            S = _Times.apply(U, graph)
-            cross = (S * U).sum((-2, -1), dtype=torch.float64)
-            if not last_only or i + 1 == len(weights):
+        L = len(weights)
+        for i in range(L + 1):
+            P = weights[i] if i < L else None
+            # <X U_i, U_i> for the residual of block i and the regulariser of block i + 1 from one product
+            cross, regulariser = _LayerTerms.apply(U, S, P, lam_p)
+            if i > 0 and (not last_only or i == L):
                 loss = loss - 2 * cross + root_weight * G.pow(2).sum((-2, -1), dtype=torch.float64) + norm_term
+            if P is not None:
+                loss = loss + beta_now * regulariser
+                U, g = sk.symnmf_block_from_gram(G, P, lam_p)
+                G = all_reduce(g)
+                S = _Times.apply(U, graph)
         if mu:
             loss = loss + mu * U.sum((-2, -1), dtype=torch.float64)  # U_L >= 0: its l1 norm
         return loss, cross, U, G
@@ -427,7 +476,7 @@ def net(graph, k, *, seed=0, recipe="default", U0=None, max_iter=None, tol=None,
         "seconds": time.perf_counter() - start,
         # this rank's traffic: the halo of the whole run (start, training, polish) and of a training step
         "bytes_sent": plan.bytes_sent - bytes0, "exchanges": plan.exchanges - exchanges0,
-        "bytes_per_exchange": plan.bytes_per_exchange(R * k, graph.dtype),
+        "bytes_per_exchange": plan.bytes_per_exchange(R * k, graph.dtype), "exchange_columns": R * k,
         "bytes_sent_per_iteration": train_bytes / max(steps, 1),
         "exchanges_per_iteration": train_exchanges / max(steps, 1),
         "allreduce_bytes_per_iteration": reduce_bytes / max(steps, 1),
