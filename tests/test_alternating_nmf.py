@@ -74,6 +74,21 @@ def test_decode_kernels(device):
     assert rel_err(Ginv, torch.linalg.inv(A.mT @ A)) < 1e-10
 
 
+def test_iterations_on_the_kernels_match_the_torch_path(monkeypatch):
+    """A few whole iterations (decode, the Grams of W and of Y A, the noise floor, the steps) through the
+    Triton kernels (the interpreter on CPU) give the torch path's features and thresholds."""
+    rng = np.random.default_rng()
+    Y, _, _, A0 = correlated_problem(rng, n=48, d=24, k=4)
+    Y = Y + 0.2 * Y.mean() * rng.random(Y.shape)  # noise, so that the noise floor is active
+    Yt, A0t = torch.as_tensor(Y), torch.as_tensor(A0)
+    kernels = alternating_nmf(Yt, A0t, max_iter=4, inner_iter=10, decay=5.0)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    plain = alternating_nmf(Yt, A0t, max_iter=4, inner_iter=10, decay=5.0)
+    assert rel_err(kernels.A, plain.A) < 1e-10
+    assert rel_err(kernels.alpha, plain.alpha) < 1e-8
+    assert (plain.alpha > plain.history["alpha"][-1]).any()  # the floor held some threshold above the schedule
+
+
 def test_decode_scalar_threshold_float32():
     Y = torch.rand(50, 30)
     A = torch.rand(30, 4)

@@ -210,9 +210,10 @@ class AlternatingNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     Samples are rows: Y (n_samples, n_features) ~ W H with non-negative weights W (n_samples x
     n_components) and features H = components_ (n_components x n_features). Each outer iteration
     decodes the weights by a thresholded pseudo-inverse, W = max(Y H^T (H H^T)^{-1} - alpha, 0), with
-    alpha decreasing geometrically down to the noise level of the decode, then takes `inner_iter` gradient steps on H with W fixed. From a
-    start near the true features it recovers them even when the weights are strongly correlated
-    (docs/alternating_nmf.md). H itself is not constrained to be non-negative.
+    alpha decreasing geometrically down to the noise level of the decode, then takes `inner_iter`
+    gradient steps on H with W fixed. From a start near the true features it recovers them even when
+    the weights are strongly correlated (docs/alternating_nmf.md). H itself is not constrained to be
+    non-negative.
 
     Parameters
     ----------
