@@ -154,10 +154,12 @@ def test_op_batched_matches_reference_and_kkt(device, dtype):
     assert int((X > 0).sum()) > 0 and int((X == 0).sum()) > 0  # both sets are exercised
 
 
-def test_op_torch_path_matches_scipy():
-    """The CPU torch path (distinct passive sets solved once) on its own, outside the interpreter."""
-    A, Bt, G, C = least_squares(7, 501, batch=(2,))
-    X = nnls_torch(G, C, None, 55)
+@pytest.mark.parametrize("k,m", [(2, 400), (7, 501), (16, 30)])
+def test_op_torch_path_matches_scipy(k, m):
+    """The CPU torch path on its own, outside the interpreter: k = 2 has at most 4 passive sets for 400 rows
+    (one inverse per set, shared), k = 16 about one set per row (one solve per row)."""
+    A, Bt, G, C = least_squares(k, m, batch=(2,))
+    X = nnls_torch(G, C, None, 5 * k + 20)
     assert rel_err(X, scipy_solution(A, Bt)) <= OP_TOL[torch.float64]
 
 

@@ -77,15 +77,26 @@ def passive_solve_torch(G, problem, C, F):
     else:  # every row its own system
         which = torch.arange(N, device=C.device)
         set_problem, Fs = problem, F.to(G.dtype)
-    mask = Fs[:, :, None] * Fs[:, None, :]
     eye = torch.eye(k, dtype=G.dtype, device=G.device)
+    X = torch.empty_like(C)
+    step = max(1, _CHUNK_ELEMENTS // (k * k))
+    if 2 * Fs.shape[0] > N:
+        # Most rows have a passive set of their own: one Cholesky solve per row, no inverse to share.
+        for start in range(0, N, step):
+            sl = slice(start, start + step)
+            Fr = Fs[which[sl]]
+            M = G[set_problem[which[sl]]] * (Fr[:, :, None] * Fr[:, None, :]) + torch.diag_embed(1.0 - Fr)
+            L, info = torch.linalg.cholesky_ex(M)
+            failed = (info != 0)[:, None, None]
+            x = torch.cholesky_solve((C[sl] * Fr)[:, :, None], torch.where(failed, eye, L))[:, :, 0]
+            X[sl] = torch.where(failed[:, :, 0], float("nan"), x * Fr)
+        return X
+    mask = Fs[:, :, None] * Fs[:, None, :]
     M = G[set_problem] * mask + torch.diag_embed(1.0 - Fs)
     L, info = torch.linalg.cholesky_ex(M)
     failed = (info != 0)[:, None, None]
     # A failed factor may hold zeros on its diagonal, which cholesky_inverse refuses: invert I there instead.
     inverse = torch.where(failed, float("nan"), torch.cholesky_inverse(torch.where(failed, eye, L)) * mask)
-    X = torch.empty_like(C)
-    step = max(1, _CHUNK_ELEMENTS // (k * k))
     for start in range(0, N, step):
         sl = slice(start, start + step)
         # The inverse is symmetric: x^T = c^T G_FF^{-1}.
@@ -146,7 +157,7 @@ def nnls_torch(G, C, X0, max_rounds):
 
 
 def nnls_backward_torch(G, X, dX):
-    """(dG, dC) through the passive sets P = {X > 0}: z_P = G_PP^{-1} dX_P, dC = z, dG = -sym(Z^T X)."""
+    """Z with z_P = G_PP^{-1} dx_P and z = 0 off P = {x > 0}, row by row: dC = Z, and dG = -sym(Z^T X)."""
     B, m, k = X.shape
     problem = torch.arange(B, device=X.device).repeat_interleave(m)
     Z = passive_solve_torch(_symmetric(G), problem, dX.reshape(B * m, k), X.reshape(B * m, k) > 0)
@@ -202,14 +213,12 @@ def _kernel_runs(C):
 @torch.library.custom_op("symnmf_kernels::nnls", mutates_args=())
 def nnls_op(G: torch.Tensor, C: torch.Tensor, x0: torch.Tensor | None, max_rounds: int) -> torch.Tensor:
     """Rows of argmin_{X >= 0} 1/2 x^T G x - c^T x for G (..., k, k) and C (..., m, k) of one batch shape."""
+    if not _kernel_runs(C):
+        return _torch_path(G, C, x0, max_rounds)
     k = C.shape[-1]
-    G3, C3 = G.reshape(-1, k, k), C.reshape(-1, *C.shape[-2:])
+    C3 = C.reshape(-1, *C.shape[-2:])
     X03 = x0.reshape(C3.shape) if x0 is not None else None
-    if _kernel_runs(C):
-        X = _launch.nnls(G3, C3, X03, max_rounds, TOL_REL[C.dtype])
-    else:
-        X = nnls_torch(G3, C3, X03, max_rounds)
-    return X.reshape(C.shape)
+    return _launch.nnls(G.reshape(-1, k, k), C3, X03, max_rounds, TOL_REL[C.dtype]).reshape(C.shape)
 
 
 @nnls_op.register_fake
