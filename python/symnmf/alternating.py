@@ -12,8 +12,8 @@ start A_0 near the true features, repeats for t = 1, ..., max_iter:
     W  = max(Y A (A^T A)^{-1} - alpha_t, 0)        decode: thresholded pseudo-inverse
     A <- A + eta (Y^T W - A W^T W)   (inner_iter times, W fixed)
 
-The decode is the SymNMF block's pattern (docs/design.md, "The block and its
-backward"): a Gram G = A^T A, its small inverse, and ReLU(P G^{-1}) with
+The decode is the SymNMF block's pattern
+(docs/design.md, "The block and its backward"): a Gram G = A^T A, its small inverse, and ReLU(P G^{-1}) with
 P = Y A. It runs on `symnmf_kernels` (sk.gram, sk.spd_inverse, sk.apply_relu),
 fused on a GPU, and every tensor may carry leading batch dimensions of
 independent problems. The threshold is folded into P, because apply_relu
