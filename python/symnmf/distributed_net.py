@@ -68,11 +68,26 @@ class _AllReduce(torch.autograd.Function):
         return ctx.comm.all_reduce(grad.clone(memory_format=torch.contiguous_format)), None, None
 
 
+def _extend(plan, U):
+    """`HaloPlan.extend` for R restarts at once: U (R, n_local, r) -> U_ext (R, n_ext, r), one exchange."""
+    R, m, r = U.shape
+    if R == 1:
+        return plan.extend(U[0])[None]
+    U_ext = U.new_empty((R, plan.n_ext, r))
+    U_ext[:, plan.n_before:plan.n_before + m] = U
+    sends = {p: U.index_select(1, rows) for p, rows in plan.send_rows.items()}
+    recvs = {p: U.new_empty((R, b - a, r)) for p, (a, b) in plan.recv_slices.items()}
+    plan.comm.exchange(sends, recvs)
+    for p, (a, b) in plan.recv_slices.items():
+        U_ext[:, a:b] = recvs[p]
+    plan.exchanges += 1
+    plan.bytes_sent += sum(t.numel() for t in sends.values()) * U.element_size()
+    return U_ext
+
+
 def _times(graph, U):
     """(X U)[own rows] for U of shape (R, n_local, r): one halo exchange and one SpMM for all R restarts."""
-    R, m, r = U.shape
-    flat = U.transpose(0, 1).reshape(m, R * r)
-    return graph.matmul(flat).reshape(m, R, r).transpose(0, 1).contiguous()
+    return sk.spmm(graph.local, _extend(graph.plan, U.contiguous()))
 
 
 class _Times(torch.autograd.Function):
@@ -91,8 +106,8 @@ class _Times(torch.autograd.Function):
 
 def _dot(A, B):
     """<A[b], B[b]> per restart (A, B of shape (R, m, r)), summed in float64."""
-    if A.dtype == torch.float64:  # one BLAS pass
-        return (A.flatten(1)[:, None, :] @ B.flatten(1)[:, :, None]).reshape(-1)
+    if A.dtype == torch.float64:  # one BLAS pass per restart
+        return torch.stack([torch.dot(a.reshape(-1), b.reshape(-1)) for a, b in zip(A, B)])
     return (A * B).flatten(1).sum(-1, dtype=torch.float64)
 
 
