@@ -158,11 +158,8 @@ def _check_case(ranks, U, ref, rtol):
         assert rk["params"]["index"] == ranks[0]["params"]["index"]
 
 
-@pytest.mark.parametrize("world", [2, 3])
-@pytest.mark.parametrize("case", ["default", "paper", "loss"])
+@pytest.mark.parametrize("world, case", [(3, "default"), (2, "default"), (3, "paper"), (3, "loss")])
 def test_sharded_net_matches_one_process(spawned, single, world, case):
-    if world == 2 and case != "default":
-        pytest.skip("the 2-rank subgroup runs the default recipe only")
     ranks, U = _load(spawned, f"w{world}", case, world)
     _check_case(ranks, U, single[case], rtol=1e-10)
 
@@ -267,6 +264,36 @@ def test_refusals(graph):
         net(g, 3, U0=-torch.ones(100, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="restarts"):
         init_restarts(g, 3, restarts=0)
+
+
+@pytest.mark.slow
+def test_symnmf_cluster_net_under_torchrun(tmp_path, graph):
+    """`torchrun -m symnmf cluster --solver net` on 2 ranks against the same command in one process (the
+    library's recipe, 20 Adam steps: --epochs in one process, --max-iter under torchrun, both given)."""
+    import subprocess
+    import sys
+
+    A, _ = graph
+    path = tmp_path / "graph.npz"
+    sp.save_npz(path, sp.csr_matrix(A))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("TRITON_INTERPRET", None)
+    common = ["cluster", str(path), "-k", str(K), "--solver", "net", "--seed", "0", "--epochs", "20",
+              "--max-iter", "20"]
+    one = subprocess.run([sys.executable, "-m", "symnmf", *common, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                str(_free_port())]
+    two = subprocess.run([*torchrun, "-m", "symnmf", *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "on 2 ranks" in two.stdout
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "two" / "labels.txt", dtype=np.int64),
+                                  np.loadtxt(tmp_path / "one" / "labels.txt", dtype=np.int64))
+    metrics = [json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two")]
+    assert metrics[1]["iterations"] == metrics[0]["iterations"] == 20
+    assert metrics[1]["rel_error"] == pytest.approx(metrics[0]["rel_error"], rel=1e-10)
 
 
 @pytest.mark.gpu
