@@ -96,7 +96,7 @@ def _worker(rank, world, root, port, device):
             if rank == 0:
                 np.save(os.path.join(root, "rcm-U.npy"), run.U.cpu().numpy())
             # cluster() with the net, rank 0 writes the outputs.
-            sd.cluster(path, K, "net", seed=0, max_iter=CLUSTER_EPOCHS, out=os.path.join(root, "out"),
+            sd.cluster(path, K, "net", seed=0, max_iter=CLUSTER_EPOCHS, device="cpu", out=os.path.join(root, "out"),
                        **CLUSTER_OPTIONS)
         dist.barrier()
     finally:
@@ -107,7 +107,8 @@ def _spawn(root, world, A, device="cpu"):
     sp.save_npz(os.path.join(root, "graph.npz"), A)
     sd.save_shards(A, os.path.join(root, "shards-rcm"), 2, order="rcm")
     # Forked ranks start at once, where spawned ones import torch and the library again (10 s each on a
-    # loaded 2-core machine); each sets one thread before any torch work. CUDA needs spawned ranks.
+    # loaded 2-core machine); each sets one thread before any torch work (as DataLoader workers do) and,
+    # on the CPU, never touches CUDA. CUDA ranks must be spawned.
     tmp.start_processes(_worker, args=(world, root, _free_port(), device), nprocs=world, join=True,
                         start_method="fork" if device == "cpu" else "spawn")
 
