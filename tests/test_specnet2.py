@@ -152,15 +152,17 @@ def test_fit_spans_the_leading_eigenvectors_and_clusters(torch_path):
     X, y = _blobs()
     model = SpecNet2(3, **SMALL).fit(X)
     lam, V = _leading(model.affinity_matrix_, 3)
-    assert model.embedding_.shape == (300, 3)
+    assert model.embedding_.shape == (300, 3) and model.eigenvalues_.shape == (3,)
+    assert model.network_.net[-1].out_features == 3 + 6  # the extra outputs of n_oversamples
     assert _sine(model.embedding_, V) <= 0.1
     np.testing.assert_allclose(model.eigenvalues_, lam, atol=0.01)
     assert accuracy(y, model.labels_) >= 0.99
     h = model.history_
     assert len(h["objective"]) == model.n_iter_ == 60
     assert np.isfinite(h["objective"]).all()
-    assert h["objective"][-1] <= -np.sum(lam**2) * 0.99  # near the optimum -sum lambda^2 ...
-    assert h["objective"][-1] >= -np.sum(lam**2) - 1e-3  # ... which is a lower bound
+    lam9, _ = _leading(model.affinity_matrix_, 9)  # the network has 3 + 6 outputs
+    # below what the leading 3 alone give, above the optimum -sum lambda^2 of all 9 (a lower bound)
+    assert -np.sum(lam9**2) - 1e-3 <= h["objective"][-1] <= -np.sum(lam**2) * 0.99
     # the running Y^T D Y tracks the exact one once the step has decayed
     assert 0 <= h["ydy_error"][-1] <= 0.02
 
@@ -216,6 +218,15 @@ def test_precomputed_affinity_free_table_and_features(torch_path):
     assert _sine(net.embedding_, V) <= 0.1
     assert net.transform(X[:7]).shape == (7, 3)
     assert net.n_features_in_ == 300
+
+
+def test_extra_outputs_are_capped_and_dropped(torch_path):
+    X, _ = _blobs(60)
+    fast = {**SMALL, "epochs": 1}
+    model = SpecNet2(3, **fast, n_oversamples=500).fit(X)
+    assert model.network_.net[-1].out_features == 60  # never more outputs than nodes
+    assert model.embedding_.shape == (60, 3) and model.transform(X[:4]).shape == (4, 3)
+    assert SpecNet2(3, **fast, n_oversamples=0).fit(X).network_.net[-1].out_features == 3
 
 
 def test_same_seed_same_embedding(torch_path):

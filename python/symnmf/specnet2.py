@@ -29,6 +29,10 @@ the cache and M exactly and records the objective. The products are the
 library's kernels: `symnmf_kernels.spmm` for W[B, N] Y_N (and W Y in the
 full-batch variant) and `symnmf_kernels.gram` for the D-weighted Grams.
 
+The network has p more outputs than the k eigenvectors asked for, and the embedding is the
+leading k Ritz vectors of the span of its output: as in a block eigensolver, the leading k then
+converge at a rate set by lambda_k - lambda_{k+p+1}, not by the often tiny lambda_k - lambda_{k+1}.
+
 Scaling: W is divided by its mean degree and the network's target is
 sqrt(n) times the minimiser, so its outputs are O(1) and the learning rate
 does not depend on n or on W's scale; `history_["objective"]` is f of the
@@ -244,20 +248,25 @@ def _train(graph, model, *, batch_size, epochs, lr, generator, verbose):
     return history
 
 
-def _ritz(graph, Y):
-    """Rayleigh-Ritz on span(Y): C (k x k) with (YC)^T W (YC) = n diag(mu), (YC)^T D (YC) = n I,
-    mu descending: the Ritz values of D^{-1} W in span(Y) and the basis of its approximate eigenvectors."""
-    import scipy.linalg
-
+def _ritz(graph, Y, k):
+    """Rayleigh-Ritz on span(Y): C (width x k) with (YC)^T W (YC) = n diag(mu), (YC)^T D (YC) = n I,
+    mu descending: the leading k Ritz values of D^{-1} W in span(Y) and the basis of their vectors."""
     n = graph.n
     K = (Y.mT @ sk.spmm(graph.full, Y)).double().cpu().numpy()
     M = _weighted_gram(Y, graph.degree).double().cpu().numpy()
-    K, M = (K + K.T) / 2, (M + M.T) / 2
-    # a ridge at the precision's resolution keeps M definite when two outputs coincide
-    M[np.diag_indices_from(M)] += np.finfo(np.float32).eps * np.trace(M) / len(M)
-    mu, C = scipy.linalg.eigh(K, M)
-    order = np.argsort(mu)[::-1]
-    return mu[order], C[:, order] * math.sqrt(n)
+    # D-orthonormalise through M's eigenvectors, dropping the directions a float32 output cannot
+    # resolve: outputs that (nearly) coincide would make M singular and the Ritz values spurious.
+    s, U = np.linalg.eigh((M + M.T) / 2)
+    keep = s > s.max() * 1e-6
+    if keep.sum() < k:
+        raise FloatingPointError(
+            f"the network's output has rank {int(keep.sum())} < n_components = {k} (collapsed outputs); train "
+            "longer or with a lower lr, or use more hidden units"
+        )
+    B = U[:, keep] / np.sqrt(s[keep])
+    mu, Q = np.linalg.eigh(B.T @ ((K + K.T) / 2) @ B)
+    order = np.argsort(mu)[::-1][:k]
+    return mu[order], (B @ Q[:, order]) * math.sqrt(n)
 
 
 # ---------------------------------------------------------------------------------------------- the estimator
@@ -275,6 +284,11 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
     ----------
     n_components : int
         k: the number of eigenvectors, and of clusters.
+    n_oversamples : int
+        p extra outputs: the network is trained on k + p columns and the embedding keeps the leading
+        k Ritz vectors of their span. As in a block eigensolver, the leading k then converge at a
+        rate set by the gap lambda_k - lambda_{k+p+1} instead of lambda_k - lambda_{k+1}, which
+        matters when the k-th and (k+1)-th eigenvalues are close (docs/specnet2.md). Capped at n - k.
     hidden : tuple of int
         Widths of the MLP's hidden ReLU layers; () is a linear map of the features.
     batch_size : int or None
@@ -282,7 +296,7 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
     epochs : int
         Passes over the rows.
     lr : float or None
-        Adam's learning rate (decayed along a cosine to lr / 100 over the training). None: 1e-3 for a
+        Adam's learning rate (decayed along a cosine to lr / 100 over the training). None: 2e-3 for a
         network, 0.1 for a free table (whose entries are the parameters, each moved by about lr a step).
     affinity : {"nearest_neighbors", "precomputed"}
         "nearest_neighbors": X holds features and W is the library's kNN graph of them
@@ -315,13 +329,13 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
         The graph W.
     history_ : dict of lists
         Per epoch: "epoch", "objective" (the exact objective at the epoch's end; its optimum is
-        -sum of the k leading eigenvalues squared), "ydy_error" (relative error of the running
+        -sum of the k + p leading eigenvalues squared, p the extra outputs), "ydy_error" (relative error of the running
         Y^T D Y against the exact one, before the epoch's refresh; 0 for full batches) and
         "time" (seconds since training started).
     n_iter_ : int
         Epochs run.
     network_ : torch.nn.Module
-        The trained model.
+        The trained model (n_components + n_oversamples outputs; `transform` rotates them).
     n_features_in_ : int
         Columns of X seen by fit.
 
@@ -337,6 +351,7 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
 
     _parameter_constraints = {
         "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_oversamples": [Interval(numbers.Integral, 0, None, closed="left")],
         "hidden": [tuple, list],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "epochs": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -350,10 +365,11 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
         "verbose": ["verbose"],
     }
 
-    def __init__(self, n_components=8, *, hidden=(256, 256), batch_size=128, epochs=100, lr=None,
+    def __init__(self, n_components=8, *, n_oversamples=6, hidden=(256, 256), batch_size=128, epochs=300, lr=None,
                  affinity="nearest_neighbors", n_neighbors=None, metric="euclidean", n_init=10,
                  random_state=None, device=None, verbose=False):
         self.n_components = n_components
+        self.n_oversamples = n_oversamples
         self.hidden = hidden
         self.batch_size = batch_size
         self.epochs = epochs
@@ -431,6 +447,7 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
         W, F = self._graph_and_features(X, features, device)
         n = W.shape[0]
         k = check_rank(self.n_components, n)
+        width = k + min(int(self.n_oversamples), n - k)  # the network's outputs
         graph = _Graph(W, torch.float32)
         if not bool((graph.degree > 0).all()):
             i = int(torch.nonzero(graph.degree <= 0)[0])
@@ -442,15 +459,15 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = _Table(n, k) if F is None else _MLP(F, hidden, k)
+            model = _Table(n, width) if F is None else _MLP(F, hidden, width)
         model = model.to(device)
         batch = None if self.batch_size is None else min(int(self.batch_size), n)
-        lr = self.lr if self.lr is not None else (1e-1 if F is None else 1e-3)
+        lr = self.lr if self.lr is not None else (1e-1 if F is None else 2e-3)
         self.history_ = _train(graph, model, batch_size=batch, epochs=self.epochs, lr=lr,
                                generator=generator, verbose=bool(self.verbose))
         model.eval()
         Y = _all_rows(model, n, device)
-        self.eigenvalues_, C = _ritz(graph, Y)
+        self.eigenvalues_, C = _ritz(graph, Y, k)
         self._rotation = torch.as_tensor(C, dtype=Y.dtype, device=device)
         self.embedding_ = (Y @ self._rotation).cpu().numpy()
         self.kmeans_ = KMeans(k, n_init=self.n_init, random_state=seed).fit(_row_normalised(self.embedding_))
