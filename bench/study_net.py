@@ -348,7 +348,7 @@ def final_table(records, data):
 
 
 def cost_table(records):
-    rows = [r for r in records if r["part"] == "cost"]
+    rows = list({r["data"]: r for r in records if r["part"] == "cost"}.values())  # the latest run per graph
     lines = ["| graph | n | stored entries | SymHALS s, cpu s (ACC) | net | net s, cpu s (ACC kept -> polished, steps) "
              "| cpu ratio |", "|" + " --- |" * 7]
     for r in rows:

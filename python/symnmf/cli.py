@@ -221,9 +221,15 @@ def _cluster_sharded(args, threads):
     if args.solver not in distributed.SOLVERS:
         raise CommandError(f"--solver {args.solver} is not sharded; under torchrun use one of "
                            f"{', '.join(sorted(distributed.SOLVERS))}")
-    run = distributed.cluster(args.input, args.n_clusters, args.solver, seed=args.seed, max_iter=args.max_iter,
+    options = {}
+    if args.solver == "net":  # the same recipe and settings as the single-process fit
+        options = {"recipe": args.recipe, **{name: value for name, value in
+                                             (("lr", args.lr), ("relative_lr", args.relative_lr), ("beta", args.beta))
+                                             if value is not None}}
+    max_iter = args.epochs if args.solver == "net" else args.max_iter
+    run = distributed.cluster(args.input, args.n_clusters, args.solver, seed=args.seed, max_iter=max_iter,
                               tol=args.tol, dtype=args.dtype, device=args.device, threads=threads, out=args.out,
-                              return_fit=True)
+                              return_fit=True, **options)
     if run is not None:  # rank 0 wrote the outputs
         print(f"{args.solver}: rank {args.n_clusters}, {run.n_iter} iterations, {run.seconds:.2f} s on "
               f"{run.world_size} ranks, relative error {run.rel_error:.4f}")
