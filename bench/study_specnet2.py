@@ -389,7 +389,8 @@ def plot(args):
     axes[0].legend(fontsize=7)
     scale_runs = [r for r in runs if r.get("part") == "scale" and r.get("time") is not None]
     for method in ("eigsh tol 0", "eigsh tol 1e-4", "lobpcg tol 1e-4", "specnet2"):
-        pts = sorted((r["n"], r["cpu_time"]) for r in scale_runs if r["key"] == method)
+        latest = {r["n"]: r["cpu_time"] for r in scale_runs if r.get("key") == method and "cpu_time" in r}
+        pts = sorted(latest.items())
         if pts:
             axes[1].loglog(*zip(*pts), "o-", label=method)
     axes[1].set_xlabel("nodes n")
