@@ -85,7 +85,7 @@ RECIPES = {
         "n_layers": 5, "beta": 4.0, "beta_relative": True, "beta_final": None, "mu": 0.0,
         "lam": "spectral", "learn_lam": True, "init": "random", "init_iter": 0, "init_noise": 0.0, "loss_blocks": "all",
         "epochs": 400, "lr": 0.1, "relative_lr": True, "lr_schedule": "constant",
-        "tol": 2e-3, "patience": 50, "n_restarts": 4, "select": "consensus", "polish_iter": 100,
+        "tol": 2e-3, "patience": 50, "n_restarts": 4, "select": "loss", "polish_iter": 100,
     },
 }
 _INITS = ("random", "hals", "spectral")
