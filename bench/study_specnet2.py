@@ -271,7 +271,8 @@ def _scale_one(args):
 
         torch.set_num_threads(1)
         model = SpecNet2(k, hidden=(64, 64), batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
-                         affinity="precomputed", random_state=0, device="cpu").fit(W, features=F)
+                         ydy_refresh=args.ydy_refresh, affinity="precomputed", random_state=0,
+                         device="cpu").fit(W, features=F)
         E = model.embedding_
         out["history"] = model.history_
         out["acc"] = None
@@ -430,6 +431,7 @@ def main(argv=None):
     one.add_argument("--epochs", type=int, default=10)
     one.add_argument("--batch-size", type=int, default=1024)
     one.add_argument("--lr", type=float, default=3e-3)
+    one.add_argument("--ydy-refresh", type=int, default=None)
     sub.add_parser("plot")
     args = p.parse_args(argv)
     {"digits": digits, "scale": scale, "_scale_one": _scale_one, "plot": plot}[args.part](args)

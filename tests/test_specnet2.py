@@ -176,6 +176,24 @@ def test_full_batch_variant(torch_path):
     assert model.history_["ydy_error"] == [0.0] * 400
 
 
+def test_exact_refreshes_of_the_running_gram(torch_path, monkeypatch):
+    X, _ = _blobs(120)
+    refreshes = []
+    refresh = _RunningGram.refresh
+
+    def spy(self, Y):
+        refreshes.append(Y.shape[0])
+        return refresh(self, Y)
+
+    monkeypatch.setattr(_RunningGram, "refresh", spy)
+    SpecNet2(2, **{**SMALL, "epochs": 2, "batch_size": 20}, ydy_refresh=2).fit(X)
+    # 6 steps per epoch: refreshes after steps 2 and 4 (step 6 ends the epoch, which refreshes anyway)
+    assert refreshes == [120] * 6
+    refreshes.clear()
+    SpecNet2(2, **{**SMALL, "epochs": 2, "batch_size": 20}).fit(X)
+    assert refreshes == [120] * 2
+
+
 def test_mini_batches_form_only_their_rows_of_w(torch_path, monkeypatch):
     X, _ = _blobs(120)
     seen = []

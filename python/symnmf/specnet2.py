@@ -194,8 +194,11 @@ def _all_rows(model, n, device):
 # ---------------------------------------------------------------------------------------------- training
 
 
-def _train(graph, model, *, batch_size, epochs, lr, generator, verbose):
+def _train(graph, model, *, batch_size, epochs, lr, generator, verbose, refresh_every=None):
     """Adam on f; mini-batches of rows with a running Y^T D Y, or full batches (batch_size None).
+
+    refresh_every: mini-batch steps between exact recomputations of Y^T D Y (one pass over all
+    rows each) besides the one at every epoch's end; None: only that one, as in the paper.
 
     Returns the history: per epoch the exact objective, the relative error of the running Y^T D Y
     against the exact one before the refresh (mini-batch), and the time since the start.
@@ -218,7 +221,7 @@ def _train(graph, model, *, batch_size, epochs, lr, generator, verbose):
             schedule.step()
         else:
             order = torch.randperm(n, generator=generator).to(device)
-            for s in range(0, n, batch_size):
+            for step, s in enumerate(range(0, n, batch_size), 1):
                 rows = order[s:s + batch_size]
                 sub, N, at = graph.batch_rows(rows)
                 with torch.no_grad():
@@ -231,6 +234,8 @@ def _train(graph, model, *, batch_size, epochs, lr, generator, verbose):
                 ((model(rows) * grad).sum() / rows.numel()).backward()
                 optimizer.step()
                 schedule.step()
+                if refresh_every and step % refresh_every == 0 and s + batch_size < n:
+                    ydy.refresh(_all_rows(model, n, device))
         Y = _all_rows(model, n, device)
         drift = ydy.refresh(Y)
         with torch.no_grad():
@@ -298,6 +303,11 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
     lr : float or None
         Adam's learning rate (decayed along a cosine to lr / 100 over the training). None: 2e-3 for a
         network, 0.1 for a free table (whose entries are the parameters, each moved by about lr a step).
+    ydy_refresh : int or None
+        Mini-batch steps between exact recomputations of Y^T D Y, each one pass of the network over
+        all rows. None: once per epoch, as in the paper. On large graphs (thousands of steps per
+        epoch) the running Y^T D Y lags behind the network while the step is large; refreshing it
+        more often costs passes but keeps the gradient right (docs/specnet2.md).
     affinity : {"nearest_neighbors", "precomputed"}
         "nearest_neighbors": X holds features and W is the library's kNN graph of them
         (`symnmf.similarity_graph`). "precomputed": X is W itself (n x n, symmetric,
@@ -356,6 +366,7 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "epochs": [Interval(numbers.Integral, 1, None, closed="left")],
         "lr": [Interval(numbers.Real, 0, None, closed="neither"), None],
+        "ydy_refresh": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "affinity": [StrOptions({"nearest_neighbors", "precomputed"})],
         "n_neighbors": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "metric": [StrOptions({"euclidean", "cosine"})],
@@ -366,7 +377,7 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
     }
 
     def __init__(self, n_components=8, *, n_oversamples=6, hidden=(256, 256), batch_size=128, epochs=300, lr=None,
-                 affinity="nearest_neighbors", n_neighbors=None, metric="euclidean", n_init=10,
+                 ydy_refresh=None, affinity="nearest_neighbors", n_neighbors=None, metric="euclidean", n_init=10,
                  random_state=None, device=None, verbose=False):
         self.n_components = n_components
         self.n_oversamples = n_oversamples
@@ -374,6 +385,7 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.epochs = epochs
         self.lr = lr
+        self.ydy_refresh = ydy_refresh
         self.affinity = affinity
         self.n_neighbors = n_neighbors
         self.metric = metric
@@ -464,7 +476,7 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
         batch = None if self.batch_size is None else min(int(self.batch_size), n)
         lr = self.lr if self.lr is not None else (1e-1 if F is None else 2e-3)
         self.history_ = _train(graph, model, batch_size=batch, epochs=self.epochs, lr=lr,
-                               generator=generator, verbose=bool(self.verbose))
+                               generator=generator, verbose=bool(self.verbose), refresh_every=self.ydy_refresh)
         model.eval()
         Y = _all_rows(model, n, device)
         self.eigenvalues_, C = _ritz(graph, Y, k)
