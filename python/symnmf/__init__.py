@@ -5,6 +5,7 @@
     labels = symnmf.SymNMF(10, solver="hals").fit_predict(features)
     symnmf.NeuralNMF(ranks=[9, 4, 2]).fit(X)                  # hierarchical NMF by backpropagation
     symnmf.AlternatingNMF(n_components=5).fit(Y)              # Li and Liang's alternating updates
+    symnmf.SpecNet2(n_components=10).fit(features)            # spectral embedding by a network
     A = symnmf.similarity_graph(features)                     # sparse CSR kNN graph
     symnmf.metrics.accuracy(y, labels)
 
@@ -17,7 +18,8 @@ from .estimator import SymNMF
 from .graph import similarity_graph
 from .net import SymNMFNet
 from .neural_nmf import NeuralNMF
+from .specnet2 import SpecNet2
 
 __version__ = "0.1.0"
-__all__ = ["SymNMFNet", "SymNMF", "NeuralNMF", "AlternatingNMF", "similarity_graph", "metrics", "solvers", "datasets",
-           "fitting"]
+__all__ = ["SymNMFNet", "SymNMF", "NeuralNMF", "AlternatingNMF", "SpecNet2", "similarity_graph", "metrics", "solvers",
+           "datasets", "fitting"]
