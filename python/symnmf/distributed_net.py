@@ -43,6 +43,7 @@ from torch import nn
 import symnmf_kernels as sk
 
 from . import distributed as sd
+from .net import agreement_of_counts
 from .solvers.base import SolverResult, as_seed
 
 __all__ = ["net", "init_restarts", "STARTS"]
@@ -191,22 +192,6 @@ def _spectral_norm(graph, iters=50):
     return est
 
 
-def _agreement(counts, n):
-    """NMI (arithmetic mean of the entropies) from the r x r contingency counts of two labellings:
-    `symnmf.net`'s label agreement, from counts summed over the ranks instead of the labels."""
-    joint = counts / n
-    pa, pb = joint.sum(1), joint.sum(0)
-
-    def entropy(p):
-        p = p[p > 0]
-        return float(-(p * p.log()).sum())
-
-    nz = joint > 0
-    mi = float((joint[nz] * (joint[nz] / (pa[:, None] * pb[None, :])[nz]).log()).sum())
-    norm = 0.5 * (entropy(pa) + entropy(pb))
-    return 1.0 if norm <= 0 else max(0.0, mi / norm)
-
-
 def _select_consensus(graph, U):
     """`symnmf.net.select_restart(U, "consensus")` on row-sharded restarts U (R, n_local, r): the
     contingency counts of every pair of restarts are summed over the ranks (one all_reduce)."""
@@ -220,7 +205,7 @@ def _select_consensus(graph, U):
     packed = graph.comm.all_reduce(packed.to(graph.device)).cpu()
     agree = torch.zeros(R, dtype=torch.float64)
     for p, (i, j) in enumerate(pairs):
-        v = _agreement(packed[p * r * r:(p + 1) * r * r].reshape(r, r), graph.n)
+        v = agreement_of_counts(packed[p * r * r:(p + 1) * r * r].reshape(r, r))
         agree[i] += v
         agree[j] += v
     agree[packed[len(pairs) * r * r:] > 0] = -float("inf")

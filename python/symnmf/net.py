@@ -848,10 +848,15 @@ def _progress_bar(total, show):
 
 def _label_agreement(a, b, r):
     """Normalised mutual information (arithmetic mean of the entropies) of two labellings in 0..r-1."""
-    n = a.numel()
     joint = torch.zeros(r * r, dtype=torch.float64)
-    joint.index_add_(0, (a * r + b).cpu(), torch.ones(n, dtype=torch.float64))
-    joint = joint.reshape(r, r) / n
+    joint.index_add_(0, (a * r + b).cpu(), torch.ones(a.numel(), dtype=torch.float64))
+    return agreement_of_counts(joint.reshape(r, r))
+
+
+def agreement_of_counts(counts):
+    """The NMI of `_label_agreement` from the r x r contingency counts of two labellings (float64),
+    so that counts summed over the shards of a row-sharded factor give the same value."""
+    joint = counts / counts.sum()
     pa, pb = joint.sum(1), joint.sum(0)
 
     def entropy(p):
