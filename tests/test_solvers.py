@@ -217,7 +217,8 @@ def test_bad_input(sbm):
 
 
 def test_bench_solvers_runs(tmp_path):
-    """bench/bench_solvers.py at a toy size writes its table with a finite time for every solver."""
+    """bench/bench_solvers.py at a toy size writes its table with a finite time for every solver and for
+    SymNMF-Net's training step."""
     import os
     import sys
 
@@ -232,11 +233,11 @@ def test_bench_solvers_runs(tmp_path):
     columns = [c.strip() for c in next(line for line in lines if line.startswith("| graph")).split("|")[1:-1]]
     rows = [dict(zip(columns, (c.strip() for c in line.split("|")[1:-1])))
             for line in lines if line.startswith("| knn_like")]
-    assert sorted(row["solver"] for row in rows) == sorted(["hals_sweep"] + ALL)
+    assert sorted(row["solver"] for row in rows) == sorted(["hals_sweep", "net"] + ALL)
     for row in rows:
         assert row["notes"] == "" or row["solver"] == "hals_sweep", row
         assert not float(row["ms_per_iter"]) <= 0, row  # a time, or nan when host noise hid it
-        if row["solver"] != "hals_sweep":
+        if row["solver"] not in ("hals_sweep", "net"):  # the net's row is its training step alone
             assert int(row["iters"]) >= 1 and 0 < float(row["rel_error"]) < 1, row
 
 
