@@ -272,3 +272,38 @@ def test_random_state_none_follows_numpys_global_state():
     b = torch.rand(4, generator=make_generator(None))
     assert torch.equal(a, b)
     assert torch.equal(torch.rand(4, generator=make_generator(5)), torch.rand(4, generator=make_generator(np.int64(5))))
+
+
+def test_sparse_symmetry_check_matches_the_dense_one():
+    """check_similarity's O(nnz) symmetry test of a sparse X against max |X - X^T| of the dense matrix:
+    symmetric and not, unsorted columns, a pattern that is not symmetric."""
+    import scipy.sparse as sp
+
+    from symnmf.validation import _sparse_asymmetry, check_similarity
+
+    rng = np.random.default_rng()
+    for trial in range(40):
+        n = int(rng.integers(1, 40))
+        A = sp.random(n, n, density=rng.uniform(0.05, 0.5), random_state=rng, format="csr")
+        if trial % 2 == 0:
+            A = (A + A.T).tocsr()
+        if trial % 3 == 0 and A.nnz:
+            A.data[rng.integers(0, A.nnz)] += 0.5
+        indices, data = A.indices.copy(), A.data.copy()
+        if trial % 4 == 1:  # unsorted columns within each row
+            for i in range(n):
+                s, e = A.indptr[i], A.indptr[i + 1]
+                p = rng.permutation(e - s)
+                indices[s:e], data[s:e] = indices[s:e][p], data[s:e][p]
+        X = torch.sparse_csr_tensor(torch.from_numpy(A.indptr).long(), torch.from_numpy(indices).long(),
+                                    torch.from_numpy(data), size=(n, n))
+        D = A.toarray()
+        expected = np.abs(D - D.T).max() if n else 0.0
+        assert abs(float(_sparse_asymmetry(X)) - expected) <= 1e-12
+    A = sp.random(30, 30, density=0.2, random_state=rng, format="csr")
+    A = (A + A.T).tocsr()
+    A.data[0] += 1.0
+    X = torch.sparse_csr_tensor(torch.from_numpy(A.indptr).long(), torch.from_numpy(A.indices).long(),
+                                torch.from_numpy(A.data), size=(30, 30))
+    with pytest.raises(ValueError, match="not symmetric"):
+        check_similarity(X)

@@ -77,9 +77,7 @@ def check_similarity(X, name="X", symmetric_tol=1e-5):
             "(for feature input check the features and the graph's n_neighbors / metric)"
         )
     if sparse:
-        Xc = X.to_sparse_coo()
-        diff = (Xc - Xc.t()).coalesce().values()
-        asym = diff.abs().max() if diff.numel() else values.new_zeros(())
+        asym = _sparse_asymmetry(X)
     else:
         asym = (X - X.mT).abs().max()
     scale = values.abs().max() if values.numel() else values.new_zeros(())
@@ -88,6 +86,30 @@ def check_similarity(X, name="X", symmetric_tol=1e-5):
             f"{name} is not symmetric (max |X - X^T| = {float(asym):.3g}); symmetrise it, e.g. (X + X^T) / 2"
         )
     return X
+
+
+def _sparse_asymmetry(X):
+    """max |X - X^T| of a sparse CSR (n, n), in O(nnz) memory: the entries sorted by (row, col) and by
+    (col, row) must then hold the same keys and values. (X - X^T) in COO form, the fallback for a pattern
+    that is not symmetric or holds duplicates, peaked at 4.5 GB on a 27.5M-entry graph.)"""
+    crow, col, v = X.crow_indices(), X.col_indices(), X.values()
+    n = X.shape[-1]
+    if v.numel() == 0:
+        return v.new_zeros(())
+    rows = torch.repeat_interleave(torch.arange(n, device=v.device), crow.diff())
+    key = rows * n + col
+    ordered = bool((key[1:] > key[:-1]).all())  # sorted, duplicate-free columns: the usual CSR
+    by_row = None if ordered else torch.argsort(key)
+    by_col = torch.argsort(col * n + rows)
+    key_sorted = key if ordered else key[by_row]
+    if bool((key_sorted[1:] > key_sorted[:-1]).all()):
+        transposed = (col * n + rows)[by_col]
+        if torch.equal(key_sorted, transposed):
+            v_row = v if ordered else v[by_row]
+            return (v_row - v[by_col]).abs().max()
+    Xc = X.to_sparse_coo()
+    diff = (Xc - Xc.t()).coalesce().values()
+    return diff.abs().max() if diff.numel() else v.new_zeros(())
 
 
 def check_rank(rank, n, name="n_components"):
