@@ -22,7 +22,7 @@ from .validation import is_scipy_sparse
 __all__ = ["main", "load_matrix", "build_parser"]
 
 BENCHMARKS = {"block": "bench_block.py", "spmm": "bench_spmm.py", "solvers": "bench_solvers.py",
-              "reorder": "bench_reorder.py", "cpu": "bench_cpu.py"}
+              "reorder": "bench_reorder.py", "cpu": "bench_cpu.py", "nnls": "bench_nnls.py", "graph": "bench_graph.py"}
 # What `symnmf bench all` runs: the kernel benchmarks on a GPU, the CPU backend's on the CPU.
 BENCH_ALL = {"cuda": ("block", "spmm", "solvers"), "cpu": ("cpu",)}
 
@@ -409,8 +409,8 @@ def _bench(args):
     if passthrough and passthrough[0] == "--":
         passthrough = passthrough[1:]
     if args.device:
-        # bench_cpu.py measures the CPU backend only; the others take --device.
-        passthrough_for = {name: passthrough if name == "cpu" else ["--device", args.device, *passthrough]
+        # bench_cpu.py and bench_graph.py measure the CPU only; the others take --device.
+        passthrough_for = {name: passthrough if name in ("cpu", "graph") else ["--device", args.device, *passthrough]
                            for name in names}
     else:
         passthrough_for = {name: passthrough for name in names}
