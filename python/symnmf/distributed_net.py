@@ -43,7 +43,7 @@ from torch import nn
 import symnmf_kernels as sk
 
 from . import distributed as sd
-from .net import agreement_of_counts
+from .net import agreement_of_counts, plateaued
 from .solvers.base import SolverResult, as_seed
 
 __all__ = ["net", "init_restarts", "STARTS"]
@@ -430,16 +430,8 @@ def net(graph, k, *, seed=0, recipe="default", U0=None, max_iter=None, tol=None,
             lam_p.copy_(torch.maximum(lam_p, lam_min))
         steps = epoch + 1
         record(epoch, loss, residual)
-        losses = history["loss"]
-        if tol is None:
-            continue
-        if window is None:
-            if len(losses) >= 2 and abs(losses[-2] - losses[-1]) <= tol * abs(losses[0]):
-                break
-        elif len(losses) > window:
-            before, recent = min(losses[:-window]), min(losses[-window:])
-            if before - recent <= tol * max(losses[0] - recent, 0.0):
-                break
+        if plateaued(history["loss"], tol, window):
+            break
     train_bytes = graph.plan.bytes_sent - train_bytes0
     train_exchanges = graph.plan.exchanges - train_exchanges0
     reduce_bytes = counter["allreduce_bytes"] - reduce_bytes0

@@ -641,18 +641,8 @@ class SymNMFNet(nn.Module):
                     print(f"epoch {epoch}: loss {entry['loss']:.6g}, E {_short(entry['relative_error'])}")
                 if callback is not None and callback(self, epoch, entry):
                     break
-                losses = history["loss"]
-                if tol is None:
-                    continue
-                if window is None:
-                    if len(losses) >= 2 and abs(losses[-2] - losses[-1]) <= tol * abs(losses[0]):
-                        break
-                elif len(losses) > window:
-                    # the last window's gain against the whole decrease so far: free of the floor of the
-                    # loss, which on large sparse graphs stays within a percent of the start
-                    before, recent = min(losses[:-window]), min(losses[-window:])
-                    if before - recent <= tol * max(losses[0] - recent, 0.0):
-                        break
+                if plateaued(history["loss"], tol, window):
+                    break
         finally:
             if bar is not None:
                 bar.close()
@@ -828,6 +818,22 @@ class SymNMFNet(nn.Module):
     def extra_repr(self):
         shape = "uninitialised" if not self.initialized else f"U0 {tuple(self.U0.shape)}"
         return f"n_components={self.n_components}, n_layers={self.n_layers}, beta={self.beta}, mu={self.mu}, {shape}"
+
+
+def plateaued(losses, tol, window):
+    """The early-stopping rule of `SymNMFNet.fit` on the logged losses (tol None: never). With a window
+    (records): the best loss of the last `window` records gains at most tol times the whole decrease so
+    far on the best before them; without: two consecutive records within tol times the first loss."""
+    if tol is None:
+        return False
+    if window is None:
+        return len(losses) >= 2 and abs(losses[-2] - losses[-1]) <= tol * abs(losses[0])
+    if len(losses) <= window:
+        return False
+    # the last window's gain against the whole decrease so far: free of the floor of the loss,
+    # which on large sparse graphs stays within a percent of the start
+    before, recent = min(losses[:-window]), min(losses[-window:])
+    return before - recent <= tol * max(losses[0] - recent, 0.0)
 
 
 def _short(values):
