@@ -18,12 +18,11 @@
 #include <ATen/Parallel.h>
 
 #include "../spmm.h"
+#include "cpu_common.h"
 
 namespace symnmf {
 namespace {
 
-constexpr int64_t kPrefetchDistance = 12;
-constexpr size_t kPrefetchRowBytes = 128;
 // Rows per block of the sums: small enough to balance two threads on 1,000 rows, large enough that the
 // per-block float64 partials cost nothing.
 constexpr int64_t kRowsPerBlock = 256;
@@ -53,15 +52,6 @@ namespace loss_base {
 namespace symnmf {
 namespace {
 
-bool has_avx2() {
-#ifdef SYMNMF_LOSS_AVX2
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-#else
-  return false;
-#endif
-}
-
 void check_batch_arg(const at::Tensor& t, const at::Tensor& like, const char* name) {
   TORCH_CHECK(t.sizes() == like.sizes(), "sparse_loss: ", name, " must have U's shape ", like.sizes(), ", got ",
               t.sizes());
@@ -82,15 +72,6 @@ void check_csr(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& 
   TORCH_CHECK(U.dim() == 3, "sparse_loss: U must be (B, n, r), got shape ", U.sizes());
   TORCH_CHECK(crow.numel() - 1 == U.size(1), "sparse_loss: X must be square with U's ", U.size(1),
               " rows, got ", crow.numel() - 1, " rows");
-}
-
-template <typename crow_t>
-void check_rows(const crow_t* crow, int64_t n_rows, int64_t nnz) {
-  TORCH_CHECK(crow[0] == 0 && static_cast<int64_t>(crow[n_rows]) == nnz,
-              "sparse_loss: crow_indices must run from 0 to nnz = ", nnz);
-  for (int64_t i = 0; i < n_rows; ++i) {
-    TORCH_CHECK(crow[i + 1] >= crow[i], "sparse_loss: crow_indices must be non-decreasing at row ", i);
-  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_loss_terms_csr_cpu(
@@ -114,14 +95,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_loss_terms_csr_cpu(
   int64_t bad = -1;
   AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "sparse_loss_terms_crow", [&] {
     using crow_t = index_t;
-    check_rows(crow.data_ptr<crow_t>(), n, col.numel());
+    check_row_pointers(crow.data_ptr<crow_t>(), n, col.numel(), "sparse_loss");
     AT_DISPATCH_FLOATING_TYPES(U.scalar_type(), "sparse_loss_terms", [&] {
       AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "sparse_loss_terms_index", [&] {
         const scalar_t* P_ptr = P.defined() ? P.data_ptr<scalar_t>() : nullptr;
         scalar_t* R_ptr = P.defined() ? R.data_ptr<scalar_t>() : nullptr;
         const bool parallel = col.numel() * r * B > (1 << 15) && at::get_num_threads() > 1;
 #ifdef SYMNMF_LOSS_AVX2
-        if (has_avx2()) {
+        if (cpu_has_avx2()) {
           bad = loss_avx2::terms_blocks<scalar_t, crow_t, index_t>(
               crow.data_ptr<crow_t>(), col.data_ptr<index_t>(), val.data_ptr<scalar_t>(), U.data_ptr<scalar_t>(),
               P_ptr, lam.data_ptr<scalar_t>(), S.data_ptr<scalar_t>(), R_ptr, B, n, r, n_blocks, kRowsPerBlock,
@@ -164,12 +145,12 @@ at::Tensor sparse_loss_grad_csr_cpu(const at::Tensor& crow_indices, const at::Te
   int64_t bad = -1;
   AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "sparse_loss_grad_crow", [&] {
     using crow_t = index_t;
-    check_rows(crow.data_ptr<crow_t>(), n, col.numel());
+    check_row_pointers(crow.data_ptr<crow_t>(), n, col.numel(), "sparse_loss");
     AT_DISPATCH_FLOATING_TYPES(T.scalar_type(), "sparse_loss_grad", [&] {
       AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "sparse_loss_grad_index", [&] {
         const bool parallel = col.numel() * r * B > (1 << 15) && at::get_num_threads() > 1;
 #ifdef SYMNMF_LOSS_AVX2
-        if (has_avx2()) {
+        if (cpu_has_avx2()) {
           bad = loss_avx2::grad_rows<scalar_t, crow_t, index_t>(
               crow.data_ptr<crow_t>(), col.data_ptr<index_t>(), val.data_ptr<scalar_t>(), T.data_ptr<scalar_t>(),
               S.data_ptr<scalar_t>(), R.data_ptr<scalar_t>(), lam.data_ptr<scalar_t>(), coef_s.data_ptr<scalar_t>(),

@@ -1,40 +1,20 @@
 // CSR x dense on the CPU: rows in parallel (OpenMP); each row's r outputs are accumulated in registers
 // (a fixed-width accumulator for every r <= 16 and every multiple of 16 up to 128; other r split into two
-// such widths) and stored once. The loop is compiled twice, for AVX2 + FMA and for the baseline instruction set, and the CPU picks
-// one at run time.
+// such widths) and stored once. The loop is compiled twice, for AVX2 + FMA and for the baseline instruction
+// set, and the CPU picks one at run time.
 #include <atomic>
 #include <cstdint>
 
 #include <ATen/Parallel.h>
 
 #include "../spmm.h"
+#include "cpu_common.h"
 
 namespace symnmf {
 namespace {
 
 // Below this many multiply-adds starting threads costs more than the product.
 constexpr int64_t kParallelWork = 1 << 15;
-// Rows of dense at least this wide (bytes) are prefetched this many nonzeros ahead (csrc/cpu/spmm_cpu_rows.h).
-constexpr int64_t kPrefetchDistance = 12;
-constexpr size_t kPrefetchRowBytes = 128;
-
-// Row pointers must start at 0, never decrease and end at nnz: then every row's
-// range [crow[i], crow[i+1]) lies inside col_indices.
-template <typename crow_t>
-void check_row_pointers(const crow_t* crow, int64_t n_rows, int64_t nnz) {
-  TORCH_CHECK(crow[0] == 0, "spmm_csr: crow_indices[0] must be 0, got ", crow[0]);
-  TORCH_CHECK(static_cast<int64_t>(crow[n_rows]) == nnz, "spmm_csr: crow_indices[-1] must equal nnz = ", nnz,
-              ", got ", crow[n_rows]);
-  int64_t bad = -1;
-  for (int64_t i = 0; i < n_rows; ++i) {
-    if (crow[i + 1] < crow[i]) {
-      bad = i;
-      break;
-    }
-  }
-  TORCH_CHECK(bad < 0, "spmm_csr: crow_indices must be non-decreasing, but crow_indices[", bad + 1, "] = ",
-              bad < 0 ? 0 : crow[bad + 1], " < crow_indices[", bad, "] = ", bad < 0 ? 0 : crow[bad]);
-}
 
 }  // namespace
 }  // namespace symnmf
@@ -60,15 +40,6 @@ namespace base {
 namespace symnmf {
 namespace {
 
-bool cpu_has_avx2() {
-#ifdef SYMNMF_SPMM_AVX2
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-#else
-  return false;
-#endif
-}
-
 at::Tensor spmm_csr_cpu(const at::Tensor& crow_indices, const at::Tensor& col_indices, const at::Tensor& values,
                         const at::Tensor& dense, const std::optional<at::Tensor>& /*t_crow_indices*/,
                         const std::optional<at::Tensor>& /*t_col_indices*/,
@@ -85,7 +56,7 @@ at::Tensor spmm_csr_cpu(const at::Tensor& crow_indices, const at::Tensor& col_in
   at::Tensor out = at::empty({batch, n_rows, r}, U.options());
   AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "spmm_csr_cpu_crow", [&] {
     using crow_t = index_t;
-    check_row_pointers(crow.data_ptr<crow_t>(), n_rows, col.numel());
+    check_row_pointers(crow.data_ptr<crow_t>(), n_rows, col.numel(), "spmm_csr");
     if (out.numel() == 0) return;
     AT_DISPATCH_FLOATING_TYPES(U.scalar_type(), "spmm_csr_cpu", [&] {
       AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "spmm_csr_cpu_index", [&] {

@@ -1,6 +1,6 @@
 // The row loops of the CPU SpMM (csrc/cpu/spmm_cpu.cpp). Included there once per instruction set, inside a
 // namespace of its own, so there is no include guard; it uses kPrefetchDistance and kPrefetchRowBytes from
-// that file.
+// cpu_common.h.
 
 // acc[0..W) += sum over row i's nonzeros of val[k] * u[col[k], c0 .. c0 + W), W fixed at compile time, then
 // stored once. An out-of-range column index is skipped and its position kept in bad. Rows of u of at least

@@ -100,11 +100,11 @@ def _sparse_asymmetry(X):
     key = rows * n + col
     ordered = bool((key[1:] > key[:-1]).all())  # sorted, duplicate-free columns: the usual CSR
     by_row = None if ordered else torch.argsort(key)
-    by_col = torch.argsort(col * n + rows)
+    key_t = col * n + rows
+    by_col = torch.argsort(key_t)
     key_sorted = key if ordered else key[by_row]
     if bool((key_sorted[1:] > key_sorted[:-1]).all()):
-        transposed = (col * n + rows)[by_col]
-        if torch.equal(key_sorted, transposed):
+        if torch.equal(key_sorted, key_t[by_col]):
             v_row = v if ordered else v[by_row]
             return (v_row - v[by_col]).abs().max()
     Xc = X.to_sparse_coo()

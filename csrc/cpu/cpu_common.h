@@ -1,0 +1,43 @@
+// What the CPU kernels (spmm_cpu.cpp, sparse_loss_cpu.cpp) share: the prefetch settings of the row loops
+// in spmm_cpu_rows.h, the check of CSR row pointers, and the run-time choice of the AVX2 + FMA build.
+#pragma once
+
+#include <cstdint>
+
+#include <ATen/ATen.h>
+
+namespace symnmf {
+
+// Rows of dense at least this wide (bytes) are prefetched this many nonzeros ahead (spmm_cpu_rows.h).
+constexpr int64_t kPrefetchDistance = 12;
+constexpr size_t kPrefetchRowBytes = 128;
+
+// Row pointers must start at 0, never decrease and end at nnz: then every row's
+// range [crow[i], crow[i+1]) lies inside col_indices. op names the operator in the errors.
+template <typename crow_t>
+void check_row_pointers(const crow_t* crow, int64_t n_rows, int64_t nnz, const char* op) {
+  TORCH_CHECK(crow[0] == 0, op, ": crow_indices[0] must be 0, got ", crow[0]);
+  TORCH_CHECK(static_cast<int64_t>(crow[n_rows]) == nnz, op, ": crow_indices[-1] must equal nnz = ", nnz,
+              ", got ", crow[n_rows]);
+  int64_t bad = -1;
+  for (int64_t i = 0; i < n_rows; ++i) {
+    if (crow[i + 1] < crow[i]) {
+      bad = i;
+      break;
+    }
+  }
+  TORCH_CHECK(bad < 0, op, ": crow_indices must be non-decreasing, but crow_indices[", bad + 1, "] = ",
+              bad < 0 ? 0 : crow[bad + 1], " < crow_indices[", bad, "] = ", bad < 0 ? 0 : crow[bad]);
+}
+
+// The row loops are compiled twice, for AVX2 + FMA and for the baseline ISA; this picks one at run time.
+inline bool cpu_has_avx2() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
+}  // namespace symnmf
