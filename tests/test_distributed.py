@@ -315,17 +315,17 @@ def test_nccl_matches_one_process(tmp_path, graph, single):
     assert ranks[0]["hals"]["objective"] == pytest.approx(single["hals"].reconstruction_err ** 2, rel=1e-8)
 
 
-def test_symnmf_cluster_under_torchrun_gives_the_single_process_labels(tmp_path, graph):
-    # The command itself, sharded over 2 ranks by torchrun, against the same command in one process.
+def run_cluster_commands(tmp_path, A, args):
+    """`python -m symnmf cluster GRAPH <args>` in one process (out: tmp_path / "one") and under torchrun on
+    2 ranks (tmp_path / "two"); asserts both succeed and the sharded one says so."""
     import subprocess
     import sys
 
-    A, _ = graph
     path = tmp_path / "graph.npz"
     sp.save_npz(path, sp.csr_matrix(A))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("TRITON_INTERPRET", None)
-    common = ["cluster", str(path), "-k", str(K), "--solver", "hals", "--seed", "0", "--max-iter", "30"]
+    common = ["cluster", str(path), *args]
     one = subprocess.run([sys.executable, "-m", "symnmf", *common, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
@@ -335,6 +335,12 @@ def test_symnmf_cluster_under_torchrun_gives_the_single_process_labels(tmp_path,
                          capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
     assert "on 2 ranks" in two.stdout
+
+
+def test_symnmf_cluster_under_torchrun_gives_the_single_process_labels(tmp_path, graph):
+    # The command itself, sharded over 2 ranks by torchrun, against the same command in one process.
+    A, _ = graph
+    run_cluster_commands(tmp_path, A, ["-k", str(K), "--solver", "hals", "--seed", "0", "--max-iter", "30"])
     labels_one = np.loadtxt(tmp_path / "one" / "labels.txt", dtype=np.int64)
     labels_two = np.loadtxt(tmp_path / "two" / "labels.txt", dtype=np.int64)
     np.testing.assert_array_equal(labels_two, labels_one)

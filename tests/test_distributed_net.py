@@ -17,7 +17,7 @@ import torch.multiprocessing as tmp
 
 from symnmf import distributed as sd
 from symnmf.distributed_net import init_restarts, net
-from test_distributed import _free_port, clustered_graph
+from test_distributed import _free_port, clustered_graph, run_cluster_commands
 
 K = 4
 # (recipe, overrides): the library's recipe shortened (3 restarts kept by consensus, HALS start and
@@ -286,24 +286,8 @@ def test_refusals(graph):
 def test_symnmf_cluster_net_under_torchrun(tmp_path, graph):
     """`torchrun -m symnmf cluster --solver net` on 2 ranks against the same command in one process (the
     library's recipe, 20 Adam steps: --epochs is the net's step limit under torchrun as in one process)."""
-    import subprocess
-    import sys
-
     A, _ = graph
-    path = tmp_path / "graph.npz"
-    sp.save_npz(path, sp.csr_matrix(A))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("TRITON_INTERPRET", None)
-    common = ["cluster", str(path), "-k", str(K), "--solver", "net", "--seed", "0", "--epochs", "20"]
-    one = subprocess.run([sys.executable, "-m", "symnmf", *common, "--out", str(tmp_path / "one")],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                str(_free_port())]
-    two = subprocess.run([*torchrun, "-m", "symnmf", *common, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert two.returncode == 0, two.stderr[-2000:]
-    assert "on 2 ranks" in two.stdout
+    run_cluster_commands(tmp_path, A, ["-k", str(K), "--solver", "net", "--seed", "0", "--epochs", "20"])
     np.testing.assert_array_equal(np.loadtxt(tmp_path / "two" / "labels.txt", dtype=np.int64),
                                   np.loadtxt(tmp_path / "one" / "labels.txt", dtype=np.int64))
     metrics = [json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two")]
