@@ -32,11 +32,11 @@ import warnings
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from scipy.stats import norm
 
 from symnmf import datasets
 from symnmf.alternating import alternating_nmf
+from symnmf.metrics import recovery_error
 from symnmf.solvers.nnls import nnls_gram
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -90,20 +90,6 @@ def perturbed_start(A, rng, rel=START_ERROR):
     E = rng.uniform(-0.5, 0.5, (k, k))
     E *= rel * np.linalg.norm(A) / np.linalg.norm(A @ E)
     return A @ (np.eye(k) + E)
-
-
-def recovery_error(A_hat, A_true):
-    """||A - A*||_F / ||A*||_F after matching columns (Hungarian, cosine) and scaling each onto A*'s."""
-    A_hat = np.asarray(A_hat, dtype=np.float64)
-    norms = np.linalg.norm(A_hat, axis=0)
-    if not np.isfinite(A_hat).all() or (norms == 0).any():
-        return float("inf")
-    cos = (A_hat / norms).T @ (A_true / np.linalg.norm(A_true, axis=0))
-    rows, cols = linear_sum_assignment(-cos)
-    matched = np.empty_like(A_true)
-    matched[:, cols] = A_hat[:, rows]
-    scale = (matched * A_true).sum(0) / (matched * matched).sum(0)
-    return float(np.linalg.norm(matched * scale - A_true) / np.linalg.norm(A_true))
 
 
 def problem(A_true, n, rho, noise, seed):

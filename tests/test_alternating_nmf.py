@@ -9,10 +9,10 @@ an infinite error, so it never passes.
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import linear_sum_assignment
 from scipy.stats import norm
 
 from symnmf.alternating import AlternatingNMF, _gradient_steps, alternating_nmf, decode
+from symnmf.metrics import recovery_error
 
 from conftest import rel_err
 
@@ -26,19 +26,6 @@ def torch_path(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def recovery_error(A_hat, A_true):
-    A_hat, A_true = np.asarray(A_hat, dtype=np.float64), np.asarray(A_true, dtype=np.float64)
-    norms = np.linalg.norm(A_hat, axis=0)
-    if not np.isfinite(A_hat).all() or (norms == 0).any():
-        return float("inf")
-    cos = (A_hat / norms).T @ (A_true / np.linalg.norm(A_true, axis=0))
-    rows, cols = linear_sum_assignment(-cos)
-    matched = np.empty_like(A_true)
-    matched[:, cols] = A_hat[:, rows]
-    scale = (matched * A_true).sum(0) / (matched * matched).sum(0)
-    return float(np.linalg.norm(matched * scale - A_true) / np.linalg.norm(A_true))
 
 
 def correlated_problem(rng, n=400, d=60, k=5, rho=0.55, active=0.3, start_error=0.3):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from symnmf.metrics import accuracy, contingency, nmi, purity
+from symnmf.metrics import accuracy, contingency, nmi, purity, recovery_error
 
 
 def test_accuracy_hand_cases():
@@ -80,3 +80,21 @@ def test_metrics_accept_torch_and_check_input():
         nmi([], [])
     with pytest.raises(ValueError, match="normalization"):
         nmi([0, 1], [0, 1], normalization="sqrt")
+
+
+def test_recovery_error_ignores_permutation_and_scale():
+    rng = np.random.default_rng()
+    A = rng.uniform(0, 1, (30, 6))
+    perm = rng.permutation(6)
+    assert recovery_error(A[:, perm] * rng.uniform(0.5, 3, 6), A) < 1e-12
+    # a perturbation of one column: the error is that column's error after the best scaling
+    B = A.copy()
+    B[:, 2] += rng.normal(0, 0.1, 30)
+    b = B[:, 2]
+    scaled = b * (b @ A[:, 2]) / (b @ b)
+    expected = np.linalg.norm(scaled - A[:, 2]) / np.linalg.norm(A)
+    assert abs(recovery_error(B[:, perm], A) - expected) < 1e-12
+    assert recovery_error(np.where(np.arange(6) == 0, 0.0, A), A) == float("inf")
+    assert recovery_error(np.full_like(A, np.nan), A) == float("inf")
+    with pytest.raises(ValueError, match="d x k"):
+        recovery_error(A[:, :5], A)

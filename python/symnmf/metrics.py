@@ -1,4 +1,5 @@
-"""Clustering quality against ground-truth classes: accuracy, NMI and purity.
+"""Clustering quality against ground-truth classes: accuracy, NMI and purity; and the recovery error of
+learned features against true ones.
 
 Labels may be any hashable values (ints, strings); the number of clusters need
 not equal the number of classes. NMI names its normalisation: the SymNMF papers'
@@ -9,7 +10,7 @@ mean of the two entropies (``normalization="arithmetic"``).
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["contingency", "accuracy", "nmi", "purity", "NMI_NORMALIZATIONS"]
+__all__ = ["contingency", "accuracy", "nmi", "purity", "recovery_error", "NMI_NORMALIZATIONS"]
 
 NMI_NORMALIZATIONS = ("max", "arithmetic", "geometric", "min")
 
@@ -90,3 +91,22 @@ def purity(labels_true, labels_pred):
     """Fraction of samples that belong to the majority class of their cluster."""
     counts = contingency(labels_true, labels_pred)
     return float(counts.max(axis=0).sum() / counts.sum())
+
+
+def recovery_error(A_hat, A_true):
+    """||A - A*||_F / ||A*||_F of recovered features A_hat (d x k) against A_true (d x k), after matching
+    the columns (Hungarian, by cosine) and scaling each matched column onto A*'s: the error of a
+    factorisation that is unique only up to a permutation and scaling of its components. inf when A_hat
+    is not finite or has a zero column."""
+    A_hat, A_true = np.asarray(A_hat, dtype=np.float64), np.asarray(A_true, dtype=np.float64)
+    if A_hat.shape != A_true.shape:
+        raise ValueError(f"A_hat has shape {A_hat.shape} but A_true {A_true.shape}; pass both as d x k")
+    norms = np.linalg.norm(A_hat, axis=0)
+    if not np.isfinite(A_hat).all() or (norms == 0).any():
+        return float("inf")
+    cos = (A_hat / norms).T @ (A_true / np.linalg.norm(A_true, axis=0))
+    rows, cols = linear_sum_assignment(-cos)
+    matched = np.empty_like(A_true)
+    matched[:, cols] = A_hat[:, rows]
+    scale = (matched * A_true).sum(0) / (matched * matched).sum(0)
+    return float(np.linalg.norm(matched * scale - A_true) / np.linalg.norm(A_true))
