@@ -38,13 +38,13 @@ def scipy_nnls(A, B):
     return np.stack([scipy.optimize.nnls(A, B[:, j])[0] for j in range(B.shape[1])], axis=1)
 
 
-def nnls(k=9, a=500, m=1000, dtype=torch.float64, device="cpu", rep=200, seed=0):
+def nnls(k=9, a=500, m=1000, dtype=torch.float64, device="cpu", rep=200, seed=0, scipy_runs=5):
     """One row of the table: (the dict, the op's solution)."""
     rng = np.random.default_rng(seed)
     A_np, B_np = rng.random((a, k)), rng.random((a, m))
     A, B = (torch.tensor(t, dtype=dtype, device=device) for t in (A_np, B_np))
     S_ref = scipy_nnls(A_np, B_np)
-    scipy_ms = bench(lambda: scipy_nnls(A_np, B_np), warmup=0, rep=rep, device="cpu", max_runs=5)
+    scipy_ms = bench(lambda: scipy_nnls(A_np, B_np), warmup=0, rep=rep, device="cpu", max_runs=scipy_runs)
 
     def ours():
         return sk.nnls(sk.gram(A), B.mT @ A)
@@ -73,6 +73,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (default 1)")
     parser.add_argument("--quick", action="store_true", help="two small rows, not written to bench/results")
+    parser.add_argument("--scipy-runs", type=int, default=5, help="timed runs of the scipy loop (its median)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -82,7 +83,7 @@ def main(argv=None):
         shapes += [(k, 500, 10000, torch.float32) for k in (9, 32)]
     rows = []
     for k, a, m, dtype in shapes:
-        row = nnls(k, a, m, dtype, args.device, rep=50 if args.quick else 300)
+        row = nnls(k, a, m, dtype, args.device, rep=50 if args.quick else 300, scipy_runs=args.scipy_runs)
         print(row, flush=True)
         rows.append(row)
     if args.quick:

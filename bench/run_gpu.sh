@@ -12,7 +12,7 @@
 # not stop the others. The exit status is 0 only when every step that ran passed.
 #
 # Environment: PYTHON (default python3), OUT (default: a fresh temporary folder),
-# RUN_GPU_BUDGET_S, RUN_GPU_STEPS (default "install gpu_tests bench_block bench_spmm bench_solvers
+# RUN_GPU_BUDGET_S, RUN_GPU_STEPS (default "install gpu_tests bench_net_fit bench_nnls bench_block bench_spmm bench_solvers
 # ext_errors tune suite": a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
 # written under bench/results during this run (packed into bench_results.tar.gz
 # when there are more than 7).
@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-$(mktemp -d)}
 BUDGET=${RUN_GPU_BUDGET_S:-470}
-STEPS=" ${RUN_GPU_STEPS:-install gpu_tests bench_block bench_spmm bench_solvers ext_errors tune suite} "
+STEPS=" ${RUN_GPU_STEPS:-install gpu_tests bench_net_fit bench_nnls bench_block bench_spmm bench_solvers ext_errors tune suite} "
 mkdir -p "$OUT" bench/results
 LOG="$OUT/run_gpu.log"
 export PYTHONUNBUFFERED=1
@@ -107,6 +107,8 @@ if "$PY" -c "import xdist" 2>/dev/null; then
 fi
 wants install && step "install" 150 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
 wants gpu_tests && step "pytest -m gpu" 120 "$PY" -m pytest -q -p no:cacheprovider -rfE "${XDIST[@]}" -m gpu
+wants bench_net_fit && run_bench bench_net_fit.py 120 --repeats 2
+wants bench_nnls && run_bench bench_nnls.py 70 --scipy-runs 1
 # --budget-s: the script stops starting rows in time to write its table before the step's limit.
 wants bench_block && run_bench bench_block.py 190 --budget-s 140
 wants bench_spmm && run_bench bench_spmm.py 75

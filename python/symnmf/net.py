@@ -939,14 +939,16 @@ class NetResult:
     settings: dict = field(default_factory=dict)
 
 
-def fit_net(X, n_components, recipe="default", random_state=None, device=None, dtype=None, verbose=False, **overrides):
+def fit_net(X, n_components, recipe="default", random_state=None, device=None, dtype=None, verbose=False,
+            cuda_graph=False, **overrides):
     """Train SymNMF-Net on X with a named recipe (`RECIPES`), restarts batched, and keep one restart.
 
     X: similarity (dense/sparse; numpy, scipy or torch). overrides: any recipe key
     (n_layers, beta, epochs, lr, n_restarts, select, ...). With n_restarts > 1 the
     restarts train side by side (a leading dimension) and `select` (a label-free
     rule: "loss", "error" or "consensus") keeps one; with polish_iter > 0 SymHALS then
-    refines the kept factor. Returns a `NetResult`.
+    refines the kept factor. cuda_graph: replay each training step from a CUDA graph
+    (`SymNMFNet.fit`). Returns a `NetResult`.
     """
     settings = dict(_recipe(recipe))
     unknown = sorted(set(overrides) - set(settings))
@@ -967,7 +969,8 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
         beta_final=settings["beta_final"], loss_blocks=settings["loss_blocks"], beta_relative=settings["beta_relative"],
     )
     net.fit(X, epochs=settings["epochs"], lr=settings["lr"], relative_lr=settings["relative_lr"], tol=settings["tol"],
-            patience=settings["patience"], lr_schedule=settings["lr_schedule"], verbose=verbose)
+            patience=settings["patience"], lr_schedule=settings["lr_schedule"], verbose=verbose,
+            cuda_graph=cuda_graph)
     with torch.no_grad():
         U_all = net()
     errors = net.history_["relative_error"][-1]

@@ -1,0 +1,91 @@
+"""The whole default SymNMF-Net fit against SymHALS, end to end, on one device.
+
+Rows: digits (Kuang's kNN graph of sklearn's 1797 digits) and planted20k (a 20,000-node
+planted sparse graph, 8 blocks), r = number of classes. Variants, side by side in one run:
+
+    hals        symnmf.solvers.solve(solver="hals"), the library's defaults (500 iterations, tolerance stop)
+    net         fit_net(recipe="default"): 4 restarts batched, plateau stop, then 100 SymHALS steps
+    net_graph   the same with every training step replayed from a CUDA graph (cuda_graph=True)
+
+Each fit runs once to compile and warm up, then `--repeats` times; the median wall time is
+reported (a fit is seconds long, so do_bench's sub-millisecond machinery does not apply).
+x_hals = net time / SymHALS time (the cost target is net <= 5x SymHALS at 20k nodes).
+
+    python bench/bench_net_fit.py                # writes bench/results/bench_net_fit-<date>-<device>.md
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from bench.common import write_table  # noqa: E402
+from bench.study_net import load  # noqa: E402
+from symnmf.metrics import accuracy  # noqa: E402
+from symnmf.net import fit_net  # noqa: E402
+from symnmf.solvers import solve  # noqa: E402
+
+COLUMNS = ["graph", "n", "nnz", "r", "variant", "seconds", "x_hals", "steps", "acc", "rel_error", "note"]
+
+
+def timed(fn, device, repeats):
+    fn()  # compile, warm up
+    times, out = [], None
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--graphs", nargs="+", default=["digits", "planted20k"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    variants = ["hals", "net"] + (["net_graph"] if device.type == "cuda" else [])
+    rows = []
+    for graph in args.graphs:
+        X, labels = load(graph, seed=args.seed)
+        r = int(labels.max()) + 1
+        X = X.to(device)
+        base = dict(graph=graph, n=X.shape[0], nnz=X._nnz() if X.layout != torch.strided else X.numel(), r=r)
+        hals_s = None
+        for variant in variants:
+            row = dict(base, variant=variant)
+            try:
+                if variant == "hals":
+                    s, res = timed(lambda: solve(X, r, solver="hals", random_state=args.seed), device, args.repeats)
+                    U, steps, err = res.U, res.n_iter, res.history["rel_error"][-1]
+                    hals_s = s
+                else:
+                    graph_on = variant == "net_graph"
+                    s, res = timed(lambda: fit_net(X, r, random_state=args.seed, cuda_graph=graph_on), device,
+                                   args.repeats)
+                    U, steps, err = res.U, res.n_iter, res.relative_error
+                row.update(seconds=s, steps=steps, acc=accuracy(labels, U.argmax(-1).cpu().numpy()),
+                           rel_error=float(err))
+                if hals_s:
+                    row["x_hals"] = s / hals_s
+            except Exception as exc:  # a failing variant is recorded, and the others still run
+                row["note"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+            print(row, flush=True)
+            rows.append(row)
+    write_table("bench_net_fit", rows, COLUMNS, device=device,
+                header_lines=[f"seed {args.seed}; median of {args.repeats} fits after one warm-up fit; "
+                              f"torch threads {torch.get_num_threads()}"])
+
+
+if __name__ == "__main__":
+    main()
