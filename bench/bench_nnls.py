@@ -73,6 +73,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (default 1)")
     parser.add_argument("--quick", action="store_true", help="two small rows, not written to bench/results")
+    parser.add_argument("--m", type=int, nargs="+", help="only the rows with these numbers of columns")
     parser.add_argument("--scipy-runs", type=int, default=5, help="timed runs of the scipy loop (its median)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -81,6 +82,8 @@ def main(argv=None):
     else:
         shapes = [(k, 500, m, torch.float64) for k in (2, 4, 9, 16, 32) for m in (1000, 10000)]
         shapes += [(k, 500, 10000, torch.float32) for k in (9, 32)]
+    if args.m:
+        shapes = [shape for shape in shapes if shape[2] in args.m]
     rows = []
     for k, a, m, dtype in shapes:
         row = nnls(k, a, m, dtype, args.device, rep=50 if args.quick else 300, scipy_runs=args.scipy_runs)

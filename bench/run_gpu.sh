@@ -108,7 +108,7 @@ fi
 wants install && step "install" 150 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
 wants gpu_tests && step "pytest -m gpu" 120 "$PY" -m pytest -q -p no:cacheprovider -rfE "${XDIST[@]}" -m gpu
 wants bench_net_fit && run_bench bench_net_fit.py 120 --repeats 2
-wants bench_nnls && run_bench bench_nnls.py 70 --scipy-runs 1
+wants bench_nnls && run_bench bench_nnls.py 70 --scipy-runs 1 --m 1000
 # --budget-s: the script stops starting rows in time to write its table before the step's limit.
 wants bench_block && run_bench bench_block.py 190 --budget-s 140
 wants bench_spmm && run_bench bench_spmm.py 75

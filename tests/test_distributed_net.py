@@ -179,7 +179,7 @@ def test_sharded_net_float32(spawned, graph):
     assert ranks[0]["n_iter"] == ref.n_iter
     assert _rel(history["loss"], ref.net.history_["loss"]) < 1e-4
     assert _rel(U, ref.U.numpy()) < 1e-3
-    assert np.mean(U.argmax(1) == ref.labels.numpy()) > 0.99
+    assert np.mean(U.argmax(1) == ref.labels.cpu().numpy()) > 0.99
 
 
 def test_traffic_of_a_training_step(spawned, single):
@@ -309,4 +309,4 @@ def test_nccl_matches_one_process(tmp_path, graph, single):
         ref = single[case]
         assert ranks[0]["n_iter"] == ref.n_iter
         assert _rel(ranks[0]["history"]["loss"], ref.net.history_["loss"]) < 1e-8
-        assert np.mean(U.argmax(1) == ref.labels.numpy()) > 0.99
+        assert np.mean(U.argmax(1) == ref.labels.cpu().numpy()) > 0.99

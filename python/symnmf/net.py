@@ -33,6 +33,7 @@ every argument left at None; explicit arguments win. `fit_net(X, r)` runs a
 whole recipe, restarts and label-free selection included, and returns one
 factor: the entry point for the estimator, the CLI and `symnmf reproduce`.
 """
+import contextlib
 import hashlib
 import io
 import json
@@ -611,41 +612,52 @@ class SymNMFNet(nn.Module):
         steps = 0
         window = max(1, -(-patience // log_every)) if patience else None
         graph = None
+        # With cuda_graph the eager steps before the capture run on a side stream, as torch asks of the
+        # warm-up before a capture: the captured backward must not wait on work of the legacy stream.
+        side = torch.cuda.Stream(X.device) if cuda_graph else None
+        if side is not None:
+            side.wait_stream(torch.cuda.current_stream(X.device))
         try:
-            for epoch in range(epochs):
-                if self.beta_final is not None:
-                    self._beta_now = self._beta_scale * self.beta * (self.beta_final / self.beta) ** (
-                        epoch / max(epochs - 1, 1))
-                if cuda_graph and epoch == _EAGER_STEPS_BEFORE_CAPTURE:
-                    graph, static = self._capture_step(X, X_norm2, optimizer)
-                if graph is not None:
-                    graph.replay()
-                    loss, residual, U = static
-                else:
-                    optimizer.zero_grad(set_to_none=not cuda_graph)
-                    loss, residual, U = self._objective(X, X_norm2)
-                    loss.sum().backward()
-                    optimizer.step()
-                    if scheduler is not None:
-                        scheduler.step()
-                    self.project_lam()
-                steps = epoch + 1
-                if bar is not None:
-                    bar.update(1)
-                if epoch % log_every:
-                    continue
-                entry = record(epoch, loss, residual, U)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{entry['loss']:.4g}", E=_short(entry["relative_error"]))
-                elif verbose:
-                    print(f"epoch {epoch}: loss {entry['loss']:.6g}, E {_short(entry['relative_error'])}")
-                if callback is not None and callback(self, epoch, entry):
-                    break
-                if plateaued(history["loss"], tol, window):
-                    break
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                for epoch in range(epochs):
+                    if self.beta_final is not None:
+                        self._beta_now = self._beta_scale * self.beta * (self.beta_final / self.beta) ** (
+                            epoch / max(epochs - 1, 1))
+                    if cuda_graph and epoch == _EAGER_STEPS_BEFORE_CAPTURE:
+                        # The last eager step's autograd graph would keep the weights' gradient
+                        # accumulators, and the stream they were made on, alive into the capture.
+                        loss = residual = U = None
+                        graph, static = self._capture_step(X, X_norm2, optimizer)
+                    if graph is not None:
+                        graph.replay()
+                        loss, residual, U = static
+                    else:
+                        optimizer.zero_grad(set_to_none=not cuda_graph)
+                        loss, residual, U = self._objective(X, X_norm2)
+                        loss.sum().backward()
+                        optimizer.step()
+                        if scheduler is not None:
+                            scheduler.step()
+                        self.project_lam()
+                    steps = epoch + 1
+                    if bar is not None:
+                        bar.update(1)
+                    if epoch % log_every:
+                        continue
+                    entry = record(epoch, loss, residual, U)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{entry['loss']:.4g}", E=_short(entry["relative_error"]))
+                    elif verbose:
+                        print(f"epoch {epoch}: loss {entry['loss']:.6g}, E {_short(entry['relative_error'])}")
+                    if callback is not None and callback(self, epoch, entry):
+                        break
+                    if plateaued(history["loss"], tol, window):
+                        break
         finally:
             if bar is not None:
                 bar.close()
+            if side is not None:
+                torch.cuda.current_stream(X.device).wait_stream(side)
         with torch.no_grad():
             record(steps, *self._objective(X, X_norm2))
         self.history_ = history
