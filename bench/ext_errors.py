@@ -26,10 +26,20 @@ CASES = {
 }
 
 
-def run(code):
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+# Environment variants of one crashing case: whether the crash follows the C++ backtrace's symbolisation.
+ENV_VARIANTS = ({"TORCH_SHOW_CPP_STACKTRACES": "1"}, {"TORCH_DISABLE_ADDR2LINE": "1"})
+
+
+def run(code, env=None, timeout=30):
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                              env=dict(os.environ, **(env or {})))
+    except subprocess.TimeoutExpired:
+        return f"hung: no exit within {timeout} s"
     if proc.returncode < 0:
-        return f"killed by {signal.Signals(-proc.returncode).name}"
+        # faulthandler's report names the Python line that was running when the signal came
+        where = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("File ")]
+        return f"killed by {signal.Signals(-proc.returncode).name}" + (f" at {where[0][:150]}" if where else "")
     last = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     return f"exit {proc.returncode}: " + (last[-1][:150] if last else "no error")
 
@@ -43,12 +53,19 @@ def main():
             if "cpu file" in name and dev == "cuda":
                 continue
             print(f"{dev:4s} {name}: {run(PRELUDE.format(dev=dev) + body)}", flush=True)
+    crash = PRELUDE.format(dev="cpu") + CASES["row pointers (TORCH_CHECK_VALUE, cpu file)"]
+    for env in ENV_VARIANTS:
+        print(f"cpu  row pointers with {env}: {run(crash, env)}", flush=True)
     gdb = subprocess.run(["which", "gdb"], capture_output=True, text=True).stdout.strip()
     if gdb:
         code = PRELUDE.format(dev="cpu") + CASES["row pointers (TORCH_CHECK_VALUE, cpu file)"]
-        out = subprocess.run([gdb, "-batch", "-ex", "run", "-ex", "bt 25", "--args", sys.executable, "-c", code],
-                             capture_output=True, text=True, timeout=300)
-        frames = [line for line in out.stdout.splitlines() if line.startswith("#") or "signal" in line]
+        try:
+            out = subprocess.run([gdb, "-batch", "-ex", "run", "-ex", "bt 25", "--args", sys.executable, "-c", code],
+                                 capture_output=True, text=True, timeout=40).stdout
+        except subprocess.TimeoutExpired:
+            out = ""
+            print("gdb: no exit within 40 s")
+        frames = [line for line in out.splitlines() if line.startswith("#") or "signal" in line]
         print("gdb (row pointers case on cpu):\n" + ("\n".join(frames[:30]) or "no signal, no backtrace"))
     else:
         print("gdb: not installed")
