@@ -49,9 +49,11 @@ def timed(fn, device, repeats):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--graphs", nargs="+", default=["digits", "planted20k"])
+    parser.add_argument("--graphs", nargs="+", default=["digits", "planted20k"],
+                        help="data sets of bench/study_net.py (digits, planted, planted20k, mnist5k, mfeat-pix)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="results folder (default bench/results)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     variants = ["hals", "net"] + (["net_graph"] if device.type == "cuda" else [])
@@ -82,7 +84,7 @@ def main(argv=None):
                 row["note"] = f"{type(exc).__name__}: {str(exc)[:120]}"
             print(row, flush=True)
             rows.append(row)
-    write_table("bench_net_fit", rows, COLUMNS, device=device,
+    write_table("bench_net_fit", rows, COLUMNS, out_dir=args.out, device=device,
                 header_lines=[f"seed {args.seed}; median of {args.repeats} fits after one warm-up fit; "
                               f"torch threads {torch.get_num_threads()}"])
 

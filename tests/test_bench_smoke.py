@@ -121,3 +121,35 @@ def test_write_table(tmp_path):
     assert columns == ["a", "b"]
     assert rows == [{"a": "1.5", "b": "nan"}, {"a": "2", "b": "x/y"}]
     assert "- extra line" in header and "- device: %s" % info["device"] in header
+
+
+def _run_script(args, out_dir, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, *args, "--out", str(out_dir)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    files = glob.glob(os.path.join(str(out_dir), "*.md"))
+    assert len(files) == 1, files
+    return read_table(files[0])
+
+
+def test_bench_net_fit_cpu(tmp_path):
+    """The whole-fit benchmark times SymHALS and the default net on one small graph; no CUDA-graph row on CPU."""
+    _, _, rows = _run_script([os.path.join("bench", "bench_net_fit.py"), "--device", "cpu", "--graphs", "planted",
+                              "--repeats", "1"], tmp_path)
+    assert [row["variant"] for row in rows] == ["hals", "net"]
+    for row in rows:
+        assert row["note"] == "", row
+        assert float(row["seconds"]) > 0 and int(row["steps"]) > 0 and 0 < float(row["acc"]) <= 1, row
+    assert float(rows[1]["x_hals"]) == pytest.approx(float(rows[1]["seconds"]) / float(rows[0]["seconds"]), rel=1e-3)
+
+
+def test_bench_scale_small(tmp_path):
+    """The end-to-end scale benchmark at a small n: a graph row and a SymHALS row with its memory."""
+    _, _, rows = _run_script([os.path.join("bench", "bench_scale.py"), "--n", "3000", "--clusters", "4", "--quiet"],
+                             tmp_path)
+    assert [row["stage"] for row in rows] == ["graph", "symhals"]
+    hals = rows[1]
+    assert int(hals["iterations"]) > 0 and float(hals["s_per_iter"]) > 0 and float(hals["peak_rss_gb"]) > 0
+    assert 0 < float(hals["acc"]) <= 1 and float(hals["state_mb"]) > 0
