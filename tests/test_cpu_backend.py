@@ -230,3 +230,71 @@ def test_compile_traces_the_torch_path():
     reference.symnmf_block(U, P, 0.5).sum().backward()
     close(gU, U.grad)
     close(gP, P.grad)
+
+
+# ---- the fast paths without autograd (one problem, plain CPU tensors) ------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_no_grad_single_problem_matches_reference(dtype):
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    gen = torch.Generator().manual_seed(3)
+    U = torch.rand(60, 4, generator=gen, dtype=dtype)
+    P = torch.randn(60, 4, generator=gen, dtype=dtype)
+    G = spd((), 4, dtype)
+    lam = torch.tensor(0.3, dtype=dtype)
+    with torch.no_grad():
+        close(sk.gram(U, lam), reference.gram(U, lam), tol)
+        close(sk.gram(U, 0.3), reference.gram(U, 0.3), tol)
+        close(sk.spd_inverse(G), reference.spd_inverse(G), tol)
+        close(sk.apply_relu(P, G), reference.apply_relu(P, G), tol)
+        close(sk.symnmf_block(U, P, lam), reference.symnmf_block(U, P, lam), tol)
+        for a, b in zip(sk.symnmf_block_from_gram(U.mT @ U, P, lam),
+                        reference.symnmf_block_from_gram(U.mT @ U, P, lam)):
+            close(a, b, tol)
+        # a batch of lam wider than the Gram's: one r x r Gram for every problem
+        lam3 = torch.tensor([0.1, 0.5, 2.0], dtype=dtype)
+        P3 = P.expand(3, 60, 4)
+        for a, b in zip(sk.symnmf_block_from_gram(U.mT @ U, P3, lam3),
+                        reference.symnmf_block_from_gram(U.mT @ U, P3, lam3)):
+            close(a, b, tol)
+        X = random_sparse(60, 3, 1).to(dtype)
+        close(sk.sym_loss(X, U), reference.sparse_sym_loss(X, U), 1e-4 if dtype == torch.float32 else 1e-9)
+        U2 = torch.rand(2, 60, 4, generator=gen, dtype=dtype)
+        close(sk.sym_loss(X, U2), reference.sparse_sym_loss(X, U2), 1e-4 if dtype == torch.float32 else 1e-9)
+
+
+def test_no_grad_nan_propagates():
+    U = torch.rand(20, 3, dtype=torch.float64)
+    U[4, 1] = float("nan")
+    P = torch.randn(20, 3, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.isnan(sk.gram(U, 0.5)).any()
+        assert torch.isnan(sk.symnmf_block(U, P, 0.5)).all()
+        assert torch.isnan(sk.spd_inverse(-torch.eye(3, dtype=torch.float64))).all()
+        assert torch.isnan(sk.symnmf_block_from_gram(U.mT @ U, P, 0.5)[0]).all()
+        Ginv = torch.eye(3, dtype=torch.float64)
+        Ginv[0, 0] = float("nan")
+        Y = sk.apply_relu(P, Ginv)
+        assert torch.isnan(Y[:, 0]).all() and not torch.isnan(Y[:, 1:]).any()
+        X = random_sparse(20, 3, 2)
+        assert torch.isnan(sk.sym_loss(X, U))
+
+
+def test_no_grad_bad_input_still_named():
+    P, Ginv = torch.rand(10, 3), torch.eye(3)
+    with torch.no_grad():
+        with pytest.raises(TypeError, match="P must be float32 or float64"):
+            sk.apply_relu(P.long(), Ginv.long())
+        with pytest.raises(ValueError, match="P must have at least 2 dimensions"):
+            sk.apply_relu(torch.rand(3), Ginv)
+        with pytest.raises(TypeError, match="Ginv is torch.float64 but P is torch.float32"):
+            sk.apply_relu(P, Ginv.double())
+        with pytest.raises(ValueError, match="Ginv must be r x r"):
+            sk.apply_relu(P, torch.eye(4))
+        with pytest.raises(ValueError, match="P has an empty dimension"):
+            sk.apply_relu(torch.rand(0, 3), Ginv)
+        with pytest.raises(TypeError, match="Ginv must be a dense tensor"):
+            sk.apply_relu(P, Ginv.to_sparse())
+        with pytest.raises(ValueError, match="lam = -1.0 is negative"):
+            sk.gram(P, torch.tensor(-1.0))

@@ -5,6 +5,7 @@ synchronise with the host inside a training step.
 """
 import contextlib
 import functools
+import math
 import os
 import warnings
 
@@ -29,8 +30,25 @@ def warn_once(key, message):
         warnings.warn(message, stacklevel=3)
 
 
+try:  # os.environ's own mapping: a dict lookup instead of a key encode and value decode on every op call
+    _ENV_DATA = os.environ._data
+    _INTERPRET_KEY = os.environ.encodekey("TRITON_INTERPRET")
+    _INTERPRET_ON = os.environ.encodevalue("1")
+except AttributeError:  # pragma: no cover - an os.environ without the CPython internals
+    _ENV_DATA = None
+
+
 def interpreting():
+    """Whether TRITON_INTERPRET=1 (read at every call: it may change at run time)."""
+    if _ENV_DATA is not None and not torch.compiler.is_compiling() and os.environ._data is _ENV_DATA:
+        return _ENV_DATA.get(_INTERPRET_KEY) == _INTERPRET_ON
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def torch_path_cpu(t):
+    """Whether t is a CPU tensor that every op runs on the plain-torch path (no Triton interpreter), in eager
+    mode: a cheap test for the ops' fast path. False leaves the choice to `use_triton`."""
+    return not torch.compiler.is_compiling() and t.is_cpu and not (HAS_TRITON and interpreting())
 
 
 def use_triton(t, r=None):
@@ -222,25 +240,28 @@ def _negative_lam(value):
     )
 
 
-def as_lam(lam, U, check=True):
-    """lam (float or tensor) as a tensor on U's device and dtype, broadcastable to U's batch shape.
+def as_lam(lam, U, check=True, shape=()):
+    """lam (float or tensor) as a tensor on U's device and dtype, broadcastable to U's batch shape
+    (a float is filled into a tensor of the given shape).
 
     With check, a negative lam is a ValueError wherever that costs no device
     synchronisation: always for a Python number; for a tensor on the CPU
     (outside torch.compile tracing). A tensor on a GPU is not read (that would
     stall the training step): a negative one there yields NaN, never zeros.
     """
-    batch = U.shape[:-2]
     if isinstance(lam, torch.Tensor):
-        if lam.device != U.device:
+        on_cpu = lam.is_cpu
+        if not (on_cpu and U.is_cpu) and lam.device != U.device:
             raise ValueError(f"lam is on {lam.device} but U is on {U.device}; move lam to {U.device}")
-        if not lam.is_floating_point():
-            lam = lam.to(U.dtype)
-        elif lam.dtype != U.dtype:
-            raise TypeError(f"lam is {lam.dtype} but U is {U.dtype}; use one dtype")
-        if lam.dim() and not broadcasts_to(lam.shape, batch):
-            raise ValueError(f"lam of shape {tuple(lam.shape)} must broadcast to U's batch shape {tuple(batch)}")
-        if check and lam.device.type == "cpu" and not torch.compiler.is_compiling():
+        if lam.dtype is not U.dtype:
+            if not lam.is_floating_point():
+                lam = lam.to(U.dtype)
+            else:
+                raise TypeError(f"lam is {lam.dtype} but U is {U.dtype}; use one dtype")
+        if lam.dim() and not broadcasts_to(lam.shape, U.shape[:-2]):
+            batch = tuple(U.shape[:-2])
+            raise ValueError(f"lam of shape {tuple(lam.shape)} must broadcast to U's batch shape {batch}")
+        if check and on_cpu and not torch.compiler.is_compiling():
             if lam.dim() == 0:  # the common case, read directly (a CPU tensor: no device synchronisation)
                 if lam.item() < 0:
                     raise _negative_lam(lam.item())
@@ -252,12 +273,12 @@ def as_lam(lam, U, check=True):
     if isinstance(lam, bool) or not isinstance(lam, (int, float)):
         raise TypeError(f"lam must be a float or a tensor, got {type(lam).__name__}")
     lam = float(lam)
-    if lam != lam or lam in (float("inf"), float("-inf")):
+    if not math.isfinite(lam):
         raise ValueError(f"lam must be finite, got {lam}")
     if check and lam < 0:
         raise _negative_lam(lam)
     # torch.full, not torch.tensor: a fill kernel rather than a host-to-device copy, so CUDA graphs can capture it.
-    return torch.full((), lam, dtype=U.dtype, device=U.device)
+    return torch.full(shape, lam, dtype=U.dtype, device=U.device)
 
 
 def broadcasts_to(shape, batch):

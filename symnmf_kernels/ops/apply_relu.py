@@ -3,8 +3,13 @@ from typing import Optional
 
 import torch
 
-from . import _launch
-from ._common import as_batch, broadcasts_to, check_same, check_square, check_tensor, needs_grad, use_triton
+from . import _common, _launch
+from ._common import (
+    FLOAT_DTYPES, as_batch, broadcasts_to, check_same, check_square, check_tensor, needs_grad, use_triton,
+)
+
+
+_STRIDED = torch.strided
 
 
 def _flat_square(M, B, r):
@@ -166,8 +171,26 @@ def _check(P, Ginv):
     return Ginv.expand(*batch, *Ginv.shape[-2:])
 
 
+def _plain_cpu_2d(P, Ginv):
+    """Whether P (n, r) and Ginv (r, r) are valid dense CPU tensors of one float dtype on the torch path:
+    the common case, tested in a few attribute reads (the full checks in `_check` cost more than the
+    product itself at n = 1000)."""
+    return (
+        isinstance(P, torch.Tensor) and isinstance(Ginv, torch.Tensor)
+        and P.dim() == 2 and Ginv.dim() == 2
+        and P.layout is _STRIDED and Ginv.layout is _STRIDED
+        and P.dtype in FLOAT_DTYPES and Ginv.dtype is P.dtype
+        and P.shape[1] > 0 and P.shape[0] > 0 and Ginv.shape == (P.shape[1], P.shape[1])
+        and Ginv.is_cpu and _common.torch_path_cpu(P)
+    )
+
+
 def apply_relu(P, Ginv):
     """ReLU(P @ Ginv) for P (..., n, r) and Ginv (..., r, r) (its batch broadcasts to P's)."""
+    if _plain_cpu_2d(P, Ginv):  # the torch path without the general checks and dispatch
+        if needs_grad(P, Ginv):
+            return _ApplyReluTorch.apply(P, Ginv)
+        return torch.mm(P, Ginv).relu_()
     Ginv = _check(P, Ginv)
     if not use_triton(P, P.shape[-1]):
         return _ApplyReluTorch.apply(P, Ginv) if needs_grad(P, Ginv) else apply_relu_torch(P, Ginv)

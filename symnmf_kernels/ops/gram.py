@@ -1,7 +1,7 @@
 """gram(U, lam) = U^T U + lam I, and mm_small(A, M) = A @ M, its backward's one pass over U."""
 import torch
 
-from . import _launch
+from . import _common, _launch
 from ._common import as_batch, as_lam, check_tensor, needs_grad, use_triton
 
 
@@ -25,6 +25,10 @@ def _(A, M):
 
 def gram_torch(U, lam):
     """U^T U + lam I: one BLAS product, lam added to its diagonal in place."""
+    if U.dim() == 2:
+        G = torch.mm(U.mT, U)
+        G.diagonal().add_(lam)
+        return G
     G = U.mT @ U
     G.diagonal(dim1=-2, dim2=-1).add_(lam.unsqueeze(-1) if lam.dim() else lam)
     return G
@@ -96,6 +100,6 @@ def gram(U, lam=0.0, deterministic=True, *, check_lam=True):
     """
     check_tensor(U, "U")
     lam = as_lam(lam, U, check_lam)
-    if not use_triton(U, U.shape[-1]):
+    if _common.torch_path_cpu(U) or not use_triton(U, U.shape[-1]):
         return _GramTorch.apply(U, lam) if needs_grad(U, lam) else gram_torch(U, lam)
     return gram_op(U, lam, bool(deterministic))

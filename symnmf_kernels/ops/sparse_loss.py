@@ -27,9 +27,9 @@ from typing import Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import _launch
+from . import _common, _launch
 from ._common import as_lam, needs_grad, use_triton
-from .spmm import _check_dense, extension_status, host_side, layout
+from .spmm import _check_dense, extension_status, host_side, host_side_eager, layout
 
 __all__ = ["sparse_sym_loss", "sparse_layer_loss"]
 
@@ -167,7 +167,19 @@ def _times_x(crow, col, values, M, blockdiag):
 
 def _has_native_loss(U):
     """Whether the extension's fused CPU kernels of this loss run for U (they exist only on the CPU)."""
-    return U.device.type == "cpu" and _NATIVE_LOSS and not torch.compiler.is_compiling()
+    return _NATIVE_LOSS and U.is_cpu and not torch.compiler.is_compiling()
+
+
+def _gram(U):
+    """U^T U of a (B, n, r) U: bmm itself (matmul's batch logic costs as much as the product at n = 1000)."""
+    return torch.bmm(U.mT, U)
+
+
+def _loss_from_terms(x_sq, su, G, dtype):
+    """||X||^2 - 2 <S, U> + ||U^T U||^2 per problem in float64 (||U^T U|| from G upcast, then squared),
+    returned in dtype."""
+    g = torch.linalg.vector_norm(G, dim=(-2, -1), dtype=torch.float64)
+    return torch.addcmul(x_sq, g, g).sub_(su, alpha=2).to(dtype)
 
 
 _NATIVE_LOSS = extension_status()["cpu"] and hasattr(torch.ops.symnmf_kernels, "sparse_loss_terms_csr")
@@ -195,17 +207,25 @@ class _SparseLayerLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, crow, col, values, t_crow, t_col, t_values, x_sq, U, P, lam, blockdiag):
         # ctx is None when called directly, for a forward without autograd.
-        fused = use_triton(U, U.shape[-1])
+        fused = not _common.torch_path_cpu(U) and use_triton(U, U.shape[-1])
         native = not fused and not blockdiag and _has_native_loss(U)
         if native:  # the extension's CPU kernels: the SpMM and the passes around it in one
             S, R, sums = _native_terms(crow, col, values, U, P, lam)
-            G = U.mT @ U
-            loss = (x_sq - 2 * sums[:, 0] + _dot64(G, G)).to(U.dtype)
-            reg = sums[:, 1].to(U.dtype) if P is not None else torch.zeros_like(loss)
-            P = R if P is not None else None
+            G = _gram(U)
+            if ctx is None and P is None and U.shape[0] == 1 and x_sq.dim() == 0:
+                # One problem, no autograd: its float64 scalars are host memory, combined there in one go.
+                g = torch.linalg.vector_norm(G, dtype=torch.float64).item()
+                value = x_sq.item() + g * g - 2 * sums.tolist()[0][0]
+                return torch.full((1,), value, dtype=U.dtype, device=U.device), None
+            loss = _loss_from_terms(x_sq, sums[:, 0], G, U.dtype)
+            if P is not None:
+                reg = sums[:, 1].to(U.dtype)
+                P = R
+            else:  # no regulariser: a zero for autograd, nothing for a caller without it
+                reg = torch.zeros_like(loss) if ctx is not None else None
         elif not fused and P is None:  # the loss alone, in as few torch calls as it takes
             S = _times_x(crow, col, values, U, blockdiag)
-            G = U.mT @ U
+            G = _gram(U)
             sums = _dot64(U, S)[:, None]
             loss = (x_sq + _dot64(G, G)).sub_(sums[:, 0], alpha=2).to(U.dtype)
             reg = torch.zeros_like(loss)
@@ -213,7 +233,7 @@ class _SparseLayerLoss(torch.autograd.Function):
             S = _times_x(crow, col, values, U, blockdiag)
             R = torch.addcmul(P - S, _col(lam), U, value=-1)
             sums = torch.stack([_dot64(U, S), _dot64(R, R), _dot64(R, U)], dim=-1)
-            G = U.mT @ U
+            G = _gram(U)
             loss = (x_sq - 2 * sums[:, 0] + _dot64(G, G)).to(U.dtype)
             reg = sums[:, 1].to(U.dtype)
             P = R
@@ -292,7 +312,7 @@ def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None):
     _check_dense(U)
     if U.dim() < 2:
         raise ValueError(f"U must be (n, r) or (..., n, r), got shape {tuple(U.shape)}")
-    A, t = host_side(X, U, symmetric)
+    A, t = (host_side if torch.compiler.is_compiling() else host_side_eager)(X, U, symmetric)
     _, _, blockdiag = layout(A, U)
     n_rows, n_cols = A.shape
     if n_rows != n_cols:
@@ -310,9 +330,12 @@ def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None):
         P3 = P.reshape(B, n, r)
     # contiguous: the kernels read lam[b] for every b, which an expanded 0-d tensor does not hold.
     # Any finite lam is valid here: the regulariser has no Gram to keep positive definite.
-    lam_b = as_lam(lam, U, check=False).expand(batch).reshape(B).contiguous()
-    row_sq = _row_sq_norms(A)
-    x_sq = row_sq.reshape(B, n).sum(1) if blockdiag else row_sq.sum().expand(B)
+    lam_b = as_lam(lam, U, check=False, shape=(B,))
+    if lam_b.shape != (B,) or not lam_b.is_contiguous():
+        lam_b = lam_b.expand(batch).reshape(B).contiguous()
+    row_sq = _row_sq_norms(A) if torch.compiler.is_compiling() else A.row_sq_norms()
+    # ||X||^2: per block of a block-diagonal X; else one 0-d sum that broadcasts to every problem
+    x_sq = row_sq.reshape(B, n).sum(1) if blockdiag else row_sq.sum()
     args = (A.crow_indices, A.col_indices, A.values, *t, x_sq, U3, P3, lam_b, blockdiag)
     if needs_grad(U3, P3, lam_b):
         loss, reg = _SparseLayerLoss.apply(*args)

@@ -1,7 +1,7 @@
 """spd_inverse(G): inverse of a batch of small SPD matrices through Cholesky."""
 import torch
 
-from . import _launch
+from . import _common, _launch
 from ._common import as_batch, check_square, needs_grad, use_triton
 
 
@@ -12,9 +12,9 @@ def spd_inverse_torch(G):
     """(G^{-1}, info) through LAPACK's Cholesky (cholesky_ex, cholesky_inverse), without a host synchronisation:
     where the factorisation fails (info != 0) the factor is replaced by NaN, so that inverse is all NaN."""
     L, info = torch.linalg.cholesky_ex(G)
-    if G.device.type == "cpu" and not torch.compiler.is_compiling():
+    if G.is_cpu and not torch.compiler.is_compiling():
         # On the CPU the flags are host memory: replace only the failed factors (usually none).
-        if info.any():
+        if info.item() if info.dim() == 0 else info.any():
             L = torch.where((info != 0)[..., None, None], float("nan"), L)
     else:
         L = torch.where((info != 0)[..., None, None], float("nan"), L)
@@ -82,7 +82,7 @@ def spd_inverse(G, check=False):
     (which reads a flag back from the device: keep it out of training steps).
     """
     check_square(G, "G")
-    if use_triton(G, G.shape[-1]):
+    if not _common.torch_path_cpu(G) and use_triton(G, G.shape[-1]):
         inv, info = spd_inverse_op(G)
     else:
         inv, info = _SpdInverseTorch.apply(G) if needs_grad(G) else spd_inverse_torch(G)
