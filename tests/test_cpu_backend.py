@@ -298,3 +298,27 @@ def test_no_grad_bad_input_still_named():
             sk.apply_relu(P, Ginv.to_sparse())
         with pytest.raises(ValueError, match="lam = -1.0 is negative"):
             sk.gram(P, torch.tensor(-1.0))
+        X = random_sparse(10, 2, 0).float()
+        with pytest.raises(ValueError, match="lam must be finite"):
+            sk.sparse_layer_loss(X, P, None, float("nan"))
+        with pytest.raises(TypeError, match="lam must be a float or a tensor"):
+            sk.sparse_layer_loss(X, P, None, "0.5")
+        with pytest.raises(ValueError, match="X is 10 x 10 but U has shape"):
+            sk.sym_loss(X, torch.rand(9, 3))
+
+
+def test_sparse_loss_one_problem_shapes_and_grad():
+    X = random_sparse(30, 3, 4)
+    U = torch.rand(30, 3, dtype=torch.float64)
+    ref = reference.sparse_sym_loss(X, U)
+    with torch.no_grad():
+        assert sk.sym_loss(X, U).shape == ()
+        close(sk.sym_loss(X, U[None]), ref.reshape(1), 1e-9)
+        loss, reg = sk.sparse_layer_loss(X, U)
+        assert reg is None
+        close(loss, ref, 1e-9)
+    # a lam that requires grad keeps the autograd path, as does U
+    lam = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    loss, _ = sk.sparse_layer_loss(X, U, None, lam)
+    assert loss.requires_grad
+    close(loss.detach(), ref, 1e-9)

@@ -181,15 +181,15 @@ def _plain_cpu_2d(P, Ginv):
         and P.layout is _STRIDED and Ginv.layout is _STRIDED
         and P.dtype in FLOAT_DTYPES and Ginv.dtype is P.dtype
         and P.shape[1] > 0 and P.shape[0] > 0 and Ginv.shape == (P.shape[1], P.shape[1])
-        and Ginv.is_cpu and _common.torch_path_cpu(P)
+        and _common.torch_path_cpu(P) and Ginv.is_cpu
     )
 
 
 def apply_relu(P, Ginv):
     """ReLU(P @ Ginv) for P (..., n, r) and Ginv (..., r, r) (its batch broadcasts to P's)."""
-    if _plain_cpu_2d(P, Ginv):  # the torch path without the general checks and dispatch
-        if needs_grad(P, Ginv):
-            return _ApplyReluTorch.apply(P, Ginv)
+    if _plain_cpu_2d(P, Ginv):
+        # The torch path without the general checks. torch's own autograd of mm and an in-place ReLU is
+        # _ApplyReluTorch's backward (the mask from the output, then two products) without a Python node.
         return torch.mm(P, Ginv).relu_()
     Ginv = _check(P, Ginv)
     if not use_triton(P, P.shape[-1]):

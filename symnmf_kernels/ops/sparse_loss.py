@@ -29,7 +29,7 @@ from torch.autograd.function import once_differentiable
 
 from . import _common, _launch
 from ._common import as_lam, needs_grad, use_triton
-from .spmm import _check_dense, extension_status, host_side, host_side_eager, layout
+from .spmm import _check_dense, extension_status, host_side, layout
 
 __all__ = ["sparse_sym_loss", "sparse_layer_loss"]
 
@@ -212,11 +212,6 @@ class _SparseLayerLoss(torch.autograd.Function):
         if native:  # the extension's CPU kernels: the SpMM and the passes around it in one
             S, R, sums = _native_terms(crow, col, values, U, P, lam)
             G = _gram(U)
-            if ctx is None and P is None and U.shape[0] == 1 and x_sq.dim() == 0:
-                # One problem, no autograd: its float64 scalars are host memory, combined there in one go.
-                g = torch.linalg.vector_norm(G, dtype=torch.float64).item()
-                value = x_sq.item() + g * g - 2 * sums.tolist()[0][0]
-                return torch.full((1,), value, dtype=U.dtype, device=U.device), None
             loss = _loss_from_terms(x_sq, sums[:, 0], G, U.dtype)
             if P is not None:
                 reg = sums[:, 1].to(U.dtype)
@@ -293,6 +288,26 @@ class _SparseLayerLoss(torch.autograd.Function):
 # ---- public functions ------------------------------------------------------------------------------------------
 
 
+_NO_LAM = {}  # dtype -> a (1,) zero: the fused kernel's lam argument where there is no regulariser
+
+
+@torch.compiler.disable  # host reads; a frame that runs eagerly under torch.compile must not be traced into
+def _one_problem_loss(A, U, batch):
+    """||X - U U^T||^2 of one problem without autograd on the CPU (the extension's kernel): <X U, U> from the
+    fused kernel, ||U^T U||^2 and ||X||^2 as float64 host scalars, combined on the host; a tensor of shape batch.
+
+    The general path costs a dozen more small tensor operations, as much as the SpMM at n = 1,000.
+    """
+    lam = _NO_LAM.get(U.dtype)
+    if lam is None:
+        lam = _NO_LAM[U.dtype] = torch.zeros(1, dtype=U.dtype)
+    U3 = U.reshape(1, *U.shape[-2:])
+    _, _, sums = _native_terms(A.crow_indices, A.col_indices, A.values, U3, None, lam)
+    g = torch.linalg.vector_norm(torch.mm(U3[0].mT, U3[0]), dtype=torch.float64).item()
+    value = A.row_sq_norms().sum().item() + g * g - 2 * sums.tolist()[0][0]
+    return torch.full(batch, value, dtype=U.dtype)
+
+
 @torch.compiler.disable
 def _row_sq_norms(A):
     """Squared row norms of X in float64, cached with X (so eager even under torch.compile)."""
@@ -312,13 +327,18 @@ def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None):
     _check_dense(U)
     if U.dim() < 2:
         raise ValueError(f"U must be (n, r) or (..., n, r), got shape {tuple(U.shape)}")
-    A, t = (host_side if torch.compiler.is_compiling() else host_side_eager)(X, U, symmetric)
+    A, t = host_side(X, U, symmetric)
+    batch, (n, r) = U.shape[:-2], U.shape[-2:]
+    B = math.prod(batch)
+    if (P is None and B == 1 and A.shape == (n, n) and _NATIVE_LOSS and _common.torch_path_cpu(U)
+            and not needs_grad(U, lam if isinstance(lam, torch.Tensor) else None)):
+        if not (type(lam) is float and math.isfinite(lam)):
+            as_lam(lam, U, check=False)  # no regulariser to use it in, but a bad lam is still an error
+        return _one_problem_loss(A, U, batch), None
     _, _, blockdiag = layout(A, U)
     n_rows, n_cols = A.shape
     if n_rows != n_cols:
         raise ValueError(f"X must be square (n, n) for the SymNMF loss, got {n_rows} x {n_cols}")
-    batch, (n, r) = U.shape[:-2], U.shape[-2:]
-    B = math.prod(batch)
     U3 = U.reshape(B, n, r)
     P3 = None
     if P is not None:
@@ -333,7 +353,7 @@ def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None):
     lam_b = as_lam(lam, U, check=False, shape=(B,))
     if lam_b.shape != (B,) or not lam_b.is_contiguous():
         lam_b = lam_b.expand(batch).reshape(B).contiguous()
-    row_sq = _row_sq_norms(A) if torch.compiler.is_compiling() else A.row_sq_norms()
+    row_sq = _row_sq_norms(A)
     # ||X||^2: per block of a block-diagonal X; else one 0-d sum that broadcasts to every problem
     x_sq = row_sq.reshape(B, n).sum(1) if blockdiag else row_sq.sum()
     args = (A.crow_indices, A.col_indices, A.values, *t, x_sq, U3, P3, lam_b, blockdiag)

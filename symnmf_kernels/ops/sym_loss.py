@@ -3,6 +3,7 @@ import torch
 
 from . import _launch
 from ._common import as_batch, broadcasts_to, check_same, check_tensor, needs_grad, use_triton
+from .sparse_loss import sparse_sym_loss
 
 
 # ---- the torch path (CPU, and r beyond the fused kernels) ------------------------------------------------------
@@ -92,8 +93,6 @@ def sym_loss(X, U):
     (n, n) tensor or scipy.sparse matrix; U is (..., n, r). Differentiable in U.
     """
     if not isinstance(X, torch.Tensor) or X.layout != torch.strided:
-        from .sparse_loss import sparse_sym_loss
-
         return sparse_sym_loss(X, U)
     check_tensor(X, "X")
     check_tensor(U, "U")
