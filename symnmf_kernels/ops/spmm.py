@@ -70,7 +70,8 @@ def _check_dense(U, name="U"):
         raise ValueError(f"{name} must be (n, r) or (..., n, r), got a scalar")
 
 
-def host_side_eager(X, U, symmetric=None, name="X"):
+@torch.compiler.disable
+def host_side(X, U, symmetric=None, name="X"):
     """The per-matrix work, which reads index values and caches, so it runs eagerly even under torch.compile.
 
     Returns (A, t): X as a validated CSR on U's device and dtype, and the t_*
@@ -88,11 +89,6 @@ def host_side_eager(X, U, symmetric=None, name="X"):
         )
     A.validate()
     return A, transpose_args(A, U, symmetric)
-
-
-# Under torch.compile the per-matrix work stays eager (a graph break); an eager caller may call
-# host_side_eager directly and skip the wrapper.
-host_side = torch.compiler.disable(host_side_eager)
 
 
 def layout(A, U, name="X"):
