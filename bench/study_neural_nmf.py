@@ -226,6 +226,21 @@ def plot(rows, path):
     fig.savefig(path, dpi=90)
 
 
+def speed_only(args):
+    if args.peer is None:
+        raise SystemExit("--speed-only needs --peer (the folder holding the NeuralNMF package)")
+    corpus = fortunes_corpus()
+    datasets = [("hierarchical", hierarchical_data(0)[0])] + ([("fortunes", corpus[0])] if corpus is not None else [])
+    speed = [row for epochs in map(int, args.epochs.split(",")) for row in speed_rows(args.peer, datasets, epochs)]
+    header = ["threads: 1 (torch.set_num_threads), float64; the package and this library timed one after the other "
+              "on the same data from the same start, unsupervised, reconstruction loss; times include each side's "
+              "setup"]
+    write_table("study_neural_nmf_speed", speed,
+                ["data", "shape", "epochs", "package_s", "ours_s", "speedup", "ours_ms_per_epoch"], header,
+                device="cpu")
+    return speed
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one seed, few steps, nothing written")
@@ -233,8 +248,12 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--epochs", default="10,50", help="epochs of the speed comparison, comma-separated")
     parser.add_argument("--plot", default=os.path.join("docs", "neural_nmf.png"))
+    parser.add_argument("--speed-only", action="store_true",
+                        help="only part 3, written to study_neural_nmf_speed-<date>-cpu.md (needs --peer)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.speed_only:
+        return speed_only(args)
     seeds = [0] if args.quick else [0, 1, 2]
     steps = 20 if args.quick else args.steps
     losses = ["reconstruction", "layers", "energy"]

@@ -1,4 +1,6 @@
 """Batched NNLS by block principal pivoting against scipy.optimize.nnls."""
+import sys
+
 import numpy as np
 import pytest
 import scipy.optimize
@@ -104,6 +106,7 @@ def test_bad_input():
 import symnmf_kernels as sk  # noqa: E402
 from symnmf_kernels import reference  # noqa: E402
 from symnmf_kernels.ops.nnls import nnls_op, nnls_passive_solve, nnls_torch  # noqa: E402
+nnls_module = sys.modules["symnmf_kernels.ops.nnls"]  # the module (the package exports a function of its name)
 from conftest import rel_err  # noqa: E402
 
 OP_TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
@@ -154,13 +157,75 @@ def test_op_batched_matches_reference_and_kkt(device, dtype):
     assert int((X > 0).sum()) > 0 and int((X == 0).sum()) > 0  # both sets are exercised
 
 
+NATIVE = [False] + ([True] if nnls_module._NATIVE_NNLS else [])
+
+
+@pytest.fixture(params=NATIVE, ids=lambda native: "native" if native else "torch")
+def cpu_path(request, monkeypatch):
+    """The CPU path with the extension's kernel (native) and without it (the torch operations)."""
+    monkeypatch.setattr(nnls_module, "_NATIVE_NNLS", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("k,m", [(2, 400), (7, 501), (16, 30)])
-def test_op_torch_path_matches_scipy(k, m):
-    """The CPU torch path on its own, outside the interpreter: k = 2 has at most 4 passive sets for 400 rows
+def test_op_torch_path_matches_scipy(cpu_path, k, m):
+    """The CPU path on its own, outside the interpreter: k = 2 has at most 4 passive sets for 400 rows
     (one inverse per set, shared), k = 16 about one set per row (one solve per row)."""
     A, Bt, G, C = least_squares(k, m, batch=(2,))
     X = nnls_torch(G, C, None, 5 * k + 20)
     assert rel_err(X, scipy_solution(A, Bt)) <= OP_TOL[torch.float64]
+
+
+@pytest.mark.skipif(not nnls_module._NATIVE_NNLS, reason="the extension's CPU kernel is not built")
+@pytest.mark.parametrize("k", [1, 5, 16, 33, 48])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_kernel_matches_torch_path(monkeypatch, k, dtype):
+    """The extension's kernel and the torch operations run the same pivoting: the same solutions, cold and
+    warm-started, and the same backward solve, on batched problems with both sets populated."""
+    gen = torch.Generator().manual_seed(k)
+    A, Bt, G, C = least_squares(k, 57, batch=(2,), dtype=dtype, generator=gen)
+    x0 = torch.rand(C.shape, generator=gen, dtype=torch.float64).to(dtype) - 0.5
+    dX = torch.randn(C.shape, generator=gen, dtype=torch.float64).to(dtype)
+    out = {}
+    for native in (True, False):
+        monkeypatch.setattr(nnls_module, "_NATIVE_NNLS", native)
+        cold = nnls_torch(G, C, None, 5 * k + 20)
+        warm = nnls_torch(G, C, x0, 5 * k + 20)
+        out[native] = cold, warm, nnls_module.nnls_backward_torch(G, cold, dX)
+    tol = OP_TOL[dtype] * (10 if dtype == torch.float32 else 1)
+    for native, torch_path in zip(out[True], out[False]):
+        assert rel_err(native, torch_path) <= tol
+    cold = out[True][0]
+    assert int((cold > 0).sum()) > 0 and int((cold == 0).sum()) > 0
+    assert kkt_violation(G, C, cold) <= (1e-4 if dtype == torch.float32 else 1e-12)
+
+
+def test_cpu_path_nan_and_not_positive_definite(cpu_path):
+    """NaN in C or G, and a G that is not positive definite on a passive set, give NaN on both CPU paths."""
+    A, Bt, G, C = least_squares(4, 9)
+    C = -C.abs()
+    C[3, 1] = float("nan")
+    X = nnls_torch(G[None], C[None], None, 40)[0]
+    assert torch.isnan(X[3]).all() and torch.equal(X[[0, 1, 2, 4]], torch.zeros(4, 4, dtype=torch.float64))
+    G_bad = G.clone()
+    G_bad[1, 2] = float("inf")
+    assert torch.isnan(nnls_torch(G_bad[None], C[None], None, 40)).all()
+    G = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))[None]
+    C = torch.tensor([[[1.0, 1.0], [1.0, -1.0]]], dtype=torch.float64)
+    X = nnls_torch(G, C, None, 20)[0]
+    assert torch.isnan(X[0]).all() and torch.equal(X[1], torch.tensor([1.0, 0.0], dtype=torch.float64))
+
+
+@pytest.mark.skipif(not nnls_module._NATIVE_NNLS, reason="the extension's CPU kernel is not built")
+def test_native_kernel_is_a_custom_op():
+    A, Bt, G, C = least_squares(5, 11, batch=(2,))
+    op = torch.ops.symnmf_kernels.nnls_rows
+    torch.library.opcheck(op, (G, C, None, 45, 2.0 ** -46, False))
+    torch.library.opcheck(op, (G, C, torch.rand_like(C), 45, 2.0 ** -46, True))
+    with pytest.raises(RuntimeError, match="C must be"):
+        op(G, C[:, :, :3], None, 45, 0.0, False)
+    with pytest.raises(RuntimeError, match="solve_only needs x0"):
+        op(G, C, None, 45, 0.0, True)
 
 
 def test_op_non_contiguous_inputs(device):

@@ -19,10 +19,11 @@ so most rows are done after one solve.
 On a CUDA tensor (and a CPU tensor under TRITON_INTERPRET=1) the Triton kernel
 of symnmf_kernels/triton/nnls.py runs, a tile of rows per program with each
 row's k x k system in registers, without a host synchronisation, for k <= 32.
-On the CPU (and beyond k = 32) the torch path runs: each round solves every
-distinct passive set of a problem once (one small Cholesky inverse each) and
-applies it to the rows that share it; it reads a flag back per round to drop
-finished rows.
+On the CPU the extension's kernel (csrc/cpu/nnls_cpu.cpp) runs the same
+pivoting row by row, in one call. Without the extension, and on CUDA beyond
+k = 32, the torch path runs: each round solves every distinct passive set of a
+problem once (one small Cholesky inverse each) and applies it to the rows that
+share it; it reads a flag back per round to drop finished rows.
 
 The backward goes through the active set: with P = {x > 0},
 x_P = G_PP^{-1} c_P, so for an upstream gradient dx
@@ -38,6 +39,7 @@ import torch
 
 from . import _launch
 from ._common import check_same, check_square, check_tensor, needs_grad, use_triton, warn_once
+from .spmm import extension_status
 
 __all__ = ["nnls"]
 
@@ -121,9 +123,22 @@ def _infeasible(G, problem, C, X, F, tol):
     return (F & (X < 0)) | (~F & (Y < -tol))
 
 
+def _native_runs(C):
+    """Whether the extension's CPU kernel solves these rows (outside torch.compile's tracing)."""
+    return _NATIVE_NNLS and C.is_cpu and not torch.compiler.is_compiling()
+
+
+def _poison(G, C):
+    """A NaN (or Inf) in a row of C, or anywhere in its problem's G, as a NaN to add to that row's solution."""
+    return (C * 0).sum(-1, keepdim=True) + (G * 0).sum((-2, -1))[:, None, None]
+
+
 def nnls_torch(G, C, X0, max_rounds):
     """Block principal pivoting on the rows of C (B, m, k) with the Grams G (B, k, k)."""
     G = _symmetric(G)
+    if _native_runs(C):
+        X = torch.ops.symnmf_kernels.nnls_rows(G, C, X0, max_rounds, TOL_REL[C.dtype], False)
+        return X + _poison(G, C)
     B, m, k = C.shape
     C = C.reshape(B * m, k)  # flattened rows: finished rows of every problem drop out together
     problem = torch.arange(B, device=C.device).repeat_interleave(m)
@@ -152,13 +167,14 @@ def nnls_torch(G, C, X0, max_rounds):
         F[active], X[active], infeasible[active] = Fa, Xa, Ia
         active = active[Ia.any(1)]
         rounds += 1
-    poison = (C * 0).sum(-1, keepdim=True) + (G * 0).sum((-2, -1))[problem, None]
-    return (torch.where(X < 0, 0.0, X) + poison).reshape(B, m, k)
+    return torch.where(X < 0, 0.0, X).reshape(B, m, k) + _poison(G, C.reshape(B, m, k))
 
 
 def nnls_backward_torch(G, X, dX):
     """Z with z_P = G_PP^{-1} dx_P and z = 0 off P = {x > 0}, row by row: dC = Z, and dG = -sym(Z^T X)."""
     B, m, k = X.shape
+    if _native_runs(dX):
+        return torch.ops.symnmf_kernels.nnls_rows(_symmetric(G), dX, X, 0, 0.0, True)
     problem = torch.arange(B, device=X.device).repeat_interleave(m)
     Z = passive_solve_torch(_symmetric(G), problem, dX.reshape(B * m, k), X.reshape(B * m, k) > 0)
     return Z.reshape(B, m, k)
@@ -193,6 +209,15 @@ class _NnlsTorch(torch.autograd.Function):
         Z = nnls_backward_torch(G.reshape(-1, k, k), X.reshape(-1, *X.shape[-2:]), dX.reshape(-1, *X.shape[-2:]))
         Z = Z.reshape(X.shape)
         return (_dG(Z, X) if ctx.needs_input_grad[0] else None), (Z if ctx.needs_input_grad[1] else None), None, None
+
+
+# The extension's CPU kernel of the torch path (csrc/cpu/nnls_cpu.cpp): the same pivoting in one call.
+_NATIVE_NNLS = extension_status()["cpu"] and hasattr(torch.ops.symnmf_kernels, "nnls_rows")
+
+if _NATIVE_NNLS:
+    @torch.library.register_fake("symnmf_kernels::nnls_rows")
+    def _(G, C, x0, max_rounds, tol_rel, solve_only):
+        return torch.empty_like(C, memory_format=torch.contiguous_format)
 
 
 # ---- the custom ops --------------------------------------------------------------------------------------------
