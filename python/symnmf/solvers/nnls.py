@@ -18,11 +18,17 @@ solved together: one round is a batched Cholesky solve of all rows still
 infeasible, each row's system padded to r x r with the identity outside F.
 A warm start X0 gives the initial passive sets {X0 > 0}; between outer
 iterations of SymANLS these barely change, so most rows are feasible after the
-first solve.
+first solve. On the CPU the extension's kernel (symnmf_kernels' nnls_rows) runs
+the same pivoting row by row in one call.
 """
+import sys
+
 import torch
 
 __all__ = ["nnls_gram"]
+
+_NOT_PD = ("B is not positive definite: block principal pivoting needs B = A^T A with A of full column rank "
+           "(for SymANLS, a penalty lam > 0)")
 
 # Elements of the (rows, r, r) systems solved in one batch: ~32 MiB of float64 on
 # the CPU (cache-friendly), ~256 MiB on a GPU (enough rows to fill it).
@@ -46,10 +52,7 @@ def _solve_passive(B, C, F):
         L, info = torch.linalg.cholesky_ex(M)
         x = torch.cholesky_solve(rhs, L).squeeze(-1)
         if bool((info != 0).any()):
-            raise ValueError(
-                "B is not positive definite: block principal pivoting needs B = A^T A with A of full "
-                "column rank (for SymANLS, a penalty lam > 0)"
-            )
+            raise ValueError(_NOT_PD)
         out[sl] = x * Fd
     return out
 
@@ -57,6 +60,24 @@ def _solve_passive(B, C, F):
 def _infeasible(B, C, F, X):
     Y = X @ B - C  # B symmetric: row i is (B x_i - c_i)^T
     return (F & (X < 0)) | (~F & (Y < 0))
+
+
+def _native_runs(C):
+    """Whether the extension's CPU kernel (the op nnls_rows of symnmf_kernels) solves these rows."""
+    from symnmf_kernels.ops import nnls as nnls_op_module  # noqa: F401  (registers the kernel's fake)
+
+    return C.is_cpu and not torch.compiler.is_compiling() and sys.modules["symnmf_kernels.ops.nnls"]._NATIVE_NNLS
+
+
+def _nnls_gram_native(B, C, X0, max_rounds):
+    """The same pivoting row by row in the extension (no tolerance: y < 0 is infeasible, as below)."""
+    X = torch.ops.symnmf_kernels.nnls_rows(B[None], C[None], None if X0 is None else X0[None], max_rounds, 0.0,
+                                           False)[0]
+    # The kernel marks a failed factorisation with a NaN row; from finite B and C that can only be a B that
+    # is not positive definite on a passive set.
+    if bool(torch.isnan(X).any()) and bool(torch.isfinite(B).all()) and bool(torch.isfinite(C).all()):
+        raise ValueError(_NOT_PD)
+    return X
 
 
 def nnls_gram(B, C, X0=None, *, max_rounds=None):
@@ -80,6 +101,8 @@ def nnls_gram(B, C, X0=None, *, max_rounds=None):
         raise ValueError(f"X0 must have C's shape {tuple(C.shape)}, got {tuple(X0.shape)}")
     if max_rounds is None:
         max_rounds = 5 * r + 20
+    if _native_runs(C):
+        return _nnls_gram_native(B, C, X0, max_rounds)
 
     F = (X0 > 0) if X0 is not None else torch.zeros((m, r), dtype=torch.bool, device=C.device)
     X = _solve_passive(B, C, F)
