@@ -118,3 +118,12 @@ def test_citations_point_to_the_design_notes():
             if cited not in sections:
                 bad.append(f"{path}: cites a section {cited!r} that docs/design.md does not have")
     assert not bad, "\n".join(bad)
+
+
+def test_every_cpu_kernel_file_belongs_to_an_op():
+    """csrc/cpu/<op>_cpu.cpp, and a schema csrc/<op>.cpp beside it, for an op of that name."""
+    cpu_dir = os.path.join(ROOT, "csrc", "cpu")
+    names = {f[: -len("_cpu.cpp")] for f in os.listdir(cpu_dir) if f.endswith("_cpu.cpp")}
+    assert names and names <= set(OPS), f"csrc/cpu/ kernels that are no op: {sorted(names - set(OPS))}"
+    for name in names:
+        assert os.path.isfile(os.path.join(ROOT, "csrc", f"{name}.cpp")), f"csrc/cpu/{name}_cpu.cpp has no schema"
