@@ -26,7 +26,9 @@ def read_metrics(out):
 
 
 def test_cluster_features_npy_with_labels(tmp_path, capsys):
-    rng = np.random.default_rng()
+    # A fixed draw: on a block-diagonal graph of three equal blocks, a random start still ends in a
+    # two-blocks-in-one-column local minimum for about one draw in ten, which is SymNMF, not the CLI.
+    rng = np.random.default_rng(0)
     X, y = blobs(23, 3, 4, rng)
     np.save(tmp_path / "features.npy", X)
     np.save(tmp_path / "labels.npy", y)
