@@ -106,7 +106,7 @@ def test_recovers_features_under_correlated_weights(torch_path):
     rng = np.random.default_rng()
     Y, X, A, A0 = correlated_problem(rng)
     assert 0.2 < mean_correlation(X) < 0.6  # about 0.4; n = 400 samples leave it some spread
-    assert recovery_error(A0, A) > 0.2
+    assert recovery_error(A0, A) > 0.1  # the start is far from the answer (0.19-0.30 over random draws)
     model = AlternatingNMF(5).fit(Y, init_components=A0.T)
     assert model.components_.shape == (5, 60)
     assert recovery_error(model.components_.T, A) <= 0.01
