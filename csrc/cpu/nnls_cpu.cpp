@@ -76,8 +76,22 @@ int64_t infeasible(const T* G, const T* c, int64_t k, const uint8_t* F, const T*
 }
 
 template <typename T>
-void nnls_rows_impl(const T* G, const T* C, const T* X0, T* X, int64_t B, int64_t m, int64_t k, int64_t max_rounds,
+void nnls_rows_impl(const T* G_in, const T* C, const T* X0, T* X, int64_t B, int64_t m, int64_t k, int64_t max_rounds,
                     double tol_rel, bool solve_only) {
+  // G is read as its symmetric part; a NaN or Inf anywhere in it makes every row of its problem NaN.
+  std::vector<T> Gs(static_cast<size_t>(B * k * k));
+  std::vector<uint8_t> G_finite(static_cast<size_t>(B), 1);
+  for (int64_t b = 0; b < B; ++b) {
+    const T* g = G_in + b * k * k;
+    for (int64_t i = 0; i < k; ++i) {
+      for (int64_t j = 0; j < k; ++j) {
+        Gs[static_cast<size_t>(b * k * k + i * k + j)] = T(0.5) * (g[i * k + j] + g[j * k + i]);
+        if (!std::isfinite(g[i * k + j])) G_finite[b] = 0;
+      }
+    }
+  }
+  const T* G = Gs.data();
+  const T nan = std::numeric_limits<T>::quiet_NaN();
   // One row costs O(k^3) per round: a few rows per task already outweigh starting a thread.
   const int64_t grain = std::max<int64_t>(1, 4096 / (k * k + 1));
   at::parallel_for(0, B * m, grain, [&](int64_t begin, int64_t end) {
@@ -90,6 +104,12 @@ void nnls_rows_impl(const T* G, const T* C, const T* X0, T* X, int64_t B, int64_
       T* x = X + row * k;
       for (int64_t j = 0; j < k; ++j) F[j] = X0 != nullptr && X0[row * k + j] > T(0);
       if (!passive_solve(g, c, k, F.data(), x, M.data(), y.data(), idx.data()) || solve_only) continue;
+      bool finite = G_finite[row / m] != 0;
+      for (int64_t j = 0; j < k; ++j) finite = finite && std::isfinite(c[j]);
+      if (!finite) {  // a NaN or Inf in the row or in its G: the solution is NaN, never a zero
+        for (int64_t j = 0; j < k; ++j) x[j] = nan;
+        continue;
+      }
       T cmax = T(0);
       for (int64_t j = 0; j < k; ++j) cmax = std::max(cmax, std::abs(c[j]));
       const T tol = static_cast<T>(tol_rel) * cmax;

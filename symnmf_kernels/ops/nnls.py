@@ -135,10 +135,9 @@ def _poison(G, C):
 
 def nnls_torch(G, C, X0, max_rounds):
     """Block principal pivoting on the rows of C (B, m, k) with the Grams G (B, k, k)."""
+    if _native_runs(C):  # it symmetrises G and makes rows with a NaN or Inf NaN itself
+        return torch.ops.symnmf_kernels.nnls_rows(G, C, X0, max_rounds, TOL_REL[C.dtype], False)
     G = _symmetric(G)
-    if _native_runs(C):
-        X = torch.ops.symnmf_kernels.nnls_rows(G, C, X0, max_rounds, TOL_REL[C.dtype], False)
-        return X + _poison(G, C)
     B, m, k = C.shape
     C = C.reshape(B * m, k)  # flattened rows: finished rows of every problem drop out together
     problem = torch.arange(B, device=C.device).repeat_interleave(m)
@@ -174,7 +173,7 @@ def nnls_backward_torch(G, X, dX):
     """Z with z_P = G_PP^{-1} dx_P and z = 0 off P = {x > 0}, row by row: dC = Z, and dG = -sym(Z^T X)."""
     B, m, k = X.shape
     if _native_runs(dX):
-        return torch.ops.symnmf_kernels.nnls_rows(_symmetric(G), dX, X, 0, 0.0, True)
+        return torch.ops.symnmf_kernels.nnls_rows(G, dX, X, 0, 0.0, True)
     problem = torch.arange(B, device=X.device).repeat_interleave(m)
     Z = passive_solve_torch(_symmetric(G), problem, dX.reshape(B * m, k), X.reshape(B * m, k) > 0)
     return Z.reshape(B, m, k)
