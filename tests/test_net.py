@@ -548,6 +548,46 @@ def test_cuda_graph_needs_cuda_and_a_fixed_step():
         SymNMFNet(2, n_layers=2, random_state=0, beta_final=1e-3).fit(X, epochs=2, cuda_graph=True)
 
 
+def test_fit_net_cuda_graph_default_and_explicit_request_on_cpu():
+    """fit_net's default (None) trains eagerly on the CPU; an explicit cuda_graph=True there is an error."""
+    X, labels = planted_graph([10, 12], 0.6, 0.05, seed=30)
+    result = fit_net(X, 2, random_state=0, epochs=5, n_restarts=1, polish_iter=0)
+    assert result.n_iter == 5
+    with pytest.raises(ValueError, match="CUDA device"):
+        fit_net(X, 2, random_state=0, epochs=5, n_restarts=1, polish_iter=0, cuda_graph=True)
+
+
+@pytest.mark.gpu
+def test_fit_net_on_cuda_replays_the_graph_and_falls_back_to_eager(monkeypatch):
+    """On CUDA the default recipe captures its step (the same training as eager steps); a capture that fails
+    is reported by a warning and the fit is trained again eagerly; an explicit request re-raises."""
+    X, labels = planted_graph([60, 70, 50], 0.3, 0.02, seed=31, dtype=torch.float32)
+    X = X.cuda().to_sparse_csr()
+    captured = []
+    real_capture = SymNMFNet._capture_step
+
+    def spy(self, *args):
+        captured.append(True)
+        return real_capture(self, *args)
+
+    monkeypatch.setattr(SymNMFNet, "_capture_step", spy)
+    eager = fit_net(X, 3, random_state=0, epochs=30, tol=None, polish_iter=0, cuda_graph=False)
+    assert not captured
+    graphed = fit_net(X, 3, random_state=0, epochs=30, tol=None, polish_iter=0)
+    assert captured and graphed.n_iter == eager.n_iter == 30
+    assert np.allclose(graphed.net.history_["loss"], eager.net.history_["loss"], rtol=1e-4)
+
+    def broken(self, *args):
+        raise RuntimeError("capture failed")
+
+    monkeypatch.setattr(SymNMFNet, "_capture_step", broken)
+    with pytest.warns(RuntimeWarning, match="eager steps"):
+        fallback = fit_net(X, 3, random_state=0, epochs=30, tol=None, polish_iter=0)
+    assert np.allclose(fallback.net.history_["loss"], eager.net.history_["loss"], rtol=1e-6)
+    with pytest.raises(RuntimeError, match="capture failed"):
+        fit_net(X, 3, random_state=0, epochs=30, tol=None, polish_iter=0, cuda_graph=True)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("sparse", [False, True])
 def test_cuda_graph_training_equals_eager(sparse):

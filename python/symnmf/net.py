@@ -40,6 +40,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -952,7 +953,7 @@ class NetResult:
 
 
 def fit_net(X, n_components, recipe="default", random_state=None, device=None, dtype=None, verbose=False,
-            cuda_graph=False, **overrides):
+            cuda_graph=None, **overrides):
     """Train SymNMF-Net on X with a named recipe (`RECIPES`), restarts batched, and keep one restart.
 
     X: similarity (dense/sparse; numpy, scipy or torch). overrides: any recipe key
@@ -960,7 +961,9 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     restarts train side by side (a leading dimension) and `select` (a label-free
     rule: "loss", "error" or "consensus") keeps one; with polish_iter > 0 SymHALS then
     refines the kept factor. cuda_graph: replay each training step from a CUDA graph
-    (`SymNMFNet.fit`). Returns a `NetResult`.
+    (`SymNMFNet.fit`); None (the default) does so for X on a CUDA device whenever the
+    recipe allows it (a constant lr, no beta decay), and trains again with eager steps,
+    with a warning, should the capture fail. Returns a `NetResult`.
     """
     settings = dict(_recipe(recipe))
     unknown = sorted(set(overrides) - set(settings))
@@ -973,16 +976,33 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     if settings["select"] not in SELECTION_RULES:
         raise ValueError(f"select must be one of {SELECTION_RULES}, got {settings['select']!r}")
     X = as_similarity(X, device=device, dtype=dtype)
+    auto_graph = cuda_graph is None
+    if auto_graph:
+        # The replayed step did the same training 6-13x faster than eager steps on a GPU
+        # (docs/symnmf_net_study.md, "Cost"), where an eager step is bound by its kernel launches.
+        cuda_graph = X.is_cuda and settings["lr_schedule"] == "constant" and settings["beta_final"] is None
     start = time.perf_counter()
-    net = SymNMFNet(
-        n_components, n_layers=settings["n_layers"], beta=settings["beta"], mu=settings["mu"], lam=settings["lam"],
-        n_restarts=None if R == 1 else R, random_state=random_state, recipe=recipe, init=settings["init"],
-        init_iter=settings["init_iter"], init_noise=settings["init_noise"], learn_lam=settings["learn_lam"],
-        beta_final=settings["beta_final"], loss_blocks=settings["loss_blocks"], beta_relative=settings["beta_relative"],
-    )
-    net.fit(X, epochs=settings["epochs"], lr=settings["lr"], relative_lr=settings["relative_lr"], tol=settings["tol"],
-            patience=settings["patience"], lr_schedule=settings["lr_schedule"], verbose=verbose,
-            cuda_graph=cuda_graph)
+
+    def train(graph):
+        net = SymNMFNet(
+            n_components, n_layers=settings["n_layers"], beta=settings["beta"], mu=settings["mu"],
+            lam=settings["lam"], n_restarts=None if R == 1 else R, random_state=random_state, recipe=recipe,
+            init=settings["init"], init_iter=settings["init_iter"], init_noise=settings["init_noise"],
+            learn_lam=settings["learn_lam"], beta_final=settings["beta_final"], loss_blocks=settings["loss_blocks"],
+            beta_relative=settings["beta_relative"],
+        )
+        return net.fit(X, epochs=settings["epochs"], lr=settings["lr"], relative_lr=settings["relative_lr"],
+                       tol=settings["tol"], patience=settings["patience"], lr_schedule=settings["lr_schedule"],
+                       verbose=verbose, cuda_graph=graph)
+
+    try:
+        net = train(bool(cuda_graph))
+    except (RuntimeError, getattr(torch, "AcceleratorError", RuntimeError)) as exc:
+        if not (auto_graph and cuda_graph):
+            raise
+        warnings.warn(f"fit_net: training with a CUDA-graph step failed ({type(exc).__name__}: {exc}); "
+                      "training again with eager steps (pass cuda_graph=False to skip the attempt)", RuntimeWarning)
+        net = train(False)
     with torch.no_grad():
         U_all = net()
     errors = net.history_["relative_error"][-1]
