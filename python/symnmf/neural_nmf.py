@@ -79,14 +79,15 @@ def relative_errors(X, As, Ss):
     return out
 
 
-def _forward_with_errors(X, X_norm2, As, warm):
+def _forward_with_errors(X, X_norm2, As, warm, last_only=False):
     """The layers and each layer's ||X - S_l P_l^T||_F^2 (P_l = A_1 ... A_l), without an n x d residual:
 
         ||X - S P^T||^2 = ||X||^2 - 2 <X P, S> + <S^T S, P^T P>,
 
     where X P_l = (X A_1) A_2 ... A_l reuses X A_1, the first layer's right-hand sides, and
     P_l^T P_l = A_l^T (P_{l-1}^T P_{l-1}) A_l is k x k. In float64 the expansion loses about
-    1e-16 ||X||^2 to cancellation, far below the errors it measures.
+    1e-16 ||X||^2 to cancellation, far below the errors it measures. last_only: the last layer's
+    error alone (None for the others), all the reconstruction loss needs.
     """
     XP = X @ As[0]
     PtP = As[0].mT @ As[0]
@@ -97,6 +98,9 @@ def _forward_with_errors(X, X_norm2, As, warm):
         lam = RIDGE * (A.detach() ** 2).sum() / A.shape[1]
         S = sk.nnls(sk.gram(A, lam), XP if i == 0 else S @ A, None if warm is None else warm[i])
         Ss.append(S)
+        if last_only and i < len(As) - 1:
+            errors2.append(None)
+            continue
         errors2.append(X_norm2 - 2 * (XP * S).sum() + ((S.mT @ S) * PtP).sum())
     return Ss, errors2
 
@@ -342,7 +346,7 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         warm = None
         B = None
         for step in range(self.max_iter):
-            Ss, errors2 = _forward_with_errors(X, X_norm2, As, warm)
+            Ss, errors2 = _forward_with_errors(X, X_norm2, As, warm, last_only=self.loss == "reconstruction")
             if self.loss == "reconstruction":
                 loss = errors2[-1]
             elif self.loss == "layers":
