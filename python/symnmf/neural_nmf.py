@@ -36,6 +36,8 @@ k_l x k_{l+1}.
 """
 import numbers
 
+import math
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
@@ -103,6 +105,30 @@ def _forward_with_errors(X, X_norm2, As, warm, last_only=False):
             continue
         errors2.append(X_norm2 - 2 * (XP * S).sum() + ((S.mT @ S) * PtP).sum())
     return Ss, errors2
+
+
+class _Adam:
+    """Adam (Kingma & Ba; torch.optim.Adam's update) over a few tensors with one learning rate each, in a
+    handful of foreach calls: at 90 samples torch's optimiser cost a quarter of a training step."""
+
+    def __init__(self, params, lrs, betas=(0.9, 0.999), eps=1e-8):
+        self.params, self.lrs, self.betas, self.eps = list(params), list(lrs), betas, eps
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self, grads):
+        b1, b2 = self.betas
+        self.t += 1
+        torch._foreach_lerp_(self.m, grads, 1 - b1)
+        torch._foreach_mul_(self.v, b2)
+        torch._foreach_addcmul_(self.v, grads, grads, 1 - b2)
+        bias1, bias2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        denom = torch._foreach_sqrt(self.v)
+        torch._foreach_div_(denom, math.sqrt(bias2))
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(self.params, self.m, denom, [-lr / bias1 for lr in self.lrs])
 
 
 # ---- the baselines ----------------------------------------------------------------------------------------------
@@ -332,16 +358,13 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         else:
             As = [_init_factor(sizes[i], ranks[i], 1.0, generator, X) for i in range(len(ranks))]
         As = [A.clone().requires_grad_() for A in As]
-        # torch's fused Adam: one call per layer's weight instead of a dozen small operations
-        optimizer = torch.optim.Adam(
-            [{"params": [A], "lr": self.lr * float(A.detach().mean().clamp_min(1e-12))} for A in As],
-            fused=X.device.type in ("cpu", "cuda") or None,
-        )
+        optimizer = _Adam(As, [self.lr * float(A.detach().mean().clamp_min(1e-12)) for A in As])
         if Y is not None:
             Y = torch.as_tensor(Y, dtype=X.dtype, device=X.device)
             labelled = torch.as_tensor(mask, device=X.device)
             Y_norm2 = Y[labelled].pow(2).sum()
         X_norm2 = X.pow(2).sum()
+        x_norm = math.sqrt(float(X_norm2))
         history = {"loss": [], "relative_error": []}
         warm = None
         B = None
@@ -357,17 +380,15 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
                     loss = loss + (S_prev - S @ A.mT).pow(2).sum()
                     S_prev = S
             loss = loss / X_norm2
-            history["relative_error"].append(float(errors2[-1].detach().clamp_min(0).sqrt() / X_norm2.sqrt()))
+            history["relative_error"].append(math.sqrt(max(float(errors2[-1].detach()), 0.0)) / x_norm)
             if Y is not None:
                 B = self._classifier(Ss[-1].detach(), Y, labelled)
                 residual = Y[labelled] - Ss[-1][labelled] @ B.mT
                 loss = loss + self.label_weight * residual.pow(2).sum() / Y_norm2
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            grads = torch.autograd.grad(loss, As)
+            optimizer.step(grads)
             with torch.no_grad():
-                for A in As:
-                    A.clamp_(min=0)
+                torch._foreach_clamp_min_(As, 0.0)
             warm = [S.detach() for S in Ss]
             history["loss"].append(float(loss.detach()))
             if self.verbose and (step % 10 == 0 or step == self.max_iter - 1):
