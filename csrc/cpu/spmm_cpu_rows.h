@@ -78,13 +78,12 @@ int64_t spmm_rows(const crow_t* crow, const index_t* col, const scalar_t* val, c
 #pragma omp parallel if (parallel) num_threads(threads)
   {
     int64_t bad = -1;
+    // Problem-major: one problem's rows, then the next, so that its rows of dense stay in cache.
 #pragma omp for schedule(dynamic, 256) nowait
-    for (int64_t i = 0; i < n_rows; ++i) {
+    for (int64_t t = 0; t < batch * n_rows; ++t) {
+      const int64_t b = t / n_rows, i = t % n_rows;
       const int64_t start = static_cast<int64_t>(crow[i]), end = static_cast<int64_t>(crow[i + 1]);
-      for (int64_t b = 0; b < batch; ++b) {
-        one_row(start, end, nnz, col, val, dense + b * stride_b, n_cols, r, stride_n, out + (b * n_rows + i) * r,
-                bad);
-      }
+      one_row(start, end, nnz, col, val, dense + b * stride_b, n_cols, r, stride_n, out + (b * n_rows + i) * r, bad);
     }
     if (bad >= 0) bad_entry.store(bad, std::memory_order_relaxed);
   }
