@@ -177,3 +177,24 @@ def test_sklearn_conventions_and_bad_input():
         NeuralNMF([3], init=[np.ones((30, 4))]).fit(X)
     with pytest.raises(ValueError, match="NaN|infinity"):
         NeuralNMF([3]).fit(np.where(X > 0.5, np.nan, X))
+
+
+def test_adam_update_is_torch_adams():
+    """The training loop's foreach Adam makes torch.optim.Adam's steps, one learning rate per tensor."""
+    from symnmf.neural_nmf import _Adam
+
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.rand(5, 3, dtype=torch.float64, generator=gen), torch.rand(3, 2, dtype=torch.float64, generator=gen)]
+    lrs = [1e-2, 3e-3]
+    ours = [p.clone() for p in params]
+    theirs = [p.clone().requires_grad_() for p in params]
+    reference = torch.optim.Adam([{"params": [p], "lr": lr} for p, lr in zip(theirs, lrs)])
+    adam = _Adam(ours, lrs)
+    for _ in range(5):
+        grads = [torch.randn(p.shape, dtype=torch.float64, generator=gen) for p in params]
+        adam.step(grads)
+        for p, g in zip(theirs, grads):
+            p.grad = g.clone()
+        reference.step()
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b.detach(), rtol=1e-12, atol=1e-15)

@@ -54,7 +54,7 @@ from .solvers.base import init_factor, make_generator
 from .validation import as_similarity, check_rank, check_similarity
 
 __all__ = ["SymNMFNet", "RECIPES", "NetResult", "fit_net", "kuang_init", "spectral_init", "sparse_factor",
-           "select_restart", "CHECKPOINT_VERSION"]
+           "select_restart", "CHECKPOINT_VERSION", "CudaGraphCaptureError"]
 
 
 # The settings of a training recipe; every None argument of SymNMFNet / fit takes its recipe's value.
@@ -565,7 +565,7 @@ class SymNMFNet(nn.Module):
             raise ValueError(f"lr_schedule must be one of {_LR_SCHEDULES}, got {lr_schedule!r}")
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise ValueError(f"log_every must be a positive int, got {log_every!r}")
-        if cuda_graph and (optimizer is not None or self.beta_final is not None or lr_schedule != "constant"):
+        if cuda_graph and (optimizer is not None or not _capturable(self.beta_final, lr_schedule)):
             raise ValueError("cuda_graph=True needs the default optimizer, beta_final=None and lr_schedule='constant' "
                              "(a captured step replays the same optimiser and the same beta every time)")
         start = time.perf_counter()
@@ -628,7 +628,10 @@ class SymNMFNet(nn.Module):
                         # The last eager step's autograd graph would keep the weights' gradient
                         # accumulators, and the stream they were made on, alive into the capture.
                         loss = residual = U = None
-                        graph, static = self._capture_step(X, X_norm2, optimizer)
+                        try:
+                            graph, static = self._capture_step(X, X_norm2, optimizer)
+                        except _CAPTURE_ERRORS as exc:
+                            raise CudaGraphCaptureError(f"capturing the training step failed: {exc}") from exc
                     if graph is not None:
                         graph.replay()
                         loss, residual, U = static
@@ -833,6 +836,20 @@ class SymNMFNet(nn.Module):
         return f"n_components={self.n_components}, n_layers={self.n_layers}, beta={self.beta}, mu={self.mu}, {shape}"
 
 
+class CudaGraphCaptureError(RuntimeError):
+    """The capture of `SymNMFNet.fit(cuda_graph=True)`'s training step failed (the training before it did not)."""
+
+
+# what a failed capture raises (torch.AcceleratorError, where torch has it, is a RuntimeError or beside one)
+_CAPTURE_ERRORS = (RuntimeError, getattr(torch, "AcceleratorError", RuntimeError))
+
+
+def _capturable(beta_final, lr_schedule):
+    """Whether a training step is the same at every epoch, so that one captured CUDA graph can replay it
+    (with the default optimiser): no beta decay and a constant learning rate."""
+    return beta_final is None and lr_schedule == "constant"
+
+
 def plateaued(losses, tol, window):
     """The early-stopping rule of `SymNMFNet.fit` on the logged losses (tol None: never). With a window
     (records): the best loss of the last `window` records gains at most tol times the whole decrease so
@@ -963,7 +980,8 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     refines the kept factor. cuda_graph: replay each training step from a CUDA graph
     (`SymNMFNet.fit`); None (the default) does so for X on a CUDA device whenever the
     recipe allows it (a constant lr, no beta decay), and trains again with eager steps,
-    with a warning, should the capture fail. Returns a `NetResult`.
+    with a warning, should the capture fail (`CudaGraphCaptureError`; other errors are raised).
+    Returns a `NetResult`.
     """
     settings = dict(_recipe(recipe))
     unknown = sorted(set(overrides) - set(settings))
@@ -980,7 +998,7 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     if auto_graph:
         # The replayed step did the same training 6-13x faster than eager steps on a GPU
         # (docs/symnmf_net_study.md, "Cost"), where an eager step is bound by its kernel launches.
-        cuda_graph = X.is_cuda and settings["lr_schedule"] == "constant" and settings["beta_final"] is None
+        cuda_graph = X.is_cuda and _capturable(settings["beta_final"], settings["lr_schedule"])
     start = time.perf_counter()
 
     def train(graph):
@@ -997,8 +1015,8 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
 
     try:
         net = train(bool(cuda_graph))
-    except (RuntimeError, getattr(torch, "AcceleratorError", RuntimeError)) as exc:
-        if not (auto_graph and cuda_graph):
+    except CudaGraphCaptureError as exc:
+        if not auto_graph:
             raise
         warnings.warn(f"fit_net: training with a CUDA-graph step failed ({type(exc).__name__}: {exc}); "
                       "training again with eager steps (pass cuda_graph=False to skip the attempt)", RuntimeWarning)

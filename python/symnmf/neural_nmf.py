@@ -34,9 +34,8 @@ Arrays are sample-major as in scikit-learn: `S_[l]` and `transform` hold
 S_l^T (n_samples x k_l); `A_[0]` is n_features x k_1 and `A_[l]` is
 k_l x k_{l+1}.
 """
-import numbers
-
 import math
+import numbers
 
 import numpy as np
 import torch

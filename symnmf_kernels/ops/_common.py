@@ -47,13 +47,14 @@ def interpreting():
 
 def torch_path_cpu(t):
     """Whether t is a CPU tensor that every op runs on the plain-torch path (no Triton interpreter), in eager
-    mode: a cheap test for the ops' fast path. False leaves the choice to `use_triton`."""
+    mode: the condition of the ops' shortcuts that skip their general checks."""
     return not torch.compiler.is_compiling() and t.is_cpu and not (HAS_TRITON and interpreting())
 
 
 def use_triton(t, r=None):
     """Whether the Triton kernels run for tensor t (and rank r)."""
-    if not HAS_TRITON or not (t.is_cuda or (t.device.type == "cpu" and interpreting())):
+    # is_cuda / is_cpu: attribute reads, where t.device builds an object (this runs on every op call)
+    if not HAS_TRITON or not (t.is_cuda or (t.is_cpu and interpreting())):
         return False
     if r is not None and r > MAX_FUSED_R:
         warn_once(

@@ -1,7 +1,7 @@
 """gram(U, lam) = U^T U + lam I, and mm_small(A, M) = A @ M, its backward's one pass over U."""
 import torch
 
-from . import _common, _launch
+from . import _launch
 from ._common import as_batch, as_lam, check_tensor, needs_grad, use_triton
 
 
@@ -100,6 +100,6 @@ def gram(U, lam=0.0, deterministic=True, *, check_lam=True):
     """
     check_tensor(U, "U")
     lam = as_lam(lam, U, check_lam)
-    if _common.torch_path_cpu(U) or not use_triton(U, U.shape[-1]):
+    if not use_triton(U, U.shape[-1]):
         return _GramTorch.apply(U, lam) if needs_grad(U, lam) else gram_torch(U, lam)
     return gram_op(U, lam, bool(deterministic))

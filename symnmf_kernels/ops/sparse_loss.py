@@ -207,7 +207,7 @@ class _SparseLayerLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, crow, col, values, t_crow, t_col, t_values, x_sq, U, P, lam, blockdiag):
         # ctx is None when called directly, for a forward without autograd.
-        fused = not _common.torch_path_cpu(U) and use_triton(U, U.shape[-1])
+        fused = use_triton(U, U.shape[-1])
         native = not fused and not blockdiag and _has_native_loss(U)
         if native:  # the extension's CPU kernels: the SpMM and the passes around it in one
             S, R, sums = _native_terms(crow, col, values, U, P, lam)

@@ -1,7 +1,7 @@
 """spd_inverse(G): inverse of a batch of small SPD matrices through Cholesky."""
 import torch
 
-from . import _common, _launch
+from . import _launch
 from ._common import as_batch, check_square, needs_grad, use_triton
 
 
@@ -82,7 +82,7 @@ def spd_inverse(G, check=False):
     (which reads a flag back from the device: keep it out of training steps).
     """
     check_square(G, "G")
-    if not _common.torch_path_cpu(G) and use_triton(G, G.shape[-1]):
+    if use_triton(G, G.shape[-1]):
         inv, info = spd_inverse_op(G)
     else:
         inv, info = _SpdInverseTorch.apply(G) if needs_grad(G) else spd_inverse_torch(G)

@@ -6,7 +6,7 @@ fused kernel of triton/symnmf_block.py.
 """
 import torch
 
-from . import _common, _launch
+from . import _launch
 from ._common import as_batch, as_lam, check_same, check_tensor, needs_grad, use_triton
 from .apply_relu import apply_relu_backward_torch, apply_relu_gram, apply_relu_torch
 from .gram import gram_torch
@@ -181,7 +181,7 @@ def symnmf_block(U, P, lam, *, check_lam=True):
     if U.shape[:-2] != P.shape[:-2]:
         raise ValueError(f"U's batch shape {tuple(U.shape[:-2])} differs from P's {tuple(P.shape[:-2])}")
     lam = as_lam(lam, U, check_lam)
-    if _common.torch_path_cpu(P) or not use_triton(P, P.shape[-1]):
+    if not use_triton(P, P.shape[-1]):
         return _BlockTorch.apply(U, P, lam) if needs_grad(U, P, lam) else block_torch(U, P, lam)[0]
     U_next, _ = symnmf_block_op(U, P, lam)
     return U_next
@@ -202,7 +202,7 @@ def symnmf_block_from_gram(UtU, P, lam, *, check_lam=True):
     if UtU.shape[-2:] != (r, r):
         raise ValueError(f"UtU must be r x r = {r} x {r} to match P, got {tuple(UtU.shape[-2:])}")
     lam = as_lam(lam, P, check_lam)
-    if _common.torch_path_cpu(P) or not use_triton(P, r):
+    if not use_triton(P, r):
         if not needs_grad(UtU, P, lam):
             return _BlockFromGramTorch.forward(None, UtU, P, lam)
         return _BlockFromGramTorch.apply(UtU, P, lam)

@@ -21,9 +21,12 @@ iterations of SymANLS these barely change, so most rows are feasible after the
 first solve. On the CPU the extension's kernel (symnmf_kernels' nnls_rows) runs
 the same pivoting row by row in one call.
 """
-import sys
+import importlib
 
 import torch
+
+# the op's module (symnmf_kernels.ops exports a function of the same name): its test of the native kernel
+_ops_nnls = importlib.import_module("symnmf_kernels.ops.nnls")
 
 __all__ = ["nnls_gram"]
 
@@ -62,13 +65,6 @@ def _infeasible(B, C, F, X):
     return (F & (X < 0)) | (~F & (Y < 0))
 
 
-def _native_runs(C):
-    """Whether the extension's CPU kernel (the op nnls_rows of symnmf_kernels) solves these rows."""
-    from symnmf_kernels.ops import nnls as nnls_op_module  # noqa: F401  (registers the kernel's fake)
-
-    return C.is_cpu and not torch.compiler.is_compiling() and sys.modules["symnmf_kernels.ops.nnls"]._NATIVE_NNLS
-
-
 def _nnls_gram_native(B, C, X0, max_rounds):
     """The same pivoting row by row in the extension (no tolerance: y < 0 is infeasible, as below)."""
     X = torch.ops.symnmf_kernels.nnls_rows(B[None], C[None], None if X0 is None else X0[None], max_rounds, 0.0,
@@ -101,7 +97,7 @@ def nnls_gram(B, C, X0=None, *, max_rounds=None):
         raise ValueError(f"X0 must have C's shape {tuple(C.shape)}, got {tuple(X0.shape)}")
     if max_rounds is None:
         max_rounds = 5 * r + 20
-    if _native_runs(C):
+    if _ops_nnls._native_runs(C):
         return _nnls_gram_native(B, C, X0, max_rounds)
 
     F = (X0 > 0) if X0 is not None else torch.zeros((m, r), dtype=torch.bool, device=C.device)
