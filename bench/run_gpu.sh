@@ -12,8 +12,8 @@
 # not stop the others. The exit status is 0 only when every step that ran passed.
 #
 # Environment: PYTHON (default python3), OUT (default: a fresh temporary folder),
-# RUN_GPU_BUDGET_S, RUN_GPU_STEPS (default "install gpu_tests bench_net_fit bench_nnls bench_block bench_spmm bench_solvers
-# ext_errors suite"; add "tune" for the tile sweep, about 220 s more: a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
+# RUN_GPU_BUDGET_S, RUN_GPU_STEPS (default "install gpu_tests bench_net_fit bench_nnls neural_nmf_speed bench_block
+# bench_spmm bench_solvers ext_errors suite"; add "tune" for the tile sweep, about 220 s more: a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
 # written under bench/results during this run (packed into bench_results.tar.gz
 # when there are more than 7).
 set -uo pipefail
@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-$(mktemp -d)}
 BUDGET=${RUN_GPU_BUDGET_S:-470}
-STEPS=" ${RUN_GPU_STEPS:-install gpu_tests bench_net_fit bench_nnls bench_block bench_spmm bench_solvers ext_errors suite} "
+STEPS=" ${RUN_GPU_STEPS:-install gpu_tests bench_net_fit bench_nnls neural_nmf_speed bench_block bench_spmm bench_solvers ext_errors suite} "
 mkdir -p "$OUT" bench/results
 LOG="$OUT/run_gpu.log"
 export PYTHONUNBUFFERED=1
@@ -109,6 +109,15 @@ wants install && step "install" 150 "$PY" -m pip install -q --no-deps --no-build
 wants gpu_tests && step "pytest -m gpu" 120 "$PY" -m pytest -q -p no:cacheprovider -rfE "${XDIST[@]}" -m gpu
 wants bench_net_fit && run_bench bench_net_fit.py 120 --repeats 2
 wants bench_nnls && run_bench bench_nnls.py 70 --scipy-runs 1 --m 1000
+# Neural NMF on the GPU against the NeuralNMF package on the CPU, when the package is carried along in
+# bench/.peer (pip install --no-deps --target bench/.peer neuralnmf fnnls; the device has no internet).
+if wants neural_nmf_speed; then
+    if [ -d bench/.peer/NeuralNMF ]; then
+        run_bench study_neural_nmf.py 90 --speed-only --peer bench/.peer --device cuda
+    else
+        SUMMARY+=("neural_nmf_speed: skipped, bench/.peer (the NeuralNMF package) not carried")
+    fi
+fi
 # --budget-s: the script stops starting rows in time to write its table before the step's limit.
 wants bench_block && run_bench bench_block.py 150 --budget-s 110
 wants bench_spmm && run_bench bench_spmm.py 75

@@ -8,8 +8,10 @@ import pytest
 import torch
 from sklearn.base import clone
 
+import symnmf_kernels as sk
 from symnmf.neural_nmf import (
-    NeuralNMF, _forward_with_errors, deep_nmf, forward, hierarchical_nmf, nnls_layer, relative_errors,
+    RIDGE, NeuralNMF, _forward_with_errors, _gram_nnls, _ops_nnls, _reconstruction_grads, deep_nmf, forward,
+    hierarchical_nmf, nnls_layer, relative_errors,
 )
 from symnmf_kernels.ops import _common
 from conftest import rel_err
@@ -42,6 +44,90 @@ def test_layer_is_the_nnls_solution():
     S = nnls_layer(torch.tensor(S_prev), torch.tensor(A)).numpy()
     expected = np.stack([scipy.optimize.nnls(A, s)[0] for s in S_prev])
     assert rel_err(S, expected) <= 1e-8  # the relative ridge 1e-12 on A^T A is all that differs
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("m,k_prev,k", [(1, 3, 1), (37, 11, 5), (90, 84, 9)])
+def test_one_node_layer_matches_the_ops(dtype, tol, m, k_prev, k):
+    """The layer's single autograd node (the CPU kernel) against gram + nnls, forward and gradients,
+    cold and warm-started from a nearby solution."""
+    if not _ops_nnls._native_runs(torch.empty(0)):
+        pytest.skip("the extension's CPU NNLS kernel is not built")
+    gen = torch.Generator().manual_seed(m + k)
+    S_prev = torch.rand(m, k_prev, generator=gen, dtype=dtype)
+    A = torch.rand(k_prev, k, generator=gen, dtype=dtype).requires_grad_()
+    C = (S_prev @ A).detach().requires_grad_()
+    upstream = torch.randn(m, k, generator=gen, dtype=dtype)
+    with torch.no_grad():
+        warm = _gram_nnls(A * 1.01, S_prev @ A, None)
+    for x0 in (None, warm):
+        S = _gram_nnls(A, C, x0)
+        assert S.grad_fn is not None and type(S.grad_fn).__name__.startswith("_GramNnlsCpu")
+        dA, dC = torch.autograd.grad((S * upstream).sum(), (A, C))
+        lam = RIDGE * (A.detach() ** 2).sum() / k
+        S_ops = sk.nnls(sk.gram(A, lam), C, x0)
+        dA_ops, dC_ops = torch.autograd.grad((S_ops * upstream).sum(), (A, C))
+        assert rel_err(S, S_ops) <= tol
+        assert rel_err(dC, dC_ops) <= tol
+        assert rel_err(dA, dA_ops) <= tol
+
+
+def test_one_node_layer_keeps_nan():
+    if not _ops_nnls._native_runs(torch.empty(0)):
+        pytest.skip("the extension's CPU NNLS kernel is not built")
+    A = torch.rand(6, 3, dtype=torch.float64)
+    C = torch.rand(5, 3, dtype=torch.float64)
+    C[2, 1] = float("nan")
+    S = _gram_nnls(A, C, None)
+    assert torch.isnan(S[2]).all() and torch.isfinite(S[[0, 1, 3, 4]]).all()
+    A[0, 0] = float("inf")
+    assert torch.isnan(_gram_nnls(A, C, None)).all()
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("ranks,labelled", [([5], False), ([9, 4, 2], False), ([7, 3], True), ([6, 5, 3, 1], True)])
+def test_written_out_backward_matches_autograd(monkeypatch, native, ranks, labelled):
+    """The reconstruction step without autograd against autograd through the layers: loss and gradients,
+    cold and warm-started, on the CPU kernel and on the ops' torch path."""
+    if native and not _ops_nnls._native_runs(torch.empty(0)):
+        pytest.skip("the extension's CPU NNLS kernel is not built")
+    if not native:
+        monkeypatch.setattr(_ops_nnls, "_native_runs", lambda C: False)
+    gen = torch.Generator().manual_seed(len(ranks))
+    X = torch.rand(31, 13, generator=gen, dtype=torch.float64)
+    sizes = [X.shape[1], *ranks]
+    As = [torch.rand(sizes[i], k, generator=gen, dtype=torch.float64) for i, k in enumerate(ranks)]
+    X_norm2 = X.pow(2).sum()
+    Y = torch.nn.functional.one_hot(torch.randint(0, 3, (31,), generator=gen), 3).to(torch.float64)
+    mask = torch.rand(31, generator=gen) < 0.6
+    model = NeuralNMF(ranks, label_weight=0.7)
+
+    def extra(S):
+        B = model._classifier(S, Y, mask)
+        residual = Y[mask] - S[mask] @ B.mT
+        dS = torch.zeros_like(S)
+        dS[mask] = (-2 * 0.7 / Y[mask].pow(2).sum()) * (residual @ B)
+        return 0.7 * residual.pow(2).sum() / Y[mask].pow(2).sum(), dS
+
+    warm = None
+    for _ in range(2):
+        Ss, e2, value, grads = _reconstruction_grads(X, X_norm2, As, warm, extra if labelled else None)
+        leaves = [A.clone().requires_grad_() for A in As]
+        Ss_ag, errors2 = _forward_with_errors(X, X_norm2, leaves, warm)
+        loss = errors2[-1] / X_norm2
+        if labelled:
+            B = model._classifier(Ss_ag[-1].detach(), Y, mask)
+            loss = loss + 0.7 * (Y[mask] - Ss_ag[-1][mask] @ B.mT).pow(2).sum() / Y[mask].pow(2).sum()
+        expected = torch.autograd.grad(loss, leaves)
+        assert rel_err(e2, errors2[-1].detach()) <= 1e-12
+        assert abs(float(value) - float(loss.detach())) <= 1e-12 * abs(float(loss.detach()))
+        assert any(bool((S == 0).any()) for S in Ss)  # an active set to differentiate through
+        for S, S_ag in zip(Ss, Ss_ag):
+            assert rel_err(S, S_ag.detach()) <= 1e-12
+        for g, g_ag in zip(grads, expected):
+            assert torch.isfinite(g).all() and rel_err(g, g_ag) <= 1e-10
+        warm = Ss
+        As = [(A * 1.02).clamp_min(0) for A in As]
 
 
 def test_expanded_errors_equal_the_residuals():

@@ -34,6 +34,7 @@ Arrays are sample-major as in scikit-learn: `S_[l]` and `transform` hold
 S_l^T (n_samples x k_l); `A_[0]` is n_features x k_1 and `A_[l]` is
 k_l x k_{l+1}.
 """
+import importlib
 import math
 import numbers
 
@@ -49,6 +50,9 @@ from .fitting import resolve_device, resolve_dtype
 
 __all__ = ["NeuralNMF", "nnls_layer", "forward", "relative_errors", "nmf", "hierarchical_nmf", "deep_nmf"]
 
+# The module of the NNLS op (its name is shadowed by the op itself in symnmf_kernels.ops).
+_ops_nnls = importlib.import_module("symnmf_kernels.ops.nnls")
+
 # A relative ridge on each Gram A^T A: a column of A that reaches zero leaves it positive definite.
 RIDGE = 1e-12
 
@@ -56,10 +60,49 @@ RIDGE = 1e-12
 # ---- the layers, on the NNLS op ---------------------------------------------------------------------------------
 
 
+class _GramNnlsCpu(torch.autograd.Function):
+    """nnls(gram(A, lam), C, x0) as one autograd node on the extension's CPU kernel. At 90 samples a
+    training step's time went to the autograd and dispatch of the small ops around each layer (the
+    ridge, the Gram, the solve), not to the solve itself.
+
+    With P = {S > 0} row by row, Z_P = G_PP^{-1} dS_P solves the backward (`nnls_rows`, solve_only),
+    dC = Z, dG = -sym(Z^T S), and G = A^T A + lam I (lam a constant) gives dA = 2 A dG.
+    """
+
+    @staticmethod
+    def forward(ctx, A, C, x0):
+        k = A.shape[1]
+        G = A.mT @ A
+        G.diagonal().add_(RIDGE * float(torch.dot(A.reshape(-1), A.reshape(-1))) / k)
+        S = torch.ops.symnmf_kernels.nnls_rows(G[None], C[None], None if x0 is None else x0[None],
+                                               _ops_nnls.default_max_rounds(k), _ops_nnls.TOL_REL[C.dtype],
+                                               False)[0]
+        ctx.save_for_backward(A, G, S)
+        return S
+
+    @staticmethod
+    def backward(ctx, dS):
+        A, G, S = ctx.saved_tensors
+        Z = torch.ops.symnmf_kernels.nnls_rows(G[None], dS.contiguous()[None], S[None], 0, 0.0, True)[0]
+        dA = None
+        if ctx.needs_input_grad[0]:
+            dG = Z.mT @ S
+            dA = A @ (dG + dG.mT) * -1.0
+        return dA, Z, None
+
+
+def _gram_nnls(A, C, x0):
+    """argmin_{X >= 0} rows of 1/2 x^T G x - c^T x with G = A^T A + RIDGE ||A||_F^2 / k I, differentiable
+    in A and C (the ridge a constant: a column of A that reaches zero leaves G positive definite)."""
+    if _ops_nnls._native_runs(C) and A.dim() == 2 and C.dim() == 2 and A.dtype == C.dtype:
+        return _GramNnlsCpu.apply(A, C.contiguous(), None if x0 is None else x0.detach().contiguous())
+    lam = RIDGE * (A.detach() ** 2).sum() / A.shape[1]
+    return sk.nnls(sk.gram(A, lam), C, x0)
+
+
 def nnls_layer(S_prev, A, x0=None):
     """S^T = argmin_{S >= 0} ||S_prev^T - A S||_F for a sample-major S_prev (n, k_prev) and A (k_prev, k): (n, k)."""
-    lam = RIDGE * (A.detach() ** 2).sum() / A.shape[1]
-    return sk.nnls(sk.gram(A, lam), S_prev @ A, x0)
+    return _gram_nnls(A, S_prev @ A, x0)
 
 
 def forward(X, As, warm=None):
@@ -80,15 +123,14 @@ def relative_errors(X, As, Ss):
     return out
 
 
-def _forward_with_errors(X, X_norm2, As, warm, last_only=False):
+def _forward_with_errors(X, X_norm2, As, warm):
     """The layers and each layer's ||X - S_l P_l^T||_F^2 (P_l = A_1 ... A_l), without an n x d residual:
 
         ||X - S P^T||^2 = ||X||^2 - 2 <X P, S> + <S^T S, P^T P>,
 
     where X P_l = (X A_1) A_2 ... A_l reuses X A_1, the first layer's right-hand sides, and
     P_l^T P_l = A_l^T (P_{l-1}^T P_{l-1}) A_l is k x k. In float64 the expansion loses about
-    1e-16 ||X||^2 to cancellation, far below the errors it measures. last_only: the last layer's
-    error alone (None for the others), all the reconstruction loss needs.
+    1e-16 ||X||^2 to cancellation, far below the errors it measures.
     """
     XP = X @ As[0]
     PtP = As[0].mT @ As[0]
@@ -96,14 +138,76 @@ def _forward_with_errors(X, X_norm2, As, warm, last_only=False):
     for i, A in enumerate(As):
         if i > 0:
             XP, PtP = XP @ A, A.mT @ PtP @ A
-        lam = RIDGE * (A.detach() ** 2).sum() / A.shape[1]
-        S = sk.nnls(sk.gram(A, lam), XP if i == 0 else S @ A, None if warm is None else warm[i])
+        S = _gram_nnls(A, XP if i == 0 else S @ A, None if warm is None else warm[i])
         Ss.append(S)
-        if last_only and i < len(As) - 1:
-            errors2.append(None)
-            continue
         errors2.append(X_norm2 - 2 * (XP * S).sum() + ((S.mT @ S) * PtP).sum())
     return Ss, errors2
+
+
+def _solve_rows(A, C, x0):
+    """(S, G): the layer's solution without autograd, and the Gram (ridge included) it solved with."""
+    k = A.shape[1]
+    G = A.mT @ A
+    G.diagonal().add_(RIDGE * (A * A).sum() / k)
+    if _ops_nnls._native_runs(C):
+        return torch.ops.symnmf_kernels.nnls_rows(G[None], C.contiguous()[None], None if x0 is None else x0[None],
+                                                  _ops_nnls.default_max_rounds(k), _ops_nnls.TOL_REL[C.dtype],
+                                                  False)[0], G
+    return sk.nnls(G, C, x0), G
+
+
+def _passive_solve(G, dS, S):
+    """Z with Z_P = G_PP^{-1} dS_P and Z = 0 off P = {S > 0}, row by row: the backward of a layer."""
+    if _ops_nnls._native_runs(dS):
+        return torch.ops.symnmf_kernels.nnls_rows(G[None], dS.contiguous()[None], S[None], 0, 0.0, True)[0]
+    return _ops_nnls.nnls_passive_solve(G, dS.contiguous(), S)
+
+
+@torch.no_grad()
+def _reconstruction_grads(X, X_norm2, As, warm, extra=None):
+    """One training step's forward and backward of the reconstruction loss, written out without autograd.
+
+    Returns (Ss, e2, value, grads): the layers, e2 = ||X - S_L P_L^T||_F^2 (`_forward_with_errors`'s expansion)
+    the loss value = e2 / X_norm2 (+ the extra term) and its gradients in the A_l. At 90 samples the autograd graph
+    of a step (about 30 nodes) cost as much as its arithmetic. extra(S_L) -> (value, dS_L) adds a term
+    of S_L alone to the loss (the classification term, its B held fixed).
+
+    The backward, with C_1 = X A_1, C_l = S_{l-1} A_l, XP_l = X A_1 ... A_l, Q_l = P_l^T P_l:
+    e2's partials are dS_L = 2 (S_L Q_L - XP_L), dXP_L = -2 S_L, dQ_L = S_L^T S_L; each layer's
+    solve passes dC_l = Z_l = G_PP^{-1} dS_l (on its passive set) and dG_l = -sym(Z_l^T S_l), and
+    the products pass the rest back by the chain rule.
+    """
+    Ss, Gs, XPs, Qs = [], [], [], []
+    for i, A in enumerate(As):
+        if i == 0:
+            C = XP = X @ A
+            Q = A.mT @ A
+        else:
+            C, XP, Q = Ss[-1] @ A, XPs[-1] @ A, A.mT @ Qs[-1] @ A
+        S, G = _solve_rows(A, C, None if warm is None else warm[i])
+        Ss.append(S), Gs.append(G), XPs.append(XP), Qs.append(Q)
+    S = Ss[-1]
+    StS = S.mT @ S
+    e2 = X_norm2 - 2 * (XPs[-1] * S).sum() + (StS * Qs[-1]).sum()
+    dS, dXP, dQ = 2 * (S @ Qs[-1] - XPs[-1]), -2 * S, StS
+    value = e2 / X_norm2
+    dS, dXP, dQ = dS / X_norm2, dXP / X_norm2, dQ / X_norm2
+    if extra is not None:
+        term, dS_extra = extra(S)
+        value, dS = value + term, dS + dS_extra
+    grads = [None] * len(As)
+    for l in range(len(As) - 1, -1, -1):
+        A = As[l]
+        Z = _passive_solve(Gs[l], dS, Ss[l])
+        ZS = Z.mT @ Ss[l]
+        dA = -(A @ (ZS + ZS.mT))
+        if l > 0:
+            dA += Ss[l - 1].mT @ Z + XPs[l - 1].mT @ dXP + 2 * (Qs[l - 1] @ A @ dQ)
+            dS, dXP, dQ = Z @ A.mT, dXP @ A.mT, A @ dQ @ A.mT
+        else:
+            dA += X.mT @ (Z + dXP) + 2 * (A @ dQ)
+        grads[l] = dA
+    return Ss, e2, value, grads
 
 
 class _Adam:
@@ -367,24 +471,36 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         history = {"loss": [], "relative_error": []}
         warm = None
         B = None
+
+        def classification(S):
+            """The classification term of S_L (B refit and held fixed) and its gradient in S_L."""
+            B = self._classifier(S, Y, labelled)
+            residual = Y[labelled] - S[labelled] @ B.mT
+            dS = torch.zeros_like(S)
+            dS[labelled] = (-2 * self.label_weight / Y_norm2) * (residual @ B)
+            return self.label_weight * residual.pow(2).sum() / Y_norm2, dS
+
         for step in range(self.max_iter):
-            Ss, errors2 = _forward_with_errors(X, X_norm2, As, warm, last_only=self.loss == "reconstruction")
-            if self.loss == "reconstruction":
-                loss = errors2[-1]
-            elif self.loss == "layers":
-                loss = sum(errors2)
+            if self.loss == "reconstruction":  # the backward written out: no autograd graph per step
+                Ss, e2, loss, grads = _reconstruction_grads(X, X_norm2, As, warm,
+                                                            None if Y is None else classification)
             else:
-                loss, S_prev = errors2[0], Ss[0]
-                for A, S in zip(As[1:], Ss[1:]):
-                    loss = loss + (S_prev - S @ A.mT).pow(2).sum()
-                    S_prev = S
-            loss = loss / X_norm2
-            history["relative_error"].append(math.sqrt(max(float(errors2[-1].detach()), 0.0)) / x_norm)
-            if Y is not None:
-                B = self._classifier(Ss[-1].detach(), Y, labelled)
-                residual = Y[labelled] - Ss[-1][labelled] @ B.mT
-                loss = loss + self.label_weight * residual.pow(2).sum() / Y_norm2
-            grads = torch.autograd.grad(loss, As)
+                Ss, errors2 = _forward_with_errors(X, X_norm2, As, warm)
+                if self.loss == "layers":
+                    loss = sum(errors2)
+                else:
+                    loss, S_prev = errors2[0], Ss[0]
+                    for A, S in zip(As[1:], Ss[1:]):
+                        loss = loss + (S_prev - S @ A.mT).pow(2).sum()
+                        S_prev = S
+                loss = loss / X_norm2
+                e2 = errors2[-1].detach()
+                if Y is not None:
+                    B = self._classifier(Ss[-1].detach(), Y, labelled)
+                    residual = Y[labelled] - Ss[-1][labelled] @ B.mT
+                    loss = loss + self.label_weight * residual.pow(2).sum() / Y_norm2
+                grads = torch.autograd.grad(loss, As)
+            history["relative_error"].append(math.sqrt(max(float(e2), 0.0)) / x_norm)
             optimizer.step(grads)
             with torch.no_grad():
                 torch._foreach_clamp_min_(As, 0.0)
