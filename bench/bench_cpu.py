@@ -314,11 +314,20 @@ def planted_graph(n, r, per_row, seed, inside=0.8):
 
 
 def profile_net(args):
-    """Time and profile SymNMF-Net training steps on a planted graph; returns (rows, profiler table text)."""
+    """Time SymNMF-Net training steps on planted graphs (one row per (n, r) of --net-n / --net-r) and profile
+    the first; returns (rows, profiler table text)."""
+    rows, table = [], None
+    for n, r in zip(args.net_n, args.net_r):
+        row, prof = _net_step(n, r, args.net_layers, args, profile_it=table is None)
+        rows.append(row)
+        table = table or prof
+    return rows, table
+
+
+def _net_step(n, r, L, args, profile_it):
     from symnmf import SymNMFNet
     from torch.profiler import ProfilerActivity, profile
 
-    n, r, L = args.net_n, args.net_r, args.net_layers
     X, _ = planted_graph(n, r, 20, seed=0)
     net = SymNMFNet(r, n_layers=L, random_state=0)
     net.initialize(X)
@@ -338,15 +347,19 @@ def profile_net(args):
     for _ in range(3):
         step()
     t = race({"step": step, "spmm": forward(sk.spmm, A, U)}, args.rounds, args.min_time)
-    n_spmm = 2 * L + 1  # forward: one per block output and U_0 (L + 1); backward: one per regulariser (L)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(5):
-            step()
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48)
-    rows = [{"n": n, "r": r, "L": L, "restarts": math.prod(net.U0.shape[:-2]), "nnz": Xp.values().numel(), "threads": torch.get_num_threads(),
-             "step_ms": t["step"], "spmm_ms": t["spmm"], "spmm_per_step": n_spmm,
-             "step_over_spmms": t["step"] / (n_spmm * t["spmm"])}]
-    return rows, table
+    # Forward: one SpMM per block output and U_0 (L + 1). Backward: one per regulariser whose U needs a
+    # gradient, U_1 ... U_{L-1} (L - 1): U_0 is fixed, and the loss terms reuse the forward's X U.
+    n_spmm = 2 * L
+    table = None
+    if profile_it:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(5):
+                step()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48)
+    row = {"n": n, "r": r, "L": L, "restarts": math.prod(net.U0.shape[:-2]), "nnz": Xp.values().numel(),
+           "threads": torch.get_num_threads(), "step_ms": t["step"], "spmm_ms": t["spmm"], "spmm_per_step": n_spmm,
+           "step_over_spmms": t["step"] / (n_spmm * t["spmm"])}
+    return row, table
 
 
 def parse_args(argv):
@@ -364,8 +377,8 @@ def parse_args(argv):
     p.add_argument("--name", default="bench_cpu", help="table name (file bench_cpu-<date>-cpu.md)")
     p.add_argument("--profile-net", action="store_true",
                    help="instead of the op rows: time and profile SymNMF-Net training steps (bench_cpu_net table)")
-    p.add_argument("--net-n", type=int, default=20_000)
-    p.add_argument("--net-r", type=int, default=8)
+    p.add_argument("--net-n", type=int, nargs="+", default=[20_000, 200_000, 200_000])
+    p.add_argument("--net-r", type=int, nargs="+", default=[8, 8, 16], help="one rank per --net-n")
     p.add_argument("--net-layers", type=int, default=5)
     return p.parse_args(argv)
 
@@ -383,7 +396,8 @@ def main(argv=None):
     if args.profile_net:
         rows, table = profile_net(args)
         header = ["threads: %d; a planted graph (20 entries per row, 80%% within the node's cluster); one step = "
-                  "forward of every block and layer loss, backward, Adam step" % args.threads,
+                  "forward of every block and layer loss, backward, Adam step; the profile is of the first row"
+                  % args.threads,
                   "step_over_spmms: the step's time over that of the SpMMs it needs (forward and backward)",
                   "extension: %s" % extension_status()]
         path = write_table(args.name + "_net", rows, list(rows[0]), header, out_dir=args.out, device="cpu")
