@@ -13,6 +13,16 @@ the peak is compared; an n x n matrix would be n^2 x 4 bytes.
 
     OMP_NUM_THREADS=1 python bench/bench_scale.py                 # 1,000,000 x 16, 10 clusters
     python bench/bench_scale.py --n 200000 --out /tmp/x           # a smaller run
+
+`--graph planted` skips the points and the kNN search: a planted partition of `--clusters` balanced
+clusters is drawn directly as a sparse graph on `--device` (each node gets `--per-row` / 2 edges, a
+fraction `--inside` of them inside its cluster, weights uniform in [0.1, 1], symmetrised, duplicates
+summed, D^-1/2 A D^-1/2). That is how the GPU runs reach 4M-10M nodes at r = 64 in a few seconds:
+
+    python bench/bench_scale.py --graph planted --device cuda --n 4000000 --clusters 64 --net-steps 20
+
+`--net-steps N` then times N SymNMF-Net training steps (default recipe, one restart) on the same graph.
+On a GPU, memory is the peak allocated by torch (torch.cuda.max_memory_allocated) after each stage.
 """
 import argparse
 import os
@@ -41,8 +51,45 @@ def mixture(n, d, clusters, seed=0):
     return (centres[labels] + rng.normal(size=(n, d))).astype(np.float32), labels
 
 
+def planted(n, clusters, per_row, inside, seed, device):
+    """A planted partition as a CSR similarity on device: node i is in cluster i mod `clusters`; returns (X, labels)."""
+    g = torch.Generator(device).manual_seed(seed)
+    m = n * per_row // 2
+    i = torch.randint(0, n, (m,), generator=g, device=device)
+    labels = torch.arange(n, device=device) % clusters
+    # a node of i's own cluster: its label plus a multiple of `clusters` below n
+    j_same = labels[i] + clusters * torch.randint(0, n // clusters, (m,), generator=g, device=device)
+    j_any = torch.randint(0, n, (m,), generator=g, device=device)
+    j = torch.where(torch.rand(m, generator=g, device=device) < inside, j_same, j_any)
+    keep = i != j
+    i, j = i[keep], j[keep]
+    w = torch.rand(i.numel(), generator=g, device=device) * 0.9 + 0.1
+    del keep, j_same, j_any
+    A = torch.sparse_coo_tensor(torch.stack([torch.cat([i, j]), torch.cat([j, i])]), torch.cat([w, w]), (n, n))
+    del i, j, w
+    A = A.coalesce()
+    rows, cols = A.indices()
+    values = A.values()
+    degree = torch.zeros(n, device=device).index_add_(0, rows, values)
+    values = values / torch.sqrt(degree[rows] * degree[cols])
+    X = torch.sparse_coo_tensor(A.indices(), values, (n, n), is_coalesced=True).to_sparse_csr()
+    return X, labels.cpu().numpy()
+
+
 def peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is in kB on Linux
+
+
+def peak_gb(device):
+    """Peak memory so far: torch's peak allocation on a GPU, the process's peak resident set on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return peak_rss_gb()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main(argv=None):
@@ -54,38 +101,91 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no per-check progress lines from SymHALS")
     p.add_argument("--out", help="results folder (default bench/results)")
+    p.add_argument("--name", default="bench_scale", help="table name (file <name>-<date>-<device>.md)")
+    p.add_argument("--graph", choices=["knn", "planted"], default="knn",
+                   help="knn: a kNN graph of mixture points (CPU); planted: a planted partition drawn on --device")
+    p.add_argument("--device", default="cpu", help="where the graph (planted) and the solvers live")
+    p.add_argument("--per-row", type=int, default=32, help="planted: stored entries per row (before duplicates)")
+    p.add_argument("--inside", type=float, default=0.6, help="planted: fraction of each node's edges in its cluster")
+    p.add_argument("--max-iter", type=int, default=None, help="SymHALS iterations at most (default: the library's)")
+    p.add_argument("--net-steps", type=int, default=0, help="also time this many SymNMF-Net training steps")
     args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
     rows = []
     t0 = time.perf_counter()
-    points, labels = mixture(args.n, args.d, args.clusters, args.seed)
-    kwargs = {} if args.neighbors is None else {"n_neighbors": args.neighbors}
-    X = similarity_graph(points, dtype=torch.float32, **kwargs)
+    r = args.clusters
+    if args.graph == "planted":
+        X, labels = planted(args.n, r, args.per_row, args.inside, args.seed, device)
+        sync(device)
+        notes = f"planted, {r} clusters, {args.inside:.0%} of the edges inside"
+    else:
+        points, labels = mixture(args.n, args.d, args.clusters, args.seed)
+        kwargs = {} if args.neighbors is None else {"n_neighbors": args.neighbors}
+        X = similarity_graph(points, dtype=torch.float32, **kwargs).to(device)
+        del points
+        notes = f"d = {args.d}"
     graph_s = time.perf_counter() - t0
     nnz = X._nnz()
-    del points
-    r = args.clusters
     state_mb = (nnz * 8 + (args.n + 1) * 8 + 4 * args.n * r * 4) / 1e6
-    rows.append(dict(stage="graph", n=args.n, stored_entries=nnz, r="", seconds=graph_s, peak_rss_gb=peak_rss_gb(),
-                     notes=f"d = {args.d}, {nnz / args.n:.1f} entries per row"))
+    rows.append(dict(stage="graph", n=args.n, stored_entries=nnz, r="", seconds=graph_s, peak_rss_gb=peak_gb(device),
+                     notes=f"{notes}, {nnz / args.n:.1f} entries per row"))
     print(rows[-1], flush=True)
 
     t0 = time.perf_counter()
-    res = solve(X, r, solver="hals", random_state=args.seed, verbose=not args.quiet)
+    res = solve(X, r, solver="hals", random_state=args.seed, verbose=not args.quiet, max_iter=args.max_iter)
+    sync(device)
     solve_s = time.perf_counter() - t0
-    pred = res.U.argmax(1).numpy()
+    pred = res.U.argmax(1).cpu().numpy()
     rows.append(dict(stage="symhals", n=args.n, stored_entries=nnz, r=r, seconds=solve_s, iterations=res.n_iter,
                      s_per_iter=solve_s / max(res.n_iter, 1), converged=res.converged,
                      rel_error=res.history["rel_error"][-1], acc=accuracy(labels, pred), nmi=nmi(labels, pred),
-                     peak_rss_gb=peak_rss_gb(), state_mb=state_mb,
+                     peak_rss_gb=peak_gb(device), state_mb=state_mb,
                      notes=f"an n x n float32 matrix would be {args.n**2 * 4 / 1e9:.0f} GB"))
     print(rows[-1], flush=True)
-    write_table("bench_scale", rows, COLUMNS, out_dir=args.out, device="cpu", header_lines=[
-        f"Gaussian mixture, {args.clusters} centres, n = {args.n}, d = {args.d}, seed {args.seed}; float32",
+    del res
+
+    if args.net_steps:
+        from symnmf.net import SymNMFNet
+
+        net = SymNMFNet(r, random_state=args.seed)
+        steps = "CUDA-graph steps" if device.type == "cuda" else "eager steps"
+        t0 = time.perf_counter()
+        try:
+            net.fit(X, epochs=args.net_steps, tol=None, cuda_graph=device.type == "cuda")
+        except torch.OutOfMemoryError as exc:  # the row says so, and the table keeps the stages before it
+            rows.append(dict(stage="symnmf-net steps", n=args.n, stored_entries=nnz, r=r, peak_rss_gb=peak_gb(device),
+                             notes=f"out of memory: {str(exc).splitlines()[0]}"))
+        else:
+            sync(device)
+            fit_s = time.perf_counter() - t0
+            times = net.history_["time"]  # seconds since the start at each record: record 0 is the initialisation
+            per_step = (times[-1] - times[0]) / max(net.n_iter_, 1)
+            with torch.no_grad():
+                pred = net().argmax(-1).cpu().numpy()
+            rows.append(dict(stage="symnmf-net steps", n=args.n, stored_entries=nnz, r=r, seconds=fit_s,
+                             iterations=net.n_iter_, s_per_iter=per_step, rel_error=net.history_["relative_error"][-1],
+                             acc=accuracy(labels, pred), nmi=nmi(labels, pred), peak_rss_gb=peak_gb(device),
+                             notes=f"default recipe, one restart, L = {net.n_layers}; {steps}; "
+                                   "seconds include the initialisation"))
+        print(rows[-1], flush=True)
+
+    memory = ("peak_rss_gb: torch's peak GPU allocation after the stage (torch.cuda.max_memory_allocated)"
+              if device.type == "cuda" else
+              "peak_rss_gb: the process's peak resident memory after the stage (ru_maxrss)")
+    graph_line = (f"planted partition drawn on {device}: {r} balanced clusters, {args.per_row} entries per row "
+                  f"before duplicates, {args.inside:.0%} inside; seed {args.seed}; float32"
+                  if args.graph == "planted" else
+                  f"Gaussian mixture, {args.clusters} centres, n = {args.n}, d = {args.d}, seed {args.seed}; float32; "
+                  "graph: symnmf.similarity_graph (FAISS HNSW from 200,000 rows where installed)")
+    write_table(args.name, rows, COLUMNS, out_dir=args.out, device=device, header_lines=[
+        graph_line,
         f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
-        "graph: symnmf.similarity_graph (FAISS HNSW from 200,000 rows where installed); symhals: solve(solver='hals') "
-        "with its defaults (max_iter 500, tol 1e-3 on the projected-gradient norm)",
-        "peak_rss_gb: the process's peak resident memory after the stage (ru_maxrss); state_mb: CSR + 4 n x r factors",
+        "symhals: solve(solver='hals') with its defaults (max_iter 500, tol 1e-3 on the projected-gradient norm)"
+        + (f", max_iter {args.max_iter}" if args.max_iter else ""),
+        memory + "; state_mb: CSR + 4 n x r factors",
     ])
 
 

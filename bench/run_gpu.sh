@@ -13,7 +13,8 @@
 #
 # Environment: PYTHON (default python3), OUT (default: a fresh temporary folder),
 # RUN_GPU_BUDGET_S, RUN_GPU_STEPS (default "install gpu_tests bench_net_fit bench_nnls neural_nmf_speed bench_block
-# bench_spmm bench_solvers ext_errors suite"; add "tune" for the tile sweep, about 220 s more: a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
+# bench_spmm bench_solvers ext_errors suite"; add "tune" for the tile sweep, about 220 s more, or "scale" for the
+# 4M and 10M-node runs, about 300 s more: a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
 # written under bench/results during this run (packed into bench_results.tar.gz
 # when there are more than 7).
 set -uo pipefail
@@ -124,6 +125,14 @@ wants bench_spmm && run_bench bench_spmm.py 75
 wants bench_solvers && run_bench bench_solvers.py 75
 # Whether an argument error inside the compiled extension reaches Python (it crashed the process once).
 wants ext_errors && step "ext_errors" 60 "$PY" bench/ext_errors.py
+# Scale runs (opt-in, about 5 minutes): planted graphs of 4M and 10M nodes drawn on the GPU, r = 64, SymHALS
+# and SymNMF-Net steps, time per iteration and peak memory.
+if wants scale; then
+    run_bench bench_scale.py 200 --graph planted --device cuda --n 4000000 --clusters 64 --max-iter 200 \
+        --net-steps 20 --quiet --name bench_scale_4m
+    run_bench bench_scale.py 280 --graph planted --device cuda --n 10000000 --clusters 64 --max-iter 100 \
+        --net-steps 10 --quiet --name bench_scale_10m
+fi
 # (BLOCK_N, num_warps) sweep of the split-n kernels, dot-precision accuracy, block before/after.
 wants tune && step "tune_tiles" 220 "$PY" bench/tune_tiles.py --warm-jobs 16 --budget-s 90 --out bench/results
 if wants suite; then

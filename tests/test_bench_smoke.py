@@ -153,3 +153,36 @@ def test_bench_scale_small(tmp_path):
     hals = rows[1]
     assert int(hals["iterations"]) > 0 and float(hals["s_per_iter"]) > 0 and float(hals["peak_rss_gb"]) > 0
     assert 0 < float(hals["acc"]) <= 1 and float(hals["state_mb"]) > 0
+
+
+def test_bench_scale_planted_with_net_steps(tmp_path):
+    """The planted mode the GPU scale runs use, at a small n on the CPU: the graph is symmetric and normalised,
+    SymHALS recovers its clusters, and the SymNMF-Net stage times its steps."""
+    _, _, rows = _run_script([os.path.join("bench", "bench_scale.py"), "--graph", "planted", "--n", "4000",
+                              "--clusters", "4", "--net-steps", "3", "--quiet", "--name", "scale_planted"], tmp_path)
+    assert [row["stage"] for row in rows] == ["graph", "symhals", "symnmf-net steps"]
+    assert float(rows[1]["acc"]) > 0.9  # 60 % of the edges inside 4 clusters: an easy graph
+    net = rows[2]
+    assert int(net["iterations"]) == 3 and float(net["s_per_iter"]) > 0 and 0 < float(net["acc"]) <= 1
+
+
+def test_planted_graph_is_a_normalised_similarity():
+    from bench.bench_scale import planted
+
+    X, labels = planted(500, 5, 12, 0.7, seed=1, device=torch.device("cpu"))
+    D = X.to_dense()
+    assert torch.equal(D, D.T) and bool((D >= 0).all()) and float(D.diagonal().abs().sum()) == 0
+    assert abs(float(torch.linalg.eigvalsh(D.double()).max()) - 1) < 1e-5  # D^-1/2 A D^-1/2: spectral radius 1
+    same = torch.tensor(labels)[:, None] == torch.tensor(labels)[None, :]
+    assert float(D[same].sum()) > float(D[~same].sum())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_scale_planted_cuda(tmp_path):
+    """The GPU scale run's path at a small n: graph drawn on the device, SymHALS, CUDA-graph net steps."""
+    _, _, rows = _run_script([os.path.join("bench", "bench_scale.py"), "--graph", "planted", "--device", "cuda",
+                              "--n", "20000", "--clusters", "8", "--net-steps", "5", "--quiet", "--name", "scale_cuda"],
+                             tmp_path)
+    assert [row["stage"] for row in rows] == ["graph", "symhals", "symnmf-net steps"]
+    assert float(rows[1]["acc"]) > 0.9 and int(rows[2]["iterations"]) == 5
