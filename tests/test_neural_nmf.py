@@ -84,22 +84,23 @@ def test_one_node_layer_keeps_nan():
     assert torch.isnan(_gram_nnls(A, C, None)).all()
 
 
-@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("path", ["native", "torch", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("ranks,labelled", [([5], False), ([9, 4, 2], False), ([7, 3], True), ([6, 5, 3, 1], True)])
-def test_written_out_backward_matches_autograd(monkeypatch, native, ranks, labelled):
+def test_written_out_backward_matches_autograd(monkeypatch, path, ranks, labelled):
     """The reconstruction step without autograd against autograd through the layers: loss and gradients,
-    cold and warm-started, on the CPU kernel and on the ops' torch path."""
-    if native and not _ops_nnls._native_runs(torch.empty(0)):
+    cold and warm-started, on the CPU kernel, on the ops' torch path, and on CUDA (the Triton kernels)."""
+    if path == "native" and not _ops_nnls._native_runs(torch.empty(0)):
         pytest.skip("the extension's CPU NNLS kernel is not built")
-    if not native:
+    if path == "torch":
         monkeypatch.setattr(_ops_nnls, "_native_runs", lambda C: False)
+    device = "cuda" if path == "cuda" else "cpu"
     gen = torch.Generator().manual_seed(len(ranks))
-    X = torch.rand(31, 13, generator=gen, dtype=torch.float64)
+    X = torch.rand(31, 13, generator=gen, dtype=torch.float64).to(device)
     sizes = [X.shape[1], *ranks]
-    As = [torch.rand(sizes[i], k, generator=gen, dtype=torch.float64) for i, k in enumerate(ranks)]
+    As = [torch.rand(sizes[i], k, generator=gen, dtype=torch.float64).to(device) for i, k in enumerate(ranks)]
     X_norm2 = X.pow(2).sum()
-    Y = torch.nn.functional.one_hot(torch.randint(0, 3, (31,), generator=gen), 3).to(torch.float64)
-    mask = torch.rand(31, generator=gen) < 0.6
+    Y = torch.nn.functional.one_hot(torch.randint(0, 3, (31,), generator=gen), 3).to(torch.float64).to(device)
+    mask = (torch.rand(31, generator=gen) < 0.6).to(device)
     model = NeuralNMF(ranks, label_weight=0.7)
 
     def extra(S):
