@@ -189,11 +189,17 @@ def measure_spmm(X, Xt, r, args, bw, device, dense_ok):
     row, notes = {}, []
     nbytes = spmm_bytes(X, r, 4)
     row["ideal_MB"] = nbytes / 1e6
-    ours = sk.spmm(X, U)
+    if args.ours == "extension":  # the extension's kernel itself, whatever sk.spmm would dispatch to
+        def product():
+            return torch.ops.symnmf_kernels.spmm_csr(X.crow_indices, X.col_indices, X.values, U, None, None, None)
+    else:
+        def product():
+            return sk.spmm(X, U)
+    ours = product()
     ref = torch.sparse.mm(Xt, U)
     row["rel_err"] = rel_err(ours, ref)
     del ours, ref
-    row["ours_ms"] = bench(lambda: sk.spmm(X, U), warmup=args.warmup, rep=args.rep, device=device)
+    row["ours_ms"] = bench(product, warmup=args.warmup, rep=args.rep, device=device)
     row["torch_ms"] = bench(lambda: torch.sparse.mm(Xt, U), warmup=args.warmup, rep=args.rep, device=device)
     row["dense_ms"] = float("nan")
     if dense_ok:
@@ -254,8 +260,13 @@ def bench_sparse_loss(X, Xt, r, args, bw, device):
 def header_lines(args, device, bw, stopped):
     status = importlib.import_module("symnmf_kernels.ops.spmm").extension_status()
     lines = [
-        "ours: sk.spmm (symnmf_kernels::spmm_csr, native %s kernel: %s); torch: torch.sparse.mm (%s); dense: X_dense @ U"
-        % (device.type, status[device.type], "cuSPARSE" if device.type == "cuda" else "torch's CPU kernel"),
+        ("ours: sk.spmm (symnmf_kernels::spmm_csr, native %s kernel: %s%s)" % (
+            device.type, status[device.type],
+            "; on the CPU it hands a forward at r <= 16 with int32 indices to torch.sparse.mm"
+            if device.type == "cpu" else "")
+         if args.ours == "sk.spmm" else "ours: the extension's kernel alone (symnmf_kernels::spmm_csr)")
+        + "; torch: torch.sparse.mm (%s); dense: X_dense @ U" % (
+            "cuSPARSE" if device.type == "cuda" else "torch's CPU kernel, MKL with int32 indices"),
         "times: median ms, %s; warmup %g ms, rep %g ms" % (
             "triton.testing.do_bench (CUDA events, L2 flushed before each run)" if device.type == "cuda"
             else "time.perf_counter, %d threads" % torch.get_num_threads(), args.warmup, args.rep),
@@ -283,6 +294,9 @@ def parse_args(argv):
     parser.add_argument("--r", type=int, nargs="+", help="ranks (default: from --sizes)")
     parser.add_argument("--n", type=int, nargs="+", help="node counts (default: from --sizes)")
     parser.add_argument("--no-loss", action="store_true", help="skip the sparse_loss rows")
+    parser.add_argument("--ours", choices=["sk.spmm", "extension"], default="sk.spmm",
+                        help="the spmm rows' ours: sk.spmm as users call it, or the extension's kernel alone")
+    parser.add_argument("--name", default="bench_spmm", help="table name (file <name>-<date>-<device>.md)")
     add_run_args(parser)  # --budget-s: 60 s on CUDA by default, unlimited on CPU
     args = resolve_run_args(parser, parser.parse_args(argv), cuda_budget_s=60.0)
     args.sizes = args.sizes or ("full" if args.device.type == "cuda" else "small")
@@ -330,12 +344,12 @@ def main(argv=None):
                 rows.append(row)
                 print("%-9s n=%-8d r=%-4d %-9s ours %.4g ms, torch %.4g ms" % (
                     kind, n, r, op, row.get("ours_ms", float("nan")), row.get("torch_ms", float("nan"))), flush=True)
-                path = write_table("bench_spmm", rows, COLUMNS, header_lines(args, device, bw, stopped),
+                path = write_table(args.name, rows, COLUMNS, header_lines(args, device, bw, stopped),
                                    out_dir=args.out, device=device, echo=False)
         print("  %s n=%d done in %.1f s" % (kind, n, time.perf_counter() - t0), flush=True)
         del X, Xt
         release(device)
-    path = write_table("bench_spmm", rows, COLUMNS, header_lines(args, device, bw, stopped),
+    path = write_table(args.name, rows, COLUMNS, header_lines(args, device, bw, stopped),
                        out_dir=args.out, device=device, echo=True)
     print("wrote", path, flush=True)
     return path

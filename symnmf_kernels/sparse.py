@@ -82,6 +82,7 @@ class CSR:
         self._validated = False
         self._transpose = None
         self._row_sq_norms = None
+        self._torch_int32 = None
 
     # ---- construction -----------------------------------------------------------------------------------------
 
@@ -279,6 +280,19 @@ class CSR:
             sq = self.values.detach().to(torch.float64).pow(2)
             self._row_sq_norms = torch.zeros(self.shape[0], dtype=sq.dtype, device=self.device).index_add_(0, rows, sq)
         return self._row_sq_norms
+
+    def torch_int32(self):
+        """This matrix as a torch sparse CSR tensor with 32-bit indices, sharing col_indices and values (the
+        row pointers are copied once and cached), or None where the column indices are not int32."""
+        if self.col_indices.dtype != torch.int32 or self.nnz >= 2**31:
+            return None
+        if self._torch_int32 is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # torch's note that its sparse CSR support is beta
+                self._torch_int32 = torch.sparse_csr_tensor(
+                    self.crow_indices.to(torch.int32), self.col_indices, self.values, size=self.shape,
+                    check_invariants=False)
+        return self._torch_int32
 
 
 def block_diag(mats, name="X"):

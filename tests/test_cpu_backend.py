@@ -5,6 +5,8 @@ the torch path on a machine without CUDA. Here `use_triton` is switched off for 
 is checked on that path: values and gradients against `symnmf_kernels.reference` under torch's own autograd,
 gradcheck in float64, NaN where the Gram is not positive definite, and the argument checks.
 """
+import importlib
+
 import pytest
 import torch
 
@@ -209,6 +211,36 @@ def test_spmm_int32_indices_and_empty_rows():
     empty = torch.ops.symnmf_kernels.spmm_csr(torch.zeros(5, dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
                                               torch.zeros(0, dtype=torch.float64), U[:7])
     assert empty.shape == (4, 8) and not empty.abs().max() > 0
+
+
+@pytest.mark.parametrize("r", [1, 8, 16, 17, 32])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spmm_goes_to_torch_where_it_is_faster(monkeypatch, r, dtype):
+    """A CPU forward at r <= 16 with int32 column indices runs torch.sparse.mm (MKL); anything else, and
+    any product U's gradient needs, the extension. Both give the product, NaN included."""
+    spmm_module = importlib.import_module("symnmf_kernels.ops.spmm")  # the op's name shadows its module
+    X = random_sparse(400, 6, r).to(dtype)
+    A = as_csr(X)
+    A = type(A)(A.crow_indices, A.col_indices.to(torch.int32), A.values, A.shape)
+    U = torch.rand(400, r, dtype=dtype)
+    U[7, 0] = float("nan")
+    calls = []
+    real = torch.sparse.mm
+    monkeypatch.setattr(torch.sparse, "mm", lambda *a: calls.append(1) or real(*a))
+    out = sk.spmm(A, U)
+    expected_torch = r <= 16 and spmm_module._MKL
+    assert bool(calls) == expected_torch
+    native = torch.ops.symnmf_kernels.spmm_csr(A.crow_indices, A.col_indices, A.values, U)
+    assert torch.equal(torch.isnan(out), torch.isnan(native)) and bool(torch.isnan(out).any())
+    finite = ~torch.isnan(native)
+    close(out[finite], native[finite], 1e-5 if dtype == torch.float32 else 1e-12)
+    calls.clear()
+    V = U.clone().requires_grad_()
+    sk.spmm(A, V).sum().backward()  # autograd: the extension's op, whose backward is X^T grad
+    assert not calls and V.grad is not None
+    calls.clear()
+    sk.spmm(as_csr(X), U)  # int64 column indices: torch's own kernel would be slower
+    assert not calls
 
 
 def test_spmm_bad_indices_raise_runtime_error():

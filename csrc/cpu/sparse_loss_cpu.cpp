@@ -13,9 +13,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include <ATen/Parallel.h>
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#endif
 
 #include "../spmm.h"
 #include "cpu_common.h"
@@ -34,12 +38,14 @@ constexpr int64_t kRowsPerBlock = 256;
 #define SYMNMF_LOSS_AVX2 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#define SYMNMF_ROWS_AVX2 1
 namespace symnmf {
 namespace loss_avx2 {
 #include "spmm_cpu_rows.h"
 #include "sparse_loss_cpu_rows.h"
 }  // namespace loss_avx2
 }  // namespace symnmf
+#undef SYMNMF_ROWS_AVX2
 #pragma GCC pop_options
 #endif
 namespace symnmf {

@@ -4,8 +4,12 @@
 // set, and the CPU picks one at run time.
 #include <atomic>
 #include <cstdint>
+#include <type_traits>
 
 #include <ATen/Parallel.h>
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#endif
 
 #include "../spmm.h"
 #include "cpu_common.h"
@@ -24,11 +28,13 @@ constexpr int64_t kParallelWork = 1 << 15;
 #define SYMNMF_SPMM_AVX2 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#define SYMNMF_ROWS_AVX2 1
 namespace symnmf {
 namespace avx2 {
 #include "spmm_cpu_rows.h"
 }  // namespace avx2
 }  // namespace symnmf
+#undef SYMNMF_ROWS_AVX2
 #pragma GCC pop_options
 #endif
 namespace symnmf {
