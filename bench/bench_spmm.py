@@ -262,7 +262,7 @@ def header_lines(args, device, bw, stopped):
     lines = [
         ("ours: sk.spmm (symnmf_kernels::spmm_csr, native %s kernel: %s%s)" % (
             device.type, status[device.type],
-            "; on the CPU it hands a forward at r <= 16 with int32 indices to torch.sparse.mm"
+            "; on the CPU it hands a forward at r <= 8 with int32 indices to torch.sparse.mm"
             if device.type == "cpu" else "")
          if args.ours == "sk.spmm" else "ours: the extension's kernel alone (symnmf_kernels::spmm_csr)")
         + "; torch: torch.sparse.mm (%s); dense: X_dense @ U" % (

@@ -216,7 +216,7 @@ def test_spmm_int32_indices_and_empty_rows():
 @pytest.mark.parametrize("r", [1, 8, 16, 17, 32])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_spmm_goes_to_torch_where_it_is_faster(monkeypatch, r, dtype):
-    """A CPU forward at r <= 16 with int32 column indices runs torch.sparse.mm (MKL); anything else, and
+    """A CPU forward at r <= 8 with int32 column indices runs torch.sparse.mm (MKL); anything else, and
     any product U's gradient needs, the extension. Both give the product, NaN included."""
     spmm_module = importlib.import_module("symnmf_kernels.ops.spmm")  # the op's name shadows its module
     X = random_sparse(400, 6, r).to(dtype)
@@ -228,7 +228,7 @@ def test_spmm_goes_to_torch_where_it_is_faster(monkeypatch, r, dtype):
     real = torch.sparse.mm
     monkeypatch.setattr(torch.sparse, "mm", lambda *a: calls.append(1) or real(*a))
     out = sk.spmm(A, U)
-    expected_torch = r <= 16 and spmm_module._MKL
+    expected_torch = r <= 8 and spmm_module._MKL
     assert bool(calls) == expected_torch
     native = torch.ops.symnmf_kernels.spmm_csr(A.crow_indices, A.col_indices, A.values, U)
     assert torch.equal(torch.isnan(out), torch.isnan(native)) and bool(torch.isnan(out).any())

@@ -87,7 +87,7 @@ class _GramNnlsCpu(torch.autograd.Function):
         dA = None
         if ctx.needs_input_grad[0]:
             dG = Z.mT @ S
-            dA = A @ (dG + dG.mT) * -1.0
+            dA = -(A @ (dG + dG.mT))
         return dA, Z, None
 
 
@@ -167,9 +167,9 @@ def _passive_solve(G, dS, S):
 def _reconstruction_grads(X, X_norm2, As, warm, extra=None):
     """One training step's forward and backward of the reconstruction loss, written out without autograd.
 
-    Returns (Ss, e2, value, grads): the layers, e2 = ||X - S_L P_L^T||_F^2 (`_forward_with_errors`'s expansion)
-    the loss value = e2 / X_norm2 (+ the extra term) and its gradients in the A_l. At 90 samples the autograd graph
-    of a step (about 30 nodes) cost as much as its arithmetic. extra(S_L) -> (value, dS_L) adds a term
+    Returns (Ss, e2, value, grads): the layers; e2 = ||X - S_L P_L^T||_F^2 (`_forward_with_errors`'s
+    expansion); the loss value = e2 / X_norm2 (+ the extra term); its gradients in the A_l. At 90 samples
+    the autograd graph of a step (about 30 nodes) cost as much as its arithmetic. extra(S_L) -> (value, dS_L) adds a term
     of S_L alone to the loss (the classification term, its B held fixed).
 
     The backward, with C_1 = X A_1, C_l = S_{l-1} A_l, XP_l = X A_1 ... A_l, Q_l = P_l^T P_l:

@@ -157,15 +157,15 @@ def spmm(X, U, symmetric=None):
     return spmm_csr(A.crow_indices, A.col_indices, A.values, D, *t).reshape(out_shape)
 
 
-# On the CPU, torch.sparse.mm with 32-bit indices runs MKL's kernel, which was 4-30 % faster than the extension's
-# at r <= 16 on random and kNN graphs of 100,000-300,000 nodes with 26 entries per row, one thread, and about
-# even from r = 32 on, where the extension's is kept (bench/results/bench_spmm-2026-11-26-cpu.md). With 64-bit
-# indices torch's own kernel runs instead, 1.3-2x slower than the extension's.
-_TORCH_CPU_MAX_R = 16
+# On the CPU, torch.sparse.mm with 32-bit indices runs MKL's kernel, which at r <= 8 on random and kNN graphs of
+# 100,000 nodes (26 entries per row, one thread) was 1.2-1.6x faster than the extension's, and at 300,000 nodes
+# 0.8-1.1x; from r = 16 on the two tied or the extension won (bench/results/bench_spmm_extension-2026-11-26-cpu.md).
+# With 64-bit indices torch runs its own kernel instead, 1.3-2x slower than the extension's.
+_TORCH_CPU_MAX_R = 8
 
 
 def _torch_is_faster(A, D):
-    """Whether the forward X @ D goes to torch.sparse.mm: a CPU product at r <= 16, without autograd, with int32
+    """Whether the forward X @ D goes to torch.sparse.mm: a CPU product at r <= 8, without autograd, with int32
     column indices and MKL in torch."""
     return (D.dim() == 2 and D.is_cpu and D.shape[-1] <= _TORCH_CPU_MAX_R and A.col_indices.dtype == torch.int32
             and not (torch.is_grad_enabled() and D.requires_grad) and _MKL and not torch.compiler.is_compiling())
