@@ -44,9 +44,37 @@ def run(code, env=None, timeout=30):
     return f"exit {proc.returncode}: " + (last[-1][:150] if last else "no error")
 
 
+def environment():
+    """What the extension was built with and against: the C++ compiler here, torch's own build compiler and
+    C++ ABI, and the extension's shared library's runtime dependencies (a mismatch in any of them is a
+    way for an exception to lose its way between the two libraries)."""
+    import torch
+
+    lines = [f"torch {torch.__version__} (CUDA {torch.version.cuda}), C++11 ABI {torch.compiled_with_cxx11_abi()}"]
+    build = [part.strip() for part in torch.__config__.show().split(",") if "CXX_COMPILER" in part]
+    lines += build[:1]
+    for tool in ("c++", "g++", "nvcc"):
+        found = subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip()
+        if found:
+            version = subprocess.run([found, "--version"], capture_output=True, text=True).stdout.strip().splitlines()
+            lines.append(f"{tool}: {found}: {version[-1] if tool == 'nvcc' and version else (version or [''])[0]}")
+    try:
+        import importlib.util
+
+        path = importlib.util.find_spec("symnmf_kernels._C").origin  # a library of operators, not a module
+        deps = subprocess.run(["ldd", path], capture_output=True, text=True).stdout.splitlines()
+        lines.append("extension links: " + ", ".join(d.split()[0] for d in deps if any(
+            k in d for k in ("c10", "torch", "stdc++", "gcc_s", "cudart", "gomp"))))
+    except Exception as exc:  # the report must still run the cases
+        lines.append(f"extension: {type(exc).__name__}: {exc}")
+    return lines
+
+
 def main():
     import torch
 
+    for line in environment():
+        print(line, flush=True)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
         for name, body in CASES.items():
