@@ -20,7 +20,11 @@ def _flat_square(M, B, r):
 
 
 def apply_relu_torch(P, Ginv):
-    """ReLU(P @ Ginv): one BLAS product, the ReLU in place on its result."""
+    """ReLU(P @ Ginv): one BLAS product, the ReLU in place on its result (out of place under torch.compile:
+    torch 2.11 traced the in-place ReLU inside the autograd Functions that call this so that their gradients
+    came out zero or wrong, silently; torch 2.13 traces either form correctly)."""
+    if torch.compiler.is_compiling():
+        return torch.relu(P @ Ginv)
     return torch.relu_(P @ Ginv)
 
 
