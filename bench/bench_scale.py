@@ -148,16 +148,18 @@ def main(argv=None):
     del res
 
     if args.net_steps:
-        from symnmf.net import SymNMFNet
+        from symnmf.net import CudaGraphCaptureError, SymNMFNet
 
         net = SymNMFNet(r, random_state=args.seed)
         steps = "CUDA-graph steps" if device.type == "cuda" else "eager steps"
         t0 = time.perf_counter()
         try:
             net.fit(X, epochs=args.net_steps, tol=None, cuda_graph=device.type == "cuda")
-        except torch.OutOfMemoryError as exc:  # the row says so, and the table keeps the stages before it
+        except (torch.OutOfMemoryError, CudaGraphCaptureError) as exc:  # a row says so; the table keeps the rest
+            cause = exc.__cause__ if isinstance(exc, CudaGraphCaptureError) else exc
+            what = "out of memory" if isinstance(cause, torch.OutOfMemoryError) else "the CUDA-graph capture failed"
             rows.append(dict(stage="symnmf-net steps", n=args.n, stored_entries=nnz, r=r, peak_rss_gb=peak_gb(device),
-                             notes=f"out of memory: {str(exc).splitlines()[0]}"))
+                             notes=f"{what}: {str(cause).splitlines()[0][:200]}"))
         else:
             sync(device)
             fit_s = time.perf_counter() - t0
