@@ -172,6 +172,10 @@ def test_unsupervised_fit_improves_on_hierarchical_nmf():
     assert model.relative_errors_[-1] >= np.linalg.norm(s[2:]) / np.linalg.norm(s) - 1e-9
     assert model.history_["loss"][-1] < model.history_["loss"][0]
     assert len(model.history_["loss"]) == len(model.history_["relative_error"]) == 60 == model.n_iter_
+    # the reconstruction loss is the last layer's squared relative error, step by step
+    np.testing.assert_allclose(np.square(model.history_["relative_error"]), model.history_["loss"], rtol=1e-9)
+    untrained = NeuralNMF([9, 4, 2], max_iter=0, random_state=0).fit(X)
+    assert untrained.history_ == {"loss": [], "relative_error": []} and untrained.n_iter_ == 0
 
 
 def test_attributes_are_consistent():

@@ -468,7 +468,9 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
             Y_norm2 = Y[labelled].pow(2).sum()
         X_norm2 = X.pow(2).sum()
         x_norm = math.sqrt(float(X_norm2))
-        history = {"loss": [], "relative_error": []}
+        # Per step, the loss and the last layer's squared error stay tensors until the end: reading them back
+        # each step would make a GPU wait for every step's work before the next is queued.
+        losses, errors2_last = [], []
         warm = None
         B = None
 
@@ -500,14 +502,18 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
                     residual = Y[labelled] - Ss[-1][labelled] @ B.mT
                     loss = loss + self.label_weight * residual.pow(2).sum() / Y_norm2
                 grads = torch.autograd.grad(loss, As)
-            history["relative_error"].append(math.sqrt(max(float(e2), 0.0)) / x_norm)
+            errors2_last.append(e2.detach())
             optimizer.step(grads)
             with torch.no_grad():
                 torch._foreach_clamp_min_(As, 0.0)
             warm = [S.detach() for S in Ss]
-            history["loss"].append(float(loss.detach()))
+            losses.append(loss.detach())
             if self.verbose and (step % 10 == 0 or step == self.max_iter - 1):
                 print(f"NeuralNMF step {step}: loss {float(loss):.6g}")
+        history = {"loss": [], "relative_error": []}
+        if losses:
+            history["loss"] = torch.stack(losses).tolist()
+            history["relative_error"] = (torch.stack(errors2_last).double().clamp_min(0).sqrt() / x_norm).tolist()
         As = [A.detach() for A in As]
         with torch.no_grad():
             Ss = forward(X, As, warm)
