@@ -65,25 +65,20 @@ class _GramNnlsCpu(torch.autograd.Function):
     training step's time went to the autograd and dispatch of the small ops around each layer (the
     ridge, the Gram, the solve), not to the solve itself.
 
-    With P = {S > 0} row by row, Z_P = G_PP^{-1} dS_P solves the backward (`nnls_rows`, solve_only),
+    With P = {S > 0} row by row, Z_P = G_PP^{-1} dS_P solves the backward (`_passive_solve`),
     dC = Z, dG = -sym(Z^T S), and G = A^T A + lam I (lam a constant) gives dA = 2 A dG.
     """
 
     @staticmethod
     def forward(ctx, A, C, x0):
-        k = A.shape[1]
-        G = A.mT @ A
-        G.diagonal().add_(RIDGE * float(torch.dot(A.reshape(-1), A.reshape(-1))) / k)
-        S = torch.ops.symnmf_kernels.nnls_rows(G[None], C[None], None if x0 is None else x0[None],
-                                               _ops_nnls.default_max_rounds(k), _ops_nnls.TOL_REL[C.dtype],
-                                               False)[0]
+        S, G = _solve_rows(A, C, x0)
         ctx.save_for_backward(A, G, S)
         return S
 
     @staticmethod
     def backward(ctx, dS):
         A, G, S = ctx.saved_tensors
-        Z = torch.ops.symnmf_kernels.nnls_rows(G[None], dS.contiguous()[None], S[None], 0, 0.0, True)[0]
+        Z = _passive_solve(G, dS, S)
         dA = None
         if ctx.needs_input_grad[0]:
             dG = Z.mT @ S
@@ -145,21 +140,23 @@ def _forward_with_errors(X, X_norm2, As, warm):
 
 
 def _solve_rows(A, C, x0):
-    """(S, G): the layer's solution without autograd, and the Gram (ridge included) it solved with."""
+    """(S, G): the layer's solution without autograd, and the Gram (ridge included) it solved with. On the CPU
+    the op's torch path is called directly (it runs the extension's kernel), without the op's checks and dispatch."""
     k = A.shape[1]
-    G = A.mT @ A
-    G.diagonal().add_(RIDGE * (A * A).sum() / k)
-    if _ops_nnls._native_runs(C):
-        return torch.ops.symnmf_kernels.nnls_rows(G[None], C.contiguous()[None], None if x0 is None else x0[None],
-                                                  _ops_nnls.default_max_rounds(k), _ops_nnls.TOL_REL[C.dtype],
-                                                  False)[0], G
-    return sk.nnls(G, C, x0), G
+    with torch.no_grad():
+        G = A.mT @ A
+        G.diagonal().add_(RIDGE * (A * A).sum() / k)
+        if _ops_nnls._native_runs(C):
+            x0 = None if x0 is None else x0.detach().contiguous()[None]
+            S = _ops_nnls.nnls_torch(G[None], C.detach().contiguous()[None], x0, _ops_nnls.default_max_rounds(k))
+            return S[0], G
+        return sk.nnls(G, C.detach(), x0), G
 
 
 def _passive_solve(G, dS, S):
     """Z with Z_P = G_PP^{-1} dS_P and Z = 0 off P = {S > 0}, row by row: the backward of a layer."""
     if _ops_nnls._native_runs(dS):
-        return torch.ops.symnmf_kernels.nnls_rows(G[None], dS.contiguous()[None], S[None], 0, 0.0, True)[0]
+        return _ops_nnls.nnls_backward_torch(G[None], S[None], dS.contiguous()[None])[0]
     return _ops_nnls.nnls_passive_solve(G, dS.contiguous(), S)
 
 
@@ -496,7 +493,7 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
                         loss = loss + (S_prev - S @ A.mT).pow(2).sum()
                         S_prev = S
                 loss = loss / X_norm2
-                e2 = errors2[-1].detach()
+                e2 = errors2[-1]
                 if Y is not None:
                     B = self._classifier(Ss[-1].detach(), Y, labelled)
                     residual = Y[labelled] - Ss[-1][labelled] @ B.mT

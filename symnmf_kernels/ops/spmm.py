@@ -153,7 +153,9 @@ def spmm(X, U, symmetric=None):
     A, t = host_side(X, U, symmetric)
     D, out_shape, _ = layout(A, U)
     if _torch_is_faster(A, D):
-        return torch.sparse.mm(A.torch_int32(), D).reshape(out_shape)
+        T = A.torch_int32()  # None for int64 column indices (torch's own kernel there is the slower)
+        if T is not None:
+            return torch.sparse.mm(T, D).reshape(out_shape)
     return spmm_csr(A.crow_indices, A.col_indices, A.values, D, *t).reshape(out_shape)
 
 
@@ -165,10 +167,10 @@ _TORCH_CPU_MAX_R = 8
 
 
 def _torch_is_faster(A, D):
-    """Whether the forward X @ D goes to torch.sparse.mm: a CPU product at r <= 8, without autograd, with int32
-    column indices and MKL in torch."""
-    return (D.dim() == 2 and D.is_cpu and D.shape[-1] <= _TORCH_CPU_MAX_R and A.col_indices.dtype == torch.int32
-            and not (torch.is_grad_enabled() and D.requires_grad) and _MKL and not torch.compiler.is_compiling())
+    """Whether the forward X @ D goes to torch.sparse.mm (where X has 32-bit indices, `CSR.torch_int32`): a CPU
+    product at r <= 8, without autograd, with MKL in torch."""
+    return (D.dim() == 2 and D.is_cpu and D.shape[-1] <= _TORCH_CPU_MAX_R and _MKL
+            and not (torch.is_grad_enabled() and D.requires_grad) and not torch.compiler.is_compiling())
 
 
 _MKL = torch.backends.mkl.is_available()
