@@ -333,11 +333,12 @@ def _net_step(n, r, L, args, profile_it):
     net.initialize(X)
     Xp = net._prepare(X)
     X_norm2 = (Xp.values().pow(2).sum())
+    S0 = net._start_product(Xp)  # X U_0, computed once per fit as SymNMFNet.fit does
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)  # the optimiser SymNMFNet.fit uses
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss, _, _ = net._objective(Xp, X_norm2)
+        loss, _, _ = net._objective(Xp, X_norm2, S0)
         loss.sum().backward()
         opt.step()
         net.project_lam()
@@ -347,9 +348,10 @@ def _net_step(n, r, L, args, profile_it):
     for _ in range(3):
         step()
     t = race({"step": step, "spmm": forward(sk.spmm, A, U)}, args.rounds, args.min_time)
-    # Forward: one SpMM per block output and U_0 (L + 1). Backward: one per regulariser whose U needs a
-    # gradient, U_1 ... U_{L-1} (L - 1): U_0 is fixed, and the loss terms reuse the forward's X U.
-    n_spmm = 2 * L
+    # Forward: one SpMM per block output U_1 ... U_L (L; X U_0 is computed once per fit). Backward: one per
+    # regulariser whose U needs a gradient, U_1 ... U_{L-1} (L - 1): U_0 is fixed, and the loss terms reuse
+    # the forward's X U.
+    n_spmm = 2 * L - 1
     table = None
     if profile_it:
         with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -180,6 +180,30 @@ def test_dense_and_sparse_give_same_loss_and_gradients():
         assert rel(a, b) < 1e-8 and float(b.norm()) > 0
 
 
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+def test_training_objective_with_the_start_product_cached(layout):
+    # fit computes X U_0 once (U_0 is fixed); the loss and every gradient must be those of the plain objective.
+    X, _ = planted_graph([7, 10, 13], 0.6, 0.1, seed=23)
+    Xi = X.to_sparse_csr() if layout == "sparse" else X
+    net = SymNMFNet(3, n_layers=3, beta=0.2, mu=0.01, n_restarts=2, random_state=24).initialize(Xi)
+    with torch.no_grad():
+        for P in net.P:
+            P.mul_(1 + 0.2 * torch.rand(P.shape, generator=torch.Generator().manual_seed(25), dtype=P.dtype))
+    X_norm2 = X.pow(2).sum()
+    out = {}
+    for cached in (False, True):
+        net.zero_grad()
+        S0 = net._start_product(Xi) if cached else None
+        loss, residual, U = net._objective(Xi, X_norm2, S0)
+        loss.sum().backward()
+        out[cached] = (loss.detach(), residual.detach(), net.lam.grad.clone(), [P.grad.clone() for P in net.P])
+    (l0, e0, gl0, gP0), (l1, e1, gl1, gP1) = out[False], out[True]
+    assert rel(l1, l0) < 1e-12 and rel(e1, e0) < 1e-12
+    assert rel(gl1, gl0) < 1e-10 and float(gl0.abs().min()) > 0
+    for a, b in zip(gP1, gP0):
+        assert rel(a, b) < 1e-10 and float(b.norm()) > 0
+
+
 def test_batch_of_graphs_equals_separate_nets():
     n, r = 19, 2
     X = random_similarity(n, seed=9, batch=(2,), dtype=torch.float32)

@@ -440,17 +440,23 @@ class SymNMFNet(nn.Module):
             iterates.append(U)
         return iterates if return_all else U
 
-    def _objective(self, X, X_norm2):
+    def _objective(self, X, X_norm2, S0=None):
         """(loss per problem, ||X - U_L U_L^T||^2 per problem, U_L).
 
         One product X U_i per block output serves both the residual of block i
-        and the regulariser of block i + 1.
+        and the regulariser of block i + 1. S0: X U_0 computed once (`_start_product`);
+        U_0 is fixed, so the product the regulariser of P_1 needs is the same at every step.
         """
         iterates = self.forward(return_all=True)
         weights = list(self.P) + [None]
         loss = 0.0
         last = len(iterates) - 1
         for i, (U, P_next) in enumerate(zip(iterates, weights)):
+            if i == 0 and S0 is not None:  # U_0's residual is not part of the loss: its regulariser alone
+                R = torch.addcmul(P_next - S0, _batch_view(self.lam), U, value=-1)
+                regulariser = torch.linalg.vector_norm(R, dim=(-2, -1), dtype=torch.float64).square().to(R.dtype)
+                loss = loss + self._beta_now * regulariser
+                continue
             residual, regulariser = _layer_terms(X, X_norm2, U, P_next, self.lam)
             if i > 0 and (self.loss_blocks == "all" or i == last):
                 loss = loss + residual
@@ -460,6 +466,11 @@ class SymNMFNet(nn.Module):
         if self.mu:
             loss = loss + self.mu * U.sum((-2, -1))  # U_L >= 0, so this is ||U_L||_1
         return loss, residual, U
+
+    @torch.no_grad()
+    def _start_product(self, X):
+        """X U_0, the product of the fixed start that every training step would otherwise repeat."""
+        return _times(X, self.U0)
 
     def loss(self, X):
         """The training loss per problem (shape (...)), differentiable in P_i and lam."""
@@ -591,6 +602,7 @@ class SymNMFNet(nn.Module):
             scheduler = torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lambda t: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, epochs) / epochs)))
         X_norm2 = _frob2(X)
+        S0 = self._start_product(X)
 
         history = {"epoch": [], "loss": [], "loss_per_problem": [], "relative_error": [], "sparse_factor": [],
                    "time": []}
@@ -629,7 +641,7 @@ class SymNMFNet(nn.Module):
                         # accumulators, and the stream they were made on, alive into the capture.
                         loss = residual = U = None
                         try:
-                            graph, static = self._capture_step(X, X_norm2, optimizer)
+                            graph, static = self._capture_step(X, X_norm2, S0, optimizer)
                         except _CAPTURE_ERRORS as exc:
                             raise CudaGraphCaptureError(f"capturing the training step failed: {exc}") from exc
                     if graph is not None:
@@ -637,7 +649,7 @@ class SymNMFNet(nn.Module):
                         loss, residual, U = static
                     else:
                         optimizer.zero_grad(set_to_none=not cuda_graph)
-                        loss, residual, U = self._objective(X, X_norm2)
+                        loss, residual, U = self._objective(X, X_norm2, S0)
                         loss.sum().backward()
                         optimizer.step()
                         if scheduler is not None:
@@ -663,12 +675,12 @@ class SymNMFNet(nn.Module):
             if side is not None:
                 torch.cuda.current_stream(X.device).wait_stream(side)
         with torch.no_grad():
-            record(steps, *self._objective(X, X_norm2))
+            record(steps, *self._objective(X, X_norm2, S0))
         self.history_ = history
         self.n_iter_ = steps
         return self
 
-    def _capture_step(self, X, X_norm2, optimizer):
+    def _capture_step(self, X, X_norm2, S0, optimizer):
         """One training step captured in a CUDA graph: (graph, (loss, residual, U_L)), the outputs being
         the tensors each replay overwrites. The eager steps before it compiled the kernels, cached what
         the ops derive from X once, and created Adam's state, none of which may happen during capture."""
@@ -676,7 +688,7 @@ class SymNMFNet(nn.Module):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             optimizer.zero_grad(set_to_none=False)  # the gradients must stay the tensors the graph writes
-            loss, residual, U = self._objective(X, X_norm2)
+            loss, residual, U = self._objective(X, X_norm2, S0)
             loss.sum().backward()
             optimizer.step()
             self.project_lam()
