@@ -329,7 +329,7 @@ def _net_step(n, r, L, args, profile_it):
     from torch.profiler import ProfilerActivity, profile
 
     X, _ = planted_graph(n, r, 20, seed=0)
-    net = SymNMFNet(r, n_layers=L, random_state=0)
+    net = SymNMFNet(r, n_layers=L, n_restarts=args.net_restarts if args.net_restarts > 1 else None, random_state=0)
     net.initialize(X)
     Xp = net._prepare(X)
     X_norm2 = (Xp.values().pow(2).sum())
@@ -382,6 +382,7 @@ def parse_args(argv):
     p.add_argument("--net-n", type=int, nargs="+", default=[20_000, 200_000, 200_000])
     p.add_argument("--net-r", type=int, nargs="+", default=[8, 8, 16], help="one rank per --net-n")
     p.add_argument("--net-layers", type=int, default=5)
+    p.add_argument("--net-restarts", type=int, default=1, help="restarts trained side by side (fit_net's default: 4)")
     return p.parse_args(argv)
 
 

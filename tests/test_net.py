@@ -181,11 +181,12 @@ def test_dense_and_sparse_give_same_loss_and_gradients():
 
 
 @pytest.mark.parametrize("layout", ["dense", "sparse"])
-def test_training_objective_with_the_start_product_cached(layout):
+@pytest.mark.parametrize("restarts", [None, 2])
+def test_training_objective_with_the_start_product_cached(layout, restarts):
     # fit computes X U_0 once (U_0 is fixed); the loss and every gradient must be those of the plain objective.
     X, _ = planted_graph([7, 10, 13], 0.6, 0.1, seed=23)
     Xi = X.to_sparse_csr() if layout == "sparse" else X
-    net = SymNMFNet(3, n_layers=3, beta=0.2, mu=0.01, n_restarts=2, random_state=24).initialize(Xi)
+    net = SymNMFNet(3, n_layers=4, beta=0.2, mu=0.01, n_restarts=restarts, random_state=24).initialize(Xi)
     with torch.no_grad():
         for P in net.P:
             P.mul_(1 + 0.2 * torch.rand(P.shape, generator=torch.Generator().manual_seed(25), dtype=P.dtype))
