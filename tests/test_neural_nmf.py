@@ -270,8 +270,10 @@ def test_sklearn_conventions_and_bad_input():
         NeuralNMF([3]).fit(np.where(X > 0.5, np.nan, X))
 
 
-def test_adam_update_is_torch_adams():
-    """The training loop's foreach Adam makes torch.optim.Adam's steps, one learning rate per tensor."""
+@pytest.mark.parametrize("capturable", [False, True])
+def test_adam_update_is_torch_adams(capturable):
+    """The training loop's foreach Adam makes torch.optim.Adam's steps, one learning rate per tensor; the
+    capturable form (step count and bias corrections on the device, for a CUDA graph) makes the same."""
     from symnmf.neural_nmf import _Adam
 
     gen = torch.Generator().manual_seed(3)
@@ -280,7 +282,8 @@ def test_adam_update_is_torch_adams():
     ours = [p.clone() for p in params]
     theirs = [p.clone().requires_grad_() for p in params]
     reference = torch.optim.Adam([{"params": [p], "lr": lr} for p, lr in zip(theirs, lrs)])
-    adam = _Adam(ours, lrs)
+    adam = _Adam(ours, lrs, capturable=capturable)
+    assert isinstance(adam.t, torch.Tensor) == capturable
     for _ in range(5):
         grads = [torch.randn(p.shape, dtype=torch.float64, generator=gen) for p in params]
         adam.step(grads)
@@ -289,3 +292,46 @@ def test_adam_update_is_torch_adams():
         reference.step()
     for a, b in zip(ours, theirs):
         assert torch.allclose(a, b.detach(), rtol=1e-12, atol=1e-15)
+
+
+def test_cuda_graph_needs_cuda_and_the_unsupervised_reconstruction_loss():
+    X, y = two_groups()
+    with pytest.raises(ValueError, match="cuda_graph=True needs X on a CUDA device"):
+        NeuralNMF([3, 2], max_iter=5, cuda_graph=True, device="cpu").fit(X)
+    model = NeuralNMF([3, 2], max_iter=5, cuda_graph=None, device="cpu", random_state=0).fit(X)  # auto: eager
+    assert len(model.history_["loss"]) == 5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cuda_graph_training_equals_eager(monkeypatch, dtype):
+    """The replayed step trains as the eager steps do (same Triton kernels, same order), and a capture that
+    fails leaves a warning and an eager fit."""
+    monkeypatch.undo()  # the GPU runs the kernels
+    import symnmf.neural_nmf as nn_mod
+
+    X = rank9(n=90, d=40, seed=11)
+    fits = {}
+    calls = []
+    capture = nn_mod._capture_step
+    monkeypatch.setattr(nn_mod, "_capture_step", lambda *a: calls.append(1) or capture(*a))
+    for graph in (False, True):
+        fits[graph] = NeuralNMF([9, 4, 2], max_iter=30, random_state=0, device="cuda", dtype=dtype,
+                                cuda_graph=graph).fit(X)
+    assert calls == [1]
+    tol = 1e-9 if dtype == "float64" else 1e-3
+    assert rel_err(np.array(fits[True].history_["loss"]), np.array(fits[False].history_["loss"])) < tol
+    for a, b in zip(fits[True].A_, fits[False].A_):
+        assert rel_err(a, b) < tol
+    assert fits[True].history_["loss"][-1] < fits[True].history_["loss"][0]
+
+    def fail(*args):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(nn_mod, "_capture_step", fail)
+    with pytest.warns(RuntimeWarning, match="capturing the training step in a CUDA graph failed"):
+        fallback = NeuralNMF([9, 4, 2], max_iter=30, random_state=0, device="cuda", dtype=dtype).fit(X)
+    assert rel_err(np.array(fallback.history_["loss"]), np.array(fits[False].history_["loss"])) < tol
+    with pytest.raises(RuntimeError, match="stream is capturing"):
+        NeuralNMF([9, 4, 2], max_iter=30, random_state=0, device="cuda", dtype=dtype, cuda_graph=True).fit(X)

@@ -34,9 +34,11 @@ Arrays are sample-major as in scikit-learn: `S_[l]` and `transform` hold
 S_l^T (n_samples x k_l); `A_[0]` is n_features x k_1 and `A_[l]` is
 k_l x k_{l+1}.
 """
+import contextlib
 import importlib
 import math
 import numbers
+import warnings
 
 import numpy as np
 import torch
@@ -209,13 +211,19 @@ def _reconstruction_grads(X, X_norm2, As, warm, extra=None):
 
 class _Adam:
     """Adam (Kingma & Ba; torch.optim.Adam's update) over a few tensors with one learning rate each, in a
-    handful of foreach calls: at 90 samples torch's optimiser cost a quarter of a training step."""
+    handful of foreach calls: at 90 samples torch's optimiser cost a quarter of a training step.
 
-    def __init__(self, params, lrs, betas=(0.9, 0.999), eps=1e-8):
+    capturable: the step count lives on the parameters' device (float64) and the bias corrections are
+    computed there, so that a step captured in a CUDA graph replays with the count of each replay (the
+    host-side count would be frozen into the graph at its capture value).
+    """
+
+    def __init__(self, params, lrs, betas=(0.9, 0.999), eps=1e-8, capturable=False):
         self.params, self.lrs, self.betas, self.eps = list(params), list(lrs), betas, eps
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
-        self.t = 0
+        self.capturable = capturable
+        self.t = torch.zeros((), dtype=torch.float64, device=self.params[0].device) if capturable else 0
 
     @torch.no_grad()
     def step(self, grads):
@@ -224,11 +232,42 @@ class _Adam:
         torch._foreach_lerp_(self.m, grads, 1 - b1)
         torch._foreach_mul_(self.v, b2)
         torch._foreach_addcmul_(self.v, grads, grads, 1 - b2)
-        bias1, bias2 = 1 - b1 ** self.t, 1 - b2 ** self.t
         denom = torch._foreach_sqrt(self.v)
+        if self.capturable:
+            bias1, bias2 = 1 - torch.pow(b1, self.t), 1 - torch.pow(b2, self.t)
+            torch._foreach_div_(denom, bias2.sqrt())
+            torch._foreach_add_(denom, self.eps)
+            updates = torch._foreach_div(self.m, denom)
+            for param, update, lr in zip(self.params, updates, self.lrs):
+                param.sub_(update.mul_(lr / bias1))
+            return
+        bias1, bias2 = 1 - b1 ** self.t, 1 - b2 ** self.t
         torch._foreach_div_(denom, math.sqrt(bias2))
         torch._foreach_add_(denom, self.eps)
         torch._foreach_addcdiv_(self.params, self.m, denom, [-lr / bias1 for lr in self.lrs])
+
+
+# Eager steps before `NeuralNMF.fit` captures one in a CUDA graph: the first compiles the kernels, the next run
+# with warm starts, as every replay does.
+_EAGER_STEPS_BEFORE_CAPTURE = 3
+# what a failed capture raises (torch.AcceleratorError, where torch has it, is a RuntimeError or beside one)
+_CAPTURE_ERRORS = (RuntimeError, getattr(torch, "AcceleratorError", RuntimeError))
+
+
+def _capture_step(X, X_norm2, As, warm, optimizer):
+    """The unsupervised reconstruction step captured in a CUDA graph: (graph, (loss, e2, warm)), tensors that
+    each replay overwrites. The warm starts are static buffers the step reads at its start and overwrites with
+    its solutions at its end; the capture records the step without running it."""
+    torch.cuda.synchronize(X.device)
+    warm = [S.detach().clone() for S in warm]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        Ss, e2, loss, grads = _reconstruction_grads(X, X_norm2, As, warm, None)
+        optimizer.step(grads)
+        with torch.no_grad():
+            torch._foreach_clamp_min_(As, 0.0)
+            torch._foreach_copy_(warm, Ss)
+    return graph, (loss, e2, warm)
 
 
 # ---- the baselines ----------------------------------------------------------------------------------------------
@@ -320,6 +359,11 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         Where to compute (default: the device of a torch input, else CUDA when available, else the CPU).
     dtype : {"float32", "float64"} or torch dtype, optional
         Precision of the fit; default float64.
+    cuda_graph : bool or None
+        Replay each training step from a CUDA graph captured after the first few eager steps: a step is
+        then one graph launch instead of a few hundred kernel launches, which bound it on a GPU at these
+        sizes. Needs X on a CUDA device and the unsupervised "reconstruction" loss. None (the default):
+        wherever that holds, continuing with eager steps, with a warning, should the capture fail.
     verbose : bool
 
     Attributes
@@ -351,6 +395,7 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         "random_state": [None, Interval(numbers.Integral, 0, None, closed="left")],
         "device": [None, str, torch.device],
         "dtype": [None, StrOptions({"float32", "float64"}), torch.dtype],
+        "cuda_graph": [None, "boolean"],
         "verbose": ["boolean"],
     }
 
@@ -368,6 +413,7 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         random_state=None,
         device=None,
         dtype=None,
+        cuda_graph=None,
         verbose=False,
     ):
         self.ranks = ranks
@@ -381,6 +427,7 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.device = device
         self.dtype = dtype
+        self.cuda_graph = cuda_graph
         self.verbose = verbose
 
     def __sklearn_tags__(self):
@@ -458,7 +505,13 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         else:
             As = [_init_factor(sizes[i], ranks[i], 1.0, generator, X) for i in range(len(ranks))]
         As = [A.clone().requires_grad_() for A in As]
-        optimizer = _Adam(As, [self.lr * float(A.detach().mean().clamp_min(1e-12)) for A in As])
+        graphable = X.is_cuda and self.loss == "reconstruction" and Y is None
+        if self.cuda_graph and not graphable:
+            raise ValueError("cuda_graph=True needs X on a CUDA device and the unsupervised 'reconstruction' loss "
+                             f"(got device {X.device}, loss {self.loss!r}, labels {'given' if Y is not None else 'none'})")
+        use_graph = graphable and self.cuda_graph is not False
+        optimizer = _Adam(As, [self.lr * float(A.detach().mean().clamp_min(1e-12)) for A in As],
+                          capturable=use_graph)
         if Y is not None:
             Y = torch.as_tensor(Y, dtype=X.dtype, device=X.device)
             labelled = torch.as_tensor(mask, device=X.device)
@@ -479,34 +532,49 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
             dS[labelled] = (-2 * self.label_weight / Y_norm2) * (residual @ B)
             return self.label_weight * residual.pow(2).sum() / Y_norm2, dS
 
+        def classification_loss(S):
+            """The classification term for autograd: B refit on S detached, then held fixed."""
+            B = self._classifier(S.detach(), Y, labelled)
+            return self.label_weight * (Y[labelled] - S[labelled] @ B.mT).pow(2).sum() / Y_norm2
+
+        graph = None
+        # The eager steps before a capture run on a side stream, as torch asks of the warm-up before one.
+        side = torch.cuda.Stream(X.device) if use_graph else None
+        if side is not None:
+            side.wait_stream(torch.cuda.current_stream(X.device))
+        stream = torch.cuda.stream(side) if side is not None else contextlib.nullcontext()
         for step in range(self.max_iter):
-            if self.loss == "reconstruction":  # the backward written out: no autograd graph per step
-                Ss, e2, loss, grads = _reconstruction_grads(X, X_norm2, As, warm,
-                                                            None if Y is None else classification)
-            else:
-                Ss, errors2 = _forward_with_errors(X, X_norm2, As, warm)
-                if self.loss == "layers":
-                    loss = sum(errors2)
-                else:
-                    loss, S_prev = errors2[0], Ss[0]
-                    for A, S in zip(As[1:], Ss[1:]):
-                        loss = loss + (S_prev - S @ A.mT).pow(2).sum()
-                        S_prev = S
-                loss = loss / X_norm2
-                e2 = errors2[-1]
-                if Y is not None:
-                    B = self._classifier(Ss[-1].detach(), Y, labelled)
-                    residual = Y[labelled] - Ss[-1][labelled] @ B.mT
-                    loss = loss + self.label_weight * residual.pow(2).sum() / Y_norm2
-                grads = torch.autograd.grad(loss, As)
-            errors2_last.append(e2.detach())
-            optimizer.step(grads)
-            with torch.no_grad():
-                torch._foreach_clamp_min_(As, 0.0)
+            if use_graph and step == _EAGER_STEPS_BEFORE_CAPTURE:
+                try:
+                    with stream:
+                        graph, static = _capture_step(X, X_norm2, As, warm, optimizer)
+                except _CAPTURE_ERRORS as exc:
+                    if self.cuda_graph:
+                        raise
+                    warnings.warn(f"NeuralNMF: capturing the training step in a CUDA graph failed "
+                                  f"({type(exc).__name__}: {exc}); training on with eager steps "
+                                  "(cuda_graph=False skips the attempt)", RuntimeWarning)
+                    use_graph = False
+            if graph is not None:
+                with stream:
+                    graph.replay()
+                    value, e2, warm = static
+                    losses.append(value.clone())
+                    errors2_last.append(e2.clone())
+                continue
+            with stream:
+                loss, e2, Ss = self._eager_step(X, X_norm2, As, warm, optimizer,
+                                                None if Y is None else (classification, classification_loss))
             warm = [S.detach() for S in Ss]
+            errors2_last.append(e2.detach())
             losses.append(loss.detach())
             if self.verbose and (step % 10 == 0 or step == self.max_iter - 1):
                 print(f"NeuralNMF step {step}: loss {float(loss):.6g}")
+        if side is not None:
+            torch.cuda.current_stream(X.device).wait_stream(side)
+        if self.verbose and graph is not None:
+            print(f"NeuralNMF: steps {_EAGER_STEPS_BEFORE_CAPTURE}-{self.max_iter - 1} replayed from a CUDA graph; "
+                  f"last loss {float(losses[-1]):.6g}")
         history = {"loss": [], "relative_error": []}
         if losses:
             history["loss"] = torch.stack(losses).tolist()
@@ -526,6 +594,30 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         self.history_ = history
         self.n_iter_ = self.max_iter
         return self
+
+    def _eager_step(self, X, X_norm2, As, warm, optimizer, labels):
+        """One training step without a graph: (loss, e2, Ss), the A_l updated and projected onto A_l >= 0.
+        labels: None, or the classification term as (value and gradient in S_L, value for autograd)."""
+        if self.loss == "reconstruction":  # the backward written out: no autograd graph per step
+            Ss, e2, loss, grads = _reconstruction_grads(X, X_norm2, As, warm, None if labels is None else labels[0])
+        else:
+            Ss, errors2 = _forward_with_errors(X, X_norm2, As, warm)
+            if self.loss == "layers":
+                loss = sum(errors2)
+            else:
+                loss, S_prev = errors2[0], Ss[0]
+                for A, S in zip(As[1:], Ss[1:]):
+                    loss = loss + (S_prev - S @ A.mT).pow(2).sum()
+                    S_prev = S
+            loss = loss / X_norm2
+            e2 = errors2[-1]
+            if labels is not None:
+                loss = loss + labels[1](Ss[-1])
+            grads = torch.autograd.grad(loss, As)
+        optimizer.step(grads)
+        with torch.no_grad():
+            torch._foreach_clamp_min_(As, 0.0)
+        return loss, e2, Ss
 
     @staticmethod
     def _classifier(S, Y, labelled):
