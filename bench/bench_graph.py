@@ -2,7 +2,9 @@
 symnmf.similarity_graph with the exact blocked search and with FAISS's HNSW index.
 
 Data: Gaussian mixtures (10 centres, unit noise, centres at distance about 3 sigma), float32.
-"fashion-sized" is 70,000 x 784 (the size of Fashion-MNIST); "1M" is 1,000,000 x 32.
+"fashion-sized" is 70,000 x 784 (the size of Fashion-MNIST); "1M" is 1,000,000 x 32. The size
+"fashion" is Fashion-MNIST itself: its 70,000 images (60,000 training and 10,000 test), pixels in
+[0, 1], read from Zalando's idx files (bench/study_net.py `load_fashion`; SYMNMF_FASHION_MNIST=DIR).
 recall: the share of the exact k nearest neighbours that the search found, on 2,000 rows
 (the exact neighbours of those rows against all n, computed apart from the timed run).
 peak_rss_gb: the process's peak resident memory after the row (ru_maxrss; it never falls, so
@@ -10,6 +12,7 @@ rows run from small to large).
 
     OMP_NUM_THREADS=2 python bench/bench_graph.py                  # both sizes
     python bench/bench_graph.py --sizes 70000x784 --searches exact faiss
+    SYMNMF_FASHION_MNIST=DIR python bench/bench_graph.py --sizes fashion --name bench_graph_fashion
 """
 import argparse
 import os
@@ -25,7 +28,7 @@ import torch  # noqa: E402
 from bench.common import write_table  # noqa: E402
 from symnmf.graph import knn_search, similarity_graph  # noqa: E402
 
-COLUMNS = ["n", "d", "neighbors", "k", "seconds", "stored_entries", "recall", "peak_rss_gb", "threads", "notes"]
+COLUMNS = ["data", "n", "d", "neighbors", "k", "seconds", "stored_entries", "recall", "peak_rss_gb", "threads", "notes"]
 
 
 def mixture(n, d, seed=0):
@@ -58,11 +61,18 @@ def main(argv=None):
     p.add_argument("--searches", nargs="+", default=["exact", "faiss"], choices=["exact", "faiss"])
     p.add_argument("--exact-max-n", type=int, default=100_000, help="skip the exact search above this n")
     p.add_argument("--out", help="results folder (default bench/results)")
+    p.add_argument("--name", default="bench_graph", help="table name (file <name>-<date>-cpu.md)")
     args = p.parse_args(argv)
     rows = []
     for size in args.sizes:
-        n, d = (int(v) for v in size.split("x"))
-        X = mixture(n, d)
+        if size == "fashion":
+            from bench.study_net import load_fashion
+
+            X = np.concatenate([load_fashion("train")[0], load_fashion("t10k")[0]])
+            n, d = X.shape
+        else:
+            n, d = (int(v) for v in size.split("x"))
+            X = mixture(n, d)
         k = int(np.floor(np.log2(n))) + 1
         for search in args.searches:
             if search == "exact" and n > args.exact_max_n:
@@ -70,17 +80,17 @@ def main(argv=None):
             start = time.perf_counter()
             A = similarity_graph(X, neighbors=search)
             seconds = time.perf_counter() - start
-            row = {"n": n, "d": d, "neighbors": search, "k": k, "seconds": seconds,
+            row = {"data": "Fashion-MNIST" if size == "fashion" else "mixture", "n": n, "d": d, "neighbors": search, "k": k, "seconds": seconds,
                    "stored_entries": int(A.values().numel()), "threads": torch.get_num_threads(),
                    "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
             row["recall"] = recall_of(A, X, k)
             rows.append(row)
             print(row, flush=True)
             del A
-    header = ["Gaussian mixtures (10 centres), float32; k = floor(log2 n) + 1 neighbours, Kuang's self-tuning "
-              "weights; recall of the exact k nearest neighbours on 2,000 rows",
+    header = ["Gaussian mixtures (10 centres) or Fashion-MNIST, float32; k = floor(log2 n) + 1 neighbours, "
+              "Kuang's self-tuning weights; recall of the exact k nearest neighbours on 2,000 rows",
               "seconds: similarity_graph end to end (search, weights, normalisation, CSR)"]
-    write_table("bench_graph", rows, COLUMNS, header, out_dir=args.out, device="cpu")
+    write_table(args.name, rows, COLUMNS, header, out_dir=args.out, device="cpu")
 
 
 if __name__ == "__main__":

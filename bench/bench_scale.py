@@ -21,8 +21,15 @@ summed, D^-1/2 A D^-1/2). That is how the GPU runs reach 4M-10M nodes at r = 64 
 
     python bench/bench_scale.py --graph planted --device cuda --n 4000000 --clusters 64 --net-steps 20
 
-`--net-steps N` then times N SymNMF-Net training steps (default recipe, one restart) on the same graph.
+`--net-steps N` then times N SymNMF-Net training steps (default recipe, one restart) on the same graph;
+`--net-fit` runs the whole default fit (`fit_net`: 4 restarts, plateau stop, SymHALS finish).
 On a GPU, memory is the peak allocated by torch (torch.cuda.max_memory_allocated) after each stage.
+
+`--graph fashion` takes Fashion-MNIST's 70,000 images (pixels in [0, 1], 10 classes; Zalando's idx files
+from SYMNMF_FASHION_MNIST=DIR, bench/study_net.py `load_fashion`) through the kNN graph (`--search`):
+
+    SYMNMF_FASHION_MNIST=DIR OMP_NUM_THREADS=2 python bench/bench_scale.py --graph fashion --search faiss \
+        --net-fit --name bench_scale_fashion
 """
 import argparse
 import os
@@ -102,7 +109,10 @@ def main(argv=None):
     p.add_argument("--quiet", action="store_true", help="no per-check progress lines from SymHALS")
     p.add_argument("--out", help="results folder (default bench/results)")
     p.add_argument("--name", default="bench_scale", help="table name (file <name>-<date>-<device>.md)")
-    p.add_argument("--graph", choices=["knn", "planted"], default="knn",
+    p.add_argument("--search", choices=["auto", "exact", "faiss"], default="auto",
+                   help="the kNN search of the knn and fashion graphs (similarity_graph's neighbors)")
+    p.add_argument("--net-fit", action="store_true", help="also run the whole default SymNMF-Net fit (fit_net)")
+    p.add_argument("--graph", choices=["knn", "planted", "fashion"], default="knn",
                    help="knn: a kNN graph of mixture points (CPU); planted: a planted partition drawn on --device")
     p.add_argument("--device", default="cpu", help="where the graph (planted) and the solvers live")
     p.add_argument("--per-row", type=int, default=32, help="planted: stored entries per row (before duplicates)")
@@ -122,11 +132,20 @@ def main(argv=None):
         sync(device)
         notes = f"planted, {r} clusters, {args.inside:.0%} of the edges inside"
     else:
-        points, labels = mixture(args.n, args.d, args.clusters, args.seed)
+        if args.graph == "fashion":
+            from bench.study_net import load_fashion
+
+            (train, y_train), (test, y_test) = load_fashion("train"), load_fashion("t10k")
+            points, labels = np.concatenate([train, test]), np.concatenate([y_train, y_test])
+            args.n, args.d = points.shape
+            r = args.clusters = int(len(np.unique(labels)))
+            del train, test
+        else:
+            points, labels = mixture(args.n, args.d, args.clusters, args.seed)
         kwargs = {} if args.neighbors is None else {"n_neighbors": args.neighbors}
-        X = similarity_graph(points, dtype=torch.float32, **kwargs).to(device)
+        X = similarity_graph(points, dtype=torch.float32, neighbors=args.search, **kwargs).to(device)
         del points
-        notes = f"d = {args.d}"
+        notes = f"d = {args.d}, {args.search} kNN search"
     graph_s = time.perf_counter() - t0
     nnz = X._nnz()
     state_mb = (nnz * 8 + (args.n + 1) * 8 + 4 * args.n * r * 4) / 1e6
@@ -174,14 +193,31 @@ def main(argv=None):
                                    "seconds include the initialisation"))
         print(rows[-1], flush=True)
 
+    if args.net_fit:
+        from symnmf.net import fit_net
+
+        t0 = time.perf_counter()
+        fit = fit_net(X, r, random_state=args.seed)
+        sync(device)
+        fit_s = time.perf_counter() - t0
+        pred = fit.labels.cpu().numpy()
+        rows.append(dict(stage="symnmf-net fit", n=args.n, stored_entries=nnz, r=r, seconds=fit_s,
+                         iterations=fit.n_iter, s_per_iter=fit_s / max(fit.n_iter, 1), rel_error=fit.relative_error,
+                         acc=accuracy(labels, pred), nmi=nmi(labels, pred), peak_rss_gb=peak_gb(device),
+                         notes="fit_net's default recipe: 4 restarts, kept by training loss, SymHALS finish; "
+                               "s_per_iter: seconds over training steps"))
+        print(rows[-1], flush=True)
+
     memory = ("peak_rss_gb: torch's peak GPU allocation after the stage (torch.cuda.max_memory_allocated)"
               if device.type == "cuda" else
               "peak_rss_gb: the process's peak resident memory after the stage (ru_maxrss)")
     graph_line = (f"planted partition drawn on {device}: {r} balanced clusters, {args.per_row} entries per row "
                   f"before duplicates, {args.inside:.0%} inside; seed {args.seed}; float32"
                   if args.graph == "planted" else
-                  f"Gaussian mixture, {args.clusters} centres, n = {args.n}, d = {args.d}, seed {args.seed}; float32; "
-                  "graph: symnmf.similarity_graph (FAISS HNSW from 200,000 rows where installed)")
+                  (f"Fashion-MNIST, all {args.n} images, d = {args.d}, 10 classes" if args.graph == "fashion" else
+                   f"Gaussian mixture, {args.clusters} centres, n = {args.n}, d = {args.d}") +
+                  f", seed {args.seed}; float32; graph: symnmf.similarity_graph, neighbors={args.search!r} (auto: "
+                  "FAISS HNSW from 200,000 rows where installed)")
     write_table(args.name, rows, COLUMNS, out_dir=args.out, device=device, header_lines=[
         graph_line,
         f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
