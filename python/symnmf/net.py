@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 import symnmf_kernels as sk
-from symnmf_kernels.ops.sparse_loss import sparse_layer_loss
+from symnmf_kernels.ops.sparse_loss import _dot64, sparse_layer_loss
 
 from .solvers.base import init_factor, make_generator
 from .validation import as_similarity, check_rank, check_similarity
@@ -135,6 +135,33 @@ def _layer_terms(X, X_norm2, U, P, lam):
     residual = X_norm2 - 2 * (S * U).sum((-2, -1)) + (U.mT @ U).pow(2).sum((-2, -1))
     regulariser = None if P is None else (P - S - _batch_view(lam) * U).pow(2).sum((-2, -1))
     return residual, regulariser
+
+
+class _StartRegulariser(torch.autograd.Function):
+    """||P_1 - (X U_0 + lam U_0)||_F^2 per problem from the product S0 = X U_0, computed once per fit (U_0 is
+    fixed and needs no gradient). Written out: autograd's own backward of a float64 norm of float32 data
+    took as long as the SpMM that S0 saves."""
+
+    @staticmethod
+    def forward(ctx, P, S0, U0, lam):
+        R = torch.addcmul(P - S0, _batch_view(lam), U0, value=-1)
+        batch = R.shape[:-2]
+        R3 = R.reshape(-1, *R.shape[-2:])
+        ctx.save_for_backward(R3, U0.reshape(R3.shape))
+        ctx.batch = batch
+        return _dot64(R3, R3).to(R.dtype).reshape(batch)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        R3, U3 = ctx.saved_tensors
+        g = grad.reshape(-1).to(R3.dtype)
+        dP = dlam = None
+        if ctx.needs_input_grad[0]:
+            dP = (R3 * (2 * g)[:, None, None]).reshape(*ctx.batch, *R3.shape[-2:])
+        if ctx.needs_input_grad[3]:
+            dlam = (-2 * g.double() * _dot64(R3, U3)).to(R3.dtype).reshape(ctx.batch)
+        return dP, None, None, dlam
 
 
 def _batch_view(t):
@@ -453,9 +480,7 @@ class SymNMFNet(nn.Module):
         last = len(iterates) - 1
         for i, (U, P_next) in enumerate(zip(iterates, weights)):
             if i == 0 and S0 is not None:  # U_0's residual is not part of the loss: its regulariser alone
-                R = torch.addcmul(P_next - S0, _batch_view(self.lam), U, value=-1)
-                regulariser = torch.linalg.vector_norm(R, dim=(-2, -1), dtype=torch.float64).square().to(R.dtype)
-                loss = loss + self._beta_now * regulariser
+                loss = loss + self._beta_now * _StartRegulariser.apply(P_next, S0, U, self.lam)
                 continue
             residual, regulariser = _layer_terms(X, X_norm2, U, P_next, self.lam)
             if i > 0 and (self.loss_blocks == "all" or i == last):
