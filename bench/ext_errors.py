@@ -20,9 +20,9 @@ PRELUDE = (
 )
 CASES = {
     "control: a RuntimeError from torch's own C++": "torch.zeros(2, 3, device=dev) @ torch.zeros(4, 5, device=dev)",
-    "metadata check (TORCH_CHECK_VALUE, header)": "op(t([0, 1], device=dev), t([0], device=dev), torch.ones(1, device=dev, dtype=torch.float64), torch.ones(3, device=dev, dtype=torch.float64))",
+    "metadata check (TORCH_CHECK, header)": "op(t([0, 1], device=dev), t([0], device=dev), torch.ones(1, device=dev, dtype=torch.float64), torch.ones(3, device=dev, dtype=torch.float64))",
     "dtype check (TORCH_CHECK_TYPE, header)": "op(t([0, 1], device=dev), t([0], device=dev), torch.ones(1, device=dev), torch.ones(1, 2, device=dev, dtype=torch.float64))",
-    "row pointers (TORCH_CHECK_VALUE, cpu file)": "op(t([0, 2, 1, 3], device=dev), t([0, 1, 2], device=dev), torch.ones(3, device=dev, dtype=torch.float64), torch.rand(3, 2, device=dev, dtype=torch.float64))",
+    "row pointers (TORCH_CHECK, cpu file)": "op(t([0, 2, 1, 3], device=dev), t([0, 1, 2], device=dev), torch.ones(3, device=dev, dtype=torch.float64), torch.rand(3, 2, device=dev, dtype=torch.float64))",
 }
 
 
@@ -81,12 +81,12 @@ def main():
             if "cpu file" in name and dev == "cuda":
                 continue
             print(f"{dev:4s} {name}: {run(PRELUDE.format(dev=dev) + body)}", flush=True)
-    crash = PRELUDE.format(dev="cpu") + CASES["row pointers (TORCH_CHECK_VALUE, cpu file)"]
+    crash = PRELUDE.format(dev="cpu") + CASES["row pointers (TORCH_CHECK, cpu file)"]
     for env in ENV_VARIANTS:
         print(f"cpu  row pointers with {env}: {run(crash, env)}", flush=True)
     gdb = subprocess.run(["which", "gdb"], capture_output=True, text=True).stdout.strip()
     if gdb:
-        code = PRELUDE.format(dev="cpu") + CASES["row pointers (TORCH_CHECK_VALUE, cpu file)"]
+        code = PRELUDE.format(dev="cpu") + CASES["row pointers (TORCH_CHECK, cpu file)"]
         try:
             out = subprocess.run([gdb, "-batch", "-ex", "run", "-ex", "bt 25", "--args", sys.executable, "-c", code],
                                  capture_output=True, text=True, timeout=40).stdout

@@ -6,6 +6,8 @@
 
 #include <ATen/ATen.h>
 
+#include "../error_text.h"
+
 namespace symnmf {
 
 // Rows of dense at least this wide (bytes) are prefetched this many nonzeros ahead (spmm_cpu_rows.h).
@@ -16,9 +18,9 @@ constexpr size_t kPrefetchRowBytes = 128;
 // range [crow[i], crow[i+1]) lies inside col_indices. op names the operator in the errors.
 template <typename crow_t>
 void check_row_pointers(const crow_t* crow, int64_t n_rows, int64_t nnz, const char* op) {
-  TORCH_CHECK(crow[0] == 0, op, ": crow_indices[0] must be 0, got ", crow[0]);
-  TORCH_CHECK(static_cast<int64_t>(crow[n_rows]) == nnz, op, ": crow_indices[-1] must equal nnz = ", nnz,
-              ", got ", crow[n_rows]);
+  TORCH_CHECK(crow[0] == 0, op, ": crow_indices[0] must be 0, got ", text(crow[0]));
+  TORCH_CHECK(static_cast<int64_t>(crow[n_rows]) == nnz, op, ": crow_indices[-1] must equal nnz = ", text(nnz),
+              ", got ", text(crow[n_rows]));
   int64_t bad = -1;
   for (int64_t i = 0; i < n_rows; ++i) {
     if (crow[i + 1] < crow[i]) {
@@ -26,8 +28,8 @@ void check_row_pointers(const crow_t* crow, int64_t n_rows, int64_t nnz, const c
       break;
     }
   }
-  TORCH_CHECK(bad < 0, op, ": crow_indices must be non-decreasing, but crow_indices[", bad + 1, "] = ",
-              bad < 0 ? 0 : crow[bad + 1], " < crow_indices[", bad, "] = ", bad < 0 ? 0 : crow[bad]);
+  TORCH_CHECK(bad < 0, op, ": crow_indices must be non-decreasing, but crow_indices[", text(bad + 1), "] = ",
+              text(bad < 0 ? 0 : crow[bad + 1]), " < crow_indices[", text(bad), "] = ", text(bad < 0 ? 0 : crow[bad]));
 }
 
 // The row loops are compiled twice, for AVX2 + FMA and for the baseline ISA; this picks one at run time.

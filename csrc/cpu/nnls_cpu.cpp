@@ -12,6 +12,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../error_text.h"
+
 namespace symnmf {
 namespace {
 
@@ -143,16 +145,16 @@ void nnls_rows_impl(const T* G_in, const T* C, const T* X0, T* X, int64_t B, int
 at::Tensor nnls_rows_cpu(const at::Tensor& G_in, const at::Tensor& C_in, const std::optional<at::Tensor>& x0_in,
                          int64_t max_rounds, double tol_rel, bool solve_only) {
   TORCH_CHECK(G_in.dim() == 3 && G_in.size(1) == G_in.size(2), "nnls_rows: G must be (B, k, k), got shape ",
-              G_in.sizes());
+              text(G_in.sizes()));
   TORCH_CHECK(C_in.dim() == 3 && C_in.size(0) == G_in.size(0) && C_in.size(2) == G_in.size(1),
-              "nnls_rows: C must be (B, m, k) for G of shape ", G_in.sizes(), ", got shape ", C_in.sizes());
-  TORCH_CHECK(G_in.scalar_type() == C_in.scalar_type(), "nnls_rows: G (", G_in.scalar_type(), ") and C (",
-              C_in.scalar_type(), ") must share a dtype");
+              "nnls_rows: C must be (B, m, k) for G of shape ", text(G_in.sizes()), ", got shape ", text(C_in.sizes()));
+  TORCH_CHECK(G_in.scalar_type() == C_in.scalar_type(), "nnls_rows: G (", text(G_in.scalar_type()), ") and C (",
+              text(C_in.scalar_type()), ") must share a dtype");
   TORCH_CHECK(!x0_in.has_value() || x0_in->sizes() == C_in.sizes(), "nnls_rows: x0 must have C's shape ",
-              C_in.sizes());
+              text(C_in.sizes()));
   TORCH_CHECK(!x0_in.has_value() || x0_in->scalar_type() == C_in.scalar_type(), "nnls_rows: x0 must have C's dtype");
   TORCH_CHECK(!solve_only || x0_in.has_value(), "nnls_rows: solve_only needs x0 (its positive entries are P)");
-  TORCH_CHECK(max_rounds >= 0, "nnls_rows: max_rounds must be >= 0, got ", max_rounds);
+  TORCH_CHECK(max_rounds >= 0, "nnls_rows: max_rounds must be >= 0, got ", text(max_rounds));
   const at::Tensor G = G_in.contiguous(), C = C_in.contiguous();
   const at::Tensor X0 = x0_in.has_value() ? x0_in->contiguous() : at::Tensor();
   at::Tensor X = at::empty_like(C, at::MemoryFormat::Contiguous);

@@ -59,15 +59,15 @@ namespace symnmf {
 namespace {
 
 void check_batch_arg(const at::Tensor& t, const at::Tensor& like, const char* name) {
-  TORCH_CHECK(t.sizes() == like.sizes(), "sparse_loss: ", name, " must have U's shape ", like.sizes(), ", got ",
-              t.sizes());
+  TORCH_CHECK(t.sizes() == like.sizes(), "sparse_loss: ", name, " must have U's shape ", text(like.sizes()), ", got ",
+              text(t.sizes()));
   TORCH_CHECK(t.scalar_type() == like.scalar_type() && t.device() == like.device(), "sparse_loss: ", name,
               " must share U's dtype and device");
 }
 
 void check_scalars(const at::Tensor& t, int64_t batch, const at::Tensor& like, const char* name) {
   TORCH_CHECK(t.dim() == 1 && t.size(0) == batch, "sparse_loss: ", name, " must be 1-D with one entry per problem (",
-              batch, "), got shape ", t.sizes());
+              text(batch), "), got shape ", text(t.sizes()));
   TORCH_CHECK(t.scalar_type() == like.scalar_type() && t.device() == like.device(), "sparse_loss: ", name,
               " must share U's dtype and device");
 }
@@ -75,9 +75,9 @@ void check_scalars(const at::Tensor& t, int64_t batch, const at::Tensor& like, c
 // X must be square with n = U.size(1) rows; U (and every n x r argument) is (B, n, r).
 void check_csr(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, const at::Tensor& U) {
   check_spmm_args(crow, col, values, U);
-  TORCH_CHECK(U.dim() == 3, "sparse_loss: U must be (B, n, r), got shape ", U.sizes());
-  TORCH_CHECK(crow.numel() - 1 == U.size(1), "sparse_loss: X must be square with U's ", U.size(1),
-              " rows, got ", crow.numel() - 1, " rows");
+  TORCH_CHECK(U.dim() == 3, "sparse_loss: U must be (B, n, r), got shape ", text(U.sizes()));
+  TORCH_CHECK(crow.numel() - 1 == U.size(1), "sparse_loss: X must be square with U's ", text(U.size(1)),
+              " rows, got ", text(crow.numel() - 1), " rows");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_loss_terms_csr_cpu(
@@ -124,7 +124,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_loss_terms_csr_cpu(
       });
     });
   });
-  TORCH_CHECK(bad < 0, "sparse_loss: col_indices[", bad, "] is out of range for ", n, " columns");
+  TORCH_CHECK(bad < 0, "sparse_loss: col_indices[", text(bad), "] is out of range for ", text(n), " columns");
   at::Tensor sums = at::zeros({B, 3}, U.options().dtype(at::kDouble));
   double* s = sums.data_ptr<double>();
   for (int64_t blk = 0; blk < n_blocks; ++blk) {
@@ -172,7 +172,7 @@ at::Tensor sparse_loss_grad_csr_cpu(const at::Tensor& crow_indices, const at::Te
       });
     });
   });
-  TORCH_CHECK(bad < 0, "sparse_loss: col_indices[", bad, "] is out of range for ", n, " columns");
+  TORCH_CHECK(bad < 0, "sparse_loss: col_indices[", text(bad), "] is out of range for ", text(n), " columns");
   return dU;
 }
 

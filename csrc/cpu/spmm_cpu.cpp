@@ -81,9 +81,9 @@ at::Tensor spmm_csr_cpu(const at::Tensor& crow_indices, const at::Tensor& col_in
               crow.data_ptr<crow_t>(), col.data_ptr<index_t>(), val.data_ptr<scalar_t>(), U.data_ptr<scalar_t>(),
               out.data_ptr<scalar_t>(), batch, n_rows, n_cols, r, U.stride(0), U.stride(1), parallel, threads);
         }
-        TORCH_CHECK(bad < 0, "spmm_csr: col_indices[", bad, "] = ",
-                    bad < 0 ? 0 : static_cast<int64_t>(col.data_ptr<index_t>()[bad]), " is out of range for ",
-                    n_cols, " columns (dense has ", n_cols, " rows)");
+        TORCH_CHECK(bad < 0, "spmm_csr: col_indices[", text(bad), "] = ",
+                    text(bad < 0 ? 0 : static_cast<int64_t>(col.data_ptr<index_t>()[bad])), " is out of range for ",
+                    text(n_cols), " columns (dense has ", text(n_cols), " rows)");
       });
     });
   });

@@ -47,7 +47,7 @@ void launch(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& val
   const int64_t grid_x = (n_rows * (int64_t(1) << group_log2) + kThreads - 1) / kThreads;
   const int64_t grid_y = (r + tile - 1) / tile;
   TORCH_CHECK(grid_x <= 0x7fffffff && grid_y <= 65535, "spmm_csr: problem too large for one launch (n_rows = ",
-              n_rows, ", r = ", r, ")");
+              text(n_rows), ", r = ", text(r), ")");
 
   const scalar_t* dense = U.data_ptr<scalar_t>();
   scalar_t* dst = out.data_ptr<scalar_t>();
