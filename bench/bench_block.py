@@ -261,6 +261,9 @@ def header_lines(args, device, bw, stopped):
         % (bw / 1e9),
         "x_eager, x_compile: speed-up of ours over each peer; rel_err: ours vs eager, ||a - b|| / ||b||, worst output or gradient",
         "B = 1: one unbatched 2-D problem",
+        "in-register inverse: %s" % {"default": "the library's choice (ops._launch.SWEEP_MIN_BLOCK_R)",
+                                     "sweep": "the symmetric sweep at every r", "cholesky": "Cholesky at every r"}[
+            args.inverse],
     ]
     if device.type != "cuda":
         if os.environ.get("TRITON_INTERPRET") == "1":
@@ -280,6 +283,11 @@ def parse_args(argv):
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="include torch.compile (default: on CUDA only)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--inverse", choices=("default", "sweep", "cholesky"), default="default",
+                        help="the in-register inverse of spd_inverse and the fused small block: the library's choice "
+                             "(the sweep from BLOCK_R = 128, the Cholesky form below, torch's inverse for a CUDA "
+                             "G past BLOCK_R = 64), or one form at every r, r = 128 included")
+    parser.add_argument("--name", default="bench_block", help="table name (file <name>-<date>-<device>.md)")
     add_run_args(parser)
     args = resolve_run_args(parser, parser.parse_args(argv))
     on_cuda = args.device.type == "cuda"
@@ -292,8 +300,18 @@ def parse_args(argv):
     return args
 
 
+def choose_inverse(form):
+    """Install one form of the in-register inverse at every width (ops._launch's module settings)."""
+    from symnmf_kernels.ops import _launch
+
+    if form != "default":
+        _launch.SWEEP_MIN_BLOCK_R = 1 if form == "sweep" else 1 << 20
+        _launch.INVERSE_MAX_BLOCK_R = 128
+
+
 def main(argv=None):
     args = parse_args(argv)
+    choose_inverse(args.inverse)
     device = args.device
     torch.manual_seed(args.seed)
     if device.type == "cuda":
@@ -320,10 +338,10 @@ def main(argv=None):
             case[0], case[1], rows[case]["n"], case[3], rows[case]["ours_ms"], rows[case]["eager_ms"],
             time.perf_counter() - t0), flush=True)
         table = [rows[c] for c in sorted(rows, key=order.get)]
-        path = write_table("bench_block", table, COLUMNS, header_lines(args, device, bw, stopped),
+        path = write_table(args.name, table, COLUMNS, header_lines(args, device, bw, stopped),
                            out_dir=args.out, device=device, echo=False)
     table = [rows[c] for c in sorted(rows, key=order.get)]
-    path = write_table("bench_block", table, COLUMNS, header_lines(args, device, bw, stopped),
+    path = write_table(args.name, table, COLUMNS, header_lines(args, device, bw, stopped),
                        out_dir=args.out, device=device, echo=True)
     print("wrote", path, flush=True)
     return path

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from symnmf_kernels.ops._common import (  # noqa: E402
     block_n, block_r, get_dot_precision, hals_tiles, inverse_warps, num_warps, tiles,
 )
-from symnmf_kernels.ops._launch import FINALIZE_SPLITS  # noqa: E402
+from symnmf_kernels.ops._launch import FINALIZE_SPLITS, SWEEP_MIN_BLOCK_R  # noqa: E402
 from symnmf_kernels.triton import apply_relu, gram, hals, sparse_loss, spd_inverse, sym_loss, symnmf_block  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -122,6 +122,8 @@ def constexprs(fn, dtype, r, flags):
         values["BLOCK_N"] = BN
     if "ACC" in names:
         values["ACC"] = tl.float64 if dtype == "fp64" else tl.float32
+    if "SWEEP" in names:  # the in-register inverse's form, as ops._launch picks it
+        values["SWEEP"] = BR >= SWEEP_MIN_BLOCK_R
     if "CHUNK" in names:  # gram_finalize_kernel, as ops._launch.reduce_partials launches it
         values["CHUNK"] = min(BR * BR, 256)
         values["SPLITS"] = FINALIZE_SPLITS

@@ -13,8 +13,9 @@
 #
 # Environment: PYTHON (default python3), OUT (default: a fresh temporary folder),
 # RUN_GPU_BUDGET_S, RUN_GPU_STEPS (default "install gpu_tests bench_net_fit bench_nnls neural_nmf_speed bench_block
-# bench_spmm bench_solvers ext_errors suite"; add "tune" for the tile sweep, about 220 s more, or "scale" for the
-# 4M and 10M-node runs, about 300 s more: a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
+# bench_spmm bench_solvers ext_errors suite"; add "tune" for the tile sweep, about 220 s more, "scale" for the
+# 4M and 10M-node runs, about 300 s more, or "inverse" for the two forms of the in-register inverse, about 120 s:
+# a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
 # written under bench/results during this run (packed into bench_results.tar.gz
 # when there are more than 7).
 set -uo pipefail
@@ -132,6 +133,13 @@ if wants scale; then
         --net-steps 20 --quiet --name bench_scale_4m
     run_bench bench_scale.py 280 --graph planted --device cuda --n 10000000 --clusters 64 --max-iter 100 \
         --net-steps 10 --quiet --name bench_scale_10m
+fi
+# The two forms of the in-register inverse at every r (opt-in, about 2 minutes): spd_inverse and the block,
+# the symmetric sweep against Cholesky (ops._launch.SWEEP_MIN_BLOCK_R picks the sweep from BLOCK_R = 128 only).
+if wants inverse; then
+    run_bench bench_block.py 60 --kernels spd_inverse symnmf_block --inverse sweep --name bench_block_sweep --budget-s 45
+    run_bench bench_block.py 60 --kernels spd_inverse symnmf_block --inverse cholesky --name bench_block_cholesky \
+        --budget-s 45
 fi
 # (BLOCK_N, num_warps) sweep of the split-n kernels, dot-precision accuracy, block before/after.
 wants tune && step "tune_tiles" 220 "$PY" bench/tune_tiles.py --warm-jobs 16 --budget-s 90 --out bench/results

@@ -83,3 +83,44 @@ def test_wide_inverse_through_torch_cholesky_keeps_the_contract(device):
     assert torch.isnan(inv[1]).all()
     for b in (0, 2):
         assert rel_err(inv[b], reference.spd_inverse(G[b])) <= 1e-12
+
+
+@pytest.fixture
+def sweep_everywhere(monkeypatch):
+    """The in-register inverse as the symmetric sweep at every width (ops._launch uses it from BLOCK_R = 128)."""
+    from symnmf_kernels.ops import _launch
+
+    monkeypatch.setattr(_launch, "SWEEP_MIN_BLOCK_R", 1)
+
+
+@pytest.mark.parametrize("r", [1, 5, 16, 48, 128])
+def test_sweep_inverse_matches_reference(device, sweep_everywhere, r):
+    # float32 against the float64 oracle, also within a small multiple of torch's own float32 error; float64
+    # against torch's float64 inverse, as test_spd_inverse_float64 checks the Cholesky form.
+    G = spd_batch((3,), r, 1e4, device)
+    exact = reference.spd_inverse(G.double())
+    err = rel_err(sk.spd_inverse(G), exact)
+    assert err <= 1e-4 and err <= 4 * rel_err(reference.spd_inverse(G), exact) + 1e-6
+    G = spd_batch((3,), r, 1e6, device, torch.float64)
+    assert rel_err(sk.spd_inverse(G), reference.spd_inverse(G)) <= 1e-9
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+def test_register_inverse_fails_on_every_non_finite_or_indefinite_matrix(device, monkeypatch, sweep):
+    # Both forms of the in-register inverse: all NaN and info 1 for an indefinite matrix, a NaN entry, an
+    # infinite diagonal entry (which an exact sweep would turn into a zero row) and an infinite off-diagonal
+    # pair; the rest untouched.
+    from symnmf_kernels.ops import _launch
+
+    if device.type == "cpu" and not sk.ops._common.interpreting():
+        pytest.skip("the Triton kernel on the CPU needs TRITON_INTERPRET=1")
+    monkeypatch.setattr(_launch, "SWEEP_MIN_BLOCK_R", 1 if sweep else 1 << 20)
+    G = spd_batch((5,), 6, 10, device)
+    G[1, 2, 2] = -1.0
+    G[2, 0, 3] = G[2, 3, 0] = float("nan")
+    G[3, 4, 4] = float("inf")
+    G[4, 1, 5] = G[4, 5, 1] = float("inf")
+    inv, info = _launch.spd_inverse(G)
+    assert info.tolist() == [0, 1, 1, 1, 1]
+    assert torch.isnan(inv[1:]).all()
+    assert rel_err(inv[0], reference.spd_inverse(G[0].double())) <= 1e-5

@@ -26,6 +26,11 @@ SMALL_N = 1024
 # than torch's (cuSOLVER) on an H200 (bench/results/bench_block-2026-11-26-NVIDIA-H200.md), which
 # then runs instead.
 INVERSE_MAX_BLOCK_R = 64
+# From this padded width the in-register inverse (spd_inverse_tile) is the symmetric sweep, one r x r tile,
+# instead of Cholesky and its triangular inverse, three tiles: at BLOCK_R = 128 the latter keeps 3952
+# bytes per thread on the stack in the sm_90 compile (bench/compile_report.py), the sweep none. Below it the
+# choice has not been timed on a GPU yet (bench/tune_tiles.py's inverse rows time both).
+SWEEP_MIN_BLOCK_R = 128
 # Partial sums one finalize program loads per step.
 FINALIZE_SPLITS = 16
 
@@ -83,7 +88,7 @@ def spd_inverse(G):
     info = torch.empty((B,), dtype=torch.int32, device=G.device)
     spd_inverse_kernel[(B,)](
         G, out, info, r, *G.stride(), *out.stride(),
-        BLOCK_R=BR, ACC=acc_dtype(G.dtype), num_warps=inverse_warps(r),
+        BLOCK_R=BR, ACC=acc_dtype(G.dtype), SWEEP=BR >= SWEEP_MIN_BLOCK_R, num_warps=inverse_warps(r),
     )
     return out, info
 
@@ -102,7 +107,7 @@ def symnmf_block(U, P, lam, precision=None):
     BN, warps = tiles("block_small", r, P.device)
     symnmf_block_small_kernel[(B,)](
         U, P, lam, Y, Ginv, info, m, n, r, *U.stride(), *P.stride(), *Y.stride(), *Ginv.stride(),
-        BLOCK_N=BN, BLOCK_R=block_r(r), ACC=acc_dtype(P.dtype),
+        BLOCK_N=BN, BLOCK_R=block_r(r), ACC=acc_dtype(P.dtype), SWEEP=block_r(r) >= SWEEP_MIN_BLOCK_R,
         PRECISION=input_precision(P, r, True, precision),
         num_warps=warps,
     )

@@ -19,7 +19,7 @@ def symnmf_block_small_kernel(
     stride_pb, stride_pn, stride_pr,
     stride_yb, stride_yn, stride_yr,
     stride_gb, stride_gr, stride_gc,
-    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr, SWEEP: tl.constexpr,
     PRECISION: tl.constexpr = "ieee",
 ):
     b = tl.program_id(0).to(tl.int64)
@@ -38,7 +38,7 @@ def symnmf_block_small_kernel(
     lam_b = tl.load(lam + b).to(ACC)
     G = tl.where(diagonal, G + tl.where(offs_r[:, None] < r, lam_b, 1.0), G)
 
-    inv, bad = spd_inverse_tile(G, r, BLOCK_R, ACC)
+    inv, bad = spd_inverse_tile(G, r, BLOCK_R, ACC, SWEEP)
     inside = (offs_r[:, None] < r) & r_ok
     tl.store(Ginv + b * stride_gb + offs_r[:, None] * stride_gr + offs_r[None, :] * stride_gc, inv, mask=inside)
     tl.store(info + b, bad)
