@@ -247,9 +247,11 @@ class _Adam:
         torch._foreach_addcdiv_(self.params, self.m, denom, [-lr / bias1 for lr in self.lrs])
 
 
-# Eager steps before `NeuralNMF.fit` captures one in a CUDA graph: the first compiles the kernels, the next run
-# with warm starts, as every replay does.
-_EAGER_STEPS_BEFORE_CAPTURE = 3
+# Eager steps before `NeuralNMF.fit` captures one in a CUDA graph: the first compiles the cold-start kernels, the
+# second the warm-start ones that every replay runs. A capture costs about as much as a few eager steps, so a fit
+# with fewer steps than this many left after them stays eager.
+_EAGER_STEPS_BEFORE_CAPTURE = 2
+_MIN_REPLAYS = 5
 # what a failed capture raises (torch.AcceleratorError, where torch has it, is a RuntimeError or beside one)
 _CAPTURE_ERRORS = (RuntimeError, getattr(torch, "AcceleratorError", RuntimeError))
 
@@ -509,7 +511,8 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         if self.cuda_graph and not graphable:
             raise ValueError("cuda_graph=True needs X on a CUDA device and the unsupervised 'reconstruction' loss "
                              f"(got device {X.device}, loss {self.loss!r}, labels {'given' if Y is not None else 'none'})")
-        use_graph = graphable and self.cuda_graph is not False
+        use_graph = graphable and self.cuda_graph is not False and (
+            self.cuda_graph or self.max_iter >= _EAGER_STEPS_BEFORE_CAPTURE + _MIN_REPLAYS)
         optimizer = _Adam(As, [self.lr * float(A.detach().mean().clamp_min(1e-12)) for A in As],
                           capturable=use_graph)
         if Y is not None:
