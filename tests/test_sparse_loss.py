@@ -138,6 +138,35 @@ def test_batched_problems_with_one_scalar_lam(path, device, lam):
         assert rel_err(a, b) < 1e-11
 
 
+@pytest.mark.parametrize("with_p", [True, False])
+def test_gram_from_the_caller_gives_the_same_loss_and_gradients(path, with_p):
+    # gram = U^T U made by the caller (with autograd): the loss takes ||U^T U||^2 from it and that term's
+    # gradient reaches U through gram's own backward; values and gradients as without it.
+    _device_for(path, torch.device("cpu"))
+    n, r = 61, 4
+    A = random_graph(n, seed=5)
+    X = as_csr(A, dtype=torch.float64)
+    U = torch.rand(2, n, r, dtype=torch.float64, requires_grad=True)
+    P = torch.rand(2, n, r, dtype=torch.float64, requires_grad=True) if with_p else None
+    lam = torch.tensor([0.3, 0.9], dtype=torch.float64, requires_grad=True)
+    wrt = (U, lam) if P is None else (U, P, lam)
+    results = []
+    for gram in (None, U.mT @ U):
+        loss, reg = sparse_layer_loss(X, U, P, lam, gram=gram)
+        total = (loss + (0.6 * reg if reg is not None else 0.0)).sum()
+        grads = torch.autograd.grad(total, wrt, allow_unused=True)
+        results.append((loss.detach(), grads))
+    (l0, g0), (l1, g1) = results
+    assert rel_err(l1, l0) < 1e-13
+    for a, b in zip(g1, g0):
+        if b is None:
+            assert a is None
+        else:
+            assert rel_err(a, b) < 1e-12 and float(b.norm()) > 0
+    ref = dense_losses(dense(A), U.detach(), None if P is None else P.detach(), lam.detach())[0]
+    assert rel_err(l1, ref) < 1e-12
+
+
 def test_block_diagonal_batch(path):
     _device_for(path, torch.device("cpu"))
     graphs = [random_graph(30, seed=s) for s in range(3)]
@@ -350,6 +379,8 @@ def test_bad_input():
         sparse_sym_loss(X, torch.rand(10, dtype=torch.float64))
     with pytest.raises(TypeError, match="use one dtype"):
         sparse_sym_loss(X, U.float())
+    with pytest.raises(ValueError, match="gram must be U\\^T U, of shape"):
+        sparse_layer_loss(X, U, U, 0.1, gram=torch.eye(3, dtype=torch.float64))
 
 
 @pytest.mark.gpu

@@ -121,18 +121,18 @@ def _times(X, U):
     return sk.spmm(X, U) if _is_sparse(X) else X @ U
 
 
-def _layer_terms(X, X_norm2, U, P, lam):
+def _layer_terms(X, X_norm2, U, P, lam, UtU=None):
     """(||X - U U^T||_F^2, ||P - (X + lam I) U||_F^2 or None) per problem, from one product X U.
 
     These are the residual of a block's output U and the regulariser of the next
     block's weight P. A sparse X goes to the fused sparse kernels; a dense X
     uses the same expansion ||X||^2 - 2 <X U, U> + ||U^T U||^2, which never
-    forms U U^T.
+    forms U U^T. UtU: U^T U where the chain form made it already.
     """
     if _is_sparse(X):
-        return sparse_layer_loss(X, U, P, lam)
+        return sparse_layer_loss(X, U, P, lam, gram=UtU)
     S = X @ U
-    residual = X_norm2 - 2 * (S * U).sum((-2, -1)) + (U.mT @ U).pow(2).sum((-2, -1))
+    residual = X_norm2 - 2 * (S * U).sum((-2, -1)) + (U.mT @ U if UtU is None else UtU).pow(2).sum((-2, -1))
     regulariser = None if P is None else (P - S - _batch_view(lam) * U).pow(2).sum((-2, -1))
     return residual, regulariser
 
@@ -456,16 +456,24 @@ class SymNMFNet(nn.Module):
     # ------------------------------------------------------------ the network
     def forward(self, return_all=False):
         """U_L, or the list [U_0, U_1, ..., U_L] when return_all is True."""
+        iterates, _ = self._chain()
+        return iterates if return_all else iterates[-1]
+
+    def _chain(self):
+        """([U_0, ..., U_L], [U_0^T U_0, ..., U_L^T U_L]).
+
+        The chain form: each block hands the next the Gram of its output from the same pass, so a forward
+        reads each U_i once and each block's backward is a single pass; the layer losses use the same Grams.
+        """
         self._require_initialized()
         U = self.U0
-        # The chain form: each block hands the next the Gram of its output from the same pass,
-        # so a forward reads each U_i once and each block's backward is a single pass.
         UtU = sk.gram(U, 0.0)
-        iterates = [U]
+        iterates, grams = [U], [UtU]
         for P in self.P:
             U, UtU = sk.symnmf_block_from_gram(UtU, P, self.lam)
             iterates.append(U)
-        return iterates if return_all else U
+            grams.append(UtU)
+        return iterates, grams
 
     def _objective(self, X, X_norm2, S0=None):
         """(loss per problem, ||X - U_L U_L^T||^2 per problem, U_L).
@@ -474,7 +482,7 @@ class SymNMFNet(nn.Module):
         and the regulariser of block i + 1. S0: X U_0 computed once (`_start_product`);
         U_0 is fixed, so the product the regulariser of P_1 needs is the same at every step.
         """
-        iterates = self.forward(return_all=True)
+        iterates, grams = self._chain()
         weights = list(self.P) + [None]
         loss = 0.0
         last = len(iterates) - 1
@@ -482,7 +490,7 @@ class SymNMFNet(nn.Module):
             if i == 0 and S0 is not None:  # U_0's residual is not part of the loss: its regulariser alone
                 loss = loss + self._beta_now * _StartRegulariser.apply(P_next, S0, U, self.lam)
                 continue
-            residual, regulariser = _layer_terms(X, X_norm2, U, P_next, self.lam)
+            residual, regulariser = _layer_terms(X, X_norm2, U, P_next, self.lam, grams[i])
             if i > 0 and (self.loss_blocks == "all" or i == last):
                 loss = loss + residual
             if regulariser is not None:

@@ -205,13 +205,13 @@ class _SparseLayerLoss(torch.autograd.Function):
     """(loss, reg) per problem for U, P of shape (B, n, r), lam (B,); t_* is X^T (None: X symmetric)."""
 
     @staticmethod
-    def forward(ctx, crow, col, values, t_crow, t_col, t_values, x_sq, U, P, lam, blockdiag):
-        # ctx is None when called directly, for a forward without autograd.
+    def forward(ctx, crow, col, values, t_crow, t_col, t_values, x_sq, U, P, lam, blockdiag, gram):
+        # ctx is None when called directly, for a forward without autograd. gram: U^T U from the caller, or None.
         fused = use_triton(U, U.shape[-1])
         native = not fused and not blockdiag and _has_native_loss(U)
         if native:  # the extension's CPU kernels: the SpMM and the passes around it in one
             S, R, sums = _native_terms(crow, col, values, U, P, lam)
-            G = _gram(U)
+            G = _gram(U) if gram is None else gram
             loss = _loss_from_terms(x_sq, sums[:, 0], G, U.dtype)
             if P is not None:
                 reg = sums[:, 1].to(U.dtype)
@@ -220,7 +220,7 @@ class _SparseLayerLoss(torch.autograd.Function):
                 reg = torch.zeros_like(loss) if ctx is not None else None
         elif not fused and P is None:  # the loss alone, in as few torch calls as it takes
             S = _times_x(crow, col, values, U, blockdiag)
-            G = _gram(U)
+            G = _gram(U) if gram is None else gram
             sums = _dot64(U, S)[:, None]
             loss = (x_sq + _dot64(G, G)).sub_(sums[:, 0], alpha=2).to(U.dtype)
             reg = torch.zeros_like(loss)
@@ -228,13 +228,14 @@ class _SparseLayerLoss(torch.autograd.Function):
             S = _times_x(crow, col, values, U, blockdiag)
             R = torch.addcmul(P - S, _col(lam), U, value=-1)
             sums = torch.stack([_dot64(U, S), _dot64(R, R), _dot64(R, U)], dim=-1)
-            G = _gram(U)
+            G = _gram(U) if gram is None else gram
             loss = (x_sq - 2 * sums[:, 0] + _dot64(G, G)).to(U.dtype)
             reg = sums[:, 1].to(U.dtype)
             P = R
         else:
             S = _times_x(crow, col, values, U, blockdiag)
             sums, G = sparse_loss_terms(U, S, P, lam)
+            G = G if gram is None else gram
             loss = (x_sq - 2 * sums[:, 0] + G.to(torch.float64).pow(2).sum((-2, -1))).to(U.dtype)
             reg = sums[:, 1].to(U.dtype)
         if ctx is not None:
@@ -243,6 +244,7 @@ class _SparseLayerLoss(torch.autograd.Function):
             # On the torch and native paths the slot of P holds R = P - S - lam U (None without P).
             ctx.save_for_backward(crow, col, values, t_crow, t_col, t_values, U, S, P, lam, G, sums)
             ctx.blockdiag = blockdiag
+            ctx.has_gram = gram is not None
         return loss, reg
 
     @staticmethod
@@ -253,17 +255,20 @@ class _SparseLayerLoss(torch.autograd.Function):
         B = U.shape[0]
         gloss, greg = _vec(gloss.to(U.dtype), B), _vec(greg.to(U.dtype), B)
         dU = dP = dlam = None
+        # ||U^T U||^2's gradient: 4 U G through U, or 2 G to the caller's gram (whose own backward takes it to U)
+        dgram = _col(2 * gloss) * G if ctx.has_gram and ctx.needs_input_grad[11] else None
+        coef_g = torch.zeros_like(gloss) if ctx.has_gram else 4 * gloss
         # W = 2 greg R is dP and, through X^T W + lam W, the regulariser's part of dU.
         if ctx.native and t_crow is None and P is not None:  # symmetric X: dU in one fused pass, R in P's slot
             if need_u:
-                T = U @ (_col(4 * gloss) * G)
+                T = torch.zeros_like(U) if ctx.has_gram else U @ (_col(coef_g) * G)
                 dU = torch.ops.symnmf_kernels.sparse_loss_grad_csr(crow, col, values, T, S, P, lam, -4 * gloss,
                                                                    2 * greg)
             if need_p:
                 dP = P * _col(2 * greg)
             if need_lam:
                 dlam = (-2 * greg.to(torch.float64) * sums[:, 2]).to(lam.dtype)
-            return None, None, None, None, None, None, None, dU, dP, dlam, None
+            return None, None, None, None, None, None, None, dU, dP, dlam, None, dgram
         W = None
         if P is not None and (need_u or need_p):
             W = sparse_reg_grad(U, S, P, lam, 2 * greg) if ctx.fused else P * _col(2 * greg)  # P is R there
@@ -277,12 +282,12 @@ class _SparseLayerLoss(torch.autograd.Function):
                 coef_s = -2 * gloss
                 Xt = (t_crow, t_col, t_values)
             Y = _times_x(*Xt, V, ctx.blockdiag) if V is not None else None
-            dU = loss_grad(U, S, G, W, Y, lam, coef_s, 4 * gloss)
+            dU = loss_grad(U, S, G, W, Y, lam, coef_s, coef_g)
         if need_p:
             dP = W
         if need_lam and P is not None:
             dlam = (-2 * greg.to(torch.float64) * sums[:, 2]).to(lam.dtype)
-        return None, None, None, None, None, None, None, dU, dP, dlam, None
+        return None, None, None, None, None, None, None, dU, dP, dlam, None, dgram
 
 
 # ---- public functions ------------------------------------------------------------------------------------------
@@ -314,7 +319,7 @@ def _row_sq_norms(A):
     return A.row_sq_norms()
 
 
-def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None):
+def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None, gram=None):
     """(||X - U U^T||_F^2, ||P - (X U + lam U)||_F^2) per problem, with one SpMM X U.
 
     X: sparse (n, n) (torch sparse CSR/COO, scipy.sparse or symnmf_kernels.sparse.CSR),
@@ -322,7 +327,10 @@ def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None):
     U: (n, r) or (..., n, r); P: U's shape, or None (then the second value is None).
     lam: float or tensor broadcastable to U's batch shape (learnable).
     symmetric: whether X^T = X (None: found out once per X when U requires grad).
-    Differentiable in U, P and lam. Returns two tensors of shape U.shape[:-2].
+    gram: U^T U (..., r, r) where the caller has it (SymNMF-Net's chain form makes it with each block's
+        output): the loss reads ||U^T U||^2 from it and sends that term's gradient to gram, whose own
+        backward reaches U, instead of forming U^T U and U (U^T U) again. It must be U^T U: it is not checked.
+    Differentiable in U, P, lam and gram. Returns two tensors of shape U.shape[:-2].
     """
     _check_dense(U)
     if U.dim() < 2:
@@ -330,7 +338,7 @@ def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None):
     A, t = host_side(X, U, symmetric)
     batch, (n, r) = U.shape[:-2], U.shape[-2:]
     B = math.prod(batch)
-    if (P is None and B == 1 and A.shape == (n, n) and _NATIVE_LOSS and _common.torch_path_cpu(U)
+    if (P is None and gram is None and B == 1 and A.shape == (n, n) and _NATIVE_LOSS and _common.torch_path_cpu(U)
             and not needs_grad(U, lam if isinstance(lam, torch.Tensor) else None)):
         if not (type(lam) is float and math.isfinite(lam)):
             as_lam(lam, U, check=False)  # no regulariser to use it in, but a bad lam is still an error
@@ -356,8 +364,15 @@ def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None):
     row_sq = _row_sq_norms(A)
     # ||X||^2: per block of a block-diagonal X; else one 0-d sum that broadcasts to every problem
     x_sq = row_sq.reshape(B, n).sum(1) if blockdiag else row_sq.sum()
-    args = (A.crow_indices, A.col_indices, A.values, *t, x_sq, U3, P3, lam_b, blockdiag)
-    if needs_grad(U3, P3, lam_b):
+    G3 = None
+    if gram is not None:
+        _check_dense(gram, "gram")
+        if gram.shape != (*batch, r, r) or gram.dtype != U.dtype or gram.device != U.device:
+            raise ValueError(f"gram must be U^T U, of shape {(*batch, r, r)} and U's dtype and device, got "
+                             f"{tuple(gram.shape)} ({gram.dtype}, {gram.device})")
+        G3 = gram.reshape(B, r, r)
+    args = (A.crow_indices, A.col_indices, A.values, *t, x_sq, U3, P3, lam_b, blockdiag, G3)
+    if needs_grad(U3, P3, lam_b, G3):
         loss, reg = _SparseLayerLoss.apply(*args)
     else:  # nothing to differentiate: the forward alone, without an autograd node
         loss, reg = _SparseLayerLoss.forward(None, *args)
