@@ -29,7 +29,7 @@ INVERSE_MAX_BLOCK_R = 64
 # From this padded width the in-register inverse (spd_inverse_tile) is the symmetric sweep, one r x r tile,
 # instead of Cholesky and its triangular inverse, three tiles: at BLOCK_R = 128 the latter keeps 3952
 # bytes per thread on the stack in the sm_90 compile (bench/compile_report.py), the sweep none. Below it the
-# choice has not been timed on a GPU yet (bench/tune_tiles.py's inverse rows time both).
+# choice has not been timed on a GPU yet (bench/bench_block.py --inverse, run_gpu.sh's `inverse` step).
 SWEEP_MIN_BLOCK_R = 128
 # Partial sums one finalize program loads per step.
 FINALIZE_SPLITS = 16

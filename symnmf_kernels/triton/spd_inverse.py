@@ -9,8 +9,8 @@ elimination. Two forms, both in one launch:
   tl.dot: three live tiles, 2 r serial steps.
 - the symmetric sweep (SWEEP = True): Gauss-Jordan elimination without pivoting,
   kept symmetric (the sweep operator): r rank-1 updates of the one tile, which ends
-  as -G^{-1}. Its pivots are Cholesky's squared, so it fails exactly where Cholesky
-  does; on SPD matrices its error matched Cholesky's and torch's to within 2x in
+  as -G^{-1}. Its pivots are Cholesky's (the diagonal of each Schur complement), so
+  it fails exactly where Cholesky does; on SPD matrices its error matched Cholesky's and torch's to within 2x in
   float32 and float64 (r = 5-128, condition numbers 1e2-1e6). At BLOCK_R = 128 the
   Cholesky form kept 3952 bytes per thread on the stack in the sm_90 compile, the
   sweep none (bench/results/compile-sm90-*.md).
