@@ -299,7 +299,7 @@ def test_cuda_graph_needs_cuda_and_the_unsupervised_reconstruction_loss():
     with pytest.raises(ValueError, match="cuda_graph=True needs X on a CUDA device"):
         NeuralNMF([3, 2], max_iter=5, cuda_graph=True, device="cpu").fit(X)
     model = NeuralNMF([3, 2], max_iter=5, cuda_graph=None, device="cpu", random_state=0).fit(X)  # auto: eager
-    assert len(model.history_["loss"]) == 5
+    assert len(model.history_["loss"]) == 5 and model.cuda_graph_ is False
 
 
 @pytest.mark.gpu
@@ -319,7 +319,7 @@ def test_cuda_graph_training_equals_eager(monkeypatch, dtype):
     for graph in (False, True):
         fits[graph] = NeuralNMF([9, 4, 2], max_iter=30, random_state=0, device="cuda", dtype=dtype,
                                 cuda_graph=graph).fit(X)
-    assert calls == [1]
+    assert calls == [1] and fits[True].cuda_graph_ and not fits[False].cuda_graph_
     tol = 1e-9 if dtype == "float64" else 1e-3
     assert rel_err(np.array(fits[True].history_["loss"]), np.array(fits[False].history_["loss"])) < tol
     for a, b in zip(fits[True].A_, fits[False].A_):
@@ -333,5 +333,6 @@ def test_cuda_graph_training_equals_eager(monkeypatch, dtype):
     with pytest.warns(RuntimeWarning, match="capturing the training step in a CUDA graph failed"):
         fallback = NeuralNMF([9, 4, 2], max_iter=30, random_state=0, device="cuda", dtype=dtype).fit(X)
     assert rel_err(np.array(fallback.history_["loss"]), np.array(fits[False].history_["loss"])) < tol
+    assert not fallback.cuda_graph_
     with pytest.raises(RuntimeError, match="stream is capturing"):
         NeuralNMF([9, 4, 2], max_iter=30, random_state=0, device="cuda", dtype=dtype, cuda_graph=True).fit(X)

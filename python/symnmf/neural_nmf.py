@@ -383,6 +383,8 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         "loss" (the training loss per step) and "relative_error" (the last layer's, at each step's forward
         pass, before its update).
     n_iter_ : int
+    cuda_graph_ : bool
+        Whether the training steps after the first few were replayed from a CUDA graph (see cuda_graph).
     """
 
     _parameter_constraints = {
@@ -596,6 +598,7 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
             del self.classifier_
         self.history_ = history
         self.n_iter_ = self.max_iter
+        self.cuda_graph_ = graph is not None
         return self
 
     def _eager_step(self, X, X_norm2, As, warm, optimizer, labels):
