@@ -115,7 +115,7 @@ wants bench_nnls && run_bench bench_nnls.py 70 --scipy-runs 1 --m 1000
 # bench/.peer (pip install --no-deps --target bench/.peer neuralnmf fnnls; the device has no internet).
 if wants neural_nmf_speed; then
     if [ -d bench/.peer/NeuralNMF ]; then
-        run_bench study_neural_nmf.py 90 --speed-only --peer bench/.peer --device cuda
+        run_bench study_neural_nmf.py 90 --speed-only --peer bench/.peer --device cuda --epochs 10,50,200
     else
         SUMMARY+=("neural_nmf_speed: skipped, bench/.peer (the NeuralNMF package) not carried")
     fi
