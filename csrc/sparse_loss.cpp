@@ -10,8 +10,8 @@ TORCH_LIBRARY_FRAGMENT(symnmf_kernels, m) {
   m.def(
       "sparse_loss_terms_csr(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor U, Tensor? P, "
       "Tensor lam) -> (Tensor, Tensor, Tensor)");
-  // dU = T + coef_s S - coef_r (lam R + X R) for (B, n, r) T, S, R and (B,) lam, coef_s, coef_r.
+  // dU = T + coef_s S - coef_r (lam R + X R) for (B, n, r) T, S, R and (B,) lam, coef_s, coef_r (no T: T = 0).
   m.def(
-      "sparse_loss_grad_csr(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor T, Tensor S, "
+      "sparse_loss_grad_csr(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor? T, Tensor S, "
       "Tensor R, Tensor lam, Tensor coef_s, Tensor coef_r) -> Tensor");
 }

@@ -301,6 +301,8 @@ def test_opcheck_native_ops():
     S, R, _ = torch.ops.symnmf_kernels.sparse_loss_terms_csr(crow, col, values, U, P, lam)
     torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_grad_csr.default,
                           (crow, col, values, T, S, R, lam, c1, c2))
+    torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_grad_csr.default,
+                          (crow, col, values, None, S, R, lam, c1, c2))
 
 
 def test_native_ops_match_their_formulas():
@@ -326,6 +328,8 @@ def test_native_ops_match_their_formulas():
             expect = (T.double() + cs.double()[:, None, None] * S.double()
                       - cr.double()[:, None, None] * (lam.double()[:, None, None] * R64 + Xd @ R64))
             assert rel_err(dU, expect) < tol
+            dU = torch.ops.symnmf_kernels.sparse_loss_grad_csr(crow, col, values, None, S, R, lam, cs, cr)  # T = 0
+            assert rel_err(dU, expect - T.double()) < tol
     bad = torch.tensor([0, 5], dtype=torch.int64)
     with pytest.raises(RuntimeError, match="out of range"):
         torch.ops.symnmf_kernels.sparse_loss_terms_csr(

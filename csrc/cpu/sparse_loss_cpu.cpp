@@ -134,38 +134,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_loss_terms_csr_cpu(
 }
 
 at::Tensor sparse_loss_grad_csr_cpu(const at::Tensor& crow_indices, const at::Tensor& col_indices,
-                                    const at::Tensor& values, const at::Tensor& T_in, const at::Tensor& S_in,
-                                    const at::Tensor& R_in, const at::Tensor& lam_in, const at::Tensor& coef_s_in,
-                                    const at::Tensor& coef_r_in) {
-  check_csr(crow_indices, col_indices, values, T_in);
-  check_batch_arg(S_in, T_in, "S");
-  check_batch_arg(R_in, T_in, "R");
-  const int64_t B = T_in.size(0), n = T_in.size(1), r = T_in.size(2);
-  check_scalars(lam_in, B, T_in, "lam");
-  check_scalars(coef_s_in, B, T_in, "coef_s");
-  check_scalars(coef_r_in, B, T_in, "coef_r");
+                                    const at::Tensor& values, const std::optional<at::Tensor>& T_in,
+                                    const at::Tensor& S_in, const at::Tensor& R_in, const at::Tensor& lam_in,
+                                    const at::Tensor& coef_s_in, const at::Tensor& coef_r_in) {
+  check_csr(crow_indices, col_indices, values, S_in);
+  if (T_in.has_value()) check_batch_arg(*T_in, S_in, "T");
+  check_batch_arg(R_in, S_in, "R");
+  const int64_t B = S_in.size(0), n = S_in.size(1), r = S_in.size(2);
+  check_scalars(lam_in, B, S_in, "lam");
+  check_scalars(coef_s_in, B, S_in, "coef_s");
+  check_scalars(coef_r_in, B, S_in, "coef_r");
   const at::Tensor crow = crow_indices.contiguous(), col = col_indices.contiguous(), val = values.contiguous();
-  const at::Tensor T = T_in.contiguous(), S = S_in.contiguous(), R = R_in.contiguous();
+  const at::Tensor T = T_in.has_value() ? T_in->contiguous() : at::Tensor(), S = S_in.contiguous();
+  const at::Tensor R = R_in.contiguous();
   const at::Tensor lam = lam_in.contiguous(), coef_s = coef_s_in.contiguous(), coef_r = coef_r_in.contiguous();
-  at::Tensor dU = at::empty({B, n, r}, T.options());
+  at::Tensor dU = at::empty({B, n, r}, S.options());
   int64_t bad = -1;
   AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "sparse_loss_grad_crow", [&] {
     using crow_t = index_t;
     check_row_pointers(crow.data_ptr<crow_t>(), n, col.numel(), "sparse_loss");
-    AT_DISPATCH_FLOATING_TYPES(T.scalar_type(), "sparse_loss_grad", [&] {
+    AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "sparse_loss_grad", [&] {
       AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "sparse_loss_grad_index", [&] {
         const bool parallel = col.numel() * r * B > (1 << 15) && at::get_num_threads() > 1;
 #ifdef SYMNMF_LOSS_AVX2
         if (cpu_has_avx2()) {
           bad = loss_avx2::grad_rows<scalar_t, crow_t, index_t>(
-              crow.data_ptr<crow_t>(), col.data_ptr<index_t>(), val.data_ptr<scalar_t>(), T.data_ptr<scalar_t>(),
+              crow.data_ptr<crow_t>(), col.data_ptr<index_t>(), val.data_ptr<scalar_t>(), T.defined() ? T.data_ptr<scalar_t>() : nullptr,
               S.data_ptr<scalar_t>(), R.data_ptr<scalar_t>(), lam.data_ptr<scalar_t>(), coef_s.data_ptr<scalar_t>(),
               coef_r.data_ptr<scalar_t>(), dU.data_ptr<scalar_t>(), B, n, r, parallel);
         } else
 #endif
         {
           bad = loss_base::grad_rows<scalar_t, crow_t, index_t>(
-              crow.data_ptr<crow_t>(), col.data_ptr<index_t>(), val.data_ptr<scalar_t>(), T.data_ptr<scalar_t>(),
+              crow.data_ptr<crow_t>(), col.data_ptr<index_t>(), val.data_ptr<scalar_t>(), T.defined() ? T.data_ptr<scalar_t>() : nullptr,
               S.data_ptr<scalar_t>(), R.data_ptr<scalar_t>(), lam.data_ptr<scalar_t>(), coef_s.data_ptr<scalar_t>(),
               coef_r.data_ptr<scalar_t>(), dU.data_ptr<scalar_t>(), B, n, r, parallel);
         }

@@ -57,7 +57,7 @@ int64_t terms_blocks(const crow_t* crow, const index_t* col, const scalar_t* val
 }
 
 // dU = T + coef_s S - coef_r (lam R + X R), row by row: (X R)_i lands in dU's row and the rest is added to it
-// while the row is hot. Returns the position of an out-of-range column index, or -1.
+// while the row is hot. T may be null (T = 0). Returns the position of an out-of-range column index, or -1.
 template <typename scalar_t, typename crow_t, typename index_t>
 int64_t grad_rows(const crow_t* crow, const index_t* col, const scalar_t* val, const scalar_t* T, const scalar_t* S,
                   const scalar_t* R, const scalar_t* lam, const scalar_t* coef_s, const scalar_t* coef_r, scalar_t* dU,
@@ -76,12 +76,17 @@ int64_t grad_rows(const crow_t* crow, const index_t* col, const scalar_t* val, c
         scalar_t* __restrict__ o = dU + row;
         one_row(static_cast<int64_t>(crow[i]), static_cast<int64_t>(crow[i + 1]), nnz, col, val, R + b * n * r, n,
                 r, r, o, bad);
-        const scalar_t* __restrict__ t = T + row;
         const scalar_t* __restrict__ s = S + row;
         const scalar_t* __restrict__ q = R + row;
         const scalar_t cs = coef_s[b], cr = coef_r[b], l = lam[b];
+        if (T != nullptr) {
+          const scalar_t* __restrict__ t = T + row;
 #pragma omp simd
-        for (int64_t c = 0; c < r; ++c) o[c] = t[c] + cs * s[c] - cr * (l * q[c] + o[c]);
+          for (int64_t c = 0; c < r; ++c) o[c] = t[c] + cs * s[c] - cr * (l * q[c] + o[c]);
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < r; ++c) o[c] = cs * s[c] - cr * (l * q[c] + o[c]);
+        }
       }
     }
     if (bad >= 0) bad_entry.store(bad, std::memory_order_relaxed);

@@ -93,8 +93,13 @@ def _gram_nnls(A, C, x0):
     in A and C (the ridge a constant: a column of A that reaches zero leaves G positive definite)."""
     if _ops_nnls._native_runs(C) and A.dim() == 2 and C.dim() == 2 and A.dtype == C.dtype:
         return _GramNnlsCpu.apply(A, C.contiguous(), None if x0 is None else x0.detach().contiguous())
-    lam = RIDGE * (A.detach() ** 2).sum() / A.shape[1]
-    return sk.nnls(sk.gram(A, lam), C, x0)
+    return sk.nnls(sk.gram(A, _ridge(A)), C, x0)
+
+
+def _ridge(A):
+    """The ridge of a layer's Gram, RIDGE ||A||_F^2 / k, a constant of the step (a 0-d tensor, no gradient)."""
+    A = A.detach()
+    return RIDGE * (A * A).sum() / A.shape[-1]
 
 
 def nnls_layer(S_prev, A, x0=None):
@@ -147,7 +152,7 @@ def _solve_rows(A, C, x0):
     k = A.shape[1]
     with torch.no_grad():
         G = A.mT @ A
-        G.diagonal().add_(RIDGE * (A * A).sum() / k)
+        G.diagonal().add_(_ridge(A))
         if _ops_nnls._native_runs(C):
             x0 = None if x0 is None else x0.detach().contiguous()[None]
             S = _ops_nnls.nnls_torch(G[None], C.detach().contiguous()[None], x0, _ops_nnls.default_max_rounds(k))
@@ -265,11 +270,17 @@ def _capture_step(X, X_norm2, As, warm, optimizer):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         Ss, e2, loss, grads = _reconstruction_grads(X, X_norm2, As, warm, None)
-        optimizer.step(grads)
+        _update(optimizer, As, grads)
         with torch.no_grad():
-            torch._foreach_clamp_min_(As, 0.0)
             torch._foreach_copy_(warm, Ss)
     return graph, (loss, e2, warm)
+
+
+def _update(optimizer, As, grads):
+    """The Adam step of the A_l, then their projection onto A_l >= 0."""
+    optimizer.step(grads)
+    with torch.no_grad():
+        torch._foreach_clamp_min_(As, 0.0)
 
 
 # ---- the baselines ----------------------------------------------------------------------------------------------
@@ -287,7 +298,7 @@ def nmf(X, k, n_iter=100, generator=None):
     W = _init_factor(n, k, scale, generator, X)
     A = None
     for _ in range(n_iter):
-        A = sk.nnls(sk.gram(W, RIDGE * float((W * W).sum()) / k), X.mT @ W, A)
+        A = sk.nnls(sk.gram(W, _ridge(W)), X.mT @ W, A)  # the ridge as a tensor: no read-back per sweep
         W = nnls_layer(X, A, W)
     return A, W
 
@@ -620,9 +631,7 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
             if labels is not None:
                 loss = loss + labels[1](Ss[-1])
             grads = torch.autograd.grad(loss, As)
-        optimizer.step(grads)
-        with torch.no_grad():
-            torch._foreach_clamp_min_(As, 0.0)
+        _update(optimizer, As, grads)
         return loss, e2, Ss
 
     @staticmethod

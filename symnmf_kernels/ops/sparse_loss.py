@@ -75,8 +75,12 @@ def sparse_reg_grad_torch(U, S, P, lam, coef):
 
 
 def sparse_loss_grad_torch(U, S, G, W, Y, lam, coef_s, coef_g):
-    dU = U @ (_col(coef_g) * G)
-    dU.addcmul_(_col(coef_s), S)
+    """sparse_loss_grad's torch twin; coef_g None: no U G term (its product is not formed)."""
+    if coef_g is None:
+        dU = S * _col(coef_s)
+    else:
+        dU = U @ (_col(coef_g) * G)
+        dU.addcmul_(_col(coef_s), S)
     if W is not None:
         dU.addcmul_(_col(lam), W, value=-1)
     if Y is not None:
@@ -198,7 +202,7 @@ if _NATIVE_LOSS:
 
     @torch.library.register_fake("symnmf_kernels::sparse_loss_grad_csr")
     def _(crow_indices, col_indices, values, T, S, R, lam, coef_s, coef_r):
-        return torch.empty_like(T, memory_format=torch.contiguous_format)
+        return torch.empty_like(S, memory_format=torch.contiguous_format)
 
 
 class _SparseLayerLoss(torch.autograd.Function):
@@ -257,11 +261,11 @@ class _SparseLayerLoss(torch.autograd.Function):
         dU = dP = dlam = None
         # ||U^T U||^2's gradient: 4 U G through U, or 2 G to the caller's gram (whose own backward takes it to U)
         dgram = _col(2 * gloss) * G if ctx.has_gram and ctx.needs_input_grad[11] else None
-        coef_g = torch.zeros_like(gloss) if ctx.has_gram else 4 * gloss
+        coef_g = None if ctx.has_gram else 4 * gloss
         # W = 2 greg R is dP and, through X^T W + lam W, the regulariser's part of dU.
         if ctx.native and t_crow is None and P is not None:  # symmetric X: dU in one fused pass, R in P's slot
             if need_u:
-                T = torch.zeros_like(U) if ctx.has_gram else U @ (_col(coef_g) * G)
+                T = None if coef_g is None else U @ (_col(coef_g) * G)  # with gram, dgram carries that term
                 dU = torch.ops.symnmf_kernels.sparse_loss_grad_csr(crow, col, values, T, S, P, lam, -4 * gloss,
                                                                    2 * greg)
             if need_p:
@@ -282,6 +286,8 @@ class _SparseLayerLoss(torch.autograd.Function):
                 coef_s = -2 * gloss
                 Xt = (t_crow, t_col, t_values)
             Y = _times_x(*Xt, V, ctx.blockdiag) if V is not None else None
+            if ctx.fused and coef_g is None:  # the Triton kernel takes a coefficient: 0 drops the U G term
+                coef_g = torch.zeros_like(gloss)
             dU = loss_grad(U, S, G, W, Y, lam, coef_s, coef_g)
         if need_p:
             dP = W
