@@ -195,6 +195,29 @@ def dense_cases(sizes, r):
     return cases
 
 
+def solver_cases(sizes, r):
+    """(op, n, make) for the solvers' per-iteration ops, forward only: the SymHALS sweep against the torch
+    column loop it replaces, and the stopping measure against its torch form."""
+    from symnmf_kernels.ops.hals import _sweep_torch_
+    from symnmf_kernels.ops.projected_gradient import _torch as eager_projected_gradient_sq
+
+    gen = torch.Generator().manual_seed(3)
+    cases = []
+    for n in sizes:
+        def sweep_case(grad, n=n):
+            V, W = rand(n, r, gen=gen), rand(n, r, gen=gen)
+            XV, B = rand(n, r, gen=gen) * r, spd(r, gen=gen)
+            ours = (lambda W, XV, B, V: sk.hals_sweep_(W, XV, B, V=V, lam=0.5, revive=False, backend="torch"))
+            return ours, (lambda W, XV, B, V: _sweep_torch_(W, XV, B, V, 0.5)), [], (W, XV, B, V)
+
+        def projected_gradient(grad, n=n):  # the case of the op of that name
+            U = rand(n, r, gen=gen)
+            U[U < 0.3] = 0
+            return sk.projected_gradient_sq, eager_projected_gradient_sq, [], (torch.randn(n, r, generator=gen), U)
+        cases += [("hals_sweep_", n, sweep_case), ("projected_gradient_sq", n, projected_gradient)]
+    return cases
+
+
 def loss_cases(dense_sizes, sparse_sizes, r, per_row):
     gen = torch.Generator().manual_seed(1)
     cases = []
@@ -227,14 +250,14 @@ def compiled(fn):
     return torch.compile(fn, dynamic=False)
 
 
-def measure(rows, op, n, r, make, args, emit):
-    for mode in ("forward", "forward+backward"):
+def measure(rows, op, n, r, make, args, emit, modes=("forward", "forward+backward"), compile_it=True):
+    for mode in modes:
         grad = mode != "forward"
         ours, eager, inputs, fargs = make(grad)
         wrap = (lambda f: forward_backward(f, inputs, fargs)) if grad else (lambda f: forward(f, *fargs))
         variants = {"ours": wrap(ours), "eager": wrap(eager)}
         note = ""
-        if args.compile and not op.startswith("sym_loss sparse"):
+        if args.compile and compile_it and not op.startswith("sym_loss sparse"):
             try:
                 fn = wrap(compiled(eager))
                 fn()
@@ -427,6 +450,9 @@ def main(argv=None):
     for op, n, make in dense_cases(n_sizes, args.r) + loss_cases(dense_sizes, sparse_sizes, args.r, args.nnz_per_row):
         if want(op):
             measure(rows, op, n, args.r, make, args, emit)
+    for op, n, make in solver_cases(n_sizes, args.r):
+        if want(op):  # in place or not differentiable: forward only, and no compile column
+            measure(rows, op, n, args.r, make, args, emit, modes=("forward",), compile_it=False)
     if want("spmm"):
         measure_spmm(rows, spmm_sizes, ranks, args.spmm_threads, args.nnz_per_row, args, emit)
     return rows

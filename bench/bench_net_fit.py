@@ -54,6 +54,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="results folder (default bench/results)")
+    parser.add_argument("--name", default="bench_net_fit", help="table name (file <name>-<date>-<device>.md)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     variants = ["hals", "net"] + (["net_graph"] if device.type == "cuda" else [])
@@ -84,7 +85,7 @@ def main(argv=None):
                 row["note"] = f"{type(exc).__name__}: {str(exc)[:120]}"
             print(row, flush=True)
             rows.append(row)
-    write_table("bench_net_fit", rows, COLUMNS, out_dir=args.out, device=device,
+    write_table(args.name, rows, COLUMNS, out_dir=args.out, device=device,
                 header_lines=[f"seed {args.seed}; median of {args.repeats} fits after one warm-up fit; "
                               f"torch threads {torch.get_num_threads()}"])
 

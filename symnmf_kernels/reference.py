@@ -30,6 +30,7 @@ __all__ = [
     "hals_sweep",
     "hals_sweep_",
     "nnls",
+    "projected_gradient_sq",
 ]
 
 
@@ -165,6 +166,12 @@ def hals_sweep(W, C, B, *, V=None, lam=0.0, revive=True):
     """Out-of-place `hals_sweep_`: (updated copy of W, its column maxima)."""
     W = W.clone()
     return W, hals_sweep_(W, C, B, V=V, lam=lam, revive=revive)
+
+
+def projected_gradient_sq(grad, U):
+    """||P(grad)||^2 with P(grad) = grad where U > 0, min(grad, 0) where U = 0 (a NaN in grad stays NaN)."""
+    projected = torch.where(U > 0, grad, torch.minimum(grad, torch.zeros_like(grad)))
+    return projected.pow(2).sum()
 
 
 def _passive_solution(G, C, F):

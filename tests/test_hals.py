@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from symnmf_kernels import reference
+from symnmf_kernels.ops import hals as hals_ops
 from symnmf_kernels.ops.hals import ZERO_COLUMN_FILL, hals_sweep, hals_sweep_
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -149,3 +150,73 @@ def test_symhals_solver_same_iterates_with_either_sweep():
     b = hals(X, U0, max_iter=3, tol=0.0, check_every=3, backend="torch")
     assert a.n_iter == b.n_iter == 3
     assert rel(a.U, b.U) <= 1e-5
+
+
+# ---- the extension's CPU row sweep (csrc/cpu/hals_cpu.cpp) against the torch loop and the reference ----------
+
+needs_native = pytest.mark.skipif(not hals_ops._NATIVE_HALS, reason="the extension's CPU sweep is not built")
+
+
+def _cpu_inputs(n, r, dtype, seed, lam=0.3):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.rand(n, n, generator=g, dtype=torch.float64)
+    X = X + X.T
+    V = torch.rand(n, r, generator=g, dtype=torch.float64)
+    W = torch.rand(n, r, generator=g, dtype=torch.float64)
+    B = V.T @ V + lam * torch.eye(r, dtype=torch.float64)
+    return [t.to(dtype) for t in (W, X @ V, B, V)]
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 7, 1003])
+@pytest.mark.parametrize("r", [1, 5, 16, 48, 128])
+def test_native_sweep_matches_reference(dtype, n, r):
+    """The row sweep's error against the float64 reference is within a small multiple of the torch loop's."""
+    W, XV, B, V = _cpu_inputs(n, r, dtype, seed=1000 * n + r)
+    want, want_max = reference.hals_sweep(W.double(), XV.double(), B.double(), V=V.double(), lam=0.3)
+    got = W.clone()
+    got_max = hals_sweep_(got, XV, B, V=V, lam=0.3, backend="torch")
+    assert hals_ops._native_runs(got)
+    loop = W.clone()
+    hals_ops._sweep_torch_(loop, XV, B, V, 0.3)
+    floor = 1e-6 if dtype == torch.float32 else 1e-14
+    assert rel(got.double(), want) <= 4 * rel(loop.double(), want) + floor
+    assert rel(got_max.double(), want_max) <= 4 * rel(loop.double().amax(0), want_max) + floor
+    assert bool((got >= 0).all())
+
+
+@needs_native
+def test_native_sweep_without_v_and_batch_of_calls():
+    W, XV, B, V = _cpu_inputs(203, 9, torch.float64, seed=3)
+    C = XV + 0.3 * V
+    want, _ = reference.hals_sweep(W, C, B)
+    got, colmax = hals_sweep(W, C, B, backend="torch")
+    assert rel(got, want) <= 1e-12 and rel(colmax, got.amax(0)) == 0.0
+
+
+@needs_native
+def test_native_sweep_keeps_nan():
+    """A NaN in the right-hand side stays NaN in W and in its column maxima, never a zero."""
+    W, XV, B, V = _cpu_inputs(40, 4, torch.float32, seed=4)
+    XV[3, 1] = float("nan")
+    colmax = hals_sweep_(W, XV, B, V=V, lam=0.3, backend="torch", revive=False)
+    assert bool(torch.isnan(W[3, 1:]).all()) and bool(torch.isfinite(W[:3]).all())
+    assert bool(torch.isnan(colmax[1:]).all()) and bool(torch.isfinite(colmax[0]))
+
+
+@needs_native
+def test_strided_factor_takes_the_torch_loop():
+    W, XV, B, V = _cpu_inputs(71, 5, torch.float64, seed=5)
+    W_cols = W.T.contiguous().T
+    assert not hals_ops._native_runs(W_cols)
+    colmax = hals_sweep_(W_cols, XV, B, V=V, lam=0.3, backend="torch")
+    want, want_max = reference.hals_sweep(W, XV, B, V=V, lam=0.3)
+    assert rel(W_cols, want) <= 1e-12 and rel(colmax, want_max) <= 1e-12
+
+
+@needs_native
+def test_native_sweep_opcheck():
+    W, XV, B, V = _cpu_inputs(37, 6, torch.float32, seed=6)
+    torch.library.opcheck(torch.ops.symnmf_kernels.hals_sweep_rows_.default, (W.clone(), XV, B, V, 0.3))
+    torch.library.opcheck(torch.ops.symnmf_kernels.hals_sweep_rows_.default, (W.clone(), XV + 0.3 * V, B, None, 0.0))

@@ -9,6 +9,7 @@ from .apply_relu import apply_relu, apply_relu_gram
 from .gram import gram
 from .hals import hals_sweep, hals_sweep_
 from .nnls import nnls
+from .projected_gradient import projected_gradient_sq
 from .sparse_loss import sparse_layer_loss, sparse_sym_loss
 from .spd_inverse import spd_inverse
 from .spmm import spmm
@@ -29,4 +30,5 @@ __all__ = [
     "hals_sweep",
     "hals_sweep_",
     "nnls",
+    "projected_gradient_sq",
 ]

@@ -9,13 +9,17 @@ than inside it so that the sweep stays independent across rows).
 
 CUDA tensors (and CPU tensors under TRITON_INTERPRET=1) run the fused Triton
 row sweep of symnmf_kernels/triton/hals.py: one pass reading W and C (or
-X V and V, forming C as it reads) and writing W. CPU tensors run a torch column loop over blocks of rows small enough
-to stay in cache. r above the fused limit falls back to the torch loop.
+X V and V, forming C as it reads) and writing W. CPU tensors run the
+extension's row sweep (csrc/cpu/hals_cpu.cpp), the same single pass, when W is
+row-major; otherwise, or without the extension, a torch column loop over blocks
+of rows small enough to stay in cache. r above the fused limit on CUDA falls
+back to the torch loop.
 """
 import torch
 
 from . import _launch
 from ._common import check_same, check_tensor, use_triton
+from .spmm import extension_status
 
 ZERO_COLUMN_FILL = 1e-16
 
@@ -40,6 +44,22 @@ def _check(W, C, B, V):
     r = W.shape[1]
     if B.shape != (r, r):
         raise ValueError(f"B must be r x r = {r} x {r} (V^T V + lam I), got shape {tuple(B.shape)}")
+
+
+# The extension's CPU sweep (csrc/cpu/hals_cpu.cpp): one pass over the rows instead of about eight tensor
+# operations per column, each a pass over a block of rows.
+_NATIVE_HALS = extension_status()["cpu"] and hasattr(torch.ops.symnmf_kernels, "hals_sweep_rows_")
+
+if _NATIVE_HALS:
+    @torch.library.register_fake("symnmf_kernels::hals_sweep_rows_")
+    def _(W, C, B, V, lam):
+        return W.new_empty((W.shape[1],))
+
+
+def _native_runs(W):
+    """Whether the extension's CPU sweep takes W (row-major, at least one row, outside torch.compile's tracing)."""
+    return (_NATIVE_HALS and W.device.type == "cpu" and W.shape[0] > 0 and W.stride(1) == 1
+            and (W.stride(0) == W.shape[1] or W.shape[0] == 1) and not torch.compiler.is_compiling())
 
 
 def _sweep_torch_(W, C, B, V, lam):
@@ -67,8 +87,9 @@ def hals_sweep_(W, C, B, *, V=None, lam=0.0, revive=True, backend=None):
     the Triton path forms the sum as it reads, saving a pass).
     revive: reset all-zero columns of the result to 1e-16 * max(W).
     backend: None picks by device (Triton on CUDA or under TRITON_INTERPRET=1,
-    torch otherwise); "torch" or "triton" force one.
-    Never synchronises with the host.
+    the host path otherwise); "torch" (the host path: the extension's row sweep
+    for a row-major W on the CPU, else the torch column loop) or "triton" force one.
+    Never synchronises with a CUDA device.
     """
     _check(W, C, B, V)
     if backend is None:
@@ -77,10 +98,15 @@ def hals_sweep_(W, C, B, *, V=None, lam=0.0, revive=True, backend=None):
         return _launch.hals_sweep_(W, C, B, V, lam, revive, ZERO_COLUMN_FILL)
     if backend != "torch":
         raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
-    colmax = _sweep_torch_(W, C, B, V, lam)
+    if _native_runs(W):
+        colmax = torch.ops.symnmf_kernels.hals_sweep_rows_(W, C, B, V, float(lam))
+    else:
+        colmax = _sweep_torch_(W, C, B, V, lam)
     if revive:
-        fill = ZERO_COLUMN_FILL * colmax.max()
         zero = colmax == 0
+        if not W.is_cuda and not bool(zero.any()):  # a free check on the CPU; it skips a pass over W
+            return colmax
+        fill = ZERO_COLUMN_FILL * colmax.max()
         # A zero column is exactly zero, so adding the fill sets it; other columns add an exact 0.
         W.add_(torch.where(zero, fill, torch.zeros_like(fill)))
         colmax = torch.where(zero, fill, colmax)

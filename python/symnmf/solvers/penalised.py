@@ -40,8 +40,9 @@ def alternate(name, X, U0, update, *, lam, max_iter, tol, check_every, callback,
     while True:
         BV = sk.gram(V, lam)
         if monitor.due(it):
-            gW = 2 * (W @ BV - XV - lam * V)
-            if monitor.check(it, W, problem.loss(W, XW), projected_gradient_sq(gW, W) + pgV_sq):
+            # The gradients are 2 (F B - X O - lam O); the factor 2 is applied to the norm (4 = 2^2).
+            half_gW = half_gradient(W, BV, XV, V, lam)
+            if monitor.check(it, W, problem.loss(W, XW), 4 * projected_gradient_sq(half_gW, W) + pgV_sq):
                 break
         W = update(W, BV, XV, V, lam)
         XW = problem.matmul(W)
@@ -49,6 +50,13 @@ def alternate(name, X, U0, update, *, lam, max_iter, tol, check_every, callback,
         V = update(V, BW, XW, W, lam)
         it += 1
         if monitor.due(it):
-            pgV_sq = projected_gradient_sq(2 * (V @ BW - XW - lam * W), V)
+            pgV_sq = 4 * projected_gradient_sq(half_gradient(V, BW, XW, W, lam), V)
         XV = problem.matmul(V)
     return monitor.result(W, solver=name, lam=lam)
+
+
+def half_gradient(F, B, XO, O, lam):
+    """F B - X O - lam O (half the gradient in F), in one new tensor: the product, then two subtractions in place."""
+    g = F @ B
+    g.sub_(XO)
+    return g.sub_(O, alpha=float(lam))

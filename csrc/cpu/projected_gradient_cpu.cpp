@@ -1,0 +1,74 @@
+// The squared norm of the projected gradient on the CPU: one pass reading grad and U, no temporaries (the
+// torch form builds two boolean masks, their union and a masked copy: about six passes over n x r data).
+// The loop is compiled twice, for AVX2 and for the baseline instruction set, and the CPU picks one at run time.
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "cpu_common.h"
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define SYMNMF_PG_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace symnmf {
+namespace pg_avx2 {
+constexpr int kVectorBytes = 32;
+#include "projected_gradient_cpu_rows.h"
+}  // namespace pg_avx2
+}  // namespace symnmf
+#pragma GCC pop_options
+#endif
+namespace symnmf {
+namespace pg_base {
+constexpr int kVectorBytes = 16;
+#include "projected_gradient_cpu_rows.h"
+}  // namespace pg_base
+}  // namespace symnmf
+
+namespace symnmf {
+namespace {
+
+template <typename T>
+double projected_gradient_sq_impl(const T* g, const T* u, int64_t m) {
+  double total = 0.0;
+  std::mutex merge;
+  at::parallel_for(0, m, 1 << 16, [&](int64_t begin, int64_t end) {
+    double part;
+#ifdef SYMNMF_PG_AVX2
+    if (cpu_has_avx2()) {
+      part = pg_avx2::projected_gradient_sq_range<T>(g, u, begin, end);
+    } else
+#endif
+    {
+      part = pg_base::projected_gradient_sq_range<T>(g, u, begin, end);
+    }
+    std::lock_guard<std::mutex> lock(merge);
+    total += part;
+  });
+  return total;
+}
+
+at::Tensor projected_gradient_sq_cpu(const at::Tensor& grad_in, const at::Tensor& U_in) {
+  TORCH_CHECK(grad_in.sizes() == U_in.sizes(), "projected_gradient_sq: grad has shape ", text(grad_in.sizes()),
+              " but U has ", text(U_in.sizes()), "; they must match");
+  TORCH_CHECK(grad_in.scalar_type() == U_in.scalar_type(), "projected_gradient_sq: grad (",
+              text(grad_in.scalar_type()), ") and U (", text(U_in.scalar_type()), ") must share a dtype");
+  const at::Tensor grad = grad_in.contiguous(), U = U_in.contiguous();
+  double total = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "projected_gradient_sq", [&] {
+    total = projected_gradient_sq_impl<scalar_t>(grad.data_ptr<scalar_t>(), U.data_ptr<scalar_t>(), grad.numel());
+  });
+  return at::scalar_tensor(total, grad.options());
+}
+
+}  // namespace
+}  // namespace symnmf
+
+TORCH_LIBRARY_IMPL(symnmf_kernels, CPU, m) {
+  m.impl("projected_gradient_sq", &symnmf::projected_gradient_sq_cpu);
+}

@@ -1,0 +1,39 @@
+"""projected_gradient_sq(grad, U): the squared norm of the projected gradient of a factor U >= 0.
+
+    ||P(grad)||^2,  P(grad) = grad where U > 0, min(grad, 0) where U = 0,
+
+the first-order stationarity measure on which every classical solver stops. A NaN in grad gives NaN,
+whatever U is there. On the CPU the extension's kernel (csrc/cpu/projected_gradient_cpu.cpp) makes one
+pass over grad and U with no temporaries and sums in float64; elsewhere (CUDA, or without the extension)
+the same sum runs in torch.
+"""
+import torch
+
+from ._common import check_same, check_tensor
+from .spmm import extension_status
+
+__all__ = ["projected_gradient_sq"]
+
+_NATIVE = extension_status()["cpu"] and hasattr(torch.ops.symnmf_kernels, "projected_gradient_sq")
+
+if _NATIVE:
+    @torch.library.register_fake("symnmf_kernels::projected_gradient_sq")
+    def _(grad, U):
+        return grad.new_empty(())
+
+
+def _torch(grad, U):
+    dropped = (U <= 0) & (grad >= 0)
+    return torch.where(dropped, torch.zeros((), dtype=grad.dtype, device=grad.device), grad).pow(2).sum()
+
+
+def projected_gradient_sq(grad, U):
+    """||P(grad)||^2 for grad and U of one shape and dtype (any number of dimensions); a 0-d tensor."""
+    check_tensor(grad, "grad")
+    check_tensor(U, "U")
+    check_same(U, grad, "U", "grad")
+    if grad.shape != U.shape:
+        raise ValueError(f"grad has shape {tuple(grad.shape)} but U has {tuple(U.shape)}; they must match")
+    if _NATIVE and grad.device.type == "cpu" and not torch.compiler.is_compiling():
+        return torch.ops.symnmf_kernels.projected_gradient_sq(grad, U)
+    return _torch(grad, U)

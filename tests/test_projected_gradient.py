@@ -1,0 +1,80 @@
+"""projected_gradient_sq, the solvers' stopping measure: the extension's CPU kernel and the torch form against
+reference.projected_gradient_sq in float64."""
+import pytest
+import torch
+
+import symnmf_kernels as sk
+from symnmf_kernels import reference
+from symnmf_kernels.ops import projected_gradient as pg_ops
+
+needs_native = pytest.mark.skipif(not pg_ops._NATIVE, reason="the extension's CPU kernel is not built")
+
+
+def inputs(shape, dtype, seed):
+    """A gradient of both signs and a factor with about a third of its entries exactly zero."""
+    g = torch.Generator().manual_seed(seed)
+    grad = torch.randn(shape, generator=g, dtype=torch.float64)
+    U = torch.rand(shape, generator=g, dtype=torch.float64)
+    U[U < 0.35] = 0
+    return grad.to(dtype), U.to(dtype)
+
+
+def rel(a, b):
+    return abs(float(a) - float(b)) / max(abs(float(b)), 1e-300)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 7, 1003])
+@pytest.mark.parametrize("r", [1, 5, 16, 48, 128])
+def test_matches_reference(dtype, n, r):
+    grad, U = inputs((n, r), dtype, seed=1000 * n + r)
+    want = reference.projected_gradient_sq(grad.double(), U.double())
+    got = sk.projected_gradient_sq(grad, U)
+    assert got.dtype == dtype and got.shape == ()
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    assert rel(got, want) <= tol
+    assert rel(pg_ops._torch(grad, U), want) <= tol
+
+
+def test_batch_and_non_contiguous():
+    grad, U = inputs((3, 257, 12), torch.float32, seed=1)
+    want = reference.projected_gradient_sq(grad.double(), U.double())
+    assert rel(sk.projected_gradient_sq(grad, U), want) <= 1e-6
+    g_t, U_t = grad.mT.contiguous().mT, U.mT.contiguous().mT  # column-major storage
+    assert not g_t.is_contiguous()
+    assert rel(sk.projected_gradient_sq(g_t, U_t), want) <= 1e-6
+    assert rel(sk.projected_gradient_sq(grad[:, ::2], U[:, ::2]),
+               reference.projected_gradient_sq(grad[:, ::2].double(), U[:, ::2].double())) <= 1e-6
+
+
+def test_only_the_feasible_directions_count():
+    """A positive gradient on a zero entry is dropped; every other entry counts whole."""
+    grad = torch.tensor([[2.0, -3.0], [5.0, -7.0]])
+    U = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    assert float(sk.projected_gradient_sq(grad, U)) == 9.0 + 25.0 + 49.0
+
+
+@pytest.mark.parametrize("where_U", [0.0, 1.0])
+def test_nan_gives_nan(where_U):
+    """A NaN in the gradient is never dropped as a zero, whatever U is there."""
+    grad, U = inputs((1003, 16), torch.float32, seed=2)
+    grad[500, 7] = float("nan")
+    U[500, 7] = where_U
+    assert torch.isnan(sk.projected_gradient_sq(grad, U))
+    assert torch.isnan(reference.projected_gradient_sq(grad, U))
+
+
+def test_bad_input():
+    grad, U = inputs((9, 3), torch.float32, seed=3)
+    with pytest.raises(ValueError, match="must match"):
+        sk.projected_gradient_sq(grad, U[:4])
+    with pytest.raises(TypeError, match="use one dtype"):
+        sk.projected_gradient_sq(grad, U.double())
+    with pytest.raises(TypeError, match="float32 or float64"):
+        sk.projected_gradient_sq(grad.half(), U.half())
+
+
+@needs_native
+def test_native_opcheck():
+    grad, U = inputs((37, 6), torch.float32, seed=4)
+    torch.library.opcheck(torch.ops.symnmf_kernels.projected_gradient_sq.default, (grad, U))
