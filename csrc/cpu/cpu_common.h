@@ -1,14 +1,21 @@
-// What the CPU kernels (spmm_cpu.cpp, sparse_loss_cpu.cpp) share: the prefetch settings of the row loops
-// in spmm_cpu_rows.h, the check of CSR row pointers, and the run-time choice of the AVX2 + FMA build.
+// What the CPU kernels (spmm_cpu.cpp, sparse_loss_cpu.cpp, hals_cpu.cpp, projected_gradient_cpu.cpp) share: the
+// prefetch settings of the row loops in spmm_cpu_rows.h, the check of CSR row pointers, and the run-time choice
+// of the AVX2 + FMA build.
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 
 #include <ATen/ATen.h>
 
 #include "../error_text.h"
 
 namespace symnmf {
+
+inline bool baseline_forced() {
+  const char* value = std::getenv("SYMNMF_CPU_BASELINE");
+  return value != nullptr && value[0] != '\0' && value[0] != '0';
+}
 
 // Rows of dense at least this wide (bytes) are prefetched this many nonzeros ahead (spmm_cpu_rows.h).
 constexpr int64_t kPrefetchDistance = 12;
@@ -33,9 +40,11 @@ void check_row_pointers(const crow_t* crow, int64_t n_rows, int64_t nnz, const c
 }
 
 // The row loops are compiled twice, for AVX2 + FMA and for the baseline ISA; this picks one at run time.
+// SYMNMF_CPU_BASELINE=1 in the environment (read once) forces the baseline loops, so that they can be tested
+// on a machine with AVX2.
 inline bool cpu_has_avx2() {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !baseline_forced();
   return has;
 #else
   return false;
