@@ -23,7 +23,7 @@ def rel(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def hals_inputs(n, r, dtype, seed, lam=0.3, with_v=False):
+def hals_inputs(n, r, dtype, seed, lam=0.3, with_v=False, device=DEVICE):
     """W, C = X V + lam V, B = V^T V + lam I from a random symmetric non-negative X (and X V, V)."""
     g = torch.Generator().manual_seed(seed)
     X = torch.rand(n, n, generator=g, dtype=torch.float64)
@@ -33,7 +33,7 @@ def hals_inputs(n, r, dtype, seed, lam=0.3, with_v=False):
     B = V.T @ V + lam * torch.eye(r, dtype=torch.float64)
     C = X @ V + lam * V
     out = (W, C, B, X @ V, V) if with_v else (W, C, B)
-    return [t.to(device=DEVICE, dtype=dtype) for t in out]
+    return [t.to(device=device, dtype=dtype) for t in out]
 
 
 @needs_triton
@@ -158,13 +158,9 @@ needs_native = pytest.mark.skipif(not hals_ops._NATIVE_HALS, reason="the extensi
 
 
 def _cpu_inputs(n, r, dtype, seed, lam=0.3):
-    g = torch.Generator().manual_seed(seed)
-    X = torch.rand(n, n, generator=g, dtype=torch.float64)
-    X = X + X.T
-    V = torch.rand(n, r, generator=g, dtype=torch.float64)
-    W = torch.rand(n, r, generator=g, dtype=torch.float64)
-    B = V.T @ V + lam * torch.eye(r, dtype=torch.float64)
-    return [t.to(dtype) for t in (W, X @ V, B, V)]
+    """W, X V, B, V on the CPU (the native sweep's inputs, the right-hand side formed in the kernel)."""
+    W, _, B, XV, V = hals_inputs(n, r, dtype, seed, lam=lam, with_v=True, device="cpu")
+    return W, XV, B, V
 
 
 @needs_native
