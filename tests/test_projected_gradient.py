@@ -78,3 +78,18 @@ def test_bad_input():
 def test_native_opcheck():
     grad, U = inputs((37, 6), torch.float32, seed=4)
     torch.library.opcheck(torch.ops.symnmf_kernels.projected_gradient_sq.default, (grad, U))
+
+
+@needs_native
+def test_native_sum_does_not_depend_on_the_thread_count():
+    """Fixed blocks summed in their order: the same bits with one thread as with two."""
+    grad, U = inputs((70_001, 5), torch.float32, seed=5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = sk.projected_gradient_sq(grad, U)
+        torch.set_num_threads(2)
+        two = sk.projected_gradient_sq(grad, U)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)

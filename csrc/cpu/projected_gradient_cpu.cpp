@@ -1,9 +1,10 @@
 // The squared norm of the projected gradient on the CPU: one pass reading grad and U, no temporaries (the
 // torch form builds two boolean masks, their union and a masked copy: about six passes over n x r data).
 // The loop is compiled twice, for AVX2 and for the baseline instruction set, and the CPU picks one at run time.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <mutex>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -33,23 +34,27 @@ constexpr int kVectorBytes = 16;
 namespace symnmf {
 namespace {
 
+// Blocks of a fixed size, summed in their order: the result does not depend on the number of threads.
+constexpr int64_t kBlock = 1 << 16;
+
 template <typename T>
 double projected_gradient_sq_impl(const T* g, const T* u, int64_t m) {
-  double total = 0.0;
-  std::mutex merge;
-  at::parallel_for(0, m, 1 << 16, [&](int64_t begin, int64_t end) {
-    double part;
+  const int64_t blocks = (m + kBlock - 1) / kBlock;
+  std::vector<double> parts(static_cast<size_t>(blocks), 0.0);
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      const int64_t begin = b * kBlock, end = std::min(m, begin + kBlock);
 #ifdef SYMNMF_PG_AVX2
-    if (cpu_has_avx2()) {
-      part = pg_avx2::projected_gradient_sq_range<T>(g, u, begin, end);
-    } else
+      if (cpu_has_avx2()) {
+        parts[b] = pg_avx2::projected_gradient_sq_range<T>(g, u, begin, end);
+        continue;
+      }
 #endif
-    {
-      part = pg_base::projected_gradient_sq_range<T>(g, u, begin, end);
+      parts[b] = pg_base::projected_gradient_sq_range<T>(g, u, begin, end);
     }
-    std::lock_guard<std::mutex> lock(merge);
-    total += part;
   });
+  double total = 0.0;
+  for (const double part : parts) total += part;
   return total;
 }
 
