@@ -55,7 +55,8 @@ from symnmf_kernels.sparse import CSR
 from .fitting import DEFAULT_MAX_ITER
 from .solvers.anls import DEFAULTS as _ANLS_DEFAULTS
 from .solvers.hals import DEFAULTS as _HALS_DEFAULTS
-from .solvers.base import Monitor, as_seed, check_lam, default_check_every, projected_gradient_sq
+from .solvers.base import Monitor, as_seed, check_lam, default_check_every, dot64, projected_gradient_sq
+from .solvers.penalised import half_gradient
 from .solvers.nnls import nnls_gram
 from .solvers.pgd import DEFAULTS as _PGD_DEFAULTS
 
@@ -682,8 +683,9 @@ def _alternate(name, graph, U0, update, *, lam, max_iter, tol, check_every, call
     while True:
         BV = GV + lam * eye
         if monitor.due(it):
-            gW = 2 * (W @ BV - XV - lam * V)
-            cross, pgW, pgV = graph.sum((XW * W).sum(dtype=torch.float64), projected_gradient_sq(gW, W), pgV_local)
+            # As in one process (solvers/penalised.py): the gradient's factor 2 is applied to the norm.
+            half_gW = half_gradient(W, BV, XV, V, lam)
+            cross, pgW, pgV = graph.sum(dot64(XW, W), 4 * projected_gradient_sq(half_gW, W), pgV_local)
             loss = graph.norm_sq - 2 * cross + GW.double().pow(2).sum()
             if monitor.check(it, W, loss, pgW + pgV):
                 break
@@ -694,7 +696,7 @@ def _alternate(name, graph, U0, update, *, lam, max_iter, tol, check_every, call
         V = update(V, BW, XW, W, lam)
         it += 1
         if monitor.due(it):
-            pgV_local = projected_gradient_sq(2 * (V @ BW - XW - lam * W), V)
+            pgV_local = 4 * projected_gradient_sq(half_gradient(V, BW, XW, W, lam), V)
         XV = graph.matmul(V)
         GV = graph.gram(V)
     result = monitor.result(W, solver=name, lam=lam)
@@ -778,7 +780,7 @@ def pgd(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=
         G = graph.gram(H)
         grad = 4 * (H @ G - XH)
         if monitor.due(it):
-            cross, pg = graph.sum((XH * H).sum(dtype=torch.float64), projected_gradient_sq(grad, H))
+            cross, pg = graph.sum(dot64(XH, H), projected_gradient_sq(grad, H))
             if monitor.check(it, H, graph.norm_sq - 2 * cross + G.double().pow(2).sum(), pg):
                 break
         accepted = False
@@ -793,7 +795,7 @@ def pgd(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=
                 break
             a *= beta
         if not accepted:
-            cross, pg = graph.sum((XH * H).sum(dtype=torch.float64), projected_gradient_sq(grad, H))
+            cross, pg = graph.sum(dot64(XH, H), projected_gradient_sq(grad, H))
             monitor.record_last(it, H, graph.norm_sq - 2 * cross + G.double().pow(2).sum(), pg)
             break
         it += 1
