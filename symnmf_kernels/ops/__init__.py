@@ -1,7 +1,7 @@
 """Public ops: autograd-aware, registered as torch.library custom ops, dispatching by device.
 
 One module per op, named as the op in every layer: ops/<op>.py here,
-triton/<op>.py (or csrc/ for spmm), reference.<name>, tests/test_<op>.py and
+triton/<op>.py (or csrc/cpu/<op>_cpu.cpp), reference.<name>, tests/test_<op>.py and
 a bench entry <op>. Every name below is also a function of
 symnmf_kernels.reference.
 """

@@ -4,8 +4,9 @@
 
 the first-order stationarity measure on which every classical solver stops. A NaN in grad gives NaN,
 whatever U is there. On the CPU the extension's kernel (csrc/cpu/projected_gradient_cpu.cpp) makes one
-pass over grad and U with no temporaries and sums in float64; elsewhere (CUDA, or without the extension)
-the same sum runs in torch.
+pass over grad and U with no temporaries, summing runs of 256 entries in their dtype and the runs in float64,
+in an order that does not depend on the number of threads; elsewhere (CUDA, or without the extension) the
+same sum runs in torch.
 """
 import torch
 
@@ -28,7 +29,7 @@ def _torch(grad, U):
 
 
 def projected_gradient_sq(grad, U):
-    """||P(grad)||^2 for grad and U of one shape and dtype (any number of dimensions); a 0-d tensor."""
+    """||P(grad)||^2 for grad and U of one shape and dtype (two or more dimensions); a 0-d tensor."""
     check_tensor(grad, "grad")
     check_tensor(U, "U")
     check_same(U, grad, "U", "grad")
