@@ -93,3 +93,10 @@ def test_native_sum_does_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, two)
+
+
+def test_empty_gives_zero():
+    """A rank of a sharded solver may hold no rows: its share of the norm is 0."""
+    grad, U = inputs((0, 4), torch.float32, seed=6)
+    assert float(sk.projected_gradient_sq(grad, U)) == 0.0
+    assert float(pg_ops._torch(grad, U)) == 0.0
