@@ -164,9 +164,136 @@ def resources(cubin):
     return field("REG"), field("STACK"), field("LOCAL"), field("SHARED")
 
 
+# ---- --as-launched: the kernels as the ops launch them on a GPU, with the runtime's specialisations ----------
+
+
+def captured_launches(quick):
+    """[(label, JITFunction, args, kwargs)] of every launch the ops make on a GPU, captured without running any.
+
+    The ops run on CPU tensors with the Triton path forced and the GPU's launch geometry and dot precision
+    patched in (as tests/test_launch_grids.py does); JITFunction.run records its arguments instead of
+    compiling. Shapes: the block (forward and backward) at n = 1,000,000 and at the small-problem n = 1,000,
+    the dense loss at n = 2,048, the sparse layer loss at n = 100,000, the SymHALS sweep at n = 1,000,000;
+    r = 16, 64, 128 in float32 and 32 in float64 (r = 64 float32 alone with quick).
+    """
+    import importlib
+    import types
+
+    import torch
+    from triton.runtime.jit import JITFunction
+
+    import symnmf_kernels as sk
+    from symnmf_kernels.ops import _common, _launch
+
+    gpu = types.SimpleNamespace(type="cuda", index=0)
+    records, label = [], [""]
+    saved = []
+
+    def patch(obj, name, value):
+        saved.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    def run(self, *args, grid, warmup=False, **kwargs):
+        records.append((label[0], self, args, dict(kwargs)))
+
+    def precision_on_gpu(t, r, reduction, precision=None):
+        if t.dtype != torch.float32:
+            return "ieee"
+        precision = precision or get_dot_precision()
+        if precision == "auto":
+            return "ieee" if reduction and block_r(r) <= 32 else "tf32x3"
+        return precision
+
+    patch(JITFunction, "run", run)
+    patch(_common, "_sm_count", lambda index: 132)
+    patch(_launch, "input_precision", precision_on_gpu)
+    for name in ("tiles", "split_rows", "block_n", "hals_tiles"):
+        fn = getattr(_common, name)
+        patch(_launch, name, lambda *a, _fn=fn: _fn(*a[:-1], gpu))
+    for module in ("gram", "spd_inverse", "apply_relu", "symnmf_block", "sym_loss", "sparse_loss", "hals"):
+        patch(importlib.import_module("symnmf_kernels.ops." + module), "use_triton", lambda t, r=None: True)
+    try:
+        shapes = [(torch.float32, 64)] if quick else [(torch.float32, 16), (torch.float32, 64), (torch.float32, 128),
+                                                       (torch.float64, 32)]
+        for dtype, r in shapes:
+            tag = f"{str(dtype)[6:]} r={r}"
+            for n in (1_000_000, 1_000):  # the split-n kernels, and the small-problem kernel (n <= SMALL_N)
+                label[0] = f"symnmf_block n={n} {tag}"
+                U = torch.rand(n, r, dtype=dtype, requires_grad=True)
+                P = torch.rand(n, r, dtype=dtype, requires_grad=True)
+                lam = torch.tensor(1.0, dtype=dtype, requires_grad=True)
+                sk.symnmf_block(U, P, lam).backward(torch.rand(n, r, dtype=dtype))
+            label[0] = f"sym_loss n=2048 {tag}"
+            X = torch.rand(2048, 2048, dtype=dtype)
+            U = torch.rand(2048, r, dtype=dtype, requires_grad=True)
+            sk.sym_loss(X, U).backward()
+            label[0] = f"sparse_layer_loss n=100000 {tag}"
+            n = 100_000
+            rows = torch.arange(n).repeat_interleave(8)
+            cols = torch.randint(0, n, (8 * n,))
+            A = torch.sparse_coo_tensor(torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])]),
+                                        torch.rand(16 * n, dtype=dtype), (n, n)).coalesce().to_sparse_csr()
+            U = torch.rand(n, r, dtype=dtype, requires_grad=True)
+            P = torch.rand(n, r, dtype=dtype, requires_grad=True)
+            fit, reg = sk.sparse_layer_loss(A, U, P, 0.5, symmetric=True)
+            (fit + reg).backward()
+            label[0] = f"hals_sweep_ n=1000000 {tag}"
+            W, XV, V = (torch.rand(1_000_000, r, dtype=dtype) for _ in range(3))
+            sk.hals_sweep_(W, XV, V.T @ V, V=V, lam=0.5, backend="triton")
+    finally:
+        for obj, name, value in reversed(saved):
+            setattr(obj, name, value)
+    return records
+
+
+def compile_launch(fn, args, kwargs):
+    """The cubin of fn as JITFunction.run would build it for these arguments on an sm_90 device: the same
+    binder (stride 1 as a constexpr, divisibility by 16 of sizes, strides and pointers), options and source."""
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    backend = make_backend(TARGET)
+    kwargs = dict(kwargs, debug=kwargs.get("debug", False))
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound_args, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args, specialization, options)
+    compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=TARGET, options=options.__dict__)
+    ones = sorted(fn.arg_names[path[0]] for path, value in constexprs.items()
+                  if len(path) == 1 and not fn.params[path[0]].is_constexpr and value == 1)
+    flags = {fn.arg_names[path[0]]: value for path, value in constexprs.items()
+             if len(path) == 1 and fn.params[path[0]].is_constexpr and isinstance(value, bool)}
+    return compiled.asm["cubin"], ones, len(attrs), flags, options.num_warps
+
+
+def as_launched(quick):
+    """Rows of the --as-launched table: each distinct launch compiled as the runtime would compile it."""
+    rows, failures, seen = [], 0, set()
+    for label, fn, args, kwargs in captured_launches(quick):
+        name = fn.fn.__name__
+        try:
+            cubin, ones, aligned, flags, warps = compile_launch(fn, args, kwargs)
+        except Exception as exc:  # report every failure, not only the first
+            failures += 1
+            rows.append((name, label, "-", "-", "-", -1, -1, -1, -1, "-", "FAILED: " + " ".join(str(exc).split())[-160:]))
+            continue
+        key = (name, label.split(" ", 2)[-1], tuple(ones), tuple(sorted(flags.items())), warps, aligned)
+        if key in seen:
+            continue
+        seen.add(key)
+        flag_text = " ".join(f"{k}={int(v)}" for k, v in sorted(flags.items())) or "-"
+        rows.append((name, label, flag_text, ", ".join(ones) or "-", aligned, warps, *resources(cubin),
+                     tensor_core_ops(cubin), "ok"))
+    header = ["kernel", "launched by", "flags", "constexpr 1", "divisible by 16", "warps", "registers",
+              "stack bytes", "local bytes", "shared bytes", "tensor cores", "compile"]
+    return header, rows, failures
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="r = 64 float32 only (every flag combination)")
+    parser.add_argument("--as-launched", action="store_true",
+                        help="compile each kernel as the ops launch it on a GPU, with the runtime's specialisations "
+                             "(arguments equal to 1 as constexprs, divisibility by 16): compile-sm90-launched-<date>.md")
     parser.add_argument("--out", help="also write the table to this folder as compile-sm90-<date>.md")
     parser.add_argument("--precision", choices=["auto", "ieee", "tf32x3", "tf32"], default=get_dot_precision(),
                         help="input_precision of the float32 n-length dots (default: the library's CUDA default)")
@@ -174,8 +301,40 @@ def main(argv=None):
     PRECISION[0] = args.precision
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter replaces the compiler this script runs")
+    if args.as_launched:
+        header, rows, failures = as_launched(args.quick)
+        title, stem = "Triton kernels as the ops launch them, compiled for sm_90 (no GPU needed)", "compile-sm90-launched"
+        note = (" Each row is a distinct launch captured from the ops on a GPU's launch geometry, compiled with the"
+                " runtime's own specialisation of its arguments: `constexpr 1` lists the arguments equal to 1 that"
+                " become constants (unit strides), `divisible by 16` counts the sizes, strides and pointers"
+                " marked so.")
+    else:
+        header, rows, failures = by_configuration(args.quick)
+        title, stem, note = "Triton kernels compiled for sm_90 (no GPU needed)", "compile-sm90", ""
+    lines = [
+        f"# {title}, {datetime.date.today()}",
+        "",
+        f"triton {triton.__version__}; float32 n-length dots with input_precision={args.precision!r}; resources"
+        " from cuobjdump --dump-resource-usage; stack or local bytes well above zero mean registers spilled to"
+        " memory; tensor cores: the matrix instructions in the SASS (HGMMA = wgmma, HMMA = mma)." + note,
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(" --- " for _ in header) + "|",
+    ]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, f"{stem}-{datetime.date.today()}.md"), "w") as f:
+            f.write(table)
+    return 1 if failures else 0
+
+
+def by_configuration(quick):
+    """Rows of the default table: every kernel and flag combination with generic argument types."""
     rows, failures = [], 0
-    for fn, dtype, r, flags in configs(args.quick):
+    for fn, dtype, r, flags in configs(quick):
         warps = launch(fn, r)[2]
         name = fn.fn.__name__ + "".join(f" {k}={int(v)}" for k, v in flags.items())
         try:
@@ -189,24 +348,7 @@ def main(argv=None):
             rows.append((name, dtype, r, warps, -1, -1, -1, -1, "-", "FAILED: " + message))
     header = ["kernel", "dtype", "r", "warps", "registers", "stack bytes", "local bytes", "shared bytes",
               "tensor cores", "compile"]
-    lines = [
-        f"# Triton kernels compiled for sm_90 (no GPU needed), {datetime.date.today()}",
-        "",
-        f"triton {triton.__version__}; float32 n-length dots with input_precision={args.precision!r}; resources"
-        " from cuobjdump --dump-resource-usage; stack or local bytes well above zero mean registers spilled to"
-        " memory; tensor cores: the matrix instructions in the SASS (HGMMA = wgmma, HMMA = mma).",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(" --- " for _ in header) + "|",
-    ]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, f"compile-sm90-{datetime.date.today()}.md"), "w") as f:
-            f.write(table)
-    return 1 if failures else 0
+    return header, rows, failures
 
 
 if __name__ == "__main__":
