@@ -373,13 +373,13 @@ def test_values_requiring_grad_are_refused():
 CUDA_KERNEL_TU = """
 #include "spmm_kernel.cuh"
 using symnmf::cuda::spmm_csr_kernel;
-template __global__ void spmm_csr_kernel<float, int, true>(const int64_t*, const int*, const float*, const float*,
-    float*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int);
-template __global__ void spmm_csr_kernel<float, int64_t, false>(const int64_t*, const int64_t*, const float*,
+template __global__ void spmm_csr_kernel<float, int, true, 1>(const int64_t*, const int*, const float*,
     const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int);
-template __global__ void spmm_csr_kernel<double, int, true>(const int64_t*, const int*, const double*, const double*,
-    double*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int);
-template __global__ void spmm_csr_kernel<double, int64_t, false>(const int64_t*, const int64_t*, const double*,
+template __global__ void spmm_csr_kernel<float, int64_t, false, 4>(const int64_t*, const int64_t*, const float*,
+    const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int);
+template __global__ void spmm_csr_kernel<double, int, true, 4>(const int64_t*, const int*, const double*,
+    const double*, double*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int);
+template __global__ void spmm_csr_kernel<double, int64_t, false, 1>(const int64_t*, const int64_t*, const double*,
     const double*, double*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int);
 """
 
@@ -457,6 +457,26 @@ def test_cuda_matches_cpu(dtype, r):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("r", [1, 4, 8, 17, 64, 128, 129])
+@pytest.mark.parametrize("nnz_per_row", [2.0, 20.0, 150.0])
+def test_cuda_four_gathers_in_flight(monkeypatch, dtype, r, nnz_per_row):
+    """SYMNMF_SPMM_GATHERS=4: the CUDA loop that gathers four nonzeros per lane before it multiplies gives the
+    same product (rows shorter than, about as long as and much longer than the lanes that split them)."""
+    assert spmm_mod.extension_status()["cuda"], "the CUDA SpMM was not built"
+    A = random_graph(3000, nnz_per_row=nnz_per_row, seed=r)
+    X = torch_csr(A, dtype)
+    U = torch.randn(3000, r, dtype=dtype)
+    plain = sk.spmm(X.cuda(), U.cuda())
+    monkeypatch.setenv("SYMNMF_SPMM_GATHERS", "4")
+    out = sk.spmm(X.cuda(), U.cuda())
+    assert rel_err(out, sk.spmm(X, U)) < TOL[dtype]
+    assert rel_err(out, plain) < TOL[dtype]
+    Ub = torch.randn(3, 3000, r, dtype=dtype)
+    assert rel_err(sk.spmm(X.cuda(), Ub.cuda()), sk.spmm(X, Ub)) < TOL[dtype]
+
+
+@pytest.mark.gpu
 def test_cuda_power_law_rows_and_gradient():
     rng = np.random.default_rng(0)
     deg = np.minimum(rng.zipf(1.5, size=5000), 4000)
@@ -482,12 +502,13 @@ def test_bench_spmm_smoke(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     (table,) = tmp_path.glob("bench_spmm-*.md")
-    rows = [line for line in table.read_text().splitlines() if line.startswith("| knn_gauss") or
-            line.startswith("| random")]
+    lines = table.read_text().splitlines()
+    header = [c.strip() for c in next(line for line in lines if line.startswith("| graph")).strip("|").split("|")]
+    rows = [line for line in lines if line.startswith("| knn_gauss") or line.startswith("| random")]
     assert len(rows) == 4
     for line in rows:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        ours_ms, torch_ms, err = float(cells[5]), float(cells[6]), float(cells[14])
+        cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+        ours_ms, torch_ms, err = float(cells["ours_ms"]), float(cells["torch_ms"]), float(cells["rel_err"])
         assert ours_ms > 0 and torch_ms > 0 and err < 1e-4, line
 
 

@@ -2,6 +2,7 @@
 // The Python layer validates indices once per matrix; this file only checks metadata.
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 
 #include <cuda_runtime.h>
 
@@ -53,6 +54,11 @@ void launch(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& val
   scalar_t* dst = out.data_ptr<scalar_t>();
   const bool aligned = r % VEC == 0 && ld % VEC == 0 && (batch == 1 || stride_b % VEC == 0) &&
                        reinterpret_cast<uintptr_t>(dense) % 16 == 0;
+  // SYMNMF_SPMM_GATHERS=4 takes the loop that keeps four gathers in flight per lane (63-72 registers
+  // against 36-40 in the sm_90 compile, so fewer warps per SM); read at every launch so that a benchmark can
+  // compare the two in one process. Not yet timed on a GPU: the one-at-a-time loop stays the default.
+  const char* gathers_env = std::getenv("SYMNMF_SPMM_GATHERS");
+  const int gathers = gathers_env != nullptr && std::atoi(gathers_env) == 4 ? 4 : 1;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   for (int64_t b0 = 0; b0 < batch; b0 += kMaxGridZ) {
     const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
@@ -62,10 +68,17 @@ void launch(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& val
                                            val.data_ptr<scalar_t>(), dense + b0 * stride_b, dst + b0 * n_rows * r,
                                            n_rows, n_cols, r, stride_b, ld, lanes_col_log2, group_log2);
     };
-    if (aligned)
-      run(spmm_csr_kernel<scalar_t, index_t, true>);
-    else
-      run(spmm_csr_kernel<scalar_t, index_t, false>);
+    if (gathers == 4) {
+      if (aligned)
+        run(spmm_csr_kernel<scalar_t, index_t, true, 4>);
+      else
+        run(spmm_csr_kernel<scalar_t, index_t, false, 4>);
+    } else {
+      if (aligned)
+        run(spmm_csr_kernel<scalar_t, index_t, true, 1>);
+      else
+        run(spmm_csr_kernel<scalar_t, index_t, false, 1>);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }

@@ -66,7 +66,8 @@ struct RowSlice<scalar_t, VEC, false> {
   }
 };
 
-template <typename scalar_t, typename index_t, bool ALIGNED>
+// GATHERS: nonzeros a lane gathers before it multiplies (loads in flight per lane); 1 is the plain loop.
+template <typename scalar_t, typename index_t, bool ALIGNED, int GATHERS>
 __global__ void spmm_csr_kernel(const int64_t* __restrict__ crow, const index_t* __restrict__ col,
                     const scalar_t* __restrict__ val, const scalar_t* __restrict__ dense,
                     scalar_t* __restrict__ out, int64_t n_rows, int64_t n_cols, int64_t r, int64_t stride_b,
@@ -106,7 +107,34 @@ __global__ void spmm_csr_kernel(const int64_t* __restrict__ crow, const index_t*
     const int count = static_cast<int>(min(end - base, static_cast<int64_t>(group)));
     // t is a multiple of lanes_nnz below count <= group, so t + lane_nnz < group: every lane
     // of the group shuffles the same number of times.
-    for (int t = 0; t < count; t += lanes_nnz) {
+    int t = 0;
+    // GATHERS nonzeros at a time: their shuffles and 16-byte loads first, then their multiply-adds (in the
+    // same order as one at a time), so that each lane keeps several gathers in flight instead of one.
+    for (; GATHERS > 1 && t + (GATHERS - 1) * lanes_nnz < count; t += GATHERS * lanes_nnz) {
+      index_t j[GATHERS];
+      scalar_t v[GATHERS];
+      bool valid[GATHERS];
+      scalar_t u[GATHERS][VEC];
+#pragma unroll
+      for (int k = 0; k < GATHERS; ++k) {
+        const int src = t + k * lanes_nnz + lane_nnz;  // < group (as above); < count is checked below
+        j[k] = __shfl_sync(mask, my_col, src, group);
+        v[k] = __shfl_sync(mask, my_val, src, group);
+        valid[k] = src < count && left > 0 && static_cast<uint64_t>(j[k]) < static_cast<uint64_t>(n_cols);
+      }
+#pragma unroll
+      for (int k = 0; k < GATHERS; ++k) {
+        if (valid[k]) Slice::load(dense + static_cast<int64_t>(j[k]) * ld_dense + c0, left, u[k]);
+      }
+#pragma unroll
+      for (int k = 0; k < GATHERS; ++k) {
+        if (valid[k]) {
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) acc[i] += v[k] * u[k][i];
+        }
+      }
+    }
+    for (; t < count; t += lanes_nnz) {
       const int src = t + lane_nnz;
       const index_t j = __shfl_sync(mask, my_col, src, group);
       const scalar_t v = __shfl_sync(mask, my_val, src, group);
