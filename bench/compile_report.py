@@ -8,6 +8,7 @@ cuobjdump. Run with TRITON_INTERPRET unset:
 
     python bench/compile_report.py            # print the table
     python bench/compile_report.py --out bench/results
+    python bench/compile_report.py --as-launched --out bench/results   # each kernel as the ops launch it
 """
 import argparse
 import datetime
@@ -199,7 +200,7 @@ def captured_launches(quick):
     def precision_on_gpu(t, r, reduction, precision=None):
         if t.dtype != torch.float32:
             return "ieee"
-        precision = precision or get_dot_precision()
+        precision = precision or PRECISION[0]
         if precision == "auto":
             return "ieee" if reduction and block_r(r) <= 32 else "tf32x3"
         return precision
@@ -274,7 +275,8 @@ def as_launched(quick):
             cubin, ones, aligned, flags, warps = compile_launch(fn, args, kwargs)
         except Exception as exc:  # report every failure, not only the first
             failures += 1
-            rows.append((name, label, "-", "-", "-", -1, -1, -1, -1, "-", "FAILED: " + " ".join(str(exc).split())[-160:]))
+            message = " ".join(str(exc).split())[-160:]
+            rows.append((name, label, "-", "-", "-", "-", -1, -1, -1, -1, "-", "FAILED: " + message))
             continue
         key = (name, label.split(" ", 2)[-1], tuple(ones), tuple(sorted(flags.items())), warps, aligned)
         if key in seen:
