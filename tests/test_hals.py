@@ -216,3 +216,20 @@ def test_native_sweep_opcheck():
     W, XV, B, V = _cpu_inputs(37, 6, torch.float32, seed=6)
     torch.library.opcheck(torch.ops.symnmf_kernels.hals_sweep_rows_.default, (W.clone(), XV, B, V, 0.3))
     torch.library.opcheck(torch.ops.symnmf_kernels.hals_sweep_rows_.default, (W.clone(), XV + 0.3 * V, B, None, 0.0))
+
+
+@needs_native
+def test_native_sweep_does_not_depend_on_the_thread_count():
+    """Rows are independent and each row's sums run in one order: one thread and two give the same bits."""
+    W, XV, B, V = _cpu_inputs(5003, 12, torch.float32, seed=7)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = W.clone()
+        max_one = hals_sweep_(one, XV, B, V=V, lam=0.3, backend="torch")
+        torch.set_num_threads(2)
+        two = W.clone()
+        max_two = hals_sweep_(two, XV, B, V=V, lam=0.3, backend="torch")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two) and torch.equal(max_one, max_two)
