@@ -19,7 +19,7 @@ import warnings
 
 import torch
 
-__all__ = ["OP", "SCHEMA", "extension_status"]
+__all__ = ["OP", "SCHEMA", "extension_status", "has_cpu_op"]
 
 NAMESPACE = "symnmf_kernels"
 OP = f"{NAMESPACE}::spmm_csr"
@@ -68,6 +68,11 @@ _fallback_lib = None  # keeps the Python registrations of the fallback alive
 def extension_status():
     """{'cpu': bool, 'cuda': bool, 'error': str or None}: which native SpMM kernels are available."""
     return {**_native, "error": _load_error}
+
+
+def has_cpu_op(name):
+    """Whether the built library defines the CPU operator symnmf_kernels::<name> (the C++ kernels beside the SpMM)."""
+    return _native["cpu"] and hasattr(getattr(torch.ops, NAMESPACE), name)
 
 
 def spmm_csr_torch(crow_indices, col_indices, values, dense, t_crow_indices=None, t_col_indices=None,

@@ -49,13 +49,14 @@ import torch
 import torch.distributed as dist
 
 import symnmf_kernels as sk
+from symnmf_kernels.ops._common import dot64
 from symnmf_kernels.ops.hals import ZERO_COLUMN_FILL, hals_sweep_
 from symnmf_kernels.sparse import CSR
 
 from .fitting import DEFAULT_MAX_ITER
 from .solvers.anls import DEFAULTS as _ANLS_DEFAULTS
 from .solvers.hals import DEFAULTS as _HALS_DEFAULTS
-from .solvers.base import Monitor, as_seed, check_lam, default_check_every, dot64, projected_gradient_sq
+from .solvers.base import Monitor, as_seed, check_lam, default_check_every, projected_gradient_sq
 from .solvers.penalised import half_gradient
 from .solvers.nnls import nnls_gram
 from .solvers.pgd import DEFAULTS as _PGD_DEFAULTS
@@ -685,7 +686,8 @@ def _alternate(name, graph, U0, update, *, lam, max_iter, tol, check_every, call
         if monitor.due(it):
             # As in one process (solvers/penalised.py): the gradient's factor 2 is applied to the norm.
             half_gW = half_gradient(W, BV, XV, V, lam)
-            cross, pgW, pgV = graph.sum(dot64(XW, W), 4 * projected_gradient_sq(half_gW, W), pgV_local)
+            cross = dot64(XW[None], W[None])[0]
+            cross, pgW, pgV = graph.sum(cross, 4 * projected_gradient_sq(half_gW, W), pgV_local)
             loss = graph.norm_sq - 2 * cross + GW.double().pow(2).sum()
             if monitor.check(it, W, loss, pgW + pgV):
                 break
@@ -780,7 +782,7 @@ def pgd(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=
         G = graph.gram(H)
         grad = 4 * (H @ G - XH)
         if monitor.due(it):
-            cross, pg = graph.sum(dot64(XH, H), projected_gradient_sq(grad, H))
+            cross, pg = graph.sum(dot64(XH[None], H[None])[0], projected_gradient_sq(grad, H))
             if monitor.check(it, H, graph.norm_sq - 2 * cross + G.double().pow(2).sum(), pg):
                 break
         accepted = False
@@ -795,7 +797,7 @@ def pgd(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=
                 break
             a *= beta
         if not accepted:
-            cross, pg = graph.sum(dot64(XH, H), projected_gradient_sq(grad, H))
+            cross, pg = graph.sum(dot64(XH[None], H[None])[0], projected_gradient_sq(grad, H))
             monitor.record_last(it, H, graph.norm_sq - 2 * cross + G.double().pow(2).sum(), pg)
             break
         it += 1

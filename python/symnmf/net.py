@@ -48,7 +48,8 @@ import torch
 from torch import nn
 
 import symnmf_kernels as sk
-from symnmf_kernels.ops.sparse_loss import _dot64, sparse_layer_loss
+from symnmf_kernels.ops._common import dot64
+from symnmf_kernels.ops.sparse_loss import sparse_layer_loss
 
 from .solvers.base import init_factor, make_generator
 from .validation import as_similarity, check_rank, check_similarity
@@ -149,7 +150,7 @@ class _StartRegulariser(torch.autograd.Function):
         R3 = R.reshape(-1, *R.shape[-2:])
         ctx.save_for_backward(R3, U0.reshape(R3.shape))
         ctx.batch = batch
-        return _dot64(R3, R3).to(R.dtype).reshape(batch)
+        return dot64(R3, R3).to(R.dtype).reshape(batch)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -160,7 +161,7 @@ class _StartRegulariser(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dP = (R3 * (2 * g)[:, None, None]).reshape(*ctx.batch, *R3.shape[-2:])
         if ctx.needs_input_grad[3]:
-            dlam = (-2 * g.double() * _dot64(R3, U3)).to(R3.dtype).reshape(ctx.batch)
+            dlam = (-2 * g.double() * dot64(R3, U3)).to(R3.dtype).reshape(ctx.batch)
         return dP, None, None, dlam
 
 

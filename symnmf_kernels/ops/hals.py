@@ -19,7 +19,7 @@ import torch
 
 from . import _launch
 from ._common import check_same, check_tensor, use_triton
-from .spmm import extension_status
+from .._extension import has_cpu_op
 
 ZERO_COLUMN_FILL = 1e-16
 
@@ -48,7 +48,7 @@ def _check(W, C, B, V):
 
 # The extension's CPU sweep (csrc/cpu/hals_cpu.cpp): one pass over the rows instead of about eight tensor
 # operations per column, each a pass over a block of rows.
-_NATIVE_HALS = extension_status()["cpu"] and hasattr(torch.ops.symnmf_kernels, "hals_sweep_rows_")
+_NATIVE_HALS = has_cpu_op("hals_sweep_rows_")
 
 if _NATIVE_HALS:
     @torch.library.register_fake("symnmf_kernels::hals_sweep_rows_")

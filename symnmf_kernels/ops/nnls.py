@@ -39,7 +39,7 @@ import torch
 
 from . import _launch
 from ._common import check_same, check_square, check_tensor, needs_grad, use_triton, warn_once
-from .spmm import extension_status
+from .._extension import has_cpu_op
 
 __all__ = ["nnls"]
 
@@ -211,7 +211,7 @@ class _NnlsTorch(torch.autograd.Function):
 
 
 # The extension's CPU kernel of the torch path (csrc/cpu/nnls_cpu.cpp): the same pivoting in one call.
-_NATIVE_NNLS = extension_status()["cpu"] and hasattr(torch.ops.symnmf_kernels, "nnls_rows")
+_NATIVE_NNLS = has_cpu_op("nnls_rows")
 
 if _NATIVE_NNLS:
     @torch.library.register_fake("symnmf_kernels::nnls_rows")

@@ -11,11 +11,11 @@ same sum runs in torch.
 import torch
 
 from ._common import check_same, check_tensor
-from .spmm import extension_status
+from .._extension import has_cpu_op
 
 __all__ = ["projected_gradient_sq"]
 
-_NATIVE = extension_status()["cpu"] and hasattr(torch.ops.symnmf_kernels, "projected_gradient_sq")
+_NATIVE = has_cpu_op("projected_gradient_sq")
 
 if _NATIVE:
     @torch.library.register_fake("symnmf_kernels::projected_gradient_sq")

@@ -28,8 +28,9 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import _common, _launch
-from ._common import as_lam, needs_grad, use_triton
-from .spmm import _check_dense, extension_status, host_side, layout
+from ._common import as_lam, dot64, needs_grad, use_triton
+from .._extension import has_cpu_op
+from .spmm import _check_dense, host_side, layout
 
 __all__ = ["sparse_sym_loss", "sparse_layer_loss"]
 
@@ -44,28 +45,14 @@ def _col(t):
     return t[:, None, None]
 
 
-def _dot64(A, B):
-    """<A[b], B[b]> per problem, summed in float64 (A, B of shape (B, n, r)).
-
-    The products are summed in runs of 16 in A's dtype (an error of a few ulps per run, the size of the
-    products' own rounding), and the runs in float64: a sum with dtype=float64 over all n r products
-    would first copy them to float64, which costs more than the rest of the loss on the CPU.
-    """
-    prod = (A * B).reshape(A.shape[0], -1)
-    m = prod.shape[1]
-    if A.dtype != torch.float64 and m % 16 == 0 and m >= 1 << 16:
-        prod = prod.view(A.shape[0], m // 16, 16).sum(-1)
-    return prod.sum(-1, dtype=torch.float64)
-
-
 def sparse_loss_terms_torch(U, S, P, lam):
-    su = _dot64(U, S)
+    su = dot64(U, S)
     if P is None:
         rr = ru = torch.zeros_like(su)
     else:
         R = torch.addcmul(P - S, _col(lam), U, value=-1)
-        rr = _dot64(R, R)
-        ru = _dot64(R, U)
+        rr = dot64(R, R)
+        ru = dot64(R, U)
     return torch.stack([su, rr, ru], dim=-1), U.mT @ U
 
 
@@ -186,7 +173,7 @@ def _loss_from_terms(x_sq, su, G, dtype):
     return torch.addcmul(x_sq, g, g).sub_(su, alpha=2).to(dtype)
 
 
-_NATIVE_LOSS = extension_status()["cpu"] and hasattr(torch.ops.symnmf_kernels, "sparse_loss_terms_csr")
+_NATIVE_LOSS = has_cpu_op("sparse_loss_terms_csr")
 
 
 def _native_terms(crow, col, values, U, P, lam):
@@ -225,15 +212,15 @@ class _SparseLayerLoss(torch.autograd.Function):
         elif not fused and P is None:  # the loss alone, in as few torch calls as it takes
             S = _times_x(crow, col, values, U, blockdiag)
             G = _gram(U) if gram is None else gram
-            sums = _dot64(U, S)[:, None]
-            loss = (x_sq + _dot64(G, G)).sub_(sums[:, 0], alpha=2).to(U.dtype)
+            sums = dot64(U, S)[:, None]
+            loss = (x_sq + dot64(G, G)).sub_(sums[:, 0], alpha=2).to(U.dtype)
             reg = torch.zeros_like(loss)
         elif not fused:  # torch path with a regulariser: R is kept for the backward, where dP = 2 greg R
             S = _times_x(crow, col, values, U, blockdiag)
             R = torch.addcmul(P - S, _col(lam), U, value=-1)
-            sums = torch.stack([_dot64(U, S), _dot64(R, R), _dot64(R, U)], dim=-1)
+            sums = torch.stack([dot64(U, S), dot64(R, R), dot64(R, U)], dim=-1)
             G = _gram(U) if gram is None else gram
-            loss = (x_sq - 2 * sums[:, 0] + _dot64(G, G)).to(U.dtype)
+            loss = (x_sq - 2 * sums[:, 0] + dot64(G, G)).to(U.dtype)
             reg = sums[:, 1].to(U.dtype)
             P = R
         else:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 import symnmf_kernels as sk
+from symnmf_kernels.ops._common import dot64
 
 __all__ = ["SolverResult", "init_factor", "Problem", "Monitor", "projected_gradient_sq", "make_generator", "as_seed"]
 
@@ -99,24 +100,6 @@ def init_factor(X, rank, generator=None, *, batch_shape=()):
     return U * scale[..., None, None]
 
 
-DOT_RUN = 1 << 16
-
-
-def dot64(A, B):
-    """<A, B> over all entries, in float64 where it matters.
-
-    On the CPU: BLAS dots over runs of DOT_RUN entries in A's dtype, the runs summed in float64 (an error
-    of a few ulps per run, the size of the products' own rounding). A product tensor summed with
-    dtype=float64 costs a product tensor and a float64 conversion: 16 times the dots at n r = 8M. On a GPU
-    (one kernel, not one per run) and for float64, the product summed in float64.
-    """
-    if A.is_cuda or A.dtype == torch.float64 or A.numel() <= DOT_RUN:
-        return (A * B).sum(dtype=torch.float64)
-    a, b = A.reshape(-1), B.reshape(-1)
-    runs = [torch.dot(a[i:i + DOT_RUN], b[i:i + DOT_RUN]) for i in range(0, a.numel(), DOT_RUN)]
-    return torch.stack(runs).sum(dtype=torch.float64)
-
-
 def projected_gradient_sq(grad, U):
     """Squared norm of the projected gradient: grad where U > 0, min(grad, 0) where U = 0 (NaN stays NaN)."""
     return sk.projected_gradient_sq(grad, U)
@@ -148,7 +131,7 @@ class Problem:
         if XU is None:
             return sk.sym_loss(self.X, U)
         # The three terms nearly cancel near a good fit: sum them in float64.
-        return self.norm_sq - 2 * dot64(XU, U) + sk.gram(U, 0.0).double().pow(2).sum()
+        return self.norm_sq - 2 * dot64(XU[None], U[None])[0] + sk.gram(U, 0.0).double().pow(2).sum()
 
     def dense(self):
         return self.X.to_dense() if self.sparse else self.X
