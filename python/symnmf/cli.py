@@ -211,27 +211,71 @@ def _device(name):
 
 
 # ---------------------------------------------------------------------- cluster
+def _sharded_source(args):
+    """(source, affinity) for `symnmf.distributed.cluster`: a graph file or folder each rank reads its own rows
+    of, an .npy of features each rank reads its own rows of, or a matrix every rank loads (other formats)."""
+    path = args.input
+    if not os.path.exists(path):
+        raise CommandError(f"input file {path!r} does not exist")
+    ext = os.path.splitext(path)[1].lower()
+    graph_file = os.path.isdir(path)
+    if ext == ".npz":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as zf:
+                graph_file = {"format.npy", "indptr.npy", "indices.npy"} <= set(zf.namelist())
+        except (OSError, zipfile.BadZipFile) as err:
+            raise CommandError(f"cannot read {path}: {_one_line(err)}") from None
+    if graph_file:
+        if args.affinity == "features":
+            raise CommandError(f"{path} is a sparse graph (a precomputed affinity), not features")
+        return path, "precomputed"
+    if ext == ".npy" and args.affinity != "precomputed":
+        try:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        except (OSError, ValueError) as err:
+            raise CommandError(f"cannot read {path}: {_one_line(err)}") from None
+        if args.affinity == "features" or len(shape) != 2 or shape[0] != shape[1]:
+            return path, "nearest_neighbors"  # each rank maps the file and reads its own rows
+    matrix, _ = load_matrix(path, key=args.key)
+    affinity = args.affinity
+    if affinity == "auto":
+        affinity = "precomputed" if _looks_like_affinity(matrix) else "features"
+    if affinity == "precomputed" and matrix.shape[0] != matrix.shape[1]:
+        raise CommandError(f"--affinity precomputed needs a square n x n matrix, got shape {matrix.shape}")
+    return matrix, "precomputed" if affinity == "precomputed" else "nearest_neighbors"
+
+
 def _cluster_sharded(args, threads):
-    """`symnmf cluster` under torchrun: each rank reads its own rows of the graph (symnmf.distributed)."""
+    """`symnmf cluster` under torchrun: each rank reads its own rows of the graph, or of the features and
+    builds its rows of the kNN graph with the other ranks (symnmf.distributed, symnmf.distributed_graph)."""
     from . import distributed
 
-    if args.input is None or args.affinity == "features" or args.n_clusters is None:
-        raise CommandError("under torchrun, symnmf cluster takes a precomputed affinity (an .npz from "
-                           "scipy.sparse.save_npz, or a save_shards folder) and -k")
+    if args.input is None or args.n_clusters is None:
+        raise CommandError("under torchrun, symnmf cluster takes an input file (features, an .npz graph from "
+                           "scipy.sparse.save_npz or a save_shards folder) and -k")
     if args.solver not in distributed.SOLVERS:
         raise CommandError(f"--solver {args.solver} is not sharded; under torchrun use one of "
                            f"{', '.join(sorted(distributed.SOLVERS))}")
+    source, affinity = _sharded_source(args)
     options = {}
     if args.solver == "net":  # the same recipe and settings as the single-process fit
         options = {"recipe": args.recipe, **{name: value for name, value in
                                              (("lr", args.lr), ("relative_lr", args.relative_lr), ("beta", args.beta))
                                              if value is not None}}
     max_iter = args.epochs if args.solver == "net" else args.max_iter
-    run = distributed.cluster(args.input, args.n_clusters, args.solver, seed=args.seed, max_iter=max_iter,
-                              tol=args.tol, dtype=args.dtype, device=args.device, threads=threads, out=args.out,
-                              return_fit=True, **options)
+    try:
+        run = distributed.cluster(source, args.n_clusters, args.solver, seed=args.seed, max_iter=max_iter,
+                                  tol=args.tol, dtype=args.dtype, device=args.device, threads=threads, out=args.out,
+                                  return_fit=True, affinity=affinity, n_neighbors=args.n_neighbors,
+                                  metric=args.metric, **options)
+    except ValueError as err:  # bad input, found by every rank alike
+        raise CommandError(_one_line(err)) from None
     if run is not None:  # rank 0 wrote the outputs
-        print(f"{args.solver}: rank {args.n_clusters}, {run.n_iter} iterations, {run.seconds:.2f} s on "
+        graph = (f"kNN graph ({args.metric}) built on {run.world_size} ranks in {run.params['graph_seconds']:.2f} s, "
+                 if affinity == "nearest_neighbors" else "")
+        print(f"{args.solver}: rank {args.n_clusters}, {graph}{run.n_iter} iterations, {run.seconds:.2f} s on "
               f"{run.world_size} ranks, relative error {run.rel_error:.4f}")
     return 0
 

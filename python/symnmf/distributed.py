@@ -930,11 +930,15 @@ def init_from_env(backend=None):
 
 
 def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=None, dtype=None, device=None,
-            out=None, group=None, threads=None, verbose=False, return_fit=False, balance="rows", **options):
+            out=None, group=None, threads=None, verbose=False, return_fit=False, balance="rows",
+            affinity="precomputed", n_neighbors=None, metric="euclidean", **options):
     """Cluster a graph with a sharded solver; the labels (numpy, n) on rank 0, None on the other ranks.
 
     source: a scipy.sparse.save_npz file (CSR; each rank reads only its rows), a `save_shards`
-    directory, or a matrix every rank holds. Started by torchrun (WORLD_SIZE > 1) it initialises
+    directory, or a matrix every rank holds. With affinity="nearest_neighbors", source holds features
+    instead (an .npy file, each rank reading only its rows, or an array every rank holds), and the
+    ranks build Kuang's kNN graph together (`symnmf.distributed_graph.similarity_graph`, with
+    n_neighbors and metric), each keeping its own rows. Started by torchrun (WORLD_SIZE > 1) it initialises
     the process group itself (`init_from_env`); in one process it runs the same code on one shard.
     seed: the random start, the same as the single-process solvers' for the same int.
     out: a directory where rank 0 writes labels.txt, embedding.npy (the factor U, gathered) and
@@ -958,13 +962,25 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
             device = env_device  # under torchrun with NCCL: this rank's GPU (LOCAL_RANK)
     if threads and threads != "auto":
         torch.set_num_threads(int(threads))
+    if affinity not in ("precomputed", "nearest_neighbors"):
+        raise ValueError(f"affinity must be 'precomputed' or 'nearest_neighbors', got {affinity!r}")
     start = time.perf_counter()
-    graph = ShardedGraph.load(source, group=group, device=device, dtype=dtype, balance=balance)
+    if affinity == "nearest_neighbors":
+        if balance != "rows":
+            raise ValueError("balance='nnz' needs the graph's row pointers before it exists; a graph built from "
+                             "features is split into blocks of equal row counts (balance='rows')")
+        from .distributed_graph import similarity_graph
+
+        graph = similarity_graph(source, n_neighbors=n_neighbors, metric=metric, group=group, device=device,
+                                 dtype=dtype)
+    else:
+        graph = ShardedGraph.load(source, group=group, device=device, dtype=dtype, balance=balance)
     graph_seconds = time.perf_counter() - start
     run = fit(graph, k, solver, seed=seed, max_iter=max_iter, tol=tol, lam=lam, gather_factor=out is not None,
               verbose=verbose, **options)
     traffic = graph.sum(run.traffic.get("bytes_sent", 0), run.traffic.get("allgather_bytes_per_exchange", 0) *
                         run.traffic.get("exchanges", 0))
+    nnz = int(graph.sum(graph.nnz_local)[0])  # a collective: before rank 0 goes on alone
     if run.rank != 0:
         return None
     run.params["graph_seconds"] = graph_seconds
@@ -973,7 +989,8 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
     if out is not None:
         os.makedirs(out, exist_ok=True)
         metrics = {
-            "input": str(source) if isinstance(source, (str, os.PathLike)) else "matrix", "affinity": "precomputed",
+            "input": str(source) if isinstance(source, (str, os.PathLike)) else "matrix",
+            "affinity": "precomputed" if affinity == "precomputed" else "features",
             "solver": solver, "n_clusters": int(k), "n": graph.n, "device": str(graph.device),
             "dtype": str(graph.dtype).replace("torch.", ""), "rel_error": run.rel_error, "iterations": run.n_iter,
             "seconds": run.seconds, "graph_seconds": graph_seconds,
@@ -981,6 +998,9 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
             "world_size": run.world_size, "halo_bytes_sent_total": float(traffic[0]),
             "allgather_bytes_equivalent": float(traffic[1]), "exchanges": run.traffic.get("exchanges", 0),
         }
+        if affinity == "nearest_neighbors":
+            metrics["graph"] = {"n_neighbors": graph.construction["n_neighbors"], "metric": metric,
+                                                "nnz": nnz}
         np.savetxt(os.path.join(out, "labels.txt"), run.labels, fmt="%d")
         np.save(os.path.join(out, "embedding.npy"), run.U.cpu().numpy())
         with open(os.path.join(out, "metrics.json"), "w") as f:

@@ -1,0 +1,175 @@
+"""symnmf.distributed_graph: the kNN graph built row-sharded on 1, 2 and 3 gloo ranks against
+`symnmf.similarity_graph` in one process.
+
+Each rank writes its rows of the graph (the product of its block with the identity, so the whole
+sharded path, halo plan included, is what is compared) and the labels of a sharded fit on it; the
+test compares them with the single-process graph and fit. The ranks are spawned inside pytest with
+torchrun's variables, as in tests/test_distributed.py.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as tmp
+
+from symnmf import distributed as sd
+from symnmf import distributed_graph as sg
+from symnmf.graph import similarity_graph
+
+K = 5
+
+# name: (n, dtype, options of similarity_graph; "array" passes the features in memory, not as the .npy path)
+CASES = {
+    "euclid64": (701, "float64", {}),
+    "euclid32": (701, "float32", {}),
+    "cosine": (701, "float64", {"metric": "cosine"}),
+    "k4s3": (701, "float64", {"n_neighbors": 4, "scale_neighbor": 3}),
+    "chunks": (701, "float64", {"chunk_size": 7}),
+    "array": (701, "float64", {}),
+    "tiny": (7, "float64", {}),  # blocks of 2 or 3 rows: fewer candidates in a block than neighbours wanted
+}
+
+
+def mixture(n, dtype, seed=0, d=12, k=K):
+    """Points around k random centres, a new draw per case."""
+    rng = np.random.default_rng(seed)
+    centres = 3 * rng.normal(size=(k, d))
+    return (rng.normal(size=(n, d)) + centres[rng.integers(0, k, n)]).astype(dtype)
+
+
+def _options(name):
+    return {key: value for key, value in CASES[name][2].items()}
+
+
+def _worker(rank, world, root, port):
+    os.environ["TRITON_INTERPRET"] = "0"
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    sd.init_from_env("gloo")
+    try:
+        for name in CASES:
+            path = os.path.join(root, f"{name}.npy")
+            source = np.load(path) if name == "array" else path
+            graph = sg.similarity_graph(source, **_options(name))
+            eye = torch.eye(graph.n, dtype=graph.dtype)[graph.lo:graph.hi]
+            np.save(os.path.join(root, f"w{world}-{name}-rows-{rank}.npy"), graph.matmul(eye).numpy())
+            if name == "euclid64":
+                run = sd.fit(graph, K, "hals", seed=0, max_iter=30)
+                if rank == 0:
+                    np.save(os.path.join(root, f"w{world}-labels.npy"), run.labels)
+                info = graph.construction
+                assert info["n_neighbors"] == int(np.log2(graph.n)) + 1
+                assert (info["feature_bytes_sent"] > 0) == (world > 1)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """The features of every case on disk, and the sharded graphs of 2 and 3 spawned gloo ranks."""
+    root = str(tmp_path_factory.mktemp("knn"))
+    for i, (name, (n, dtype, _)) in enumerate(CASES.items()):
+        np.save(os.path.join(root, f"{name}.npy"), mixture(n, dtype, seed=i))
+    for world in (2, 3):
+        tmp.spawn(_worker, args=(world, root, _free_port()), nprocs=world, join=True)
+    return root
+
+
+def _single(root, name):
+    features = np.load(os.path.join(root, f"{name}.npy"))
+    options = _options(name)
+    options.pop("chunk_size", None)
+    dtype = torch.float32 if features.dtype == np.float32 else torch.float64
+    return similarity_graph(features, dtype=dtype, neighbors="exact", **options)
+
+
+def _sharded(root, name, world):
+    return np.concatenate([np.load(os.path.join(root, f"w{world}-{name}-rows-{p}.npy")) for p in range(world)])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("name", list(CASES))
+def test_sharded_graph_is_the_single_process_graph(root, name, world):
+    expected = _single(root, name).to_dense().numpy()
+    got = _sharded(root, name, world)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got != 0, expected != 0)  # the same union kNN pattern
+    err = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+    # only the degree sums are added in another order
+    assert err <= (1e-6 if expected.dtype == np.float32 else 1e-13), err
+    np.testing.assert_allclose(got, got.T, rtol=0, atol=0)  # exactly symmetric, as in one process
+
+
+def test_one_process_without_a_group(root):
+    """World size 1 (no torchrun): the same code, no ring, no exchange."""
+    graph = sg.similarity_graph(os.path.join(root, "euclid64.npy"))
+    assert graph.comm.world_size == 1 and graph.construction["feature_bytes_sent"] == 0
+    expected = _single(root, "euclid64")
+    got = graph.matmul(torch.eye(graph.n, dtype=graph.dtype))
+    assert torch.equal(got != 0, expected.to_dense() != 0)
+    assert float((got - expected.to_dense()).norm() / expected.to_dense().norm()) <= 1e-13
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_fit_on_the_sharded_graph_gives_the_single_process_labels(root, world):
+    from symnmf.fitting import fit_affinity
+
+    single = fit_affinity(_single(root, "euclid64"), K, "hals", random_state=0, max_iter=30, threads=1)
+    np.testing.assert_array_equal(np.load(os.path.join(root, f"w{world}-labels.npy")), single.labels)
+
+
+def test_bad_features(tmp_path):
+    bad = mixture(50, "float64")
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        sg.similarity_graph(bad)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        sg.similarity_graph(np.ones((1, 3)))
+    with pytest.raises(ValueError, match="no columns"):
+        sg.similarity_graph(np.ones((5, 0)))
+    with pytest.raises(ValueError, match="2-D"):
+        sg.similarity_graph(np.ones(5))
+    with pytest.raises(ValueError, match="metric"):
+        sg.similarity_graph(mixture(20, "float64"), metric="manhattan")
+    with pytest.raises(ValueError, match="chunk_size"):
+        sg.similarity_graph(mixture(20, "float64"), chunk_size=0)
+    text = tmp_path / "features.csv"
+    np.savetxt(text, mixture(20, "float64"), delimiter=",")
+    with pytest.raises(ValueError, match=r"\.npy"):
+        sg.similarity_graph(str(text))
+    with pytest.raises(ValueError, match="all zero"):
+        sg.similarity_graph(np.zeros((10, 3)), metric="cosine")
+
+
+def test_symnmf_cluster_of_features_under_torchrun(tmp_path):
+    """`symnmf cluster FEATURES.npy` on 2 ranks builds the graph sharded and gives the one-process labels."""
+    path = tmp_path / "features.npy"
+    np.save(path, mixture(600, "float64", seed=11))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("TRITON_INTERPRET", None)
+    common = ["cluster", str(path), "-k", str(K), "--solver", "hals", "--seed", "0", "--max-iter", "40"]
+    one = subprocess.run([sys.executable, "-m", "symnmf", *common, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    two = subprocess.run([*torchrun, "-m", "symnmf", *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-6000:]
+    assert "kNN graph (euclidean) built on 2 ranks" in two.stdout
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "two" / "labels.txt", dtype=np.int64),
+                                  np.loadtxt(tmp_path / "one" / "labels.txt", dtype=np.int64))
