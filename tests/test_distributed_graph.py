@@ -30,6 +30,7 @@ CASES = {
     "chunks": (701, "float64", {"chunk_size": 7}),
     "array": (701, "float64", {}),
     "tiny": (7, "float64", {}),  # blocks of 2 or 3 rows: fewer candidates in a block than neighbours wanted
+    "wide32": (1500, "float32", {"d": 64}),  # float32 in 64 dimensions: expanded distances round differently
 }
 
 
@@ -41,7 +42,7 @@ def mixture(n, dtype, seed=0, d=12, k=K):
 
 
 def _options(name):
-    return {key: value for key, value in CASES[name][2].items()}
+    return {key: value for key, value in CASES[name][2].items() if key != "d"}
 
 
 def _worker(rank, world, root, port):
@@ -84,7 +85,7 @@ def root(tmp_path_factory):
     """The features of every case on disk, and the sharded graphs of 2 and 3 spawned gloo ranks."""
     root = str(tmp_path_factory.mktemp("knn"))
     for i, (name, (n, dtype, _)) in enumerate(CASES.items()):
-        np.save(os.path.join(root, f"{name}.npy"), mixture(n, dtype, seed=i))
+        np.save(os.path.join(root, f"{name}.npy"), mixture(n, dtype, seed=i, d=CASES[name][2].get("d", 12)))
     for world in (2, 3):
         tmp.spawn(_worker, args=(world, root, _free_port()), nprocs=world, join=True)
     return root

@@ -115,6 +115,30 @@ def test_chunked_equals_unchunked(metric):
         assert rel_err(part.values().numpy(), full.values().numpy()) < 1e-14
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_float32_neighbours_do_not_depend_on_the_chunks(metric):
+    # In float32 the expanded distance ||a||^2 + ||b||^2 - 2 a.b rounds with the products' blocking; the
+    # search ranks twice k candidates by it and keeps the k nearest by the recomputed distance, so the
+    # chunking (and so the ranks of symnmf.distributed_graph) cannot change which neighbours are kept.
+    g = torch.Generator().manual_seed(7)
+    X = (torch.randn(10, 64, generator=g) * 2)[torch.randint(0, 10, (1200,), generator=g)]
+    X = X + torch.randn(1200, 64, generator=g)
+    full_idx, full = knn_search(X, 11, metric=metric)
+    for chunk in (1, 37, 500):
+        idx, scores = knn_search(X, 11, metric=metric, chunk_size=chunk)
+        assert torch.equal(idx, full_idx)
+        assert torch.equal(scores, full)
+
+
+def test_ties_are_broken_by_index():
+    # points 1-4 at distance exactly 1 from point 0 (within its 2 k candidates), the rest far away
+    X = torch.tensor([[0, 0], [0, -1], [1, 0], [0, 1], [-1, 0]] + [[10, 10 + i] for i in range(6)],
+                     dtype=torch.float64)
+    for chunk in (1, 3, 11):
+        idx, dist = knn_search(X, 2, chunk_size=chunk)
+        assert idx[0].tolist() == [1, 2] and dist[0].tolist() == [1.0, 1.0]
+
+
 def test_exactly_symmetric_zero_diagonal_sorted_csr():
     X = torch.randn(150, 3)
     A = similarity_graph(X, chunk_size=16)

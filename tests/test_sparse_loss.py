@@ -270,6 +270,7 @@ def test_triton_passes_match_torch(monkeypatch, dtype, B, n, r):
         lambda: sparse_reg_grad(U, S, P, lam, c1),
         lambda: sparse_loss_grad(U, S, G, W, Y, lam, c1, c2),
         lambda: sparse_loss_grad(U, S, G, None, None, lam, c1, c2),
+        lambda: sparse_loss_grad(U, S, G, W, Y, lam, c1, None),  # no U G term: the caller's Gram carries it
     ]
     fused = [f() for f in calls]
     monkeypatch.setattr(loss_mod, "use_triton", lambda t, r=None: False)
@@ -286,6 +287,7 @@ def test_opcheck_fused_ops():
     torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_terms.default, (U, S, None, lam))
     torch.library.opcheck(torch.ops.symnmf_kernels.sparse_reg_grad.default, (U, S, P, lam, c1))
     torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_grad.default, (U, S, G, W, Y, lam, c1, c2))
+    torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_grad.default, (U, S, G, W, Y, lam, c1, None))
 
 
 def test_opcheck_native_ops():

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from .distributed import Comm, ShardedGraph, row_offsets
-from .graph import _BLOCK_FLOATS, _METRICS, _check_count
+from .graph import _BLOCK_FLOATS, _METRICS, _check_count, candidates_per_row, keep_nearest
 
 __all__ = ["similarity_graph", "feature_rows"]
 
@@ -85,11 +85,13 @@ def _start_ring(comm, block, incoming):
     return dist.batch_isend_irecv(ops)
 
 
-def _search_block(X, sq, block, offset, own, best, best_idx, cosine, chunk_size):
-    """Merge block's candidates into each local row's running nearest (best, best_idx), in place."""
+def _search_block(X, sq, block, offset, own, nearest, cosine, chunk_size):
+    """Merge block's candidates into each local row's running nearest (scores, global indices), in place,
+    as `knn_search` ranks its candidates over all n at once."""
+    best, best_idx = nearest
     n_local, n_search = best.shape
     nb, d = block.shape
-    kk = min(n_search, nb - (1 if own else 0))
+    kk = candidates_per_row(n_search, nb - (1 if own else 0))
     if kk <= 0:
         return
     sq_block = None if cosine else (block * block).sum(dim=1)
@@ -103,18 +105,17 @@ def _search_block(X, sq, block, offset, own, best, best_idx, cosine, chunk_size)
             if own:
                 scores[local, local + start] = -math.inf  # self is never its own neighbour
             _, idx = torch.topk(scores, kk, dim=1, largest=True, sorted=False)
-            exact = (rows[:, None, :] * block[idx]).sum(dim=-1)
+            found = (rows[:, None, :] * block[idx]).sum(dim=-1)
         else:
             scores.mul_(-2).add_(sq[start:stop, None]).add_(sq_block[None, :])
             if own:
                 scores[local, local + start] = math.inf
             _, idx = torch.topk(scores, kk, dim=1, largest=False, sorted=False)
             diff = rows[:, None, :] - block[idx]
-            exact = (diff * diff).sum(dim=-1)
-        merged, order = torch.sort(torch.cat([best[start:stop], exact], dim=1), dim=1, descending=cosine)
-        best[start:stop] = merged[:, :n_search]
-        best_idx[start:stop] = torch.gather(torch.cat([best_idx[start:stop], idx + offset], dim=1), 1,
-                                            order[:, :n_search])
+            found = (diff * diff).sum(dim=-1)
+        best[start:stop], best_idx[start:stop] = keep_nearest(
+            torch.cat([best[start:stop], found], dim=1), torch.cat([best_idx[start:stop], idx + offset], dim=1),
+            n_search, descending=cosine)
         del scores
 
 
@@ -123,8 +124,9 @@ def _knn_ring(comm, offsets, X, n_search, cosine, chunk_size):
     and the bytes this rank sent."""
     P, p = comm.world_size, comm.rank
     n_local = X.shape[0]
-    best = torch.full((n_local, n_search), -math.inf if cosine else math.inf, dtype=X.dtype, device=X.device)
-    best_idx = torch.full((n_local, n_search), -1, dtype=torch.int64, device=X.device)
+    # Empty slots: the worst score and the largest index, so that they sort after every candidate.
+    nearest = (torch.full((n_local, n_search), -math.inf if cosine else math.inf, dtype=X.dtype, device=X.device),
+               torch.full((n_local, n_search), offsets[-1], dtype=torch.int64, device=X.device))
     sq = None if cosine else (X * X).sum(dim=1)
     block, sent = X, 0
     for t in range(P):
@@ -135,11 +137,11 @@ def _knn_ring(comm, offsets, X, n_search, cosine, chunk_size):
             incoming = X.new_empty((offsets[nxt + 1] - offsets[nxt], X.shape[1]))
             requests = _start_ring(comm, block, incoming)
             sent += block.numel() * block.element_size()
-        _search_block(X, sq, block, offsets[q], q == p, best, best_idx, cosine, chunk_size)
+        _search_block(X, sq, block, offsets[q], q == p, nearest, cosine, chunk_size)
         for request in requests:
             request.wait()
         block = incoming
-    return best, best_idx, sent
+    return nearest[0], nearest[1], sent
 
 
 def _owner(offsets, cols):

@@ -32,7 +32,8 @@ import torch
 
 from .validation import is_scipy_sparse
 
-__all__ = ["similarity_graph", "knn_search", "faiss_knn_search", "GraphScales", "similarity_to_graph"]
+__all__ = ["similarity_graph", "knn_search", "faiss_knn_search", "GraphScales", "similarity_to_graph",
+           "candidates_per_row", "keep_nearest"]
 
 _METRICS = ("euclidean", "cosine")
 _NEIGHBOR_SEARCHES = ("exact", "faiss", "auto")
@@ -86,13 +87,31 @@ def _check_count(value, name, n):
     return min(int(value), n - 1)
 
 
+def candidates_per_row(k, available):
+    """How many candidates the search ranks by the expanded distance ||a||^2 + ||b||^2 - 2 a.b, whose
+    rounding depends on how the products are blocked, before it keeps the k nearest by the distance
+    recomputed from the row difference: twice k, so that no rounding near the k-th neighbour decides
+    which k are kept, whatever the blocking (the chunks here, the ranks of symnmf.distributed_graph)."""
+    return min(available, 2 * k)
+
+
+def keep_nearest(scores, indices, k, descending=False):
+    """The k best (scores, indices) of each row's candidates, ordered by score, then by index among equal
+    scores: one answer whatever the order the candidates came in."""
+    by_index = torch.argsort(indices, dim=1, stable=True)
+    scores, indices = torch.gather(scores, 1, by_index), torch.gather(indices, 1, by_index)
+    scores, order = torch.sort(scores, dim=1, descending=descending, stable=True)
+    return scores[:, :k], torch.gather(indices, 1, order[:, :k])
+
+
 def knn_search(X, k, metric="euclidean", chunk_size=None):
     """Indices (n, k) of each row's k nearest other rows of X, nearest first, and the
     squared distances (euclidean) or cosine similarities (cosine, rows already unit norm).
 
     Rows are searched in blocks of ``chunk_size`` so that at most chunk_size x n
-    scores exist at once. Squared distances of the neighbours found are recomputed
-    from the row differences, and the k neighbours re-sorted by them.
+    scores exist at once. The `candidates_per_row` best by the expanded distance are
+    scored again from the row differences, and the k best by that score kept (ties
+    broken by index), so the result does not depend on chunk_size.
     """
     n = X.shape[0]
     if chunk_size is None:
@@ -100,6 +119,7 @@ def knn_search(X, k, metric="euclidean", chunk_size=None):
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     cosine = metric == "cosine"
+    n_cand = candidates_per_row(k, n - 1)
     sq_norms = None if cosine else (X * X).sum(dim=1)
     indices = torch.empty(n, k, dtype=torch.int64, device=X.device)
     scores = torch.empty(n, k, dtype=X.dtype, device=X.device)
@@ -109,18 +129,15 @@ def knn_search(X, k, metric="euclidean", chunk_size=None):
         block = X[start:stop] @ X.T  # (c, n) inner products
         if cosine:
             block[rows - start, rows] = -math.inf  # self is never its own neighbour
-            _, idx = torch.topk(block, k, dim=1, largest=True, sorted=False)
+            _, idx = torch.topk(block, n_cand, dim=1, largest=True, sorted=False)
             exact = (X[start:stop, None, :] * X[idx]).sum(dim=-1)
-            exact, order = torch.sort(exact, dim=1, descending=True)
         else:
             block.mul_(-2).add_(sq_norms[start:stop, None]).add_(sq_norms[None, :])
             block[rows - start, rows] = math.inf
-            _, idx = torch.topk(block, k, dim=1, largest=False, sorted=False)
+            _, idx = torch.topk(block, n_cand, dim=1, largest=False, sorted=False)
             diff = X[start:stop, None, :] - X[idx]
             exact = (diff * diff).sum(dim=-1)
-            exact, order = torch.sort(exact, dim=1)
-        indices[start:stop] = torch.gather(idx, 1, order)
-        scores[start:stop] = exact
+        scores[start:stop], indices[start:stop] = keep_nearest(exact, idx, k, descending=cosine)
         del block
     return indices, scores
 
@@ -331,6 +348,7 @@ def similarity_to_graph(new_features, fitted_features, scales, chunk_size=None):
         norms = torch.linalg.vector_norm(Y, dim=1, keepdim=True)
         Y = Y / torch.where(norms > 0, norms, torch.ones_like(norms))
     n_search = k if cosine else max(k, scales.scale_neighbor)
+    n_cand = candidates_per_row(n_search, n)
     if chunk_size is None:
         chunk_size = max(1, min(max(m, 1), _BLOCK_FLOATS // n))
     rows = torch.zeros(m, n, dtype=F.dtype, device=F.device)
@@ -340,16 +358,14 @@ def similarity_to_graph(new_features, fitted_features, scales, chunk_size=None):
         stop = min(m, start + chunk_size)
         block = Y[start:stop] @ F.T
         if cosine:
-            _, idx = torch.topk(block, n_search, dim=1, largest=True, sorted=False)
+            _, idx = torch.topk(block, n_cand, dim=1, largest=True, sorted=False)
             exact = (Y[start:stop, None, :] * F[idx]).sum(dim=-1)
-            exact, order = torch.sort(exact, dim=1, descending=True)
         else:
             block.mul_(-2).add_((Y[start:stop] * Y[start:stop]).sum(dim=1, keepdim=True)).add_(sq_norms[None, :])
-            _, idx = torch.topk(block, n_search, dim=1, largest=False, sorted=False)
+            _, idx = torch.topk(block, n_cand, dim=1, largest=False, sorted=False)
             diff = Y[start:stop, None, :] - F[idx]
             exact = (diff * diff).sum(dim=-1)
-            exact, order = torch.sort(exact, dim=1)
-        idx = torch.gather(idx, 1, order)
+        exact, idx = keep_nearest(exact, idx, n_search, descending=cosine)
         nearest[start:stop] = idx[:, 0]
         idx, exact_k = idx[:, :k], exact[:, :k]
         if cosine:

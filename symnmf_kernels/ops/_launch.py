@@ -192,17 +192,19 @@ def sparse_reg_grad(U, S, P, lam, coef):
 
 
 def sparse_loss_grad(U, S, G, W, Y, lam, coef_s, coef_g):
-    """dU = coef_s S + coef_g U G - lam W - Y; W and Y may be None, the scalars are (B,) tensors."""
+    """dU = coef_s S + coef_g U G - lam W - Y; W, Y and coef_g may be None (coef_g None: no U G term), the
+    scalars are (B,) tensors."""
     B, n, r = U.shape
     BN, warps = tiles("sparse_grad", r, U.device)
     dU = torch.empty((B, n, r), dtype=U.dtype, device=U.device)
     Wt = W if W is not None else U  # stand in for unused pointers
     Yt = Y if Y is not None else U
+    coef_s = coef_s.contiguous()
     sparse_loss_grad_kernel[(B * triton_cdiv(n, BN),)](
-        U, S, G, Wt, Yt, lam.contiguous(), coef_s.contiguous(), coef_g.contiguous(), dU, n, r,
+        U, S, G, Wt, Yt, lam.contiguous(), coef_s, coef_g.contiguous() if coef_g is not None else coef_s, dU, n, r,
         *U.stride(), *S.stride(), *G.stride(), *Wt.stride(), *Yt.stride(), *dU.stride(),
         HAS_W=W is not None, HAS_Y=Y is not None, BLOCK_N=BN, BLOCK_R=block_r(r), ACC=acc_dtype(U.dtype),
-        PRECISION=input_precision(U, r, False), num_warps=warps,
+        PRECISION=input_precision(U, r, False), HAS_UG=coef_g is not None, num_warps=warps,
     )
     return dU
 

@@ -120,9 +120,10 @@ def _(U, S, P, lam, coef):
 
 @torch.library.custom_op("symnmf_kernels::sparse_loss_grad", mutates_args=())
 def sparse_loss_grad(U: torch.Tensor, S: torch.Tensor, G: torch.Tensor, W: Optional[torch.Tensor],
-                     Y: Optional[torch.Tensor], lam: torch.Tensor, coef_s: torch.Tensor, coef_g: torch.Tensor
-                     ) -> torch.Tensor:
-    """dU = coef_s S + coef_g U G - lam W - Y for (B, n, r) U, S, W, Y, (B, r, r) G and (B,) scalars."""
+                     Y: Optional[torch.Tensor], lam: torch.Tensor, coef_s: torch.Tensor,
+                     coef_g: Optional[torch.Tensor]) -> torch.Tensor:
+    """dU = coef_s S + coef_g U G - lam W - Y for (B, n, r) U, S, W, Y, (B, r, r) G and (B,) scalars; without
+    coef_g the U G term is left out (neither pass forms the product)."""
     r = U.shape[-1]
     if use_triton(U, r):
         return _launch.sparse_loss_grad(U, S, G, W, Y, lam, coef_s, coef_g)
@@ -273,8 +274,6 @@ class _SparseLayerLoss(torch.autograd.Function):
                 coef_s = -2 * gloss
                 Xt = (t_crow, t_col, t_values)
             Y = _times_x(*Xt, V, ctx.blockdiag) if V is not None else None
-            if ctx.fused and coef_g is None:  # the Triton kernel takes a coefficient: 0 drops the U G term
-                coef_g = torch.zeros_like(gloss)
             dU = loss_grad(U, S, G, W, Y, lam, coef_s, coef_g)
         if need_p:
             dP = W

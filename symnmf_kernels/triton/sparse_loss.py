@@ -99,24 +99,26 @@ def sparse_loss_grad_kernel(
     stride_yb, stride_yn, stride_yr,
     stride_db, stride_dn, stride_dr,
     HAS_W: tl.constexpr, HAS_Y: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
-    PRECISION: tl.constexpr = "ieee",
+    PRECISION: tl.constexpr = "ieee", HAS_UG: tl.constexpr = True,
 ):
-    """dU[b] = coef_s[b] S + coef_g[b] U G[b] - lam[b] W - Y on row tile (b, i), grid (B * row tiles,); W, Y optional."""
+    """dU[b] = coef_s[b] S + coef_g[b] U G[b] - lam[b] W - Y on row tile (b, i), grid (B * row tiles,); W, Y optional.
+
+    Without HAS_UG the U G term is left out (U, G and coef_g are not read): the caller's Gram carries it."""
     b, i = row_tile(n, BLOCK_N)
     offs_r = tl.arange(0, BLOCK_R)
     rows = (i * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     r_ok = offs_r < r
     mask = (rows[:, None] < n) & r_ok[None, :]
-    u = tl.load(U + b * stride_ub + rows[:, None] * stride_un + offs_r[None, :] * stride_ur, mask=mask, other=0.0)
     x = tl.load(S + b * stride_sb + rows[:, None] * stride_sn + offs_r[None, :] * stride_sr, mask=mask, other=0.0)
-    g = tl.load(
-        G + b * stride_gb + offs_r[:, None] * stride_gr + offs_r[None, :] * stride_gc,
-        mask=r_ok[:, None] & r_ok[None, :], other=0.0,
-    )
-    cs = tl.load(coef_s + b).to(ACC)
-    cg = tl.load(coef_g + b).to(ACC)
-    ug = tl.dot(u.to(ACC), g.to(ACC), input_precision=PRECISION, out_dtype=ACC)
-    d = cs * x.to(ACC) + cg * ug
+    d = tl.load(coef_s + b).to(ACC) * x.to(ACC)
+    if HAS_UG:
+        u = tl.load(U + b * stride_ub + rows[:, None] * stride_un + offs_r[None, :] * stride_ur, mask=mask, other=0.0)
+        g = tl.load(
+            G + b * stride_gb + offs_r[:, None] * stride_gr + offs_r[None, :] * stride_gc,
+            mask=r_ok[:, None] & r_ok[None, :], other=0.0,
+        )
+        ug = tl.dot(u.to(ACC), g.to(ACC), input_precision=PRECISION, out_dtype=ACC)
+        d += tl.load(coef_g + b).to(ACC) * ug
     if HAS_W:
         w = tl.load(W + b * stride_wb + rows[:, None] * stride_wn + offs_r[None, :] * stride_wr, mask=mask, other=0.0)
         d -= tl.load(lam + b).to(ACC) * w.to(ACC)
