@@ -45,22 +45,23 @@ def _options(name):
     return {key: value for key, value in CASES[name][2].items() if key != "d"}
 
 
-def _worker(rank, world, root, port):
+def _worker(rank, world, root, port, backend="gloo", names=tuple(CASES)):
     os.environ["TRITON_INTERPRET"] = "0"
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    sd.init_from_env("gloo")
+    sd.init_from_env(backend)
     try:
-        for name in CASES:
+        for name in names:
             path = os.path.join(root, f"{name}.npy")
             source = np.load(path) if name == "array" else path
             graph = sg.similarity_graph(source, **_options(name))
-            eye = torch.eye(graph.n, dtype=graph.dtype)[graph.lo:graph.hi]
-            np.save(os.path.join(root, f"w{world}-{name}-rows-{rank}.npy"), graph.matmul(eye).numpy())
-            if name == "euclid64":
+            eye = torch.eye(graph.n, dtype=graph.dtype, device=graph.device)[graph.lo:graph.hi]
+            tag = f"w{world}" if backend == "gloo" else f"{backend}{world}"
+            np.save(os.path.join(root, f"{tag}-{name}-rows-{rank}.npy"), graph.matmul(eye).cpu().numpy())
+            if name == "euclid64" and backend == "gloo":
                 run = sd.fit(graph, K, "hals", seed=0, max_iter=30)
                 if rank == 0:
                     np.save(os.path.join(root, f"w{world}-labels.npy"), run.labels)
@@ -99,8 +100,8 @@ def _single(root, name):
     return similarity_graph(features, dtype=dtype, neighbors="exact", **options)
 
 
-def _sharded(root, name, world):
-    return np.concatenate([np.load(os.path.join(root, f"w{world}-{name}-rows-{p}.npy")) for p in range(world)])
+def _sharded(root, name, world, tag="w"):
+    return np.concatenate([np.load(os.path.join(root, f"{tag}{world}-{name}-rows-{p}.npy")) for p in range(world)])
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -132,6 +133,22 @@ def test_sharded_fit_on_the_sharded_graph_gives_the_single_process_labels(root, 
 
     single = fit_affinity(_single(root, "euclid64"), K, "hals", random_state=0, max_iter=30, threads=1)
     np.testing.assert_array_equal(np.load(os.path.join(root, f"w{world}-labels.npy")), single.labels)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the NCCL test needs a GPU")
+def test_nccl_ring_builds_the_single_process_graph(root):
+    """NCCL, one rank per GPU (2 where there are 2 GPUs, else 1): the search on the GPU, the blocks and the
+    choices sent by NCCL."""
+    world = min(2, torch.cuda.device_count())
+    names = ("euclid32", "cosine", "wide32")
+    tmp.spawn(_worker, args=(world, root, _free_port(), "nccl", names), nprocs=world, join=True)
+    for name in names:
+        expected = _single(root, name).to_dense().numpy()
+        got = _sharded(root, name, world, tag="nccl")
+        np.testing.assert_array_equal(got != 0, expected != 0)
+        # the GPU's products and sums round differently from the CPU's
+        assert np.linalg.norm(got - expected) / np.linalg.norm(expected) <= (1e-5 if got.dtype == np.float32 else 1e-12)
 
 
 def test_bad_features(tmp_path):
