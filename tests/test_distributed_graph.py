@@ -174,20 +174,43 @@ def test_bad_features(tmp_path):
         sg.similarity_graph(np.zeros((10, 3)), metric="cosine")
 
 
-def test_symnmf_cluster_of_features_under_torchrun(tmp_path):
-    """`symnmf cluster FEATURES.npy` on 2 ranks builds the graph sharded and gives the one-process labels."""
-    path = tmp_path / "features.npy"
-    np.save(path, mixture(600, "float64", seed=11))
+def _one_and_two_ranks(tmp_path, args):
+    """`python -m symnmf <args> --out one` and the same under torchrun on 2 ranks (--out two); their metrics."""
+    import json
+
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("TRITON_INTERPRET", None)
-    common = ["cluster", str(path), "-k", str(K), "--solver", "hals", "--seed", "0", "--max-iter", "40"]
-    one = subprocess.run([sys.executable, "-m", "symnmf", *common, "--out", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "symnmf", *args, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    two = subprocess.run([*torchrun, "-m", "symnmf", *common, "--out", str(tmp_path / "two")],
+    two = subprocess.run([*torchrun, "-m", "symnmf", *args, "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-6000:]
     assert "kNN graph (euclidean) built on 2 ranks" in two.stdout
     np.testing.assert_array_equal(np.loadtxt(tmp_path / "two" / "labels.txt", dtype=np.int64),
                                   np.loadtxt(tmp_path / "one" / "labels.txt", dtype=np.int64))
+    metrics = []
+    for name in ("one", "two"):
+        with open(tmp_path / name / "metrics.json") as f:
+            metrics.append(json.load(f))
+    return metrics
+
+
+def test_symnmf_cluster_of_features_under_torchrun(tmp_path):
+    """`symnmf cluster FEATURES.npy --labels L` on 2 ranks builds the graph sharded, gives the one-process
+    labels and scores them."""
+    path = tmp_path / "features.npy"
+    np.save(path, mixture(600, "float64", seed=11))
+    np.save(tmp_path / "labels.npy", np.arange(600) % K)
+    one, two = _one_and_two_ranks(tmp_path, ["cluster", str(path), "--labels", str(tmp_path / "labels.npy"),
+                                             "--solver", "hals", "--seed", "0", "--max-iter", "40"])
+    assert two["affinity"] == "features" and two["n_clusters"] == K  # -k from the labels' classes
+    assert two["acc"] == one["acc"] and two["nmi_max"] == one["nmi_max"]
+
+
+def test_symnmf_cluster_of_a_dataset_under_torchrun(tmp_path):
+    pytest.importorskip("sklearn")
+    one, two = _one_and_two_ranks(tmp_path, ["cluster", "--dataset", "digits", "--solver", "hals", "--seed", "0",
+                                             "--max-iter", "30"])
+    assert two["acc"] == one["acc"] > 0.5

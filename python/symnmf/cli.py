@@ -212,39 +212,71 @@ def _device(name):
 
 # ---------------------------------------------------------------------- cluster
 def _sharded_source(args):
-    """(source, affinity) for `symnmf.distributed.cluster`: a graph file or folder each rank reads its own rows
-    of, an .npy of features each rank reads its own rows of, or a matrix every rank loads (other formats)."""
+    """(source, affinity, n, labels or None) for `symnmf.distributed.cluster`: a graph file or folder each rank
+    reads its own rows of, an .npy of features each rank reads its own rows of, or a matrix every rank loads
+    (a --dataset, and other formats)."""
+    if args.dataset is not None:
+        from . import datasets
+
+        try:
+            matrix, labels = datasets.load(args.dataset)
+        except ValueError as err:
+            raise CommandError(f"--dataset: {err}") from None
+        return matrix, "nearest_neighbors", matrix.shape[0], labels
+    import zipfile
+
     path = args.input
     if not os.path.exists(path):
         raise CommandError(f"input file {path!r} does not exist")
     ext = os.path.splitext(path)[1].lower()
-    graph_file = os.path.isdir(path)
-    if ext == ".npz":
-        import zipfile
+    try:
+        if os.path.isdir(path):
+            from .distributed import SHARDS_INDEX
 
-        try:
+            with open(os.path.join(path, SHARDS_INDEX)) as f:
+                n_graph = int(json.load(f)["n"])
+        elif ext == ".npz":
+            from .distributed import _read_small
+
             with zipfile.ZipFile(path) as zf:
                 graph_file = {"format.npy", "indptr.npy", "indices.npy"} <= set(zf.namelist())
-        except (OSError, zipfile.BadZipFile) as err:
-            raise CommandError(f"cannot read {path}: {_one_line(err)}") from None
-    if graph_file:
+                n_graph = int(_read_small(zf, "shape")[0]) if graph_file else None
+        else:
+            n_graph = None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise CommandError(f"cannot read {path}: {_one_line(err)}") from None
+    if n_graph is not None:
         if args.affinity == "features":
             raise CommandError(f"{path} is a sparse graph (a precomputed affinity), not features")
-        return path, "precomputed"
+        return path, "precomputed", n_graph, None
     if ext == ".npy" and args.affinity != "precomputed":
         try:
             shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
         except (OSError, ValueError) as err:
             raise CommandError(f"cannot read {path}: {_one_line(err)}") from None
         if args.affinity == "features" or len(shape) != 2 or shape[0] != shape[1]:
-            return path, "nearest_neighbors"  # each rank maps the file and reads its own rows
-    matrix, _ = load_matrix(path, key=args.key)
+            if len(shape) != 2:
+                raise CommandError(f"{path} holds a {len(shape)}-D array; features are (n_samples, n_features)")
+            return path, "nearest_neighbors", shape[0], None  # each rank maps the file and reads its own rows
+    matrix, labels = load_matrix(path, key=args.key)
     affinity = args.affinity
     if affinity == "auto":
         affinity = "precomputed" if _looks_like_affinity(matrix) else "features"
     if affinity == "precomputed" and matrix.shape[0] != matrix.shape[1]:
         raise CommandError(f"--affinity precomputed needs a square n x n matrix, got shape {matrix.shape}")
-    return matrix, "precomputed" if affinity == "precomputed" else "nearest_neighbors"
+    return matrix, "precomputed" if affinity == "precomputed" else "nearest_neighbors", matrix.shape[0], labels
+
+
+def _scores(labels_true, labels):
+    from .metrics import accuracy, nmi, purity
+
+    return {"acc": accuracy(labels_true, labels), "nmi_max": nmi(labels_true, labels, "max"),
+            "nmi_arithmetic": nmi(labels_true, labels, "arithmetic"), "purity": purity(labels_true, labels)}
+
+
+def _print_scores(result):
+    print(f"ACC {result['acc']:.4f}  NMI (MI/max H) {result['nmi_max']:.4f}  "
+          f"NMI (MI/mean H) {result['nmi_arithmetic']:.4f}  purity {result['purity']:.4f}")
 
 
 def _cluster_sharded(args, threads):
@@ -252,13 +284,21 @@ def _cluster_sharded(args, threads):
     builds its rows of the kNN graph with the other ranks (symnmf.distributed, symnmf.distributed_graph)."""
     from . import distributed
 
-    if args.input is None or args.n_clusters is None:
-        raise CommandError("under torchrun, symnmf cluster takes an input file (features, an .npz graph from "
-                           "scipy.sparse.save_npz or a save_shards folder) and -k")
     if args.solver not in distributed.SOLVERS:
         raise CommandError(f"--solver {args.solver} is not sharded; under torchrun use one of "
                            f"{', '.join(sorted(distributed.SOLVERS))}")
-    source, affinity = _sharded_source(args)
+    source, affinity, n, labels_true = _sharded_source(args)
+    if args.labels is not None:
+        labels_true = _load_labels(args.labels)
+    if labels_true is not None and len(labels_true) != n:
+        raise CommandError(f"--labels has {len(labels_true)} entries but the input has {n} rows")
+    k = args.n_clusters
+    if k is None:
+        if labels_true is None:
+            raise CommandError("pass the number of clusters with -k/--n-clusters (no labels to count classes from)")
+        k = int(len(np.unique(labels_true)))
+    if k < 1 or k > n:
+        raise CommandError(f"--n-clusters = {k} must be between 1 and the number of nodes n = {n}")
     options = {}
     if args.solver == "net":  # the same recipe and settings as the single-process fit
         options = {"recipe": args.recipe, **{name: value for name, value in
@@ -266,24 +306,34 @@ def _cluster_sharded(args, threads):
                                              if value is not None}}
     max_iter = args.epochs if args.solver == "net" else args.max_iter
     try:
-        run = distributed.cluster(source, args.n_clusters, args.solver, seed=args.seed, max_iter=max_iter,
+        run = distributed.cluster(source, k, args.solver, seed=args.seed, max_iter=max_iter,
                                   tol=args.tol, dtype=args.dtype, device=args.device, threads=threads, out=args.out,
                                   return_fit=True, affinity=affinity, n_neighbors=args.n_neighbors,
                                   metric=args.metric, **options)
     except ValueError as err:  # bad input, found by every rank alike
         raise CommandError(_one_line(err)) from None
-    if run is not None:  # rank 0 wrote the outputs
-        graph = (f"kNN graph ({args.metric}) built on {run.world_size} ranks in {run.params['graph_seconds']:.2f} s, "
-                 if affinity == "nearest_neighbors" else "")
-        print(f"{args.solver}: rank {args.n_clusters}, {graph}{run.n_iter} iterations, {run.seconds:.2f} s on "
-              f"{run.world_size} ranks, relative error {run.rel_error:.4f}")
+    if run is None:  # not rank 0
+        return 0
+    graph = (f"kNN graph ({args.metric}) built on {run.world_size} ranks in {run.params['graph_seconds']:.2f} s, "
+             if affinity == "nearest_neighbors" else "")
+    print(f"{args.solver}: rank {k}, {graph}{run.n_iter} iterations, {run.seconds:.2f} s on "
+          f"{run.world_size} ranks, relative error {run.rel_error:.4f}")
+    if labels_true is not None:
+        scores = _scores(labels_true, run.labels)
+        _print_scores(scores)
+        if args.out is not None:  # rank 0 wrote metrics.json: add the scores
+            path = os.path.join(args.out, "metrics.json")
+            with open(path) as f:
+                metrics = json.load(f)
+            metrics.update(scores)
+            with open(path, "w") as f:
+                json.dump(metrics, f, indent=2)
     return 0
 
 
 def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` stays fast
     from . import datasets
     from .fitting import SOLVERS, build_affinity, fit_affinity
-    from .metrics import accuracy, nmi, purity
 
     # Every argument and the input are checked before any fit.
     if (args.input is None) == (args.dataset is None):
@@ -359,18 +409,12 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
         "graph_seconds": graph_seconds, "cluster_sizes": np.bincount(run.labels, minlength=k).tolist(),
     }
     if labels_true is not None:
-        result.update({
-            "acc": accuracy(labels_true, run.labels),
-            "nmi_max": nmi(labels_true, run.labels, "max"),
-            "nmi_arithmetic": nmi(labels_true, run.labels, "arithmetic"),
-            "purity": purity(labels_true, run.labels),
-        })
+        result.update(_scores(labels_true, run.labels))
     print(f"{args.solver}: rank {k}, {run.n_iter} iterations, {run.seconds:.2f} s, "
           f"relative error ||X - UU^T||^2/||X||^2 = {run.rel_error:.4f}")
     print(f"cluster sizes: {result['cluster_sizes']}")
     if labels_true is not None:
-        print(f"ACC {result['acc']:.4f}  NMI (MI/max H) {result['nmi_max']:.4f}  "
-              f"NMI (MI/mean H) {result['nmi_arithmetic']:.4f}  purity {result['purity']:.4f}")
+        _print_scores(result)
 
     np.savetxt(os.path.join(args.out, "labels.txt"), run.labels, fmt="%d")
     np.save(os.path.join(args.out, "embedding.npy"), run.U.cpu().numpy())
