@@ -82,11 +82,18 @@ def _free_port():
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    """The features of every case on disk, and the sharded graphs of 2 and 3 spawned gloo ranks."""
+def features(tmp_path_factory):
+    """The features of every case on disk."""
     root = str(tmp_path_factory.mktemp("knn"))
     for i, (name, (n, dtype, _)) in enumerate(CASES.items()):
         np.save(os.path.join(root, f"{name}.npy"), mixture(n, dtype, seed=i, d=CASES[name][2].get("d", 12)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def root(features):
+    """The sharded graphs of every case on 2 and 3 spawned gloo ranks, beside the features."""
+    root = features
     for world in (2, 3):
         tmp.spawn(_worker, args=(world, root, _free_port()), nprocs=world, join=True)
     return root
@@ -137,15 +144,15 @@ def test_sharded_fit_on_the_sharded_graph_gives_the_single_process_labels(root, 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the NCCL test needs a GPU")
-def test_nccl_ring_builds_the_single_process_graph(root):
+def test_nccl_ring_builds_the_single_process_graph(features):
     """NCCL, one rank per GPU (2 where there are 2 GPUs, else 1): the search on the GPU, the blocks and the
     choices sent by NCCL."""
     world = min(2, torch.cuda.device_count())
     names = ("euclid32", "cosine", "wide32")
-    tmp.spawn(_worker, args=(world, root, _free_port(), "nccl", names), nprocs=world, join=True)
+    tmp.spawn(_worker, args=(world, features, _free_port(), "nccl", names), nprocs=world, join=True)
     for name in names:
-        expected = _single(root, name).to_dense().numpy()
-        got = _sharded(root, name, world, tag="nccl")
+        expected = _single(features, name).to_dense().numpy()
+        got = _sharded(features, name, world, tag="nccl")
         np.testing.assert_array_equal(got != 0, expected != 0)
         # the GPU's products and sums round differently from the CPU's
         assert np.linalg.norm(got - expected) / np.linalg.norm(expected) <= (1e-5 if got.dtype == np.float32 else 1e-12)
