@@ -61,13 +61,19 @@ def _fit_all(graph, root, tag, solvers, iters):
         json.dump(out, f)
 
 
-def _worker(rank, world, root, port, solvers, iters, device):
-    """One rank as torchrun starts it: the group from the environment (`sd.init_from_env`); then the
-    fits on all `world` ranks, the same on a subgroup of the first two, and `sd.cluster` with outputs."""
+def as_torchrun_rank(rank, world, port):
+    """This spawned process as torchrun starts a rank: its variables, one thread, the torch path of the ops
+    (TRITON_INTERPRET=0)."""
     os.environ["TRITON_INTERPRET"] = "0"
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
+
+
+def _worker(rank, world, root, port, solvers, iters, device):
+    """One rank as torchrun starts it: the group from the environment (`sd.init_from_env`); then the
+    fits on all `world` ranks, the same on a subgroup of the first two, and `sd.cluster` with outputs."""
+    as_torchrun_rank(rank, world, port)
     import torch.distributed as dist
 
     device_used = sd.init_from_env("nccl" if device == "cuda" else "gloo")
@@ -315,27 +321,33 @@ def test_nccl_matches_one_process(tmp_path, graph, single):
     assert ranks[0]["hals"]["objective"] == pytest.approx(single["hals"].reconstruction_err ** 2, rel=1e-8)
 
 
-def run_cluster_commands(tmp_path, A, args):
-    """`python -m symnmf cluster GRAPH <args>` in one process (out: tmp_path / "one") and under torchrun on
-    2 ranks (tmp_path / "two"); asserts both succeed and the sharded one says so."""
+def run_one_and_two_ranks(tmp_path, args):
+    """`python -m symnmf <args>` in one process (--out tmp_path / "one") and under torchrun on 2 ranks
+    (tmp_path / "two"); asserts both succeed and the sharded one says so. Returns the sharded one's stdout."""
     import subprocess
     import sys
 
-    path = tmp_path / "graph.npz"
-    sp.save_npz(path, sp.csr_matrix(A))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("TRITON_INTERPRET", None)
-    common = ["cluster", str(path), *args]
-    one = subprocess.run([sys.executable, "-m", "symnmf", *common, "--out", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "symnmf", *args, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
     # --standalone: torchrun binds its own free port (a port picked here beforehand could be taken by the
     # gloo groups of tests running beside this one before torchrun binds it)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    two = subprocess.run([*torchrun, "-m", "symnmf", *common, "--out", str(tmp_path / "two")],
+    two = subprocess.run([*torchrun, "-m", "symnmf", *args, "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-6000:]
     assert "on 2 ranks" in two.stdout
+    return two.stdout
+
+
+def run_cluster_commands(tmp_path, A, args):
+    """`python -m symnmf cluster GRAPH <args>` for the graph A, in one process and on 2 ranks
+    (`run_one_and_two_ranks`)."""
+    path = tmp_path / "graph.npz"
+    sp.save_npz(path, sp.csr_matrix(A))
+    return run_one_and_two_ranks(tmp_path, ["cluster", str(path), *args])
 
 
 def test_symnmf_cluster_under_torchrun_gives_the_single_process_labels(tmp_path, graph):

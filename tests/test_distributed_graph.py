@@ -7,8 +7,6 @@ test compares them with the single-process graph and fit. The ranks are spawned 
 torchrun's variables, as in tests/test_distributed.py.
 """
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ import torch.multiprocessing as tmp
 from symnmf import distributed as sd
 from symnmf import distributed_graph as sg
 from symnmf.graph import similarity_graph
+from test_distributed import _free_port, as_torchrun_rank, run_one_and_two_ranks
 
 K = 5
 
@@ -46,10 +45,7 @@ def _options(name):
 
 
 def _worker(rank, world, root, port, backend="gloo", names=tuple(CASES)):
-    os.environ["TRITON_INTERPRET"] = "0"
-    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    as_torchrun_rank(rank, world, port)
     import torch.distributed as dist
 
     sd.init_from_env(backend)
@@ -71,14 +67,6 @@ def _worker(rank, world, root, port, backend="gloo", names=tuple(CASES)):
         dist.barrier()
     finally:
         dist.destroy_process_group()
-
-
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -182,19 +170,11 @@ def test_bad_features(tmp_path):
 
 
 def _one_and_two_ranks(tmp_path, args):
-    """`python -m symnmf <args> --out one` and the same under torchrun on 2 ranks (--out two); their metrics."""
+    """The command in one process and on 2 ranks: the same labels; both runs' metrics."""
     import json
 
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("TRITON_INTERPRET", None)
-    one = subprocess.run([sys.executable, "-m", "symnmf", *args, "--out", str(tmp_path / "one")],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    two = subprocess.run([*torchrun, "-m", "symnmf", *args, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert two.returncode == 0, two.stderr[-6000:]
-    assert "kNN graph (euclidean) built on 2 ranks" in two.stdout
+    stdout = run_one_and_two_ranks(tmp_path, args)
+    assert "kNN graph (euclidean) built on 2 ranks" in stdout
     np.testing.assert_array_equal(np.loadtxt(tmp_path / "two" / "labels.txt", dtype=np.int64),
                                   np.loadtxt(tmp_path / "one" / "labels.txt", dtype=np.int64))
     metrics = []

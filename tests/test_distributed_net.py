@@ -17,7 +17,7 @@ import torch.multiprocessing as tmp
 
 from symnmf import distributed as sd
 from symnmf.distributed_net import init_restarts, net
-from test_distributed import _free_port, clustered_graph, run_cluster_commands
+from test_distributed import _free_port, as_torchrun_rank, clustered_graph, run_cluster_commands
 
 K = 4
 # (recipe, overrides): the library's recipe shortened (3 restarts kept by consensus, HALS start and
@@ -69,10 +69,7 @@ def _run_cases(graph, root, tag, cases):
 
 
 def _worker(rank, world, root, port, device):
-    os.environ["TRITON_INTERPRET"] = "0"
-    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    as_torchrun_rank(rank, world, port)
     import torch.distributed as dist
 
     assert sd.init_from_env("nccl" if device == "cuda" else "gloo").type == device

@@ -267,6 +267,18 @@ def _sharded_source(args):
     return matrix, "precomputed" if affinity == "precomputed" else "nearest_neighbors", matrix.shape[0], labels
 
 
+def _n_clusters(args, labels_true, n):
+    """-k, or the number of classes in the labels; CommandError without either, or outside [1, n]."""
+    k = args.n_clusters
+    if k is None:
+        if labels_true is None:
+            raise CommandError("pass the number of clusters with -k/--n-clusters (no labels to count classes from)")
+        k = int(len(np.unique(labels_true)))
+    if k < 1 or k > n:
+        raise CommandError(f"--n-clusters = {k} must be between 1 and the number of nodes n = {n}")
+    return k
+
+
 def _scores(labels_true, labels):
     from .metrics import accuracy, nmi, purity
 
@@ -292,13 +304,7 @@ def _cluster_sharded(args, threads):
         labels_true = _load_labels(args.labels)
     if labels_true is not None and len(labels_true) != n:
         raise CommandError(f"--labels has {len(labels_true)} entries but the input has {n} rows")
-    k = args.n_clusters
-    if k is None:
-        if labels_true is None:
-            raise CommandError("pass the number of clusters with -k/--n-clusters (no labels to count classes from)")
-        k = int(len(np.unique(labels_true)))
-    if k < 1 or k > n:
-        raise CommandError(f"--n-clusters = {k} must be between 1 and the number of nodes n = {n}")
+    k = _n_clusters(args, labels_true, n)
     options = {}
     if args.solver == "net":  # the same recipe and settings as the single-process fit
         options = {"recipe": args.recipe, **{name: value for name, value in
@@ -371,13 +377,7 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
     if affinity == "features" and matrix.shape[0] < 2:
         raise CommandError(f"{source} has {matrix.shape[0]} sample; clustering needs at least 2")
 
-    k = args.n_clusters
-    if k is None:
-        if labels_true is None:
-            raise CommandError("pass the number of clusters with -k/--n-clusters (no labels to count classes from)")
-        k = int(len(np.unique(labels_true)))
-    if k < 1 or k > matrix.shape[0]:
-        raise CommandError(f"--n-clusters = {k} must be between 1 and the number of nodes n = {matrix.shape[0]}")
+    k = _n_clusters(args, labels_true, matrix.shape[0])
     device = _device(args.device)
 
     start = time.perf_counter()
