@@ -18,10 +18,11 @@ matrix, the whole graph, or more than a chunk x block of distances (docs/distrib
 3. Weights: A_ij = exp(-D_ij / (sigma_i sigma_j)) and A <- D^{-1/2} A D^{-1/2} need sigma and the
    degree of the other ranks' rows: two all_gathers of n numbers.
 
-The result equals the single-process graph up to the order of the degree sums and to near-ties at
-the k-th neighbour, where the ring's search (candidates kept by their recomputed distance) and the
-single-process one (by the expanded distance) can pick different neighbours. The search is exact:
-n^2 d / P multiply-adds per rank (FAISS's approximate search is a single-process option).
+The result is the single-process graph up to the order of the degree sums: both searches rank twice
+k candidates per row by the expanded distance and keep the k nearest by the recomputed one, ties
+broken by index (`symnmf.graph.keep_nearest`), so how the rows are blocked does not change the
+neighbours. The search is exact: n^2 d / P multiply-adds per rank (FAISS's approximate search is a
+single-process option).
 """
 import math
 import os
