@@ -999,8 +999,7 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
             "allgather_bytes_equivalent": float(traffic[1]), "exchanges": run.traffic.get("exchanges", 0),
         }
         if affinity == "nearest_neighbors":
-            metrics["graph"] = {"n_neighbors": graph.construction["n_neighbors"], "metric": metric,
-                                                "nnz": nnz}
+            metrics["graph"] = {"n_neighbors": graph.construction["n_neighbors"], "metric": metric, "nnz": nnz}
         np.savetxt(os.path.join(out, "labels.txt"), run.labels, fmt="%d")
         np.save(os.path.join(out, "embedding.npy"), run.U.cpu().numpy())
         with open(os.path.join(out, "metrics.json"), "w") as f:
