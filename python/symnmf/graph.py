@@ -113,13 +113,13 @@ def knn_search(X, k, metric="euclidean", chunk_size=None):
     scored again from the row differences, and the k best by that score kept (ties
     broken by index), so the result does not depend on chunk_size.
     """
-    n = X.shape[0]
-    if chunk_size is None:
-        chunk_size = max(1, min(n, _BLOCK_FLOATS // n))
+    n, d = X.shape
+    n_cand = candidates_per_row(k, n - 1)
+    if chunk_size is None:  # the scores (c x n) and the candidates' rows gathered (c x n_cand x d) both bounded
+        chunk_size = max(1, min(n, _BLOCK_FLOATS // max(n, n_cand * d)))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     cosine = metric == "cosine"
-    n_cand = candidates_per_row(k, n - 1)
     sq_norms = None if cosine else (X * X).sum(dim=1)
     indices = torch.empty(n, k, dtype=torch.int64, device=X.device)
     scores = torch.empty(n, k, dtype=X.dtype, device=X.device)
@@ -350,7 +350,7 @@ def similarity_to_graph(new_features, fitted_features, scales, chunk_size=None):
     n_search = k if cosine else max(k, scales.scale_neighbor)
     n_cand = candidates_per_row(n_search, n)
     if chunk_size is None:
-        chunk_size = max(1, min(max(m, 1), _BLOCK_FLOATS // n))
+        chunk_size = max(1, min(max(m, 1), _BLOCK_FLOATS // max(n, n_cand * Y.shape[1])))
     rows = torch.zeros(m, n, dtype=F.dtype, device=F.device)
     nearest = torch.zeros(m, dtype=torch.int64, device=F.device)
     sq_norms = None if cosine else (F * F).sum(dim=1)
