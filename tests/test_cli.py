@@ -47,6 +47,22 @@ def test_cluster_features_npy_with_labels(tmp_path, capsys):
     assert 0 <= metrics["rel_error"] < 1
 
 
+@pytest.mark.parametrize("neighbors", ["exact", "faiss"])
+def test_cluster_neighbour_search_can_be_chosen(tmp_path, capsys, neighbors):
+    if neighbors == "faiss":
+        pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    X, y = blobs(23, 3, 4, rng)
+    np.save(tmp_path / "features.npy", X)
+    args = ["cluster", str(tmp_path / "features.npy"), "-k", "3", "--solver", "hals", "--max-iter", "50",
+            "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "auto")]) == 0
+    assert main([*args, "--neighbors", neighbors, "--out", str(tmp_path / neighbors)]) == 0
+    # 69 well separated points: FAISS's index finds the exact neighbours, and "auto" is exact below 200,000 rows
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / neighbors / "labels.txt"),
+                                  np.loadtxt(tmp_path / "auto" / "labels.txt"))
+
+
 def test_cluster_precomputed_sparse_affinity_needs_k(tmp_path, capsys):
     rng = np.random.default_rng()
     # two disconnected dense blocks: a planted partition

@@ -300,6 +300,9 @@ def _cluster_sharded(args, threads):
         raise CommandError(f"--solver {args.solver} is not sharded; under torchrun use one of "
                            f"{', '.join(sorted(distributed.SOLVERS))}")
     source, affinity, n, labels_true = _sharded_source(args)
+    if affinity == "nearest_neighbors" and args.neighbors == "faiss":
+        raise CommandError("under torchrun the ranks search the neighbours exactly; --neighbors faiss is for one "
+                           "process (or build the graph first and pass the .npz)")
     if args.labels is not None:
         labels_true = _load_labels(args.labels)
     if labels_true is not None and len(labels_true) != n:
@@ -385,6 +388,7 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
         X = build_affinity(
             matrix, "precomputed" if affinity == "precomputed" else "nearest_neighbors",
             n_neighbors=args.n_neighbors, metric=args.metric, device=device, dtype=args.dtype,
+            neighbors=args.neighbors,
         )
     except ValueError as err:
         raise CommandError(_one_line(err)) from None
@@ -562,6 +566,9 @@ def build_parser():
     c.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean",
                    help="graph of features: euclidean (self-tuning Gaussian) or cosine (text)")
     c.add_argument("--n-neighbors", type=int, help="kNN of the graph (default floor(log2 n) + 1)")
+    c.add_argument("--neighbors", choices=("auto", "exact", "faiss"), default="auto",
+                   help="the neighbour search: exact blocked products, FAISS's approximate HNSW index, or auto "
+                        "(FAISS for 200,000 CPU rows or more when it is installed; always exact under torchrun)")
     c.add_argument("--labels", help="true labels (.npy or one per line) to score the clustering against")
     c.add_argument("--key", help="array name inside an .npz")
     c.add_argument("--max-iter", type=int,

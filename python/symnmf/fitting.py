@@ -168,7 +168,7 @@ def _progress_bar(total, description, show):
 
 # ----------------------------------------------------------------- affinity
 def build_affinity(X, affinity="nearest_neighbors", *, n_neighbors=None, metric="euclidean", device=None,
-                   dtype=None, return_graph=False):
+                   dtype=None, return_graph=False, neighbors="auto"):
     """The similarity to factorise, checked once: a torch dense or sparse CSR tensor on device.
 
     affinity "nearest_neighbors": X holds features (n_samples, n_features), and
@@ -177,6 +177,7 @@ def build_affinity(X, affinity="nearest_neighbors", *, n_neighbors=None, metric=
     Raises ValueError for a non-square, asymmetric, negative, non-finite or
     all-zero similarity. return_graph: also return the graph's GraphScales and
     features as used (for embedding new samples), or None for "precomputed".
+    neighbors: the neighbour search of `similarity_graph` ("auto", "exact" or "faiss").
     """
     if affinity not in AFFINITIES:
         raise ValueError(f"affinity must be one of {AFFINITIES}, got {affinity!r}")
@@ -197,7 +198,7 @@ def build_affinity(X, affinity="nearest_neighbors", *, n_neighbors=None, metric=
         from .graph import similarity_graph
 
         A, scales, used = similarity_graph(X, n_neighbors=n_neighbors, metric=metric, device=device, dtype=dtype,
-                                           return_scales=True)
+                                           return_scales=True, neighbors=neighbors)
         graph = (scales, used)
         values = A.values()
         if not bool((values != 0).any()):
