@@ -12,6 +12,7 @@ rows run from small to large).
 
     OMP_NUM_THREADS=2 python bench/bench_graph.py                  # both sizes
     python bench/bench_graph.py --sizes 70000x784 --searches exact faiss
+    python bench/bench_graph.py --device cuda --sizes 200000x784 1000000x32 --searches exact --exact-max-n 0
     SYMNMF_FASHION_MNIST=DIR python bench/bench_graph.py --sizes fashion --name bench_graph_fashion
 """
 import argparse
@@ -28,7 +29,8 @@ import torch  # noqa: E402
 from bench.common import write_table  # noqa: E402
 from symnmf.graph import knn_search, similarity_graph  # noqa: E402
 
-COLUMNS = ["data", "n", "d", "neighbors", "k", "seconds", "stored_entries", "recall", "peak_rss_gb", "threads", "notes"]
+COLUMNS = ["data", "n", "d", "neighbors", "k", "seconds", "stored_entries", "recall", "peak_rss_gb", "peak_gpu_gb",
+           "threads", "notes"]
 
 
 def mixture(n, d, seed=0):
@@ -59,10 +61,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", nargs="+", default=["70000x784", "1000000x32"], help="n x d of each mixture")
     p.add_argument("--searches", nargs="+", default=["exact", "faiss"], choices=["exact", "faiss"])
-    p.add_argument("--exact-max-n", type=int, default=100_000, help="skip the exact search above this n")
+    p.add_argument("--exact-max-n", type=int, default=100_000, help="skip the exact search above this n (0: never)")
+    p.add_argument("--device", default="cpu", help="where the features are, and so where the exact search runs")
     p.add_argument("--out", help="results folder (default bench/results)")
     p.add_argument("--name", default="bench_graph", help="table name (file <name>-<date>-cpu.md)")
     args = p.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    header = ["Gaussian mixtures (10 centres) or Fashion-MNIST, float32; k = floor(log2 n) + 1 neighbours, "
+              "Kuang's self-tuning weights; recall of the exact k nearest neighbours on 2,000 rows",
+              f"seconds: similarity_graph end to end (search, weights, normalisation, CSR), features on {device}"]
     rows = []
     for size in args.sizes:
         if size == "fashion":
@@ -75,22 +83,30 @@ def main(argv=None):
             X = mixture(n, d)
         k = int(np.floor(np.log2(n))) + 1
         for search in args.searches:
-            if search == "exact" and n > args.exact_max_n:
+            if search == "exact" and args.exact_max_n and n > args.exact_max_n:
                 continue
+            features = torch.from_numpy(X).to(device)
+            if cuda:
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
             start = time.perf_counter()
-            A = similarity_graph(X, neighbors=search)
+            A = similarity_graph(features, neighbors=search)
+            if cuda:
+                torch.cuda.synchronize(device)
             seconds = time.perf_counter() - start
-            row = {"data": "Fashion-MNIST" if size == "fashion" else "mixture", "n": n, "d": d, "neighbors": search, "k": k, "seconds": seconds,
-                   "stored_entries": int(A.values().numel()), "threads": torch.get_num_threads(),
-                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            A = A.cpu()
+            row = {"data": "Fashion-MNIST" if size == "fashion" else "mixture", "n": n, "d": d, "neighbors": search,
+                   "k": k, "seconds": seconds, "stored_entries": int(A.values().numel()),
+                   "threads": torch.get_num_threads(),
+                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                   "peak_gpu_gb": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None}
             row["recall"] = recall_of(A, X, k)
             rows.append(row)
             print(row, flush=True)
-            del A
-    header = ["Gaussian mixtures (10 centres) or Fashion-MNIST, float32; k = floor(log2 n) + 1 neighbours, "
-              "Kuang's self-tuning weights; recall of the exact k nearest neighbours on 2,000 rows",
-              "seconds: similarity_graph end to end (search, weights, normalisation, CSR)"]
-    write_table(args.name, rows, COLUMNS, header, out_dir=args.out, device="cpu")
+            del A, features
+            # after every row: a run cut short keeps the rows it finished
+            write_table(args.name, rows, COLUMNS, header, out_dir=args.out, device=device, echo=False)
+    write_table(args.name, rows, COLUMNS, header, out_dir=args.out, device=device)
 
 
 if __name__ == "__main__":
