@@ -12,7 +12,8 @@ rows run from small to large).
 
     OMP_NUM_THREADS=2 python bench/bench_graph.py                  # both sizes
     python bench/bench_graph.py --sizes 70000x784 --searches exact faiss
-    python bench/bench_graph.py --device cuda --sizes 200000x784 1000000x32 --searches exact --exact-max-n 0
+    python bench/bench_graph.py --device cuda --sizes 200000x784 1000000x32 --searches exact --exact-max-n 0 \
+        --chunk-sizes 0 256
     SYMNMF_FASHION_MNIST=DIR python bench/bench_graph.py --sizes fashion --name bench_graph_fashion
 """
 import argparse
@@ -63,6 +64,8 @@ def main(argv=None):
     p.add_argument("--searches", nargs="+", default=["exact", "faiss"], choices=["exact", "faiss"])
     p.add_argument("--exact-max-n", type=int, default=100_000, help="skip the exact search above this n (0: never)")
     p.add_argument("--device", default="cpu", help="where the features are, and so where the exact search runs")
+    p.add_argument("--chunk-sizes", nargs="+", type=int, default=[0],
+                   help="rows per block of the exact search, one row of the table each (0: the library's default)")
     p.add_argument("--out", help="results folder (default bench/results)")
     p.add_argument("--name", default="bench_graph", help="table name (file <name>-<date>-cpu.md)")
     args = p.parse_args(argv)
@@ -82,7 +85,9 @@ def main(argv=None):
             n, d = (int(v) for v in size.split("x"))
             X = mixture(n, d)
         k = int(np.floor(np.log2(n))) + 1
-        for search in args.searches:
+        runs = [(search, chunk) for search in args.searches
+                for chunk in (args.chunk_sizes if search == "exact" else [0])]
+        for search, chunk in runs:
             if search == "exact" and args.exact_max_n and n > args.exact_max_n:
                 continue
             features = torch.from_numpy(X).to(device)
@@ -90,7 +95,7 @@ def main(argv=None):
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
             start = time.perf_counter()
-            A = similarity_graph(features, neighbors=search)
+            A = similarity_graph(features, neighbors=search, chunk_size=chunk or None)
             if cuda:
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - start
@@ -99,7 +104,8 @@ def main(argv=None):
                    "k": k, "seconds": seconds, "stored_entries": int(A.values().numel()),
                    "threads": torch.get_num_threads(),
                    "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                   "peak_gpu_gb": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None}
+                   "peak_gpu_gb": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+                   "notes": f"chunk_size {chunk}" if chunk else ""}
             row["recall"] = recall_of(A, X, k)
             rows.append(row)
             print(row, flush=True)
