@@ -163,6 +163,21 @@ def test_failures_during_a_run_are_one_line(tmp_path, capsys, monkeypatch):
     assert err.count("\n") == 1 and "FloatingPointError: diverged second line" in err
 
 
+@pytest.mark.parametrize("order", [None, "rcm"])
+def test_load_matrix_reads_a_shards_folder_in_the_nodes_order(tmp_path, order):
+    import scipy.sparse as sp
+
+    from symnmf.distributed import save_shards
+
+    A = sp.random(40, 40, density=0.1, random_state=3, format="csr")
+    A = (A + A.T).tocsr()
+    A.sort_indices()
+    save_shards(A, tmp_path / "shards", 3, order=order)
+    got, labels = load_matrix(str(tmp_path / "shards"))
+    assert labels is None
+    np.testing.assert_array_equal(got.toarray(), A.toarray())
+
+
 def test_load_matrix_formats(tmp_path):
     rng = np.random.default_rng()
     A = sp.random(7, 7, density=0.4, format="coo", random_state=int(rng.integers(1 << 31)))

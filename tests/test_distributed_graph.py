@@ -53,7 +53,8 @@ def _worker(rank, world, root, port, backend="gloo", names=tuple(CASES)):
         for name in names:
             path = os.path.join(root, f"{name}.npy")
             source = np.load(path) if name == "array" else path
-            graph = sg.similarity_graph(source, **_options(name))
+            save_to = os.path.join(root, f"w{world}-{name}-saved") if name == "euclid64" and backend == "gloo" else None
+            graph = sg.similarity_graph(source, **_options(name), save_to=save_to)
             eye = torch.eye(graph.n, dtype=graph.dtype, device=graph.device)[graph.lo:graph.hi]
             tag = f"w{world}" if backend == "gloo" else f"{backend}{world}"
             np.save(os.path.join(root, f"{tag}-{name}-rows-{rank}.npy"), graph.matmul(eye).cpu().numpy())
@@ -110,6 +111,14 @@ def test_sharded_graph_is_the_single_process_graph(root, name, world):
     # only the degree sums are added in another order
     assert err <= (1e-6 if expected.dtype == np.float32 else 1e-13), err
     np.testing.assert_allclose(got, got.T, rtol=0, atol=0)  # exactly symmetric, as in one process
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_saved_shards_are_the_graph(root, world):
+    """The shard files the ranks wrote, read back in one process (any number of ranks can read them)."""
+    saved = sd.ShardedGraph.from_shards(os.path.join(root, f"w{world}-euclid64-saved"))
+    got = saved.matmul(torch.eye(saved.n, dtype=saved.dtype)).numpy()
+    np.testing.assert_array_equal(got, _sharded(root, "euclid64", world))
 
 
 def test_one_process_without_a_group(root):
@@ -194,6 +203,22 @@ def test_symnmf_cluster_of_features_under_torchrun(tmp_path):
                                              "--solver", "hals", "--seed", "0", "--max-iter", "40"])
     assert two["affinity"] == "features" and two["n_clusters"] == K  # -k from the labels' classes
     assert two["acc"] == one["acc"] and two["nmi_max"] == one["nmi_max"]
+
+
+def test_saved_graph_is_clustered_again_without_its_features(tmp_path, capsys):
+    from symnmf.cli import main
+
+    np.save(tmp_path / "features.npy", mixture(300, "float64", seed=5))
+    common = ["-k", str(K), "--solver", "hals", "--seed", "0", "--max-iter", "40"]
+    assert main(["cluster", str(tmp_path / "features.npy"), *common, "--save-graph", str(tmp_path / "graph"),
+                 "--out", str(tmp_path / "a")]) == 0
+    assert main(["cluster", str(tmp_path / "graph"), *common, "--out", str(tmp_path / "b")]) == 0
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "b" / "labels.txt"), np.loadtxt(tmp_path / "a" / "labels.txt"))
+    assert main(["cluster", str(tmp_path / "graph"), *common, "--save-graph", str(tmp_path / "again")]) == 2
+    assert "already a graph" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["cluster", str(tmp_path / "empty"), *common]) == 2
+    assert "shards.json" in capsys.readouterr().err
 
 
 def test_symnmf_cluster_of_a_dataset_under_torchrun(tmp_path):

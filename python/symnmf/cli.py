@@ -79,6 +79,29 @@ def _read(path, key):
     return matrix, labels
 
 
+def _read_shards(path):
+    """The whole graph of a shards folder (`symnmf.distributed.save_shards`, or written by the ranks that built
+    it), in its nodes' own order; CommandError for a folder that holds none."""
+    import scipy.sparse as sp
+
+    from .distributed import SHARDS_INDEX, _read_shard_rows
+
+    if not os.path.exists(os.path.join(path, SHARDS_INDEX)):
+        raise CommandError(f"input {path!r} is a folder without {SHARDS_INDEX}: give a file, or a folder of "
+                           "graph shards")
+    try:
+        with open(os.path.join(path, SHARDS_INDEX)) as f:
+            index = json.load(f)
+        indptr, indices, data, shape = _read_shard_rows(path, 0, int(index["n"]))
+        A = sp.csr_matrix((data, indices, indptr), shape=shape)
+        if index.get("perm"):  # rows renumbered when the shards were written: back to the nodes' order
+            inverse = np.argsort(np.load(os.path.join(path, index["perm"])))
+            A = A[inverse][:, inverse].tocsr()
+    except (OSError, ValueError, KeyError) as err:
+        raise CommandError(f"cannot read the shards in {path}: {_one_line(err)}") from None
+    return A
+
+
 def load_matrix(path, key=None):
     """(matrix, labels or None) from .npy, .npz (np.savez or scipy.sparse.save_npz), .mtx, .csv or .txt.
 
@@ -90,7 +113,7 @@ def load_matrix(path, key=None):
     if not os.path.exists(path):
         raise CommandError(f"input file {path!r} does not exist")
     if os.path.isdir(path):
-        raise CommandError(f"input {path!r} is a folder, not a file")
+        return _check_matrix(_read_shards(path), path), None
     try:
         matrix, labels = _read(path, key)
     except CommandError:
@@ -300,6 +323,8 @@ def _cluster_sharded(args, threads):
         raise CommandError(f"--solver {args.solver} is not sharded; under torchrun use one of "
                            f"{', '.join(sorted(distributed.SOLVERS))}")
     source, affinity, n, labels_true = _sharded_source(args)
+    if affinity == "precomputed" and args.save_graph:
+        raise CommandError("--save-graph saves a graph built from features; the input is already a graph")
     if affinity == "nearest_neighbors" and args.neighbors == "faiss":
         raise CommandError("under torchrun the ranks search the neighbours exactly; --neighbors faiss is for one "
                            "process (or build the graph first and pass the .npz)")
@@ -318,7 +343,7 @@ def _cluster_sharded(args, threads):
         run = distributed.cluster(source, k, args.solver, seed=args.seed, max_iter=max_iter,
                                   tol=args.tol, dtype=args.dtype, device=args.device, threads=threads, out=args.out,
                                   return_fit=True, affinity=affinity, n_neighbors=args.n_neighbors,
-                                  metric=args.metric, **options)
+                                  metric=args.metric, save_graph=args.save_graph, **options)
     except ValueError as err:  # bad input, found by every rank alike
         raise CommandError(_one_line(err)) from None
     if run is None:  # not rank 0
@@ -379,6 +404,8 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
         raise CommandError(f"--affinity precomputed needs a square n x n matrix, got shape {matrix.shape}")
     if affinity == "features" and matrix.shape[0] < 2:
         raise CommandError(f"{source} has {matrix.shape[0]} sample; clustering needs at least 2")
+    if affinity == "precomputed" and args.save_graph:
+        raise CommandError("--save-graph saves a graph built from features; the input is already a graph")
 
     k = _n_clusters(args, labels_true, matrix.shape[0])
     device = _device(args.device)
@@ -399,6 +426,14 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
     else:
         graph_note = f"precomputed affinity {X.shape[0]} x {X.shape[1]}"
     print(f"{source}: {graph_note} ({graph_seconds:.2f} s)")
+    if args.save_graph:  # the format the ranks write under torchrun: one shard file
+        import scipy.sparse as sp
+
+        from .distributed import save_shards
+
+        csr = X.cpu()
+        save_shards(sp.csr_matrix((csr.values().numpy(), csr.col_indices().numpy(), csr.crow_indices().numpy()),
+                                  shape=tuple(csr.shape)), args.save_graph, 1)
     _make_out(args.out)
 
     run = fit_affinity(
@@ -566,6 +601,9 @@ def build_parser():
     c.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean",
                    help="graph of features: euclidean (self-tuning Gaussian) or cosine (text)")
     c.add_argument("--n-neighbors", type=int, help="kNN of the graph (default floor(log2 n) + 1)")
+    c.add_argument("--save-graph", metavar="DIR",
+                   help="also save the kNN graph built from features as shard files in DIR (any number of ranks, "
+                        "or one process, can cluster DIR again without rebuilding it)")
     c.add_argument("--neighbors", choices=("auto", "exact", "faiss"), default="auto",
                    help="the neighbour search: exact blocked products, FAISS's approximate HNSW index, or auto "
                         "(FAISS for 200,000 CPU rows or more when it is installed; always exact under torchrun)")

@@ -931,14 +931,15 @@ def init_from_env(backend=None):
 
 def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=None, dtype=None, device=None,
             out=None, group=None, threads=None, verbose=False, return_fit=False, balance="rows",
-            affinity="precomputed", n_neighbors=None, metric="euclidean", **options):
+            affinity="precomputed", n_neighbors=None, metric="euclidean", save_graph=None, **options):
     """Cluster a graph with a sharded solver; the labels (numpy, n) on rank 0, None on the other ranks.
 
     source: a scipy.sparse.save_npz file (CSR; each rank reads only its rows), a `save_shards`
     directory, or a matrix every rank holds. With affinity="nearest_neighbors", source holds features
     instead (an .npy file, each rank reading only its rows, or an array every rank holds), and the
     ranks build Kuang's kNN graph together (`symnmf.distributed_graph.similarity_graph`, with
-    n_neighbors and metric), each keeping its own rows. Started by torchrun (WORLD_SIZE > 1) it initialises
+    n_neighbors and metric), each keeping its own rows; save_graph: a directory where the ranks also
+    write that graph as shard files (`save_shards`'s format). Started by torchrun (WORLD_SIZE > 1) it initialises
     the process group itself (`init_from_env`); in one process it runs the same code on one shard.
     seed: the random start, the same as the single-process solvers' for the same int.
     out: a directory where rank 0 writes labels.txt, embedding.npy (the factor U, gathered) and
@@ -972,7 +973,7 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
         from .distributed_graph import similarity_graph
 
         graph = similarity_graph(source, n_neighbors=n_neighbors, metric=metric, group=group, device=device,
-                                 dtype=dtype)
+                                 dtype=dtype, save_to=save_graph)
     else:
         graph = ShardedGraph.load(source, group=group, device=device, dtype=dtype, balance=balance)
     graph_seconds = time.perf_counter() - start

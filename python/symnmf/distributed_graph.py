@@ -24,6 +24,7 @@ broken by index (`symnmf.graph.keep_nearest`), so how the rows are blocked does 
 neighbours. The search is exact: n^2 d / P multiply-adds per rank (FAISS's approximate search is a
 single-process option).
 """
+import json
 import math
 import os
 import time
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .distributed import Comm, ShardedGraph, row_offsets
+from .distributed import SHARDS_INDEX, Comm, ShardedGraph, row_offsets
 from .graph import _BLOCK_FLOATS, _METRICS, _check_count, candidates_per_row, keep_nearest
 
 __all__ = ["similarity_graph", "feature_rows"]
@@ -181,8 +182,24 @@ def _send_choices(comm, offsets, src, dst, scores):
     return pairs_in[0], pairs_in[1], scores_in, sent
 
 
+def _save_rows(comm, directory, offsets, indptr, cols, values, n):
+    """This rank's rows as part-<rank>.npz, and (rank 0) shards.json: `save_shards`'s format, one part per rank."""
+    import scipy.sparse as sp
+
+    os.makedirs(directory, exist_ok=True)
+    rows = sp.csr_matrix((values, cols, indptr), shape=(len(indptr) - 1, n))
+    sp.save_npz(os.path.join(directory, f"part-{comm.rank:05d}.npz"), rows, compressed=False)
+    if comm.rank == 0:
+        index = {"n": n, "offsets": offsets, "files": [f"part-{p:05d}.npz" for p in range(comm.world_size)],
+                 "dtype": str(values.dtype)}
+        with open(os.path.join(directory, SHARDS_INDEX), "w") as f:
+            json.dump(index, f, indent=1)
+    if comm.world_size > 1:  # the set is complete when any rank returns
+        dist.barrier(group=comm.group)
+
+
 def similarity_graph(features, n_neighbors=None, metric="euclidean", scale_neighbor=7, *, group=None, device=None,
-                     dtype=None, chunk_size=None):
+                     dtype=None, chunk_size=None, save_to=None):
     """This rank's block of rows of `symnmf.similarity_graph(features)`, as a ShardedGraph.
 
     features: a path to an .npy file (each rank maps it and reads only its rows) or an array, tensor
@@ -192,7 +209,10 @@ def similarity_graph(features, n_neighbors=None, metric="euclidean", scale_neigh
     2^24 distances at once). Every rank of the group must call it (collective).
 
     The returned graph's `construction` dict holds this rank's seconds and bytes sent (feature
-    blocks, choices, and the n-vectors gathered).
+    blocks, choices, and the n-vectors gathered). save_to: a directory (on a file system every rank
+    sees) where each rank writes its rows as part-<rank>.npz and rank 0 writes shards.json, the
+    format of `symnmf.distributed.save_shards`: `ShardedGraph.from_shards` or `symnmf cluster DIR`
+    read the graph back on any number of ranks.
     """
     if metric not in _METRICS:
         raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
@@ -258,6 +278,8 @@ def similarity_graph(features, n_neighbors=None, metric="euclidean", scale_neigh
                          f"(metric={metric!r}; all-zero feature rows have no cosine similarity), nothing to cluster")
     indptr = torch.zeros(n_local + 1, dtype=torch.int64)
     indptr[1:] = torch.cumsum(torch.bincount(rows.cpu(), minlength=n_local), dim=0)
+    if save_to is not None:
+        _save_rows(comm, save_to, offsets, indptr.numpy(), cols.cpu().numpy(), values.cpu().numpy(), n)
     graph = ShardedGraph(indptr.numpy(), cols.cpu().numpy(), values.cpu().numpy(), n, comm=comm, dtype=dtype,
                          name="the kNN graph", offsets=offsets)
     gathered = (2 if not cosine else 1) * (comm.world_size - 1) * n_local * X.element_size()
