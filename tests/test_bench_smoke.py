@@ -145,6 +145,24 @@ def test_bench_net_fit_cpu(tmp_path):
     assert float(rows[1]["x_hals"]) == pytest.approx(float(rows[1]["seconds"]) / float(rows[0]["seconds"]), rel=1e-3)
 
 
+def test_bench_distributed_graph_small(tmp_path):
+    """The sharded kNN build against the single-process one, at a small size: every build stores the same
+    entries and gives the same X v up to rounding."""
+    _, _, rows = _run_script([os.path.join("bench", "bench_distributed_graph.py"), "--sizes", "600x8",
+                              "--threads", "1", "--ranks", "1", "2"], tmp_path)
+    assert [(row["build"], row["processes"]) for row in rows] == [("single", "1"), ("sharded", "1"), ("sharded", "2")]
+    assert len({row["stored_entries"] for row in rows}) == 1
+    assert all(float(row["rel_diff"]) < 1e-5 for row in rows)
+    assert float(rows[1]["MB_sent"]) == 0 and float(rows[2]["MB_sent"]) > 0  # one rank sends nothing
+
+
+def test_bench_graph_small_with_chunks(tmp_path):
+    _, _, rows = _run_script([os.path.join("bench", "bench_graph.py"), "--sizes", "800x8", "--searches", "exact",
+                              "--chunk-sizes", "0", "64"], tmp_path)
+    assert [row["notes"] for row in rows] == ["", "chunk_size 64"]
+    assert rows[0]["stored_entries"] == rows[1]["stored_entries"] and float(rows[0]["recall"]) == 1.0
+
+
 def test_bench_scale_small(tmp_path):
     """The end-to-end scale benchmark at a small n: a graph row and a SymHALS row with its memory."""
     _, _, rows = _run_script([os.path.join("bench", "bench_scale.py"), "--n", "3000", "--clusters", "4", "--quiet"],
