@@ -20,7 +20,8 @@ from test_distributed import _free_port, as_torchrun_rank, run_one_and_two_ranks
 
 K = 5
 
-# name: (n, dtype, options of similarity_graph; "array" passes the features in memory, not as the .npy path)
+# name: (n, dtype, options of similarity_graph, and "d" the number of features (12 if absent)); "array" passes
+# the features in memory, not as the .npy path
 CASES = {
     "euclid64": (701, "float64", {}),
     "euclid32": (701, "float32", {}),
