@@ -64,7 +64,7 @@ from .solvers.pgd import DEFAULTS as _PGD_DEFAULTS
 __all__ = [
     "Comm", "row_offsets", "BALANCES", "read_npz_rows", "save_shards", "HaloPlan", "ShardedGraph", "init_factor",
     "hals", "pgd", "anls", "net", "SOLVERS", "DEFAULT_MAX_ITER", "fit", "DistributedFit", "cluster", "gather_rows",
-    "init_from_env",
+    "init_from_env", "owner_of", "write_shard", "write_shards_index",
 ]
 
 SHARDS_INDEX = "shards.json"
@@ -113,6 +113,15 @@ class Comm:
             for req in dist.batch_isend_irecv(ops):
                 req.wait()
 
+    def counts_from_peers(self, counts):
+        """Given counts[q], this rank's count of items for rank q, every rank's count for this rank (a list of P
+        ints; one all_reduce of the P x P matrix)."""
+        P = self.world_size
+        matrix = torch.zeros((P, P), dtype=torch.int64, device=self.device)
+        matrix[self.rank] = torch.as_tensor(counts, dtype=torch.int64).to(self.device)
+        self.all_reduce(matrix)
+        return [int(c) for c in matrix[:, self.rank].cpu()]
+
     def _peer(self, p):
         return dist.get_global_rank(self.group, p) if self.group is not None else p
 
@@ -147,6 +156,12 @@ def row_offsets(n, world_size, indptr=None):
     for p in range(1, world_size):  # at least one row per block
         offsets[p] = min(max(offsets[p], offsets[p - 1] + 1), n - (world_size - p))
     return [int(o) for o in offsets]
+
+
+def owner_of(offsets, rows):
+    """The rank that owns each global row in `rows` (a tensor), for the row blocks `offsets`."""
+    bounds = torch.tensor(offsets, dtype=torch.int64, device=rows.device)
+    return torch.searchsorted(bounds, rows, right=True) - 1
 
 
 BALANCES = ("rows", "nnz")
@@ -252,7 +267,7 @@ def save_shards(X, directory, parts, *, order=None):
     n = A.shape[0]
     if A.shape[1] != n:
         raise ValueError(f"X must be square, got shape {A.shape}")
-    index = {"n": n}
+    index = {}
     os.makedirs(directory, exist_ok=True)
     if order is not None:
         from symnmf_kernels.sparse import locality_order
@@ -263,15 +278,26 @@ def save_shards(X, directory, parts, *, order=None):
         np.save(os.path.join(directory, "perm.npy"), perm)
         index.update(order=order, perm="perm.npy")
     offsets = row_offsets(n, parts)
-    files = []
     for p in range(parts):
-        name = f"part-{p:05d}.npz"
-        sp.save_npz(os.path.join(directory, name), A[offsets[p]:offsets[p + 1]].tocsr(), compressed=False)
-        files.append(name)
-    index.update(offsets=offsets, files=files, dtype=str(A.dtype))
-    with open(os.path.join(directory, SHARDS_INDEX), "w") as f:
+        write_shard(directory, p, A[offsets[p]:offsets[p + 1]])
+    return write_shards_index(directory, n, offsets, A.dtype, **index)
+
+
+def write_shard(directory, part, rows):
+    """Rows (scipy.sparse, global column numbers) as the shard file part-<part>.npz of `directory`."""
+    import scipy.sparse as sp
+
+    sp.save_npz(os.path.join(directory, f"part-{part:05d}.npz"), sp.csr_matrix(rows), compressed=False)
+
+
+def write_shards_index(directory, n, offsets, dtype, **extra):
+    """shards.json for the parts part-00000.npz ... of row blocks `offsets` (`save_shards`'s index); its path."""
+    index = {"n": int(n), **extra, "offsets": [int(o) for o in offsets],
+             "files": [f"part-{p:05d}.npz" for p in range(len(offsets) - 1)], "dtype": str(np.dtype(dtype))}
+    path = os.path.join(directory, SHARDS_INDEX)
+    with open(path, "w") as f:
         json.dump(index, f, indent=1)
-    return os.path.join(directory, SHARDS_INDEX)
+    return path
 
 
 def _read_shard_rows(directory, start, stop):
@@ -316,9 +342,7 @@ class HaloPlan:
         cols = col_indices
         outside = (cols < lo) | (cols >= hi)
         needed = torch.unique(cols[outside])  # sorted
-        bounds = torch.tensor(offsets, dtype=torch.int64, device=cols.device)
-        owner = torch.searchsorted(bounds, needed, right=True) - 1
-        recv_counts = torch.bincount(owner, minlength=P).cpu()
+        recv_counts = torch.bincount(owner_of(offsets, needed), minlength=P).cpu()
         self.needed = needed
         self.n_before = int((needed < lo).sum())
         self.n_local = hi - lo
@@ -330,13 +354,9 @@ class HaloPlan:
         pos = torch.searchsorted(needed, cols[outside])
         ext[outside] = torch.where(cols[outside] < lo, pos, pos + self.n_local)
         self.ext_cols = ext
-        # Exchange the counts (a P x P matrix: row q = what q receives from each rank), then the lists.
-        counts = torch.zeros((P, P), dtype=torch.int64, device=comm.device)
-        counts[me] = recv_counts.to(comm.device)
-        comm.all_reduce(counts)
-        counts = counts.cpu()
-        self.recv_counts = [int(c) for c in counts[me]]
-        self.send_counts = [int(counts[q, me]) for q in range(P)]
+        # Exchange the counts (what each rank receives from this one), then the lists.
+        self.recv_counts = [int(c) for c in recv_counts]
+        self.send_counts = comm.counts_from_peers(self.recv_counts)
         starts = np.concatenate([[0], np.cumsum(self.recv_counts)])
         sends = {p: needed[starts[p]:starts[p + 1]].to(comm.device).contiguous() for p in range(P) if p != me}
         recvs = {p: torch.empty(self.send_counts[p], dtype=torch.int64, device=comm.device)
@@ -980,8 +1000,8 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
     run = fit(graph, k, solver, seed=seed, max_iter=max_iter, tol=tol, lam=lam, gather_factor=out is not None,
               verbose=verbose, **options)
     traffic = graph.sum(run.traffic.get("bytes_sent", 0), run.traffic.get("allgather_bytes_per_exchange", 0) *
-                        run.traffic.get("exchanges", 0))
-    nnz = int(graph.sum(graph.nnz_local)[0])  # a collective: before rank 0 goes on alone
+                        run.traffic.get("exchanges", 0), graph.nnz_local)  # a collective: before rank 0 goes on alone
+    nnz = int(traffic[2])
     if run.rank != 0:
         return None
     run.params["graph_seconds"] = graph_seconds

@@ -24,7 +24,6 @@ broken by index (`symnmf.graph.keep_nearest`), so how the rows are blocked does 
 neighbours. The search is exact: n^2 d / P multiply-adds per rank (FAISS's approximate search is a
 single-process option).
 """
-import json
 import math
 import os
 import time
@@ -33,8 +32,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .distributed import SHARDS_INDEX, Comm, ShardedGraph, row_offsets
-from .graph import _BLOCK_FLOATS, _METRICS, _check_count, candidates_per_row, keep_nearest
+from .distributed import Comm, ShardedGraph, owner_of, row_offsets, write_shard, write_shards_index
+from .graph import _BLOCK_FLOATS, _METRICS, _check_count, block_candidates, candidates_per_row, keep_nearest
 
 __all__ = ["similarity_graph", "feature_rows"]
 
@@ -100,25 +99,11 @@ def _search_block(X, sq, block, offset, own, nearest, cosine, chunk_size):
     chunk = chunk_size or max(1, min(n_local, _BLOCK_FLOATS // max(nb, kk * d)))
     for start in range(0, n_local, chunk):
         stop = min(n_local, start + chunk)
-        rows = X[start:stop]
-        scores = rows @ block.T
-        local = torch.arange(stop - start, device=X.device)
-        if cosine:
-            if own:
-                scores[local, local + start] = -math.inf  # self is never its own neighbour
-            _, idx = torch.topk(scores, kk, dim=1, largest=True, sorted=False)
-            found = (rows[:, None, :] * block[idx]).sum(dim=-1)
-        else:
-            scores.mul_(-2).add_(sq[start:stop, None]).add_(sq_block[None, :])
-            if own:
-                scores[local, local + start] = math.inf
-            _, idx = torch.topk(scores, kk, dim=1, largest=False, sorted=False)
-            diff = rows[:, None, :] - block[idx]
-            found = (diff * diff).sum(dim=-1)
+        found, idx = block_candidates(X[start:stop], block, kk, cosine, None if cosine else sq[start:stop], sq_block,
+                                      self_col=start if own else None)
         best[start:stop], best_idx[start:stop] = keep_nearest(
             torch.cat([best[start:stop], found], dim=1), torch.cat([best_idx[start:stop], idx + offset], dim=1),
             n_search, descending=cosine)
-        del scores
 
 
 def _knn_ring(comm, offsets, X, n_search, cosine, chunk_size):
@@ -146,17 +131,11 @@ def _knn_ring(comm, offsets, X, n_search, cosine, chunk_size):
     return nearest[0], nearest[1], sent
 
 
-def _owner(offsets, cols):
-    """The rank that owns each global row in cols."""
-    bounds = torch.tensor(offsets[1:-1], dtype=torch.int64, device=cols.device)
-    return torch.bucketize(cols, bounds, right=True)
-
-
 def _send_choices(comm, offsets, src, dst, scores):
     """Every choice src -> dst to dst's owner: (rows, cols, scores) of the choices made of this rank's rows,
     as entries (dst, src) of its block, and the bytes sent."""
     P, p = comm.world_size, comm.rank
-    owner = _owner(offsets, dst)
+    owner = owner_of(offsets, dst)
     order = torch.argsort(owner, stable=True)
     owner, src, dst, scores = owner[order], src[order], dst[order], scores[order]
     counts = torch.bincount(owner, minlength=P).cpu()
@@ -165,11 +144,8 @@ def _send_choices(comm, offsets, src, dst, scores):
     mine = (pairs[:, bounds[p]:bounds[p + 1]], scores[bounds[p]:bounds[p + 1]])
     if P == 1:
         return mine[0][0], mine[0][1], mine[1], 0
-    # the counts as a P x P matrix (row q: what q receives from each rank), then the entries
-    matrix = torch.zeros((P, P), dtype=torch.int64, device=src.device)
-    matrix[:, p] = counts.to(src.device)
-    comm.all_reduce(matrix)
-    got = {q: int(matrix[p, q]) for q in range(P) if q != p}
+    incoming = comm.counts_from_peers(counts.tolist())  # then the entries themselves
+    got = {q: incoming[q] for q in range(P) if q != p}
     pair_sends = {q: pairs[:, bounds[q]:bounds[q + 1]].contiguous() for q in got}
     score_sends = {q: scores[bounds[q]:bounds[q + 1]].contiguous() for q in got}
     pair_recvs = {q: torch.empty((2, got[q]), dtype=torch.int64, device=src.device) for q in got}
@@ -187,13 +163,9 @@ def _save_rows(comm, directory, offsets, indptr, cols, values, n):
     import scipy.sparse as sp
 
     os.makedirs(directory, exist_ok=True)
-    rows = sp.csr_matrix((values, cols, indptr), shape=(len(indptr) - 1, n))
-    sp.save_npz(os.path.join(directory, f"part-{comm.rank:05d}.npz"), rows, compressed=False)
+    write_shard(directory, comm.rank, sp.csr_matrix((values, cols, indptr), shape=(len(indptr) - 1, n)))
     if comm.rank == 0:
-        index = {"n": n, "offsets": offsets, "files": [f"part-{p:05d}.npz" for p in range(comm.world_size)],
-                 "dtype": str(values.dtype)}
-        with open(os.path.join(directory, SHARDS_INDEX), "w") as f:
-            json.dump(index, f, indent=1)
+        write_shards_index(directory, n, offsets, values.dtype)
     if comm.world_size > 1:  # the set is complete when any rank returns
         dist.barrier(group=comm.group)
 

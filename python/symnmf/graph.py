@@ -33,7 +33,7 @@ import torch
 from .validation import is_scipy_sparse
 
 __all__ = ["similarity_graph", "knn_search", "faiss_knn_search", "GraphScales", "similarity_to_graph",
-           "candidates_per_row", "keep_nearest"]
+           "candidates_per_row", "keep_nearest", "block_candidates"]
 
 _METRICS = ("euclidean", "cosine")
 _NEIGHBOR_SEARCHES = ("exact", "faiss", "auto")
@@ -104,6 +104,26 @@ def keep_nearest(scores, indices, k, descending=False):
     return scores[:, :k], torch.gather(indices, 1, order[:, :k])
 
 
+def block_candidates(rows, block, n_cand, cosine, sq_rows=None, sq_block=None, self_col=None):
+    """Each of `rows`' n_cand best candidates among `block`'s rows by the expanded distance
+    ||a||^2 + ||b||^2 - 2 a.b (sq_rows, sq_block: the squared norms) or, for cosine, the inner product;
+    returned with their scores recomputed from the row differences: (scores, indices into block), unsorted.
+    self_col: where rows[0] sits among block's rows when block holds `rows` (each row is then not its own
+    candidate). The searches of this module and of symnmf.distributed_graph all go through here."""
+    scores = rows @ block.T
+    if not cosine:
+        scores.mul_(-2).add_(sq_rows[:, None]).add_(sq_block[None, :])
+    if self_col is not None:
+        local = torch.arange(rows.shape[0], device=rows.device)
+        scores[local, local + self_col] = -math.inf if cosine else math.inf
+    _, idx = torch.topk(scores, n_cand, dim=1, largest=cosine, sorted=False)
+    del scores
+    if cosine:
+        return (rows[:, None, :] * block[idx]).sum(dim=-1), idx
+    diff = rows[:, None, :] - block[idx]
+    return (diff * diff).sum(dim=-1), idx
+
+
 def knn_search(X, k, metric="euclidean", chunk_size=None):
     """Indices (n, k) of each row's k nearest other rows of X, nearest first, and the
     squared distances (euclidean) or cosine similarities (cosine, rows already unit norm).
@@ -125,20 +145,9 @@ def knn_search(X, k, metric="euclidean", chunk_size=None):
     scores = torch.empty(n, k, dtype=X.dtype, device=X.device)
     for start in range(0, n, chunk_size):
         stop = min(n, start + chunk_size)
-        rows = torch.arange(start, stop, device=X.device)
-        block = X[start:stop] @ X.T  # (c, n) inner products
-        if cosine:
-            block[rows - start, rows] = -math.inf  # self is never its own neighbour
-            _, idx = torch.topk(block, n_cand, dim=1, largest=True, sorted=False)
-            exact = (X[start:stop, None, :] * X[idx]).sum(dim=-1)
-        else:
-            block.mul_(-2).add_(sq_norms[start:stop, None]).add_(sq_norms[None, :])
-            block[rows - start, rows] = math.inf
-            _, idx = torch.topk(block, n_cand, dim=1, largest=False, sorted=False)
-            diff = X[start:stop, None, :] - X[idx]
-            exact = (diff * diff).sum(dim=-1)
+        exact, idx = block_candidates(X[start:stop], X, n_cand, cosine, None if cosine else sq_norms[start:stop],
+                                      sq_norms, self_col=start)
         scores[start:stop], indices[start:stop] = keep_nearest(exact, idx, k, descending=cosine)
-        del block
     return indices, scores
 
 
@@ -356,15 +365,8 @@ def similarity_to_graph(new_features, fitted_features, scales, chunk_size=None):
     sq_norms = None if cosine else (F * F).sum(dim=1)
     for start in range(0, m, chunk_size):
         stop = min(m, start + chunk_size)
-        block = Y[start:stop] @ F.T
-        if cosine:
-            _, idx = torch.topk(block, n_cand, dim=1, largest=True, sorted=False)
-            exact = (Y[start:stop, None, :] * F[idx]).sum(dim=-1)
-        else:
-            block.mul_(-2).add_((Y[start:stop] * Y[start:stop]).sum(dim=1, keepdim=True)).add_(sq_norms[None, :])
-            _, idx = torch.topk(block, n_cand, dim=1, largest=False, sorted=False)
-            diff = Y[start:stop, None, :] - F[idx]
-            exact = (diff * diff).sum(dim=-1)
+        Yc = Y[start:stop]
+        exact, idx = block_candidates(Yc, F, n_cand, cosine, None if cosine else (Yc * Yc).sum(dim=1), sq_norms)
         exact, idx = keep_nearest(exact, idx, n_search, descending=cosine)
         nearest[start:stop] = idx[:, 0]
         idx, exact_k = idx[:, :k], exact[:, :k]
