@@ -20,10 +20,12 @@ from symnmf.distributed_net import init_restarts, net
 from test_distributed import _free_port, as_torchrun_rank, clustered_graph, run_cluster_commands
 
 K = 4
-# (recipe, overrides): the library's recipe shortened (3 restarts kept by consensus, HALS start and
-# polish), and the paper's (one random start, lam = ||X||_F, absolute lr, no polish).
+# (recipe, overrides): the library's recipe shortened (3 restarts polished and kept by modularity, a HALS
+# start; without the polish, the trained labels scored), and the paper's (one random start, lam = ||X||_F,
+# absolute lr, no polish).
 CASES = {
     "default": ("default", {"epochs": 25, "n_restarts": 3, "init_iter": 5, "polish_iter": 10}),
+    "modularity": ("default", {"epochs": 20, "n_restarts": 3, "polish_iter": 0}),
     "paper": ("paper", {"epochs": 15, "n_layers": 4}),
     "loss": ("default", {"epochs": 20, "n_restarts": 2, "init_iter": 0, "polish_iter": 0, "select": "loss",
                          "loss_blocks": "last", "mu": 0.01, "beta_final": 0.5, "lr_schedule": "cosine"}),
@@ -75,7 +77,7 @@ def _worker(rank, world, root, port, device):
     assert sd.init_from_env("nccl" if device == "cuda" else "gloo").type == device
     try:
         path = os.path.join(root, "graph.npz")
-        _run_cases(sd.ShardedGraph.from_npz(path), root, f"w{world}", ("default", "paper", "loss"))
+        _run_cases(sd.ShardedGraph.from_npz(path), root, f"w{world}", ("default", "modularity", "paper", "loss"))
         if world > 2:
             pair = dist.new_group([0, 1])
             if rank < 2:
@@ -163,7 +165,7 @@ def _check_case(ranks, U, ref, rtol):
         assert rk["params"]["index"] == ranks[0]["params"]["index"]
 
 
-@pytest.mark.parametrize("world, case", [(3, "default"), (2, "default"), (3, "paper"), (3, "loss")])
+@pytest.mark.parametrize("world, case", [(3, "default"), (2, "default"), (3, "modularity"), (3, "paper"), (3, "loss")])
 def test_sharded_net_matches_one_process(spawned, single, world, case):
     ranks, U = _load(spawned, f"w{world}", case, world)
     _check_case(ranks, U, single[case], rtol=1e-10)

@@ -3,10 +3,11 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from symnmf.metrics import accuracy, contingency, nmi, purity, recovery_error
+from symnmf.metrics import accuracy, contingency, modularity, nmi, purity, recovery_error
 
 
 def test_accuracy_hand_cases():
@@ -98,3 +99,52 @@ def test_recovery_error_ignores_permutation_and_scale():
     assert recovery_error(np.full_like(A, np.nan), A) == float("inf")
     with pytest.raises(ValueError, match="d x k"):
         recovery_error(A[:, :5], A)
+
+
+def _random_graph(n, density, seed):
+    rng = np.random.default_rng(seed)
+    A = rng.random((n, n)) * (rng.random((n, n)) < density)
+    return np.triu(A, 1) + np.triu(A, 1).T
+
+
+@pytest.mark.parametrize("n, k", [(7, 2), (60, 5), (211, 9)])
+def test_modularity_matches_networkx(n, k):
+    nx = pytest.importorskip("networkx")
+    A = _random_graph(n, 0.2, n)
+    labels = np.random.default_rng(n + 1).integers(0, k, n)
+    G = nx.from_numpy_array(A)
+    expected = nx.community.modularity(G, [set(np.flatnonzero(labels == c)) for c in np.unique(labels)])
+    for X in (A, torch.tensor(A).to_sparse_csr(), scipy.sparse.csr_matrix(A)):
+        assert abs(modularity(X, labels) - expected) < 1e-12
+
+
+def test_modularity_batch_and_hand_cases():
+    # two triangles joined by one edge: the natural split scores (1 - 1/7) - 2 (1/2)^2 = 5/14
+    A = np.zeros((6, 6))
+    for i, j in [(0, 1), (1, 2), (0, 2), (3, 4), (4, 5), (3, 5), (2, 3)]:
+        A[i, j] = A[j, i] = 1.0
+    split = np.array([0, 0, 0, 1, 1, 1])
+    assert abs(modularity(A, split) - 5 / 14) < 1e-12
+    assert abs(modularity(A, np.zeros(6, dtype=int))) < 1e-12  # one cluster: 1 - 1 = 0
+    batch = torch.tensor(np.stack([split, np.zeros(6, dtype=int), np.arange(6) % 2]))
+    q = modularity(torch.tensor(A, dtype=torch.float32), batch, n_clusters=2)
+    assert q.shape == (3,) and q.dtype == torch.float64
+    assert abs(float(q[0]) - 5 / 14) < 1e-6 and float(q[0]) == float(q.max())
+    assert abs(float(q[2]) - modularity(A, np.arange(6) % 2)) < 1e-6
+
+
+def test_modularity_checks_input():
+    A = _random_graph(5, 0.5, 0)
+    with pytest.raises(ValueError, match="square"):
+        modularity(A[:4], np.zeros(5, dtype=int))
+    with pytest.raises(ValueError, match="integer labels"):
+        modularity(A, np.zeros(5))
+    with pytest.raises(ValueError, match="last dimension n = 5"):
+        modularity(A, np.zeros(4, dtype=int))
+    with pytest.raises(ValueError, match=">= 0"):
+        modularity(A, -np.ones(5, dtype=int))
+    with pytest.raises(ValueError, match="n_clusters = 2"):
+        modularity(A, np.arange(5), n_clusters=2)
+    for bad in (np.zeros((5, 5)), np.where(A > 0, np.nan, 0.0)):
+        with pytest.raises(ValueError, match="positive, finite total weight"):
+            modularity(bad, np.zeros(5, dtype=int))

@@ -414,6 +414,8 @@ def test_select_restart_rules():
     assert select_restart(U, "consensus") in (1, 2)
     assert select_restart(U, "loss", [3.0, 1.0, 2.0]) == 1
     assert select_restart(U, "error", [0.5, float("nan"), 0.7]) == 0  # NaN is never the best
+    assert select_restart(U, "modularity", [0.2, 0.4, 0.3]) == 1  # the highest modularity
+    assert select_restart(U, "modularity", [0.2, float("nan"), 0.1]) == 0
     bad = U.clone()
     bad[1, 0, 0] = float("nan")
     assert select_restart(bad, "consensus") in (0, 2)
@@ -438,6 +440,29 @@ def test_fit_net_recovers_planted_blocks_with_each_recipe():
     assert result.index == 0  # one restart
     with pytest.raises(ValueError, match="unknown recipe settings"):
         fit_net(X, 3, epochs=2, depth=3)
+
+
+def test_fit_net_keeps_the_polished_restart_of_highest_modularity():
+    from symnmf.metrics import modularity
+    from symnmf.solvers import solve
+
+    X, _ = planted_graph([14, 17, 21], 0.4, 0.08, seed=51, dtype=torch.float64)
+    X = X.to_sparse_csr()
+    result = fit_net(X, 3, random_state=2, n_layers=2, epochs=6, n_restarts=3, polish_iter=8)
+    assert result.settings["select"] == "modularity"  # the default recipe's rule
+    with torch.no_grad():
+        U_all = result.net()
+    polished = [solve(X, 3, solver="hals", U0=U_all[k], max_iter=8) for k in range(3)]
+    scores = [modularity(X, p.U.argmax(-1), 3) for p in polished]
+    assert result.index == int(np.argmax(scores))
+    assert torch.equal(result.U, polished[result.index].U)
+    assert result.relative_error == polished[result.index].history["rel_error"][-1]
+    # without the polish the trained labels are scored; SymNMFNet.select does the same
+    unpolished = fit_net(X, 3, random_state=2, n_layers=2, epochs=6, n_restarts=3, polish_iter=0)
+    trained = [modularity(X, U.argmax(-1), 3) for U in unpolished.net()]
+    assert unpolished.index == int(np.argmax(trained)) == unpolished.net.select(X, "modularity")
+    with pytest.raises(ValueError, match="needs X"):
+        unpolished.net.select(None, "modularity")
 
 
 def test_all_zero_similarity_is_refused():

@@ -43,6 +43,7 @@ from torch import nn
 import symnmf_kernels as sk
 
 from . import distributed as sd
+from .metrics import cluster_indicators, modularity_from_sums, modularity_sums
 from .net import agreement_of_counts, plateaued
 from .solvers.base import SolverResult, as_seed
 
@@ -210,6 +211,15 @@ def _select_consensus(graph, U):
         agree[j] += v
     agree[packed[len(pairs) * r * r:] > 0] = -float("inf")
     return int(agree.argmax())
+
+
+def _modularity(graph, factors, k):
+    """`symnmf.metrics.modularity` of each row-sharded factor's labels (argmax of its rows): one product of X
+    with the labels' indicators (one halo exchange) and one all_reduce of the sums."""
+    labels = torch.stack([U.argmax(-1) for U in factors])
+    H = cluster_indicators(labels, k, graph.dtype)
+    sums = graph.comm.all_reduce(modularity_sums(H, graph.matmul(H), k))
+    return modularity_from_sums(sums, k).cpu()
 
 
 def _check_int(name, value, low):
@@ -441,10 +451,18 @@ def net(graph, k, *, seed=0, recipe="default", U0=None, max_iter=None, tol=None,
     record(steps, loss, residual)
 
     errors, losses = history["relative_error"][-1], history["loss_per_problem"][-1]
+    polish_iter = int(settings["polish_iter"])
+    polished = None
     index = 0
     if R > 1:
         if settings["select"] == "consensus":
             index = _select_consensus(graph, U_all)
+        elif settings["select"] == "modularity":
+            if polish_iter:  # as symnmf.net.fit_net: every restart polished, the polished labels scored
+                polished = [sd.hals(graph, U_all[j].detach(), max_iter=polish_iter) for j in range(R)]
+                index = select_restart(U_all, "modularity", _modularity(graph, [p.U for p in polished], k))
+            else:
+                index = select_restart(U_all, "modularity", _modularity(graph, list(U_all), k))
         else:
             scores = losses if settings["select"] == "loss" else errors
             index = select_restart(U_all, settings["select"], scores)
@@ -455,9 +473,10 @@ def net(graph, k, *, seed=0, recipe="default", U0=None, max_iter=None, tol=None,
         threshold = 0.01 * sf_total / (graph.n * k)
         kept = comm.all_reduce((U > threshold.to(U.dtype)).sum().double().reshape(1))
     sf = float(kept[0]) / (graph.n * k)
-    if settings["polish_iter"]:
-        polished = sd.hals(graph, U.detach(), max_iter=int(settings["polish_iter"]))
-        U, error = polished.U, polished.history["rel_error"][-1]
+    if polish_iter:
+        if polished is None:
+            polished = {index: sd.hals(graph, U.detach(), max_iter=polish_iter)}
+        U, error = polished[index].U, polished[index].history["rel_error"][-1]
     if graph.device.type == "cuda":
         torch.cuda.synchronize(graph.device)
     plan = graph.plan

@@ -1,5 +1,5 @@
-"""Clustering quality against ground-truth classes: accuracy, NMI and purity; and the recovery error of
-learned features against true ones.
+"""Clustering quality against ground-truth classes: accuracy, NMI and purity; the label-free quality of a
+clustering on its own graph: modularity; and the recovery error of learned features against true ones.
 
 Labels may be any hashable values (ints, strings); the number of clusters need
 not equal the number of classes. NMI names its normalisation: the SymNMF papers'
@@ -8,9 +8,10 @@ while scikit-learn's ``normalized_mutual_info_score`` defaults to the arithmetic
 mean of the two entropies (``normalization="arithmetic"``).
 """
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["contingency", "accuracy", "nmi", "purity", "recovery_error", "NMI_NORMALIZATIONS"]
+__all__ = ["contingency", "accuracy", "nmi", "purity", "modularity", "recovery_error", "NMI_NORMALIZATIONS"]
 
 NMI_NORMALIZATIONS = ("max", "arithmetic", "geometric", "min")
 
@@ -91,6 +92,69 @@ def purity(labels_true, labels_pred):
     """Fraction of samples that belong to the majority class of their cluster."""
     counts = contingency(labels_true, labels_pred)
     return float(counts.max(axis=0).sum() / counts.sum())
+
+
+def modularity(X, labels, n_clusters=None):
+    """Newman's modularity of hard labellings on the weighted graph X, which needs no ground truth:
+
+        Q = sum_c [ w_c / w - (v_c / w)^2 ],
+
+    w = 1^T X 1 the graph's total weight, w_c = h_c^T X h_c the weight inside cluster c and v_c = h_c^T X 1
+    its volume (h_c: the indicator of c). Q is the fraction of weight inside the clusters minus what a random
+    graph with the same degrees would put there; higher is better, at most 1.
+
+    X: n x n similarity, dense or sparse (numpy, scipy or torch), entries >= 0. labels: (n,) or a batch
+    (..., n) of labellings, ints in [0, n_clusters) (default: their maximum + 1).
+    Returns a float for one labelling, else a float64 tensor of the batch's shape. One product of X with
+    the clusters' indicators of the whole batch.
+    """
+    from .validation import as_similarity
+
+    X = as_similarity(X)
+    n = X.shape[0]
+    if X.dim() != 2 or X.shape[1] != n:
+        raise ValueError(f"X must be a square n x n similarity, got shape {tuple(X.shape)}")
+    labels = torch.as_tensor(labels.detach() if hasattr(labels, "detach") else np.asarray(labels),
+                             device=X.device)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dim() < 1 or labels.shape[-1] != n:
+        raise ValueError(f"labels must hold integer labels with last dimension n = {n}, "
+                         f"got {labels.dtype} of shape {tuple(labels.shape)}")
+    if labels.numel() and int(labels.min()) < 0:
+        raise ValueError("labels must be >= 0")
+    k = int(labels.max()) + 1 if n_clusters is None else int(n_clusters)
+    if labels.numel() and int(labels.max()) >= k:
+        raise ValueError(f"labels must be < n_clusters = {k}, got {int(labels.max())}")
+    batch = labels.shape[:-1]
+    H = cluster_indicators(labels.reshape(-1, n), k, X.dtype)
+    q = modularity_from_sums(modularity_sums(H, X @ H, k), k)  # one product for the whole batch
+    return float(q[0]) if not batch else q.reshape(batch).cpu()
+
+
+def cluster_indicators(labels, k, dtype):
+    """The indicators of B labellings (B, n) into k clusters side by side: an n x (B k) 0/1 matrix."""
+    return torch.nn.functional.one_hot(labels.long().t(), k).to(dtype).reshape(labels.shape[1], -1)
+
+
+def modularity_sums(H, XH, k):
+    """What modularity needs from the indicators H (rows x B k, `cluster_indicators`) and X H over the same
+    rows, in float64: each cluster's inner weight h_c^T X h_c and volume h_c^T X 1 (both B x k), and the
+    total weight 1^T X 1, stacked in one vector. The sums over disjoint blocks of rows add up to the sums
+    over all rows (across ranks: one all_reduce)."""
+    rows = H.shape[0]
+    H, XH = H.double().reshape(rows, -1, k), XH.double().reshape(rows, -1, k)
+    degree = XH[:, 0].sum(-1)  # X 1: the indicators of any one labelling sum to the ones vector
+    within = (H * XH).sum(0)
+    volume = (H * degree[:, None, None]).sum(0)
+    return torch.cat([within.reshape(-1), volume.reshape(-1), degree.sum().reshape(1)])
+
+
+def modularity_from_sums(sums, k):
+    """Modularity (one per labelling) from `modularity_sums` (summed over every row)."""
+    half = (sums.numel() - 1) // 2
+    within, volume, total = sums[:half].reshape(-1, k), sums[half:2 * half].reshape(-1, k), sums[-1]
+    if not (bool(torch.isfinite(total)) and bool(total > 0)):
+        raise ValueError(f"X must have a positive, finite total weight for modularity, got {float(total)}")
+    return (within / total - (volume / total) ** 2).sum(-1)
 
 
 def recovery_error(A_hat, A_true):

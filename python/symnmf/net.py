@@ -51,6 +51,7 @@ import symnmf_kernels as sk
 from symnmf_kernels.ops._common import dot64
 from symnmf_kernels.ops.sparse_loss import sparse_layer_loss
 
+from .metrics import modularity
 from .solvers.base import init_factor, make_generator
 from .validation import as_similarity, check_rank, check_similarity
 
@@ -74,7 +75,8 @@ __all__ = ["SymNMFNet", "RECIPES", "NetResult", "fit_net", "kuang_init", "spectr
 #         whole decrease so far on the best before them (patience 0 or None: the older rule, two
 #         consecutive records within tol times the first loss).
 #   n_restarts, select: restarts trained side by side by `fit_net`, and the label-free rule that keeps
-#         one ("loss", "error" or "consensus"; see `select_restart`).
+#         one ("loss", "error", "consensus" or "modularity"; see `select_restart`). With "modularity" and a
+#         polish, every restart is polished and the one whose labels score the highest modularity on X kept.
 #   polish_iter: SymHALS iterations `fit_net` runs from the kept U_L (0: none), which take the
 #         factor to the nearest stationary point of ||X - U U^T|| (lower E, same clusters as a rule).
 RECIPES = {
@@ -88,7 +90,7 @@ RECIPES = {
         "n_layers": 5, "beta": 4.0, "beta_relative": True, "beta_final": None, "mu": 0.0,
         "lam": "spectral", "learn_lam": True, "init": "random", "init_iter": 0, "init_noise": 0.0, "loss_blocks": "all",
         "epochs": 400, "lr": 0.1, "relative_lr": True, "lr_schedule": "constant",
-        "tol": 2e-3, "patience": 50, "n_restarts": 4, "select": "loss", "polish_iter": 100,
+        "tol": 2e-3, "patience": 50, "n_restarts": 4, "select": "modularity", "polish_iter": 100,
     },
 }
 _INITS = ("random", "hals", "spectral")
@@ -97,7 +99,7 @@ _INITS = ("random", "hals", "spectral")
 _EAGER_STEPS_BEFORE_CAPTURE = 3
 _LOSS_BLOCKS = ("all", "last")
 _LR_SCHEDULES = ("constant", "cosine")
-SELECTION_RULES = ("loss", "error", "consensus")
+SELECTION_RULES = ("loss", "error", "consensus", "modularity")
 CHECKPOINT_VERSION = 2
 _CHECKPOINT_MAGIC = b"SYMNMF-NET\n"
 
@@ -732,19 +734,27 @@ class SymNMFNet(nn.Module):
     def select(self, X=None, rule="loss"):
         """Index of the restart kept by a label-free rule (see `select_restart`), from the last fit.
 
-        "loss" and "error" read the history (X unused); "consensus" compares the restarts' labels.
+        "loss" and "error" read the history (X unused); "consensus" compares the restarts' labels;
+        "modularity" scores the restarts' labels on X (needed).
         Needs n_restarts; returns an int for one graph, a tensor of indices for a batch of graphs.
         """
         self._require_initialized()
         if self.n_restarts is None:
             raise ValueError("select needs a net with n_restarts (restarts trained side by side)")
         scores = None
+        U = self.forward()
         if rule in ("loss", "error"):
             if not self.history_:
                 raise RuntimeError("select by loss or error needs a fitted net (its history)")
             key = "loss_per_problem" if rule == "loss" else "relative_error"
             scores = torch.as_tensor(self.history_[key][-1], dtype=torch.float64)
-        return select_restart(self.forward(), rule, scores)
+        elif rule == "modularity":
+            if X is None:
+                raise ValueError("select by modularity needs X, the graph the net was fitted on")
+            X = self._prepare(X)
+            self._check_matches(X)
+            scores = restart_modularity(X, U)
+        return select_restart(U, rule, scores)
 
     def _param_groups(self, lr, relative_lr):
         if not relative_lr:
@@ -956,21 +966,26 @@ def select_restart(U, rule="loss", scores=None):
     """The restart (leading dimension of U, shape (R, ..., n, r)) kept by a label-free rule.
 
     - "loss" / "error": the smallest of `scores` (shape (R, ...): the training loss or E per restart);
+    - "modularity": the largest of `scores` (the modularity of each restart's labels on X,
+      `symnmf.metrics.modularity`);
     - "consensus": the restart whose labels (argmax of each row) agree most with the other
       restarts' labels, by mean NMI (arithmetic normalisation): the medoid of the restarts.
-    Returns an int for U of shape (R, n, r), else a tensor of indices of shape U.shape[1:-2].
+    NaN never wins. Returns an int for U of shape (R, n, r), else a tensor of indices of shape U.shape[1:-2].
     """
     if rule not in SELECTION_RULES:
         raise ValueError(f"rule must be one of {SELECTION_RULES}, got {rule!r}")
     R = U.shape[0]
-    if rule in ("loss", "error"):
+    if rule in ("loss", "error", "modularity"):
         if scores is None:
-            raise ValueError(f"rule {rule!r} needs the scores (loss or E) of the restarts")
+            raise ValueError(f"rule {rule!r} needs the scores ({'modularity' if rule == 'modularity' else 'loss or E'})"
+                             " of the restarts")
         scores = torch.as_tensor(scores, dtype=torch.float64)
         if scores.shape[0] != R:
             raise ValueError(f"scores must have one entry per restart ({R}), got shape {tuple(scores.shape)}")
         if not bool(torch.isfinite(scores).any()):
             raise ValueError("every restart's score is NaN or infinite")
+        if rule == "modularity":
+            scores = -scores
         best = torch.nan_to_num(scores, nan=float("inf")).argmin(0)
         return int(best) if best.dim() == 0 else best
     labels = U.argmax(-1)  # (R, ..., n)
@@ -991,6 +1006,16 @@ def select_restart(U, rule="loss", scores=None):
     if labels.dim() == 2:
         return picks[0]
     return torch.tensor(picks).reshape(labels.shape[1:-1])
+
+
+def restart_modularity(X, U):
+    """The modularity on X of each restart's labels (argmax of the rows of U, shape (R, ..., n, r)), shape
+    (R, ...); X is one graph (n, n) or a dense batch (B, n, n) matching U's (R, B, n, r)."""
+    labels = U.argmax(-1)
+    r = U.shape[-1]
+    if X.dim() == 2:
+        return modularity(X, labels.reshape(-1, labels.shape[-1]), r).reshape(labels.shape[:-1])
+    return torch.stack([modularity(X[b], labels[:, b], r) for b in range(X.shape[0])], 1)
 
 
 @dataclass
@@ -1022,8 +1047,9 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     X: similarity (dense/sparse; numpy, scipy or torch). overrides: any recipe key
     (n_layers, beta, epochs, lr, n_restarts, select, ...). With n_restarts > 1 the
     restarts train side by side (a leading dimension) and `select` (a label-free
-    rule: "loss", "error" or "consensus") keeps one; with polish_iter > 0 SymHALS then
-    refines the kept factor. cuda_graph: replay each training step from a CUDA graph
+    rule: "loss", "error", "consensus" or "modularity") keeps one; with polish_iter > 0 SymHALS
+    then refines the kept factor, or, with "modularity", every restart, and the restart whose
+    polished labels have the highest modularity on X is kept. cuda_graph: replay each training step from a CUDA graph
     (`SymNMFNet.fit`); None (the default) does so for X on a CUDA device whenever the
     recipe allows it (a constant lr, no beta decay), and trains again with eager steps,
     with a warning, should the capture fail (`CudaGraphCaptureError`; other errors are raised).
@@ -1071,7 +1097,20 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
         U_all = net()
     errors = net.history_["relative_error"][-1]
     losses = net.history_["loss_per_problem"][-1]
-    if R == 1:
+    polish_iter = int(settings["polish_iter"])
+    if polish_iter and U_all.dim() != (3 if R > 1 else 2):
+        raise ValueError("polish_iter needs one graph (a single n x n X)")
+    if R > 1 and settings["select"] == "modularity" and polish_iter:
+        # Every restart is polished and the labels of the polished factors are scored: the polish can move a
+        # restart to another stationary point, and the kept factor is a polished one.
+        from .solvers import solve
+
+        polished = [solve(X, n_components, solver="hals", U0=U_all[k], max_iter=polish_iter) for k in range(R)]
+        scores = modularity(X, torch.stack([p.U.argmax(-1) for p in polished]), n_components)
+        index = select_restart(U_all, "modularity", scores)
+        U, error = polished[index].U, polished[index].history["rel_error"][-1]
+        polish_iter = 0
+    elif R == 1:
         index, U = 0, U_all
         error = errors
     else:
@@ -1082,12 +1121,10 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
             idx = index.to(U_all.device)
             U = torch.take_along_dim(U_all, idx[None, ..., None, None], 0)[0]
             error = [errors[int(k)][b] for b, k in enumerate(index.reshape(-1))]
-    if settings["polish_iter"]:
+    if polish_iter:
         from .solvers import solve
 
-        if U.dim() != 2:
-            raise ValueError("polish_iter needs one graph (a single n x n X)")
-        polished = solve(X, n_components, solver="hals", U0=U.detach(), max_iter=int(settings["polish_iter"]))
+        polished = solve(X, n_components, solver="hals", U0=U.detach(), max_iter=polish_iter)
         U, error = polished.U, polished.history["rel_error"][-1]
     if U.is_cuda:
         torch.cuda.synchronize(U.device)
