@@ -34,6 +34,7 @@ from symnmf.solvers import make_generator, solve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNS = os.path.join(HERE, "results", "study_net-runs.jsonl")
+PLOT = os.path.join(os.path.dirname(HERE), "docs", "symnmf_net_study.png")
 CLASSICAL = ("hals", "anls", "pgd", "newton", "admm")
 # the classical solvers' iteration caps of `symnmf reproduce` (each also stops at its own tolerance)
 CLASSICAL_MAX_ITER = {"anls": 300, "hals": 500, "pgd": 500, "newton": 200, "admm": 1000}
@@ -218,15 +219,23 @@ def run_net(X, y, cfg, seed):
     per = [scores(y, U[k]) for k in range(R)]
     picks = {"loss": int(np.nanargmin(loss)), "error": int(np.nanargmin(E))}
     picks["consensus"] = select_restart(U, "consensus") if R > 1 else 0
+    picks["modularity"] = int(np.argmax(modularity(X, U.argmax(-1), U.shape[-1])))
     out = {"acc": [a for a, _ in per], "nmi": [b for _, b in per], "E": E, "loss": loss, "picks": picks,
-           "seconds": seconds, "cpu_seconds": cpu, "n_iter": net.n_iter_, "curve_E": _curve(net.history_)}
+           "select": cfg["select"], "seconds": seconds, "cpu_seconds": cpu, "n_iter": net.n_iter_,
+           "curve_E": _curve(net.history_)}
     if cfg.get("polish_iter"):
-        # SymHALS from the kept restart (the rule of the recipe), as fit_net does
-        k = picks[cfg["select"]] if R > 1 else 0
+        # SymHALS from the kept restart (the rule of the recipe), as fit_net does; with "modularity", from every
+        # restart, keeping the polished labels of the highest modularity
         start, cpu = time.perf_counter(), time.process_time()
-        res = solve(X, U.shape[-1], solver="hals", U0=U[k], max_iter=int(cfg["polish_iter"]))
-        a, b = scores(y, res.U)
-        out["polished"] = {"acc": a, "nmi": b, "E": res.history["rel_error"][-1], "from": k,
+        every = R > 1 and cfg["select"] == "modularity"
+        ks = range(R) if every else [picks[cfg["select"]] if R > 1 else 0]
+        runs = {k: solve(X, U.shape[-1], solver="hals", U0=U[k], max_iter=int(cfg["polish_iter"])) for k in ks}
+        if every:
+            q = modularity(X, torch.stack([runs[k].U.argmax(-1) for k in ks]), U.shape[-1])
+            picks["modularity"] = int(np.argmax(q))
+        k = picks["modularity"] if every else ks[0]
+        a, b = scores(y, runs[k].U)
+        out["polished"] = {"acc": a, "nmi": b, "E": runs[k].history["rel_error"][-1], "from": k,
                            "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
     return out
 
@@ -258,7 +267,7 @@ def run_classical(X, y, solver, seed, R):
 
 
 def append(record):
-    os.makedirs(os.path.dirname(RUNS), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(RUNS)), exist_ok=True)
     with open(RUNS, "a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -348,12 +357,15 @@ def cmd_restarts(args):
         for seed in args.seeds:
             X, y = load_any(data, seed)
             r = int(len(np.unique(y)))
-            res = fit_net(X, r, random_state=seed)
+            start = time.perf_counter()
+            res = fit_net(X, r, random_state=seed, **args.set)
+            seconds = time.perf_counter() - start
             with torch.no_grad():
                 U = res.net()
-            polished = [solve(X, r, solver="hals", U0=U[k], max_iter=RECIPES["default"]["polish_iter"])
+            polished = [solve(X, r, solver="hals", U0=U[k], max_iter=res.settings["polish_iter"])
                         for k in range(U.shape[0])]
-            rec = {"part": "restarts", "data": data, "seed": seed, "kept": int(res.index),
+            rec = {"part": "restarts" if not args.set else "restarts " + _setting_name(args.set), "data": data,
+                   "seed": seed, "set": args.set, "seconds": seconds, "n_iter": res.n_iter, "kept": int(res.index),
                    "loss": res.net.history_["loss_per_problem"],
                    "acc_polished": [scores(y, P.U)[0] for P in polished],
                    "E_polished": [P.history["rel_error"][-1] for P in polished],
@@ -366,7 +378,26 @@ def cmd_restarts(args):
                   flush=True)
 
 
+def _setting_name(settings):
+    return " ".join(f"{k}={v}" for k, v in sorted(settings.items()))
+
+
+def _parse_settings(items):
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                out[key] = value
+    return out
+
+
 def main(argv=None):
+    global RUNS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("part", choices=["levers", "final", "cost", "heldout", "restarts", "report"])
     p.add_argument("--data", nargs="+", default=["digits", "planted"])
@@ -376,11 +407,17 @@ def main(argv=None):
     p.add_argument("--solvers", nargs="*", default=list(CLASSICAL))
     p.add_argument("--restarts", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="restarts: recipe settings passed to fit_net (numbers parsed), recorded as a variant")
     p.add_argument("--out", default=os.path.join(HERE, "results", f"study_net-{time.strftime('%Y-%m-%d')}-cpu.md"))
+    p.add_argument("--runs", default=RUNS, help="the JSON lines file the runs append to and report reads")
+    p.add_argument("--plot", default=PLOT, help="report: the figure's path")
     args = p.parse_args(argv)
+    RUNS = args.runs
+    args.set = _parse_settings(args.set)
     torch.set_num_threads(args.threads)
     if args.part == "report":
-        return report(RUNS, args.out)
+        return report(RUNS, args.out, args.plot)
     {"levers": cmd_levers, "final": cmd_final, "cost": cmd_cost, "heldout": cmd_heldout,
      "restarts": cmd_restarts}[args.part](args)
     return 0
@@ -411,7 +448,7 @@ def _read(path):
 
 def _ordered(names):
     """The study's data sets first, then the held-out ones, then any other."""
-    known = STUDY + HELDOUT
+    known = STUDY + HELDOUT + VALIDATION
     return [d for d in known if d in names] + sorted(set(names) - set(known))
 
 
@@ -488,7 +525,7 @@ def cost_table(records):
     for r in rows:
         for key in [k for k in r if k.startswith("net:")]:
             d = r[key]
-            acc = d["acc"][d["picks"][RECIPES["default"]["select"]]] if len(d["acc"]) > 1 else d["acc"][0]
+            acc = d["acc"][d["picks"][d.get("select", "loss")]] if len(d["acc"]) > 1 else d["acc"][0]
             pol = d.get("polished", {})
             s = d["seconds"] + pol.get("seconds", 0.0)
             c = d["cpu_seconds"] + pol.get("cpu_seconds", 0.0)
@@ -547,9 +584,11 @@ def heldout_table(records):
     methods = [m for m in ("net",) + CLASSICAL if any(m in r for r in rows)]
     names = {"net": "SymNMF-Net default", "hals": "SymHALS", "anls": "SymANLS", "pgd": "PGD", "newton": "SymNewton",
              "admm": "ADMM"}
-    lines = ["ACC, mean ± std over seeds (E in brackets for the net and SymHALS); one start per classical solver.", "",
-             "| data set (n) | seeds | " + " | ".join(names[m] for m in methods) + " | net - best classical |",
-             "|" + " --- |" * (len(methods) + 3)]
+    lines = ["ACC, mean ± std over seeds (E in brackets for the net and SymHALS); one start per classical solver. "
+             "Group: the recipe's levers were chosen on `study`, its restart rule on `study` and `held out`; "
+             "`validation` played no part in any choice.", "",
+             "| data set (n) | group | seeds | " + " | ".join(names[m] for m in methods) + " | net - best classical |",
+             "|" + " --- |" * (len(methods) + 4)]
     for data in _ordered({r["data"] for r in rows}):
         sel = [r for r in rows if r["data"] == data]
         acc = {m: [r[m]["acc"] for r in sel] for m in methods}
@@ -560,7 +599,8 @@ def heldout_table(records):
                 cell += " (E " + _ms([r[m]["E"] for r in sel], "{:.5f}") + ")"
             cells.append(cell)
         best = max(float(np.mean(acc[m])) for m in methods if m != "net")
-        lines.append(f"| {data} ({sel[0]['n']}) | {len(sel)} | " + " | ".join(cells)
+        group = "study" if data in STUDY else "held out" if data in HELDOUT else "validation"
+        lines.append(f"| {data} ({sel[0]['n']}) | {group} | {len(sel)} | " + " | ".join(cells)
                      + f" | {float(np.mean(acc['net'])) - best:+.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -576,21 +616,24 @@ def restarts_table(records, steps=(25, 50, 100, 150, 200)):
         cells = []
         for k in steps:
             picks = [int(np.argmin(r["loss"][min(k, len(r["loss"]) - 1)])) for r in sel]
-            same = sum(p == r["kept"] for p, r in zip(picks, sel))
+            same = sum(p == int(np.argmin(r["loss"][-1])) for p, r in zip(picks, sel))
             cells.append(f"{same}/{len(sel)}, {np.mean([r['acc_polished'][p] for p, r in zip(picks, sel)]):.3f}")
-        final = np.mean([r["acc_polished"][r["kept"]] for r in sel])
+        final = np.mean([r["acc_polished"][int(np.argmin(r["loss"][-1]))] for r in sel])
         lines.append(f"| {data} | {len(sel)} | {final:.3f} | " + " | ".join(cells) + " |")
-    rows = [r for r in rows if "E_polished" in r]
+    rows = [r for r in rows if "modularity_polished" in r]
     if rows:
         lines += ["", "Every restart polished: the ACC (mean over seeds) of the restart each label-free rule keeps, "
                   "beside the mean over all restarts (a restart drawn at random) and the best restart in hindsight "
-                  "(labels).", "",
-                  "| data set | seeds | lowest training loss (the default) | lowest E after the polish | "
-                  "lowest E before the polish | any restart (mean) | best (labels) |", "|" + " --- |" * 7]
+                  "(labels). Modularity and E after the polish score each restart's polished factor.", "",
+                  "| data set | seeds | highest modularity after the polish (the default) | highest modularity "
+                  "before | lowest training loss | lowest E after the polish | lowest E before | any restart (mean) "
+                  "| best (labels) |", "|" + " --- |" * 9]
         for data in _ordered({r["data"] for r in rows}):
             sel = [r for r in rows if r["data"] == data]
-            rules = [[r["kept"] for r in sel], [int(np.argmin(r["E_polished"])) for r in sel],
-                     [int(np.argmin(r["E_trained"])) for r in sel]]
+            rules = [[int(np.argmax(r["modularity_polished"])) for r in sel],
+                     [int(np.argmax(r["modularity_trained"])) for r in sel],
+                     [int(np.argmin(r["loss"][-1])) for r in sel],
+                     [int(np.argmin(r["E_polished"])) for r in sel], [int(np.argmin(r["E_trained"])) for r in sel]]
             cells = [f"{np.mean([r['acc_polished'][k] for k, r in zip(ks, sel)]):.3f}" for ks in rules]
             cells.append(f"{np.mean([np.mean(r['acc_polished']) for r in sel]):.3f}")
             cells.append(f"{np.mean([max(r['acc_polished']) for r in sel]):.3f}")
@@ -598,7 +641,32 @@ def restarts_table(records, steps=(25, 50, 100, 150, 200)):
     return "\n".join(lines) + "\n"
 
 
-def report(path, out):
+def variants_table(records):
+    """The default fit against variants of its settings (`restarts --set KEY=VALUE`): mean ACC of the restart
+    kept (the default's rule), training steps and seconds of the fit, per data set."""
+    parts = sorted({r["part"] for r in records if r["part"].startswith("restarts ")})
+    rows = {"default": _latest(records, "restarts")}
+    rows["default"] = [r for r in rows["default"] if "seconds" in r]
+    rows.update({p[len("restarts "):]: _latest(records, p) for p in parts})
+    datas = _ordered({r["data"] for rs in rows.values() for r in rs})
+    lines = ["ACC (mean over seeds) of the restart the default's rule keeps; in brackets the mean training steps "
+             "and fit seconds (one thread, the machine shared between two such jobs).", "",
+             "| data set | " + " | ".join(rows) + " |", "|" + " --- |" * (len(rows) + 1)]
+    for data in datas:
+        cells = []
+        for name, rs in rows.items():
+            sel = [r for r in rs if r["data"] == data]
+            if not sel:
+                cells.append("")
+                continue
+            acc = np.mean([r["acc_polished"][int(np.argmax(r["modularity_polished"]))] for r in sel])
+            cells.append(f"{acc:.3f} ({np.mean([r['n_iter'] for r in sel]):.0f}, "
+                         f"{np.mean([r['seconds'] for r in sel]):.1f} s)")
+        lines.append(f"| {data} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report(path, out, plot_path=None):
     records = _read(path)
     parts = [f"# SymNMF-Net study: tables (generated by bench/study_net.py report from {os.path.basename(path)})", "",
              "ACC: Hungarian matching; NMI = MI / max(H(true), H(pred)) (the paper's normalisation); "
@@ -616,11 +684,13 @@ def report(path, out):
     if any(r["part"] == "heldout" for r in records):
         parts += ["## Held-out data sets", "", heldout_table(records)]
     if any(r["part"] == "restarts" for r in records):
-        parts += ["## Cutting restarts early", "", restarts_table(records)]
+        parts += ["## Choosing and cutting restarts", "", restarts_table(records)]
+    if any(r["part"].startswith("restarts ") for r in records):
+        parts += ["## Variants of the default's settings", "", variants_table(records)]
     text = "\n".join(parts)
     with open(out, "w") as f:
         f.write(text)
-    png = plot(records, os.path.join(os.path.dirname(HERE), "docs", "symnmf_net_study.png"))
+    png = plot(records, plot_path or PLOT)
     print(text)
     print("wrote", out, png or "(no plot)")
     return 0

@@ -204,3 +204,31 @@ def test_bench_scale_planted_cuda(tmp_path):
                              tmp_path)
     assert [row["stage"] for row in rows] == ["graph", "symhals", "symnmf-net steps"]
     assert float(rows[1]["acc"]) > 0.9 and int(rows[2]["iterations"]) == 5
+
+
+def test_study_net_restarts_heldout_and_report(tmp_path):
+    """bench/study_net.py's restarts and heldout parts on the 2,000-node planted graph, a few steps, then the
+    report's tables, all on files under tmp_path."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("TRITON_INTERPRET", None)
+    script = os.path.join(ROOT, "bench", "study_net.py")
+    runs, out, png = tmp_path / "runs.jsonl", tmp_path / "report.md", tmp_path / "plot.png"
+    common_args = ["--seeds", "0", "--runs", str(runs)]
+    for part in (["restarts", "--data", "planted", "--set", "epochs=3", "n_layers=2", "polish_iter=5"],
+                 ["restarts", "--data", "planted", "--set", "epochs=3", "n_layers=2"],
+                 ["heldout", "--data", "planted", "--solvers", "hals"],
+                 ["report", "--out", str(out), "--plot", str(png)]):
+        proc = subprocess.run([sys.executable, script, *part, *common_args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    import json
+
+    records = [json.loads(line) for line in open(runs)]
+    assert [r["part"] for r in records] == ["restarts epochs=3 n_layers=2 polish_iter=5",
+                                           "restarts epochs=3 n_layers=2", "heldout"]
+    for r in records[:2]:
+        assert len(r["acc_polished"]) == len(r["modularity_polished"]) == len(r["E_trained"]) == 4
+        assert all(-0.5 <= q <= 1 for q in r["modularity_polished"] + r["modularity_trained"])
+    text = open(out).read()
+    assert "| planted (2000) | study | 1 |" in text  # the heldout row
+    assert "## Variants of the default's settings" in text and "epochs=3 n_layers=2 polish_iter=5" in text

@@ -273,7 +273,8 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
     net_options: SymNMF-Net settings that override the recipe's (n_layers, beta, mu, lr,
       relative_lr, or any other key of `symnmf.net.RECIPES`); None keeps the recipe's.
     recipe: SymNMF-Net's training recipe, "default" (chosen in docs/symnmf_net_study.md:
-      4 restarts, the lowest training loss kept, then a SymHALS finish) or "paper" (the paper's settings).
+      4 restarts, each finished by SymHALS, the one whose labels have the highest modularity on X kept) or
+      "paper" (the paper's settings).
     threads: "auto" (`default_threads`), None (leave torch's setting) or an int.
     progress: draw a bar (None: `show_progress(verbose)`).
     A is not checked again: build it with `build_affinity`.
