@@ -45,6 +45,8 @@ def test_cluster_features_npy_with_labels(tmp_path, capsys):
     assert metrics["affinity"] == "features" and metrics["n_clusters"] == 3
     assert metrics["acc"] >= 0.9, metrics  # separated blobs give a block-diagonal graph
     assert 0 <= metrics["rel_error"] < 1
+    # three disconnected blocks of 23 nodes, recovered: about 1 - 3 (1/3)^2 = 2/3, never above 1
+    assert 0.55 < metrics["modularity"] < 1 and "modularity of the labels on the graph" in printed
 
 
 @pytest.mark.parametrize("neighbors", ["exact", "faiss"])

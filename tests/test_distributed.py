@@ -304,6 +304,9 @@ def test_cluster_writes_the_cli_outputs_on_rank_0(spawned, graph, single):
     assert np.allclose(U, ref.U.numpy(), rtol=1e-8, atol=1e-12)
     assert metrics["world_size"] == 3 and metrics["n"] == A.shape[0]
     assert metrics["rel_error"] == pytest.approx(ref.rel_error, rel=1e-10)
+    from symnmf.metrics import modularity
+
+    assert metrics["modularity"] == pytest.approx(modularity(A, ref.labels), rel=1e-10)
     assert 0 < metrics["halo_bytes_sent_total"] < 0.1 * metrics["allgather_bytes_equivalent"]
 
 

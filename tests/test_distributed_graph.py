@@ -204,6 +204,7 @@ def test_symnmf_cluster_of_features_under_torchrun(tmp_path):
                                              "--solver", "hals", "--seed", "0", "--max-iter", "40"])
     assert two["affinity"] == "features" and two["n_clusters"] == K  # -k from the labels' classes
     assert two["acc"] == one["acc"] and two["nmi_max"] == one["nmi_max"]
+    assert two["modularity"] == pytest.approx(one["modularity"], rel=1e-10) and 0 < one["modularity"] < 1
 
 
 def test_saved_graph_is_clustered_again_without_its_features(tmp_path, capsys):

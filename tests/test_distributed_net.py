@@ -292,6 +292,7 @@ def test_symnmf_cluster_net_under_torchrun(tmp_path, graph):
     metrics = [json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two")]
     assert metrics[1]["iterations"] == metrics[0]["iterations"] == 20
     assert metrics[1]["rel_error"] == pytest.approx(metrics[0]["rel_error"], rel=1e-10)
+    assert metrics[1]["modularity"] == pytest.approx(metrics[0]["modularity"], rel=1e-10)
 
 
 @pytest.mark.gpu

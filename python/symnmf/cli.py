@@ -351,7 +351,7 @@ def _cluster_sharded(args, threads):
     graph = (f"kNN graph ({args.metric}) built on {run.world_size} ranks in {run.params['graph_seconds']:.2f} s, "
              if affinity == "nearest_neighbors" else "")
     print(f"{args.solver}: rank {k}, {graph}{run.n_iter} iterations, {run.seconds:.2f} s on "
-          f"{run.world_size} ranks, relative error {run.rel_error:.4f}")
+          f"{run.world_size} ranks, relative error {run.rel_error:.4f}, modularity of the labels {run.modularity:.4f}")
     if labels_true is not None:
         scores = _scores(labels_true, run.labels)
         _print_scores(scores)
@@ -368,6 +368,7 @@ def _cluster_sharded(args, threads):
 def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` stays fast
     from . import datasets
     from .fitting import SOLVERS, build_affinity, fit_affinity
+    from .metrics import modularity
 
     # Every argument and the input are checked before any fit.
     if (args.input is None) == (args.dataset is None):
@@ -444,14 +445,15 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
     result = {
         "input": source, "affinity": affinity, "solver": args.solver, "n_clusters": k, "n": int(X.shape[0]),
         "device": str(device), "dtype": str(X.dtype).replace("torch.", ""), "rel_error": run.rel_error,
-        "iterations": run.n_iter, "seconds": run.seconds,
+        "modularity": modularity(X, run.labels, k), "iterations": run.n_iter, "seconds": run.seconds,
         "graph_seconds": graph_seconds, "cluster_sizes": np.bincount(run.labels, minlength=k).tolist(),
     }
     if labels_true is not None:
         result.update(_scores(labels_true, run.labels))
     print(f"{args.solver}: rank {k}, {run.n_iter} iterations, {run.seconds:.2f} s, "
           f"relative error ||X - UU^T||^2/||X||^2 = {run.rel_error:.4f}")
-    print(f"cluster sizes: {result['cluster_sizes']}")
+    print(f"cluster sizes: {result['cluster_sizes']}; modularity of the labels on the graph "
+          f"{result['modularity']:.4f}")
     if labels_true is not None:
         _print_scores(result)
 

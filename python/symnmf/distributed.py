@@ -54,6 +54,7 @@ from symnmf_kernels.ops.hals import ZERO_COLUMN_FILL, hals_sweep_
 from symnmf_kernels.sparse import CSR
 
 from .fitting import DEFAULT_MAX_ITER
+from .metrics import cluster_indicators, modularity_from_sums, modularity_sums
 from .solvers.anls import DEFAULTS as _ANLS_DEFAULTS
 from .solvers.hals import DEFAULTS as _HALS_DEFAULTS
 from .solvers.base import Monitor, as_seed, check_lam, default_check_every, projected_gradient_sq
@@ -577,6 +578,14 @@ class ShardedGraph:
         """(X U)[lo:hi] from this rank's rows U: one halo exchange, then the local SpMM."""
         return sk.spmm(self.local, self.plan.extend(U))
 
+    def modularity(self, labels, k):
+        """`symnmf.metrics.modularity` over the whole graph of B labellings given by this rank's rows (B, n_local),
+        labels in [0, k): one product of X with their indicators (one halo exchange of B k columns) and one
+        all_reduce of 2 B k + 1 sums. Returns a float64 tensor (B,) on the CPU, the same on every rank."""
+        H = cluster_indicators(labels, k, self.dtype)
+        sums = self.comm.all_reduce(modularity_sums(H, self.matmul(H), k))
+        return modularity_from_sums(sums, k).cpu()
+
     def gram(self, U):
         """U^T U over all ranks (r x r), from this rank's rows."""
         return self.comm.all_reduce(sk.gram(U, 0.0).contiguous())
@@ -857,8 +866,9 @@ class DistributedFit:
     U_local: this rank's rows of the factor; labels_local: their argmax (rows in the graph's shard
     order: `graph.node_ids()` numbers them when the shards were renumbered); labels: all n labels
     on rank 0 in the graph's own node order (None elsewhere); U: the whole factor on rank 0 when gathered, else None; objective and
-    rel_error: ||X - U U^T||^2 and its ratio to ||X||^2 (all ranks); traffic: this rank's halo
-    bytes; seconds: the solver's wall-clock (after a barrier).
+    rel_error: ||X - U U^T||^2 and its ratio to ||X||^2 (all ranks); modularity: the labels' modularity on
+    X (all ranks; `symnmf.metrics.modularity`); traffic: this rank's halo bytes; seconds: the solver's
+    wall-clock (after a barrier).
     """
 
     method: str
@@ -871,6 +881,7 @@ class DistributedFit:
     n_iter: int
     converged: bool
     seconds: float
+    modularity: float
     rank: int
     world_size: int
     rows: tuple
@@ -911,6 +922,7 @@ def fit(graph, k, solver="hals", *, seed=0, max_iter=None, tol=None, lam=None, g
     XU = graph.matmul(U)
     objective = float(graph.loss(U, XU, graph.gram(U)))
     labels_local = U.argmax(dim=-1)
+    modularity = float(graph.modularity(labels_local[None], int(k))[0])
     labels = gather_rows(graph, labels_local)  # a collective: every rank takes part
     if comm.rank == 0:
         labels = graph.to_nodes(labels)
@@ -927,7 +939,8 @@ def fit(graph, k, solver="hals", *, seed=0, max_iter=None, tol=None, lam=None, g
         method=solver, U_local=U, labels_local=labels_local.cpu().numpy(),
         labels=labels.cpu().numpy() if root else None, U=U_all if (root and gather_factor) else None,
         objective=objective, rel_error=objective / float(graph.norm_sq), n_iter=result.n_iter,
-        converged=result.converged, seconds=seconds, rank=comm.rank, world_size=comm.world_size,
+        converged=result.converged, seconds=seconds, modularity=modularity, rank=comm.rank,
+        world_size=comm.world_size,
         rows=(graph.lo, graph.hi), history=result.history, params=params, traffic=traffic,
     )
 
@@ -1013,8 +1026,9 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
             "input": str(source) if isinstance(source, (str, os.PathLike)) else "matrix",
             "affinity": "precomputed" if affinity == "precomputed" else "features",
             "solver": solver, "n_clusters": int(k), "n": graph.n, "device": str(graph.device),
-            "dtype": str(graph.dtype).replace("torch.", ""), "rel_error": run.rel_error, "iterations": run.n_iter,
-            "seconds": run.seconds, "graph_seconds": graph_seconds,
+            "dtype": str(graph.dtype).replace("torch.", ""), "rel_error": run.rel_error,
+            "modularity": run.modularity, "iterations": run.n_iter, "seconds": run.seconds,
+            "graph_seconds": graph_seconds,
             "cluster_sizes": np.bincount(run.labels, minlength=int(k)).tolist(),
             "world_size": run.world_size, "halo_bytes_sent_total": float(traffic[0]),
             "allgather_bytes_equivalent": float(traffic[1]), "exchanges": run.traffic.get("exchanges", 0),

@@ -43,7 +43,6 @@ from torch import nn
 import symnmf_kernels as sk
 
 from . import distributed as sd
-from .metrics import cluster_indicators, modularity_from_sums, modularity_sums
 from .net import agreement_of_counts, plateaued
 from .solvers.base import SolverResult, as_seed
 
@@ -211,15 +210,6 @@ def _select_consensus(graph, U):
         agree[j] += v
     agree[packed[len(pairs) * r * r:] > 0] = -float("inf")
     return int(agree.argmax())
-
-
-def _modularity(graph, factors, k):
-    """`symnmf.metrics.modularity` of each row-sharded factor's labels (argmax of its rows): one product of X
-    with the labels' indicators (one halo exchange) and one all_reduce of the sums."""
-    labels = torch.stack([U.argmax(-1) for U in factors])
-    H = cluster_indicators(labels, k, graph.dtype)
-    sums = graph.comm.all_reduce(modularity_sums(H, graph.matmul(H), k))
-    return modularity_from_sums(sums, k).cpu()
 
 
 def _check_int(name, value, low):
@@ -460,9 +450,10 @@ def net(graph, k, *, seed=0, recipe="default", U0=None, max_iter=None, tol=None,
         elif settings["select"] == "modularity":
             if polish_iter:  # as symnmf.net.fit_net: every restart polished, the polished labels scored
                 polished = [sd.hals(graph, U_all[j].detach(), max_iter=polish_iter) for j in range(R)]
-                index = select_restart(U_all, "modularity", _modularity(graph, [p.U for p in polished], k))
+                labels = torch.stack([p.U.argmax(-1) for p in polished])
             else:
-                index = select_restart(U_all, "modularity", _modularity(graph, list(U_all), k))
+                labels = U_all.argmax(-1)
+            index = select_restart(U_all, "modularity", graph.modularity(labels, k))
         else:
             scores = losses if settings["select"] == "loss" else errors
             index = select_restart(U_all, settings["select"], scores)
