@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from symnmf.metrics import accuracy
+from symnmf.metrics import accuracy, modularity
 from symnmf.net import (CHECKPOINT_VERSION, RECIPES, SymNMFNet, fit_net, kuang_init, select_restart,
                         sparse_factor, spectral_init)
 
@@ -443,7 +443,6 @@ def test_fit_net_recovers_planted_blocks_with_each_recipe():
 
 
 def test_fit_net_keeps_the_polished_restart_of_highest_modularity():
-    from symnmf.metrics import modularity
     from symnmf.solvers import solve
 
     X, _ = planted_graph([14, 17, 21], 0.4, 0.08, seed=51, dtype=torch.float64)
@@ -463,6 +462,20 @@ def test_fit_net_keeps_the_polished_restart_of_highest_modularity():
     assert unpolished.index == int(np.argmax(trained)) == unpolished.net.select(X, "modularity")
     with pytest.raises(ValueError, match="needs X"):
         unpolished.net.select(None, "modularity")
+
+
+
+def test_fit_net_on_a_batch_of_graphs_needs_no_polish():
+    X = random_similarity(9, seed=52, batch=(2,))
+    with pytest.raises(ValueError, match="polish_iter needs one graph"):
+        fit_net(X, 2, random_state=0, n_layers=2, epochs=2)  # refused before any training
+    result = fit_net(X, 2, random_state=0, n_layers=2, epochs=2, polish_iter=0)
+    assert result.U.shape == (2, 9, 2) and result.index.shape == (2,)
+    with torch.no_grad():
+        U_all = result.net()
+    expected = torch.stack([torch.tensor([modularity(X[b], U_all[k, b].argmax(-1), 2) for k in range(4)]).argmax()
+                            for b in range(2)])
+    assert torch.equal(result.index, expected)
 
 
 def test_all_zero_similarity_is_refused():

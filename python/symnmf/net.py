@@ -1049,8 +1049,8 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     restarts train side by side (a leading dimension) and `select` (a label-free
     rule: "loss", "error", "consensus" or "modularity") keeps one; with polish_iter > 0 SymHALS
     then refines the kept factor, or, with "modularity", every restart, and the restart whose
-    polished labels have the highest modularity on X is kept. cuda_graph: replay each training step from a CUDA graph
-    (`SymNMFNet.fit`); None (the default) does so for X on a CUDA device whenever the
+    polished labels have the highest modularity on X is kept. cuda_graph: replay each training
+    step from a CUDA graph (`SymNMFNet.fit`); None (the default) does so for X on a CUDA device whenever the
     recipe allows it (a constant lr, no beta decay), and trains again with eager steps,
     with a warning, should the capture fail (`CudaGraphCaptureError`; other errors are raised).
     Returns a `NetResult`.
@@ -1066,6 +1066,8 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     if settings["select"] not in SELECTION_RULES:
         raise ValueError(f"select must be one of {SELECTION_RULES}, got {settings['select']!r}")
     X = as_similarity(X, device=device, dtype=dtype)
+    if settings["polish_iter"] and X.dim() != 2:
+        raise ValueError("polish_iter needs one graph (a single n x n X); pass polish_iter=0 for a batch of graphs")
     auto_graph = cuda_graph is None
     if auto_graph:
         # The replayed step did the same training 6-13x faster than eager steps on a GPU
@@ -1098,8 +1100,6 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     errors = net.history_["relative_error"][-1]
     losses = net.history_["loss_per_problem"][-1]
     polish_iter = int(settings["polish_iter"])
-    if polish_iter and U_all.dim() != (3 if R > 1 else 2):
-        raise ValueError("polish_iter needs one graph (a single n x n X)")
     if R > 1 and settings["select"] == "modularity" and polish_iter:
         # Every restart is polished and the labels of the polished factors are scored: the polish can move a
         # restart to another stationary point, and the kept factor is a polished one.
