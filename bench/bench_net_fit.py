@@ -4,7 +4,8 @@ Rows: digits (Kuang's kNN graph of sklearn's 1797 digits) and planted20k (a 20,0
 planted sparse graph, 8 blocks), r = number of classes. Variants, side by side in one run:
 
     hals        symnmf.solvers.solve(solver="hals"), the library's defaults (500 iterations, tolerance stop)
-    net         fit_net(recipe="default"): 4 restarts batched, plateau stop, then 100 SymHALS steps
+    net         fit_net(recipe="default"): 4 restarts batched, plateau stop, 100 SymHALS steps from each, the
+                highest modularity of their labels kept
     net_graph   the same with every training step replayed from a CUDA graph (cuda_graph=True)
 
 Each fit runs once to compile and warm up, then `--repeats` times; the median wall time is

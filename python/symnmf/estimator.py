@@ -89,9 +89,9 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     recipe : {"default", "paper"}
         SymNMF-Net's training recipe (`symnmf.net.RECIPES`). "default": L = 5,
         beta relative to lam^2, lam from ||X||_2, relative lr 0.1, a plateau
-        stop, 4 restarts trained together and the one with the lowest training
-        loss kept, then 100 SymHALS iterations (docs/symnmf_net_study.md has
-        the study behind it). "paper": the paper's settings (L = 10,
+        stop, 4 restarts trained together, each finished by 100 SymHALS
+        iterations, and the one whose labels have the highest modularity on X
+        kept (docs/symnmf_net_study.md has the study behind it). "paper": the paper's settings (L = 10,
         beta = 5e-6, Adam at lr 0.5, one start).
     n_layers, beta, mu : int, float, float or None
         SymNMF-Net's depth L, regulariser weight and L1 weight; None keeps the
