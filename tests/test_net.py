@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from symnmf.metrics import accuracy, modularity
-from symnmf.net import (CHECKPOINT_VERSION, RECIPES, SymNMFNet, fit_net, kuang_init, select_restart,
-                        sparse_factor, spectral_init)
+from symnmf.net import (CHECKPOINT_VERSION, RECIPES, SymNMFNet, fit_net, kuang_init, restart_modularity,
+                        select_restart, sparse_factor, spectral_init)
 
 
 def rel(a, b):
@@ -458,10 +458,18 @@ def test_fit_net_keeps_the_polished_restart_of_highest_modularity():
     assert result.relative_error == polished[result.index].history["rel_error"][-1]
     # without the polish the trained labels are scored; SymNMFNet.select does the same
     unpolished = fit_net(X, 3, random_state=2, n_layers=2, epochs=6, n_restarts=3, polish_iter=0)
-    trained = [modularity(X, U.argmax(-1), 3) for U in unpolished.net()]
+    with torch.no_grad():
+        U_all = unpolished.net()
+    trained = [modularity(X, U.argmax(-1), 3) for U in U_all]
     assert unpolished.index == int(np.argmax(trained)) == unpolished.net.select(X, "modularity")
     with pytest.raises(ValueError, match="needs X"):
         unpolished.net.select(None, "modularity")
+    # a restart that is not finite scores NaN and is never kept, whatever its argmax labels would score
+    U_bad = U_all.clone()
+    U_bad[unpolished.index, 0, 0] = float("nan")
+    scores = restart_modularity(X, U_bad)
+    assert torch.isnan(scores[unpolished.index]) and torch.isfinite(scores).sum() == 2
+    assert select_restart(U_bad, "modularity", scores) != unpolished.index
 
 
 

@@ -565,9 +565,9 @@ def _net_arguments(p, recipe=True):
 
     if recipe:
         p.add_argument("--recipe", choices=sorted(RECIPES), default="default",
-                       help="SymNMF-Net's training recipe (default: the library's, 4 restarts, each finished by SymHALS, the "
-                            "one whose labels have the highest modularity kept; paper: the paper's settings); the "
-                            "options below override it")
+                       help="SymNMF-Net's training recipe (default: the library's, 4 restarts, each finished by "
+                            "SymHALS, the one whose labels have the highest modularity kept; paper: the paper's "
+                            "settings); the options below override it")
     p.add_argument("--lr", type=float, default=None,
                    help="SymNMF-Net learning rate, relative to each weight's initial scale (default: the recipe's)")
     p.add_argument("--absolute-lr", dest="relative_lr", action="store_const", const=False, default=None,

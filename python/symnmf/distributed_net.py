@@ -450,10 +450,13 @@ def net(graph, k, *, seed=0, recipe="default", U0=None, max_iter=None, tol=None,
         elif settings["select"] == "modularity":
             if polish_iter:  # as symnmf.net.fit_net: every restart polished, the polished labels scored
                 polished = [sd.hals(graph, U_all[j].detach(), max_iter=polish_iter) for j in range(R)]
-                labels = torch.stack([p.U.argmax(-1) for p in polished])
+                scored = torch.stack([p.U for p in polished])
             else:
-                labels = U_all.argmax(-1)
-            index = select_restart(U_all, "modularity", graph.modularity(labels, k))
+                scored = U_all
+            scores = graph.modularity(scored.argmax(-1), k)
+            # as symnmf.net.restart_modularity: a restart not finite on any rank scores NaN
+            bad = comm.all_reduce((~torch.isfinite(scored)).flatten(1).any(1).double()).cpu() > 0
+            index = select_restart(U_all, "modularity", torch.where(bad, torch.full_like(scores, float("nan")), scores))
         else:
             scores = losses if settings["select"] == "loss" else errors
             index = select_restart(U_all, settings["select"], scores)

@@ -1010,12 +1010,16 @@ def select_restart(U, rule="loss", scores=None):
 
 def restart_modularity(X, U):
     """The modularity on X of each restart's labels (argmax of the rows of U, shape (R, ..., n, r)), shape
-    (R, ...); X is one graph (n, n) or a dense batch (B, n, n) matching U's (R, B, n, r)."""
+    (R, ...); X is one graph (n, n) or a dense batch (B, n, n) matching U's (R, B, n, r). A restart whose
+    factor is not finite scores NaN, so that no rule keeps it (its argmax labels would still score)."""
     labels = U.argmax(-1)
     r = U.shape[-1]
     if X.dim() == 2:
-        return modularity(X, labels.reshape(-1, labels.shape[-1]), r).reshape(labels.shape[:-1])
-    return torch.stack([modularity(X[b], labels[:, b], r) for b in range(X.shape[0])], 1)
+        q = modularity(X, labels.reshape(-1, labels.shape[-1]), r).reshape(labels.shape[:-1])
+    else:
+        q = torch.stack([modularity(X[b], labels[:, b], r) for b in range(X.shape[0])], 1)
+    finite = torch.isfinite(U).flatten(-2).all(-1).cpu()
+    return torch.where(finite, q, torch.full_like(q, float("nan")))
 
 
 @dataclass
@@ -1106,8 +1110,7 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
         from .solvers import solve
 
         polished = [solve(X, n_components, solver="hals", U0=U_all[k], max_iter=polish_iter) for k in range(R)]
-        scores = modularity(X, torch.stack([p.U.argmax(-1) for p in polished]), n_components)
-        index = select_restart(U_all, "modularity", scores)
+        index = select_restart(U_all, "modularity", restart_modularity(X, torch.stack([p.U for p in polished])))
         U, error = polished[index].U, polished[index].history["rel_error"][-1]
         polish_iter = 0
     elif R == 1:
