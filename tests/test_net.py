@@ -454,6 +454,7 @@ def test_fit_net_keeps_the_polished_restart_of_highest_modularity():
     polished = [solve(X, 3, solver="hals", U0=U_all[k], max_iter=8) for k in range(3)]
     scores = [modularity(X, p.U.argmax(-1), 3) for p in polished]
     assert result.index == int(np.argmax(scores))
+    assert result.scores == pytest.approx(scores, rel=1e-12)  # what the rule compared, kept for the user
     assert torch.equal(result.U, polished[result.index].U)
     assert result.relative_error == polished[result.index].history["rel_error"][-1]
     # without the polish the trained labels are scored; SymNMFNet.select does the same
@@ -462,6 +463,9 @@ def test_fit_net_keeps_the_polished_restart_of_highest_modularity():
         U_all = unpolished.net()
     trained = [modularity(X, U.argmax(-1), 3) for U in U_all]
     assert unpolished.index == int(np.argmax(trained)) == unpolished.net.select(X, "modularity")
+    assert unpolished.scores == pytest.approx(trained, rel=1e-12)
+    by_loss = fit_net(X, 3, random_state=2, n_layers=2, epochs=6, n_restarts=3, polish_iter=0, select="loss")
+    assert by_loss.scores == by_loss.losses and by_loss.index == int(np.argmin(by_loss.losses))
     with pytest.raises(ValueError, match="needs X"):
         unpolished.net.select(None, "modularity")
     # a restart that is not finite scores NaN and is never kept, whatever its argmax labels would score

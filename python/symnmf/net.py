@@ -1029,7 +1029,9 @@ class NetResult:
     U: (n, r) factor of the kept restart (for a dense batch of graphs: (B, n, r)); labels: argmax of
     its rows; index: the kept restart; relative_error: its E; relative_errors / losses: every restart's;
     n_iter: training steps; seconds: wall time (start U_0 and polish included); net: the trained SymNMFNet
-    (all restarts); settings: the recipe's values used.
+    (all restarts); settings: the recipe's values used; scores: what the rule compared, per restart (the
+    modularity of the polished or trained labels, the training loss or E; None for "consensus" and for one
+    restart).
     """
 
     U: torch.Tensor
@@ -1042,6 +1044,7 @@ class NetResult:
     seconds: float
     net: "SymNMFNet"
     settings: dict = field(default_factory=dict)
+    scores: object = None
 
 
 def fit_net(X, n_components, recipe="default", random_state=None, device=None, dtype=None, verbose=False,
@@ -1110,14 +1113,18 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
         from .solvers import solve
 
         polished = [solve(X, n_components, solver="hals", U0=U_all[k], max_iter=polish_iter) for k in range(R)]
-        index = select_restart(U_all, "modularity", restart_modularity(X, torch.stack([p.U for p in polished])))
+        scores = restart_modularity(X, torch.stack([p.U for p in polished]))
+        index = select_restart(U_all, "modularity", scores)
         U, error = polished[index].U, polished[index].history["rel_error"][-1]
         polish_iter = 0
     elif R == 1:
-        index, U = 0, U_all
+        index, U, scores = 0, U_all, None
         error = errors
     else:
-        index = net.select(X, settings["select"])
+        scores = {"loss": losses, "error": errors, "consensus": None}.get(settings["select"])
+        if settings["select"] == "modularity":
+            scores = restart_modularity(X, U_all)
+        index = select_restart(U_all, settings["select"], scores)
         if isinstance(index, int):
             U, error = U_all[index], errors[index]
         else:
@@ -1134,4 +1141,5 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     seconds = time.perf_counter() - start
     return NetResult(U=U.detach(), labels=U.argmax(-1), index=index, relative_error=error,
                      relative_errors=errors if R > 1 else [errors], losses=losses if R > 1 else [losses],
-                     n_iter=net.n_iter_, seconds=seconds, net=net, settings=settings)
+                     n_iter=net.n_iter_, seconds=seconds, net=net, settings=settings,
+                     scores=scores.tolist() if isinstance(scores, torch.Tensor) else scores)
