@@ -7,11 +7,15 @@
         breast_cancer --seeds 0 1 2 3 4
     SYMNMF_FASHION_MNIST=DIR OMP_NUM_THREADS=1 python bench/study_net.py heldout --data fashion10k --seeds 0 1 2 3 4
     OMP_NUM_THREADS=1 python bench/study_net.py restarts --data digits mfeat-pix mnist5k planted --seeds 0 1 2 3 4
+    OMP_NUM_THREADS=1 python bench/study_net.py restarts --data digits --seeds 0 1 2 3 4 --set epochs=200  # a variant
     python bench/study_net.py report     # tables (markdown) and the plot from the JSON lines
 
+`heldout` and `restarts` take any data set: the study's (STUDY), the held-out ones (HELDOUT) and those kept
+out of every choice (VALIDATION).
+
 Every run appends one JSON line to bench/results/study_net-runs.jsonl. Labels are read only to
-score (ACC, NMI); every choice among restarts is label-free (training loss, E, or the consensus
-of the restarts' labellings; see symnmf.net.select_restart).
+score (ACC, NMI); every choice among restarts is label-free (training loss, E, the consensus of the
+restarts' labellings, or the modularity of their labels on the graph; see symnmf.net.select_restart).
 
 Data: sklearn's digits through Kuang's self-tuning kNN graph (symnmf.similarity_graph, float32,
 sparse), and planted partitions: sparse graphs of k unequal blocks where each node draws d_in
