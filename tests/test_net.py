@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from symnmf.metrics import accuracy, modularity
-from symnmf.net import (CHECKPOINT_VERSION, RECIPES, SymNMFNet, fit_net, kuang_init, restart_modularity,
-                        select_restart, sparse_factor, spectral_init)
+from symnmf.net import (CHECKPOINT_VERSION, RECIPES, SymNMFNet, fit_net, kuang_init, polish_restarts,
+                        restart_modularity, select_restart, sparse_factor, spectral_init)
 
 
 def rel(a, b):
@@ -474,6 +474,9 @@ def test_fit_net_keeps_the_polished_restart_of_highest_modularity():
     scores = restart_modularity(X, U_bad)
     assert torch.isnan(scores[unpolished.index]) and torch.isfinite(scores).sum() == 2
     assert select_restart(U_bad, "modularity", scores) != unpolished.index
+    # nor polished: SymHALS would stop with an error on it
+    runs = polish_restarts(X, U_bad, 4)
+    assert runs[unpolished.index] is None and all(r is not None for k, r in enumerate(runs) if k != unpolished.index)
 
 
 

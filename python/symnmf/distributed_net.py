@@ -448,14 +448,16 @@ def net(graph, k, *, seed=0, recipe="default", U0=None, max_iter=None, tol=None,
         if settings["select"] == "consensus":
             index = _select_consensus(graph, U_all)
         elif settings["select"] == "modularity":
-            if polish_iter:  # as symnmf.net.fit_net: every restart polished, the polished labels scored
-                polished = [sd.hals(graph, U_all[j].detach(), max_iter=polish_iter) for j in range(R)]
-                scored = torch.stack([p.U for p in polished])
+            # as symnmf.net.fit_net: every finite restart polished, the polished labels scored; a restart not
+            # finite on any rank is not polished and scores NaN
+            bad = comm.all_reduce((~torch.isfinite(U_all)).flatten(1).any(1).double()).cpu() > 0
+            if polish_iter:
+                polished = [None if bad[j] else sd.hals(graph, U_all[j].detach(), max_iter=polish_iter)
+                            for j in range(R)]
+                scored = torch.stack([U_all[j] if p is None else p.U for j, p in enumerate(polished)])
             else:
                 scored = U_all
             scores = graph.modularity(scored.argmax(-1), k)
-            # as symnmf.net.restart_modularity: a restart not finite on any rank scores NaN
-            bad = comm.all_reduce((~torch.isfinite(scored)).flatten(1).any(1).double()).cpu() > 0
             index = select_restart(U_all, "modularity", torch.where(bad, torch.full_like(scores, float("nan")), scores))
         else:
             scores = losses if settings["select"] == "loss" else errors

@@ -1022,6 +1022,16 @@ def restart_modularity(X, U):
     return torch.where(finite, q, torch.full_like(q, float("nan")))
 
 
+def polish_restarts(X, U_all, iters):
+    """SymHALS (at most `iters` iterations) from each restart of U_all (R, n, r) on one graph X: a list of
+    SolverResult, None for a restart that is not finite (it would stop SymHALS with an error; it scores NaN)."""
+    from .solvers import solve
+
+    finite = torch.isfinite(U_all).flatten(1).all(1).tolist()
+    return [solve(X, U_all.shape[-1], solver="hals", U0=U_all[k], max_iter=iters) if ok else None
+            for k, ok in enumerate(finite)]
+
+
 @dataclass
 class NetResult:
     """What `fit_net` returns: the kept factor and how it was found.
@@ -1110,10 +1120,8 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     if R > 1 and settings["select"] == "modularity" and polish_iter:
         # Every restart is polished and the labels of the polished factors are scored: the polish can move a
         # restart to another stationary point, and the kept factor is a polished one.
-        from .solvers import solve
-
-        polished = [solve(X, n_components, solver="hals", U0=U_all[k], max_iter=polish_iter) for k in range(R)]
-        scores = restart_modularity(X, torch.stack([p.U for p in polished]))
+        polished = polish_restarts(X, U_all, polish_iter)
+        scores = restart_modularity(X, torch.stack([U_all[k] if p is None else p.U for k, p in enumerate(polished)]))
         index = select_restart(U_all, "modularity", scores)
         U, error = polished[index].U, polished[index].history["rel_error"][-1]
         polish_iter = 0
