@@ -148,3 +148,14 @@ def test_modularity_checks_input():
     for bad in (np.zeros((5, 5)), np.where(A > 0, np.nan, 0.0)):
         with pytest.raises(ValueError, match="positive, finite total weight"):
             modularity(bad, np.zeros(5, dtype=int))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_modularity_on_cuda_matches_the_cpu():
+    A = torch.tensor(_random_graph(301, 0.05, 3))
+    labels = torch.randint(0, 7, (3, 301), generator=torch.Generator().manual_seed(4))
+    expected = modularity(A, labels, 7)
+    for X in (A.cuda(), A.to_sparse_csr().cuda(), A.float().to_sparse_csr().cuda()):
+        q = modularity(X, labels.cuda(), 7)
+        assert q.device.type == "cpu" and torch.allclose(q, expected, rtol=1e-5 if X.dtype == torch.float32 else 1e-12)
