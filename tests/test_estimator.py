@@ -70,6 +70,9 @@ def test_fit_attributes_and_fit_predict(graph, fitted_hals):
     assert model.n_iter_ >= 1 and model.converged_
     assert len(model.history_["rel_error"]) >= 1 and model.n_features_in_ == n
     np.testing.assert_allclose(model.affinity_matrix_, A)
+    from symnmf.metrics import modularity
+
+    assert model.modularity_ == pytest.approx(modularity(A, model.labels_, 3), rel=1e-12) and model.modularity_ > 0.3
     again = clone(model).fit_predict(A)
     np.testing.assert_array_equal(again, model.labels_)  # same seed, same result
     np.testing.assert_array_equal(model.fit_transform(A), model.embedding_)

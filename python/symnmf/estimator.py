@@ -19,6 +19,7 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .fitting import AFFINITIES, SOLVERS, build_affinity, fit_affinity, resolve_device, resolve_dtype
+from .metrics import modularity
 from .net import RECIPES
 from .validation import as_similarity, is_scipy_sparse
 
@@ -129,6 +130,9 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         ||A - U U^T||_F for the similarity A (not squared, as in sklearn's NMF).
     relative_error_ : float
         ||A - U U^T||_F^2 / ||A||_F^2, the paper's relative error E.
+    modularity_ : float
+        Modularity of labels_ on A (`symnmf.metrics.modularity`): a quality of the clustering that needs
+        no ground truth.
     n_iter_ : int
         Iterations (classical solvers) or epochs (net) run.
     converged_ : bool
@@ -270,6 +274,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         self.labels_ = result.labels
         self.reconstruction_err_ = result.reconstruction_err
         self.relative_error_ = result.rel_error
+        self.modularity_ = modularity(A, result.labels, self.n_components)
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
         self.history_ = result.history
