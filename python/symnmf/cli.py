@@ -80,26 +80,17 @@ def _read(path, key):
 
 
 def _read_shards(path):
-    """The whole graph of a shards folder (`symnmf.distributed.save_shards`, or written by the ranks that built
-    it), in its nodes' own order; CommandError for a folder that holds none."""
-    import scipy.sparse as sp
-
-    from .distributed import SHARDS_INDEX, _read_shard_rows
+    """The whole graph of a shards folder in its nodes' own order (`symnmf.distributed.read_shards`);
+    CommandError for a folder that holds none."""
+    from .distributed import SHARDS_INDEX, read_shards
 
     if not os.path.exists(os.path.join(path, SHARDS_INDEX)):
         raise CommandError(f"input {path!r} is a folder without {SHARDS_INDEX}: give a file, or a folder of "
                            "graph shards")
     try:
-        with open(os.path.join(path, SHARDS_INDEX)) as f:
-            index = json.load(f)
-        indptr, indices, data, shape = _read_shard_rows(path, 0, int(index["n"]))
-        A = sp.csr_matrix((data, indices, indptr), shape=shape)
-        if index.get("perm"):  # rows renumbered when the shards were written: back to the nodes' order
-            inverse = np.argsort(np.load(os.path.join(path, index["perm"])))
-            A = A[inverse][:, inverse].tocsr()
+        return read_shards(path)
     except (OSError, ValueError, KeyError) as err:
         raise CommandError(f"cannot read the shards in {path}: {_one_line(err)}") from None
-    return A
 
 
 def load_matrix(path, key=None):

@@ -65,7 +65,7 @@ from .solvers.pgd import DEFAULTS as _PGD_DEFAULTS
 __all__ = [
     "Comm", "row_offsets", "BALANCES", "read_npz_rows", "save_shards", "HaloPlan", "ShardedGraph", "init_factor",
     "hals", "pgd", "anls", "net", "SOLVERS", "DEFAULT_MAX_ITER", "fit", "DistributedFit", "cluster", "gather_rows",
-    "init_from_env", "owner_of", "write_shard", "write_shards_index",
+    "init_from_env", "owner_of", "read_shards", "write_shard", "write_shards_index",
 ]
 
 SHARDS_INDEX = "shards.json"
@@ -299,6 +299,21 @@ def write_shards_index(directory, n, offsets, dtype, **extra):
     with open(path, "w") as f:
         json.dump(index, f, indent=1)
     return path
+
+
+def read_shards(directory):
+    """The whole graph of a shards folder (`save_shards`, or written by the ranks that built it) as a scipy CSR
+    matrix in its nodes' own order: rows and columns renumbered when the shards were written are put back."""
+    import scipy.sparse as sp
+
+    with open(os.path.join(directory, SHARDS_INDEX)) as f:
+        index = json.load(f)
+    indptr, indices, data, shape = _read_shard_rows(directory, 0, int(index["n"]))
+    A = sp.csr_matrix((data, indices, indptr), shape=shape)
+    if index.get("perm"):  # row i of the shards is node perm[i]
+        inverse = np.argsort(np.load(os.path.join(directory, index["perm"])))
+        A = A[inverse][:, inverse].tocsr()
+    return A
 
 
 def _read_shard_rows(directory, start, stop):

@@ -119,11 +119,12 @@ def modularity(X, labels, n_clusters=None):
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dim() < 1 or labels.shape[-1] != n:
         raise ValueError(f"labels must hold integer labels with last dimension n = {n}, "
                          f"got {labels.dtype} of shape {tuple(labels.shape)}")
-    if labels.numel() and int(labels.min()) < 0:
+    low, high = (int(labels.min()), int(labels.max())) if labels.numel() else (0, -1)  # one read each
+    if low < 0:
         raise ValueError("labels must be >= 0")
-    k = int(labels.max()) + 1 if n_clusters is None else int(n_clusters)
-    if labels.numel() and int(labels.max()) >= k:
-        raise ValueError(f"labels must be < n_clusters = {k}, got {int(labels.max())}")
+    k = high + 1 if n_clusters is None else int(n_clusters)
+    if high >= k:
+        raise ValueError(f"labels must be < n_clusters = {k}, got {high}")
     batch = labels.shape[:-1]
     H = cluster_indicators(labels.reshape(-1, n), k, X.dtype)
     q = modularity_from_sums(modularity_sums(H, X @ H, k), k)  # one product for the whole batch

@@ -741,20 +741,26 @@ class SymNMFNet(nn.Module):
         self._require_initialized()
         if self.n_restarts is None:
             raise ValueError("select needs a net with n_restarts (restarts trained side by side)")
-        scores = None
         U = self.forward()
+        return select_restart(U, rule, self.restart_scores(X, rule, U))
+
+    @torch.no_grad()
+    def restart_scores(self, X=None, rule="loss", U=None):
+        """What `select` compares for a rule, per restart (shape (R, ...)): the last training loss ("loss"), the
+        last E ("error"), or the modularity of the restarts' labels on X ("modularity", X needed; U: the
+        restarts' output when already computed); None for "consensus"."""
         if rule in ("loss", "error"):
             if not self.history_:
                 raise RuntimeError("select by loss or error needs a fitted net (its history)")
             key = "loss_per_problem" if rule == "loss" else "relative_error"
-            scores = torch.as_tensor(self.history_[key][-1], dtype=torch.float64)
-        elif rule == "modularity":
+            return torch.as_tensor(self.history_[key][-1], dtype=torch.float64)
+        if rule == "modularity":
             if X is None:
                 raise ValueError("select by modularity needs X, the graph the net was fitted on")
             X = self._prepare(X)
             self._check_matches(X)
-            scores = restart_modularity(X, U)
-        return select_restart(U, rule, scores)
+            return restart_modularity(X, self.forward() if U is None else U)
+        return None
 
     def _param_groups(self, lr, relative_lr):
         if not relative_lr:
@@ -1129,9 +1135,7 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
         index, U, scores = 0, U_all, None
         error = errors
     else:
-        scores = {"loss": losses, "error": errors, "consensus": None}.get(settings["select"])
-        if settings["select"] == "modularity":
-            scores = restart_modularity(X, U_all)
+        scores = net.restart_scores(X, settings["select"], U_all)
         index = select_restart(U_all, settings["select"], scores)
         if isinstance(index, int):
             U, error = U_all[index], errors[index]
