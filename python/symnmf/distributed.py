@@ -988,7 +988,8 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
     ranks build Kuang's kNN graph together (`symnmf.distributed_graph.similarity_graph`, with
     n_neighbors and metric), each keeping its own rows; save_graph: a directory where the ranks also
     write that graph as shard files (`save_shards`'s format). Started by torchrun (WORLD_SIZE > 1) it initialises
-    the process group itself (`init_from_env`); in one process it runs the same code on one shard.
+    the process group itself (`init_from_env`) and closes it on every rank before it returns; in one process it
+    runs the same code on one shard.
     seed: the random start, the same as the single-process solvers' for the same int.
     out: a directory where rank 0 writes labels.txt, embedding.npy (the factor U, gathered) and
     metrics.json, the files of `symnmf cluster`, plus the halo traffic and the ranks in metrics.
@@ -1004,11 +1005,30 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
         from .fitting import resolve_dtype
 
         dtype = resolve_dtype(dtype)
+    owns_group = group is None and "WORLD_SIZE" in os.environ and not dist.is_initialized()
     if group is None:
         env_device = init_from_env(None if device is None else ("nccl" if torch.device(device).type == "cuda"
                                                                  else "gloo"))
         if device is None or torch.device(device).type == env_device.type:
             device = env_device  # under torchrun with NCCL: this rank's GPU (LOCAL_RANK)
+    try:
+        result = _cluster_on_group(source, k, solver, seed, max_iter, tol, lam, dtype, device, out, group, threads,
+                                   verbose, return_fit, balance, affinity, n_neighbors, metric, save_graph, options)
+    except BaseException:
+        if owns_group:
+            dist.destroy_process_group()
+        raise
+    if owns_group:
+        # Every rank waits for rank 0's files, then all close the group together: a rank that leaves with its
+        # gloo group open while the others still use theirs can die in std::terminate at exit.
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def _cluster_on_group(source, k, solver, seed, max_iter, tol, lam, dtype, device, out, group, threads, verbose,
+                      return_fit, balance, affinity, n_neighbors, metric, save_graph, options):
+    """`cluster` once the process group (if any) is up: rank 0 gets the labels or the fit, the others None."""
     if threads and threads != "auto":
         torch.set_num_threads(int(threads))
     if affinity not in ("precomputed", "nearest_neighbors"):
@@ -1133,7 +1153,8 @@ def main(argv=None):
                            "world_size": comm.world_size, "rel_error": run.rel_error, "iterations": run.n_iter,
                            "seconds": run.seconds, "halo_bytes_per_product": float(halo),
                            "allgather_bytes_per_product": float(gather)}, f, indent=2)
-    if comm.active:
+    if comm.active:  # all ranks close together, after rank 0's files (see `cluster`)
+        dist.barrier()
         dist.destroy_process_group()
     return 0
 
