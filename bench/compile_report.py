@@ -33,7 +33,7 @@ from symnmf_kernels.ops._launch import FINALIZE_SPLITS, SWEEP_MIN_BLOCK_R  # noq
 from symnmf_kernels.triton import apply_relu, gram, hals, sparse_loss, spd_inverse, sym_loss, symnmf_block  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
-INT_ARGS = {"n", "m", "r", "rows_per_split", "num_splits"}
+INT_ARGS = {"n", "m", "r", "tiles", "rows_per_split", "num_splits"}
 # Arguments whose type does not follow the problem's dtype.
 SPECIAL_TYPES = {"info": "*i32", "sums": "*fp64"}
 SCALAR_LAM = {"hals_sweep_kernel"}  # lam passed by value, not as a per-problem tensor

@@ -147,8 +147,12 @@ def hals_sweep_(W, C, B, *, V=None, lam=0.0, revive=True):
 
     for k in 0..r-1: w_k <- max(0, w_k + (C_k - W B_k) / B_kk), with C + lam V
     in place of C when V is given. With revive, a column left all zero is
-    then set to 1e-16 times the largest entry of W.
+    then set to 1e-16 times the largest entry of W. A batch W (P, n, r) with
+    B (P, r, r) sweeps each factor with its own B; the maxima are then (P, r).
     """
+    if W.dim() == 3:
+        return torch.stack([hals_sweep_(W[p], C[p], B[p], V=None if V is None else V[p], lam=lam, revive=revive)
+                            for p in range(W.shape[0])])
     if V is not None:
         C = C + lam * V
     for k in range(W.shape[1]):

@@ -88,6 +88,44 @@ def test_matches_reference(backend, with_v):
     assert rel(W_in_place, want) <= tol
 
 
+def _batch_inputs(P, n, r, dtype, seed, lam=0.3):
+    """P problems of `hals_inputs` stacked: W, X V, B, V of shapes (P, n, r) and (P, r, r)."""
+    parts = [hals_inputs(n, r, dtype, seed=seed + p, lam=lam, with_v=True) for p in range(P)]
+    return [torch.stack([q[i] for q in parts]) for i in (0, 3, 2, 4)]
+
+
+@needs_triton
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("P", [1, 3])
+@pytest.mark.parametrize("n", [1, 7, 203])
+@pytest.mark.parametrize("r", [1, 5, 16])
+def test_batch_of_factors_matches_reference(backend, P, n, r):
+    """A batch (P, n, r), each factor with its own B, against the reference sweeping each one; one factor of
+    the batch has a column driven to zero (revived from its own maximum, not the batch's)."""
+    W, XV, B, V = _batch_inputs(P, n, r, torch.float64, seed=100 * n + r)
+    XV[-1, :, r - 1] = -1e3
+    want, want_max = reference.hals_sweep(W, XV, B, V=V, lam=0.3)
+    got = W.clone()
+    got_max = hals_sweep_(got, XV, B, V=V, lam=0.3, backend=backend)
+    tol = 1e-9 if backend == "triton" else 1e-12  # C = X V + lam V formed in the kernel (see above)
+    assert got_max.shape == (P, r)
+    assert rel(got, want) <= tol and rel(got_max, want_max) <= tol
+    fill = ZERO_COLUMN_FILL * float(want[-1].max())
+    assert abs(float(got[-1, 0, r - 1]) - fill) <= 1e-9 * fill
+
+
+@needs_triton
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_batch_of_strided_factors(backend):
+    """A batch whose factors interleave in memory ((n, P, r) storage viewed as (P, n, r)), float32."""
+    W, XV, B, V = _batch_inputs(3, 57, 5, torch.float32, seed=7)
+    want, want_max = reference.hals_sweep(W.double(), XV.double(), B.double(), V=V.double(), lam=0.3)
+    got = W.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not got.is_contiguous()
+    got_max = hals_sweep_(got, XV.transpose(0, 1).contiguous().transpose(0, 1), B, V=V, lam=0.3, backend=backend)
+    assert rel(got.double(), want) <= 1e-5 and rel(got_max.double(), want_max) <= 1e-5
+
+
 def test_torch_sweep_is_coordinate_minimisation():
     """Each column update is the exact minimiser of the quadratic in that column, clipped at 0."""
     W, C, B = [t.cpu().double() for t in hals_inputs(37, 4, torch.float64, seed=2)]
@@ -136,6 +174,10 @@ def test_bad_input():
         hals_sweep_(W, C, B, backend="cuda")
     with pytest.raises(ValueError, match="V has shape"):
         hals_sweep_(W, C, B, V=W[:4], lam=0.5)
+    with pytest.raises(ValueError, match=r"\(P, r, r\) with P = 2"):
+        hals_sweep_(torch.stack([W, W]), torch.stack([C, C]), B)
+    with pytest.raises(ValueError, match="batch"):
+        hals_sweep_(W[None, None], C[None, None], B[None, None])
 
 
 @needs_triton
@@ -233,3 +275,21 @@ def test_native_sweep_does_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, two) and torch.equal(max_one, max_two)
+
+
+@needs_triton
+def test_symhals_restarts_same_iterates_with_either_sweep():
+    """SymHALS from 3 starts side by side (the Triton sweep of the whole batch in one launch) against the
+    torch sweep, and against each start run alone."""
+    from symnmf.solvers.hals import hals, hals_restarts
+
+    g = torch.Generator().manual_seed(8)
+    X = torch.rand(31, 31, generator=g, dtype=torch.float64)
+    X = (X + X.T).to(DEVICE)
+    U0 = torch.rand(3, 31, 4, generator=g, dtype=torch.float64).to(DEVICE)
+    a = hals_restarts(X, U0, max_iter=4, tol=0.0, check_every=2, backend="triton")
+    b = hals_restarts(X, U0, max_iter=4, tol=0.0, check_every=2, backend="torch")
+    for k in range(3):
+        alone = hals(X, U0[k], max_iter=4, tol=0.0, check_every=2, backend="triton")
+        assert a[k].n_iter == b[k].n_iter == alone.n_iter == 4
+        assert rel(a[k].U, b[k].U) <= 1e-9 and rel(a[k].U, alone.U) <= 1e-12

@@ -308,3 +308,35 @@ def test_sparse_symmetry_check_matches_the_dense_one():
                                 torch.from_numpy(A.data), size=(30, 30))
     with pytest.raises(ValueError, match="not symmetric"):
         check_similarity(X)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_hals_restarts_stop_each_where_hals_alone_would(sparse, sbm):
+    """SymHALS from several starts side by side gives each start's own run: its iterations, its history and
+    its factor, the restarts leaving the batch at different iterations."""
+    from symnmf.solvers.hals import hals, hals_restarts
+
+    X, _ = sbm
+    X = X.to_sparse_csr() if sparse else X
+    U0 = init_factor(X, 3, torch.Generator().manual_seed(4), batch_shape=(4,))
+    U0[3] = U0[3] * 0.3  # a start of another scale: it converges after the others
+    runs = hals_restarts(X, U0, max_iter=150, tol=1e-4)
+    alone = [hals(X, U0[k], max_iter=150, tol=1e-4) for k in range(4)]
+    assert len({run.n_iter for run in runs}) > 1
+    for run, ref in zip(runs, alone):
+        assert (run.n_iter, run.converged) == (ref.n_iter, ref.converged)
+        assert rel(run.U, ref.U) <= 1e-12
+        assert run.history["iteration"] == ref.history["iteration"]
+        assert np.allclose(run.history["rel_error"], ref.history["rel_error"], rtol=1e-12, atol=0)
+        assert run.params["lam"] == ref.params["lam"]
+
+
+def test_hals_restarts_bad_input(sbm):
+    from symnmf.solvers.hals import hals_restarts
+
+    X, _ = sbm
+    U0 = init_factor(X, 3, torch.Generator().manual_seed(4), batch_shape=(2,))
+    with pytest.raises(ValueError, match="zhu"):
+        hals_restarts(X, U0, lam="zhu")
+    with pytest.raises(ValueError, match=r"\(R, n, r\)"):
+        hals_restarts(X, U0[0])

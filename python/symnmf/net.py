@@ -223,12 +223,17 @@ def spectral_init(X, rank, batch_shape=(), generator=None, noise=0.0, iters=30):
 
 
 def _hals_refine(X, U0, iters, tol=0.0):
-    """Each (n, r) start in U0 refined by `iters` SymHALS iterations (one problem at a time)."""
+    """Each (n, r) start in U0 refined by `iters` SymHALS iterations (side by side on one graph X, else one
+    problem at a time)."""
     from .solvers import solve
+    from .solvers.hals import hals_restarts
 
     if iters <= 0:
         return U0
     flat = U0.reshape(-1, *U0.shape[-2:])
+    if X.dim() == 2:
+        runs = hals_restarts(check_similarity(as_similarity(X)), flat, max_iter=int(iters), tol=tol)
+        return torch.stack([run.U for run in runs]).reshape(U0.shape)
     Xs = X if _is_sparse(X) else X.expand((*U0.shape[:-2], *X.shape[-2:])).reshape(-1, *X.shape[-2:])
     out = []
     for b in range(flat.shape[0]):
@@ -1030,12 +1035,20 @@ def restart_modularity(X, U):
 
 def polish_restarts(X, U_all, iters):
     """SymHALS (at most `iters` iterations) from each restart of U_all (R, n, r) on one graph X: a list of
-    SolverResult, None for a restart that is not finite (it would stop SymHALS with an error; it scores NaN)."""
-    from .solvers import solve
+    SolverResult, None for a restart that is not finite (it would stop SymHALS with an error; it scores NaN).
+
+    The restarts run side by side (`symnmf.solvers.hals.hals_restarts`: one product with X per
+    half-iteration for all of them), each stopping where `solve(X, r, "hals", U0=U_all[k])` would.
+    """
+    from .solvers.hals import hals_restarts
 
     finite = torch.isfinite(U_all).flatten(1).all(1).tolist()
-    return [solve(X, U_all.shape[-1], solver="hals", U0=U_all[k], max_iter=iters) if ok else None
-            for k, ok in enumerate(finite)]
+    kept = [k for k, ok in enumerate(finite) if ok]
+    if not kept:
+        return [None] * len(finite)
+    X = check_similarity(as_similarity(X))
+    runs = iter(hals_restarts(X, U_all.detach()[kept], max_iter=iters))
+    return [next(runs) if ok else None for ok in finite]
 
 
 @dataclass

@@ -210,29 +210,34 @@ def sparse_loss_grad(U, S, G, W, Y, lam, coef_s, coef_g):
 
 
 def hals_sweep_(W, C, B, V, lam, revive, fill_scale):
-    """One in-place SymHALS sweep of W (n, r); returns the column maxima (r,) after it.
+    """One in-place SymHALS sweep of W (n, r), or of each problem of a batch W (P, n, r) with its own
+    C, V (P, n, r) and B (P, r, r); returns the column maxima after it, (r,) or (P, r).
 
-    With revive, all-zero columns are then set to fill_scale times the largest entry.
+    With revive, all-zero columns are then set to fill_scale times the largest entry (of their problem).
     """
-    n, r = W.shape
+    batched = W.dim() == 3
+    if not batched:
+        W, C, B = W[None], C[None], B[None]
+        V = None if V is None else V[None]
+    P, n, r = W.shape
     BN, BR, warps = hals_tiles(r, W.device)
-    grid = triton_cdiv(n, BN)
+    tiles = triton_cdiv(n, BN)
+    grid = P * tiles
     partial = torch.empty((grid, BR), dtype=W.dtype, device=W.device)
     has_v = V is not None
     Vt = V if has_v else C  # stands in for an unused pointer
     hals_sweep_kernel[(grid,)](
-        W, C, Vt, float(lam), B, partial, n, r, *W.stride(), *C.stride(), *Vt.stride(), *B.stride(),
+        W, C, Vt, float(lam), B, partial, n, r, tiles, *W.stride(), *C.stride(), *Vt.stride(), *B.stride(),
         HAS_V=has_v, BLOCK_N=BN, BLOCK_R=BR, num_warps=warps,
     )
-    colmax = partial.amax(0)[:r]
+    colmax = partial.reshape(P, tiles, BR).amax(1)[:, :r].contiguous()
     if revive:
-        fill = (fill_scale * colmax.max()).reshape(1)
+        fill = (fill_scale * colmax.amax(1)).contiguous()
         fill_zero_columns_kernel[(grid,)](
-            W, colmax, fill, n, r, *W.stride(), BLOCK_N=BN, BLOCK_R=BR, num_warps=warps,
+            W, colmax, fill, n, r, tiles, *W.stride(), BLOCK_N=BN, BLOCK_R=BR, num_warps=warps,
         )
-        colmax = torch.where(colmax == 0, fill, colmax)
-    return colmax
-
+        colmax = torch.where(colmax == 0, fill[:, None], colmax)
+    return colmax if batched else colmax[0]
 
 
 # The NNLS kernel keeps a (BLOCK_M, BLOCK_K, BLOCK_K) system tile per program: about 4096 values, so

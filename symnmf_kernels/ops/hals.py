@@ -37,13 +37,14 @@ def _check(W, C, B, V):
         check_same(V, W, "V", "W")
         if V.shape != W.shape:
             raise ValueError(f"V has shape {tuple(V.shape)} but W has {tuple(W.shape)}; they must match")
-    if W.dim() != 2:
-        raise ValueError(f"W must be a single n x r factor, got shape {tuple(W.shape)}")
+    if W.dim() not in (2, 3):
+        raise ValueError(f"W must be an n x r factor or a batch (P, n, r) of them, got shape {tuple(W.shape)}")
     if C.shape != W.shape:
         raise ValueError(f"C has shape {tuple(C.shape)} but W has {tuple(W.shape)}; C = X V + lam V must match W")
-    r = W.shape[1]
-    if B.shape != (r, r):
-        raise ValueError(f"B must be r x r = {r} x {r} (V^T V + lam I), got shape {tuple(B.shape)}")
+    r = W.shape[-1]
+    if B.shape != (*W.shape[:-2], r, r):
+        what = "r x r" if W.dim() == 2 else f"(P, r, r) with P = {W.shape[0]}"
+        raise ValueError(f"B must be {what}, r = {r} (V^T V + lam I, one per factor), got shape {tuple(B.shape)}")
 
 
 # The extension's CPU sweep (csrc/cpu/hals_cpu.cpp): one pass over the rows instead of about eight tensor
@@ -85,7 +86,9 @@ def hals_sweep_(W, C, B, *, V=None, lam=0.0, revive=True, backend=None):
     B (r x r) is V^T V + lam I with a positive diagonal; the right-hand side is
     C (n x r) = X V + lam V, or, when V is given, C + lam V (then pass C = X V:
     the Triton path forms the sum as it reads, saving a pass).
-    revive: reset all-zero columns of the result to 1e-16 * max(W).
+    A batch W, C, V (P, n, r) with B (P, r, r) sweeps each of the P factors with
+    its own B (Triton: in one launch); the maxima are then (P, r).
+    revive: reset all-zero columns of the result to 1e-16 * max(W) (per factor).
     backend: None picks by device (Triton on CUDA or under TRITON_INTERPRET=1,
     the host path otherwise); "torch" (the host path: the extension's row sweep
     for a row-major W on the CPU, else the torch column loop) or "triton" force one.
@@ -93,11 +96,15 @@ def hals_sweep_(W, C, B, *, V=None, lam=0.0, revive=True, backend=None):
     """
     _check(W, C, B, V)
     if backend is None:
-        backend = "triton" if use_triton(W, W.shape[1]) else "torch"
+        backend = "triton" if use_triton(W, W.shape[-1]) else "torch"
     if backend == "triton":
         return _launch.hals_sweep_(W, C, B, V, lam, revive, ZERO_COLUMN_FILL)
     if backend != "torch":
         raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
+    if W.dim() == 3:  # one factor at a time, each in place on its own rows of the batch
+        maxima = [hals_sweep_(W[p], C[p], B[p], V=None if V is None else V[p], lam=lam, revive=revive,
+                              backend="torch") for p in range(W.shape[0])]
+        return torch.stack(maxima) if maxima else W.new_empty((0, W.shape[-1]))
     if _native_runs(W):
         colmax = torch.ops.symnmf_kernels.hals_sweep_rows_(W, C, B, V, float(lam))
     else:

@@ -13,6 +13,9 @@ in torch reads W r times. With HAS_V the kernel takes X V and V and forms
 C = X V + lam V as it loads them, so C is never written out (4 n r values per
 sweep instead of 3 n r plus the 3 n r of forming C).
 
+A batch of such problems (SymHALS from several starts on one graph) runs in
+one launch: the problems' row tiles share the grid.
+
 `hals_sweep_kernel` updates W in place and writes, per program, the column
 maxima of its updated rows (a (programs, BLOCK_R) buffer the caller reduces):
 they tell which columns ended up all zero. `fill_zero_columns_kernel` then sets
@@ -27,12 +30,20 @@ from ._common import relu
 
 @triton.jit
 def hals_sweep_kernel(
-    W, C, V, lam, B, colmax, n, r,
-    stride_wn, stride_wr, stride_cn, stride_cr, stride_vn, stride_vr, stride_br, stride_bc,
+    W, C, V, lam, B, colmax, n, r, tiles,
+    stride_wb, stride_wn, stride_wr, stride_cb, stride_cn, stride_cr, stride_vb, stride_vn, stride_vr,
+    stride_bb, stride_br, stride_bc,
     HAS_V: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
+    # Problems of a batch (each with its own W, C, V and B) and their row tiles share grid axis x,
+    # problem-major: program pid sweeps tile pid % tiles of problem pid // tiles.
     pid = tl.program_id(0)
-    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    problem = (pid // tiles).to(tl.int64)
+    W += problem * stride_wb
+    C += problem * stride_cb
+    V += problem * stride_vb
+    B += problem * stride_bb
+    rows = (pid % tiles).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_R)
     col_ok = cols < r
     mask = (rows[:, None] < n) & col_ok[None, :]
@@ -58,15 +69,18 @@ def hals_sweep_kernel(
 
 @triton.jit
 def fill_zero_columns_kernel(
-    W, colmax, fill, n, r, stride_wn, stride_wr,
+    W, colmax, fill, n, r, tiles, stride_wb, stride_wn, stride_wr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
+    # colmax: (problems, r) contiguous; fill: one value per problem. The grid as hals_sweep_kernel's.
     pid = tl.program_id(0)
-    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    problem = (pid // tiles).to(tl.int64)
+    W += problem * stride_wb
+    rows = (pid % tiles).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_R)
     col_ok = cols < r
-    zero_col = tl.load(colmax + cols, mask=col_ok, other=1.0) == 0.0
-    value = tl.load(fill)
+    zero_col = tl.load(colmax + problem * r + cols, mask=col_ok, other=1.0) == 0.0
+    value = tl.load(fill + problem)
     mask = (rows[:, None] < n) & (col_ok & zero_col)[None, :]
     tl.store(
         W + rows[:, None] * stride_wn + cols[None, :] * stride_wr,

@@ -14,11 +14,15 @@ two products with X and two sweeps.
 
 Returned factor: the final W. The stopping rule uses the projected gradient of
 the penalised objective in (W, V); the history's objective is ||X - W W^T||^2.
+
+`hals_restarts` runs SymHALS from several starts on one X side by side (one
+product with X per half-iteration for all of them), each stopping where it
+would alone.
 """
 from symnmf_kernels.ops.hals import hals_sweep_
 
 from .base import default_check_every
-from .penalised import alternate
+from .penalised import alternate, alternate_restarts
 
 DEFAULTS = {"max_iter": 500, "tol": 1e-3}
 
@@ -47,4 +51,24 @@ def hals(X, U0, *, lam="kuang", max_iter=None, tol=None, callback=None, verbose=
         tol=DEFAULTS["tol"] if tol is None else tol,
         check_every=default_check_every(X.device, syncs_anyway=False) if check_every is None else check_every,
         callback=callback, verbose=verbose,
+    )
+
+
+def hals_restarts(X, U0, *, lam="kuang", max_iter=None, tol=None, verbose=False, check_every=None, backend=None):
+    """SymHALS from each of the R starts U0 (R, n, r) on one validated torch similarity X (dense n x n or
+    sparse CSR), side by side: a list of R SolverResults, each the one `hals(X, U0[k], ...)` returns, up to
+    the order of floating-point sums. lam: a positive float or "kuang" (the default); the rest as `hals`.
+    """
+
+    def update(F, B, XO, O, lam):
+        hals_sweep_(F, XO, B, V=O, lam=lam, backend=backend)  # every restart's sweep (Triton: one launch)
+        return F
+
+    return alternate_restarts(
+        "hals", X, U0, update,
+        lam="kuang" if lam is None else lam,
+        max_iter=DEFAULTS["max_iter"] if max_iter is None else max_iter,
+        tol=DEFAULTS["tol"] if tol is None else tol,
+        check_every=default_check_every(X.device, syncs_anyway=False) if check_every is None else check_every,
+        verbose=verbose,
     )

@@ -12,6 +12,8 @@ needs comes from them: the gradient in W at (W, V) uses the B, C that W's next
 update needs, the gradient in V uses the B, C of V's last update, and the
 objective of W uses X W from that update.
 """
+import torch
+
 import symnmf_kernels as sk
 
 from .base import Monitor, Problem, penalty, projected_gradient_sq
@@ -60,3 +62,64 @@ def half_gradient(F, B, XO, O, lam):
     g = F @ B
     g.sub_(XO)
     return g.sub_(O, alpha=float(lam))
+
+
+def alternate_restarts(name, X, U0, update, *, lam, max_iter, tol, check_every, verbose):
+    """`alternate` from each of R starts U0 (R, n, r) on one X, side by side.
+
+    Each half-iteration takes one product of X with the factors of every restart still running (one
+    SpMM of R r columns instead of R of r) and one batch of Grams; on a GPU the launches no longer grow
+    with R. Each restart keeps its own monitor and stops where `alternate` from it alone would stop; it
+    then leaves the batch. update(F, B, XO, O, lam) gets (A, n, r) factors and (A, r, r) Grams of the A
+    restarts still running. lam: a positive float or "kuang" (max(X)^2, the same for every restart; "zhu"
+    depends on the start). Returns R SolverResults in the order of U0.
+    """
+    if U0.dim() != 3:
+        raise ValueError(f"U0 must hold R starts of shape (R, n, r), got shape {tuple(U0.shape)}")
+    if isinstance(lam, str) and lam == "zhu":
+        raise ValueError('lam="zhu" depends on the start; give each restart its own solve, or lam="kuang" or a float')
+    problem = Problem(X)
+    lam = penalty(lam, problem, None)
+    R = U0.shape[0]
+    monitors = [Monitor(name if R == 1 else f"{name} (start {k})", problem, tol, max_iter, check_every, None, verbose)
+                for k in range(R)]
+    results = [None] * R
+    running = list(range(R))
+    W = U0.clone(memory_format=torch.contiguous_format)
+    V = W.clone()
+    XV = problem.matmul(V)
+    XW = XV
+    pgV_sq = _per_start(projected_gradient_sq, 2 * (V @ sk.gram(V, 0.0) - XV), V)
+    it = 0
+    while True:
+        BV = sk.gram(V, lam)
+        if monitors[running[0]].due(it):  # every monitor has the same check_every and max_iter
+            half_gW = half_gradient(W, BV, XV, V, lam)
+            stop = [monitors[k].check(it, W[i], problem.loss(W[i], XW[i]),
+                                      4 * projected_gradient_sq(half_gW[i], W[i]) + pgV_sq[i])
+                    for i, k in enumerate(running)]
+            for i, k in enumerate(running):
+                if stop[i]:
+                    results[k] = monitors[k].result(W[i].clone(), solver=name, lam=lam)
+            keep = [i for i, s in enumerate(stop) if not s]
+            if not keep:
+                break
+            if len(keep) < len(running):
+                rows = torch.tensor(keep, device=W.device)
+                W, V, XV, XW, BV = (t.index_select(0, rows) for t in (W, V, XV, XW, BV))
+                pgV_sq = [pgV_sq[i] for i in keep]
+                running = [running[i] for i in keep]
+        W = update(W, BV, XV, V, lam)
+        XW = problem.matmul(W)
+        BW = sk.gram(W, lam)
+        V = update(V, BW, XW, W, lam)
+        it += 1
+        if monitors[running[0]].due(it):
+            pgV_sq = [4 * p for p in _per_start(projected_gradient_sq, half_gradient(V, BW, XW, W, lam), V)]
+        XV = problem.matmul(V)
+    return results
+
+
+def _per_start(f, *batches):
+    """[f(b[0][i], b[1][i], ...) for each start i]."""
+    return [f(*parts) for parts in zip(*batches)]
