@@ -39,19 +39,8 @@ def hals(X, U0, *, lam="kuang", max_iter=None, tol=None, callback=None, verbose=
     check_every: iterations between stopping checks (default 1 on CPU, 10 on CUDA).
     backend: for `hals_sweep_` (None: Triton on CUDA, torch on CPU).
     """
-
-    def update(F, B, XO, O, lam):
-        hals_sweep_(F, XO, B, V=O, lam=lam, backend=backend)
-        return F
-
-    return alternate(
-        "hals", X, U0, update,
-        lam="kuang" if lam is None else lam,
-        max_iter=DEFAULTS["max_iter"] if max_iter is None else max_iter,
-        tol=DEFAULTS["tol"] if tol is None else tol,
-        check_every=default_check_every(X.device, syncs_anyway=False) if check_every is None else check_every,
-        callback=callback, verbose=verbose,
-    )
+    return alternate("hals", X, U0, _sweeper(backend), callback=callback, verbose=verbose,
+                     **_settings(X, lam, max_iter, tol, check_every))
 
 
 def hals_restarts(X, U0, *, lam="kuang", max_iter=None, tol=None, verbose=False, check_every=None, backend=None):
@@ -59,16 +48,24 @@ def hals_restarts(X, U0, *, lam="kuang", max_iter=None, tol=None, verbose=False,
     sparse CSR), side by side: a list of R SolverResults, each the one `hals(X, U0[k], ...)` returns, up to
     the order of floating-point sums. lam: a positive float or "kuang" (the default); the rest as `hals`.
     """
+    return alternate_restarts("hals", X, U0, _sweeper(backend), verbose=verbose,
+                              **_settings(X, lam, max_iter, tol, check_every))
+
+
+def _sweeper(backend):
+    """The update of `alternate`: one sweep of F in place (of each factor of a batch; Triton: one launch)."""
 
     def update(F, B, XO, O, lam):
-        hals_sweep_(F, XO, B, V=O, lam=lam, backend=backend)  # every restart's sweep (Triton: one launch)
+        hals_sweep_(F, XO, B, V=O, lam=lam, backend=backend)
         return F
 
-    return alternate_restarts(
-        "hals", X, U0, update,
-        lam="kuang" if lam is None else lam,
-        max_iter=DEFAULTS["max_iter"] if max_iter is None else max_iter,
-        tol=DEFAULTS["tol"] if tol is None else tol,
-        check_every=default_check_every(X.device, syncs_anyway=False) if check_every is None else check_every,
-        verbose=verbose,
-    )
+    return update
+
+
+def _settings(X, lam, max_iter, tol, check_every):
+    return {
+        "lam": "kuang" if lam is None else lam,
+        "max_iter": DEFAULTS["max_iter"] if max_iter is None else max_iter,
+        "tol": DEFAULTS["tol"] if tol is None else tol,
+        "check_every": default_check_every(X.device, syncs_anyway=False) if check_every is None else check_every,
+    }
