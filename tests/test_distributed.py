@@ -61,6 +61,30 @@ def _fit_all(graph, root, tag, solvers, iters):
         json.dump(out, f)
 
 
+RESTART_SEEDS = (1, 2, 3)
+
+
+def restart_starts(starts):
+    """The starts of the side-by-side SymHALS test from Kuang's starts of RESTART_SEEDS (R, n, r): the last
+    one scaled down, so that the restarts stop at different iterations."""
+    return torch.cat([starts[:-1], 0.3 * starts[-1:]])
+
+
+def _restarts(graph, root, tag):
+    """SymHALS from 3 starts side by side (sd.hals_restarts) and one after another (sd.hals): each rank saves
+    its rows of both and the iterations."""
+    starts = restart_starts(torch.stack([sd.init_factor(graph, K, seed=s) for s in RESTART_SEEDS]))
+    side = sd.hals_restarts(graph, starts, max_iter=80, tol=1e-4)
+    alone = [sd.hals(graph, U0, max_iter=80, tol=1e-4) for U0 in starts]
+    me = graph.comm.rank
+    np.save(os.path.join(root, f"{tag}-restarts-U-{me}.npy"), torch.stack([run.U for run in side]).cpu().numpy())
+    np.save(os.path.join(root, f"{tag}-alone-U-{me}.npy"), torch.stack([run.U for run in alone]).cpu().numpy())
+    with open(os.path.join(root, f"{tag}-restarts-rank-{me}.json"), "w") as f:
+        json.dump({"side": [run.n_iter for run in side], "alone": [run.n_iter for run in alone],
+                   "side_exchanges": side[0].params["exchanges"],
+                   "alone_exchanges": sum(run.params["exchanges"] for run in alone)}, f)
+
+
 def as_torchrun_rank(rank, world, port):
     """This spawned process as torchrun starts a rank: its variables, one thread, the torch path of the ops
     (TRITON_INTERPRET=0)."""
@@ -86,6 +110,7 @@ def _worker(rank, world, root, port, solvers, iters, device):
         assert torch.equal(other.local.col_indices, graph.local.col_indices)
         assert torch.equal(other.local.values, graph.local.values)
         _fit_all(graph, root, f"w{world}", solvers, iters)
+        _restarts(graph, root, f"w{world}")
         # Blocks of equal stored entries: the same rows from the .npz and from the shard files.
         by_nnz = sd.ShardedGraph.from_npz(path, balance="nnz")
         other = sd.ShardedGraph.from_shards(os.path.join(root, "shards"), balance="nnz")
@@ -257,6 +282,29 @@ def test_sharded_matches_one_process(spawned, graph, single, world):
     assert sum(rk["halo_rows"] for rk in ranks) == sum(rk["rows_sent"] for rk in ranks)
     offsets = sd.row_offsets(n, world)
     assert [rk["rows"] for rk in ranks] == [[a, b] for a, b in zip(offsets, offsets[1:])]
+
+
+def test_restarts_side_by_side_on_three_ranks(spawned, graph, monkeypatch):
+    """sd.hals_restarts on 3 ranks: each restart as sd.hals from it alone on the same ranks (its iterations and
+    factor), as the single-process side-by-side run, with the halo exchanges of one run instead of three."""
+    from symnmf.solvers import init_factor
+    from symnmf.solvers.hals import hals_restarts
+    from symnmf.validation import as_similarity
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    root, world = spawned, 3
+    ranks = [json.load(open(os.path.join(root, f"w{world}-restarts-rank-{p}.json"))) for p in range(world)]
+    side = np.concatenate([np.load(os.path.join(root, f"w{world}-restarts-U-{p}.npy")) for p in range(world)], 1)
+    alone = np.concatenate([np.load(os.path.join(root, f"w{world}-alone-U-{p}.npy")) for p in range(world)], 1)
+    assert ranks[0]["side"] == ranks[0]["alone"] and len(set(ranks[0]["side"])) > 1
+    assert all(rk["side"] == ranks[0]["side"] for rk in ranks)
+    assert np.allclose(side, alone, rtol=1e-12, atol=1e-15)
+    assert all(rk["side_exchanges"] < rk["alone_exchanges"] / 2 for rk in ranks)
+    X = as_similarity(graph[0])
+    starts = restart_starts(torch.stack([init_factor(X, K, torch.Generator().manual_seed(s)) for s in RESTART_SEEDS]))
+    one = hals_restarts(X, starts, max_iter=80, tol=1e-4)
+    assert [run.n_iter for run in one] == ranks[0]["side"]
+    assert np.allclose(side, torch.stack([run.U for run in one]).numpy(), rtol=1e-8, atol=1e-12)
 
 
 def test_renumbered_shards_map_back(spawned, graph, single):

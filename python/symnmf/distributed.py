@@ -408,13 +408,31 @@ class HaloPlan:
         return self.rows_sent * r * torch.empty((), dtype=dtype).element_size()
 
     def extend(self, U):
-        """U_ext: this rank's rows U (n_local x r) with the halo rows received from their owners."""
+        """U_ext: this rank's rows U (n_local x r) with the halo rows received from their owners; for R
+        factors U (R, n_local, r), U_ext (R, n_ext, r) in one exchange."""
+        if U.dim() == 3:
+            return self._extend_batch(U)
         n_local, r = U.shape
         U_ext = U.new_empty((self.n_ext, r))
         U_ext[self.n_before:self.n_before + n_local] = U
         sends = {p: U.index_select(0, rows) for p, rows in self.send_rows.items()}
         recvs = {p: U_ext[a:b] for p, (a, b) in self.recv_slices.items()}
         self.comm.exchange(sends, recvs)
+        self.exchanges += 1
+        self.bytes_sent += sum(t.numel() for t in sends.values()) * U.element_size()
+        return U_ext
+
+    def _extend_batch(self, U):
+        R, m, r = U.shape
+        if R == 1:
+            return self.extend(U[0])[None]
+        U_ext = U.new_empty((R, self.n_ext, r))
+        U_ext[:, self.n_before:self.n_before + m] = U
+        sends = {p: U.index_select(1, rows) for p, rows in self.send_rows.items()}
+        recvs = {p: U.new_empty((R, b - a, r)) for p, (a, b) in self.recv_slices.items()}
+        self.comm.exchange(sends, recvs)
+        for p, (a, b) in self.recv_slices.items():
+            U_ext[:, a:b] = recvs[p]
         self.exchanges += 1
         self.bytes_sent += sum(t.numel() for t in sends.values()) * U.element_size()
         return U_ext
@@ -590,8 +608,9 @@ class ShardedGraph:
 
     # ---- products and sums ------------------------------------------------------------------------------------
     def matmul(self, U):
-        """(X U)[lo:hi] from this rank's rows U: one halo exchange, then the local SpMM."""
-        return sk.spmm(self.local, self.plan.extend(U))
+        """(X U)[lo:hi] from this rank's rows U (n_local, r), or of R factors at once (R, n_local, r): one halo
+        exchange, then the local SpMM."""
+        return sk.spmm(self.local, self.plan.extend(U.contiguous() if U.dim() == 3 else U))
 
     def modularity(self, labels, k):
         """`symnmf.metrics.modularity` over the whole graph of B labellings given by this rank's rows (B, n_local),
@@ -602,7 +621,7 @@ class ShardedGraph:
         return modularity_from_sums(sums, k).cpu()
 
     def gram(self, U):
-        """U^T U over all ranks (r x r), from this rank's rows."""
+        """U^T U over all ranks (r x r; (R, r, r) for R factors), from this rank's rows."""
         return self.comm.all_reduce(sk.gram(U, 0.0).contiguous())
 
     def sum(self, *terms):
@@ -687,13 +706,14 @@ def _eye(graph, r):
 
 
 def _sweep(graph, F, B, XO, O, lam, backend):
-    """One SymHALS sweep of the local rows of F, with the zero-column safety step taken globally."""
+    """One SymHALS sweep of the local rows of F (or of each factor of a batch (R, n_local, r)), with the
+    zero-column safety step taken globally, per factor."""
     colmax = hals_sweep_(F, XO, B, V=O, lam=lam, revive=False, backend=backend)
     colmax = graph.comm.all_reduce(colmax.contiguous(), "max")
     zero = colmax == 0
     if bool(zero.any()):  # the same on every rank: colmax is the global one
-        fill = ZERO_COLUMN_FILL * colmax.max()
-        F.add_(torch.where(zero, fill, torch.zeros_like(fill)))
+        fill = ZERO_COLUMN_FILL * colmax.amax(-1, keepdim=True)
+        F.add_(torch.where(zero, fill, torch.zeros_like(fill))[..., None, :])
     return F
 
 
@@ -770,6 +790,76 @@ def hals(graph, U0, *, lam="kuang", max_iter=None, tol=None, callback=None, verb
         check_every=default_check_every(graph.device, syncs_anyway=False) if check_every is None else check_every,
         callback=callback, verbose=verbose,
     )
+
+
+def hals_restarts(graph, U0, *, lam="kuang", max_iter=None, tol=None, verbose=False, check_every=None, backend=None):
+    """SymHALS from each of R starts on a ShardedGraph side by side: U0 (R, n_local, r) holds this rank's rows
+    of every start; `symnmf.solvers.hals.hals_restarts` sharded. A list of R SolverResults, each the one
+    `hals(graph, U0[k], ...)` returns, up to the order of floating-point sums.
+
+    Per iteration, for all the restarts still running together: two halo exchanges, two all_reduces of their
+    Grams, two of their column maxima, and at each stopping check one of 3 float64 sums per restart: the
+    collectives of one run instead of R. lam: a positive float or "kuang" (the same for every restart).
+    The traffic in each result's params is that of the whole batch.
+    """
+    if U0.dim() != 3:
+        raise ValueError(f"U0 must hold R starts of this rank's rows, shape (R, n_local, r), got {tuple(U0.shape)}")
+    if isinstance(lam, str) and lam == "zhu":
+        raise ValueError('lam="zhu" depends on the start; give each restart its own run, or lam="kuang" or a float')
+    lam = _penalty(graph, "kuang" if lam is None else lam, None, None)
+    max_iter = _HALS_DEFAULTS["max_iter"] if max_iter is None else max_iter
+    tol = _HALS_DEFAULTS["tol"] if tol is None else tol
+    check_every = default_check_every(graph.device, syncs_anyway=False) if check_every is None else check_every
+    R, _, r = U0.shape
+    start_bytes, start_exchanges = graph.plan.bytes_sent, graph.plan.exchanges
+    monitors = [_monitor("hals" if R == 1 else f"hals (start {k})", graph, tol, max_iter, check_every, None, verbose)
+                for k in range(R)]
+    results = [None] * R
+    running = list(range(R))
+    eye = _eye(graph, r)
+    W = U0.clone(memory_format=torch.contiguous_format)
+    V = W.clone()
+    XV = graph.matmul(V)
+    GV = graph.gram(V)
+    XW, GW = XV, GV
+    pgV_local = [projected_gradient_sq(g, v) for g, v in zip(2 * (V @ GV - XV), V)]
+    it = 0
+    while True:
+        BV = GV + lam * eye
+        if monitors[running[0]].due(it):  # every monitor has the same check_every and max_iter
+            half_gW = half_gradient(W, BV, XV, V, lam)
+            terms = []
+            for i in range(len(running)):
+                terms += [dot64(XW[i][None], W[i][None])[0], 4 * projected_gradient_sq(half_gW[i], W[i]), pgV_local[i]]
+            sums = graph.sum(*terms).reshape(-1, 3)
+            stop = [monitors[k].check(it, W[i], graph.norm_sq - 2 * sums[i, 0] + GW[i].double().pow(2).sum(),
+                                      sums[i, 1] + sums[i, 2])
+                    for i, k in enumerate(running)]
+            for i, k in enumerate(running):
+                if stop[i]:
+                    results[k] = monitors[k].result(W[i].clone(), solver="hals", lam=lam)
+            keep = [i for i, done in enumerate(stop) if not done]
+            if not keep:
+                break
+            if len(keep) < len(running):
+                rows = torch.tensor(keep, device=W.device)
+                W, V, XV, XW, GW, BV = (t.index_select(0, rows) for t in (W, V, XV, XW, GW, BV))
+                pgV_local = [pgV_local[i] for i in keep]
+                running = [running[i] for i in keep]
+        W = _sweep(graph, W, BV, XV, V, lam, backend)
+        XW = graph.matmul(W)
+        GW = graph.gram(W)
+        BW = GW + lam * eye
+        V = _sweep(graph, V, BW, XW, W, lam, backend)
+        it += 1
+        if monitors[running[0]].due(it):
+            half_gV = half_gradient(V, BW, XW, W, lam)
+            pgV_local = [4 * projected_gradient_sq(g, v) for g, v in zip(half_gV, V)]
+        XV = graph.matmul(V)
+        GV = graph.gram(V)
+    for result in results:
+        _traffic(result, graph, r, start_bytes, start_exchanges, max(result.n_iter, 1))
+    return results
 
 
 def anls(graph, U0, *, lam="kuang", max_iter=None, tol=None, callback=None, verbose=False, check_every=None):

@@ -69,28 +69,6 @@ class _AllReduce(torch.autograd.Function):
         return ctx.comm.all_reduce(grad.clone(memory_format=torch.contiguous_format)), None, None
 
 
-def _extend(plan, U):
-    """`HaloPlan.extend` for R restarts at once: U (R, n_local, r) -> U_ext (R, n_ext, r), one exchange."""
-    R, m, r = U.shape
-    if R == 1:
-        return plan.extend(U[0])[None]
-    U_ext = U.new_empty((R, plan.n_ext, r))
-    U_ext[:, plan.n_before:plan.n_before + m] = U
-    sends = {p: U.index_select(1, rows) for p, rows in plan.send_rows.items()}
-    recvs = {p: U.new_empty((R, b - a, r)) for p, (a, b) in plan.recv_slices.items()}
-    plan.comm.exchange(sends, recvs)
-    for p, (a, b) in plan.recv_slices.items():
-        U_ext[:, a:b] = recvs[p]
-    plan.exchanges += 1
-    plan.bytes_sent += sum(t.numel() for t in sends.values()) * U.element_size()
-    return U_ext
-
-
-def _times(graph, U):
-    """(X U)[own rows] for U of shape (R, n_local, r): one halo exchange and one SpMM for all R restarts."""
-    return sk.spmm(graph.local, _extend(graph.plan, U.contiguous()))
-
-
 class _Times(torch.autograd.Function):
     """X U through the halo, differentiable in U. X = X^T, so the backward X^T dS is the same product
     of dS (the same exchange: the gradient rows owned elsewhere come through the halo)."""
@@ -98,11 +76,11 @@ class _Times(torch.autograd.Function):
     @staticmethod
     def forward(ctx, U, graph):
         ctx.graph = graph
-        return _times(graph, U)
+        return graph.matmul(U)
 
     @staticmethod
     def backward(ctx, grad):
-        return _times(ctx.graph, grad.contiguous()), None
+        return ctx.graph.matmul(grad), None
 
 
 def _dot(A, B):
@@ -318,7 +296,7 @@ def net(graph, k, *, seed=0, recipe="default", U0=None, max_iter=None, tol=None,
         R = U0.shape[0]
         norm_sq = graph.norm_sq.to(graph.dtype)
         G0 = all_reduce(sk.gram(U0, 0.0))
-        S0 = _times(graph, U0)
+        S0 = graph.matmul(U0)
         cross0 = all_reduce((S0 * U0).sum((-2, -1)))
         residual0 = norm_sq - 2 * cross0 + G0.pow(2).sum((-2, -1))
         lam_init = settings["lam"]
@@ -339,7 +317,7 @@ def net(graph, k, *, seed=0, recipe="default", U0=None, max_iter=None, tol=None,
             U, g = sk.symnmf_block_from_gram(G, P, lam_t)
             G = all_reduce(g)
             if i + 1 < settings["n_layers"]:
-                S = _times(graph, U)
+                S = graph.matmul(U)
     lam_p = nn.Parameter(lam_t.clone(), requires_grad=bool(settings["learn_lam"]))
     beta_scale = 1.0 / float(lam_t.pow(2).mean()) if settings["beta_relative"] else 1.0
     beta, beta_final, epochs = float(settings["beta"]), settings["beta_final"], int(settings["epochs"])
@@ -451,9 +429,10 @@ def net(graph, k, *, seed=0, recipe="default", U0=None, max_iter=None, tol=None,
             # as symnmf.net.fit_net: every finite restart polished, the polished labels scored; a restart not
             # finite on any rank is not polished and scores NaN
             bad = comm.all_reduce((~torch.isfinite(U_all)).flatten(1).any(1).double()).cpu() > 0
-            if polish_iter:
-                polished = [None if bad[j] else sd.hals(graph, U_all[j].detach(), max_iter=polish_iter)
-                            for j in range(R)]
+            if polish_iter:  # side by side, as in one process (sd.hals_restarts)
+                kept = [j for j in range(R) if not bad[j]]
+                runs = iter(sd.hals_restarts(graph, U_all.detach()[kept], max_iter=polish_iter) if kept else ())
+                polished = [None if bad[j] else next(runs) for j in range(R)]
                 scored = torch.stack([U_all[j] if p is None else p.U for j, p in enumerate(polished)])
             else:
                 scored = U_all
