@@ -89,7 +89,7 @@ def alternate_restarts(name, X, U0, update, *, lam, max_iter, tol, check_every, 
     V = W.clone()
     XV = problem.matmul(V)
     XW = XV
-    pgV_sq = _per_start(projected_gradient_sq, 2 * (V @ sk.gram(V, 0.0) - XV), V)
+    pgV_sq = [projected_gradient_sq(g, v) for g, v in zip(2 * (V @ sk.gram(V, 0.0) - XV), V)]
     it = 0
     while True:
         BV = sk.gram(V, lam)
@@ -115,11 +115,6 @@ def alternate_restarts(name, X, U0, update, *, lam, max_iter, tol, check_every, 
         V = update(V, BW, XW, W, lam)
         it += 1
         if monitors[running[0]].due(it):
-            pgV_sq = [4 * p for p in _per_start(projected_gradient_sq, half_gradient(V, BW, XW, W, lam), V)]
+            pgV_sq = [4 * projected_gradient_sq(g, v) for g, v in zip(half_gradient(V, BW, XW, W, lam), V)]
         XV = problem.matmul(V)
     return results
-
-
-def _per_start(f, *batches):
-    """[f(b[0][i], b[1][i], ...) for each start i]."""
-    return [f(*parts) for parts in zip(*batches)]
