@@ -26,8 +26,9 @@ from bench.common import write_table  # noqa: E402
 VARIANTS = {"polish 100 (default)": {"polish_iter": 100}, "polish to SymHALS's rule": {"polish_iter": 500}}
 
 
-def run(name, seeds, dtype):
-    """One JSON-able record per seed: ACC, E and seconds of each variant and of SymHALS."""
+def run(name, seeds, dtype, runs=None, epochs=None):
+    """One JSON-able record per seed: ACC, E and seconds of each variant and of SymHALS (appended to `runs`,
+    a JSON lines file, when given)."""
     from symnmf import datasets
     from symnmf.fitting import build_affinity, fit_affinity
     from symnmf.reproduce import score
@@ -42,10 +43,13 @@ def run(name, seeds, dtype):
             if options is None:
                 fit = fit_affinity(X, k, "hals", random_state=seed, threads=1)
             else:
-                fit = fit_affinity(X, k, "net", random_state=seed, net_options=options, threads=1)
+                fit = fit_affinity(X, k, "net", random_state=seed, max_iter=epochs, net_options=options, threads=1)
             record[variant] = {"acc": score(y, fit.labels)["acc"], "E": fit.rel_error,
                                "seconds": time.perf_counter() - start}
         print(json.dumps(record), flush=True)
+        if runs:
+            with open(runs, "a") as f:
+                f.write(json.dumps(record) + "\n")
         yield record
 
 
@@ -54,7 +58,11 @@ def main():
     p.add_argument("--data", nargs="+", default=["digits", "mfeat-pix", "mnist5k"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--dtype", choices=("auto", "float32", "float64"), default="auto")
+    p.add_argument("--epochs", type=int, help="the net's most training steps (default: the recipe's)")
     p.add_argument("--out", help="results folder (default: bench/results)")
+    p.add_argument("--runs", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                  "study_net_polish-runs.jsonl"),
+                   help="JSON lines file every seed's record is appended to ('' for none)")
     args = p.parse_args()
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     torch.set_num_threads(1)
@@ -62,11 +70,12 @@ def main():
 
     rows = []
     for name in args.data:
-        records = list(run(name, args.seeds, resolve_dtype(args.dtype)))
+        records = list(run(name, args.seeds, resolve_dtype(args.dtype), args.runs, args.epochs))
         for variant in [*VARIANTS, "SymHALS"]:
             values = {key: [r[variant][key] for r in records] for key in ("acc", "E", "seconds")}
             rows.append({"data": name, "fit": variant, "acc": np.mean(values["acc"]), "acc_std": np.std(values["acc"]),
-                         "E": np.mean(values["E"]), "seconds": np.mean(values["seconds"]), "seeds": len(records)})
+                         "E": f"{np.mean(values['E']):.6f}",  # the fits differ in the fifth digit
+                         "seconds": np.mean(values["seconds"]), "seeds": len(records)})
     write_table("study_net_polish", rows, ["data", "fit", "acc", "acc_std", "E", "seconds", "seeds"],
                 header_lines=[f"dtype {args.dtype} (auto: float64 for integer features, as `symnmf reproduce`), "
                               f"one thread, seeds {' '.join(map(str, args.seeds))}; means over the seeds"],

@@ -207,6 +207,21 @@ def test_bench_scale_planted_cuda(tmp_path):
     assert float(rows[1]["acc"]) > 0.9 and int(rows[2]["iterations"]) == 5
 
 
+def test_study_net_polish_small(tmp_path):
+    """bench/study_net_polish.py on digits, one seed, a few training steps: both polishes and SymHALS, with
+    their records in the JSON lines file."""
+    runs = tmp_path / "runs.jsonl"
+    _, _, rows = _run_script([os.path.join("bench", "study_net_polish.py"), "--data", "digits", "--seeds", "0",
+                              "--epochs", "3", "--runs", str(runs)], tmp_path)
+    assert [row["fit"] for row in rows] == ["polish 100 (default)", "polish to SymHALS's rule", "SymHALS"]
+    for row in rows:
+        assert 0 < float(row["acc"]) <= 1 and 0 < float(row["E"]) < 1 and float(row["seconds"]) > 0, row
+    import json
+
+    (record,) = [json.loads(line) for line in open(runs)]
+    assert record["data"] == "digits" and record["seed"] == 0 and len(record) == 5
+
+
 def test_study_net_restarts_heldout_and_report(tmp_path):
     """bench/study_net.py's restarts and heldout parts on the 2,000-node planted graph, a few steps, then the
     report's tables, all on files under tmp_path."""
