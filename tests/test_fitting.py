@@ -20,6 +20,10 @@ def test_thread_policy():
     assert default_threads(1000, 10, "cpu") == 1
     assert default_threads(fitting.SMALL_PROBLEM, 1, "cpu") is None
     assert default_threads(100, 2, "cuda") is None
+    # SymNMF-Net's restarts train side by side: every op works on all of them
+    assert default_threads(20000, 8, "cpu") == 1 and default_threads(20000, 8, "cpu", problems=4) is None
+    assert fitting._net_restarts("default", None) == fitting._net_restarts("default", {"n_restarts": None}) == 4
+    assert fitting._net_restarts("paper", None) == 1 and fitting._net_restarts("default", {"n_restarts": 2}) == 2
     before = torch.get_num_threads()
     with thread_limit(1):
         assert torch.get_num_threads() == 1

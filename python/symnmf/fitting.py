@@ -16,9 +16,10 @@ Defaults
 - dtype: the input's float precision (float64 for anything else, as scikit-learn).
 - iterations: `DEFAULT_MAX_ITER[solver]` for a classical solver, each also
   stopping at its own tolerance; `DEFAULT_EPOCHS` Adam steps for SymNMF-Net.
-- threads (`default_threads`): on the CPU, one thread when n * rank is below
-  `SMALL_PROBLEM`, torch's own setting above it. Every op of these solvers is
-  then tens of microseconds of work: a second thread gains nothing, and on a
+- threads (`default_threads`): on the CPU, one thread when n * rank (times the
+  restarts SymNMF-Net trains side by side, whose every op works on all of them)
+  is below `SMALL_PROBLEM`, torch's own setting above it. Below it every op is
+  tens of microseconds of work: a second thread gains nothing, and on a
   loaded machine a descheduled thread stalls every op at its barrier (digits with
   SymNMF-Net: 3.1 s on one thread, 57.6 s on two busy cores). The count is set
   for the fit only and restored afterwards.
@@ -125,11 +126,24 @@ def _input_dtype(X):
     return torch.float64
 
 
-def default_threads(n, rank, device):
-    """The thread count of a fit: None (leave torch's setting) off the CPU or for a large problem, else 1."""
+def default_threads(n, rank, device, problems=1):
+    """The thread count of a fit: None (leave torch's setting) off the CPU or for a large problem, else 1.
+
+    problems: how many factors of n x rank every op works on at once (SymNMF-Net's restarts).
+    """
     if torch.device(device).type != "cpu":
         return None
-    return 1 if n * rank < SMALL_PROBLEM else None
+    return 1 if n * rank * problems < SMALL_PROBLEM else None
+
+
+def _net_restarts(recipe, net_options):
+    """The restarts SymNMF-Net trains side by side with this recipe and these overrides."""
+    from .net import RECIPES
+
+    restarts = (net_options or {}).get("n_restarts")
+    if restarts is None:
+        restarts = RECIPES.get(recipe, {}).get("n_restarts", 1)
+    return restarts if isinstance(restarts, int) and restarts > 0 else 1
 
 
 @contextlib.contextmanager
@@ -285,7 +299,7 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
     rank = check_rank(rank, n)
     device = A.device
     if threads == "auto":
-        threads = default_threads(n, rank, device)
+        threads = default_threads(n, rank, device, _net_restarts(recipe, net_options) if solver == "net" else 1)
     if progress is None:
         progress = show_progress(verbose)
     if max_iter is None and solver != "net":
