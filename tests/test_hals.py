@@ -178,6 +178,9 @@ def test_bad_input():
         hals_sweep_(torch.stack([W, W]), torch.stack([C, C]), B)
     with pytest.raises(ValueError, match="batch"):
         hals_sweep_(W[None, None], C[None, None], B[None, None])
+    for backend in ("torch", "triton"):  # an empty batch sweeps nothing
+        empty = W.new_empty((0, 9, 3))
+        assert hals_sweep_(empty, empty, B.new_empty((0, 3, 3)), backend=backend).shape == (0, 3)
 
 
 @needs_triton

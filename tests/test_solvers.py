@@ -340,3 +340,4 @@ def test_hals_restarts_bad_input(sbm):
         hals_restarts(X, U0, lam="zhu")
     with pytest.raises(ValueError, match=r"\(R, n, r\)"):
         hals_restarts(X, U0[0])
+    assert hals_restarts(X, U0[:0]) == []

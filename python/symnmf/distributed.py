@@ -811,6 +811,8 @@ def hals_restarts(graph, U0, *, lam="kuang", max_iter=None, tol=None, verbose=Fa
     tol = _HALS_DEFAULTS["tol"] if tol is None else tol
     check_every = default_check_every(graph.device, syncs_anyway=False) if check_every is None else check_every
     R, _, r = U0.shape
+    if R == 0:
+        return []
     start_bytes, start_exchanges = graph.plan.bytes_sent, graph.plan.exchanges
     monitors = [_monitor("hals" if R == 1 else f"hals (start {k})", graph, tol, max_iter, check_every, None, verbose)
                 for k in range(R)]

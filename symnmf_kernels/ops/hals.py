@@ -97,14 +97,15 @@ def hals_sweep_(W, C, B, *, V=None, lam=0.0, revive=True, backend=None):
     _check(W, C, B, V)
     if backend is None:
         backend = "triton" if use_triton(W, W.shape[-1]) else "torch"
+    if W.dim() == 3 and W.shape[0] == 0:
+        return W.new_empty((0, W.shape[-1]))
     if backend == "triton":
         return _launch.hals_sweep_(W, C, B, V, lam, revive, ZERO_COLUMN_FILL)
     if backend != "torch":
         raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
     if W.dim() == 3:  # one factor at a time, each in place on its own rows of the batch
-        maxima = [hals_sweep_(W[p], C[p], B[p], V=None if V is None else V[p], lam=lam, revive=revive,
-                              backend="torch") for p in range(W.shape[0])]
-        return torch.stack(maxima) if maxima else W.new_empty((0, W.shape[-1]))
+        return torch.stack([hals_sweep_(W[p], C[p], B[p], V=None if V is None else V[p], lam=lam, revive=revive,
+                                        backend="torch") for p in range(W.shape[0])])
     if _native_runs(W):
         colmax = torch.ops.symnmf_kernels.hals_sweep_rows_(W, C, B, V, float(lam))
     else:

@@ -81,6 +81,8 @@ def alternate_restarts(name, X, U0, update, *, lam, max_iter, tol, check_every, 
     problem = Problem(X)
     lam = penalty(lam, problem, None)
     R = U0.shape[0]
+    if R == 0:
+        return []
     monitors = [Monitor(name if R == 1 else f"{name} (start {k})", problem, tol, max_iter, check_every, None, verbose)
                 for k in range(R)]
     results = [None] * R
