@@ -239,8 +239,7 @@ def _start(graph, k, seed, settings, U0):
     if U0 is None:
         U0 = init_restarts(graph, k, seed, settings["n_restarts"])
         if settings["init"] == "hals" and settings["init_iter"] > 0:
-            U0 = torch.stack([sd.hals(graph, U0[b], max_iter=settings["init_iter"], tol=0.0).U
-                              for b in range(U0.shape[0])])
+            U0 = torch.stack([run.U for run in sd.hals_restarts(graph, U0, max_iter=settings["init_iter"], tol=0.0)])
         return U0
     U0 = torch.as_tensor(U0).to(device=graph.device, dtype=graph.dtype)
     if U0.dim() == 2:
