@@ -24,7 +24,7 @@ K = 4
 # start; without the polish, the trained labels scored), and the paper's (one random start, lam = ||X||_F,
 # absolute lr, no polish).
 CASES = {
-    "default": ("default", {"epochs": 25, "n_restarts": 3, "init_iter": 5, "polish_iter": 10}),
+    "default": ("default", {"epochs": 25, "n_restarts": 3, "init": "hals", "init_iter": 5, "polish_iter": 10}),
     "modularity": ("default", {"epochs": 20, "n_restarts": 3, "polish_iter": 0}),
     "paper": ("paper", {"epochs": 15, "n_layers": 4}),
     "loss": ("default", {"epochs": 20, "n_restarts": 2, "init_iter": 0, "polish_iter": 0, "select": "loss",
