@@ -49,6 +49,21 @@ def test_cluster_features_npy_with_labels(tmp_path, capsys):
     assert 0.55 < metrics["modularity"] < 1 and "modularity of the labels on the graph" in printed
 
 
+def test_cluster_from_several_starts(tmp_path, capsys):
+    """--n-init: the start of highest modularity kept, the starts' modularity in metrics.json."""
+    X, _ = blobs(23, 3, 4, np.random.default_rng(0))
+    np.save(tmp_path / "features.npy", X)
+    args = ["cluster", str(tmp_path / "features.npy"), "-k", "3", "--solver", "hals", "--max-iter", "50",
+            "--device", "cpu"]
+    assert main([*args, "--n-init", "3", "--out", str(tmp_path / "three")]) == 0
+    metrics = read_metrics(tmp_path / "three")
+    assert metrics["n_init"] == 3 and len(metrics["start_modularity"]) == 3
+    assert metrics["modularity"] == pytest.approx(max(metrics["start_modularity"]), rel=1e-9)
+    assert metrics["start_modularity"][metrics["start"]] == max(metrics["start_modularity"])
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    assert "n_init" not in read_metrics(tmp_path / "one")
+
+
 @pytest.mark.parametrize("neighbors", ["exact", "faiss"])
 def test_cluster_neighbour_search_can_be_chosen(tmp_path, capsys, neighbors):
     if neighbors == "faiss":
@@ -124,6 +139,8 @@ def test_cluster_input_errors_are_one_line_before_any_fit(tmp_path, capsys, monk
         (["ok.npy", "-k", "2", "--out", str(tmp_path / "a-file")], "is an existing file"),
         (["ok.npy", "-k", "13"], "between 1 and the number of nodes"),
         (["ok.npy", "-k", "2", "--solver", "sgd"], "--solver must be one of"),
+        (["ok.npy", "-k", "2", "--n-init", "0"], "--n-init must be >= 1"),
+        (["ok.npy", "-k", "2", "--solver", "net", "--n-init", "3"], "--n-init applies to the classical solvers"),
     ]
     for argv, message in cases:
         argv = [str(tmp_path / a) if a.endswith((".npy", ".csv")) else a for a in argv]

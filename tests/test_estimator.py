@@ -178,6 +178,19 @@ def test_bad_input_gives_clear_errors(graph):
         SymNMF(2, solver="net", affinity="precomputed", lam="zhu").fit(A)
     with pytest.raises(ValueError, match="random_state"):
         SymNMF(2, random_state="seven", **pre).fit(A)
+    with pytest.raises(ValueError, match="'n_init' parameter"):
+        SymNMF(2, n_init=0, **pre).fit(A)
+    with pytest.raises(ValueError, match="n_restarts"):
+        SymNMF(2, solver="net", affinity="precomputed", n_init=2).fit(A)
+
+
+def test_several_starts_keep_the_highest_modularity(graph, fitted_hals):
+    """n_init: the start of highest modularity kept; start 0 is the one-start fit's."""
+    A, _ = graph
+    model = SymNMF(3, solver="hals", affinity="precomputed", random_state=0, n_init=4).fit(A)
+    assert model.modularity_ >= fitted_hals.modularity_ - 1e-12
+    one = SymNMF(3, solver="hals", affinity="precomputed", random_state=0, n_init=1).fit(A)
+    assert np.array_equal(one.labels_, fitted_hals.labels_)
 
 
 @pytest.mark.parametrize("solver", ["hals", "anls", "pgd", "newton", "admm", "net"])

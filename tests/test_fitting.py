@@ -76,3 +76,33 @@ def test_all_zero_graphs_are_refused():
         build_affinity(np.zeros((5, 5)), "precomputed")
     with pytest.raises(ValueError, match="all zero"):
         build_affinity(np.zeros((8, 3)), "nearest_neighbors", metric="cosine")
+
+
+@pytest.mark.parametrize("solver", ["hals", "anls"])
+def test_several_starts_keep_the_highest_modularity(solver):
+    """n_init: start 0 is the one-start fit's start; the kept start has the highest modularity of the starts'
+    labels, and is the fit from that start alone."""
+    from symnmf.metrics import modularity
+    from symnmf.solvers import SOLVERS as FUNCTIONS
+
+    A, _ = blocks([13, 17, 19, 11], 4)
+    A = A + 0.05  # the blocks joined weakly: starts end in different clusterings
+    X = build_affinity(A, "precomputed", device="cpu")
+    fits = fit_affinity(X, 4, solver, random_state=3, n_init=5, max_iter=60)
+    assert len(fits.start_modularity) == 5 and fits.start_modularity[fits.start] == max(fits.start_modularity)
+    assert fits.start_modularity[fits.start] == pytest.approx(modularity(X, fits.labels, 4), rel=1e-12)
+    starts = fitting.init_factor(X, 4, fitting.make_generator(3), batch_shape=(5,))
+    alone = FUNCTIONS[solver](X, starts[fits.start], max_iter=60)
+    assert torch.allclose(fits.U, alone.U, rtol=1e-10, atol=1e-12) and fits.n_iter == alone.n_iter
+    first = fit_affinity(X, 4, solver, random_state=3, max_iter=60)
+    assert torch.equal(first.U, FUNCTIONS[solver](X, starts[0], max_iter=60).U)
+    assert first.start == 0 and first.start_modularity == []
+
+
+def test_several_starts_refusals():
+    X = build_affinity(blocks([9, 11], 0)[0], "precomputed", device="cpu")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="n_init must be a positive int"):
+            fit_affinity(X, 2, "hals", n_init=bad)
+    with pytest.raises(ValueError, match="n_restarts"):
+        fit_affinity(X, 2, "net", n_init=2)

@@ -313,6 +313,8 @@ def _cluster_sharded(args, threads):
     if args.solver not in distributed.SOLVERS:
         raise CommandError(f"--solver {args.solver} is not sharded; under torchrun use one of "
                            f"{', '.join(sorted(distributed.SOLVERS))}")
+    if args.n_init != 1:
+        raise CommandError("--n-init is for one process; under torchrun each solver runs from one start")
     source, affinity, n, labels_true = _sharded_source(args)
     if affinity == "precomputed" and args.save_graph:
         raise CommandError("--save-graph saves a graph built from features; the input is already a graph")
@@ -366,10 +368,13 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
         raise CommandError("give either an input file or --dataset NAME (not both)")
     if args.solver not in SOLVERS:
         raise CommandError(f"--solver must be one of {', '.join(SOLVERS)}, got {args.solver!r}")
-    for name in ("max_iter", "epochs", "n_neighbors"):
+    for name in ("max_iter", "epochs", "n_neighbors", "n_init"):
         value = getattr(args, name)
-        if value is not None and value < (0 if name != "n_neighbors" else 1):
-            raise CommandError(f"--{name.replace('_', '-')} must be {'>= 1' if name == 'n_neighbors' else '>= 0'}")
+        positive = name in ("n_neighbors", "n_init")
+        if value is not None and value < (1 if positive else 0):
+            raise CommandError(f"--{name.replace('_', '-')} must be {'>= 1' if positive else '>= 0'}")
+    if args.n_init != 1 and args.solver == "net":
+        raise CommandError("--n-init applies to the classical solvers; SymNMF-Net's restarts are its recipe's")
     threads = _threads(args.threads)
     _check_out(args.out, args.overwrite, CLUSTER_FILES)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -432,6 +437,7 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
         X, k, args.solver, random_state=args.seed,
         max_iter=args.epochs if args.solver == "net" else args.max_iter, tol=args.tol, threads=threads,
         net_options={"lr": args.lr, "relative_lr": args.relative_lr, "beta": args.beta}, recipe=args.recipe,
+        n_init=args.n_init,
     )
     result = {
         "input": source, "affinity": affinity, "solver": args.solver, "n_clusters": k, "n": int(X.shape[0]),
@@ -439,6 +445,8 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
         "modularity": modularity(X, run.labels, k), "iterations": run.n_iter, "seconds": run.seconds,
         "graph_seconds": graph_seconds, "cluster_sizes": np.bincount(run.labels, minlength=k).tolist(),
     }
+    if args.n_init > 1:
+        result.update(n_init=args.n_init, start=run.start, start_modularity=run.start_modularity)
     if labels_true is not None:
         result.update(_scores(labels_true, run.labels))
     print(f"{args.solver}: rank {k}, {run.n_iter} iterations, {run.seconds:.2f} s, "
@@ -605,6 +613,9 @@ def build_parser():
     c.add_argument("--key", help="array name inside an .npz")
     c.add_argument("--max-iter", type=int,
                    help="iterations of a classical solver (default: symnmf.fitting.DEFAULT_MAX_ITER, as SymNMF)")
+    c.add_argument("--n-init", type=int, default=1,
+                   help="classical solvers: random starts, the one whose labels have the highest modularity kept "
+                        "(the rule SymNMF-Net keeps its restarts by; SymHALS runs them side by side; default 1)")
     c.add_argument("--epochs", type=int, help="SymNMF-Net's most training steps (default: the recipe's)")
     _net_arguments(c)
     c.add_argument("--tol", type=float, help="stopping tolerance (projected-gradient norm relative to its start)")

@@ -82,6 +82,11 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         ANLS/HALS: the penalty lam of ||X - W V^T||^2 + lam ||W - V||^2 (a float,
         "kuang" or "zhu"); ADMM: its penalty rho; the net: the initial lam
         (None: ||X||_F). PGD and SymNewton take none.
+    n_init : int
+        Classical solvers: random starts (start 0 is the one-start fit's); the
+        start whose labels have the highest modularity on the similarity is
+        kept, the rule SymNMF-Net keeps its restarts by. SymHALS runs them side
+        by side. Must be 1 for the net (its restarts are the recipe's).
     n_neighbors : int, optional
         k of the kNN graph (default floor(log2 n) + 1); "nearest_neighbors" only.
     metric : {"euclidean", "cosine"}
@@ -164,6 +169,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         "max_iter": [Interval(numbers.Integral, 0, None, closed="left"), None],
         "tol": [Interval(numbers.Real, 0, None, closed="left"), None],
         "lam": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"kuang", "zhu"}), None],
+        "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
         "n_neighbors": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "metric": [StrOptions({"euclidean", "cosine"})],
         "recipe": [StrOptions(set(RECIPES))],
@@ -188,6 +194,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         max_iter=None,
         tol=None,
         lam=None,
+        n_init=1,
         n_neighbors=None,
         metric="euclidean",
         recipe="default",
@@ -208,6 +215,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         self.max_iter = max_iter
         self.tol = tol
         self.lam = lam
+        self.n_init = n_init
         self.n_neighbors = n_neighbors
         self.metric = metric
         self.recipe = recipe
@@ -266,7 +274,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         result = fit_affinity(
             A, self.n_components, self.solver, random_state=self.random_state, max_iter=self.max_iter,
             tol=self.tol, lam=self.lam, threads="auto" if self.n_threads is None else self.n_threads,
-            verbose=bool(self.verbose), recipe=self.recipe,
+            verbose=bool(self.verbose), recipe=self.recipe, n_init=self.n_init,
             net_options=dict(n_layers=self.n_layers, beta=self.beta, mu=self.mu, lr=self.lr,
                              relative_lr=self.relative_lr),
         )

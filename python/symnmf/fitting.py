@@ -79,7 +79,8 @@ class FitResult:
     stopping tolerance was met; seconds: wall-clock of the solver (device
     synchronised); history: the solver's or the net's own history; curve_*:
     the relative error against iteration and time, for plots; net: the trained
-    SymNMFNet (solver "net" only).
+    SymNMFNet (solver "net" only); start: the kept start (n_init > 1); start_modularity:
+    with n_init > 1, the modularity of every start's labels (the kept start's is the highest).
     """
 
     method: str
@@ -95,6 +96,8 @@ class FitResult:
     curve_rel_error: list = field(default_factory=list)
     curve_time: list = field(default_factory=list)
     net: object = None
+    start: int = 0
+    start_modularity: list = field(default_factory=list)
 
 
 # ----------------------------------------------------------------- settings
@@ -253,6 +256,26 @@ def _fit_net(A, rank, seed, epochs, tol, verbose, net_options, recipe):
     return result.U, result.net, int(result.n_iter), bool(converged), result.net.history_
 
 
+def _fit_starts(A, rank, solver, seed, max_iter, tol, lam, n_init, verbose):
+    """A classical solver from n_init Kuang starts of the seed (start 0 is the one-start fit's), the start whose
+    labels have the highest modularity on A kept (SymNMF-Net's rule for its restarts); SymHALS runs the starts
+    side by side. Returns (U, n_iter, converged, history, the kept start, every start's modularity)."""
+    from .metrics import modularity
+    from .solvers import SOLVERS as _FUNCTIONS
+    from .solvers.hals import hals_restarts
+
+    U0 = init_factor(A, rank, make_generator(seed), batch_shape=(n_init,))
+    if solver == "hals" and lam != "zhu":  # "zhu" depends on the start: one run per start
+        results = hals_restarts(A, U0, lam=lam, max_iter=max_iter, tol=tol, verbose=verbose)
+    else:
+        results = [_FUNCTIONS[solver](A, U0[k], lam=lam, max_iter=max_iter, tol=tol, verbose=verbose)
+                   for k in range(n_init)]
+    scores = [float(q) for q in modularity(A, torch.stack([result.U.argmax(-1) for result in results]), rank)]
+    kept = int(np.argmax(scores))
+    result = results[kept]
+    return result.U.detach(), int(result.n_iter), bool(result.converged), result.history, kept, scores
+
+
 def _fit_solver(A, rank, solver, seed, max_iter, tol, lam, progress, verbose):
     from .solvers import SOLVERS as _FUNCTIONS
 
@@ -274,7 +297,7 @@ def _fit_solver(A, rank, solver, seed, max_iter, tol, lam, progress, verbose):
 
 
 def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, tol=None, lam=None,
-                 net_options=None, recipe=DEFAULT_RECIPE, threads="auto", progress=None, verbose=False):
+                 net_options=None, recipe=DEFAULT_RECIPE, threads="auto", progress=None, verbose=False, n_init=1):
     """Factorise a similarity A from `build_affinity` at `rank` with one solver; a FitResult.
 
     solver: "net" (SymNMF-Net) or a classical solver of `symnmf.solvers`.
@@ -291,21 +314,31 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
       "paper" (the paper's settings).
     threads: "auto" (`default_threads`), None (leave torch's setting) or an int.
     progress: draw a bar (None: `show_progress(verbose)`).
+    n_init: classical solvers: random starts (start 0 is the one-start fit's); the start whose labels have
+      the highest modularity on A is kept, the rule SymNMF-Net keeps its restarts by, and
+      `FitResult.start_modularity` holds every start's. SymHALS runs them side by side. The net takes 1
+      (its restarts are the recipe's n_restarts).
     A is not checked again: build it with `build_affinity`.
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
+        raise ValueError(f"n_init must be a positive int, got {n_init!r}")
+    if solver == "net" and n_init != 1:
+        raise ValueError("n_init applies to the classical solvers; SymNMF-Net's restarts are its recipe's n_restarts "
+                         "(net_options={'n_restarts': N})")
     n = A.shape[-1]
     rank = check_rank(rank, n)
     device = A.device
     if threads == "auto":
-        threads = default_threads(n, rank, device, _net_restarts(recipe, net_options) if solver == "net" else 1)
+        threads = default_threads(n, rank, device, _net_restarts(recipe, net_options) if solver == "net" else n_init)
     if progress is None:
         progress = show_progress(verbose)
     if max_iter is None and solver != "net":
         max_iter = DEFAULT_MAX_ITER[solver]
     seed = as_seed(random_state)
     net = None
+    kept_start, start_modularity = 0, []
     with thread_limit(threads):
         sync_device(device)
         start = time.perf_counter()
@@ -318,8 +351,12 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
             curve_iter = [int(e) for e in history.get("epoch", [])]
             curve_rel = [_scalar(v) for v in history.get("relative_error", [])]
         else:
-            U, n_iter, converged, history = _fit_solver(A, rank, solver, seed, int(max_iter), tol, lam, progress,
-                                                        verbose)
+            if n_init > 1:
+                U, n_iter, converged, history, kept_start, start_modularity = _fit_starts(
+                    A, rank, solver, seed, int(max_iter), tol, lam, int(n_init), verbose)
+            else:
+                U, n_iter, converged, history = _fit_solver(A, rank, solver, seed, int(max_iter), tol, lam, progress,
+                                                            verbose)
             curve_rel = [float(v) for v in history.get("rel_error", [])]
             curve_iter = [int(i) for i in history.get("iteration", range(len(curve_rel)))]
         sync_device(device)
@@ -331,5 +368,6 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
         method=solver, U=U, labels=U.argmax(dim=-1).cpu().numpy(), rel_error=err2 / a2,
         reconstruction_err=float(np.sqrt(err2)), n_iter=n_iter, converged=converged, seconds=seconds,
         history=history, curve_iter=curve_iter, curve_rel_error=curve_rel,
-        curve_time=[float(t) for t in history.get("time", [])], net=net,
+        curve_time=[float(t) for t in history.get("time", [])], net=net, start=kept_start,
+        start_modularity=start_modularity,
     )
