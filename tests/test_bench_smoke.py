@@ -222,6 +222,21 @@ def test_study_net_polish_small(tmp_path):
     assert record["data"] == "digits" and record["seed"] == 0 and len(record) == 5
 
 
+def test_study_multistart_small(tmp_path):
+    """bench/study_multistart.py on the planted graph, one seed, 2 starts; without the net's records the table
+    has the multi-start columns alone."""
+    runs = tmp_path / "runs.jsonl"
+    _, _, rows = _run_script([os.path.join("bench", "study_multistart.py"), "--data", "planted", "--seeds", "0",
+                              "--starts", "2", "--net-runs", str(tmp_path / "none.jsonl"), "--runs", str(runs)],
+                             tmp_path)
+    (row,) = rows
+    assert row["data"] == "planted" and 0 < float(row["hals_2_starts"]) <= 1 and row["net"] == ""
+    import json
+
+    (record,) = [json.loads(line) for line in open(runs)]
+    assert len(record["acc_every_start"]) == 2 and record["acc"] in record["acc_every_start"]
+
+
 def test_study_net_restarts_heldout_and_report(tmp_path):
     """bench/study_net.py's restarts and heldout parts on the 2,000-node planted graph, a few steps, then the
     report's tables, all on files under tmp_path."""
