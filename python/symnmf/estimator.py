@@ -113,7 +113,8 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         integer input, as scikit-learn converts it).
     n_threads : int or None
         CPU threads for torch during the fit (restored afterwards). None: one
-        thread when n_samples * n_components < 2^18, torch's setting above
+        thread when n_samples * n_components (times the net's restarts, or
+        SymHALS's starts) < 2^18, torch's setting above
         (`symnmf.fitting.default_threads`; the CLI uses the same policy).
     verbose : bool
         Print the iteration log; a progress bar is drawn when verbose or when

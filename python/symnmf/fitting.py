@@ -17,8 +17,8 @@ Defaults
 - iterations: `DEFAULT_MAX_ITER[solver]` for a classical solver, each also
   stopping at its own tolerance; `DEFAULT_EPOCHS` Adam steps for SymNMF-Net.
 - threads (`default_threads`): on the CPU, one thread when n * rank (times the
-  restarts SymNMF-Net trains side by side, whose every op works on all of them)
-  is below `SMALL_PROBLEM`, torch's own setting above it. Below it every op is
+  factors every op works on at once: SymNMF-Net's restarts, SymHALS's starts
+  with n_init) is below `SMALL_PROBLEM`, torch's own setting above it. Below it every op is
   tens of microseconds of work: a second thread gains nothing, and on a
   loaded machine a descheduled thread stalls every op at its barrier (digits with
   SymNMF-Net: 3.1 s on one thread, 57.6 s on two busy cores). The count is set
@@ -316,8 +316,8 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
     progress: draw a bar (None: `show_progress(verbose)`).
     n_init: classical solvers: random starts (start 0 is the one-start fit's); the start whose labels have
       the highest modularity on A is kept, the rule SymNMF-Net keeps its restarts by, and
-      `FitResult.start_modularity` holds every start's. SymHALS runs them side by side. The net takes 1
-      (its restarts are the recipe's n_restarts).
+      `FitResult.start_modularity` holds every start's. SymHALS runs them side by side; the others one
+      after another, without a progress bar. The net takes 1 (its restarts are the recipe's n_restarts).
     A is not checked again: build it with `build_affinity`.
     """
     if solver not in SOLVERS:
@@ -331,7 +331,9 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
     rank = check_rank(rank, n)
     device = A.device
     if threads == "auto":
-        threads = default_threads(n, rank, device, _net_restarts(recipe, net_options) if solver == "net" else n_init)
+        # the factors every op works on: the net's restarts, SymHALS's starts side by side
+        problems = _net_restarts(recipe, net_options) if solver == "net" else n_init if solver == "hals" else 1
+        threads = default_threads(n, rank, device, problems)
     if progress is None:
         progress = show_progress(verbose)
     if max_iter is None and solver != "net":
