@@ -236,13 +236,14 @@ def test_reproduce_tiny_subset_end_to_end(tmp_path, capsys, torch_threads):
     assert rc == 0
     assert torch.get_num_threads() == threads  # set for each fit only
     printed = capsys.readouterr().out
-    for name in ("SymNMF-Net", "SymANLS", "SymHALS", "PGD", "SymNewton", "ADMM", "Net(paper)"):
+    for name in ("SymNMF-Net", "SymANLS", "SymHALS", "PGD", "SymNewton", "ADMM", "SymHALS x4", "Net(paper)"):
         assert name in printed
     assert "NMI = MI / max(H(true), H(pred))" in printed
     table = (out / "results.md").read_text()
-    assert table.count("| digits (n=80, r=10) |") == 7  # both recipes of the net and the five solvers
+    assert table.count("| digits (n=80, r=10) |") == 8  # both recipes of the net, the five solvers, SymHALS x4
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["net", "anls", "hals", "pgd", "newton", "admm", "net-paper"]
+    assert [r["method"] for r in rows] == ["net", "anls", "hals", "pgd", "newton", "admm", "hals-restarts",
+                                           "net-paper"]
     for row in rows:
         for key in ("rel_error", "acc", "nmi", "purity", "seconds"):
             assert np.isfinite(row[key]), row

@@ -629,8 +629,9 @@ def build_parser():
                        description="SymNMF-Net against SymANLS, SymHALS, PGD, SymNewton and ADMM on each data set: "
                                    "relative error, ACC, NMI, purity, iterations and time; convergence PNGs.")
     r.add_argument("--dataset", nargs="+", help="digits, mnist5k, mfeat-pix, or all (default: all available)")
-    r.add_argument("--methods", help=f"comma-separated subset of {methods}, net-paper (default all; net-paper is "
-                                     "SymNMF-Net by the paper's settings)")
+    r.add_argument("--methods", help=f"comma-separated subset of {methods}, hals-restarts, net-paper (default all; "
+                                     "net-paper is SymNMF-Net by the paper's settings, hals-restarts SymHALS from as "
+                                     "many starts as the net's restarts, the highest modularity kept)")
     r.add_argument("--max-iter", type=int,
                    help="iterations of every classical solver (default: symnmf.fitting.DEFAULT_MAX_ITER per solver)")
     r.add_argument("--epochs", type=int, help="SymNMF-Net's most training steps (default: the recipe's)")

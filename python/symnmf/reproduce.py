@@ -32,14 +32,19 @@ from .fitting import (
     resolve_device, resolve_dtype, sync_device,
 )
 from .metrics import accuracy, nmi, purity
+from .net import RECIPES
 
 __all__ = [
     "METHODS", "METHOD_NAMES", "MethodRun", "run_method", "score", "reproduce", "format_table", "plot_convergence",
 ]
 
-# SymNMF-Net twice: with the library's default recipe ("net") and with the paper's settings ("net-paper").
-METHODS = (*SOLVERS, "net-paper")
-METHOD_NAMES = {**SOLVER_NAMES, "net": "SymNMF-Net", "net-paper": "Net(paper)"}
+# SymNMF-Net twice: with the library's default recipe ("net") and with the paper's settings ("net-paper");
+# and SymHALS from as many starts as the default recipe's restarts, kept by the same modularity rule
+# ("hals-restarts"): what the restarts and the rule give without the trained net.
+METHODS = (*SOLVERS, "hals-restarts", "net-paper")
+_STARTS = {"hals-restarts": ("hals", RECIPES["default"]["n_restarts"])}
+METHOD_NAMES = {**SOLVER_NAMES, "net": "SymNMF-Net", "hals-restarts": f"SymHALS x{_STARTS['hals-restarts'][1]}",
+                "net-paper": "Net(paper)"}
 _RECIPE = {"net": "default", "net-paper": "paper"}
 MethodRun = FitResult
 
@@ -50,18 +55,20 @@ def run_method(X, rank, method, max_iter=None, epochs=None, lr=None, relative_lr
 
     method: "net" (SymNMF-Net by the default recipe), "net-paper" (by the paper's settings;
     see `symnmf.net.RECIPES`; ``epochs``, ``lr``, ``relative_lr`` and ``beta`` override the
-    recipe's) or a solver name of `symnmf.solvers` (run for ``max_iter`` iterations or to
-    ``tol``). None takes the defaults of `symnmf.fitting`, shared with `SymNMF` and `symnmf cluster`.
+    recipe's), a solver name of `symnmf.solvers` (run for ``max_iter`` iterations or to
+    ``tol``), or "hals-restarts" (SymHALS from the default recipe's number of starts, the highest
+    modularity kept: `fit_affinity(..., n_init=4)`). None takes the defaults of `symnmf.fitting`, shared with `SymNMF` and `symnmf cluster`.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if device is not None:
         X = X.to(torch.device(device))
     net = method in _RECIPE
+    solver, n_init = _STARTS.get(method, ("net" if net else method, 1))
     result = fit_affinity(
-        X, rank, "net" if net else method, random_state=seed, max_iter=epochs if net else max_iter, tol=tol,
+        X, rank, solver, random_state=seed, max_iter=epochs if net else max_iter, tol=tol,
         net_options={"lr": lr, "relative_lr": relative_lr, "beta": beta}, recipe=_RECIPE.get(method, "default"),
-        threads=threads,
+        threads=threads, n_init=n_init,
     )
     result.method = method
     return result
