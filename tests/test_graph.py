@@ -196,8 +196,19 @@ def test_bad_input_errors():
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_faiss_search_recalls_the_exact_neighbours(metric):
-    pytest.importorskip("faiss")
-    rng = np.random.default_rng()
+    faiss = pytest.importorskip("faiss")
+    # Fixed data and one FAISS thread: the recall checked is the index's, not that of an unlucky draw or of
+    # the threads' insertion order in the graph index.
+    rng = np.random.default_rng(17)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        _check_faiss_recall(rng, metric)
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def _check_faiss_recall(rng, metric):
     centres = rng.normal(size=(8, 12)) * 4
     X = torch.from_numpy(centres[rng.integers(0, 8, 1500)] + rng.normal(size=(1500, 12))).float()
     if metric == "cosine":
@@ -207,7 +218,7 @@ def test_faiss_search_recalls_the_exact_neighbours(metric):
     idx, scores = faiss_knn_search(X, k, metric=metric)
     assert idx.shape == (1500, k) and not bool((idx == torch.arange(1500)[:, None]).any())
     recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(idx.tolist(), exact_idx.tolist())])
-    assert recall > 0.98
+    assert recall > 0.98, f"recall {recall:.4f} of FAISS's neighbours ({metric})"
     # scores are recomputed from the rows: exact for the neighbours found, sorted nearest first
     found = X[idx]
     expect = ((X[:, None] - found) ** 2).sum(-1) if metric == "euclidean" else (X[:, None] * found).sum(-1)
