@@ -361,7 +361,6 @@ def _cluster_sharded(args, threads):
 def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` stays fast
     from . import datasets
     from .fitting import SOLVERS, build_affinity, fit_affinity
-    from .metrics import modularity
 
     # Every argument and the input are checked before any fit.
     if (args.input is None) == (args.dataset is None):
@@ -442,7 +441,7 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
     result = {
         "input": source, "affinity": affinity, "solver": args.solver, "n_clusters": k, "n": int(X.shape[0]),
         "device": str(device), "dtype": str(X.dtype).replace("torch.", ""), "rel_error": run.rel_error,
-        "modularity": modularity(X, run.labels, k), "iterations": run.n_iter, "seconds": run.seconds,
+        "modularity": run.modularity, "iterations": run.n_iter, "seconds": run.seconds,
         "graph_seconds": graph_seconds, "cluster_sizes": np.bincount(run.labels, minlength=k).tolist(),
     }
     if args.n_init > 1:

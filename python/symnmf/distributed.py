@@ -410,29 +410,18 @@ class HaloPlan:
     def extend(self, U):
         """U_ext: this rank's rows U (n_local x r) with the halo rows received from their owners; for R
         factors U (R, n_local, r), U_ext (R, n_ext, r) in one exchange."""
-        if U.dim() == 3:
-            return self._extend_batch(U)
-        n_local, r = U.shape
-        U_ext = U.new_empty((self.n_ext, r))
-        U_ext[self.n_before:self.n_before + n_local] = U
-        sends = {p: U.index_select(0, rows) for p, rows in self.send_rows.items()}
-        recvs = {p: U_ext[a:b] for p, (a, b) in self.recv_slices.items()}
+        m = U.shape[-2]
+        U_ext = U.new_empty((*U.shape[:-2], self.n_ext, U.shape[-1]))
+        U_ext[..., self.n_before:self.n_before + m, :] = U
+        sends = {p: U.index_select(-2, rows) for p, rows in self.send_rows.items()}
+        # A peer's rows land in place when their slice of U_ext is contiguous (one factor), else in a buffer.
+        slices = {p: U_ext[..., a:b, :] for p, (a, b) in self.recv_slices.items()}
+        recvs = {p: t if t.is_contiguous() else torch.empty_like(t, memory_format=torch.contiguous_format)
+                 for p, t in slices.items()}
         self.comm.exchange(sends, recvs)
-        self.exchanges += 1
-        self.bytes_sent += sum(t.numel() for t in sends.values()) * U.element_size()
-        return U_ext
-
-    def _extend_batch(self, U):
-        R, m, r = U.shape
-        if R == 1:
-            return self.extend(U[0])[None]
-        U_ext = U.new_empty((R, self.n_ext, r))
-        U_ext[:, self.n_before:self.n_before + m] = U
-        sends = {p: U.index_select(1, rows) for p, rows in self.send_rows.items()}
-        recvs = {p: U.new_empty((R, b - a, r)) for p, (a, b) in self.recv_slices.items()}
-        self.comm.exchange(sends, recvs)
-        for p, (a, b) in self.recv_slices.items():
-            U_ext[:, a:b] = recvs[p]
+        for p, t in slices.items():
+            if recvs[p] is not t:
+                t.copy_(recvs[p])
         self.exchanges += 1
         self.bytes_sent += sum(t.numel() for t in sends.values()) * U.element_size()
         return U_ext

@@ -19,7 +19,6 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .fitting import AFFINITIES, SOLVERS, build_affinity, fit_affinity, resolve_device, resolve_dtype
-from .metrics import modularity
 from .net import RECIPES
 from .validation import as_similarity, is_scipy_sparse
 
@@ -97,8 +96,8 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         beta relative to lam^2, lam from ||X||_2, relative lr 0.1, a plateau
         stop, 4 restarts trained together, each finished by 100 SymHALS
         iterations, and the one whose labels have the highest modularity on X
-        kept (docs/symnmf_net_study.md has the study behind it). "paper": the paper's settings (L = 10,
-        beta = 5e-6, Adam at lr 0.5, one start).
+        kept (docs/symnmf_net_study.md has the study behind it). "paper": the
+        paper's settings (L = 10, beta = 5e-6, Adam at lr 0.5, one start).
     n_layers, beta, mu : int, float, float or None
         SymNMF-Net's depth L, regulariser weight and L1 weight; None keeps the
         recipe's.
@@ -283,7 +282,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         self.labels_ = result.labels
         self.reconstruction_err_ = result.reconstruction_err
         self.relative_error_ = result.rel_error
-        self.modularity_ = modularity(A, result.labels, self.n_components)
+        self.modularity_ = result.modularity
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
         self.history_ = result.history

@@ -35,6 +35,7 @@ import torch
 
 import symnmf_kernels as sk
 
+from .metrics import modularity
 from .solvers.base import as_seed, init_factor, make_generator
 from .validation import as_similarity, check_rank, check_similarity
 
@@ -79,7 +80,8 @@ class FitResult:
     stopping tolerance was met; seconds: wall-clock of the solver (device
     synchronised); history: the solver's or the net's own history; curve_*:
     the relative error against iteration and time, for plots; net: the trained
-    SymNMFNet (solver "net" only); start: the kept start (n_init > 1); start_modularity:
+    SymNMFNet (solver "net" only); modularity: the labels' modularity on A
+    (`symnmf.metrics.modularity`); start: the kept start (n_init > 1); start_modularity:
     with n_init > 1, the modularity of every start's labels (the kept start's is the highest).
     """
 
@@ -96,6 +98,7 @@ class FitResult:
     curve_rel_error: list = field(default_factory=list)
     curve_time: list = field(default_factory=list)
     net: object = None
+    modularity: float = float("nan")
     start: int = 0
     start_modularity: list = field(default_factory=list)
 
@@ -260,7 +263,6 @@ def _fit_starts(A, rank, solver, seed, max_iter, tol, lam, n_init, verbose):
     """A classical solver from n_init Kuang starts of the seed (start 0 is the one-start fit's), the start whose
     labels have the highest modularity on A kept (SymNMF-Net's rule for its restarts); SymHALS runs the starts
     side by side. Returns (U, n_iter, converged, history, the kept start, every start's modularity)."""
-    from .metrics import modularity
     from .solvers import SOLVERS as _FUNCTIONS
     from .solvers.hals import hals_restarts
 
@@ -366,8 +368,11 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
         with torch.no_grad():
             err2 = max(float(sk.sym_loss(A, U)), 0.0)
     a2 = _frob2(A)
+    labels = U.argmax(dim=-1).cpu().numpy()
+    # the kept start's modularity was computed to keep it
+    quality = start_modularity[kept_start] if start_modularity else modularity(A, labels, rank)
     return FitResult(
-        method=solver, U=U, labels=U.argmax(dim=-1).cpu().numpy(), rel_error=err2 / a2,
+        method=solver, U=U, labels=labels, rel_error=err2 / a2, modularity=quality,
         reconstruction_err=float(np.sqrt(err2)), n_iter=n_iter, converged=converged, seconds=seconds,
         history=history, curve_iter=curve_iter, curve_rel_error=curve_rel,
         curve_time=[float(t) for t in history.get("time", [])], net=net, start=kept_start,

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+import symnmf_kernels as sk
+
 __all__ = ["contingency", "accuracy", "nmi", "purity", "modularity", "recovery_error", "NMI_NORMALIZATIONS"]
 
 NMI_NORMALIZATIONS = ("max", "arithmetic", "geometric", "min")
@@ -119,7 +121,7 @@ def modularity(X, labels, n_clusters=None):
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dim() < 1 or labels.shape[-1] != n:
         raise ValueError(f"labels must hold integer labels with last dimension n = {n}, "
                          f"got {labels.dtype} of shape {tuple(labels.shape)}")
-    low, high = (int(labels.min()), int(labels.max())) if labels.numel() else (0, -1)  # one read each
+    low, high = torch.stack(torch.aminmax(labels)).tolist() if labels.numel() else (0, -1)  # one host read
     if low < 0:
         raise ValueError("labels must be >= 0")
     k = high + 1 if n_clusters is None else int(n_clusters)
@@ -127,7 +129,8 @@ def modularity(X, labels, n_clusters=None):
         raise ValueError(f"labels must be < n_clusters = {k}, got {high}")
     batch = labels.shape[:-1]
     H = cluster_indicators(labels.reshape(-1, n), k, X.dtype)
-    q = modularity_from_sums(modularity_sums(H, X @ H, k), k)  # one product for the whole batch
+    XH = sk.spmm(X, H) if X.layout != torch.strided else X @ H  # one product for the whole batch
+    q = modularity_from_sums(modularity_sums(H, XH, k), k)
     return float(q[0]) if not batch else q.reshape(batch).cpu()
 
 

@@ -57,7 +57,8 @@ def run_method(X, rank, method, max_iter=None, epochs=None, lr=None, relative_lr
     see `symnmf.net.RECIPES`; ``epochs``, ``lr``, ``relative_lr`` and ``beta`` override the
     recipe's), a solver name of `symnmf.solvers` (run for ``max_iter`` iterations or to
     ``tol``), or "hals-restarts" (SymHALS from the default recipe's number of starts, the highest
-    modularity kept: `fit_affinity(..., n_init=4)`). None takes the defaults of `symnmf.fitting`, shared with `SymNMF` and `symnmf cluster`.
+    modularity kept: `fit_affinity(..., n_init=4)`). None takes the defaults of `symnmf.fitting`,
+    shared with `SymNMF` and `symnmf cluster`.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
