@@ -19,6 +19,7 @@ import os
 import sys
 import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,10 +88,21 @@ def _kernels_must_run(request):
         pytest.fail(_error, pytrace=False)
 
 
+def _test_seed(request):
+    return zlib.crc32(request.node.nodeid.encode())
+
+
 @pytest.fixture(autouse=True)
 def _seed(request):
-    # Fresh random data in every test, reproducible from the test's name.
-    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+    # Fresh random data in every test, reproducible from the test's name (torch's and numpy's global generators).
+    torch.manual_seed(_test_seed(request))
+    np.random.seed(_test_seed(request))
+
+
+@pytest.fixture
+def rng(request):
+    """A numpy Generator seeded from the test's name, as torch is: a failing draw can be replayed."""
+    return np.random.default_rng(_test_seed(request))
 
 
 @pytest.fixture(params=DEVICES)

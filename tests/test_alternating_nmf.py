@@ -61,10 +61,9 @@ def test_decode_kernels(device):
     assert rel_err(Ginv, torch.linalg.inv(A.mT @ A)) < 1e-10
 
 
-def test_iterations_on_the_kernels_match_the_torch_path(monkeypatch):
+def test_iterations_on_the_kernels_match_the_torch_path(monkeypatch, rng):
     """A few whole iterations (decode, the Grams of W and of Y A, the noise floor, the steps) through the
     Triton kernels (the interpreter on CPU) give the torch path's features and thresholds."""
-    rng = np.random.default_rng()
     Y, _, _, A0 = correlated_problem(rng, n=48, d=24, k=4)
     Y = Y + 0.2 * Y.mean() * rng.random(Y.shape)  # noise, so that the noise floor is active
     Yt, A0t = torch.as_tensor(Y), torch.as_tensor(A0)
@@ -100,10 +99,9 @@ def test_gradient_steps_closed_form_matches_the_loop():
 
 
 # ------------------------------------------------------------------------------------------------ recovery
-def test_recovers_features_under_correlated_weights(torch_path):
+def test_recovers_features_under_correlated_weights(torch_path, rng):
     """The issue's target on a small instance: mean pairwise correlation about 0.4, a start 30% away,
     no noise: recovery error <= 0.01. Plain non-negative least squares (alpha = 0 throughout) is worse."""
-    rng = np.random.default_rng()
     Y, X, A, A0 = correlated_problem(rng)
     assert 0.2 < mean_correlation(X) < 0.6  # about 0.4; n = 400 samples leave it some spread
     assert recovery_error(A0, A) > 0.1  # the start is far from the answer (0.19-0.30 over random draws)
@@ -121,20 +119,18 @@ def test_recovers_features_under_correlated_weights(torch_path):
     assert model.reconstruction_err_ == pytest.approx(np.linalg.norm(Y - W @ model.components_), rel=1e-6)
 
 
-def test_threshold_schedule_matters(torch_path):
+def test_threshold_schedule_matters(torch_path, rng):
     """Without the decreasing threshold (alpha = 0: the decode is plain clipped least squares), the same
     start and iterations recover the features much less well."""
-    rng = np.random.default_rng()
     Y, _, A, A0 = correlated_problem(rng)
     with_threshold = AlternatingNMF(5).fit(Y, init_components=A0.T)
     without = AlternatingNMF(5, alpha=0.0, noise_floor=0.0).fit(Y, init_components=A0.T)
     assert recovery_error(without.components_.T, A) > 5 * max(recovery_error(with_threshold.components_.T, A), 1e-4)
 
 
-def test_noise_floor_under_noise(torch_path):
+def test_noise_floor_under_noise(torch_path, rng):
     """10% noise: the noise floor on the threshold keeps the error near the noise's own effect on the features;
     letting the threshold fall to zero decodes noise as weight, and the error grows."""
-    rng = np.random.default_rng()
     Y0, _, A, A0 = correlated_problem(rng, n=1500)
     N = rng.standard_normal(Y0.shape)
     Y = Y0 + 0.1 * np.linalg.norm(Y0) / np.linalg.norm(N) * N
@@ -145,8 +141,7 @@ def test_noise_floor_under_noise(torch_path):
     assert plain > 3 * floored
 
 
-def test_batch_equals_problem_by_problem(torch_path):
-    rng = np.random.default_rng()
+def test_batch_equals_problem_by_problem(torch_path, rng):
     problems = [correlated_problem(rng, n=200, d=30, k=4) for _ in range(3)]
     Y = torch.as_tensor(np.stack([p[0] for p in problems]))
     A0 = torch.as_tensor(np.stack([p[3] for p in problems]))
@@ -159,10 +154,9 @@ def test_batch_equals_problem_by_problem(torch_path):
         assert rel_err(batched.alpha[i], single.alpha) < 1e-9
 
 
-def test_default_start_and_float32(torch_path):
+def test_default_start_and_float32(torch_path, rng):
     """Without init_components the data-driven start (a short scikit-learn NMF) is refined; float32 input stays
     float32 and gives the same features as float64 to its precision."""
-    rng = np.random.default_rng()
     Y, _, A, _ = correlated_problem(rng, n=300, d=40, k=3, active=0.5)
     model = AlternatingNMF(3, random_state=0).fit(Y)
     assert recovery_error(model.components_.T, A) < 1e-3
@@ -196,8 +190,8 @@ def test_bad_input_names_the_argument(Y, kwargs, match, torch_path):
         model.fit(Y, init_components=init)
 
 
-def test_transform_checks_the_features(torch_path):
-    model = AlternatingNMF(2, max_iter=5).fit(np.random.default_rng().random((20, 6)))
+def test_transform_checks_the_features(torch_path, rng):
+    model = AlternatingNMF(2, max_iter=5).fit(rng.random((20, 6)))
     with pytest.raises(ValueError, match="features"):
         model.transform(np.ones((3, 5)))
     with pytest.raises(ValueError, match="Negative values"):

@@ -94,3 +94,31 @@ def test_large_r_falls_back_with_one_warning(monkeypatch):
     with pytest.warns(UserWarning, match="r = 130 exceeds"):
         G = sk.gram(U, 1.0)
     assert torch.allclose(G, U.mT @ U + torch.eye(130, dtype=torch.float64))
+
+
+def test_a_device_that_cannot_be_used_is_named_before_any_work():
+    import numpy as np
+
+    import symnmf
+    import symnmf.net
+
+    features = np.random.default_rng(0).random((30, 4))
+    graph = symnmf.similarity_graph(features)
+    calls = {
+        "SymNMF": lambda device: symnmf.SymNMF(2, device=device, random_state=0).fit(features),
+        "SymNMF precomputed": lambda device: symnmf.SymNMF(2, affinity="precomputed", device=device).fit(graph),
+        "similarity_graph": lambda device: symnmf.similarity_graph(features, device=device),
+        "fit_net": lambda device: symnmf.net.fit_net(graph, 2, device=device),
+        "NeuralNMF": lambda device: symnmf.NeuralNMF(ranks=[2], device=device).fit(features),
+        "AlternatingNMF": lambda device: symnmf.AlternatingNMF(2, device=device).fit(features),
+        "SpecNet2": lambda device: symnmf.SpecNet2(2, device=device).fit(features),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="device 'tpu' is not a device torch knows; use 'cpu', 'cuda'"):
+            call("tpu")
+        # No machine has a hundredth GPU; where torch has no CUDA at all the message says that instead.
+        with pytest.raises(ValueError, match=r"device 'cuda:99' cannot be used: (torch sees|this torch build)"):
+            call("cuda:99")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda' cannot be used: .* here; use 'cpu'"):
+            symnmf.SymNMF(2, device="cuda").fit(features)

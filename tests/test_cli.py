@@ -80,8 +80,7 @@ def test_cluster_neighbour_search_can_be_chosen(tmp_path, capsys, neighbors):
                                   np.loadtxt(tmp_path / "auto" / "labels.txt"))
 
 
-def test_cluster_precomputed_sparse_affinity_needs_k(tmp_path, capsys):
-    rng = np.random.default_rng()
+def test_cluster_precomputed_sparse_affinity_needs_k(tmp_path, capsys, rng):
     # two disconnected dense blocks: a planted partition
     blocks = [rng.random((9, 9)) for _ in range(2)]
     blocks = [b + b.T for b in blocks]
@@ -141,6 +140,8 @@ def test_cluster_input_errors_are_one_line_before_any_fit(tmp_path, capsys, monk
         (["ok.npy", "-k", "2", "--solver", "sgd"], "--solver must be one of"),
         (["ok.npy", "-k", "2", "--n-init", "0"], "--n-init must be >= 1"),
         (["ok.npy", "-k", "2", "--solver", "net", "--n-init", "3"], "--n-init applies to the classical solvers"),
+        (["ok.npy", "-k", "2", "--device", "gpu"], "--device 'gpu' is not a device torch knows"),
+        (["ok.npy", "-k", "2", "--device", "cuda:99"], "--device 'cuda:99' cannot be used"),
     ]
     for argv, message in cases:
         argv = [str(tmp_path / a) if a.endswith((".npy", ".csv")) else a for a in argv]
@@ -197,8 +198,7 @@ def test_load_matrix_reads_a_shards_folder_in_the_nodes_order(tmp_path, order):
     np.testing.assert_array_equal(got.toarray(), A.toarray())
 
 
-def test_load_matrix_formats(tmp_path):
-    rng = np.random.default_rng()
+def test_load_matrix_formats(tmp_path, rng):
     A = sp.random(7, 7, density=0.4, format="coo", random_state=int(rng.integers(1 << 31)))
     A = (A + A.T).tocoo()
     import scipy.io

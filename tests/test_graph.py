@@ -66,8 +66,8 @@ def pattern(A):
 
 
 @pytest.mark.parametrize("n,d", [(53, 5), (130, 17)])
-def test_euclidean_matches_dense_formula(n, d):
-    X = np.random.default_rng().normal(size=(n, d))
+def test_euclidean_matches_dense_formula(n, d, rng):
+    X = rng.normal(size=(n, d))
     A = similarity_graph(X)
     expected, mask = dense_self_tuning(X)
     assert A.layout == torch.sparse_csr and A.shape == (n, n) and A.dtype == torch.float64
@@ -75,8 +75,8 @@ def test_euclidean_matches_dense_formula(n, d):
     assert np.array_equal(pattern(A), mask)
 
 
-def test_float32_features_give_float32_graph_close_to_float64():
-    X = np.random.default_rng().normal(size=(97, 9)).astype(np.float32)
+def test_float32_features_give_float32_graph_close_to_float64(rng):
+    X = rng.normal(size=(97, 9)).astype(np.float32)
     A = similarity_graph(X)
     assert A.dtype == torch.float32
     # A near-tie at the k-th neighbour may resolve differently in float32: compare the
@@ -87,8 +87,8 @@ def test_float32_features_give_float32_graph_close_to_float64():
     assert (pattern(A) != mask64).sum() <= 4
 
 
-def test_explicit_neighbours_and_scale():
-    X = np.random.default_rng().normal(size=(61, 4))
+def test_explicit_neighbours_and_scale(rng):
+    X = rng.normal(size=(61, 4))
     A = similarity_graph(X, n_neighbors=3, scale_neighbor=2)
     expected, mask = dense_self_tuning(X, k=3, scale_neighbor=2)
     assert rel_err(A.to_dense().numpy(), expected) < 1e-12
@@ -96,8 +96,8 @@ def test_explicit_neighbours_and_scale():
     assert (pattern(A).sum(axis=1) >= 3).all()
 
 
-def test_cosine_matches_dense_formula():
-    X = np.abs(np.random.default_rng().normal(size=(77, 31)))  # non-negative, like tf-idf
+def test_cosine_matches_dense_formula(rng):
+    X = np.abs(rng.normal(size=(77, 31)))  # non-negative, like tf-idf
     A = similarity_graph(X, metric="cosine")
     expected, mask = dense_cosine(X)
     assert rel_err(A.to_dense().numpy(), expected) < 1e-12
@@ -162,8 +162,7 @@ def test_knn_search_finds_true_neighbours_nearest_first():
     assert rel_err(dist.numpy(), best[:, :6].numpy()) < 1e-12
 
 
-def test_duplicate_points_give_finite_weights():
-    rng = np.random.default_rng()
+def test_duplicate_points_give_finite_weights(rng):
     base = rng.normal(size=(20, 3))
     X = np.concatenate([base] + [base[:1]] * 9)  # point 0 repeated: its sigma is 0
     A = similarity_graph(X)
@@ -172,8 +171,8 @@ def test_duplicate_points_give_finite_weights():
     assert torch.equal(dense, dense.T)
 
 
-def test_small_n_caps_neighbour_counts():
-    X = np.random.default_rng().normal(size=(5, 2))
+def test_small_n_caps_neighbour_counts(rng):
+    X = rng.normal(size=(5, 2))
     A = similarity_graph(X)  # k = 3, scale neighbour 7 capped at 4
     expected, _ = dense_self_tuning(X, k=3, scale_neighbor=4)
     assert rel_err(A.to_dense().numpy(), expected) < 1e-12
@@ -226,9 +225,8 @@ def _check_faiss_recall(rng, metric):
     assert bool((scores.diff(dim=1) >= 0).all() if metric == "euclidean" else (scores.diff(dim=1) <= 0).all())
 
 
-def test_faiss_graph_is_close_to_the_exact_graph():
+def test_faiss_graph_is_close_to_the_exact_graph(rng):
     pytest.importorskip("faiss")
-    rng = np.random.default_rng()
     X = rng.normal(size=(800, 6)).astype(np.float32)
     exact = similarity_graph(X, neighbors="exact").to_dense().numpy()
     approx = similarity_graph(X, neighbors="faiss").to_dense().numpy()

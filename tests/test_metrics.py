@@ -51,8 +51,7 @@ def test_nmi_hand_case_max_normalisation():
 
 
 @pytest.mark.parametrize("normalization", ["arithmetic", "max", "min", "geometric"])
-def test_nmi_matches_sklearn(normalization):
-    rng = np.random.default_rng()
+def test_nmi_matches_sklearn(normalization, rng):
     true = rng.integers(0, 7, size=503)
     pred = np.where(rng.random(503) < 0.6, true, rng.integers(0, 9, size=503))
     ours = nmi(true, pred, normalization)
@@ -83,8 +82,7 @@ def test_metrics_accept_torch_and_check_input():
         nmi([0, 1], [0, 1], normalization="sqrt")
 
 
-def test_recovery_error_ignores_permutation_and_scale():
-    rng = np.random.default_rng()
+def test_recovery_error_ignores_permutation_and_scale(rng):
     A = rng.uniform(0, 1, (30, 6))
     perm = rng.permutation(6)
     assert recovery_error(A[:, perm] * rng.uniform(0.5, 3, 6), A) < 1e-12

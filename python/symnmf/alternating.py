@@ -46,6 +46,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 import symnmf_kernels as sk
 
+from .fitting import resolve_device
+
 __all__ = ["AlternatingNMF", "AlternatingResult", "alternating_nmf", "decode"]
 
 
@@ -311,11 +313,7 @@ class AlternatingNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         return Y
 
     def _device(self, Y):
-        if self.device is not None:
-            return torch.device(self.device)
-        if isinstance(Y, torch.Tensor):
-            return Y.device
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return resolve_device(self.device, Y)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, Y, y=None, *, init_components=None):

@@ -211,17 +211,12 @@ def _threads(value):
 
 def _device(name):
     from .fitting import resolve_device
+    from .validation import check_device
 
     try:
-        device = resolve_device(name)
-    except RuntimeError as err:
-        raise CommandError(f"--device {name!r}: {_one_line(err)}") from None
-    if device.type == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise CommandError("--device cuda: torch sees no CUDA device here (use --device cpu)")
-    return device
+        return resolve_device(check_device(name, name="--device"))
+    except ValueError as err:
+        raise CommandError(str(err)) from None
 
 
 # ---------------------------------------------------------------------- cluster

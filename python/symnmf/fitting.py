@@ -37,7 +37,7 @@ import symnmf_kernels as sk
 
 from .metrics import modularity
 from .solvers.base import as_seed, init_factor, make_generator
-from .validation import as_similarity, check_rank, check_similarity
+from .validation import as_similarity, check_device, check_rank, check_similarity
 
 __all__ = [
     "SOLVERS", "SOLVER_NAMES", "AFFINITIES", "DEFAULT_MAX_ITER", "DEFAULT_EPOCHS", "DEFAULT_RECIPE", "NET_DEFAULTS",
@@ -107,7 +107,7 @@ class FitResult:
 def resolve_device(device=None, X=None):
     """device as a torch.device; None: a torch input's device, else CUDA when available, else the CPU."""
     if device is not None:
-        return torch.device(device)
+        return check_device(device)
     if isinstance(X, torch.Tensor):
         return X.device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

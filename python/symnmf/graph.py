@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .validation import is_scipy_sparse
+from .validation import check_device, is_scipy_sparse
 
 __all__ = ["similarity_graph", "knn_search", "faiss_knn_search", "GraphScales", "similarity_to_graph",
            "candidates_per_row", "keep_nearest", "block_candidates"]
@@ -64,6 +64,7 @@ def _as_features(features, device, dtype, min_samples=2):
         dtype = X.dtype if X.dtype in (torch.float32, torch.float64) else torch.float32
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    device = check_device(device)
     X = X.to(device=device if device is not None else X.device, dtype=dtype)
     if X.dim() != 2:
         raise ValueError(f"features must be a 2-D (n_samples, n_features) array, got shape {tuple(X.shape)}")

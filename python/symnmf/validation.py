@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["as_similarity", "check_similarity", "check_rank", "is_scipy_sparse"]
+__all__ = ["as_similarity", "check_similarity", "check_rank", "check_device", "is_scipy_sparse"]
 
 
 def is_scipy_sparse(X):
@@ -16,6 +16,30 @@ def is_scipy_sparse(X):
     import scipy.sparse as sp
 
     return sp.issparse(X)
+
+
+def check_device(device, name="device"):
+    """device (a torch.device or its name) as a torch.device that this process can use, or None for None.
+
+    An unknown name, or a CUDA device that torch cannot see here, is a ValueError naming the argument,
+    raised before any data moves (torch's own message for the latter is an AssertionError from deep in
+    its CUDA initialisation).
+    """
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name} {device!r} is not a device torch knows; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "torch sees no CUDA device"
+            raise ValueError(f"{name} {str(device)!r} cannot be used: {why} here; use 'cpu'")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{name} {str(device)!r} cannot be used: torch sees {count} CUDA device(s) here, "
+                             f"cuda:0 .. cuda:{count - 1}")
+    return device
 
 
 def as_similarity(X, device=None, dtype=None, name="X"):
@@ -48,6 +72,7 @@ def as_similarity(X, device=None, dtype=None, name="X"):
         dtype = X.dtype if X.dtype in (torch.float32, torch.float64) else torch.float32
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    device = check_device(device)
     return X.to(device=device if device is not None else X.device, dtype=dtype)
 
 
