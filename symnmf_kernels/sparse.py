@@ -147,7 +147,13 @@ class CSR:
         )
 
     def to(self, device=None, dtype=None):
-        """A copy on another device and/or with another value dtype; what is known carries over."""
+        """A copy on another device and/or with another value dtype; what is known carries over.
+
+        As with torch.Tensor.to, a dtype may come first: X.to(torch.float64)."""
+        if isinstance(device, torch.dtype):
+            if dtype is not None:
+                raise TypeError("CSR.to: the dtype is given twice")
+            device, dtype = None, device
         out = CSR(
             self.crow_indices.to(device),
             self.col_indices.to(device),

@@ -1,7 +1,7 @@
 """The extension's CPU row loops are compiled twice, for AVX2 + FMA and for the baseline instruction set, and
 the CPU picks one at run time (csrc/cpu/cpu_common.h). On an AVX2 machine only the first runs by default:
 SYMNMF_CPU_BASELINE=1 forces the second. A subprocess with it set runs every dual-compiled kernel (the SpMM at
-r = 8 and 13, the fused sparse layer loss forward and backward, the SymHALS sweep, the projected-gradient
+r = 8, 13 and 20, the fused sparse layer loss forward and backward, the SymHALS sweep, the projected-gradient
 norm) on fixed inputs, and the results are checked here against the plain-torch reference in float64."""
 import os
 import subprocess
@@ -30,7 +30,7 @@ out = {}
 for dtype in (torch.float32, torch.float64):
     X = graph(301, 0).to(dtype)
     g = torch.Generator().manual_seed(1)
-    for r in (8, 13):
+    for r in (8, 13, 20):
         U = torch.rand(301, r, generator=g).to(dtype)
         out[f"spmm {dtype} {r}"] = (X, U, sk.spmm(X, U))
     U = torch.rand(2, 301, 8, generator=g).to(dtype).requires_grad_()
@@ -69,7 +69,7 @@ def tol(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_baseline_spmm(baseline_results, dtype):
-    for r in (8, 13):
+    for r in (8, 13, 20):
         X, U, got = baseline_results[f"spmm {dtype} {r}"]
         assert rel(got, reference.spmm(X.to_dense().double(), U.double())) <= tol(dtype)
 

@@ -1,4 +1,4 @@
-"""The CSR container's node renumbering: locality_order and permute."""
+"""The CSR container: its conversions, and its node renumbering (locality_order and permute)."""
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -55,3 +55,13 @@ def test_bad_arguments():
         permute(A, torch.zeros(20, dtype=torch.int64))
     with pytest.raises(ValueError, match="square"):
         locality_order(sp.random(5, 6, density=0.5, format="csr"))
+
+
+def test_to_takes_a_dtype_first_as_torch_does():
+    X = as_csr(shuffled_band(40, 3, seed=2), dtype=torch.float32)
+    for Y in (X.to(torch.float64), X.to(dtype=torch.float64), X.to("cpu", torch.float64)):
+        assert Y.values.dtype == torch.float64 and Y.device.type == "cpu"
+        assert torch.equal(Y.col_indices, X.col_indices) and torch.equal(Y.values, X.values.double())
+    assert X.to("cpu").values.dtype == torch.float32
+    with pytest.raises(TypeError, match="dtype is given twice"):
+        X.to(torch.float64, dtype=torch.float64)

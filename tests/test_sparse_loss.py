@@ -64,7 +64,7 @@ def _device_for(path, device):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n, r", [(1, 1), (50, 3), (203, 17)])
+@pytest.mark.parametrize("n, r", [(1, 1), (50, 3), (61, 10), (203, 17)])
 def test_sym_loss_value_and_gradient(path, device, dtype, n, r):
     _device_for(path, device)
     A = random_graph(n, seed=n + r)

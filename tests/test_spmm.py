@@ -55,7 +55,7 @@ def dense_product(A, U):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(1, 1), (37, 37), (61, 45), (300, 300)])
-@pytest.mark.parametrize("r", [1, 3, 8, 16, 33, 130])
+@pytest.mark.parametrize("r", [1, 3, 8, 10, 14, 16, 20, 33, 100, 130])
 def test_matches_dense_and_torch_sparse(device, dtype, shape, r):
     A = random_graph(*shape, seed=shape[0] + r)
     U = torch.randn(shape[1], r, dtype=dtype, device=device)
@@ -107,6 +107,10 @@ def test_strided_and_vector_operands():
     base = torch.randn(30, 12, dtype=torch.float64)
     for U in (base[:, ::3], base.T.contiguous().T, base[:, 2:7]):
         assert rel_err(sk.spmm(X, U), dense_product(A, U)) < 1e-12
+    # float32 rows of 10 and 20 inside wider rows: the masked row loop reads only each row's own r values
+    wide, X32 = torch.randn(30, 41), torch_csr(A, torch.float32)
+    for U in (wide[:, :10], wide[:, 3:23], wide[:, 21:]):
+        assert rel_err(sk.spmm(X32, U), dense_product(A, U)) < 1e-6
     v = base[:, 0]
     out = sk.spmm(X, v)
     assert out.shape == (30,) and rel_err(out, dense_product(A, v[:, None])[:, 0]) < 1e-12
@@ -327,10 +331,11 @@ def test_bad_indices(crow, col, match):
     [([0, 2, 1, 3], [0, 1, 2], "non-decreasing"), ([0, 1, 2, 3], [0, 7, 1], "out of range"),
      ([0, 1, 2, 4], [0, 1, 2], "nnz")],
 )
-@pytest.mark.parametrize("r, dtype", [(2, torch.float64), (8, torch.float32), (8, torch.float64)])
+@pytest.mark.parametrize("r, dtype", [(2, torch.float64), (8, torch.float32), (8, torch.float64), (10, torch.float32),
+                                      (20, torch.float32)])
 def test_native_kernel_checks_indices(crow, col, match, r, dtype):
     # The raw op raises RuntimeError (see csrc/spmm.h); sk.spmm raises ValueError before reaching it.
-    # r = 8 in float32 has a row loop of its own on AVX2 machines.
+    # r = 8 in float32 has a row loop of its own on AVX2 machines, and r = 10 and 20 the masked one.
     crow, col = torch.tensor(crow), torch.tensor(col)
     with pytest.raises(RuntimeError, match=match):
         spmm_mod.spmm_csr(crow, col, torch.ones(len(col), dtype=dtype), torch.rand(3, r, dtype=dtype))
