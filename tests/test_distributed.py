@@ -244,6 +244,23 @@ def test_one_process_is_the_single_process_solver(graph, single, monkeypatch):
         assert run.n_iter == single[solver].n_iter
 
 
+def test_sharded_fit_rescales_as_the_single_process_fit(graph, single, monkeypatch):
+    """A similarity in other units (37 X) is fitted as X / its largest eigenvalue on both paths, and its factor
+    scaled back: the labels of X, and U times sqrt(37)."""
+    from symnmf.fitting import build_affinity, fit_affinity
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    A, _ = graph
+    g = sd.ShardedGraph.from_matrix(A * 37.0)
+    assert sd.similarity_scale(sd.ShardedGraph.from_matrix(A)) == 1.0
+    one = fit_affinity(build_affinity(A * 37.0, "precomputed"), K, "hals", random_state=0, max_iter=ITERS, threads=1)
+    run = sd.fit(g, K, "hals", seed=0, max_iter=ITERS)
+    assert run.scale == pytest.approx(37.0, rel=1e-6) and one.scale == pytest.approx(run.scale, rel=1e-9)
+    assert np.array_equal(run.labels, single["hals"].labels) and np.array_equal(one.labels, run.labels)
+    assert torch.allclose(run.U, single["hals"].U * 37.0**0.5, rtol=1e-6, atol=1e-9)
+    assert run.rel_error == pytest.approx(single["hals"].rel_error, rel=1e-9)
+
+
 @pytest.fixture(scope="module")
 def spawned(graph, tmp_path_factory):
     """Three gloo ranks spawned once: fits on the 3 ranks and on a subgroup of 2, and `cluster` outputs."""

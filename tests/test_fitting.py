@@ -69,6 +69,8 @@ def test_defaults_and_result():
         fit_affinity(X, 3, "sgd")
     with pytest.raises(ValueError, match="exceeds the number of nodes"):
         fit_affinity(X, 37, "hals")
+    with pytest.raises(TypeError, match="A must be the torch tensor that build_affinity returns, got ndarray"):
+        fit_affinity(A, 3, "hals")
 
 
 def test_all_zero_graphs_are_refused():
@@ -91,11 +93,14 @@ def test_several_starts_keep_the_highest_modularity(solver):
     fits = fit_affinity(X, 4, solver, random_state=3, n_init=5, max_iter=60)
     assert len(fits.start_modularity) == 5 and fits.start_modularity[fits.start] == max(fits.start_modularity)
     assert fits.start_modularity[fits.start] == pytest.approx(modularity(X, fits.labels, 4), rel=1e-12)
-    starts = fitting.init_factor(X, 4, fitting.make_generator(3), batch_shape=(5,))
-    alone = FUNCTIONS[solver](X, starts[fits.start], max_iter=60)
-    assert torch.allclose(fits.U, alone.U, rtol=1e-10, atol=1e-12) and fits.n_iter == alone.n_iter
+    # X is not a normalised graph: the fits run on X / scale (similarity_scale) and scale U back
+    assert fits.scale == pytest.approx(torch.linalg.eigvalsh(X)[-1].item(), rel=1e-6)
+    X_fit, root = X * (1.0 / fits.scale), fits.scale**0.5
+    starts = fitting.init_factor(X_fit, 4, fitting.make_generator(3), batch_shape=(5,))
+    alone = FUNCTIONS[solver](X_fit, starts[fits.start], max_iter=60)
+    assert torch.allclose(fits.U, alone.U * root, rtol=1e-10, atol=1e-12) and fits.n_iter == alone.n_iter
     first = fit_affinity(X, 4, solver, random_state=3, max_iter=60)
-    assert torch.equal(first.U, FUNCTIONS[solver](X, starts[0], max_iter=60).U)
+    assert torch.equal(first.U, FUNCTIONS[solver](X_fit, starts[0], max_iter=60).U * root)
     assert first.start == 0 and first.start_modularity == []
 
 
@@ -106,3 +111,46 @@ def test_several_starts_refusals():
             fit_affinity(X, 2, "hals", n_init=bad)
     with pytest.raises(ValueError, match="n_restarts"):
         fit_affinity(X, 2, "net", n_init=2)
+
+
+@pytest.mark.parametrize("solver", ["hals", "anls", "pgd", "newton", "admm", "net"])
+def test_a_fit_does_not_depend_on_the_scale_of_the_similarity(solver, monkeypatch):
+    """fit_affinity(c A) = sqrt(c) fit_affinity(A): the solvers see every A at the scale of a normalised
+    graph (largest eigenvalue 1), whatever units its weights come in, and float32 neither over- nor
+    underflows at c = 1e-30 or 1e30. On the torch path: the rule is the fit path's, not a kernel's."""
+    from symnmf_kernels.ops import _common
+
+    monkeypatch.setattr(_common, "interpreting", lambda: False)
+    A, _ = blocks([13, 17, 19, 11], 4)
+    A = A + 0.05
+    options = {"max_iter": 30} if solver != "net" else {"max_iter": 15, "net_options": {"n_restarts": 2}}
+    base = fit_affinity(build_affinity(A, "precomputed", device="cpu"), 4, solver, random_state=1, **options)
+    assert base.scale == pytest.approx(np.linalg.eigvalsh(A)[-1], rel=1e-6)
+    for c in (1e-3, 1e3):
+        fit = fit_affinity(build_affinity(A * c, "precomputed", device="cpu"), 4, solver, random_state=1, **options)
+        assert fit.scale == pytest.approx(c * base.scale, rel=1e-9)
+        assert np.array_equal(fit.labels, base.labels)
+        assert fit.rel_error == pytest.approx(base.rel_error, rel=1e-9, abs=1e-12)
+        assert fit.reconstruction_err == pytest.approx(c * base.reconstruction_err, rel=1e-9)
+        assert torch.allclose(fit.U, base.U * c**0.5, rtol=1e-7, atol=1e-9 * c**0.5)
+    A32 = A.astype(np.float32)
+    small = fit_affinity(build_affinity(A32, "precomputed", device="cpu"), 4, solver, random_state=1, **options)
+    for c in (1e-30, 1e30):
+        fit = fit_affinity(build_affinity(A32 * np.float32(c), "precomputed", device="cpu"), 4, solver,
+                           random_state=1, **options)
+        assert bool(torch.isfinite(fit.U).all()) and fit.U.dtype == torch.float32
+        assert fit.rel_error == pytest.approx(small.rel_error, rel=1e-3)
+
+
+def test_a_normalised_graph_is_factorised_as_it_is():
+    """A graph normalised as `similarity_graph` builds them (largest eigenvalue 1) is not rescaled: its fit is
+    the solver's own on it, bit for bit."""
+    from symnmf import similarity_graph
+    from symnmf.solvers import SOLVERS as FUNCTIONS
+
+    features = np.random.default_rng(0).normal(size=(90, 3)) + np.repeat(np.eye(3) * 4, 30, axis=0)
+    X = build_affinity(similarity_graph(features), "precomputed", device="cpu")
+    fit = fit_affinity(X, 3, "hals", random_state=0, max_iter=40)
+    assert fit.scale == 1.0
+    start = fitting.init_factor(X, 3, fitting.make_generator(0))
+    assert torch.equal(fit.U, FUNCTIONS["hals"](X, start, max_iter=40).U)

@@ -436,7 +436,7 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
     result = {
         "input": source, "affinity": affinity, "solver": args.solver, "n_clusters": k, "n": int(X.shape[0]),
         "device": str(device), "dtype": str(X.dtype).replace("torch.", ""), "rel_error": run.rel_error,
-        "modularity": run.modularity, "iterations": run.n_iter, "seconds": run.seconds,
+        "scale": run.scale, "modularity": run.modularity, "iterations": run.n_iter, "seconds": run.seconds,
         "graph_seconds": graph_seconds, "cluster_sizes": np.bincount(run.labels, minlength=k).tolist(),
     }
     if args.n_init > 1:

@@ -37,6 +37,7 @@ Solvers: SymHALS (`hals`) and SymANLS (`anls`) on Zhu et al.'s two-factor form,
 W and V both row-sharded, and PGD (`pgd`, Kuang et al., Armijo on the projection
 arc), and SymNMF-Net (`net`, in symnmf.distributed_net). SymNewton and ADMM are not sharded yet.
 """
+import copy
 import json
 import math
 import os
@@ -53,7 +54,7 @@ from symnmf_kernels.ops._common import dot64
 from symnmf_kernels.ops.hals import ZERO_COLUMN_FILL, hals_sweep_
 from symnmf_kernels.sparse import CSR
 
-from .fitting import DEFAULT_MAX_ITER
+from .fitting import DEFAULT_MAX_ITER, SCALE_TOL, _per_scale
 from .metrics import cluster_indicators, modularity_from_sums, modularity_sums
 from .solvers.anls import DEFAULTS as _ANLS_DEFAULTS
 from .solvers.hals import DEFAULTS as _HALS_DEFAULTS
@@ -623,6 +624,17 @@ class ShardedGraph:
         cross = self.sum((XU * U).sum(dtype=torch.float64))[0]
         return self.norm_sq - 2 * cross + G.double().pow(2).sum()
 
+    def scaled(self, factor):
+        """This rank's rows of factor * X, sharing the halo plan (nothing is exchanged): a collective-free copy."""
+        out = copy.copy(self)
+        out.values = self.values * factor
+        out.local = CSR(self.local.crow_indices, self.local.col_indices, out.values, self.local.shape,
+                        symmetric=False, name=self.local.name)
+        out.norm_sq = self.norm_sq * factor**2
+        out.value_sum = self.value_sum * factor
+        out.max_value = self.max_value * factor
+        return out
+
     def spectral_norm(self, iters=50):
         """||X||_2 by power iteration from the all-ones vector, as `Problem.spectral_norm`."""
         v = torch.ones((self.n_local, 1), dtype=self.dtype, device=self.device)
@@ -964,7 +976,8 @@ class DistributedFit:
     on rank 0 in the graph's own node order (None elsewhere); U: the whole factor on rank 0 when gathered, else None; objective and
     rel_error: ||X - U U^T||^2 and its ratio to ||X||^2 (all ranks); modularity: the labels' modularity on
     X (all ranks; `symnmf.metrics.modularity`); traffic: this rank's halo bytes; seconds: the solver's
-    wall-clock (after a barrier).
+    wall-clock (after a barrier); scale: X was factorised as X / scale (`similarity_scale`; 1.0 for
+    normalised graphs) and U multiplied by sqrt(scale), so history is that of X / scale.
     """
 
     method: str
@@ -984,12 +997,21 @@ class DistributedFit:
     history: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
     traffic: dict = field(default_factory=dict)
+    scale: float = 1.0
 
 
 def gather_rows(graph, local):
     """The n rows of a row-sharded tensor, on every rank (an all_gather; for outputs, not for iterations)."""
     counts = [graph.offsets[p + 1] - graph.offsets[p] for p in range(graph.comm.world_size)]
     return graph.comm.all_gather_rows(local, counts)
+
+
+def similarity_scale(graph, iters=30):
+    """`symnmf.fitting.similarity_scale` of the whole sharded X: ||X||_2 (power iteration on X / max(X)), or
+    exactly 1.0 when that is within SCALE_TOL of 1."""
+    top = graph.max_value
+    s = top * graph.scaled(1.0 / top).spectral_norm(iters)
+    return 1.0 if abs(s - 1.0) <= SCALE_TOL else s
 
 
 def fit(graph, k, solver="hals", *, seed=0, max_iter=None, tol=None, lam=None, gather_factor=True, **options):
@@ -1000,6 +1022,13 @@ def fit(graph, k, solver="hals", *, seed=0, max_iter=None, tol=None, lam=None, g
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= graph.n:
         raise ValueError(f"k must be an int in [1, n = {graph.n}], got {k!r}")
     comm = graph.comm
+    # As `symnmf.fitting.fit_affinity`: the fit runs on X / scale, and U comes back times sqrt(scale).
+    scale = similarity_scale(graph)
+    if scale != 1.0:
+        graph = graph.scaled(1.0 / scale)
+        lam = _per_scale(lam, scale)
+        if "lam" in options:
+            options["lam"] = _per_scale(options["lam"], scale)
     if solver != "net":  # the net draws the start of each of its restarts itself
         U0 = init_factor(graph, int(k), seed)
         if max_iter is None:
@@ -1016,7 +1045,11 @@ def fit(graph, k, solver="hals", *, seed=0, max_iter=None, tol=None, lam=None, g
     seconds = time.perf_counter() - start
     U = result.U
     XU = graph.matmul(U)
-    objective = float(graph.loss(U, XU, graph.gram(U)))
+    objective = float(graph.loss(U, XU, graph.gram(U)))  # of X / scale: the relative error is X's own
+    rel_error = objective / float(graph.norm_sq)
+    if scale != 1.0:
+        U = U * math.sqrt(scale)
+        objective *= scale**2
     labels_local = U.argmax(dim=-1)
     modularity = float(graph.modularity(labels_local[None], int(k))[0])
     labels = gather_rows(graph, labels_local)  # a collective: every rank takes part
@@ -1034,10 +1067,10 @@ def fit(graph, k, solver="hals", *, seed=0, max_iter=None, tol=None, lam=None, g
     return DistributedFit(
         method=solver, U_local=U, labels_local=labels_local.cpu().numpy(),
         labels=labels.cpu().numpy() if root else None, U=U_all if (root and gather_factor) else None,
-        objective=objective, rel_error=objective / float(graph.norm_sq), n_iter=result.n_iter,
+        objective=objective, rel_error=rel_error, n_iter=result.n_iter,
         converged=result.converged, seconds=seconds, modularity=modularity, rank=comm.rank,
         world_size=comm.world_size,
-        rows=(graph.lo, graph.hi), history=result.history, params=params, traffic=traffic,
+        rows=(graph.lo, graph.hi), history=result.history, params=params, traffic=traffic, scale=scale,
     )
 
 
@@ -1143,7 +1176,7 @@ def _cluster_on_group(source, k, solver, seed, max_iter, tol, lam, dtype, device
             "affinity": "precomputed" if affinity == "precomputed" else "features",
             "solver": solver, "n_clusters": int(k), "n": graph.n, "device": str(graph.device),
             "dtype": str(graph.dtype).replace("torch.", ""), "rel_error": run.rel_error,
-            "modularity": run.modularity, "iterations": run.n_iter, "seconds": run.seconds,
+            "scale": run.scale, "modularity": run.modularity, "iterations": run.n_iter, "seconds": run.seconds,
             "graph_seconds": graph_seconds,
             "cluster_sizes": np.bincount(run.labels, minlength=int(k)).tolist(),
             "world_size": run.world_size, "halo_bytes_sent_total": float(traffic[0]),
