@@ -442,6 +442,21 @@ def test_fit_net_recovers_planted_blocks_with_each_recipe():
         fit_net(X, 3, epochs=2, depth=3)
 
 
+def test_fit_net_does_not_depend_on_the_scale_of_x():
+    """fit_net trains one graph at largest eigenvalue 1 (as the fit path) and scales the factor back: the
+    labels of X at any scale, U(c X) = sqrt(c) U(X); a normalised graph is trained as it is."""
+    X, _ = planted_graph([16, 20, 24], 0.5, 0.03, seed=46)
+    small = dict(n_layers=2, epochs=10, polish_iter=10, n_restarts=2)
+    base = fit_net(X, 3, random_state=0, **small)
+    assert base.scale == 1.0
+    for c in (1e-3, 1e3):
+        fit = fit_net(X * c, 3, random_state=0, **small)
+        assert fit.scale == pytest.approx(c, rel=1e-6)
+        assert torch.equal(fit.labels, base.labels) and fit.index == base.index
+        assert rel(fit.U, base.U * c**0.5) < 1e-6
+        assert fit.relative_error == pytest.approx(base.relative_error, rel=1e-6)
+
+
 def test_fit_net_keeps_the_polished_restart_of_highest_modularity():
     from symnmf.solvers import solve
 

@@ -1060,7 +1060,9 @@ class NetResult:
     n_iter: training steps; seconds: wall time (start U_0 and polish included); net: the trained SymNMFNet
     (all restarts); settings: the recipe's values used; scores: what the rule compared, per restart (the
     modularity of the polished or trained labels, the training loss or E; None for "consensus" and for one
-    restart).
+    restart); scale: one graph X is trained as X / scale and U multiplied by sqrt(scale)
+    (`symnmf.fitting.similarity_scale`; 1.0 for normalised graphs), so net, losses and scores are those of
+    X / scale.
     """
 
     U: torch.Tensor
@@ -1074,6 +1076,7 @@ class NetResult:
     net: "SymNMFNet"
     settings: dict = field(default_factory=dict)
     scores: object = None
+    scale: float = 1.0
 
 
 def fit_net(X, n_components, recipe="default", random_state=None, device=None, dtype=None, verbose=False,
@@ -1104,6 +1107,16 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     X = as_similarity(X, device=device, dtype=dtype)
     if settings["polish_iter"] and X.dim() != 2:
         raise ValueError("polish_iter needs one graph (a single n x n X); pass polish_iter=0 for a batch of graphs")
+    scale = 1.0
+    if X.dim() == 2:
+        # As the fit path: one graph is trained at largest eigenvalue 1 (the polish's SymHALS penalty is not
+        # scale-free), and a lam given as a number, in X's units, goes with it.
+        from .fitting import _per_scale, similarity_scale
+
+        scale = similarity_scale(X)
+        if scale != 1.0:
+            X = X * (1.0 / scale)
+            settings["lam"] = _per_scale(settings["lam"], scale)
     auto_graph = cuda_graph is None
     if auto_graph:
         # The replayed step did the same training 6-13x faster than eager steps on a GPU
@@ -1161,10 +1174,12 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
 
         polished = solve(X, n_components, solver="hals", U0=U.detach(), max_iter=polish_iter)
         U, error = polished.U, polished.history["rel_error"][-1]
+    if scale != 1.0:
+        U = U * math.sqrt(scale)
     if U.is_cuda:
         torch.cuda.synchronize(U.device)
     seconds = time.perf_counter() - start
     return NetResult(U=U.detach(), labels=U.argmax(-1), index=index, relative_error=error,
                      relative_errors=errors if R > 1 else [errors], losses=losses if R > 1 else [losses],
                      n_iter=net.n_iter_, seconds=seconds, net=net, settings=settings,
-                     scores=scores.tolist() if isinstance(scores, torch.Tensor) else scores)
+                     scores=scores.tolist() if isinstance(scores, torch.Tensor) else scores, scale=scale)
