@@ -171,6 +171,7 @@ def test_default_start_and_float32(torch_path, rng):
     "Y, kwargs, match",
     [
         (-np.ones((10, 6)), {}, "Negative values in data Y"),
+        (np.zeros((10, 6)), {}, "Y is all zero"),
         (np.full((10, 6), np.nan), {}, "NaN"),
         (np.full((10, 6), np.inf), {}, "infinity"),
         (np.ones((10, 6)), {"n_components": 7}, "n_components = 7 exceeds min"),

@@ -258,6 +258,8 @@ def test_sklearn_conventions_and_bad_input():
         NeuralNMF([31]).fit(X)
     with pytest.raises(ValueError, match="Negative values"):
         NeuralNMF([3]).fit(-X)
+    with pytest.raises(ValueError, match="X is all zero"):  # else NaN factors and errors
+        NeuralNMF([3]).fit(np.zeros_like(X))
     with pytest.raises(ValueError, match="loss"):
         NeuralNMF([3], loss="kl").fit(X)
     with pytest.raises(ValueError, match="label_mask"):

@@ -310,6 +310,8 @@ class AlternatingNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             Y = Y.copy()
         if (Y < 0).any():
             raise ValueError("Negative values in data Y: NMF needs non-negative data (e.g. clip Y at 0)")
+        if reset and not Y.any():
+            raise ValueError("Y is all zero: there are no features to learn (check the data)")
         return Y
 
     def _device(self, Y):

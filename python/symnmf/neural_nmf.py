@@ -461,6 +461,8 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=reset, ensure_min_samples=1)
         if X.min() < 0:
             raise ValueError(f"Negative values in data passed to NeuralNMF: X must be non-negative (smallest entry {X.min()})")
+        if reset and not X.any():  # every NNLS solution and factor would be 0 and every relative error 0 / 0
+            raise ValueError("X is all zero: there is nothing to factorise (check the data)")
         dtype = (resolve_dtype(self.dtype) or torch.float64) if reset else self._dtype_fit
         X = np.ascontiguousarray(X) if X.flags.writeable else X.copy()  # torch refuses read-only memory
         return torch.as_tensor(X, dtype=dtype, device=device)
