@@ -119,13 +119,16 @@ def similarity_scale(A, iters=30):
     Kuang's penalty max(A)^2 has the units of A squared where the penalty term needs those of A,
     and PGD's Armijo search starts from a unit step. So a fit on c A is not the fit on A scaled:
     on sklearn's digits graph, SymANLS scored ACC 0.81 at c = 1, 0.73 at c = 0.5 and 0.76 at c = 2,
-    and SymHALS at c = 1e3 stopped on its iteration cap. `fit_affinity` therefore divides A by
+    and SymHALS ran into its iteration cap at c = 100 (docs/design.md, "Numerics and robustness"). `fit_affinity` therefore divides A by
     this scale, fits, and multiplies the factor by its square root, so that U(c A) = sqrt(c) U(A).
     The power iteration runs on A / max(A), so that no scale of a float32 A over- or underflows.
     """
     from .solvers.base import Problem
 
-    top = float(A.values().max() if A.layout != torch.strided else A.max())
+    values = A.values() if A.layout != torch.strided else A
+    top = float(values.max()) if values.numel() else 0.0
+    if not (top > 0 and math.isfinite(top)):  # zero, NaN or Inf: the caller's checks refuse such an A
+        return 1.0
     s = top * Problem(A * (1.0 / top)).spectral_norm(iters)
     return 1.0 if abs(s - 1.0) <= SCALE_TOL else s
 
