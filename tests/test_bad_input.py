@@ -100,6 +100,7 @@ def test_a_device_that_cannot_be_used_is_named_before_any_work():
     import numpy as np
 
     import symnmf
+    import symnmf.distributed
     import symnmf.net
 
     features = np.random.default_rng(0).random((30, 4))
@@ -112,6 +113,7 @@ def test_a_device_that_cannot_be_used_is_named_before_any_work():
         "NeuralNMF": lambda device: symnmf.NeuralNMF(ranks=[2], device=device).fit(features),
         "AlternatingNMF": lambda device: symnmf.AlternatingNMF(2, device=device).fit(features),
         "SpecNet2": lambda device: symnmf.SpecNet2(2, device=device).fit(features),
+        "distributed.cluster": lambda device: symnmf.distributed.cluster(graph, 2, device=device),
     }
     for name, call in calls.items():
         with pytest.raises(ValueError, match="device 'tpu' is not a device torch knows; use 'cpu', 'cuda'"):

@@ -62,6 +62,7 @@ from .solvers.base import Monitor, as_seed, check_lam, default_check_every, proj
 from .solvers.penalised import half_gradient
 from .solvers.nnls import nnls_gram
 from .solvers.pgd import DEFAULTS as _PGD_DEFAULTS
+from .validation import check_device
 
 __all__ = [
     "Comm", "row_offsets", "BALANCES", "read_npz_rows", "save_shards", "HaloPlan", "ShardedGraph", "init_factor",
@@ -1119,6 +1120,7 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
         from .fitting import resolve_dtype
 
         dtype = resolve_dtype(dtype)
+    device = check_device(device)
     owns_group = group is None and "WORLD_SIZE" in os.environ and not dist.is_initialized()
     if group is None:
         env_device = init_from_env(None if device is None else ("nccl" if torch.device(device).type == "cuda"
