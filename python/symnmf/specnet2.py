@@ -265,8 +265,9 @@ def _ritz(graph, Y, k):
     keep = s > s.max() * 1e-6
     if keep.sum() < k:
         raise FloatingPointError(
-            f"the network's output has rank {int(keep.sum())} < n_components = {k} (collapsed outputs); train "
-            "longer or with a lower lr, or use more hidden units"
+            f"the network's output has rank {int(keep.sum())} < n_components = {k} (collapsed outputs). If the "
+            "samples hold fewer than n_components distinct points (duplicates), ask for fewer components; else "
+            "train longer or with a lower lr, or use more hidden units"
         )
     B = U[:, keep] / np.sqrt(s[keep])
     mu, Q = np.linalg.eigh(B.T @ ((K + K.T) / 2) @ B)
