@@ -86,8 +86,8 @@ inline void row_masked_f32(int64_t start, int64_t end, int64_t nnz, const index_
   for (; k < end; ++k) {
     if constexpr (NV * 32 >= static_cast<int>(kPrefetchRowBytes)) {
       if (k + kPrefetchDistance < nnz) {
-        const char* next = reinterpret_cast<const char*>(u + static_cast<int64_t>(col[k + kPrefetchDistance]) * stride_n);
-        for (int c = 0; c < NV * 32; c += 64) __builtin_prefetch(next + c, 0, 1);
+        const float* ahead = u + static_cast<int64_t>(col[k + kPrefetchDistance]) * stride_n;
+        for (int c = 0; c < NV * 8; c += 16) __builtin_prefetch(ahead + c, 0, 1);
       }
     }
     const int64_t j = static_cast<int64_t>(col[k]);

@@ -42,9 +42,9 @@ from .validation import as_similarity, check_device, check_rank, check_similarit
 
 __all__ = [
     "SOLVERS", "SOLVER_NAMES", "AFFINITIES", "DEFAULT_MAX_ITER", "DEFAULT_EPOCHS", "DEFAULT_RECIPE", "NET_DEFAULTS",
-    "SMALL_PROBLEM",
-    "FitResult", "resolve_device", "resolve_dtype", "build_affinity", "fit_affinity", "default_threads",
-    "thread_limit", "show_progress", "sync_device",
+    "SMALL_PROBLEM", "SCALE_TOL",
+    "FitResult", "resolve_device", "resolve_dtype", "build_affinity", "fit_affinity", "similarity_scale",
+    "default_threads", "thread_limit", "show_progress", "sync_device",
 ]
 
 SOLVERS = ("net", "anls", "hals", "pgd", "newton", "admm")
@@ -119,8 +119,9 @@ def similarity_scale(A, iters=30):
     Kuang's penalty max(A)^2 has the units of A squared where the penalty term needs those of A,
     and PGD's Armijo search starts from a unit step. So a fit on c A is not the fit on A scaled:
     on sklearn's digits graph, SymANLS scored ACC 0.81 at c = 1, 0.73 at c = 0.5 and 0.76 at c = 2,
-    and SymHALS ran into its iteration cap at c = 100 (docs/design.md, "Numerics and robustness"). `fit_affinity` therefore divides A by
-    this scale, fits, and multiplies the factor by its square root, so that U(c A) = sqrt(c) U(A).
+    and SymHALS ran into its iteration cap at c = 100 (docs/design.md, "Numerics and robustness").
+    `fit_affinity` therefore divides A by this scale, fits, and multiplies the factor by its square
+    root, so that U(c A) = sqrt(c) U(A).
     The power iteration runs on A / max(A), so that no scale of a float32 A over- or underflows.
     """
     from .solvers.base import Problem
