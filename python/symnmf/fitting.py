@@ -29,6 +29,7 @@ import contextlib
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,16 +123,33 @@ def similarity_scale(A, iters=30):
     and SymHALS ran into its iteration cap at c = 100 (docs/design.md, "Numerics and robustness").
     `fit_affinity` therefore divides A by this scale, fits, and multiplies the factor by its square
     root, so that U(c A) = sqrt(c) U(A).
-    The power iteration runs on A / max(A), so that no scale of a float32 A over- or underflows.
+    The power iteration divides each product by max(A), so that no scale of a float32 A over- or
+    underflows, and it never copies A.
     """
-    from .solvers.base import Problem
-
-    values = A.values() if A.layout != torch.strided else A
+    sparse = A.layout != torch.strided
+    values = A.values() if sparse else A
     top = float(values.max()) if values.numel() else 0.0
     if not (top > 0 and math.isfinite(top)):  # zero, NaN or Inf: the caller's checks refuse such an A
         return 1.0
-    s = top * Problem(A * (1.0 / top)).spectral_norm(iters)
+    n = A.shape[-1]
+    v = torch.full((n, 1), 1.0 / math.sqrt(n), dtype=A.dtype, device=A.device)
+    est = v.new_zeros(())
+    for _ in range(iters):  # (A / max A) v, from the all-ones start: as `Problem.spectral_norm` on A / max A
+        w = (sk.spmm(A, v) if sparse else A @ v).mul_(1.0 / top)
+        est = w.norm()
+        v = w / torch.clamp(est, min=torch.finfo(A.dtype).tiny)
+    s = top * float(est)
     return 1.0 if abs(s - 1.0) <= SCALE_TOL else s
+
+
+def scaled_similarity(A, factor):
+    """factor * A; a sparse A keeps its index tensors (only the values are new)."""
+    if A.layout == torch.strided:
+        return A * factor
+    with warnings.catch_warnings():  # torch's "sparse CSR is beta" notice
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(A.crow_indices(), A.col_indices(), A.values() * factor, A.shape,
+                                       check_invariants=False)
 
 
 def resolve_device(device=None, X=None):
@@ -380,7 +398,7 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
         # The fit runs on A / scale (`similarity_scale`); a penalty given as a number is in A's units.
         scale = similarity_scale(A)
         if scale != 1.0:
-            A = A * (1.0 / scale)
+            A = scaled_similarity(A, 1.0 / scale)
             lam = _per_scale(lam, scale)
         sync_device(device)
         start = time.perf_counter()

@@ -1111,11 +1111,11 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     if X.dim() == 2:
         # As the fit path: one graph is trained at largest eigenvalue 1 (the polish's SymHALS penalty is not
         # scale-free), and a lam given as a number, in X's units, goes with it.
-        from .fitting import _per_scale, similarity_scale
+        from .fitting import _per_scale, scaled_similarity, similarity_scale
 
         scale = similarity_scale(X)
         if scale != 1.0:
-            X = X * (1.0 / scale)
+            X = scaled_similarity(X, 1.0 / scale)
             settings["lam"] = _per_scale(settings["lam"], scale)
     auto_graph = cuda_graph is None
     if auto_graph:
