@@ -332,10 +332,10 @@ def test_bad_indices(crow, col, match):
      ([0, 1, 2, 4], [0, 1, 2], "nnz")],
 )
 @pytest.mark.parametrize("r, dtype", [(2, torch.float64), (8, torch.float32), (8, torch.float64), (10, torch.float32),
-                                      (20, torch.float32)])
+                                      (20, torch.float32), (10, torch.float64)])
 def test_native_kernel_checks_indices(crow, col, match, r, dtype):
     # The raw op raises RuntimeError (see csrc/spmm.h); sk.spmm raises ValueError before reaching it.
-    # r = 8 in float32 has a row loop of its own on AVX2 machines, and r = 10 and 20 the masked one.
+    # r = 8 in float32 has a row loop of its own on AVX2 machines, and r = 10 and 20 (float64: 10) the masked one.
     crow, col = torch.tensor(crow), torch.tensor(col)
     with pytest.raises(RuntimeError, match=match):
         spmm_mod.spmm_csr(crow, col, torch.ones(len(col), dtype=dtype), torch.rand(3, r, dtype=dtype))
