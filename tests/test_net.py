@@ -455,6 +455,7 @@ def test_fit_net_does_not_depend_on_the_scale_of_x():
         assert torch.equal(fit.labels, base.labels) and fit.index == base.index
         assert rel(fit.U, base.U * c**0.5) < 1e-6
         assert fit.relative_error == pytest.approx(base.relative_error, rel=1e-6)
+    assert fit_net(X * 1e3, 3, random_state=0, scale=1.0, **small).scale == 1.0  # as given: no estimate
 
 
 def test_fit_net_keeps_the_polished_restart_of_highest_modularity():

@@ -44,141 +44,118 @@ inline void row8_f32(int64_t start, int64_t end, const index_t* __restrict__ col
   _mm256_storeu_ps(o + c0, _mm256_add_ps(a0, a1));
 }
 
-// Float32 widths 9-31 but 16, in one pass over the row's nonzeros: NV = ceil(r / 8) 256-bit accumulators, the
-// last one loading and storing only its r - 8 (NV - 1) valid lanes (a masked load never touches the masked-off
-// memory, so the last row of u is safe); at NV = 2 two sets of accumulators take alternate nonzeros, as in
-// row8_f32. Before, r = 9-15 ran on the compiler's code for those widths, and 17-31 took two passes (16, then
-// the rest). Timed in turns against those loops at n = 100,000 (random and kNN graphs, one thread), this loop
-// was 1.25-1.45x faster at r = 10 and 14 and 1.09-1.22x at r = 20-28; from r = 33 on it was 0.80-0.95x the
-// two passes, which keep those widths. Each column is summed over the nonzeros in order (two interleaved
-// partial sums at NV = 2).
-template <int NV, typename index_t>
-inline void row_masked_f32(int64_t start, int64_t end, int64_t nnz, const index_t* __restrict__ col,
-                           const float* __restrict__ val, const float* __restrict__ u, int64_t n_cols,
-                           int64_t stride_n, int64_t r, float* __restrict__ o, int64_t& bad) {
-  const int last = static_cast<int>(r - 8 * (NV - 1));  // 1..8 valid lanes in the last vector
-  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(last), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  __m256 acc[NV];
-  for (int v = 0; v < NV; ++v) acc[v] = _mm256_setzero_ps();
-  int64_t k = start;
-  if constexpr (NV == 2) {
-    __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
-    for (; k + 2 <= end; k += 2) {
-      const int64_t j0 = static_cast<int64_t>(col[k]), j1 = static_cast<int64_t>(col[k + 1]);
-      if (static_cast<uint64_t>(j0) < static_cast<uint64_t>(n_cols)) {
-        const __m256 x = _mm256_set1_ps(val[k]);
-        acc[0] = _mm256_fmadd_ps(x, _mm256_loadu_ps(u + j0 * stride_n), acc[0]);
-        acc[1] = _mm256_fmadd_ps(x, _mm256_maskload_ps(u + j0 * stride_n + 8, mask), acc[1]);
-      } else {
-        bad = k;
-      }
-      if (static_cast<uint64_t>(j1) < static_cast<uint64_t>(n_cols)) {
-        const __m256 x = _mm256_set1_ps(val[k + 1]);
-        b0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(u + j1 * stride_n), b0);
-        b1 = _mm256_fmadd_ps(x, _mm256_maskload_ps(u + j1 * stride_n + 8, mask), b1);
-      } else {
-        bad = k + 1;
-      }
-    }
-    acc[0] = _mm256_add_ps(acc[0], b0);
-    acc[1] = _mm256_add_ps(acc[1], b1);
+// 256-bit registers of float32 (8 lanes) and float64 (4 lanes) for row_masked, with a mask of the first
+// `valid` lanes (a masked load never touches the masked-off memory, so the last row of u is safe).
+struct Lanes32 {
+  using scalar = float;
+  using vec = __m256;
+  static constexpr int kLanes = 8;
+  static vec zero() { return _mm256_setzero_ps(); }
+  static vec set1(float x) { return _mm256_set1_ps(x); }
+  static vec load(const float* p) { return _mm256_loadu_ps(p); }
+  static vec mask_load(const float* p, __m256i m) { return _mm256_maskload_ps(p, m); }
+  static vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+  static vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
+  static void store(float* p, vec a) { _mm256_storeu_ps(p, a); }
+  static void mask_store(float* p, __m256i m, vec a) { _mm256_maskstore_ps(p, m, a); }
+  static __m256i mask(int valid) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
-  for (; k < end; ++k) {
-    if constexpr (NV * 32 >= static_cast<int>(kPrefetchRowBytes)) {
-      if (k + kPrefetchDistance < nnz) {
-        const float* ahead = u + static_cast<int64_t>(col[k + kPrefetchDistance]) * stride_n;
-        for (int c = 0; c < NV * 8; c += 16) __builtin_prefetch(ahead + c, 0, 1);
-      }
-    }
+};
+struct Lanes64 {
+  using scalar = double;
+  using vec = __m256d;
+  static constexpr int kLanes = 4;
+  static vec zero() { return _mm256_setzero_pd(); }
+  static vec set1(double x) { return _mm256_set1_pd(x); }
+  static vec load(const double* p) { return _mm256_loadu_pd(p); }
+  static vec mask_load(const double* p, __m256i m) { return _mm256_maskload_pd(p, m); }
+  static vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_pd(a, b, c); }
+  static vec add(vec a, vec b) { return _mm256_add_pd(a, b); }
+  static void store(double* p, vec a) { _mm256_storeu_pd(p, a); }
+  static void mask_store(double* p, __m256i m, vec a) { _mm256_maskstore_pd(p, m, a); }
+  static __m256i mask(int valid) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(valid), _mm256_setr_epi64x(0, 1, 2, 3));
+  }
+};
+
+// One output row of r columns in one pass over the row's nonzeros: NV = ceil(r / lanes) accumulators, the last
+// read and written through a mask. ALT: two sets of accumulators take alternate nonzeros (as row8_f32), so that
+// consecutive multiply-adds need not wait for each other; without it, rows of at least kPrefetchRowBytes are
+// prefetched as in row_fixed. Each column is summed over the nonzeros in order (two interleaved partial sums
+// with ALT). Before, float32 r = 9-15 (and float64 9-15) ran the compiler's code for those widths and float32
+// 17-31 took two passes (16, then the rest). Timed in turns against those loops at n = 100,000 (random and kNN
+// graphs, one thread): float32 1.25-1.45x at r = 10 and 14 and 1.09-1.22x at 20-28, but 0.80-0.95x from r = 33
+// on, which keeps the two passes; float64 1.03-1.20x at r = 9-12 and 15, 1.04-1.06x at 14, 0.99-1.09x at 13,
+// and a tie at 5-7 (0.93-1.06x), which keep row_fixed.
+template <typename L, int NV, bool ALT, typename index_t>
+inline void row_masked_loop(int64_t start, int64_t end, int64_t nnz, const index_t* __restrict__ col,
+                            const typename L::scalar* __restrict__ val, const typename L::scalar* __restrict__ u,
+                            int64_t n_cols, int64_t stride_n, int64_t r, typename L::scalar* __restrict__ o,
+                            int64_t& bad) {
+  using vec = typename L::vec;
+  const __m256i mask = L::mask(static_cast<int>(r - L::kLanes * (NV - 1)));
+  vec acc[NV], alt[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = alt[v] = L::zero();
+  // a[] += val[k] * u[col[k], 0 .. r), or k recorded in bad when col[k] is out of range
+  auto add_nonzero = [&](vec* a, int64_t k) {
     const int64_t j = static_cast<int64_t>(col[k]);
     if (static_cast<uint64_t>(j) >= static_cast<uint64_t>(n_cols)) {
       bad = k;
-      continue;
+      return;
     }
-    const __m256 x = _mm256_set1_ps(val[k]);
-    const float* __restrict__ uj = u + j * stride_n;
-    for (int v = 0; v < NV - 1; ++v) acc[v] = _mm256_fmadd_ps(x, _mm256_loadu_ps(uj + 8 * v), acc[v]);
-    acc[NV - 1] = _mm256_fmadd_ps(x, _mm256_maskload_ps(uj + 8 * (NV - 1), mask), acc[NV - 1]);
-  }
-  for (int v = 0; v < NV - 1; ++v) _mm256_storeu_ps(o + 8 * v, acc[v]);
-  _mm256_maskstore_ps(o + 8 * (NV - 1), mask, acc[NV - 1]);
-}
-
-// The same loop for float64 rows: NV = ceil(r / 4) 256-bit accumulators of four doubles, the last masked,
-// and two sets of them taking alternate nonzeros.
-template <int NV, typename index_t>
-inline void row_masked_f64(int64_t start, int64_t end, const index_t* __restrict__ col,
-                           const double* __restrict__ val, const double* __restrict__ u, int64_t n_cols,
-                           int64_t stride_n, int64_t r, double* __restrict__ o, int64_t& bad) {
-  const long long last = r - 4 * (NV - 1);  // 1..4 valid lanes in the last vector
-  const __m256i mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(last), _mm256_setr_epi64x(0, 1, 2, 3));
-  __m256d acc[NV], alt[NV];
-  for (int v = 0; v < NV; ++v) acc[v] = alt[v] = _mm256_setzero_pd();
+    const vec x = L::set1(val[k]);
+    const typename L::scalar* __restrict__ uj = u + j * stride_n;
+    for (int v = 0; v < NV - 1; ++v) a[v] = L::fmadd(x, L::load(uj + L::kLanes * v), a[v]);
+    a[NV - 1] = L::fmadd(x, L::mask_load(uj + L::kLanes * (NV - 1), mask), a[NV - 1]);
+  };
   int64_t k = start;
-  for (; k + 2 <= end; k += 2) {  // two sets of accumulators take alternate nonzeros
-    const int64_t j0 = static_cast<int64_t>(col[k]), j1 = static_cast<int64_t>(col[k + 1]);
-    if (static_cast<uint64_t>(j0) < static_cast<uint64_t>(n_cols)) {
-      const __m256d x = _mm256_set1_pd(val[k]);
-      const double* __restrict__ uj = u + j0 * stride_n;
-      for (int v = 0; v < NV - 1; ++v) acc[v] = _mm256_fmadd_pd(x, _mm256_loadu_pd(uj + 4 * v), acc[v]);
-      acc[NV - 1] = _mm256_fmadd_pd(x, _mm256_maskload_pd(uj + 4 * (NV - 1), mask), acc[NV - 1]);
-    } else {
-      bad = k;
-    }
-    if (static_cast<uint64_t>(j1) < static_cast<uint64_t>(n_cols)) {
-      const __m256d x = _mm256_set1_pd(val[k + 1]);
-      const double* __restrict__ uj = u + j1 * stride_n;
-      for (int v = 0; v < NV - 1; ++v) alt[v] = _mm256_fmadd_pd(x, _mm256_loadu_pd(uj + 4 * v), alt[v]);
-      alt[NV - 1] = _mm256_fmadd_pd(x, _mm256_maskload_pd(uj + 4 * (NV - 1), mask), alt[NV - 1]);
-    } else {
-      bad = k + 1;
+  if constexpr (ALT) {
+    for (; k + 2 <= end; k += 2) {
+      add_nonzero(acc, k);
+      add_nonzero(alt, k + 1);
     }
   }
-  if (k < end) {
-    const int64_t j = static_cast<int64_t>(col[k]);
-    if (static_cast<uint64_t>(j) < static_cast<uint64_t>(n_cols)) {
-      const __m256d x = _mm256_set1_pd(val[k]);
-      const double* __restrict__ uj = u + j * stride_n;
-      for (int v = 0; v < NV - 1; ++v) acc[v] = _mm256_fmadd_pd(x, _mm256_loadu_pd(uj + 4 * v), acc[v]);
-      acc[NV - 1] = _mm256_fmadd_pd(x, _mm256_maskload_pd(uj + 4 * (NV - 1), mask), acc[NV - 1]);
-    } else {
-      bad = k;
+  for (; k < end; ++k) {
+    if constexpr (!ALT && NV * sizeof(vec) >= kPrefetchRowBytes) {
+      if (k + kPrefetchDistance < nnz) {
+        const char* ahead = reinterpret_cast<const char*>(u + static_cast<int64_t>(col[k + kPrefetchDistance]) *
+                                                                  stride_n);
+        for (size_t c = 0; c < NV * sizeof(vec); c += 64) __builtin_prefetch(ahead + c, 0, 1);
+      }
     }
+    add_nonzero(acc, k);
   }
-  for (int v = 0; v < NV - 1; ++v) _mm256_storeu_pd(o + 4 * v, _mm256_add_pd(acc[v], alt[v]));
-  _mm256_maskstore_pd(o + 4 * (NV - 1), mask, _mm256_add_pd(acc[NV - 1], alt[NV - 1]));
+  for (int v = 0; v < NV - 1; ++v) L::store(o + L::kLanes * v, ALT ? L::add(acc[v], alt[v]) : acc[v]);
+  L::mask_store(o + L::kLanes * (NV - 1), mask, ALT ? L::add(acc[NV - 1], alt[NV - 1]) : acc[NV - 1]);
 }
 
-// row_masked_f64 for float64 r = 9-15 (NV = 3, 4); false for other r. Timed in turns against row_fixed at
-// n = 100,000 (random and kNN graphs, one thread): 1.03-1.20x at r = 9-12 and 15, 1.04-1.06x at 14, 0.99-1.09x
-// at 13; at r = 5-7 the two tied (0.93-1.06x), so those keep row_fixed.
-template <typename index_t>
-inline bool row_masked(int64_t start, int64_t end, int64_t nnz, const index_t* col, const double* val,
-                       const double* u, int64_t n_cols, int64_t r, int64_t stride_n, double* o, int64_t& bad) {
-  (void)nnz;  // rows of at most 120 bytes: no prefetch (see the top of this file)
-  if (r <= 8 || r >= 16) return false;
-  if (r <= 12) {
-    row_masked_f64<3>(start, end, col, val, u, n_cols, stride_n, r, o, bad);
-  } else {
-    row_masked_f64<4>(start, end, col, val, u, n_cols, stride_n, r, o, bad);
-  }
-  return true;
-}
-
-// row_masked_f32 for r's NV; false where r has no such loop (r <= 8, r = 16, r >= 32).
+// row_masked_loop for the widths it serves: float32 r = 9-31 but 16 (alternating at r < 16), float64 r = 9-15
+// (alternating); false for any other r.
 template <typename index_t>
 inline bool row_masked(int64_t start, int64_t end, int64_t nnz, const index_t* col, const float* val, const float* u,
                        int64_t n_cols, int64_t r, int64_t stride_n, float* o, int64_t& bad) {
   if (r <= 8 || r >= 32 || r == 16) return false;
-#define SYMNMF_MASKED_CASE(NV) \
-  case NV:                     \
-    row_masked_f32<NV>(start, end, nnz, col, val, u, n_cols, stride_n, r, o, bad); \
-    return true;
-  switch ((r + 7) / 8) {
-    SYMNMF_MASKED_CASE(2) SYMNMF_MASKED_CASE(3) SYMNMF_MASKED_CASE(4)
-    default: return false;
+  if (r < 16) {
+    row_masked_loop<Lanes32, 2, true>(start, end, nnz, col, val, u, n_cols, stride_n, r, o, bad);
+  } else if (r <= 24) {
+    row_masked_loop<Lanes32, 3, false>(start, end, nnz, col, val, u, n_cols, stride_n, r, o, bad);
+  } else {
+    row_masked_loop<Lanes32, 4, false>(start, end, nnz, col, val, u, n_cols, stride_n, r, o, bad);
   }
-#undef SYMNMF_MASKED_CASE
+  return true;
+}
+
+template <typename index_t>
+inline bool row_masked(int64_t start, int64_t end, int64_t nnz, const index_t* col, const double* val,
+                       const double* u, int64_t n_cols, int64_t r, int64_t stride_n, double* o, int64_t& bad) {
+  if (r <= 8 || r >= 16) return false;
+  if (r <= 12) {
+    row_masked_loop<Lanes64, 3, true>(start, end, nnz, col, val, u, n_cols, stride_n, r, o, bad);
+  } else {
+    row_masked_loop<Lanes64, 4, true>(start, end, nnz, col, val, u, n_cols, stride_n, r, o, bad);
+  }
+  return true;
 }
 #endif
 

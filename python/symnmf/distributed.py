@@ -54,7 +54,7 @@ from symnmf_kernels.ops._common import dot64
 from symnmf_kernels.ops.hals import ZERO_COLUMN_FILL, hals_sweep_
 from symnmf_kernels.sparse import CSR
 
-from .fitting import DEFAULT_MAX_ITER, SCALE_TOL, _per_scale
+from .fitting import DEFAULT_MAX_ITER, _per_scale, snapped_scale
 from .metrics import cluster_indicators, modularity_from_sums, modularity_sums
 from .solvers.anls import DEFAULTS as _ANLS_DEFAULTS
 from .solvers.hals import DEFAULTS as _HALS_DEFAULTS
@@ -1008,11 +1008,9 @@ def gather_rows(graph, local):
 
 
 def similarity_scale(graph, iters=30):
-    """`symnmf.fitting.similarity_scale` of the whole sharded X: ||X||_2 (power iteration on X / max(X)), or
-    exactly 1.0 when that is within SCALE_TOL of 1."""
-    top = graph.max_value
-    s = top * graph.scaled(1.0 / top).spectral_norm(iters)
-    return 1.0 if abs(s - 1.0) <= SCALE_TOL else s
+    """`symnmf.fitting.similarity_scale` of the whole sharded X: ||X||_2 by power iteration, or exactly 1.0 within
+    SCALE_TOL of 1. `ShardedGraph.spectral_norm` sums its squares in float64: no scale over- or underflows."""
+    return snapped_scale(graph.spectral_norm(iters))
 
 
 def fit(graph, k, solver="hals", *, seed=0, max_iter=None, tol=None, lam=None, gather_factor=True, **options):

@@ -45,6 +45,7 @@ __all__ = [
     "SOLVERS", "SOLVER_NAMES", "AFFINITIES", "DEFAULT_MAX_ITER", "DEFAULT_EPOCHS", "DEFAULT_RECIPE", "NET_DEFAULTS",
     "SMALL_PROBLEM", "SCALE_TOL",
     "FitResult", "resolve_device", "resolve_dtype", "build_affinity", "fit_affinity", "similarity_scale",
+    "snapped_scale",
     "default_threads", "thread_limit", "show_progress", "sync_device",
 ]
 
@@ -123,22 +124,20 @@ def similarity_scale(A, iters=30):
     and SymHALS ran into its iteration cap at c = 100 (docs/design.md, "Numerics and robustness").
     `fit_affinity` therefore divides A by this scale, fits, and multiplies the factor by its square
     root, so that U(c A) = sqrt(c) U(A).
-    The power iteration divides each product by max(A), so that no scale of a float32 A over- or
-    underflows, and it never copies A.
+    The power iteration (`symnmf.net.spectral_norm`) divides each product by max(A), so that no scale
+    of a float32 A over- or underflows, and it never copies A.
     """
-    sparse = A.layout != torch.strided
-    values = A.values() if sparse else A
+    from .net import spectral_norm
+
+    values = A.values() if A.layout != torch.strided else A
     top = float(values.max()) if values.numel() else 0.0
     if not (top > 0 and math.isfinite(top)):  # zero, NaN or Inf: the caller's checks refuse such an A
         return 1.0
-    n = A.shape[-1]
-    v = torch.full((n, 1), 1.0 / math.sqrt(n), dtype=A.dtype, device=A.device)
-    est = v.new_zeros(())
-    for _ in range(iters):  # (A / max A) v, from the all-ones start: as `Problem.spectral_norm` on A / max A
-        w = (sk.spmm(A, v) if sparse else A @ v).mul_(1.0 / top)
-        est = w.norm()
-        v = w / torch.clamp(est, min=torch.finfo(A.dtype).tiny)
-    s = top * float(est)
+    return snapped_scale(float(spectral_norm(A, iters, unit=top)))
+
+
+def snapped_scale(s):
+    """s, or exactly 1.0 when it is within SCALE_TOL of 1 (a graph normalised to largest eigenvalue 1)."""
     return 1.0 if abs(s - 1.0) <= SCALE_TOL else s
 
 
@@ -302,7 +301,9 @@ def _fit_net(A, rank, seed, epochs, tol, verbose, net_options, recipe):
     from .net import fit_net
 
     options = {k: v for k, v in (net_options or {}).items() if v is not None}
-    result = fit_net(A, rank, recipe=recipe, random_state=seed, verbose=verbose, epochs=epochs, tol=tol, **options)
+    # A comes at the scale `fit_affinity` chose: scale=1.0 trains it as it is, without a second estimate
+    result = fit_net(A, rank, recipe=recipe, random_state=seed, verbose=verbose, epochs=epochs, tol=tol, scale=1.0,
+                     **options)
     converged = result.n_iter < result.settings["epochs"]  # stopped before the cap: by its plateau rule
     return result.U, result.net, int(result.n_iter), bool(converged), result.net.history_
 

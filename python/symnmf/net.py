@@ -178,17 +178,23 @@ def kuang_init(X, rank, batch_shape=(), generator=None):
     return init_factor(X, rank, generator, batch_shape=batch_shape)
 
 
-def spectral_norm(X, iters=50):
-    """||X||_2 per problem by power iteration from the all-ones vector (X >= 0: the Perron root)."""
+def spectral_norm(X, iters=50, unit=1.0):
+    """||X||_2 per problem by power iteration from the all-ones vector (X >= 0: the Perron root).
+
+    unit: each product is divided by it and the result multiplied back; a unit near max(X) keeps a float32 X
+    of any scale from over- or underflowing in the squared norms.
+    """
     n = X.shape[-1]
     shape = (n, 1) if _is_sparse(X) else (*X.shape[:-2], n, 1)
     v = torch.ones(shape, dtype=X.dtype, device=X.device) / math.sqrt(n)
     est = None
     for _ in range(iters):
         w = _times(X, v)
+        if unit != 1.0:
+            w.mul_(1.0 / unit)
         est = w.pow(2).sum((-2, -1)).sqrt()
         v = w / _batch_view(torch.clamp(est, min=torch.finfo(X.dtype).tiny))
-    return est
+    return est if unit == 1.0 else est * unit
 
 
 @torch.no_grad()
@@ -1080,7 +1086,7 @@ class NetResult:
 
 
 def fit_net(X, n_components, recipe="default", random_state=None, device=None, dtype=None, verbose=False,
-            cuda_graph=None, **overrides):
+            cuda_graph=None, scale=None, **overrides):
     """Train SymNMF-Net on X with a named recipe (`RECIPES`), restarts batched, and keep one restart.
 
     X: similarity (dense/sparse; numpy, scipy or torch). overrides: any recipe key
@@ -1092,6 +1098,8 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     step from a CUDA graph (`SymNMFNet.fit`); None (the default) does so for X on a CUDA device whenever the
     recipe allows it (a constant lr, no beta decay), and trains again with eager steps,
     with a warning, should the capture fail (`CudaGraphCaptureError`; other errors are raised).
+    scale: one graph X is trained as X / scale and U multiplied back by sqrt(scale); None (the default) takes
+    `symnmf.fitting.similarity_scale(X)`, 1.0 trains X as given (for an X already scaled).
     Returns a `NetResult`.
     """
     settings = dict(_recipe(recipe))
@@ -1107,16 +1115,19 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     X = as_similarity(X, device=device, dtype=dtype)
     if settings["polish_iter"] and X.dim() != 2:
         raise ValueError("polish_iter needs one graph (a single n x n X); pass polish_iter=0 for a batch of graphs")
-    scale = 1.0
-    if X.dim() == 2:
+    if X.dim() != 2:
+        scale = 1.0
+    elif scale is None:
         # As the fit path: one graph is trained at largest eigenvalue 1 (the polish's SymHALS penalty is not
         # scale-free), and a lam given as a number, in X's units, goes with it.
-        from .fitting import _per_scale, scaled_similarity, similarity_scale
+        from .fitting import similarity_scale
 
         scale = similarity_scale(X)
-        if scale != 1.0:
-            X = scaled_similarity(X, 1.0 / scale)
-            settings["lam"] = _per_scale(settings["lam"], scale)
+    if scale != 1.0:
+        from .fitting import _per_scale, scaled_similarity
+
+        X = scaled_similarity(X, 1.0 / scale)
+        settings["lam"] = _per_scale(settings["lam"], scale)
     auto_graph = cuda_graph is None
     if auto_graph:
         # The replayed step did the same training 6-13x faster than eager steps on a GPU
