@@ -243,11 +243,40 @@ def test_spmm_goes_to_torch_where_it_is_faster(monkeypatch, r, dtype):
     assert not calls
 
 
+@pytest.mark.parametrize("r", [5, 8, 10])
+@pytest.mark.parametrize("batch", [2, 4, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batch_rows_are_bitwise_those_of_each_problem_alone(r, batch, dtype):
+    """The CPU kernels may multiply a batch's problems side by side (float32 r = 8: one pass over X's nonzeros for
+    up to four problems); each problem's rows must still be exactly what it gets alone, sums included."""
+    ops = torch.ops.symnmf_kernels
+    X = random_sparse(301, 6, batch + r).to(dtype)
+    A = as_csr(X)
+    csr = (A.crow_indices, A.col_indices, A.values)
+    gen = torch.Generator().manual_seed(r * 10 + batch)
+    U, P, T = (torch.rand(batch, 301, r, generator=gen, dtype=dtype) for _ in range(3))
+    lam, cs, cr = (torch.rand(batch, generator=gen, dtype=dtype) for _ in range(3))
+    out = ops.spmm_csr(*csr, U)
+    assert torch.equal(out, torch.stack([ops.spmm_csr(*csr, U[b]) for b in range(batch)]))
+    close(out, X.to_dense() @ U, 1e-5 if dtype == torch.float32 else 1e-12)
+    S, R, sums = ops.sparse_loss_terms_csr(*csr, U, P, lam)
+    alone = [ops.sparse_loss_terms_csr(*csr, U[b:b + 1], P[b:b + 1], lam[b:b + 1]) for b in range(batch)]
+    for got, parts in zip((S, R, sums), zip(*alone)):
+        assert torch.equal(got, torch.cat(parts))
+    for T_b in (T, None):
+        dU = ops.sparse_loss_grad_csr(*csr, T_b, S, R, lam, cs, cr)
+        one = [ops.sparse_loss_grad_csr(*csr, None if T_b is None else T_b[b:b + 1], S[b:b + 1], R[b:b + 1],
+                                        lam[b:b + 1], cs[b:b + 1], cr[b:b + 1]) for b in range(batch)]
+        assert torch.equal(dU, torch.cat(one))
+
+
 def test_spmm_bad_indices_raise_runtime_error():
     U = torch.rand(3, 8)
     crow = torch.tensor([0, 1, 2, 3])
     with pytest.raises(RuntimeError, match="out of range"):
         torch.ops.symnmf_kernels.spmm_csr(crow, torch.tensor([0, 5, 1]), torch.ones(3), U)
+    with pytest.raises(RuntimeError, match="out of range"):  # a batch, side by side at r = 8
+        torch.ops.symnmf_kernels.spmm_csr(crow, torch.tensor([0, 5, 1]), torch.ones(3), torch.rand(4, 3, 8))
     with pytest.raises(RuntimeError, match="non-decreasing"):
         torch.ops.symnmf_kernels.spmm_csr(torch.tensor([0, 2, 1, 3]), torch.tensor([0, 1, 1]), torch.ones(3), U)
 

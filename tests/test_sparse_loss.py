@@ -336,6 +336,12 @@ def test_native_ops_match_their_formulas():
     with pytest.raises(RuntimeError, match="out of range"):
         torch.ops.symnmf_kernels.sparse_loss_terms_csr(
             torch.tensor([0, 1]), bad[1:], torch.ones(1), torch.rand(1, 1, 2), None, torch.ones(1))
+    S, ones = torch.rand(3, 1, 8), torch.ones(3)  # three problems side by side (float32, r = 8)
+    with pytest.raises(RuntimeError, match="out of range"):
+        torch.ops.symnmf_kernels.sparse_loss_terms_csr(torch.tensor([0, 1]), bad[1:], torch.ones(1), S, None, ones)
+    with pytest.raises(RuntimeError, match="out of range"):
+        torch.ops.symnmf_kernels.sparse_loss_grad_csr(torch.tensor([0, 1]), bad[1:], torch.ones(1), None, S, S, ones,
+                                                      ones, ones)
 
 
 def test_native_loss_keeps_nan():

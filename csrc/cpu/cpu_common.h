@@ -17,6 +17,16 @@ inline bool baseline_forced() {
   return value != nullptr && value[0] != '\0' && value[0] != '0';
 }
 
+// SYMNMF_CPU_SIDE_BY_SIDE=0 in the environment (read once) keeps a batch's problems one after another in the SpMM
+// row loops (spmm_cpu_rows.h, "Problems side by side"), to time the two against each other.
+inline bool side_by_side_allowed() {
+  static const bool allowed = [] {
+    const char* value = std::getenv("SYMNMF_CPU_SIDE_BY_SIDE");
+    return value == nullptr || value[0] != '0';
+  }();
+  return allowed;
+}
+
 // Rows of dense at least this wide (bytes) are prefetched this many nonzeros ahead (spmm_cpu_rows.h).
 constexpr int64_t kPrefetchDistance = 12;
 constexpr size_t kPrefetchRowBytes = 128;

@@ -5,51 +5,103 @@
 // Per block of rows: S = X U, R = P - S - lam U (when P is given), and the block's float64 partial sums
 // (<S, U>, ||R||^2, <R, U>) per problem at partial[(blk * B + b) * 3 + 0..2]. Returns the position of an
 // out-of-range column index, or -1.
+// The rest of a row of the forward once its S_i is in s: <S_i, U_i> into su and, with P, R_i = P_i - S_i - lam U_i
+// into q with ||R_i||^2 and <R_i, U_i> into rr and ru. S_i is also stored to s_out unless that is null.
+template <typename scalar_t>
+inline void terms_epilogue(const scalar_t* __restrict__ s, scalar_t* __restrict__ s_out,
+                           const scalar_t* __restrict__ u, const scalar_t* __restrict__ p, scalar_t* __restrict__ q,
+                           scalar_t l, int64_t r, double& su, double& rr, double& ru) {
+  scalar_t a = scalar_t(0);
+  if (s_out != nullptr) {
+#pragma omp simd reduction(+ : a)
+    for (int64_t c = 0; c < r; ++c) {
+      s_out[c] = s[c];
+      a += s[c] * u[c];
+    }
+  } else {
+#pragma omp simd reduction(+ : a)
+    for (int64_t c = 0; c < r; ++c) a += s[c] * u[c];
+  }
+  su += a;
+  if (p != nullptr) {
+    scalar_t x = scalar_t(0), y = scalar_t(0);
+#pragma omp simd reduction(+ : x, y)
+    for (int64_t c = 0; c < r; ++c) {
+      const scalar_t v = p[c] - s[c] - l * u[c];
+      q[c] = v;
+      x += v * v;
+      y += v * u[c];
+    }
+    rr += x;
+    ru += y;
+  }
+}
+
+// The rest of a row of the backward once its (X R)_i is in xr: o = t + cs s - cr (l q + xr), t optional (xr may
+// be o itself).
+template <typename scalar_t>
+inline void grad_epilogue(const scalar_t* xr, scalar_t* o, const scalar_t* __restrict__ t,
+                          const scalar_t* __restrict__ s, const scalar_t* __restrict__ q, scalar_t cs, scalar_t cr,
+                          scalar_t l, int64_t r) {
+  if (t != nullptr) {
+#pragma omp simd
+    for (int64_t c = 0; c < r; ++c) o[c] = t[c] + cs * s[c] - cr * (l * q[c] + xr[c]);
+  } else {
+#pragma omp simd
+    for (int64_t c = 0; c < r; ++c) o[c] = cs * s[c] - cr * (l * q[c] + xr[c]);
+  }
+}
+
 template <typename scalar_t, typename crow_t, typename index_t>
 int64_t terms_blocks(const crow_t* crow, const index_t* col, const scalar_t* val, const scalar_t* U,
                      const scalar_t* P, const scalar_t* lam, scalar_t* S, scalar_t* R, int64_t B, int64_t n,
                      int64_t r, int64_t n_blocks, int64_t rows_per_block, double* partial, bool parallel) {
   std::atomic<int64_t> bad_entry{-1};
   const int64_t nnz = static_cast<int64_t>(crow[n]);
+  const int threads = at::get_num_threads();
+  const int64_t group = side_by_side_group<scalar_t>(r, B);
+  if (group > 0) {  // every problem's row at once, from U interleaved (spmm_cpu_rows.h)
+    std::unique_ptr<scalar_t[]> wide(new scalar_t[static_cast<size_t>(n * B * r)]);
+    interleave(U, B, n, r, n * r, r, wide.get(), parallel, threads);
+#pragma omp parallel for schedule(dynamic, 1) if (parallel) num_threads(threads)
+    for (int64_t blk = 0; blk < n_blocks; ++blk) {
+      int64_t bad = -1;
+      const int64_t i0 = blk * rows_per_block, i1 = std::min(n, i0 + rows_per_block);
+      // the block's rows of X U for every problem, then each problem's epilogue over the block in turn
+      std::vector<scalar_t> acc(static_cast<size_t>((i1 - i0) * B * r));
+      for (int64_t i = i0; i < i1; ++i) {
+        side_by_side_rows(static_cast<int64_t>(crow[i]), static_cast<int64_t>(crow[i + 1]), nnz, col, val, wide.get(),
+                          n, B, r, group, acc.data() + (i - i0) * B * r, bad);
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        double* part = partial + (blk * B + b) * 3;
+        part[0] = part[1] = part[2] = 0.0;
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t row = (b * n + i) * r;
+          terms_epilogue(acc.data() + ((i - i0) * B + b) * r, S + row, U + row, P == nullptr ? nullptr : P + row,
+                         P == nullptr ? nullptr : R + row, lam[b], r, part[0], part[1], part[2]);
+        }
+      }
+      if (bad >= 0) bad_entry.store(bad, std::memory_order_relaxed);
+    }
+    return bad_entry.load();
+  }
   // Problem-major: all the blocks of one problem, then the next, so that the rows of U the SpMM gathers
   // from stay in cache (with the problems interleaved, 4 restarts at n = 20,000 ran 2x slower per problem).
-#pragma omp parallel for schedule(dynamic, 1) if (parallel) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(dynamic, 1) if (parallel) num_threads(threads)
   for (int64_t task = 0; task < B * n_blocks; ++task) {
     int64_t bad = -1;
     const int64_t b = task / n_blocks, blk = task % n_blocks;
     const int64_t i0 = blk * rows_per_block, i1 = std::min(n, i0 + rows_per_block);
-    {
-      const int64_t off = b * n * r;
-      const scalar_t l = lam[b];
-      double su = 0.0, rr = 0.0, ru = 0.0;
-      for (int64_t i = i0; i < i1; ++i) {
-        scalar_t* __restrict__ s = S + off + i * r;
-        one_row(static_cast<int64_t>(crow[i]), static_cast<int64_t>(crow[i + 1]), nnz, col, val, U + off, n, r, r,
-                s, bad);
-        const scalar_t* __restrict__ u = U + off + i * r;
-        scalar_t a = scalar_t(0);
-#pragma omp simd reduction(+ : a)
-        for (int64_t c = 0; c < r; ++c) a += s[c] * u[c];
-        su += a;
-        if (P != nullptr) {
-          const scalar_t* __restrict__ p = P + off + i * r;
-          scalar_t* __restrict__ q = R + off + i * r;
-          scalar_t x = scalar_t(0), y = scalar_t(0);
-#pragma omp simd reduction(+ : x, y)
-          for (int64_t c = 0; c < r; ++c) {
-            const scalar_t v = p[c] - s[c] - l * u[c];
-            q[c] = v;
-            x += v * v;
-            y += v * u[c];
-          }
-          rr += x;
-          ru += y;
-        }
-      }
-      double* part = partial + (blk * B + b) * 3;
-      part[0] = su;
-      part[1] = rr;
-      part[2] = ru;
+    const int64_t off = b * n * r;
+    double* part = partial + (blk * B + b) * 3;
+    part[0] = part[1] = part[2] = 0.0;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t row = off + i * r;
+      one_row(static_cast<int64_t>(crow[i]), static_cast<int64_t>(crow[i + 1]), nnz, col, val, U + off, n, r, r,
+              S + row, bad);
+      terms_epilogue(S + row, static_cast<scalar_t*>(nullptr), U + row, P == nullptr ? nullptr : P + row,
+                     P == nullptr ? nullptr : R + row, lam[b], r, part[0], part[1], part[2]);
     }
     if (bad >= 0) bad_entry.store(bad, std::memory_order_relaxed);
   }
@@ -64,30 +116,47 @@ int64_t grad_rows(const crow_t* crow, const index_t* col, const scalar_t* val, c
                   int64_t B, int64_t n, int64_t r, bool parallel) {
   std::atomic<int64_t> bad_entry{-1};
   const int64_t nnz = static_cast<int64_t>(crow[n]);
-#pragma omp parallel if (parallel) num_threads(at::get_num_threads())
+  const int threads = at::get_num_threads();
+  const int64_t group = side_by_side_group<scalar_t>(r, B);
+  if (group > 0) {  // every problem's row at once, from R interleaved, as in terms_blocks
+    std::unique_ptr<scalar_t[]> wide(new scalar_t[static_cast<size_t>(n * B * r)]);
+    interleave(R, B, n, r, n * r, r, wide.get(), parallel, threads);
+    constexpr int64_t kRows = 256;
+#pragma omp parallel if (parallel) num_threads(threads)
+    {
+      int64_t bad = -1;
+      std::unique_ptr<scalar_t[]> acc(new scalar_t[static_cast<size_t>(kRows * B * r)]);
+#pragma omp for schedule(dynamic, 1) nowait
+      for (int64_t i0 = 0; i0 < n; i0 += kRows) {
+        const int64_t i1 = std::min(n, i0 + kRows);
+        for (int64_t i = i0; i < i1; ++i) {
+          side_by_side_rows(static_cast<int64_t>(crow[i]), static_cast<int64_t>(crow[i + 1]), nnz, col, val,
+                            wide.get(), n, B, r, group, acc.get() + (i - i0) * B * r, bad);
+        }
+        for (int64_t b = 0; b < B; ++b) {
+          for (int64_t i = i0; i < i1; ++i) {
+            const int64_t row = (b * n + i) * r;
+            grad_epilogue(acc.get() + ((i - i0) * B + b) * r, dU + row, T == nullptr ? nullptr : T + row, S + row,
+                          R + row, coef_s[b], coef_r[b], lam[b], r);
+          }
+        }
+      }
+      if (bad >= 0) bad_entry.store(bad, std::memory_order_relaxed);
+    }
+    return bad_entry.load();
+  }
+#pragma omp parallel if (parallel) num_threads(threads)
   {
     int64_t bad = -1;
     // problem-major, as in terms_blocks
 #pragma omp for schedule(dynamic, 256) nowait
     for (int64_t task = 0; task < B * n; ++task) {
       const int64_t b = task / n, i = task % n;
-      {
-        const int64_t row = (b * n + i) * r;
-        scalar_t* __restrict__ o = dU + row;
-        one_row(static_cast<int64_t>(crow[i]), static_cast<int64_t>(crow[i + 1]), nnz, col, val, R + b * n * r, n,
-                r, r, o, bad);
-        const scalar_t* __restrict__ s = S + row;
-        const scalar_t* __restrict__ q = R + row;
-        const scalar_t cs = coef_s[b], cr = coef_r[b], l = lam[b];
-        if (T != nullptr) {
-          const scalar_t* __restrict__ t = T + row;
-#pragma omp simd
-          for (int64_t c = 0; c < r; ++c) o[c] = t[c] + cs * s[c] - cr * (l * q[c] + o[c]);
-        } else {
-#pragma omp simd
-          for (int64_t c = 0; c < r; ++c) o[c] = cs * s[c] - cr * (l * q[c] + o[c]);
-        }
-      }
+      const int64_t row = (b * n + i) * r;
+      one_row(static_cast<int64_t>(crow[i]), static_cast<int64_t>(crow[i + 1]), nnz, col, val, R + b * n * r, n, r, r,
+              dU + row, bad);
+      grad_epilogue(dU + row, dU + row, T == nullptr ? nullptr : T + row, S + row, R + row, coef_s[b], coef_r[b],
+                    lam[b], r);
     }
     if (bad >= 0) bad_entry.store(bad, std::memory_order_relaxed);
   }

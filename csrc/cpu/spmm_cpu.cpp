@@ -2,8 +2,10 @@
 // (a fixed-width accumulator for every r <= 16 and every multiple of 16 up to 128; other r split into two
 // such widths, except float32 r < 32 on AVX2, which takes one masked pass) and stored once. The loop is
 // compiled twice, for AVX2 + FMA and for the baseline instruction set, and the CPU picks one at run time.
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <type_traits>
 
 #include <ATen/Parallel.h>

@@ -229,6 +229,91 @@ inline void one_row(int64_t start, int64_t end, int64_t nnz, const index_t* col,
   if (tail > 0) row_chunk(tail, start, end, nnz, col, val, u, n_cols, stride_n, c0 + main, o, bad);
 }
 
+// Problems side by side. A batch of problems that share X multiplies X by each problem's n x r factor. One problem
+// at a time, every nonzero of X is read once per problem and gathers a row of r values; with the factors
+// interleaved into one (n, B r) copy, a group of problems reads each nonzero once and gathers their rows as one
+// contiguous stretch. Each column is still summed over the nonzeros in the same order as one problem's loop sums
+// it (the alternating accumulators of row8_f32, lane by lane), so the result is bitwise the same.
+// Only float32 r = 8 takes this path, in groups of up to 4 problems (4 registers, 8 with the alternates). Timed
+// in turns against one problem at a time (4 problems, planted graphs of 2,000 to 200,000 nodes, 1 and 2 threads;
+// docs/cpu_backend.md, "Problems side by side"), r = 8 gained 1.06-1.98x in the SpMM and the two sparse-loss
+// kernels; r = 9-15 in groups of 2-3 problems gained at 200,000 nodes on one thread but lost up to 0.74x at
+// 20,000 nodes on two, where one problem's rows fit in a core's L2 cache and the group's do not.
+#ifdef SYMNMF_ROWS_AVX2
+constexpr int64_t kSideBySideGroup = 4;
+
+// Problems per side-by-side group for rows of r columns, or 0 where they take their own loops.
+template <typename scalar_t>
+inline int64_t side_by_side_group(int64_t r, int64_t batch) {
+  if (!std::is_same_v<scalar_t, float> || r != 8 || batch < 2 || !side_by_side_allowed()) return 0;
+  return std::min(batch, kSideBySideGroup);
+}
+
+// A row of w = g 8 columns of the interleaved factors (row stride ld), summed as row8_f32 sums each problem's.
+template <typename scalar_t, typename index_t>
+inline void side_by_side_row(int64_t start, int64_t end, int64_t nnz, const index_t* col, const scalar_t* val,
+                             const scalar_t* wide, int64_t n_cols, int64_t ld, int64_t w, scalar_t* o, int64_t& bad) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    switch (w / Lanes32::kLanes) {
+#define SYMNMF_SIDE_CASE(NV) \
+  case NV:                   \
+    return row_masked_loop<Lanes32, NV, true>(start, end, nnz, col, val, wide, n_cols, ld, w, o, bad);
+      SYMNMF_SIDE_CASE(2) SYMNMF_SIDE_CASE(3) SYMNMF_SIDE_CASE(4)
+#undef SYMNMF_SIDE_CASE
+      default: break;
+    }
+  }
+}
+#else
+template <typename scalar_t>
+inline int64_t side_by_side_group(int64_t, int64_t) {
+  return 0;
+}
+template <typename scalar_t, typename index_t>
+inline void side_by_side_row(int64_t, int64_t, int64_t, const index_t*, const scalar_t*, const scalar_t*, int64_t,
+                             int64_t, int64_t, scalar_t*, int64_t&) {}
+#endif
+
+// wide[j, b r .. (b + 1) r) = dense[b, j, :]: the batch's factors interleaved, one (n, batch r) row-major copy.
+// R: r fixed at compile time (0: read at run time), so that a row's copy is a few vector moves, not a call.
+template <int R, typename scalar_t>
+void interleave_rows(const scalar_t* dense, int64_t batch, int64_t n, int64_t r, int64_t stride_b, int64_t stride_n,
+                     scalar_t* wide, bool parallel, int threads) {
+  (void)threads;  // unused without OpenMP
+  const int64_t w = R > 0 ? R : r;
+#pragma omp parallel for schedule(static) if (parallel) num_threads(threads)
+  for (int64_t j = 0; j < n; ++j) {
+    scalar_t* __restrict__ row = wide + j * batch * w;
+    for (int64_t b = 0; b < batch; ++b) {
+      const scalar_t* __restrict__ src = dense + b * stride_b + j * stride_n;
+      for (int64_t c = 0; c < w; ++c) row[b * w + c] = src[c];
+    }
+  }
+}
+
+template <typename scalar_t>
+void interleave(const scalar_t* dense, int64_t batch, int64_t n, int64_t r, int64_t stride_b, int64_t stride_n,
+                scalar_t* wide, bool parallel, int threads) {
+  if (r == 8) return interleave_rows<8>(dense, batch, n, r, stride_b, stride_n, wide, parallel, threads);
+  interleave_rows<0>(dense, batch, n, r, stride_b, stride_n, wide, parallel, threads);
+}
+
+// Row i of every problem of the batch from the interleaved factors (row stride batch r), group by group, into
+// acc (batch r values, problem b at b r).
+template <typename scalar_t, typename index_t>
+inline void side_by_side_rows(int64_t start, int64_t end, int64_t nnz, const index_t* col, const scalar_t* val,
+                              const scalar_t* wide, int64_t n_cols, int64_t batch, int64_t r, int64_t group,
+                              scalar_t* acc, int64_t& bad) {
+  for (int64_t b0 = 0; b0 < batch; b0 += group) {
+    const int64_t g = std::min(group, batch - b0);
+    if (g == 1) {
+      one_row(start, end, nnz, col, val, wide + b0 * r, n_cols, r, batch * r, acc + b0 * r, bad);
+    } else {
+      side_by_side_row(start, end, nnz, col, val, wide + b0 * r, n_cols, batch * r, g * r, acc + b0 * r, bad);
+    }
+  }
+}
+
 // out[b, i, :] = sum_k val[k] * dense[b, col[k], :] over row i's nonzeros k, for every batch b. Returns the
 // position of an out-of-range column index (the rows that hold one are incomplete), or -1.
 template <typename scalar_t, typename crow_t, typename index_t>
@@ -238,6 +323,24 @@ int64_t spmm_rows(const crow_t* crow, const index_t* col, const scalar_t* val, c
   std::atomic<int64_t> bad_entry{-1};
   const int64_t nnz = static_cast<int64_t>(crow[n_rows]);
   (void)threads;  // unused without OpenMP
+  const int64_t group = side_by_side_group<scalar_t>(r, batch);
+  if (group > 0) {
+    std::unique_ptr<scalar_t[]> wide(new scalar_t[static_cast<size_t>(n_cols * batch * r)]);
+    interleave(dense, batch, n_cols, r, stride_b, stride_n, wide.get(), parallel, threads);
+#pragma omp parallel if (parallel) num_threads(threads)
+    {
+      int64_t bad = -1;
+      std::unique_ptr<scalar_t[]> acc(new scalar_t[static_cast<size_t>(batch * r)]);
+#pragma omp for schedule(dynamic, 256) nowait
+      for (int64_t i = 0; i < n_rows; ++i) {
+        side_by_side_rows(static_cast<int64_t>(crow[i]), static_cast<int64_t>(crow[i + 1]), nnz, col, val,
+                          wide.get(), n_cols, batch, r, group, acc.get(), bad);
+        for (int64_t b = 0; b < batch; ++b) std::copy_n(acc.get() + b * r, r, out + (b * n_rows + i) * r);
+      }
+      if (bad >= 0) bad_entry.store(bad, std::memory_order_relaxed);
+    }
+    return bad_entry.load();
+  }
 #pragma omp parallel if (parallel) num_threads(threads)
   {
     int64_t bad = -1;
