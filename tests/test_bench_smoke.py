@@ -263,3 +263,21 @@ def test_study_net_restarts_heldout_and_report(tmp_path):
     text = open(out).read()
     assert "| planted (2000) | study | 1 |" in text  # the heldout row
     assert "## Variants of the default's settings" in text and "epochs=3 n_layers=2 polish_iter=5" in text
+
+
+def test_bench_batch_rows_kernels_small(tmp_path):
+    """bench/bench_batch_rows.py's kernels at a tiny size, one round: both variants run in their own processes
+    and the table has a finite, positive time and speed-up per kernel."""
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "bench_batch_rows.py"), "kernels", "--n", "300", "--r", "8",
+           "--rounds", "1", "--calls", "1", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    (path,) = glob.glob(os.path.join(str(tmp_path), "bench_batch_rows_kernels_1t-*.md"))
+    _, columns, rows = read_table(path)
+    assert columns[:4] == ["case", "one_after_another_ms", "side_by_side_ms", "speed_up"]
+    assert [row["case"] for row in rows] == ["spmm 300 8", "terms 300 8", "grad 300 8"]
+    for row in rows:
+        for column in ("one_after_another_ms", "side_by_side_ms", "speed_up"):
+            assert math.isfinite(float(row[column])) and float(row[column]) > 0, row
