@@ -244,11 +244,21 @@ def test_spmm_goes_to_torch_where_it_is_faster(monkeypatch, r, dtype):
 
 
 @pytest.mark.parametrize("r", [5, 8, 10])
-@pytest.mark.parametrize("batch", [2, 4, 7])
+@pytest.mark.parametrize("batch", [2, 4, 5, 7])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_batch_rows_are_bitwise_those_of_each_problem_alone(r, batch, dtype):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_rows_are_bitwise_those_of_each_problem_alone(r, batch, dtype, threads):
     """The CPU kernels may multiply a batch's problems side by side (float32 r = 8: one pass over X's nonzeros for
     up to four problems); each problem's rows must still be exactly what it gets alone, sums included."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_batch_rows_alone(r, batch, dtype)
+    finally:
+        torch.set_num_threads(before)
+
+
+def check_batch_rows_alone(r, batch, dtype):
     ops = torch.ops.symnmf_kernels
     X = random_sparse(301, 6, batch + r).to(dtype)
     A = as_csr(X)
