@@ -2,26 +2,16 @@
 // instruction set, after spmm_cpu_rows.h (whose one_row computes a row of X times a dense matrix), inside a
 // namespace of its own, so there is no include guard. All n x r arrays are (B, n, r) and contiguous.
 
-// Per block of rows: S = X U, R = P - S - lam U (when P is given), and the block's float64 partial sums
-// (<S, U>, ||R||^2, <R, U>) per problem at partial[(blk * B + b) * 3 + 0..2]. Returns the position of an
-// out-of-range column index, or -1.
 // The rest of a row of the forward once its S_i is in s: <S_i, U_i> into su and, with P, R_i = P_i - S_i - lam U_i
-// into q with ||R_i||^2 and <R_i, U_i> into rr and ru. S_i is also stored to s_out unless that is null.
+// into q with ||R_i||^2 and <R_i, U_i> into rr and ru. Both forms of terms_blocks call it on the row of S, so
+// that the sums are the same code, and so the same bits, whichever form ran.
 template <typename scalar_t>
-inline void terms_epilogue(const scalar_t* __restrict__ s, scalar_t* __restrict__ s_out,
-                           const scalar_t* __restrict__ u, const scalar_t* __restrict__ p, scalar_t* __restrict__ q,
-                           scalar_t l, int64_t r, double& su, double& rr, double& ru) {
+inline void terms_epilogue(const scalar_t* __restrict__ s, const scalar_t* __restrict__ u,
+                           const scalar_t* __restrict__ p, scalar_t* __restrict__ q, scalar_t l, int64_t r, double& su,
+                           double& rr, double& ru) {
   scalar_t a = scalar_t(0);
-  if (s_out != nullptr) {
 #pragma omp simd reduction(+ : a)
-    for (int64_t c = 0; c < r; ++c) {
-      s_out[c] = s[c];
-      a += s[c] * u[c];
-    }
-  } else {
-#pragma omp simd reduction(+ : a)
-    for (int64_t c = 0; c < r; ++c) a += s[c] * u[c];
-  }
+  for (int64_t c = 0; c < r; ++c) a += s[c] * u[c];
   su += a;
   if (p != nullptr) {
     scalar_t x = scalar_t(0), y = scalar_t(0);
@@ -52,6 +42,9 @@ inline void grad_epilogue(const scalar_t* xr, scalar_t* o, const scalar_t* __res
   }
 }
 
+// Per block of rows: S = X U, R = P - S - lam U (when P is given), and the block's float64 partial sums
+// (<S, U>, ||R||^2, <R, U>) per problem at partial[(blk * B + b) * 3 + 0..2]. Returns the position of an
+// out-of-range column index, or -1.
 template <typename scalar_t, typename crow_t, typename index_t>
 int64_t terms_blocks(const crow_t* crow, const index_t* col, const scalar_t* val, const scalar_t* U,
                      const scalar_t* P, const scalar_t* lam, scalar_t* S, scalar_t* R, int64_t B, int64_t n,
@@ -78,8 +71,9 @@ int64_t terms_blocks(const crow_t* crow, const index_t* col, const scalar_t* val
         part[0] = part[1] = part[2] = 0.0;
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t row = (b * n + i) * r;
-          terms_epilogue(acc.data() + ((i - i0) * B + b) * r, S + row, U + row, P == nullptr ? nullptr : P + row,
-                         P == nullptr ? nullptr : R + row, lam[b], r, part[0], part[1], part[2]);
+          std::copy_n(acc.data() + ((i - i0) * B + b) * r, r, S + row);
+          terms_epilogue(S + row, U + row, P == nullptr ? nullptr : P + row, P == nullptr ? nullptr : R + row, lam[b],
+                         r, part[0], part[1], part[2]);
         }
       }
       if (bad >= 0) bad_entry.store(bad, std::memory_order_relaxed);
@@ -100,8 +94,8 @@ int64_t terms_blocks(const crow_t* crow, const index_t* col, const scalar_t* val
       const int64_t row = off + i * r;
       one_row(static_cast<int64_t>(crow[i]), static_cast<int64_t>(crow[i + 1]), nnz, col, val, U + off, n, r, r,
               S + row, bad);
-      terms_epilogue(S + row, static_cast<scalar_t*>(nullptr), U + row, P == nullptr ? nullptr : P + row,
-                     P == nullptr ? nullptr : R + row, lam[b], r, part[0], part[1], part[2]);
+      terms_epilogue(S + row, U + row, P == nullptr ? nullptr : P + row, P == nullptr ? nullptr : R + row, lam[b], r,
+                     part[0], part[1], part[2]);
     }
     if (bad >= 0) bad_entry.store(bad, std::memory_order_relaxed);
   }
