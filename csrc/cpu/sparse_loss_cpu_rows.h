@@ -71,7 +71,9 @@ int64_t terms_blocks(const crow_t* crow, const index_t* col, const scalar_t* val
         part[0] = part[1] = part[2] = 0.0;
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t row = (b * n + i) * r;
-          std::copy_n(acc.data() + ((i - i0) * B + b) * r, r, S + row);
+          const scalar_t* __restrict__ src = acc.data() + ((i - i0) * B + b) * r;
+#pragma omp simd
+          for (int64_t c = 0; c < r; ++c) S[row + c] = src[c];
           terms_epilogue(S + row, U + row, P == nullptr ? nullptr : P + row, P == nullptr ? nullptr : R + row, lam[b],
                          r, part[0], part[1], part[2]);
         }
