@@ -67,16 +67,20 @@ int64_t terms_blocks(const crow_t* crow, const index_t* col, const scalar_t* val
                           n, B, r, group, acc.data() + (i - i0) * B * r, bad);
       }
       for (int64_t b = 0; b < B; ++b) {
-        double* part = partial + (blk * B + b) * 3;
-        part[0] = part[1] = part[2] = 0.0;
+        // summed in locals and stored once: threads on neighbouring blocks would share partial's cache lines
+        double su = 0.0, rr = 0.0, ru = 0.0;
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t row = (b * n + i) * r;
           const scalar_t* __restrict__ src = acc.data() + ((i - i0) * B + b) * r;
 #pragma omp simd
           for (int64_t c = 0; c < r; ++c) S[row + c] = src[c];
           terms_epilogue(S + row, U + row, P == nullptr ? nullptr : P + row, P == nullptr ? nullptr : R + row, lam[b],
-                         r, part[0], part[1], part[2]);
+                         r, su, rr, ru);
         }
+        double* part = partial + (blk * B + b) * 3;
+        part[0] = su;
+        part[1] = rr;
+        part[2] = ru;
       }
       if (bad >= 0) bad_entry.store(bad, std::memory_order_relaxed);
     }
@@ -90,15 +94,18 @@ int64_t terms_blocks(const crow_t* crow, const index_t* col, const scalar_t* val
     const int64_t b = task / n_blocks, blk = task % n_blocks;
     const int64_t i0 = blk * rows_per_block, i1 = std::min(n, i0 + rows_per_block);
     const int64_t off = b * n * r;
-    double* part = partial + (blk * B + b) * 3;
-    part[0] = part[1] = part[2] = 0.0;
+    double su = 0.0, rr = 0.0, ru = 0.0;  // stored once, as above
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t row = off + i * r;
       one_row(static_cast<int64_t>(crow[i]), static_cast<int64_t>(crow[i + 1]), nnz, col, val, U + off, n, r, r,
               S + row, bad);
       terms_epilogue(S + row, U + row, P == nullptr ? nullptr : P + row, P == nullptr ? nullptr : R + row, lam[b], r,
-                     part[0], part[1], part[2]);
+                     su, rr, ru);
     }
+    double* part = partial + (blk * B + b) * 3;
+    part[0] = su;
+    part[1] = rr;
+    part[2] = ru;
     if (bad >= 0) bad_entry.store(bad, std::memory_order_relaxed);
   }
   return bad_entry.load();
