@@ -87,7 +87,8 @@ int64_t terms_blocks(const crow_t* crow, const index_t* col, const scalar_t* val
     return bad_entry.load();
   }
   // Problem-major: all the blocks of one problem, then the next, so that the rows of U the SpMM gathers
-  // from stay in cache (with the problems interleaved, 4 restarts at n = 20,000 ran 2x slower per problem).
+  // from stay in cache (taking the problems in turn row by row, each gathering from its own U, 4 restarts at
+  // n = 20,000 ran 2x slower per problem).
 #pragma omp parallel for schedule(dynamic, 1) if (parallel) num_threads(threads)
   for (int64_t task = 0; task < B * n_blocks; ++task) {
     int64_t bad = -1;
