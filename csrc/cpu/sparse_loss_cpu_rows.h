@@ -2,17 +2,28 @@
 // instruction set, after spmm_cpu_rows.h (whose one_row computes a row of X times a dense matrix), inside a
 // namespace of its own, so there is no include guard. All n x r arrays are (B, n, r) and contiguous.
 
-// The rest of a row of the forward once its S_i is in s: <S_i, U_i> into su and, with P, R_i = P_i - S_i - lam U_i
-// into q with ||R_i||^2 and <R_i, U_i> into rr and ru. Both forms of terms_blocks call it on the row of S, so
-// that the sums are the same code, and so the same bits, whichever form ran.
+// A block's float64 sums of one problem, (<S, U>, ||R||^2, <R, U>), kept in locals and stored once: threads on
+// neighbouring blocks would otherwise write to the same cache lines of the partial array at every row.
+struct BlockSums {
+  double su = 0.0, rr = 0.0, ru = 0.0;
+  void store(double* part) const {
+    part[0] = su;
+    part[1] = rr;
+    part[2] = ru;
+  }
+};
+
+// The rest of a row of the forward once its S_i is in s: <S_i, U_i> into sums.su and, with P, R_i = P_i - S_i -
+// lam U_i into q with ||R_i||^2 and <R_i, U_i> into sums.rr and sums.ru. Both forms of terms_blocks call it on
+// the row of S, so that the sums are the same code, and so the same bits, whichever form ran.
 template <typename scalar_t>
 inline void terms_epilogue(const scalar_t* __restrict__ s, const scalar_t* __restrict__ u,
-                           const scalar_t* __restrict__ p, scalar_t* __restrict__ q, scalar_t l, int64_t r, double& su,
-                           double& rr, double& ru) {
+                           const scalar_t* __restrict__ p, scalar_t* __restrict__ q, scalar_t l, int64_t r,
+                           BlockSums& sums) {
   scalar_t a = scalar_t(0);
 #pragma omp simd reduction(+ : a)
   for (int64_t c = 0; c < r; ++c) a += s[c] * u[c];
-  su += a;
+  sums.su += a;
   if (p != nullptr) {
     scalar_t x = scalar_t(0), y = scalar_t(0);
 #pragma omp simd reduction(+ : x, y)
@@ -22,8 +33,8 @@ inline void terms_epilogue(const scalar_t* __restrict__ s, const scalar_t* __res
       x += v * v;
       y += v * u[c];
     }
-    rr += x;
-    ru += y;
+    sums.rr += x;
+    sums.ru += y;
   }
 }
 
@@ -49,43 +60,25 @@ template <typename scalar_t, typename crow_t, typename index_t>
 int64_t terms_blocks(const crow_t* crow, const index_t* col, const scalar_t* val, const scalar_t* U,
                      const scalar_t* P, const scalar_t* lam, scalar_t* S, scalar_t* R, int64_t B, int64_t n,
                      int64_t r, int64_t n_blocks, int64_t rows_per_block, double* partial, bool parallel) {
-  std::atomic<int64_t> bad_entry{-1};
-  const int64_t nnz = static_cast<int64_t>(crow[n]);
   const int threads = at::get_num_threads();
   const int64_t group = side_by_side_group<scalar_t>(r, B);
-  if (group > 0) {  // every problem's row at once, from U interleaved (spmm_cpu_rows.h)
-    std::unique_ptr<scalar_t[]> wide(new scalar_t[static_cast<size_t>(n * B * r)]);
-    interleave(U, B, n, r, n * r, r, wide.get(), parallel, threads);
-#pragma omp parallel for schedule(dynamic, 1) if (parallel) num_threads(threads)
-    for (int64_t blk = 0; blk < n_blocks; ++blk) {
-      int64_t bad = -1;
-      const int64_t i0 = blk * rows_per_block, i1 = std::min(n, i0 + rows_per_block);
-      // the block's rows of X U for every problem, then each problem's epilogue over the block in turn
-      std::vector<scalar_t> acc(static_cast<size_t>((i1 - i0) * B * r));
-      for (int64_t i = i0; i < i1; ++i) {
-        side_by_side_rows(static_cast<int64_t>(crow[i]), static_cast<int64_t>(crow[i + 1]), nnz, col, val, wide.get(),
-                          n, B, r, group, acc.data() + (i - i0) * B * r, bad);
-      }
+  if (group > 0) {  // every problem's rows at once (spmm_cpu_rows.h), then each problem's epilogue over the block
+    return side_by_side_blocks(crow, col, val, U, n * r, r, B, n, n, group, rows_per_block, parallel, threads,
+                               [&](int64_t blk, int64_t i0, int64_t i1, const scalar_t* rows) {
       for (int64_t b = 0; b < B; ++b) {
-        // summed in locals and stored once: threads on neighbouring blocks would share partial's cache lines
-        double su = 0.0, rr = 0.0, ru = 0.0;
+        BlockSums sums;
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t row = (b * n + i) * r;
-          const scalar_t* __restrict__ src = acc.data() + ((i - i0) * B + b) * r;
-#pragma omp simd
-          for (int64_t c = 0; c < r; ++c) S[row + c] = src[c];
-          terms_epilogue(S + row, U + row, P == nullptr ? nullptr : P + row, P == nullptr ? nullptr : R + row, lam[b],
-                         r, su, rr, ru);
+          copy_row(rows + ((i - i0) * B + b) * r, S + row);
+          terms_epilogue(S + row, U + row, P == nullptr ? nullptr : P + row, P == nullptr ? nullptr : R + row,
+                         lam[b], r, sums);
         }
-        double* part = partial + (blk * B + b) * 3;
-        part[0] = su;
-        part[1] = rr;
-        part[2] = ru;
+        sums.store(partial + (blk * B + b) * 3);
       }
-      if (bad >= 0) bad_entry.store(bad, std::memory_order_relaxed);
-    }
-    return bad_entry.load();
+    });
   }
+  std::atomic<int64_t> bad_entry{-1};
+  const int64_t nnz = static_cast<int64_t>(crow[n]);
   // Problem-major: all the blocks of one problem, then the next, so that the rows of U the SpMM gathers
   // from stay in cache (taking the problems in turn row by row, each gathering from its own U, 4 restarts at
   // n = 20,000 ran 2x slower per problem).
@@ -95,18 +88,15 @@ int64_t terms_blocks(const crow_t* crow, const index_t* col, const scalar_t* val
     const int64_t b = task / n_blocks, blk = task % n_blocks;
     const int64_t i0 = blk * rows_per_block, i1 = std::min(n, i0 + rows_per_block);
     const int64_t off = b * n * r;
-    double su = 0.0, rr = 0.0, ru = 0.0;  // stored once, as above
+    BlockSums sums;
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t row = off + i * r;
       one_row(static_cast<int64_t>(crow[i]), static_cast<int64_t>(crow[i + 1]), nnz, col, val, U + off, n, r, r,
               S + row, bad);
       terms_epilogue(S + row, U + row, P == nullptr ? nullptr : P + row, P == nullptr ? nullptr : R + row, lam[b], r,
-                     su, rr, ru);
+                     sums);
     }
-    double* part = partial + (blk * B + b) * 3;
-    part[0] = su;
-    part[1] = rr;
-    part[2] = ru;
+    sums.store(partial + (blk * B + b) * 3);
     if (bad >= 0) bad_entry.store(bad, std::memory_order_relaxed);
   }
   return bad_entry.load();
@@ -118,37 +108,22 @@ template <typename scalar_t, typename crow_t, typename index_t>
 int64_t grad_rows(const crow_t* crow, const index_t* col, const scalar_t* val, const scalar_t* T, const scalar_t* S,
                   const scalar_t* R, const scalar_t* lam, const scalar_t* coef_s, const scalar_t* coef_r, scalar_t* dU,
                   int64_t B, int64_t n, int64_t r, bool parallel) {
-  std::atomic<int64_t> bad_entry{-1};
-  const int64_t nnz = static_cast<int64_t>(crow[n]);
   const int threads = at::get_num_threads();
   const int64_t group = side_by_side_group<scalar_t>(r, B);
-  if (group > 0) {  // every problem's row at once, from R interleaved, as in terms_blocks
-    std::unique_ptr<scalar_t[]> wide(new scalar_t[static_cast<size_t>(n * B * r)]);
-    interleave(R, B, n, r, n * r, r, wide.get(), parallel, threads);
-    constexpr int64_t kRows = 256;
-#pragma omp parallel if (parallel) num_threads(threads)
-    {
-      int64_t bad = -1;
-      std::unique_ptr<scalar_t[]> acc(new scalar_t[static_cast<size_t>(kRows * B * r)]);
-#pragma omp for schedule(dynamic, 1) nowait
-      for (int64_t i0 = 0; i0 < n; i0 += kRows) {
-        const int64_t i1 = std::min(n, i0 + kRows);
+  if (group > 0) {  // every problem's rows of X R at once, as in terms_blocks
+    return side_by_side_blocks(crow, col, val, R, n * r, r, B, n, n, group, kSideBySideRows, parallel, threads,
+                               [&](int64_t, int64_t i0, int64_t i1, const scalar_t* rows) {
+      for (int64_t b = 0; b < B; ++b) {
         for (int64_t i = i0; i < i1; ++i) {
-          side_by_side_rows(static_cast<int64_t>(crow[i]), static_cast<int64_t>(crow[i + 1]), nnz, col, val,
-                            wide.get(), n, B, r, group, acc.get() + (i - i0) * B * r, bad);
-        }
-        for (int64_t b = 0; b < B; ++b) {
-          for (int64_t i = i0; i < i1; ++i) {
-            const int64_t row = (b * n + i) * r;
-            grad_epilogue(acc.get() + ((i - i0) * B + b) * r, dU + row, T == nullptr ? nullptr : T + row, S + row,
-                          R + row, coef_s[b], coef_r[b], lam[b], r);
-          }
+          const int64_t row = (b * n + i) * r;
+          grad_epilogue(rows + ((i - i0) * B + b) * r, dU + row, T == nullptr ? nullptr : T + row, S + row, R + row,
+                        coef_s[b], coef_r[b], lam[b], r);
         }
       }
-      if (bad >= 0) bad_entry.store(bad, std::memory_order_relaxed);
-    }
-    return bad_entry.load();
+    });
   }
+  std::atomic<int64_t> bad_entry{-1};
+  const int64_t nnz = static_cast<int64_t>(crow[n]);
 #pragma omp parallel if (parallel) num_threads(threads)
   {
     int64_t bad = -1;

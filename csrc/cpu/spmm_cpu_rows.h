@@ -239,17 +239,26 @@ inline void one_row(int64_t start, int64_t end, int64_t nnz, const index_t* col,
 // docs/cpu_backend.md, "Problems side by side"), r = 8 gained 0.97-2.24x in the SpMM and the two sparse-loss
 // kernels; r = 9-15 in groups of 2-3 problems gained at 200,000 nodes on one thread but lost up to 0.74x at
 // 20,000 nodes on two, where one problem's rows fit in a core's L2 cache and the group's do not.
-#ifdef SYMNMF_ROWS_AVX2
+constexpr int64_t kSideBySideWidth = 8;
 constexpr int64_t kSideBySideGroup = 4;
+constexpr int64_t kSideBySideRows = 256;  // rows per block of side_by_side_blocks (the sparse loss passes its own)
 
+// dst[0 .. kSideBySideWidth) = src[...]: a row of the side-by-side buffer to its problem (a vector move, not a call).
+template <typename scalar_t>
+inline void copy_row(const scalar_t* __restrict__ src, scalar_t* __restrict__ dst) {
+  for (int64_t c = 0; c < kSideBySideWidth; ++c) dst[c] = src[c];
+}
+
+#ifdef SYMNMF_ROWS_AVX2
 // Problems per side-by-side group for rows of r columns, or 0 where they take their own loops.
 template <typename scalar_t>
 inline int64_t side_by_side_group(int64_t r, int64_t batch) {
-  if (!std::is_same_v<scalar_t, float> || r != 8 || batch < 2 || !side_by_side_allowed()) return 0;
+  if (!std::is_same_v<scalar_t, float> || r != kSideBySideWidth || batch < 2 || !side_by_side_allowed()) return 0;
   return std::min(batch, kSideBySideGroup);
 }
 
-// A row of w = g 8 columns of the interleaved factors (row stride ld), summed as row8_f32 sums each problem's.
+// A row of w = g 8 columns (g = 1 .. 4) of the interleaved factors (row stride ld), summed as row8_f32 sums each
+// problem's row.
 template <typename scalar_t, typename index_t>
 inline void side_by_side_row(int64_t start, int64_t end, int64_t nnz, const index_t* col, const scalar_t* val,
                              const scalar_t* wide, int64_t n_cols, int64_t ld, int64_t w, scalar_t* o, int64_t& bad) {
@@ -258,7 +267,7 @@ inline void side_by_side_row(int64_t start, int64_t end, int64_t nnz, const inde
 #define SYMNMF_SIDE_CASE(NV) \
   case NV:                   \
     return row_masked_loop<Lanes32, NV, true>(start, end, nnz, col, val, wide, n_cols, ld, w, o, bad);
-      SYMNMF_SIDE_CASE(2) SYMNMF_SIDE_CASE(3) SYMNMF_SIDE_CASE(4)
+      SYMNMF_SIDE_CASE(1) SYMNMF_SIDE_CASE(2) SYMNMF_SIDE_CASE(3) SYMNMF_SIDE_CASE(4)
 #undef SYMNMF_SIDE_CASE
       default: break;
     }
@@ -274,44 +283,47 @@ inline void side_by_side_row(int64_t, int64_t, int64_t, const index_t*, const sc
                              int64_t, int64_t, scalar_t*, int64_t&) {}
 #endif
 
-// wide[j, b r .. (b + 1) r) = dense[b, j, :]: the batch's factors interleaved, one (n, batch r) row-major copy.
-// R: r fixed at compile time (0: read at run time), so that a row's copy is a few vector moves, not a call.
-template <int R, typename scalar_t>
-void interleave_rows(const scalar_t* dense, int64_t batch, int64_t n, int64_t r, int64_t stride_b, int64_t stride_n,
-                     scalar_t* wide, bool parallel, int threads) {
+// X times the batch's factors dense[b] (rows of kSideBySideWidth columns, strides stride_b and stride_n) side by
+// side, one block of rows_per_block rows at a time: the block's rows for every problem go to a buffer (row i of
+// problem b at ((i - i0) batch + b) kSideBySideWidth), then block_done(blk, i0, i1, buffer) writes them out while
+// they are hot (the sparse-loss kernels run their epilogues there). Returns the position of an out-of-range column
+// index, or -1.
+template <typename scalar_t, typename crow_t, typename index_t, typename BlockDone>
+int64_t side_by_side_blocks(const crow_t* crow, const index_t* col, const scalar_t* val, const scalar_t* dense,
+                            int64_t stride_b, int64_t stride_n, int64_t batch, int64_t n_rows, int64_t n_cols,
+                            int64_t group, int64_t rows_per_block, bool parallel, int threads, BlockDone block_done) {
+  constexpr int64_t r = kSideBySideWidth;
+  const int64_t w = batch * r, nnz = static_cast<int64_t>(crow[n_rows]);
   (void)threads;  // unused without OpenMP
-  const int64_t w = R > 0 ? R : r;
+  // wide[j, b r .. (b + 1) r) = dense[b, j, :], the one extra pass over the factors
+  std::unique_ptr<scalar_t[]> wide(new scalar_t[static_cast<size_t>(n_cols * w)]);
 #pragma omp parallel for schedule(static) if (parallel) num_threads(threads)
-  for (int64_t j = 0; j < n; ++j) {
-    scalar_t* __restrict__ row = wide + j * batch * w;
+  for (int64_t j = 0; j < n_cols; ++j) {
     for (int64_t b = 0; b < batch; ++b) {
-      const scalar_t* __restrict__ src = dense + b * stride_b + j * stride_n;
-      for (int64_t c = 0; c < w; ++c) row[b * w + c] = src[c];
+      copy_row(dense + b * stride_b + j * stride_n, wide.get() + j * w + b * r);
     }
   }
-}
-
-template <typename scalar_t>
-void interleave(const scalar_t* dense, int64_t batch, int64_t n, int64_t r, int64_t stride_b, int64_t stride_n,
-                scalar_t* wide, bool parallel, int threads) {
-  if (r == 8) return interleave_rows<8>(dense, batch, n, r, stride_b, stride_n, wide, parallel, threads);
-  interleave_rows<0>(dense, batch, n, r, stride_b, stride_n, wide, parallel, threads);
-}
-
-// Row i of every problem of the batch from the interleaved factors (row stride batch r), group by group, into
-// acc (batch r values, problem b at b r).
-template <typename scalar_t, typename index_t>
-inline void side_by_side_rows(int64_t start, int64_t end, int64_t nnz, const index_t* col, const scalar_t* val,
-                              const scalar_t* wide, int64_t n_cols, int64_t batch, int64_t r, int64_t group,
-                              scalar_t* acc, int64_t& bad) {
-  for (int64_t b0 = 0; b0 < batch; b0 += group) {
-    const int64_t g = std::min(group, batch - b0);
-    if (g == 1) {
-      one_row(start, end, nnz, col, val, wide + b0 * r, n_cols, r, batch * r, acc + b0 * r, bad);
-    } else {
-      side_by_side_row(start, end, nnz, col, val, wide + b0 * r, n_cols, batch * r, g * r, acc + b0 * r, bad);
+  std::atomic<int64_t> bad_entry{-1};
+  const int64_t n_blocks = (n_rows + rows_per_block - 1) / rows_per_block;
+#pragma omp parallel if (parallel) num_threads(threads)
+  {
+    int64_t bad = -1;
+    std::unique_ptr<scalar_t[]> acc(new scalar_t[static_cast<size_t>(rows_per_block * w)]);
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t blk = 0; blk < n_blocks; ++blk) {
+      const int64_t i0 = blk * rows_per_block, i1 = std::min(n_rows, i0 + rows_per_block);
+      for (int64_t i = i0; i < i1; ++i) {
+        for (int64_t b0 = 0; b0 < batch; b0 += group) {
+          side_by_side_row(static_cast<int64_t>(crow[i]), static_cast<int64_t>(crow[i + 1]), nnz, col, val,
+                           wide.get() + b0 * r, n_cols, w, std::min(group, batch - b0) * r,
+                           acc.get() + (i - i0) * w + b0 * r, bad);
+        }
+      }
+      block_done(blk, i0, i1, static_cast<const scalar_t*>(acc.get()));
     }
+    if (bad >= 0) bad_entry.store(bad, std::memory_order_relaxed);
   }
+  return bad_entry.load();
 }
 
 // out[b, i, :] = sum_k val[k] * dense[b, col[k], :] over row i's nonzeros k, for every batch b. Returns the
@@ -320,27 +332,19 @@ template <typename scalar_t, typename crow_t, typename index_t>
 int64_t spmm_rows(const crow_t* crow, const index_t* col, const scalar_t* val, const scalar_t* dense, scalar_t* out,
                   int64_t batch, int64_t n_rows, int64_t n_cols, int64_t r, int64_t stride_b, int64_t stride_n,
                   bool parallel, int threads) {
+  const int64_t group = side_by_side_group<scalar_t>(r, batch);
+  if (group > 0) {
+    return side_by_side_blocks(crow, col, val, dense, stride_b, stride_n, batch, n_rows, n_cols, group,
+                               kSideBySideRows, parallel, threads,
+                               [&](int64_t, int64_t i0, int64_t i1, const scalar_t* rows) {
+      for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t i = i0; i < i1; ++i) copy_row(rows + ((i - i0) * batch + b) * r, out + (b * n_rows + i) * r);
+      }
+    });
+  }
   std::atomic<int64_t> bad_entry{-1};
   const int64_t nnz = static_cast<int64_t>(crow[n_rows]);
   (void)threads;  // unused without OpenMP
-  const int64_t group = side_by_side_group<scalar_t>(r, batch);
-  if (group > 0) {
-    std::unique_ptr<scalar_t[]> wide(new scalar_t[static_cast<size_t>(n_cols * batch * r)]);
-    interleave(dense, batch, n_cols, r, stride_b, stride_n, wide.get(), parallel, threads);
-#pragma omp parallel if (parallel) num_threads(threads)
-    {
-      int64_t bad = -1;
-      std::unique_ptr<scalar_t[]> acc(new scalar_t[static_cast<size_t>(batch * r)]);
-#pragma omp for schedule(dynamic, 256) nowait
-      for (int64_t i = 0; i < n_rows; ++i) {
-        side_by_side_rows(static_cast<int64_t>(crow[i]), static_cast<int64_t>(crow[i + 1]), nnz, col, val,
-                          wide.get(), n_cols, batch, r, group, acc.get(), bad);
-        for (int64_t b = 0; b < batch; ++b) std::copy_n(acc.get() + b * r, r, out + (b * n_rows + i) * r);
-      }
-      if (bad >= 0) bad_entry.store(bad, std::memory_order_relaxed);
-    }
-    return bad_entry.load();
-  }
 #pragma omp parallel if (parallel) num_threads(threads)
   {
     int64_t bad = -1;
