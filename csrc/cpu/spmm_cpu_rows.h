@@ -236,7 +236,7 @@ inline void one_row(int64_t start, int64_t end, int64_t nnz, const index_t* col,
 // it (the alternating accumulators of row8_f32, lane by lane), so the result is bitwise the same.
 // Only float32 r = 8 takes this path, in groups of up to 4 problems (4 registers, 8 with the alternates). Timed
 // in turns against one problem at a time (4 problems, planted graphs of 2,000 to 200,000 nodes, 1 and 2 threads;
-// docs/cpu_backend.md, "Problems side by side"), r = 8 gained 0.97-2.24x in the SpMM and the two sparse-loss
+// docs/cpu_backend.md, "Problems side by side"), r = 8 gained 1.04-2.28x in the SpMM and the two sparse-loss
 // kernels; r = 9-15 in groups of 2-3 problems gained at 200,000 nodes on one thread but lost up to 0.74x at
 // 20,000 nodes on two, where one problem's rows fit in a core's L2 cache and the group's do not.
 constexpr int64_t kSideBySideWidth = 8;
