@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a GPU machine has to do, in one call from the repository root:
-#   install the package, run the GPU tests, the benchmarks, then the whole test
-#   suite on CUDA; the log and the result tables are copied to $OUT.
+#   install the package, run the GPU tests and the benchmarks; the log and the
+#   result tables are copied to $OUT.
 #
 #   OUT=/some/folder bash bench/run_gpu.sh
 #
@@ -13,8 +13,9 @@
 #
 # Environment: PYTHON (default python3), OUT (default: a fresh temporary folder),
 # RUN_GPU_BUDGET_S, RUN_GPU_STEPS (default "install gpu_tests bench_net_fit bench_nnls neural_nmf_speed bench_block
-# bench_spmm bench_solvers ext_errors suite"; add "tune" for the tile sweep, about 220 s more, "scale" for the
-# 4M and 10M-node runs, about 300 s more, or "inverse" for the two forms of the in-register inverse, about 120 s:
+# bench_spmm bench_solvers"; add "ext_errors" for the extension's argument errors, about 60 s, "suite" for the
+# rest of the test suite on the GPU machine, about 240 s, "tune" for the tile sweep, about 220 s more, "scale" for the
+# 4M and 10M-node runs, about 70 s more, or "inverse" for the two forms of the in-register inverse, about 120 s:
 # a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
 # written under bench/results during this run (packed into bench_results.tar.gz
 # when there are more than 7).
@@ -24,7 +25,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-$(mktemp -d)}
 BUDGET=${RUN_GPU_BUDGET_S:-470}
-STEPS=" ${RUN_GPU_STEPS:-install gpu_tests bench_net_fit bench_nnls neural_nmf_speed bench_block bench_spmm bench_solvers ext_errors suite} "
+STEPS=" ${RUN_GPU_STEPS:-install gpu_tests bench_net_fit bench_nnls neural_nmf_speed bench_block bench_spmm bench_solvers} "
 mkdir -p "$OUT" bench/results
 LOG="$OUT/run_gpu.log"
 export PYTHONUNBUFFERED=1
@@ -108,7 +109,8 @@ if "$PY" -c "import xdist" 2>/dev/null; then
     XDIST=(-n 4)
 fi
 wants install && step "install" 150 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
-wants gpu_tests && step "pytest -m gpu" 120 "$PY" -m pytest -q -p no:cacheprovider -rfE "${XDIST[@]}" -m gpu
+# About 130 s on a fresh machine (Triton compiles every kernel once), 90 s with its cache warm.
+wants gpu_tests && step "pytest -m gpu" 180 "$PY" -m pytest -q -p no:cacheprovider -rfE "${XDIST[@]}" -m gpu
 wants bench_net_fit && run_bench bench_net_fit.py 120 --repeats 2
 wants bench_nnls && run_bench bench_nnls.py 70 --scipy-runs 1 --m 1000
 # Neural NMF on the GPU against the NeuralNMF package on the CPU, when the package is carried along in
@@ -125,14 +127,14 @@ wants bench_block && run_bench bench_block.py 150 --budget-s 110
 wants bench_spmm && run_bench bench_spmm.py 75
 wants bench_solvers && run_bench bench_solvers.py 75
 # Whether an argument error inside the compiled extension reaches Python (it crashed the process once).
-wants ext_errors && step "ext_errors" 60 "$PY" bench/ext_errors.py
-# Scale runs (opt-in, about 5 minutes): planted graphs of 4M and 10M nodes drawn on the GPU, r = 64, SymHALS
+wants ext_errors && step "ext_errors" 120 "$PY" bench/ext_errors.py
+# Scale runs (opt-in, about 70 s): planted graphs of 4M and 10M nodes drawn on the GPU, r = 64, SymHALS
 # and SymNMF-Net steps, time per iteration and peak memory.
 if wants scale; then
-    run_bench bench_scale.py 200 --graph planted --device cuda --n 4000000 --clusters 64 --max-iter 200 \
-        --net-steps 20 --quiet --name bench_scale_4m
-    run_bench bench_scale.py 280 --graph planted --device cuda --n 10000000 --clusters 64 --max-iter 100 \
-        --net-steps 10 --quiet --name bench_scale_10m
+    run_bench bench_scale.py 160 --graph planted --device cuda --n 4000000 --clusters 64 --max-iter 100 \
+        --net-steps 10 --quiet --name bench_scale_4m
+    run_bench bench_scale.py 220 --graph planted --device cuda --n 10000000 --clusters 64 --max-iter 50 \
+        --net-steps 5 --quiet --name bench_scale_10m
 fi
 # The exact kNN search on the GPU (opt-in, about 3 minutes): Fashion-MNIST's size and 1M points, the library's
 # block of about 2^24 distances (16 rows at 1M) against blocks of 256 rows; the table is written after every row.
