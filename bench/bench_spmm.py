@@ -62,8 +62,8 @@ SIZES = {
 DENSE_LIMIT_BYTES = 4 << 30  # the dense product runs when X_dense fits in this much memory
 COLUMNS = [
     "graph", "n", "nnz", "r", "op",
-    "ours_ms", "ours4_ms", "torch_ms", "dense_ms", "ideal_MB", "copy_GB/s",
-    "frac_ours", "frac_torch", "x_torch", "x4_torch", "x_dense", "rel_err", "notes",
+    "ours_ms", "ours1_ms", "ours4_ms", "torch_ms", "dense_ms", "ideal_MB", "copy_GB/s",
+    "frac_ours", "frac_torch", "x_torch", "x1_torch", "x4_torch", "x_dense", "rel_err", "notes",
 ]
 LAM = 0.5
 K = 16
@@ -200,13 +200,14 @@ def measure_spmm(X, Xt, r, args, bw, device, dense_ok):
     row["rel_err"] = rel_err(ours, ref)
     del ours, ref
     row["ours_ms"] = bench(product, warmup=args.warmup, rep=args.rep, device=device)
-    if device.type == "cuda":  # the CUDA kernel's loop with four gathers in flight per lane, side by side
-        os.environ["SYMNMF_SPMM_GATHERS"] = "4"
-        try:
-            row["rel_err"] = max(row["rel_err"], rel_err(product(), torch.sparse.mm(Xt, U)))
-            row["ours4_ms"] = bench(product, warmup=args.warmup, rep=args.rep, device=device)
-        finally:
-            del os.environ["SYMNMF_SPMM_GATHERS"]
+    if device.type == "cuda":  # the CUDA kernel's two loops forced, side by side with the one it picks
+        for gathers in ("1", "4"):
+            os.environ["SYMNMF_SPMM_GATHERS"] = gathers
+            try:
+                row["rel_err"] = max(row["rel_err"], rel_err(product(), torch.sparse.mm(Xt, U)))
+                row[f"ours{gathers}_ms"] = bench(product, warmup=args.warmup, rep=args.rep, device=device)
+            finally:
+                del os.environ["SYMNMF_SPMM_GATHERS"]
     row["torch_ms"] = bench(lambda: torch.sparse.mm(Xt, U), warmup=args.warmup, rep=args.rep, device=device)
     row["dense_ms"] = float("nan")
     if dense_ok:
@@ -220,8 +221,9 @@ def measure_spmm(X, Xt, r, args, bw, device, dense_ok):
     row["frac_ours"] = roofline_fraction(nbytes, row["ours_ms"], bw)
     row["frac_torch"] = roofline_fraction(nbytes, row["torch_ms"], bw)
     row["x_torch"] = row["torch_ms"] / row["ours_ms"]
-    if "ours4_ms" in row:
-        row["x4_torch"] = row["torch_ms"] / row["ours4_ms"]
+    for gathers in ("1", "4"):
+        if f"ours{gathers}_ms" in row:
+            row[f"x{gathers}_torch"] = row["torch_ms"] / row[f"ours{gathers}_ms"]
     row["x_dense"] = row["dense_ms"] / row["ours_ms"]
     return row, notes
 
@@ -286,6 +288,8 @@ def header_lines(args, device, bw, stopped):
         "copy bandwidth: %.4g GB/s (device-to-device copy, bytes read + written); frac_*: (ideal bytes / time) / copy bandwidth"
         % (bw / 1e9),
         "x_torch, x_dense: speed-up of ours; rel_err: ours vs torch.sparse.mm (sparse_loss: worst gradient)",
+        "ours1_ms, ours4_ms (CUDA): the kernel's loop with one and with four gathers in flight per lane, forced by "
+        "SYMNMF_SPMM_GATHERS; ours_ms is the loop it picks (four from r = 64)",
         "knn_gauss: approximate kNN (exact among a 1024-point window of a (cluster, random projection) sort)",
     ]
     if device.type != "cuda":

@@ -466,19 +466,22 @@ def test_cuda_matches_cpu(dtype, r):
 @pytest.mark.parametrize("r", [1, 4, 8, 17, 64, 128, 129])
 @pytest.mark.parametrize("nnz_per_row", [2.0, 20.0, 150.0])
 def test_cuda_four_gathers_in_flight(monkeypatch, dtype, r, nnz_per_row):
-    """SYMNMF_SPMM_GATHERS=4: the CUDA loop that gathers four nonzeros per lane before it multiplies gives the
-    same product (rows shorter than, about as long as and much longer than the lanes that split them)."""
+    """Both CUDA loops, forced by SYMNMF_SPMM_GATHERS (one gather per lane at a time, and four nonzeros per lane
+    gathered before they are multiplied; the kernel picks four from r = 64), give the CPU product, on rows
+    shorter than, about as long as and much longer than the lanes that split them."""
     assert spmm_mod.extension_status()["cuda"], "the CUDA SpMM was not built"
     A = random_graph(3000, nnz_per_row=nnz_per_row, seed=r)
     X = torch_csr(A, dtype)
     U = torch.randn(3000, r, dtype=dtype)
-    plain = sk.spmm(X.cuda(), U.cuda())
-    monkeypatch.setenv("SYMNMF_SPMM_GATHERS", "4")
-    out = sk.spmm(X.cuda(), U.cuda())
-    assert rel_err(out, sk.spmm(X, U)) < TOL[dtype]
-    assert rel_err(out, plain) < TOL[dtype]
     Ub = torch.randn(3, 3000, r, dtype=dtype)
-    assert rel_err(sk.spmm(X.cuda(), Ub.cuda()), sk.spmm(X, Ub)) < TOL[dtype]
+    expected, expected_batch = sk.spmm(X, U), sk.spmm(X, Ub)
+    picked = sk.spmm(X.cuda(), U.cuda())
+    for gathers in ("1", "4"):
+        monkeypatch.setenv("SYMNMF_SPMM_GATHERS", gathers)
+        out = sk.spmm(X.cuda(), U.cuda())
+        assert rel_err(out, expected) < TOL[dtype]
+        assert rel_err(out, picked) < TOL[dtype]
+        assert rel_err(sk.spmm(X.cuda(), Ub.cuda()), expected_batch) < TOL[dtype]
 
 
 @pytest.mark.gpu

@@ -54,11 +54,15 @@ void launch(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& val
   scalar_t* dst = out.data_ptr<scalar_t>();
   const bool aligned = r % VEC == 0 && ld % VEC == 0 && (batch == 1 || stride_b % VEC == 0) &&
                        reinterpret_cast<uintptr_t>(dense) % 16 == 0;
-  // SYMNMF_SPMM_GATHERS=4 takes the loop that keeps four gathers in flight per lane (63-72 registers
-  // against 36-40 in the sm_90 compile, so fewer warps per SM); read at every launch so that a benchmark can
-  // compare the two in one process. Not yet timed on a GPU: the one-at-a-time loop stays the default.
+  // The loop that keeps four gathers in flight per lane uses 63-72 registers against 36-40 (sm_90), so fewer
+  // warps per SM hide the latency the other way. On an H200 (float32, 100k-4M rows, 25-32 stored entries per
+  // row) it was 1.05-1.12x the one-at-a-time loop at r = 64 and 1.14-1.20x at r = 128, but 0.84-0.94x at
+  // r = 16: it is taken from kFourGathersMinR columns. SYMNMF_SPMM_GATHERS=1 or 4 forces one loop, read at
+  // every launch so that a benchmark can compare the two in one process.
+  constexpr int64_t kFourGathersMinR = 64;
   const char* gathers_env = std::getenv("SYMNMF_SPMM_GATHERS");
-  const int gathers = gathers_env != nullptr && std::atoi(gathers_env) == 4 ? 4 : 1;
+  const int forced = gathers_env != nullptr ? std::atoi(gathers_env) : 0;
+  const int gathers = forced == 1 || forced == 4 ? forced : (r >= kFourGathersMinR ? 4 : 1);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   for (int64_t b0 = 0; b0 < batch; b0 += kMaxGridZ) {
     const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
