@@ -23,6 +23,8 @@ summed, D^-1/2 A D^-1/2). That is how the GPU runs reach 4M-10M nodes at r = 64 
 
 `--net-steps N` then times N SymNMF-Net training steps (default recipe, one restart) on the same graph;
 `--net-fit` runs the whole default fit (`fit_net`: 4 restarts, plateau stop, SymHALS finish).
+`--hals-phases` times each part of a SymHALS iteration alone on the solved factor (the SpMM, the Gram, the
+sweep, the stopping check), to set beside the iteration's measured time.
 On a GPU, memory is the peak allocated by torch (torch.cuda.max_memory_allocated) after each stage.
 
 `--graph fashion` takes Fashion-MNIST's 70,000 images (pixels in [0, 1], 10 classes; Zalando's idx files
@@ -42,7 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import write_table  # noqa: E402
+import symnmf_kernels as sk  # noqa: E402
+from bench.common import bench, write_table  # noqa: E402
 from symnmf.graph import similarity_graph  # noqa: E402
 from symnmf.metrics import accuracy, nmi  # noqa: E402
 from symnmf.solvers import solve  # noqa: E402
@@ -94,6 +97,36 @@ def peak_gb(device):
     return peak_rss_gb()
 
 
+def hals_phases(X, U, lam, check_every, device):
+    """Rows timing each part of a SymHALS iteration (python/symnmf/solvers/penalised.py `alternate`) on the
+    solved factor U, the median of repeated runs: the SpMM, the Gram and the sweep run twice an iteration,
+    the stopping check's half gradient and loss once every `check_every` iterations."""
+    from symnmf.solvers.base import Problem
+    from symnmf.solvers.penalised import half_gradient
+    from symnmf_kernels.ops.hals import hals_sweep_
+
+    problem = Problem(X)
+    XU = problem.matmul(U)
+    B = sk.gram(U, lam)
+    F = U.clone()  # swept in place again and again: it stays near the fixed point U is close to
+    parts = [
+        ("spmm (X U)", 2, lambda: problem.matmul(U)),
+        ("gram (U^T U + lam I)", 2, lambda: sk.gram(U, lam)),
+        ("sweep (hals_sweep_)", 2, lambda: hals_sweep_(F, XU, B, V=U, lam=lam)),
+        ("check: half gradient", 1 / check_every, lambda: half_gradient(U, B, XU, U, lam)),
+        ("check: loss", 1 / check_every, lambda: problem.loss(U, XU)),
+    ]
+    rows, total = [], 0.0
+    for name, per_iter, fn in parts:
+        ms = bench(fn, device=device)
+        total += per_iter * ms
+        rows.append(dict(stage=f"symhals phase: {name}", n=X.shape[0], stored_entries=X._nnz(), r=U.shape[1],
+                         seconds=ms / 1e3, notes=f"{per_iter:g} per iteration; median of repeated runs"))
+    rows.append(dict(stage="symhals phases, one iteration", n=X.shape[0], stored_entries=X._nnz(), r=U.shape[1],
+                     s_per_iter=total / 1e3, notes="the phases above, weighted by how often an iteration runs them"))
+    return rows
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -119,6 +152,8 @@ def main(argv=None):
     p.add_argument("--inside", type=float, default=0.6, help="planted: fraction of each node's edges in its cluster")
     p.add_argument("--max-iter", type=int, default=None, help="SymHALS iterations at most (default: the library's)")
     p.add_argument("--net-steps", type=int, default=0, help="also time this many SymNMF-Net training steps")
+    p.add_argument("--hals-phases", action="store_true",
+                   help="also time each part of a SymHALS iteration alone (SpMM, Gram, sweep, stopping check)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -164,6 +199,10 @@ def main(argv=None):
                      peak_rss_gb=peak_gb(device), state_mb=state_mb,
                      notes=f"an n x n float32 matrix would be {args.n**2 * 4 / 1e9:.0f} GB"))
     print(rows[-1], flush=True)
+    if args.hals_phases:
+        rows += hals_phases(X, res.U, res.params["lam"], res.params["check_every"], device)
+        for row in rows[-6:]:
+            print(row, flush=True)
     del res
 
     if args.net_steps:

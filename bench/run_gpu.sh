@@ -129,10 +129,10 @@ wants bench_solvers && run_bench bench_solvers.py 75
 # Whether an argument error inside the compiled extension reaches Python (it crashed the process once).
 wants ext_errors && step "ext_errors" 120 "$PY" bench/ext_errors.py
 # Scale runs (opt-in, about 70 s): planted graphs of 4M and 10M nodes drawn on the GPU, r = 64, SymHALS
-# and SymNMF-Net steps, time per iteration and peak memory.
+# and SymNMF-Net steps, time per iteration and peak memory; at 4M also each part of a SymHALS iteration alone.
 if wants scale; then
     run_bench bench_scale.py 160 --graph planted --device cuda --n 4000000 --clusters 64 --max-iter 100 \
-        --net-steps 10 --quiet --name bench_scale_4m
+        --net-steps 10 --hals-phases --quiet --name bench_scale_4m
     run_bench bench_scale.py 220 --graph planted --device cuda --n 10000000 --clusters 64 --max-iter 50 \
         --net-steps 5 --quiet --name bench_scale_10m
 fi

@@ -176,12 +176,18 @@ def test_bench_scale_small(tmp_path):
 
 def test_bench_scale_planted_with_net_steps(tmp_path):
     """The planted mode the GPU scale runs use, at a small n on the CPU: the graph is symmetric and normalised,
-    SymHALS recovers its clusters, and the SymNMF-Net stage times its steps."""
+    SymHALS recovers its clusters, the parts of its iteration are timed alone, and the SymNMF-Net stage times
+    its steps."""
     _, _, rows = _run_script([os.path.join("bench", "bench_scale.py"), "--graph", "planted", "--n", "4000",
-                              "--clusters", "4", "--net-steps", "3", "--quiet", "--name", "scale_planted"], tmp_path)
-    assert [row["stage"] for row in rows] == ["graph", "symhals", "symnmf-net steps"]
+                              "--clusters", "4", "--net-steps", "3", "--hals-phases", "--quiet",
+                              "--name", "scale_planted"], tmp_path)
+    phases = ["spmm (X U)", "gram (U^T U + lam I)", "sweep (hals_sweep_)", "check: half gradient", "check: loss"]
+    assert [row["stage"] for row in rows] == (["graph", "symhals"] + [f"symhals phase: {p}" for p in phases]
+                                              + ["symhals phases, one iteration", "symnmf-net steps"])
     assert float(rows[1]["acc"]) > 0.9  # 60 % of the edges inside 4 clusters: an easy graph
-    net = rows[2]
+    assert all(float(row["seconds"]) > 0 for row in rows[2:7])
+    assert float(rows[7]["s_per_iter"]) > 2 * float(rows[2]["seconds"])  # two SpMMs and more an iteration
+    net = rows[-1]
     assert int(net["iterations"]) == 3 and float(net["s_per_iter"]) > 0 and 0 < float(net["acc"]) <= 1
 
 
