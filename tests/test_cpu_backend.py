@@ -215,10 +215,13 @@ def test_spmm_int32_indices_and_empty_rows():
 
 @pytest.mark.parametrize("r", [1, 8, 16, 17, 32])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_spmm_goes_to_torch_where_it_is_faster(monkeypatch, r, dtype):
-    """A CPU forward at r <= 8 with int32 column indices runs torch.sparse.mm (MKL); anything else, and
-    any product U's gradient needs, the extension. Both give the product, NaN included."""
+@pytest.mark.parametrize("mkl_is_faster", [True, False])
+def test_spmm_goes_to_torch_where_it_is_faster(monkeypatch, r, dtype, mkl_is_faster):
+    """Where MKL's product is the faster (an Intel processor), a CPU forward at r <= 8 with int32 column indices
+    runs torch.sparse.mm; anything else, and any product U's gradient needs, the extension. Both give the
+    product, NaN included."""
     spmm_module = importlib.import_module("symnmf_kernels.ops.spmm")  # the op's name shadows its module
+    monkeypatch.setattr(spmm_module, "_MKL_IS_FASTER", mkl_is_faster)
     X = random_sparse(400, 6, r).to(dtype)
     A = as_csr(X)
     A = type(A)(A.crow_indices, A.col_indices.to(torch.int32), A.values, A.shape)
@@ -228,7 +231,7 @@ def test_spmm_goes_to_torch_where_it_is_faster(monkeypatch, r, dtype):
     real = torch.sparse.mm
     monkeypatch.setattr(torch.sparse, "mm", lambda *a: calls.append(1) or real(*a))
     out = sk.spmm(A, U)
-    expected_torch = r <= 8 and spmm_module._MKL
+    expected_torch = r <= 8 and mkl_is_faster
     assert bool(calls) == expected_torch
     native = torch.ops.symnmf_kernels.spmm_csr(A.crow_indices, A.col_indices, A.values, U)
     assert torch.equal(torch.isnan(out), torch.isnan(native)) and bool(torch.isnan(out).any())
@@ -241,6 +244,34 @@ def test_spmm_goes_to_torch_where_it_is_faster(monkeypatch, r, dtype):
     calls.clear()
     sk.spmm(as_csr(X), U)  # int64 column indices: torch's own kernel would be slower
     assert not calls
+
+
+def test_mkl_is_faster_only_on_intel(monkeypatch):
+    """The small-r dispatch to MKL follows the processor's vendor as /proc/cpuinfo (or the platform) names it."""
+    import builtins
+    import io
+
+    spmm_module = importlib.import_module("symnmf_kernels.ops.spmm")
+    real_open = builtins.open
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: True)
+    for vendor, expected in (("GenuineIntel", True), ("AuthenticAMD", False)):
+        text = f"processor\t: 0\nvendor_id\t: {vendor}\n"
+        monkeypatch.setattr(builtins, "open", lambda path, *a, **k: io.StringIO(text) if path == "/proc/cpuinfo"
+                            else real_open(path, *a, **k))
+        assert spmm_module._mkl_is_faster_here() is expected
+
+    def no_cpuinfo(path, *a, **k):
+        if path == "/proc/cpuinfo":
+            raise OSError("no /proc here")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", no_cpuinfo)
+    for processor, expected in (("Intel64 Family 6 Model 85", True), ("AMD64 Family 25", False), ("arm", False)):
+        monkeypatch.setattr(spmm_module.platform, "processor", lambda p=processor: p)
+        assert spmm_module._mkl_is_faster_here() is expected
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: False)
+    monkeypatch.setattr(spmm_module.platform, "processor", lambda: "Intel64")
+    assert spmm_module._mkl_is_faster_here() is False
 
 
 @pytest.mark.parametrize("r", [5, 8, 10])

@@ -13,6 +13,7 @@ transpose; any other X has its transpose computed once and cached with X
 (symnmf_kernels.sparse.CSR).
 """
 import math
+import platform
 
 import torch
 
@@ -159,21 +160,38 @@ def spmm(X, U, symmetric=None):
     return spmm_csr(A.crow_indices, A.col_indices, A.values, D, *t).reshape(out_shape)
 
 
-# On the CPU, torch.sparse.mm with 32-bit indices runs MKL's kernel, which at r <= 8 on random and kNN graphs of
-# 100,000 nodes (26 entries per row, one thread) was 1.2-1.6x faster than the extension's, and at 300,000 nodes
-# 0.8-1.1x; from r = 16 on the two tied or the extension won (bench/results/bench_spmm_extension-2026-11-26-cpu.md).
-# With 64-bit indices torch runs its own kernel instead, 1.3-2x slower than the extension's.
+# On the CPU, torch.sparse.mm with 32-bit indices runs MKL's kernel, which on an Intel Xeon at r <= 8 on random
+# and kNN graphs of 100,000 nodes (26 entries per row, one thread) was 1.2-1.6x faster than the extension's, and
+# at 300,000 nodes 0.8-1.1x; from r = 16 on the two tied or the extension won
+# (bench/results/bench_spmm_extension-2026-11-26-cpu.md). On an AMD EPYC the extension was the faster at every r:
+# 1.2-1.3x MKL at r = 4 and 1.4-2.4x at r = 8 on the same graphs (bench_spmm_ext_r8_1t-2026-11-27-cpu.md), MKL's
+# sparse kernels being tuned for Intel's processors. With 64-bit indices torch runs its own kernel instead,
+# 1.3-2x slower than the extension's.
 _TORCH_CPU_MAX_R = 8
+
+
+def _mkl_is_faster_here():
+    """Whether torch has MKL and this is an Intel processor, where MKL's sparse product wins at small r."""
+    if not torch.backends.mkl.is_available():
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return "GenuineIntel" in line
+    except OSError:
+        pass
+    return "intel" in platform.processor().lower()
+
+
+_MKL_IS_FASTER = _mkl_is_faster_here()
 
 
 def _torch_is_faster(A, D):
     """Whether the forward X @ D goes to torch.sparse.mm (where X has 32-bit indices, `CSR.torch_int32`): a CPU
-    product at r <= 8, without autograd, with MKL in torch."""
-    return (D.dim() == 2 and D.is_cpu and D.shape[-1] <= _TORCH_CPU_MAX_R and _MKL
+    product at r <= 8, without autograd, with MKL in torch, on an Intel processor."""
+    return (D.dim() == 2 and D.is_cpu and D.shape[-1] <= _TORCH_CPU_MAX_R and _MKL_IS_FASTER
             and not (torch.is_grad_enabled() and D.requires_grad) and not torch.compiler.is_compiling())
-
-
-_MKL = torch.backends.mkl.is_available()
 
 
 def _csr_matmul(self, U):
