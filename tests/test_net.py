@@ -700,3 +700,59 @@ def test_cuda_graph_training_equals_eager(sparse):
     for a, b in zip(graphed.parameters(), eager.parameters()):
         assert rel(a, b) < 1e-4
     assert np.allclose(graphed.history_["loss"], eager.history_["loss"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("n_layers", [2, 5])
+def test_training_factors_bounds_what_a_step_holds(n_layers):
+    """The count behind the GPU memory check covers what a training step keeps: the weights, their gradients and
+    Adam's moments, U_0 and X U_0, and every distinct factor-sized tensor saved for the backward (counted with
+    autograd's saved-tensor hooks on a sparse graph, two restarts), and not far more."""
+    import symnmf.net as net_module
+
+    X, _ = planted_graph([30, 40, 31], 0.4, 0.05, seed=21, dtype=torch.float32)
+    Xs = X.to_sparse_csr()
+    net = SymNMFNet(3, n_layers=n_layers, n_restarts=2, random_state=3).fit(Xs, epochs=2, tol=None)
+    factor_numel = net.U0.numel()
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    saved = set()
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if t.numel() == factor_numel and ptr not in params and ptr != net.U0.untyped_storage().data_ptr():
+            saved.add(ptr)
+        return t
+
+    S0 = net._start_product(Xs)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net._objective(Xs, net_module._frob2(Xs), S0)
+    held = 4 * n_layers + 2 + len(saved)  # P_i, gradients, two moments; U_0, X U_0; saved for the backward
+    assert len(saved) >= 2 * n_layers  # the count is about something: each layer keeps some
+    # the torch path of a small graph keeps fewer than the GPU's kernels: room for those and the temporaries
+    assert held <= net_module.training_factors(n_layers) <= held + 2 * n_layers + 3
+
+
+def test_training_that_cannot_fit_on_the_gpu_is_refused_with_the_fix(monkeypatch):
+    """On a CUDA device, fit refuses before the first step training whose factors clearly exceed the free
+    memory, with a message naming the sizes and the settings to change; what fits is let through."""
+    import symnmf.net as net_module
+
+    X, _ = planted_graph([10, 12], 0.5, 0.1, seed=22, dtype=torch.float32)
+    net = SymNMFNet(2, n_layers=3, n_restarts=4, random_state=1).initialize(X.to_sparse_csr())
+    factor = net.U0.numel() * 4
+    need = (net_module.training_factors(3) - 3 - 1) * factor
+
+    class OnGPU:
+        is_cuda = True
+        device = torch.device("cuda", 0)
+
+    allocated = 1000
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: allocated + 24)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: allocated)
+    for free, refused in ((int(need / 1.1) - 100, True), (int(need / 1.1) + 100, False), (10 * need, False)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, f=free: (f, 80 * 10**9))
+        if refused:
+            with pytest.raises(torch.OutOfMemoryError, match=r"n_restarts=1.*n_layers.*symnmf\.distributed"):
+                net_module._check_training_memory(net, OnGPU())
+        else:
+            net_module._check_training_memory(net, OnGPU())
+    net_module._check_training_memory(net, X)  # a CPU X: nothing to check

@@ -635,6 +635,7 @@ class SymNMFNet(nn.Module):
             self._initialize(X, U0)
         if cuda_graph and not X.is_cuda:
             raise ValueError(f"cuda_graph=True needs the net and X on a CUDA device, got {X.device}")
+        _check_training_memory(self, X)
 
         if optimizer is None:
             # The fused Adam is one kernel for all of the net's weights; the loop-per-tensor Adam took as
@@ -921,6 +922,40 @@ def _capturable(beta_final, lr_schedule):
     """Whether a training step is the same at every epoch, so that one captured CUDA graph can replay it
     (with the default optimiser): no beta decay and a constant learning rate."""
     return beta_final is None and lr_schedule == "constant"
+
+
+def training_factors(n_layers):
+    """How many factors the size of U_0 (every restart and problem) a training step holds at its peak: the weights
+    P_i, their gradients and Adam's two moments (4 L); what the step keeps for its backward, each block's output
+    and each layer loss's X U_i and residual (about 3 L); U_0, X U_0 and the start's residual (3); and the
+    backward's temporaries (about L). On an H200 (r = 64, L = 5, one restart) the measured peaks were 40 and 42
+    such factors at 4M and 10M nodes (bench/results/bench_scale_4m-, bench_scale_10m-2026-11-27-NVIDIA-H200.md),
+    against 43 here."""
+    return 8 * n_layers + 3
+
+
+def _check_training_memory(net, X):
+    """Refuse, before the first step, training that cannot fit in the GPU's memory, naming what to change.
+
+    Without this a run out of memory fails deep inside a step (or in the CUDA-graph capture, which then trains
+    again with eager steps first) with a message that says nothing of the restarts or the layers.
+    """
+    if not X.is_cuda:
+        return
+    factor = net.U0.numel() * net.U0.element_size()
+    need = (training_factors(net.n_layers) - len(net.P) - 1) * factor  # the weights and U_0 are there already
+    free, total = torch.cuda.mem_get_info(X.device)
+    available = free + torch.cuda.memory_reserved(X.device) - torch.cuda.memory_allocated(X.device)
+    # The count is a few percent above the measured peaks: refuse only what is out of reach.
+    if need > 1.1 * available:
+        raise torch.OutOfMemoryError(
+            f"SymNMF-Net's training would allocate about {need / 1e9:.1f} GB more on {X.device}, where "
+            f"{available / 1e9:.1f} GB of {total / 1e9:.1f} GB are free: a step keeps about "
+            f"{training_factors(net.n_layers)} tensors the size of U_0 {tuple(net.U0.shape)} ({net.U0.dtype}) for "
+            f"{net.n_layers} layers. Train fewer restarts side by side (n_restarts=1: SymNMFNet(n_restarts=1), "
+            "fit_net(..., n_restarts=1) or net_options={'n_restarts': 1}), fewer layers (n_layers), a smaller "
+            "rank, or shard the graph over several GPUs (symnmf.distributed)"
+        )
 
 
 def plateaued(losses, tol, window):
