@@ -755,4 +755,37 @@ def test_training_that_cannot_fit_on_the_gpu_is_refused_with_the_fix(monkeypatch
                 net_module._check_training_memory(net, OnGPU())
         else:
             net_module._check_training_memory(net, OnGPU())
-    net_module._check_training_memory(net, X)  # a CPU X: nothing to check
+    net_module._check_training_memory(net, X)  # the host has room for this one
+
+
+def test_cpu_training_that_cannot_fit_in_the_host_memory_is_refused(monkeypatch):
+    """On the CPU the same check reads the host's available memory (/proc/meminfo), and skips where it cannot."""
+    import symnmf.net as net_module
+
+    X, _ = planted_graph([10, 12], 0.5, 0.1, seed=23, dtype=torch.float32)
+    Xs = X.to_sparse_csr()
+    net = SymNMFNet(2, n_layers=3, n_restarts=4, random_state=1).initialize(Xs)
+    need = (net_module.training_factors(3) - 3 - 1) * net.U0.numel() * 4
+    monkeypatch.setattr(net_module, "_host_memory", lambda: (need // 2, 10**9))
+    with pytest.raises(torch.OutOfMemoryError, match=r"on cpu.*n_restarts=1"):
+        net.fit(Xs, epochs=1)
+    monkeypatch.setattr(net_module, "_host_memory", lambda: (None, None))
+    net.fit(Xs, epochs=1)
+    monkeypatch.setattr(net_module, "_host_memory", lambda: (10 * need, 10**9))
+    net.fit(Xs, epochs=1)
+
+
+def test_host_memory_reads_meminfo(monkeypatch):
+    import builtins
+    import io
+
+    import symnmf.net as net_module
+
+    real_open = builtins.open
+    text = "MemTotal:       24000000 kB\nMemFree:  1000 kB\nMemAvailable:   12000000 kB\n"
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: io.StringIO(text) if path == "/proc/meminfo"
+                        else real_open(path, *a, **k))
+    assert net_module._host_memory() == (12000000 * 1024, 24000000 * 1024)
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: io.StringIO("MemTotal: 5 kB\n")
+                        if path == "/proc/meminfo" else real_open(path, *a, **k))
+    assert net_module._host_memory() == (None, None)

@@ -935,17 +935,21 @@ def training_factors(n_layers):
 
 
 def _check_training_memory(net, X):
-    """Refuse, before the first step, training that cannot fit in the GPU's memory, naming what to change.
+    """Refuse, before the first step, training that cannot fit in memory, naming what to change.
 
-    Without this a run out of memory fails deep inside a step (or in the CUDA-graph capture, which then trains
-    again with eager steps first) with a message that says nothing of the restarts or the layers.
+    Without this a GPU run out of memory fails deep inside a step (or in the CUDA-graph capture, which then
+    trains again with eager steps first) with a message that says nothing of the restarts or the layers, and a
+    CPU run is ended by the system's out-of-memory killer with no message at all.
     """
-    if not X.is_cuda:
-        return
     factor = net.U0.numel() * net.U0.element_size()
     need = (training_factors(net.n_layers) - len(net.P) - 1) * factor  # the weights and U_0 are there already
-    free, total = torch.cuda.mem_get_info(X.device)
-    available = free + torch.cuda.memory_reserved(X.device) - torch.cuda.memory_allocated(X.device)
+    if X.is_cuda:
+        free, total = torch.cuda.mem_get_info(X.device)
+        available = free + torch.cuda.memory_reserved(X.device) - torch.cuda.memory_allocated(X.device)
+    else:
+        available, total = _host_memory()
+        if available is None:
+            return
     # The count is a few percent above the measured peaks: refuse only what is out of reach.
     if need > 1.1 * available:
         raise torch.OutOfMemoryError(
@@ -954,8 +958,18 @@ def _check_training_memory(net, X):
             f"{training_factors(net.n_layers)} tensors the size of U_0 {tuple(net.U0.shape)} ({net.U0.dtype}) for "
             f"{net.n_layers} layers. Train fewer restarts side by side (n_restarts=1: SymNMFNet(n_restarts=1), "
             "fit_net(..., n_restarts=1) or net_options={'n_restarts': 1}), fewer layers (n_layers), a smaller "
-            "rank, or shard the graph over several GPUs (symnmf.distributed)"
+            "rank, or shard the graph over several GPUs or machines (symnmf.distributed)"
         )
+
+
+def _host_memory():
+    """(available, total) bytes of the host's memory from /proc/meminfo, or (None, None) where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["MemAvailable"].split()[0]) * 1024, int(fields["MemTotal"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None, None
 
 
 def plateaued(losses, tol, window):
