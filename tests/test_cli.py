@@ -140,6 +140,8 @@ def test_cluster_input_errors_are_one_line_before_any_fit(tmp_path, capsys, monk
         (["ok.npy", "-k", "2", "--solver", "sgd"], "--solver must be one of"),
         (["ok.npy", "-k", "2", "--n-init", "0"], "--n-init must be >= 1"),
         (["ok.npy", "-k", "2", "--solver", "net", "--n-init", "3"], "--n-init applies to the classical solvers"),
+        (["ok.npy", "-k", "2", "--restarts", "0"], "--restarts must be >= 1"),
+        (["ok.npy", "-k", "2", "--solver", "hals", "--restarts", "2"], "--restarts applies to SymNMF-Net"),
         (["ok.npy", "-k", "2", "--device", "gpu"], "--device 'gpu' is not a device torch knows"),
         (["ok.npy", "-k", "2", "--device", "cuda:99"], "--device 'cuda:99' cannot be used"),
     ]
@@ -152,6 +154,26 @@ def test_cluster_input_errors_are_one_line_before_any_fit(tmp_path, capsys, monk
         assert message in err, (argv, err)
         assert err.count("\n") == 1 and err.startswith("symnmf cluster: error: "), err
     assert not (tmp_path / "out").exists()  # nothing written, not even the folder
+
+
+def test_cluster_net_restarts_reach_the_fit(tmp_path, capsys, monkeypatch):
+    """--restarts sets how many restarts SymNMF-Net trains side by side; without it the recipe's."""
+    import symnmf.net
+
+    real, seen = symnmf.net.fit_net, []
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        seen.append((kwargs.get("n_restarts"), tuple(result.net.U0.shape[:-2])))
+        return result
+
+    monkeypatch.setattr(symnmf.net, "fit_net", spy)
+    X, _ = blobs(15, 2, 3, np.random.default_rng(4))
+    np.save(tmp_path / "f.npy", X)
+    argv = ["cluster", str(tmp_path / "f.npy"), "-k", "2", "--solver", "net", "--epochs", "2", "--device", "cpu"]
+    assert main([*argv, "--restarts", "2", "--out", str(tmp_path / "two")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "default")]) == 0
+    assert seen == [(2, (2,)), (None, (4,))]
 
 
 def test_cluster_does_not_overwrite_without_flag(tmp_path, capsys):

@@ -107,6 +107,17 @@ def test_net_solver_on_precomputed_graph(graph):
     assert accuracy(labels, model.labels_) >= 0.95
 
 
+def test_net_restarts_parameter(graph):
+    """n_restarts: how many restarts the net trains side by side (None: the recipe's), checked like the others."""
+    A, _ = graph
+    two = SymNMF(3, affinity="precomputed", random_state=1, n_restarts=2, max_iter=3).fit(A)
+    assert tuple(two.net_.U0.shape[:-2]) == (2,)
+    default = SymNMF(3, affinity="precomputed", random_state=1, max_iter=3).fit(A)
+    assert tuple(default.net_.U0.shape[:-2]) == (4,)
+    with pytest.raises(ValueError, match="'n_restarts' parameter"):
+        SymNMF(3, affinity="precomputed", n_restarts=0).fit(A)
+
+
 def test_feature_input_builds_a_graph():
     features, labels = make_blobs(n_samples=[21, 25, 29], centers=[[0, 0], [6, 0], [0, 6]], random_state=2)
     model = SymNMF(3, solver="hals", random_state=3, n_neighbors=6).fit(features)

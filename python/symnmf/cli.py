@@ -324,7 +324,8 @@ def _cluster_sharded(args, threads):
     options = {}
     if args.solver == "net":  # the same recipe and settings as the single-process fit
         options = {"recipe": args.recipe, **{name: value for name, value in
-                                             (("lr", args.lr), ("relative_lr", args.relative_lr), ("beta", args.beta))
+                                             (("lr", args.lr), ("relative_lr", args.relative_lr), ("beta", args.beta),
+                                              ("n_restarts", args.restarts))
                                              if value is not None}}
     max_iter = args.epochs if args.solver == "net" else args.max_iter
     try:
@@ -362,13 +363,15 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
         raise CommandError("give either an input file or --dataset NAME (not both)")
     if args.solver not in SOLVERS:
         raise CommandError(f"--solver must be one of {', '.join(SOLVERS)}, got {args.solver!r}")
-    for name in ("max_iter", "epochs", "n_neighbors", "n_init"):
+    for name in ("max_iter", "epochs", "n_neighbors", "n_init", "restarts"):
         value = getattr(args, name)
-        positive = name in ("n_neighbors", "n_init")
+        positive = name in ("n_neighbors", "n_init", "restarts")
         if value is not None and value < (1 if positive else 0):
             raise CommandError(f"--{name.replace('_', '-')} must be {'>= 1' if positive else '>= 0'}")
     if args.n_init != 1 and args.solver == "net":
-        raise CommandError("--n-init applies to the classical solvers; SymNMF-Net's restarts are its recipe's")
+        raise CommandError("--n-init applies to the classical solvers; SymNMF-Net's restarts are --restarts")
+    if args.restarts is not None and args.solver != "net":
+        raise CommandError("--restarts applies to SymNMF-Net; the classical solvers' starts are --n-init")
     threads = _threads(args.threads)
     _check_out(args.out, args.overwrite, CLUSTER_FILES)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -430,7 +433,8 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
     run = fit_affinity(
         X, k, args.solver, random_state=args.seed,
         max_iter=args.epochs if args.solver == "net" else args.max_iter, tol=args.tol, threads=threads,
-        net_options={"lr": args.lr, "relative_lr": args.relative_lr, "beta": args.beta}, recipe=args.recipe,
+        net_options={"lr": args.lr, "relative_lr": args.relative_lr, "beta": args.beta, "n_restarts": args.restarts},
+        recipe=args.recipe,
         n_init=args.n_init,
     )
     result = {
@@ -611,6 +615,9 @@ def build_parser():
                    help="classical solvers: random starts, the one whose labels have the highest modularity kept "
                         "(the rule SymNMF-Net keeps its restarts by; SymHALS runs them side by side; default 1)")
     c.add_argument("--epochs", type=int, help="SymNMF-Net's most training steps (default: the recipe's)")
+    c.add_argument("--restarts", type=int,
+                   help="SymNMF-Net's restarts trained side by side (default: the recipe's; each holds its own "
+                        "weights and optimiser state, so fewer need less memory)")
     _net_arguments(c)
     c.add_argument("--tol", type=float, help="stopping tolerance (projected-gradient norm relative to its start)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random start (SymNMF's random_state; default 0)")

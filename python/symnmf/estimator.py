@@ -107,6 +107,10 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         Whether lr is relative to the scale of the net's weights (then training
         does not depend on the scale of X); with False it is Adam's absolute
         step, as in the paper (lr = 0.5 there). None keeps the recipe's.
+    n_restarts : int or None
+        SymNMF-Net's restarts, trained side by side (each holds its own
+        weights and Adam state: memory grows with them); None keeps the
+        recipe's (4 for "default", 1 for "paper").
     dtype : torch.float32, torch.float64, "float32", "float64" or None
         Precision; None keeps a float input's own precision (float64 for
         integer input, as scikit-learn converts it).
@@ -178,6 +182,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         "mu": [Interval(numbers.Real, 0, None, closed="left"), None],
         "lr": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "relative_lr": ["boolean", None],
+        "n_restarts": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "dtype": [None, StrOptions({"float32", "float64"}), Options(torch.dtype, {torch.float32, torch.float64})],
         "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
@@ -203,6 +208,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         mu=None,
         lr=None,
         relative_lr=None,
+        n_restarts=None,
         dtype=None,
         n_threads=None,
         verbose=False,
@@ -224,6 +230,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         self.mu = mu
         self.lr = lr
         self.relative_lr = relative_lr
+        self.n_restarts = n_restarts
         self.dtype = dtype
         self.n_threads = n_threads
         self.verbose = verbose
@@ -276,7 +283,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             tol=self.tol, lam=self.lam, threads="auto" if self.n_threads is None else self.n_threads,
             verbose=bool(self.verbose), recipe=self.recipe, n_init=self.n_init,
             net_options=dict(n_layers=self.n_layers, beta=self.beta, mu=self.mu, lr=self.lr,
-                             relative_lr=self.relative_lr),
+                             relative_lr=self.relative_lr, n_restarts=self.n_restarts),
         )
         self.embedding_ = result.U.cpu().numpy()
         self.labels_ = result.labels

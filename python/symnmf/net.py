@@ -956,9 +956,9 @@ def _check_training_memory(net, X):
             f"SymNMF-Net's training would allocate about {need / 1e9:.1f} GB more on {X.device}, where "
             f"{available / 1e9:.1f} GB of {total / 1e9:.1f} GB are free: a step keeps about "
             f"{training_factors(net.n_layers)} tensors the size of U_0 {tuple(net.U0.shape)} ({net.U0.dtype}) for "
-            f"{net.n_layers} layers. Train fewer restarts side by side (n_restarts=1: SymNMFNet(n_restarts=1), "
-            "fit_net(..., n_restarts=1) or net_options={'n_restarts': 1}), fewer layers (n_layers), a smaller "
-            "rank, or shard the graph over several GPUs or machines (symnmf.distributed)"
+            f"{net.n_layers} layers. Train fewer restarts side by side (n_restarts=1 in SymNMF, SymNMFNet or "
+            "fit_net, net_options={'n_restarts': 1}, `symnmf cluster --restarts 1`), fewer layers (n_layers), a "
+            "smaller rank, or shard the graph over several GPUs or machines (symnmf.distributed)"
         )
 
 
