@@ -70,6 +70,25 @@ def _run_cases(graph, root, tag, cases):
                        "rows_sent": graph.plan.rows_sent}, f)
 
 
+def _refuse_on_rank_one(graph, root):
+    """Training whose step cannot fit in rank 1's memory (its MemAvailable reported as 1 kB): every rank refuses,
+    with the same message."""
+    import symnmf.net as net_module
+
+    real = net_module._host_memory
+    if graph.comm.rank == 1:
+        net_module._host_memory = lambda: (1000, 10**9)
+    try:
+        net(graph, K, seed=0, recipe="paper", epochs=2)
+        message = "trained"
+    except torch.OutOfMemoryError as err:
+        message = str(err)
+    finally:
+        net_module._host_memory = real
+    with open(os.path.join(root, f"refused-{graph.comm.rank}.txt"), "w") as f:
+        f.write(message)
+
+
 def _worker(rank, world, root, port, device):
     as_torchrun_rank(rank, world, port)
     import torch.distributed as dist
@@ -97,6 +116,7 @@ def _worker(rank, world, root, port, device):
             # cluster() with the net, rank 0 writes the outputs.
             sd.cluster(path, K, "net", seed=0, max_iter=CLUSTER_EPOCHS, device="cpu", out=os.path.join(root, "out"),
                        **CLUSTER_OPTIONS)
+            _refuse_on_rank_one(sd.ShardedGraph.from_npz(path), root)
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -179,6 +199,15 @@ def test_sharded_net_float32(spawned, graph):
     assert _rel(history["loss"], ref.net.history_["loss"]) < 1e-4
     assert _rel(U, ref.U.numpy()) < 1e-3
     assert np.mean(U.argmax(1) == ref.labels.cpu().numpy()) > 0.99
+
+
+def test_training_that_cannot_fit_on_one_rank_is_refused_by_all(spawned):
+    messages = []
+    for p in range(3):
+        with open(os.path.join(spawned, f"refused-{p}.txt")) as f:
+            messages.append(f.read())
+    assert messages[0] == messages[1] == messages[2], messages
+    assert "more on rank 1, where 0.0 GB of 1.0 GB are free" in messages[0] and "n_restarts=1" in messages[0]
 
 
 def test_traffic_of_a_training_step(spawned, single):

@@ -190,6 +190,27 @@ def _select_consensus(graph, U):
     return int(agree.argmax())
 
 
+def _check_training_memory(graph, U0, n_layers):
+    """The single-process net's memory check (`symnmf.net.training_factors`) on every rank's rows, agreed: where
+    any rank's step cannot fit, every rank raises the same error, naming the fullest rank."""
+    from .net import free_memory, training_memory_message, training_memory_needed
+
+    comm = graph.comm
+    need = training_memory_needed(U0, n_layers)
+    available, total = free_memory(U0.device)
+    table = torch.zeros(4, comm.world_size, dtype=torch.float64, device=comm.device)
+    table[:, comm.rank] = torch.tensor([need, math.inf if available is None else available, total or 0.0,
+                                        U0.shape[-2]], dtype=torch.float64)
+    comm.all_reduce(table)
+    short = table[0] - 1.1 * table[1]
+    worst = int(short.argmax())
+    if float(short[worst]) > 0:
+        need, available, total, rows = (float(v) for v in table[:, worst])
+        shape = (*U0.shape[:-2], int(rows), U0.shape[-1])
+        raise torch.OutOfMemoryError(training_memory_message(need, available, total, f"rank {worst}", shape,
+                                                             U0.dtype, n_layers))
+
+
 def _check_int(name, value, low):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -317,6 +338,7 @@ def net(graph, k, *, seed=0, recipe="default", U0=None, max_iter=None, tol=None,
             G = all_reduce(g)
             if i + 1 < settings["n_layers"]:
                 S = graph.matmul(U)
+    _check_training_memory(graph, U0, settings["n_layers"])
     lam_p = nn.Parameter(lam_t.clone(), requires_grad=bool(settings["learn_lam"]))
     beta_scale = 1.0 / float(lam_t.pow(2).mean()) if settings["beta_relative"] else 1.0
     beta, beta_final, epochs = float(settings["beta"]), settings["beta_final"], int(settings["epochs"])

@@ -941,25 +941,37 @@ def _check_training_memory(net, X):
     trains again with eager steps first) with a message that says nothing of the restarts or the layers, and a
     CPU run is ended by the system's out-of-memory killer with no message at all.
     """
-    factor = net.U0.numel() * net.U0.element_size()
-    need = (training_factors(net.n_layers) - len(net.P) - 1) * factor  # the weights and U_0 are there already
-    if X.is_cuda:
-        free, total = torch.cuda.mem_get_info(X.device)
-        available = free + torch.cuda.memory_reserved(X.device) - torch.cuda.memory_allocated(X.device)
-    else:
-        available, total = _host_memory()
-        if available is None:
-            return
-    # The count is a few percent above the measured peaks: refuse only what is out of reach.
-    if need > 1.1 * available:
-        raise torch.OutOfMemoryError(
-            f"SymNMF-Net's training would allocate about {need / 1e9:.1f} GB more on {X.device}, where "
-            f"{available / 1e9:.1f} GB of {total / 1e9:.1f} GB are free: a step keeps about "
-            f"{training_factors(net.n_layers)} tensors the size of U_0 {tuple(net.U0.shape)} ({net.U0.dtype}) for "
-            f"{net.n_layers} layers. Train fewer restarts side by side (n_restarts=1 in SymNMF, SymNMFNet or "
-            "fit_net, net_options={'n_restarts': 1}, `symnmf cluster --restarts 1`), fewer layers (n_layers), a "
-            "smaller rank, or shard the graph over several GPUs or machines (symnmf.distributed)"
-        )
+    need = training_memory_needed(net.U0, net.n_layers)
+    available, total = free_memory(X.device)
+    if available is not None and need > 1.1 * available:  # the count is a few percent above the measured peaks
+        raise torch.OutOfMemoryError(training_memory_message(need, available, total, str(X.device),
+                                                             tuple(net.U0.shape), net.U0.dtype, net.n_layers))
+
+
+def training_memory_needed(U0, n_layers):
+    """Bytes a training step allocates beyond the weights and U_0, which are there already (`training_factors`)."""
+    return (training_factors(n_layers) - n_layers - 1) * U0.numel() * U0.element_size()
+
+
+def free_memory(device):
+    """(available, total) bytes where device's tensors live: the GPU's free memory and what torch's allocator
+    holds unused, or the host's MemAvailable; (None, None) where neither can be read."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device), total
+    return _host_memory()
+
+
+def training_memory_message(need, available, total, where, shape, dtype, n_layers):
+    return (
+        f"SymNMF-Net's training would allocate about {need / 1e9:.1f} GB more on {where}, where "
+        f"{available / 1e9:.1f} GB of {total / 1e9:.1f} GB are free: a step keeps about "
+        f"{training_factors(n_layers)} tensors the size of U_0 {shape} ({dtype}) for "
+        f"{n_layers} layers. Train fewer restarts side by side (n_restarts=1 in SymNMF, SymNMFNet or "
+        "fit_net, net_options={'n_restarts': 1}, `symnmf cluster --restarts 1`), fewer layers (n_layers), a "
+        "smaller rank, or shard the graph over several GPUs or machines (symnmf.distributed)"
+    )
 
 
 def _host_memory():
