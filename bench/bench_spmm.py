@@ -57,7 +57,7 @@ GRAPHS = ("knn_gauss", "knn_like", "random")
 SIZES = {
     "tiny": {"n": [2_000], "r": [4, 16]},
     "small": {"n": [10_000, 100_000], "r": [16, 64]},
-    "full": {"n": [100_000, 1_000_000, 4_000_000], "r": [16, 64, 128]},
+    "full": {"n": [100_000, 1_000_000, 4_000_000], "r": [16, 32, 64, 128]},
 }
 DENSE_LIMIT_BYTES = 4 << 30  # the dense product runs when X_dense fits in this much memory
 COLUMNS = [

@@ -12,11 +12,12 @@
 # not stop the others. The exit status is 0 only when every step that ran passed.
 #
 # Environment: PYTHON (default python3), OUT (default: a fresh temporary folder),
-# RUN_GPU_BUDGET_S, RUN_GPU_STEPS (default "install gpu_tests bench_net_fit bench_nnls neural_nmf_speed bench_block
-# bench_spmm bench_solvers"; add "ext_errors" for the extension's argument errors, about 60 s, "suite" for the
-# rest of the test suite on the GPU machine, about 240 s, "tune" for the tile sweep, about 220 s more, "scale" for the
-# 4M and 10M-node runs, about 70 s more, or "inverse" for the two forms of the in-register inverse, about 120 s:
-# a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
+# RUN_GPU_BUDGET_S, RUN_GPU_STEPS (default "install gpu_tests bench_net_fit bench_block bench_spmm bench_solvers";
+# add "bench_nnls" for the NNLS op against scipy, about 25 s, "neural_nmf_speed" for Neural NMF against the
+# NeuralNMF package, about 30 s, "ext_errors" for the extension's argument errors, about 80 s, "suite" for the
+# rest of the test suite on the GPU machine, about 240 s, "tune" for the tile sweep, about 220 s, "scale" for the
+# 4M and 10M-node runs, about 70 s, "graph" for the exact kNN search, about 180 s, or "inverse" for the two forms
+# of the in-register inverse, about 120 s: a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
 # written under bench/results during this run (packed into bench_results.tar.gz
 # when there are more than 7).
 set -uo pipefail
@@ -25,7 +26,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-$(mktemp -d)}
 BUDGET=${RUN_GPU_BUDGET_S:-470}
-STEPS=" ${RUN_GPU_STEPS:-install gpu_tests bench_net_fit bench_nnls neural_nmf_speed bench_block bench_spmm bench_solvers} "
+STEPS=" ${RUN_GPU_STEPS:-install gpu_tests bench_net_fit bench_block bench_spmm bench_solvers} "
 mkdir -p "$OUT" bench/results
 LOG="$OUT/run_gpu.log"
 export PYTHONUNBUFFERED=1
@@ -124,7 +125,7 @@ if wants neural_nmf_speed; then
 fi
 # --budget-s: the script stops starting rows in time to write its table before the step's limit.
 wants bench_block && run_bench bench_block.py 150 --budget-s 110
-wants bench_spmm && run_bench bench_spmm.py 75
+wants bench_spmm && run_bench bench_spmm.py 100
 wants bench_solvers && run_bench bench_solvers.py 75
 # Whether an argument error inside the compiled extension reaches Python (it crashed the process once).
 wants ext_errors && step "ext_errors" 120 "$PY" bench/ext_errors.py
