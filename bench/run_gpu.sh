@@ -16,7 +16,7 @@
 # add "bench_nnls" for the NNLS op against scipy, about 25 s, "neural_nmf_speed" for Neural NMF against the
 # NeuralNMF package, about 30 s, "ext_errors" for the extension's argument errors, about 80 s, "suite" for the
 # rest of the test suite on the GPU machine, about 240 s, "tune" for the tile sweep, about 220 s, "scale" for the
-# 4M and 10M-node runs, about 70 s, "graph" for the exact kNN search, about 180 s, or "inverse" for the two forms
+# 4M and 10M-node runs and a whole net fit at 1M, about 2 minutes, "graph" for the exact kNN search, about 180 s, or "inverse" for the two forms
 # of the in-register inverse, about 120 s: a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
 # written under bench/results during this run (packed into bench_results.tar.gz
 # when there are more than 7).
@@ -129,13 +129,16 @@ wants bench_spmm && run_bench bench_spmm.py 100
 wants bench_solvers && run_bench bench_solvers.py 75
 # Whether an argument error inside the compiled extension reaches Python (it crashed the process once).
 wants ext_errors && step "ext_errors" 120 "$PY" bench/ext_errors.py
-# Scale runs (opt-in, about 70 s): planted graphs of 4M and 10M nodes drawn on the GPU, r = 64, SymHALS
+# Scale runs (opt-in, about 2 minutes): planted graphs of 4M and 10M nodes drawn on the GPU, r = 64, SymHALS
 # and SymNMF-Net steps, time per iteration and peak memory; at 4M also each part of a SymHALS iteration alone.
 if wants scale; then
     run_bench bench_scale.py 160 --graph planted --device cuda --n 4000000 --clusters 64 --max-iter 100 \
         --net-steps 10 --hals-phases --quiet --name bench_scale_4m
     run_bench bench_scale.py 220 --graph planted --device cuda --n 10000000 --clusters 64 --max-iter 50 \
         --net-steps 5 --quiet --name bench_scale_10m
+    # The whole default SymNMF-Net fit (4 restarts, plateau stop, polishes) beside SymHALS at 1M nodes.
+    run_bench bench_scale.py 150 --graph planted --device cuda --n 1000000 --clusters 64 --net-fit --quiet \
+        --name bench_scale_1m_fit
 fi
 # The exact kNN search on the GPU (opt-in, about 3 minutes): Fashion-MNIST's size and 1M points, the library's
 # block of about 2^24 distances (16 rows at 1M) against blocks of 256 rows; the table is written after every row.
