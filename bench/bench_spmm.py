@@ -63,7 +63,7 @@ DENSE_LIMIT_BYTES = 4 << 30  # the dense product runs when X_dense fits in this 
 COLUMNS = [
     "graph", "n", "nnz", "r", "op",
     "ours_ms", "ours1_ms", "ours4_ms", "torch_ms", "dense_ms", "ideal_MB", "copy_GB/s",
-    "frac_ours", "frac_torch", "x_torch", "x1_torch", "x4_torch", "x_dense", "rel_err", "notes",
+    "frac_ours", "frac_torch", "gather_frac_ours", "x_torch", "x1_torch", "x4_torch", "x_dense", "rel_err", "notes",
 ]
 LAM = 0.5
 K = 16
@@ -153,6 +153,15 @@ def spmm_bytes(X, r, itemsize):
     return (X.nnz * (X.col_indices.element_size() + itemsize) + (n_rows + 1) * 8 + (n_cols + n_rows) * r * itemsize)
 
 
+def gather_bytes(X, r, itemsize):
+    """Bytes an SpMM moves when no row of U stays in cache: every stored entry reads its index and value and gathers
+    its row of U (r values, in whole 32-byte sectors), and X U is written once. Where U is far larger than the L2
+    (millions of rows in random order) this, not U read once, is the floor."""
+    n_rows, _ = X.shape
+    row = -(-r * itemsize // 32) * 32
+    return X.nnz * (X.col_indices.element_size() + itemsize + row) + (n_rows + 1) * 8 + n_rows * r * itemsize
+
+
 def torch_csr(X):
     """torch's CSR of X for torch.sparse.mm, int32 indices like ours (cuSPARSE's fastest)."""
     with warnings.catch_warnings():
@@ -220,6 +229,7 @@ def measure_spmm(X, Xt, r, args, bw, device, dense_ok):
             release(device)
     row["frac_ours"] = roofline_fraction(nbytes, row["ours_ms"], bw)
     row["frac_torch"] = roofline_fraction(nbytes, row["torch_ms"], bw)
+    row["gather_frac_ours"] = roofline_fraction(gather_bytes(X, r, 4), row["ours_ms"], bw)
     row["x_torch"] = row["torch_ms"] / row["ours_ms"]
     for gathers in ("1", "4"):
         if f"ours{gathers}_ms" in row:
@@ -288,6 +298,8 @@ def header_lines(args, device, bw, stopped):
         "copy bandwidth: %.4g GB/s (device-to-device copy, bytes read + written); frac_*: (ideal bytes / time) / copy bandwidth"
         % (bw / 1e9),
         "x_torch, x_dense: speed-up of ours; rel_err: ours vs torch.sparse.mm (sparse_loss: worst gradient)",
+        "gather_frac_ours (spmm): the gather floor over ours: every stored entry's index, value and row of U (in "
+        "32-byte sectors) read, X U written, at the copy bandwidth; above 1 where rows of U stay in cache",
         "ours1_ms, ours4_ms (CUDA): the kernel's loop with one and with four gathers in flight per lane, forced by "
         "SYMNMF_SPMM_GATHERS; ours_ms is the loop it picks (four from r = 64)",
         "knn_gauss: approximate kNN (exact among a 1024-point window of a (cluster, random projection) sort)",

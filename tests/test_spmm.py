@@ -518,6 +518,19 @@ def test_bench_spmm_smoke(tmp_path):
         cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
         ours_ms, torch_ms, err = float(cells["ours_ms"]), float(cells["torch_ms"]), float(cells["rel_err"])
         assert ours_ms > 0 and torch_ms > 0 and err < 1e-4, line
+        if cells["op"] == "spmm":  # the gather floor counts more bytes than U read once
+            assert float(cells["gather_frac_ours"]) > float(cells["frac_ours"]) > 0, line
+
+
+def test_gather_bytes_counts_a_sector_per_stored_entry():
+    sys.path.insert(0, ROOT)
+    from bench.bench_spmm import gather_bytes
+
+    X = as_csr(random_graph(50, seed=5), dtype=torch.float32)
+    # r = 3 floats take one 32-byte sector, r = 9 two; each entry also reads its index and value
+    idx = X.col_indices.element_size()
+    assert gather_bytes(X, 3, 4) == X.nnz * (idx + 4 + 32) + 51 * 8 + 50 * 3 * 4
+    assert gather_bytes(X, 9, 4) == X.nnz * (idx + 4 + 64) + 51 * 8 + 50 * 9 * 4
 
 
 # ---- layering ---------------------------------------------------------------------------------------------------
