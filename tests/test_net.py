@@ -748,7 +748,8 @@ def test_training_that_cannot_fit_on_the_gpu_is_refused_with_the_fix(monkeypatch
     allocated = 1000
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: allocated + 24)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: allocated)
-    for free, refused in ((int(need / 1.1) - 100, True), (int(need / 1.1) + 100, False), (10 * need, False)):
+    edge = int(need / net_module.MEMORY_MARGIN)
+    for free, refused in ((edge - 100, True), (edge + 100, False), (10 * need, False)):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, f=free: (f, 80 * 10**9))
         if refused:
             with pytest.raises(torch.OutOfMemoryError, match=r"n_restarts=1.*n_layers.*symnmf\.distributed"):

@@ -193,7 +193,7 @@ def _select_consensus(graph, U):
 def _check_training_memory(graph, U0, n_layers):
     """The single-process net's memory check (`symnmf.net.training_factors`) on every rank's rows, agreed: where
     any rank's step cannot fit, every rank raises the same error, naming the fullest rank."""
-    from .net import free_memory, training_memory_message, training_memory_needed
+    from .net import MEMORY_MARGIN, free_memory, training_memory_message, training_memory_needed
 
     comm = graph.comm
     need = training_memory_needed(U0, n_layers)
@@ -202,7 +202,7 @@ def _check_training_memory(graph, U0, n_layers):
     table[:, comm.rank] = torch.tensor([need, math.inf if available is None else available, total or 0.0,
                                         U0.shape[-2]], dtype=torch.float64)
     comm.all_reduce(table)
-    short = table[0] - 1.1 * table[1]
+    short = table[0] - MEMORY_MARGIN * table[1]
     worst = int(short.argmax())
     if float(short[worst]) > 0:
         need, available, total, rows = (float(v) for v in table[:, worst])
