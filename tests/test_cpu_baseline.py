@@ -2,7 +2,7 @@
 the CPU picks one at run time (csrc/cpu/cpu_common.h). On an AVX2 machine only the first runs by default:
 SYMNMF_CPU_BASELINE=1 forces the second. A subprocess with it set runs every dual-compiled kernel (the SpMM at
 r = 8, 13 and 20, the fused sparse layer loss forward and backward, the SymHALS sweep, the projected-gradient
-norm) on fixed inputs, and the results are checked here against the plain-torch reference in float64."""
+norm, the tall-skinny products) on fixed inputs, and the results are checked here against the plain-torch reference in float64."""
 import os
 import subprocess
 import sys
@@ -47,6 +47,11 @@ for dtype in (torch.float32, torch.float64):
     Uf = torch.rand(1003, 7, generator=g).to(dtype)
     Uf[Uf < 0.35] = 0
     out[f"pg {dtype}"] = (grad, Uf, sk.projected_gradient_sq(grad, Uf))
+    for r in (5, 8, 10, 13):
+        A, add = (torch.randn(2, 1001, r, generator=g).to(dtype) for _ in range(2))
+        M = torch.randn(2, r, r, generator=g).to(dtype)
+        ops = torch.ops.symnmf_kernels
+        out[f"tall {dtype} {r}"] = (A, M, add, ops.tall_mm(A, M, add), ops.tall_gram(A, add))
 torch.save(out, sys.argv[1])
 """
 
@@ -61,6 +66,14 @@ def baseline_results(tmp_path_factory):
     env = dict(os.environ, SYMNMF_CPU_BASELINE="1", TRITON_INTERPRET="0")
     subprocess.run([sys.executable, "-c", SCRIPT, str(path)], env=env, check=True, timeout=300)
     return torch.load(path, weights_only=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_baseline_tall_products(baseline_results, dtype):
+    for r in (5, 8, 10, 13):
+        A, M, add, mm, gram = baseline_results[f"tall {dtype} {r}"]
+        assert rel(mm, add.double() + A.double() @ M.double()) <= tol(dtype)
+        assert rel(gram, A.double().mT @ add.double()) <= tol(dtype)
 
 
 def tol(dtype):

@@ -7,6 +7,7 @@ from . import _common, _launch
 from ._common import (
     FLOAT_DTYPES, as_batch, broadcasts_to, check_same, check_square, check_tensor, needs_grad, use_triton,
 )
+from .gram import tall_gram, tall_mm
 
 
 _STRIDED = torch.strided
@@ -20,27 +21,22 @@ def _flat_square(M, B, r):
 
 
 def apply_relu_torch(P, Ginv):
-    """ReLU(P @ Ginv): one BLAS product, the ReLU in place on its result (out of place under torch.compile:
+    """ReLU(P @ Ginv): one product, the ReLU in place on its result (out of place under torch.compile:
     torch 2.11 traced the in-place ReLU inside the autograd Functions that call this so that their gradients
     came out zero or wrong, silently; torch 2.13 traces either form correctly)."""
     if torch.compiler.is_compiling():
         return torch.relu(P @ Ginv)
-    return torch.relu_(P @ Ginv)
+    return torch.relu_(tall_mm(P, Ginv))
 
 
 def apply_relu_backward_torch(grad, Y, P, Ginv, H=None, need_p=True, need_ginv=True):
     """(dP, dGinv) of Y = ReLU(P @ Ginv) given dL/dY = grad + Y @ H; the ReLU's mask in one pass
     (threshold_backward, as torch's own relu backward)."""
     if H is not None:
-        if grad.dim() == 2 and H.dim() == 2:
-            grad = torch.addmm(grad, Y, H)
-        elif grad.dim() == 3 and H.dim() == 3:
-            grad = torch.baddbmm(grad, Y, H)
-        else:
-            grad = grad + Y @ H
+        grad = tall_mm(Y, H, add=grad)
     Zb = torch.ops.aten.threshold_backward(grad, Y, 0)
-    dP = Zb @ Ginv.mT if need_p else None
-    dGinv = P.mT @ Zb if need_ginv else None
+    dP = tall_mm(Zb, Ginv.mT) if need_p else None
+    dGinv = tall_gram(P, Zb) if need_ginv else None
     return dP, dGinv
 
 
@@ -63,7 +59,7 @@ class _ApplyReluGramTorch(torch.autograd.Function):
     def forward(ctx, P, Ginv):
         Y = apply_relu_torch(P, Ginv)
         ctx.save_for_backward(Y, P, Ginv)
-        return Y, Y.mT @ Y
+        return Y, tall_gram(Y, Y)
 
     @staticmethod
     def backward(ctx, dY, dYtY):
@@ -100,7 +96,7 @@ def apply_relu_gram_op(P: torch.Tensor, Ginv: torch.Tensor) -> tuple[torch.Tenso
         zero = torch.zeros((B,), dtype=partials.dtype, device=P.device)
         return Y.reshape(P.shape), _launch.reduce_partials(partials, zero, r, P.dtype).reshape(*batch, r, r)
     Y = apply_relu_torch(P, Ginv).contiguous()
-    return Y, (Y.mT @ Y).contiguous()
+    return Y, tall_gram(Y, Y).contiguous()
 
 
 @apply_relu_gram_op.register_fake
@@ -192,9 +188,10 @@ def _plain_cpu_2d(P, Ginv):
 def apply_relu(P, Ginv):
     """ReLU(P @ Ginv) for P (..., n, r) and Ginv (..., r, r) (its batch broadcasts to P's)."""
     if _plain_cpu_2d(P, Ginv):
-        # The torch path without the general checks. torch's own autograd of mm and an in-place ReLU is
-        # _ApplyReluTorch's backward (the mask from the output, then two products) without a Python node.
-        return torch.mm(P, Ginv).relu_()
+        # The torch path without the general checks. When a gradient is recorded tall_mm is torch's mm, and
+        # torch's own autograd of mm and an in-place ReLU is _ApplyReluTorch's backward (the mask from the
+        # output, then two products) without a Python node.
+        return tall_mm(P, Ginv).relu_()
     Ginv = _check(P, Ginv)
     if not use_triton(P, P.shape[-1]):
         return _ApplyReluTorch.apply(P, Ginv) if needs_grad(P, Ginv) else apply_relu_torch(P, Ginv)
@@ -212,6 +209,6 @@ def apply_relu_gram(P, Ginv):
     if not use_triton(P, P.shape[-1]):
         if not needs_grad(P, Ginv):
             Y = apply_relu_torch(P, Ginv)
-            return Y, Y.mT @ Y
+            return Y, tall_gram(Y, Y)
         return _ApplyReluGramTorch.apply(P, Ginv)
     return apply_relu_gram_op(P, Ginv)

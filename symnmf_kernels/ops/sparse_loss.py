@@ -30,6 +30,7 @@ from torch.autograd.function import once_differentiable
 from . import _common, _launch
 from ._common import as_lam, dot64, needs_grad, use_triton
 from .._extension import has_cpu_op
+from .gram import tall_gram, tall_mm
 from .spmm import _check_dense, host_side, layout
 
 __all__ = ["sparse_sym_loss", "sparse_layer_loss"]
@@ -53,7 +54,7 @@ def sparse_loss_terms_torch(U, S, P, lam):
         R = torch.addcmul(P - S, _col(lam), U, value=-1)
         rr = dot64(R, R)
         ru = dot64(R, U)
-    return torch.stack([su, rr, ru], dim=-1), U.mT @ U
+    return torch.stack([su, rr, ru], dim=-1), tall_gram(U, U)
 
 
 def sparse_reg_grad_torch(U, S, P, lam, coef):
@@ -66,7 +67,7 @@ def sparse_loss_grad_torch(U, S, G, W, Y, lam, coef_s, coef_g):
     if coef_g is None:
         dU = S * _col(coef_s)
     else:
-        dU = U @ (_col(coef_g) * G)
+        dU = tall_mm(U, _col(coef_g) * G)
         dU.addcmul_(_col(coef_s), S)
     if W is not None:
         dU.addcmul_(_col(lam), W, value=-1)

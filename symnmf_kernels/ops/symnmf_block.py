@@ -9,7 +9,7 @@ import torch
 from . import _launch
 from ._common import as_batch, as_lam, check_same, check_tensor, needs_grad, use_triton
 from .apply_relu import apply_relu_backward_torch, apply_relu_gram, apply_relu_torch
-from .gram import gram_torch
+from .gram import gram_torch, tall_gram, tall_mm
 from .spd_inverse import spd_inverse, spd_inverse_backward_torch, spd_inverse_torch
 
 
@@ -30,7 +30,7 @@ def block_backward_torch(grad, U, P, Ginv, Y, need_u=True, need_p=True, need_g=T
     need_dG = need_u or need_g
     dP, PtZb = apply_relu_backward_torch(grad, Y, P, Ginv, None, need_p, need_dG)
     dG = -(Ginv.mT @ PtZb @ Ginv.mT) if need_dG else None
-    dU = U @ (dG + dG.mT) if need_u else None
+    dU = tall_mm(U, dG + dG.mT) if need_u else None
     return dU, dP, dG
 
 
@@ -66,7 +66,7 @@ class _BlockFromGramTorch(torch.autograd.Function):
         if ctx is not None:  # None: called without autograd
             ctx.save_for_backward(P, Ginv, Y)
             ctx.lam_shape = lam.shape
-        return Y, (torch.mm(Y.mT, Y) if Y.dim() == 2 else Y.mT @ Y)
+        return Y, tall_gram(Y, Y)
 
     @staticmethod
     def backward(ctx, dY, dYtY):
