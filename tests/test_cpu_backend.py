@@ -441,3 +441,78 @@ def test_sparse_loss_one_problem_shapes_and_grad():
     loss, _ = sk.sparse_layer_loss(X, U, None, lam)
     assert loss.requires_grad
     close(loss.detach(), ref, 1e-9)
+
+
+# ---- the extension's tall-skinny products inside the ops (csrc/cpu/gram_cpu.cpp) ------------------------------
+
+gram_module = importlib.import_module("symnmf_kernels.ops.gram")
+
+
+@pytest.fixture
+def row_loops_everywhere(monkeypatch):
+    """The row loops taken at every size (not only from _TALL_MIN_ROWS rows), counting the calls they take."""
+    if not gram_module._NATIVE_TALL:
+        pytest.skip("the extension's CPU kernels are not built")
+    monkeypatch.setattr(gram_module, "_TALL_MIN_ROWS", 1)
+    taken = []
+    real = gram_module._tall_native
+
+    def counted(*args):
+        ok = real(*args)
+        taken.append(ok)
+        return ok
+
+    monkeypatch.setattr(gram_module, "_tall_native", counted)
+    return taken
+
+
+@pytest.mark.parametrize("r", [1, 5, 8, 13])
+@pytest.mark.parametrize("shape", [(1,), (7,), (2, 67)])
+def test_ops_through_the_row_loops(row_loops_everywhere, shape, r):
+    gen = torch.Generator().manual_seed(r + shape[-1])
+    U = torch.rand(*shape, r, generator=gen, dtype=torch.float64)
+    P = torch.randn(*shape, r, generator=gen, dtype=torch.float64)
+    lam = torch.rand(shape[:-1], generator=gen, dtype=torch.float64) + 0.5
+    Ginv = torch.linalg.inv(spd(shape[:-1], r))
+    same_as_reference(sk.gram, reference.gram, [U, lam])
+    same_as_reference(sk.apply_relu, reference.apply_relu, [P, Ginv])
+    same_as_reference(sk.apply_relu_gram, reference.apply_relu_gram, [P, Ginv])
+    same_as_reference(sk.symnmf_block, reference.symnmf_block, [U, P, lam])
+
+    def chain(fn):
+        return lambda U, P, lam: fn(U.mT @ U, P, lam)
+
+    same_as_reference(chain(sk.symnmf_block_from_gram), chain(reference.symnmf_block_from_gram), [U, P, lam])
+    assert torch.autograd.gradcheck(chain(sk.symnmf_block_from_gram), tuple(t.requires_grad_() for t in (U, P, lam)))
+    assert torch.autograd.gradcheck(sk.apply_relu_gram, (P, Ginv.requires_grad_()))
+    assert any(row_loops_everywhere), "the row loops never ran"
+
+
+def test_sparse_layer_loss_through_the_row_loops(row_loops_everywhere):
+    X = random_sparse(301, 5, 0, True)
+    U, P = (torch.rand(2, 301, 5, dtype=torch.float64) for _ in range(2))
+    lam = torch.rand(2, dtype=torch.float64)
+    same_as_reference(lambda U, P, lam: sk.sparse_layer_loss(X, U, P, lam),
+                      lambda U, P, lam: reference.sparse_layer_loss(X, U, P, lam), [U, P, lam], tol=1e-9)
+    assert any(row_loops_everywhere), "the row loops never ran"
+
+
+def test_float32_ops_through_the_row_loops_stay_within_torch_error(row_loops_everywhere):
+    """float32 through the row loops: within twice the error of the same maths in float32 torch, both against
+    float64 (values and gradients of a block)."""
+    gen = torch.Generator().manual_seed(11)
+    U, P = (torch.rand(3, 1003, 10, generator=gen) for _ in range(2))
+    lam = torch.full((3,), 0.7)
+
+    def run(fn, dtype):
+        ins = [t.detach().to(dtype).clone().requires_grad_() for t in (U, P, lam)]
+        Y = fn(*ins)
+        Y.backward(torch.ones_like(Y))
+        return [Y.detach()] + [t.grad for t in ins]
+
+    ours = run(sk.symnmf_block, torch.float32)
+    assert any(row_loops_everywhere), "the row loops never ran"
+    fast, want = run(reference.symnmf_block, torch.float32), run(reference.symnmf_block, torch.float64)
+    for a, f, w in zip(ours, fast, want):
+        err = float((a.double() - w).norm() / w.norm())
+        assert err <= 2 * float((f.double() - w).norm() / w.norm()) + 1e-6

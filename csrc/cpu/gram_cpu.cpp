@@ -40,11 +40,9 @@ constexpr int kVectorBytes = 16;
 namespace symnmf {
 namespace {
 
-// Rows per task of the product: about 2^15 multiply-adds, enough to outweigh a thread's start.
-int64_t mm_grain(int64_t r) { return std::max<int64_t>(256, (int64_t{1} << 15) / (r * r)); }
-
-// Rows per partial sum of the Gram. A fixed count, not one per thread, so that the partial sums and the order
-// they are added in (and so the result) do not depend on the number of threads; short sums also round less.
+// Rows per partial sum of an r x r sum over rows. A fixed count, not one per thread, so that the partial sums and
+// the order they are added in (and so the result) do not depend on the number of threads; short sums also round
+// less.
 constexpr int64_t kGramRows = 2048;
 
 // Calls F with the loops' rank as a template argument: the ranks the library uses most, else 0 (run time).
@@ -62,65 +60,40 @@ void with_rank(int64_t r, F&& f) {
   }
 }
 
-// M's rows padded with zeros to whole vectors of the instruction set's Lanes, 64-byte aligned.
+// M (r x r, row-major) with each row padded with zeros to whole vectors of an instruction set's TallLanes; the
+// row loops read it through Lanes::V pointers (vpadded).
 template <typename Lanes, typename T>
-std::vector<typename Lanes::V> padded(const T* M, int64_t r) {
-  const int64_t nv = Lanes::vectors(r);
-  std::vector<typename Lanes::V> Mp(static_cast<size_t>(r * nv));
-  T* d = reinterpret_cast<T*>(Mp.data());
-  for (int64_t q = 0; q < r; ++q) {
-    for (int64_t j = 0; j < nv * Lanes::lanes; ++j) d[q * nv * Lanes::lanes + j] = j < r ? M[q * r + j] : T(0);
-  }
+std::vector<T> padded(const T* M, int64_t r) {
+  const int64_t width = Lanes::vectors(r) * Lanes::lanes;
+  std::vector<T> Mp(static_cast<size_t>(r * width), T(0));
+  for (int64_t q = 0; q < r; ++q) std::copy(M + q * r, M + q * r + r, Mp.begin() + q * width);
   return Mp;
 }
 
-template <typename T>
-void mm(const T* A, const T* M, const T* add, T* out, int64_t n, int64_t r) {
-  with_rank(r, [&](auto rank) {
-    constexpr int R = decltype(rank)::value;
-#ifdef SYMNMF_TALL_AVX2
-    if (cpu_has_avx2()) {
-      const auto Mp = padded<tall_avx2::TallLanes<T>>(M, r);
-      at::parallel_for(0, n, mm_grain(r), [&](int64_t begin, int64_t end) {
-        tall_avx2::mm_rows<T, R>(A, Mp.data(), add, out, r, begin, end);
-      });
-      return;
-    }
-#endif
-    const auto Mp = padded<tall_base::TallLanes<T>>(M, r);
-    at::parallel_for(0, n, mm_grain(r), [&](int64_t begin, int64_t end) {
-      tall_base::mm_rows<T, R>(A, Mp.data(), add, out, r, begin, end);
-    });
-  });
+template <typename Lanes, typename T>
+const typename Lanes::V* vpadded(const std::vector<T>& Mp) {
+  return Mp.empty() ? nullptr : reinterpret_cast<const typename Lanes::V*>(Mp.data());
 }
 
-template <typename T>
-void gram(const T* A, const T* B, T* out, int64_t n, int64_t r) {
+// Runs rows(begin, end, sum) over blocks of kGramRows rows on torch's threads, each block with its own r x r
+// partial sum when out is not null, then adds the partial sums into out in block order.
+template <typename T, typename Rows>
+void over_row_blocks(int64_t n, int64_t r, T* out, Rows&& rows) {
   const int64_t parts = std::max<int64_t>(1, (n + kGramRows - 1) / kGramRows);
-  std::vector<T> partial(static_cast<size_t>(parts * r * r));
-  with_rank(r, [&](auto rank) {
-    constexpr int R = decltype(rank)::value;
-    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t begin = p * kGramRows, end = std::min(n, begin + kGramRows);
-        T* sum = partial.data() + p * r * r;
-#ifdef SYMNMF_TALL_AVX2
-        if (cpu_has_avx2()) {
-          tall_avx2::gram_rows<T, R>(A, B, sum, r, begin, end);
-          continue;
-        }
-#endif
-        tall_base::gram_rows<T, R>(A, B, sum, r, begin, end);
-      }
-    });
+  std::vector<T> partial(out == nullptr ? 0 : static_cast<size_t>(parts * r * r));
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      rows(p * kGramRows, std::min(n, (p + 1) * kGramRows), out == nullptr ? nullptr : partial.data() + p * r * r);
+    }
   });
+  if (out == nullptr) return;
   for (int64_t k = 0; k < r * r; ++k) out[k] = partial[k];
   for (int64_t p = 1; p < parts; ++p) {
-    const T* sum = partial.data() + p * r * r;
-    for (int64_t k = 0; k < r * r; ++k) out[k] += sum[k];
+    for (int64_t k = 0; k < r * r; ++k) out[k] += partial[p * r * r + k];
   }
 }
 
+// Checks a row-major factor (n, r) or (B, n, r) of float32 or float64, r in [1, kMaxRank].
 void check_factor(const at::Tensor& A, const char* op, const char* name) {
   TORCH_CHECK(A.dim() == 2 || A.dim() == 3, op, ": ", name, " must be (n, r) or (B, n, r), got shape ",
               text(A.sizes()));
@@ -131,11 +104,57 @@ void check_factor(const at::Tensor& A, const char* op, const char* name) {
               text(kMaxRank), "]");
 }
 
+// The r x r shape per problem of a factor's batch: (r, r) or (B, r, r).
+std::vector<int64_t> square_shape(const at::Tensor& A) {
+  std::vector<int64_t> shape(A.sizes().begin(), A.sizes().end());
+  shape[A.dim() - 2] = A.size(-1);
+  return shape;
+}
+
+// Rows per task of the product: about 2^15 multiply-adds, enough to outweigh a thread's start.
+int64_t mm_grain(int64_t r) { return std::max<int64_t>(256, (int64_t{1} << 15) / (r * r)); }
+
+template <typename T>
+void mm(const T* A, const T* M, const T* add, T* out, int64_t n, int64_t r) {
+  with_rank(r, [&](auto rank) {
+    constexpr int R = decltype(rank)::value;
+#ifdef SYMNMF_TALL_AVX2
+    if (cpu_has_avx2()) {
+      const auto Mp = padded<tall_avx2::TallLanes<T>>(M, r);
+      at::parallel_for(0, n, mm_grain(r), [&](int64_t begin, int64_t end) {
+        tall_avx2::mm_rows<T, R>(A, vpadded<tall_avx2::TallLanes<T>>(Mp), add, out, r, begin, end);
+      });
+      return;
+    }
+#endif
+    const auto Mp = padded<tall_base::TallLanes<T>>(M, r);
+    at::parallel_for(0, n, mm_grain(r), [&](int64_t begin, int64_t end) {
+      tall_base::mm_rows<T, R>(A, vpadded<tall_base::TallLanes<T>>(Mp), add, out, r, begin, end);
+    });
+  });
+}
+
+template <typename T>
+void gram(const T* A, const T* B, T* out, int64_t n, int64_t r) {
+  with_rank(r, [&](auto rank) {
+    constexpr int R = decltype(rank)::value;
+#ifdef SYMNMF_TALL_AVX2
+    if (cpu_has_avx2()) {
+      return over_row_blocks(n, r, out, [&](int64_t begin, int64_t end, T* sum) {
+        tall_avx2::gram_rows<T, R>(A, B, sum, r, begin, end);
+      });
+    }
+#endif
+    over_row_blocks(n, r, out, [&](int64_t begin, int64_t end, T* sum) {
+      tall_base::gram_rows<T, R>(A, B, sum, r, begin, end);
+    });
+  });
+}
+
 at::Tensor tall_mm_cpu(const at::Tensor& A, const at::Tensor& M_in, const std::optional<at::Tensor>& add_in) {
   check_factor(A, "tall_mm", "A");
   const int64_t r = A.size(-1), n = A.size(-2), batch = A.dim() == 3 ? A.size(0) : 1;
-  std::vector<int64_t> m_shape(A.sizes().begin(), A.sizes().end());
-  m_shape[A.dim() - 2] = r;
+  const std::vector<int64_t> m_shape = square_shape(A);
   TORCH_CHECK(M_in.sizes() == at::IntArrayRef(m_shape), "tall_mm: M must have shape ", text(m_shape), ", got ",
               text(M_in.sizes()));
   TORCH_CHECK(M_in.scalar_type() == A.scalar_type(), "tall_mm: M must have A's dtype");
@@ -165,10 +184,7 @@ at::Tensor tall_gram_cpu(const at::Tensor& A, const at::Tensor& B) {
   TORCH_CHECK(B.scalar_type() == A.scalar_type(), "tall_gram: B must have A's dtype");
   const at::Tensor Bc = B.contiguous();
   const int64_t r = A.size(-1), n = A.size(-2), batch = A.dim() == 3 ? A.size(0) : 1;
-  std::vector<int64_t> shape(A.sizes().begin(), A.sizes().end());
-  shape[A.dim() - 2] = r;
-  at::Tensor out = at::empty(shape, A.options());
-  if (n == 0) return out.zero_();
+  at::Tensor out = at::empty(square_shape(A), A.options());
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "tall_gram", [&] {
     for (int64_t b = 0; b < batch; ++b) {
       gram<scalar_t>(A.data_ptr<scalar_t>() + b * n * r, Bc.data_ptr<scalar_t>() + b * n * r,

@@ -164,8 +164,8 @@ def _has_native_loss(U):
 
 
 def _gram(U):
-    """U^T U of a (B, n, r) U: bmm itself (matmul's batch logic costs as much as the product at n = 1000)."""
-    return torch.bmm(U.mT, U)
+    """U^T U of a (B, n, r) U."""
+    return tall_gram(U, U)
 
 
 def _loss_from_terms(x_sq, su, G, dtype):
