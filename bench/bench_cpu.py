@@ -25,6 +25,7 @@ from 8 to 128.
 """
 import argparse
 import gc
+import importlib
 import math
 import os
 import statistics
@@ -242,6 +243,27 @@ def loss_cases(dense_sizes, sparse_sizes, r, per_row):
 # ---- main ------------------------------------------------------------------------------------------------------
 
 
+def tall_cases(sizes, ranks):
+    """The extension's tall-skinny products (ops/gram.py: tall_mm, tall_gram) against torch's products, float32
+    and float64, forward only. Not rows of the default table: --only tall_mm tall_gram."""
+    op = torch.ops.symnmf_kernels
+    cases = []
+    for dtype in (torch.float32, torch.float64):
+        name = str(dtype).replace("torch.", "")
+        for n in sizes:
+            for r in ranks:
+                def mm_case(grad, n=n, r=r, dtype=dtype):
+                    A, M = torch.rand(n, r, dtype=dtype), torch.rand(r, r, dtype=dtype)
+                    return op.tall_mm, torch.mm, [], (A, M)
+
+                def gram_case(grad, n=n, r=r, dtype=dtype):
+                    A, B = torch.rand(n, r, dtype=dtype), torch.rand(n, r, dtype=dtype)
+                    return op.tall_gram, lambda A, B: torch.mm(A.mT, B), [], (A, B)
+
+                cases += [("tall_mm %s" % name, n, r, mm_case), ("tall_gram %s" % name, n, r, gram_case)]
+    return cases
+
+
 def ratio(other, ours):
     return other / ours if other is not None and ours else None
 
@@ -366,11 +388,21 @@ def _net_step(n, r, L, args, profile_it):
         opt.step()
         net.project_lam()
 
+    def step_blas():  # the same step with the tall-skinny products on torch's BLAS (ops/gram.py)
+        gram_module._NATIVE_TALL = False
+        try:
+            step()
+        finally:
+            gram_module._NATIVE_TALL = native_tall
+
+    gram_module = importlib.import_module("symnmf_kernels.ops.gram")
+    native_tall = gram_module._NATIVE_TALL
     A = as_csr(Xp)
     U = torch.rand_like(net.U0)  # (restarts, n, r) when the recipe runs several restarts
     for _ in range(3):
         step()
-    t = race({"step": step, "spmm": forward(sk.spmm, A, U)}, args.rounds, args.min_time)
+        step_blas()
+    t = race({"step": step, "step_blas": step_blas, "spmm": forward(sk.spmm, A, U)}, args.rounds, args.min_time)
     # Forward: one SpMM per block output U_1 ... U_L (L; X U_0 is computed once per fit). Backward: one per
     # regulariser whose U needs a gradient, U_1 ... U_{L-1} (L - 1): U_0 is fixed, and the loss terms reuse
     # the forward's X U.
@@ -382,7 +414,8 @@ def _net_step(n, r, L, args, profile_it):
                 step()
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48)
     row = {"n": n, "r": r, "L": L, "restarts": math.prod(net.U0.shape[:-2]), "nnz": Xp.values().numel(),
-           "threads": torch.get_num_threads(), "step_ms": t["step"], "spmm_ms": t["spmm"], "spmm_per_step": n_spmm,
+           "threads": torch.get_num_threads(), "step_ms": t["step"], "step_blas_ms": t["step_blas"],
+           "x_blas": t["step_blas"] / t["step"], "spmm_ms": t["spmm"], "spmm_per_step": n_spmm,
            "step_over_spmms": t["step"] / (n_spmm * t["spmm"])}
     return row, table
 
@@ -397,7 +430,8 @@ def parse_args(argv):
     p.add_argument("--nnz-per-row", type=int, default=26, help="stored entries per row of the random graphs")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile column")
     p.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
-    p.add_argument("--only", nargs="+", help="run only these ops (gram, apply_relu, symnmf_block, ..., spmm)")
+    p.add_argument("--only", nargs="+", help="run only these ops (gram, apply_relu, symnmf_block, ..., spmm; "
+                   "tall_mm and tall_gram, the extension's tall-skinny products, run only when named here)")
     p.add_argument("--out", help="results folder (default bench/results)")
     p.add_argument("--name", default="bench_cpu", help="table name (file bench_cpu-<date>-cpu.md)")
     p.add_argument("--profile-net", action="store_true",
@@ -414,6 +448,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     warnings.filterwarnings("ignore", message=".*[Ss]parse CSR.*")
+    tall_sizes = [20_000] if args.quick else [20_000, 200_000]
     if args.quick:
         n_sizes, dense_sizes, sparse_sizes, spmm_sizes, ranks = [1000, 20_000], [500], [5000], [20_000], [8, 64]
     else:
@@ -425,6 +460,12 @@ def main(argv=None):
                   "forward of every block and layer loss, backward, Adam step; the profile is of the first row"
                   % args.threads,
                   "step_over_spmms: the step's time over that of the SpMMs it needs (forward and backward)",
+                  "step_blas_ms: the same step with the n x r by r x r products and the n x r Grams on torch's BLAS "
+                  "instead of the extension's tall-skinny row loops (x_blas: its time over step_ms); the three "
+                  "timed in turns",
+                  "allocator: MALLOC_MMAP_THRESHOLD_=%s, MALLOC_TRIM_THRESHOLD_=%s, THP_MEM_ALLOC_ENABLE=%s"
+                  % tuple(os.environ.get(k, "unset") for k in
+                          ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "THP_MEM_ALLOC_ENABLE")),
                   "extension: %s" % extension_status()]
         path = write_table(args.name + "_net", rows, list(rows[0]), header, out_dir=args.out, device="cpu")
         with open(path, "a") as f:
@@ -455,6 +496,10 @@ def main(argv=None):
             measure(rows, op, n, args.r, make, args, emit, modes=("forward",), compile_it=False)
     if want("spmm"):
         measure_spmm(rows, spmm_sizes, ranks, args.spmm_threads, args.nnz_per_row, args, emit)
+    if args.only and {"tall_mm", "tall_gram"} & set(args.only):
+        for op, n, r, make in tall_cases(tall_sizes, [3, 5, 6, 7, 8, 9, 10, 12, 16, 32]):
+            if want(op):
+                measure(rows, op, n, r, make, args, emit, modes=("forward",), compile_it=False)
     return rows
 
 

@@ -45,15 +45,20 @@ namespace {
 // less.
 constexpr int64_t kGramRows = 2048;
 
-// Calls F with the loops' rank as a template argument: the ranks the library uses most, else 0 (run time).
+// Calls F with the loops' rank as a template argument for the ranks where the row loops beat BLAS (1 to 10, and
+// 16 for float64; ops/gram.py sends them no other), else 0: the run-time loop, which keeps its sums in memory.
 template <typename F>
 void with_rank(int64_t r, F&& f) {
   switch (r) {
     case 1: f(std::integral_constant<int, 1>()); break;
     case 2: f(std::integral_constant<int, 2>()); break;
+    case 3: f(std::integral_constant<int, 3>()); break;
     case 4: f(std::integral_constant<int, 4>()); break;
     case 5: f(std::integral_constant<int, 5>()); break;
+    case 6: f(std::integral_constant<int, 6>()); break;
+    case 7: f(std::integral_constant<int, 7>()); break;
     case 8: f(std::integral_constant<int, 8>()); break;
+    case 9: f(std::integral_constant<int, 9>()); break;
     case 10: f(std::integral_constant<int, 10>()); break;
     case 16: f(std::integral_constant<int, 16>()); break;
     default: f(std::integral_constant<int, 0>()); break;

@@ -13,10 +13,10 @@ from .._extension import has_cpu_op
 # ---- tall-skinny products on the CPU ---------------------------------------------------------------------------
 
 _NATIVE_TALL = has_cpu_op("tall_mm")
-# The ranks up to which the extension's loops beat the CPU build's BLAS (at n = 20,000 and 200,000, one thread:
-# 4-6x at r = 5-8, 2-5x at r = 10, float64 2-3x at r = 16, about even or slower for float32 at r = 16;
-# docs/cpu_backend.md, "Tall-skinny products").
-_TALL_MAX_R = {torch.float32: 12, torch.float64: 16}
+# The ranks at which the extension's loops beat the CPU build's BLAS, one thread, n = 20,000 and 200,000: 3-7x at
+# r = 5-8 and 2-5x at r = 10, float64 1.5-3.3x at r = 16; float32 at r = 16 and any dtype at r = 12 or 32 (the
+# loop without a compile-time rank) lost or tied (docs/cpu_backend.md, "Tall-skinny products").
+_TALL_RANKS = {torch.float32: frozenset(range(1, 11)), torch.float64: frozenset([*range(1, 11), 16])}
 # Below this many rows a product is a few microseconds either way; torch's is then the shorter call.
 _TALL_MIN_ROWS = 256
 
@@ -35,7 +35,7 @@ def _tall_native(A, *others):
     """Whether the extension's loops take the factor A (and the other operands): a row-major CPU float factor of
     at most two batch dimensions, a rank they win at, eager mode, and no autograd graph to record."""
     if not (_NATIVE_TALL and A.is_cpu and A.dim() in (2, 3) and A.shape[-2] >= _TALL_MIN_ROWS
-            and A.shape[-1] <= _TALL_MAX_R.get(A.dtype, 0) and A.is_contiguous()
+            and A.shape[-1] in _TALL_RANKS.get(A.dtype, ()) and A.is_contiguous()
             and not torch.compiler.is_compiling()):
         return False
     if torch.is_grad_enabled() and (A.requires_grad or any(t.requires_grad for t in others)):
