@@ -8,6 +8,8 @@ planted sparse graph, 8 blocks), r = number of classes. Variants, side by side i
                 highest modularity of their labels kept
     net_loss    the same, keeping the restart of the lowest training loss and polishing it alone (select="loss",
                 the earlier default): what the three extra polishes cost (CPU)
+    net_blas    the default with the tall-skinny products on torch's BLAS instead of the extension's row loops
+                (symnmf_kernels/ops/gram.py): what those loops save (CPU)
     net_graph   the default with every training step replayed from a CUDA graph (cuda_graph=True)
     net_graph_loss  the same with select="loss" (CUDA)
 
@@ -18,6 +20,7 @@ x_hals = net time / SymHALS time (the cost target is net <= 5x SymHALS at 20k no
     python bench/bench_net_fit.py                # writes bench/results/bench_net_fit-<date>-<device>.md
 """
 import argparse
+import importlib
 import os
 import statistics
 import sys
@@ -61,7 +64,10 @@ def main(argv=None):
     parser.add_argument("--name", default="bench_net_fit", help="table name (file <name>-<date>-<device>.md)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    variants = ["hals", "net"] + (["net_graph", "net_graph_loss"] if device.type == "cuda" else ["net_loss"])
+    cpu_only = ["net_loss", "net_blas"]
+    variants = ["hals", "net"] + (["net_graph", "net_graph_loss"] if device.type == "cuda" else cpu_only)
+    gram_module = importlib.import_module("symnmf_kernels.ops.gram")
+    native_tall = gram_module._NATIVE_TALL
     rows = []
     for graph in args.graphs:
         X, labels = load(graph, seed=args.seed)
@@ -79,8 +85,12 @@ def main(argv=None):
                 else:
                     graph_on = variant.startswith("net_graph")
                     select = "loss" if variant.endswith("_loss") else None  # None: the recipe's rule
-                    s, res = timed(lambda: fit_net(X, r, random_state=args.seed, cuda_graph=graph_on, select=select),
-                                   device, args.repeats)
+                    gram_module._NATIVE_TALL = native_tall and variant != "net_blas"
+                    try:
+                        s, res = timed(lambda: fit_net(X, r, random_state=args.seed, cuda_graph=graph_on,
+                                                       select=select), device, args.repeats)
+                    finally:
+                        gram_module._NATIVE_TALL = native_tall
                     U, steps, err = res.U, res.n_iter, res.relative_error
                 row.update(seconds=s, steps=steps, acc=accuracy(labels, U.argmax(-1).cpu().numpy()),
                            rel_error=float(err))
