@@ -13,13 +13,15 @@ planted sparse graph, 8 blocks), r = number of classes. Variants, side by side i
     net_graph   the default with every training step replayed from a CUDA graph (cuda_graph=True)
     net_graph_loss  the same with select="loss" (CUDA)
 
-Each fit runs once to compile and warm up, then `--repeats` times; the median wall time is
-reported (a fit is seconds long, so do_bench's sub-millisecond machinery does not apply).
+Each fit runs once to compile and warm up, then the variants run in turns for `--repeats` rounds, so that a
+machine whose speed drifts slows them alike; the median wall time is reported (a fit is seconds long, so
+do_bench's sub-millisecond machinery does not apply).
 x_hals = net time / SymHALS time (the cost target is net <= 5x SymHALS at 20k nodes).
 
     python bench/bench_net_fit.py                # writes bench/results/bench_net_fit-<date>-<device>.md
 """
 import argparse
+import functools
 import importlib
 import os
 import statistics
@@ -39,18 +41,37 @@ from symnmf.solvers import solve  # noqa: E402
 COLUMNS = ["graph", "n", "nnz", "r", "variant", "seconds", "x_hals", "steps", "acc", "rel_error", "note"]
 
 
-def timed(fn, device, repeats):
-    fn()  # compile, warm up
-    times, out = [], None
+def once(fn, device):
+    """(seconds, result) of one call, the device synchronised on both sides."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0, out
+
+
+def race(fits, device, repeats):
+    """Median seconds and last result of each fit (name -> fn): one warm-up call each, then `repeats` rounds in
+    which every fit runs once, in turns, so that a machine whose speed drifts slows all of them alike. A fit
+    that raises is recorded as the exception and left out of later rounds."""
+    times = {name: [] for name in fits}
+    results = {}
+    for name, fn in fits.items():
+        try:
+            once(fn, device)  # compile, warm up
+        except Exception as exc:  # noqa: BLE001 - a failing variant is recorded, and the others still run
+            results[name] = exc
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        for name, fn in fits.items():
+            if not isinstance(results.get(name), Exception):
+                try:
+                    t, results[name] = once(fn, device)
+                    times[name].append(t)
+                except Exception as exc:  # noqa: BLE001
+                    results[name] = exc
+    return {name: (statistics.median(times[name]) if times[name] else None, results.get(name)) for name in fits}
 
 
 def main(argv=None):
@@ -68,41 +89,49 @@ def main(argv=None):
     variants = ["hals", "net"] + (["net_graph", "net_graph_loss"] if device.type == "cuda" else cpu_only)
     gram_module = importlib.import_module("symnmf_kernels.ops.gram")
     native_tall = gram_module._NATIVE_TALL
+
+    def with_tall(allowed, fn):
+        """fn() with the extension's tall-skinny products allowed or not (net_blas: torch's BLAS instead)."""
+        gram_module._NATIVE_TALL = native_tall and allowed
+        try:
+            return fn()
+        finally:
+            gram_module._NATIVE_TALL = native_tall
+
     rows = []
     for graph in args.graphs:
         X, labels = load(graph, seed=args.seed)
         r = int(labels.max()) + 1
         X = X.to(device)
         base = dict(graph=graph, n=X.shape[0], nnz=X._nnz() if X.layout != torch.strided else X.numel(), r=r)
-        hals_s = None
+
+        def fit(variant, X=X, r=r):
+            if variant == "hals":
+                return solve(X, r, solver="hals", random_state=args.seed)
+            select = "loss" if variant.endswith("_loss") else None  # None: the recipe's rule
+            return with_tall(variant != "net_blas", lambda: fit_net(
+                X, r, random_state=args.seed, cuda_graph=variant.startswith("net_graph"), select=select))
+
+        timings = race({variant: functools.partial(fit, variant) for variant in variants}, device, args.repeats)
+        hals_s = timings["hals"][0]
         for variant in variants:
+            s, res = timings[variant]
             row = dict(base, variant=variant)
-            try:
-                if variant == "hals":
-                    s, res = timed(lambda: solve(X, r, solver="hals", random_state=args.seed), device, args.repeats)
-                    U, steps, err = res.U, res.n_iter, res.history["rel_error"][-1]
-                    hals_s = s
-                else:
-                    graph_on = variant.startswith("net_graph")
-                    select = "loss" if variant.endswith("_loss") else None  # None: the recipe's rule
-                    gram_module._NATIVE_TALL = native_tall and variant != "net_blas"
-                    try:
-                        s, res = timed(lambda: fit_net(X, r, random_state=args.seed, cuda_graph=graph_on,
-                                                       select=select), device, args.repeats)
-                    finally:
-                        gram_module._NATIVE_TALL = native_tall
-                    U, steps, err = res.U, res.n_iter, res.relative_error
+            if isinstance(res, Exception):
+                row["note"] = f"{type(res).__name__}: {str(res)[:120]}"
+            else:
+                U = res.U
+                steps = res.n_iter
+                err = res.history["rel_error"][-1] if variant == "hals" else res.relative_error
                 row.update(seconds=s, steps=steps, acc=accuracy(labels, U.argmax(-1).cpu().numpy()),
                            rel_error=float(err))
                 if hals_s:
                     row["x_hals"] = s / hals_s
-            except Exception as exc:  # a failing variant is recorded, and the others still run
-                row["note"] = f"{type(exc).__name__}: {str(exc)[:120]}"
             print(row, flush=True)
             rows.append(row)
     write_table(args.name, rows, COLUMNS, out_dir=args.out, device=device,
-                header_lines=[f"seed {args.seed}; median of {args.repeats} fits after one warm-up fit; "
-                              f"torch threads {torch.get_num_threads()}"])
+                header_lines=[f"seed {args.seed}; median of {args.repeats} fits after one warm-up fit, the variants "
+                              f"in turns; torch threads {torch.get_num_threads()}"])
 
 
 if __name__ == "__main__":

@@ -135,11 +135,11 @@ def _run_script(args, out_dir, timeout=300):
 
 
 def test_bench_net_fit_cpu(tmp_path):
-    """The whole-fit benchmark times SymHALS, the default net and the net with the earlier restart rule on one
-    small graph; no CUDA-graph row on CPU."""
+    """The whole-fit benchmark times SymHALS, the default net, the net with the earlier restart rule and the net
+    with BLAS's products on one small graph; no CUDA-graph row on CPU."""
     _, _, rows = _run_script([os.path.join("bench", "bench_net_fit.py"), "--device", "cpu", "--graphs", "planted",
                               "--repeats", "1"], tmp_path)
-    assert [row["variant"] for row in rows] == ["hals", "net", "net_loss"]
+    assert [row["variant"] for row in rows] == ["hals", "net", "net_loss", "net_blas"]
     for row in rows:
         assert row["note"] == "", row
         assert float(row["seconds"]) > 0 and int(row["steps"]) > 0 and 0 < float(row["acc"]) <= 1, row
