@@ -1,6 +1,6 @@
 // Tall-skinny dense products on the CPU: A @ M (+ add) for an n x r A and an r x r M, and A^T B for two n x r
 // factors, r up to kMaxRank. BLAS libraries are tuned for large inner dimensions: at n = 20,000 and r = 8 the
-// CPU build's sgemm took about 15 times as long as a copy of A (docs/cpu_backend.md), while these products are
+// CPU build's sgemm took about 13 times as long as a copy of A (docs/cpu_backend.md), while these products are
 // a single pass over their n x r operands. The row loops (gram_cpu_rows.h) are compiled twice, for AVX2 + FMA
 // and for the baseline instruction set, and the CPU picks one at run time.
 #include <algorithm>

@@ -15,16 +15,18 @@ struct TallLanes {
   static constexpr int64_t vectors(int64_t r) { return (r + lanes - 1) / lanes; }
 };
 
-// Row i of src (r values) into NV vectors, zero past r.
+// A row of src (r values) into NV vectors. whole: as whole vectors, the lanes past r then holding the next rows'
+// values (the caller makes sure they exist); otherwise element by element, zero past r.
 template <typename T, int R>
-inline void load_row(const T* __restrict__ src, int64_t r, typename TallLanes<T>::V* __restrict__ dst) {
+inline void load_row(const T* __restrict__ src, int64_t r_run, bool whole, typename TallLanes<T>::V* __restrict__ dst) {
   using L = TallLanes<T>;
-  const int64_t nv = R > 0 ? L::vectors(R) : L::vectors(r);
-  if ((R > 0 ? R : r) % L::lanes == 0) {
+  const int64_t r = R > 0 ? R : r_run;
+  const int64_t nv = L::vectors(r);
+  if (whole) {
     for (int64_t v = 0; v < nv; ++v) dst[v] = *reinterpret_cast<const typename L::V*>(src + v * L::lanes);
   } else {
     T* d = reinterpret_cast<T*>(dst);
-    for (int64_t j = 0; j < nv * L::lanes; ++j) d[j] = j < (R > 0 ? R : r) ? src[j] : T(0);
+    for (int64_t j = 0; j < nv * L::lanes; ++j) d[j] = j < r ? src[j] : T(0);
   }
 }
 
@@ -47,10 +49,8 @@ void mm_rows(const T* __restrict__ A, const typename TallLanes<T>::V* __restrict
     V acc[kMaxVectors];
     if (add == nullptr) {
       for (int64_t v = 0; v < nv; ++v) acc[v] = zero;
-    } else if (whole) {
-      for (int64_t v = 0; v < nv; ++v) acc[v] = *reinterpret_cast<const V*>(add + i * r + v * L::lanes);
     } else {
-      load_row<T, R>(add + i * r, r, acc);
+      load_row<T, R>(add + i * r, r, whole, acc);
     }
     const T* a = A + i * r;
     for (int64_t q = 0; q < r; ++q) {
@@ -83,11 +83,7 @@ void gram_rows(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__
   for (int64_t k = 0; k < r * nv; ++k) acc[k] = zero;
   for (int64_t i = begin; i < end; ++i) {
     V b[kMaxVectors];
-    if ((end - i) * r >= nv * L::lanes) {
-      for (int64_t v = 0; v < nv; ++v) b[v] = *reinterpret_cast<const V*>(B + i * r + v * L::lanes);
-    } else {
-      load_row<T, R>(B + i * r, r, b);
-    }
+    load_row<T, R>(B + i * r, r, (end - i) * r >= nv * L::lanes, b);
     const T* a = A + i * r;
     for (int64_t q = 0; q < r; ++q) {
       const V aq = zero + a[q];
