@@ -311,7 +311,8 @@ def test_native_ops_match_their_formulas():
     """S = X U, R = P - S - lam U and the float64 sums; dU = T + coef_s S - coef_r (lam R + X R)."""
     if not loss_mod._NATIVE_LOSS:
         pytest.skip("the extension's CPU kernels are not built")
-    for n, r, B in [(1, 1, 1), (7, 5, 3), (1003, 16, 2), (300, 48, 1), (211, 128, 2)]:
+    # r up to 64 keeps its float64 sums per column, wider r per row (csrc/cpu/sparse_loss_cpu_rows.h, BlockSums)
+    for n, r, B in [(1, 1, 1), (7, 5, 3), (1003, 16, 2), (300, 48, 1), (257, 64, 2), (131, 65, 1), (211, 128, 2)]:
         A = random_graph(n, seed=n + r)
         Xd = dense(A)
         crow, col = torch.from_numpy(A.indptr).long(), torch.from_numpy(A.indices).int()
