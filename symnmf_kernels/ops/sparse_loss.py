@@ -163,11 +163,6 @@ def _has_native_loss(U):
     return _NATIVE_LOSS and U.is_cpu and not torch.compiler.is_compiling()
 
 
-def _gram(U):
-    """U^T U of a (B, n, r) U."""
-    return tall_gram(U, U)
-
-
 def _loss_from_terms(x_sq, su, G, dtype):
     """||X||^2 - 2 <S, U> + ||U^T U||^2 per problem in float64 (||U^T U|| from G upcast, then squared),
     returned in dtype."""
@@ -204,7 +199,7 @@ class _SparseLayerLoss(torch.autograd.Function):
         native = not fused and not blockdiag and _has_native_loss(U)
         if native:  # the extension's CPU kernels: the SpMM and the passes around it in one
             S, R, sums = _native_terms(crow, col, values, U, P, lam)
-            G = _gram(U) if gram is None else gram
+            G = tall_gram(U, U) if gram is None else gram
             loss = _loss_from_terms(x_sq, sums[:, 0], G, U.dtype)
             if P is not None:
                 reg = sums[:, 1].to(U.dtype)
@@ -213,7 +208,7 @@ class _SparseLayerLoss(torch.autograd.Function):
                 reg = torch.zeros_like(loss) if ctx is not None else None
         elif not fused and P is None:  # the loss alone, in as few torch calls as it takes
             S = _times_x(crow, col, values, U, blockdiag)
-            G = _gram(U) if gram is None else gram
+            G = tall_gram(U, U) if gram is None else gram
             sums = dot64(U, S)[:, None]
             loss = (x_sq + dot64(G, G)).sub_(sums[:, 0], alpha=2).to(U.dtype)
             reg = torch.zeros_like(loss)
@@ -221,7 +216,7 @@ class _SparseLayerLoss(torch.autograd.Function):
             S = _times_x(crow, col, values, U, blockdiag)
             R = torch.addcmul(P - S, _col(lam), U, value=-1)
             sums = torch.stack([dot64(U, S), dot64(R, R), dot64(R, U)], dim=-1)
-            G = _gram(U) if gram is None else gram
+            G = tall_gram(U, U) if gram is None else gram
             loss = (x_sq - 2 * sums[:, 0] + dot64(G, G)).to(U.dtype)
             reg = sums[:, 1].to(U.dtype)
             P = R
