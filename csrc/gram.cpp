@@ -9,4 +9,9 @@ TORCH_LIBRARY_FRAGMENT(symnmf_kernels, m) {
   m.def("tall_mm(Tensor A, Tensor M, Tensor? add=None) -> Tensor");
   // A, B (n, r) or (B, n, r) row-major: returns A^T B, (r, r) or (B, r, r).
   m.def("tall_gram(Tensor A, Tensor B) -> Tensor");
+  // P (n, r) or (B, n, r) row-major, Ginv per problem: returns (Y, Y^T Y) with Y = ReLU(P @ Ginv).
+  m.def("tall_apply_relu_gram(Tensor P, Tensor Ginv) -> (Tensor, Tensor)");
+  // The backward of Y = ReLU(P @ Ginv) given dL/dY = grad + Y @ H (H optional): returns (dP, dGinv).
+  m.def("tall_apply_relu_backward(Tensor grad, Tensor Y, Tensor P, Tensor Ginv, Tensor? H=None) "
+        "-> (Tensor, Tensor)");
 }

@@ -2,7 +2,8 @@
 the CPU picks one at run time (csrc/cpu/cpu_common.h). On an AVX2 machine only the first runs by default:
 SYMNMF_CPU_BASELINE=1 forces the second. A subprocess with it set runs every dual-compiled kernel (the SpMM at
 r = 8, 13 and 20, the fused sparse layer loss forward and backward, the SymHALS sweep, the projected-gradient
-norm, the tall-skinny products) on fixed inputs, and the results are checked here against the plain-torch reference in float64."""
+norm, the tall-skinny products and the fused ReLU) on fixed inputs, and the results are checked here against
+the plain-torch reference in float64."""
 import os
 import subprocess
 import sys
@@ -52,6 +53,8 @@ for dtype in (torch.float32, torch.float64):
         M = torch.randn(2, r, r, generator=g).to(dtype)
         ops = torch.ops.symnmf_kernels
         out[f"tall {dtype} {r}"] = (A, M, add, ops.tall_mm(A, M, add), ops.tall_gram(A, add))
+        Y, YtY = ops.tall_apply_relu_gram(A, M)
+        out[f"tall relu {dtype} {r}"] = (Y, YtY, *ops.tall_apply_relu_backward(add, Y, A, M, M.mT.contiguous()))
 torch.save(out, sys.argv[1])
 """
 
@@ -74,6 +77,18 @@ def test_baseline_tall_products(baseline_results, dtype):
         A, M, add, mm, gram = baseline_results[f"tall {dtype} {r}"]
         assert rel(mm, add.double() + A.double() @ M.double()) <= tol(dtype)
         assert rel(gram, A.double().mT @ add.double()) <= tol(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_baseline_fused_apply_relu(baseline_results, dtype):
+    for r in (5, 8, 10, 13):
+        A, M, add, _, _ = baseline_results[f"tall {dtype} {r}"]
+        Y, YtY, dP, PtZ = baseline_results[f"tall relu {dtype} {r}"]
+        A, M, add = A.double(), M.double(), add.double()
+        Y64 = torch.relu(A @ M)
+        Z = (add + Y64 @ M.mT) * (Y64 > 0)
+        assert rel(Y, Y64) <= tol(dtype) and rel(YtY, Y64.mT @ Y64) <= tol(dtype)
+        assert rel(dP, Z @ M.mT) <= tol(dtype) and rel(PtZ, A.mT @ Z) <= tol(dtype)
 
 
 def tol(dtype):

@@ -5,6 +5,7 @@
 // and for the baseline instruction set, and the CPU picks one at run time.
 #include <algorithm>
 #include <cstdint>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -156,6 +157,108 @@ void gram(const T* A, const T* B, T* out, int64_t n, int64_t r) {
   });
 }
 
+// ReLU(P @ M) and its Gram, one problem (see relu_gram_rows).
+template <typename T>
+void relu_gram(const T* P, const T* M, T* Y, T* out, int64_t n, int64_t r) {
+  with_rank(r, [&](auto rank) {
+    constexpr int R = decltype(rank)::value;
+#ifdef SYMNMF_TALL_AVX2
+    if (cpu_has_avx2()) {
+      const auto Mp = padded<tall_avx2::TallLanes<T>>(M, r);
+      return over_row_blocks(n, r, out, [&](int64_t begin, int64_t end, T* sum) {
+        tall_avx2::relu_gram_rows<T, R>(P, vpadded<tall_avx2::TallLanes<T>>(Mp), Y, sum, r, begin, end);
+      });
+    }
+#endif
+    const auto Mp = padded<tall_base::TallLanes<T>>(M, r);
+    over_row_blocks(n, r, out, [&](int64_t begin, int64_t end, T* sum) {
+      tall_base::relu_gram_rows<T, R>(P, vpadded<tall_base::TallLanes<T>>(Mp), Y, sum, r, begin, end);
+    });
+  });
+}
+
+// The backward of ReLU(P @ Ginv) for one problem (see relu_backward_rows); H may be null, Mt is Ginv^T.
+template <typename T>
+void relu_backward(const T* grad, const T* Y, const T* H, const T* P, const T* Mt, T* dP, T* out, int64_t n,
+                   int64_t r) {
+  with_rank(r, [&](auto rank) {
+    constexpr int R = decltype(rank)::value;
+#ifdef SYMNMF_TALL_AVX2
+    if (cpu_has_avx2()) {
+      using L = tall_avx2::TallLanes<T>;
+      const auto Hp = H == nullptr ? std::vector<T>() : padded<L>(H, r);
+      const auto Mp = padded<L>(Mt, r);
+      return over_row_blocks(n, r, out, [&](int64_t begin, int64_t end, T* sum) {
+        tall_avx2::relu_backward_rows<T, R>(grad, Y, vpadded<L>(Hp), P, vpadded<L>(Mp), dP, sum, r, begin, end);
+      });
+    }
+#endif
+    using L = tall_base::TallLanes<T>;
+    const auto Hp = H == nullptr ? std::vector<T>() : padded<L>(H, r);
+    const auto Mp = padded<L>(Mt, r);
+    over_row_blocks(n, r, out, [&](int64_t begin, int64_t end, T* sum) {
+      tall_base::relu_backward_rows<T, R>(grad, Y, vpadded<L>(Hp), P, vpadded<L>(Mp), dP, sum, r, begin, end);
+    });
+  });
+}
+
+// Checks an r x r operand per problem of factor A: shape (r, r) or (B, r, r) as square_shape(A), A's dtype.
+at::Tensor square_operand(const at::Tensor& M, const at::Tensor& A, const char* op, const char* name) {
+  const std::vector<int64_t> shape = square_shape(A);
+  TORCH_CHECK(M.sizes() == at::IntArrayRef(shape), op, ": ", name, " must have shape ", text(shape), ", got ",
+              text(M.sizes()));
+  TORCH_CHECK(M.scalar_type() == A.scalar_type(), op, ": ", name, " must have the dtype of the factor");
+  return M.contiguous();
+}
+
+// Checks an n x r operand of factor A's shape and dtype.
+at::Tensor factor_operand(const at::Tensor& X, const at::Tensor& A, const char* op, const char* name) {
+  TORCH_CHECK(X.sizes() == A.sizes(), op, ": ", name, " must have shape ", text(A.sizes()), ", got ",
+              text(X.sizes()));
+  TORCH_CHECK(X.scalar_type() == A.scalar_type(), op, ": ", name, " must have the dtype of the factor");
+  return X.contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor> tall_apply_relu_gram_cpu(const at::Tensor& P, const at::Tensor& Ginv_in) {
+  check_factor(P, "tall_apply_relu_gram", "P");
+  const at::Tensor Ginv = square_operand(Ginv_in, P, "tall_apply_relu_gram", "Ginv");
+  const int64_t r = P.size(-1), n = P.size(-2), batch = P.dim() == 3 ? P.size(0) : 1;
+  at::Tensor Y = at::empty(P.sizes(), P.options());
+  at::Tensor YtY = at::empty(square_shape(P), P.options());
+  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "tall_apply_relu_gram", [&] {
+    for (int64_t b = 0; b < batch; ++b) {
+      relu_gram<scalar_t>(P.data_ptr<scalar_t>() + b * n * r, Ginv.data_ptr<scalar_t>() + b * r * r,
+                          Y.data_ptr<scalar_t>() + b * n * r, YtY.data_ptr<scalar_t>() + b * r * r, n, r);
+    }
+  });
+  return {Y, YtY};
+}
+
+std::tuple<at::Tensor, at::Tensor> tall_apply_relu_backward_cpu(const at::Tensor& grad_in, const at::Tensor& Y_in,
+                                                                const at::Tensor& P, const at::Tensor& Ginv_in,
+                                                                const std::optional<at::Tensor>& H_in) {
+  const char* op = "tall_apply_relu_backward";
+  check_factor(P, op, "P");
+  const at::Tensor grad = factor_operand(grad_in, P, op, "grad");
+  const at::Tensor Y = factor_operand(Y_in, P, op, "Y");
+  // The product's matrix is Ginv^T: dP = Z Ginv^T.
+  const at::Tensor Ginv_t = square_operand(Ginv_in, P, op, "Ginv").mT().contiguous();
+  at::Tensor H;
+  if (H_in.has_value()) H = square_operand(*H_in, P, op, "H");
+  const int64_t r = P.size(-1), n = P.size(-2), batch = P.dim() == 3 ? P.size(0) : 1;
+  at::Tensor dP = at::empty(P.sizes(), P.options());
+  at::Tensor PtZ = at::empty(square_shape(P), P.options());
+  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "tall_apply_relu_backward", [&] {
+    for (int64_t b = 0; b < batch; ++b) {
+      relu_backward<scalar_t>(grad.data_ptr<scalar_t>() + b * n * r, Y.data_ptr<scalar_t>() + b * n * r,
+                              H.defined() ? H.data_ptr<scalar_t>() + b * r * r : nullptr,
+                              P.data_ptr<scalar_t>() + b * n * r, Ginv_t.data_ptr<scalar_t>() + b * r * r,
+                              dP.data_ptr<scalar_t>() + b * n * r, PtZ.data_ptr<scalar_t>() + b * r * r, n, r);
+    }
+  });
+  return {dP, PtZ};
+}
+
 at::Tensor tall_mm_cpu(const at::Tensor& A, const at::Tensor& M_in, const std::optional<at::Tensor>& add_in) {
   check_factor(A, "tall_mm", "A");
   const int64_t r = A.size(-1), n = A.size(-2), batch = A.dim() == 3 ? A.size(0) : 1;
@@ -205,4 +308,6 @@ at::Tensor tall_gram_cpu(const at::Tensor& A, const at::Tensor& B) {
 TORCH_LIBRARY_IMPL(symnmf_kernels, CPU, m) {
   m.impl("tall_mm", &symnmf::tall_mm_cpu);
   m.impl("tall_gram", &symnmf::tall_gram_cpu);
+  m.impl("tall_apply_relu_gram", &symnmf::tall_apply_relu_gram_cpu);
+  m.impl("tall_apply_relu_backward", &symnmf::tall_apply_relu_backward_cpu);
 }

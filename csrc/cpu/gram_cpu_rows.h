@@ -70,9 +70,11 @@ void mm_rows(const T* __restrict__ A, const typename TallLanes<T>::V* __restrict
 // sum[q * r + j] = sum over rows [begin, end) of A[i, q] B[i, j], the rows taken in order. A row whose whole
 // vectors end inside the range reads B in whole vectors: the lanes past r (the next rows' values) only reach
 // sums past r, which are never read.
+// accumulate: add to the sums already in sum (which then hold r x r values) instead of starting from zero; a
+// range split in two this way gives the same sums as one call over the whole range.
 template <typename T, int R>
 void gram_rows(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ sum, int64_t r_run, int64_t begin,
-               int64_t end) {
+               int64_t end, bool accumulate = false) {
   using L = TallLanes<T>;
   using V = typename L::V;
   const int64_t r = R > 0 ? R : r_run;
@@ -81,6 +83,12 @@ void gram_rows(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__
   const V zero = {};
   V acc[(R > 0 ? R : kMaxRank) * kMaxVectors];  // row q of the sums in acc[q * nv .. q * nv + nv - 1]
   for (int64_t k = 0; k < r * nv; ++k) acc[k] = zero;
+  if (accumulate) {
+    for (int64_t q = 0; q < r; ++q) {
+      T* s = reinterpret_cast<T*>(acc + q * nv);
+      for (int64_t j = 0; j < r; ++j) s[j] = sum[q * r + j];
+    }
+  }
   for (int64_t i = begin; i < end; ++i) {
     V b[kMaxVectors];
     load_row<T, R>(B + i * r, r, (end - i) * r >= nv * L::lanes, b);
@@ -93,5 +101,47 @@ void gram_rows(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__
   for (int64_t q = 0; q < r; ++q) {
     const T* s = reinterpret_cast<const T*>(acc + q * nv);
     for (int64_t j = 0; j < r; ++j) sum[q * r + j] = s[j];
+  }
+}
+
+// The ReLU of ops/apply_relu.py and its backward, fused with their products: each runs the loops above on tiles
+// of kTileRows rows, so that a tile's intermediate is still in the L1 cache when the next loop reads it, and the
+// n x r data crosses memory once. Every value is computed by the same operations in the same order as the
+// unfused chain (tall_mm, torch's ReLU or mask, tall_gram), so the results are the same to the bit.
+constexpr int64_t kTileRows = 64;
+
+// Y = ReLU(P @ M) and sum = Y^T Y over rows [begin, end). The ReLU keeps NaN, as torch's does.
+template <typename T, int R>
+void relu_gram_rows(const T* __restrict__ P, const typename TallLanes<T>::V* __restrict__ Mp, T* __restrict__ Y,
+                    T* __restrict__ sum, int64_t r_run, int64_t begin, int64_t end) {
+  const int64_t r = R > 0 ? R : r_run;
+  for (int64_t t = begin; t < end; t += kTileRows) {
+    const int64_t len = std::min(end - t, kTileRows);
+    T* y = Y + t * r;
+    mm_rows<T, R>(P + t * r, Mp, nullptr, y, r, 0, len);
+    for (int64_t k = 0; k < len * r; ++k) y[k] = y[k] < T(0) ? T(0) : y[k];
+    gram_rows<T, R>(y, y, sum, r, 0, len, t > begin);
+  }
+}
+
+// For rows [begin, end): Z = mask(grad + Y @ H) (H optional, Hp null without it; the mask zeroes where Y <= 0,
+// as torch's threshold_backward), dP = Z @ M (M = G^{-T}) and sum = P^T Z.
+template <typename T, int R>
+void relu_backward_rows(const T* __restrict__ grad, const T* __restrict__ Y, const typename TallLanes<T>::V* Hp,
+                        const T* __restrict__ P, const typename TallLanes<T>::V* __restrict__ Mp, T* __restrict__ dP,
+                        T* __restrict__ sum, int64_t r_run, int64_t begin, int64_t end) {
+  const int64_t r = R > 0 ? R : r_run;
+  alignas(64) T z[kTileRows * (R > 0 ? R : kMaxRank)];
+  for (int64_t t = begin; t < end; t += kTileRows) {
+    const int64_t len = std::min(end - t, kTileRows);
+    const T* y = Y + t * r;
+    if (Hp != nullptr) {
+      mm_rows<T, R>(y, Hp, grad + t * r, z, r, 0, len);
+    } else {
+      std::copy(grad + t * r, grad + (t + len) * r, z);
+    }
+    for (int64_t k = 0; k < len * r; ++k) z[k] = y[k] <= T(0) ? T(0) : z[k];
+    mm_rows<T, R>(z, Mp, nullptr, dP + t * r, r, 0, len);
+    gram_rows<T, R>(P + t * r, z, sum, r, 0, len, t > begin);
   }
 }

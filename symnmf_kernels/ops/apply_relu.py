@@ -7,7 +7,7 @@ from . import _common, _launch
 from ._common import (
     FLOAT_DTYPES, as_batch, broadcasts_to, check_same, check_square, check_tensor, needs_grad, use_triton,
 )
-from .gram import tall_gram, tall_mm
+from .gram import _tall_native, tall_gram, tall_mm
 
 
 _STRIDED = torch.strided
@@ -29,9 +29,37 @@ def apply_relu_torch(P, Ginv):
     return torch.relu_(tall_mm(P, Ginv))
 
 
+def _per_problem(M, P):
+    """The r x r operand M broadcast to P's batch, one contiguous matrix per problem (the extension's layout)."""
+    r = P.shape[-1]
+    return M.expand(*P.shape[:-2], r, r).contiguous()
+
+
+def _fused_native(P, Ginv, *factors):
+    """Whether the extension's fused loops take P @ Ginv with its ReLU: where tall_mm's own loops would, with Ginv
+    broadcasting to P's batch and the other n x r operands of P's shape."""
+    r = P.shape[-1]
+    return (_tall_native(P, Ginv, *factors) and Ginv.shape[-2:] == (r, r) and Ginv.dim() <= P.dim()
+            and all(f.shape == P.shape for f in factors))
+
+
+def apply_relu_gram_torch(P, Ginv):
+    """(Y, Y^T Y) with Y = ReLU(P @ Ginv): on the CPU one pass of the extension's loops, each tile's Gram taken
+    while the tile is in cache (the same values as the product, ReLU and Gram one after another)."""
+    if _fused_native(P, Ginv):
+        return torch.ops.symnmf_kernels.tall_apply_relu_gram(P, _per_problem(Ginv, P))
+    Y = apply_relu_torch(P, Ginv)
+    return Y, tall_gram(Y, Y)
+
+
 def apply_relu_backward_torch(grad, Y, P, Ginv, H=None, need_p=True, need_ginv=True):
     """(dP, dGinv) of Y = ReLU(P @ Ginv) given dL/dY = grad + Y @ H; the ReLU's mask in one pass
-    (threshold_backward, as torch's own relu backward)."""
+    (threshold_backward, as torch's own relu backward). On the CPU the extension's loops do it all in one pass
+    over the n x r operands, with the same values, and dGinv per problem of P's batch as tall_gram gives it."""
+    if (need_p or need_ginv) and _fused_native(P, Ginv, grad, Y) and (H is None or H.shape == Ginv.shape):
+        dP, dGinv = torch.ops.symnmf_kernels.tall_apply_relu_backward(
+            grad, Y, P, _per_problem(Ginv, P), None if H is None else _per_problem(H, P))
+        return (dP if need_p else None), (dGinv if need_ginv else None)
     if H is not None:
         grad = tall_mm(Y, H, add=grad)
     Zb = torch.ops.aten.threshold_backward(grad, Y, 0)
@@ -57,9 +85,9 @@ class _ApplyReluTorch(torch.autograd.Function):
 class _ApplyReluGramTorch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, P, Ginv):
-        Y = apply_relu_torch(P, Ginv)
+        Y, YtY = apply_relu_gram_torch(P, Ginv)
         ctx.save_for_backward(Y, P, Ginv)
-        return Y, tall_gram(Y, Y)
+        return Y, YtY
 
     @staticmethod
     def backward(ctx, dY, dYtY):
@@ -95,8 +123,8 @@ def apply_relu_gram_op(P: torch.Tensor, Ginv: torch.Tensor) -> tuple[torch.Tenso
         Y, partials = _launch.apply(P3, _flat_square(Ginv, B, r), relu=True, emit_gram=True)
         zero = torch.zeros((B,), dtype=partials.dtype, device=P.device)
         return Y.reshape(P.shape), _launch.reduce_partials(partials, zero, r, P.dtype).reshape(*batch, r, r)
-    Y = apply_relu_torch(P, Ginv).contiguous()
-    return Y, tall_gram(Y, Y).contiguous()
+    Y, YtY = apply_relu_gram_torch(P, Ginv)
+    return Y.contiguous(), YtY.contiguous()
 
 
 @apply_relu_gram_op.register_fake
@@ -208,7 +236,6 @@ def apply_relu_gram(P, Ginv):
     Ginv = _check(P, Ginv)
     if not use_triton(P, P.shape[-1]):
         if not needs_grad(P, Ginv):
-            Y = apply_relu_torch(P, Ginv)
-            return Y, tall_gram(Y, Y)
+            return apply_relu_gram_torch(P, Ginv)
         return _ApplyReluGramTorch.apply(P, Ginv)
     return apply_relu_gram_op(P, Ginv)

@@ -30,6 +30,16 @@ if _NATIVE_TALL:
         r = A.shape[-1]
         return A.new_empty((*A.shape[:-2], r, r))
 
+    @torch.library.register_fake("symnmf_kernels::tall_apply_relu_gram")
+    def _(P, Ginv):
+        r = P.shape[-1]
+        return torch.empty_like(P, memory_format=torch.contiguous_format), P.new_empty((*P.shape[:-2], r, r))
+
+    @torch.library.register_fake("symnmf_kernels::tall_apply_relu_backward")
+    def _(grad, Y, P, Ginv, H=None):
+        r = P.shape[-1]
+        return torch.empty_like(P, memory_format=torch.contiguous_format), P.new_empty((*P.shape[:-2], r, r))
+
 
 def _tall_native(A, *others):
     """Whether the extension's loops take the factor A (and the other operands): a row-major CPU float factor of

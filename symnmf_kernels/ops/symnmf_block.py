@@ -8,8 +8,10 @@ import torch
 
 from . import _launch
 from ._common import as_batch, as_lam, check_same, check_tensor, needs_grad, use_triton
-from .apply_relu import apply_relu_backward_torch, apply_relu_gram, apply_relu_torch
-from .gram import gram_torch, tall_gram, tall_mm
+from .apply_relu import (
+    apply_relu_backward_torch, apply_relu_gram, apply_relu_gram_torch, apply_relu_torch,
+)
+from .gram import gram_torch, tall_mm
 from .spd_inverse import spd_inverse, spd_inverse_backward_torch, spd_inverse_torch
 
 
@@ -62,11 +64,11 @@ class _BlockFromGramTorch(torch.autograd.Function):
         else:  # lam's batch may be wider than UtU's
             G = UtU + lam[..., None, None] * torch.eye(UtU.shape[-1], dtype=UtU.dtype, device=UtU.device)
         Ginv, _ = spd_inverse_torch(G)
-        Y = apply_relu_torch(P, Ginv)
+        Y, YtY = apply_relu_gram_torch(P, Ginv)
         if ctx is not None:  # None: called without autograd
             ctx.save_for_backward(P, Ginv, Y)
             ctx.lam_shape = lam.shape
-        return Y, tall_gram(Y, Y)
+        return Y, YtY
 
     @staticmethod
     def backward(ctx, dY, dYtY):
