@@ -20,11 +20,17 @@ in tf32x3 (about float32 accuracy), but for the n-length sums of products at
 r <= 32, which stay in plain FMA ("auto", the default);
 `sk.set_dot_precision("ieee")` or `with sk.dot_precision("ieee"):` selects
 plain FMA everywhere, "tf32x3" tensor cores everywhere, "tf32" the fastest and
-coarsest mode. docs/design.md explains the design.
+coarsest mode. The extension's CPU kernels keep their freed large outputs for
+reuse (256 MiB at most; `sk.set_host_cache_limit`, `sk.empty_host_cache`).
+docs/design.md explains the design.
 """
 from . import ops, reference
 from .ops import *  # noqa: F401,F403 - the public ops, listed in ops.__all__
+from ._extension import empty_host_cache, host_cache_bytes, set_host_cache_limit
 from .ops._common import dot_precision, get_dot_precision, set_dot_precision
 
 __version__ = "0.1.0"
-__all__ = [*ops.__all__, "reference", "dot_precision", "get_dot_precision", "set_dot_precision"]
+__all__ = [
+    *ops.__all__, "reference", "dot_precision", "get_dot_precision", "set_dot_precision",
+    "empty_host_cache", "host_cache_bytes", "set_host_cache_limit",
+]

@@ -19,7 +19,9 @@ import warnings
 
 import torch
 
-__all__ = ["OP", "SCHEMA", "extension_status", "has_cpu_op"]
+__all__ = [
+    "OP", "SCHEMA", "empty_host_cache", "extension_status", "has_cpu_op", "host_cache_bytes", "set_host_cache_limit",
+]
 
 NAMESPACE = "symnmf_kernels"
 OP = f"{NAMESPACE}::spmm_csr"
@@ -73,6 +75,32 @@ def extension_status():
 def has_cpu_op(name):
     """Whether the built library defines the CPU operator symnmf_kernels::<name> (the C++ kernels beside the SpMM)."""
     return _native["cpu"] and hasattr(getattr(torch.ops, NAMESPACE), name)
+
+
+def set_host_cache_limit(max_bytes):
+    """Sets the most bytes the CPU kernels' output cache keeps (0 turns it off), frees what it holds beyond that,
+    and returns the limit before (0 when the library is not built).
+
+    The extension's CPU kernels take their large outputs (1 MiB or more) from this cache, and a freed output's
+    buffer goes back to it, so a loop that allocates the same shapes every step reuses pages that are already
+    mapped instead of page-faulting on fresh ones (docs/cpu_backend.md, "The host cache"). The limit starts at
+    256 MiB, or at SYMNMF_HOST_CACHE_MB MiB when that is set in the environment.
+    """
+    if int(max_bytes) < 0:
+        raise ValueError(f"set_host_cache_limit: max_bytes must be >= 0, got {max_bytes}")
+    if not has_cpu_op("host_cache_set_limit"):
+        return 0
+    return torch.ops.symnmf_kernels.host_cache_set_limit(int(max_bytes))
+
+
+def host_cache_bytes():
+    """The bytes of freed output buffers the CPU kernels' cache holds (0 when the library is not built)."""
+    return torch.ops.symnmf_kernels.host_cache_bytes() if has_cpu_op("host_cache_bytes") else 0
+
+
+def empty_host_cache():
+    """Frees every buffer the CPU kernels' output cache holds; its limit stays."""
+    set_host_cache_limit(set_host_cache_limit(0))
 
 
 def spmm_csr_torch(crow_indices, col_indices, values, dense, t_crow_indices=None, t_col_indices=None,

@@ -146,6 +146,16 @@ def test_bench_net_fit_cpu(tmp_path):
     assert float(rows[1]["x_hals"]) == pytest.approx(float(rows[1]["seconds"]) / float(rows[0]["seconds"]), rel=1e-3)
 
 
+def test_bench_host_cache_small(tmp_path):
+    """The host cache benchmark runs its processes in turns and fills every column."""
+    _, _, rows = _run_script([os.path.join("bench", "bench_host_cache.py"), "--net-n", "600", "--net-r", "4",
+                              "--restarts", "2", "--rounds", "1", "--steps", "2"], tmp_path)
+    assert len(rows) == 1 and rows[0]["restarts"] == "2"
+    assert float(rows[0]["cache_step_ms"]) > 0 and float(rows[0]["none_step_ms"]) > 0
+    assert float(rows[0]["x_cache"]) == pytest.approx(
+        float(rows[0]["none_step_ms"]) / float(rows[0]["cache_step_ms"]), rel=1e-3)
+
+
 def test_bench_distributed_graph_small(tmp_path):
     """The sharded kNN build against the single-process one, at a small size: every build stores the same
     entries and gives the same X v up to rounding."""

@@ -55,7 +55,8 @@ def bench_entries():
 
 
 def test_public_names_are_the_ops():
-    assert list(sk.__all__) == [*ops.__all__, "reference", "dot_precision", "get_dot_precision", "set_dot_precision"]
+    assert list(sk.__all__) == [*ops.__all__, "reference", "dot_precision", "get_dot_precision", "set_dot_precision",
+                                "empty_host_cache", "host_cache_bytes", "set_host_cache_limit"]
     assert len(set(ops.__all__)) == len(ops.__all__)
     for name in ops.__all__:
         assert callable(getattr(sk, name)), name

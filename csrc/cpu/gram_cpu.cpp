@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include "cpu_common.h"
+#include "host_cache.h"
 
 namespace symnmf {
 constexpr int64_t kMaxRank = 32;
@@ -223,7 +224,7 @@ std::tuple<at::Tensor, at::Tensor> tall_apply_relu_gram_cpu(const at::Tensor& P,
   check_factor(P, "tall_apply_relu_gram", "P");
   const at::Tensor Ginv = square_operand(Ginv_in, P, "tall_apply_relu_gram", "Ginv");
   const int64_t r = P.size(-1), n = P.size(-2), batch = P.dim() == 3 ? P.size(0) : 1;
-  at::Tensor Y = at::empty(P.sizes(), P.options());
+  at::Tensor Y = cached_empty(P.sizes(), P.options());
   at::Tensor YtY = at::empty(square_shape(P), P.options());
   AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "tall_apply_relu_gram", [&] {
     for (int64_t b = 0; b < batch; ++b) {
@@ -246,7 +247,7 @@ std::tuple<at::Tensor, at::Tensor> tall_apply_relu_backward_cpu(const at::Tensor
   at::Tensor H;
   if (H_in.has_value()) H = square_operand(*H_in, P, op, "H");
   const int64_t r = P.size(-1), n = P.size(-2), batch = P.dim() == 3 ? P.size(0) : 1;
-  at::Tensor dP = at::empty(P.sizes(), P.options());
+  at::Tensor dP = cached_empty(P.sizes(), P.options());
   at::Tensor PtZ = at::empty(square_shape(P), P.options());
   AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "tall_apply_relu_backward", [&] {
     for (int64_t b = 0; b < batch; ++b) {
@@ -274,7 +275,7 @@ at::Tensor tall_mm_cpu(const at::Tensor& A, const at::Tensor& M_in, const std::o
     TORCH_CHECK(add_in->scalar_type() == A.scalar_type(), "tall_mm: add must have A's dtype");
     add = add_in->contiguous();
   }
-  at::Tensor out = at::empty(A.sizes(), A.options());
+  at::Tensor out = cached_empty(A.sizes(), A.options());
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "tall_mm", [&] {
     for (int64_t b = 0; b < batch; ++b) {
       mm<scalar_t>(A.data_ptr<scalar_t>() + b * n * r, M.data_ptr<scalar_t>() + b * r * r,

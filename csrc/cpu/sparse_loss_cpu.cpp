@@ -24,6 +24,7 @@
 
 #include "../spmm.h"
 #include "cpu_common.h"
+#include "host_cache.h"
 
 namespace symnmf {
 namespace {
@@ -95,8 +96,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_loss_terms_csr_cpu(
     check_batch_arg(*P_in, U, "P");
     P = P_in->contiguous();
   }
-  at::Tensor S = at::empty({B, n, r}, U.options());
-  at::Tensor R = P.defined() ? at::empty({B, n, r}, U.options()) : at::empty({0}, U.options());
+  at::Tensor S = cached_empty({B, n, r}, U.options());
+  at::Tensor R = P.defined() ? cached_empty({B, n, r}, U.options()) : at::empty({0}, U.options());
   const int64_t n_blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
   std::vector<double> partial(static_cast<size_t>(n_blocks * B * 3), 0.0);
   int64_t bad = -1;
@@ -149,7 +150,7 @@ at::Tensor sparse_loss_grad_csr_cpu(const at::Tensor& crow_indices, const at::Te
   const at::Tensor T = T_in.has_value() ? T_in->contiguous() : at::Tensor(), S = S_in.contiguous();
   const at::Tensor R = R_in.contiguous();
   const at::Tensor lam = lam_in.contiguous(), coef_s = coef_s_in.contiguous(), coef_r = coef_r_in.contiguous();
-  at::Tensor dU = at::empty({B, n, r}, S.options());
+  at::Tensor dU = cached_empty({B, n, r}, S.options());
   int64_t bad = -1;
   AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "sparse_loss_grad_crow", [&] {
     using crow_t = index_t;

@@ -15,6 +15,7 @@
 
 #include "../spmm.h"
 #include "cpu_common.h"
+#include "host_cache.h"
 
 namespace symnmf {
 namespace {
@@ -61,7 +62,7 @@ at::Tensor spmm_csr_cpu(const at::Tensor& crow_indices, const at::Tensor& col_in
   const at::Tensor U = (U3.stride(2) == 1 || U3.size(2) <= 1) ? U3 : U3.contiguous();
   const int64_t batch = U.size(0), n_cols = U.size(1), r = U.size(2);
   const int64_t n_rows = crow.numel() - 1;
-  at::Tensor out = at::empty({batch, n_rows, r}, U.options());
+  at::Tensor out = cached_empty({batch, n_rows, r}, U.options());
   AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "spmm_csr_cpu_crow", [&] {
     using crow_t = index_t;
     check_row_pointers(crow.data_ptr<crow_t>(), n_rows, col.numel(), "spmm_csr");
