@@ -337,7 +337,7 @@ def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None, gram=None):
         raise ValueError(f"X must be square (n, n) for the SymNMF loss, got {n_rows} x {n_cols}")
     # A tensor already of the batch shape is passed as it is: a reshape's view would put a ViewBackward node
     # between it and its gradient, and autograd then adds that gradient to the block's out of place (a new
-    # n x r tensor per step and weight) instead of in place. (With the host cache, no step time measured.)
+    # n x r tensor per step and weight) instead of in place.
     U3 = U if U.shape == (B, n, r) else U.reshape(B, n, r)
     P3 = None
     if P is not None:
