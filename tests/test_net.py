@@ -180,6 +180,33 @@ def test_dense_and_sparse_give_same_loss_and_gradients():
         assert rel(a, b) < 1e-8 and float(b.norm()) > 0
 
 
+def test_a_sparse_graph_symmetric_to_rounding_is_made_exactly_symmetric():
+    """A sparse X whose X^T differs by rounding is accepted and trained on as (X + X^T) / 2, whose losses take
+    the symmetric path; the losses and gradients are those of the dense (X + X^T) / 2."""
+    from symnmf_kernels.sparse import as_csr
+
+    X, _ = planted_graph([9, 11, 14], 0.6, 0.1, seed=7)
+    noise = 1 + 1e-7 * torch.rand(X.shape, generator=torch.Generator().manual_seed(1), dtype=X.dtype)
+    X_near = X * noise  # no longer exactly symmetric, well within check_similarity's tolerance
+    assert not torch.equal(X_near, X_near.T)
+    net = SymNMFNet(3, n_layers=3, beta=0.01, random_state=8, recipe="paper")
+    Xp = net._prepare(X_near.to_sparse_csr())
+    assert as_csr(Xp).is_symmetric()
+    assert torch.equal(Xp.to_dense(), (X_near + X_near.T) / 2)
+    X_sparse = X.to_sparse_csr()
+    assert net._prepare(X_sparse) is X_sparse  # an exactly symmetric X is taken as it is
+    grads = {}
+    for name, Xi in (("dense", (X_near + X_near.T) / 2), ("sparse", X_near.to_sparse_csr())):
+        net = SymNMFNet(3, n_layers=3, beta=0.01, random_state=8, recipe="paper").initialize(Xi)
+        loss = net.loss(Xi)
+        loss.backward()
+        grads[name] = (loss.detach(), net.lam.grad.clone(), [P.grad.clone() for P in net.P])
+    (ld, gl_d, gP_d), (ls, gl_s, gP_s) = grads["dense"], grads["sparse"]
+    assert rel(ls, ld) < 1e-10 and rel(gl_s, gl_d) < 1e-8
+    for a, b in zip(gP_s, gP_d):
+        assert rel(a, b) < 1e-8 and float(b.norm()) > 0
+
+
 @pytest.mark.parametrize("layout", ["dense", "sparse"])
 @pytest.mark.parametrize("restarts", [None, 2])
 def test_training_objective_with_the_start_product_cached(layout, restarts):

@@ -50,6 +50,7 @@ from torch import nn
 import symnmf_kernels as sk
 from symnmf_kernels.ops._common import dot64
 from symnmf_kernels.ops.sparse_loss import sparse_layer_loss
+from symnmf_kernels.sparse import as_csr
 
 from .metrics import modularity
 from .solvers.base import init_factor, make_generator
@@ -112,6 +113,17 @@ def _recipe(name):
 
 def _is_sparse(X):
     return X.layout != torch.strided
+
+
+def _exactly_symmetric(X):
+    """A sparse X that is symmetric only to rounding (check_similarity allows a relative 1e-5) as the exactly
+    symmetric (X + X^T) / 2. The layer losses take their symmetric path only for an exactly symmetric X (the
+    backward's SpMM then is X R in one fused pass, and no transpose of X is kept): with four restarts on a
+    2,000-node graph symmetric to rounding, a training step took 1.4x as long without this."""
+    if as_csr(X).is_symmetric():  # computed once per X, and remembered with it
+        return X
+    C = X.to_sparse_coo()
+    return ((C + C.t()) * 0.5).coalesce().to_sparse_csr()
 
 
 def _frob2(X):
@@ -390,7 +402,7 @@ class SymNMFNet(nn.Module):
         if _is_sparse(X) and X.dim() != 2:
             raise ValueError("a sparse X must be a single (n, n) graph; pass a batch of graphs as a dense (B, n, n) X")
         check_rank(self.n_components, X.shape[-1])
-        return X
+        return _exactly_symmetric(X) if _is_sparse(X) else X
 
     def _check_matches(self, X):
         expected = self.U0.shape[:-1]
@@ -557,7 +569,8 @@ class SymNMFNet(nn.Module):
         Parameters
         ----------
         X : dense (..., n, n) or sparse (n, n) symmetric non-negative similarity
-            (torch, numpy or scipy.sparse), not all zero.
+            (torch, numpy or scipy.sparse), not all zero. A sparse X symmetric only
+            to rounding is trained on as (X + X^T) / 2.
         epochs : int
             Most optimiser steps (one step = one pass through the L blocks).
         lr : float
