@@ -369,12 +369,13 @@ def profile_net(args):
     return rows, table
 
 
-def _net_step(n, r, L, args, profile_it):
+def net_training_step(n, r, L, restarts):
+    """(net, its prepared X, step): one SymNMF-Net training step as SymNMFNet.fit takes it, on the planted graph
+    of n nodes and r clusters (20 entries per row), L blocks, `restarts` problems side by side."""
     from symnmf import SymNMFNet
-    from torch.profiler import ProfilerActivity, profile
 
     X, _ = planted_graph(n, r, 20, seed=0)
-    net = SymNMFNet(r, n_layers=L, n_restarts=args.net_restarts if args.net_restarts > 1 else None, random_state=0)
+    net = SymNMFNet(r, n_layers=L, n_restarts=restarts if restarts > 1 else None, random_state=0)
     net.initialize(X)
     Xp = net._prepare(X)
     X_norm2 = (Xp.values().pow(2).sum())
@@ -387,6 +388,14 @@ def _net_step(n, r, L, args, profile_it):
         loss.sum().backward()
         opt.step()
         net.project_lam()
+
+    return net, Xp, step
+
+
+def _net_step(n, r, L, args, profile_it):
+    from torch.profiler import ProfilerActivity, profile
+
+    net, Xp, step = net_training_step(n, r, L, args.net_restarts)
 
     def step_blas():  # the same step with the tall-skinny products on torch's BLAS (ops/gram.py)
         gram_module._NATIVE_TALL = False

@@ -31,27 +31,12 @@ COLUMNS = ["n", "r", "restarts", "threads", "cache_step_ms", "none_step_ms", "x_
 
 def child(n, r, restarts, steps):
     """One process: median step time (ms) and minor page faults per step, printed as JSON."""
-    from bench.bench_cpu import planted_graph
-    from symnmf import SymNMFNet
+    from bench.bench_cpu import net_training_step
 
     torch.set_num_threads(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        X, _ = planted_graph(n, r, 20, seed=0)
-    net = SymNMFNet(r, n_layers=5, n_restarts=restarts if restarts > 1 else None, random_state=0)
-    net.initialize(X)
-    Xp = net._prepare(X)
-    X_norm2 = Xp.values().pow(2).sum()
-    S0 = net._start_product(Xp)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss, _, _ = net._objective(Xp, X_norm2, S0)
-        loss.sum().backward()
-        opt.step()
-        net.project_lam()
-
+        _, _, step = net_training_step(n, r, 5, restarts)
     for _ in range(5):
         step()
     times = []
