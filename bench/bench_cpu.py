@@ -25,7 +25,6 @@ from 8 to 128.
 """
 import argparse
 import gc
-import importlib
 import math
 import os
 import statistics
@@ -38,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import symnmf_kernels as sk  # noqa: E402
-from bench.common import write_table  # noqa: E402
+from bench.common import tall_loops, write_table  # noqa: E402
 from symnmf_kernels.ops.spmm import extension_status  # noqa: E402
 from symnmf_kernels.sparse import as_csr  # noqa: E402
 
@@ -398,14 +397,9 @@ def _net_step(n, r, L, args, profile_it):
     net, Xp, step = net_training_step(n, r, L, args.net_restarts)
 
     def step_blas():  # the same step with the tall-skinny products on torch's BLAS (ops/gram.py)
-        gram_module._NATIVE_TALL = False
-        try:
+        with tall_loops(False):
             step()
-        finally:
-            gram_module._NATIVE_TALL = native_tall
 
-    gram_module = importlib.import_module("symnmf_kernels.ops.gram")
-    native_tall = gram_module._NATIVE_TALL
     A = as_csr(Xp)
     U = torch.rand_like(net.U0)  # (restarts, n, r) when the recipe runs several restarts
     for _ in range(3):

@@ -22,7 +22,6 @@ x_hals = net time / SymHALS time (the cost target is net <= 5x SymHALS at 20k no
 """
 import argparse
 import functools
-import importlib
 import os
 import statistics
 import sys
@@ -32,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from bench.common import write_table  # noqa: E402
+from bench.common import tall_loops, write_table  # noqa: E402
 from bench.study_net import load  # noqa: E402
 from symnmf.metrics import accuracy  # noqa: E402
 from symnmf.net import fit_net  # noqa: E402
@@ -87,16 +86,6 @@ def main(argv=None):
     device = torch.device(args.device)
     cpu_only = ["net_loss", "net_blas"]
     variants = ["hals", "net"] + (["net_graph", "net_graph_loss"] if device.type == "cuda" else cpu_only)
-    gram_module = importlib.import_module("symnmf_kernels.ops.gram")
-    native_tall = gram_module._NATIVE_TALL
-
-    def with_tall(allowed, fn):
-        """fn() with the extension's tall-skinny products allowed or not (net_blas: torch's BLAS instead)."""
-        gram_module._NATIVE_TALL = native_tall and allowed
-        try:
-            return fn()
-        finally:
-            gram_module._NATIVE_TALL = native_tall
 
     rows = []
     for graph in args.graphs:
@@ -109,8 +98,9 @@ def main(argv=None):
             if variant == "hals":
                 return solve(X, r, solver="hals", random_state=args.seed)
             select = "loss" if variant.endswith("_loss") else None  # None: the recipe's rule
-            return with_tall(variant != "net_blas", lambda: fit_net(
-                X, r, random_state=args.seed, cuda_graph=variant.startswith("net_graph"), select=select))
+            with tall_loops(variant != "net_blas"):  # net_blas: torch's BLAS products instead of the row loops
+                return fit_net(X, r, random_state=args.seed, cuda_graph=variant.startswith("net_graph"),
+                               select=select)
 
         timings = race({variant: functools.partial(fit, variant) for variant in variants}, device, args.repeats)
         hals_s = timings["hals"][0]

@@ -13,8 +13,10 @@ median) on a CUDA device. Without CUDA or Triton it falls back to the median of
 time.perf_counter intervals, so every script also runs on a CPU-only machine at
 small sizes; such numbers only show that the script works.
 """
+import contextlib
 import datetime
 import functools
+import importlib
 import math
 import os
 import platform
@@ -240,6 +242,19 @@ def write_table(name, rows, columns, header_lines=(), out_dir=None, device=None,
     if echo:
         print(text, flush=True)
     return path
+
+
+@contextlib.contextmanager
+def tall_loops(allowed):
+    """Inside the block, the extension's tall-skinny row loops (symnmf_kernels/ops/gram.py, and the fused ReLU
+    that takes the same switch) run where they would (allowed) or not at all: torch's BLAS products instead."""
+    gram = importlib.import_module("symnmf_kernels.ops.gram")
+    native = gram._NATIVE_TALL
+    gram._NATIVE_TALL = native and allowed
+    try:
+        yield
+    finally:
+        gram._NATIVE_TALL = native
 
 
 def add_run_args(parser):

@@ -187,11 +187,11 @@ def test_tall_apply_relu_rejects_bad_arguments():
     P = torch.rand(10, 4)
     with pytest.raises(RuntimeError, match="Ginv must have shape"):
         op.tall_apply_relu_gram(P, torch.rand(4, 5))
-    with pytest.raises(RuntimeError, match="Ginv must have the dtype"):
+    with pytest.raises(RuntimeError, match="Ginv must have P's dtype"):
         op.tall_apply_relu_gram(P, torch.rand(4, 4, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="row-major"):
         op.tall_apply_relu_gram(torch.rand(4, 10).T, torch.rand(4, 4))
-    with pytest.raises(RuntimeError, match="grad must have shape"):
+    with pytest.raises(RuntimeError, match="grad must have P's shape"):
         op.tall_apply_relu_backward(torch.rand(9, 4), P, P, torch.rand(4, 4))
     with pytest.raises(RuntimeError, match="H must have shape"):
         op.tall_apply_relu_backward(P, P, P, torch.rand(4, 4), torch.rand(2, 4, 4))

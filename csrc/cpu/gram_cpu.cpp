@@ -203,26 +203,29 @@ void relu_backward(const T* grad, const T* Y, const T* H, const T* P, const T* M
   });
 }
 
-// Checks an r x r operand per problem of factor A: shape (r, r) or (B, r, r) as square_shape(A), A's dtype.
-at::Tensor square_operand(const at::Tensor& M, const at::Tensor& A, const char* op, const char* name) {
+// Checks an r x r operand per problem of the factor A (named factor in the errors): shape (r, r) or (B, r, r) as
+// square_shape(A), A's dtype. Returns it contiguous.
+at::Tensor square_operand(const at::Tensor& M, const at::Tensor& A, const char* op, const char* name,
+                          const char* factor) {
   const std::vector<int64_t> shape = square_shape(A);
   TORCH_CHECK(M.sizes() == at::IntArrayRef(shape), op, ": ", name, " must have shape ", text(shape), ", got ",
               text(M.sizes()));
-  TORCH_CHECK(M.scalar_type() == A.scalar_type(), op, ": ", name, " must have the dtype of the factor");
+  TORCH_CHECK(M.scalar_type() == A.scalar_type(), op, ": ", name, " must have ", factor, "'s dtype");
   return M.contiguous();
 }
 
-// Checks an n x r operand of factor A's shape and dtype.
-at::Tensor factor_operand(const at::Tensor& X, const at::Tensor& A, const char* op, const char* name) {
-  TORCH_CHECK(X.sizes() == A.sizes(), op, ": ", name, " must have shape ", text(A.sizes()), ", got ",
+// Checks an n x r operand of the factor A's shape and dtype. Returns it contiguous.
+at::Tensor factor_operand(const at::Tensor& X, const at::Tensor& A, const char* op, const char* name,
+                          const char* factor) {
+  TORCH_CHECK(X.sizes() == A.sizes(), op, ": ", name, " must have ", factor, "'s shape ", text(A.sizes()), ", got ",
               text(X.sizes()));
-  TORCH_CHECK(X.scalar_type() == A.scalar_type(), op, ": ", name, " must have the dtype of the factor");
+  TORCH_CHECK(X.scalar_type() == A.scalar_type(), op, ": ", name, " must have ", factor, "'s dtype");
   return X.contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor> tall_apply_relu_gram_cpu(const at::Tensor& P, const at::Tensor& Ginv_in) {
   check_factor(P, "tall_apply_relu_gram", "P");
-  const at::Tensor Ginv = square_operand(Ginv_in, P, "tall_apply_relu_gram", "Ginv");
+  const at::Tensor Ginv = square_operand(Ginv_in, P, "tall_apply_relu_gram", "Ginv", "P");
   const int64_t r = P.size(-1), n = P.size(-2), batch = P.dim() == 3 ? P.size(0) : 1;
   at::Tensor Y = cached_empty(P.sizes(), P.options());
   at::Tensor YtY = at::empty(square_shape(P), P.options());
@@ -240,12 +243,12 @@ std::tuple<at::Tensor, at::Tensor> tall_apply_relu_backward_cpu(const at::Tensor
                                                                 const std::optional<at::Tensor>& H_in) {
   const char* op = "tall_apply_relu_backward";
   check_factor(P, op, "P");
-  const at::Tensor grad = factor_operand(grad_in, P, op, "grad");
-  const at::Tensor Y = factor_operand(Y_in, P, op, "Y");
+  const at::Tensor grad = factor_operand(grad_in, P, op, "grad", "P");
+  const at::Tensor Y = factor_operand(Y_in, P, op, "Y", "P");
   // The product's matrix is Ginv^T: dP = Z Ginv^T.
-  const at::Tensor Ginv_t = square_operand(Ginv_in, P, op, "Ginv").mT().contiguous();
+  const at::Tensor Ginv_t = square_operand(Ginv_in, P, op, "Ginv", "P").mT().contiguous();
   at::Tensor H;
-  if (H_in.has_value()) H = square_operand(*H_in, P, op, "H");
+  if (H_in.has_value()) H = square_operand(*H_in, P, op, "H", "P");
   const int64_t r = P.size(-1), n = P.size(-2), batch = P.dim() == 3 ? P.size(0) : 1;
   at::Tensor dP = cached_empty(P.sizes(), P.options());
   at::Tensor PtZ = at::empty(square_shape(P), P.options());
@@ -263,18 +266,8 @@ std::tuple<at::Tensor, at::Tensor> tall_apply_relu_backward_cpu(const at::Tensor
 at::Tensor tall_mm_cpu(const at::Tensor& A, const at::Tensor& M_in, const std::optional<at::Tensor>& add_in) {
   check_factor(A, "tall_mm", "A");
   const int64_t r = A.size(-1), n = A.size(-2), batch = A.dim() == 3 ? A.size(0) : 1;
-  const std::vector<int64_t> m_shape = square_shape(A);
-  TORCH_CHECK(M_in.sizes() == at::IntArrayRef(m_shape), "tall_mm: M must have shape ", text(m_shape), ", got ",
-              text(M_in.sizes()));
-  TORCH_CHECK(M_in.scalar_type() == A.scalar_type(), "tall_mm: M must have A's dtype");
-  const at::Tensor M = M_in.contiguous();
-  at::Tensor add;
-  if (add_in.has_value()) {
-    TORCH_CHECK(add_in->sizes() == A.sizes(), "tall_mm: add must have A's shape ", text(A.sizes()), ", got ",
-                text(add_in->sizes()));
-    TORCH_CHECK(add_in->scalar_type() == A.scalar_type(), "tall_mm: add must have A's dtype");
-    add = add_in->contiguous();
-  }
+  const at::Tensor M = square_operand(M_in, A, "tall_mm", "M", "A");
+  const at::Tensor add = add_in.has_value() ? factor_operand(*add_in, A, "tall_mm", "add", "A") : at::Tensor();
   at::Tensor out = cached_empty(A.sizes(), A.options());
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "tall_mm", [&] {
     for (int64_t b = 0; b < batch; ++b) {
@@ -288,10 +281,7 @@ at::Tensor tall_mm_cpu(const at::Tensor& A, const at::Tensor& M_in, const std::o
 
 at::Tensor tall_gram_cpu(const at::Tensor& A, const at::Tensor& B) {
   check_factor(A, "tall_gram", "A");
-  TORCH_CHECK(B.sizes() == A.sizes(), "tall_gram: B must have A's shape ", text(A.sizes()), ", got ",
-              text(B.sizes()));
-  TORCH_CHECK(B.scalar_type() == A.scalar_type(), "tall_gram: B must have A's dtype");
-  const at::Tensor Bc = B.contiguous();
+  const at::Tensor Bc = factor_operand(B, A, "tall_gram", "B", "A");
   const int64_t r = A.size(-1), n = A.size(-2), batch = A.dim() == 3 ? A.size(0) : 1;
   at::Tensor out = at::empty(square_shape(A), A.options());
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "tall_gram", [&] {

@@ -31,9 +31,11 @@ class HostCache {
     return *cache;
   }
 
+  // A buffer of bytes for an output: a cached one, else a new one; null when the cache is off (limit 0).
   void* take(size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      if (limit_ == 0) return nullptr;
       auto it = free_.find(bytes);
       if (it != free_.end() && !it->second.empty()) {
         void* ptr = it->second.back();
@@ -82,11 +84,6 @@ class HostCache {
     return static_cast<int64_t>(cached_);
   }
 
-  bool enabled() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return limit_ > 0;
-  }
-
  private:
   HostCache() {
     const char* mb = std::getenv("SYMNMF_HOST_CACHE_MB");
@@ -119,8 +116,8 @@ inline at::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& o
   int64_t numel = 1;
   for (int64_t s : sizes) numel *= s;
   const size_t bytes = static_cast<size_t>(numel) * options.dtype().itemsize();
-  if (bytes < kHostCacheMinBytes || !HostCache::get().enabled()) return at::empty(sizes, options);
-  void* ptr = HostCache::get().take(bytes);
+  void* ptr = bytes < kHostCacheMinBytes ? nullptr : HostCache::get().take(bytes);
+  if (ptr == nullptr) return at::empty(sizes, options);
   c10::Storage storage(c10::Storage::use_byte_size_t(), bytes,
                        c10::DataPtr(ptr, new CachedBuffer{ptr, bytes}, &give_back, at::Device(at::kCPU)),
                        c10::GetCPUAllocator(), /*resizable=*/true);
