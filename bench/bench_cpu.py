@@ -368,10 +368,12 @@ def profile_net(args):
     return rows, table
 
 
-def net_training_step(n, r, L, restarts):
+def net_training_step(n, r, L, restarts, chain=True):
     """(net, its prepared X, step): one SymNMF-Net training step as SymNMFNet.fit takes it, on the planted graph
-    of n nodes and r clusters (20 entries per row), L blocks, `restarts` problems side by side."""
+    of n nodes and r clusters (20 entries per row), L blocks, `restarts` problems side by side. chain=False:
+    the objective op by op (one autograd node per block and layer loss) instead of fit's one-node chain."""
     from symnmf import SymNMFNet
+    from symnmf.net_chain import NetChain
 
     X, _ = planted_graph(n, r, 20, seed=0)
     net = SymNMFNet(r, n_layers=L, n_restarts=restarts if restarts > 1 else None, random_state=0)
@@ -379,11 +381,12 @@ def net_training_step(n, r, L, restarts):
     Xp = net._prepare(X)
     X_norm2 = (Xp.values().pow(2).sum())
     S0 = net._start_product(Xp)  # X U_0, computed once per fit as SymNMFNet.fit does
+    net_chain = NetChain(Xp, net.U0, S0) if chain and NetChain.applies(Xp, net.U0) else None
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)  # the optimiser SymNMFNet.fit uses
 
-    def step():
+    def step(objective_chain=net_chain):
         opt.zero_grad(set_to_none=True)
-        loss, _, _ = net._objective(Xp, X_norm2, S0)
+        loss, _, _ = net._objective(Xp, X_norm2, S0, objective_chain)
         loss.sum().backward()
         opt.step()
         net.project_lam()
@@ -394,18 +397,27 @@ def net_training_step(n, r, L, restarts):
 def _net_step(n, r, L, args, profile_it):
     from torch.profiler import ProfilerActivity, profile
 
+    from symnmf.net_chain import NetChain
+
     net, Xp, step = net_training_step(n, r, L, args.net_restarts)
+    with tall_loops(False):  # a chain made here keeps torch's BLAS products for the whole run
+        blas_chain = NetChain(Xp, net.U0, net._start_product(Xp)) if NetChain.applies(Xp, net.U0) else None
 
     def step_blas():  # the same step with the tall-skinny products on torch's BLAS (ops/gram.py)
         with tall_loops(False):
-            step()
+            step(blas_chain)
+
+    def step_ops():  # the objective op by op: an autograd node per block and per layer loss
+        step(None)
 
     A = as_csr(Xp)
     U = torch.rand_like(net.U0)  # (restarts, n, r) when the recipe runs several restarts
     for _ in range(3):
         step()
+        step_ops()
         step_blas()
-    t = race({"step": step, "step_blas": step_blas, "spmm": forward(sk.spmm, A, U)}, args.rounds, args.min_time)
+    t = race({"step": step, "step_ops": step_ops, "step_blas": step_blas, "spmm": forward(sk.spmm, A, U)},
+             args.rounds, args.min_time)
     # Forward: one SpMM per block output U_1 ... U_L (L; X U_0 is computed once per fit). Backward: one per
     # regulariser whose U needs a gradient, U_1 ... U_{L-1} (L - 1): U_0 is fixed, and the loss terms reuse
     # the forward's X U.
@@ -427,8 +439,9 @@ def _net_step(n, r, L, args, profile_it):
                 step()
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48)
     row = {"n": n, "r": r, "L": L, "restarts": math.prod(net.U0.shape[:-2]), "nnz": Xp.values().numel(),
-           "threads": torch.get_num_threads(), "step_ms": t["step"], "step_blas_ms": t["step_blas"],
-           "x_blas": t["step_blas"] / t["step"], "spmm_ms": t["spmm"], "spmm_per_step": n_spmm,
+           "threads": torch.get_num_threads(), "step_ms": t["step"], "step_ops_ms": t["step_ops"],
+           "x_ops": t["step_ops"] / t["step"], "step_blas_ms": t["step_blas"], "x_blas": t["step_blas"] / t["step"],
+           "spmm_ms": t["spmm"], "spmm_per_step": n_spmm,
            "step_over_spmms": t["step"] / (n_spmm * t["spmm"]), "spmm_warm_ms": spmm_warm,
            "step_over_warm_spmms": t["step"] / (n_spmm * spmm_warm)}
     return row, table
@@ -476,8 +489,11 @@ def main(argv=None):
                   "step_over_spmms: the step's time over that of the SpMMs it needs (forward and backward), the "
                   "SpMM timed in turns with the steps; step_over_warm_spmms: the same against spmm_warm_ms, the "
                   "SpMM run back to back (5 calls, median of the rounds)",
+                  "step_ms: the step as SymNMFNet.fit takes it (on the CPU with a sparse X: the objective in one "
+                  "autograd node, python/symnmf/net_chain.py); step_ops_ms: the objective op by op, an autograd "
+                  "node per block and layer loss (x_ops: its time over step_ms)",
                   "step_blas_ms: the same step with the n x r by r x r products and the n x r Grams on torch's BLAS "
-                  "instead of the extension's tall-skinny row loops (x_blas: its time over step_ms); the three "
+                  "instead of the extension's tall-skinny row loops (x_blas: its time over step_ms); the four "
                   "timed in turns",
                   "allocator: MALLOC_MMAP_THRESHOLD_=%s, MALLOC_TRIM_THRESHOLD_=%s, THP_MEM_ALLOC_ENABLE=%s"
                   % tuple(os.environ.get(k, "unset") for k in

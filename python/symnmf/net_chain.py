@@ -1,0 +1,170 @@
+"""SymNMF-Net's training objective for a sparse X on the CPU, as one autograd node.
+
+Op by op (`SymNMFNet._objective`), a training step is about 25 autograd nodes: a
+block and a layer loss per layer, each a Python autograd Function with its
+argument checks, reshapes and dispatch. On the CPU those cost about 2.5 ms a
+step whatever the graph's size: as much as the kernels at n = 2,000 and a
+sixth of the step at n = 20,000 (docs/cpu_backend.md, "The net's chain in one
+node"). Here the whole chain, forward and backward, calls the same kernels with
+the same formulas from one node. What does not change during a fit (X's CSR
+arrays, ||X||^2, the start's Gram U_0^T U_0 and its product X U_0) is prepared
+once, and the backward walks the blocks in reverse by hand:
+
+    U_i = ReLU(P_i (G_{i-1} + lam I)^{-1}), G_i = U_i^T U_i          (tall_apply_relu_gram)
+    S_i = X U_i, R_i = P_{i+1} - S_i - lam U_i                       (sparse_loss_terms_csr)
+    loss = sum_i w_i ||X - U_i U_i^T||^2 + beta sum_{i<L} ||R_i||^2 + beta ||R_0||^2 + mu ||U_L||_1
+
+with w_i = 1 for the blocks whose residual is in the loss and R_0 = P_1 - X U_0 - lam U_0. For one problem
+with upstream gradient g, gl = w_i g and gr = beta g, layer i's backward is
+
+    dU_i = -4 gl S_i - 2 gr (X R_i + lam R_i)   (+ mu g at i = L)      (sparse_loss_grad_csr)
+    D_i = 2 gl G_i + dG_i, where block i + 1 gave dG_i
+    dP_i, dGinv_i = the block's backward of dU_i + U_i (D_i + D_i^T)   (tall_apply_relu_backward)
+    dG_{i-1} = sym(-Ginv_i dGinv_i Ginv_i), dlam += trace(dG_{i-1})
+    dP_{i+1} += 2 gr R_i, dlam -= 2 gr <R_i, U_i>
+
+and R_0 adds 2 beta g R_0 to dP_1 and -2 beta g <R_0, U_0> to dlam. The values and gradients are those of
+the op-by-op objective (tests/test_net.py compares them).
+"""
+import torch
+from torch.autograd.function import once_differentiable
+
+from symnmf_kernels.ops._common import dot64, torch_path_cpu
+from symnmf_kernels.ops.apply_relu import _fused_native, apply_relu_backward_torch, apply_relu_gram_torch
+from symnmf_kernels.ops.gram import tall_gram
+from symnmf_kernels.ops.sparse_loss import _NATIVE_LOSS
+from symnmf_kernels.ops.spd_inverse import spd_inverse_backward_torch, spd_inverse_torch
+from symnmf_kernels.sparse import as_csr
+
+__all__ = ["NetChain"]
+
+
+def _col(t):
+    """A (B,) tensor as (B, 1, 1), to scale (B, n, r) tensors."""
+    return t[:, None, None]
+
+
+class NetChain:
+    """The fixed parts of one fit, prepared once: `NetChain(X, U0, S0)(P, lam, weights, beta, mu)` gives
+    (loss, residual of U_L, U_L) per problem, differentiable in P and lam. X: a sparse, exactly symmetric
+    (n, n) X; U0 (..., n, r): the start; S0: X U0."""
+
+    @staticmethod
+    def applies(X, U0):
+        """Whether the chain runs for this X and start: a sparse X, the extension's CPU kernels, eager mode,
+        and a CPU path that the ops themselves would take (not the Triton interpreter)."""
+        return _NATIVE_LOSS and X.layout != torch.strided and X.is_cpu and torch_path_cpu(U0)
+
+    def __init__(self, X, U0, S0):
+        A = as_csr(X)
+        if not A.is_symmetric():
+            raise ValueError("the net's chain needs an exactly symmetric X (SymNMFNet._prepare makes it so)")
+        n, r = U0.shape[-2:]
+        self.batch = U0.shape[:-2]
+        self.B = U0.numel() // (n * r)
+        self.csr = (A.crow_indices, A.col_indices, A.values)
+        self.x_sq = A.row_sq_norms().sum()
+        self.U0 = U0.reshape(self.B, n, r).contiguous()
+        self.S0 = S0.reshape(self.B, n, r).contiguous()
+        self.G0 = tall_gram(self.U0, self.U0)
+        # Whether the block's products take the extension's fused row loops (decided once: shapes and dtype
+        # do not change during a fit); otherwise the same helpers take torch's products.
+        self.fused_block = _fused_native(self.U0, self.G0, self.U0)
+
+    def __call__(self, P, lam, weights, beta, mu):
+        """P: the L weights (..., n, r); lam (...); weights: L floats, 1.0 where a block's residual is in the
+        loss and 0.0 where not; beta, mu: floats."""
+        loss, residual, U = _Chain.apply(self, tuple(float(w) for w in weights), float(beta), float(mu), lam, *P)
+        return loss.reshape(self.batch), residual.reshape(self.batch), U.reshape(*self.batch, *U.shape[-2:])
+
+    def block(self, P, Ginv):
+        """(U, U^T U) with U = ReLU(P Ginv)."""
+        if self.fused_block:
+            return torch.ops.symnmf_kernels.tall_apply_relu_gram(P, Ginv)
+        return apply_relu_gram_torch(P, Ginv)
+
+    def block_backward(self, grad, U, P, Ginv, H):
+        """(dP, dGinv) of U = ReLU(P Ginv) given dL/dU = grad + U H."""
+        if self.fused_block:
+            return torch.ops.symnmf_kernels.tall_apply_relu_backward(grad, U, P, Ginv, H)
+        return apply_relu_backward_torch(grad, U, P, Ginv, H, True, True)
+
+
+class _Chain(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, chain, weights, beta, mu, lam, *P):
+        B, n, r = chain.U0.shape
+        lam_b = lam.reshape(-1).expand(B).contiguous()
+        Ps = [p.reshape(B, n, r) for p in P]
+        L = len(Ps)
+        csr = chain.csr
+        total = torch.zeros(B, dtype=torch.float64)
+        layers = []
+        G = chain.G0
+        for i in range(L):
+            M = G.clone()
+            M.diagonal(dim1=-2, dim2=-1).add_(lam_b[:, None])
+            Ginv, _ = spd_inverse_torch(M)  # NaN where G + lam I is not positive definite
+            U, G = chain.block(Ps[i], Ginv)
+            P_next = Ps[i + 1] if i + 1 < L else None
+            S, R, sums = torch.ops.symnmf_kernels.sparse_loss_terms_csr(*csr, U, P_next, lam_b)
+            g = torch.linalg.vector_norm(G, dim=(-2, -1), dtype=torch.float64)
+            residual = torch.addcmul(chain.x_sq, g, g).sub_(sums[:, 0], alpha=2)
+            if weights[i]:
+                total.add_(residual, alpha=weights[i])
+            if P_next is not None:
+                total.add_(sums[:, 1], alpha=beta)
+            else:
+                R = None
+            layers.append((Ginv, U, G, S, R, sums[:, 2]))
+        R0 = torch.addcmul(Ps[0] - chain.S0, _col(lam_b), chain.U0, value=-1)
+        total.add_(dot64(R0, R0), alpha=beta)
+        if mu:
+            total.add_(U.sum((-2, -1), dtype=torch.float64), alpha=mu)
+        # The layers' tensors stay on ctx, not in save_for_backward: none is an input, and the backward
+        # only reads them.
+        ctx.chain, ctx.weights, ctx.beta, ctx.mu = chain, weights, beta, mu
+        ctx.layers, ctx.R0, ctx.lam_b, ctx.lam_shape = layers, R0, lam_b, lam.shape
+        ctx.save_for_backward(*P)
+        ctx.mark_non_differentiable(U)
+        dtype = U.dtype
+        return total.to(dtype), residual.to(dtype), U
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, grad_residual, _grad_U):
+        chain, weights, beta, mu = ctx.chain, ctx.weights, ctx.beta, ctx.mu
+        B, n, r = chain.U0.shape
+        dtype = chain.U0.dtype
+        P = ctx.saved_tensors
+        Ps = [p.reshape(B, n, r) for p in P]
+        L = len(Ps)
+        lam_b = ctx.lam_b
+        g = grad_loss.reshape(-1).expand(B).to(dtype) if grad_loss is not None else lam_b.new_zeros(B)
+        dlam = torch.zeros(B, dtype=torch.float64)
+        dP = [None] * L
+        dG = None  # the gradient of G_i from block i + 1
+        for i in reversed(range(L)):
+            Ginv, U, G, S, R, ru = ctx.layers[i]
+            gl = g * weights[i]
+            if i == L - 1 and grad_residual is not None:
+                gl = gl + grad_residual.reshape(-1).expand(B).to(dtype)
+            D = _col(2 * gl) * G
+            if dG is not None:
+                D += dG
+            if R is not None:
+                gr = beta * g
+                dU = torch.ops.symnmf_kernels.sparse_loss_grad_csr(*chain.csr, None, S, R, lam_b, -4 * gl, 2 * gr)
+                dP[i + 1].addcmul_(R, _col(2 * gr))
+                dlam.sub_(2 * gr.double() * ru)
+            else:
+                dU = S * _col(-4 * gl)
+                if mu:
+                    dU.add_(_col(mu * g))
+            dP[i], dGinv = chain.block_backward(dU, U, Ps[i], Ginv, D + D.mT)
+            dG = spd_inverse_backward_torch(Ginv, dGinv)
+            dlam += dG.diagonal(dim1=-2, dim2=-1).sum(-1)
+        dP[0].addcmul_(ctx.R0, _col(2 * beta * g))
+        dlam.sub_(2 * beta * g.double() * dot64(ctx.R0, chain.U0))
+        dlam = dlam.to(dtype).sum_to_size(ctx.lam_shape) if ctx.needs_input_grad[4] else None
+        return (None, None, None, None, dlam, *(d.reshape(p.shape) for d, p in zip(dP, P)))

@@ -1,0 +1,153 @@
+"""NetChain: SymNMF-Net's objective in one autograd node against the op-by-op objective (values and gradients),
+gradcheck, its use by `fit`, NaN, and where it applies.
+
+The chain runs the extension's CPU kernels, so these tests take the ops' plain-torch CPU path (no Triton
+interpreter) for the op-by-op objective too.
+"""
+import importlib
+
+import pytest
+import torch
+
+from symnmf import SymNMFNet
+from symnmf.net_chain import NetChain
+
+@pytest.fixture(autouse=True)
+def torch_path(monkeypatch):
+    monkeypatch.setattr(importlib.import_module("symnmf_kernels.ops._common"), "interpreting", lambda: False)
+    if not NetChain.applies(torch.eye(2).to_sparse_csr(), torch.ones(2, 1)):
+        pytest.skip("the extension's CPU kernels are not built")
+
+
+def rel(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    if not bool(torch.isfinite(a).all()):
+        return float("inf")
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def sparse_graph(n, seed, dtype=torch.float64, per_row=6):
+    """A random symmetric non-negative graph with about per_row entries per row, as an exactly symmetric CSR."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.rand(n, n, generator=g, dtype=dtype) * (torch.rand(n, n, generator=g) < per_row / max(n, 1))
+    A = torch.triu(A, 1)
+    A = A + A.T + torch.diag(torch.rand(n, generator=g, dtype=dtype))  # no empty row at n = 1
+    return A.to_sparse_csr()
+
+
+def trained_looking_net(X, r, restarts, loss_blocks, mu, seed=0, layers=3):
+    """A net initialised on X with weights moved off Algorithm 1's start (so no gradient is zero by symmetry)."""
+    net = SymNMFNet(r, n_layers=layers, n_restarts=restarts, random_state=seed, mu=mu, loss_blocks=loss_blocks)
+    net.initialize(X)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for P in net.P:
+            P.mul_(1 + 0.2 * torch.rand(P.shape, generator=g, dtype=P.dtype))
+        net.lam.mul_(1.05)
+    return net
+
+
+def objective_and_grads(net, X, chain, grad_residual=0.3):
+    """(loss, residual, U_L, [dP_1, ..., dP_L, dlam]) of loss.sum() + grad_residual * residual.sum()."""
+    X_norm2 = X.values().pow(2).sum()
+    S0 = net._start_product(X)
+    for p in net.parameters():
+        p.grad = None
+    loss, residual, U = net._objective(X, X_norm2, S0, NetChain(X, net.U0, S0) if chain else None)
+    (loss.sum() + grad_residual * residual.sum()).backward()
+    grads = [p.grad.clone() for p in net.P] + [net.lam.grad.clone()]
+    return loss.detach(), residual.detach(), U.detach(), grads
+
+
+@pytest.mark.parametrize("n, r", [(1, 1), (7, 5), (300, 8), (300, 13), (1003, 5)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("restarts, loss_blocks, mu", [(None, "all", 0.0), (3, "last", 0.4)])
+def test_chain_matches_the_op_by_op_objective(n, r, dtype, restarts, loss_blocks, mu):
+    X = sparse_graph(n, seed=n + r, dtype=dtype)
+    net = trained_looking_net(X, r, restarts, loss_blocks, mu)
+    ref = objective_and_grads(net, X, chain=False)
+    got = objective_and_grads(net, X, chain=True)
+    tol = 1e-11 if dtype == torch.float64 else 2e-5
+    for name, a, b in zip(("loss", "residual", "U_L"), got[:3], ref[:3]):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        assert rel(a, b) <= tol, (name, rel(a, b))
+    for i, (a, b) in enumerate(zip(got[3], ref[3])):
+        assert a.shape == b.shape, i
+        assert rel(a, b) <= tol, (i, rel(a, b))
+
+
+def test_chain_with_the_fused_rank_in_float64_and_a_batch_of_four():
+    X = sparse_graph(400, seed=3, per_row=10)
+    net = trained_looking_net(X, 16, 4, "all", 0.0, layers=2)
+    ref, got = objective_and_grads(net, X, chain=False), objective_and_grads(net, X, chain=True)
+    for a, b in zip([*got[:3], *got[3]], [*ref[:3], *ref[3]]):
+        assert rel(a, b) <= 1e-11
+
+
+def test_gradcheck_in_float64():
+    X = sparse_graph(9, seed=4, per_row=4)
+    net = trained_looking_net(X, 2, 2, "all", 0.3, layers=2)
+    S0 = net._start_product(X)
+    chain = NetChain(X, net.U0, S0)
+    P0 = [p.detach().clone().requires_grad_() for p in net.P]
+    lam0 = net.lam.detach().clone().requires_grad_()
+
+    def f(lam, *P):
+        loss, residual, _ = chain(P, lam, [1.0, 1.0], 0.7, 0.3)
+        return loss, residual
+
+    assert torch.autograd.gradcheck(f, (lam0, *P0), eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_fit_trains_through_the_chain_as_op_by_op(monkeypatch):
+    X = sparse_graph(300, seed=5, per_row=8)
+    calls = []
+    original = NetChain.__call__
+
+    def counted(self, *args):
+        calls.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(NetChain, "__call__", counted)
+    fast = SymNMFNet(4, n_layers=3, n_restarts=2, random_state=0).fit(X, epochs=6, tol=None)
+    assert len(calls) == 7  # six steps and the last record
+    monkeypatch.setattr(NetChain, "applies", staticmethod(lambda X, U0: False))
+    slow = SymNMFNet(4, n_layers=3, n_restarts=2, random_state=0).fit(X, epochs=6, tol=None)
+    assert len(calls) == 7
+    for a, b in zip(fast.history_["loss"], slow.history_["loss"]):
+        assert abs(a - b) <= 1e-10 * abs(b)
+    for p, q in zip(fast.parameters(), slow.parameters()):
+        assert rel(p, q) <= 1e-10
+
+
+def test_not_finite_input_gives_nan():
+    X = sparse_graph(300, seed=6, dtype=torch.float32)
+    net = trained_looking_net(X, 5, None, "all", 0.0)
+    with torch.no_grad():
+        net.P[1][3, 2] = float("nan")
+    loss, residual, U, grads = objective_and_grads(net, X, chain=True)
+    assert bool(torch.isnan(loss).all()) and bool(torch.isnan(residual).all())
+    assert bool(torch.isnan(grads[-1]).all())
+    # G + lam I not positive definite: the inverse is NaN, never zeros
+    net = trained_looking_net(X, 5, None, "all", 0.0)
+    with torch.no_grad():
+        net.lam.fill_(-1e6)
+    loss, _, _, grads = objective_and_grads(net, X, chain=True)
+    assert bool(torch.isnan(loss).all()) and bool(torch.isnan(grads[0]).any())
+
+
+def test_where_the_chain_applies(monkeypatch):
+    X = sparse_graph(20, seed=7)
+    U0 = torch.rand(20, 2, dtype=torch.float64)
+    assert NetChain.applies(X, U0)
+    assert not NetChain.applies(X.to_dense(), U0)
+    monkeypatch.setattr(importlib.import_module("symnmf_kernels.ops._common"), "interpreting", lambda: True)
+    assert not NetChain.applies(X, U0) or not importlib.import_module("symnmf_kernels.ops._common").HAS_TRITON
+
+
+def test_a_graph_not_exactly_symmetric_is_refused():
+    X = sparse_graph(20, seed=8).to_dense()
+    X[0, 1] += 1e-3
+    U0 = torch.rand(20, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="exactly symmetric"):
+        NetChain(X.to_sparse_csr(), U0, X @ U0)
