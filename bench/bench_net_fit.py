@@ -10,6 +10,8 @@ planted sparse graph, 8 blocks), r = number of classes. Variants, side by side i
                 the earlier default): what the three extra polishes cost (CPU)
     net_blas    the default with the tall-skinny products on torch's BLAS instead of the extension's row loops
                 (symnmf_kernels/ops/gram.py): what those loops save (CPU)
+    net_ops     the default with the objective op by op, an autograd node per block and layer loss, instead of
+                the one-node chain (python/symnmf/net_chain.py): what the chain saves (CPU)
     net_graph   the default with every training step replayed from a CUDA graph (cuda_graph=True)
     net_graph_loss  the same with select="loss" (CUDA)
 
@@ -31,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from bench.common import tall_loops, write_table  # noqa: E402
+from bench.common import net_chain, tall_loops, write_table  # noqa: E402
 from bench.study_net import load  # noqa: E402
 from symnmf.metrics import accuracy  # noqa: E402
 from symnmf.net import fit_net  # noqa: E402
@@ -84,7 +86,7 @@ def main(argv=None):
     parser.add_argument("--name", default="bench_net_fit", help="table name (file <name>-<date>-<device>.md)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    cpu_only = ["net_loss", "net_blas"]
+    cpu_only = ["net_loss", "net_blas", "net_ops"]
     variants = ["hals", "net"] + (["net_graph", "net_graph_loss"] if device.type == "cuda" else cpu_only)
 
     rows = []
@@ -98,7 +100,8 @@ def main(argv=None):
             if variant == "hals":
                 return solve(X, r, solver="hals", random_state=args.seed)
             select = "loss" if variant.endswith("_loss") else None  # None: the recipe's rule
-            with tall_loops(variant != "net_blas"):  # net_blas: torch's BLAS products instead of the row loops
+            # net_blas: torch's BLAS products instead of the row loops; net_ops: the objective op by op
+            with tall_loops(variant != "net_blas"), net_chain(variant != "net_ops"):
                 return fit_net(X, r, random_state=args.seed, cuda_graph=variant.startswith("net_graph"),
                                select=select)
 

@@ -257,6 +257,20 @@ def tall_loops(allowed):
         gram._NATIVE_TALL = native
 
 
+@contextlib.contextmanager
+def net_chain(allowed):
+    """Inside the block, SymNMF-Net's fit takes its objective in one autograd node where it would (allowed,
+    python/symnmf/net_chain.py) or never: op by op, an autograd node per block and layer loss."""
+    chain = importlib.import_module("symnmf.net_chain").NetChain
+    applies = chain.__dict__["applies"]
+    if not allowed:
+        chain.applies = staticmethod(lambda X, U0: False)
+    try:
+        yield
+    finally:
+        chain.applies = applies
+
+
 def add_run_args(parser):
     """The options every benchmark shares: --device, --warmup, --rep, --budget-s, --seed, --out."""
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")

@@ -135,11 +135,11 @@ def _run_script(args, out_dir, timeout=300):
 
 
 def test_bench_net_fit_cpu(tmp_path):
-    """The whole-fit benchmark times SymHALS, the default net, the net with the earlier restart rule and the net
-    with BLAS's products on one small graph; no CUDA-graph row on CPU."""
+    """The whole-fit benchmark times SymHALS, the default net, the net with the earlier restart rule, the net
+    with BLAS's products and the net with its objective op by op on one small graph; no CUDA-graph row on CPU."""
     _, _, rows = _run_script([os.path.join("bench", "bench_net_fit.py"), "--device", "cpu", "--graphs", "planted",
                               "--repeats", "1"], tmp_path)
-    assert [row["variant"] for row in rows] == ["hals", "net", "net_loss", "net_blas"]
+    assert [row["variant"] for row in rows] == ["hals", "net", "net_loss", "net_blas", "net_ops"]
     for row in rows:
         assert row["note"] == "", row
         assert float(row["seconds"]) > 0 and int(row["steps"]) > 0 and 0 < float(row["acc"]) <= 1, row
@@ -297,3 +297,15 @@ def test_bench_batch_rows_kernels_small(tmp_path):
     for row in rows:
         for column in ("one_after_another_ms", "side_by_side_ms", "speed_up"):
             assert math.isfinite(float(row[column])) and float(row[column]) > 0, row
+
+
+def test_bench_cpu_net_step_small(tmp_path):
+    """The CPU net-step benchmark times fit's step, the op-by-op step, the BLAS step and the SpMM in turns."""
+    _, _, rows = _run_script([os.path.join("bench", "bench_cpu.py"), "--profile-net", "--net-n", "300",
+                              "--net-r", "4", "--net-restarts", "2", "--rounds", "2", "--min-time", "0"], tmp_path)
+    assert len(rows) == 1
+    row = rows[0]
+    assert int(row["n"]) == 300 and int(row["restarts"]) == 2 and int(row["spmm_per_step"]) == 9
+    for key in ("step_ms", "step_ops_ms", "step_blas_ms", "spmm_ms"):
+        assert float(row[key]) > 0, key
+    assert float(row["x_ops"]) == pytest.approx(float(row["step_ops_ms"]) / float(row["step_ms"]), rel=1e-2)
