@@ -99,7 +99,8 @@ def test_gradcheck_in_float64():
     assert torch.autograd.gradcheck(f, (lam0, *P0), eps=1e-6, atol=1e-7, rtol=1e-6)
 
 
-def test_fit_trains_through_the_chain_as_op_by_op(monkeypatch):
+@pytest.mark.parametrize("learn_lam", [True, False])
+def test_fit_trains_through_the_chain_as_op_by_op(monkeypatch, learn_lam):
     X = sparse_graph(300, seed=5, per_row=8)
     calls = []
     original = NetChain.__call__
@@ -109,15 +110,28 @@ def test_fit_trains_through_the_chain_as_op_by_op(monkeypatch):
         return original(self, *args)
 
     monkeypatch.setattr(NetChain, "__call__", counted)
-    fast = SymNMFNet(4, n_layers=3, n_restarts=2, random_state=0).fit(X, epochs=6, tol=None)
+    fast = SymNMFNet(4, n_layers=3, n_restarts=2, random_state=0, learn_lam=learn_lam).fit(X, epochs=6, tol=None)
     assert len(calls) == 7  # six steps and the last record
     monkeypatch.setattr(NetChain, "applies", staticmethod(lambda X, U0: False))
-    slow = SymNMFNet(4, n_layers=3, n_restarts=2, random_state=0).fit(X, epochs=6, tol=None)
+    slow = SymNMFNet(4, n_layers=3, n_restarts=2, random_state=0, learn_lam=learn_lam).fit(X, epochs=6, tol=None)
     assert len(calls) == 7
     for a, b in zip(fast.history_["loss"], slow.history_["loss"]):
         assert abs(a - b) <= 1e-10 * abs(b)
     for p, q in zip(fast.parameters(), slow.parameters()):
         assert rel(p, q) <= 1e-10
+    if not learn_lam:
+        lam0 = SymNMFNet(4, n_layers=3, n_restarts=2, random_state=0).initialize(X).lam
+        assert torch.equal(fast.lam, lam0)
+
+
+def test_a_second_backward_gives_the_same_gradients():
+    X = sparse_graph(50, seed=9)
+    net = trained_looking_net(X, 3, None, "all", 0.0)
+    S0 = net._start_product(X)
+    loss, _, _ = net._objective(X, X.values().pow(2).sum(), S0, NetChain(X, net.U0, S0))
+    first = torch.autograd.grad(loss.sum(), list(net.P), retain_graph=True)
+    second = torch.autograd.grad(loss.sum(), list(net.P))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
 def test_not_finite_input_gives_nan():

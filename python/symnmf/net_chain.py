@@ -121,8 +121,9 @@ class _Chain(torch.autograd.Function):
         total.add_(dot64(R0, R0), alpha=beta)
         if mu:
             total.add_(U.sum((-2, -1), dtype=torch.float64), alpha=mu)
-        # The layers' tensors stay on ctx, not in save_for_backward: none is an input, and the backward
-        # only reads them.
+        # The layers' tensors stay on ctx, not in save_for_backward: none is an input, and the backward only reads
+        # them (so it may run again under retain_graph). Until the backward ends they are held with every weight's
+        # gradient, about 4 L factors the size of U_0 at the peak: within `net.training_factors`.
         ctx.chain, ctx.weights, ctx.beta, ctx.mu = chain, weights, beta, mu
         ctx.layers, ctx.R0, ctx.lam_b, ctx.lam_shape = layers, R0, lam_b, lam.shape
         ctx.save_for_backward(*P)
@@ -140,12 +141,13 @@ class _Chain(torch.autograd.Function):
         Ps = [p.reshape(B, n, r) for p in P]
         L = len(Ps)
         lam_b = ctx.lam_b
+        layers, R0 = ctx.layers, ctx.R0
         g = grad_loss.reshape(-1).expand(B).to(dtype) if grad_loss is not None else lam_b.new_zeros(B)
         dlam = torch.zeros(B, dtype=torch.float64)
         dP = [None] * L
         dG = None  # the gradient of G_i from block i + 1
         for i in reversed(range(L)):
-            Ginv, U, G, S, R, ru = ctx.layers[i]
+            Ginv, U, G, S, R, ru = layers[i]
             gl = g * weights[i]
             if i == L - 1 and grad_residual is not None:
                 gl = gl + grad_residual.reshape(-1).expand(B).to(dtype)
@@ -164,7 +166,7 @@ class _Chain(torch.autograd.Function):
             dP[i], dGinv = chain.block_backward(dU, U, Ps[i], Ginv, D + D.mT)
             dG = spd_inverse_backward_torch(Ginv, dGinv)
             dlam += dG.diagonal(dim1=-2, dim2=-1).sum(-1)
-        dP[0].addcmul_(ctx.R0, _col(2 * beta * g))
-        dlam.sub_(2 * beta * g.double() * dot64(ctx.R0, chain.U0))
+        dP[0].addcmul_(R0, _col(2 * beta * g))
+        dlam.sub_(2 * beta * g.double() * dot64(R0, chain.U0))
         dlam = dlam.to(dtype).sum_to_size(ctx.lam_shape) if ctx.needs_input_grad[4] else None
         return (None, None, None, None, dlam, *(d.reshape(p.shape) for d, p in zip(dP, P)))
