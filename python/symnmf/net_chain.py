@@ -33,7 +33,7 @@ from symnmf_kernels.ops._common import dot64, torch_path_cpu
 from symnmf_kernels.ops.apply_relu import _fused_native, apply_relu_backward_torch, apply_relu_gram_torch
 from symnmf_kernels.ops.gram import tall_gram
 from symnmf_kernels.ops.sparse_loss import _NATIVE_LOSS
-from symnmf_kernels.ops.spd_inverse import spd_inverse_backward_torch, spd_inverse_torch
+from symnmf_kernels.ops.spd_inverse import spd_inverse_torch
 from symnmf_kernels.sparse import as_csr
 
 __all__ = ["NetChain"]
@@ -67,6 +67,7 @@ class NetChain:
         self.U0 = U0.reshape(self.B, n, r).contiguous()
         self.S0 = S0.reshape(self.B, n, r).contiguous()
         self.G0 = tall_gram(self.U0, self.U0)
+        self.eye = torch.eye(r, dtype=U0.dtype)
         # Whether the block's products take the extension's fused row loops (decided once: shapes and dtype
         # do not change during a fit); otherwise the same helpers take torch's products.
         self.fused_block = _fused_native(self.U0, self.G0, self.U0)
@@ -91,34 +92,34 @@ class NetChain:
 
 
 class _Chain(torch.autograd.Function):
+    # The r x r algebra and the per-problem scalars are batched over the layers where the order allows (the
+    # residuals and sums after the forward's loop, the traces after the backward's): at n = 300 a step's small
+    # tensor operations cost as much as its kernels.
+
     @staticmethod
     def forward(ctx, chain, weights, beta, mu, lam, *P):
         B, n, r = chain.U0.shape
         lam_b = lam.reshape(-1).expand(B).contiguous()
+        lam_eye = _col(lam_b) * chain.eye
         Ps = [p.reshape(B, n, r) for p in P]
         L = len(Ps)
-        csr = chain.csr
-        total = torch.zeros(B, dtype=torch.float64)
-        layers = []
+        layers, grams, sums = [], [], []
         G = chain.G0
         for i in range(L):
-            M = G.clone()
-            M.diagonal(dim1=-2, dim2=-1).add_(lam_b[:, None])
-            Ginv, _ = spd_inverse_torch(M)  # NaN where G + lam I is not positive definite
+            Ginv, _ = spd_inverse_torch(G + lam_eye)  # NaN where G + lam I is not positive definite
             U, G = chain.block(Ps[i], Ginv)
             P_next = Ps[i + 1] if i + 1 < L else None
-            S, R, sums = torch.ops.symnmf_kernels.sparse_loss_terms_csr(*csr, U, P_next, lam_b)
-            g = torch.linalg.vector_norm(G, dim=(-2, -1), dtype=torch.float64)
-            residual = torch.addcmul(chain.x_sq, g, g).sub_(sums[:, 0], alpha=2)
-            if weights[i]:
-                total.add_(residual, alpha=weights[i])
-            if P_next is not None:
-                total.add_(sums[:, 1], alpha=beta)
-            else:
-                R = None
-            layers.append((Ginv, U, G, S, R, sums[:, 2]))
+            S, R, layer_sums = torch.ops.symnmf_kernels.sparse_loss_terms_csr(*chain.csr, U, P_next, lam_b)
+            layers.append((Ginv, U, G, S, R if P_next is not None else None))
+            grams.append(G)
+            sums.append(layer_sums)
+        # residual_i = ||X||^2 - 2 <S_i, U_i> + ||G_i||^2 per layer and problem, in float64
+        g = torch.linalg.vector_norm(torch.stack(grams), dim=(-2, -1), dtype=torch.float64)
+        sums = torch.stack(sums)  # (L, B, 3): <S, U>, ||R||^2, <R, U>
+        residuals = torch.addcmul(chain.x_sq, g, g).sub_(sums[..., 0], alpha=2)
+        total = torch.mv(residuals.mT, torch.tensor(weights, dtype=torch.float64))
         R0 = torch.addcmul(Ps[0] - chain.S0, _col(lam_b), chain.U0, value=-1)
-        total.add_(dot64(R0, R0), alpha=beta)
+        total.add_(sums[:-1, :, 1].sum(0) + dot64(R0, R0), alpha=beta)
         if mu:
             total.add_(U.sum((-2, -1), dtype=torch.float64), alpha=mu)
         # The layers' tensors stay on ctx, not in save_for_backward: none is an input, and the backward only reads
@@ -126,10 +127,10 @@ class _Chain(torch.autograd.Function):
         # gradient, about 4 L factors the size of U_0 at the peak: within `net.training_factors`.
         ctx.chain, ctx.weights, ctx.beta, ctx.mu = chain, weights, beta, mu
         ctx.layers, ctx.R0, ctx.lam_b, ctx.lam_shape = layers, R0, lam_b, lam.shape
+        ctx.ru = sums[:-1, :, 2].sum(0) + dot64(R0, chain.U0)  # sum of <R_i, U_i> over the regularisers, R_0's too
         ctx.save_for_backward(*P)
         ctx.mark_non_differentiable(U)
-        dtype = U.dtype
-        return total.to(dtype), residual.to(dtype), U
+        return total.to(U.dtype), residuals[-1].to(U.dtype), U
 
     @staticmethod
     @once_differentiable
@@ -141,32 +142,33 @@ class _Chain(torch.autograd.Function):
         Ps = [p.reshape(B, n, r) for p in P]
         L = len(Ps)
         lam_b = ctx.lam_b
-        layers, R0 = ctx.layers, ctx.R0
         g = grad_loss.reshape(-1).expand(B).to(dtype) if grad_loss is not None else lam_b.new_zeros(B)
-        dlam = torch.zeros(B, dtype=torch.float64)
+        two_gr = 2 * beta * g  # a regulariser's weight in its gradients: dP += 2 gr R, dU -= 2 gr (X R + lam R)
         dP = [None] * L
-        dG = None  # the gradient of G_i from block i + 1
+        # E_i = Ginv_i dGinv_i Ginv_i: the gradient of G_{i-1} is -E_i symmetrised. Its symmetric part is all that
+        # reaches anything (H = D + D^T and the trace for lam), so -E_i itself is added.
+        E, traces = None, []
         for i in reversed(range(L)):
-            Ginv, U, G, S, R, ru = layers[i]
-            gl = g * weights[i]
+            Ginv, U, G, S, R = ctx.layers[i]
+            gl = g * weights[i] if weights[i] != 1.0 else g
             if i == L - 1 and grad_residual is not None:
                 gl = gl + grad_residual.reshape(-1).expand(B).to(dtype)
-            D = _col(2 * gl) * G
-            if dG is not None:
-                D += dG
+            D = G * _col(2 * gl)  # the gradient of ||G_i||^2 ...
+            if E is not None:
+                D.sub_(E)  # ... and of G_i from block i + 1
             if R is not None:
-                gr = beta * g
-                dU = torch.ops.symnmf_kernels.sparse_loss_grad_csr(*chain.csr, None, S, R, lam_b, -4 * gl, 2 * gr)
-                dP[i + 1].addcmul_(R, _col(2 * gr))
-                dlam.sub_(2 * gr.double() * ru)
+                dU = torch.ops.symnmf_kernels.sparse_loss_grad_csr(*chain.csr, None, S, R, lam_b, -4 * gl, two_gr)
+                dP[i + 1].addcmul_(R, _col(two_gr))
             else:
                 dU = S * _col(-4 * gl)
                 if mu:
                     dU.add_(_col(mu * g))
             dP[i], dGinv = chain.block_backward(dU, U, Ps[i], Ginv, D + D.mT)
-            dG = spd_inverse_backward_torch(Ginv, dGinv)
-            dlam += dG.diagonal(dim1=-2, dim2=-1).sum(-1)
-        dP[0].addcmul_(R0, _col(2 * beta * g))
-        dlam.sub_(2 * beta * g.double() * dot64(R0, chain.U0))
-        dlam = dlam.to(dtype).sum_to_size(ctx.lam_shape) if ctx.needs_input_grad[4] else None
+            E = Ginv @ dGinv @ Ginv
+            traces.append(E)
+        dP[0].addcmul_(ctx.R0, _col(two_gr))
+        dlam = None
+        if ctx.needs_input_grad[4]:
+            trace = torch.stack(traces).diagonal(dim1=-2, dim2=-1).sum((0, -1), dtype=torch.float64)
+            dlam = (-trace - two_gr.double() * ctx.ru).to(dtype).sum_to_size(ctx.lam_shape)
         return (None, None, None, None, dlam, *(d.reshape(p.shape) for d, p in zip(dP, P)))
