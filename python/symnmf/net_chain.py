@@ -3,8 +3,8 @@
 Op by op (`SymNMFNet._objective`), a training step is about 25 autograd nodes: a
 block and a layer loss per layer, each a Python autograd Function with its
 argument checks, reshapes and dispatch. On the CPU those cost more than a
-millisecond a step whatever the graph's size: a step took 2.7 ms op by op and
-1.5 ms here at n = 300, 16.6 and 13.5 ms at n = 20,000 (docs/cpu_backend.md,
+millisecond a step whatever the graph's size: a step took 2.8 ms op by op and
+1.2 ms here at n = 300, 16.3 and 12.9 ms at n = 20,000 (docs/cpu_backend.md,
 "The net's chain in one node"). Here the whole chain, forward and backward,
 calls the same kernels with the same formulas from one node. What does not change during a fit (X's CSR
 arrays, ||X||^2, the start's Gram U_0^T U_0 and its product X U_0) is prepared
