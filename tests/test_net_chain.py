@@ -84,6 +84,18 @@ def test_chain_with_the_fused_rank_in_float64_and_a_batch_of_four():
         assert rel(a, b) <= 1e-11
 
 
+@pytest.mark.parametrize("layers, beta, restarts", [(1, None, None), (1, 0.0, 3), (2, 0.0, None)])
+def test_chain_with_one_block_and_without_the_regulariser(layers, beta, restarts):
+    X = sparse_graph(300, seed=layers + 10)
+    net = SymNMFNet(4, n_layers=layers, n_restarts=restarts, random_state=0, beta=beta).initialize(X)
+    with torch.no_grad():
+        for P in net.P:
+            P.mul_(1 + 0.2 * torch.rand(P.shape, generator=torch.Generator().manual_seed(1), dtype=P.dtype))
+    ref, got = objective_and_grads(net, X, chain=False), objective_and_grads(net, X, chain=True)
+    for a, b in zip([*got[:3], *got[3]], [*ref[:3], *ref[3]]):
+        assert rel(a, b) <= 1e-11
+
+
 def test_gradcheck_in_float64():
     X = sparse_graph(9, seed=4, per_row=4)
     net = trained_looking_net(X, 2, 2, "all", 0.3, layers=2)
