@@ -96,6 +96,18 @@ def test_chain_with_one_block_and_without_the_regulariser(layers, beta, restarts
         assert rel(a, b) <= 1e-11
 
 
+def test_weights_not_contiguous():
+    X = sparse_graph(300, seed=11, dtype=torch.float32)
+    net = trained_looking_net(X, 5, 3, "all", 0.0)
+    with torch.no_grad():
+        for i, P in enumerate(net.P):  # the same values, column-major
+            net.P[i] = torch.nn.Parameter(P.detach().mT.contiguous().mT)
+    assert not any(P.is_contiguous() for P in net.P)
+    ref, got = objective_and_grads(net, X, chain=False), objective_and_grads(net, X, chain=True)
+    for a, b in zip([*got[:3], *got[3]], [*ref[:3], *ref[3]]):
+        assert a.shape == b.shape and rel(a, b) <= 2e-5
+
+
 def test_gradcheck_in_float64():
     X = sparse_graph(9, seed=4, per_row=4)
     net = trained_looking_net(X, 2, 2, "all", 0.3, layers=2)

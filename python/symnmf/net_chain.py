@@ -101,7 +101,7 @@ class _Chain(torch.autograd.Function):
         B, n, r = chain.U0.shape
         lam_b = lam.reshape(-1).expand(B).contiguous()
         lam_eye = _col(lam_b) * chain.eye
-        Ps = [p.reshape(B, n, r) for p in P]
+        Ps = [p.reshape(B, n, r).contiguous() for p in P]  # the row loops take row-major factors
         L = len(Ps)
         layers, grams, sums = [], [], []
         G = chain.G0
@@ -139,7 +139,7 @@ class _Chain(torch.autograd.Function):
         B, n, r = chain.U0.shape
         dtype = chain.U0.dtype
         P = ctx.saved_tensors
-        Ps = [p.reshape(B, n, r) for p in P]
+        Ps = [p.reshape(B, n, r).contiguous() for p in P]  # the row loops take row-major factors
         L = len(Ps)
         lam_b = ctx.lam_b
         g = grad_loss.reshape(-1).expand(B).to(dtype) if grad_loss is not None else lam_b.new_zeros(B)
