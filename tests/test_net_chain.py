@@ -84,6 +84,24 @@ def test_chain_with_the_fused_rank_in_float64_and_a_batch_of_four():
         assert rel(a, b) <= 1e-11
 
 
+def test_float32_error_bounded_by_the_op_by_op_error():
+    """Against the float64 objective on the same weights, the float32 chain errs by at most twice what the float32
+    op-by-op objective does (plus float32's unit rounding)."""
+    X64 = sparse_graph(1003, seed=12)
+    net64 = trained_looking_net(X64, 5, 2, "all", 0.0)
+    exact = objective_and_grads(net64, X64, chain=False)
+    X32 = X64.to(torch.float32)
+    net32 = SymNMFNet(5, n_layers=3, n_restarts=2, random_state=0).initialize(X32)
+    with torch.no_grad():
+        for p32, p64 in zip(net32.parameters(), net64.parameters()):
+            p32.copy_(p64)
+        net32.U0.copy_(net64.U0)
+    ops = objective_and_grads(net32, X32, chain=False)
+    got = objective_and_grads(net32, X32, chain=True)
+    for a, b, e in zip([*got[:3], *got[3]], [*ops[:3], *ops[3]], [*exact[:3], *exact[3]]):
+        assert rel(a, e) <= 2 * rel(b, e) + 1.2e-7, (rel(a, e), rel(b, e))
+
+
 @pytest.mark.parametrize("layers, beta, restarts", [(1, None, None), (1, 0.0, 3), (2, 0.0, None)])
 def test_chain_with_one_block_and_without_the_regulariser(layers, beta, restarts):
     X = sparse_graph(300, seed=layers + 10)

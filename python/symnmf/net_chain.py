@@ -118,7 +118,7 @@ class _Chain(torch.autograd.Function):
         sums = torch.stack(sums)  # (L, B, 3): <S, U>, ||R||^2, <R, U>
         residuals = torch.addcmul(chain.x_sq, g, g).sub_(sums[..., 0], alpha=2)
         total = torch.mv(residuals.mT, torch.tensor(weights, dtype=torch.float64))
-        R0 = torch.addcmul(Ps[0] - chain.S0, _col(lam_b), chain.U0, value=-1)
+        R0 = torch.sub(Ps[0], chain.S0).addcmul_(_col(lam_b), chain.U0, value=-1)  # one n x r allocation
         total.add_(sums[:-1, :, 1].sum(0) + dot64(R0, R0), alpha=beta)
         if mu:
             total.add_(U.sum((-2, -1), dtype=torch.float64), alpha=mu)
