@@ -368,10 +368,10 @@ def profile_net(args):
     return rows, table
 
 
-def net_training_step(n, r, L, restarts, chain=True):
+def net_training_step(n, r, L, restarts):
     """(net, its prepared X, step): one SymNMF-Net training step as SymNMFNet.fit takes it, on the planted graph
-    of n nodes and r clusters (20 entries per row), L blocks, `restarts` problems side by side. chain=False:
-    the objective op by op (one autograd node per block and layer loss) instead of fit's one-node chain."""
+    of n nodes and r clusters (20 entries per row), L blocks, `restarts` problems side by side. step(None): the
+    objective op by op (one autograd node per block and layer loss) instead of fit's one-node chain."""
     from symnmf import SymNMFNet
     from symnmf.net_chain import NetChain
 
@@ -381,7 +381,7 @@ def net_training_step(n, r, L, restarts, chain=True):
     Xp = net._prepare(X)
     X_norm2 = (Xp.values().pow(2).sum())
     S0 = net._start_product(Xp)  # X U_0, computed once per fit as SymNMFNet.fit does
-    net_chain = NetChain(Xp, net.U0, S0) if chain and NetChain.applies(Xp, net.U0) else None
+    net_chain = NetChain(Xp, net.U0, S0) if NetChain.applies(Xp, net.U0) else None
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)  # the optimiser SymNMFNet.fit uses
 
     def step(objective_chain=net_chain):
