@@ -34,6 +34,7 @@ from bench.common import (  # noqa: E402
     add_run_args,
     bench,
     copy_bandwidth,
+    host_ms,
     resolve_run_args,
     roofline_fraction,
     write_table,
@@ -70,6 +71,7 @@ TARGETS = {
 COLUMNS = [
     "kernel", "B", "n", "r",
     "ours_ms", "eager_ms", "compile_ms",
+    "host_ours_ms", "host_eager_ms",
     "ideal_MB", "copy_GB/s",
     "frac_ours", "frac_eager", "frac_compile",
     "x_eager", "x_compile",
@@ -213,6 +215,8 @@ def measure(case, variants, args, bw, device):
             release(device)
         row[name + "_ms"] = ms
         row["frac_" + name] = roofline_fraction(nbytes, ms, bw)
+        if name in ("ours", "eager") and device.type == "cuda" and math.isfinite(ms):
+            row["host_%s_ms" % name] = host_ms(lambda: call(kernel, impl, x), grad_to_none=grads, device=device)
     for peer in ("eager", "compile"):
         ours, theirs = row.get("ours_ms", float("nan")), row.get(peer + "_ms")
         row["x_" + peer] = theirs / ours if theirs is not None and ours > 0 else float("nan")
@@ -260,6 +264,8 @@ def header_lines(args, device, bw, stopped):
         "copy bandwidth: %.4g GB/s (device-to-device copy, bytes read + written); frac_*: (ideal bytes / time) / copy bandwidth"
         % (bw / 1e9),
         "x_eager, x_compile: speed-up of ours over each peer; rel_err: ours vs eager, ||a - b|| / ||b||, worst output or gradient",
+        "host_ours_ms, host_eager_ms (CUDA only): median host time to issue one call, the device idle at its start "
+        "(bench.common.host_ms); a time close to it is bound by the host, not by the kernels",
         "B = 1: one unbatched 2-D problem",
         "in-register inverse: %s" % {"default": "the library's choice (ops._launch.SWEEP_MIN_BLOCK_R)",
                                      "sweep": "the symmetric sweep at every r", "cholesky": "Cholesky at every r"}[

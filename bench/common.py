@@ -106,6 +106,28 @@ def bench(fn, warmup=25, rep=100, grad_to_none=None, device=None, max_runs=1000)
     return float(_perf_counter_median(fn, warmup, rep, grad_to_none, device, max_runs))
 
 
+def host_ms(fn, grad_to_none=None, device=None, runs=25):
+    """Median host time in ms to issue one call of fn, each started with the device idle.
+
+    On a GPU the host returns once the call's work is queued, so this is the Python, dispatch and launch
+    cost alone. A device time (`bench`) close to it means the call is bound by the host, not by its kernels:
+    its time then says nothing of them. On the CPU it is the call's own time.
+    """
+    device = _as_device(device)
+    times = []
+    for i in range(runs + 3):  # the first calls also compile and load
+        if grad_to_none is not None:
+            for x in grad_to_none:
+                x.grad = None
+        _synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if i >= 3:
+            times.append((time.perf_counter() - start) * 1e3)
+    _synchronize(device)
+    return statistics.median(times)
+
+
 @functools.lru_cache(maxsize=None)
 def _copy_bandwidth_cached(device_str, nbytes):
     device = torch.device(device_str)

@@ -27,9 +27,9 @@ from triton.compiler import ASTSource
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from symnmf_kernels.ops._common import (  # noqa: E402
-    block_n, block_r, get_dot_precision, hals_tiles, inverse_warps, num_warps, tiles,
+    block_n, block_r, dgram_warps, get_dot_precision, hals_tiles, inverse_warps, num_warps, tiles,
 )
-from symnmf_kernels.ops._launch import FINALIZE_SPLITS, SWEEP_MIN_BLOCK_R  # noqa: E402
+from symnmf_kernels.ops._launch import FINALIZE_SPLITS, SMALL_BACKWARD_MAX_BLOCK_R, SWEEP_MIN_BLOCK_R  # noqa: E402
 from symnmf_kernels.triton import apply_relu, gram, hals, sparse_loss, spd_inverse, sym_loss, symnmf_block  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -66,6 +66,8 @@ def configs(quick):
         (apply_relu.apply_kernel, ["RELU", "EMIT_GRAM"]),
         (apply_relu.apply_backward_kernel, ["HAS_H", "RELU"]),
         (symnmf_block.symnmf_block_small_kernel, []),
+        (symnmf_block.symnmf_block_small_backward_kernel, []),
+        (symnmf_block.symnmf_block_dgram_kernel, []),
         (sym_loss.sym_loss_partials_kernel, []),
         (sparse_loss.sparse_loss_terms_kernel, ["HAS_P"]),
         (sparse_loss.sparse_reg_grad_kernel, []),
@@ -76,10 +78,17 @@ def configs(quick):
     shapes = [("fp32", 64)] if quick else [("fp32", 64), ("fp32", 16), ("fp32", 128), ("fp64", 32)]
     for fn, flags in kernels:
         for dtype, r in shapes:
+            if block_r(r) > MAX_BLOCK_R.get(fn.fn.__name__, 128):
+                continue
             combos = itertools.product([True, False], repeat=len(flags)) if (dtype, r) == ("fp32", 64) else [
                 (True,) * len(flags)]
             for values in combos:
                 yield fn, dtype, r, dict(zip(flags, values))
+
+
+# Kernels the ops launch only up to a padded width below 128 (ops._launch.SMALL_BACKWARD_MAX_BLOCK_R).
+MAX_BLOCK_R = {"symnmf_block_small_backward_kernel": SMALL_BACKWARD_MAX_BLOCK_R,
+               "symnmf_block_dgram_kernel": SMALL_BACKWARD_MAX_BLOCK_R}
 
 
 class _Cuda:
@@ -93,6 +102,7 @@ FAMILY = {
     "apply_backward_kernel": "apply_backward",
     "sym_loss_partials_kernel": "loss",
     "symnmf_block_small_kernel": "block_small",
+    "symnmf_block_small_backward_kernel": "block_small_backward",
     "sparse_loss_terms_kernel": "sparse_terms",
     "sparse_loss_grad_kernel": "sparse_grad",
 }
@@ -108,6 +118,8 @@ def launch(fn, r):
         return None, block_r(r), 4
     if name == "spd_inverse_kernel":
         return None, block_r(r), inverse_warps(r)
+    if name == "symnmf_block_dgram_kernel":
+        return None, block_r(r), dgram_warps(r)
     if name in ("hals_sweep_kernel", "fill_zero_columns_kernel"):
         return hals_tiles(r, _Cuda())
     return block_n(r, _Cuda()), block_r(r), num_warps(r)

@@ -16,7 +16,8 @@ sys.path.insert(0, ROOT)
 from bench import common  # noqa: E402
 
 BLOCK_COLUMNS = [
-    "kernel", "B", "n", "r", "ours_ms", "eager_ms", "compile_ms", "ideal_MB", "copy_GB/s",
+    "kernel", "B", "n", "r", "ours_ms", "eager_ms", "compile_ms", "host_ours_ms", "host_eager_ms",
+    "ideal_MB", "copy_GB/s",
     "frac_ours", "frac_eager", "frac_compile", "x_eager", "x_compile", "rel_err", "notes",
 ]
 POSITIVE = ["ours_ms", "eager_ms", "ideal_MB", "copy_GB/s", "frac_ours", "frac_eager", "x_eager"]
@@ -58,6 +59,7 @@ def run_tiny(device, out_dir):
             value = float(row[column])
             assert math.isfinite(value) and value > 0, (column, row)
         assert row["compile_ms"] == "" and row["x_compile"] == "", row
+        assert row["host_ours_ms"] == "" or device == "cuda", row  # measured on a GPU only
         assert row["notes"] == "", row
     for row in rows:
         if row["kernel"] == "symnmf_block" and row["B"] == "1":  # 3 n r float32 elements
@@ -144,6 +146,18 @@ def test_bench_net_fit_cpu(tmp_path):
         assert row["note"] == "", row
         assert float(row["seconds"]) > 0 and int(row["steps"]) > 0 and 0 < float(row["acc"]) <= 1, row
     assert float(rows[1]["x_hals"]) == pytest.approx(float(rows[1]["seconds"]) / float(rows[0]["seconds"]), rel=1e-3)
+
+
+def test_bench_host_counts_the_block_launches(tmp_path):
+    """The host-cost benchmark of the block: every row timed, and the launches of each path as the ops make them
+    on a GPU (one launch each way for a small problem, four each way on the split-n kernels)."""
+    _, _, rows = _run_script([os.path.join("bench", "bench_host.py"), "--rounds", "1"], tmp_path)
+    assert len(rows) == 5 * 2 * 3
+    for row in rows:
+        assert float(row["host_us"]) > 0, row
+        small = int(row["n"]) <= 1024 and row["variant"] != "split"
+        per_way = 1 if small else 4
+        assert float(row["launches"]) == (per_way if row["work"] == "forward" else 2 * per_way), row
 
 
 def test_bench_host_cache_small(tmp_path):

@@ -42,6 +42,7 @@ def test_kernels_as_launched_compile_for_sm90(tmp_path):
     assert rows and all(row[-1].strip() == "ok" for row in rows)
     kernels = {row[0].strip() for row in rows}
     assert {"gram_partials_kernel", "apply_kernel", "apply_backward_kernel", "symnmf_block_small_kernel",
-            "sparse_loss_terms_kernel", "sparse_loss_grad_kernel", "hals_sweep_kernel"} <= kernels
+            "symnmf_block_small_backward_kernel", "symnmf_block_dgram_kernel", "sparse_loss_terms_kernel",
+            "sparse_loss_grad_kernel", "hals_sweep_kernel"} <= kernels
     # Row-major factors: every kernel that reads one gets its unit stride as a constant.
     assert all(row[3].strip() != "-" for row in rows if row[0].strip() in ("apply_kernel", "hals_sweep_kernel"))

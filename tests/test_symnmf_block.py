@@ -154,3 +154,58 @@ def test_block_training_step_captures_in_a_cuda_graph(shape):
     torch.cuda.synchronize()
     for got, want in zip(captured, expected):
         assert rel_err(got, want) <= 1e-6
+
+
+@pytest.mark.parametrize("n,r", [(1, 1), (7, 5), (300, 16), (97, 48)])
+def test_block_small_backward_equals_split_path(device, monkeypatch, n, r):
+    # The one-program backward and the split-n kernels compute the same formulas: float64 agrees to rounding.
+    from symnmf_kernels.ops import _launch
+
+    launched = []
+    kernel = _launch.symnmf_block_small_backward_kernel
+    monkeypatch.setattr(type(kernel), "run", _recording(type(kernel).run, kernel, launched))
+    U, P, lam = block_inputs((3,), n, r, device, torch.float64)
+    U = U.transpose(-1, -2).contiguous().transpose(-1, -2)  # column-major factors: the kernel reads strides
+    lam = torch.rand(3, device=device, dtype=torch.float64) + 0.1 * n
+    g = torch.randn(3, n, r, device=device, dtype=torch.float64)
+    small = grads(sk.symnmf_block, U, P, lam, g)
+    assert launched, "the one-program backward did not run"
+    monkeypatch.setattr(_launch, "SMALL_N", 0)  # every problem on the split-n kernels
+    split = grads(sk.symnmf_block, U, P, lam, g)
+    assert len(launched) == 1
+    for name, got, want in zip(["U_next", "dU", "dP", "dlam"], small, split):
+        assert rel_err(got, want) <= 1e-12, name
+
+
+def _recording(run, kernel, launched):
+    def record(self, *args, **kwargs):
+        if self is kernel:
+            launched.append(kwargs.get("grid"))
+        return run(self, *args, **kwargs)
+
+    return record
+
+
+@pytest.mark.parametrize("case", ["nan in the gradient", "nan in P", "singular G"])
+@pytest.mark.parametrize("path", ["small", "split"])
+def test_block_backward_gives_nan_where_the_reference_does(device, monkeypatch, case, path):
+    if path == "split":
+        from symnmf_kernels.ops import _launch
+
+        monkeypatch.setattr(_launch, "SMALL_N", 0)
+    U, P, lam = block_inputs((2,), 30, 4, device, torch.float64)
+    g = torch.randn(2, 30, 4, device=device, dtype=torch.float64)
+    if case == "nan in the gradient":
+        g[1, 3] = float("nan")
+    elif case == "nan in P":
+        P[1, 0, 0] = float("nan")
+    else:
+        U[1].zero_()
+        lam = torch.zeros((), device=device, dtype=torch.float64)
+    ours = grads(lambda *a: sk.symnmf_block(*a, check_lam=False), U, P, lam, g)
+    want = grads(reference.symnmf_block, U, P, lam, g)
+    assert torch.isnan(want[1][1]).all(), "the case must reach dU"
+    for name, got, ref in zip(["U_next", "dU", "dP", "dlam"], ours, want):
+        assert torch.equal(torch.isnan(got), torch.isnan(ref)), f"{name}: NaN where the reference has none, or not"
+        ok = ~torch.isnan(ref)
+        assert rel_err(got[ok], ref[ok]) <= 1e-10, name

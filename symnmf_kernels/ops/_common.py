@@ -136,11 +136,15 @@ _GPU_TILES = {
     "apply_backward": {16: (128, 4), 32: (64, 4), 64: (64, 4), 128: (16, 8)},
     "loss": {16: (64, 4), 32: (64, 4), 64: (64, 8), 128: (32, 8)},
     "block_small": {16: (32, 4), 32: (16, 4), 64: (32, 4), 128: (32, 32)},
+    "block_small_backward": {16: (32, 4), 32: (16, 4), 64: (16, 16)},
     "sparse_terms": {16: (128, 4), 32: (64, 4), 64: (64, 4), 128: (64, 8)},
     "sparse_grad": {16: (128, 4), 32: (64, 4), 64: (64, 4), 128: (128, 8)},
 }
 # The Cholesky tile: three BLOCK_R x BLOCK_R register tiles; r = 128 still spills.
 _INVERSE_WARPS = {16: 4, 32: 4, 64: 4, 128: 16}
+# The split-n backward's r x r step (symnmf_block_dgram_kernel): three tiles and two products; at BLOCK_R = 64
+# four warps kept 472 bytes per thread on the stack in the sm_90 compile.
+_DGRAM_WARPS = {16: 4, 32: 4, 64: 8}
 
 
 def tiles(kind, r, device):
@@ -161,6 +165,10 @@ def hals_tiles(r, device):
 
 def inverse_warps(r):
     return _INVERSE_WARPS[block_r(r)]
+
+
+def dgram_warps(r):
+    return _DGRAM_WARPS[block_r(r)]
 
 
 def block_n(r, device):

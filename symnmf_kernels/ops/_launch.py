@@ -7,7 +7,9 @@ kernels take strides.
 import torch
 
 from ..triton.apply_relu import apply_backward_kernel, apply_kernel
-from ..triton.symnmf_block import symnmf_block_small_kernel
+from ..triton.symnmf_block import (
+    symnmf_block_dgram_kernel, symnmf_block_small_backward_kernel, symnmf_block_small_kernel,
+)
 from ..triton.spd_inverse import spd_inverse_kernel
 from ..triton.gram import gram_finalize_kernel, gram_partials_kernel
 from ..triton.hals import fill_zero_columns_kernel, hals_sweep_kernel
@@ -15,13 +17,18 @@ from ..triton.nnls import nnls_kernel
 from ..triton.sparse_loss import sparse_loss_grad_kernel, sparse_loss_terms_kernel, sparse_reg_grad_kernel
 from ..triton.sym_loss import sym_loss_partials_kernel
 from ._common import (
-    acc_dtype, block_n, block_r, hals_tiles, input_precision, inverse_warps, num_warps, split_rows, tiles, triton_cdiv,
+    acc_dtype, block_n, block_r, dgram_warps, hals_tiles, input_precision, inverse_warps, num_warps, split_rows,
+    tiles, triton_cdiv,
 )
 
 
 # Up to this many rows a problem is one program of the fused small-block kernel;
 # beyond it the split-n kernels spread each problem over many programs.
 SMALL_N = 1024
+# The fused small-block backward keeps three BLOCK_R x BLOCK_R tiles (G^{-T}, P^T Zb, then dG) beside its row
+# tiles: up to this padded width; past it the split-n backward runs, and past it too the split-n backward's
+# r x r step (dG and dG + dG^T) is torch's rather than one program's.
+SMALL_BACKWARD_MAX_BLOCK_R = 64
 # Beyond this padded width the one-program register Cholesky spills: at r = 128 it ran 6.5x slower
 # than torch's (cuSOLVER) on an H200 (bench/results/bench_block-2026-11-26-NVIDIA-H200.md), which
 # then runs instead.
@@ -112,6 +119,44 @@ def symnmf_block(U, P, lam, precision=None):
         num_warps=warps,
     )
     return Y, Ginv, info
+
+
+def small_block_backward(m, n, r):
+    """Whether the backward of a block of these sizes is one program per problem (the forward is up to r = 128)."""
+    return max(m, n) <= SMALL_N and block_r(r) <= SMALL_BACKWARD_MAX_BLOCK_R
+
+
+def symnmf_block_backward(grad, Y, P, Ginv, U, precision=None):
+    """(dU, dP, dG) of Y = ReLU(P G^{-1}), G = U^T U + lam I, by the split-n kernels, or in one launch of the
+    small-problem kernel when `small_block_backward`."""
+    B, m, r = U.shape
+    n = P.shape[1]
+    if not small_block_backward(m, n, r):
+        dP, PtZb = apply_backward(grad, Y, P, Ginv, precision=precision)
+        BR = block_r(r)
+        if BR > SMALL_BACKWARD_MAX_BLOCK_R:  # beyond the register tiles of the r x r kernel
+            dG = -(Ginv.mT @ PtZb @ Ginv.mT)
+            S = (dG + dG.mT).contiguous()
+        else:
+            dG = torch.empty_like(PtZb)
+            S = torch.empty_like(PtZb)
+            symnmf_block_dgram_kernel[(B,)](
+                PtZb, Ginv, dG, S, r, *PtZb.stride(), *Ginv.stride(), *dG.stride(), *S.stride(),
+                BLOCK_R=BR, ACC=acc_dtype(P.dtype), num_warps=dgram_warps(r),
+            )
+        return apply(U, S, relu=False, precision=precision), dP, dG
+    dP = torch.empty((B, n, r), dtype=P.dtype, device=P.device)
+    dU = torch.empty((B, m, r), dtype=U.dtype, device=U.device)
+    dG = torch.empty((B, r, r), dtype=P.dtype, device=P.device)
+    BN, warps = tiles("block_small_backward", r, P.device)
+    symnmf_block_small_backward_kernel[(B,)](
+        grad, Y, P, Ginv, U, dP, dU, dG, m, n, r,
+        *grad.stride(), *Y.stride(), *P.stride(), *Ginv.stride(), *U.stride(), *dP.stride(), *dU.stride(),
+        *dG.stride(),
+        BLOCK_N=BN, BLOCK_R=block_r(r), ACC=acc_dtype(P.dtype), PRECISION=input_precision(P, r, True, precision),
+        num_warps=warps,
+    )
+    return dU, dP, dG
 
 
 def apply(A, M, relu, emit_gram=False, precision=None):

@@ -36,6 +36,11 @@ def block_backward_torch(grad, U, P, Ginv, Y, need_u=True, need_p=True, need_g=T
     return dU, dP, dG
 
 
+def _trace(dG, lam_shape):
+    """dlam = trace(dG), summed to lam's shape."""
+    return dG.diagonal(dim1=-2, dim2=-1).sum(-1).sum_to_size(lam_shape)
+
+
 class _BlockTorch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, U, P, lam):
@@ -49,8 +54,7 @@ class _BlockTorch(torch.autograd.Function):
         U, P, Ginv, Y = ctx.saved_tensors
         need_u, need_p, need_lam = ctx.needs_input_grad[:3]
         dU, dP, dG = block_backward_torch(dY, U, P, Ginv, Y, need_u, need_p, need_lam)
-        dlam = dG.diagonal(dim1=-2, dim2=-1).sum(-1).sum_to_size(ctx.lam_shape) if need_lam else None
-        return dU, dP, dlam
+        return dU, dP, (_trace(dG, ctx.lam_shape) if need_lam else None)
 
 
 class _BlockFromGramTorch(torch.autograd.Function):
@@ -87,16 +91,55 @@ class _BlockFromGramTorch(torch.autograd.Function):
         return dUtU, dP, dlam
 
 
+# ---- the Triton path ---------------------------------------------------------------------------------------------
+
+
+def block_triton(U, P, lam):
+    """(ReLU(P G^{-1}), G^{-1}) with G = U^T U + lam I, by the Triton kernels (one launch for small problems)."""
+    r = P.shape[-1]
+    U3, batch = as_batch(U)
+    P3, _ = as_batch(P)
+    lam_b = lam.expand(batch).reshape(-1).contiguous()
+    Y, Ginv, _ = _launch.symnmf_block(U3, P3, lam_b)
+    return Y.reshape(P.shape), Ginv.reshape(*batch, r, r)
+
+
+def block_backward_triton(grad, U, P, Ginv, Y):
+    """(dU, dP, dG) of Y = ReLU(P G^{-1}) by the Triton kernels (one launch for small problems)."""
+    r = P.shape[-1]
+    U3, _ = as_batch(U)
+    P3, _ = as_batch(P)
+    dU, dP, dG = _launch.symnmf_block_backward(
+        grad.reshape(P3.shape), Y.reshape(P3.shape), P3, Ginv.reshape(P3.shape[0], r, r), U3)
+    return dU.reshape(U.shape), dP.reshape(P.shape), dG.reshape(Ginv.shape)
+
+
+class _BlockTriton(torch.autograd.Function):
+    """The block on the Triton path in eager mode. torch.compile sees the custom ops below instead (same
+    functions): their dispatch costs more host time per call than the kernels of a small block take on a GPU."""
+
+    @staticmethod
+    def forward(ctx, U, P, lam):
+        Y, Ginv = block_triton(U, P, lam)
+        ctx.save_for_backward(U, P, Ginv, Y)
+        ctx.lam_shape = lam.shape
+        return Y
+
+    @staticmethod
+    def backward(ctx, dY):
+        U, P, Ginv, Y = ctx.saved_tensors
+        dU, dP, dG = block_backward_triton(dY.contiguous(), U, P, Ginv, Y)
+        return dU, dP, (_trace(dG, ctx.lam_shape) if ctx.needs_input_grad[2] else None)
+
+
+# ---- the custom ops (torch.compile) --------------------------------------------------------------------------
+
+
 @torch.library.custom_op("symnmf_kernels::symnmf_block", mutates_args=())
 def symnmf_block_op(U: torch.Tensor, P: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(U_next, G^{-1}) with G = U^T U + lam I; G^{-1} is kept for the backward."""
-    r = P.shape[-1]
-    if use_triton(P, r):
-        U3, batch = as_batch(U)
-        P3, _ = as_batch(P)
-        lam_b = lam.expand(batch).reshape(-1).contiguous()
-        Y, Ginv, _ = _launch.symnmf_block(U3, P3, lam_b)
-        return Y.reshape(P.shape), Ginv.reshape(*batch, r, r)
+    if use_triton(P, P.shape[-1]):
+        return block_triton(U, P, lam)
     Y, Ginv = block_torch(U, P, lam)
     return Y.contiguous(), Ginv.contiguous()
 
@@ -115,16 +158,8 @@ def symnmf_block_backward(
 
     The formulas: docs/design.md, "The block and its backward".
     """
-    r = P.shape[-1]
-    if use_triton(P, r):
-        U3, batch = as_batch(U)
-        P3, _ = as_batch(P)
-        B = P3.shape[0]
-        Ginv3 = Ginv.reshape(B, r, r)
-        dP, PtZb = _launch.apply_backward(grad.reshape(P3.shape), Y.reshape(P3.shape), P3, Ginv3)
-        dG = -(Ginv3.mT @ PtZb @ Ginv3.mT)
-        dU = _launch.apply(U3, (dG + dG.mT).contiguous(), relu=False)
-        return dU.reshape(U.shape), dP.reshape(P.shape), dG.reshape(Ginv.shape)
+    if use_triton(P, P.shape[-1]):
+        return block_backward_triton(grad, U, P, Ginv, Y)
     return tuple(t.contiguous() for t in block_backward_torch(grad, U, P, Ginv, Y))
 
 
@@ -150,10 +185,7 @@ def _backward(ctx, dY, dGinv):
     if dY is None:
         return None, None, None
     dU, dP, dG = symnmf_block_backward(dY.contiguous(), U, P, Ginv, Y)
-    dlam = None
-    if ctx.needs_input_grad[2]:
-        dlam = dG.diagonal(dim1=-2, dim2=-1).sum(-1).sum_to_size(ctx.lam_shape)
-    return dU, dP, dlam
+    return dU, dP, (_trace(dG, ctx.lam_shape) if ctx.needs_input_grad[2] else None)
 
 
 symnmf_block_op.register_autograd(_backward, setup_context=_setup)
@@ -185,8 +217,9 @@ def symnmf_block(U, P, lam, *, check_lam=True):
     lam = as_lam(lam, U, check_lam)
     if not use_triton(P, P.shape[-1]):
         return _BlockTorch.apply(U, P, lam) if needs_grad(U, P, lam) else block_torch(U, P, lam)[0]
-    U_next, _ = symnmf_block_op(U, P, lam)
-    return U_next
+    if torch.compiler.is_compiling():
+        return symnmf_block_op(U, P, lam)[0]
+    return _BlockTriton.apply(U, P, lam) if needs_grad(U, P, lam) else block_triton(U, P, lam)[0]
 
 
 def symnmf_block_from_gram(UtU, P, lam, *, check_lam=True):

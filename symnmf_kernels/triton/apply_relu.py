@@ -6,7 +6,7 @@ so the next block's Gram costs no extra read of Y. Used for the block forward
 (A = P, M = G^{-1}, ReLU) and for dU = U (dG + dG^T) (no ReLU).
 
 `apply_backward_kernel`: the backward of Y = ReLU(A @ M) in one pass:
-    Zb = (grad + Y @ H) * 1[Y > 0]      (Y @ H only with HAS_H)
+    Zb = (grad + Y @ H) * 1[not Y <= 0] (Y @ H only with HAS_H; NaN passes, as in torch's relu)
     dA = Zb @ M^T                         (the caller passes M^T through strides)
     partials += A^T Zb                    (the r x r gradient of M, before the r x r algebra)
 Y @ H is the gradient that flows into Y through the next block's Gram
@@ -93,7 +93,7 @@ def apply_backward_kernel(
         if HAS_H:
             g += tl.dot(y, h, input_precision=PRECISION, out_dtype=ACC)
         if RELU:
-            g = tl.where(y > 0.0, g, 0.0)
+            g = tl.where(y <= 0.0, 0.0, g)  # NaN in Y passes, as in torch's threshold_backward
         da = tl.dot(g, m, input_precision=PRECISION, out_dtype=ACC)
         tl.store(dA + b * stride_db + rows[:, None] * stride_dn + offs_r[None, :] * stride_dr, da, mask=mask)
         a = tl.load(A + b * stride_ab + rows[:, None] * stride_an + offs_r[None, :] * stride_ar, mask=mask, other=0.0)
