@@ -29,7 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from symnmf_kernels.ops._common import (  # noqa: E402
     block_n, block_r, dgram_warps, get_dot_precision, hals_tiles, inverse_warps, num_warps, tiles,
 )
-from symnmf_kernels.ops._launch import FINALIZE_SPLITS, SMALL_BACKWARD_MAX_BLOCK_R, SWEEP_MIN_BLOCK_R  # noqa: E402
+from symnmf_kernels.ops._launch import (  # noqa: E402
+    FINALIZE_CHUNK, FINALIZE_SPLITS, SMALL_BACKWARD_MAX_BLOCK_R, SWEEP_MIN_BLOCK_R,
+)
 from symnmf_kernels.triton import apply_relu, gram, hals, sparse_loss, spd_inverse, sym_loss, symnmf_block  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -67,7 +69,8 @@ def configs(quick):
         (apply_relu.apply_backward_kernel, ["HAS_H", "RELU"]),
         (symnmf_block.symnmf_block_small_kernel, []),
         (symnmf_block.symnmf_block_small_backward_kernel, []),
-        (symnmf_block.symnmf_block_dgram_kernel, []),
+        (symnmf_block.symnmf_block_dgram_kernel, ["FROM_PARTIALS"]),
+        (symnmf_block.symnmf_block_gram_inverse_kernel, []),
         (sym_loss.sym_loss_partials_kernel, []),
         (sparse_loss.sparse_loss_terms_kernel, ["HAS_P"]),
         (sparse_loss.sparse_reg_grad_kernel, []),
@@ -86,9 +89,11 @@ def configs(quick):
                 yield fn, dtype, r, dict(zip(flags, values))
 
 
-# Kernels the ops launch only up to a padded width below 128 (ops._launch.SMALL_BACKWARD_MAX_BLOCK_R).
+# Kernels the ops launch only up to a padded width below 128 (ops._launch: SMALL_BACKWARD_MAX_BLOCK_R, and
+# FINALIZE_CHUNK = 16 x 16 entries for the forward's reduction with the inverse).
 MAX_BLOCK_R = {"symnmf_block_small_backward_kernel": SMALL_BACKWARD_MAX_BLOCK_R,
-               "symnmf_block_dgram_kernel": SMALL_BACKWARD_MAX_BLOCK_R}
+               "symnmf_block_dgram_kernel": SMALL_BACKWARD_MAX_BLOCK_R,
+               "symnmf_block_gram_inverse_kernel": 16}
 
 
 class _Cuda:
@@ -116,7 +121,7 @@ def launch(fn, r):
         return BN, block_r(r), warps
     if name == "gram_finalize_kernel":
         return None, block_r(r), 4
-    if name == "spd_inverse_kernel":
+    if name in ("spd_inverse_kernel", "symnmf_block_gram_inverse_kernel"):
         return None, block_r(r), inverse_warps(r)
     if name == "symnmf_block_dgram_kernel":
         return None, block_r(r), dgram_warps(r)
@@ -138,7 +143,8 @@ def constexprs(fn, dtype, r, flags):
     if "SWEEP" in names:  # the in-register inverse's form, as ops._launch picks it
         values["SWEEP"] = BR >= SWEEP_MIN_BLOCK_R
     if "CHUNK" in names:  # gram_finalize_kernel, as ops._launch.reduce_partials launches it
-        values["CHUNK"] = min(BR * BR, 256)
+        values["CHUNK"] = min(BR * BR, FINALIZE_CHUNK)
+    if "SPLITS" in names:
         values["SPLITS"] = FINALIZE_SPLITS
     if "PRECISION" in names:
         # As ops._common.input_precision resolves it on a GPU ("auto": ieee for the n-length sums at BLOCK_R <= 32).

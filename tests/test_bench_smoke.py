@@ -150,14 +150,17 @@ def test_bench_net_fit_cpu(tmp_path):
 
 def test_bench_host_counts_the_block_launches(tmp_path):
     """The host-cost benchmark of the block: every row timed, and the launches of each path as the ops make them
-    on a GPU (one launch each way for a small problem, four each way on the split-n kernels)."""
+    on a GPU: one launch each way for a small problem; on the split-n kernels four each way, three at r <= 16
+    (one program per problem adds up the partial sums and does the r x r algebra too)."""
     _, _, rows = _run_script([os.path.join("bench", "bench_host.py"), "--rounds", "1"], tmp_path)
     assert len(rows) == 5 * 2 * 3
     for row in rows:
         assert float(row["host_us"]) > 0, row
-        small = int(row["n"]) <= 1024 and row["variant"] != "split"
-        per_way = 1 if small else 4
-        assert float(row["launches"]) == (per_way if row["work"] == "forward" else 2 * per_way), row
+        if int(row["n"]) <= 1024 and row["variant"] != "split":
+            forward = backward = 1
+        else:
+            forward = backward = 3 if int(row["r"]) <= 16 else 4
+        assert float(row["launches"]) == (forward if row["work"] == "forward" else forward + backward), row
 
 
 def test_bench_host_cache_small(tmp_path):

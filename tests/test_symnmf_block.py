@@ -209,3 +209,17 @@ def test_block_backward_gives_nan_where_the_reference_does(device, monkeypatch, 
         assert torch.equal(torch.isnan(got), torch.isnan(ref)), f"{name}: NaN where the reference has none, or not"
         ok = ~torch.isnan(ref)
         assert rel_err(got[ok], ref[ok]) <= 1e-10, name
+
+
+@pytest.mark.parametrize("r", [1, 7, 16])
+def test_block_forward_reduction_with_inverse_equals_gram_then_inverse(device, r):
+    # Past the small-problem size, r <= 16 sums the Gram's partials and inverts G in one program per problem:
+    # the same G^{-1} as the Gram's own reduction followed by spd_inverse.
+    from symnmf_kernels.ops import _launch
+
+    U, P, _ = block_inputs((3,), 1500, r, device, torch.float64)
+    lam = torch.rand(3, device=device, dtype=torch.float64) + 150.0
+    Y, Ginv, info = _launch.symnmf_block(U, P, lam)
+    Ginv_apart, info_apart = _launch.spd_inverse(_launch.gram(U, lam))
+    assert rel_err(Ginv, Ginv_apart) <= 1e-13 and torch.equal(info, info_apart)
+    assert rel_err(Y, reference.symnmf_block(U, P, lam)) <= 1e-12

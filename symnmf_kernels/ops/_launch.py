@@ -8,7 +8,8 @@ import torch
 
 from ..triton.apply_relu import apply_backward_kernel, apply_kernel
 from ..triton.symnmf_block import (
-    symnmf_block_dgram_kernel, symnmf_block_small_backward_kernel, symnmf_block_small_kernel,
+    symnmf_block_dgram_kernel, symnmf_block_gram_inverse_kernel, symnmf_block_small_backward_kernel,
+    symnmf_block_small_kernel,
 )
 from ..triton.spd_inverse import spd_inverse_kernel
 from ..triton.gram import gram_finalize_kernel, gram_partials_kernel
@@ -40,6 +41,9 @@ INVERSE_MAX_BLOCK_R = 64
 SWEEP_MIN_BLOCK_R = 128
 # Partial sums one finalize program loads per step.
 FINALIZE_SPLITS = 16
+# Entries of the r x r result per finalize program: one program per problem up to BLOCK_R = 16, which then
+# inverts G as well in the block's forward (symnmf_block_gram_inverse_kernel).
+FINALIZE_CHUNK = 256
 
 
 def _geometry(A, kind):
@@ -61,15 +65,15 @@ def reduce_partials(partials, lam, r, out_dtype):
     G = torch.empty((B, r, r), dtype=out_dtype, device=partials.device)
     # 16 programs per problem at BLOCK_R = 64 (64 at 128) share the reduction over the splits
     # (about 500 of them at n = 1M on an H100 or H200), which one program per problem did serially.
-    chunk = min(BR * BR, 256)
+    chunk = min(BR * BR, FINALIZE_CHUNK)
     gram_finalize_kernel[(B, BR * BR // chunk)](
         partials, lam, G, splits, r, *G.stride(), BLOCK_R=BR, CHUNK=chunk, SPLITS=FINALIZE_SPLITS, num_warps=4,
     )
     return G
 
 
-def gram(U, lam, deterministic=True, precision=None):
-    """U^T U + lam I; lam is a (B,) tensor."""
+def gram_partials(U, precision=None, deterministic=True):
+    """The Gram's partial sums (B, splits, BR, BR) (one slot, added atomically, unless deterministic)."""
     B, n, r, BR, BN, warps, rows_per_split, splits = _geometry(U, "gram")
     if deterministic:
         partials = _partials(U, B, splits, BR)
@@ -80,7 +84,12 @@ def gram(U, lam, deterministic=True, precision=None):
         ATOMIC=not deterministic, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(partials.dtype),
         PRECISION=input_precision(U, r, True, precision), num_warps=warps,
     )
-    return reduce_partials(partials, lam, r, U.dtype)
+    return partials
+
+
+def gram(U, lam, deterministic=True, precision=None):
+    """U^T U + lam I; lam is a (B,) tensor."""
+    return reduce_partials(gram_partials(U, precision, deterministic), lam, U.shape[-1], U.dtype)
 
 
 def spd_inverse(G):
@@ -105,8 +114,19 @@ def symnmf_block(U, P, lam, precision=None):
     B, m, r = U.shape
     n = P.shape[1]
     if max(m, n) > SMALL_N:
-        G = gram(U, lam, precision=precision)
-        Ginv, info = spd_inverse(G)
+        BR = block_r(r)
+        if BR * BR > FINALIZE_CHUNK:
+            G = gram(U, lam, precision=precision)
+            Ginv, info = spd_inverse(G)
+        else:  # the reduction is one program per problem: it inverts G too, one launch less
+            partials = gram_partials(U, precision=precision)
+            Ginv = torch.empty((B, r, r), dtype=P.dtype, device=P.device)
+            info = torch.empty((B,), dtype=torch.int32, device=P.device)
+            symnmf_block_gram_inverse_kernel[(B,)](
+                partials, lam, Ginv, info, partials.shape[1], r, *Ginv.stride(),
+                BLOCK_R=BR, ACC=acc_dtype(P.dtype), SPLITS=FINALIZE_SPLITS, SWEEP=BR >= SWEEP_MIN_BLOCK_R,
+                num_warps=inverse_warps(r),
+            )
         return apply(P, Ginv, relu=True, precision=precision), Ginv, info
     Y = torch.empty((B, n, r), dtype=P.dtype, device=P.device)
     Ginv = torch.empty((B, r, r), dtype=P.dtype, device=P.device)
@@ -132,17 +152,24 @@ def symnmf_block_backward(grad, Y, P, Ginv, U, precision=None):
     B, m, r = U.shape
     n = P.shape[1]
     if not small_block_backward(m, n, r):
-        dP, PtZb = apply_backward(grad, Y, P, Ginv, precision=precision)
         BR = block_r(r)
         if BR > SMALL_BACKWARD_MAX_BLOCK_R:  # beyond the register tiles of the r x r kernel
+            dP, PtZb = apply_backward(grad, Y, P, Ginv, precision=precision)
             dG = -(Ginv.mT @ PtZb @ Ginv.mT)
             S = (dG + dG.mT).contiguous()
         else:
-            dG = torch.empty_like(PtZb)
-            S = torch.empty_like(PtZb)
+            # Up to BLOCK_R = 16 the r x r kernel adds up P^T Zb's partial sums itself (one program per problem,
+            # as the finalize would be); wider, the finalize's grid of programs does.
+            from_partials = BR * BR <= FINALIZE_CHUNK
+            dP, PtZb = apply_backward(grad, Y, P, Ginv, precision=precision, reduce=not from_partials)
+            dG = torch.empty((B, r, r), dtype=P.dtype, device=P.device)
+            S = torch.empty_like(dG)
+            strides = (0, 0, 0) if from_partials else PtZb.stride()
             symnmf_block_dgram_kernel[(B,)](
-                PtZb, Ginv, dG, S, r, *PtZb.stride(), *Ginv.stride(), *dG.stride(), *S.stride(),
-                BLOCK_R=BR, ACC=acc_dtype(P.dtype), num_warps=dgram_warps(r),
+                PtZb, Ginv, dG, S, PtZb.shape[1] if from_partials else 1, r, *strides, *Ginv.stride(),
+                *dG.stride(), *S.stride(),
+                BLOCK_R=BR, ACC=acc_dtype(P.dtype), FROM_PARTIALS=from_partials, SPLITS=FINALIZE_SPLITS,
+                num_warps=dgram_warps(r),
             )
         return apply(U, S, relu=False, precision=precision), dP, dG
     dP = torch.empty((B, n, r), dtype=P.dtype, device=P.device)
@@ -172,10 +199,11 @@ def apply(A, M, relu, emit_gram=False, precision=None):
     return (Y, partials) if emit_gram else Y
 
 
-def apply_backward(grad, Y, A, M, H=None, relu=True, precision=None):
+def apply_backward(grad, Y, A, M, H=None, relu=True, precision=None, reduce=True):
     """Backward of Y = [ReLU](A @ M): (dA, dM) with dM of shape (B, r, r).
 
-    H, when given, adds Y @ H to grad first (the gradient through Y^T Y).
+    H, when given, adds Y @ H to grad first (the gradient through Y^T Y). reduce=False returns dM as its
+    (B, splits, BR, BR) partial sums, for a kernel that adds them up itself.
     """
     B, n, r, BR, BN, warps, rows_per_split, splits = _geometry(A, "apply_backward")
     dA = torch.empty((B, n, r), dtype=A.dtype, device=A.device)
@@ -188,6 +216,8 @@ def apply_backward(grad, Y, A, M, H=None, relu=True, precision=None):
         HAS_H=H is not None, RELU=relu, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(A.dtype),
         PRECISION=input_precision(A, r, True, precision), num_warps=warps,
     )
+    if not reduce:
+        return dA, partials
     zero_lam = torch.zeros((B,), dtype=partials.dtype, device=A.device)
     return dA, reduce_partials(partials, zero_lam, r, A.dtype)
 

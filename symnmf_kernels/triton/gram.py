@@ -29,6 +29,22 @@ def store_partial(partials, acc, b, s, num_splits, BLOCK_R: tl.constexpr):
 
 
 @triton.jit
+def sum_partials(partials, b, num_splits, BLOCK_R: tl.constexpr, SPLITS: tl.constexpr):
+    """The BLOCK_R x BLOCK_R sum of problem b's partials in one program, SPLITS of them per step in the same
+    fixed order as gram_finalize_kernel: for narrow tiles, where one program per problem is the whole reduction."""
+    flat = tl.arange(0, BLOCK_R * BLOCK_R)
+    offs_s = tl.arange(0, SPLITS)
+    base = partials + b * num_splits * BLOCK_R * BLOCK_R
+    acc = tl.zeros((BLOCK_R * BLOCK_R,), dtype=partials.dtype.element_ty)
+    for s0 in range(0, num_splits, SPLITS):
+        split = s0 + offs_s
+        block = tl.load(base + split[:, None].to(tl.int64) * BLOCK_R * BLOCK_R + flat[None, :],
+                        mask=split[:, None] < num_splits, other=0.0)
+        acc += tl.sum(block, axis=0)
+    return tl.reshape(acc, (BLOCK_R, BLOCK_R))
+
+
+@triton.jit
 def gram_partials_kernel(
     U, partials, n, r, rows_per_split,
     stride_ub, stride_un, stride_ur,

@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 
 from ._common import relu
+from .gram import sum_partials
 from .spd_inverse import spd_inverse_tile
 
 
@@ -113,23 +114,50 @@ def symnmf_block_small_backward_kernel(
 
 @triton.jit
 def symnmf_block_dgram_kernel(
-    PtZb, Ginv, dG, S, r,
+    PtZb, Ginv, dG, S, num_splits, r,
     stride_zb, stride_zr, stride_zc,
     stride_ib, stride_ir, stride_ic,
     stride_gb, stride_gr, stride_gc,
     stride_sb, stride_sr, stride_sc,
-    BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr, ACC: tl.constexpr, FROM_PARTIALS: tl.constexpr, SPLITS: tl.constexpr,
 ):
     """The r x r step of the split-n backward, one program per problem: dG = -G^{-T} (P^T Zb) G^{-T} and
-    S = dG + dG^T (the matrix that U multiplies into dU), in one launch instead of five small torch operations."""
+    S = dG + dG^T (the matrix that U multiplies into dU), in one launch instead of five small torch operations.
+    With FROM_PARTIALS, PtZb holds the (B, num_splits, BLOCK_R, BLOCK_R) partial sums of P^T Zb, which this
+    program adds up itself (narrow tiles: one launch less); otherwise the (B, r, r) sum, through its strides."""
     b = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_R)
     inside = (offs[:, None] < r) & (offs[None, :] < r)
     inv_t = tl.load(Ginv + b * stride_ib + offs[:, None] * stride_ic + offs[None, :] * stride_ir,
                     mask=inside, other=0.0).to(ACC)
-    ptz = tl.load(PtZb + b * stride_zb + offs[:, None] * stride_zr + offs[None, :] * stride_zc,
-                  mask=inside, other=0.0).to(ACC)
+    if FROM_PARTIALS:
+        ptz = sum_partials(PtZb, b, num_splits, BLOCK_R, SPLITS).to(ACC)
+    else:
+        ptz = tl.load(PtZb + b * stride_zb + offs[:, None] * stride_zr + offs[None, :] * stride_zc,
+                      mask=inside, other=0.0).to(ACC)
     dg = tl.dot(tl.dot(inv_t, ptz, input_precision="ieee", out_dtype=ACC), inv_t, input_precision="ieee", out_dtype=ACC)
     dg = -dg
     tl.store(dG + b * stride_gb + offs[:, None] * stride_gr + offs[None, :] * stride_gc, dg, mask=inside)
     tl.store(S + b * stride_sb + offs[:, None] * stride_sr + offs[None, :] * stride_sc, dg + tl.trans(dg), mask=inside)
+
+
+@triton.jit
+def symnmf_block_gram_inverse_kernel(
+    partials, lam, Ginv, info, num_splits, r,
+    stride_ib, stride_ir, stride_ic,
+    BLOCK_R: tl.constexpr, ACC: tl.constexpr, SPLITS: tl.constexpr, SWEEP: tl.constexpr,
+):
+    """G^{-1} with G = (sum of the Gram partials) + lam I, one program per problem: the split-n forward's
+    reduction and inverse in one launch. For narrow tiles only, where the reduction is one program's work
+    anyway (gram_finalize_kernel then has one program per problem too)."""
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_R)
+    G = sum_partials(partials, b, num_splits, BLOCK_R, SPLITS).to(ACC)
+    diagonal = offs[:, None] == offs[None, :]
+    lam_b = tl.load(lam + b).to(ACC)
+    inside = (offs[:, None] < r) & (offs[None, :] < r)
+    # padding: the identity, as spd_inverse_tile needs; the partials' padding rows and columns are zero
+    G = tl.where(diagonal, G + tl.where(offs[:, None] < r, lam_b, 1.0), G)
+    inv, bad = spd_inverse_tile(G, r, BLOCK_R, ACC, SWEEP)
+    tl.store(Ginv + b * stride_ib + offs[:, None] * stride_ir + offs[None, :] * stride_ic, inv, mask=inside)
+    tl.store(info + b, bad)
