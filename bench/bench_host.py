@@ -81,18 +81,37 @@ def variant(name):
         _launch.SMALL_N = small_n
 
 
-def time_call(fn, counter, rounds):
-    """(median µs of one call, launches per call), over `rounds` rounds of 20 calls after a warm-up."""
-    for _ in range(20):
-        fn()
-    samples = []
-    counter[0] = 0
-    for _ in range(rounds):
-        start = time.perf_counter()
+def time_in_turns(calls, counter, rounds):
+    """{name: (median µs of one call, launches per call)}: `rounds` rounds, each timing 20 calls of every
+    variant in turn (so a drift of the machine's speed touches them all alike), after a warm-up of each."""
+    for fn in calls.values():
         for _ in range(20):
             fn()
-        samples.append((time.perf_counter() - start) / 20 * 1e6)
-    return statistics.median(samples), counter[0] / (20 * rounds)
+    samples = {name: [] for name in calls}
+    launches = dict.fromkeys(calls, 0)
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            counter[0] = 0
+            start = time.perf_counter()
+            for _ in range(20):
+                fn()
+            samples[name].append((time.perf_counter() - start) / 20 * 1e6)
+            launches[name] += counter[0]
+    return {name: (statistics.median(samples[name]), launches[name] / (20 * rounds)) for name in calls}
+
+
+def block_call(name, work, U, P, lam, g):
+    """One call of the variant: the forward without autograd, or forward and backward."""
+    def call():
+        with variant(name) as block:
+            if work == "forward":
+                with torch.no_grad():
+                    block(U, P, lam)
+            else:
+                block(U, P, lam).backward(g)
+                U.grad = P.grad = lam.grad = None
+
+    return call
 
 
 def measure(B, n, r, rounds):
@@ -105,29 +124,17 @@ def measure(B, n, r, rounds):
     counter = [0]
     with launches_skipped(counter):
         for work in ("forward", "forward + backward"):
-            times = {}
-            for name in ("function", "custom_op", "split"):
-                with variant(name) as block:
-                    if work == "forward":
-                        def call():
-                            with torch.no_grad():
-                                block(U, P, lam)
-                    else:
-                        def call():
-                            block(U, P, lam).backward(g)
-                            U.grad = P.grad = lam.grad = None
-                    us, launches = time_call(call, counter, rounds)
-                times[name] = us
+            calls = {name: block_call(name, work, U, P, lam, g) for name in ("function", "custom_op", "split")}
+            results = time_in_turns(calls, counter, rounds)
+            for name, (us, launches) in results.items():
                 rows.append({"B": B, "n": n, "r": r, "work": work, "variant": name, "host_us": us,
-                             "launches": launches})
-            for row in rows[-3:]:
-                row["x_custom_op"] = times["custom_op"] / row["host_us"]
+                             "launches": launches, "x_custom_op": results["custom_op"][0] / us})
     return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=15, help="rounds of 20 calls per variant (median)")
+    parser.add_argument("--rounds", type=int, default=15, help="rounds of 20 calls of each variant (median)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     args = parser.parse_args(argv)
@@ -139,7 +146,7 @@ def main(argv=None):
         "host time per call of sk.symnmf_block's Triton path with every kernel launch skipped: the library's "
         "Python, torch's dispatch and the allocations, without Triton's launch cost or any GPU time",
         "CPU tensors, TRITON_INTERPRET=1 for the path (nothing is interpreted), a GPU's launch geometry (132 SMs); "
-        "%d thread(s); median of %d rounds of 20 calls" % (args.threads, args.rounds),
+        "%d thread(s); median of %d rounds, each timing 20 calls of every variant in turn" % (args.threads, args.rounds),
         "variants: function = the eager autograd.Function (the default), custom_op = the torch.library op "
         "torch.compile traces, split = every problem on the split-n kernels",
         "launches: Triton launches per call; x_custom_op: the custom op's host time over the row's",
