@@ -15,7 +15,8 @@
 # RUN_GPU_BUDGET_S, RUN_GPU_STEPS (default "install gpu_tests bench_net_fit bench_block bench_spmm bench_solvers";
 # add "bench_nnls" for the NNLS op against scipy, about 25 s, "neural_nmf_speed" for Neural NMF against the
 # NeuralNMF package, about 30 s, "ext_errors" for the extension's argument errors, about 80 s, "suite" for the
-# rest of the test suite on the GPU machine, about 240 s, "tune" for the tile sweep, about 220 s, "scale" for the
+# rest of the test suite on the GPU machine, about 240 s, "tune" for the tile sweep, about 220 s, "tune_small" for
+# the sweep of the one-program-per-problem block kernels alone (forward and backward, 1-16 warps), about 150 s, "scale" for the
 # 4M and 10M-node runs and a whole net fit at 1M, about 2 minutes, "graph" for the exact kNN search, about 180 s, or "inverse" for the two forms
 # of the in-register inverse, about 120 s: a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
 # written under bench/results during this run (packed into bench_results.tar.gz
@@ -153,6 +154,8 @@ if wants inverse; then
 fi
 # (BLOCK_N, num_warps) sweep of the split-n kernels, dot-precision accuracy, block before/after.
 wants tune && step "tune_tiles" 220 "$PY" bench/tune_tiles.py --warm-jobs 16 --budget-s 90 --out bench/results
+wants tune_small && step "tune_tiles (small problems)" 150 "$PY" bench/tune_tiles.py --warm-jobs 16 --budget-s 60 \
+    --families block_small,block_small_backward --ranks 16,32,64 --block-sizes 1000000 --out bench/results
 if wants suite; then
     [ "${#XDIST[@]}" -gt 0 ] && export OMP_NUM_THREADS=4
     step "pytest (whole suite, not gpu-marked)" 240 "$PY" -m pytest -q -p no:cacheprovider -rfE "${XDIST[@]}" -m "not gpu"

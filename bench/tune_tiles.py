@@ -37,17 +37,23 @@ from symnmf_kernels import reference  # noqa: E402
 from symnmf_kernels.ops import _common, _launch  # noqa: E402
 from symnmf_kernels.ops.sparse_loss import sparse_loss_grad, sparse_loss_terms  # noqa: E402
 
-FAMILIES = ["gram", "apply", "apply_backward", "sparse_terms", "sparse_grad", "block_small"]
+FAMILIES = ["gram", "apply", "apply_backward", "sparse_terms", "sparse_grad", "block_small", "block_small_backward"]
 RANKS = [16, 32, 64, 128]
 BLOCK_NS = [16, 32, 64, 128, 256]
 WARPS = [4, 8]
-SMALL_B, SMALL_N = 4096, 256  # the batched small-problem family
+SMALL_B, SMALL_N = 4096, 256  # the batched small-problem families
+# One program per problem with an in-register r x r step: fewer warps make its reductions shorter (one warp:
+# no barrier), more give its tiles more registers; both ends are candidates.
+SMALL_WARPS = [1, 2, 4, 8, 16]
+SMALL_FAMILIES = ("block_small", "block_small_backward")
+# Widths each family runs at (the small backward up to ops._launch.SMALL_BACKWARD_MAX_BLOCK_R).
+MAX_R = {"block_small": 64, "block_small_backward": _launch.SMALL_BACKWARD_MAX_BLOCK_R}
 
 
 def candidates(family, r):
     out = []
     for bn in BLOCK_NS:
-        for w in WARPS:
+        for w in (SMALL_WARPS if family in SMALL_FAMILIES else WARPS):
             if bn * _common.block_r(r) > 256 * 64:  # a tile of more than 16k floats spills whatever the warps
                 continue
             out.append((bn, w))
@@ -68,6 +74,18 @@ def inputs(family, n, r, device, seed=0, dtype=torch.float32):
         U, P = cast(rand(SMALL_B, SMALL_N, r), rand(SMALL_B, SMALL_N, r))
         (lam,) = cast(torch.ones(SMALL_B, device=device))
         return (lambda: _launch.symnmf_block(U, P, lam)[0]), (lambda: reference.symnmf_block(U, P, lam))
+    if family == "block_small_backward":
+        U, P, g = (rand(SMALL_B, SMALL_N, r) for _ in range(3))
+        Ginv = torch.linalg.inv(U.mT @ U + torch.eye(r, device=device, dtype=torch.float64))
+        Z = P @ Ginv
+        Y = torch.relu(Z - Z.mean((1, 2), keepdim=True))  # about half the entries active
+        U, P, g, Ginv, Y = cast(U, P, g, Ginv, Y)
+
+        def eager():
+            dU, dP, dG = reference.block_backward(g, U, P, Ginv, Y)
+            return [dU, dP, dG]
+
+        return (lambda: list(_launch.symnmf_block_backward(g, Y, P, Ginv, U))), eager
     U, P, S, grad, W, Y2 = (rand(1, n, r) for _ in range(6))
     M = torch.linalg.inv(U[0].mT @ U[0] + torch.eye(r, device=device, dtype=torch.float64))[None]
     Z = P @ M
@@ -98,6 +116,8 @@ def traffic(family, n, r):
     per = {"gram": 1, "apply": 2, "apply_backward": 4, "sparse_terms": 3, "sparse_grad": 5}
     if family == "block_small":
         return 4 * 3 * SMALL_B * SMALL_N * r
+    if family == "block_small_backward":  # reads grad, Y, P, U; writes dP, dU
+        return 4 * 6 * SMALL_B * SMALL_N * r
     return 4 * per[family] * n * r
 
 
@@ -195,7 +215,8 @@ def main(argv=None):
         lines = [f"# tune_tiles, {stamp}", "",
                  f"- torch {torch.__version__}, triton {triton.__version__}, copy bandwidth "
                  f"{f'{bw / 1e9:.0f} GB/s' if bw else 'not measured'}",
-                 f"- sweep: n = {args.n} (block_small: B = {SMALL_B}, n = {SMALL_N}), float32, tf32x3 dots, "
+                 f"- sweep: n = {args.n} (block_small, block_small_backward: B = {SMALL_B}, n = {SMALL_N}), float32, "
+                 "tf32x3 dots, "
                  "do_bench median (warmup 10 ms, rep 40 ms), fresh torch.rand inputs",
                  "- frac: least bytes of our kernel / time / copy bandwidth", "",
                  "## sweep", "", "| family | r | BLOCK_N | warps | ours_ms | eager_ms | frac | note |",
@@ -224,7 +245,7 @@ def main(argv=None):
     t_sweep = time.time()
     for family in families:
         for r in ranks:
-            if family == "block_small" and r == 128:
+            if r > MAX_R.get(family, 128):
                 continue
             n = args.n
             ours_eager = inputs(family, n, r, device)
@@ -254,7 +275,7 @@ def main(argv=None):
 
     write_tables()
     for family in families:
-        if family in ("block_small",):
+        if family in SMALL_FAMILIES:
             continue
         for r in ranks:
             try:
