@@ -1,4 +1,4 @@
-"""Host cost of the block's Triton path: Python, dispatch and allocations per call, with no kernel run.
+"""Host cost of the ops' Triton path: Python, dispatch and allocations per call, with no kernel run.
 
 On a GPU a small block's forward + backward is bound by the host: at n = 100,000 the kernels
 take a few microseconds and the call about a millisecond (bench/results/bench_block-*-NVIDIA-H200.md).
@@ -9,8 +9,9 @@ and the GPU's are not in these numbers; the launches column says how many of the
 
 Variants, side by side on the same inputs:
 
-    function     sk.symnmf_block: an autograd.Function in eager mode, one-launch kernels for small problems
-    custom_op    the torch.library custom op (what torch.compile traces), same kernels
+    default      what sk.<op> does in eager mode: for the block an autograd.Function, for a call without
+                 a gradient (the forward rows) the launcher itself
+    custom_op    the op's torch.library custom op (what torch.compile traces), same kernels
     split        sk.symnmf_block with every problem on the split-n kernels (as if n > 1024)
 
     python bench/bench_host.py            # one thread, writes bench/results/bench_host-<date>-cpu.md
@@ -38,7 +39,10 @@ from symnmf_kernels.triton.gram import gram_partials_kernel  # noqa: E402
 block_module = importlib.import_module("symnmf_kernels.ops.symnmf_block")
 
 CASES = [(1, 100_000, 16), (1, 100_000, 64), (1, 1_000, 16), (4096, 256, 8), (256, 1_024, 32)]
-COLUMNS = ["B", "n", "r", "work", "variant", "host_us", "launches", "x_custom_op"]
+# The forward of the other ops (op, B, n, r): their custom ops against the launcher called directly.
+OP_CASES = [("gram", 1, 100_000, 16), ("spd_inverse", 1, 0, 32), ("apply_relu", 1, 100_000, 16),
+            ("sym_loss", 1, 2_048, 16)]
+COLUMNS = ["op", "B", "n", "r", "work", "variant", "host_us", "launches", "x_custom_op"]
 
 
 @contextlib.contextmanager
@@ -64,19 +68,33 @@ def launches_skipped(counter):
             setattr(obj, name, value)
 
 
-def custom_op_block(U, P, lam):
-    return block_module.symnmf_block_op(U, P, lam)[0]
+def custom_ops():
+    """The custom op of each op, called as sk.<op> would call it: {op: fn(*inputs)}."""
+    ops = {name: importlib.import_module("symnmf_kernels.ops." + name) for name in
+           ("gram", "spd_inverse", "apply_relu", "sym_loss")}
+    return {
+        "symnmf_block": lambda U, P, lam: block_module.symnmf_block_op(U, P, lam)[0],
+        "gram": lambda U, lam: ops["gram"].gram_op(U, lam, True),
+        "spd_inverse": lambda G: ops["spd_inverse"].spd_inverse_op(G)[0],
+        "apply_relu": lambda P, Ginv: ops["apply_relu"].apply_relu_op(P, Ginv),
+        "sym_loss": lambda X, U: ops["sym_loss"].sym_loss_dense(X, U),
+    }
+
+
+def public(op):
+    return {"symnmf_block": sk.symnmf_block, "gram": sk.gram, "spd_inverse": sk.spd_inverse,
+            "apply_relu": sk.apply_relu, "sym_loss": sk.sym_loss}[op]
 
 
 @contextlib.contextmanager
-def variant(name):
+def variant(op, name):
     if name != "split":
-        yield sk.symnmf_block if name == "function" else custom_op_block
+        yield public(op) if name == "default" else custom_ops()[op]
         return
     small_n = _launch.SMALL_N
     _launch.SMALL_N = 0
     try:
-        yield sk.symnmf_block
+        yield public(op)
     finally:
         _launch.SMALL_N = small_n
 
@@ -100,35 +118,54 @@ def time_in_turns(calls, counter, rounds):
     return {name: (statistics.median(samples[name]), launches[name] / (20 * rounds)) for name in calls}
 
 
-def block_call(name, work, U, P, lam, g):
-    """One call of the variant: the forward without autograd, or forward and backward."""
+def op_call(op, name, work, inputs, g):
+    """One call of the variant: the forward without autograd, or forward and backward (the block)."""
+    leaves = [t for t in inputs if t.requires_grad]
+
     def call():
-        with variant(name) as block:
+        with variant(op, name) as fn:
             if work == "forward":
                 with torch.no_grad():
-                    block(U, P, lam)
+                    fn(*inputs)
             else:
-                block(U, P, lam).backward(g)
-                U.grad = P.grad = lam.grad = None
+                fn(*inputs).backward(g)
+                for t in leaves:
+                    t.grad = None
 
     return call
 
 
-def measure(B, n, r, rounds):
+def op_inputs(op, B, n, r):
     lead = (B,) if B > 1 else ()
-    U = torch.rand(*lead, n, r, requires_grad=True)
-    P = torch.rand(*lead, n, r, requires_grad=True)
     lam = torch.tensor(1.0, requires_grad=True)
+    if op == "symnmf_block":
+        return [torch.rand(*lead, n, r, requires_grad=True), torch.rand(*lead, n, r, requires_grad=True), lam]
+    if op == "gram":
+        return [torch.rand(*lead, n, r), lam]
+    if op == "spd_inverse":
+        return [torch.eye(r).expand(*lead, r, r) * 2.0]
+    if op == "apply_relu":
+        return [torch.rand(*lead, n, r), torch.eye(r).expand(*lead, r, r).contiguous()]
+    X = torch.rand(*lead, n, n)
+    return [(X + X.mT) / 2, torch.rand(*lead, n, r)]
+
+
+def measure(op, B, n, r, rounds):
+    inputs = op_inputs(op, B, n, r)
+    lead = (B,) if B > 1 else ()
     g = torch.rand(*lead, n, r)
+    works = ("forward", "forward + backward") if op == "symnmf_block" else ("forward",)
+    names = ("default", "custom_op", "split") if op == "symnmf_block" else ("default", "custom_op")
     rows = []
     counter = [0]
     with launches_skipped(counter):
-        for work in ("forward", "forward + backward"):
-            calls = {name: block_call(name, work, U, P, lam, g) for name in ("function", "custom_op", "split")}
+        for work in works:
+            calls = {name: op_call(op, name, work, inputs, g) for name in names}
             results = time_in_turns(calls, counter, rounds)
             for name, (us, launches) in results.items():
-                rows.append({"B": B, "n": n, "r": r, "work": work, "variant": name, "host_us": us,
-                             "launches": launches, "x_custom_op": results["custom_op"][0] / us})
+                rows.append({"op": op, "B": B, "n": n if op != "spd_inverse" else "-", "r": r, "work": work,
+                             "variant": name, "host_us": us, "launches": launches,
+                             "x_custom_op": results["custom_op"][0] / us})
     return rows
 
 
@@ -141,14 +178,17 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     rows = []
     for B, n, r in CASES:
-        rows += measure(B, n, r, args.rounds)
+        rows += measure("symnmf_block", B, n, r, args.rounds)
+    for op, B, n, r in OP_CASES:
+        rows += measure(op, B, n, r, args.rounds)
     header = [
-        "host time per call of sk.symnmf_block's Triton path with every kernel launch skipped: the library's "
+        "host time per call of the ops' Triton path with every kernel launch skipped: the library's "
         "Python, torch's dispatch and the allocations, without Triton's launch cost or any GPU time",
         "CPU tensors, TRITON_INTERPRET=1 for the path (nothing is interpreted), a GPU's launch geometry (132 SMs); "
         "%d thread(s); median of %d rounds, each timing 20 calls of every variant in turn" % (args.threads, args.rounds),
-        "variants: function = the eager autograd.Function (the default), custom_op = the torch.library op "
-        "torch.compile traces, split = every problem on the split-n kernels",
+        "variants: default = sk.<op> in eager mode (for the block an autograd.Function; without a gradient the "
+        "launcher itself), custom_op = the torch.library op torch.compile traces, split = every problem on the "
+        "split-n kernels",
         "launches: Triton launches per call; x_custom_op: the custom op's host time over the row's",
     ]
     write_table("bench_host", rows, COLUMNS, header, out_dir=args.out, device=torch.device("cpu"))

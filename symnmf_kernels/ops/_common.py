@@ -331,6 +331,13 @@ def needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def direct_call(*tensors):
+    """Whether an op on the Triton path may call its launcher directly rather than through its custom op: in
+    eager mode (torch.compile must see the op) with no gradient recorded. The custom op's dispatch costs host
+    time that a small call on a GPU, whose kernels take microseconds, cannot hide (bench/bench_host.py)."""
+    return not torch.compiler.is_compiling() and not needs_grad(*tensors)
+
+
 def check_square(G, name):
     check_tensor(G, name)
     if G.shape[-1] != G.shape[-2]:

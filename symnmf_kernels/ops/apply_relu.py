@@ -5,7 +5,8 @@ import torch
 
 from . import _common, _launch
 from ._common import (
-    FLOAT_DTYPES, as_batch, broadcasts_to, check_same, check_square, check_tensor, needs_grad, use_triton,
+    FLOAT_DTYPES, as_batch, broadcasts_to, check_same, check_square, check_tensor, direct_call, needs_grad,
+    use_triton,
 )
 from .gram import _tall_native, tall_gram, tall_mm
 
@@ -99,12 +100,26 @@ class _ApplyReluGramTorch(torch.autograd.Function):
         return dP, (dGinv.sum_to_size(Ginv.shape) if dGinv is not None else None)
 
 
+def apply_relu_triton(P, Ginv):
+    """ReLU(P @ Ginv) by the Triton kernel."""
+    P3, _ = as_batch(P)
+    return _launch.apply(P3, _flat_square(Ginv, P3.shape[0], P.shape[-1]), relu=True).reshape(P.shape)
+
+
+def apply_relu_gram_triton(P, Ginv):
+    """(Y, Y^T Y) with Y = ReLU(P @ Ginv) by the Triton kernels, from one pass over P."""
+    r = P.shape[-1]
+    P3, batch = as_batch(P)
+    B = P3.shape[0]
+    Y, partials = _launch.apply(P3, _flat_square(Ginv, B, r), relu=True, emit_gram=True)
+    zero = torch.zeros((B,), dtype=partials.dtype, device=P.device)
+    return Y.reshape(P.shape), _launch.reduce_partials(partials, zero, r, P.dtype).reshape(*batch, r, r)
+
+
 @torch.library.custom_op("symnmf_kernels::apply_relu", mutates_args=())
 def apply_relu_op(P: torch.Tensor, Ginv: torch.Tensor) -> torch.Tensor:
-    r = P.shape[-1]
-    if use_triton(P, r):
-        P3, batch = as_batch(P)
-        return _launch.apply(P3, _flat_square(Ginv, P3.shape[0], r), relu=True).reshape(P.shape)
+    if use_triton(P, P.shape[-1]):
+        return apply_relu_triton(P, Ginv)
     return apply_relu_torch(P, Ginv).contiguous()
 
 
@@ -116,13 +131,8 @@ def _(P, Ginv):
 @torch.library.custom_op("symnmf_kernels::apply_relu_gram", mutates_args=())
 def apply_relu_gram_op(P: torch.Tensor, Ginv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(Y, Y^T Y) with Y = ReLU(P @ Ginv), both from one pass over P."""
-    r = P.shape[-1]
-    if use_triton(P, r):
-        P3, batch = as_batch(P)
-        B = P3.shape[0]
-        Y, partials = _launch.apply(P3, _flat_square(Ginv, B, r), relu=True, emit_gram=True)
-        zero = torch.zeros((B,), dtype=partials.dtype, device=P.device)
-        return Y.reshape(P.shape), _launch.reduce_partials(partials, zero, r, P.dtype).reshape(*batch, r, r)
+    if use_triton(P, P.shape[-1]):
+        return apply_relu_gram_triton(P, Ginv)
     Y, YtY = apply_relu_gram_torch(P, Ginv)
     return Y.contiguous(), YtY.contiguous()
 
@@ -223,6 +233,8 @@ def apply_relu(P, Ginv):
     Ginv = _check(P, Ginv)
     if not use_triton(P, P.shape[-1]):
         return _ApplyReluTorch.apply(P, Ginv) if needs_grad(P, Ginv) else apply_relu_torch(P, Ginv)
+    if direct_call(P, Ginv):
+        return apply_relu_triton(P, Ginv)
     return apply_relu_op(P, Ginv)
 
 
@@ -238,4 +250,6 @@ def apply_relu_gram(P, Ginv):
         if not needs_grad(P, Ginv):
             return apply_relu_gram_torch(P, Ginv)
         return _ApplyReluGramTorch.apply(P, Ginv)
+    if direct_call(P, Ginv):
+        return apply_relu_gram_triton(P, Ginv)
     return apply_relu_gram_op(P, Ginv)

@@ -7,7 +7,7 @@ faster than BLAS, torch's products elsewhere.
 import torch
 
 from . import _launch
-from ._common import as_batch, as_lam, check_tensor, needs_grad, use_triton
+from ._common import as_batch, as_lam, check_tensor, direct_call, needs_grad, use_triton
 from .._extension import has_cpu_op
 
 # ---- tall-skinny products on the CPU ---------------------------------------------------------------------------
@@ -131,13 +131,18 @@ class _GramTorch(torch.autograd.Function):
         return gram_backward_torch(U, dG, ctx.lam_shape, *ctx.needs_input_grad[:2])
 
 
+def gram_triton(U, lam, deterministic=True):
+    """U^T U + lam I by the Triton kernels."""
+    r = U.shape[-1]
+    U3, batch = as_batch(U)
+    lam_b = lam.expand(batch).reshape(-1).contiguous()
+    return _launch.gram(U3, lam_b, deterministic).reshape(*batch, r, r)
+
+
 @torch.library.custom_op("symnmf_kernels::gram", mutates_args=())
 def gram_op(U: torch.Tensor, lam: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
-    r = U.shape[-1]
-    if use_triton(U, r):
-        U3, batch = as_batch(U)
-        lam_b = lam.expand(batch).reshape(-1).contiguous()
-        return _launch.gram(U3, lam_b, deterministic).reshape(*batch, r, r)
+    if use_triton(U, U.shape[-1]):
+        return gram_triton(U, lam, deterministic)
     return gram_torch(U, lam)
 
 
@@ -179,4 +184,6 @@ def gram(U, lam=0.0, deterministic=True, *, check_lam=True):
     lam = as_lam(lam, U, check_lam)
     if not use_triton(U, U.shape[-1]):
         return _GramTorch.apply(U, lam) if needs_grad(U, lam) else gram_torch(U, lam)
+    if direct_call(U, lam):
+        return gram_triton(U, lam, bool(deterministic))
     return gram_op(U, lam, bool(deterministic))

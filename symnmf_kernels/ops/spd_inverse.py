@@ -2,7 +2,7 @@
 import torch
 
 from . import _launch
-from ._common import as_batch, check_square, needs_grad, use_triton
+from ._common import as_batch, check_square, direct_call, needs_grad, use_triton
 
 
 # ---- the torch path (CPU, and r beyond the fused kernels) ------------------------------------------------------
@@ -43,14 +43,18 @@ class _SpdInverseTorch(torch.autograd.Function):
         return spd_inverse_backward_torch(inv, dinv)
 
 
+def spd_inverse_triton(G):
+    """(G^{-1}, info) by the Triton kernel (torch's past BLOCK_R = 64 on a GPU)."""
+    G3, batch = as_batch(G)
+    inv, info = _launch.spd_inverse(G3)
+    return inv.reshape(G.shape), info.reshape(batch)
+
+
 @torch.library.custom_op("symnmf_kernels::spd_inverse", mutates_args=())
 def spd_inverse_op(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(G^{-1}, info): info is 1 where G is not positive definite, and G^{-1} is NaN there."""
-    r = G.shape[-1]
-    if use_triton(G, r):
-        G3, batch = as_batch(G)
-        inv, info = _launch.spd_inverse(G3)
-        return inv.reshape(G.shape), info.reshape(batch)
+    if use_triton(G, G.shape[-1]):
+        return spd_inverse_triton(G)
     inv, info = spd_inverse_torch(G)
     return inv.contiguous(), (info != 0).to(torch.int32)
 
@@ -83,7 +87,7 @@ def spd_inverse(G, check=False):
     """
     check_square(G, "G")
     if use_triton(G, G.shape[-1]):
-        inv, info = spd_inverse_op(G)
+        inv, info = spd_inverse_triton(G) if direct_call(G) else spd_inverse_op(G)
     else:
         inv, info = _SpdInverseTorch.apply(G) if needs_grad(G) else spd_inverse_torch(G)
     if check:

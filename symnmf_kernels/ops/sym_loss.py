@@ -2,7 +2,7 @@
 import torch
 
 from . import _launch
-from ._common import as_batch, broadcasts_to, check_same, check_tensor, needs_grad, use_triton
+from ._common import as_batch, broadcasts_to, check_same, check_tensor, direct_call, needs_grad, use_triton
 from .sparse_loss import sparse_sym_loss
 
 
@@ -51,14 +51,18 @@ class _SymLossTorch(torch.autograd.Function):
         return dX, dU
 
 
+def sym_loss_dense_triton(X, U):
+    """Per-problem loss by the Triton kernel."""
+    U3, batch = as_batch(U)
+    X3 = X.reshape(U3.shape[0], *X.shape[-2:])
+    return _launch.sym_loss(X3, U3).reshape(batch)
+
+
 @torch.library.custom_op("symnmf_kernels::sym_loss_dense", mutates_args=())
 def sym_loss_dense(X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     """Per-problem loss for X (..., n, n) and U (..., n, r) of the same batch shape."""
-    r = U.shape[-1]
-    if use_triton(U, r):
-        U3, batch = as_batch(U)
-        X3 = X.reshape(U3.shape[0], *X.shape[-2:])
-        return _launch.sym_loss(X3, U3).reshape(batch)
+    if use_triton(U, U.shape[-1]):
+        return sym_loss_dense_triton(X, U)
     return (X - U @ U.mT).pow(2).sum((-2, -1))
 
 
@@ -109,4 +113,6 @@ def sym_loss(X, U):
         X = X.expand(*batch, n, n)
     if not use_triton(U, U.shape[-1]):
         return _SymLossTorch.apply(X, U) if needs_grad(X, U) else sq_norm(residual_torch(X, U))
+    if direct_call(X, U):
+        return sym_loss_dense_triton(X, U)
     return sym_loss_dense(X, U)
