@@ -61,13 +61,16 @@ def _synchronize(device):
         torch.cuda.synchronize(device)
 
 
+def _reset_grads(grad_to_none):
+    for x in grad_to_none or ():
+        x.grad = None
+
+
 def _perf_counter_median(fn, warmup, rep, grad_to_none, device, max_runs):
     """Median wall time in ms; the device is synchronised around every run."""
 
     def run_once():
-        if grad_to_none is not None:
-            for x in grad_to_none:
-                x.grad = None
+        _reset_grads(grad_to_none)
         _synchronize(device)
         start = time.perf_counter()
         fn()
@@ -116,9 +119,7 @@ def host_ms(fn, grad_to_none=None, device=None, runs=25):
     device = _as_device(device)
     times = []
     for i in range(runs + 3):  # the first calls also compile and load
-        if grad_to_none is not None:
-            for x in grad_to_none:
-                x.grad = None
+        _reset_grads(grad_to_none)
         _synchronize(device)
         start = time.perf_counter()
         fn()

@@ -41,20 +41,28 @@ def _trace(dG, lam_shape):
     return dG.diagonal(dim1=-2, dim2=-1).sum(-1).sum_to_size(lam_shape)
 
 
-class _BlockTorch(torch.autograd.Function):
+class _Block(torch.autograd.Function):
+    """The block in eager mode, on the torch path or (triton=True) the Triton path. torch.compile sees the custom
+    ops below instead (same functions): on a GPU their dispatch costs more host time per call than the kernels
+    of a small block take."""
+
     @staticmethod
-    def forward(ctx, U, P, lam):
-        Y, Ginv = block_torch(U, P, lam)
+    def forward(ctx, U, P, lam, triton):
+        Y, Ginv = block_triton(U, P, lam) if triton else block_torch(U, P, lam)
         ctx.save_for_backward(U, P, Ginv, Y)
         ctx.lam_shape = lam.shape
+        ctx.triton = triton
         return Y
 
     @staticmethod
     def backward(ctx, dY):
         U, P, Ginv, Y = ctx.saved_tensors
         need_u, need_p, need_lam = ctx.needs_input_grad[:3]
-        dU, dP, dG = block_backward_torch(dY, U, P, Ginv, Y, need_u, need_p, need_lam)
-        return dU, dP, (_trace(dG, ctx.lam_shape) if need_lam else None)
+        if ctx.triton:
+            dU, dP, dG = block_backward_triton(dY.contiguous(), U, P, Ginv, Y)
+        else:
+            dU, dP, dG = block_backward_torch(dY, U, P, Ginv, Y, need_u, need_p, need_lam)
+        return dU, dP, (_trace(dG, ctx.lam_shape) if need_lam else None), None
 
 
 class _BlockFromGramTorch(torch.autograd.Function):
@@ -112,24 +120,6 @@ def block_backward_triton(grad, U, P, Ginv, Y):
     dU, dP, dG = _launch.symnmf_block_backward(
         grad.reshape(P3.shape), Y.reshape(P3.shape), P3, Ginv.reshape(P3.shape[0], r, r), U3)
     return dU.reshape(U.shape), dP.reshape(P.shape), dG.reshape(Ginv.shape)
-
-
-class _BlockTriton(torch.autograd.Function):
-    """The block on the Triton path in eager mode. torch.compile sees the custom ops below instead (same
-    functions): their dispatch costs more host time per call than the kernels of a small block take on a GPU."""
-
-    @staticmethod
-    def forward(ctx, U, P, lam):
-        Y, Ginv = block_triton(U, P, lam)
-        ctx.save_for_backward(U, P, Ginv, Y)
-        ctx.lam_shape = lam.shape
-        return Y
-
-    @staticmethod
-    def backward(ctx, dY):
-        U, P, Ginv, Y = ctx.saved_tensors
-        dU, dP, dG = block_backward_triton(dY.contiguous(), U, P, Ginv, Y)
-        return dU, dP, (_trace(dG, ctx.lam_shape) if ctx.needs_input_grad[2] else None)
 
 
 # ---- the custom ops (torch.compile) --------------------------------------------------------------------------
@@ -215,11 +205,12 @@ def symnmf_block(U, P, lam, *, check_lam=True):
     if U.shape[:-2] != P.shape[:-2]:
         raise ValueError(f"U's batch shape {tuple(U.shape[:-2])} differs from P's {tuple(P.shape[:-2])}")
     lam = as_lam(lam, U, check_lam)
-    if not use_triton(P, P.shape[-1]):
-        return _BlockTorch.apply(U, P, lam) if needs_grad(U, P, lam) else block_torch(U, P, lam)[0]
-    if torch.compiler.is_compiling():
+    triton = use_triton(P, P.shape[-1])
+    if triton and torch.compiler.is_compiling():
         return symnmf_block_op(U, P, lam)[0]
-    return _BlockTriton.apply(U, P, lam) if needs_grad(U, P, lam) else block_triton(U, P, lam)[0]
+    if needs_grad(U, P, lam):
+        return _Block.apply(U, P, lam, triton)
+    return (block_triton if triton else block_torch)(U, P, lam)[0]
 
 
 def symnmf_block_from_gram(UtU, P, lam, *, check_lam=True):
