@@ -269,7 +269,8 @@ def header_lines(args, device, bw, stopped):
         "B = 1: one unbatched 2-D problem",
         "in-register inverse: %s" % {"default": "the library's choice (ops._launch.SWEEP_MIN_BLOCK_R)",
                                      "sweep": "the symmetric sweep at every r", "cholesky": "Cholesky at every r"}[
-            args.inverse],
+            args.inverse] + ("" if args.inverse_warps is None else
+                             "; %d warp(s) at padded widths 16 and 32" % args.inverse_warps),
     ]
     if device.type != "cuda":
         if os.environ.get("TRITON_INTERPRET") == "1":
@@ -293,6 +294,10 @@ def parse_args(argv):
                         help="the in-register inverse of spd_inverse and the fused small block: the library's choice "
                              "(the sweep from BLOCK_R = 128, the Cholesky form below, torch's inverse for a CUDA "
                              "G past BLOCK_R = 64), or one form at every r, r = 128 included")
+    parser.add_argument("--inverse-warps", type=int, choices=(1, 2, 4, 8), default=None,
+                        help="warps of the standalone in-register inverse (spd_inverse, and the block's forward past "
+                             "the small-problem size) at padded widths 16 and 32, where one warp compiles without "
+                             "spills (default: ops._common's table, 4)")
     parser.add_argument("--name", default="bench_block", help="table name (file <name>-<date>-<device>.md)")
     add_run_args(parser)
     args = resolve_run_args(parser, parser.parse_args(argv))
@@ -306,18 +311,21 @@ def parse_args(argv):
     return args
 
 
-def choose_inverse(form):
-    """Install one form of the in-register inverse at every width (ops._launch's module settings)."""
-    from symnmf_kernels.ops import _launch
+def choose_inverse(form, warps=None):
+    """Install one form of the in-register inverse at every width (ops._launch's module settings), and its warps
+    at padded widths 16 and 32."""
+    from symnmf_kernels.ops import _common, _launch
 
     if form != "default":
         _launch.SWEEP_MIN_BLOCK_R = 1 if form == "sweep" else 1 << 20
         _launch.INVERSE_MAX_BLOCK_R = 128
+    if warps is not None:
+        _common._INVERSE_WARPS.update({16: warps, 32: warps})
 
 
 def main(argv=None):
     args = parse_args(argv)
-    choose_inverse(args.inverse)
+    choose_inverse(args.inverse, args.inverse_warps)
     device = args.device
     torch.manual_seed(args.seed)
     if device.type == "cuda":

@@ -18,7 +18,7 @@
 # rest of the test suite on the GPU machine, about 240 s, "tune" for the tile sweep, about 220 s, "tune_small" for
 # the sweep of the one-program-per-problem block kernels alone (forward and backward, 1-16 warps), about 150 s, "scale" for the
 # 4M and 10M-node runs and a whole net fit at 1M, about 2 minutes, "graph" for the exact kNN search, about 180 s, or "inverse" for the two forms
-# of the in-register inverse, about 120 s: a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
+# of the in-register inverse and its one-warp form, about 180 s: a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
 # written under bench/results during this run (packed into bench_results.tar.gz
 # when there are more than 7).
 set -uo pipefail
@@ -150,6 +150,10 @@ wants graph && run_bench bench_graph.py 200 --device cuda --sizes 200000x784 100
 if wants inverse; then
     run_bench bench_block.py 60 --kernels spd_inverse symnmf_block --inverse sweep --name bench_block_sweep --budget-s 45
     run_bench bench_block.py 60 --kernels spd_inverse symnmf_block --inverse cholesky --name bench_block_cholesky \
+        --budget-s 45
+    # The Cholesky form in one warp at padded widths 16 and 32 (spill-free there in the sm_90 compile): its
+    # reductions then stay within the warp, with no barrier.
+    run_bench bench_block.py 60 --kernels spd_inverse symnmf_block --inverse-warps 1 --name bench_block_inverse_1warp \
         --budget-s 45
 fi
 # (BLOCK_N, num_warps) sweep of the split-n kernels, dot-precision accuracy, block before/after.
