@@ -13,7 +13,8 @@
 #
 # Environment: PYTHON (default python3), OUT (default: a fresh temporary folder),
 # RUN_GPU_BUDGET_S, RUN_GPU_STEPS (default "install gpu_tests bench_net_fit bench_block bench_spmm bench_solvers";
-# add "bench_nnls" for the NNLS op against scipy, about 25 s, "neural_nmf_speed" for Neural NMF against the
+# add "net_step" for SymNMF-Net's training step against the same network in plain torch, about 2 minutes,
+# "bench_nnls" for the NNLS op against scipy, about 25 s, "neural_nmf_speed" for Neural NMF against the
 # NeuralNMF package, about 30 s, "ext_errors" for the extension's argument errors, about 80 s, "suite" for the
 # rest of the test suite on the GPU machine, about 240 s, "tune" for the tile sweep, about 220 s, "tune_small" for
 # the sweep of the one-program-per-problem block kernels alone (forward and backward, 1-16 warps), about 150 s, "scale" for the
@@ -128,6 +129,8 @@ fi
 wants bench_block && run_bench bench_block.py 150 --budget-s 110
 wants bench_spmm && run_bench bench_spmm.py 100
 wants bench_solvers && run_bench bench_solvers.py 75
+# SymNMF-Net's whole training step against the same network in plain torch (100k and 1M nodes; L = 10 at r = 64).
+wants net_step && run_bench bench_net_step.py 150 --budget-s 110
 # Whether an argument error inside the compiled extension reaches Python (it crashed the process once).
 wants ext_errors && step "ext_errors" 120 "$PY" bench/ext_errors.py
 # Scale runs (opt-in, about 2 minutes): planted graphs of 4M and 10M nodes drawn on the GPU, r = 64, SymHALS

@@ -168,6 +168,33 @@ def test_bench_host_counts_the_launches(tmp_path):
         assert float(row["launches"]) == (forward if row["work"] == "forward" else forward + backward), row
 
 
+def test_bench_net_step_plain_torch_is_the_same_network():
+    """The plain-torch network of bench_net_step computes the library's objective: loss and every gradient agree
+    in float64 at the start's weights."""
+    from bench import bench_net_step
+    from bench.bench_cpu import planted_graph
+    from symnmf import SymNMFNet
+
+    X, _ = planted_graph(300, 4, 16, seed=1)
+    X = X.double()
+    net = SymNMFNet(4, n_layers=3, loss_blocks="all", mu=0.0, random_state=1)
+    net.initialize(X)
+    Xp = net._prepare(X)
+    gap = bench_net_step.objective_gap(net, Xp, Xp.values().pow(2).sum(), net._start_product(Xp))
+    assert gap <= 1e-10
+
+
+def test_bench_net_step_cpu(tmp_path):
+    """The step benchmark times ours against plain torch on the CPU (no CUDA-graph column there)."""
+    _, _, rows = _run_script([os.path.join("bench", "bench_net_step.py"), "--device", "cpu", "--sizes", "400,4,2",
+                              "--rounds", "1", "--rep", "1", "--warmup", "0"], tmp_path)
+    assert len(rows) == 1 and rows[0]["notes"] == "", rows
+    row = rows[0]
+    assert float(row["ours_ms"]) > 0 and float(row["torch_ms"]) > 0 and row["ours_graph_ms"] == ""
+    assert float(row["x_torch"]) == pytest.approx(float(row["torch_ms"]) / float(row["ours_ms"]), rel=1e-3)
+    assert float(row["rel_diff"]) <= 1e-4  # float32: the same network
+
+
 def test_bench_host_cache_small(tmp_path):
     """The host cache benchmark runs its processes in turns and fills every column."""
     _, _, rows = _run_script([os.path.join("bench", "bench_host_cache.py"), "--net-n", "600", "--net-r", "4",
