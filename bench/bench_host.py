@@ -185,7 +185,8 @@ def main(argv=None):
         "host time per call of the ops' Triton path with every kernel launch skipped: the library's "
         "Python, torch's dispatch and the allocations, without Triton's launch cost or any GPU time",
         "CPU tensors, TRITON_INTERPRET=1 for the path (nothing is interpreted), a GPU's launch geometry (132 SMs); "
-        "%d thread(s); median of %d rounds, each timing 20 calls of every variant in turn" % (args.threads, args.rounds),
+        "%d thread(s); median of %d rounds, each timing 20 calls of every variant in turn"
+        % (args.threads, args.rounds),
         "variants: default = sk.<op> in eager mode (for the block an autograd.Function; without a gradient the "
         "launcher itself), custom_op = the torch.library op torch.compile traces, split = every problem on the "
         "split-n kernels",

@@ -13,13 +13,19 @@
 #
 # Environment: PYTHON (default python3), OUT (default: a fresh temporary folder),
 # RUN_GPU_BUDGET_S, RUN_GPU_STEPS (default "install gpu_tests bench_net_fit bench_block bench_spmm bench_solvers";
-# add "net_step" for SymNMF-Net's training step against the same network in plain torch, about 2 minutes,
-# "bench_nnls" for the NNLS op against scipy, about 25 s, "neural_nmf_speed" for Neural NMF against the
-# NeuralNMF package, about 30 s, "ext_errors" for the extension's argument errors, about 80 s, "suite" for the
-# rest of the test suite on the GPU machine, about 240 s, "tune" for the tile sweep, about 220 s, "tune_small" for
-# the sweep of the one-program-per-problem block kernels alone (forward and backward, 1-16 warps), about 150 s, "scale" for the
-# 4M and 10M-node runs and a whole net fit at 1M, about 2 minutes, "graph" for the exact kNN search, about 180 s, or "inverse" for the two forms
-# of the in-register inverse and its one-warp form, about 180 s: a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
+# add any of these, about how long each takes:
+#   net_step          SymNMF-Net's training step against the same network in plain torch, about 2 minutes
+#   bench_nnls        the NNLS op against scipy, about 25 s
+#   neural_nmf_speed  Neural NMF against the NeuralNMF package, about 30 s
+#   ext_errors        the extension's argument errors, about 80 s
+#   suite             the rest of the test suite on the GPU machine, about 240 s
+#   tune              the tile sweep, about 220 s
+#   tune_small        the sweep of the one-program-per-problem block kernels alone (forward and backward,
+#                     1-16 warps), about 150 s
+#   scale             the 4M and 10M-node runs and a whole net fit at 1M, about 2 minutes
+#   graph             the exact kNN search, about 180 s
+#   inverse           the two forms of the in-register inverse and its one-warp form, about 180 s
+# a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
 # written under bench/results during this run (packed into bench_results.tar.gz
 # when there are more than 7).
 set -uo pipefail

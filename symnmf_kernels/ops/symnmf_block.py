@@ -15,7 +15,7 @@ from .gram import gram_torch, tall_mm
 from .spd_inverse import spd_inverse, spd_inverse_backward_torch, spd_inverse_torch
 
 
-# ---- the torch path (CPU, and r beyond the fused kernels) ------------------------------------------------------
+# ---- the torch path (CPU, and r beyond the fused kernels) --------------------------------------------------------
 # One autograd node per block, with the backward of docs/design.md ("The block and its backward") on BLAS:
 # the ReLU's mask in one pass, dP and P^T Zb as two products, dU as one product with dG + dG^T (torch's own
 # autograd of U^T U takes two), and no saved copy of Z = P G^{-1}.
@@ -122,7 +122,7 @@ def block_backward_triton(grad, U, P, Ginv, Y):
     return dU.reshape(U.shape), dP.reshape(P.shape), dG.reshape(Ginv.shape)
 
 
-# ---- the custom ops (torch.compile) --------------------------------------------------------------------------
+# ---- the custom ops (torch.compile) ------------------------------------------------------------------------------
 
 
 @torch.library.custom_op("symnmf_kernels::symnmf_block", mutates_args=())

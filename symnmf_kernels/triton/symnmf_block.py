@@ -72,8 +72,7 @@ def symnmf_block_small_backward_kernel(
     in one pass over the n rows, the r x r algebra dG = -G^{-T} (P^T Zb) G^{-T} in registers, then
     dU = U (dG + dG^T) in one pass over the m rows.
 
-    The split-n path takes three launches and five small torch operations for the same; here P^T Zb never
-    leaves the program.
+    The split-n backward takes three or four launches for the same; here P^T Zb never leaves the program.
     """
     b = tl.program_id(0).to(tl.int64)
     offs_r = tl.arange(0, BLOCK_R)
@@ -122,7 +121,7 @@ def symnmf_block_dgram_kernel(
     BLOCK_R: tl.constexpr, ACC: tl.constexpr, FROM_PARTIALS: tl.constexpr, SPLITS: tl.constexpr,
 ):
     """The r x r step of the split-n backward, one program per problem: dG = -G^{-T} (P^T Zb) G^{-T} and
-    S = dG + dG^T (the matrix that U multiplies into dU), in one launch instead of five small torch operations.
+    S = dG + dG^T (the matrix that U multiplies into dU), in one launch where torch's r x r products took five.
     With FROM_PARTIALS, PtZb holds the (B, num_splits, BLOCK_R, BLOCK_R) partial sums of P^T Zb, which this
     program adds up itself (narrow tiles: one launch less); otherwise the (B, r, r) sum, through its strides."""
     b = tl.program_id(0).to(tl.int64)
