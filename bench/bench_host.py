@@ -39,8 +39,9 @@ from symnmf_kernels.triton.gram import gram_partials_kernel  # noqa: E402
 block_module = importlib.import_module("symnmf_kernels.ops.symnmf_block")
 
 CASES = [(1, 100_000, 16), (1, 100_000, 64), (1, 1_000, 16), (4096, 256, 8), (256, 1_024, 32)]
-# The forward of the other ops (op, B, n, r): their custom ops against the launcher called directly.
-OP_CASES = [("gram", 1, 100_000, 16), ("spd_inverse", 1, 0, 32), ("apply_relu", 1, 100_000, 16),
+# The other ops (op, B, n, r): the chain form's forward and backward against its former composition of custom
+# ops; the forward of the others against their custom ops.
+OP_CASES = [("symnmf_block_from_gram", 1, 100_000, 16), ("gram", 1, 100_000, 16), ("spd_inverse", 1, 0, 32), ("apply_relu", 1, 100_000, 16),
             ("sym_loss", 1, 2_048, 16)]
 COLUMNS = ["op", "B", "n", "r", "work", "variant", "host_us", "launches", "x_custom_op"]
 
@@ -72,8 +73,13 @@ def custom_ops():
     """The custom op of each op, called as sk.<op> would call it: {op: fn(*inputs)}."""
     ops = {name: importlib.import_module("symnmf_kernels.ops." + name) for name in
            ("gram", "spd_inverse", "apply_relu", "sym_loss")}
+    def from_gram(UtU, P, lam):  # the chain form's former composition: two custom ops around G's torch ops
+        G = UtU + lam[..., None, None] * torch.eye(UtU.shape[-1], dtype=UtU.dtype)
+        return ops["apply_relu"].apply_relu_gram_op(P, ops["spd_inverse"].spd_inverse_op(G)[0])
+
     return {
         "symnmf_block": lambda U, P, lam: block_module.symnmf_block_op(U, P, lam)[0],
+        "symnmf_block_from_gram": from_gram,
         "gram": lambda U, lam: ops["gram"].gram_op(U, lam, True),
         "spd_inverse": lambda G: ops["spd_inverse"].spd_inverse_op(G)[0],
         "apply_relu": lambda P, Ginv: ops["apply_relu"].apply_relu_op(P, Ginv),
@@ -82,8 +88,8 @@ def custom_ops():
 
 
 def public(op):
-    return {"symnmf_block": sk.symnmf_block, "gram": sk.gram, "spd_inverse": sk.spd_inverse,
-            "apply_relu": sk.apply_relu, "sym_loss": sk.sym_loss}[op]
+    return {"symnmf_block": sk.symnmf_block, "symnmf_block_from_gram": sk.symnmf_block_from_gram, "gram": sk.gram,
+            "spd_inverse": sk.spd_inverse, "apply_relu": sk.apply_relu, "sym_loss": sk.sym_loss}[op]
 
 
 @contextlib.contextmanager
@@ -118,8 +124,8 @@ def time_in_turns(calls, counter, rounds):
     return {name: (statistics.median(samples[name]), launches[name] / (20 * rounds)) for name in calls}
 
 
-def op_call(op, name, work, inputs, g):
-    """One call of the variant: the forward without autograd, or forward and backward (the block)."""
+def op_call(op, name, work, inputs, grads):
+    """One call of the variant: the forward without autograd, or forward and backward (the blocks)."""
     leaves = [t for t in inputs if t.requires_grad]
 
     def call():
@@ -128,7 +134,9 @@ def op_call(op, name, work, inputs, g):
                 with torch.no_grad():
                     fn(*inputs)
             else:
-                fn(*inputs).backward(g)
+                out = fn(*inputs)
+                outs = out if isinstance(out, tuple) else (out,)
+                torch.autograd.backward(outs, grads[:len(outs)])
                 for t in leaves:
                     t.grad = None
 
@@ -140,6 +148,9 @@ def op_inputs(op, B, n, r):
     lam = torch.tensor(1.0, requires_grad=True)
     if op == "symnmf_block":
         return [torch.rand(*lead, n, r, requires_grad=True), torch.rand(*lead, n, r, requires_grad=True), lam]
+    if op == "symnmf_block_from_gram":
+        U = torch.rand(*lead, n, r)
+        return [(U.mT @ U).requires_grad_(), torch.rand(*lead, n, r, requires_grad=True), lam]
     if op == "gram":
         return [torch.rand(*lead, n, r), lam]
     if op == "spd_inverse":
@@ -153,14 +164,14 @@ def op_inputs(op, B, n, r):
 def measure(op, B, n, r, rounds):
     inputs = op_inputs(op, B, n, r)
     lead = (B,) if B > 1 else ()
-    g = torch.rand(*lead, n, r)
-    works = ("forward", "forward + backward") if op == "symnmf_block" else ("forward",)
+    grads = (torch.rand(*lead, n, r), torch.rand(*lead, r, r))
+    works = ("forward", "forward + backward") if op.startswith("symnmf_block") else ("forward",)
     names = ("default", "custom_op", "split") if op == "symnmf_block" else ("default", "custom_op")
     rows = []
     counter = [0]
     with launches_skipped(counter):
         for work in works:
-            calls = {name: op_call(op, name, work, inputs, g) for name in names}
+            calls = {name: op_call(op, name, work, inputs, grads) for name in names}
             results = time_in_turns(calls, counter, rounds)
             for name, (us, launches) in results.items():
                 rows.append({"op": op, "B": B, "n": n if op != "spd_inverse" else "-", "r": r, "work": work,

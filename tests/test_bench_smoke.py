@@ -151,12 +151,16 @@ def test_bench_net_fit_cpu(tmp_path):
 def test_bench_host_counts_the_launches(tmp_path):
     """The host-cost benchmark: every row timed, and the launches of each path as the ops make them on a GPU.
     The block: one launch each way for a small problem; on the split-n kernels four each way, three at r <= 16
-    (one program per problem adds up the partial sums and does the r x r algebra too). The other ops' forward:
-    the Gram two (partial sums, then their reduction), the others one."""
+    (one program per problem adds up the partial sums and does the r x r algebra too). The chain form: the
+    inverse, the product and its Gram's reduction forward, the product's backward and its reduction. The other
+    ops' forward: the Gram two (partial sums, then their reduction), the others one."""
     _, _, rows = _run_script([os.path.join("bench", "bench_host.py"), "--rounds", "1"], tmp_path)
-    assert len(rows) == 5 * 2 * 3 + 4 * 2
+    assert len(rows) == 5 * 2 * 3 + 2 * 2 + 4 * 2
     for row in rows:
         assert float(row["host_us"]) > 0, row
+        if row["op"] == "symnmf_block_from_gram":
+            assert float(row["launches"]) == (3 if row["work"] == "forward" else 5), row
+            continue
         if row["op"] != "symnmf_block":
             assert row["work"] == "forward" and row["variant"] in ("default", "custom_op"), row
             assert float(row["launches"]) == (2 if row["op"] == "gram" else 1), row

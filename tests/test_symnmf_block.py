@@ -223,3 +223,21 @@ def test_block_forward_reduction_with_inverse_equals_gram_then_inverse(device, r
     Ginv_apart, info_apart = _launch.spd_inverse(_launch.gram(U, lam))
     assert rel_err(Ginv, Ginv_apart) <= 1e-13 and torch.equal(info, info_apart)
     assert rel_err(Y, reference.symnmf_block(U, P, lam)) <= 1e-12
+
+
+def test_chain_form_broadcasts_a_shared_gram(device):
+    # One UtU for three problems with their own P and lam: G^{-1} takes P's batch, and the gradients of the
+    # shared UtU add up over the problems, as in the reference.
+    U, _, _ = block_inputs((), 50, 6, device, torch.float64)
+    P = torch.randn(3, 50, 6, device=device, dtype=torch.float64)
+    lam = torch.rand(3, device=device, dtype=torch.float64) + 5.0
+    gY = torch.randn(3, 50, 6, device=device, dtype=torch.float64)
+    gG = torch.randn(3, 6, 6, device=device, dtype=torch.float64)
+
+    def run(fn):
+        leaves = [t.detach().clone().requires_grad_() for t in (U.mT @ U, P, lam)]
+        Y, YtY = fn(*leaves)
+        return (Y, YtY, *torch.autograd.grad((Y * gY).sum() + (YtY * gG).sum(), leaves))
+
+    for got, want in zip(run(sk.symnmf_block_from_gram), run(reference.symnmf_block_from_gram)):
+        assert got.shape == want.shape and rel_err(got, want) <= 1e-12

@@ -116,6 +116,17 @@ def apply_relu_gram_triton(P, Ginv):
     return Y.reshape(P.shape), _launch.reduce_partials(partials, zero, r, P.dtype).reshape(*batch, r, r)
 
 
+def apply_relu_backward_triton(grad, Y, P, Ginv, H=None):
+    """(dP, dGinv) of Y = ReLU(P @ Ginv) given dL/dY = grad + Y @ H, by the Triton kernel (Ginv and H of P's
+    batch)."""
+    r = P.shape[-1]
+    P3, _ = as_batch(P)
+    B = P3.shape[0]
+    H3 = None if H is None else _flat_square(H, B, r)
+    dP, dGinv = _launch.apply_backward(grad.reshape(B, -1, r), Y.reshape(B, -1, r), P3, _flat_square(Ginv, B, r), H3)
+    return dP.reshape(P.shape), dGinv.reshape(Ginv.shape)
+
+
 @torch.library.custom_op("symnmf_kernels::apply_relu", mutates_args=())
 def apply_relu_op(P: torch.Tensor, Ginv: torch.Tensor) -> torch.Tensor:
     if use_triton(P, P.shape[-1]):
@@ -148,15 +159,8 @@ def apply_relu_backward(
     grad: torch.Tensor, Y: torch.Tensor, P: torch.Tensor, Ginv: torch.Tensor, H: Optional[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dP, dGinv) for Y = ReLU(P @ Ginv) given dL/dY = grad + Y @ H (H = dGram + dGram^T, optional)."""
-    r = P.shape[-1]
-    if use_triton(P, r):
-        P3, batch = as_batch(P)
-        B = P3.shape[0]
-        H3 = None if H is None else _flat_square(H, B, r)
-        dP, dGinv = _launch.apply_backward(
-            grad.reshape(B, -1, r), Y.reshape(B, -1, r), P3, _flat_square(Ginv, B, r), H3
-        )
-        return dP.reshape(P.shape), dGinv.reshape(Ginv.shape)
+    if use_triton(P, P.shape[-1]):
+        return apply_relu_backward_triton(grad, Y, P, Ginv, H)
     dP, dGinv = apply_relu_backward_torch(grad, Y, P, Ginv, H)
     return dP.contiguous(), dGinv.contiguous()
 

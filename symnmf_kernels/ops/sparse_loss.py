@@ -136,6 +136,21 @@ def _(U, S, G, W, Y, lam, coef_s, coef_g):
     return torch.empty_like(U, memory_format=torch.contiguous_format)
 
 
+def _fused(op, launcher):
+    """The Triton path of one of the ops above inside the layer loss's autograd node: the launcher itself in
+    eager mode, where the custom op's dispatch would cost host time a small call on a GPU cannot hide; the
+    custom op under torch.compile."""
+    def call(*args):
+        return op(*args) if torch.compiler.is_compiling() else launcher(*args)
+
+    return call
+
+
+_terms_fused = _fused(sparse_loss_terms, _launch.sparse_loss_terms)
+_reg_grad_fused = _fused(sparse_reg_grad, _launch.sparse_reg_grad)
+_loss_grad_fused = _fused(sparse_loss_grad, _launch.sparse_loss_grad)
+
+
 # ---- autograd --------------------------------------------------------------------------------------------------
 
 
@@ -222,7 +237,7 @@ class _SparseLayerLoss(torch.autograd.Function):
             P = R
         else:
             S = _times_x(crow, col, values, U, blockdiag)
-            sums, G = sparse_loss_terms(U, S, P, lam)
+            sums, G = _terms_fused(U, S, P, lam)
             G = G if gram is None else gram
             loss = (x_sq - 2 * sums[:, 0] + G.to(torch.float64).pow(2).sum((-2, -1))).to(U.dtype)
             reg = sums[:, 1].to(U.dtype)
@@ -259,8 +274,8 @@ class _SparseLayerLoss(torch.autograd.Function):
             return None, None, None, None, None, None, None, dU, dP, dlam, None, dgram
         W = None
         if P is not None and (need_u or need_p):
-            W = sparse_reg_grad(U, S, P, lam, 2 * greg) if ctx.fused else P * _col(2 * greg)  # P is R there
-        loss_grad = sparse_loss_grad if ctx.fused else sparse_loss_grad_torch
+            W = _reg_grad_fused(U, S, P, lam, 2 * greg) if ctx.fused else P * _col(2 * greg)  # P is R there
+        loss_grad = _loss_grad_fused if ctx.fused else sparse_loss_grad_torch
         if need_u:
             if t_crow is None:  # symmetric X: -2 (X U + X^T U) = -4 S
                 V, coef_s = W, -4 * gloss

@@ -9,10 +9,11 @@ import torch
 from . import _launch
 from ._common import as_batch, as_lam, check_same, check_tensor, needs_grad, use_triton
 from .apply_relu import (
-    apply_relu_backward_torch, apply_relu_gram, apply_relu_gram_torch, apply_relu_torch,
+    apply_relu_backward_torch, apply_relu_backward_triton, apply_relu_gram, apply_relu_gram_torch,
+    apply_relu_gram_triton, apply_relu_torch,
 )
 from .gram import gram_torch, tall_mm
-from .spd_inverse import spd_inverse, spd_inverse_backward_torch, spd_inverse_torch
+from .spd_inverse import spd_inverse, spd_inverse_backward_torch, spd_inverse_torch, spd_inverse_triton
 
 
 # ---- the torch path (CPU, and r beyond the fused kernels) --------------------------------------------------------
@@ -65,21 +66,27 @@ class _Block(torch.autograd.Function):
         return dU, dP, (_trace(dG, ctx.lam_shape) if need_lam else None), None
 
 
-class _BlockFromGramTorch(torch.autograd.Function):
-    """(Y, Y^T Y) with Y = ReLU(P (UtU + lam I)^{-1}); the Gram's gradient joins dY before the mask."""
+class _BlockFromGram(torch.autograd.Function):
+    """(Y, Y^T Y) with Y = ReLU(P (UtU + lam I)^{-1}), on the torch path or (triton=True) the Triton path, in
+    eager mode; the Gram's gradient joins dY before the mask."""
 
     @staticmethod
-    def forward(ctx, UtU, P, lam):
+    def forward(ctx, UtU, P, lam, triton):
         if lam.dim() == 0:  # lam added to a copy's diagonal: two small kernels instead of an eye, a product, a sum
             G = UtU.clone()
             G.diagonal(dim1=-2, dim2=-1).add_(lam)
         else:  # lam's batch may be wider than UtU's
             G = UtU + lam[..., None, None] * torch.eye(UtU.shape[-1], dtype=UtU.dtype, device=UtU.device)
-        Ginv, _ = spd_inverse_torch(G)
-        Y, YtY = apply_relu_gram_torch(P, Ginv)
+        if triton:  # the kernels take G^{-1} with P's batch
+            Ginv = spd_inverse_triton(G)[0].expand(*P.shape[:-2], *G.shape[-2:])
+            Y, YtY = apply_relu_gram_triton(P, Ginv)
+        else:
+            Ginv, _ = spd_inverse_torch(G)
+            Y, YtY = apply_relu_gram_torch(P, Ginv)
         if ctx is not None:  # None: called without autograd
             ctx.save_for_backward(P, Ginv, Y)
             ctx.lam_shape = lam.shape
+            ctx.triton = triton
         return Y, YtY
 
     @staticmethod
@@ -89,14 +96,17 @@ class _BlockFromGramTorch(torch.autograd.Function):
         if dY is None:
             dY = torch.zeros_like(Y)
         H = None if dYtY is None else dYtY + dYtY.mT
-        dP, dGinv = apply_relu_backward_torch(dY, Y, P, Ginv, H, need_p, need_g or need_lam)
+        if ctx.triton:
+            dP, dGinv = apply_relu_backward_triton(dY.contiguous(), Y, P, Ginv, None if H is None else H.contiguous())
+        else:
+            dP, dGinv = apply_relu_backward_torch(dY, Y, P, Ginv, H, need_p, need_g or need_lam)
         dUtU = dlam = None
         if need_g or need_lam:
             dG = spd_inverse_backward_torch(Ginv, dGinv)
             dUtU = dG if need_g else None
             if need_lam:
-                dlam = dG.diagonal(dim1=-2, dim2=-1).sum(-1).sum_to_size(ctx.lam_shape)
-        return dUtU, dP, dlam
+                dlam = _trace(dG, ctx.lam_shape)
+        return dUtU, dP, dlam, None
 
 
 # ---- the Triton path ---------------------------------------------------------------------------------------------
@@ -228,9 +238,10 @@ def symnmf_block_from_gram(UtU, P, lam, *, check_lam=True):
     if UtU.shape[-2:] != (r, r):
         raise ValueError(f"UtU must be r x r = {r} x {r} to match P, got {tuple(UtU.shape[-2:])}")
     lam = as_lam(lam, P, check_lam)
-    if not use_triton(P, r):
-        if not needs_grad(UtU, P, lam):
-            return _BlockFromGramTorch.forward(None, UtU, P, lam)
-        return _BlockFromGramTorch.apply(UtU, P, lam)
-    G = UtU + lam[..., None, None] * torch.eye(r, dtype=P.dtype, device=P.device)
-    return apply_relu_gram(P, spd_inverse(G))
+    triton = use_triton(P, r)
+    if triton and torch.compiler.is_compiling():  # the custom ops
+        G = UtU + lam[..., None, None] * torch.eye(r, dtype=P.dtype, device=P.device)
+        return apply_relu_gram(P, spd_inverse(G))
+    if not needs_grad(UtU, P, lam):
+        return _BlockFromGram.forward(None, UtU, P, lam, triton)
+    return _BlockFromGram.apply(UtU, P, lam, triton)
