@@ -63,8 +63,11 @@ def hals_sweep_kernel(
         new_k = relu(w_k + (c_k - wb_k) / b_kk)
         w = tl.where(is_k, new_k[:, None], w)
     tl.store(W + rows[:, None] * stride_wn + cols[None, :] * stride_wr, w, mask=mask)
-    # Rows past n were loaded as zeros and stay zero, so they do not raise the maxima of W >= 0.
-    tl.store(colmax + pid * BLOCK_R + cols, tl.max(w, axis=0))
+    # Rows past n were loaded as zeros and stay zero, so they do not raise the maxima of W >= 0. tl.max drops
+    # NaN on a GPU (its max instruction returns the other operand): a column of zeros and NaN would read as all
+    # zero, and the revival would overwrite its NaN with a finite value. So NaN is put back explicitly.
+    has_nan = tl.sum((w != w).to(tl.int32), axis=0) > 0
+    tl.store(colmax + pid * BLOCK_R + cols, tl.where(has_nan, float("nan"), tl.max(w, axis=0)))
 
 
 @triton.jit
