@@ -46,6 +46,7 @@ from bench.common import (  # noqa: E402
     add_run_args,
     bench,
     copy_bandwidth,
+    host_ms,
     resolve_run_args,
     roofline_fraction,
     write_table,
@@ -62,7 +63,8 @@ SIZES = {
 DENSE_LIMIT_BYTES = 4 << 30  # the dense product runs when X_dense fits in this much memory
 COLUMNS = [
     "graph", "n", "nnz", "r", "op",
-    "ours_ms", "ours1_ms", "ours4_ms", "torch_ms", "dense_ms", "ideal_MB", "copy_GB/s",
+    "ours_ms", "ours1_ms", "ours4_ms", "torch_ms", "dense_ms", "host_ours_ms", "host_torch_ms",
+    "ideal_MB", "copy_GB/s",
     "frac_ours", "frac_torch", "gather_frac_ours", "x_torch", "x1_torch", "x4_torch", "x_dense", "rel_err", "notes",
 ]
 LAM = 0.5
@@ -269,6 +271,9 @@ def bench_sparse_loss(X, Xt, r, args, bw, device):
     row = {"rel_err": max(rel_err(a, b) for a, b in zip(g_ours, g_ref))}
     row["ours_ms"] = bench(ours, warmup=args.warmup, rep=args.rep, grad_to_none=leaves, device=device)
     row["torch_ms"] = bench(plain, warmup=args.warmup, rep=args.rep, grad_to_none=leaves, device=device)
+    if device.type == "cuda":  # a step whose device time is close to its host time is bound by the host
+        row["host_ours_ms"] = host_ms(ours, grad_to_none=leaves, device=device)
+        row["host_torch_ms"] = host_ms(plain, grad_to_none=leaves, device=device)
     # two SpMMs plus the fused passes: forward reads U, S, P; backward writes W, reads P, S, U, W, Y, writes dU
     nbytes = 2 * spmm_bytes(X, r, 4) + 4 * X.shape[0] * r * 11
     row["ideal_MB"] = nbytes / 1e6
@@ -294,7 +299,8 @@ def header_lines(args, device, bw, stopped):
         "float32, TF32 off, int32 column indices; U = torch.rand(n, r), fresh per row",
         "ideal_MB (spmm): nnz (4 + 4) + 8 (n + 1) + 2 n r 4 bytes: entries once, U read once, X U written once",
         "sparse_loss: sparse_layer_loss(X, U, P, lam) forward + backward (U, P, lam) vs the same in plain torch "
-        "(torch.sparse.mm + autograd); ideal_MB: two SpMMs + 11 n r floats",
+        "(torch.sparse.mm + autograd); ideal_MB: two SpMMs + 11 n r floats; host_ours_ms, host_torch_ms (CUDA "
+        "only): median host time to issue one call, the device idle at its start (bench.common.host_ms)",
         "copy bandwidth: %.4g GB/s (device-to-device copy, bytes read + written); frac_*: (ideal bytes / time) / copy bandwidth"
         % (bw / 1e9),
         "x_torch, x_dense: speed-up of ours; rel_err: ours vs torch.sparse.mm (sparse_loss: worst gradient)",
