@@ -42,6 +42,14 @@ def test_negative_lam_is_refused_unless_opted_out(lam):
         call(check_lam=False)  # an expert's explicit opt-out
 
 
+def test_chain_form_refuses_a_gram_batch_wider_than_p():
+    UtU = torch.eye(3).expand(4, 3, 3) * 5.0
+    with pytest.raises(ValueError, match=r"UtU's batch shape \(4,\) must broadcast to P's \(2,\)"):
+        sk.symnmf_block_from_gram(UtU, torch.rand(2, 10, 3), 1.0)
+    with pytest.raises(ValueError, match=r"UtU's batch shape \(4,\) must broadcast to P's \(\)"):
+        sk.symnmf_block_from_gram(UtU, torch.rand(10, 3), 1.0)
+
+
 def test_zero_lam_is_allowed_and_the_sparse_regulariser_takes_any_lam():
     U = torch.rand(10, 3, dtype=torch.float64)
     sk.gram(U, 0.0)

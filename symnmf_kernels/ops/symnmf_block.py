@@ -7,7 +7,7 @@ fused kernel of triton/symnmf_block.py.
 import torch
 
 from . import _launch
-from ._common import as_batch, as_lam, check_same, check_tensor, needs_grad, use_triton
+from ._common import as_batch, as_lam, broadcasts_to, check_same, check_tensor, needs_grad, use_triton
 from .apply_relu import (
     apply_relu_backward_torch, apply_relu_backward_triton, apply_relu_gram, apply_relu_gram_torch,
     apply_relu_gram_triton, apply_relu_torch,
@@ -237,6 +237,9 @@ def symnmf_block_from_gram(UtU, P, lam, *, check_lam=True):
     r = P.shape[-1]
     if UtU.shape[-2:] != (r, r):
         raise ValueError(f"UtU must be r x r = {r} x {r} to match P, got {tuple(UtU.shape[-2:])}")
+    if not broadcasts_to(UtU.shape[:-2], P.shape[:-2]):
+        raise ValueError(f"UtU's batch shape {tuple(UtU.shape[:-2])} must broadcast to P's {tuple(P.shape[:-2])}: "
+                         "one Gram per problem of P, or one shared by all")
     lam = as_lam(lam, P, check_lam)
     triton = use_triton(P, r)
     if triton and torch.compiler.is_compiling():  # the custom ops
