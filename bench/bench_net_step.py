@@ -12,12 +12,12 @@ Variants, side by side on the same graph and the same weights:
 Each row gives median times (triton.testing.do_bench on CUDA; on the CPU the variants in turns), the
 speed-ups over plain torch, and the step's time against the 2L - 1 SpMMs it cannot do without (L forward,
 L - 1 backward; X U_0 is computed once per fit): spmm_floor = (2L - 1) x one SpMM / step, 1 at best.
-Graphs: planted partitions (r clusters, node order random, about 32 stored entries per row).
+Graphs: planted partitions (16 clusters, node order random, about 32 stored entries per row).
 
     python bench/bench_net_step.py               # CUDA: 100k and 1M nodes; CPU: 2,000 and 20,000, one thread
 """
 import argparse
-import math
+import functools
 import os
 import statistics
 import sys
@@ -32,8 +32,10 @@ from bench.common import add_run_args, bench, resolve_run_args, write_table  # n
 
 COLUMNS = ["n", "r", "L", "nnz", "ours_ms", "ours_graph_ms", "torch_ms", "x_torch", "x_torch_graph", "spmm_ms",
            "spmm_floor", "spmm_floor_graph", "rel_diff", "notes"]
-SIZES = {"cuda": [(100_000, 16, 5), (1_000_000, 16, 5), (1_000_000, 64, 10)],
+# The design's own size first (1M nodes, r = 64, L = 10), so a run cut short by --budget-s has it.
+SIZES = {"cuda": [(1_000_000, 64, 10), (1_000_000, 16, 5), (100_000, 16, 5)],
          "cpu": [(2_000, 8, 5), (20_000, 8, 5)]}
+CLUSTERS = 16  # of the planted graph, whatever r: the cases of one n share one graph
 
 
 def plain_objective(X, X_norm2, U0, S0, Ps, lam, beta):
@@ -50,12 +52,19 @@ def plain_objective(X, X_norm2, U0, S0, Ps, lam, beta):
     return loss
 
 
+@functools.lru_cache(maxsize=1)
+def graph(n, seed=0):
+    """The planted graph of n nodes (built on the CPU: about half a minute at 1M nodes)."""
+    from bench.bench_cpu import planted_graph
+
+    return planted_graph(n, CLUSTERS, 32, seed=seed)[0]
+
+
 def make_net(n, r, L, device, seed=0):
     """(net, X prepared, ||X||^2, X U_0) on the planted graph."""
-    from bench.bench_cpu import planted_graph
     from symnmf import SymNMFNet
 
-    X, _ = planted_graph(n, r, 32, seed=seed)
+    X = graph(n, seed)
     net = SymNMFNet(r, n_layers=L, loss_blocks="all", mu=0.0, random_state=seed)
     net.initialize(X.to(device))
     Xp = net._prepare(X.to(device))
@@ -129,7 +138,7 @@ def measure(n, r, L, args, device):
     row["rel_diff"] = objective_gap(net, Xp, X_norm2, S0)
     variants = steps(net, Xp, X_norm2, S0, graph)
     U = torch.rand(n, r, device=device)
-    variants["spmm"] = lambda: sk.spmm(Xp, U)
+    variants["spmm"] = functools.partial(sk.spmm, Xp, U)
     times = {name: [] for name in variants}
     for _ in range(args.rounds):  # the variants in turns, so a drift of the machine touches them all alike
         for name, fn in variants.items():
@@ -162,7 +171,7 @@ def main(argv=None):
     rows, start = [], time.perf_counter()
     header = [
         "one training step of SymNMF-Net (all blocks' losses and regularisers, backward, fused Adam, lam's "
-        "projection), float32, one problem, planted graph with about 32 stored entries per row",
+        "projection), float32, one problem, planted graph (16 clusters) with about 32 stored entries per row",
         "ours: SymNMFNet's step as fit takes it; ours_graph: the same step replayed from a CUDA graph; torch: the "
         "network in plain torch (torch.sparse.mm, torch.linalg.inv, autograd; bench_net_step.plain_objective)",
         "times: median of %d rounds of the variants in turns, each %s" % (
