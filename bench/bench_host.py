@@ -180,6 +180,35 @@ def measure(op, B, n, r, rounds):
     return rows
 
 
+def measure_net_step(n, r, L, rounds):
+    """SymNMF-Net's training step (SymNMFNet's objective op by op, as on a GPU without a CUDA graph, its
+    backward, the fused Adam, lam's projection) on a planted graph of n nodes: one row, variant "default".
+    The SpMMs are the extension's CPU kernel and run for real (cheap at this n); the Triton launches are skipped."""
+    from bench.bench_cpu import planted_graph
+    from symnmf import SymNMFNet
+
+    counter = [0]
+    with launches_skipped(counter):
+        X, _ = planted_graph(n, r, 20, seed=0)
+        net = SymNMFNet(r, n_layers=L, random_state=0)
+        net.initialize(X)  # its kernels skipped too: the weights hold whatever memory held, which costs no host time
+        Xp = net._prepare(X)
+        x_norm2 = Xp.values().pow(2).sum()
+        S0 = net._start_product(Xp)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss, _, _ = net._objective(Xp, x_norm2, S0, None)
+            loss.sum().backward()
+            opt.step()
+            net.project_lam()
+
+        (us, launches), = time_in_turns({"default": step}, counter, rounds).values()
+    return [{"op": "net step (L = %d)" % L, "B": 1, "n": n, "r": r, "work": "forward + backward + Adam",
+             "variant": "default", "host_us": us, "launches": launches}]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15, help="rounds of 20 calls of each variant (median)")
@@ -192,6 +221,7 @@ def main(argv=None):
         rows += measure("symnmf_block", B, n, r, args.rounds)
     for op, B, n, r in OP_CASES:
         rows += measure(op, B, n, r, args.rounds)
+    rows += measure_net_step(300, 8, 5, args.rounds)
     header = [
         "host time per call of the ops' Triton path with every kernel launch skipped: the library's "
         "Python, torch's dispatch and the allocations, without Triton's launch cost or any GPU time",
@@ -202,6 +232,8 @@ def main(argv=None):
         "launcher itself), custom_op = the torch.library op torch.compile traces, split = every problem on the "
         "split-n kernels",
         "launches: Triton launches per call; x_custom_op: the custom op's host time over the row's",
+        "net step: SymNMFNet(8, n_layers=5), one restart, its objective op by op (the GPU's eager step) on a planted "
+        "graph of 300 nodes; its SpMMs run on the CPU (the extension's kernel)",
     ]
     write_table("bench_host", rows, COLUMNS, header, out_dir=args.out, device=torch.device("cpu"))
 
