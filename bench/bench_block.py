@@ -217,7 +217,9 @@ def measure(case, variants, args, bw, device):
         row[name + "_ms"] = ms
         row["frac_" + name] = roofline_fraction(nbytes, ms, bw)
         if name in ("ours", "eager") and device.type == "cuda" and math.isfinite(ms):
-            row["host_%s_ms" % name] = host_ms(lambda: call(kernel, impl, x), grad_to_none=grads, device=device)
+            # 10 calls: the host's time varies little, and each call waits for the device before it starts
+            row["host_%s_ms" % name] = host_ms(lambda: call(kernel, impl, x), grad_to_none=grads, device=device,
+                                               runs=10)
     for peer in ("eager", "compile"):
         ours, theirs = row.get("ours_ms", float("nan")), row.get(peer + "_ms")
         row["x_" + peer] = theirs / ours if theirs is not None and ours > 0 else float("nan")
