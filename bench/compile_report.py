@@ -63,7 +63,7 @@ def configs(quick):
     the smallest and largest r, and float64."""
     kernels = [
         (gram.gram_partials_kernel, ["ATOMIC"]),
-        (gram.gram_finalize_kernel, []),
+        (gram.gram_finalize_kernel, ["HAS_LAM"]),
         (spd_inverse.spd_inverse_kernel, []),
         (apply_relu.apply_kernel, ["RELU", "EMIT_GRAM"]),
         (apply_relu.apply_backward_kernel, ["HAS_H", "RELU"]),

@@ -60,14 +60,15 @@ def _partials(A, B, splits, BR):
 
 
 def reduce_partials(partials, lam, r, out_dtype):
-    """Sum (B, splits, BR, BR) partials and add lam (B,) on the diagonal: (B, r, r)."""
+    """Sum (B, splits, BR, BR) partials and add lam (B,) on the diagonal, or nothing with lam None: (B, r, r)."""
     B, splits, BR, _ = partials.shape
     G = torch.empty((B, r, r), dtype=out_dtype, device=partials.device)
     # 16 programs per problem at BLOCK_R = 64 (64 at 128) share the reduction over the splits
     # (about 500 of them at n = 1M on an H100 or H200), which one program per problem did serially.
     chunk = min(BR * BR, FINALIZE_CHUNK)
     gram_finalize_kernel[(B, BR * BR // chunk)](
-        partials, lam, G, splits, r, *G.stride(), BLOCK_R=BR, CHUNK=chunk, SPLITS=FINALIZE_SPLITS, num_warps=4,
+        partials, lam if lam is not None else partials, G, splits, r, *G.stride(),
+        BLOCK_R=BR, CHUNK=chunk, SPLITS=FINALIZE_SPLITS, HAS_LAM=lam is not None, num_warps=4,
     )
     return G
 
@@ -218,8 +219,7 @@ def apply_backward(grad, Y, A, M, H=None, relu=True, precision=None, reduce=True
     )
     if not reduce:
         return dA, partials
-    zero_lam = torch.zeros((B,), dtype=partials.dtype, device=A.device)
-    return dA, reduce_partials(partials, zero_lam, r, A.dtype)
+    return dA, reduce_partials(partials, None, r, A.dtype)
 
 
 def sym_loss(X, U, precision=None):
@@ -250,8 +250,7 @@ def sparse_loss_terms(U, S, P, lam):
         HAS_P=P is not None, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype), PRECISION=input_precision(U, r, True),
         num_warps=warps,
     )
-    zero_lam = torch.zeros((B,), dtype=partials.dtype, device=U.device)
-    return sums.sum(1), reduce_partials(partials, zero_lam, r, U.dtype)
+    return sums.sum(1), reduce_partials(partials, None, r, U.dtype)
 
 
 def sparse_reg_grad(U, S, P, lam, coef):

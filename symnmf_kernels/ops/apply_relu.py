@@ -112,8 +112,7 @@ def apply_relu_gram_triton(P, Ginv):
     P3, batch = as_batch(P)
     B = P3.shape[0]
     Y, partials = _launch.apply(P3, _flat_square(Ginv, B, r), relu=True, emit_gram=True)
-    zero = torch.zeros((B,), dtype=partials.dtype, device=P.device)
-    return Y.reshape(P.shape), _launch.reduce_partials(partials, zero, r, P.dtype).reshape(*batch, r, r)
+    return Y.reshape(P.shape), _launch.reduce_partials(partials, None, r, P.dtype).reshape(*batch, r, r)
 
 
 def apply_relu_backward_triton(grad, Y, P, Ginv, H=None):

@@ -74,10 +74,11 @@ def gram_partials_kernel(
 def gram_finalize_kernel(
     partials, lam, G, num_splits, r,
     stride_gb, stride_gr, stride_gc,
-    BLOCK_R: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr,
+    BLOCK_R: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr, HAS_LAM: tl.constexpr = True,
 ):
     """Program (b, c) sums entries [c * CHUNK, (c + 1) * CHUNK) of the flattened BLOCK_R x BLOCK_R
-    partials of problem b over every split, adds lam on the diagonal and writes them to G[b].
+    partials of problem b over every split, adds lam on the diagonal (with HAS_LAM; lam is not read
+    otherwise) and writes them to G[b].
 
     Each step loads a SPLITS x CHUNK block (many independent loads in flight) and the splits
     are always summed in the same order, so the result is bitwise repeatable.
@@ -95,6 +96,7 @@ def gram_finalize_kernel(
         acc += tl.sum(block, axis=0)
     row = entries // BLOCK_R
     col = entries % BLOCK_R
-    lam_b = tl.load(lam + b).to(acc.dtype)
-    acc = tl.where(row == col, acc + lam_b, acc)
+    if HAS_LAM:
+        lam_b = tl.load(lam + b).to(acc.dtype)
+        acc = tl.where(row == col, acc + lam_b, acc)
     tl.store(G + b * stride_gb + row * stride_gr + col * stride_gc, acc, mask=(row < r) & (col < r))
