@@ -8,6 +8,8 @@ side by side on the same fresh random inputs:
     ours      sk.gram / sk.spd_inverse / sk.apply_relu / sk.symnmf_block
     eager     sk.reference.* (plain torch)
     compile   torch.compile(sk.reference.*, dynamic=True)
+    triton    ours with every product in the Triton kernels, at the widths (r > 64 on CUDA) where the library
+              runs its plain products as torch's GEMMs instead (ops._common.cublas_products)
 
 Each row gives the median time of each variant, the ideal traffic of our kernel
 (the bytes it must move at least), each variant's achieved fraction of the
@@ -71,11 +73,11 @@ TARGETS = {
 
 COLUMNS = [
     "kernel", "B", "n", "r",
-    "ours_ms", "eager_ms", "compile_ms",
+    "ours_ms", "eager_ms", "compile_ms", "triton_ms",
     "host_ours_ms", "host_eager_ms",
     "ideal_MB", "copy_GB/s",
     "frac_ours", "frac_eager", "frac_compile",
-    "x_eager", "x_compile",
+    "x_eager", "x_compile", "x_triton",
     "rel_err", "notes",
 ]
 
@@ -208,27 +210,59 @@ def measure(case, variants, args, bw, device):
         row["rel_err"] = float("nan")
         notes.append("check: " + short_error(exc))
     for name, impl in variants.items():
+        if name == "triton" and not triton_differs(r, device):
+            continue
+        run = lambda: call(kernel, impl, x)  # noqa: E731
+        if name == "triton":
+            run = all_triton(run)
         try:
-            ms = bench(lambda: call(kernel, impl, x), warmup=args.warmup, rep=args.rep, grad_to_none=grads, device=device)
+            ms = bench(run, warmup=args.warmup, rep=args.rep, grad_to_none=grads, device=device)
         except Exception as exc:
             ms = float("nan")
             notes.append("%s: %s" % (name, short_error(exc)))
             release(device)
         row[name + "_ms"] = ms
-        row["frac_" + name] = roofline_fraction(nbytes, ms, bw)
+        if name != "triton":
+            row["frac_" + name] = roofline_fraction(nbytes, ms, bw)
         if name in ("ours", "eager") and device.type == "cuda" and math.isfinite(ms):
             # 10 calls: the host's time varies little, and each call waits for the device before it starts
             row["host_%s_ms" % name] = host_ms(lambda: call(kernel, impl, x), grad_to_none=grads, device=device,
                                                runs=10)
-    for peer in ("eager", "compile"):
+    for peer in ("eager", "compile", "triton"):
         ours, theirs = row.get("ours_ms", float("nan")), row.get(peer + "_ms")
-        row["x_" + peer] = theirs / ours if theirs is not None and ours > 0 else float("nan")
+        if theirs is None:  # not run: a blank cell
+            row["x_" + peer] = None
+            continue
+        row["x_" + peer] = theirs / ours if ours > 0 else float("nan")
     if "compile" not in variants:
         row["compile_ms"] = row["frac_compile"] = row["x_compile"] = None
     row["notes"] = "; ".join(notes)
     del x, grads
     release(device)
     return row
+
+
+def triton_differs(r, device):
+    """Whether the library runs some product of rank r as a torch GEMM on this device (the triton variant then
+    times something else than ours)."""
+    from symnmf_kernels.ops import _common
+
+    return device.type == "cuda" and _common.block_r(r) >= _common.CUBLAS_MIN_BLOCK_R
+
+
+def all_triton(fn):
+    """fn with the library's GEMM rule switched off during the call: every product in the Triton kernels."""
+    from symnmf_kernels.ops import _common
+
+    def call(*args):
+        previous = _common.CUBLAS_MIN_BLOCK_R
+        _common.CUBLAS_MIN_BLOCK_R = 1 << 20
+        try:
+            return fn(*args)
+        finally:
+            _common.CUBLAS_MIN_BLOCK_R = previous
+
+    return call
 
 
 def make_variants(use_compile):
@@ -241,6 +275,7 @@ def make_variants(use_compile):
         # dynamic=True: one compilation per kernel (and input rank) for all sizes, so the
         # run never reaches dynamo's recompile limit and silently falls back to eager.
         variants["compile"] = {k: torch.compile(getattr(reference, k), dynamic=True) for k in names}
+    variants["triton"] = variants["ours"]  # timed with the GEMM rule off (all_triton), backward included
     return variants
 
 
@@ -266,6 +301,8 @@ def header_lines(args, device, bw, stopped):
         "gradients for U, P and lam (lam a 0-d tensor)",
         "copy bandwidth: %.4g GB/s (device-to-device copy, bytes read + written); frac_*: (ideal bytes / time) / copy bandwidth"
         % (bw / 1e9),
+        "triton_ms (CUDA, r > 64 only): ours with every product in the Triton kernels, where the library runs its "
+        "plain products as torch's GEMMs (ops._common.cublas_products); x_triton: its time / ours",
         "x_eager, x_compile: speed-up of ours over each peer; rel_err: ours vs eager, ||a - b|| / ||b||, worst output or gradient",
         "host_ours_ms, host_eager_ms (CUDA only): median host time to issue one call, the device idle at its start "
         "(bench.common.host_ms); a time close to it is bound by the host, not by the kernels",

@@ -16,9 +16,9 @@ sys.path.insert(0, ROOT)
 from bench import common  # noqa: E402
 
 BLOCK_COLUMNS = [
-    "kernel", "B", "n", "r", "ours_ms", "eager_ms", "compile_ms", "host_ours_ms", "host_eager_ms",
+    "kernel", "B", "n", "r", "ours_ms", "eager_ms", "compile_ms", "triton_ms", "host_ours_ms", "host_eager_ms",
     "ideal_MB", "copy_GB/s",
-    "frac_ours", "frac_eager", "frac_compile", "x_eager", "x_compile", "rel_err", "notes",
+    "frac_ours", "frac_eager", "frac_compile", "x_eager", "x_compile", "x_triton", "rel_err", "notes",
 ]
 POSITIVE = ["ours_ms", "eager_ms", "ideal_MB", "copy_GB/s", "frac_ours", "frac_eager", "x_eager"]
 KERNELS = {"gram", "spd_inverse", "apply_relu", "symnmf_block", "symnmf_block_fwd_bwd", "sym_loss"}

@@ -121,6 +121,25 @@ def input_precision(t, r, reduction, precision=None):
     return precision
 
 
+# From this padded width, on CUDA and under the "auto" precision, the products over n rows that the Triton kernels
+# only multiply (U^T U, A @ M without a ReLU, the backward's Zb M^T and A^T Zb, the dense loss's U U^T) run as
+# torch's GEMMs (cuBLAS) instead; the ReLU product P G^{-1}, whose ReLU is fused into its pass, stays a Triton
+# kernel. On an H200 at r = 128 (bench/results/bench_block-2026-11-27-NVIDIA-H200.md) the kernels' tf32x3 dots ran
+# at 0.70-0.84x cuBLAS's float32 GEMM for the Gram (n = 100,000 to 4M), the block's forward + backward at
+# 0.79-0.85x eager torch, and the dense loss at 0.35-0.39x, while the ReLU product was 1.15-1.23x eager.
+CUBLAS_MIN_BLOCK_R = 128
+
+
+def cublas_products(t, r, precision=None):
+    """Whether the n-row products of an op on tensor t at rank r run as torch's GEMMs rather than Triton kernels:
+    on CUDA from CUBLAS_MIN_BLOCK_R, under the "auto" dot precision (an explicit precision keeps the kernels), and
+    for float32 only while torch's own float32 products are full precision (torch.set_float32_matmul_precision
+    "highest", its default): with TF32 in torch's GEMMs the Gram would lose the accuracy its Cholesky needs."""
+    if not t.is_cuda or block_r(r) < CUBLAS_MIN_BLOCK_R or (precision or _dot_precision[0]) != "auto":
+        return False
+    return t.dtype != torch.float32 or torch.get_float32_matmul_precision() == "highest"
+
+
 def block_r(r):
     """Padded width of an r-wide tile: a power of two, at least 16 for tl.dot."""
     return max(16, 1 << (r - 1).bit_length())

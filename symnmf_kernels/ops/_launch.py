@@ -18,7 +18,7 @@ from ..triton.nnls import nnls_kernel
 from ..triton.sparse_loss import sparse_loss_grad_kernel, sparse_loss_terms_kernel, sparse_reg_grad_kernel
 from ..triton.sym_loss import sym_loss_partials_kernel
 from ._common import (
-    acc_dtype, block_n, block_r, dgram_warps, hals_tiles, input_precision, inverse_warps, num_warps, split_rows,
+    acc_dtype, block_n, block_r, cublas_products, dgram_warps, hals_tiles, input_precision, inverse_warps, num_warps, split_rows,
     tiles, triton_cdiv,
 )
 
@@ -39,6 +39,8 @@ INVERSE_MAX_BLOCK_R = 64
 # bytes per thread on the stack in the sm_90 compile (bench/compile_report.py), the sweep none. Below it the
 # choice has not been timed on a GPU yet (bench/bench_block.py --inverse, run_gpu.sh's `inverse` step).
 SWEEP_MIN_BLOCK_R = 128
+# Entries of the residual X - U U^T that the dense loss forms at a time where `cublas_products`.
+LOSS_ROWS_ELEMENTS = 1 << 24
 # Partial sums one finalize program loads per step.
 FINALIZE_SPLITS = 16
 # Entries of the r x r result per finalize program: one program per problem up to BLOCK_R = 16, which then
@@ -90,6 +92,10 @@ def gram_partials(U, precision=None, deterministic=True):
 
 def gram(U, lam, deterministic=True, precision=None):
     """U^T U + lam I; lam is a (B,) tensor."""
+    if cublas_products(U, U.shape[-1], precision):
+        G = torch.bmm(U.mT, U)
+        G.diagonal(dim1=-2, dim2=-1).add_(lam[:, None])
+        return G
     return reduce_partials(gram_partials(U, precision, deterministic), lam, U.shape[-1], U.dtype)
 
 
@@ -154,6 +160,10 @@ def symnmf_block_backward(grad, Y, P, Ginv, U, precision=None):
     n = P.shape[1]
     if not small_block_backward(m, n, r):
         BR = block_r(r)
+        if cublas_products(P, r, precision):  # every product of the backward is a GEMM there
+            dP, PtZb = apply_backward(grad, Y, P, Ginv, precision=precision)
+            dG = -(Ginv.mT @ PtZb @ Ginv.mT)
+            return torch.bmm(U, dG + dG.mT), dP, dG
         if BR > SMALL_BACKWARD_MAX_BLOCK_R:  # beyond the register tiles of the r x r kernel
             dP, PtZb = apply_backward(grad, Y, P, Ginv, precision=precision)
             dG = -(Ginv.mT @ PtZb @ Ginv.mT)
@@ -188,7 +198,9 @@ def symnmf_block_backward(grad, Y, P, Ginv, U, precision=None):
 
 
 def apply(A, M, relu, emit_gram=False, precision=None):
-    """[ReLU](A @ M), and with emit_gram the Gram partials of the result."""
+    """[ReLU](A @ M), and with emit_gram the Gram partials of the result (see `apply_relu_gram` for the Gram)."""
+    if not relu and cublas_products(A, A.shape[-1], precision):
+        return torch.bmm(A, M)
     B, n, r, BR, BN, warps, rows_per_split, splits = _geometry(A, "apply")
     Y = torch.empty((B, n, r), dtype=A.dtype, device=A.device)
     partials = _partials(A, B, splits, BR) if emit_gram else Y  # Y stands in for an unused pointer
@@ -200,12 +212,28 @@ def apply(A, M, relu, emit_gram=False, precision=None):
     return (Y, partials) if emit_gram else Y
 
 
+def apply_relu_gram(P, M, precision=None):
+    """(Y, Y^T Y) with Y = ReLU(P @ M): the Gram from the same pass, or from a GEMM where `cublas_products`."""
+    r = P.shape[-1]
+    if cublas_products(P, r, precision):
+        Y = apply(P, M, relu=True, precision=precision)
+        return Y, torch.bmm(Y.mT, Y)
+    Y, partials = apply(P, M, relu=True, emit_gram=True, precision=precision)
+    return Y, reduce_partials(partials, None, r, P.dtype)
+
+
 def apply_backward(grad, Y, A, M, H=None, relu=True, precision=None, reduce=True):
     """Backward of Y = [ReLU](A @ M): (dA, dM) with dM of shape (B, r, r).
 
     H, when given, adds Y @ H to grad first (the gradient through Y^T Y). reduce=False returns dM as its
-    (B, splits, BR, BR) partial sums, for a kernel that adds them up itself.
+    (B, splits, BR, BR) partial sums, for a kernel that adds them up itself (not where `cublas_products`).
     """
+    if reduce and cublas_products(A, A.shape[-1], precision):
+        if H is not None:
+            grad = torch.baddbmm(grad, Y, H)
+        # threshold_backward: the gradient passes where Y is NaN, as in the kernel and torch's relu backward
+        Zb = torch.ops.aten.threshold_backward(grad, Y, 0) if relu else grad
+        return torch.bmm(Zb, M.mT), torch.bmm(A.mT, Zb)
     B, n, r, BR, BN, warps, rows_per_split, splits = _geometry(A, "apply_backward")
     dA = torch.empty((B, n, r), dtype=A.dtype, device=A.device)
     partials = _partials(A, B, splits, BR)
@@ -225,6 +253,14 @@ def apply_backward(grad, Y, A, M, H=None, relu=True, precision=None, reduce=True
 def sym_loss(X, U, precision=None):
     """||X[b] - U[b] U[b]^T||_F^2 for each b: (B,)."""
     B, n, r = U.shape
+    if cublas_products(U, r, precision):
+        # R = X - U U^T a block of rows at a time (at most LOSS_ROWS_ELEMENTS entries): no n x n temporary
+        rows = max(1, min(n, LOSS_ROWS_ELEMENTS // (B * n)))
+        total = torch.zeros((B,), dtype=torch.float64, device=U.device)
+        for i in range(0, n, rows):
+            R = torch.baddbmm(X[:, i:i + rows], U[:, i:i + rows], U.mT, alpha=-1)
+            total += torch.linalg.vector_norm(R, dim=(-2, -1)).double().square()
+        return total.to(U.dtype)
     BR = block_r(r)
     BN, warps = tiles("loss", r, X.device)
     n_tiles = triton_cdiv(n, BN)

@@ -110,9 +110,8 @@ def apply_relu_gram_triton(P, Ginv):
     """(Y, Y^T Y) with Y = ReLU(P @ Ginv) by the Triton kernels, from one pass over P."""
     r = P.shape[-1]
     P3, batch = as_batch(P)
-    B = P3.shape[0]
-    Y, partials = _launch.apply(P3, _flat_square(Ginv, B, r), relu=True, emit_gram=True)
-    return Y.reshape(P.shape), _launch.reduce_partials(partials, None, r, P.dtype).reshape(*batch, r, r)
+    Y, YtY = _launch.apply_relu_gram(P3, _flat_square(Ginv, P3.shape[0], r))
+    return Y.reshape(P.shape), YtY.reshape(*batch, r, r)
 
 
 def apply_relu_backward_triton(grad, Y, P, Ginv, H=None):
