@@ -41,13 +41,18 @@ def test_rule():
     assert not _common.cublas_products(gpu32, 128, "tf32x3")  # an explicit precision keeps the kernels
     with sk.dot_precision("ieee"):
         assert not _common.cublas_products(gpu32, 128)
-    previous = torch.get_float32_matmul_precision()
+    previous = torch.backends.cuda.matmul.fp32_precision, torch.backends.fp32_precision
     try:
-        torch.set_float32_matmul_precision("high")  # TF32 in torch's float32 GEMMs: not for the Gram
+        torch.backends.cuda.matmul.fp32_precision = "tf32"  # TF32 in torch's float32 GEMMs: not for the Gram
         assert not _common.cublas_products(gpu32, 128)
         assert _common.cublas_products(gpu64, 128)
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        assert _common.cublas_products(gpu32, 128)
+        torch.backends.cuda.matmul.fp32_precision = "none"
+        torch.backends.fp32_precision = "tf32"  # the global setting, inherited
+        assert not _common.cublas_products(gpu32, 128)
     finally:
-        torch.set_float32_matmul_precision(previous)
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.fp32_precision = previous
 
 
 def _grads(fn, inputs, g):

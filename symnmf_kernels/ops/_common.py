@@ -133,11 +133,24 @@ CUBLAS_MIN_BLOCK_R = 128
 def cublas_products(t, r, precision=None):
     """Whether the n-row products of an op on tensor t at rank r run as torch's GEMMs rather than Triton kernels:
     on CUDA from CUBLAS_MIN_BLOCK_R, under the "auto" dot precision (an explicit precision keeps the kernels), and
-    for float32 only while torch's own float32 products are full precision (torch.set_float32_matmul_precision
-    "highest", its default): with TF32 in torch's GEMMs the Gram would lose the accuracy its Cholesky needs."""
+    for float32 only while torch's own float32 GEMMs are full precision (its default): with TF32 in torch's GEMMs
+    the Gram would lose the accuracy its Cholesky needs."""
     if not t.is_cuda or block_r(r) < CUBLAS_MIN_BLOCK_R or (precision or _dot_precision[0]) != "auto":
         return False
-    return t.dtype != torch.float32 or torch.get_float32_matmul_precision() == "highest"
+    return t.dtype != torch.float32 or _torch_float32_gemm_exact()
+
+
+def _torch_float32_gemm_exact():
+    """Whether torch's float32 GEMMs on CUDA are full precision. Read from torch's per-backend setting, which the
+    legacy switches (allow_tf32, set_float32_matmul_precision) also set; torch.get_float32_matmul_precision raises
+    once the two APIs have been mixed."""
+    try:
+        mode = torch.backends.cuda.matmul.fp32_precision
+        if mode == "none":  # inherits the global setting
+            mode = torch.backends.fp32_precision
+        return mode in ("none", "ieee")
+    except (AttributeError, RuntimeError):  # pragma: no cover - a torch without the per-backend setting
+        return torch.get_float32_matmul_precision() == "highest"
 
 
 def block_r(r):
