@@ -10,9 +10,13 @@ on the same U (row-permuted to match):
     torch   torch.sparse.mm (MKL on the CPU, cuSPARSE on CUDA)
 
 with the one-off cost of the renumbering (order + permute, on the host) and
-how many SpMMs it takes to pay for itself.
+how many SpMMs it takes to pay for itself. With --fits, whole fits as users run
+them (`symnmf.fitting.fit_affinity`) of the graph in random order, with
+node_order=None against node_order="rcm" (the renumbering included in the
+time), and whether they end at the same labels (table bench_reorder_fit).
 
     python bench/bench_reorder.py --device cpu --n 200000
+    python bench/bench_reorder.py --device cpu --n 200000 --ranks 16 --fits hals,net --fit-iters 30
 """
 import argparse
 import os
@@ -30,6 +34,33 @@ from symnmf_kernels.sparse import locality_order, permute  # noqa: E402
 
 COLUMNS = ["graph", "n", "nnz", "r", "order", "order_s", "ours_ms", "torch_ms", "x_random_ours", "x_random_torch",
            "pays_after_spmms"]
+FIT_COLUMNS = ["graph", "n", "nnz", "r", "solver", "iterations", "none_s", "rcm_fit_s", "rcm_order_s", "x_rcm",
+               "same_labels", "rel_error_none", "rel_error_rcm"]
+
+
+def time_fits(kind, X, r, solvers, iters, seed, device):
+    """Rows of FIT_COLUMNS: each solver's fit of X with node_order None and "rcm", run in turns, twice each (the
+    faster of two kept: the first run of a solver also pays its one-off costs, its kernels' first calls)."""
+    from symnmf.fitting import fit_affinity
+
+    A = X.to_torch()
+    rows = []
+    for solver in solvers:
+        runs = {None: [], "rcm": []}
+        for _ in range(2):
+            for order in runs:
+                runs[order].append(fit_affinity(A, r, solver, random_state=seed, max_iter=iters, tol=0.0,
+                                                node_order=order, progress=False))
+        plain = min(runs[None], key=lambda f: f.seconds)
+        renum = min(runs["rcm"], key=lambda f: f.seconds + f.order_seconds)
+        rows.append({
+            "graph": kind, "n": X.shape[0], "nnz": X.nnz, "r": r, "solver": solver, "iterations": iters,
+            "none_s": plain.seconds, "rcm_fit_s": renum.seconds, "rcm_order_s": renum.order_seconds,
+            "x_rcm": plain.seconds / (renum.seconds + renum.order_seconds),
+            "same_labels": float((plain.labels == renum.labels).mean()),
+            "rel_error_none": plain.rel_error, "rel_error_rcm": renum.rel_error,
+        })
+    return rows
 
 
 def main(argv=None):
@@ -39,6 +70,9 @@ def main(argv=None):
     parser.add_argument("--ranks", default="16,64")
     parser.add_argument("--graphs", default="knn_like,knn_gauss")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--fits", default="", help="solvers whose whole fits to time, e.g. hals,net (default: none)")
+    parser.add_argument("--fit-iters", type=int, default=30,
+                        help="iterations of each timed fit (the net's training steps), tolerance 0")
     args = resolve_run_args(parser, parser.parse_args(argv))
     device = args.device
     if args.threads:
@@ -51,7 +85,15 @@ def main(argv=None):
         f"{torch.get_num_threads()} CPU threads; order_s: seconds of locality_order + permute (host)",
         "x_random_*: speed-up over the random order; pays_after_spmms: order_s over the time ours saves per SpMM",
     ]
-    rows = []
+    rows, fit_rows = [], []
+    fit_header = header[:1] + [
+        f"fit_affinity(A, r, solver, random_state={args.seed}, max_iter=--fit-iters, tol=0) of the graph in random "
+        f"order, node_order=None and \"rcm\", in turns, the faster of two runs each; {torch.get_num_threads()} CPU "
+        "threads on the CPU",
+        "none_s, rcm_fit_s: the fit's seconds; rcm_order_s: the renumbering's; x_rcm: none_s over rcm_fit_s + "
+        "rcm_order_s; same_labels: the fraction of nodes with the same label in both",
+    ]
+    solvers = [s for s in args.fits.split(",") if s]
     for kind in args.graphs.split(","):
         X0 = make_graph(kind, n, device, args.seed)
         gen = torch.Generator(device="cpu").manual_seed(args.seed)
@@ -82,6 +124,14 @@ def main(argv=None):
                 })
                 write_table("bench_reorder", rows, COLUMNS, header_lines=header, out_dir=args.out, device=device,
                             echo=False)
+        if solvers:
+            for r in [int(x) for x in args.ranks.split(",")]:
+                fit_rows += time_fits(kind, X, r, solvers, args.fit_iters, args.seed, device)
+                write_table("bench_reorder_fit", fit_rows, FIT_COLUMNS, header_lines=fit_header, out_dir=args.out,
+                            device=device, echo=False)
+    if fit_rows:
+        write_table("bench_reorder_fit", fit_rows, FIT_COLUMNS, out_dir=args.out, device=device, echo=True,
+                    header_lines=fit_header)
     write_table("bench_reorder", rows, COLUMNS, out_dir=args.out, device=device, echo=True, header_lines=header)
     return 0
 

@@ -127,6 +127,8 @@ def test_cluster_input_errors_are_one_line_before_any_fit(tmp_path, capsys, monk
     (tmp_path / "empty.csv").write_text("")
     (tmp_path / "text.csv").write_text("a,b\nc,d\n")
     np.save(tmp_path / "ok.npy", np.random.rand(12, 3))
+    dense = np.random.rand(12, 12)
+    np.save(tmp_path / "dense_affinity.npy", dense + dense.T)
     (tmp_path / "a-file").write_text("x")
     cases = [
         (["empty.npy", "-k", "2"], "is empty"),
@@ -144,6 +146,7 @@ def test_cluster_input_errors_are_one_line_before_any_fit(tmp_path, capsys, monk
         (["ok.npy", "-k", "2", "--solver", "hals", "--restarts", "2"], "--restarts applies to SymNMF-Net"),
         (["ok.npy", "-k", "2", "--device", "gpu"], "--device 'gpu' is not a device torch knows"),
         (["ok.npy", "-k", "2", "--device", "cuda:99"], "--device 'cuda:99' cannot be used"),
+        (["dense_affinity.npy", "-k", "2", "--node-order", "rcm"], "--node-order: node_order='rcm' renumbers"),
     ]
     for argv, message in cases:
         argv = [str(tmp_path / a) if a.endswith((".npy", ".csv")) else a for a in argv]

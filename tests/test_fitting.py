@@ -154,3 +154,58 @@ def test_a_normalised_graph_is_factorised_as_it_is():
     assert fit.scale == 1.0
     start = fitting.init_factor(X, 3, fitting.make_generator(0))
     assert torch.equal(fit.U, FUNCTIONS["hals"](X, start, max_iter=40).U)
+
+
+def shuffled_sparse_blocks(n_blocks, size, seed):
+    """A sparse graph of n_blocks dense-ish blocks, its nodes in random order (a renumbering has locality to find)."""
+    A, labels = blocks([size] * n_blocks, seed)
+    order = np.random.default_rng(seed + 1).permutation(len(labels))
+    return build_affinity(A[order][:, order], "precomputed", device="cpu").to_sparse_csr(), labels[order]
+
+
+@pytest.mark.parametrize("solver", ["hals", "net", "anls"])
+def test_a_renumbered_fit_ends_where_the_fit_without_it_does(solver):
+    A, _ = shuffled_sparse_blocks(3, 40, 0)
+    kwargs = dict(random_state=3, max_iter=4 if solver == "net" else 40, tol=0.0)
+    if solver == "net":  # the spectral start: its random draws are renumbered too
+        kwargs["net_options"] = {"n_restarts": 2, "polish_iter": 3, "init": "spectral", "init_noise": 0.1}
+    plain = fit_affinity(A, 3, solver, node_order=None, **kwargs)
+    renumbered = fit_affinity(A, 3, solver, node_order="rcm", **kwargs)
+    assert plain.node_order is None and renumbered.node_order == "rcm" and renumbered.order_seconds > 0
+    # the start drawn in A's numbering, the factor mapped back: the same fit up to rounding
+    assert torch.allclose(renumbered.U, plain.U, rtol=1e-6, atol=1e-8)
+    assert np.array_equal(renumbered.labels, plain.labels)
+    assert renumbered.rel_error == pytest.approx(plain.rel_error, rel=1e-9)
+    assert renumbered.modularity == pytest.approx(plain.modularity, rel=1e-9)
+    if solver == "net":  # the trained net's node-indexed state is in A's numbering too
+        assert torch.allclose(renumbered.net.U0, plain.net.U0, rtol=1e-6, atol=1e-8)
+        for P_renumbered, P_plain in zip(renumbered.net.P, plain.net.P):
+            assert torch.allclose(P_renumbered, P_plain, rtol=1e-5, atol=1e-7)
+
+
+def test_node_order_rules(monkeypatch):
+    A, _ = shuffled_sparse_blocks(2, 30, 1)
+    dense = A.to_dense()
+    assert fitting.resolve_node_order("auto", A) is None  # below AUTO_ORDER_MIN_NODES
+    monkeypatch.setattr(fitting, "AUTO_ORDER_MIN_NODES", 60)
+    assert fitting.resolve_node_order("auto", A) == "rcm"
+    assert fitting.fit_affinity(A, 2, "hals", random_state=0, max_iter=5).node_order == "rcm"
+    assert fitting.resolve_node_order("auto", dense) is None  # a dense similarity keeps its numbering
+    assert fitting.resolve_node_order("degree", A) == "degree" and fitting.resolve_node_order(None, dense) is None
+    with pytest.raises(ValueError, match="dense similarity gains nothing"):
+        fitting.resolve_node_order("rcm", dense)
+    with pytest.raises(ValueError, match="node_order must be one of"):
+        fit_affinity(A, 2, "hals", node_order="cuthill")
+
+
+def test_a_start_drawn_for_a_renumbered_graph():
+    from symnmf.solvers.base import init_factor, make_generator, renumbered_start
+
+    A, _ = shuffled_sparse_blocks(2, 30, 2)
+    perm = torch.randperm(60)
+    plain = init_factor(A, 3, make_generator(5), batch_shape=(2,))
+    with renumbered_start(perm):
+        renumbered = init_factor(A, 3, make_generator(5), batch_shape=(2,))
+    assert torch.equal(renumbered, plain[:, perm])
+    with renumbered_start(torch.arange(7)), pytest.raises(ValueError, match="renumbering has 7 nodes"):
+        init_factor(A, 3, make_generator(5))

@@ -24,6 +24,11 @@ Defaults
   SymNMF-Net: 3.1 s on one thread, 57.6 s on two busy cores). The count is set
   for the fit only and restored afterwards.
 - progress: a tqdm bar on stderr when stderr is a terminal or verbose is set.
+- node order (`node_order`): "auto" renumbers a sparse graph of `AUTO_ORDER_MIN_NODES` nodes or more on the
+  CPU by reverse Cuthill-McKee before the fit, so that the SpMM's gathers stay near each other in memory, and
+  maps the factor back; the start is drawn in the original numbering, so the fit ends at the same factor up
+  to rounding. On a kNN graph of 200,000 nodes in random order a SymHALS iteration took 1.7x less time
+  (docs/cpu_backend.md, "Renumbering the nodes").
 """
 import contextlib
 import math
@@ -38,12 +43,12 @@ import torch
 import symnmf_kernels as sk
 
 from .metrics import modularity
-from .solvers.base import as_seed, init_factor, make_generator
+from .solvers.base import as_seed, init_factor, make_generator, renumbered_start
 from .validation import as_similarity, check_device, check_rank, check_similarity
 
 __all__ = [
     "SOLVERS", "SOLVER_NAMES", "AFFINITIES", "DEFAULT_MAX_ITER", "DEFAULT_EPOCHS", "DEFAULT_RECIPE", "NET_DEFAULTS",
-    "SMALL_PROBLEM", "SCALE_TOL",
+    "SMALL_PROBLEM", "SCALE_TOL", "NODE_ORDERS", "AUTO_ORDER_MIN_NODES", "resolve_node_order",
     "FitResult", "resolve_device", "resolve_dtype", "build_affinity", "fit_affinity", "similarity_scale",
     "snapped_scale",
     "default_threads", "thread_limit", "show_progress", "sync_device",
@@ -75,6 +80,12 @@ SMALL_PROBLEM = 1 << 18
 # A similarity whose largest eigenvalue is within this of 1 is factorised as it is (see `similarity_scale`).
 SCALE_TOL = 1e-3
 
+# node_order: "auto", a method of symnmf_kernels.sparse.locality_order, or None (keep the numbering).
+NODE_ORDERS = ("auto", "rcm", "degree", None)
+# From this many nodes "auto" renumbers a sparse graph on the CPU: below it the factor (n x r floats) stays in the
+# caches in any order. On a GPU "auto" keeps the numbering until a GPU run has measured what renumbering buys there.
+AUTO_ORDER_MIN_NODES = 100_000
+
 
 @dataclass
 class FitResult:
@@ -91,6 +102,9 @@ class FitResult:
     with n_init > 1, the modularity of every start's labels (the kept start's is the highest);
     scale: A was factorised as A / scale and U multiplied by sqrt(scale) (`similarity_scale`; 1.0
     for normalised graphs), so history, curves and the net are those of A / scale.
+    node_order: the renumbering of A's nodes the fit ran on ("rcm", "degree" or None); U, labels and the
+    net's weights are in A's own numbering either way. order_seconds: wall-clock of that renumbering (not in
+    seconds).
     """
 
     method: str
@@ -110,6 +124,8 @@ class FitResult:
     start: int = 0
     start_modularity: list = field(default_factory=list)
     scale: float = 1.0
+    node_order: object = None
+    order_seconds: float = 0.0
 
 
 # ----------------------------------------------------------------- settings
@@ -348,7 +364,8 @@ def _fit_solver(A, rank, solver, seed, max_iter, tol, lam, progress, verbose):
 
 
 def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, tol=None, lam=None,
-                 net_options=None, recipe=DEFAULT_RECIPE, threads="auto", progress=None, verbose=False, n_init=1):
+                 net_options=None, recipe=DEFAULT_RECIPE, threads="auto", progress=None, verbose=False, n_init=1,
+                 node_order="auto"):
     """Factorise a similarity A from `build_affinity` at `rank` with one solver; a FitResult.
 
     solver: "net" (SymNMF-Net) or a classical solver of `symnmf.solvers`.
@@ -369,6 +386,9 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
       the highest modularity on A is kept, the rule SymNMF-Net keeps its restarts by, and
       `FitResult.start_modularity` holds every start's. SymHALS runs them side by side; the others one
       after another, without a progress bar. The net takes 1 (its restarts are the recipe's n_restarts).
+    node_order: "auto" (renumber a sparse CPU graph of `AUTO_ORDER_MIN_NODES` nodes or more by reverse
+      Cuthill-McKee), "rcm" or "degree" (`symnmf_kernels.sparse.locality_order`; a sparse A only), or None.
+      The fit runs on the renumbered graph from the start drawn in A's numbering; the result is mapped back.
     A is not checked again: build it with `build_affinity`.
     """
     if not isinstance(A, torch.Tensor):
@@ -395,7 +415,19 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
     seed = as_seed(random_state)
     net = None
     kept_start, start_modularity = 0, []
-    with thread_limit(threads):
+    order = resolve_node_order(node_order, A)
+    perm, order_seconds = None, 0.0
+    with thread_limit(threads), contextlib.ExitStack() as renumbered:
+        if order is not None:
+            from symnmf_kernels.sparse import locality_order, permute
+
+            sync_device(device)
+            t0 = time.perf_counter()
+            perm = locality_order(A, order)
+            A = permute(A, perm).to_torch()
+            sync_device(device)
+            order_seconds = time.perf_counter() - t0
+            renumbered.enter_context(renumbered_start(perm))
         # The fit runs on A / scale (`similarity_scale`); a penalty given as a number is in A's units.
         scale = similarity_scale(A)
         if scale != 1.0:
@@ -431,6 +463,12 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
     labels = U.argmax(dim=-1).cpu().numpy()
     # the kept start's modularity was computed to keep it
     quality = start_modularity[kept_start] if start_modularity else modularity(A, labels, rank)
+    if perm is not None:  # back to A's own numbering: row i of the fit's U is node perm[i]
+        rows = torch.argsort(perm).to(U.device)
+        U = U.index_select(-2, rows)
+        labels = labels[rows.cpu().numpy()]
+        if net is not None:
+            _renumber_net(net, rows)
     if scale != 1.0:
         U = U * math.sqrt(scale)
     return FitResult(
@@ -438,8 +476,29 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
         reconstruction_err=float(np.sqrt(err2)) * scale, n_iter=n_iter, converged=converged, seconds=seconds,
         history=history, curve_iter=curve_iter, curve_rel_error=curve_rel,
         curve_time=[float(t) for t in history.get("time", [])], net=net, start=kept_start,
-        start_modularity=start_modularity, scale=scale,
+        start_modularity=start_modularity, scale=scale, node_order=order, order_seconds=order_seconds,
     )
+
+
+def resolve_node_order(node_order, A):
+    """The renumbering a fit of A runs on: "rcm", "degree" or None (see `NODE_ORDERS`)."""
+    if node_order not in NODE_ORDERS:
+        raise ValueError(f"node_order must be one of {NODE_ORDERS}, got {node_order!r}")
+    sparse = A.layout != torch.strided
+    if node_order == "auto":
+        return "rcm" if sparse and A.is_cpu and A.shape[-1] >= AUTO_ORDER_MIN_NODES else None
+    if node_order is not None and not sparse:
+        raise ValueError(f"node_order={node_order!r} renumbers the nodes of a sparse graph so that its products "
+                         "gather nearby rows; a dense similarity gains nothing from it: pass node_order=None")
+    return node_order
+
+
+def _renumber_net(net, rows):
+    """The trained net's node-indexed state (U_0 and the weights P_i) with its rows taken in the order rows."""
+    with torch.no_grad():
+        net.U0 = net.U0.index_select(-2, rows)
+        for P in net.P:
+            P.data = P.data.index_select(-2, rows)
 
 
 def _per_scale(lam, scale):

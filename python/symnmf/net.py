@@ -54,7 +54,7 @@ from symnmf_kernels.sparse import as_csr
 
 from .metrics import modularity
 from .net_chain import NetChain
-from .solvers.base import init_factor, make_generator
+from .solvers.base import draw_node_rows, init_factor, make_generator
 from .validation import as_similarity, check_rank, check_similarity
 
 __all__ = ["SymNMFNet", "RECIPES", "NetResult", "fit_net", "kuang_init", "spectral_init", "sparse_factor",
@@ -224,8 +224,7 @@ def spectral_init(X, rank, batch_shape=(), generator=None, noise=0.0, iters=30):
     base = () if _is_sparse(X) else tuple(X.shape[:-2])
     ones = torch.ones((*base, n, 1), dtype=X.dtype, device=X.device)
     shift = _times(X, ones).amax((-2, -1))
-    draw_device = generator.device if generator is not None else X.device
-    Q = torch.randn((*base, n, k), generator=generator, dtype=X.dtype, device=draw_device).to(X.device)
+    Q = draw_node_rows(torch.randn, (*base, n, k), generator, X.dtype, X.device)
     Q = torch.linalg.qr(Q)[0]
     for _ in range(iters):
         Q = torch.linalg.qr(_times(X, Q) + _batch_view(shift) * Q)[0]

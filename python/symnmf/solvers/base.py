@@ -8,6 +8,8 @@ iterations. The monitor checks that criterion every `check_every` iterations:
 reading a norm back to the host synchronises with the device, so on CUDA the
 solvers that need no other synchronisation check every few iterations.
 """
+import contextlib
+import contextvars
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,7 +20,39 @@ import torch
 import symnmf_kernels as sk
 from symnmf_kernels.ops._common import dot64
 
-__all__ = ["SolverResult", "init_factor", "Problem", "Monitor", "projected_gradient_sq", "make_generator", "as_seed"]
+__all__ = [
+    "SolverResult", "init_factor", "Problem", "Monitor", "projected_gradient_sq", "make_generator", "as_seed",
+    "renumbered_start", "draw_node_rows",
+]
+
+# The renumbering of the graph being fitted (see `renumbered_start`), or None.
+_START_ROWS = contextvars.ContextVar("symnmf_start_rows", default=None)
+
+
+@contextlib.contextmanager
+def renumbered_start(perm):
+    """Within the block, random starts are drawn in a graph's original node numbering and their rows taken in
+    the order perm (node perm[i] of the original graph is node i of the renumbered one, as
+    `symnmf_kernels.sparse.permute` numbers it). A fit of the renumbered graph then starts where the fit of the
+    original would, rows renumbered, and ends at the same factor up to rounding."""
+    token = _START_ROWS.set(perm)
+    try:
+        yield
+    finally:
+        _START_ROWS.reset(token)
+
+
+def draw_node_rows(draw, shape, generator, dtype, device):
+    """draw(shape) of a torch random function (torch.rand, torch.randn) whose dimension -2 runs over the nodes:
+    from `generator` on its own device, moved to device; rows renumbered inside `renumbered_start`."""
+    gen_device = generator.device if generator is not None else device
+    out = draw(shape, generator=generator, dtype=dtype, device=gen_device)
+    perm = _START_ROWS.get()
+    if perm is not None:
+        if perm.shape != (shape[-2],):
+            raise ValueError(f"the start's renumbering has {perm.shape[0]} nodes, the graph {shape[-2]}")
+        out = out.index_select(-2, perm.to(out.device))
+    return out.to(device)
 
 
 @dataclass
@@ -94,9 +128,7 @@ def init_factor(X, rank, generator=None, *, batch_shape=()):
         mean = X.sum((-2, -1)) / (n * n)
         problems = tuple(X.shape[:-2])
     scale = 2 * torch.sqrt(torch.clamp(mean, min=0) / rank)
-    shape = (*batch_shape, *problems, n, rank)
-    gen_device = generator.device if generator is not None else X.device
-    U = torch.rand(shape, generator=generator, dtype=X.dtype, device=gen_device).to(X.device)
+    U = draw_node_rows(torch.rand, (*batch_shape, *problems, n, rank), generator, X.dtype, X.device)
     return U * scale[..., None, None]
 
 
