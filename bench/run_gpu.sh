@@ -25,6 +25,7 @@
 #   scale             the 4M and 10M-node runs and a whole net fit at 1M, about 2 minutes
 #   graph             the exact kNN search, about 180 s
 #   inverse           the two forms of the in-register inverse and its one-warp form, about 180 s
+#   reorder           what renumbering a graph's nodes buys the SpMM and a whole SymHALS fit, about 120 s
 # a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
 # written under bench/results during this run (packed into bench_results.tar.gz
 # when there are more than 7).
@@ -165,6 +166,10 @@ if wants inverse; then
     run_bench bench_block.py 60 --kernels spd_inverse symnmf_block --inverse-warps 1 --name bench_block_inverse_1warp \
         --budget-s 45
 fi
+# Renumbering a graph in random node order (opt-in, about 2 minutes): the SpMM at 1M nodes, r = 16 and 64, in
+# random order, by reverse Cuthill-McKee and by degree, and a whole SymHALS fit of 30 iterations with and without
+# the renumbering (whose one-off cost runs on the host): whether node_order="auto" should renumber on a GPU too.
+wants reorder && run_bench bench_reorder.py 150 --fits hals --fit-iters 30
 # (BLOCK_N, num_warps) sweep of the split-n kernels, dot-precision accuracy, block before/after.
 wants tune && step "tune_tiles" 220 "$PY" bench/tune_tiles.py --warm-jobs 16 --budget-s 90 --out bench/results
 wants tune_small && step "tune_tiles (small problems)" 150 "$PY" bench/tune_tiles.py --warm-jobs 16 --budget-s 60 \
