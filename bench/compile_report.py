@@ -69,10 +69,10 @@ def configs(quick):
         (apply_relu.apply_backward_kernel, ["HAS_H", "RELU"]),
         (symnmf_block.symnmf_block_small_kernel, []),
         (symnmf_block.symnmf_block_small_backward_kernel, []),
-        (symnmf_block.symnmf_block_dgram_kernel, ["FROM_PARTIALS"]),
+        (symnmf_block.symnmf_block_dgram_kernel, ["FROM_PARTIALS", "HALF"]),
         (symnmf_block.symnmf_block_gram_inverse_kernel, []),
         (sym_loss.sym_loss_partials_kernel, []),
-        (sparse_loss.sparse_loss_terms_kernel, ["HAS_P"]),
+        (sparse_loss.sparse_loss_terms_kernel, ["HAS_P", "HAS_GRAM"]),
         (sparse_loss.sparse_reg_grad_kernel, []),
         (sparse_loss.sparse_loss_grad_kernel, ["HAS_W", "HAS_Y"]),
         (hals.hals_sweep_kernel, ["HAS_V"]),
@@ -192,8 +192,10 @@ def captured_launches(quick):
     The ops run on CPU tensors with the Triton path forced and the GPU's launch geometry and dot precision
     patched in (as tests/test_launch_grids.py does); JITFunction.run records its arguments instead of
     compiling. Shapes: the block (forward and backward) at n = 1,000,000 and at the small-problem n = 1,000,
-    the dense loss at n = 2,048, the sparse layer loss at n = 100,000, the SymHALS sweep at n = 1,000,000;
-    r = 16, 64, 128 in float32 and 32 in float64 (r = 64 float32 alone with quick).
+    its chain form (SymNMF-Net's block) at n = 1,000,000, the dense loss at n = 2,048, the sparse layer loss at
+    n = 100,000 (without and with the caller's Gram), the SymHALS sweep at n = 1,000,000; r = 16, 64, 128 in
+    float32 and 32 in float64 (r = 64 float32 alone with quick). At BLOCK_R = 128 the plain products are torch's
+    GEMMs on a GPU (ops._common.cublas_products), and their kernels are not launched.
     """
     import importlib
     import types
@@ -226,6 +228,9 @@ def captured_launches(quick):
     patch(JITFunction, "run", run)
     patch(_common, "_sm_count", lambda index: 132)
     patch(_launch, "input_precision", precision_on_gpu)
+    # the GPU's rule: from BLOCK_R = 128 the plain products are torch's GEMMs there, and launch no kernel
+    patch(_launch, "cublas_products", lambda t, r, precision=None: _common.block_r(r) >= _common.CUBLAS_MIN_BLOCK_R
+          and (precision or _common.get_dot_precision()) == "auto")
     for name in ("tiles", "split_rows", "block_n", "hals_tiles"):
         fn = getattr(_common, name)
         patch(_launch, name, lambda *a, _fn=fn: _fn(*a[:-1], gpu))
@@ -242,6 +247,11 @@ def captured_launches(quick):
                 P = torch.rand(n, r, dtype=dtype, requires_grad=True)
                 lam = torch.tensor(1.0, dtype=dtype, requires_grad=True)
                 sk.symnmf_block(U, P, lam).backward(torch.rand(n, r, dtype=dtype))
+            label[0] = f"symnmf_block_from_gram n=1000000 {tag}"  # SymNMF-Net's block
+            UtU = torch.rand(r, r, dtype=dtype, requires_grad=True)
+            P = torch.rand(1_000_000, r, dtype=dtype, requires_grad=True)
+            Y, YtY = sk.symnmf_block_from_gram(UtU, P, 1.0)
+            ((Y * torch.rand_like(Y)).sum() + YtY.sum()).backward()
             label[0] = f"sym_loss n=2048 {tag}"
             X = torch.rand(2048, 2048, dtype=dtype)
             U = torch.rand(2048, r, dtype=dtype, requires_grad=True)
@@ -255,6 +265,9 @@ def captured_launches(quick):
             U = torch.rand(n, r, dtype=dtype, requires_grad=True)
             P = torch.rand(n, r, dtype=dtype, requires_grad=True)
             fit, reg = sk.sparse_layer_loss(A, U, P, 0.5, symmetric=True)
+            (fit + reg).backward()
+            # as SymNMF-Net's chain form calls it: the Gram from the block, so the terms pass forms none
+            fit, reg = sk.sparse_layer_loss(A, U, P, 0.5, symmetric=True, gram=U.mT @ U)
             (fit + reg).backward()
             label[0] = f"hals_sweep_ n=1000000 {tag}"
             W, XV, V = (torch.rand(1_000_000, r, dtype=dtype) for _ in range(3))

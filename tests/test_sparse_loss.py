@@ -139,10 +139,13 @@ def test_batched_problems_with_one_scalar_lam(path, device, lam):
 
 
 @pytest.mark.parametrize("with_p", [True, False])
-def test_gram_from_the_caller_gives_the_same_loss_and_gradients(path, with_p):
+def test_gram_from_the_caller_gives_the_same_loss_and_gradients(path, with_p, monkeypatch):
     # gram = U^T U made by the caller (with autograd): the loss takes ||U^T U||^2 from it and that term's
     # gradient reaches U through gram's own backward; values and gradients as without it.
     _device_for(path, torch.device("cpu"))
+    asked = []  # with_gram of each fused terms pass: the caller's Gram leaves the pass's own products out
+    terms = loss_mod._terms_fused
+    monkeypatch.setattr(loss_mod, "_terms_fused", lambda *args: asked.append(args[4]) or terms(*args))
     n, r = 61, 4
     A = random_graph(n, seed=5)
     X = as_csr(A, dtype=torch.float64)
@@ -157,6 +160,7 @@ def test_gram_from_the_caller_gives_the_same_loss_and_gradients(path, with_p):
         grads = torch.autograd.grad(total, wrt, allow_unused=True)
         results.append((loss.detach(), grads))
     (l0, g0), (l1, g1) = results
+    assert asked == ([True, False] if path == "triton" else [])
     assert rel_err(l1, l0) < 1e-13
     for a, b in zip(g1, g0):
         if b is None:
@@ -267,6 +271,7 @@ def test_triton_passes_match_torch(monkeypatch, dtype, B, n, r):
     calls = [
         lambda: sparse_loss_terms(U, S, P, lam),
         lambda: sparse_loss_terms(U, S, None, lam),
+        lambda: sparse_loss_terms(U, S, P, lam, False),  # the caller has the Gram: an empty (B, 0, 0) in its slot
         lambda: sparse_reg_grad(U, S, P, lam, c1),
         lambda: sparse_loss_grad(U, S, G, W, Y, lam, c1, c2),
         lambda: sparse_loss_grad(U, S, G, None, None, lam, c1, c2),
@@ -285,6 +290,7 @@ def test_opcheck_fused_ops():
     U, S, P, W, Y, G, lam, c1, c2 = _fused_inputs(2, 20, 4)
     torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_terms.default, (U, S, P, lam))
     torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_terms.default, (U, S, None, lam))
+    torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_terms.default, (U, S, P, lam, False))
     torch.library.opcheck(torch.ops.symnmf_kernels.sparse_reg_grad.default, (U, S, P, lam, c1))
     torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_grad.default, (U, S, G, W, Y, lam, c1, c2))
     torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_grad.default, (U, S, G, W, Y, lam, c1, None))

@@ -241,3 +241,24 @@ def test_chain_form_broadcasts_a_shared_gram(device):
 
     for got, want in zip(run(sk.symnmf_block_from_gram), run(reference.symnmf_block_from_gram)):
         assert got.shape == want.shape and rel_err(got, want) <= 1e-12
+
+
+# The chain form's backward: its r x r step in one program per problem, from P^T Zb's partial sums (r <= 16) or
+# from their sum (r = 17-64), and torch's products past that (r = 100).
+@pytest.mark.parametrize("r", [5, 20, 48, 100])
+@pytest.mark.parametrize("with_gram_grad", [True, False])
+def test_chain_form_backward_at_every_width(device, r, with_gram_grad):
+    n = 131
+    U, P, lam = block_inputs((2,), n, r, device, torch.float64)
+    lam = torch.tensor([0.1 * n + 1.0, 0.2 * n], device=device, dtype=torch.float64)
+    gY = torch.randn(2, n, r, device=device, dtype=torch.float64)
+    gG = torch.randn(2, r, r, device=device, dtype=torch.float64)
+
+    def run(fn):
+        leaves = [t.detach().clone().requires_grad_() for t in (U.mT @ U, P, lam)]
+        Y, YtY = fn(*leaves)
+        total = (Y * gY).sum() + ((YtY * gG).sum() if with_gram_grad else 0.0)
+        return (Y, YtY, *torch.autograd.grad(total, leaves))
+
+    for got, want in zip(run(sk.symnmf_block_from_gram), run(reference.symnmf_block_from_gram)):
+        assert got.shape == want.shape and rel_err(got, want) <= 1e-11

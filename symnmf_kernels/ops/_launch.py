@@ -148,6 +148,40 @@ def symnmf_block(U, P, lam, precision=None):
     return Y, Ginv, info
 
 
+def _relu_inverse_backward(grad, Y, P, Ginv, H, half, precision):
+    """(dP, dG, dG + dG^T, or (dG + dG^T) / 2 with half) of Y = ReLU(P G^{-1}) given dL/dY = grad + Y @ H, with
+    dG = -G^{-T} (P^T Zb) G^{-T}, for BLOCK_R <= SMALL_BACKWARD_MAX_BLOCK_R: the ReLU product's backward, then one
+    program per problem for the r x r step. Up to BLOCK_R = 16 that program adds up P^T Zb's partial sums itself
+    (one program per problem, as the finalize would be); wider, the finalize's grid of programs does."""
+    B, _, r = P.shape
+    BR = block_r(r)
+    from_partials = BR * BR <= FINALIZE_CHUNK
+    dP, PtZb = apply_backward(grad, Y, P, Ginv, H, precision=precision, reduce=not from_partials)
+    dG = torch.empty((B, r, r), dtype=P.dtype, device=P.device)
+    S = torch.empty_like(dG)
+    strides = (0, 0, 0) if from_partials else PtZb.stride()
+    symnmf_block_dgram_kernel[(B,)](
+        PtZb, Ginv, dG, S, PtZb.shape[1] if from_partials else 1, r, *strides, *Ginv.stride(),
+        *dG.stride(), *S.stride(),
+        BLOCK_R=BR, ACC=acc_dtype(P.dtype), FROM_PARTIALS=from_partials, SPLITS=FINALIZE_SPLITS,
+        HALF=half, num_warps=dgram_warps(r),
+    )
+    return dP, dG, S
+
+
+def apply_relu_inverse_backward(grad, Y, P, Ginv, H=None, precision=None):
+    """(dP, dG) of Y = ReLU(P G^{-1}) through G^{-1} = inverse(G), given dL/dY = grad + Y @ H: dG the symmetrised
+    -G^{-T} dGinv G^{-T} (the chain form's backward into its Gram). Past the r x r kernel's tiles, or where
+    `cublas_products`, the ReLU product's backward and torch's r x r products."""
+    r = P.shape[-1]
+    if block_r(r) > SMALL_BACKWARD_MAX_BLOCK_R or cublas_products(P, r, precision):
+        dP, dGinv = apply_backward(grad, Y, P, Ginv, H, precision=precision)
+        dG = -(Ginv.mT @ dGinv @ Ginv.mT)
+        return dP, 0.5 * (dG + dG.mT)
+    dP, _, dG = _relu_inverse_backward(grad, Y, P, Ginv, H, True, precision)
+    return dP, dG
+
+
 def small_block_backward(m, n, r):
     """Whether the backward of a block of these sizes is one program per problem (the forward is up to r = 128)."""
     return max(m, n) <= SMALL_N and block_r(r) <= SMALL_BACKWARD_MAX_BLOCK_R
@@ -169,19 +203,7 @@ def symnmf_block_backward(grad, Y, P, Ginv, U, precision=None):
             dG = -(Ginv.mT @ PtZb @ Ginv.mT)
             S = (dG + dG.mT).contiguous()
         else:
-            # Up to BLOCK_R = 16 the r x r kernel adds up P^T Zb's partial sums itself (one program per problem,
-            # as the finalize would be); wider, the finalize's grid of programs does.
-            from_partials = BR * BR <= FINALIZE_CHUNK
-            dP, PtZb = apply_backward(grad, Y, P, Ginv, precision=precision, reduce=not from_partials)
-            dG = torch.empty((B, r, r), dtype=P.dtype, device=P.device)
-            S = torch.empty_like(dG)
-            strides = (0, 0, 0) if from_partials else PtZb.stride()
-            symnmf_block_dgram_kernel[(B,)](
-                PtZb, Ginv, dG, S, PtZb.shape[1] if from_partials else 1, r, *strides, *Ginv.stride(),
-                *dG.stride(), *S.stride(),
-                BLOCK_R=BR, ACC=acc_dtype(P.dtype), FROM_PARTIALS=from_partials, SPLITS=FINALIZE_SPLITS,
-                num_warps=dgram_warps(r),
-            )
+            dP, dG, S = _relu_inverse_backward(grad, Y, P, Ginv, None, False, precision)
         return apply(U, S, relu=False, precision=precision), dP, dG
     dP = torch.empty((B, n, r), dtype=P.dtype, device=P.device)
     dU = torch.empty((B, m, r), dtype=U.dtype, device=U.device)
@@ -274,19 +296,20 @@ def sym_loss(X, U, precision=None):
     return partials.sum((1, 2)).to(U.dtype)
 
 
-def sparse_loss_terms(U, S, P, lam):
-    """(sums (B, 3) float64 = (<S, U>, ||R||^2, <R, U>), U^T U (B, r, r)) with R = P - S - lam U; P may be None."""
+def sparse_loss_terms(U, S, P, lam, with_gram=True):
+    """(sums (B, 3) float64 = (<S, U>, ||R||^2, <R, U>), U^T U (B, r, r), or None without with_gram) with
+    R = P - S - lam U; P may be None."""
     B, n, r, BR, BN, warps, rows_per_split, splits = _geometry(U, "sparse_terms")
     lam = lam.contiguous()  # read as lam[b]: an expanded scalar would be read out of bounds
     sums = torch.empty((B, splits, 3), dtype=torch.float64, device=U.device)
-    partials = _partials(U, B, splits, BR)
+    partials = _partials(U, B, splits, BR) if with_gram else sums  # sums stands in for an unused pointer
     Pt = P if P is not None else U  # stands in for an unused pointer
     sparse_loss_terms_kernel[(B, splits)](
         U, S, Pt, lam, sums, partials, n, r, rows_per_split, *U.stride(), *S.stride(), *Pt.stride(),
         HAS_P=P is not None, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype), PRECISION=input_precision(U, r, True),
-        num_warps=warps,
+        HAS_GRAM=with_gram, num_warps=warps,
     )
-    return sums.sum(1), reduce_partials(partials, None, r, U.dtype)
+    return sums.sum(1), (reduce_partials(partials, None, r, U.dtype) if with_gram else None)
 
 
 def sparse_reg_grad(U, S, P, lam, coef):

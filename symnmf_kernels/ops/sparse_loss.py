@@ -46,7 +46,7 @@ def _col(t):
     return t[:, None, None]
 
 
-def sparse_loss_terms_torch(U, S, P, lam):
+def sparse_loss_terms_torch(U, S, P, lam, with_gram=True):
     su = dot64(U, S)
     if P is None:
         rr = ru = torch.zeros_like(su)
@@ -54,7 +54,12 @@ def sparse_loss_terms_torch(U, S, P, lam):
         R = torch.addcmul(P - S, _col(lam), U, value=-1)
         rr = dot64(R, R)
         ru = dot64(R, U)
-    return torch.stack([su, rr, ru], dim=-1), tall_gram(U, U)
+    return torch.stack([su, rr, ru], dim=-1), (tall_gram(U, U) if with_gram else _no_gram(U))
+
+
+def _no_gram(U):
+    """The Gram slot of sparse_loss_terms without with_gram: an empty (B, 0, 0) tensor."""
+    return U.new_empty((U.shape[0], 0, 0))
 
 
 def sparse_reg_grad_torch(U, S, P, lam, coef):
@@ -85,23 +90,25 @@ def _vec(t, B):
 
 
 @torch.library.custom_op("symnmf_kernels::sparse_loss_terms", mutates_args=())
-def sparse_loss_terms(U: torch.Tensor, S: torch.Tensor, P: Optional[torch.Tensor], lam: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def sparse_loss_terms(U: torch.Tensor, S: torch.Tensor, P: Optional[torch.Tensor], lam: torch.Tensor,
+                      with_gram: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Reductions of the forward for U, S, P of shape (B, n, r) and lam (B,).
 
     Returns sums (B, 3) float64 = (<S, U>, ||R||^2, <R, U>) with R = P - S - lam U
-    (zeros without P), and the Gram U^T U (B, r, r) in U's dtype.
+    (zeros without P), and the Gram U^T U (B, r, r) in U's dtype; with_gram=False (the caller has the Gram)
+    leaves its products out and returns an empty (B, 0, 0) in its place.
     """
     r = U.shape[-1]
     if use_triton(U, r):
-        return _launch.sparse_loss_terms(U, S, P, lam)
-    return sparse_loss_terms_torch(U, S, P, lam)
+        sums, G = _launch.sparse_loss_terms(U, S, P, lam, with_gram)
+        return sums, (G if with_gram else _no_gram(U))
+    return sparse_loss_terms_torch(U, S, P, lam, with_gram)
 
 
 @sparse_loss_terms.register_fake
-def _(U, S, P, lam):
+def _(U, S, P, lam, with_gram=True):
     B, _, r = U.shape
-    return U.new_empty((B, 3), dtype=torch.float64), U.new_empty((B, r, r))
+    return U.new_empty((B, 3), dtype=torch.float64), U.new_empty((B, r, r) if with_gram else (B, 0, 0))
 
 
 @torch.library.custom_op("symnmf_kernels::sparse_reg_grad", mutates_args=())
@@ -237,7 +244,7 @@ class _SparseLayerLoss(torch.autograd.Function):
             P = R
         else:
             S = _times_x(crow, col, values, U, blockdiag)
-            sums, G = _terms_fused(U, S, P, lam)
+            sums, G = _terms_fused(U, S, P, lam, gram is None)  # the caller's Gram: its products left out
             G = G if gram is None else gram
             loss = (x_sq - 2 * sums[:, 0] + G.to(torch.float64).pow(2).sum((-2, -1))).to(U.dtype)
             reg = sums[:, 1].to(U.dtype)

@@ -9,7 +9,7 @@ import torch
 from . import _launch
 from ._common import as_batch, as_lam, broadcasts_to, check_same, check_tensor, needs_grad, use_triton
 from .apply_relu import (
-    apply_relu_backward_torch, apply_relu_backward_triton, apply_relu_gram, apply_relu_gram_torch,
+    apply_relu_backward_torch, apply_relu_gram, apply_relu_gram_torch,
     apply_relu_gram_triton, apply_relu_torch,
 )
 from .gram import gram_torch, tall_mm
@@ -96,13 +96,13 @@ class _BlockFromGram(torch.autograd.Function):
         if dY is None:
             dY = torch.zeros_like(Y)
         H = None if dYtY is None else dYtY + dYtY.mT
-        if ctx.triton:
-            dP, dGinv = apply_relu_backward_triton(dY.contiguous(), Y, P, Ginv, None if H is None else H.contiguous())
+        if ctx.triton:  # the r x r step in one kernel (with the ReLU product's backward)
+            dP, dG = block_from_gram_backward_triton(dY.contiguous(), Y, P, Ginv, None if H is None else H.contiguous())
         else:
             dP, dGinv = apply_relu_backward_torch(dY, Y, P, Ginv, H, need_p, need_g or need_lam)
+            dG = spd_inverse_backward_torch(Ginv, dGinv) if need_g or need_lam else None
         dUtU = dlam = None
         if need_g or need_lam:
-            dG = spd_inverse_backward_torch(Ginv, dGinv)
             dUtU = dG if need_g else None
             if need_lam:
                 dlam = _trace(dG, ctx.lam_shape)
@@ -120,6 +120,18 @@ def block_triton(U, P, lam):
     lam_b = lam.expand(batch).reshape(-1).contiguous()
     Y, Ginv, _ = _launch.symnmf_block(U3, P3, lam_b)
     return Y.reshape(P.shape), Ginv.reshape(*batch, r, r)
+
+
+def block_from_gram_backward_triton(grad, Y, P, Ginv, H=None):
+    """(dP, dG) of the chain form's Y = ReLU(P G^{-1}) given dL/dY = grad + Y @ H, by the Triton kernels: dG the
+    gradient of G = UtU + lam I, symmetric (Ginv and H of P's batch)."""
+    r = P.shape[-1]
+    P3, _ = as_batch(P)
+    B = P3.shape[0]
+    dP, dG = _launch.apply_relu_inverse_backward(
+        grad.reshape(P3.shape), Y.reshape(P3.shape), P3, Ginv.reshape(B, r, r),
+        None if H is None else H.reshape(B, r, r))
+    return dP.reshape(P.shape), dG.reshape(Ginv.shape)
 
 
 def block_backward_triton(grad, U, P, Ginv, Y):

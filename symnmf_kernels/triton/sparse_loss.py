@@ -6,8 +6,9 @@ For a sparse symmetric X (docs/design.md, "The sparse losses")
     ||P - (S + lam U)||^2 = ||R||^2,  R = P - S - lam U
 
 Forward: `sparse_loss_terms_kernel` reads U, S (and P) once and emits every
-reduction both losses and the lam-gradient need: <S, U>, U^T U, ||R||^2 and
-<R, U>, as per-program partials (deterministic; the host sums them).
+reduction both losses and the lam-gradient need: <S, U>, U^T U (unless the
+caller has it: HAS_GRAM = 0), ||R||^2 and <R, U>, as per-program partials
+(deterministic; the host sums them).
 Backward: `sparse_reg_grad_kernel` writes W = c (P - S - lam U), which is both
 dP and the right-hand side of the backward SpMM; `sparse_loss_grad_kernel`
 writes dU = cs S + cg U G - lam W - Y in one pass (Y the backward SpMM).
@@ -30,12 +31,12 @@ def sparse_loss_terms_kernel(
     stride_sb, stride_sn, stride_sr,
     stride_pb, stride_pn, stride_pr,
     HAS_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
-    PRECISION: tl.constexpr = "ieee",
+    PRECISION: tl.constexpr = "ieee", HAS_GRAM: tl.constexpr = True,
 ):
     """Program (b, s) reduces rows [s * rows_per_split, (s + 1) * rows_per_split) of problem b.
 
     sums[b, s, :] = (<S, U>, ||R||^2, <R, U>) over those rows (float64);
-    gram[b, s] = their BLOCK_R x BLOCK_R part of U^T U.
+    gram[b, s] = their BLOCK_R x BLOCK_R part of U^T U (with HAS_GRAM; gram is not written otherwise).
     """
     b, s, num_splits, row_start, row_end = split_rows(n, rows_per_split)
     offs_r = tl.arange(0, BLOCK_R)
@@ -53,7 +54,8 @@ def sparse_loss_terms_kernel(
         u = u.to(ACC)
         x = x.to(ACC)
         su += tl.sum(u * x, axis=0).to(tl.float64)
-        g += tl.dot(tl.trans(u), u, input_precision=PRECISION, out_dtype=ACC)
+        if HAS_GRAM:
+            g += tl.dot(tl.trans(u), u, input_precision=PRECISION, out_dtype=ACC)
         if HAS_P:
             p = tl.load(P + b * stride_pb + rows[:, None] * stride_pn + offs_r[None, :] * stride_pr, mask=mask, other=0.0)
             res = p.to(ACC) - x - lam_b * u
@@ -63,7 +65,8 @@ def sparse_loss_terms_kernel(
     tl.store(sums + slot * 3, tl.sum(su, axis=0))
     tl.store(sums + slot * 3 + 1, tl.sum(rr, axis=0))
     tl.store(sums + slot * 3 + 2, tl.sum(ru, axis=0))
-    store_partial(gram, g, b, s, num_splits, BLOCK_R)
+    if HAS_GRAM:
+        store_partial(gram, g, b, s, num_splits, BLOCK_R)
 
 
 @triton.jit

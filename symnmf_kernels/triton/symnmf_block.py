@@ -119,9 +119,11 @@ def symnmf_block_dgram_kernel(
     stride_gb, stride_gr, stride_gc,
     stride_sb, stride_sr, stride_sc,
     BLOCK_R: tl.constexpr, ACC: tl.constexpr, FROM_PARTIALS: tl.constexpr, SPLITS: tl.constexpr,
+    HALF: tl.constexpr = False,
 ):
     """The r x r step of the split-n backward, one program per problem: dG = -G^{-T} (P^T Zb) G^{-T} and
-    S = dG + dG^T (the matrix that U multiplies into dU), in one launch where torch's r x r products took five.
+    S = dG + dG^T (the matrix that U multiplies into dU), or with HALF (dG + dG^T) / 2 (the symmetric gradient of
+    the chain form's Gram), in one launch where torch's r x r products took five.
     With FROM_PARTIALS, PtZb holds the (B, num_splits, BLOCK_R, BLOCK_R) partial sums of P^T Zb, which this
     program adds up itself (narrow tiles: one launch less); otherwise the (B, r, r) sum, through its strides."""
     b = tl.program_id(0).to(tl.int64)
@@ -137,7 +139,10 @@ def symnmf_block_dgram_kernel(
     dg = tl.dot(tl.dot(inv_t, ptz, input_precision="ieee", out_dtype=ACC), inv_t, input_precision="ieee", out_dtype=ACC)
     dg = -dg
     tl.store(dG + b * stride_gb + offs[:, None] * stride_gr + offs[None, :] * stride_gc, dg, mask=inside)
-    tl.store(S + b * stride_sb + offs[:, None] * stride_sr + offs[None, :] * stride_sc, dg + tl.trans(dg), mask=inside)
+    sym = dg + tl.trans(dg)
+    if HALF:
+        sym = 0.5 * sym
+    tl.store(S + b * stride_sb + offs[:, None] * stride_sr + offs[None, :] * stride_sc, sym, mask=inside)
 
 
 @triton.jit
