@@ -18,8 +18,8 @@ from ..triton.nnls import nnls_kernel
 from ..triton.sparse_loss import sparse_loss_grad_kernel, sparse_loss_terms_kernel, sparse_reg_grad_kernel
 from ..triton.sym_loss import sym_loss_partials_kernel
 from ._common import (
-    acc_dtype, block_n, block_r, cublas_products, dgram_warps, hals_tiles, input_precision, inverse_warps, num_warps, split_rows,
-    tiles, triton_cdiv,
+    acc_dtype, block_n, block_r, cublas_products, dgram_warps, hals_tiles, input_precision, inverse_warps, num_warps,
+    split_rows, tiles, triton_cdiv,
 )
 
 
