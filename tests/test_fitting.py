@@ -163,10 +163,12 @@ def shuffled_sparse_blocks(n_blocks, size, seed):
     return build_affinity(A[order][:, order], "precomputed", device="cpu").to_sparse_csr(), labels[order]
 
 
-@pytest.mark.parametrize("solver", ["hals", "net", "anls"])
+@pytest.mark.parametrize("solver", ["hals", "net", "anls", "hals-starts"])
 def test_a_renumbered_fit_ends_where_the_fit_without_it_does(solver):
     A, _ = shuffled_sparse_blocks(3, 40, 0)
     kwargs = dict(random_state=3, max_iter=4 if solver == "net" else 40, tol=0.0)
+    if solver == "hals-starts":  # several starts side by side, the one of highest modularity kept
+        solver, kwargs["n_init"] = "hals", 3
     if solver == "net":  # the spectral start: its random draws are renumbered too
         kwargs["net_options"] = {"n_restarts": 2, "polish_iter": 3, "init": "spectral", "init_noise": 0.1}
     plain = fit_affinity(A, 3, solver, node_order=None, **kwargs)
@@ -177,6 +179,7 @@ def test_a_renumbered_fit_ends_where_the_fit_without_it_does(solver):
     assert np.array_equal(renumbered.labels, plain.labels)
     assert renumbered.rel_error == pytest.approx(plain.rel_error, rel=1e-9)
     assert renumbered.modularity == pytest.approx(plain.modularity, rel=1e-9)
+    assert renumbered.start == plain.start
     if solver == "net":  # the trained net's node-indexed state is in A's numbering too
         assert torch.allclose(renumbered.net.U0, plain.net.U0, rtol=1e-6, atol=1e-8)
         for P_renumbered, P_plain in zip(renumbered.net.P, plain.net.P):
