@@ -43,6 +43,6 @@ def test_kernels_as_launched_compile_for_sm90(tmp_path):
     kernels = {row[0].strip() for row in rows}
     assert {"gram_partials_kernel", "apply_kernel", "apply_backward_kernel", "symnmf_block_small_kernel",
             "symnmf_block_small_backward_kernel", "symnmf_block_dgram_kernel", "sparse_loss_terms_kernel",
-            "sparse_loss_grad_kernel", "hals_sweep_kernel"} <= kernels
+            "sparse_loss_values_kernel", "sparse_loss_grad_kernel", "hals_sweep_kernel"} <= kernels
     # Row-major factors: every kernel that reads one gets its unit stride as a constant.
     assert all(row[3].strip() != "-" for row in rows if row[0].strip() in ("apply_kernel", "hals_sweep_kernel"))

@@ -144,8 +144,9 @@ def test_gram_from_the_caller_gives_the_same_loss_and_gradients(path, with_p, mo
     # gradient reaches U through gram's own backward; values and gradients as without it.
     _device_for(path, torch.device("cpu"))
     asked = []  # with_gram of each fused terms pass: the caller's Gram leaves the pass's own products out
-    terms = loss_mod._terms_fused
-    monkeypatch.setattr(loss_mod, "_terms_fused", lambda *args: asked.append(args[4]) or terms(*args))
+    terms = loss_mod._launch.sparse_loss_terms
+    monkeypatch.setattr(loss_mod._launch, "sparse_loss_terms",
+                        lambda *args, **kw: asked.append(args[4]) or terms(*args, **kw))
     n, r = 61, 4
     A = random_graph(n, seed=5)
     X = as_csr(A, dtype=torch.float64)

@@ -15,7 +15,9 @@ from ..triton.spd_inverse import spd_inverse_kernel
 from ..triton.gram import gram_finalize_kernel, gram_partials_kernel
 from ..triton.hals import fill_zero_columns_kernel, hals_sweep_kernel
 from ..triton.nnls import nnls_kernel
-from ..triton.sparse_loss import sparse_loss_grad_kernel, sparse_loss_terms_kernel, sparse_reg_grad_kernel
+from ..triton.sparse_loss import (
+    sparse_loss_grad_kernel, sparse_loss_terms_kernel, sparse_loss_values_kernel, sparse_reg_grad_kernel,
+)
 from ..triton.sym_loss import sym_loss_partials_kernel
 from ._common import (
     acc_dtype, block_n, block_r, cublas_products, dgram_warps, hals_tiles, input_precision, inverse_warps, num_warps,
@@ -296,9 +298,10 @@ def sym_loss(X, U, precision=None):
     return partials.sum((1, 2)).to(U.dtype)
 
 
-def sparse_loss_terms(U, S, P, lam, with_gram=True):
+def sparse_loss_terms(U, S, P, lam, with_gram=True, reduce=True):
     """(sums (B, 3) float64 = (<S, U>, ||R||^2, <R, U>), U^T U (B, r, r), or None without with_gram) with
-    R = P - S - lam U; P may be None."""
+    R = P - S - lam U; P may be None. reduce=False returns the sums as their (B, splits, 3) partials, for
+    `sparse_loss_values`."""
     B, n, r, BR, BN, warps, rows_per_split, splits = _geometry(U, "sparse_terms")
     lam = lam.contiguous()  # read as lam[b]: an expanded scalar would be read out of bounds
     sums = torch.empty((B, splits, 3), dtype=torch.float64, device=U.device)
@@ -309,7 +312,23 @@ def sparse_loss_terms(U, S, P, lam, with_gram=True):
         HAS_P=P is not None, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype), PRECISION=input_precision(U, r, True),
         HAS_GRAM=with_gram, num_warps=warps,
     )
-    return sums.sum(1), (reduce_partials(partials, None, r, U.dtype) if with_gram else None)
+    return (sums.sum(1) if reduce else sums), (reduce_partials(partials, None, r, U.dtype) if with_gram else None)
+
+
+def sparse_loss_values(partials, G, x_sq, dtype):
+    """(sums (B, 3) float64, loss (B,), reg (B,)) in dtype, from the terms' (B, splits, 3) partials, the Gram G
+    (B, r, r) and ||X||^2 (a 0-d tensor, or (B,) for a block-diagonal X): loss = ||X||^2 - 2 <S, U> + ||G||_F^2,
+    reg = ||R||^2; one program per problem."""
+    B, splits, _ = partials.shape
+    r = G.shape[-1]
+    sums = torch.empty((B, 3), dtype=torch.float64, device=partials.device)
+    loss = torch.empty((B,), dtype=dtype, device=partials.device)
+    reg = torch.empty_like(loss)
+    sparse_loss_values_kernel[(B,)](
+        partials, G, x_sq, sums, loss, reg, splits, r, *G.stride(), x_sq.stride(0) if x_sq.dim() else 0,
+        BLOCK_R=block_r(r), SPLITS=FINALIZE_SPLITS, num_warps=4,
+    )
+    return sums, loss, reg
 
 
 def sparse_reg_grad(U, S, P, lam, coef):

@@ -153,7 +153,23 @@ def _fused(op, launcher):
     return call
 
 
-_terms_fused = _fused(sparse_loss_terms, _launch.sparse_loss_terms)
+
+
+def _fused_terms(U, S, P, lam, x_sq, gram):
+    """(sums (B, 3), loss, reg, G) of the Triton path's forward around S = X U; the caller's Gram (gram, or None)
+    leaves the terms pass's own products out. In eager mode two launches, the terms pass and one program per
+    problem for the scalars; under torch.compile the custom op and torch's scalar operations."""
+    with_gram = gram is None
+    if torch.compiler.is_compiling():
+        sums, G = sparse_loss_terms(U, S, P, lam, with_gram)
+        G = G if with_gram else gram
+        loss = (x_sq - 2 * sums[:, 0] + G.to(torch.float64).pow(2).sum((-2, -1))).to(U.dtype)
+        return sums, loss, sums[:, 1].to(U.dtype), G
+    partials, G = _launch.sparse_loss_terms(U, S, P, lam, with_gram, reduce=False)
+    G = G if with_gram else gram
+    sums, loss, reg = _launch.sparse_loss_values(partials, G, x_sq, U.dtype)
+    return sums, loss, reg, G
+
 _reg_grad_fused = _fused(sparse_reg_grad, _launch.sparse_reg_grad)
 _loss_grad_fused = _fused(sparse_loss_grad, _launch.sparse_loss_grad)
 
@@ -244,10 +260,7 @@ class _SparseLayerLoss(torch.autograd.Function):
             P = R
         else:
             S = _times_x(crow, col, values, U, blockdiag)
-            sums, G = _terms_fused(U, S, P, lam, gram is None)  # the caller's Gram: its products left out
-            G = G if gram is None else gram
-            loss = (x_sq - 2 * sums[:, 0] + G.to(torch.float64).pow(2).sum((-2, -1))).to(U.dtype)
-            reg = sums[:, 1].to(U.dtype)
+            sums, loss, reg, G = _fused_terms(U, S, P, lam, x_sq, gram)
         if ctx is not None:
             ctx.fused = fused
             ctx.native = native

@@ -8,7 +8,8 @@ For a sparse symmetric X (docs/design.md, "The sparse losses")
 Forward: `sparse_loss_terms_kernel` reads U, S (and P) once and emits every
 reduction both losses and the lam-gradient need: <S, U>, U^T U (unless the
 caller has it: HAS_GRAM = 0), ||R||^2 and <R, U>, as per-program partials
-(deterministic; the host sums them).
+(deterministic). `sparse_loss_values_kernel` then sums them per problem and forms
+both losses, one program per problem.
 Backward: `sparse_reg_grad_kernel` writes W = c (P - S - lam U), which is both
 dP and the right-hand side of the backward SpMM; `sparse_loss_grad_kernel`
 writes dU = cs S + cg U G - lam W - Y in one pass (Y the backward SpMM).
@@ -67,6 +68,41 @@ def sparse_loss_terms_kernel(
     tl.store(sums + slot * 3 + 2, tl.sum(ru, axis=0))
     if HAS_GRAM:
         store_partial(gram, g, b, s, num_splits, BLOCK_R)
+
+
+@triton.jit
+def sparse_loss_values_kernel(
+    sums, G, x_sq, totals, loss, reg, num_splits, r,
+    stride_gb, stride_gr, stride_gc, stride_xb,
+    BLOCK_R: tl.constexpr, SPLITS: tl.constexpr,
+):
+    """Program b: totals[b] = (<S, U>, ||R||^2, <R, U>) summed over problem b's (num_splits, 3) partials in a fixed
+    order, loss[b] = ||X||^2 - 2 <S, U> + ||G[b]||_F^2 and reg[b] = ||R||^2, all in float64, the last two stored
+    in their outputs' dtype: one launch where the partials' sum and the scalar algebra took nine."""
+    b = tl.program_id(0).to(tl.int64)
+    offs_s = tl.arange(0, SPLITS)
+    su = tl.zeros((SPLITS,), dtype=tl.float64)
+    rr = tl.zeros((SPLITS,), dtype=tl.float64)
+    ru = tl.zeros((SPLITS,), dtype=tl.float64)
+    for s0 in range(0, num_splits, SPLITS):
+        split = s0 + offs_s
+        inside = split < num_splits
+        row = sums + (b * num_splits + split.to(tl.int64)) * 3
+        su += tl.load(row, mask=inside, other=0.0)
+        rr += tl.load(row + 1, mask=inside, other=0.0)
+        ru += tl.load(row + 2, mask=inside, other=0.0)
+    su_b = tl.sum(su, axis=0)
+    rr_b = tl.sum(rr, axis=0)
+    offs = tl.arange(0, BLOCK_R)
+    g = tl.load(G + b * stride_gb + offs[:, None] * stride_gr + offs[None, :] * stride_gc,
+                mask=(offs[:, None] < r) & (offs[None, :] < r), other=0.0).to(tl.float64)
+    g_sq = tl.sum(tl.sum(g * g, axis=1), axis=0)
+    x_sq_b = tl.load(x_sq + b * stride_xb).to(tl.float64)
+    tl.store(totals + b * 3, su_b)
+    tl.store(totals + b * 3 + 1, rr_b)
+    tl.store(totals + b * 3 + 2, tl.sum(ru, axis=0))
+    tl.store(loss + b, (x_sq_b - 2.0 * su_b + g_sq).to(loss.dtype.element_ty))
+    tl.store(reg + b, rr_b.to(reg.dtype.element_ty))
 
 
 @triton.jit
