@@ -153,12 +153,11 @@ def _fused(op, launcher):
     return call
 
 
-
-
 def _fused_terms(U, S, P, lam, x_sq, gram):
     """(sums (B, 3), loss, reg, G) of the Triton path's forward around S = X U; the caller's Gram (gram, or None)
-    leaves the terms pass's own products out. In eager mode two launches, the terms pass and one program per
-    problem for the scalars; under torch.compile the custom op and torch's scalar operations."""
+    leaves the terms pass's own products out. In eager mode the terms pass (and the reduction of its Gram, when
+    it forms one) and one program per problem for the scalars; under torch.compile the custom op and torch's
+    scalar operations."""
     with_gram = gram is None
     if torch.compiler.is_compiling():
         sums, G = sparse_loss_terms(U, S, P, lam, with_gram)
@@ -169,6 +168,7 @@ def _fused_terms(U, S, P, lam, x_sq, gram):
     G = G if with_gram else gram
     sums, loss, reg = _launch.sparse_loss_values(partials, G, x_sq, U.dtype)
     return sums, loss, reg, G
+
 
 _reg_grad_fused = _fused(sparse_reg_grad, _launch.sparse_reg_grad)
 _loss_grad_fused = _fused(sparse_loss_grad, _launch.sparse_loss_grad)
