@@ -37,7 +37,8 @@ from symnmf_kernels import reference  # noqa: E402
 from symnmf_kernels.ops import _common, _launch  # noqa: E402
 from symnmf_kernels.ops.sparse_loss import sparse_loss_grad, sparse_loss_terms  # noqa: E402
 
-FAMILIES = ["gram", "apply", "apply_backward", "sparse_terms", "sparse_grad", "block_small", "block_small_backward"]
+FAMILIES = ["gram", "apply", "apply_backward", "apply_backward_h", "sparse_terms", "sparse_grad", "block_small",
+            "block_small_backward"]
 RANKS = [16, 32, 64, 128]
 BLOCK_NS = [16, 32, 64, 128, 256]
 WARPS = [4, 8]
@@ -104,6 +105,14 @@ def inputs(family, n, r, device, seed=0, dtype=torch.float32):
             return [Zb @ M.mT, P.mT @ Zb]
 
         return (lambda: list(_launch.apply_backward(grad, Y, P, M))), eager
+    if family == "apply_backward_h":  # SymNMF-Net's chain form: the gradient of Y^T Y joins grad through H
+        H = G + G.mT
+
+        def eager():
+            Zb = (grad + Y @ H) * (Y > 0)
+            return [Zb @ M.mT, P.mT @ Zb]
+
+        return (lambda: list(_launch.apply_backward(grad, Y, P, M, H))), eager
     if family == "sparse_terms":
         return (lambda: [sparse_loss_terms(U, S, P, lam)[1]]), (lambda: [U.mT @ U])
     if family == "sparse_grad":
@@ -113,7 +122,7 @@ def inputs(family, n, r, device, seed=0, dtype=torch.float32):
 
 def traffic(family, n, r):
     """Least bytes of our kernel (float32)."""
-    per = {"gram": 1, "apply": 2, "apply_backward": 4, "sparse_terms": 3, "sparse_grad": 5}
+    per = {"gram": 1, "apply": 2, "apply_backward": 4, "apply_backward_h": 4, "sparse_terms": 3, "sparse_grad": 5}
     if family == "block_small":
         return 4 * 3 * SMALL_B * SMALL_N * r
     if family == "block_small_backward":  # reads grad, Y, P, U; writes dP, dU

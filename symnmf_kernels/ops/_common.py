@@ -166,6 +166,9 @@ _GPU_TILES = {
     "gram": {16: (128, 4), 32: (32, 4), 64: (32, 4), 128: (64, 8)},
     "apply": {16: (64, 4), 32: (64, 4), 64: (32, 4), 128: (16, 8)},
     "apply_backward": {16: (128, 4), 32: (64, 4), 64: (64, 4), 128: (16, 8)},
+    # The same kernel with the Gram's gradient H (SymNMF-Net's chain form), not swept yet: the tiles of the
+    # block's backward (as launched at r = 64 they keep 352 stack bytes per thread, against 272 without H).
+    "apply_backward_h": {16: (128, 4), 32: (64, 4), 64: (64, 4), 128: (16, 8)},
     "loss": {16: (64, 4), 32: (64, 4), 64: (64, 8), 128: (32, 8)},
     "block_small": {16: (32, 4), 32: (16, 4), 64: (32, 4), 128: (32, 32)},
     "block_small_backward": {16: (32, 4), 32: (16, 4), 64: (16, 16)},

@@ -258,7 +258,7 @@ def apply_backward(grad, Y, A, M, H=None, relu=True, precision=None, reduce=True
         # threshold_backward: the gradient passes where Y is NaN, as in the kernel and torch's relu backward
         Zb = torch.ops.aten.threshold_backward(grad, Y, 0) if relu else grad
         return torch.bmm(Zb, M.mT), torch.bmm(A.mT, Zb)
-    B, n, r, BR, BN, warps, rows_per_split, splits = _geometry(A, "apply_backward")
+    B, n, r, BR, BN, warps, rows_per_split, splits = _geometry(A, "apply_backward" if H is None else "apply_backward_h")
     dA = torch.empty((B, n, r), dtype=A.dtype, device=A.device)
     partials = _partials(A, B, splits, BR)
     Mt = M.mT  # dA = Zb @ M^T: a transposed view, read through strides
