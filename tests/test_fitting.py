@@ -192,6 +192,11 @@ def test_node_order_rules(monkeypatch):
     assert fitting.resolve_node_order("auto", A) is None  # below AUTO_ORDER_MIN_NODES
     monkeypatch.setattr(fitting, "AUTO_ORDER_MIN_NODES", 60)
     assert fitting.resolve_node_order("auto", A) == "rcm"
+    monkeypatch.setattr(fitting, "_available_memory", lambda: 3 * fitting._graph_bytes(A))
+    assert fitting.resolve_node_order("auto", A) is None  # no room for the copies the renumbering makes
+    assert fitting.resolve_node_order("rcm", A) == "rcm"  # asked for: done
+    monkeypatch.undo()
+    monkeypatch.setattr(fitting, "AUTO_ORDER_MIN_NODES", 60)
     assert fitting.fit_affinity(A, 2, "hals", random_state=0, max_iter=5).node_order == "rcm"
     assert fitting.resolve_node_order("auto", dense) is None  # a dense similarity keeps its numbering
     assert fitting.resolve_node_order("degree", A) == "degree" and fitting.resolve_node_order(None, dense) is None

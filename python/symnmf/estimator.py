@@ -123,8 +123,9 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         Renumber a sparse similarity's nodes before the fit so that its
         products with the factor read nearby rows (`symnmf_kernels.sparse.locality_order`),
         and map the result back. "auto": reverse Cuthill-McKee for a sparse graph
-        of 100,000 nodes or more on the CPU (`symnmf.fitting.AUTO_ORDER_MIN_NODES`),
-        nothing otherwise; None keeps the numbering. The start is drawn in the
+        of 100,000 nodes or more on the CPU (`symnmf.fitting.AUTO_ORDER_MIN_NODES`)
+        when four copies of it fit in the memory available, nothing otherwise;
+        None keeps the numbering. The start is drawn in the
         input's numbering, so the labels are those of the fit without it, up to
         rounding.
     verbose : bool

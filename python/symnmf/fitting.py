@@ -32,6 +32,7 @@ Defaults
 """
 import contextlib
 import math
+import os
 import sys
 import time
 import warnings
@@ -48,7 +49,7 @@ from .validation import as_similarity, check_device, check_rank, check_similarit
 
 __all__ = [
     "SOLVERS", "SOLVER_NAMES", "AFFINITIES", "DEFAULT_MAX_ITER", "DEFAULT_EPOCHS", "DEFAULT_RECIPE", "NET_DEFAULTS",
-    "SMALL_PROBLEM", "SCALE_TOL", "NODE_ORDERS", "AUTO_ORDER_MIN_NODES", "resolve_node_order",
+    "SMALL_PROBLEM", "SCALE_TOL", "NODE_ORDERS", "AUTO_ORDER_MIN_NODES", "AUTO_ORDER_COPIES", "resolve_node_order",
     "FitResult", "resolve_device", "resolve_dtype", "build_affinity", "fit_affinity", "similarity_scale",
     "snapped_scale",
     "default_threads", "thread_limit", "show_progress", "sync_device",
@@ -85,6 +86,9 @@ NODE_ORDERS = ("auto", "rcm", "degree", None)
 # From this many nodes "auto" renumbers a sparse graph on the CPU: below it the factor (n x r floats) stays in the
 # caches in any order. On a GPU "auto" keeps the numbering until a GPU run has measured what renumbering buys there.
 AUTO_ORDER_MIN_NODES = 100_000
+# "auto" renumbers only while this many copies of the graph fit in the memory still available: the renumbering
+# holds about three at its peak, and the fit keeps the renumbered one beside the caller's.
+AUTO_ORDER_COPIES = 4
 
 
 @dataclass
@@ -387,7 +391,7 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
       `FitResult.start_modularity` holds every start's. SymHALS runs them side by side; the others one
       after another, without a progress bar. The net takes 1 (its restarts are the recipe's n_restarts).
     node_order: "auto" (renumber a sparse CPU graph of `AUTO_ORDER_MIN_NODES` nodes or more by reverse
-      Cuthill-McKee), "rcm" or "degree" (`symnmf_kernels.sparse.locality_order`; a sparse A only), or None.
+      Cuthill-McKee, when `AUTO_ORDER_COPIES` copies of it fit in the memory available), "rcm" or "degree" (`symnmf_kernels.sparse.locality_order`; a sparse A only), or None.
       The fit runs on the renumbered graph from the start drawn in A's numbering; the result is mapped back.
     A is not checked again: build it with `build_affinity`.
     """
@@ -486,11 +490,28 @@ def resolve_node_order(node_order, A):
         raise ValueError(f"node_order must be one of {NODE_ORDERS}, got {node_order!r}")
     sparse = A.layout != torch.strided
     if node_order == "auto":
-        return "rcm" if sparse and A.is_cpu and A.shape[-1] >= AUTO_ORDER_MIN_NODES else None
+        large = sparse and A.is_cpu and A.shape[-1] >= AUTO_ORDER_MIN_NODES
+        return "rcm" if large and AUTO_ORDER_COPIES * _graph_bytes(A) <= _available_memory() else None
     if node_order is not None and not sparse:
         raise ValueError(f"node_order={node_order!r} renumbers the nodes of a sparse graph so that its products "
                          "gather nearby rows; a dense similarity gains nothing from it: pass node_order=None")
     return node_order
+
+
+def _graph_bytes(A):
+    """Bytes of a sparse A's index and value arrays (CSR, as `build_affinity` makes it; else two int64 indices an
+    entry)."""
+    if A.layout == torch.sparse_csr:
+        return sum(t.numel() * t.element_size() for t in (A.crow_indices(), A.col_indices(), A.values()))
+    return A._nnz() * (A.dtype.itemsize + 16)
+
+
+def _available_memory():
+    """Physical memory still available to this process, in bytes (unbounded where the system does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - a system without these sysconf names
+        return float("inf")
 
 
 def _renumber_net(net, rows):
