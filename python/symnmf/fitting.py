@@ -391,8 +391,9 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
       `FitResult.start_modularity` holds every start's. SymHALS runs them side by side; the others one
       after another, without a progress bar. The net takes 1 (its restarts are the recipe's n_restarts).
     node_order: "auto" (renumber a sparse CPU graph of `AUTO_ORDER_MIN_NODES` nodes or more by reverse
-      Cuthill-McKee, when `AUTO_ORDER_COPIES` copies of it fit in the memory available), "rcm" or "degree" (`symnmf_kernels.sparse.locality_order`; a sparse A only), or None.
-      The fit runs on the renumbered graph from the start drawn in A's numbering; the result is mapped back.
+      Cuthill-McKee, when `AUTO_ORDER_COPIES` copies of it fit in the memory available), "rcm" or "degree"
+      (`symnmf_kernels.sparse.locality_order`; a sparse A only), or None. The fit runs on the renumbered graph
+      from the start drawn in A's numbering; the result is mapped back.
     A is not checked again: build it with `build_affinity`.
     """
     if not isinstance(A, torch.Tensor):
