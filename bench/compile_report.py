@@ -35,7 +35,7 @@ from symnmf_kernels.ops._launch import (  # noqa: E402
 from symnmf_kernels.triton import apply_relu, gram, hals, sparse_loss, spd_inverse, sym_loss, symnmf_block  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
-INT_ARGS = {"n", "m", "r", "tiles", "rows_per_split", "num_splits"}
+INT_ARGS = {"n", "m", "r", "tiles", "rows_per_split", "num_splits", "problems"}
 # Arguments whose type does not follow the problem's dtype.
 SPECIAL_TYPES = {"info": "*i32", "sums": "*fp64", "totals": "*fp64", "x_sq": "*fp64"}
 SCALAR_LAM = {"hals_sweep_kernel"}  # lam passed by value, not as a per-problem tensor
@@ -74,6 +74,7 @@ def configs(quick):
         (sym_loss.sym_loss_partials_kernel, []),
         (sparse_loss.sparse_loss_terms_kernel, ["HAS_P", "HAS_GRAM"]),
         (sparse_loss.sparse_loss_values_kernel, []),
+        (sparse_loss.sparse_loss_coefs_kernel, ["HAS_DGRAM"]),
         (sparse_loss.sparse_reg_grad_kernel, []),
         (sparse_loss.sparse_loss_grad_kernel, ["HAS_W", "HAS_Y"]),
         (hals.hals_sweep_kernel, ["HAS_V"]),
@@ -120,7 +121,7 @@ def launch(fn, r):
     if name in FAMILY:
         BN, warps = tiles(FAMILY[name], r, _Cuda())
         return BN, block_r(r), warps
-    if name in ("gram_finalize_kernel", "sparse_loss_values_kernel"):
+    if name in ("gram_finalize_kernel", "sparse_loss_values_kernel", "sparse_loss_coefs_kernel"):
         return None, block_r(r), 4
     if name in ("spd_inverse_kernel", "symnmf_block_gram_inverse_kernel"):
         return None, block_r(r), inverse_warps(r)

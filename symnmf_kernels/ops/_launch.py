@@ -16,7 +16,8 @@ from ..triton.gram import gram_finalize_kernel, gram_partials_kernel
 from ..triton.hals import fill_zero_columns_kernel, hals_sweep_kernel
 from ..triton.nnls import nnls_kernel
 from ..triton.sparse_loss import (
-    sparse_loss_grad_kernel, sparse_loss_terms_kernel, sparse_loss_values_kernel, sparse_reg_grad_kernel,
+    sparse_loss_coefs_kernel, sparse_loss_grad_kernel, sparse_loss_terms_kernel, sparse_loss_values_kernel,
+    sparse_reg_grad_kernel,
 )
 from ..triton.sym_loss import sym_loss_partials_kernel
 from ._common import (
@@ -329,6 +330,28 @@ def sparse_loss_values(partials, G, x_sq, dtype):
         BLOCK_R=block_r(r), SPLITS=FINALIZE_SPLITS, num_warps=4,
     )
     return sums, loss, reg
+
+
+def _problem_stride(t, B):
+    """The stride of a per-problem scalar t (one value, or B of them) read as t[b]: 0 for a single value."""
+    return 0 if t.numel() == 1 else t.reshape(B).stride(0)
+
+
+def sparse_loss_coefs(gloss, greg, sums, G, B):
+    """The layer loss's backward scalars for a symmetric X: ((-4 gloss, 4 gloss, 2 greg) as three (B,) tensors,
+    dlam = -2 greg <R, U> (B,), and 2 gloss G (B, r, r), or None without G), from the losses' gradients gloss and
+    greg (one value or B each, in the loss's dtype) and the forward's sums (B, 3); one program per problem."""
+    coefs = torch.empty((3, B), dtype=gloss.dtype, device=gloss.device)
+    dlam = torch.empty((B,), dtype=gloss.dtype, device=gloss.device)
+    dgram = None if G is None else torch.empty_like(G, memory_format=torch.contiguous_format)
+    r = 1 if G is None else G.shape[-1]
+    sparse_loss_coefs_kernel[(B,)](
+        gloss, greg, sums, G if G is not None else coefs, coefs, dlam, dgram if G is not None else coefs, B, r,
+        _problem_stride(gloss, B), _problem_stride(greg, B),
+        *(G.stride() if G is not None else (0, 0, 0)), *(dgram.stride() if G is not None else (0, 0, 0)),
+        HAS_DGRAM=G is not None, BLOCK_R=block_r(r), num_warps=4,
+    )
+    return coefs.unbind(0), dlam, dgram
 
 
 def sparse_reg_grad(U, S, P, lam, coef):

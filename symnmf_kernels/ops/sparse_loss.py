@@ -276,40 +276,48 @@ class _SparseLayerLoss(torch.autograd.Function):
         crow, col, values, t_crow, t_col, t_values, U, S, P, lam, G, sums = ctx.saved_tensors
         need_u, need_p, need_lam = ctx.needs_input_grad[7:10]
         B = U.shape[0]
-        gloss, greg = _vec(gloss.to(U.dtype), B), _vec(greg.to(U.dtype), B)
+        want_dgram = ctx.has_gram and ctx.needs_input_grad[11]
+        if ctx.fused and t_crow is None and not torch.compiler.is_compiling():
+            # symmetric X on the Triton path: every per-problem coefficient below, dlam and dgram in one launch
+            coefs, dlam_all, dgram = _launch.sparse_loss_coefs(gloss, greg, sums, G if want_dgram else None, B)
+            gloss_s, coef_g, coef_w = coefs
+            coef_g = None if ctx.has_gram else coef_g
+        else:
+            gloss, greg = _vec(gloss.to(U.dtype), B), _vec(greg.to(U.dtype), B)
+            # ||U^T U||^2's gradient: 4 U G through U, or 2 G to the caller's gram (whose backward takes it to U)
+            dgram = _col(2 * gloss) * G if want_dgram else None
+            coef_g = None if ctx.has_gram else 4 * gloss
+            coef_w, gloss_s = 2 * greg, (-4 * gloss if t_crow is None else -2 * gloss)
+            dlam_all = None
         dU = dP = dlam = None
-        # ||U^T U||^2's gradient: 4 U G through U, or 2 G to the caller's gram (whose own backward takes it to U)
-        dgram = _col(2 * gloss) * G if ctx.has_gram and ctx.needs_input_grad[11] else None
-        coef_g = None if ctx.has_gram else 4 * gloss
         # W = 2 greg R is dP and, through X^T W + lam W, the regulariser's part of dU.
         if ctx.native and t_crow is None and P is not None:  # symmetric X: dU in one fused pass, R in P's slot
             if need_u:
                 T = None if coef_g is None else U @ (_col(coef_g) * G)  # with gram, dgram carries that term
-                dU = torch.ops.symnmf_kernels.sparse_loss_grad_csr(crow, col, values, T, S, P, lam, -4 * gloss,
-                                                                   2 * greg)
+                dU = torch.ops.symnmf_kernels.sparse_loss_grad_csr(crow, col, values, T, S, P, lam, gloss_s, coef_w)
             if need_p:
-                dP = P * _col(2 * greg)
+                dP = P * _col(coef_w)
             if need_lam:
                 dlam = (-2 * greg.to(torch.float64) * sums[:, 2]).to(lam.dtype)
             return None, None, None, None, None, None, None, dU, dP, dlam, None, dgram
         W = None
         if P is not None and (need_u or need_p):
-            W = _reg_grad_fused(U, S, P, lam, 2 * greg) if ctx.fused else P * _col(2 * greg)  # P is R there
+            W = _reg_grad_fused(U, S, P, lam, coef_w) if ctx.fused else P * _col(coef_w)  # P is R there
         loss_grad = _loss_grad_fused if ctx.fused else sparse_loss_grad_torch
         if need_u:
+            coef_s = gloss_s
             if t_crow is None:  # symmetric X: -2 (X U + X^T U) = -4 S
-                V, coef_s = W, -4 * gloss
+                V = W
                 Xt = (crow, col, values)
             else:  # general X: -2 S - X^T (2 gloss U), folded into the one backward SpMM
                 V = 2 * gloss[:, None, None] * U + (W if W is not None else 0)
-                coef_s = -2 * gloss
                 Xt = (t_crow, t_col, t_values)
             Y = _times_x(*Xt, V, ctx.blockdiag) if V is not None else None
             dU = loss_grad(U, S, G, W, Y, lam, coef_s, coef_g)
         if need_p:
             dP = W
         if need_lam and P is not None:
-            dlam = (-2 * greg.to(torch.float64) * sums[:, 2]).to(lam.dtype)
+            dlam = dlam_all if dlam_all is not None else (-2 * greg.to(torch.float64) * sums[:, 2]).to(lam.dtype)
         return None, None, None, None, None, None, None, dU, dP, dlam, None, dgram
 
 

@@ -10,7 +10,8 @@ reduction both losses and the lam-gradient need: <S, U>, U^T U (unless the
 caller has it: HAS_GRAM = 0), ||R||^2 and <R, U>, as per-program partials
 (deterministic). `sparse_loss_values_kernel` then sums them per problem and forms
 both losses, one program per problem.
-Backward: `sparse_reg_grad_kernel` writes W = c (P - S - lam U), which is both
+Backward: `sparse_loss_coefs_kernel` forms the per-problem coefficients (one
+program per problem); `sparse_reg_grad_kernel` writes W = c (P - S - lam U), which is both
 dP and the right-hand side of the backward SpMM; `sparse_loss_grad_kernel`
 writes dU = cs S + cg U G - lam W - Y in one pass (Y the backward SpMM).
 
@@ -103,6 +104,32 @@ def sparse_loss_values_kernel(
     tl.store(totals + b * 3 + 2, tl.sum(ru, axis=0))
     tl.store(loss + b, (x_sq_b - 2.0 * su_b + g_sq).to(loss.dtype.element_ty))
     tl.store(reg + b, rr_b.to(reg.dtype.element_ty))
+
+
+@triton.jit
+def sparse_loss_coefs_kernel(
+    gloss, greg, sums, G, coefs, dlam, dgram, problems, r,
+    stride_lb, stride_rb, stride_gb, stride_gr, stride_gc, stride_db, stride_dr, stride_dc,
+    HAS_DGRAM: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """Program b: the backward's per-problem scalars for a symmetric X from the losses' gradients gloss[b] and
+    greg[b]: coefs[:, b] = (-4 gloss, 4 gloss, 2 greg) (the coefficients of S, of U G and of R),
+    dlam[b] = -2 greg <R, U> (sums[b, 2]) and, with HAS_DGRAM, dgram[b] = 2 gloss G[b] (the gradient of the
+    caller's Gram); in float64, stored in the outputs' dtypes. One launch where torch took about eight."""
+    b = tl.program_id(0).to(tl.int64)
+    gl = tl.load(gloss + b * stride_lb).to(tl.float64)
+    gr = tl.load(greg + b * stride_rb).to(tl.float64)
+    out = coefs.dtype.element_ty
+    tl.store(coefs + b, (-4.0 * gl).to(out))
+    tl.store(coefs + problems + b, (4.0 * gl).to(out))
+    tl.store(coefs + 2 * problems + b, (2.0 * gr).to(out))
+    tl.store(dlam + b, (-2.0 * gr * tl.load(sums + b * 3 + 2)).to(dlam.dtype.element_ty))
+    if HAS_DGRAM:
+        offs = tl.arange(0, BLOCK_R)
+        inside = (offs[:, None] < r) & (offs[None, :] < r)
+        g = tl.load(G + b * stride_gb + offs[:, None] * stride_gr + offs[None, :] * stride_gc, mask=inside, other=0.0)
+        tl.store(dgram + b * stride_db + offs[:, None] * stride_dr + offs[None, :] * stride_dc,
+                 ((2.0 * gl) * g.to(tl.float64)).to(dgram.dtype.element_ty), mask=inside)
 
 
 @triton.jit
