@@ -230,9 +230,10 @@ def captured_launches(quick):
     patch(JITFunction, "run", run)
     patch(_common, "_sm_count", lambda index: 132)
     patch(_launch, "input_precision", precision_on_gpu)
-    # the GPU's rule: from BLOCK_R = 128 the plain products are torch's GEMMs there, and launch no kernel
-    patch(_launch, "cublas_products", lambda t, r, precision=None: _common.block_r(r) >= _common.CUBLAS_MIN_BLOCK_R
-          and (precision or _common.get_dot_precision()) == "auto")
+    # the GPU's rule (from BLOCK_R = 128 the plain products are torch's GEMMs there, and launch no kernel), asked
+    # of a stand-in for a CUDA tensor of t's dtype
+    patch(_launch, "cublas_products", lambda t, r, precision=None: _common.cublas_products(
+        types.SimpleNamespace(is_cuda=True, dtype=t.dtype), r, precision))
     for name in ("tiles", "split_rows", "block_n", "hals_tiles"):
         fn = getattr(_common, name)
         patch(_launch, name, lambda *a, _fn=fn: _fn(*a[:-1], gpu))

@@ -178,9 +178,10 @@ def apply_relu_inverse_backward(grad, Y, P, Ginv, H=None, precision=None):
     `cublas_products`, the ReLU product's backward and torch's r x r products."""
     r = P.shape[-1]
     if block_r(r) > SMALL_BACKWARD_MAX_BLOCK_R or cublas_products(P, r, precision):
+        from .spd_inverse import spd_inverse_backward_torch  # the op's own torch path (that module imports this one)
+
         dP, dGinv = apply_backward(grad, Y, P, Ginv, H, precision=precision)
-        dG = -(Ginv.mT @ dGinv @ Ginv.mT)
-        return dP, 0.5 * (dG + dG.mT)
+        return dP, spd_inverse_backward_torch(Ginv, dGinv)
     dP, _, dG = _relu_inverse_backward(grad, Y, P, Ginv, H, True, precision)
     return dP, dG
 
@@ -196,12 +197,8 @@ def symnmf_block_backward(grad, Y, P, Ginv, U, precision=None):
     B, m, r = U.shape
     n = P.shape[1]
     if not small_block_backward(m, n, r):
-        BR = block_r(r)
-        if cublas_products(P, r, precision):  # every product of the backward is a GEMM there
-            dP, PtZb = apply_backward(grad, Y, P, Ginv, precision=precision)
-            dG = -(Ginv.mT @ PtZb @ Ginv.mT)
-            return torch.bmm(U, dG + dG.mT), dP, dG
-        if BR > SMALL_BACKWARD_MAX_BLOCK_R:  # beyond the register tiles of the r x r kernel
+        if block_r(r) > SMALL_BACKWARD_MAX_BLOCK_R:  # beyond the register tiles of the r x r kernel
+            # (where `cublas_products`, apply_backward and apply below are torch's GEMMs themselves)
             dP, PtZb = apply_backward(grad, Y, P, Ginv, precision=precision)
             dG = -(Ginv.mT @ PtZb @ Ginv.mT)
             S = (dG + dG.mT).contiguous()
