@@ -1,4 +1,5 @@
-"""symnmf.distributed: row-sharded SymHALS, PGD and SymANLS on 1, 2 and 3 gloo ranks against one process.
+"""symnmf.distributed: row-sharded SymHALS, PGD, SymANLS, SymNewton and ADMM on 1, 2 and 3 gloo ranks against one
+process.
 
 The ranks are spawned once inside pytest (torch.multiprocessing), with torchrun's variables
 (WORLD_SIZE, RANK, MASTER_ADDR, a free MASTER_PORT) so that `init_from_env` forms the group as
@@ -17,7 +18,7 @@ import torch.multiprocessing as tmp
 
 from symnmf import distributed as sd
 
-SOLVERS = ("hals", "pgd", "anls")
+SOLVERS = ("hals", "pgd", "anls", "newton", "admm")
 K = 6
 ITERS = 20
 
@@ -220,7 +221,13 @@ def test_refusals(tmp_path, graph):
     A, _ = graph
     g = sd.ShardedGraph.from_matrix(A[:300, :300])
     with pytest.raises(ValueError, match="sharded solvers"):
-        sd.fit(g, 3, "newton")
+        sd.fit(g, 3, "lbfgs")
+    with pytest.raises(ValueError, match="exact.*cg"):
+        sd.fit(g, 3, "newton", method="exact")
+    with pytest.raises(ValueError, match="no penalty"):
+        sd.fit(g, 3, "newton", lam=1.0)
+    with pytest.raises(ValueError, match="rho"):
+        sd.fit(g, 3, "admm", lam=-1.0)
     with pytest.raises(ValueError, match="k must be"):
         sd.fit(g, 0, "hals")
     with pytest.raises(ValueError, match="negative"):
@@ -232,7 +239,8 @@ def test_refusals(tmp_path, graph):
 
 
 def test_one_process_is_the_single_process_solver(graph, single, monkeypatch):
-    """World size 1 (no torch.distributed) runs the sharded code: bit-for-bit the single-process result."""
+    """World size 1 (no torch.distributed) runs the sharded code: bit-for-bit the single-process result, but for
+    ADMM, whose default penalty comes from a power iteration that sums its squares in float64 when sharded."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     A, _ = graph
     g = sd.ShardedGraph.from_matrix(A)
@@ -240,7 +248,10 @@ def test_one_process_is_the_single_process_solver(graph, single, monkeypatch):
     for solver in SOLVERS:
         run = sd.fit(g, K, solver, seed=0, max_iter=ITERS)
         assert np.array_equal(run.labels, single[solver].labels)
-        assert torch.equal(run.U, single[solver].U)
+        if solver == "admm":
+            assert torch.allclose(run.U, single[solver].U, rtol=1e-12, atol=1e-15)
+        else:
+            assert torch.equal(run.U, single[solver].U), solver
         assert run.n_iter == single[solver].n_iter
 
 

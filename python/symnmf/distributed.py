@@ -34,10 +34,12 @@ single-process ones up to the order of floating-point reductions (the Gram and
 the loss sums are added per rank, then across ranks).
 
 Solvers: SymHALS (`hals`) and SymANLS (`anls`) on Zhu et al.'s two-factor form,
-W and V both row-sharded, and PGD (`pgd`, Kuang et al., Armijo on the projection
-arc), and SymNMF-Net (`net`, in symnmf.distributed_net). SymNewton and ADMM are not sharded yet.
+W and V both row-sharded; PGD (`pgd`, Kuang et al., Armijo on the projection
+arc); SymNewton (`newton`, its matrix-free CG form, with PGD's Armijo); ADMM
+(`admm`, Lu, Hong and Wang); and SymNMF-Net (`net`, in symnmf.distributed_net).
 """
 import copy
+import functools
 import json
 import math
 import os
@@ -56,10 +58,12 @@ from symnmf_kernels.sparse import CSR
 
 from .fitting import DEFAULT_MAX_ITER, _per_scale, snapped_scale
 from .metrics import cluster_indicators, modularity_from_sums, modularity_sums
+from .solvers.admm import DEFAULTS as _ADMM_DEFAULTS, default_rho
 from .solvers.anls import DEFAULTS as _ANLS_DEFAULTS
 from .solvers.hals import DEFAULTS as _HALS_DEFAULTS
 from .solvers.base import Monitor, as_seed, check_lam, default_check_every, projected_gradient_sq
 from .solvers.penalised import half_gradient
+from .solvers.newton import DEFAULTS as _NEWTON_DEFAULTS, cg_direction, is_descent
 from .solvers.nnls import nnls_gram
 from .solvers.pgd import DEFAULTS as _PGD_DEFAULTS
 from .validation import check_device
@@ -899,6 +903,27 @@ def _objective_change(graph, S, XS, H, XH, G, grad):
     return -4 * packed[-3] - 2 * packed[-2] + 2 * (G * delta).sum() + delta.pow(2).sum(), packed[-1]
 
 
+def _armijo(graph, H, XH, G, grad, direction, sigma, beta, max_trials):
+    """`solvers.linesearch.armijo_projected` sharded: (H_new, X H_new, accepted), one halo exchange and one
+    all_reduce per trial; every rank accepts the same trial from the same sums."""
+    a = 1.0
+    for _ in range(max_trials):
+        Hn = torch.clamp(H - a * direction, min=0)
+        XHn = graph.matmul(Hn)
+        S = Hn - H
+        change, decrease = _objective_change(graph, S, XHn - XH, H, XH, G, grad)
+        if bool(change <= sigma * decrease):
+            return Hn, XHn, True
+        a *= beta
+    return H, XH, False
+
+
+def _state(graph, H, XH, G, grad):
+    """(objective, squared projected gradient) of the whole factor from this rank's rows: one all_reduce."""
+    cross, pg = graph.sum(dot64(XH[None], H[None])[0], projected_gradient_sq(grad, H))
+    return graph.norm_sq - 2 * cross + G.double().pow(2).sum(), pg
+
+
 def pgd(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=False, check_every=1,
         sigma=0.1, beta=0.1, max_trials=30):
     """PGD (Kuang et al.) on a ShardedGraph from this rank's rows U0; `symnmf.solvers.pgd` sharded.
@@ -919,28 +944,102 @@ def pgd(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=
     while True:
         G = graph.gram(H)
         grad = 4 * (H @ G - XH)
-        if monitor.due(it):
-            cross, pg = graph.sum(dot64(XH[None], H[None])[0], projected_gradient_sq(grad, H))
-            if monitor.check(it, H, graph.norm_sq - 2 * cross + G.double().pow(2).sum(), pg):
-                break
-        accepted = False
-        a = 1.0
-        for _ in range(max_trials):
-            Hn = torch.clamp(H - a * grad, min=0)
-            XHn = graph.matmul(Hn)
-            S = Hn - H
-            change, decrease = _objective_change(graph, S, XHn - XH, H, XH, G, grad)
-            if bool(change <= sigma * decrease):
-                H, XH, accepted = Hn, XHn, True
-                break
-            a *= beta
+        if monitor.due(it) and monitor.check(it, H, *_state(graph, H, XH, G, grad)):
+            break
+        H, XH, accepted = _armijo(graph, H, XH, G, grad, grad, sigma, beta, max_trials)
         if not accepted:
-            cross, pg = graph.sum(dot64(XH[None], H[None])[0], projected_gradient_sq(grad, H))
-            monitor.record_last(it, H, graph.norm_sq - 2 * cross + G.double().pow(2).sum(), pg)
+            monitor.record_last(it, H, *_state(graph, H, XH, G, grad))
             break
         it += 1
     result = monitor.result(H, solver="pgd", sigma=sigma, beta=beta)
     _traffic(result, graph, H.shape[1], start_bytes, start_exchanges, max(it, 1))
+    return result
+
+
+def _global_sum(graph, t):
+    """The sum of t's entries over all ranks, in t's dtype (a 0-d tensor; one all_reduce)."""
+    return graph.comm.all_reduce(t.sum().reshape(1))[0]
+
+
+def newton(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=False, check_every=1,
+           method="auto", sigma=0.1, beta=0.1, max_trials=30, cg_max_iter=50, cg_check_every=None):
+    """SymNewton (Kuang et al.) on a ShardedGraph from this rank's rows U0: `symnmf.solvers.newton`'s matrix-free
+    form ("cg") sharded. Each iteration: projected Newton-CG on the free set (a CG step costs one halo exchange
+    and three all_reduces), then PGD's sharded Armijo along the direction. method "auto" or "cg"; the "exact"
+    form factorises blocks of the dense n x n X and is not sharded.
+    """
+    if lam is not None:
+        raise ValueError("newton has no penalty: leave lam=None (lam is for anls, hals and admm)")
+    if method == "exact":
+        raise ValueError("newton's method='exact' needs the whole dense X in one process; sharded, it runs 'cg'")
+    if method not in ("auto", "cg"):
+        raise ValueError(f"method must be 'auto' or 'cg' sharded, got {method!r}")
+    if cg_check_every is None:
+        cg_check_every = 5 if graph.device.type == "cuda" else 1
+    monitor = _monitor("newton", graph, _NEWTON_DEFAULTS["tol"] if tol is None else tol,
+                       _NEWTON_DEFAULTS["max_iter"] if max_iter is None else max_iter, check_every, callback, verbose)
+    start_bytes, start_exchanges = graph.plan.bytes_sent, graph.plan.exchanges
+    total = functools.partial(_global_sum, graph)
+    H = U0.clone()
+    XH = graph.matmul(H)
+    g0_norm = None
+    it = 0
+    while True:
+        G = graph.gram(H)
+        grad = 4 * (H @ G - XH)
+        if g0_norm is None:
+            g0_norm = torch.sqrt(total(grad.pow(2)))
+        if monitor.due(it) and monitor.check(it, H, *_state(graph, H, XH, G, grad)):
+            break
+        free = (H > 0) | (grad <= 0)
+        direction = cg_direction(H, G, grad, free, g0_norm, cg_max_iter, cg_check_every, graph.matmul, total,
+                                 lambda M: graph.comm.all_reduce(M.contiguous()))
+        direction = torch.where(is_descent(grad, direction, total), direction, grad)
+        H, XH, accepted = _armijo(graph, H, XH, G, grad, direction, sigma, beta, max_trials)
+        if not accepted:
+            monitor.record_last(it, H, *_state(graph, H, XH, G, grad))
+            break
+        it += 1
+    result = monitor.result(H, solver="newton", method="cg", sigma=sigma, beta=beta)
+    _traffic(result, graph, H.shape[1], start_bytes, start_exchanges, max(it, 1))
+    return result
+
+
+def admm(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=False, check_every=None):
+    """ADMM (Lu, Hong, Wang) on a ShardedGraph from this rank's rows U0; `symnmf.solvers.admm` sharded.
+
+    Every step is row-separable once the r x r Grams are all_reduced: per iteration two halo exchanges
+    (X A and X Y) and two Gram all_reduces, and at a stopping check one all_reduce of two float64 sums.
+    lam: the penalty rho, default ||X||_2 / 4 (`solvers.admm.default_rho`, the power iteration over the ranks).
+    """
+    rho = default_rho(graph) if lam is None else check_lam(lam, "lam (the ADMM penalty rho)")
+    monitor = _monitor(
+        "admm", graph, _ADMM_DEFAULTS["tol"] if tol is None else tol,
+        _ADMM_DEFAULTS["max_iter"] if max_iter is None else max_iter,
+        default_check_every(graph.device, syncs_anyway=False) if check_every is None else check_every,
+        callback, verbose,
+    )
+    start_bytes, start_exchanges = graph.plan.bytes_sent, graph.plan.exchanges
+    r = U0.shape[1]
+    eye = _eye(graph, r)
+    Y = U0.clone()
+    Lam = torch.zeros_like(Y)
+    XY = graph.matmul(Y)
+    it = 0
+    while True:
+        GY = graph.gram(Y)
+        if monitor.due(it) and monitor.check(it, Y, *_state(graph, Y, XY, GY, 4 * (Y @ GY - XY))):
+            break
+        A = (XY + Lam + rho * Y) @ sk.spd_inverse(GY + rho * eye)
+        XA = graph.matmul(A)
+        GA = graph.gram(A)
+        beta = GA.norm()
+        Y = torch.clamp((rho * A + beta * Y - Lam - (Y @ GA - XA)) / (rho + beta), min=0)
+        Lam = Lam + rho * (Y - A)
+        XY = graph.matmul(Y)
+        it += 1
+    result = monitor.result(Y, solver="admm", rho=rho)
+    _traffic(result, graph, r, start_bytes, start_exchanges, max(it, 1))
     return result
 
 
@@ -964,7 +1063,7 @@ def net(graph, k, **options):
     return _net(graph, k, **options)
 
 
-SOLVERS = {"hals": hals, "pgd": pgd, "anls": anls, "net": net}
+SOLVERS = {"hals": hals, "pgd": pgd, "anls": anls, "newton": newton, "admm": admm, "net": net}
 
 
 # ------------------------------------------------------------------------------------ fit and cluster
@@ -1014,8 +1113,8 @@ def similarity_scale(graph, iters=30):
 
 
 def fit(graph, k, solver="hals", *, seed=0, max_iter=None, tol=None, lam=None, gather_factor=True, **options):
-    """Factorise a ShardedGraph at rank k with a sharded solver ("hals", "pgd", "anls" or "net") from the
-    seed's start; options go to the solver (for "net": recipe and any recipe setting)."""
+    """Factorise a ShardedGraph at rank k with a sharded solver ("hals", "pgd", "anls", "newton", "admm" or "net")
+    from the seed's start; options go to the solver (for "net": recipe and any recipe setting)."""
     if solver not in SOLVERS:
         raise ValueError(f"the sharded solvers are {sorted(SOLVERS)}, got {solver!r} (not sharded yet)")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= graph.n:

@@ -86,27 +86,32 @@ class _ExactDirections:
         return step
 
 
-def _cg_direction(problem, H, G, grad, free, g0_norm, max_iter, check_every):
-    """Truncated CG on P_F Hess P_F d = P_F grad, scalars kept on the device."""
+def cg_direction(H, G, grad, free, g0_norm, max_iter, check_every, matmul, total=torch.sum, across=None):
+    """Truncated CG on P_F Hess P_F d = P_F grad, scalars kept on the device.
+
+    matmul(D) = X D; total(t): the sum of t's entries, and across(M): an r x r matrix summed, over every rank
+    of a row-sharded problem (`symnmf.distributed`; in one process the plain sum and nothing).
+    """
     mask = free.to(H.dtype)
     b = grad * mask
 
     def hess(D):
-        DtH = D.mT @ H
-        return 4 * (D @ G + H @ (DtH + DtH.mT) - problem.matmul(D)) * mask
+        DtH = D.mT @ H if across is None else across(D.mT @ H)
+        return 4 * (D @ G + H @ (DtH + DtH.mT) - matmul(D)) * mask
 
-    b_norm = b.norm()
+    bb = total(b.pow(2))
+    b_norm = torch.sqrt(bb)
     eta = torch.clamp(torch.sqrt(b_norm / torch.clamp(g0_norm, min=torch.finfo(H.dtype).tiny)), max=0.5)
     stop_rr = (eta * b_norm) ** 2
     x = torch.zeros_like(b)
     res = b.clone()
     p = b.clone()
-    rr = res.pow(2).sum()
+    rr = bb
     done = rr <= stop_rr
     zero = torch.zeros((), dtype=H.dtype, device=H.device)
     for j in range(max_iter):
         Ap = hess(p)
-        pAp = (p * Ap).sum()
+        pAp = total(p * Ap)
         negative = (pAp <= 0) & ~done
         if j == 0:
             # Negative curvature along the gradient itself: fall back to the gradient.
@@ -115,7 +120,7 @@ def _cg_direction(problem, H, G, grad, free, g0_norm, max_iter, check_every):
         alpha = torch.where(done, zero, rr / torch.where(done, torch.ones_like(pAp), pAp))
         x = x + alpha * p
         res = res - alpha * Ap
-        rr_new = res.pow(2).sum()
+        rr_new = total(res.pow(2))
         converged = rr_new <= stop_rr
         beta = torch.where(done | converged, zero, rr_new / torch.where(rr > 0, rr, torch.ones_like(rr)))
         p = torch.where(done | converged, p, res + beta * p)
@@ -124,6 +129,12 @@ def _cg_direction(problem, H, G, grad, free, g0_norm, max_iter, check_every):
         if (j + 1) % check_every == 0 and bool(done):
             break
     return x
+
+
+def is_descent(grad, direction, total=torch.sum):
+    """Whether <grad, direction> > eps ||grad|| ||direction|| (a 0-d bool tensor); total as in cg_direction."""
+    eps = torch.finfo(grad.dtype).eps
+    return total(grad * direction) > eps * torch.sqrt(total(grad.pow(2))) * torch.sqrt(total(direction.pow(2)))
 
 
 def newton(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=False, check_every=1,
@@ -162,16 +173,15 @@ def newton(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=F
         G = sk.gram(H, 0.0)
         grad = 4 * (H @ G - XH)
         if g0_norm is None:
-            g0_norm = grad.norm()
+            g0_norm = torch.sqrt(grad.pow(2).sum())
         if monitor.due(it) and monitor.check(it, H, problem.loss(H, XH), projected_gradient_sq(grad, H)):
             break
         free = (H > 0) | (grad <= 0)
         if exact is not None:
             direction = exact(H, grad, free, it)
         else:
-            direction = _cg_direction(problem, H, G, grad, free, g0_norm, cg_max_iter, cg_check_every)
-            descent = (grad * direction).sum() > torch.finfo(H.dtype).eps * grad.norm() * direction.norm()
-            direction = torch.where(descent, direction, grad)
+            direction = cg_direction(H, G, grad, free, g0_norm, cg_max_iter, cg_check_every, problem.matmul)
+            direction = torch.where(is_descent(grad, direction), direction, grad)
         H, XH, accepted = armijo_projected(
             problem, H, XH, G, grad, direction, sigma=sigma, beta=beta, max_trials=max_trials
         )
