@@ -29,6 +29,7 @@ __all__ = [
     "sparse_layer_loss",
     "hals_sweep",
     "hals_sweep_",
+    "revive_zero_columns_",
     "nnls",
     "projected_gradient_sq",
 ]
@@ -158,12 +159,16 @@ def hals_sweep_(W, C, B, *, V=None, lam=0.0, revive=True):
     for k in range(W.shape[1]):
         W[:, k] = torch.clamp(W[:, k] + (C[:, k] - W @ B[:, k]) / B[k, k], min=0)
     colmax = W.amax(0)
-    if revive:
-        fill = ZERO_COLUMN_FILL * colmax.max()
-        zero = colmax == 0
-        W.copy_(torch.where(zero, fill, W))
-        colmax = torch.where(zero, fill, colmax)
-    return colmax
+    return revive_zero_columns_(W, colmax) if revive else colmax
+
+
+def revive_zero_columns_(W, colmax):
+    """Set the columns of W (n x r, or each factor of a batch (P, n, r)) whose maximum in colmax ((r,) or (P, r))
+    is zero to 1e-16 times the largest entry of colmax (per factor), in place; returns colmax after it."""
+    fill = ZERO_COLUMN_FILL * colmax.amax(-1, keepdim=True)
+    zero = colmax == 0
+    W.copy_(torch.where(zero[..., None, :], fill[..., None], W))
+    return torch.where(zero, fill, colmax)
 
 
 def hals_sweep(W, C, B, *, V=None, lam=0.0, revive=True):

@@ -10,7 +10,7 @@ import torch
 
 from symnmf_kernels import reference
 from symnmf_kernels.ops import hals as hals_ops
-from symnmf_kernels.ops.hals import ZERO_COLUMN_FILL, hals_sweep, hals_sweep_
+from symnmf_kernels.ops.hals import ZERO_COLUMN_FILL, hals_sweep, hals_sweep_, revive_zero_columns_
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_triton = pytest.mark.skipif(
@@ -163,6 +163,54 @@ def test_nan_in_a_zero_column_is_not_revived_away(device, backend):
     out, colmax = hals_sweep(W, C, B, backend=backend)
     assert bool(torch.isnan(out[5, 2])) and bool(torch.isnan(colmax[2]))
     assert float(out[torch.arange(53, device=device) != 5, 2].abs().max()) == 0.0
+
+
+@needs_triton
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (203, 16), (3, 41, 7)])
+def test_revive_zero_columns_matches_reference(backend, shape):
+    """Maxima given from outside (as a sharded sweep's, over every rank): the columns they name zero are set to
+    1e-16 times the largest given maximum of their factor, the rest untouched; float32 and float64, and a
+    column-major factor."""
+    g = torch.Generator().manual_seed(sum(shape))
+    for dtype in (torch.float32, torch.float64):
+        W = torch.rand(shape, generator=g, dtype=dtype).to(DEVICE)
+        colmax = 2 + torch.rand((*shape[:-2], shape[-1]), generator=g, dtype=dtype).to(DEVICE)  # larger than W's
+        zero = torch.rand(colmax.shape, generator=g).to(DEVICE) < 0.4
+        zero.view(-1)[0] = True
+        colmax[zero] = 0
+        W.masked_fill_(zero[..., None, :], 0.0)
+        for layout in ("rows", "columns"):
+            W_in = W.clone() if layout == "rows" else W.mT.contiguous().mT
+            expected_W = W.clone()
+            expected = reference.revive_zero_columns_(expected_W, colmax.clone())
+            got = revive_zero_columns_(W_in, colmax.clone(), backend=backend)
+            assert torch.equal(got, expected) and torch.equal(W_in, expected_W), (dtype, layout)
+            fill = ZERO_COLUMN_FILL * colmax.amax(-1)
+            assert torch.equal(W_in[zero[..., None, :].expand_as(W_in)].unique(),
+                               fill.unique() if W.dim() == 2 else fill[zero.any(-1)].unique())
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_revive_zero_columns_nan_and_bad_input(backend):
+    if backend == "triton" and DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        pytest.skip("the Triton kernel needs CUDA or TRITON_INTERPRET=1")
+    # A NaN maximum is not zero: its column keeps its values; the fill, from the largest maximum, is NaN too, and
+    # the zero column takes it (NaN spreads as in the reference, never hidden).
+    W = torch.zeros(9, 3, device=DEVICE)
+    colmax = torch.tensor([0.0, float("nan"), 2.0], device=DEVICE)
+    expected_W = W.clone()
+    expected = reference.revive_zero_columns_(expected_W, colmax.clone())
+    out = revive_zero_columns_(W, colmax, backend=backend)
+    assert torch.isnan(out[:2]).all() and out[2] == 2 and torch.equal(out[2:], expected[2:])
+    assert torch.isnan(W[:, 0]).all() and torch.isnan(expected_W[:, 0]).all()
+    assert float(W[:, 1:].abs().max()) == 0.0
+    with pytest.raises(ValueError, match="one maximum per column"):
+        revive_zero_columns_(W, colmax[:2], backend=backend)
+    with pytest.raises(TypeError, match="float64"):
+        revive_zero_columns_(W, colmax.double(), backend=backend)
+    with pytest.raises(ValueError, match="backend"):
+        revive_zero_columns_(W, colmax, backend="cuda")
 
 
 @needs_triton

@@ -53,7 +53,7 @@ import torch.distributed as dist
 
 import symnmf_kernels as sk
 from symnmf_kernels.ops._common import dot64
-from symnmf_kernels.ops.hals import ZERO_COLUMN_FILL, hals_sweep_
+from symnmf_kernels.ops.hals import hals_sweep_, revive_zero_columns_
 from symnmf_kernels.sparse import CSR
 
 from .fitting import DEFAULT_MAX_ITER, _per_scale, snapped_scale
@@ -715,11 +715,7 @@ def _sweep(graph, F, B, XO, O, lam, backend):
     """One SymHALS sweep of the local rows of F (or of each factor of a batch (R, n_local, r)), with the
     zero-column safety step taken globally, per factor."""
     colmax = hals_sweep_(F, XO, B, V=O, lam=lam, revive=False, backend=backend)
-    colmax = graph.comm.all_reduce(colmax.contiguous(), "max")
-    zero = colmax == 0
-    if bool(zero.any()):  # the same on every rank: colmax is the global one
-        fill = ZERO_COLUMN_FILL * colmax.amax(-1, keepdim=True)
-        F.add_(torch.where(zero, fill, torch.zeros_like(fill))[..., None, :])
+    revive_zero_columns_(F, graph.comm.all_reduce(colmax.contiguous(), "max"), backend=backend)
     return F
 
 

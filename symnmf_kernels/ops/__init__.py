@@ -7,7 +7,7 @@ symnmf_kernels.reference.
 """
 from .apply_relu import apply_relu, apply_relu_gram
 from .gram import gram
-from .hals import hals_sweep, hals_sweep_
+from .hals import hals_sweep, hals_sweep_, revive_zero_columns_
 from .nnls import nnls
 from .projected_gradient import projected_gradient_sq
 from .sparse_loss import sparse_layer_loss, sparse_sym_loss
@@ -29,6 +29,7 @@ __all__ = [
     "sparse_layer_loss",
     "hals_sweep",
     "hals_sweep_",
+    "revive_zero_columns_",
     "nnls",
     "projected_gradient_sq",
 ]

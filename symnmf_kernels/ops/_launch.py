@@ -404,11 +404,26 @@ def hals_sweep_(W, C, B, V, lam, revive, fill_scale):
     )
     colmax = partial.reshape(P, tiles, BR).amax(1)[:, :r].contiguous()
     if revive:
-        fill = (fill_scale * colmax.amax(1)).contiguous()
-        fill_zero_columns_kernel[(grid,)](
-            W, colmax, fill, n, r, tiles, *W.stride(), BLOCK_N=BN, BLOCK_R=BR, num_warps=warps,
-        )
-        colmax = torch.where(colmax == 0, fill[:, None], colmax)
+        colmax = revive_zero_columns_(W, colmax, fill_scale)
+    return colmax if batched else colmax[0]
+
+
+def revive_zero_columns_(W, colmax, fill_scale):
+    """Set the columns of W (n, r), or of each problem of W (P, n, r), whose maximum in colmax ((r,) or (P, r)) is
+    0 to fill_scale times their problem's largest maximum, in place, without reading anything back to the host;
+    returns the maxima after it."""
+    batched = W.dim() == 3
+    if not batched:
+        W, colmax = W[None], colmax[None]
+    P, n, r = W.shape
+    BN, BR, warps = hals_tiles(r, W.device)
+    tiles = triton_cdiv(n, BN)
+    colmax = colmax.contiguous()
+    fill = (fill_scale * colmax.amax(1)).contiguous()
+    fill_zero_columns_kernel[(P * tiles,)](
+        W, colmax, fill, n, r, tiles, *W.stride(), BLOCK_N=BN, BLOCK_R=BR, num_warps=warps,
+    )
+    colmax = torch.where(colmax == 0, fill[:, None], colmax)
     return colmax if batched else colmax[0]
 
 

@@ -23,7 +23,7 @@ from .._extension import has_cpu_op
 
 ZERO_COLUMN_FILL = 1e-16
 
-__all__ = ["hals_sweep_", "hals_sweep"]
+__all__ = ["hals_sweep_", "hals_sweep", "revive_zero_columns_"]
 
 
 def _check(W, C, B, V):
@@ -110,15 +110,41 @@ def hals_sweep_(W, C, B, *, V=None, lam=0.0, revive=True, backend=None):
         colmax = torch.ops.symnmf_kernels.hals_sweep_rows_(W, C, B, V, float(lam))
     else:
         colmax = _sweep_torch_(W, C, B, V, lam)
-    if revive:
-        zero = colmax == 0
-        if not W.is_cuda and not bool(zero.any()):  # a free check on the CPU; it skips a pass over W
-            return colmax
-        fill = ZERO_COLUMN_FILL * colmax.max()
-        # A zero column is exactly zero, so adding the fill sets it; other columns add an exact 0.
-        W.add_(torch.where(zero, fill, torch.zeros_like(fill)))
-        colmax = torch.where(zero, fill, colmax)
-    return colmax
+    return _revive_torch_(W, colmax) if revive else colmax
+
+
+def revive_zero_columns_(W, colmax, *, backend=None):
+    """The safety step of `hals_sweep_` alone, in place: set the columns of W (n x r, or each factor of a batch
+    (P, n, r)) whose maximum in colmax ((r,) or (P, r)) is zero to 1e-16 times the largest entry of colmax (per
+    factor); returns colmax after it. W's columns named zero must be all zero (W >= 0 with a zero maximum).
+
+    For maxima gathered elsewhere: a row-sharded sweep (`symnmf.distributed`) takes them over every rank's
+    rows, then revives its own. backend as in `hals_sweep_`. Never synchronises with a CUDA device.
+    """
+    check_tensor(W, "W")
+    if not isinstance(colmax, torch.Tensor):
+        raise TypeError(f"colmax must be a torch.Tensor, got {type(colmax).__name__}")
+    check_same(colmax, W, "colmax", "W")
+    if W.dim() not in (2, 3) or colmax.shape != (*W.shape[:-2], W.shape[-1]):
+        raise ValueError(f"colmax must hold one maximum per column of W {tuple(W.shape)}: shape "
+                         f"{(*W.shape[:-2], W.shape[-1])}, got {tuple(colmax.shape)}")
+    if backend is None:
+        backend = "triton" if use_triton(W, W.shape[-1]) else "torch"
+    if backend == "triton":
+        return _launch.revive_zero_columns_(W, colmax, ZERO_COLUMN_FILL)
+    if backend != "torch":
+        raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
+    return _revive_torch_(W, colmax)
+
+
+def _revive_torch_(W, colmax):
+    zero = colmax == 0
+    if not W.is_cuda and not bool(zero.any()):  # a free check on the CPU; it skips a pass over W
+        return colmax
+    fill = ZERO_COLUMN_FILL * colmax.amax(-1, keepdim=True)
+    # A zero column is exactly zero, so adding the fill sets it; other columns add an exact 0.
+    W.add_(torch.where(zero, fill, torch.zeros_like(fill))[..., None, :])
+    return torch.where(zero, fill, colmax)
 
 
 def hals_sweep(W, C, B, *, V=None, lam=0.0, revive=True, backend=None):
