@@ -670,10 +670,12 @@ def test_cuda_graph_needs_cuda_and_a_fixed_step():
 
 
 def test_fit_net_cuda_graph_default_and_explicit_request_on_cpu():
-    """fit_net's default (None) trains eagerly on the CPU; an explicit cuda_graph=True there is an error."""
+    """fit_net's and SymNMFNet.fit's default (None) trains eagerly on the CPU; an explicit cuda_graph=True there is
+    an error."""
     X, labels = planted_graph([10, 12], 0.6, 0.05, seed=30)
     result = fit_net(X, 2, random_state=0, epochs=5, n_restarts=1, polish_iter=0)
-    assert result.n_iter == 5
+    assert result.n_iter == 5 and result.net.cuda_graph_ is False
+    assert SymNMFNet(2, n_layers=2, random_state=0).fit(X, epochs=12).cuda_graph_ is False
     with pytest.raises(ValueError, match="CUDA device"):
         fit_net(X, 2, random_state=0, epochs=5, n_restarts=1, polish_iter=0, cuda_graph=True)
 
@@ -681,7 +683,7 @@ def test_fit_net_cuda_graph_default_and_explicit_request_on_cpu():
 @pytest.mark.gpu
 def test_fit_net_on_cuda_replays_the_graph_and_falls_back_to_eager(monkeypatch):
     """On CUDA the default recipe captures its step (the same training as eager steps); a capture that fails
-    is reported by a warning and the fit is trained again eagerly; an explicit request re-raises."""
+    is reported by a warning and the fit trains on eagerly; an explicit request re-raises."""
     X, labels = planted_graph([60, 70, 50], 0.3, 0.02, seed=31, dtype=torch.float32)
     X = X.cuda().to_sparse_csr()
     captured = []
@@ -696,7 +698,15 @@ def test_fit_net_on_cuda_replays_the_graph_and_falls_back_to_eager(monkeypatch):
     assert not captured
     graphed = fit_net(X, 3, random_state=0, epochs=30, tol=None, polish_iter=0)
     assert captured and graphed.n_iter == eager.n_iter == 30
+    assert graphed.net.cuda_graph_ and not eager.net.cuda_graph_
     assert np.allclose(graphed.net.history_["loss"], eager.net.history_["loss"], rtol=1e-4)
+    # SymNMFNet.fit's own default captures too; a fit with too few steps to replay stays eager
+    captured.clear()
+    direct = SymNMFNet(3, n_layers=5, n_restarts=4, random_state=0).fit(X, epochs=12, tol=None)
+    assert captured and direct.cuda_graph_ and direct.n_iter_ == 12
+    captured.clear()
+    short = SymNMFNet(3, n_layers=5, n_restarts=4, random_state=0).fit(X, epochs=7, tol=None)
+    assert not captured and not short.cuda_graph_
 
     def broken(self, *args):
         raise RuntimeError("capture failed")
@@ -704,7 +714,9 @@ def test_fit_net_on_cuda_replays_the_graph_and_falls_back_to_eager(monkeypatch):
     monkeypatch.setattr(SymNMFNet, "_capture_step", broken)
     with pytest.warns(RuntimeWarning, match="eager steps"):
         fallback = fit_net(X, 3, random_state=0, epochs=30, tol=None, polish_iter=0)
-    assert np.allclose(fallback.net.history_["loss"], eager.net.history_["loss"], rtol=1e-6)
+    # the same training, on with the capturable Adam made for the graph
+    assert not fallback.net.cuda_graph_ and fallback.n_iter == 30
+    assert np.allclose(fallback.net.history_["loss"], eager.net.history_["loss"], rtol=1e-4)
     with pytest.raises(RuntimeError, match="capture failed"):
         fit_net(X, 3, random_state=0, epochs=30, tol=None, polish_iter=0, cuda_graph=True)
 

@@ -97,8 +97,10 @@ RECIPES = {
 }
 _INITS = ("random", "hals", "spectral")
 # Eager steps before `fit(cuda_graph=True)` captures one: the first compiles the kernels and creates Adam's
-# state, the next ones run on warm caches (capture needs every allocation pattern seen once).
+# state, the next ones run on warm caches (capture needs every allocation pattern seen once). A capture costs
+# about as much as a few eager steps: by default a fit with fewer steps than _MIN_REPLAYS after them stays eager.
 _EAGER_STEPS_BEFORE_CAPTURE = 3
+_MIN_REPLAYS = 5
 _LOSS_BLOCKS = ("all", "last")
 _LR_SCHEDULES = ("constant", "cosine")
 SELECTION_RULES = ("loss", "error", "consensus", "modularity")
@@ -383,6 +385,7 @@ class SymNMFNet(nn.Module):
         self.register_buffer("lam_min", None)
         self.history_ = {}
         self.n_iter_ = 0
+        self.cuda_graph_ = False
 
     # ----------------------------------------------------------------- set-up
     @property
@@ -473,6 +476,7 @@ class SymNMFNet(nn.Module):
         self._beta_now = self.beta * self._beta_scale
         self.history_ = {}
         self.n_iter_ = 0
+        self.cuda_graph_ = False
         return self
 
     def _require_initialized(self):
@@ -566,7 +570,7 @@ class SymNMFNet(nn.Module):
     # --------------------------------------------------------------- training
     def fit(self, X, epochs=None, lr=None, relative_lr=None, optimizer=None, tol=None, U0=None, warm_start=False,
             progress=None, verbose=False, log_every=1, callback=None, *, patience=None, lr_schedule=None,
-            cuda_graph=False):
+            cuda_graph=None):
         """Initialise from X (Algorithm 1) and train P_i and lam by gradient steps.
 
         Every argument left at None takes the value of the net's recipe (`RECIPES`).
@@ -596,11 +600,15 @@ class SymNMFNet(nn.Module):
             None in a recipe without one): stop once the loss changes by less than tol times the initial loss between
             two logged steps. tol None: no early stopping.
         lr_schedule : "constant" or "cosine" (lr decays to 5% of its start over `epochs`).
-        cuda_graph : bool
+        cuda_graph : bool or None
             On a CUDA device, capture one training step (zeroing the gradients, forward, backward,
             Adam step, projection of lam) in a CUDA graph after the first few eager steps and replay
             it for the rest: a step then costs one graph launch instead of a few hundred kernel
             launches. Needs the default optimiser, a constant beta and lr_schedule "constant".
+            None (the default) does so wherever it can, X on a CUDA device and at least a few steps to
+            replay, and should the capture fail, warns and trains on with eager steps; True asks for it
+            (a failed capture raises `CudaGraphCaptureError`); False trains with eager steps.
+            `cuda_graph_` says whether steps were replayed.
         U0 : tensor (..., n, r) or None
             The start; None uses the net's `init` from random_state.
         warm_start : bool
@@ -657,6 +665,13 @@ class SymNMFNet(nn.Module):
             self._initialize(X, U0)
         if cuda_graph and not X.is_cuda:
             raise ValueError(f"cuda_graph=True needs the net and X on a CUDA device, got {X.device}")
+        graph_requested = bool(cuda_graph)
+        if cuda_graph is None:
+            # The replayed step did the same training 6-13x faster than eager steps on a GPU
+            # (docs/symnmf_net_study.md, "Cost"), where an eager step is bound by its kernel launches.
+            cuda_graph = (X.is_cuda and optimizer is None and _capturable(self.beta_final, lr_schedule)
+                          and epochs >= _EAGER_STEPS_BEFORE_CAPTURE + _MIN_REPLAYS)
+        cuda_graph = bool(cuda_graph)
         _check_training_memory(self, X)
 
         if optimizer is None:
@@ -715,7 +730,12 @@ class SymNMFNet(nn.Module):
                         try:
                             graph, static = self._capture_step(X, X_norm2, S0, optimizer)
                         except _CAPTURE_ERRORS as exc:
-                            raise CudaGraphCaptureError(f"capturing the training step failed: {exc}") from exc
+                            if graph_requested:
+                                raise CudaGraphCaptureError(f"capturing the training step failed: {exc}") from exc
+                            warnings.warn(f"SymNMFNet.fit: capturing the training step in a CUDA graph failed "
+                                          f"({type(exc).__name__}: {exc}); training on with eager steps "
+                                          "(cuda_graph=False skips the attempt)", RuntimeWarning)
+                            cuda_graph = False
                     if graph is not None:
                         graph.replay()
                         loss, residual, U = static
@@ -750,6 +770,7 @@ class SymNMFNet(nn.Module):
             record(steps, *self._objective(X, X_norm2, S0, chain))
         self.history_ = history
         self.n_iter_ = steps
+        self.cuda_graph_ = graph is not None
         return self
 
     def _capture_step(self, X, X_norm2, S0, optimizer):
@@ -935,7 +956,8 @@ class SymNMFNet(nn.Module):
 
 
 class CudaGraphCaptureError(RuntimeError):
-    """The capture of `SymNMFNet.fit(cuda_graph=True)`'s training step failed (the training before it did not)."""
+    """The capture of `SymNMFNet.fit(cuda_graph=True)`'s training step failed (the training before it did not).
+    With cuda_graph=None the fit warns instead and trains on with eager steps."""
 
 
 # what a failed capture raises (torch.AcceleratorError, where torch has it, is a RuntimeError or beside one)
@@ -1186,8 +1208,8 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     then refines the kept factor, or, with "modularity", every restart, and the restart whose
     polished labels have the highest modularity on X is kept. cuda_graph: replay each training
     step from a CUDA graph (`SymNMFNet.fit`); None (the default) does so for X on a CUDA device whenever the
-    recipe allows it (a constant lr, no beta decay), and trains again with eager steps,
-    with a warning, should the capture fail (`CudaGraphCaptureError`; other errors are raised).
+    recipe allows it (a constant lr, no beta decay), and trains on with eager steps, with a warning, should
+    the capture fail; True raises `CudaGraphCaptureError` then.
     scale: one graph X is trained as X / scale and U multiplied back by sqrt(scale); None (the default) takes
     `symnmf.fitting.similarity_scale(X)`, 1.0 trains X as given (for an X already scaled).
     Returns a `NetResult`.
@@ -1218,33 +1240,17 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
 
         X = scaled_similarity(X, 1.0 / scale)
         settings["lam"] = _per_scale(settings["lam"], scale)
-    auto_graph = cuda_graph is None
-    if auto_graph:
-        # The replayed step did the same training 6-13x faster than eager steps on a GPU
-        # (docs/symnmf_net_study.md, "Cost"), where an eager step is bound by its kernel launches.
-        cuda_graph = X.is_cuda and _capturable(settings["beta_final"], settings["lr_schedule"])
     start = time.perf_counter()
-
-    def train(graph):
-        net = SymNMFNet(
-            n_components, n_layers=settings["n_layers"], beta=settings["beta"], mu=settings["mu"],
-            lam=settings["lam"], n_restarts=None if R == 1 else R, random_state=random_state, recipe=recipe,
-            init=settings["init"], init_iter=settings["init_iter"], init_noise=settings["init_noise"],
-            learn_lam=settings["learn_lam"], beta_final=settings["beta_final"], loss_blocks=settings["loss_blocks"],
-            beta_relative=settings["beta_relative"],
-        )
-        return net.fit(X, epochs=settings["epochs"], lr=settings["lr"], relative_lr=settings["relative_lr"],
-                       tol=settings["tol"], patience=settings["patience"], lr_schedule=settings["lr_schedule"],
-                       verbose=verbose, cuda_graph=graph)
-
-    try:
-        net = train(bool(cuda_graph))
-    except CudaGraphCaptureError as exc:
-        if not auto_graph:
-            raise
-        warnings.warn(f"fit_net: training with a CUDA-graph step failed ({type(exc).__name__}: {exc}); "
-                      "training again with eager steps (pass cuda_graph=False to skip the attempt)", RuntimeWarning)
-        net = train(False)
+    net = SymNMFNet(
+        n_components, n_layers=settings["n_layers"], beta=settings["beta"], mu=settings["mu"],
+        lam=settings["lam"], n_restarts=None if R == 1 else R, random_state=random_state, recipe=recipe,
+        init=settings["init"], init_iter=settings["init_iter"], init_noise=settings["init_noise"],
+        learn_lam=settings["learn_lam"], beta_final=settings["beta_final"], loss_blocks=settings["loss_blocks"],
+        beta_relative=settings["beta_relative"],
+    )
+    net.fit(X, epochs=settings["epochs"], lr=settings["lr"], relative_lr=settings["relative_lr"],
+            tol=settings["tol"], patience=settings["patience"], lr_schedule=settings["lr_schedule"],
+            verbose=verbose, cuda_graph=cuda_graph)
     with torch.no_grad():
         U_all = net()
     errors = net.history_["relative_error"][-1]
