@@ -23,7 +23,6 @@ import os
 import statistics
 import sys
 import time
-import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,8 +32,8 @@ import torch  # noqa: E402
 
 import symnmf_kernels as sk  # noqa: E402
 from bench.common import write_table  # noqa: E402
-from symnmf_kernels.ops import _common, _launch  # noqa: E402
-from symnmf_kernels.triton.gram import gram_partials_kernel  # noqa: E402
+from bench.gpu_launches import gpu_launches  # noqa: E402
+from symnmf_kernels.ops import _launch  # noqa: E402
 
 block_module = importlib.import_module("symnmf_kernels.ops.symnmf_block")
 
@@ -46,27 +45,12 @@ OP_CASES = [("symnmf_block_from_gram", 1, 100_000, 16), ("gram", 1, 100_000, 16)
 COLUMNS = ["op", "B", "n", "r", "work", "variant", "host_us", "launches", "x_custom_op"]
 
 
-@contextlib.contextmanager
 def launches_skipped(counter):
-    """Every Triton launch counted and skipped, with a GPU's launch geometry (132 SMs)."""
-    kernel_type = type(gram_partials_kernel)
-    gpu = types.SimpleNamespace(type="cuda", index=0)
-    saved = [(kernel_type, "run"), (_common, "_sm_count")] + [(_launch, k) for k in ("tiles", "split_rows", "block_n")]
-    originals = [(obj, name, getattr(obj, name)) for obj, name in saved]
-
-    def run(self, *args, grid, warmup=False, **kwargs):
+    """Every Triton launch counted (counter[0]) and skipped, with a GPU's launch geometry (132 SMs)."""
+    def count(kernel, args, kwargs, grid):
         counter[0] += 1
 
-    kernel_type.run = run
-    _common._sm_count = lambda index: 132
-    for name in ("tiles", "split_rows", "block_n"):
-        fn = getattr(_common, name)
-        setattr(_launch, name, lambda *a, _fn=fn: _fn(*a[:-1], gpu))
-    try:
-        yield
-    finally:
-        for obj, name, value in originals:
-            setattr(obj, name, value)
+    return gpu_launches(count)
 
 
 def custom_ops():

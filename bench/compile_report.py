@@ -192,8 +192,8 @@ def captured_launches(quick):
     """[(label, JITFunction, args, kwargs)] of every launch the ops make on a GPU, captured without running any.
 
     The ops run on CPU tensors with the Triton path forced and the GPU's launch geometry and dot precision
-    patched in (as tests/test_launch_grids.py does); JITFunction.run records its arguments instead of
-    compiling. Shapes: the block (forward and backward) at n = 1,000,000 and at the small-problem n = 1,000,
+    patched in (bench/gpu_launches.py, as for the launch-grid test); each launch records its arguments instead
+    of compiling. Shapes: the block (forward and backward) at n = 1,000,000 and at the small-problem n = 1,000,
     its chain form (SymNMF-Net's block) at n = 1,000,000, the dense loss at n = 2,048, the sparse layer loss at
     n = 100,000 (without and with the caller's Gram), the SymHALS sweep at n = 1,000,000; r = 16, 64, 128 in
     float32 and 32 in float64 (r = 64 float32 alone with quick). At BLOCK_R = 128 the plain products are torch's
@@ -203,21 +203,15 @@ def captured_launches(quick):
     import types
 
     import torch
-    from triton.runtime.jit import JITFunction
 
     import symnmf_kernels as sk
+    from bench.gpu_launches import gpu_launches
     from symnmf_kernels.ops import _common, _launch
 
-    gpu = types.SimpleNamespace(type="cuda", index=0)
     records, label = [], [""]
-    saved = []
 
-    def patch(obj, name, value):
-        saved.append((obj, name, getattr(obj, name)))
-        setattr(obj, name, value)
-
-    def run(self, *args, grid, warmup=False, **kwargs):
-        records.append((label[0], self, args, dict(kwargs)))
+    def record(kernel, args, kwargs, grid):
+        records.append((label[0], kernel, args, dict(kwargs)))
 
     def precision_on_gpu(t, r, reduction, precision=None):
         if t.dtype != torch.float32:
@@ -227,19 +221,16 @@ def captured_launches(quick):
             return "ieee" if reduction and block_r(r) <= 32 else "tf32x3"
         return precision
 
-    patch(JITFunction, "run", run)
-    patch(_common, "_sm_count", lambda index: 132)
-    patch(_launch, "input_precision", precision_on_gpu)
-    # the GPU's rule (from BLOCK_R = 128 the plain products are torch's GEMMs there, and launch no kernel), asked
-    # of a stand-in for a CUDA tensor of t's dtype
-    patch(_launch, "cublas_products", lambda t, r, precision=None: _common.cublas_products(
-        types.SimpleNamespace(is_cuda=True, dtype=t.dtype), r, precision))
-    for name in ("tiles", "split_rows", "block_n", "hals_tiles"):
-        fn = getattr(_common, name)
-        patch(_launch, name, lambda *a, _fn=fn: _fn(*a[:-1], gpu))
+    patches = [
+        (_launch, "input_precision", precision_on_gpu),
+        # the GPU's rule (from BLOCK_R = 128 the plain products are torch's GEMMs there, and launch no kernel),
+        # asked of a stand-in for a CUDA tensor of t's dtype
+        (_launch, "cublas_products", lambda t, r, precision=None: _common.cublas_products(
+            types.SimpleNamespace(is_cuda=True, dtype=t.dtype), r, precision)),
+    ]
     for module in ("gram", "spd_inverse", "apply_relu", "symnmf_block", "sym_loss", "sparse_loss", "hals"):
-        patch(importlib.import_module("symnmf_kernels.ops." + module), "use_triton", lambda t, r=None: True)
-    try:
+        patches.append((importlib.import_module("symnmf_kernels.ops." + module), "use_triton", lambda t, r=None: True))
+    with gpu_launches(record, patches):
         shapes = [(torch.float32, 64)] if quick else [(torch.float32, 16), (torch.float32, 64), (torch.float32, 128),
                                                        (torch.float64, 32)]
         for dtype, r in shapes:
@@ -275,9 +266,6 @@ def captured_launches(quick):
             label[0] = f"hals_sweep_ n=1000000 {tag}"
             W, XV, V = (torch.rand(1_000_000, r, dtype=dtype) for _ in range(3))
             sk.hals_sweep_(W, XV, V.T @ V, V=V, lam=0.5, backend="triton")
-    finally:
-        for obj, name, value in reversed(saved):
-            setattr(obj, name, value)
     return records
 
 

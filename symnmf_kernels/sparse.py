@@ -82,6 +82,7 @@ class CSR:
         self._validated = False
         self._transpose = None
         self._row_sq_norms = None
+        self._squared_norms = {}
         self._torch_int32 = None
 
     # ---- construction -----------------------------------------------------------------------------------------
@@ -286,6 +287,15 @@ class CSR:
             sq = self.values.detach().to(torch.float64).pow(2)
             self._row_sq_norms = torch.zeros(self.shape[0], dtype=sq.dtype, device=self.device).index_add_(0, rows, sq)
         return self._row_sq_norms
+
+    def squared_norm(self, blocks=1):
+        """||X||_F^2 in float64 (cached): a 0-d tensor, or with blocks > 1 the (blocks,) norms of that many
+        equal ranges of rows (the graphs of a block-diagonal X)."""
+        out = self._squared_norms.get(blocks)
+        if out is None:
+            rows = self.row_sq_norms()
+            out = self._squared_norms[blocks] = rows.sum() if blocks == 1 else rows.reshape(blocks, -1).sum(1)
+        return out
 
     def torch_int32(self):
         """This matrix as a torch sparse CSR tensor with 32-bit indices, sharing col_indices and values (the

@@ -8,43 +8,33 @@ skipped, with the launch geometry the ops pick on a GPU (the interpreter's own
 geometry is smaller). Nothing here needs a GPU or runs a kernel.
 """
 import importlib
-import types
+import os
+import sys
 
 import pytest
 import torch
 
 import symnmf_kernels as sk
-from symnmf_kernels.ops import _common, _launch
 from symnmf_kernels.ops.sparse_loss import sparse_layer_loss
-from symnmf_kernels.triton.gram import gram_partials_kernel
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.gpu_launches import gpu_launches, kernel_name  # noqa: E402
 
 MAX_YZ = 65_535
 MAX_X = 2**31 - 1
 CASES = [(8_500_000, 32), (4_500_000, 64), (2_200_000, 128)]
-GPU = types.SimpleNamespace(type="cuda", index=0)
 
 
 @pytest.fixture
-def launches(monkeypatch):
+def launches():
     """Record (kernel, grid) of every launch instead of running it, with the GPU's launch geometry."""
     recorded = []
-    kernel_type = type(gram_partials_kernel)  # JITFunction, or the interpreter's stand-in
 
-    def run(self, *args, grid, warmup=False, **kwargs):
-        if callable(grid):
-            grid = grid(kwargs)
-        name = getattr(self, "__name__", None) or getattr(getattr(self, "fn", None), "__name__", "?")
-        recorded.append((name, tuple(grid)))
+    def record(kernel, args, kwargs, grid):
+        recorded.append((kernel_name(kernel), tuple(grid(kwargs) if callable(grid) else grid)))
 
-    monkeypatch.setattr(kernel_type, "run", run)
-    monkeypatch.setattr(_common, "_sm_count", lambda index: 132)
-    for name, fn in [("tiles", _common.tiles), ("split_rows", _common.split_rows), ("block_n", _common.block_n),
-                     ("hals_tiles", _common.hals_tiles)]:
-        def on_gpu(*args, _fn=fn):
-            return _fn(*args[:-1], GPU)
-
-        monkeypatch.setattr(_launch, name, on_gpu)
-    return recorded
+    with gpu_launches(record):
+        yield recorded
 
 
 def check(recorded, what):

@@ -184,6 +184,18 @@ def test_block_diagonal_batch(path):
     assert rel_err(torch.autograd.grad(loss.sum(), U)[0], torch.autograd.grad(ref.sum(), U)[0]) < 1e-11
 
 
+def test_squared_norm_of_x_cached_whole_and_per_block():
+    """||X||^2, which every call of the loss needs, is summed once per X (and per block count of a block-diagonal
+    X) in float64."""
+    graphs = [random_graph(30, seed=s) for s in range(3)]
+    X = block_diag([as_csr(g, dtype=torch.float32) for g in graphs])
+    per_block = torch.tensor([float((g.data.astype(np.float32).astype(np.float64) ** 2).sum()) for g in graphs],
+                             dtype=torch.float64)  # of the float32 values X holds
+    assert rel_err(X.squared_norm(3), per_block) < 1e-12 and X.squared_norm(3).dtype == torch.float64
+    assert rel_err(X.squared_norm(), per_block.sum()) < 1e-12 and X.squared_norm().dim() == 0
+    assert X.squared_norm() is X.squared_norm() and X.squared_norm(3) is X.squared_norm(3)
+
+
 def test_reference_takes_a_sparse_or_dense_x():
     A = random_graph(40, seed=5)
     Xs = torch.from_numpy(A.toarray()).to_sparse_csr()

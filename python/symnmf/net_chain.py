@@ -63,7 +63,7 @@ class NetChain:
         self.batch = U0.shape[:-2]
         self.B = U0.numel() // (n * r)
         self.csr = (A.crow_indices, A.col_indices, A.values)
-        self.x_sq = A.row_sq_norms().sum()
+        self.x_sq = A.squared_norm()
         self.U0 = U0.reshape(self.B, n, r).contiguous()
         self.S0 = S0.reshape(self.B, n, r).contiguous()
         self.G0 = tall_gram(self.U0, self.U0)

@@ -340,14 +340,14 @@ def _one_problem_loss(A, U, batch):
     U3 = U.reshape(1, *U.shape[-2:])
     _, _, sums = _native_terms(A.crow_indices, A.col_indices, A.values, U3, None, lam)
     g = torch.linalg.vector_norm(torch.mm(U3[0].mT, U3[0]), dtype=torch.float64).item()
-    value = A.row_sq_norms().sum().item() + g * g - 2 * sums.tolist()[0][0]
+    value = A.squared_norm().item() + g * g - 2 * sums.tolist()[0][0]
     return torch.full(batch, value, dtype=U.dtype)
 
 
 @torch.compiler.disable
-def _row_sq_norms(A):
-    """Squared row norms of X in float64, cached with X (so eager even under torch.compile)."""
-    return A.row_sq_norms()
+def _squared_norm(A, blocks):
+    """||X||_F^2 in float64 (per block of a block-diagonal X), cached with X (so eager even under torch.compile)."""
+    return A.squared_norm(blocks)
 
 
 def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None, gram=None):
@@ -395,9 +395,8 @@ def sparse_layer_loss(X, U, P=None, lam=0.0, symmetric=None, gram=None):
     lam_b = as_lam(lam, U, check=False, shape=(B,))
     if lam_b.shape != (B,) or not lam_b.is_contiguous():
         lam_b = lam_b.expand(batch).reshape(B).contiguous()
-    row_sq = _row_sq_norms(A)
     # ||X||^2: per block of a block-diagonal X; else one 0-d sum that broadcasts to every problem
-    x_sq = row_sq.reshape(B, n).sum(1) if blockdiag else row_sq.sum()
+    x_sq = _squared_norm(A, B if blockdiag else 1)
     G3 = None
     if gram is not None:
         _check_dense(gram, "gram")
