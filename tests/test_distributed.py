@@ -389,15 +389,18 @@ def test_cluster_writes_the_cli_outputs_on_rank_0(spawned, graph, single):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the NCCL test needs a GPU")
 def test_nccl_matches_one_process(tmp_path, graph, single):
-    """NCCL, one rank per GPU (2 where there are 2 GPUs, else 1: the collectives without the halo)."""
+    """NCCL, one rank per GPU (2 where there are 2 GPUs, else 1: the collectives without the halo): SymHALS, and
+    SymNewton and ADMM, whose CG and penalty steps add scalar all_reduces on the device."""
     A, _ = graph
     world = min(2, torch.cuda.device_count())
     root = str(tmp_path)
-    _spawn(root, world, A, solvers=("hals",), device="cuda")
+    solvers = ("hals", "newton", "admm")
+    _spawn(root, world, A, solvers=solvers, device="cuda")
     ranks = _ranks(root, f"w{world}", world)
-    labels = np.load(os.path.join(root, f"w{world}-hals-labels.npy"))
-    assert np.array_equal(labels, single["hals"].labels)
-    assert ranks[0]["hals"]["objective"] == pytest.approx(single["hals"].reconstruction_err ** 2, rel=1e-8)
+    for solver in solvers:
+        labels = np.load(os.path.join(root, f"w{world}-{solver}-labels.npy"))
+        assert np.array_equal(labels, single[solver].labels), solver
+        assert ranks[0][solver]["objective"] == pytest.approx(single[solver].reconstruction_err ** 2, rel=1e-8)
 
 
 def run_one_and_two_ranks(tmp_path, args):
