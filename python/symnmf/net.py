@@ -983,8 +983,8 @@ def training_factors(n_layers):
 def _check_training_memory(net, X):
     """Refuse, before the first step, training that cannot fit in memory, naming what to change.
 
-    Without this a GPU run out of memory fails deep inside a step (or in the CUDA-graph capture, which then
-    trains again with eager steps first) with a message that says nothing of the restarts or the layers, and a
+    Without this a GPU run out of memory fails deep inside a step (or in the CUDA-graph capture, after which the
+    fit trains on with eager steps first) with a message that says nothing of the restarts or the layers, and a
     CPU run is ended by the system's out-of-memory killer with no message at all.
     """
     need = training_memory_needed(net.U0, net.n_layers)
