@@ -122,6 +122,43 @@ def test_chain_form_equals_block(device):
         assert rel_err(got, want) <= 1e-12
 
 
+@pytest.mark.parametrize("lam_case", ["0-d", "one per Gram", "strided", "wider than the Gram", "nan"])
+def test_chain_form_lam_of_every_shape(device, lam_case):
+    """The chain form's lam, which the inverse's kernel adds where it loads U^T U when lam is 0-d or has the
+    Gram's batch shape (else a G is formed first): values and gradients, lam's included, against the reference."""
+    r, n = 6, 41
+    U, P, _ = block_inputs((3,), n, r, device, torch.float64)
+    UtU = U.mT @ U
+    lam = 0.1 * n + torch.rand(3, device=device, dtype=torch.float64)
+    if lam_case == "0-d":
+        lam = lam[0]
+    elif lam_case == "strided":
+        lam = torch.stack([lam, lam], 1)[:, 1]  # (3,) with stride 2
+    elif lam_case == "wider than the Gram":  # one Gram shared by three problems, each with its own lam
+        UtU = UtU[0]
+    elif lam_case == "nan":
+        lam = lam.clone()
+        lam[1] = float("nan")
+    gY = torch.randn(3, n, r, device=device, dtype=torch.float64)
+    gG = torch.randn(3, r, r, device=device, dtype=torch.float64)
+
+    def run(fn, UtU, P, lam):
+        UtU, P, lam = (t.detach().clone().requires_grad_() for t in (UtU, P, lam))
+        Y, YtY = fn(UtU, P, lam, check_lam=False) if fn is sk.symnmf_block_from_gram else fn(UtU, P, lam)
+        out = (Y * gY).sum() + (YtY * gG).sum()
+        return (Y, YtY, *torch.autograd.grad(out, (UtU, P, lam)))
+
+    got = run(sk.symnmf_block_from_gram, UtU, P, lam)
+    want = run(reference.symnmf_block_from_gram, UtU, P, lam)
+    if lam_case == "nan":  # problem 1 is NaN throughout, the others as the reference
+        for a, b in zip(got[:2], want[:2]):
+            assert torch.isnan(a[1]).all() and torch.isnan(b[1]).all()
+            assert rel_err(a[[0, 2]], b[[0, 2]]) <= 1e-11
+        return
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and rel_err(a, b) <= 1e-11
+
+
 def test_block_gradcheck(device):
     U, P, lam = block_inputs((), 4, 2, device, torch.float64)
     inputs = tuple(t.requires_grad_() for t in (U, P, lam))

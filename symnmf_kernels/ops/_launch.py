@@ -102,19 +102,25 @@ def gram(U, lam, deterministic=True, precision=None):
     return reduce_partials(gram_partials(U, precision, deterministic), lam, U.shape[-1], U.dtype)
 
 
-def spd_inverse(G):
-    """(G^{-1}, info) with info[b] = 1 where the Cholesky of G[b] met a non-positive pivot."""
+def spd_inverse(G, lam=None):
+    """(G^{-1}, info) with info[b] = 1 where the Cholesky of G[b] met a non-positive pivot; with lam ((B,), or
+    (1,) for all) the inverse of G + lam I, lam added as the kernel loads G."""
     B, r, _ = G.shape
     BR = block_r(r)
     if G.is_cuda and BR > INVERSE_MAX_BLOCK_R:
         from .spd_inverse import spd_inverse_torch  # the op's own torch path (that module imports this one)
 
+        if lam is not None:
+            G = G + lam[:, None, None] * torch.eye(r, dtype=G.dtype, device=G.device)
         return spd_inverse_torch(G)
     out = torch.empty((B, r, r), dtype=G.dtype, device=G.device)
     info = torch.empty((B,), dtype=torch.int32, device=G.device)
+    has_lam = lam is not None
     spd_inverse_kernel[(B,)](
-        G, out, info, r, *G.stride(), *out.stride(),
-        BLOCK_R=BR, ACC=acc_dtype(G.dtype), SWEEP=BR >= SWEEP_MIN_BLOCK_R, num_warps=inverse_warps(r),
+        G, out, info, lam if has_lam else info, r, *G.stride(), *out.stride(),
+        (lam.stride(0) if lam.shape[0] > 1 else 0) if has_lam else 0,
+        BLOCK_R=BR, ACC=acc_dtype(G.dtype), SWEEP=BR >= SWEEP_MIN_BLOCK_R, HAS_LAM=has_lam,
+        num_warps=inverse_warps(r),
     )
     return out, info
 

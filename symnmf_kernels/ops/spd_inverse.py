@@ -43,10 +43,12 @@ class _SpdInverseTorch(torch.autograd.Function):
         return spd_inverse_backward_torch(inv, dinv)
 
 
-def spd_inverse_triton(G):
-    """(G^{-1}, info) by the Triton kernel (torch's past BLOCK_R = 64 on a GPU)."""
+def spd_inverse_triton(G, lam=None):
+    """(G^{-1}, info) by the Triton kernel (torch's past BLOCK_R = 64 on a GPU); with lam, a tensor of G's batch
+    shape or 0-d, the inverse of G + lam I without forming it."""
     G3, batch = as_batch(G)
-    inv, info = _launch.spd_inverse(G3)
+    lam1 = None if lam is None else (lam.reshape(1) if lam.dim() == 0 else lam.reshape(-1))
+    inv, info = _launch.spd_inverse(G3, lam1)
     return inv.reshape(G.shape), info.reshape(batch)
 
 

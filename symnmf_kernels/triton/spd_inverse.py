@@ -97,18 +97,23 @@ def _sweep_inverse(A, r, BLOCK_R: tl.constexpr):
 
 @triton.jit
 def spd_inverse_kernel(
-    G, Ginv, info, r,
+    G, Ginv, info, lam, r,
     stride_gb, stride_gr, stride_gc,
-    stride_ob, stride_or, stride_oc,
-    BLOCK_R: tl.constexpr, ACC: tl.constexpr, SWEEP: tl.constexpr,
+    stride_ob, stride_or, stride_oc, stride_lb,
+    BLOCK_R: tl.constexpr, ACC: tl.constexpr, SWEEP: tl.constexpr, HAS_LAM: tl.constexpr = False,
 ):
+    """(G + lam I)^{-1} of matrix b, with HAS_LAM (lam[b * stride_lb]; a stride of 0 shares one lam), else G^{-1}:
+    the lam of a block added where the matrix is loaded, instead of in a copy of it."""
     b = tl.program_id(0).to(tl.int64)
     rows = tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_R)
     inside = (rows[:, None] < r) & (cols[None, :] < r)
-    padding_eye = (rows[:, None] == cols[None, :]) & (rows[:, None] >= r)
+    diagonal = rows[:, None] == cols[None, :]
     A = tl.load(G + b * stride_gb + rows[:, None] * stride_gr + cols[None, :] * stride_gc, mask=inside, other=0.0)
-    A = tl.where(padding_eye, 1.0, A.to(ACC))
+    A = A.to(ACC)
+    if HAS_LAM:
+        A = tl.where(diagonal & inside, A + tl.load(lam + b * stride_lb).to(ACC), A)
+    A = tl.where(diagonal & (rows[:, None] >= r), 1.0, A)  # the padding: the identity
     out, bad = spd_inverse_tile(A, r, BLOCK_R, ACC, SWEEP)
     tl.store(Ginv + b * stride_ob + rows[:, None] * stride_or + cols[None, :] * stride_oc, out, mask=inside)
     tl.store(info + b, bad)
