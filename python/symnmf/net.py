@@ -519,17 +519,19 @@ class SymNMFNet(nn.Module):
             return chain(self.P, self.lam, weights, self._beta_now, self.mu)
         iterates, grams = self._chain()
         weights = list(self.P) + [None]
-        loss = 0.0
+        residuals, regularisers = [], []
         last = len(iterates) - 1
         for i, (U, P_next) in enumerate(zip(iterates, weights)):
             if i == 0 and S0 is not None:  # U_0's residual is not part of the loss: its regulariser alone
-                loss = loss + self._beta_now * _StartRegulariser.apply(P_next, S0, U, self.lam)
+                regularisers.append(_StartRegulariser.apply(P_next, S0, U, self.lam))
                 continue
             residual, regulariser = _layer_terms(X, X_norm2, U, P_next, self.lam, grams[i])
             if i > 0 and (self.loss_blocks == "all" or i == last):
-                loss = loss + residual
+                residuals.append(residual)
             if regulariser is not None:
-                loss = loss + self._beta_now * regulariser
+                regularisers.append(regulariser)
+        # The terms stacked and summed: a few kernels each way, where a running sum took two per term.
+        loss = torch.add(torch.stack(residuals).sum(0), torch.stack(regularisers).sum(0), alpha=self._beta_now)
         U = iterates[-1]
         if self.mu:
             loss = loss + self.mu * U.sum((-2, -1))  # U_L >= 0, so this is ||U_L||_1
