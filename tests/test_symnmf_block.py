@@ -123,9 +123,15 @@ def test_chain_form_equals_block(device):
 
 
 @pytest.mark.parametrize("lam_case", ["0-d", "one per Gram", "strided", "wider than the Gram", "nan"])
-def test_chain_form_lam_of_every_shape(device, lam_case):
+@pytest.mark.parametrize("inverse", ["kernel", "torch"])
+def test_chain_form_lam_of_every_shape(device, monkeypatch, lam_case, inverse):
     """The chain form's lam, which the inverse's kernel adds where it loads U^T U when lam is 0-d or has the
-    Gram's batch shape (else a G is formed first): values and gradients, lam's included, against the reference."""
+    Gram's batch shape (else a G is formed first), or which is added before torch's inverse where that runs (a GPU
+    past a padded width of 64, forced here): values and gradients, lam's included, against the reference."""
+    if inverse == "torch":
+        from symnmf_kernels.ops import _launch
+
+        monkeypatch.setattr(_launch, "torch_inverse", lambda G: True)
     r, n = 6, 41
     U, P, _ = block_inputs((3,), n, r, device, torch.float64)
     UtU = U.mT @ U

@@ -37,6 +37,11 @@ SMALL_BACKWARD_MAX_BLOCK_R = 64
 # than torch's (cuSOLVER) on an H200 (bench/results/bench_block-2026-11-26-NVIDIA-H200.md), which
 # then runs instead.
 INVERSE_MAX_BLOCK_R = 64
+
+
+def torch_inverse(G):
+    """Whether torch's inverse runs for the r x r matrices G in place of the kernel (a GPU, past INVERSE_MAX_BLOCK_R)."""
+    return G.is_cuda and block_r(G.shape[-1]) > INVERSE_MAX_BLOCK_R
 # From this padded width the in-register inverse (spd_inverse_tile) is the symmetric sweep, one r x r tile,
 # instead of Cholesky and its triangular inverse, three tiles: at BLOCK_R = 128 the latter keeps 3952
 # bytes per thread on the stack in the sm_90 compile (bench/compile_report.py), the sweep none. Below it the
@@ -107,7 +112,7 @@ def spd_inverse(G, lam=None):
     (1,) for all) the inverse of G + lam I, lam added as the kernel loads G."""
     B, r, _ = G.shape
     BR = block_r(r)
-    if G.is_cuda and BR > INVERSE_MAX_BLOCK_R:
+    if torch_inverse(G):
         from .spd_inverse import spd_inverse_torch  # the op's own torch path (that module imports this one)
 
         if lam is not None:
