@@ -255,6 +255,20 @@ def test_one_process_is_the_single_process_solver(graph, single, monkeypatch):
         assert run.n_iter == single[solver].n_iter
 
 
+def test_int64_column_indices(graph, monkeypatch):
+    """A local block of 2^31 columns or more numbers them in int64 (a graph of billions of nodes); forced here on a
+    small graph, the fit is bit for bit the int32 one."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    A, _ = graph
+    narrow = sd.ShardedGraph.from_matrix(A)
+    monkeypatch.setattr(sd, "INT32_COLUMNS", 0)
+    wide = sd.ShardedGraph.from_matrix(A)
+    assert narrow.local.col_indices.dtype == torch.int32 and wide.local.col_indices.dtype == torch.int64
+    for solver in ("hals", "newton"):
+        a, b = (sd.fit(g, K, solver, seed=0, max_iter=5) for g in (narrow, wide))
+        assert torch.equal(a.U, b.U) and np.array_equal(a.labels, b.labels), solver
+
+
 def test_sharded_fit_rescales_as_the_single_process_fit(graph, single, monkeypatch):
     """A similarity in other units (37 X) is fitted as X / its largest eigenvalue on both paths, and its factor
     scaled back: the labels of X, and U times sqrt(37)."""

@@ -434,6 +434,10 @@ class HaloPlan:
 
 
 # -------------------------------------------------------------------------------------------- graph
+# A local block whose extended column range (own rows and halo) reaches this many columns numbers them in int64.
+INT32_COLUMNS = 2**31
+
+
 class ShardedGraph:
     """This rank's block of rows of a symmetric similarity X, with its halo plan.
 
@@ -489,7 +493,7 @@ class ShardedGraph:
         if self.norm_sq == 0:
             raise ValueError(f"{name} is all zero: nothing to factorise or cluster")
         self.plan = HaloPlan(comm, self.offsets, cols)
-        index_dtype = torch.int32 if self.plan.n_ext < 2**31 else torch.int64
+        index_dtype = torch.int32 if self.plan.n_ext < INT32_COLUMNS else torch.int64
         self.local = CSR(crow, self.plan.ext_cols.to(index_dtype), values, (self.n_local, self.plan.n_ext),
                          symmetric=False, name=name)
         self.nnz_local = int(values.numel())
