@@ -244,7 +244,7 @@ def captured_launches(quick):
             label[0] = f"symnmf_block_from_gram n=1000000 {tag}"  # SymNMF-Net's block
             UtU = torch.rand(r, r, dtype=dtype, requires_grad=True)
             P = torch.rand(1_000_000, r, dtype=dtype, requires_grad=True)
-            Y, YtY = sk.symnmf_block_from_gram(UtU, P, 1.0)
+            Y, YtY = sk.symnmf_block_from_gram(UtU, P, torch.tensor(1.0, dtype=dtype, requires_grad=True))  # as trained
             ((Y * torch.rand_like(Y)).sum() + YtY.sum()).backward()
             label[0] = f"sym_loss n=2048 {tag}"
             X = torch.rand(2048, 2048, dtype=dtype)

@@ -162,39 +162,43 @@ def symnmf_block(U, P, lam, precision=None):
     return Y, Ginv, info
 
 
-def _relu_inverse_backward(grad, Y, P, Ginv, H, half, precision):
-    """(dP, dG, dG + dG^T, or (dG + dG^T) / 2 with half) of Y = ReLU(P G^{-1}) given dL/dY = grad + Y @ H, with
-    dG = -G^{-T} (P^T Zb) G^{-T}, for BLOCK_R <= SMALL_BACKWARD_MAX_BLOCK_R: the ReLU product's backward, then one
-    program per problem for the r x r step. Up to BLOCK_R = 16 that program adds up P^T Zb's partial sums itself
-    (one program per problem, as the finalize would be); wider, the finalize's grid of programs does."""
+def _relu_inverse_backward(grad, Y, P, Ginv, H, half, precision, sym_h=False, trace=False):
+    """(dP, dG, dG + dG^T, or (dG + dG^T) / 2 with half, trace(dG) (B,) with trace, else None) of
+    Y = ReLU(P G^{-1}) given dL/dY = grad + Y @ H (H + H^T with sym_h), with dG = -G^{-T} (P^T Zb) G^{-T}, for
+    BLOCK_R <= SMALL_BACKWARD_MAX_BLOCK_R: the ReLU product's backward, then one program per problem for the r x r
+    step. Up to BLOCK_R = 16 that program adds up P^T Zb's partial sums itself (one program per problem, as the
+    finalize would be); wider, the finalize's grid of programs does."""
     B, _, r = P.shape
     BR = block_r(r)
     from_partials = BR * BR <= FINALIZE_CHUNK
-    dP, PtZb = apply_backward(grad, Y, P, Ginv, H, precision=precision, reduce=not from_partials)
+    dP, PtZb = apply_backward(grad, Y, P, Ginv, H, precision=precision, reduce=not from_partials, sym_h=sym_h)
     dG = torch.empty((B, r, r), dtype=P.dtype, device=P.device)
     S = torch.empty_like(dG)
+    tr = torch.empty((B,), dtype=P.dtype, device=P.device) if trace else None
     strides = (0, 0, 0) if from_partials else PtZb.stride()
     symnmf_block_dgram_kernel[(B,)](
-        PtZb, Ginv, dG, S, PtZb.shape[1] if from_partials else 1, r, *strides, *Ginv.stride(),
+        PtZb, Ginv, dG, S, tr if trace else S, PtZb.shape[1] if from_partials else 1, r, *strides, *Ginv.stride(),
         *dG.stride(), *S.stride(),
         BLOCK_R=BR, ACC=acc_dtype(P.dtype), FROM_PARTIALS=from_partials, SPLITS=FINALIZE_SPLITS,
-        HALF=half, num_warps=dgram_warps(r),
+        HALF=half, TRACE=trace, num_warps=dgram_warps(r),
     )
-    return dP, dG, S
+    return dP, dG, S, tr
 
 
-def apply_relu_inverse_backward(grad, Y, P, Ginv, H=None, precision=None):
-    """(dP, dG) of Y = ReLU(P G^{-1}) through G^{-1} = inverse(G), given dL/dY = grad + Y @ H: dG the symmetrised
-    -G^{-T} dGinv G^{-T} (the chain form's backward into its Gram). Past the r x r kernel's tiles, or where
-    `cublas_products`, the ReLU product's backward and torch's r x r products."""
+def apply_relu_inverse_backward(grad, Y, P, Ginv, H=None, precision=None, sym_h=False, trace=False):
+    """(dP, dG, trace(dG) (B,) with trace, else None) of Y = ReLU(P G^{-1}) through G^{-1} = inverse(G), given
+    dL/dY = grad + Y @ H (H + H^T with sym_h: H the gradient of Y^T Y): dG the symmetrised -G^{-T} dGinv G^{-T}
+    (the chain form's backward into its Gram), its trace the gradient of a lam on G's diagonal. Past the r x r
+    kernel's tiles, or where `cublas_products`, the ReLU product's backward and torch's r x r products."""
     r = P.shape[-1]
     if block_r(r) > SMALL_BACKWARD_MAX_BLOCK_R or cublas_products(P, r, precision):
         from .spd_inverse import spd_inverse_backward_torch  # the op's own torch path (that module imports this one)
 
-        dP, dGinv = apply_backward(grad, Y, P, Ginv, H, precision=precision)
-        return dP, spd_inverse_backward_torch(Ginv, dGinv)
-    dP, _, dG = _relu_inverse_backward(grad, Y, P, Ginv, H, True, precision)
-    return dP, dG
+        dP, dGinv = apply_backward(grad, Y, P, Ginv, H, precision=precision, sym_h=sym_h)
+        dG = spd_inverse_backward_torch(Ginv, dGinv)
+        return dP, dG, (dG.diagonal(dim1=-2, dim2=-1).sum(-1) if trace else None)
+    dP, _, dG, tr = _relu_inverse_backward(grad, Y, P, Ginv, H, True, precision, sym_h, trace)
+    return dP, dG, tr
 
 
 def small_block_backward(m, n, r):
@@ -214,7 +218,7 @@ def symnmf_block_backward(grad, Y, P, Ginv, U, precision=None):
             dG = -(Ginv.mT @ PtZb @ Ginv.mT)
             S = (dG + dG.mT).contiguous()
         else:
-            dP, dG, S = _relu_inverse_backward(grad, Y, P, Ginv, None, False, precision)
+            dP, dG, S, _ = _relu_inverse_backward(grad, Y, P, Ginv, None, False, precision)
         return apply(U, S, relu=False, precision=precision), dP, dG
     dP = torch.empty((B, n, r), dtype=P.dtype, device=P.device)
     dU = torch.empty((B, m, r), dtype=U.dtype, device=U.device)
@@ -255,15 +259,16 @@ def apply_relu_gram(P, M, precision=None):
     return Y, reduce_partials(partials, None, r, P.dtype)
 
 
-def apply_backward(grad, Y, A, M, H=None, relu=True, precision=None, reduce=True):
+def apply_backward(grad, Y, A, M, H=None, relu=True, precision=None, reduce=True, sym_h=False):
     """Backward of Y = [ReLU](A @ M): (dA, dM) with dM of shape (B, r, r).
 
-    H, when given, adds Y @ H to grad first (the gradient through Y^T Y). reduce=False returns dM as its
+    H, when given, adds Y @ H to grad first (the gradient through Y^T Y); with sym_h H is that gradient itself,
+    and Y @ (H + H^T) is added (the kernel reads H both ways). reduce=False returns dM as its
     (B, splits, BR, BR) partial sums, for a kernel that adds them up itself (not where `cublas_products`).
     """
     if reduce and cublas_products(A, A.shape[-1], precision):
         if H is not None:
-            grad = torch.baddbmm(grad, Y, H)
+            grad = torch.baddbmm(grad, Y, H + H.mT if sym_h else H)
         # threshold_backward: the gradient passes where Y is NaN, as in the kernel and torch's relu backward
         Zb = torch.ops.aten.threshold_backward(grad, Y, 0) if relu else grad
         return torch.bmm(Zb, M.mT), torch.bmm(A.mT, Zb)
@@ -276,7 +281,7 @@ def apply_backward(grad, Y, A, M, H=None, relu=True, precision=None, reduce=True
         grad, Y, A, Mt, H_arg, dA, partials, n, r, rows_per_split,
         *grad.stride(), *Y.stride(), *A.stride(), *Mt.stride(), *H_arg.stride(), *dA.stride(),
         HAS_H=H is not None, RELU=relu, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(A.dtype),
-        PRECISION=input_precision(A, r, True, precision), num_warps=warps,
+        PRECISION=input_precision(A, r, True, precision), SYM_H=sym_h and H is not None, num_warps=warps,
     )
     if not reduce:
         return dA, partials

@@ -98,17 +98,21 @@ class _BlockFromGram(torch.autograd.Function):
         need_g, need_p, need_lam = ctx.needs_input_grad[:3]
         if dY is None:
             dY = torch.zeros_like(Y)
-        H = None if dYtY is None else dYtY + dYtY.mT
-        if ctx.triton:  # the r x r step in one kernel (with the ReLU product's backward)
-            dP, dG = block_from_gram_backward_triton(dY.contiguous(), Y, P, Ginv, None if H is None else H.contiguous())
+        dUtU = dlam = None
+        if ctx.triton:  # the r x r step and lam's trace in one kernel (with the ReLU product's backward, which
+            # forms dYtY + dYtY^T itself)
+            dP, dG, trace = block_from_gram_backward_triton(
+                dY.contiguous(), Y, P, Ginv, None if dYtY is None else dYtY.contiguous(), need_lam)
+            if need_lam:
+                dlam = trace.sum_to_size(ctx.lam_shape)
         else:
+            H = None if dYtY is None else dYtY + dYtY.mT
             dP, dGinv = apply_relu_backward_torch(dY, Y, P, Ginv, H, need_p, need_g or need_lam)
             dG = spd_inverse_backward_torch(Ginv, dGinv) if need_g or need_lam else None
-        dUtU = dlam = None
-        if need_g or need_lam:
-            dUtU = dG if need_g else None
             if need_lam:
                 dlam = _trace(dG, ctx.lam_shape)
+        if need_g:
+            dUtU = dG
         return dUtU, dP, dlam, None
 
 
@@ -125,16 +129,17 @@ def block_triton(U, P, lam):
     return Y.reshape(P.shape), Ginv.reshape(*batch, r, r)
 
 
-def block_from_gram_backward_triton(grad, Y, P, Ginv, H=None):
-    """(dP, dG) of the chain form's Y = ReLU(P G^{-1}) given dL/dY = grad + Y @ H, by the Triton kernels: dG the
-    gradient of G = UtU + lam I, symmetric (Ginv and H of P's batch)."""
+def block_from_gram_backward_triton(grad, Y, P, Ginv, dYtY=None, trace=False):
+    """(dP, dG, trace(dG) with trace, else None) of the chain form's Y = ReLU(P G^{-1}) given dL/dY = grad +
+    Y (dYtY + dYtY^T), by the Triton kernels: dG the gradient of G = UtU + lam I, symmetric (Ginv and dYtY of P's
+    batch), its trace of P's batch shape."""
     r = P.shape[-1]
-    P3, _ = as_batch(P)
+    P3, batch = as_batch(P)
     B = P3.shape[0]
-    dP, dG = _launch.apply_relu_inverse_backward(
+    dP, dG, tr = _launch.apply_relu_inverse_backward(
         grad.reshape(P3.shape), Y.reshape(P3.shape), P3, Ginv.reshape(B, r, r),
-        None if H is None else H.reshape(B, r, r))
-    return dP.reshape(P.shape), dG.reshape(Ginv.shape)
+        None if dYtY is None else dYtY.reshape(B, r, r), sym_h=True, trace=trace)
+    return dP.reshape(P.shape), dG.reshape(Ginv.shape), (tr.reshape(batch) if trace else None)
 
 
 def block_backward_triton(grad, U, P, Ginv, Y):

@@ -72,7 +72,7 @@ def apply_backward_kernel(
     stride_db, stride_dn, stride_dr,
     HAS_H: tl.constexpr, RELU: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
-    PRECISION: tl.constexpr = "ieee",
+    PRECISION: tl.constexpr = "ieee", SYM_H: tl.constexpr = False,
 ):
     b, s, num_splits, row_start, row_end = split_rows(n, rows_per_split)
     offs_r = tl.arange(0, BLOCK_R)
@@ -81,6 +81,8 @@ def apply_backward_kernel(
     m = _load_square(M, b, r, stride_mb, stride_mr, stride_mc, BLOCK_R, ACC)
     if HAS_H:
         h = _load_square(H, b, r, stride_hb, stride_hr, stride_hc, BLOCK_R, ACC)
+        if SYM_H:  # H holds the gradient of Y^T Y, and the term is Y (H + H^T)
+            h += _load_square(H, b, r, stride_hb, stride_hc, stride_hr, BLOCK_R, ACC)
     acc = tl.zeros((BLOCK_R, BLOCK_R), dtype=ACC)
     for start in range(row_start, row_end, BLOCK_N):
         rows = (start + offs_n).to(tl.int64)

@@ -113,19 +113,20 @@ def symnmf_block_small_backward_kernel(
 
 @triton.jit
 def symnmf_block_dgram_kernel(
-    PtZb, Ginv, dG, S, num_splits, r,
+    PtZb, Ginv, dG, S, trace, num_splits, r,
     stride_zb, stride_zr, stride_zc,
     stride_ib, stride_ir, stride_ic,
     stride_gb, stride_gr, stride_gc,
     stride_sb, stride_sr, stride_sc,
     BLOCK_R: tl.constexpr, ACC: tl.constexpr, FROM_PARTIALS: tl.constexpr, SPLITS: tl.constexpr,
-    HALF: tl.constexpr = False,
+    HALF: tl.constexpr = False, TRACE: tl.constexpr = False,
 ):
     """The r x r step of the split-n backward, one program per problem: dG = -G^{-T} (P^T Zb) G^{-T} and
     S = dG + dG^T (the matrix that U multiplies into dU), or with HALF (dG + dG^T) / 2 (the symmetric gradient of
     the chain form's Gram), in one launch where torch's r x r products took five.
     With FROM_PARTIALS, PtZb holds the (B, num_splits, BLOCK_R, BLOCK_R) partial sums of P^T Zb, which this
-    program adds up itself (narrow tiles: one launch less); otherwise the (B, r, r) sum, through its strides."""
+    program adds up itself (narrow tiles: one launch less); otherwise the (B, r, r) sum, through its strides.
+    With TRACE, trace[b] = trace(dG), the gradient of a lam on G's diagonal."""
     b = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_R)
     inside = (offs[:, None] < r) & (offs[None, :] < r)
@@ -139,6 +140,9 @@ def symnmf_block_dgram_kernel(
     dg = tl.dot(tl.dot(inv_t, ptz, input_precision="ieee", out_dtype=ACC), inv_t, input_precision="ieee", out_dtype=ACC)
     dg = -dg
     tl.store(dG + b * stride_gb + offs[:, None] * stride_gr + offs[None, :] * stride_gc, dg, mask=inside)
+    if TRACE:
+        on_diagonal = (offs[:, None] == offs[None, :]) & inside
+        tl.store(trace + b, tl.sum(tl.sum(tl.where(on_diagonal, dg, 0.0), axis=1), axis=0))
     sym = dg + tl.trans(dg)
     if HALF:
         sym = 0.5 * sym
