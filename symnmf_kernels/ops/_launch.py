@@ -37,11 +37,6 @@ SMALL_BACKWARD_MAX_BLOCK_R = 64
 # than torch's (cuSOLVER) on an H200 (bench/results/bench_block-2026-11-26-NVIDIA-H200.md), which
 # then runs instead.
 INVERSE_MAX_BLOCK_R = 64
-
-
-def torch_inverse(G):
-    """Whether torch's inverse runs for the r x r matrices G in place of the kernel (a GPU, past INVERSE_MAX_BLOCK_R)."""
-    return G.is_cuda and block_r(G.shape[-1]) > INVERSE_MAX_BLOCK_R
 # From this padded width the in-register inverse (spd_inverse_tile) is the symmetric sweep, one r x r tile,
 # instead of Cholesky and its triangular inverse, three tiles: at BLOCK_R = 128 the latter keeps 3952
 # bytes per thread on the stack in the sm_90 compile (bench/compile_report.py), the sweep none. Below it the
@@ -54,6 +49,11 @@ FINALIZE_SPLITS = 16
 # Entries of the r x r result per finalize program: one program per problem up to BLOCK_R = 16, which then
 # inverts G as well in the block's forward (symnmf_block_gram_inverse_kernel).
 FINALIZE_CHUNK = 256
+
+
+def torch_inverse(G):
+    """Whether torch's inverse runs for the r x r matrices G in place of the kernel (a GPU, past INVERSE_MAX_BLOCK_R)."""
+    return G.is_cuda and block_r(G.shape[-1]) > INVERSE_MAX_BLOCK_R
 
 
 def _geometry(A, kind):

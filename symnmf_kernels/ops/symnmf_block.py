@@ -72,19 +72,19 @@ class _BlockFromGram(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, UtU, P, lam, triton):
-        G = None
-        if not triton or not (lam.dim() == 0 or lam.shape == UtU.shape[:-2]):  # else the inverse's kernel adds lam
+        if triton and (lam.dim() == 0 or lam.shape == UtU.shape[:-2]):  # the inverse's kernel adds lam to UtU
+            Ginv = spd_inverse_triton(UtU, lam)[0]
+        else:
             if lam.dim() == 0:  # lam added to a copy's diagonal: two small kernels instead of an eye, a product, a sum
                 G = UtU.clone()
                 G.diagonal(dim1=-2, dim2=-1).add_(lam)
             else:  # lam's batch may be wider than UtU's
                 G = UtU + lam[..., None, None] * torch.eye(UtU.shape[-1], dtype=UtU.dtype, device=UtU.device)
+            Ginv = (spd_inverse_triton if triton else spd_inverse_torch)(G)[0]
         if triton:  # the kernels take G^{-1} with P's batch
-            Ginv = spd_inverse_triton(UtU, lam)[0] if G is None else spd_inverse_triton(G)[0]
-            Ginv = Ginv.expand(*P.shape[:-2], *UtU.shape[-2:])
+            Ginv = Ginv.expand(*P.shape[:-2], *Ginv.shape[-2:])
             Y, YtY = apply_relu_gram_triton(P, Ginv)
         else:
-            Ginv, _ = spd_inverse_torch(G)
             Y, YtY = apply_relu_gram_torch(P, Ginv)
         if ctx is not None:  # None: called without autograd
             ctx.save_for_backward(P, Ginv, Y)
