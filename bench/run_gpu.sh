@@ -15,6 +15,7 @@
 # RUN_GPU_BUDGET_S, RUN_GPU_STEPS (default "install gpu_tests bench_net_fit bench_block bench_spmm bench_solvers";
 # add any of these, about how long each takes:
 #   net_step          SymNMF-Net's training step against the same network in plain torch, about 2 minutes
+#   net_profile       each kernel's share of that step at 1M nodes, r = 64, L = 10 (torch.profiler), about 60 s
 #   bench_nnls        the NNLS op against scipy, about 25 s
 #   neural_nmf_speed  Neural NMF against the NeuralNMF package, about 30 s
 #   ext_errors        the extension's argument errors, about 80 s
@@ -138,6 +139,8 @@ wants bench_spmm && run_bench bench_spmm.py 100
 wants bench_solvers && run_bench bench_solvers.py 75
 # SymNMF-Net's whole training step against the same network in plain torch (100k and 1M nodes; L = 10 at r = 64).
 wants net_step && run_bench bench_net_step.py 150 --budget-s 110
+# Where the step's time goes, kernel by kernel and by group (the SpMM, each Triton kernel, torch's own kernels).
+wants net_profile && run_bench profile_net_step.py 90
 # Whether an argument error inside the compiled extension reaches Python (it crashed the process once).
 wants ext_errors && step "ext_errors" 120 "$PY" bench/ext_errors.py
 # Scale runs (opt-in, about 2 minutes): planted graphs of 4M and 10M nodes drawn on the GPU, r = 64, SymHALS

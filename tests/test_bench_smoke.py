@@ -203,6 +203,40 @@ def test_bench_net_step_cpu(tmp_path):
     assert float(row["rel_diff"]) <= 1e-4  # float32: the same network
 
 
+def test_profile_net_step_cpu(tmp_path):
+    """The step's profile adds up: the groups' and the listed names' times lie within the total, the shares
+    sum to 1, and the library's ops of the step are among the groups."""
+    _, _, rows = _run_script([os.path.join("bench", "profile_net_step.py"), "--device", "cpu", "--size", "400,4,2",
+                              "--steps", "2", "--top", "5"], tmp_path)
+    groups = [row for row in rows if row["level"] == "group"]
+    total, = [row for row in rows if row["level"] == "total"]
+    kernels = [row for row in rows if row["level"] == "kernel"]
+    assert len(kernels) == 5
+    total_ms = float(total["ms_per_step"])
+    assert total_ms > 0 and float(total["share"]) == pytest.approx(1.0)
+    assert sum(float(row["ms_per_step"]) for row in groups) == pytest.approx(total_ms, rel=1e-3)
+    assert sum(float(row["share"]) for row in groups) == pytest.approx(1.0, rel=1e-3)
+    assert all(0 < float(row["ms_per_step"]) <= total_ms for row in kernels)
+    assert {"op: sparse_loss_terms_csr", "op: sparse_loss_grad_csr", "adam"} <= {row["group"] for row in groups}
+
+
+def test_profile_net_step_groups():
+    """Kernel names as a GPU profile shows them fall in their groups."""
+    from bench.profile_net_step import group_of
+
+    assert group_of("apply_backward_kernel") == "triton: apply_backward_kernel"
+    assert group_of("void spmm_csr_kernel<float, int, 4>(long const*, int const*)") == "spmm"
+    assert group_of("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>") \
+        == "adam"
+    assert group_of("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>") \
+        == "elementwise (torch)"
+    assert group_of("void at::native::reduce_kernel<512, 1, ReduceOp<float, at::native::func_wrapper_t>>") \
+        == "reduction (torch)"
+    assert group_of("sm90_xmma_gemm_f32f32_f32f32_f32_tn_n_tilesize128x128x32") == "gemm (cuBLAS)"
+    assert group_of("Memcpy DtoD (Device -> Device)") == "copy / fill"
+    assert group_of("symnmf_kernels::spmm_csr") == "spmm"
+
+
 def test_bench_host_cache_small(tmp_path):
     """The host cache benchmark runs its processes in turns and fills every column."""
     _, _, rows = _run_script([os.path.join("bench", "bench_host_cache.py"), "--net-n", "600", "--net-r", "4",
