@@ -134,9 +134,10 @@ def set_tile(family, r, bn, warps):
     _common._GPU_TILES[family][_common.block_r(r)] = (bn, warps)
 
 
-def warm_one(family, r, n):
-    """Compile every candidate of (family, r) by running it once on a small problem."""
-    for bn, w in candidates(family, r):
+def warm_one(family, r, n, part=0, parts=1):
+    """Compile the candidates of (family, r) by running each once on a small problem: every `parts`-th of
+    them from the `part`-th on, so that several processes share one (family, r)."""
+    for bn, w in candidates(family, r)[part::parts]:
         set_tile(family, r, bn, w)
         try:
             ours, _ = inputs(family, n, r, torch.device("cuda"))
@@ -176,7 +177,7 @@ def main(argv=None):
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--ranks", default=",".join(map(str, RANKS)))
     parser.add_argument("--warm-jobs", type=int, default=0, help="compile the candidates first in this many processes")
-    parser.add_argument("--warm-one", nargs=2, metavar=("FAMILY", "R"), help=argparse.SUPPRESS)
+    parser.add_argument("--warm-one", nargs=4, metavar=("FAMILY", "R", "PART", "PARTS"), help=argparse.SUPPRESS)
     parser.add_argument("--budget-s", type=float, default=240.0, help="stop timing candidates after this long")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--device", default="cuda", help="cpu: a smoke run through TRITON_INTERPRET=1, tiny sizes")
@@ -187,15 +188,22 @@ def main(argv=None):
     device = torch.device(args.device)
 
     if args.warm_one:
-        warm_one(args.warm_one[0], int(args.warm_one[1]), 8192)
+        family, r, part, parts = args.warm_one
+        warm_one(family, int(r), 8192, int(part), int(parts))
         return 0
     t_start = time.time()
     if args.warm_jobs:
-        jobs = [(f, r) for f in families for r in ranks]
+        pairs = [(f, r) for f in families for r in ranks]
+        # Each process compiles its candidates one after another: split a (family, r) over several processes
+        # when there are fewer pairs than jobs (the sweep of the small kernels has 6 pairs of 25 candidates).
+        parts = max(1, -(-args.warm_jobs // len(pairs)))
+        jobs = [(f, r, part) for f, r in pairs for part in range(parts)]
         with concurrent.futures.ThreadPoolExecutor(args.warm_jobs) as pool:
             list(pool.map(lambda job: subprocess.run(
-                [sys.executable, __file__, "--warm-one", job[0], str(job[1])], check=False), jobs))
-        print(f"warm: {len(jobs)} (family, r) compiled in {time.time() - t_start:.0f} s", flush=True)
+                [sys.executable, __file__, "--warm-one", job[0], str(job[1]), str(job[2]), str(parts)], check=False),
+                jobs))
+        print(f"warm: {len(pairs)} (family, r) compiled by {len(jobs)} processes in {time.time() - t_start:.0f} s",
+              flush=True)
 
     if device.type == "cuda":
         from triton.testing import do_bench
