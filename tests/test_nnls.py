@@ -176,6 +176,36 @@ def test_op_torch_path_matches_scipy(cpu_path, k, m):
     assert rel_err(X, scipy_solution(A, Bt)) <= OP_TOL[torch.float64]
 
 
+@pytest.mark.parametrize("k,m", [(5, 300), (48, 37)])
+def test_torch_path_chunks_give_the_same_solution(monkeypatch, k, m):
+    """The torch path's steps over chunks of rows (a CPU's chunk, and a GPU's 16 times larger) change nothing:
+    chunks of 7 rows, and of one row, give bit for bit what one chunk of every row gives, cold and warm-started,
+    with the backward's solve; with one problem and with three (whose row products are chunked too)."""
+    monkeypatch.setattr(nnls_module, "_NATIVE_NNLS", False)
+    gen = torch.Generator().manual_seed(k)
+    for batch in ((), (3,)):
+        A, Bt, G, C = least_squares(k, m, batch=batch, generator=gen)
+        x0 = torch.rand(C.shape, generator=gen, dtype=torch.float64) - 0.5
+        dX = torch.randn(C.shape, generator=gen, dtype=torch.float64)
+        G3, C3, x03, dX3 = G.reshape(-1, k, k), C.reshape(-1, m, k), x0.reshape(-1, m, k), dX.reshape(-1, m, k)
+        out = {}
+        for chunk in (1 << 30, 7 * k * k, 1):
+            monkeypatch.setattr(nnls_module, "_CHUNK_ELEMENTS", chunk)
+            cold = nnls_torch(G3, C3, None, 5 * k + 20)
+            out[chunk] = cold, nnls_torch(G3, C3, x03, 5 * k + 20), nnls_module.nnls_backward_torch(G3, cold, dX3)
+        for chunk in (7 * k * k, 1):
+            for got, want in zip(out[chunk], out[1 << 30]):
+                assert torch.equal(got, want), (batch, chunk)
+        assert rel_err(out[1 << 30][0].reshape(C.shape), scipy_solution(A, Bt)) <= OP_TOL[torch.float64]
+
+
+def test_torch_path_chunk_rows():
+    """A GPU's steps gather 16 times the rows of a CPU's, at least one row whatever k."""
+    assert nnls_module._chunk_rows(64, torch.device("cpu")) == 1024
+    assert nnls_module._chunk_rows(64, torch.device("cuda")) == 16 * 1024
+    assert nnls_module._chunk_rows(4096, torch.device("cpu")) == 1
+
+
 @pytest.mark.skipif(not nnls_module._NATIVE_NNLS, reason="the extension's CPU kernel is not built")
 @pytest.mark.parametrize("k", [1, 5, 16, 33, 48])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

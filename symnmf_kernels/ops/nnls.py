@@ -46,8 +46,17 @@ __all__ = ["nnls"]
 # y_j = (G x - c)_j < 0 is an infeasibility only below -TOL_REL * max_i |c_i|: a y_j that is zero in exact
 # arithmetic (a degenerate problem) would otherwise flip in and out of the passive set on rounding errors.
 TOL_REL = {torch.float32: 2.0 ** -17, torch.float64: 2.0 ** -46}
-# Values of the (rows, k, k) systems one torch step gathers: ~32 MiB of float64.
+# Values of the (rows, k, k) systems one torch step gathers: ~32 MiB of float64 on the CPU, within its caches.
+# On a GPU (k beyond the kernel's limit) 16 times as many: at k = 64 the CPU's chunk is 1,024 rows, so a solve
+# of 1M rows took about a thousand steps of a dozen small kernels each (SymANLS there: 1.19 s an iteration on an
+# H200, docs/gpu_performance.md); the GPU's chunk launches 16 times fewer, at a few hundred MiB of temporaries.
 _CHUNK_ELEMENTS = 1 << 22
+_CHUNK_ELEMENTS_GPU = 1 << 26
+
+
+def _chunk_rows(k, device):
+    """Rows of (k, k) systems one torch step gathers on this device."""
+    return max(1, (_CHUNK_ELEMENTS if device.type == "cpu" else _CHUNK_ELEMENTS_GPU) // (k * k))
 
 
 def default_max_rounds(k):
@@ -81,7 +90,7 @@ def passive_solve_torch(G, problem, C, F):
         set_problem, Fs = problem, F.to(G.dtype)
     eye = torch.eye(k, dtype=G.dtype, device=G.device)
     X = torch.empty_like(C)
-    step = max(1, _CHUNK_ELEMENTS // (k * k))
+    step = _chunk_rows(k, C.device)
     if 2 * Fs.shape[0] > N:
         # Most rows have a passive set of their own: one Cholesky solve per row, no inverse to share.
         for start in range(0, N, step):
@@ -111,7 +120,7 @@ def _rows_times_gram(X, G, problem):
     if G.shape[0] == 1:
         return X @ G[0]
     out = torch.empty_like(X)
-    step = max(1, _CHUNK_ELEMENTS // (X.shape[1] ** 2))
+    step = _chunk_rows(X.shape[1], X.device)
     for start in range(0, X.shape[0], step):
         sl = slice(start, start + step)
         out[sl] = (X[sl, None, :] @ G[problem[sl]])[:, 0]
