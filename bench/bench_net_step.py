@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import symnmf_kernels as sk  # noqa: E402
-from bench.common import add_run_args, bench, resolve_run_args, write_table  # noqa: E402
+from bench.common import add_run_args, bench, load_tiles, resolve_run_args, write_table  # noqa: E402
 
 COLUMNS = ["n", "r", "L", "nnz", "ours_ms", "ours_graph_ms", "torch_ms", "x_torch", "x_torch_graph", "spmm_ms",
            "spmm_floor", "spmm_floor_graph", "rel_diff", "notes"]
@@ -161,8 +161,11 @@ def main(argv=None):
                         help="cases as n,r,L (default: 100k and 1M nodes on CUDA, 2,000 and 20,000 on the CPU)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the variants in turns (median)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
+    parser.add_argument("--tiles", help="a tune_tiles JSON whose GPU tiles the library takes for this run")
+    parser.add_argument("--name", default="bench_net_step", help="the table's name")
     add_run_args(parser)
     args = resolve_run_args(parser, parser.parse_args(argv))
+    tiles = load_tiles(args.tiles) if args.tiles else None
     device = args.device
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
@@ -181,6 +184,8 @@ def main(argv=None):
     ]
     if device.type == "cpu":
         header.append("%d thread(s)" % torch.get_num_threads())
+    if tiles:
+        header.append("GPU tiles from %s: %s" % (os.path.basename(args.tiles), tiles))
     for n, r, L in cases:
         if time.perf_counter() - start > args.budget_s:
             header.append("stopped after --budget-s %g s" % args.budget_s)
@@ -190,7 +195,7 @@ def main(argv=None):
         except Exception as exc:  # one failed size must not cost the others
             rows.append({"n": n, "r": r, "L": L, "notes": "%s: %s" % (type(exc).__name__, str(exc)[:120])})
         print({k: rows[-1].get(k) for k in COLUMNS}, flush=True)
-        write_table("bench_net_step", rows, COLUMNS, header, out_dir=args.out, device=device, echo=False)
+        write_table(args.name, rows, COLUMNS, header, out_dir=args.out, device=device, echo=False)
     return 0 if all(not row["notes"] for row in rows) else 1
 
 

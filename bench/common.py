@@ -294,6 +294,25 @@ def net_chain(allowed):
         chain.applies = applies
 
 
+def load_tiles(path):
+    """Install the GPU tiles of a tune_tiles JSON ({family: {BLOCK_R: [BLOCK_N, num_warps]}}) in the library's
+    table (ops._common._GPU_TILES) for this process; returns them as "family BLOCK_R: (BLOCK_N, warps)" text."""
+    import json
+
+    from symnmf_kernels.ops import _common
+
+    with open(path) as f:
+        tiles = json.load(f)
+    installed = []
+    for family, by_width in tiles.items():
+        if family not in _common._GPU_TILES:
+            raise ValueError(f"{path}: unknown kernel family {family!r}; known: {sorted(_common._GPU_TILES)}")
+        for width, (block_n, warps) in by_width.items():
+            _common._GPU_TILES[family][int(width)] = (int(block_n), int(warps))
+            installed.append(f"{family} {width}: ({block_n}, {warps})")
+    return ", ".join(installed)
+
+
 def add_run_args(parser):
     """The options every benchmark shares: --device, --warmup, --rep, --budget-s, --seed, --out."""
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")

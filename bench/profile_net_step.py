@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bench.bench_net_step import make_net, steps  # noqa: E402
-from bench.common import add_run_args, resolve_run_args, write_table  # noqa: E402
+from bench.common import add_run_args, load_tiles, resolve_run_args, write_table  # noqa: E402
 
 COLUMNS = ["level", "name", "group", "calls_per_step", "ms_per_step", "share"]
 DEFAULT_SIZE = {"cuda": (1_000_000, 64, 10), "cpu": (2_000, 8, 5)}
@@ -113,8 +113,11 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3, help="profiled steps")
     parser.add_argument("--top", type=int, default=30, help="kernels listed one by one")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
+    parser.add_argument("--tiles", help="a tune_tiles JSON whose GPU tiles the library takes for this run")
+    parser.add_argument("--name", default="profile_net_step", help="the table's name")
     add_run_args(parser)
     args = resolve_run_args(parser, parser.parse_args(argv))
+    tiles = load_tiles(args.tiles) if args.tiles else None
     device = args.device
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
@@ -136,7 +139,9 @@ def main(argv=None):
         "on the CPU), gemm (cuBLAS), adam, reduction and elementwise (torch's own kernels: autograd's "
         "accumulations, the loss's sums), copy / fill",
     ]
-    write_table("profile_net_step", rows, COLUMNS, header, out_dir=args.out, device=device)
+    if tiles:
+        header.append("GPU tiles from %s: %s" % (os.path.basename(args.tiles), tiles))
+    write_table(args.name, rows, COLUMNS, header, out_dir=args.out, device=device)
     return 0
 
 

@@ -21,6 +21,9 @@
 #   ext_errors        the extension's argument errors, about 80 s
 #   suite             the rest of the test suite on the GPU machine, about 240 s
 #   tune              the tile sweep, about 220 s
+#   tune_net          the tile sweep of SymNMF-Net's step kernels at r = 64, then its step at 1M nodes, r = 64,
+#                     L = 10 with the tiles found (bench_net_step_tuned), about 3 minutes; with net_step in the
+#                     same run, the step at the library's tiles is beside it
 #   tune_small        the sweep of the one-program-per-problem block kernels alone (forward and backward,
 #                     1-16 warps), about 150 s
 #   scale             the 4M and 10M-node runs and a whole net fit at 1M, about 2 minutes
@@ -175,6 +178,19 @@ fi
 wants reorder && run_bench bench_reorder.py 150 --fits hals --fit-iters 30
 # (BLOCK_N, num_warps) sweep of the split-n kernels, dot-precision accuracy, block before/after.
 wants tune && step "tune_tiles" 220 "$PY" bench/tune_tiles.py --warm-jobs 16 --budget-s 90 --out bench/results
+if wants tune_net; then
+    TUNE_NET_OUT=$(mktemp -d)
+    step "tune_tiles (SymNMF-Net's step, r = 64)" 150 "$PY" bench/tune_tiles.py --warm-jobs 16 --budget-s 50 \
+        --families gram,apply,apply_backward_h,sparse_terms,sparse_grad --ranks 64 --block-sizes 1000000 \
+        --out "$TUNE_NET_OUT"
+    cp "$TUNE_NET_OUT"/tune_tiles-* bench/results/ 2>/dev/null
+    TUNED=$(ls "$TUNE_NET_OUT"/tune_tiles-*.json 2>/dev/null | head -1)
+    if [ -n "$TUNED" ]; then
+        run_bench bench_net_step.py 100 --sizes 1000000,64,10 --tiles "$TUNED" --name bench_net_step_tuned
+    else
+        SUMMARY+=("bench_net_step.py --tiles: skipped, the sweep wrote no tiles")
+    fi
+fi
 wants tune_small && step "tune_tiles (small problems)" 150 "$PY" bench/tune_tiles.py --warm-jobs 16 --budget-s 60 \
     --families block_small,block_small_backward --ranks 16,32,64 --block-sizes 1000000 --out bench/results
 if wants suite; then

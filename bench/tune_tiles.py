@@ -105,14 +105,13 @@ def inputs(family, n, r, device, seed=0, dtype=torch.float32):
             return [Zb @ M.mT, P.mT @ Zb]
 
         return (lambda: list(_launch.apply_backward(grad, Y, P, M))), eager
-    if family == "apply_backward_h":  # SymNMF-Net's chain form: the gradient of Y^T Y joins grad through H
-        H = G + G.mT
-
+    if family == "apply_backward_h":  # SymNMF-Net's chain form: the gradient G of Y^T Y joins grad through G + G^T
         def eager():
-            Zb = (grad + Y @ H) * (Y > 0)
+            Zb = (grad + Y @ (G + G.mT)) * (Y > 0)
             return [Zb @ M.mT, P.mT @ Zb]
 
-        return (lambda: list(_launch.apply_backward(grad, Y, P, M, H))), eager
+        # as the chain form launches it: G as it comes, G + G^T formed as the kernel loads it (SYM_H)
+        return (lambda: list(_launch.apply_backward(grad, Y, P, M, G, sym_h=True))), eager
     if family == "sparse_terms":
         return (lambda: [sparse_loss_terms(U, S, P, lam)[1]]), (lambda: [U.mT @ U])
     if family == "sparse_grad":

@@ -220,6 +220,26 @@ def test_profile_net_step_cpu(tmp_path):
     assert {"op: sparse_loss_terms_csr", "op: sparse_loss_grad_csr", "adam"} <= {row["group"] for row in groups}
 
 
+def test_load_tiles_installs_a_tune_json(tmp_path, monkeypatch):
+    """A tune_tiles JSON's tiles replace the library's for the process; an unknown family is refused."""
+    import copy
+    import json
+
+    from symnmf_kernels.ops import _common
+
+    monkeypatch.setattr(_common, "_GPU_TILES", copy.deepcopy(_common._GPU_TILES))
+    path = tmp_path / "tiles.json"
+    path.write_text(json.dumps({"apply_backward_h": {"64": [32, 8]}, "gram": {"16": [64, 4], "64": [64, 8]}}))
+    text = common.load_tiles(str(path))
+    assert _common._GPU_TILES["apply_backward_h"][64] == (32, 8)
+    assert _common._GPU_TILES["gram"][16] == (64, 4) and _common._GPU_TILES["gram"][64] == (64, 8)
+    assert _common.tiles("gram", 64, torch.device("cuda")) == (64, 8)
+    assert "apply_backward_h 64: (32, 8)" in text
+    path.write_text(json.dumps({"no_such_kernel": {"64": [32, 8]}}))
+    with pytest.raises(ValueError, match="no_such_kernel"):
+        common.load_tiles(str(path))
+
+
 def test_profile_net_step_groups():
     """Kernel names as a GPU profile shows them fall in their groups."""
     from bench.profile_net_step import group_of
