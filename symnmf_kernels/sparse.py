@@ -78,12 +78,14 @@ class CSR:
         self.col_indices = col_indices
         self.values = values
         self.shape = shape
+        self._declared_symmetric = symmetric
         self._symmetric = symmetric
         self._validated = False
         self._transpose = None
         self._row_sq_norms = None
         self._squared_norms = {}
         self._torch_int32 = None
+        self._derived_from = None
 
     # ---- construction -----------------------------------------------------------------------------------------
 
@@ -185,6 +187,22 @@ class CSR:
 
     # ---- checks and cached derived data -------------------------------------------------------------------------
 
+    def _fresh(self):
+        """Forget what was derived from the three arrays (the checks, X^T, symmetry, the norms) once any of them
+        was changed in place or replaced since: a user's `A.values.mul_(2)` must not leave ||X||^2 stale. The
+        tensors' version counters tell, at the cost of three attribute reads."""
+        arrays = (self.crow_indices, self.col_indices, self.values)
+        versions = tuple(t._version for t in arrays)
+        seen = self._derived_from
+        if seen is not None and (versions != seen[1] or any(a is not b for a, b in zip(arrays, seen[0]))):
+            self._symmetric = self._declared_symmetric
+            self._validated = False
+            self._transpose = None
+            self._row_sq_norms = None
+            self._squared_norms = {}
+            self._torch_int32 = None
+        self._derived_from = (arrays, versions)
+
     def validate(self):
         """Raise ValueError unless the index arrays describe a valid CSR matrix.
 
@@ -193,6 +211,7 @@ class CSR:
         duplicates). Reads the indices (a host synchronisation on a GPU), once
         per matrix: the result is remembered.
         """
+        self._fresh()
         if self._validated:
             return self
         name, (n_rows, n_cols) = self.name, self.shape
@@ -238,6 +257,7 @@ class CSR:
 
     def transpose(self):
         """X^T as a CSR (computed once, then cached)."""
+        self._fresh()
         if self._transpose is None:
             if self._symmetric:
                 self._transpose = self
@@ -267,6 +287,7 @@ class CSR:
         Costs one transpose and a host synchronisation; the transpose is kept
         only when X is not symmetric (the backward of the SpMM needs it then).
         """
+        self._fresh()
         if self._symmetric is None:
             if self.shape[0] != self.shape[1]:
                 self._symmetric = False
@@ -282,6 +303,7 @@ class CSR:
 
     def row_sq_norms(self):
         """(n_rows,) squared norm of each row, the pieces of ||X||_F^2 (cached)."""
+        self._fresh()
         if self._row_sq_norms is None:
             rows = self.row_indices()
             sq = self.values.detach().to(torch.float64).pow(2)
@@ -291,8 +313,12 @@ class CSR:
     def squared_norm(self, blocks=1):
         """||X||_F^2 in float64 (cached): a 0-d tensor, or with blocks > 1 the (blocks,) norms of that many
         equal ranges of rows (the graphs of a block-diagonal X)."""
+        self._fresh()
         out = self._squared_norms.get(blocks)
         if out is None:
+            if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1 or self.shape[0] % blocks:
+                raise ValueError(f"{self.name}.squared_norm: blocks must be a positive int that divides the "
+                                 f"{self.shape[0]} rows, got {blocks!r}")
             rows = self.row_sq_norms()
             out = self._squared_norms[blocks] = rows.sum() if blocks == 1 else rows.reshape(blocks, -1).sum(1)
         return out
@@ -302,6 +328,7 @@ class CSR:
         row pointers are copied once and cached), or None where the column indices are not int32."""
         if self.col_indices.dtype != torch.int32 or self.nnz >= 2**31:
             return None
+        self._fresh()
         if self._torch_int32 is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # torch's note that its sparse CSR support is beta

@@ -167,7 +167,7 @@ def test_nan_in_a_zero_column_is_not_revived_away(device, backend):
 
 @needs_triton
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (203, 16), (3, 41, 7)])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (203, 16), (1003, 48), (5, 128), (3, 41, 7)])
 def test_revive_zero_columns_matches_reference(backend, shape):
     """Maxima given from outside (as a sharded sweep's, over every rank): the columns they name zero are set to
     1e-16 times the largest given maximum of their factor, the rest untouched; float32 and float64, and a
@@ -205,12 +205,26 @@ def test_revive_zero_columns_nan_and_bad_input(backend):
     assert torch.isnan(out[:2]).all() and out[2] == 2 and torch.equal(out[2:], expected[2:])
     assert torch.isnan(W[:, 0]).all() and torch.isnan(expected_W[:, 0]).all()
     assert float(W[:, 1:].abs().max()) == 0.0
+    # In a batch, a NaN maximum of one factor leaves the others as the reference leaves them.
+    Wb = torch.zeros(3, 9, 3, device=DEVICE)
+    colmax_b = torch.tensor([[0.0, 1.0, 2.0], [0.0, float("nan"), 2.0], [4.0, 0.0, 0.0]], device=DEVICE)
+    expected_Wb = Wb.clone()
+    expected_b = reference.revive_zero_columns_(expected_Wb, colmax_b.clone())
+    out_b = revive_zero_columns_(Wb, colmax_b, backend=backend)
+    assert torch.isnan(Wb[1, :, 0]).all() and torch.isnan(expected_Wb[1, :, 0]).all()
+    assert torch.equal(Wb[[0, 2]], expected_Wb[[0, 2]]) and torch.equal(out_b[[0, 2]], expected_b[[0, 2]])
+    assert bool(torch.isfinite(Wb[[0, 2]]).all()) and float(Wb[0, :, 0].max()) > 0
     with pytest.raises(ValueError, match="one maximum per column"):
         revive_zero_columns_(W, colmax[:2], backend=backend)
     with pytest.raises(TypeError, match="float64"):
         revive_zero_columns_(W, colmax.double(), backend=backend)
     with pytest.raises(ValueError, match="backend"):
         revive_zero_columns_(W, colmax, backend="cuda")
+    with pytest.raises(ValueError, match=r"W must be one factor \(n, r\) or a batch"):
+        revive_zero_columns_(torch.zeros(2, 3, 9, 3, device=DEVICE), torch.zeros(2, 3, 3, device=DEVICE),
+                             backend=backend)
+    with pytest.raises(TypeError, match="colmax must be a torch.Tensor"):
+        revive_zero_columns_(W, [0.0, 1.0, 2.0], backend=backend)
 
 
 @needs_triton

@@ -196,6 +196,35 @@ def test_squared_norm_of_x_cached_whole_and_per_block():
     assert X.squared_norm() is X.squared_norm() and X.squared_norm(3) is X.squared_norm(3)
 
 
+def test_cached_data_follow_the_arrays_changed_in_place():
+    """What a CSR derives from its arrays (||X||^2 and its per-row and per-block pieces, X^T, symmetry, the
+    checks) is derived again after an in-place change or a replaced array, so the loss stays right."""
+    A = random_graph(30, seed=7)
+    X = as_csr(A, dtype=torch.float64)
+    U = torch.rand(2, 30, 3, dtype=torch.float64)
+    before = sparse_sym_loss(X, U)
+    assert X.is_symmetric() and rel_err(X.squared_norm(), torch.tensor(float((A.data ** 2).sum()), dtype=torch.float64)) < 1e-13
+    X.values.mul_(2)  # in place: every value doubled, X stays symmetric
+    want = reference.sparse_sym_loss(torch.from_numpy(2 * A.toarray()), U)
+    assert rel_err(X.squared_norm(), torch.tensor(float((4 * A.data ** 2).sum()), dtype=torch.float64)) < 1e-13
+    assert rel_err(sparse_sym_loss(X, U), want) < 1e-12 and rel_err(sparse_sym_loss(X, U), before) > 0.1
+    X.values[0] += 1.0  # no longer symmetric: the cached answer and X^T are dropped
+    assert not X.is_symmetric() and torch.equal(X.transpose().to_torch().to_dense(), X.to_torch().to_dense().T)
+    X.values = X.values.clone().fill_(1.0)  # a replaced array
+    assert float(X.squared_norm()) == X.nnz
+    X.validate()
+    X.col_indices[0] = 30  # out of range, written in place after a successful check: checked again
+    with pytest.raises(ValueError, match="out of range"):
+        X.validate()
+
+
+@pytest.mark.parametrize("blocks", [0, -1, 4, 2.0, True, torch.tensor(2)])
+def test_squared_norm_refuses_a_bad_block_count(blocks):
+    X = as_csr(random_graph(30, seed=1), dtype=torch.float64)  # 30 rows: 4 does not divide them
+    with pytest.raises(ValueError, match="blocks must be a positive int that divides the 30 rows"):
+        X.squared_norm(blocks)
+
+
 def test_reference_takes_a_sparse_or_dense_x():
     A = random_graph(40, seed=5)
     Xs = torch.from_numpy(A.toarray()).to_sparse_csr()

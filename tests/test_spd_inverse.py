@@ -38,6 +38,49 @@ def test_spd_inverse_non_contiguous(device):
     assert rel_err(sk.spd_inverse(Gt), reference.spd_inverse(Gt.double())) <= 1e-5
 
 
+@pytest.mark.parametrize("r", [1, 5, 16, 48, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inverse_with_lam_added_on_load(device, r, dtype):
+    """spd_inverse_triton(G, lam) inverts G + lam I without forming it: lam 0-d, one per matrix, and one per
+    matrix as a strided view (the last alone from r = 48, which the interpreter runs slowly), with G a
+    non-contiguous batch; within a small multiple of torch's own error in float32 against the float64 inverse
+    of G + lam I (torch's inverse past a padded width of 64 on a GPU)."""
+    from symnmf_kernels.ops.spd_inverse import spd_inverse_triton
+
+    if dtype == torch.float64 and r == 128:
+        pytest.skip("float64 at r = 128: the interpreter's time, not a different path")
+    G = spd_batch((6,), r, 1e3, device, dtype)[::2]  # (3, r, r), not contiguous
+    assert not G.is_contiguous()
+    eye = torch.eye(r, dtype=torch.float64, device=device)
+    lam_wide = torch.tensor([[0.5, 0.1], [2.0, 7.0], [0.25, 1.0]], dtype=dtype, device=device)
+    lams = [torch.tensor(0.3, dtype=dtype, device=device), lam_wide[:, 0].contiguous(), lam_wide[:, 1]]
+    for lam in lams if r < 48 else lams[2:]:
+        exact = reference.spd_inverse(G.double() + lam.double().reshape(*lam.shape, 1, 1) * eye)
+        inv, info = spd_inverse_triton(G, lam)
+        assert inv.shape == G.shape and info.shape == (3,) and not bool(info.any())
+        err = rel_err(inv, exact)
+        if dtype == torch.float64:
+            assert err <= 1e-11
+        else:
+            torch_err = rel_err(reference.spd_inverse(G + lam.reshape(*lam.shape, 1, 1) * eye.to(dtype)), exact)
+            assert err <= 4 * torch_err + 1e-6
+
+
+def test_inverse_with_lam_flags_what_lam_leaves_indefinite(device):
+    """A lam that leaves G + lam I indefinite (negative, or NaN) gives NaN and info 1 for that matrix alone;
+    one that makes an indefinite G definite gives its inverse."""
+    from symnmf_kernels.ops.spd_inverse import spd_inverse_triton
+
+    G = spd_batch((3,), 6, 10, device)  # eigenvalues in [0.1, 1]
+    G[2] -= 0.5 * torch.eye(6, device=device)  # indefinite until lam > 0.4
+    lam = torch.tensor([-2.0, float("nan"), 1.0], device=device)
+    inv, info = spd_inverse_triton(G, lam)
+    assert info.tolist() == [1, 1, 0]
+    assert torch.isnan(inv[0]).all() and torch.isnan(inv[1]).all()
+    exact = reference.spd_inverse(G[2].double() + torch.eye(6, dtype=torch.float64, device=device))
+    assert rel_err(inv[2], exact) <= 1e-5
+
+
 def test_not_positive_definite_gives_nan_only_there(device):
     G = spd_batch((3,), 6, 10, device)
     G[1, 2, 2] = -1.0

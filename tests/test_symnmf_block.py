@@ -122,6 +122,80 @@ def test_chain_form_equals_block(device):
         assert rel_err(got, want) <= 1e-12
 
 
+def chain_grads(fn, UtU, P, lam, gY, gG, **kwargs):
+    """(Y, Y^T Y, dUtU, dP, dlam) of <Y, gY> + <Y^T Y, gG> for (Y, Y^T Y) = fn(UtU, P, lam); gY None: the
+    loss of the Gram alone, Y unused."""
+    UtU, P, lam = (t.detach().clone().requires_grad_(t.is_floating_point()) for t in (UtU, P, lam))
+    Y, YtY = fn(UtU, P, lam, **kwargs)
+    out = (YtY * gG).sum() + ((Y * gY).sum() if gY is not None else 0)
+    wrt = [t for t in (UtU, P, lam) if t.requires_grad]
+    return (Y, YtY, *torch.autograd.grad(out, wrt))
+
+
+@pytest.mark.parametrize("n,r", [(1, 1), (7, 5), (1003, 16), (301, 48), (67, 128)])
+def test_chain_form_float32_within_torch_error(device, n, r):
+    """The chain form in float32 (the net's block), forward and every gradient: against the float64 reference,
+    within twice the error of the float32 reference (the block's own rule, test_block_forward_backward)."""
+    U, P, lam = block_inputs((), n, r, device)
+    UtU = U.mT @ U
+    gY = torch.randn(n, r, device=device)
+    gG = torch.randn(r, r, device=device) / max(n, 1)
+    ours = chain_grads(sk.symnmf_block_from_gram, UtU, P, lam, gY, gG)
+    exact = chain_grads(reference.symnmf_block_from_gram, UtU.double(), P.double(), lam.double(), gY.double(),
+                        gG.double())
+    torch32 = chain_grads(reference.symnmf_block_from_gram, UtU, P, lam, gY, gG)
+    # dlam = trace(dG) = trace(dUtU) can cancel to near zero: measured against sum |dUtU_ii|.
+    lam_scale = float(exact[2].diagonal().abs().sum()) or 1.0
+    for name, got, want, base in zip(["Y", "YtY", "dUtU", "dP", "dlam"], ours, exact, torch32):
+        assert bool(torch.isfinite(got).all()), name
+        if name == "dlam":
+            err, base_err = (float((x.double() - want).abs()) / lam_scale for x in (got, base))
+        else:
+            err, base_err = rel_err(got, want), rel_err(base, want)
+        assert err <= 2 * base_err + 1e-5, f"{name}: {err:.2e} vs torch float32 {base_err:.2e}"
+
+
+@pytest.mark.parametrize("case", ["Gram alone", "lam fixed", "P fixed"])
+def test_chain_form_partial_gradients(device, case):
+    """The chain form's backward when only Y^T Y reaches the loss (no gradient of Y), when lam needs no gradient
+    (its trace is not formed) and when P needs none: the gradients that are asked for, as the reference's."""
+    U, P, lam = block_inputs((2,), 33, 5, device, torch.float64)
+    UtU = U.mT @ U
+    gY = None if case == "Gram alone" else torch.randn(2, 33, 5, device=device, dtype=torch.float64)
+    gG = torch.randn(2, 5, 5, device=device, dtype=torch.float64)
+    if case == "lam fixed":
+        lam = lam.clone().requires_grad_(False).to(torch.float64)
+    args = [UtU, P, lam]
+
+    def run(fn):
+        inputs = [t.detach().clone() for t in args]
+        for i, t in enumerate(inputs):
+            t.requires_grad_(not ((case == "lam fixed" and i == 2) or (case == "P fixed" and i == 1)))
+        Y, YtY = fn(*inputs)
+        out = (YtY * gG).sum() + ((Y * gY).sum() if gY is not None else 0)
+        return (Y, YtY, *torch.autograd.grad(out, [t for t in inputs if t.requires_grad]))
+
+    got, want = run(sk.symnmf_block_from_gram), run(reference.symnmf_block_from_gram)
+    assert len(got) == len(want) == (4 if case != "Gram alone" else 5)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and rel_err(a, b) <= 1e-11
+
+
+def test_chain_form_gradcheck(device):
+    """gradcheck of the chain form on the library's path (the Triton kernels in the interpreter or on a GPU),
+    in float64, through U (U^T U formed inside: the form's input is symmetric, and only its symmetric
+    perturbations are defined), P and lam."""
+    U, P, lam = block_inputs((), 4, 2, device, torch.float64)
+    inputs = tuple(t.detach().clone().requires_grad_() for t in (U, P, lam))
+    gG = torch.randn(2, 2, device=device, dtype=torch.float64)
+
+    def fn(U, P, lam):
+        Y, YtY = sk.symnmf_block_from_gram(U.mT @ U, P, lam)
+        return Y, (YtY * gG).sum()
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
 @pytest.mark.parametrize("lam_case", ["0-d", "one per Gram", "strided", "wider than the Gram", "nan"])
 @pytest.mark.parametrize("inverse", ["kernel", "torch"])
 def test_chain_form_lam_of_every_shape(device, monkeypatch, lam_case, inverse):
@@ -156,8 +230,8 @@ def test_chain_form_lam_of_every_shape(device, monkeypatch, lam_case, inverse):
 
     got = run(sk.symnmf_block_from_gram, UtU, P, lam)
     want = run(reference.symnmf_block_from_gram, UtU, P, lam)
-    if lam_case == "nan":  # problem 1 is NaN throughout, the others as the reference
-        for a, b in zip(got[:2], want[:2]):
+    if lam_case == "nan":  # problem 1 is NaN throughout, its gradients too; the others as the reference
+        for a, b in zip(got, want):
             assert torch.isnan(a[1]).all() and torch.isnan(b[1]).all()
             assert rel_err(a[[0, 2]], b[[0, 2]]) <= 1e-11
         return

@@ -125,7 +125,9 @@ def revive_zero_columns_(W, colmax, *, backend=None):
     if not isinstance(colmax, torch.Tensor):
         raise TypeError(f"colmax must be a torch.Tensor, got {type(colmax).__name__}")
     check_same(colmax, W, "colmax", "W")
-    if W.dim() not in (2, 3) or colmax.shape != (*W.shape[:-2], W.shape[-1]):
+    if W.dim() not in (2, 3):
+        raise ValueError(f"W must be one factor (n, r) or a batch of them (P, n, r), got shape {tuple(W.shape)}")
+    if colmax.shape != (*W.shape[:-2], W.shape[-1]):
         raise ValueError(f"colmax must hold one maximum per column of W {tuple(W.shape)}: shape "
                          f"{(*W.shape[:-2], W.shape[-1])}, got {tuple(colmax.shape)}")
     if backend is None:
