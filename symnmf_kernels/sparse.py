@@ -44,6 +44,8 @@ class CSR:
     values: (nnz,) float32 or float64.
     symmetric: True/False when known; None lets `is_symmetric()` find out (once).
     Only metadata is checked here; `validate()` checks the index values.
+    What is derived from the arrays (the checks, X^T, symmetry, ||X||^2) is kept, and derived again once an
+    array is changed in place or replaced.
     """
 
     def __init__(self, crow_indices, col_indices, values, shape, symmetric=None, name="X"):
