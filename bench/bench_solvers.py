@@ -198,7 +198,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", choices=sorted(SIZES), help="size preset (default: full on CUDA, tiny on CPU)")
     parser.add_argument("--graphs", nargs="+", choices=GRAPHS, default=["knn_like"])
-    parser.add_argument("--solvers", nargs="+", choices=sorted(SOLVERS), default=sorted(SOLVERS))
+    # SymANLS last: at r > 32 on a GPU its iteration takes about a second (docs/gpu_performance.md)
+    parser.add_argument("--solvers", nargs="+", choices=sorted(SOLVERS),
+                        default=["hals", "pgd", "newton", "admm", "anls"])
     parser.add_argument("--n", type=int, nargs="+", help="node counts (default: from --sizes)")
     parser.add_argument("--r", type=int, nargs="+", help="ranks (default: from --sizes)")
     parser.add_argument("--k1", type=int, default=2, help="iterations of the shorter timed run")
@@ -253,34 +255,37 @@ def main(argv=None):
                     rows.append({**base, "solver": "hals_sweep", "notes": short_error(exc)})
                 save()
                 U0 = init_factor(X, r, torch.Generator().manual_seed(args.seed))
-                for name in args.solvers:
-                    solver_paths = list(paths)
-                    if name == "hals" and device.type == "cuda":
-                        solver_paths.insert(1, "torch-loop")
-                    results = {}
-                    for path in solver_paths:
-                        if time.perf_counter() - start > args.budget_s:
-                            stopped += 1
-                            continue
-                        on_cpu = path == "cpu"
-                        Xp = X_cpu if on_cpu else X
-                        Up = U0.to(Xp.device)
-                        row = {**base, "solver": name, "path": path}
-                        try:
-                            k1, k2 = (1, args.cpu_k2) if on_cpu else (args.k1, args.k2)
-                            row["ms_per_iter"] = ms_per_iter(name, Xp, Up, path, k1, k2)
-                            if not (on_cpu and n > args.cpu_tol_max_n):
-                                row.update(to_tolerance(name, Xp, Up, path, args.tol_cap_s))
-                        except Exception as exc:
-                            row["notes"] = short_error(exc)
-                            release(device)
-                        results[path] = row
-                        rows.append(row)
-                        print("%-9s n=%-8d r=%-4d %-7s %-10s %s ms/iter" % (
-                            kind, n, r, name, path, row.get("ms_per_iter", float("nan"))), flush=True)
-                        save()
-                    cpu_ms = results.get("cpu", {}).get("ms_per_iter")
-                    for row in results.values():
+                # Every solver's own path first, then the peers (the torch loop, the CPU): a run cut short by
+                # --budget-s still has the GPU's row of each solver.
+                order = [(path, name) for path in paths[:1] for name in args.solvers]
+                if device.type == "cuda" and "hals" in args.solvers:
+                    order.append(("torch-loop", "hals"))
+                order += [(path, name) for path in paths[1:] for name in args.solvers]
+                results = {name: {} for name in args.solvers}
+                for path, name in order:
+                    if time.perf_counter() - start > args.budget_s:
+                        stopped += 1
+                        continue
+                    on_cpu = path == "cpu"
+                    Xp = X_cpu if on_cpu else X
+                    Up = U0.to(Xp.device)
+                    row = {**base, "solver": name, "path": path}
+                    try:
+                        k1, k2 = (1, args.cpu_k2) if on_cpu else (args.k1, args.k2)
+                        row["ms_per_iter"] = ms_per_iter(name, Xp, Up, path, k1, k2)
+                        if not (on_cpu and n > args.cpu_tol_max_n):
+                            row.update(to_tolerance(name, Xp, Up, path, args.tol_cap_s))
+                    except Exception as exc:
+                        row["notes"] = short_error(exc)
+                        release(device)
+                    results[name][path] = row
+                    rows.append(row)
+                    print("%-9s n=%-8d r=%-4d %-7s %-10s %s ms/iter" % (
+                        kind, n, r, name, path, row.get("ms_per_iter", float("nan"))), flush=True)
+                    save()
+                for by_path in results.values():
+                    cpu_ms = by_path.get("cpu", {}).get("ms_per_iter")
+                    for row in by_path.values():
                         ms = row.get("ms_per_iter")
                         if cpu_ms and ms and math.isfinite(ms) and ms > 0:
                             row["x_cpu"] = cpu_ms / ms
