@@ -315,12 +315,12 @@ class CSR:
     def squared_norm(self, blocks=1):
         """||X||_F^2 in float64 (cached): a 0-d tensor, or with blocks > 1 the (blocks,) norms of that many
         equal ranges of rows (the graphs of a block-diagonal X)."""
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1 or self.shape[0] % blocks:
+            raise ValueError(f"{self.name}.squared_norm: blocks must be a positive int that divides the "
+                             f"{self.shape[0]} rows, got {blocks!r}")
         self._fresh()
         out = self._squared_norms.get(blocks)
         if out is None:
-            if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1 or self.shape[0] % blocks:
-                raise ValueError(f"{self.name}.squared_norm: blocks must be a positive int that divides the "
-                                 f"{self.shape[0]} rows, got {blocks!r}")
             rows = self.row_sq_norms()
             out = self._squared_norms[blocks] = rows.sum() if blocks == 1 else rows.reshape(blocks, -1).sum(1)
         return out

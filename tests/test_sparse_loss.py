@@ -221,6 +221,7 @@ def test_cached_data_follow_the_arrays_changed_in_place():
 @pytest.mark.parametrize("blocks", [0, -1, 4, 2.0, True, torch.tensor(2)])
 def test_squared_norm_refuses_a_bad_block_count(blocks):
     X = as_csr(random_graph(30, seed=1), dtype=torch.float64)  # 30 rows: 4 does not divide them
+    X.squared_norm(1)  # a cached count does not let an equal but wrong one (True) through
     with pytest.raises(ValueError, match="blocks must be a positive int that divides the 30 rows"):
         X.squared_norm(blocks)
 
