@@ -155,21 +155,29 @@ def measure(n, r, L, args, device):
     return row
 
 
+def parse_step_args(parser, argv, name):
+    """Add the options the step's scripts share (--threads, --tiles, --name and bench.common's), parse argv and
+    set the run up: torch's threads on the CPU, full-precision float32 products. Returns (args, the tiles
+    installed as text, or None)."""
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
+    parser.add_argument("--tiles", help="a tune_tiles JSON whose GPU tiles the library takes for this run")
+    parser.add_argument("--name", default=name, help="the table's name")
+    add_run_args(parser)
+    args = resolve_run_args(parser, parser.parse_args(argv))
+    tiles = load_tiles(args.tiles) if args.tiles else None
+    if args.device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    torch.set_float32_matmul_precision("highest")
+    return args, tiles
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=None, metavar="N,R,L",
                         help="cases as n,r,L (default: 100k and 1M nodes on CUDA, 2,000 and 20,000 on the CPU)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the variants in turns (median)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
-    parser.add_argument("--tiles", help="a tune_tiles JSON whose GPU tiles the library takes for this run")
-    parser.add_argument("--name", default="bench_net_step", help="the table's name")
-    add_run_args(parser)
-    args = resolve_run_args(parser, parser.parse_args(argv))
-    tiles = load_tiles(args.tiles) if args.tiles else None
+    args, tiles = parse_step_args(parser, argv, "bench_net_step")
     device = args.device
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    torch.set_float32_matmul_precision("highest")
     cases = [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else SIZES[device.type]
     rows, start = [], time.perf_counter()
     header = [

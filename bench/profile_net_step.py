@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from bench.bench_net_step import make_net, steps  # noqa: E402
-from bench.common import add_run_args, load_tiles, resolve_run_args, write_table  # noqa: E402
+from bench.bench_net_step import make_net, parse_step_args, steps  # noqa: E402
+from bench.common import write_table  # noqa: E402
 
 COLUMNS = ["level", "name", "group", "calls_per_step", "ms_per_step", "share"]
 DEFAULT_SIZE = {"cuda": (1_000_000, 64, 10), "cpu": (2_000, 8, 5)}
@@ -112,16 +112,8 @@ def main(argv=None):
                         help="n,r,L (default: 1000000,64,10 on CUDA, 2000,8,5 on the CPU)")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps")
     parser.add_argument("--top", type=int, default=30, help="kernels listed one by one")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
-    parser.add_argument("--tiles", help="a tune_tiles JSON whose GPU tiles the library takes for this run")
-    parser.add_argument("--name", default="profile_net_step", help="the table's name")
-    add_run_args(parser)
-    args = resolve_run_args(parser, parser.parse_args(argv))
-    tiles = load_tiles(args.tiles) if args.tiles else None
+    args, tiles = parse_step_args(parser, argv, "profile_net_step")
     device = args.device
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    torch.set_float32_matmul_precision("highest")
     n, r, L = (tuple(int(v) for v in args.size.split(",")) if args.size else DEFAULT_SIZE[device.type])
     net, Xp, X_norm2, S0 = make_net(n, r, L, device, seed=args.seed)
     step = steps(net, Xp, X_norm2, S0, graph=False)["ours"]
