@@ -28,6 +28,24 @@ def test_lam_checks():
         sk.gram(U, "1.0")
 
 
+@pytest.mark.parametrize("bad", ["inf 0-d", "inf batch", "bool"])
+def test_an_infinite_or_bool_lam_tensor_is_refused(bad):
+    """A lam tensor on the CPU is read as a float lam is checked: +-inf is refused (G + inf I would invert to
+    zeros, a finite result from a non-finite lam) and a bool tensor is refused as a bool is; a NaN lam is
+    let through, to NaN."""
+    U, P = torch.rand(2, 10, 3), torch.randn(2, 10, 3)
+    lam = {"inf 0-d": torch.tensor(float("inf")), "inf batch": torch.tensor([1.0, -float("inf")]),
+           "bool": torch.tensor(True)}[bad]
+    error, match = (TypeError, "bool tensor") if bad == "bool" else (ValueError, "lam must be finite, got -?inf")
+    for call in (lambda: sk.gram(U, lam), lambda: sk.symnmf_block(U, P, lam),
+                 lambda: sk.symnmf_block_from_gram(sk.gram(U), P, lam)):
+        with pytest.raises(error, match=match):
+            call()
+    nan = torch.tensor([1.0, float("nan")])
+    out = sk.symnmf_block(U, P, nan)
+    assert torch.isnan(out[1]).all() and torch.isfinite(out[0]).all()
+
+
 @pytest.mark.parametrize("lam", [-0.5, -100, "cpu tensor", "cpu batch"])
 def test_negative_lam_is_refused_unless_opted_out(lam):
     U, P = torch.rand(2, 10, 3), torch.randn(2, 10, 3)

@@ -256,6 +256,22 @@ def test_bad_input():
     for backend in ("torch", "triton"):  # an empty batch sweeps nothing
         empty = W.new_empty((0, 9, 3))
         assert hals_sweep_(empty, empty, B.new_empty((0, 3, 3)), backend=backend).shape == (0, 3)
+    for lam in ("a", torch.ones(2), True, None):
+        with pytest.raises(TypeError, match="lam must be a number"):
+            hals_sweep_(W, C, B, V=W, lam=lam)
+    with pytest.raises(TypeError, match="W must be a torch.Tensor"):
+        hals_sweep(W.tolist(), C, B)
+
+
+def test_triton_backend_on_a_cpu_tensor_needs_the_interpreter(monkeypatch):
+    """backend="triton" for a CPU tensor without TRITON_INTERPRET=1 is a clear error, not a crash in Triton's
+    driver lookup."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    W, C, B = hals_inputs(9, 3, torch.float32, seed=5)
+    for call in (lambda: hals_sweep_(W, C, B, backend="triton"),
+                 lambda: revive_zero_columns_(W, W.amax(0), backend="triton")):
+        with pytest.raises(ValueError, match="backend='triton' runs on a CUDA device, or on the CPU under"):
+            call()
 
 
 @needs_triton

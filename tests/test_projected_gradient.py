@@ -64,6 +64,21 @@ def test_nan_gives_nan(where_U):
     assert torch.isnan(reference.projected_gradient_sq(grad, U))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("path", ["native", "torch"])
+def test_non_finite_u_gives_nan(monkeypatch, bad, path):
+    """A NaN or an infinity in U is not read as a zero or a positive entry: the measure is NaN, on the
+    extension's kernel (inside a run of 256 and in the tail), on the torch form and in the reference."""
+    if path == "native" and not pg_ops._NATIVE:
+        pytest.skip("the extension's CPU kernel is not built")
+    monkeypatch.setattr(pg_ops, "_NATIVE", path == "native")
+    for at in ((100, 2), (1002, 15)):  # 100 * 16 + 2: inside the runs; 1002 * 16 + 15: the last entry
+        grad, U = inputs((1003, 16), torch.float64, seed=4)
+        U[at] = bad
+        assert torch.isnan(sk.projected_gradient_sq(grad, U)), at
+        assert torch.isnan(reference.projected_gradient_sq(grad, U)), at
+
+
 def test_bad_input():
     grad, U = inputs((9, 3), torch.float32, seed=3)
     with pytest.raises(ValueError, match="must match"):

@@ -445,6 +445,18 @@ def test_bad_input():
         sparse_layer_loss(X, U, U, 0.1, gram=torch.eye(3, dtype=torch.float64))
 
 
+def test_empty_graph_gives_zero_losses(device):
+    """A graph of no nodes: zero losses and empty gradients on every path (the Triton kernels launch one
+    program that finds no row)."""
+    X = as_csr(sp.csr_matrix((0, 0)), device=device, dtype=torch.float64)
+    U = torch.zeros(0, 3, dtype=torch.float64, device=device, requires_grad=True)
+    loss = sparse_sym_loss(X, U)
+    fit, reg = sparse_layer_loss(X, U, torch.zeros(0, 3, dtype=torch.float64, device=device), 0.5)
+    assert float(loss.detach()) == 0.0 and float(fit.detach()) == 0.0 and float(reg.detach()) == 0.0
+    (grad,) = torch.autograd.grad(loss + fit + reg, U)
+    assert grad.shape == (0, 3)
+
+
 @pytest.mark.gpu
 def test_cuda_layer_loss_matches_cpu():
     A = random_graph(2000, nnz_per_row=16, seed=10)

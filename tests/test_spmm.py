@@ -365,6 +365,18 @@ def test_wrong_dtype_and_device():
         CSR(torch.tensor([0, 1]), torch.tensor([0]), torch.ones(1), (2, 2))
 
 
+def test_dense_x_is_checked_like_a_sparse_one():
+    """A dense X is multiplied as a sparse one would be, with the same clear errors for shapes that do not fit."""
+    U = torch.rand(8, 3)
+    for X in (torch.rand(7, 7), torch.rand(7)):
+        with pytest.raises(ValueError, match=r"X must be \(n_rows, 8\) to multiply U of shape \(8, 3\)"):
+            sk.spmm(X, U)
+    with pytest.raises(ValueError, match="does not broadcast with U's"):
+        sk.spmm(torch.rand(2, 7, 8), torch.rand(3, 8, 3))
+    X = torch.rand(2, 7, 8)
+    assert torch.equal(sk.spmm(X, U), X @ U) and torch.equal(sk.spmm(X[0], U[:, 0]), X[0] @ U[:, 0])
+
+
 def test_values_requiring_grad_are_refused():
     X = torch_csr(random_graph(10, seed=20))
     values = X.values().clone().requires_grad_()

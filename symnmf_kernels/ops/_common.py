@@ -219,14 +219,14 @@ def split_rows(n, batch, block, device):
     Enough programs to fill the GPU a few times over, each owning a whole
     number of row tiles so that tiles never straddle two programs.
     """
-    tiles = triton_cdiv(n, block)
+    tiles = max(1, triton_cdiv(n, block))  # n = 0: one program that finds no row, and writes zero partials
     if device.type == "cpu":
         splits = min(tiles, 4)
     else:
         sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
         splits = max(1, min(tiles, triton_cdiv(4 * sms, batch)))
     rows_per_split = triton_cdiv(tiles, splits) * block
-    return rows_per_split, triton_cdiv(n, rows_per_split)
+    return rows_per_split, max(1, triton_cdiv(n, rows_per_split))
 
 
 @functools.lru_cache(maxsize=None)
@@ -314,16 +314,19 @@ def as_lam(lam, U, check=True, shape=()):
     """lam (float or tensor) as a tensor on U's device and dtype, broadcastable to U's batch shape
     (a float is filled into a tensor of the given shape).
 
-    With check, a negative lam is a ValueError wherever that costs no device
-    synchronisation: always for a Python number; for a tensor on the CPU
+    With check, a negative or infinite lam is a ValueError wherever that costs no
+    device synchronisation: always for a Python number; for a tensor on the CPU
     (outside torch.compile tracing). A tensor on a GPU is not read (that would
     stall the training step): a negative one there yields NaN, never zeros.
+    A bool tensor is a TypeError, as a bool is.
     """
     if isinstance(lam, torch.Tensor):
         on_cpu = lam.is_cpu
         if not (on_cpu and U.is_cpu) and lam.device != U.device:
             raise ValueError(f"lam is on {lam.device} but U is on {U.device}; move lam to {U.device}")
         if lam.dtype is not U.dtype:
+            if lam.dtype == torch.bool:
+                raise TypeError("lam must be a float or a float tensor, got a bool tensor")
             if not lam.is_floating_point():
                 lam = lam.to(U.dtype)
             else:
@@ -332,13 +335,23 @@ def as_lam(lam, U, check=True, shape=()):
             batch = tuple(U.shape[:-2])
             raise ValueError(f"lam of shape {tuple(lam.shape)} must broadcast to U's batch shape {batch}")
         if check and on_cpu and not torch.compiler.is_compiling():
+            # An infinite lam is refused as a float one is: G + inf I would invert to zeros, a finite answer from
+            # a non-finite input. A NaN lam is let through: every result it touches is NaN (a training step whose
+            # lam went NaN yields a NaN loss, which the fit's restart selection drops).
             if lam.dim() == 0:  # the common case, read directly (a CPU tensor: no device synchronisation)
-                if lam.item() < 0:
-                    raise _negative_lam(lam.item())
+                value = lam.item()
+                if math.isinf(value):
+                    raise ValueError(f"lam must be finite, got {value}")
+                if value < 0:
+                    raise _negative_lam(value)
                 return lam
-            low = lam.detach().min() if lam.numel() else None
-            if low is not None and bool(low < 0):
-                raise _negative_lam(float(low))
+            if lam.numel():
+                detached = lam.detach()
+                if bool(torch.isinf(detached).any()):
+                    raise ValueError(f"lam must be finite, got {detached[torch.isinf(detached)][0].item()}")
+                low = detached.min()
+                if bool(low < 0):
+                    raise _negative_lam(float(low))
         return lam
     if isinstance(lam, bool) or not isinstance(lam, (int, float)):
         raise TypeError(f"lam must be a float or a tensor, got {type(lam).__name__}")

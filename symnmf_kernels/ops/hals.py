@@ -15,10 +15,12 @@ row-major; otherwise, or without the extension, a torch column loop over blocks
 of rows small enough to stay in cache. r above the fused limit on CUDA falls
 back to the torch loop.
 """
+import numbers
+
 import torch
 
 from . import _launch
-from ._common import check_same, check_tensor, use_triton
+from ._common import HAS_TRITON, check_same, check_tensor, interpreting, use_triton
 from .._extension import has_cpu_op
 
 ZERO_COLUMN_FILL = 1e-16
@@ -45,6 +47,24 @@ def _check(W, C, B, V):
     if B.shape != (*W.shape[:-2], r, r):
         what = "r x r" if W.dim() == 2 else f"(P, r, r) with P = {W.shape[0]}"
         raise ValueError(f"B must be {what}, r = {r} (V^T V + lam I, one per factor), got shape {tuple(B.shape)}")
+
+
+def _check_lam(lam):
+    if isinstance(lam, bool) or not (isinstance(lam, numbers.Real)
+                                     or (isinstance(lam, torch.Tensor) and lam.numel() == 1)):
+        raise TypeError(f"lam must be a number (one for every factor of a batch), got {lam!r}")
+
+
+def _triton_backend(t, backend):
+    """The backend to run: None picks by device; "triton" on a CPU tensor needs Triton's interpreter."""
+    if backend is None:
+        return "triton" if use_triton(t, t.shape[-1]) else "torch"
+    if backend not in ("torch", "triton"):
+        raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
+    if backend == "triton" and not (HAS_TRITON and (t.is_cuda or interpreting())):
+        raise ValueError(f"backend='triton' runs on a CUDA device, or on the CPU under TRITON_INTERPRET=1; this "
+                         f"tensor is on {t.device}: pass backend='torch' or None")
+    return backend
 
 
 # The extension's CPU sweep (csrc/cpu/hals_cpu.cpp): one pass over the rows instead of about eight tensor
@@ -95,14 +115,12 @@ def hals_sweep_(W, C, B, *, V=None, lam=0.0, revive=True, backend=None):
     Never synchronises with a CUDA device.
     """
     _check(W, C, B, V)
-    if backend is None:
-        backend = "triton" if use_triton(W, W.shape[-1]) else "torch"
+    _check_lam(lam)
+    backend = _triton_backend(W, backend)
     if W.dim() == 3 and W.shape[0] == 0:
         return W.new_empty((0, W.shape[-1]))
     if backend == "triton":
         return _launch.hals_sweep_(W, C, B, V, lam, revive, ZERO_COLUMN_FILL)
-    if backend != "torch":
-        raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
     if W.dim() == 3:  # one factor at a time, each in place on its own rows of the batch
         return torch.stack([hals_sweep_(W[p], C[p], B[p], V=None if V is None else V[p], lam=lam, revive=revive,
                                         backend="torch") for p in range(W.shape[0])])
@@ -130,12 +148,8 @@ def revive_zero_columns_(W, colmax, *, backend=None):
     if colmax.shape != (*W.shape[:-2], W.shape[-1]):
         raise ValueError(f"colmax must hold one maximum per column of W {tuple(W.shape)}: shape "
                          f"{(*W.shape[:-2], W.shape[-1])}, got {tuple(colmax.shape)}")
-    if backend is None:
-        backend = "triton" if use_triton(W, W.shape[-1]) else "torch"
-    if backend == "triton":
+    if _triton_backend(W, backend) == "triton":
         return _launch.revive_zero_columns_(W, colmax, ZERO_COLUMN_FILL)
-    if backend != "torch":
-        raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
     return _revive_torch_(W, colmax)
 
 
@@ -151,5 +165,6 @@ def _revive_torch_(W, colmax):
 
 def hals_sweep(W, C, B, *, V=None, lam=0.0, revive=True, backend=None):
     """Out-of-place `hals_sweep_`: returns (updated copy of W, its column maxima)."""
+    check_tensor(W, "W")
     W = W.clone(memory_format=torch.contiguous_format)
     return W, hals_sweep_(W, C, B, V=V, lam=lam, revive=revive, backend=backend)

@@ -3,10 +3,10 @@
     ||P(grad)||^2,  P(grad) = grad where U > 0, min(grad, 0) where U = 0,
 
 the first-order stationarity measure on which every classical solver stops. A NaN in grad gives NaN,
-whatever U is there. On the CPU the extension's kernel (csrc/cpu/projected_gradient_cpu.cpp) makes one
-pass over grad and U with no temporaries, summing runs of 256 entries in their dtype and the runs in float64,
-in an order that does not depend on the number of threads; elsewhere (CUDA, or without the extension) the
-same sum runs in torch.
+whatever U is there, and so does a NaN or an infinity in U. On the CPU the extension's kernel
+(csrc/cpu/projected_gradient_cpu.cpp) makes one pass over grad and U with no temporaries, summing runs of 256
+entries in their dtype and the runs in float64, in an order that does not depend on the number of threads;
+elsewhere (CUDA, or without the extension) the same sum runs in torch.
 """
 import torch
 
@@ -25,7 +25,8 @@ if _NATIVE:
 
 def _torch(grad, U):
     dropped = (U <= 0) & (grad >= 0)
-    return torch.where(dropped, torch.zeros((), dtype=grad.dtype, device=grad.device), grad).pow(2).sum()
+    total = torch.where(dropped, torch.zeros((), dtype=grad.dtype, device=grad.device), grad).pow(2).sum()
+    return total + 0 * U.sum()  # NaN when U holds a NaN or an infinity, as a NaN gradient gives
 
 
 def _check(t, name):

@@ -148,6 +148,16 @@ def spmm(X, U, symmetric=None):
     if isinstance(X, torch.Tensor) and X.layout == torch.strided:
         if X.device != U.device or X.dtype != U.dtype:
             raise ValueError(f"X ({X.dtype}, {X.device}) and U ({U.dtype}, {U.device}) must share dtype and device")
+        # the sparse X's rules: X (n_rows, n_cols), or one per problem of U's batch; U (n_cols, r) or (n_cols,)
+        rows = U.shape[0] if U.dim() == 1 else U.shape[-2]
+        if X.dim() < 2 or X.shape[-1] != rows:
+            raise ValueError(f"X must be (n_rows, {rows}) to multiply U of shape {tuple(U.shape)}, got "
+                             f"{tuple(X.shape)}")
+        try:
+            torch.broadcast_shapes(X.shape[:-2], U.shape[:-2])
+        except RuntimeError:
+            raise ValueError(f"X's batch shape {tuple(X.shape[:-2])} does not broadcast with U's "
+                             f"{tuple(U.shape[:-2])}: one X per problem, or one for all") from None
         return X @ U
     if U.dim() == 1:
         return spmm(X, U[:, None], symmetric)[:, 0]

@@ -228,8 +228,12 @@ def symnmf_block(U, P, lam, *, check_lam=True):
     writes dU (the r x r algebra in between is negligible).
     lam must be >= 0: a negative lam is a ValueError for a float and for a CPU
     tensor (a GPU tensor is not read back, which would stall the step);
-    check_lam=False allows it. A Gram that is not positive definite (lam = 0
-    with a rank-deficient U, a negative lam, NaN in U) yields NaN, never zeros.
+    check_lam=False allows it. A Gram that is not positive definite (a negative
+    lam, NaN in U) yields NaN, never zeros. With lam = 0 and a rank-deficient U
+    the Gram is singular, and rounding decides whether its Cholesky meets a
+    pivot that is not positive (NaN) or a tiny positive one (huge values), on
+    the kernels and on torch's Cholesky alike, not always the same way: pass a
+    lam > 0.
     """
     _check(U, P)
     if U.shape[:-2] != P.shape[:-2]:
