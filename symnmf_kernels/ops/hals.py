@@ -20,7 +20,7 @@ import numbers
 import torch
 
 from . import _launch
-from ._common import HAS_TRITON, check_same, check_tensor, interpreting, use_triton
+from ._common import check_same, check_tensor, use_triton
 from .._extension import has_cpu_op
 
 ZERO_COLUMN_FILL = 1e-16
@@ -61,7 +61,7 @@ def _triton_backend(t, backend):
         return "triton" if use_triton(t, t.shape[-1]) else "torch"
     if backend not in ("torch", "triton"):
         raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
-    if backend == "triton" and not (HAS_TRITON and (t.is_cuda or interpreting())):
+    if backend == "triton" and not use_triton(t):  # (the device alone: no rule on r here)
         raise ValueError(f"backend='triton' runs on a CUDA device, or on the CPU under TRITON_INTERPRET=1; this "
                          f"tensor is on {t.device}: pass backend='torch' or None")
     return backend
