@@ -99,8 +99,9 @@ class _BlockFromGram(torch.autograd.Function):
         if dY is None:
             dY = torch.zeros_like(Y)
         dUtU = dlam = None
-        if ctx.triton:  # the r x r step and lam's trace in one kernel (with the ReLU product's backward, which
-            # forms dYtY + dYtY^T itself)
+        if ctx.triton:
+            # The ReLU product's backward forms dYtY + dYtY^T as it loads dYtY; one kernel then does the r x r
+            # step and lam's trace.
             dP, dG, trace = block_from_gram_backward_triton(
                 dY.contiguous(), Y, P, Ginv, None if dYtY is None else dYtY.contiguous(), need_lam)
             if need_lam:
