@@ -230,6 +230,58 @@ def test_native_kernel_matches_torch_path(monkeypatch, k, dtype):
     assert kkt_violation(G, C, cold) <= (1e-4 if dtype == torch.float32 else 1e-12)
 
 
+@pytest.mark.parametrize("k", [1, 7, 33, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_solves_gather_each_rows_passive_set(k, dtype):
+    """One solve per row at its passive set's size (rounded up to the width step) gives, row for row, the
+    k x k solve restricted to the set: sets of every size from empty to full, three problems, and a problem
+    whose Gram is not positive definite, whose rows are NaN while the other problems' are not."""
+    gen = torch.Generator().manual_seed(k)
+    A = torch.randn(3, 2 * k + 3, k, dtype=torch.float64, generator=gen)
+    G = A.mT @ A
+    G[2] -= torch.eye(k, dtype=torch.float64) * (torch.linalg.eigvalsh(G[2])[-1] + 1)  # negative definite
+    m = 4 * k + 5
+    problem = torch.randint(0, 3, (m,), generator=gen)
+    C = torch.randn(m, k, dtype=torch.float64, generator=gen)
+    size = torch.arange(m) % (k + 1)  # 0, 1, ..., k
+    F = torch.rand(m, k, generator=gen).argsort(1).argsort(1) < size[:, None]
+    X = nnls_module._row_solves(G.to(dtype), problem, C.to(dtype), F)
+    assert X.dtype == dtype
+    for i in range(m):
+        f = F[i].nonzero().squeeze(1)
+        if problem[i] == 2 and f.numel() > 0:
+            assert torch.isnan(X[i]).all(), i
+            continue
+        want = torch.zeros(k, dtype=torch.float64)
+        want[f] = torch.linalg.solve(G[problem[i]][f][:, f], C[i, f])
+        assert torch.equal(X[i][~F[i]], torch.zeros_like(X[i][~F[i]])), i
+        assert rel_err(X[i], want) <= (1e-3 if dtype == torch.float32 else 1e-10), i
+
+
+@pytest.mark.parametrize("path", ["native", "kernel", "torch"])
+@pytest.mark.parametrize("r", [9, 40])
+def test_nnls_gram_on_every_path(monkeypatch, path, r):
+    """SymANLS's NNLS on the CPU's kernel, the Triton kernel (the interpreter, r <= 32) and the torch path
+    (CUDA beyond r = 32): scipy's solution, cold and warm-started, and the same error for a singular B."""
+    if path == "native" and not nnls_module._NATIVE_NNLS:
+        pytest.skip("the extension's CPU kernel is not built")
+    if path == "kernel" and (r > sk.ops._launch.NNLS_MAX_K or not sk.ops._common.use_triton(torch.ones(1))):
+        pytest.skip("the Triton kernel runs for r <= 32, on CUDA or under TRITON_INTERPRET=1")
+    monkeypatch.setattr(nnls_module, "_NATIVE_NNLS", path == "native")
+    if path == "torch":
+        monkeypatch.setattr(nnls_module, "_kernel_runs", lambda C: False)
+    rng = np.random.default_rng(r)
+    A = np.abs(rng.standard_normal((2 * r + 7, r)))
+    Bt = rng.standard_normal((2 * r + 7, 53))
+    expected = scipy_rows(A, Bt)
+    B, C = normal_equations(A, Bt)
+    assert rel(nnls_gram(B, C).numpy(), expected) <= 1e-9
+    X0 = torch.tensor(expected + 0.01 * (rng.random(expected.shape) < 0.2))
+    assert rel(nnls_gram(B, C, X0=X0).numpy(), expected) <= 1e-9
+    with pytest.raises(ValueError, match="positive definite"):
+        nnls_gram(B - 2 * torch.eye(r, dtype=torch.float64) * torch.linalg.eigvalsh(B)[-1], C)
+
+
 def test_cpu_path_nan_and_not_positive_definite(cpu_path):
     """NaN in C or G, and a G that is not positive definite on a passive set, give NaN on both CPU paths."""
     A, Bt, G, C = least_squares(4, 9)

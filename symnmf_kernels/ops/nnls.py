@@ -23,7 +23,9 @@ On the CPU the extension's kernel (csrc/cpu/nnls_cpu.cpp) runs the same
 pivoting row by row, in one call. Without the extension, and on CUDA beyond
 k = 32, the torch path runs: each round solves every distinct passive set of a
 problem once (one small Cholesky inverse each) and applies it to the rows that
-share it; it reads a flag back per round to drop finished rows.
+share it, or, where most rows have a set of their own, solves each row's system
+gathered to its passive set's size; it reads a flag back per round to drop
+finished rows.
 
 The backward goes through the active set: with P = {x > 0},
 x_P = G_PP^{-1} c_P, so for an upstream gradient dx
@@ -76,43 +78,77 @@ def passive_solve_torch(G, problem, C, F):
     the Grams G (B, k, k) and passive sets F (N, k, bool).
 
     Rows of one problem that share a passive set share one Cholesky inverse: at small k there are far
-    fewer distinct sets than rows.
+    fewer distinct sets than rows. Otherwise each row solves its own system of its passive set's size.
     """
     N, k = C.shape
-    if k + max(1, G.shape[0] - 1).bit_length() <= 62:
-        # One int64 per (problem, passive set): a 1-d unique, far faster than unique(dim=0) on rows.
-        bits = torch.ones((), dtype=torch.int64, device=C.device) << torch.arange(k, device=C.device)
-        codes, which = torch.unique((problem << k) | (F.long() * bits).sum(1), return_inverse=True)
-        set_problem = codes >> k
-        Fs = ((codes[:, None] & bits) != 0).to(G.dtype)
-    else:  # every row its own system
-        which = torch.arange(N, device=C.device)
-        set_problem, Fs = problem, F.to(G.dtype)
-    eye = torch.eye(k, dtype=G.dtype, device=G.device)
-    X = torch.empty_like(C)
-    step = _chunk_rows(k, C.device)
-    if 2 * Fs.shape[0] > N:
-        # Most rows have a passive set of their own: one Cholesky solve per row, no inverse to share.
-        for start in range(0, N, step):
-            sl = slice(start, start + step)
-            Fr = Fs[which[sl]]
-            M = G[set_problem[which[sl]]] * (Fr[:, :, None] * Fr[:, None, :]) + torch.diag_embed(1.0 - Fr)
-            L, info = torch.linalg.cholesky_ex(M)
-            failed = (info != 0)[:, None, None]
-            x = torch.cholesky_solve((C[sl] * Fr)[:, :, None], torch.where(failed, eye, L))[:, :, 0]
-            X[sl] = torch.where(failed[:, :, 0], float("nan"), x * Fr)
-        return X
+    if k + max(1, G.shape[0] - 1).bit_length() > 62:
+        return _row_solves(G, problem, C, F)
+    # One int64 per (problem, passive set): a 1-d unique, far faster than unique(dim=0) on rows.
+    bits = torch.ones((), dtype=torch.int64, device=C.device) << torch.arange(k, device=C.device)
+    codes, which = torch.unique((problem << k) | (F.long() * bits).sum(1), return_inverse=True)
+    if 2 * codes.shape[0] > N:  # most rows have a passive set of their own: no inverse to share
+        return _row_solves(G, problem, C, F)
+    set_problem = codes >> k
+    Fs = ((codes[:, None] & bits) != 0).to(G.dtype)
     mask = Fs[:, :, None] * Fs[:, None, :]
     M = G[set_problem] * mask + torch.diag_embed(1.0 - Fs)
     L, info = torch.linalg.cholesky_ex(M)
     failed = (info != 0)[:, None, None]
+    eye = torch.eye(k, dtype=G.dtype, device=G.device)
     # A failed factor may hold zeros on its diagonal, which cholesky_inverse refuses: invert I there instead.
     inverse = torch.where(failed, float("nan"), torch.cholesky_inverse(torch.where(failed, eye, L)) * mask)
+    X = torch.empty_like(C)
+    step = _chunk_rows(k, C.device)
     for start in range(0, N, step):
         sl = slice(start, start + step)
         # The inverse is symmetric: x^T = c^T G_FF^{-1}.
         X[sl] = (C[sl, None, :] @ inverse[which[sl]])[:, 0]
     return X
+
+
+# Rows solve systems of their passive set's size rounded up to a multiple of this: a few launches per round,
+# and a 64-wide problem whose rows hold 10-20 passive indices (SymANLS at r = 64) factors 16-24-wide systems,
+# not 64-wide ones, at a fraction of the flops and of the gathered bytes.
+_WIDTH_STEP = 8
+
+
+def _row_solves(G, problem, C, F):
+    """passive_solve_torch with one Cholesky solve per row, of the row's passive set gathered."""
+    N, k = C.shape
+    size = F.sum(1)
+    width = torch.clamp((size + _WIDTH_STEP - 1) // _WIDTH_STEP * _WIDTH_STEP, max=k)
+    counts = torch.bincount(width, minlength=k + 1).tolist()  # one read-back a round; the loop reads one anyway
+    by_width = torch.argsort(width, stable=True)
+    # Each row's passive indices first, in order, then the rest: a stable sort of the complement.
+    order = torch.argsort((~F).to(torch.uint8), dim=1, stable=True)
+    X = torch.zeros_like(C)
+    first = counts[0]  # rows with an empty passive set keep x = 0
+    for w in range(1, k + 1):
+        rows_w = by_width[first:first + counts[w]]
+        first += counts[w]
+        step = _chunk_rows(w, C.device)
+        for start in range(0, rows_w.numel(), step):
+            rows = rows_w[start:start + step]
+            X[rows] = _gathered_solve(G, problem[rows], C[rows], order[rows, :w], size[rows])
+    return X
+
+
+def _gathered_solve(G, problem, C, cols, size):
+    """Rows (n, k) of X: x_F = G_FF^{-1} c_F with F the first size[i] of the indices cols (n, w) of row i."""
+    n, k = C.shape
+    w = cols.shape[1]
+    valid = torch.arange(w, device=C.device) < size[:, None]
+    # The (n, w, w) systems gathered in one flat index: advanced indexing with three would build three.
+    flat = (problem * (k * k))[:, None, None] + cols[:, :, None] * k + cols[:, None, :]
+    M = torch.where(valid[:, :, None] & valid[:, None, :], G.reshape(-1)[flat], torch.diag_embed((~valid).to(G.dtype)))
+    L, info = torch.linalg.cholesky_ex(M)
+    failed = (info != 0)[:, None]
+    eye = torch.eye(w, dtype=G.dtype, device=G.device)
+    # A failed factor may hold zeros on its diagonal, which cholesky_solve would divide by: solve with I there.
+    x = torch.cholesky_solve(torch.where(valid, C.gather(1, cols), 0.0)[:, :, None],
+                             torch.where(failed[:, :, None], eye, L))[:, :, 0]
+    X = torch.zeros_like(C).scatter_(1, cols, torch.where(valid, x, 0.0))
+    return torch.where(failed, float("nan"), X)  # the whole row, as the k x k solve gives it
 
 
 def _rows_times_gram(X, G, problem):
@@ -142,15 +178,19 @@ def _poison(G, C):
     return (C * 0).sum(-1, keepdim=True) + (G * 0).sum((-2, -1))[:, None, None]
 
 
-def nnls_torch(G, C, X0, max_rounds):
-    """Block principal pivoting on the rows of C (B, m, k) with the Grams G (B, k, k)."""
+def nnls_torch(G, C, X0, max_rounds, tol_rel=None):
+    """Block principal pivoting on the rows of C (B, m, k) with the Grams G (B, k, k).
+
+    tol_rel: y_j < -tol_rel * max_i |c_i| is infeasible (default TOL_REL of C's dtype).
+    """
+    tol_rel = TOL_REL[C.dtype] if tol_rel is None else tol_rel
     if _native_runs(C):  # it symmetrises G and makes rows with a NaN or Inf NaN itself
-        return torch.ops.symnmf_kernels.nnls_rows(G, C, X0, max_rounds, TOL_REL[C.dtype], False)
+        return torch.ops.symnmf_kernels.nnls_rows(G, C, X0, max_rounds, tol_rel, False)
     G = _symmetric(G)
     B, m, k = C.shape
     C = C.reshape(B * m, k)  # flattened rows: finished rows of every problem drop out together
     problem = torch.arange(B, device=C.device).repeat_interleave(m)
-    tol = TOL_REL[C.dtype] * C.abs().amax(-1, keepdim=True)
+    tol = tol_rel * C.abs().amax(-1, keepdim=True)
     F = (X0.reshape(B * m, k) > 0) if X0 is not None else torch.zeros(C.shape, dtype=torch.bool, device=C.device)
     X = passive_solve_torch(G, problem, C, F)
     infeasible = _infeasible(G, problem, C, X, F, tol)
