@@ -230,18 +230,22 @@ def test_native_kernel_matches_torch_path(monkeypatch, k, dtype):
     assert kkt_violation(G, C, cold) <= (1e-4 if dtype == torch.float32 else 1e-12)
 
 
+@pytest.mark.parametrize("problems", [1, 3])
 @pytest.mark.parametrize("k", [1, 7, 33, 64])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_row_solves_gather_each_rows_passive_set(k, dtype):
-    """One solve per row at its passive set's size (rounded up to the width step) gives, row for row, the
-    k x k solve restricted to the set: sets of every size from empty to full, three problems, and a problem
-    whose Gram is not positive definite, whose rows are NaN while the other problems' are not."""
+def test_row_solves_gather_each_rows_passive_set(problems, k, dtype):
+    """One solve per row at its passive set's size (rounded up to the width step; one shared inverse for the
+    full sets of a single problem) gives, row for row, the k x k solve restricted to the set: sets of every
+    size from empty to full. A Gram that is not positive definite (the last problem's, and with one problem a
+    second call) gives NaN in the rows with a non-empty set, and leaves the other problems' rows alone."""
     gen = torch.Generator().manual_seed(k)
-    A = torch.randn(3, 2 * k + 3, k, dtype=torch.float64, generator=gen)
+    A = torch.randn(problems, 2 * k + 3, k, dtype=torch.float64, generator=gen)
     G = A.mT @ A
-    G[2] -= torch.eye(k, dtype=torch.float64) * (torch.linalg.eigvalsh(G[2])[-1] + 1)  # negative definite
+    negative = G[-1] - torch.eye(k, dtype=torch.float64) * (torch.linalg.eigvalsh(G[-1])[-1] + 1)
+    if problems > 1:
+        G[-1] = negative
     m = 4 * k + 5
-    problem = torch.randint(0, 3, (m,), generator=gen)
+    problem = torch.randint(0, problems, (m,), generator=gen)
     C = torch.randn(m, k, dtype=torch.float64, generator=gen)
     size = torch.arange(m) % (k + 1)  # 0, 1, ..., k
     F = torch.rand(m, k, generator=gen).argsort(1).argsort(1) < size[:, None]
@@ -249,13 +253,16 @@ def test_row_solves_gather_each_rows_passive_set(k, dtype):
     assert X.dtype == dtype
     for i in range(m):
         f = F[i].nonzero().squeeze(1)
-        if problem[i] == 2 and f.numel() > 0:
+        if problems > 1 and problem[i] == problems - 1 and f.numel() > 0:
             assert torch.isnan(X[i]).all(), i
             continue
         want = torch.zeros(k, dtype=torch.float64)
         want[f] = torch.linalg.solve(G[problem[i]][f][:, f], C[i, f])
         assert torch.equal(X[i][~F[i]], torch.zeros_like(X[i][~F[i]])), i
         assert rel_err(X[i], want) <= (1e-3 if dtype == torch.float32 else 1e-10), i
+    if problems == 1:
+        X = nnls_module._row_solves(negative[None].to(dtype), problem, C.to(dtype), F)
+        assert torch.isnan(X[size > 0]).all() and torch.equal(X[size == 0], torch.zeros_like(X[size == 0]))
 
 
 @pytest.mark.parametrize("path", ["native", "kernel", "torch"])

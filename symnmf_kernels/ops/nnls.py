@@ -117,7 +117,11 @@ def _row_solves(G, problem, C, F):
     N, k = C.shape
     size = F.sum(1)
     width = torch.clamp((size + _WIDTH_STEP - 1) // _WIDTH_STEP * _WIDTH_STEP, max=k)
-    counts = torch.bincount(width, minlength=k + 1).tolist()  # one read-back a round; the loop reads one anyway
+    if G.shape[0] == 1:
+        # Rows whose set is full share one inverse, applied as one product: a start from a positive factor
+        # (SymANLS's first solves) has every row there.
+        width = torch.where(size == k, k + 1, width)
+    counts = torch.bincount(width, minlength=k + 2).tolist()  # one read-back a round; the loop reads one anyway
     by_width = torch.argsort(width, stable=True)
     # Each row's passive indices first, in order, then the rest: a stable sort of the complement.
     order = torch.argsort((~F).to(torch.uint8), dim=1, stable=True)
@@ -130,6 +134,10 @@ def _row_solves(G, problem, C, F):
         for start in range(0, rows_w.numel(), step):
             rows = rows_w[start:start + step]
             X[rows] = _gathered_solve(G, problem[rows], C[rows], order[rows, :w], size[rows])
+    if counts[k + 1]:
+        rows = by_width[first:]
+        L, info = torch.linalg.cholesky_ex(G[0])
+        X[rows] = C[rows] @ torch.cholesky_inverse(L) if int(info) == 0 else float("nan")
     return X
 
 

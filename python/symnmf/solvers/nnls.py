@@ -12,14 +12,15 @@ The method is the block principal pivoting of Kim & Park ("Fast nonnegative
 matrix factorization: an active-set-like method and comparisons", SIAM J. Sci.
 Comput. 2011): each row keeps a passive set F, solves B_FF x_F = c_F, sets
 y = B x - c on the complement, and exchanges every infeasible index
-(x_F < 0 or y_G < 0) at once, falling back to exchanging the largest one when
+(x_F < 0 or y_G < 0, beyond a tolerance) at once, falling back to exchanging the largest one when
 the number of infeasible indices stops falling for three rounds. A warm start
 X0 gives the initial passive sets {X0 > 0}; between outer iterations of
 SymANLS these barely change, so most rows are feasible after the first solve.
 
 The pivoting is that of the op `symnmf_kernels.nnls` (symnmf_kernels/ops/nnls.py),
-without its tolerance: on the CPU the extension's kernel, row by row in one
-call; on CUDA up to r = 32 its Triton kernel, without a host synchronisation;
+with its tolerance on y (a y_j that is zero in exact arithmetic would otherwise
+keep a degenerate row exchanging j for hundreds of rounds): on the CPU the
+extension's kernel, row by row in one call; on CUDA up to r = 32 its Triton kernel, without a host synchronisation;
 beyond, its torch path, which solves each row's system at the size of the
 row's passive set (10-25 of 64 columns in SymANLS at r = 64).
 """
@@ -58,14 +59,12 @@ def nnls_gram(B, C, X0=None, *, max_rounds=None):
         raise ValueError(f"X0 must have C's shape {tuple(C.shape)}, got {tuple(X0.shape)}")
     if max_rounds is None:
         max_rounds = 5 * r + 20
-    # No tolerance on y = B x - c: y < 0 is infeasible. One problem of the op's batched layout.
+    # One problem of the op's batched layout; nnls_torch runs the extension's kernel where it applies.
     args = (B[None], C[None], None if X0 is None else X0[None], max_rounds)
-    if _ops_nnls._native_runs(C):
-        X = torch.ops.symnmf_kernels.nnls_rows(*args, 0.0, False)[0]
-    elif _ops_nnls._kernel_runs(C):
-        X = _launch.nnls(*args, 0.0)[0]
+    if not _ops_nnls._native_runs(C) and _ops_nnls._kernel_runs(C):
+        X = _launch.nnls(*args, _ops_nnls.TOL_REL[C.dtype])[0]
     else:
-        X = _ops_nnls.nnls_torch(*args, tol_rel=0.0)[0]
+        X = _ops_nnls.nnls_torch(*args)[0]
     # Every path marks a failed factorisation with a NaN row; from finite B and C that can only be a B that
     # is not positive definite on a passive set.
     if bool(torch.isnan(X).any()) and bool(torch.isfinite(B).all()) and bool(torch.isfinite(C).all()):
