@@ -127,6 +127,16 @@ def test_newton_forms_agree_on_the_solution(sbm):
     assert accuracy(labels, cg.U.argmax(1).numpy()) >= 0.95
 
 
+def test_newton_cg_checks_for_its_end_at_any_interval(sbm):
+    """CG's steps after its end change nothing (their step length is 0): checking for the end every step (the
+    default) or every fifth gives the same iterates."""
+    X, _ = sbm
+    runs = [solve(X.to_sparse_csr(), 3, "newton", random_state=1, method="cg", max_iter=15, tol=0.0,
+                  cg_check_every=every) for every in (1, 5)]
+    assert runs[0].n_iter == runs[1].n_iter == 15
+    assert torch.equal(runs[0].U, runs[1].U)
+
+
 @pytest.mark.parametrize("solver", ["hals", "anls"])
 def test_zhu_penalty_converges_to_a_symmetric_factor(solver, sbm):
     X, labels = sbm

@@ -962,7 +962,7 @@ def _global_sum(graph, t):
 
 
 def newton(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=False, check_every=1,
-           method="auto", sigma=0.1, beta=0.1, max_trials=30, cg_max_iter=50, cg_check_every=None):
+           method="auto", sigma=0.1, beta=0.1, max_trials=30, cg_max_iter=50, cg_check_every=1):
     """SymNewton (Kuang et al.) on a ShardedGraph from this rank's rows U0: `symnmf.solvers.newton`'s matrix-free
     form ("cg") sharded. Each iteration: projected Newton-CG on the free set (a CG step costs one halo exchange
     and three all_reduces), then PGD's sharded Armijo along the direction. method "auto" or "cg"; the "exact"
@@ -974,8 +974,6 @@ def newton(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbo
         raise ValueError("newton's method='exact' needs the whole dense X in one process; sharded, it runs 'cg'")
     if method not in ("auto", "cg"):
         raise ValueError(f"method must be 'auto' or 'cg' sharded, got {method!r}")
-    if cg_check_every is None:
-        cg_check_every = 5 if graph.device.type == "cuda" else 1
     monitor = _monitor("newton", graph, _NEWTON_DEFAULTS["tol"] if tol is None else tol,
                        _NEWTON_DEFAULTS["max_iter"] if max_iter is None else max_iter, check_every, callback, verbose)
     start_bytes, start_exchanges = graph.plan.bytes_sent, graph.plan.exchanges

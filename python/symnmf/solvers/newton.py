@@ -139,13 +139,14 @@ def is_descent(grad, direction, total=torch.sum):
 
 def newton(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=False, check_every=1,
            method="auto", sigma=0.1, beta=0.1, max_trials=30, refactor_every=100, cg_max_iter=50,
-           cg_check_every=None):
+           cg_check_every=1):
     """SymNewton from H = U0 on a validated torch similarity X (dense or sparse CSR).
 
     method: "exact" (Kuang et al.'s per-column Hessian blocks; X is densified),
     "cg" (matrix-free projected Newton-CG) or "auto" (exact for n <= 1000).
     max_iter: default 10000, tol: default 1e-4 (Kuang et al.'s settings).
-    cg_check_every: CG steps between checks for CG's end (default 1 on CPU, 5 on CUDA).
+    cg_check_every: CG steps between checks for CG's end (default 1: a step costs a product with X, and a
+      step run after CG's end costs far more than the read-back that would have stopped it).
     """
     if lam is not None:
         raise ValueError("newton has no penalty: leave lam=None (lam is for anls, hals and admm)")
@@ -155,8 +156,6 @@ def newton(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=F
         method = "exact" if n <= EXACT_MAX_N else "cg"
     if method not in ("exact", "cg"):
         raise ValueError(f"method must be 'auto', 'exact' or 'cg', got {method!r}")
-    if cg_check_every is None:
-        cg_check_every = 5 if X.device.type == "cuda" else 1
     monitor = Monitor(
         "newton", problem,
         DEFAULTS["tol"] if tol is None else tol,
