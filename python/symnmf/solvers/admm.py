@@ -64,7 +64,7 @@ def admm(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=Fal
         GY = sk.gram(Y, 0.0)
         if monitor.due(it):
             grad = 4 * (Y @ GY - XY)
-            if monitor.check(it, Y, problem.loss(Y, XY), projected_gradient_sq(grad, Y)):
+            if monitor.check(it, Y, problem.loss(Y, XY, GY), projected_gradient_sq(grad, Y)):
                 break
         eye = torch.eye(GY.shape[0], dtype=GY.dtype, device=GY.device)
         A = (XY + Lam + rho * Y) @ sk.spd_inverse(GY + rho * eye)

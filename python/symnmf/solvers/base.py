@@ -159,11 +159,13 @@ class Problem:
     def matmul(self, U):
         return sk.spmm(self.X, U) if self.sparse else self.X @ U
 
-    def loss(self, U, XU=None):
+    def loss(self, U, XU=None, G=None):
+        """||X - U U^T||^2, from X U and U^T U where the caller has them."""
         if XU is None:
             return sk.sym_loss(self.X, U)
+        G = sk.gram(U, 0.0) if G is None else G
         # The three terms nearly cancel near a good fit: sum them in float64.
-        return self.norm_sq - 2 * dot64(XU[None], U[None])[0] + sk.gram(U, 0.0).double().pow(2).sum()
+        return self.norm_sq - 2 * dot64(XU[None], U[None])[0] + G.double().pow(2).sum()
 
     def dense(self):
         return self.X.to_dense() if self.sparse else self.X

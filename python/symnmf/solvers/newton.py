@@ -173,7 +173,7 @@ def newton(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=F
         grad = 4 * (H @ G - XH)
         if g0_norm is None:
             g0_norm = torch.sqrt(grad.pow(2).sum())
-        if monitor.due(it) and monitor.check(it, H, problem.loss(H, XH), projected_gradient_sq(grad, H)):
+        if monitor.due(it) and monitor.check(it, H, problem.loss(H, XH, G), projected_gradient_sq(grad, H)):
             break
         free = (H > 0) | (grad <= 0)
         if exact is not None:
@@ -185,7 +185,7 @@ def newton(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=F
             problem, H, XH, G, grad, direction, sigma=sigma, beta=beta, max_trials=max_trials
         )
         if not accepted:
-            monitor.record_last(it, H, problem.loss(H, XH), projected_gradient_sq(grad, H))
+            monitor.record_last(it, H, problem.loss(H, XH, G), projected_gradient_sq(grad, H))
             break
         it += 1
     return monitor.result(H, solver="newton", method=method, sigma=sigma, beta=beta)

@@ -38,11 +38,11 @@ def pgd(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=Fals
     while True:
         G = sk.gram(H, 0.0)
         grad = 4 * (H @ G - XH)
-        if monitor.due(it) and monitor.check(it, H, problem.loss(H, XH), projected_gradient_sq(grad, H)):
+        if monitor.due(it) and monitor.check(it, H, problem.loss(H, XH, G), projected_gradient_sq(grad, H)):
             break
         H, XH, accepted = armijo_projected(problem, H, XH, G, grad, grad, sigma=sigma, beta=beta, max_trials=max_trials)
         if not accepted:
-            monitor.record_last(it, H, problem.loss(H, XH), projected_gradient_sq(grad, H))
+            monitor.record_last(it, H, problem.loss(H, XH, G), projected_gradient_sq(grad, H))
             break
         it += 1
     return monitor.result(H, solver="pgd", sigma=sigma, beta=beta)
