@@ -58,7 +58,7 @@ from symnmf_kernels.sparse import CSR
 
 from .fitting import DEFAULT_MAX_ITER, _per_scale, snapped_scale
 from .metrics import cluster_indicators, modularity_from_sums, modularity_sums
-from .solvers.admm import DEFAULTS as _ADMM_DEFAULTS, default_rho
+from .solvers.admm import DEFAULTS as _ADMM_DEFAULTS, admm_step, default_rho
 from .solvers.anls import DEFAULTS as _ANLS_DEFAULTS
 from .solvers.hals import DEFAULTS as _HALS_DEFAULTS
 from .solvers.base import Monitor, as_seed, check_lam, default_check_every, projected_gradient_sq
@@ -1019,7 +1019,6 @@ def admm(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose
     )
     start_bytes, start_exchanges = graph.plan.bytes_sent, graph.plan.exchanges
     r = U0.shape[1]
-    eye = _eye(graph, r)
     Y = U0.clone()
     Lam = torch.zeros_like(Y)
     XY = graph.matmul(Y)
@@ -1028,12 +1027,7 @@ def admm(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose
         GY = graph.gram(Y)
         if monitor.due(it) and monitor.check(it, Y, *_state(graph, Y, XY, GY, 4 * (Y @ GY - XY))):
             break
-        A = (XY + Lam + rho * Y) @ sk.spd_inverse(GY + rho * eye)
-        XA = graph.matmul(A)
-        GA = graph.gram(A)
-        beta = GA.norm()
-        Y = torch.clamp((rho * A + beta * Y - Lam - (Y @ GA - XA)) / (rho + beta), min=0)
-        Lam = Lam + rho * (Y - A)
+        Y = admm_step(Y, Lam, XY, GY, rho, graph.matmul, graph.gram)
         XY = graph.matmul(Y)
         it += 1
     result = monitor.result(Y, solver="admm", rho=rho)

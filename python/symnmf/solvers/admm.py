@@ -40,6 +40,27 @@ def default_rho(problem):
     return 0.25 * max(problem.spectral_norm(), torch.finfo(problem.dtype).tiny)
 
 
+def admm_step(Y, Lam, XY, GY, rho, matmul, gram):
+    """One iteration from Y with X Y = XY and Y^T Y = GY: the new Y, and Lam updated in place.
+
+    matmul(F) = X F and gram(F) = F^T F (over every rank of a row-sharded problem in `symnmf.distributed`).
+    Written with in-place and fused operations: the plain formulas make about 14 n x r temporaries an
+    iteration, each a pass over memory as large as an SpMM's output.
+    """
+    eye = torch.eye(GY.shape[0], dtype=GY.dtype, device=GY.device)
+    # A = (X Y + Lam + rho Y) (Y^T Y + rho I)^{-1}
+    A = torch.add(XY, Y, alpha=rho).add_(Lam) @ sk.spd_inverse(GY + rho * eye)
+    XA = matmul(A)
+    GA = gram(A)
+    beta = GA.norm()
+    # Y = max((rho A + beta Y - Lam - (Y A^T A - X A)) / (rho + beta), 0)
+    Y_new = torch.addmm(XA, Y, GA, alpha=-1).add_(A, alpha=rho).addcmul_(Y, beta).sub_(Lam)
+    Y_new.div_(rho + beta).clamp_(min=0)
+    # Lam = Lam + rho (Y - A)
+    Lam.add_(Y_new, alpha=rho).sub_(A, alpha=rho)
+    return Y_new
+
+
 def admm(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=False, check_every=None):
     """ADMM from A = Y = U0, Lam = 0 on a validated torch similarity X (dense or sparse CSR).
 
@@ -66,13 +87,7 @@ def admm(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=Fal
             grad = 4 * (Y @ GY - XY)
             if monitor.check(it, Y, problem.loss(Y, XY, GY), projected_gradient_sq(grad, Y)):
                 break
-        eye = torch.eye(GY.shape[0], dtype=GY.dtype, device=GY.device)
-        A = (XY + Lam + rho * Y) @ sk.spd_inverse(GY + rho * eye)
-        XA = problem.matmul(A)
-        GA = sk.gram(A, 0.0)
-        beta = GA.norm()
-        Y = torch.clamp((rho * A + beta * Y - Lam - (Y @ GA - XA)) / (rho + beta), min=0)
-        Lam = Lam + rho * (Y - A)
+        Y = admm_step(Y, Lam, XY, GY, rho, problem.matmul, lambda A: sk.gram(A, 0.0))
         XY = problem.matmul(Y)
         it += 1
     return monitor.result(Y, solver="admm", rho=rho)
