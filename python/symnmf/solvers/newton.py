@@ -94,10 +94,13 @@ def cg_direction(H, G, grad, free, g0_norm, max_iter, check_every, matmul, total
     """
     mask = free.to(H.dtype)
     b = grad * mask
+    mask4 = 4 * mask
 
     def hess(D):
+        # 4 (D G + H (D^T H + H^T D) - X D) on F, in one buffer: a CG step is a few passes over n x r data
+        # besides its product with X.
         DtH = D.mT @ H if across is None else across(D.mT @ H)
-        return 4 * (D @ G + H @ (DtH + DtH.mT) - matmul(D)) * mask
+        return torch.addmm(matmul(D), D, G, alpha=1, beta=-1).addmm_(H, DtH + DtH.mT).mul_(mask4)
 
     bb = total(b.pow(2))
     b_norm = torch.sqrt(bb)
@@ -118,12 +121,12 @@ def cg_direction(H, G, grad, free, g0_norm, max_iter, check_every, matmul, total
             x = torch.where(negative, b, x)
         done = done | negative
         alpha = torch.where(done, zero, rr / torch.where(done, torch.ones_like(pAp), pAp))
-        x = x + alpha * p
-        res = res - alpha * Ap
+        x.addcmul_(alpha, p)
+        res.addcmul_(alpha, Ap, value=-1)
         rr_new = total(res.pow(2))
         converged = rr_new <= stop_rr
         beta = torch.where(done | converged, zero, rr_new / torch.where(rr > 0, rr, torch.ones_like(rr)))
-        p = torch.where(done | converged, p, res + beta * p)
+        p = torch.where(done | converged, p, torch.addcmul(res, beta, p))
         rr = torch.where(done, rr, rr_new)
         done = done | converged
         if (j + 1) % check_every == 0 and bool(done):
