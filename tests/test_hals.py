@@ -167,6 +167,21 @@ def test_nan_in_a_zero_column_is_not_revived_away(device, backend):
 
 @needs_triton
 @pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_nan_or_inf_in_the_factor_stays_non_finite(device, backend):
+    """A NaN or an infinity already in W (in the column being updated, whose own term the Triton sweep's one
+    reduction leaves out) makes its row NaN from there on, as in the reference: never a finite value."""
+    W, C, B = hals_inputs(31, 7, torch.float32, seed=5, device=device)
+    W[4, 3] = float("nan")
+    W[9, 0] = float("inf")
+    out, _ = hals_sweep(W, C, B, revive=False, backend=backend)
+    want, _ = reference.hals_sweep(W.cpu().double(), C.cpu().double(), B.cpu().double(), revive=False)
+    assert torch.equal(torch.isnan(out.cpu()), torch.isnan(want)) and bool(torch.isnan(out[[4, 9]]).all())
+    rows = [i for i in range(31) if i not in (4, 9)]
+    assert rel(out[rows].double().cpu(), want[rows]) <= 1e-5
+
+
+@needs_triton
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("shape", [(1, 1), (7, 5), (203, 16), (1003, 48), (5, 128), (3, 41, 7)])
 def test_revive_zero_columns_matches_reference(backend, shape):
     """Maxima given from outside (as a sharded sweep's, over every rank): the columns they name zero are set to

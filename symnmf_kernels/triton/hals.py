@@ -57,11 +57,11 @@ def hals_sweep_kernel(
         b_k = tl.load(B + cols * stride_br + k * stride_bc, mask=col_ok, other=0.0)
         b_kk = tl.load(B + k * stride_br + k * stride_bc)
         is_k = (cols == k)[None, :]
-        w_k = tl.sum(tl.where(is_k, w, 0.0), axis=1)
-        c_k = tl.sum(tl.where(is_k, c, 0.0), axis=1)
-        wb_k = tl.sum(w * b_k[None, :], axis=1)
-        new_k = relu(w_k + (c_k - wb_k) / b_kk)
-        w = tl.where(is_k, new_k[:, None], w)
+        # w_k + (c_k - sum_j w_j b_jk) / b_kk = (c_k - sum_{j != k} w_j b_jk) / b_kk: one reduction over the
+        # row instead of three (w_k, c_k and the product), which bound the sweep. 0 * w_k keeps a NaN or an
+        # infinity of w_k in the result, as the first form has it.
+        t_k = tl.sum(tl.where(is_k, c + 0.0 * w, -w * b_k[None, :]), axis=1)
+        w = tl.where(is_k, relu(t_k / b_kk)[:, None], w)
     tl.store(W + rows[:, None] * stride_wn + cols[None, :] * stride_wr, w, mask=mask)
     # Rows past n were loaded as zeros and stay zero, so they do not raise the maxima of W >= 0. tl.max drops
     # NaN on a GPU (its max instruction returns the other operand): a column of zeros and NaN would read as all
