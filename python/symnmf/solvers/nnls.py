@@ -12,17 +12,19 @@ The method is the block principal pivoting of Kim & Park ("Fast nonnegative
 matrix factorization: an active-set-like method and comparisons", SIAM J. Sci.
 Comput. 2011): each row keeps a passive set F, solves B_FF x_F = c_F, sets
 y = B x - c on the complement, and exchanges every infeasible index
-(x_F < 0 or y_G < 0, beyond a tolerance) at once, falling back to exchanging the largest one when
-the number of infeasible indices stops falling for three rounds. A warm start
-X0 gives the initial passive sets {X0 > 0}; between outer iterations of
-SymANLS these barely change, so most rows are feasible after the first solve.
+(x_F < 0, or y_G < 0 beyond a tolerance) at once, falling back to exchanging
+the largest one when the number of infeasible indices stops falling for three
+rounds. A warm start X0 gives the initial passive sets {X0 > 0}; between outer
+iterations of SymANLS these barely change, so most rows are feasible after the
+first solve.
 
 The pivoting is that of the op `symnmf_kernels.nnls` (symnmf_kernels/ops/nnls.py),
 with its tolerance on y (a y_j that is zero in exact arithmetic would otherwise
 keep a degenerate row exchanging j for hundreds of rounds): on the CPU the
-extension's kernel, row by row in one call; on CUDA up to r = 32 its Triton kernel, without a host synchronisation;
-beyond, its torch path, which solves each row's system at the size of the
-row's passive set (10-25 of 64 columns in SymANLS at r = 64).
+extension's kernel, row by row in one call; on CUDA up to r = 32 its Triton
+kernel, without a host synchronisation; beyond, its torch path, which solves
+each row's system at the size of the row's passive set (10-25 of 64 columns in
+SymANLS at r = 64).
 """
 import importlib
 
@@ -42,11 +44,12 @@ def nnls_gram(B, C, X0=None, *, max_rounds=None):
     """Solve min_{x >= 0} x^T B x - 2 c^T x for each row c of C; returns X (m x r).
 
     B: (r, r) symmetric positive definite (a ValueError says so when a
-    Cholesky factorisation meets a non-positive pivot). C: (m, r). X0: optional (m, r) warm
-    start whose positive entries give the initial passive sets. max_rounds caps
-    the pivoting rounds (default 5 r + 20; block principal pivoting terminates
-    in far fewer in practice), after which any row still infeasible is clipped
-    at zero. Each round synchronises once with the host to drop finished rows.
+    Cholesky factorisation meets a non-positive pivot). C: (m, r). X0: optional
+    (m, r) warm start whose positive entries give the initial passive sets.
+    max_rounds caps the pivoting rounds (default 5 r + 20; block principal
+    pivoting terminates in far fewer in practice), after which any row still
+    infeasible is clipped at zero. The torch path synchronises once a round with
+    the host to drop finished rows; the result is read back once, for the check.
     """
     if B.dim() != 2 or B.shape[0] != B.shape[1]:
         raise ValueError(f"B must be a square r x r matrix, got shape {tuple(B.shape)}")
