@@ -17,6 +17,7 @@
 #   net_step          SymNMF-Net's training step against the same network in plain torch, about 2 minutes
 #   net_profile       each kernel's share of that step at 1M nodes, r = 64, L = 10 (torch.profiler), about 60 s
 #   bench_nnls        the NNLS op against scipy, about 25 s
+#   nnls_symanls      SymANLS's NNLS calls at 1M nodes on each GPU path, r = 64 and 16, about 2 minutes
 #   neural_nmf_speed  Neural NMF against the NeuralNMF package, about 30 s
 #   ext_errors        the extension's argument errors, about 80 s
 #   suite             the rest of the test suite on the GPU machine, about 240 s
@@ -148,6 +149,12 @@ wants bench_solvers && run_bench bench_solvers.py 75
 wants net_step && run_bench bench_net_step.py 150 --budget-s 110
 # Where the step's time goes, kernel by kernel and by group (the SpMM, each Triton kernel, torch's own kernels).
 wants net_profile && run_bench profile_net_step.py 90
+# SymANLS's NNLS calls on the GPU (opt-in, about 2 minutes): r = 64 on the torch path (rows solved at their
+# passive sets' size), r = 16 on the Triton kernel and on the torch path side by side.
+if wants nnls_symanls; then
+    run_bench bench_nnls_symanls.py 80 --n 1000000 --r 64 --iters 4 --calls 1 6 --name bench_nnls_symanls_r64
+    run_bench bench_nnls_symanls.py 60 --n 1000000 --r 16 --iters 4 --calls 1 6 --name bench_nnls_symanls_r16
+fi
 # Whether an argument error inside the compiled extension reaches Python (it crashed the process once).
 wants ext_errors && step "ext_errors" 120 "$PY" bench/ext_errors.py
 # Scale runs (opt-in, about 2 minutes): planted graphs of 4M and 10M nodes drawn on the GPU, r = 64, SymHALS

@@ -203,6 +203,19 @@ def test_bench_net_step_cpu(tmp_path):
     assert float(row["rel_diff"]) <= 1e-4  # float32: the same network
 
 
+def test_bench_nnls_symanls_cpu(tmp_path):
+    """SymANLS's NNLS calls timed on each CPU path: the same solutions, and the first call's positive start
+    leaves larger passive sets than a later call's."""
+    _, columns, rows = _run_script([os.path.join("bench", "bench_nnls_symanls.py"), "--device", "cpu", "--quick",
+                                    "--max-runs", "1"], tmp_path)
+    assert [row["call"] for row in rows] == ["0", "3"]
+    assert all(float(row["torch_ms"]) > 0 and float(row["rel_err"]) <= 1e-5 for row in rows)
+    assert float(rows[0]["passive"]) > float(rows[1]["passive"]) > 0
+    if "native_ms" in columns:
+        assert all(float(row["x_torch"]) == pytest.approx(float(row["torch_ms"]) / float(row["native_ms"]), rel=1e-3)
+                   for row in rows)
+
+
 def test_profile_net_step_cpu(tmp_path):
     """The step's profile adds up: the groups' and the listed names' times lie within the total, the shares
     sum to 1, and the library's ops of the step are among the groups."""
