@@ -8,6 +8,10 @@ Rows, per graph and rank:
                 from X V and V): the fused Triton row sweep against the torch
                 column loop on the same device; ideal traffic 4 n r values
                 (read X V, V and W, write W)
+    projected_gradient_sq
+                (CUDA) the solvers' stopping measure: the Triton kernel
+                (kernels) against the torch form (torch-form); ideal traffic
+                2 n r values (read grad and U)
     net         one SymNMF-Net training step (default recipe): eager and
                 replayed from a captured CUDA graph (fit(cuda_graph=True)) on
                 CUDA, the CPU path otherwise; ms_per_iter from k2 - k1 steps
@@ -50,6 +54,7 @@ from bench.common import (  # noqa: E402
 )
 from symnmf.solvers import SOLVERS, init_factor  # noqa: E402
 from symnmf_kernels.ops.hals import hals_sweep_  # noqa: E402
+from symnmf_kernels.ops.projected_gradient import projected_gradient_sq  # noqa: E402
 
 SIZES = {
     "tiny": {"n": [2_000], "r": [8]},
@@ -139,6 +144,28 @@ def bench_hals(X, r, args, bw, base):
     return rows
 
 
+def bench_projected_gradient(X, r, args, bw, base):
+    """The solvers' stopping measure alone on CUDA: the Triton kernel (one pass over grad and U) against the
+    torch form it replaces there (about six passes)."""
+    if X.device.type != "cuda":
+        return []
+    from symnmf_kernels.ops.projected_gradient import _torch as torch_form
+
+    g = torch.Generator(device=X.device).manual_seed(args.seed + 1)
+    n = X.shape[0]
+    grad = torch.randn(n, r, device=X.device, generator=g)
+    U = torch.rand(n, r, device=X.device, generator=g)
+    U[U < 0.3] = 0  # a third of the entries at the bound, as in a factor
+    nbytes = 2 * n * r * 4
+    rows = []
+    for path, fn in (("kernels", projected_gradient_sq), ("torch-form", torch_form)):
+        ms = bench(lambda: fn(grad, U), warmup=args.warmup, rep=args.rep, device=X.device)
+        rows.append({**base, "solver": "projected_gradient_sq", "path": path, "ms_per_iter": ms,
+                     "frac_roofline": roofline_fraction(nbytes, ms, bw)})
+    rows[0]["notes"] = "%.3gx the torch form" % (rows[1]["ms_per_iter"] / rows[0]["ms_per_iter"])
+    return rows
+
+
 def net_ms_per_step(X, r, graph, k1, k2, seed):
     """ms per SymNMF-Net training step (the default recipe, no early stop), from k2 - k1 steps."""
     from symnmf.net import SymNMFNet
@@ -184,7 +211,7 @@ def header_lines(args, device, bw, stopped):
         "admm 1e-4, 1000), stopped after %g s (converged False then); cpu path only for n <= %d"
         % (args.tol_cap_s, args.cpu_tol_max_n),
         "sweep: hals_sweep_ timed with bench.common.bench; frac_roofline = (4 n r x 4 bytes / time) / copy "
-        "bandwidth (%.4g GB/s)" % (bw / 1e9),
+        "bandwidth (%.4g GB/s); projected_gradient_sq likewise with 2 n r x 4 bytes" % (bw / 1e9),
         "float32; graphs from bench_spmm.py (knn_like: docs/design.md, 'Measuring performance'; knn_gauss: kNN of Gaussian-mixture points)",
     ]
     if device.type != "cuda":
@@ -253,6 +280,10 @@ def main(argv=None):
                     rows.extend(bench_hals(X, r, args, bw, base))
                 except Exception as exc:
                     rows.append({**base, "solver": "hals_sweep", "notes": short_error(exc)})
+                try:
+                    rows.extend(bench_projected_gradient(X, r, args, bw, base))
+                except Exception as exc:
+                    rows.append({**base, "solver": "projected_gradient_sq", "notes": short_error(exc)})
                 save()
                 U0 = init_factor(X, r, torch.Generator().manual_seed(args.seed))
                 # Every solver's own path first, then the peers (the torch loop, the CPU): a run cut short by

@@ -30,12 +30,14 @@ from symnmf_kernels.ops._common import (  # noqa: E402
     block_n, block_r, dgram_warps, get_dot_precision, hals_tiles, inverse_warps, num_warps, tiles,
 )
 from symnmf_kernels.ops._launch import (  # noqa: E402
-    FINALIZE_CHUNK, FINALIZE_SPLITS, SMALL_BACKWARD_MAX_BLOCK_R, SWEEP_MIN_BLOCK_R,
+    FINALIZE_CHUNK, FINALIZE_SPLITS, PG_BLOCK, PG_STEPS, SMALL_BACKWARD_MAX_BLOCK_R, SWEEP_MIN_BLOCK_R,
 )
-from symnmf_kernels.triton import apply_relu, gram, hals, sparse_loss, spd_inverse, sym_loss, symnmf_block  # noqa: E402
+from symnmf_kernels.triton import (  # noqa: E402
+    apply_relu, gram, hals, projected_gradient, sparse_loss, spd_inverse, sym_loss, symnmf_block,
+)
 
 TARGET = GPUTarget("cuda", 90, 32)
-INT_ARGS = {"n", "m", "r", "tiles", "rows_per_split", "num_splits", "problems"}
+INT_ARGS = {"n", "m", "r", "tiles", "rows_per_split", "num_splits", "problems", "numel"}
 # Arguments whose type does not follow the problem's dtype.
 SPECIAL_TYPES = {"info": "*i32", "sums": "*fp64", "totals": "*fp64", "x_sq": "*fp64"}
 SCALAR_LAM = {"hals_sweep_kernel"}  # lam passed by value, not as a per-problem tensor
@@ -79,6 +81,7 @@ def configs(quick):
         (sparse_loss.sparse_loss_grad_kernel, ["HAS_W", "HAS_Y"]),
         (hals.hals_sweep_kernel, ["HAS_V"]),
         (hals.fill_zero_columns_kernel, []),
+        (projected_gradient.projected_gradient_partials_kernel, []),
     ]
     shapes = [("fp32", 64)] if quick else [("fp32", 64), ("fp32", 16), ("fp32", 128), ("fp64", 32)]
     for fn, flags in kernels:
@@ -129,6 +132,8 @@ def launch(fn, r):
         return None, block_r(r), dgram_warps(r)
     if name in ("hals_sweep_kernel", "fill_zero_columns_kernel"):
         return hals_tiles(r, _Cuda())
+    if name == "projected_gradient_partials_kernel":
+        return None, None, 4
     return block_n(r, _Cuda()), block_r(r), num_warps(r)
 
 
@@ -148,6 +153,8 @@ def constexprs(fn, dtype, r, flags):
         values["CHUNK"] = min(BR * BR, FINALIZE_CHUNK)
     if "SPLITS" in names:
         values["SPLITS"] = FINALIZE_SPLITS
+    if "STEPS" in names:  # the projected-gradient measure's runs, as ops._launch launches it
+        values["BLOCK"], values["STEPS"] = PG_BLOCK, PG_STEPS
     if "PRECISION" in names:
         # As ops._common.input_precision resolves it on a GPU ("auto": ieee for the n-length sums at BLOCK_R <= 32).
         reduction = fn.fn.__name__ not in PRODUCT_KERNELS or flags.get("EMIT_GRAM", False)
@@ -228,8 +235,11 @@ def captured_launches(quick):
         (_launch, "cublas_products", lambda t, r, precision=None: _common.cublas_products(
             types.SimpleNamespace(is_cuda=True, dtype=t.dtype), r, precision)),
     ]
-    for module in ("gram", "spd_inverse", "apply_relu", "symnmf_block", "sym_loss", "sparse_loss", "hals"):
+    for module in ("gram", "spd_inverse", "apply_relu", "symnmf_block", "sym_loss", "sparse_loss", "hals",
+                   "projected_gradient"):
         patches.append((importlib.import_module("symnmf_kernels.ops." + module), "use_triton", lambda t, r=None: True))
+    # the measure's CPU kernel would take these CPU tensors first
+    patches.append((importlib.import_module("symnmf_kernels.ops.projected_gradient"), "_NATIVE", False))
     with gpu_launches(record, patches):
         shapes = [(torch.float32, 64)] if quick else [(torch.float32, 16), (torch.float32, 64), (torch.float32, 128),
                                                        (torch.float64, 32)]
@@ -266,6 +276,8 @@ def captured_launches(quick):
             label[0] = f"hals_sweep_ n=1000000 {tag}"
             W, XV, V = (torch.rand(1_000_000, r, dtype=dtype) for _ in range(3))
             sk.hals_sweep_(W, XV, V.T @ V, V=V, lam=0.5, backend="triton")
+            label[0] = f"projected_gradient_sq n=1000000 {tag}"
+            sk.projected_gradient_sq(W, V)
     return records
 
 

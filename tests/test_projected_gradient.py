@@ -1,5 +1,7 @@
-"""projected_gradient_sq, the solvers' stopping measure: the extension's CPU kernel and the torch form against
-reference.projected_gradient_sq in float64."""
+"""projected_gradient_sq, the solvers' stopping measure: the extension's CPU kernel, the Triton kernel (a GPU's,
+through the interpreter on the CPU) and the torch form against reference.projected_gradient_sq in float64."""
+import os
+
 import pytest
 import torch
 
@@ -8,6 +10,18 @@ from symnmf_kernels import reference
 from symnmf_kernels.ops import projected_gradient as pg_ops
 
 needs_native = pytest.mark.skipif(not pg_ops._NATIVE, reason="the extension's CPU kernel is not built")
+PATHS = ["native", "triton", "torch"]
+
+
+def take(path, monkeypatch, device="cpu"):
+    """Make sk.projected_gradient_sq take `path` on `device` (skip where it cannot run)."""
+    if path == "native" and not (pg_ops._NATIVE and str(device) == "cpu"):
+        pytest.skip("the extension's CPU kernel runs on CPU tensors, when it is built")
+    if path == "triton" and str(device) == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        pytest.skip("the Triton kernel needs CUDA or TRITON_INTERPRET=1")
+    monkeypatch.setattr(pg_ops, "_NATIVE", path == "native")
+    if path == "torch":
+        monkeypatch.setattr(pg_ops, "use_triton", lambda t: False)
 
 
 def inputs(shape, dtype, seed):
@@ -36,6 +50,23 @@ def test_matches_reference(dtype, n, r):
     assert rel(pg_ops._torch(grad, U), want) <= tol
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (1003, 16), (1003, 128), (3, 257, 12)])
+def test_triton_kernel_matches_reference(monkeypatch, device, dtype, shape):
+    """The GPU's one-pass kernel: runs of 1,024 entries, 16 runs a program (1003 x 128 spans eight programs and
+    ends inside a run), its partials summed in float64; a batch and a non-contiguous view."""
+    take("triton", monkeypatch, device)
+    grad, U = inputs(shape, dtype, seed=sum(shape))
+    grad, U = grad.to(device), U.to(device)
+    want = reference.projected_gradient_sq(grad.double().cpu(), U.double().cpu())
+    got = sk.projected_gradient_sq(grad, U)
+    assert got.dtype == dtype and got.shape == () and got.device == grad.device
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    assert rel(got, want) <= tol
+    g_t, U_t = grad.mT.contiguous().mT, U.mT.contiguous().mT
+    assert rel(sk.projected_gradient_sq(g_t, U_t), want) <= tol
+
+
 def test_batch_and_non_contiguous():
     grad, U = inputs((3, 257, 12), torch.float32, seed=1)
     want = reference.projected_gradient_sq(grad.double(), U.double())
@@ -55,8 +86,10 @@ def test_only_the_feasible_directions_count():
 
 
 @pytest.mark.parametrize("where_U", [0.0, 1.0])
-def test_nan_gives_nan(where_U):
-    """A NaN in the gradient is never dropped as a zero, whatever U is there."""
+@pytest.mark.parametrize("path", PATHS)
+def test_nan_gives_nan(monkeypatch, where_U, path):
+    """A NaN in the gradient is never dropped as a zero, whatever U is there, on every path."""
+    take(path, monkeypatch)
     grad, U = inputs((1003, 16), torch.float32, seed=2)
     grad[500, 7] = float("nan")
     U[500, 7] = where_U
@@ -65,13 +98,12 @@ def test_nan_gives_nan(where_U):
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-@pytest.mark.parametrize("path", ["native", "torch"])
+@pytest.mark.parametrize("path", PATHS)
 def test_non_finite_u_gives_nan(monkeypatch, bad, path):
     """A NaN or an infinity in U is not read as a zero or a positive entry: the measure is NaN, on the
-    extension's kernel (inside a run of 256 and in the tail), on the torch form and in the reference."""
-    if path == "native" and not pg_ops._NATIVE:
-        pytest.skip("the extension's CPU kernel is not built")
-    monkeypatch.setattr(pg_ops, "_NATIVE", path == "native")
+    extension's kernel (inside a run of 256 and in the tail), on the Triton kernel, on the torch form and in
+    the reference."""
+    take(path, monkeypatch)
     for at in ((100, 2), (1002, 15)):  # 100 * 16 + 2: inside the runs; 1002 * 16 + 15: the last entry
         grad, U = inputs((1003, 16), torch.float64, seed=4)
         U[at] = bad
@@ -113,8 +145,10 @@ def test_native_sum_does_not_depend_on_the_thread_count():
     assert torch.equal(one, two)
 
 
-def test_empty_gives_zero():
+@pytest.mark.parametrize("path", PATHS)
+def test_empty_gives_zero(monkeypatch, path):
     """A rank of a sharded solver may hold no rows: its share of the norm is 0."""
+    take(path, monkeypatch)
     grad, U = inputs((0, 4), torch.float32, seed=6)
     assert float(sk.projected_gradient_sq(grad, U)) == 0.0
     assert float(pg_ops._torch(grad, U)) == 0.0

@@ -15,6 +15,7 @@ from ..triton.spd_inverse import spd_inverse_kernel
 from ..triton.gram import gram_finalize_kernel, gram_partials_kernel
 from ..triton.hals import fill_zero_columns_kernel, hals_sweep_kernel
 from ..triton.nnls import nnls_kernel
+from ..triton.projected_gradient import projected_gradient_partials_kernel
 from ..triton.sparse_loss import (
     sparse_loss_coefs_kernel, sparse_loss_grad_kernel, sparse_loss_terms_kernel, sparse_loss_values_kernel,
     sparse_reg_grad_kernel,
@@ -465,3 +466,19 @@ def nnls(G, C, X0, max_rounds, tol_rel, solve_only=False):
         HAS_X0=X0 is not None, SOLVE_ONLY=solve_only, BLOCK_M=BM, BLOCK_K=BK, ACC=acc_dtype(C.dtype), num_warps=4,
     )
     return X
+
+
+# The projected-gradient measure's programs each sum PG_STEPS runs of PG_BLOCK entries: 16,384 entries a
+# program, about 4,000 programs (and float64 partials) for a factor of 1M x 64.
+PG_BLOCK = 1024
+PG_STEPS = 16
+
+
+def projected_gradient_partials(grad, U):
+    """float64 partial sums of ||P(grad)||^2 over the flattened contiguous grad and U (one per program)."""
+    numel = grad.numel()
+    programs = max(1, triton_cdiv(numel, PG_BLOCK * PG_STEPS))
+    partials = torch.empty(programs, dtype=torch.float64, device=grad.device)
+    projected_gradient_partials_kernel[(programs,)](grad, U, partials, numel, BLOCK=PG_BLOCK, STEPS=PG_STEPS,
+                                                   num_warps=4)
+    return partials

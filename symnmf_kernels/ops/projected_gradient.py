@@ -5,12 +5,15 @@
 the first-order stationarity measure on which every classical solver stops. A NaN in grad gives NaN,
 whatever U is there, and so does a NaN or an infinity in U. On the CPU the extension's kernel
 (csrc/cpu/projected_gradient_cpu.cpp) makes one pass over grad and U with no temporaries, summing runs of 256
-entries in their dtype and the runs in float64, in an order that does not depend on the number of threads;
-elsewhere (CUDA, or without the extension) the same sum runs in torch.
+entries in their dtype and the runs in float64, in an order that does not depend on the number of threads. On
+a GPU the Triton kernel (symnmf_kernels/triton/projected_gradient.py) does the same in one pass, where torch's
+form makes about six (the masks, the selection, the squares, the sum and U's extremes). Elsewhere (without
+the extension, under torch.compile) the sum runs in torch.
 """
 import torch
 
-from ._common import check_same, check_tensor
+from . import _launch
+from ._common import check_same, check_tensor, use_triton
 from .._extension import has_cpu_op
 
 __all__ = ["projected_gradient_sq"]
@@ -49,6 +52,18 @@ def projected_gradient_sq(grad, U):
         raise ValueError(f"grad has shape {tuple(grad.shape)} but U has {tuple(U.shape)}; they must match")
     if grad.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"grad must be float32 or float64, got {grad.dtype}; convert it with grad.float()")
-    if _NATIVE and grad.device.type == "cpu" and not torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
+        return _torch(grad, U)
+    if _NATIVE and grad.device.type == "cpu":
         return torch.ops.symnmf_kernels.projected_gradient_sq(grad, U)
+    if use_triton(grad):
+        return _triton(grad, U)
     return _torch(grad, U)
+
+
+def _triton(grad, U):
+    if grad.numel() == 0:
+        return grad.new_zeros(())
+    # Flattened in memory order: a copy only for a view that is not contiguous.
+    partials = _launch.projected_gradient_partials(grad.contiguous().reshape(-1), U.contiguous().reshape(-1))
+    return partials.sum().to(grad.dtype)
