@@ -178,11 +178,29 @@ def cuobjdump(cubin, flag):
         return subprocess.run([tool, flag, f.name], capture_output=True, text=True).stdout
 
 
-def tensor_core_ops(cubin):
+def tensor_core_ops(cubin, sass=None):
     """The tensor-core instructions in the cubin's SASS: "HGMMA" (wgmma), "HMMA" (mma) or "none"."""
-    sass = cuobjdump(cubin, "-sass")
+    sass = cuobjdump(cubin, "-sass") if sass is None else sass
     found = [op for op in ("HGMMA", "HMMA", "DMMA") if re.search(r"\b" + op + r"\.", sass)]
     return "+".join(found) if found else "none"
+
+
+def loop_body(sass):
+    """'instructions (shuffles)' of the SASS's longest loop body (from a backward branch's target to the
+    branch), or '-' without a loop: what one trip costs the kernel's main loop, before any GPU runs it."""
+    address = re.compile(r"/\*([0-9a-f]{4,})\*/")
+    lines = [(int(m.group(1), 16), line) for line in sass.splitlines() if (m := address.search(line))]
+    best = None
+    for at, line in lines:
+        branch = re.search(r"\bBRA\b[^;]*?(0x[0-9a-f]+)", line)
+        if branch and int(branch.group(1), 16) < at:
+            body = [text for a, text in lines if int(branch.group(1), 16) <= a <= at]
+            if best is None or len(body) > len(best):
+                best = body
+    if best is None:
+        return "-"
+    shuffles = sum(1 for text in best if re.search(r"\bSHFL", text))
+    return f"{len(best)} ({shuffles})"
 
 
 def resources(cubin):
@@ -310,17 +328,18 @@ def as_launched(quick):
         except Exception as exc:  # report every failure, not only the first
             failures += 1
             message = " ".join(str(exc).split())[-160:]
-            rows.append((name, label, "-", "-", "-", "-", -1, -1, -1, -1, "-", "FAILED: " + message))
+            rows.append((name, label, "-", "-", "-", "-", -1, -1, -1, -1, "-", "-", "FAILED: " + message))
             continue
         key = (name, label.split(" ", 2)[-1], tuple(ones), tuple(sorted(flags.items())), warps, aligned)
         if key in seen:
             continue
         seen.add(key)
         flag_text = " ".join(f"{k}={int(v)}" for k, v in sorted(flags.items())) or "-"
+        sass = cuobjdump(cubin, "-sass")
         rows.append((name, label, flag_text, ", ".join(ones) or "-", aligned, warps, *resources(cubin),
-                     tensor_core_ops(cubin), "ok"))
+                     tensor_core_ops(cubin, sass), loop_body(sass), "ok"))
     header = ["kernel", "launched by", "flags", "constexpr 1", "divisible by 16", "warps", "registers",
-              "stack bytes", "local bytes", "shared bytes", "tensor cores", "compile"]
+              "stack bytes", "local bytes", "shared bytes", "tensor cores", "loop body (shuffles)", "compile"]
     return header, rows, failures
 
 
@@ -343,7 +362,8 @@ def main(argv=None):
         note = (" Each row is a distinct launch captured from the ops on a GPU's launch geometry, compiled with the"
                 " runtime's own specialisation of its arguments: `constexpr 1` lists the arguments equal to 1 that"
                 " become constants (unit strides), `divisible by 16` counts the sizes, strides and pointers"
-                " marked so.")
+                " marked so. `loop body`: the instructions (and shuffles) of the longest loop in the SASS, one trip"
+                " of the kernel's main loop (over row tiles, or over the columns in the SymHALS sweep).")
     else:
         header, rows, failures = by_configuration(args.quick)
         title, stem, note = "Triton kernels compiled for sm_90 (no GPU needed)", "compile-sm90", ""
