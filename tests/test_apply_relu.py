@@ -5,7 +5,8 @@ import torch
 
 import symnmf_kernels as sk
 from symnmf_kernels import reference
-from conftest import rel_err
+from symnmf_kernels.ops import _common, _launch
+from conftest import INTERPRET, rel_err
 
 
 def inverse_like(batch, r, device, dtype=torch.float32):
@@ -64,6 +65,34 @@ def test_apply_relu_gram_gradients_match_reference(device):
     grads_ref = torch.autograd.grad((U_ref * gU).sum() + ((U_ref.mT @ U_ref) * gG).sum(), (P_ref, Ginv_ref))
     for got, want in zip(grads, grads_ref):
         assert rel_err(got, want) <= 1e-12
+
+
+@pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(), reason="needs the interpreter or a GPU")
+@pytest.mark.parametrize("precision", _common.DOT_PRECISIONS)
+@pytest.mark.parametrize("with_h", [False, True])
+@pytest.mark.parametrize("r", [5, 48])
+def test_apply_kernels_every_precision(monkeypatch, precision, with_h, r):
+    """The ReLU product's kernels with each dot precision forced, against float64: Y = ReLU(A M) and its Gram
+    Y^T Y in one pass, and the backward's dA = Zb M^T and A^T Zb with Zb = (grad + Y (H + H^T)) 1[Y > 0].
+    tf32x3 splits M and H once per program and Y or Zb once for their two products (triton/_common.dot_tf32x3);
+    through the interpreter the split path runs as on a GPU."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    monkeypatch.setattr(_launch, "input_precision", lambda t, r, reduction, p=None: precision)
+    n = 203
+    A = torch.randn(1, n, r, device=device)
+    M = inverse_like((1,), r, device)
+    Y_want = torch.relu(A.double() @ M.double())
+    tol = 1e-2 if precision == "tf32" and device == "cuda" else 1e-5
+    Y, YtY = _launch.apply_relu_gram(A, M)
+    assert rel_err(Y, Y_want) <= tol and rel_err(YtY, Y_want.mT @ Y_want) <= tol
+    Y = torch.relu(A @ M)
+    grad = torch.randn(1, n, r, device=device)
+    H = torch.randn(1, r, r, device=device) if with_h else None
+    dA, dM = _launch.apply_backward(grad, Y, A, M, H, sym_h=with_h)
+    g = grad.double() + (Y.double() @ (H + H.mT).double() if with_h else 0)
+    Zb = g * (Y > 0)
+    assert rel_err(dA, Zb @ M.double().mT) <= tol
+    assert rel_err(dM, A.double().mT @ Zb) <= tol
 
 
 def test_apply_relu_gradcheck(device):

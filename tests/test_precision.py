@@ -3,10 +3,14 @@ import types
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import symnmf_kernels as sk
 from symnmf_kernels import reference
 from symnmf_kernels.ops import _common, _launch
+
+from symnmf_kernels.triton._common import tf32_split
 
 from conftest import INTERPRET, rel_err
 
@@ -61,3 +65,36 @@ def test_every_precision_launches(monkeypatch, precision):
     assert int(info.sum()) == 0 and rel_err(Y, want) < tol
     G = _launch.gram(U, lam)
     assert rel_err(G, reference.gram(U.double(), 1.0)) < (1e-2 if precision == "tf32" and device == "cuda" else 1e-5)
+
+
+@triton.jit
+def _split_kernel(X, HI, LO, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    x = tl.load(X + offs, mask=offs < n, other=0.0)
+    hi, lo = tf32_split(x)
+    tl.store(HI + offs, hi, mask=offs < n)
+    tl.store(LO + offs, lo, mask=offs < n)
+
+
+@pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(), reason="needs the interpreter or a GPU")
+def test_tf32_split_rounds_to_nearest_tf32():
+    """tf32_split(x) = (hi, lo): hi is x rounded to 10 mantissa bits (to nearest, ties away from zero, as PTX's
+    cvt.rna.tf32.f32), lo is x - hi rounded likewise, so hi + lo is x to about 2^-22 relative. Checked against
+    the same rounding done on the bits by torch, over magnitudes from 1e-30 to 1e30, both signs, and exact
+    ties."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, generator=g) * torch.logspace(-30, 30, 4000)
+    ties = torch.tensor([1.0 + 2.0 ** -11, -(1.0 + 3 * 2.0 ** -11), 3.0, 0.0, -0.0])  # halfway cases, exact ones
+    x = torch.cat([x, ties])
+
+    def rna(t):
+        return ((t.view(torch.int32) + 0x1000) & ~0x1FFF).view(torch.float32)
+
+    hi, lo = torch.empty_like(x, device=device), torch.empty_like(x, device=device)
+    _split_kernel[(1,)](x.to(device), hi, lo, x.numel(), BLOCK=4096 * 2)
+    hi, lo = hi.cpu(), lo.cpu()
+    assert torch.equal(hi, rna(x)) and torch.equal(lo, rna(x - rna(x)))
+    assert torch.equal(hi.view(torch.int32) & 0x1FFF, torch.zeros_like(hi, dtype=torch.int32))
+    assert float(((hi + lo - x).abs() / x.abs().clamp(min=1e-38)).max()) <= 2.0 ** -21
+    assert hi[-5:].tolist() == [1.0 + 2.0 ** -10, -(1.0 + 2 * 2.0 ** -10), 3.0, 0.0, -0.0]

@@ -24,3 +24,28 @@ def row_tile(n, BLOCK_N: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     tiles = tl.cdiv(n, BLOCK_N)
     return pid // tiles, pid % tiles
+
+
+@triton.jit
+def tf32_round(x):
+    """float32 x rounded to tf32 (10 mantissa bits), to nearest with ties away from zero, as PTX's
+    cvt.rna.tf32.f32 does: add half of the dropped part's range to the bits, then clear it."""
+    return ((x.to(tl.uint32, bitcast=True) + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def tf32_split(x):
+    """(hi, lo) with hi = tf32(x) and lo = tf32(x - hi): x to about 21 bits as the sum of two tf32 values."""
+    hi = tf32_round(x)
+    return hi, tf32_round(x - hi)
+
+
+@triton.jit
+def dot_tf32x3(a_hi, a_lo, b_hi, b_lo, acc):
+    """acc + a @ b from split operands (tf32_split) in three tf32 tensor-core products, a_lo @ b_lo dropped:
+    tl.dot's "tf32x3", with the splits left to the caller. tl.dot splits both operands at every call, so a
+    kernel that multiplies by the same r x r matrix in each trip of its loop, or uses one tile in two
+    products, splits that operand again each time; split once, it is not. Small terms first."""
+    acc = tl.dot(a_lo, b_hi, acc, input_precision="tf32", out_dtype=tl.float32)
+    acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32", out_dtype=tl.float32)
+    return tl.dot(a_hi, b_hi, acc, input_precision="tf32", out_dtype=tl.float32)
