@@ -269,7 +269,8 @@ def test_row_solves_gather_each_rows_passive_set(problems, k, dtype):
 @pytest.mark.parametrize("r", [9, 40])
 def test_nnls_gram_on_every_path(monkeypatch, path, r):
     """SymANLS's NNLS on the CPU's kernel, the Triton kernel (the interpreter, r <= 32) and the torch path
-    (CUDA beyond r = 32): scipy's solution, cold and warm-started, and the same error for a singular B."""
+    (CUDA beyond r = 32): scipy's solution, cold and warm-started, and the same error for a B that is not
+    positive definite."""
     if path == "native" and not nnls_module._NATIVE_NNLS:
         pytest.skip("the extension's CPU kernel is not built")
     if path == "kernel" and (r > sk.ops._launch.NNLS_MAX_K or not sk.ops._common.use_triton(torch.ones(1))):
