@@ -74,7 +74,8 @@ def on_path(path, fn):
         nnls_module._NATIVE_NNLS, nnls_module._kernel_runs = native, kernel_runs
 
 
-def measure(calls, wanted, paths, device, max_runs):
+def measure(calls, wanted, paths, device, max_runs, save=lambda rows: None):
+    """One row per wanted call; save(rows) after each, so that a run cut short keeps its rows."""
     from symnmf.solvers.nnls import nnls_gram
 
     rows = []
@@ -95,6 +96,7 @@ def measure(calls, wanted, paths, device, max_runs):
         row["rel_err"] = max(float((outs[p] - first).norm() / first.norm()) for p in paths)
         print(row, flush=True)
         rows.append(row)
+        save(rows)
     return rows
 
 
@@ -119,7 +121,6 @@ def main(argv=None):
     device = torch.device(args.device)
     calls = captured_calls(args.n, args.r, args.iters, device, args.seed)
     paths = available_paths(device, args.r)
-    rows = measure(calls, args.calls, paths, device, args.max_runs)
     columns = ["call", "rows", "r", "passive"] + [f"{p}_ms" for p in paths] + ["x_torch", "rel_err"]
     header = [
         f"SymANLS on knn_gauss, n = {args.n}, r = {args.r}, {args.iters} iterations from random_state {args.seed}; "
@@ -130,7 +131,12 @@ def main(argv=None):
         "passive: mean passive-set size of the solution; x_torch: torch_ms / the best other path's; "
         "rel_err: worst ||X_path - X_first|| / ||X_first||",
     ]
-    write_table(args.name, rows, columns, header, out_dir=args.out, device=args.device)
+
+    def save(rows):
+        return write_table(args.name, rows, columns, header, out_dir=args.out, device=args.device, echo=False)
+
+    rows = measure(calls, args.calls, paths, device, args.max_runs, save)
+    print(open(save(rows)).read() if rows else "no call measured")
     return rows
 
 
