@@ -123,8 +123,6 @@ def _row_solves(G, problem, C, F):
         width = torch.where(size == k, k + 1, width)
     counts = torch.bincount(width, minlength=k + 2).tolist()  # one read-back a round; the loop reads one anyway
     by_width = torch.argsort(width, stable=True)
-    # Each row's passive indices first, in order, then the rest: a stable sort of the complement.
-    order = torch.argsort((~F).to(torch.uint8), dim=1, stable=True)
     X = torch.zeros_like(C)
     first = counts[0]  # rows with an empty passive set keep x = 0
     for w in range(1, k + 1):
@@ -133,7 +131,9 @@ def _row_solves(G, problem, C, F):
         step = _chunk_rows(w, C.device)
         for start in range(0, rows_w.numel(), step):
             rows = rows_w[start:start + step]
-            X[rows] = _gathered_solve(G, problem[rows], C[rows], order[rows, :w], size[rows])
+            # Each row's passive indices first, in order, then the rest: a stable sort of the complement.
+            cols = torch.argsort((~F[rows]).to(torch.uint8), dim=1, stable=True)[:, :w]
+            X[rows] = _gathered_solve(G, problem[rows], C[rows], cols, size[rows])
     if counts[k + 1]:
         rows = by_width[first:]
         L, info = torch.linalg.cholesky_ex(G[0])

@@ -62,7 +62,9 @@ def nnls_gram(B, C, X0=None, *, max_rounds=None):
         raise ValueError(f"X0 must have C's shape {tuple(C.shape)}, got {tuple(X0.shape)}")
     if max_rounds is None:
         max_rounds = 5 * r + 20
-    # One problem of the op's batched layout; nnls_torch runs the extension's kernel where it applies.
+    # One problem of the op's batched layout; nnls_torch runs the extension's kernel where it applies. Not
+    # sk.nnls itself: under TRITON_INTERPRET=1 it prefers the Triton kernel to the extension's on the CPU (so
+    # that the tests run the kernel), which would interpret every SymANLS solve.
     args = (B[None], C[None], None if X0 is None else X0[None], max_rounds)
     if not _ops_nnls._native_runs(C) and _ops_nnls._kernel_runs(C):
         X = _launch.nnls(*args, _ops_nnls.TOL_REL[C.dtype])[0]
