@@ -86,6 +86,27 @@ def _restarts(graph, root, tag):
                    "alone_exchanges": sum(run.params["exchanges"] for run in alone)}, f)
 
 
+def bipartite_csr():
+    """tests/test_solvers.py's bipartite graph, where the two-factor form converges with W and V apart."""
+    from test_solvers import bipartite_graph
+
+    return sp.csr_matrix(bipartite_graph().numpy())
+
+
+def _apart(root, tag):
+    """SymHALS and SymANLS on the bipartite graph, and SymHALS side by side from two starts: every rank saves
+    its rows and the iterations of the symmetric restart."""
+    graph = sd.ShardedGraph.from_matrix(bipartite_csr())
+    runs = {s: sd.SOLVERS[s](graph, sd.init_factor(graph, 4, seed=0), max_iter=2000) for s in ("hals", "anls")}
+    starts = torch.stack([sd.init_factor(graph, 4, seed=s) for s in (0, 1)])
+    for k, run in enumerate(sd.hals_restarts(graph, starts, max_iter=2000)):
+        runs[f"restart{k}"] = run
+    me = graph.comm.rank
+    np.savez(os.path.join(root, f"{tag}-apart-U-{me}.npz"), **{k: run.U.cpu().numpy() for k, run in runs.items()})
+    with open(os.path.join(root, f"{tag}-apart-rank-{me}.json"), "w") as f:
+        json.dump({k: [run.n_iter, run.params["symmetric_restart"]] for k, run in runs.items()}, f)
+
+
 def as_torchrun_rank(rank, world, port):
     """This spawned process as torchrun starts a rank: its variables, one thread, the torch path of the ops
     (TRITON_INTERPRET=0)."""
@@ -112,6 +133,7 @@ def _worker(rank, world, root, port, solvers, iters, device):
         assert torch.equal(other.local.values, graph.local.values)
         _fit_all(graph, root, f"w{world}", solvers, iters)
         _restarts(graph, root, f"w{world}")
+        _apart(root, f"w{world}")
         # Blocks of equal stored entries: the same rows from the .npz and from the shard files.
         by_nnz = sd.ShardedGraph.from_npz(path, balance="nnz")
         other = sd.ShardedGraph.from_shards(os.path.join(root, "shards"), balance="nnz")
@@ -347,6 +369,28 @@ def test_restarts_side_by_side_on_three_ranks(spawned, graph, monkeypatch):
     one = hals_restarts(X, starts, max_iter=80, tol=1e-4)
     assert [run.n_iter for run in one] == ranks[0]["side"]
     assert np.allclose(side, torch.stack([run.U for run in one]).numpy(), rtol=1e-8, atol=1e-12)
+
+
+def test_sharded_restart_from_w_equal_v_as_one_process(spawned, monkeypatch):
+    """A run that converges with W and V apart goes on from W = V on 3 ranks as in one process: the same
+    iteration of the restart, the same iterations and factor; SymHALS side by side as well."""
+    from symnmf.solvers import init_factor, solve
+    from symnmf.solvers.hals import hals_restarts
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    root, world = spawned, 3
+    ranks = [json.load(open(os.path.join(root, f"w{world}-apart-rank-{p}.json"))) for p in range(world)]
+    parts = [np.load(os.path.join(root, f"w{world}-apart-U-{p}.npz")) for p in range(world)]
+    assert all(rk == ranks[0] for rk in ranks)
+    X = torch.from_numpy(bipartite_csr().toarray())
+    one = {s: solve(X, 4, s, random_state=0, max_iter=2000) for s in ("hals", "anls")}
+    starts = torch.stack([init_factor(X, 4, torch.Generator().manual_seed(s)) for s in (0, 1)])
+    one.update({f"restart{k}": run for k, run in enumerate(hals_restarts(X, starts, max_iter=2000))})
+    for key, ref in one.items():
+        assert ref.params["symmetric_restart"] is not None
+        assert ranks[0][key] == [ref.n_iter, ref.params["symmetric_restart"]], key
+        U = np.concatenate([part[key] for part in parts])
+        assert np.allclose(U, ref.U.numpy(), rtol=1e-8, atol=1e-12), key
 
 
 def test_renumbered_shards_map_back(spawned, graph, single):

@@ -351,3 +351,55 @@ def test_hals_restarts_bad_input(sbm):
     with pytest.raises(ValueError, match=r"\(R, n, r\)"):
         hals_restarts(X, U0[0])
     assert hals_restarts(X, U0[:0]) == []
+
+
+def bipartite_graph(m=30, seed=0):
+    """The normalised adjacency of a random bipartite graph (2m nodes): eigenvalue -1, where the two-factor form
+    under Kuang's penalty max(X)^2 converges with W and V apart."""
+    g = torch.Generator().manual_seed(seed)
+    B = torch.rand(m, m, generator=g, dtype=torch.float64) * (torch.rand(m, m, generator=g) < 0.3)
+    A = torch.zeros(2 * m, 2 * m, dtype=torch.float64)
+    A[:m, m:] = B
+    A[m:, :m] = B.T
+    d = A.sum(1).clamp_min(1e-300)
+    return A / torch.sqrt(d[:, None] * d[None, :])
+
+
+@pytest.mark.parametrize("solver", ["hals", "anls"])
+def test_penalised_run_converging_apart_restarts_symmetric(solver):
+    """Converged with W far from V (a stationary point of the two-factor form, ||X - W W^T|| > ||X||), the run goes
+    on from W = V with Zhu et al.'s penalty and ends at PGD's fit, W = V (in more iterations than the default
+    500: the bound is a worst case)."""
+    X = bipartite_graph()
+    run = solve(X, 4, solver, random_state=0, max_iter=2000)
+    pgd = solve(X, 4, "pgd", random_state=0)
+    restart = run.params["symmetric_restart"]
+    assert run.converged and restart is not None and 0 < restart < run.n_iter
+    assert run.params["lam"] > 10 * float(X.max()) ** 2  # Zhu's bound, not Kuang's max(X)^2
+    assert run.history["rel_error"][-1] < 1.0
+    assert abs(run.history["rel_error"][-1] - pgd.history["rel_error"][-1]) <= 1e-3
+    assert run.history["iteration"] == sorted(set(run.history["iteration"]))  # one entry per check
+    assert len(run.history["iteration"]) == run.n_iter + 1
+
+
+def test_penalised_run_converging_together_keeps_its_penalty(sbm):
+    """On a clustered graph W and V converge together (||W - V|| ~ 1e-4 ||W||): no restart, Kuang's penalty."""
+    X, _ = sbm
+    for solver in ("hals", "anls"):
+        run = solve(X, 3, solver, random_state=0)
+        assert run.converged and run.params["symmetric_restart"] is None
+        assert run.params["lam"] == float(X.max()) ** 2
+
+
+def test_hals_restarts_restart_symmetric_as_hals_alone():
+    """A start of SymHALS side by side that converges apart goes on as `hals` from it alone would."""
+    from symnmf.solvers.hals import hals, hals_restarts
+
+    X = bipartite_graph()
+    U0 = init_factor(X, 4, torch.Generator().manual_seed(0), batch_shape=(3,))
+    runs = hals_restarts(X, U0, max_iter=2000)
+    alone = [hals(X, U0[k], max_iter=2000) for k in range(3)]
+    assert all(run.params["symmetric_restart"] is not None for run in runs)
+    for run, ref in zip(runs, alone):
+        assert (run.n_iter, run.params["symmetric_restart"]) == (ref.n_iter, ref.params["symmetric_restart"])
+        assert run.converged and rel(run.U, ref.U) <= 1e-12 and run.history["rel_error"][-1] < 1.0

@@ -62,7 +62,7 @@ from .solvers.admm import DEFAULTS as _ADMM_DEFAULTS, admm_step, default_rho
 from .solvers.anls import DEFAULTS as _ANLS_DEFAULTS
 from .solvers.hals import DEFAULTS as _HALS_DEFAULTS
 from .solvers.base import Monitor, as_seed, check_lam, default_check_every, projected_gradient_sq
-from .solvers.penalised import half_gradient
+from .solvers.penalised import SYMMETRY_GAP, half_gradient
 from .solvers.newton import DEFAULTS as _NEWTON_DEFAULTS, cg_direction, is_descent
 from .solvers.nnls import nnls_gram
 from .solvers.pgd import DEFAULTS as _PGD_DEFAULTS
@@ -737,30 +737,41 @@ def _penalty(graph, lam, U0, XU0):
 
 def _alternate(name, graph, U0, update, *, lam, max_iter, tol, check_every, callback, verbose):
     """`solvers.penalised.alternate` sharded: update(F, B, XO, O, lam) -> F on this rank's rows, alternately
-    on W and V from W = V = U0. B = O^T O + lam I is all-reduced; X O comes through the halo."""
-    r = U0.shape[1]
+    on W and V from W = V = U0. B = O^T O + lam I is all-reduced; X O comes through the halo. A run that
+    converges with W far from V goes on from W = V, once, as in one process (solvers/penalised.py)."""
     start_bytes, start_exchanges = graph.plan.bytes_sent, graph.plan.exchanges
+    XU0 = graph.matmul(U0)
+    GU0 = graph.gram(U0)
+    lam = _penalty(graph, lam, U0, XU0)
+    monitor = _monitor(name, graph, tol, max_iter, check_every, callback, verbose)
+    result = _alternate_from(name, graph, U0, XU0, GU0, update, lam, monitor, 0)
+    _traffic(result, graph, U0.shape[1], start_bytes, start_exchanges, max(result.n_iter, 1))
+    return result
+
+
+def _alternate_from(name, graph, U0, XU0, GU0, update, lam, monitor, it, restarted=False):
+    """`_alternate`'s loop from W = V = U0 (X U0 and the Gram given) at iteration `it` of `monitor`'s run, as
+    `solvers.penalised._alternate_from`."""
     W = U0.clone()
     V = U0.clone()
-    XV = graph.matmul(V)
-    GV = graph.gram(V)
-    lam = _penalty(graph, lam, V, XV)
-    eye = _eye(graph, r)
-    monitor = _monitor(name, graph, tol, max_iter, check_every, callback, verbose)
-    XW, GW = XV, GV
+    XW = XV = XU0
+    GW = GV = GU0
+    eye = _eye(graph, U0.shape[1])
     # At W = V the penalty's gradient vanishes and V's gradient is that of W.
     pgV_local = projected_gradient_sq(2 * (V @ GV - XV), V)
-    it = 0
+    first = it
     while True:
         BV = GV + lam * eye
-        if monitor.due(it):
+        if monitor.due(it) and not (restarted and it == first):
             # As in one process (solvers/penalised.py): the gradient's factor 2 is applied to the norm.
             half_gW = half_gradient(W, BV, XV, V, lam)
             cross = dot64(XW[None], W[None])[0]
             cross, pgW, pgV = graph.sum(cross, 4 * projected_gradient_sq(half_gW, W), pgV_local)
             loss = graph.norm_sq - 2 * cross + GW.double().pow(2).sum()
             if monitor.check(it, W, loss, pgW + pgV):
-                break
+                if restarted or not monitor.converged or not _asymmetric(graph, W, V):
+                    break
+                return _restart_symmetric(name, graph, W, XW, GW, V, XV, GV, update, monitor, it)
         W = update(W, BV, XV, V, lam)
         XW = graph.matmul(W)
         GW = graph.gram(W)
@@ -771,9 +782,24 @@ def _alternate(name, graph, U0, update, *, lam, max_iter, tol, check_every, call
             pgV_local = 4 * projected_gradient_sq(half_gradient(V, BW, XW, W, lam), V)
         XV = graph.matmul(V)
         GV = graph.gram(V)
-    result = monitor.result(W, solver=name, lam=lam)
-    _traffic(result, graph, r, start_bytes, start_exchanges, max(it, 1))
-    return result
+    return monitor.result(W, solver=name, lam=lam, symmetric_restart=first if restarted else None)
+
+
+def _asymmetric(graph, W, V):
+    """`solvers.penalised.asymmetric` over every rank's rows (one all_reduce)."""
+    gap, size = graph.sum((W - V).double().pow(2).sum(), W.double().pow(2).sum())
+    return bool(gap > SYMMETRY_GAP ** 2 * size)
+
+
+def _restart_symmetric(name, graph, W, XW, GW, V, XV, GV, update, monitor, it):
+    """`solvers.penalised.restart_symmetric` sharded: on from W = V = the better of W and V, with Zhu et al.'s
+    penalty there."""
+    F, XF, GF = (W, XW, GW) if graph.loss(W, XW, GW) <= graph.loss(V, XV, GV) else (V, XV, GV)
+    monitor.converged = False
+    lam = _penalty(graph, "zhu", F, XF)
+    if monitor.verbose:
+        print(f"{monitor.name}: W and V converged apart at iteration {it}; from W = V again, lam = {lam:.4g}")
+    return _alternate_from(name, graph, F, XF, GF, update, lam, monitor, it, restarted=True)
 
 
 def hals(graph, U0, *, lam="kuang", max_iter=None, tol=None, callback=None, verbose=False, check_every=None,
@@ -844,8 +870,14 @@ def hals_restarts(graph, U0, *, lam="kuang", max_iter=None, tol=None, verbose=Fa
                                       sums[i, 1] + sums[i, 2])
                     for i, k in enumerate(running)]
             for i, k in enumerate(running):
-                if stop[i]:
-                    results[k] = monitors[k].result(W[i].clone(), solver="hals", lam=lam)
+                if not stop[i]:
+                    continue
+                if monitors[k].converged and _asymmetric(graph, W[i], V[i]):  # it goes on alone, as in one process
+                    results[k] = _restart_symmetric("hals", graph, W[i], XW[i], GW[i], V[i], XV[i], GV[i],
+                                                    lambda F, B, XO, O, lam: _sweep(graph, F, B, XO, O, lam, backend),
+                                                    monitors[k], it)
+                else:
+                    results[k] = monitors[k].result(W[i].clone(), solver="hals", lam=lam, symmetric_restart=None)
             keep = [i for i, done in enumerate(stop) if not done]
             if not keep:
                 break

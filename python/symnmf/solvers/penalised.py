@@ -11,12 +11,26 @@ Each iteration costs two products with X, and everything the stopping rule
 needs comes from them: the gradient in W at (W, V) uses the B, C that W's next
 update needs, the gradient in V uses the B, C of V's last update, and the
 objective of W uses X W from that update.
+
+A small penalty (Kuang et al.'s max(X)^2, the default) can let the pair
+converge to a stationary point of the two-factor form with W far from V,
+which is no stationary point of SymNMF: on a graph with a strongly negative
+eigenvalue (a bipartite one, or the kNN graph of repeated points) W and V
+end up nearly orthogonal and ||X - W W^T|| above ||X||. A run that converges
+with ||W - V|| above SYMMETRY_GAP ||W|| therefore starts again, once, from
+W = V = the better of the two, with Zhu et al.'s penalty at that point, which
+guarantees W = V in the limit; its result's params say at which iteration
+("symmetric_restart", None where it did not).
 """
 import torch
 
 import symnmf_kernels as sk
 
-from .base import Monitor, Problem, penalty, projected_gradient_sq
+from .base import Monitor, Problem, penalty, projected_gradient_sq, symmetry_penalty
+
+# ||W - V||_F / ||W||_F above which a converged run has not reached W = V. Converged runs on kNN graphs end
+# 6e-5 to 3e-4 apart (digits, iris, wine, breast cancer); one at a two-factor stationary point, about 1.
+SYMMETRY_GAP = 1e-2
 
 
 def alternate(name, X, U0, update, *, lam, max_iter, tol, check_every, callback, verbose):
@@ -29,23 +43,30 @@ def alternate(name, X, U0, update, *, lam, max_iter, tol, check_every, callback,
     Returns the SolverResult of W.
     """
     problem = Problem(X)
+    XU0 = problem.matmul(U0)
+    lam = penalty(lam, problem, U0, XU0)
+    monitor = Monitor(name, problem, tol, max_iter, check_every, callback, verbose)
+    return _alternate_from(name, problem, U0, XU0, update, lam, monitor, 0)
+
+
+def _alternate_from(name, problem, U0, XU0, update, lam, monitor, it, restarted=False):
+    """`alternate`'s loop from W = V = U0 (X U0 given) at iteration `it` of `monitor`'s run. With `restarted`
+    the run's symmetric restart is behind it, and its check at `it` is already recorded."""
     W = U0.clone()
     V = U0.clone()
-    XV = problem.matmul(V)
-    lam = penalty(lam, problem, U0, XV)
-    monitor = Monitor(name, problem, tol, max_iter, check_every, callback, verbose)
-
-    XW = XV
+    XW = XV = XU0
     # At W = V the penalty's gradient vanishes and V's gradient is that of W.
     pgV_sq = projected_gradient_sq(2 * (V @ sk.gram(V, 0.0) - XV), V)
-    it = 0
+    first = it
     while True:
         BV = sk.gram(V, lam)
-        if monitor.due(it):
+        if monitor.due(it) and not (restarted and it == first):
             # The gradients are 2 (F B - X O - lam O); the factor 2 is applied to the norm (4 = 2^2).
             half_gW = half_gradient(W, BV, XV, V, lam)
             if monitor.check(it, W, problem.loss(W, XW), 4 * projected_gradient_sq(half_gW, W) + pgV_sq):
-                break
+                if restarted or not monitor.converged or not asymmetric(W, V):
+                    break
+                return restart_symmetric(name, problem, *better_factor(problem, W, XW, V, XV), update, monitor, it)
         W = update(W, BV, XV, V, lam)
         XW = problem.matmul(W)
         BW = sk.gram(W, lam)
@@ -54,7 +75,27 @@ def alternate(name, X, U0, update, *, lam, max_iter, tol, check_every, callback,
         if monitor.due(it):
             pgV_sq = 4 * projected_gradient_sq(half_gradient(V, BW, XW, W, lam), V)
         XV = problem.matmul(V)
-    return monitor.result(W, solver=name, lam=lam)
+    return monitor.result(W, solver=name, lam=lam, symmetric_restart=first if restarted else None)
+
+
+def asymmetric(W, V):
+    """Whether ||W - V|| > SYMMETRY_GAP ||W|| (for one pair; a NaN makes the monitor raise before this)."""
+    return bool((W - V).double().pow(2).sum() > SYMMETRY_GAP ** 2 * W.double().pow(2).sum())
+
+
+def better_factor(problem, W, XW, V, XV):
+    """(F, X F) of whichever of W and V fits X better as F F^T."""
+    return (W, XW) if problem.loss(W, XW) <= problem.loss(V, XV) else (V, XV)
+
+
+def restart_symmetric(name, problem, F, XF, update, monitor, it):
+    """The run of `monitor`, converged with W far from V at iteration `it`, from W = V = F on, with Zhu et al.'s
+    penalty at F, which drives W to V."""
+    monitor.converged = False
+    lam = symmetry_penalty(problem, F, XF)
+    if monitor.verbose:
+        print(f"{monitor.name}: W and V converged apart at iteration {it}; from W = V again, lam = {lam:.4g}")
+    return _alternate_from(name, problem, F, XF, update, lam, monitor, it, restarted=True)
 
 
 def half_gradient(F, B, XO, O, lam):
@@ -71,8 +112,10 @@ def alternate_restarts(name, X, U0, update, *, lam, max_iter, tol, check_every, 
     SpMM of R r columns instead of R of r) and one batch of Grams; on a GPU the launches no longer grow
     with R. Each restart keeps its own monitor and stops where `alternate` from it alone would stop; it
     then leaves the batch. update(F, B, XO, O, lam) gets (A, n, r) factors and (A, r, r) Grams of the A
-    restarts still running. lam: a positive float or "kuang" (max(X)^2, the same for every restart; "zhu"
-    depends on the start). Returns R SolverResults in the order of U0.
+    restarts still running, and one (n, r) factor and its (r, r) Gram for a restart that converges with W far
+    from V, which goes on alone (`restart_symmetric`). lam: a positive float or "kuang" (max(X)^2, the same for
+    every restart; "zhu" depends on the start).
+    Returns R SolverResults in the order of U0.
     """
     if U0.dim() != 3:
         raise ValueError(f"U0 must hold R starts of shape (R, n, r), got shape {tuple(U0.shape)}")
@@ -101,8 +144,13 @@ def alternate_restarts(name, X, U0, update, *, lam, max_iter, tol, check_every, 
                                       4 * projected_gradient_sq(half_gW[i], W[i]) + pgV_sq[i])
                     for i, k in enumerate(running)]
             for i, k in enumerate(running):
-                if stop[i]:
-                    results[k] = monitors[k].result(W[i].clone(), solver=name, lam=lam)
+                if not stop[i]:
+                    continue
+                if monitors[k].converged and asymmetric(W[i], V[i]):  # it goes on alone (see the module's notes)
+                    F, XF = better_factor(problem, W[i], XW[i], V[i], XV[i])
+                    results[k] = restart_symmetric(name, problem, F, XF, update, monitors[k], it)
+                else:
+                    results[k] = monitors[k].result(W[i].clone(), solver=name, lam=lam, symmetric_restart=None)
             keep = [i for i, s in enumerate(stop) if not s]
             if not keep:
                 break
