@@ -228,3 +228,43 @@ def test_threads_are_restored_after_fit(graph):
     before = torch.get_num_threads()
     SymNMF(3, solver="hals", affinity="precomputed", random_state=0, n_threads=1).fit(A)
     assert torch.get_num_threads() == before
+
+
+def test_transform_of_the_fitted_data_with_repeated_samples_is_the_embedding(monkeypatch):
+    """Repeated samples have graph rows, and so embedding rows, of their own: transform and predict of the fitted
+    data give embedding_ and labels_ all the same, for features and for a precomputed similarity."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    X = np.random.default_rng(13).normal(size=(80, 2))
+    X = np.vstack([X, X[:40]])
+    model = SymNMF(4, solver="hals", random_state=0).fit(X)
+    assert np.array_equal(model.transform(X), model.embedding_)
+    assert np.array_equal(model.predict(X), model.labels_)
+    A = model.affinity_matrix_
+    for affinity in (A, A.toarray()):
+        pre = SymNMF(4, solver="hals", affinity="precomputed", random_state=0).fit(affinity)
+        assert np.array_equal(pre.transform(affinity), pre.embedding_)
+        assert np.array_equal(pre.predict(affinity), pre.labels_)
+
+
+def test_positive_only_tag_follows_the_affinity(monkeypatch):
+    """A precomputed similarity refuses negative entries with scikit-learn's message; features take any sign."""
+    from sklearn.utils.estimator_checks import check_positive_only_tag_during_fit
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    for affinity in ("precomputed", "nearest_neighbors"):
+        model = SymNMF(3, solver="hals", affinity=affinity, random_state=0, max_iter=20)
+        assert model.__sklearn_tags__().input_tags.positive_only == (affinity == "precomputed")
+        check_positive_only_tag_during_fit("SymNMF", model)
+
+
+@pytest.mark.parametrize("solver", ["hals", "anls"])
+def test_repeated_points_fit_below_the_zero_factor(solver, monkeypatch):
+    """Ten equal points: their kNN graph has a strongly negative eigenvalue, where the two-factor form converges
+    with W and V apart under Kuang's penalty (a relative error above 1, worse than U = 0) unless it goes on from
+    W = V; the fit then matches PGD's."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    X = np.ones((10, 3))
+    fit = SymNMF(2, solver=solver, random_state=0).fit(X)
+    pgd = SymNMF(2, solver="pgd", random_state=0).fit(X)
+    assert fit.relative_error_ < 1.0
+    assert fit.relative_error_ == pytest.approx(pgd.relative_error_, abs=1e-3)

@@ -75,8 +75,10 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         CLI and `symnmf reproduce` use the same defaults.
     tol : float, optional
         Classical solvers: projected-gradient tolerance (relative to its initial
-        value). Net: stop once the loss changes by less than tol times its
-        initial value between epochs. None: the solver's default / no early stop.
+        value). Net: the tolerance of the recipe's plateau rule (`SymNMFNet.fit`:
+        stop once the best loss of the last `patience` steps improves on the best
+        before them by at most tol times the decrease so far). None: the solver's
+        or the recipe's default.
     lam : float or str, optional
         ANLS/HALS: the penalty lam of ||X - W V^T||^2 + lam ||W - V||^2 (a float,
         "kuang" or "zhu"); ADMM: its penalty rho; the net: the initial lam
@@ -156,7 +158,10 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     converged_ : bool
         Whether the stopping tolerance was met (the net: whether it stopped before max_iter).
     history_ : dict of lists
-        Per-iteration (per-epoch) objective, relative error and time of the solver.
+        Per-iteration (per-epoch) objective, relative error and time of the solver. The fit runs on
+        A / scale, with scale = ||A||_2 (exactly 1 for a normalised graph: `symnmf.fitting.similarity_scale`),
+        so the objective and the losses are those of A / scale: reconstruction_err_ ** 2 is scale ** 2
+        times the last objective; the relative errors are A's own.
     affinity_matrix_ : ndarray or scipy.sparse CSR matrix (n_samples, n_samples)
         The similarity A that was factorised.
     net_ : SymNMFNet
@@ -251,6 +256,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
         tags.input_tags.pairwise = self.affinity == "precomputed"
+        tags.input_tags.positive_only = self.affinity == "precomputed"  # a similarity with a negative entry is refused
         return tags
 
     # ------------------------------------------------------------------ input
@@ -331,6 +337,18 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         return self.fit(X).embedding_.copy()
 
     # ------------------------------------------------------------- transform
+    def _is_fitted_data(self, X):
+        """Whether X is the fitted data: the feature matrix, or with affinity="precomputed" the similarity."""
+        fitted = self._fit_X if self._graph is not None else self.affinity_matrix_
+        if X.shape != fitted.shape:
+            return False
+        if is_scipy_sparse(X) or is_scipy_sparse(fitted):
+            import scipy.sparse as sp
+
+            diff = sp.csr_matrix(X, dtype=np.float64) - sp.csr_matrix(fitted, dtype=np.float64)
+            return diff.count_nonzero() == 0
+        return bool(np.array_equal(np.asarray(X), fitted))
+
     def _match_fitted(self, X):
         """(index of the fitted sample each row of X equals exactly, or -1; the rows' similarities to
         the fitted samples: a torch tensor for feature input, X itself for a precomputed affinity)."""
@@ -367,9 +385,11 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
 
         Row by row (the result for a sample does not depend on the others):
 
-        - a sample equal to a fitted one (the same feature vector, or with
-          affinity="precomputed" the same row of similarities) gets that sample's
-          row of embedding_, so transform of the fitted data is embedding_;
+        - X equal to the fitted data as a whole gets embedding_;
+        - otherwise, a sample equal to a fitted one (the same feature vector, or
+          with affinity="precomputed" the same row of similarities) gets that
+          sample's row of embedding_ (of the first such sample: repeated samples
+          of the fitted data can have rows of their own);
         - any other sample gets its similarities a to the fitted samples (with
           affinity="precomputed": X's row itself, (m, n_samples_fit); with
           "nearest_neighbors": its row of the fitted kNN graph, see
@@ -380,7 +400,9 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         check_is_fitted(self, "embedding_")
         X = self._validate(X, reset=False)
         if self._graph is None and bool(((X.data if is_scipy_sparse(X) else X) < 0).any()):
-            raise ValueError("X has negative entries; similarities must be non-negative")
+            raise ValueError("Negative values in data: X has negative entries; similarities must be non-negative")
+        if self._is_fitted_data(X):
+            return self.embedding_.copy()
         match, rows = self._match_fitted(X)
         H = np.empty((X.shape[0], self.embedding_.shape[1]), dtype=self.embedding_.dtype)
         hit = match >= 0

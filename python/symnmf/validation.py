@@ -95,7 +95,9 @@ def check_similarity(X, name="X", symmetric_tol=1e-5):
     if not bool(torch.isfinite(values).all()):
         raise ValueError(f"{name} has NaN or infinite entries; clean or impute them before fitting")
     if bool((values < 0).any()):
-        raise ValueError(f"{name} has negative entries; SymNMF needs a non-negative similarity (e.g. clip at 0)")
+        # scikit-learn's wording first: its estimator checks look for it where negative input is refused
+        raise ValueError(f"Negative values in data: {name} has negative entries; SymNMF needs a non-negative "
+                         "similarity (e.g. clip at 0)")
     if not bool((values != 0).any()):
         raise ValueError(
             f"{name} is all zero: no two samples are similar, so there is nothing to factorise or cluster "
