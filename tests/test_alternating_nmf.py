@@ -166,6 +166,16 @@ def test_default_start_and_float32(torch_path, rng):
     assert AlternatingNMF(3, random_state=0).fit(torch.as_tensor(Y)).components_ == pytest.approx(model.components_)
 
 
+def test_default_start_takes_a_numpy_generator(torch_path, rng):
+    """A Generator seeds the data-driven start like an int drawn from it: scikit-learn's NMF alone refuses one."""
+    Y = rng.random((60, 12))
+    kwargs = dict(max_iter=5, inner_iter=5, init_iter=10)
+    model = AlternatingNMF(3, random_state=np.random.default_rng(0), **kwargs).fit(Y)
+    again = AlternatingNMF(3, random_state=np.random.default_rng(0), **kwargs).fit(Y)
+    assert np.isfinite(model.components_).all()
+    np.testing.assert_array_equal(model.components_, again.components_)
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize(
     "Y, kwargs, match",
@@ -182,6 +192,7 @@ def test_default_start_and_float32(torch_path, rng):
         (np.ones((10, 6)), {"lr": 2.5}, "'lr' parameter"),
         (np.ones((10, 6)), {"decay": 0.5}, "'decay' parameter"),
         (np.ones((10, 6)), {"n_components": 0}, "'n_components' parameter"),
+        (np.ones((10, 6)), {"init_iter": 0}, "'init_iter' parameter"),
     ],
 )
 def test_bad_input_names_the_argument(Y, kwargs, match, torch_path):

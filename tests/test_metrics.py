@@ -20,6 +20,15 @@ def test_accuracy_hand_cases():
     assert accuracy([0, 0, 0, 1], [0, 1, 2, 2]) == pytest.approx(2 / 4)
 
 
+def test_labels_that_do_not_sort():
+    """Any hashable labels: None beside ints, or strings beside ints, which np.unique cannot sort."""
+    assert accuracy([None, None, 1], [1, 1, 2]) == 1.0
+    assert purity(["a", 1, "a", None], [0, 0, 0, 1]) == pytest.approx(3 / 4)
+    assert nmi([None, None, 1, 1], ["x", "x", 0, 0]) == pytest.approx(1.0)
+    # classes in order of first appearance: None, "x", 3
+    np.testing.assert_array_equal(contingency([None, "x", None, 3], [2, 1, 2, 1]), [[0, 2], [1, 0], [1, 0]])
+
+
 def test_accuracy_is_hungarian_not_greedy():
     # counts: class 0 -> clusters [3, 3], class 1 -> [3, 0]. Taking the first largest cell
     # (0, 0) forces (1, 1) = 0: 3/9. The optimal matching (0, 1) + (1, 0) gives 6/9.

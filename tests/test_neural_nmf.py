@@ -212,6 +212,36 @@ def test_semi_supervised_and_supervised():
     assert (full.predict(X) == np.array(["a", "b"])[y]).all()
 
 
+def test_a_class_without_labels_is_named_not_merged():
+    """n_classes above the labelled classes: classes_ names the class label_mask hides after the largest label,
+    and a sample scored highest there is predicted as it, not as the last labelled class."""
+    X, y = two_groups()
+    y = np.where(np.arange(len(y)) % 2 == 0, y, y + 2)  # four classes; label_mask hides class 3
+    model = NeuralNMF([4, 2], n_classes=4, max_iter=10, random_state=0).fit(X, y, label_mask=y != 3)
+    assert list(model.classes_) == [0, 1, 2, 3] and model.classifier_.shape == (4, 2)
+    model.classifier_ = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    assert (model.predict(X) == 3).all()
+    with pytest.raises(ValueError, match="numeric labels"):
+        NeuralNMF([4, 2], n_classes=3, max_iter=2).fit(X, np.array(["a", "b"])[y % 2])
+
+
+def test_nan_labels_are_refused_and_a_refit_without_labels_drops_the_classes():
+    X, y = two_groups()
+    y = y.astype(float)
+    y[5] = np.nan
+    with pytest.raises(ValueError, match="Input y contains NaN"):
+        NeuralNMF([4, 2], max_iter=2).fit(X, y)
+    with pytest.raises(ValueError, match="Input y contains NaN"):
+        NeuralNMF([4, 2], max_iter=2).fit(X, y.astype(object))
+    with pytest.raises(ValueError, match="Input y contains infinity"):
+        NeuralNMF([4, 2], max_iter=2).fit(X, np.where(np.isnan(y), np.inf, y))
+    mask = ~np.isnan(y)  # an unknown label left out of label_mask is no class
+    model = NeuralNMF([4, 2], max_iter=2, random_state=0).fit(X, y, label_mask=mask)
+    assert list(model.classes_) == [0.0, 1.0]
+    model.fit(X)
+    assert not hasattr(model, "classes_") and not hasattr(model, "classifier_")
+
+
 def test_random_state_makes_fits_repeatable():
     X = rank9(seed=4)
     a = NeuralNMF([4, 2], max_iter=5, init="random", random_state=7).fit(X)

@@ -291,7 +291,17 @@ def test_bad_input_is_refused_naming_the_argument():
     with pytest.raises(ValueError, match="batch_size"):
         SpecNet2(2, **{**fast, "batch_size": 0}).fit(X)
     model = SpecNet2(2, **fast).fit(X)
-    with pytest.raises(ValueError, match="X has 3 features, but SpecNet2 was fitted with 10 features"):
-        model.transform(np.zeros((4, 3)))
+    for method in (model.transform, model.predict):  # scikit-learn's wording, as check_n_features_in_after_fitting
+        with pytest.raises(ValueError, match="X has 3 features, but SpecNet2 is expecting 10 features as input"):
+            method(np.zeros((4, 3)))
     with pytest.raises(ValueError, match="NaN"):
         model.transform(np.full((4, 10), np.nan))
+
+
+def test_predict_and_transform_before_fit_raise_not_fitted():
+    from sklearn.exceptions import NotFittedError
+
+    model = SpecNet2(2, device="cpu")
+    for method in (model.predict, model.transform):
+        with pytest.raises(NotFittedError):
+            method(np.zeros((4, 3)))

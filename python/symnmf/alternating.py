@@ -47,6 +47,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 import symnmf_kernels as sk
 
 from .fitting import resolve_device
+from .solvers.base import as_seed
 
 __all__ = ["AlternatingNMF", "AlternatingResult", "alternating_nmf", "decode"]
 
@@ -238,9 +239,11 @@ class AlternatingNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         estimated from the data at every decode; without noise that level goes to zero. 0 lets the
         threshold follow the schedule down to zero, as in the paper.
     init_iter : int
-        Iterations of the data-driven start when fit gets no init_components (see fit).
+        Coordinate-descent iterations of the data-driven start when fit gets no init_components (see
+        fit); at least 1, as scikit-learn's NMF runs. For any other start pass init_components.
     random_state : None, int, numpy RandomState or Generator
-        Seeds the data-driven start.
+        Seeds the data-driven start (a RandomState or Generator gives it one draw, as elsewhere in the
+        package).
     device : str or torch.device, optional
         Where to compute. Default: the device of a torch input, else CUDA when available, else the CPU.
 
@@ -278,7 +281,7 @@ class AlternatingNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         "decay": [Interval(numbers.Real, 1, None, closed="left")],
         "lr": [Interval(numbers.Real, 0, 2, closed="neither")],
         "noise_floor": [Interval(numbers.Real, 0, None, closed="left")],
-        "init_iter": [Interval(numbers.Integral, 0, None, closed="left")],
+        "init_iter": [Interval(numbers.Integral, 1, None, closed="left")],
         "random_state": ["random_state", np.random.Generator],
         "device": [None, str, torch.device],
     }
@@ -333,7 +336,8 @@ class AlternatingNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             raise ValueError(f"n_components = {k} exceeds min(n_samples, n_features) = {min(n, d)} "
                              f"for Y of shape {(n, d)}; choose n_components <= {min(n, d)}")
         if init_components is None:
-            H0 = _default_start(Y, k, self.random_state, self.init_iter)
+            # scikit-learn's NMF takes no numpy Generator: a seed drawn from it stands in
+            H0 = _default_start(Y, k, as_seed(self.random_state), self.init_iter)
         else:
             H0 = init_components.detach().cpu().numpy() if isinstance(init_components, torch.Tensor) \
                 else np.asarray(init_components)

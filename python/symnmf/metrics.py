@@ -29,16 +29,26 @@ def _as_labels(labels, name):
     return labels
 
 
+def _codes(labels):
+    """Each label's index among the distinct labels: sorted ones, or where they do not sort (None beside ints,
+    strings beside ints) in order of first appearance."""
+    try:
+        return np.unique(labels, return_inverse=True)[1]
+    except TypeError:
+        index = {}
+        return np.array([index.setdefault(label, len(index)) for label in labels.tolist()])
+
+
 def contingency(labels_true, labels_pred):
-    """Counts C[i, j] of samples of class i (sorted unique true labels) put in cluster j."""
+    """Counts C[i, j] of samples of class i put in cluster j, classes and clusters numbered by `_codes` (sorted
+    unique labels, or for labels that do not sort their order of first appearance)."""
     labels_true = _as_labels(labels_true, "labels_true")
     labels_pred = _as_labels(labels_pred, "labels_pred")
     if labels_true.shape != labels_pred.shape:
         raise ValueError(
             f"labels_true and labels_pred must have the same length, got {labels_true.size} and {labels_pred.size}"
         )
-    _, t = np.unique(labels_true, return_inverse=True)
-    _, p = np.unique(labels_pred, return_inverse=True)
+    t, p = _codes(labels_true), _codes(labels_pred)
     counts = np.zeros((t.max() + 1, p.max() + 1), dtype=np.int64)
     np.add.at(counts, (t.ravel(), p.ravel()), 1)
     return counts

@@ -355,6 +355,8 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         sum of each layer's fit to the previous one.
     n_classes : int, optional
         Number of classes of the classification layer; None: taken from y (without y, no classifier).
+        More classes than the labelled samples show (label_mask hiding a class) needs numeric labels:
+        the classes without a label are named after the largest label seen, max + 1, max + 2, ...
     label_weight : float
         Weight of the classification loss against the (normalised) reconstruction loss.
     max_iter : int
@@ -389,7 +391,9 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         ||X^T - A_1 ... A_l S_l||_F / ||X||_F for each layer l.
     classifier_ : ndarray (n_classes x k_L), with labels only
         B, the classification layer: the class scores of sample i are S_L^T[i] @ B^T.
-    classes_ : ndarray, with labels only
+    classes_ : ndarray (n_classes,), with labels only
+        The labels seen among the labelled samples, sorted, then those named for the classes without a
+        labelled sample (see n_classes); predict returns classes_[j] for the highest score j.
     history_ : dict
         "loss" (the training loss per step) and "relative_error" (the last layer's, at each step's forward
         pass, before its update).
@@ -476,13 +480,13 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         return [int(k) for k in ranks]
 
     def _labels(self, y, label_mask, n):
-        """(Y one-hot (n, c) as a tensor, mask (n,) bool) or (None, None) without y."""
+        """(Y one-hot (n, c), mask (n,) bool, classes (c,)) or (None, None, None) without y."""
         if y is None:
             if label_mask is not None:
                 raise ValueError("label_mask is given without y: pass the labels y too")
             if self.n_classes is not None:
                 raise ValueError(f"n_classes = {self.n_classes} needs labels: pass y to fit")
-            return None, None
+            return None, None, None
         y = np.asarray(y)
         if y.shape != (n,):
             raise ValueError(f"y must have one label per sample, shape ({n},), got {y.shape}")
@@ -491,13 +495,27 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
             raise ValueError(f"label_mask must be a boolean array of shape ({n},), got {mask.dtype} {mask.shape}")
         if not mask.any():
             raise ValueError("label_mask keeps no sample: at least one label is needed")
-        self.classes_, codes = np.unique(y[mask], return_inverse=True)
-        c = len(self.classes_) if self.n_classes is None else self.n_classes
-        if len(self.classes_) > c:
-            raise ValueError(f"y has {len(self.classes_)} classes among the labelled samples but n_classes = {c}")
+        known = y[mask]
+        # NaN is the one value unequal to itself, which finds it in object arrays too
+        bad = "NaN" if known.dtype.kind in "fcO" and bool((known != known).any()) else \
+            "infinity" if known.dtype.kind in "fc" and bool(np.isinf(known).any()) else None
+        if bad:
+            raise ValueError(f"Input y contains {bad} among the labelled samples: a label must name a class; "
+                             "leave samples without one out of label_mask")
+        classes, codes = np.unique(known, return_inverse=True)
+        c = len(classes) if self.n_classes is None else self.n_classes
+        if len(classes) > c:
+            raise ValueError(f"y has {len(classes)} classes among the labelled samples but n_classes = {c}")
+        if len(classes) < c:
+            # predict must name every class it can return; numbers past the largest label cannot clash
+            if classes.dtype.kind not in "iuf":
+                raise ValueError(f"n_classes = {c} but the labelled samples show {len(classes)} classes: the other "
+                                 "classes are named max(y) + 1, ..., which needs numeric labels; encode y as "
+                                 "integers (e.g. sklearn.preprocessing.LabelEncoder)")
+            classes = np.concatenate([classes, classes.max() + np.arange(1, c - len(classes) + 1, dtype=classes.dtype)])
         Y = np.zeros((n, c))
         Y[np.flatnonzero(mask), codes] = 1.0
-        return Y, mask
+        return Y, mask, classes
 
     # ------------------------------------------------------------------- fit
     @_fit_context(prefer_skip_nested_validation=True)
@@ -507,7 +525,7 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         X = self._tensor(X, reset=True)
         self._device_fit, self._dtype_fit = str(X.device), X.dtype
         ranks = self._check_ranks(X.shape[1])
-        Y, mask = self._labels(y, label_mask, X.shape[0])
+        Y, mask, classes = self._labels(y, label_mask, X.shape[0])
         generator = torch.Generator().manual_seed(self.random_state if self.random_state is not None
                                                   else int(np.random.SeedSequence().entropy % (2 ** 63)))
         sizes = [X.shape[1], *ranks]
@@ -606,9 +624,11 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         self.A_ = [A.cpu().numpy() for A in As]
         self.S_ = [S.cpu().numpy() for S in Ss]
         if B is not None:
-            self.classifier_ = B.cpu().numpy()
-        elif hasattr(self, "classifier_"):
-            del self.classifier_
+            self.classifier_, self.classes_ = B.cpu().numpy(), classes
+        else:  # a refit without labels leaves no classifier of an earlier fit behind
+            for name in ("classifier_", "classes_"):
+                if hasattr(self, name):
+                    delattr(self, name)
         self.history_ = history
         self.n_iter_ = self.max_iter
         self.cuda_graph_ = graph is not None
@@ -658,4 +678,4 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         """Class labels of new samples from the classification layer (needs a fit with labels)."""
         check_is_fitted(self, "classifier_")
         scores = self.transform(X) @ self.classifier_.T
-        return self.classes_[np.minimum(scores.argmax(1), len(self.classes_) - 1)]
+        return self.classes_[scores.argmax(1)]

@@ -514,9 +514,10 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
             )
         device = self._rotation.device
         F = self._features(X, "X", device)
-        if F.shape[1] != self._n_input_features:
+        if F.shape[1] != self._n_input_features:  # scikit-learn's wording, which its estimator checks match
             raise ValueError(
-                f"X has {F.shape[1]} features, but SpecNet2 was fitted with {self._n_input_features} features"
+                f"X has {F.shape[1]} features, but {type(self).__name__} is expecting {self._n_input_features} "
+                "features as input"
             )
         with torch.no_grad():
             Y = torch.cat([self.network_.embed(F[s:s + _CHUNK_ROWS]) for s in range(0, F.shape[0], _CHUNK_ROWS)])
@@ -524,6 +525,7 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def predict(self, X):
         """Clusters of new samples: the fitted k-means on their row-normalised embedding."""
+        check_is_fitted(self, "kmeans_")
         return self.kmeans_.predict(_row_normalised(self.transform(X)))
 
 
