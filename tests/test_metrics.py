@@ -89,6 +89,12 @@ def test_metrics_accept_torch_and_check_input():
         nmi([], [])
     with pytest.raises(ValueError, match="normalization"):
         nmi([0, 1], [0, 1], normalization="sqrt")
+    # NaN would be a class of its own (or one per NaN): refused in either argument, float or object labels
+    for metric in (accuracy, purity, nmi, contingency):
+        with pytest.raises(ValueError, match="labels_true contains NaN"):
+            metric([0.0, np.nan, 1.0], [0, 1, 1])
+        with pytest.raises(ValueError, match="labels_pred contains NaN"):
+            metric(["a", "b", "b"], np.array([0, np.nan, 1], dtype=object))
 
 
 def test_recovery_error_ignores_permutation_and_scale(rng):

@@ -26,6 +26,9 @@ def _as_labels(labels, name):
         raise ValueError(f"{name} must be a 1-D array of labels, got shape {labels.shape}")
     if labels.size == 0:
         raise ValueError(f"{name} is empty")
+    # NaN is unequal to itself (so also found in object arrays): np.unique would make it a class, or several
+    if labels.dtype.kind in "fcO" and bool((labels != labels).any()):
+        raise ValueError(f"{name} contains NaN; every sample needs a label")
     return labels
 
 
