@@ -97,6 +97,16 @@ def test_cluster_precomputed_sparse_affinity_needs_k(tmp_path, capsys, rng):
     assert len(set(labels[:9])) == 1 and len(set(labels[9:])) == 1 and labels[0] != labels[9]
 
 
+def test_cluster_sparse_features_are_features(tmp_path, capsys, monkeypatch):
+    """A sparse matrix that is not square (tf-idf rows, say) is clustered as features under --affinity auto."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    sp.save_npz(tmp_path / "features.npz", sp.random(40, 12, density=0.3, random_state=0, format="csr"))
+    assert main(["cluster", str(tmp_path / "features.npz"), "-k", "2", "--solver", "hals", "--out",
+                 str(tmp_path / "o")]) == 0
+    metrics = read_metrics(tmp_path / "o")
+    assert metrics["affinity"] == "features" and metrics["n"] == 40
+
+
 def test_cluster_bad_inputs(tmp_path, capsys):
     assert main(["cluster", str(tmp_path / "missing.npy"), "-k", "2"]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -191,11 +191,12 @@ def _load_labels(path):
 
 
 def _looks_like_affinity(matrix):
-    """Sparse input, or a square, symmetric, non-negative dense matrix."""
-    if is_scipy_sparse(matrix):
-        return True
+    """Square sparse input, or a square, symmetric, non-negative dense matrix (sparse features, e.g. tf-idf,
+    are not square)."""
     if matrix.shape[0] != matrix.shape[1]:
         return False
+    if is_scipy_sparse(matrix):
+        return True
     if not np.all(np.isfinite(matrix)) or matrix.min() < 0:
         return False
     return bool(np.allclose(matrix, matrix.T, rtol=1e-5, atol=1e-8 * max(1.0, float(np.abs(matrix).max()))))
@@ -649,7 +650,8 @@ def build_parser():
     c.add_argument("-k", "--n-clusters", type=int, help="number of clusters (default: number of classes in the labels)")
     c.add_argument("--solver", default="net", help=f"one of {methods} (default net: SymNMF-Net)")
     c.add_argument("--affinity", choices=("auto", "features", "precomputed"), default="auto",
-                   help="auto: sparse or square symmetric non-negative input is an affinity, anything else features")
+                   help="auto: square sparse or square symmetric non-negative input is an affinity, anything else "
+                        "features")
     c.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean",
                    help="graph of features: euclidean (self-tuning Gaussian) or cosine (text)")
     c.add_argument("--n-neighbors", type=int, help="kNN of the graph (default floor(log2 n) + 1)")
