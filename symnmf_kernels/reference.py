@@ -37,6 +37,8 @@ __all__ = [
 
 def _lam_matrix(lam, like):
     """lam as a tensor of shape (..., 1, 1) that broadcasts against (..., r, r)."""
+    if isinstance(lam, torch.Tensor) and lam.is_complex():  # the cast would drop the imaginary part
+        raise TypeError(f"lam must be a float or a float tensor, got a complex tensor ({lam.dtype})")
     lam = torch.as_tensor(lam, dtype=like.dtype, device=like.device)
     return lam[..., None, None]
 
@@ -51,10 +53,12 @@ def gram(U, lam=0.0):
 def spd_inverse(G):
     """Inverse of each symmetric positive definite r x r matrix, through Cholesky.
 
-    A matrix that is not positive definite gets an all-NaN inverse.
+    Only the lower triangle of G is read. A matrix that is not positive definite, or with a non-finite diagonal
+    entry, gets an all-NaN inverse.
     """
     L, info = torch.linalg.cholesky_ex(G)
-    failed = (info != 0)[..., None, None]
+    # Cholesky accepts an infinite pivot and the inverse then has a finite zero row and column.
+    failed = ((info != 0) | ~G.diagonal(dim1=-2, dim2=-1).isfinite().all(-1))[..., None, None]
     # A failed factor may hold zeros on its diagonal, which cholesky_inverse refuses: invert I there instead.
     L = torch.where(failed, torch.eye(G.shape[-1], dtype=G.dtype, device=G.device), L)
     return torch.where(failed, torch.full_like(G, float("nan")), torch.cholesky_inverse(L))

@@ -28,15 +28,17 @@ def test_lam_checks():
         sk.gram(U, "1.0")
 
 
-@pytest.mark.parametrize("bad", ["inf 0-d", "inf batch", "bool"])
-def test_an_infinite_or_bool_lam_tensor_is_refused(bad):
-    """A lam tensor on the CPU is read as a float lam is checked: +-inf is refused (G + inf I would invert to
-    zeros, a finite result from a non-finite lam) and a bool tensor is refused as a bool is; a NaN lam is
-    let through, to NaN."""
+@pytest.mark.parametrize("bad", ["inf 0-d", "inf batch", "bool", "complex"])
+def test_an_infinite_bool_or_complex_lam_tensor_is_refused(bad):
+    """A lam tensor on the CPU is read as a float lam is checked: +-inf is refused (unchecked, G + inf I would
+    only give NaN), a bool tensor is refused as a bool is, and a complex one rather than cast to its real part;
+    a NaN lam is let through, to NaN."""
     U, P = torch.rand(2, 10, 3), torch.randn(2, 10, 3)
     lam = {"inf 0-d": torch.tensor(float("inf")), "inf batch": torch.tensor([1.0, -float("inf")]),
-           "bool": torch.tensor(True)}[bad]
-    error, match = (TypeError, "bool tensor") if bad == "bool" else (ValueError, "lam must be finite, got -?inf")
+           "bool": torch.tensor(True), "complex": torch.tensor(1 + 5j)}[bad]
+    error, match = {"bool": (TypeError, "lam must be a float or a float tensor, got a bool tensor"),
+                    "complex": (TypeError, "lam must be a float or a float tensor, got a complex tensor")}.get(
+        bad, (ValueError, "lam must be finite, got -?inf"))
     for call in (lambda: sk.gram(U, lam), lambda: sk.symnmf_block(U, P, lam),
                  lambda: sk.symnmf_block_from_gram(sk.gram(U), P, lam)):
         with pytest.raises(error, match=match):

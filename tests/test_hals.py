@@ -182,6 +182,24 @@ def test_nan_or_inf_in_the_factor_stays_non_finite(device, backend):
 
 @needs_triton
 @pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_diagonal_of_b_gives_nan(device, backend, value):
+    """An infinite or NaN B_kk makes column k, and every column swept after it, NaN in every row, as in the
+    reference (there w_k B_kk turns the infinity into NaN; the Triton sweep's one reduction leaves that term
+    out): never a finite value, nor a column zeroed and then revived."""
+    W, C, B = hals_inputs(31, 7, torch.float32, seed=8, device=device)
+    B[3, 3] = value
+    for revive in (False, True):
+        out, colmax = hals_sweep(W, C, B, revive=revive, backend=backend)
+        want, want_max = reference.hals_sweep(W.cpu().double(), C.cpu().double(), B.cpu().double(), revive=revive)
+        assert bool(torch.isnan(want[:, 3:]).all()) and bool(torch.isnan(want_max[3:]).all())
+        assert torch.equal(torch.isnan(out.cpu()), torch.isnan(want))
+        assert torch.equal(torch.isnan(colmax.cpu()), torch.isnan(want_max))
+        assert rel(out[:, :3].double().cpu(), want[:, :3]) <= 1e-5
+
+
+@needs_triton
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("shape", [(1, 1), (7, 5), (203, 16), (1003, 48), (5, 128), (3, 41, 7)])
 def test_revive_zero_columns_matches_reference(backend, shape):
     """Maxima given from outside (as a sharded sweep's, over every rank): the columns they name zero are set to
@@ -271,8 +289,8 @@ def test_bad_input():
     for backend in ("torch", "triton"):  # an empty batch sweeps nothing
         empty = W.new_empty((0, 9, 3))
         assert hals_sweep_(empty, empty, B.new_empty((0, 3, 3)), backend=backend).shape == (0, 3)
-    for lam in ("a", torch.ones(2), True, None):
-        with pytest.raises(TypeError, match="lam must be a number"):
+    for lam in ("a", torch.ones(2), True, None, torch.tensor(1 + 5j), torch.tensor(True)):
+        with pytest.raises(TypeError, match="lam must be a real number"):
             hals_sweep_(W, C, B, V=W, lam=lam)
     with pytest.raises(TypeError, match="W must be a torch.Tensor"):
         hals_sweep(W.tolist(), C, B)

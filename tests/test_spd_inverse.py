@@ -167,3 +167,44 @@ def test_register_inverse_fails_on_every_non_finite_or_indefinite_matrix(device,
     assert info.tolist() == [0, 1, 1, 1, 1]
     assert torch.isnan(inv[1:]).all()
     assert rel_err(inv[0], reference.spd_inverse(G[0].double())) <= 1e-5
+
+
+@pytest.mark.parametrize("path", ["torch", "triton"])
+def test_non_finite_entry_gives_nan_on_every_path(device, monkeypatch, path):
+    # inf, -inf and NaN on the diagonal and as an off-diagonal pair, in a batch: an all-NaN inverse (a failure that
+    # check=True reports) and NaN block outputs for those matrices alone, as in the reference. LAPACK's Cholesky
+    # takes an infinite pivot, whose inverse would have a finite zero row and column; an infinite lam
+    # (check_lam=False) puts one on every pivot.
+    from symnmf_kernels.ops import _launch
+
+    if path == "torch" and device.type == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+    elif path == "torch":  # torch's Cholesky in place of the kernel, as past BLOCK_R = 64
+        monkeypatch.setattr(_launch, "torch_inverse", lambda G: True)
+    elif device.type == "cpu" and not sk.ops._common.interpreting():
+        pytest.skip("the Triton kernel on the CPU needs TRITON_INTERPRET=1")
+    G = spd_batch((2, 4), 5, 10, device, torch.float64)
+    for b, v in enumerate([float("inf"), float("-inf"), float("nan")]):
+        G[0, 1 + b, b, b] = v
+        G[1, 1 + b, 4, b] = G[1, 1 + b, b, 4] = v
+    bad = torch.ones(2, 4, dtype=torch.bool, device=device)
+    bad[:, 0] = False
+    want = reference.spd_inverse(G)
+    assert torch.isnan(want[bad]).all() and torch.isfinite(want[~bad]).all()
+    inv = sk.spd_inverse(G)
+    assert torch.equal(torch.isnan(inv), torch.isnan(want))
+    assert rel_err(inv[~bad], want[~bad]) <= 1e-12
+    with pytest.raises(ValueError, match="not positive definite in 6 of 8"):
+        sk.spd_inverse(G, check=True)
+    P = torch.randn(2, 4, 9, 5, device=device, dtype=torch.float64)
+    for got, ref in zip(sk.symnmf_block_from_gram(G, P, 0.5), reference.symnmf_block_from_gram(G, P, 0.5)):
+        assert torch.isnan(ref[bad]).all() and torch.equal(torch.isnan(got), torch.isnan(ref))
+        assert rel_err(got[~bad], ref[~bad]) <= 1e-12
+    U = torch.rand(2, 9, 5, device=device, dtype=torch.float64)
+    lam = torch.tensor([0.5, float("inf")], device=device, dtype=torch.float64)
+    outputs = [(sk.symnmf_block(U, P[:, 0], lam, check_lam=False), reference.symnmf_block(U, P[:, 0], lam))]
+    outputs += zip(sk.symnmf_block_from_gram(U.mT @ U, P[:, 0], lam, check_lam=False),
+                   reference.symnmf_block_from_gram(U.mT @ U, P[:, 0], lam))
+    for got, ref in outputs:
+        assert torch.isnan(ref[1]).all() and torch.isnan(got[1]).all()
+        assert rel_err(got[0], ref[0]) <= 1e-12

@@ -318,7 +318,7 @@ def as_lam(lam, U, check=True, shape=()):
     device synchronisation: always for a Python number; for a tensor on the CPU
     (outside torch.compile tracing). A tensor on a GPU is not read (that would
     stall the training step): a negative one there yields NaN, never zeros.
-    A bool tensor is a TypeError, as a bool is.
+    A bool or complex tensor is a TypeError, as a bool or a complex number is.
     """
     if isinstance(lam, torch.Tensor):
         on_cpu = lam.is_cpu
@@ -327,6 +327,8 @@ def as_lam(lam, U, check=True, shape=()):
         if lam.dtype is not U.dtype:
             if lam.dtype == torch.bool:
                 raise TypeError("lam must be a float or a float tensor, got a bool tensor")
+            if lam.is_complex():  # the cast below would drop the imaginary part
+                raise TypeError(f"lam must be a float or a float tensor, got a complex tensor ({lam.dtype})")
             if not lam.is_floating_point():
                 lam = lam.to(U.dtype)
             else:
@@ -335,9 +337,10 @@ def as_lam(lam, U, check=True, shape=()):
             batch = tuple(U.shape[:-2])
             raise ValueError(f"lam of shape {tuple(lam.shape)} must broadcast to U's batch shape {batch}")
         if check and on_cpu and not torch.compiler.is_compiling():
-            # An infinite lam is refused as a float one is: G + inf I would invert to zeros, a finite answer from
-            # a non-finite input. A NaN lam is let through: every result it touches is NaN (a training step whose
-            # lam went NaN yields a NaN loss, which the fit's restart selection drops).
+            # An infinite lam is refused as a float one is: it is a mistake in the call, which an error names where
+            # the unchecked op would only give NaN (G + inf I has no inverse). A NaN lam is let through: every
+            # result it touches is NaN (a training step whose lam went NaN yields a NaN loss, which the fit's
+            # restart selection drops).
             if lam.dim() == 0:  # the common case, read directly (a CPU tensor: no device synchronisation)
                 value = lam.item()
                 if math.isinf(value):

@@ -51,8 +51,9 @@ def _check(W, C, B, V):
 
 def _check_lam(lam):
     if isinstance(lam, bool) or not (isinstance(lam, numbers.Real)
-                                     or (isinstance(lam, torch.Tensor) and lam.numel() == 1)):
-        raise TypeError(f"lam must be a number (one for every factor of a batch), got {lam!r}")
+                                     or (isinstance(lam, torch.Tensor) and lam.numel() == 1
+                                         and not lam.is_complex() and lam.dtype != torch.bool)):
+        raise TypeError(f"lam must be a real number (one for every factor of a batch), got {lam!r}")
 
 
 def _triton_backend(t, backend):

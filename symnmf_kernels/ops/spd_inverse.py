@@ -1,4 +1,6 @@
 """spd_inverse(G): inverse of a batch of small SPD matrices through Cholesky."""
+import math
+
 import torch
 
 from . import _launch
@@ -10,13 +12,20 @@ from ._common import as_batch, check_square, direct_call, needs_grad, use_triton
 
 def spd_inverse_torch(G):
     """(G^{-1}, info) through LAPACK's Cholesky (cholesky_ex, cholesky_inverse), without a host synchronisation:
-    where the factorisation fails (info != 0) the factor is replaced by NaN, so that inverse is all NaN."""
+    where the factorisation fails (info != 0) the factor is replaced by NaN, so that inverse is all NaN. A
+    non-finite diagonal entry fails too (info 1, as in the Triton kernel)."""
     L, info = torch.linalg.cholesky_ex(G)
+    # LAPACK takes an infinite pivot, and the inverse then has a zero row and column: finite, from a non-finite
+    # input. (A non-finite entry below the diagonal makes a later pivot -inf or NaN, which LAPACK fails itself.)
+    diagonal = G.diagonal(dim1=-2, dim2=-1)
     if G.is_cpu and not torch.compiler.is_compiling():
-        # On the CPU the flags are host memory: replace only the failed factors (usually none).
-        if info.item() if info.dim() == 0 else info.any():
+        # On the CPU the flags are host memory: replace only the failed factors (usually none). One sum tests
+        # every diagonal at once; a finite one whose sum overflows only costs the exact test below.
+        if (info.item() if info.dim() == 0 else info.any()) or not math.isfinite(diagonal.sum().item()):
+            info = torch.where(diagonal.isfinite().all(-1), info, 1)
             L = torch.where((info != 0)[..., None, None], float("nan"), L)
     else:
+        info = torch.where(diagonal.isfinite().all(-1), info, 1)
         L = torch.where((info != 0)[..., None, None], float("nan"), L)
     return torch.cholesky_inverse(L), info
 

@@ -56,6 +56,9 @@ def hals_sweep_kernel(
         # Column k of B; padding entries are zero so padded columns of w never contribute.
         b_k = tl.load(B + cols * stride_br + k * stride_bc, mask=col_ok, other=0.0)
         b_kk = tl.load(B + k * stride_br + k * stride_bc)
+        # The reduction below leaves out w_k b_kk, the term that makes an infinite b_kk give NaN; 0 * b_kk puts
+        # that NaN into the divisor (a finite b_kk is unchanged), per column rather than per element.
+        b_kk = b_kk + 0.0 * b_kk
         is_k = (cols == k)[None, :]
         # w_k + (c_k - sum_j w_j b_jk) / b_kk = (c_k - sum_{j != k} w_j b_jk) / b_kk: one reduction over the
         # row instead of three (w_k, c_k and the product), which bound the sweep. 0 * w_k keeps a NaN or an
