@@ -260,6 +260,89 @@ def test_refusals(tmp_path, graph):
         sd.row_offsets(2, 3)
 
 
+def test_symmetry_and_scale_refusals(graph):
+    """A non-symmetric X is refused with the single-process message; the randomised check of the sharded readers
+    passes symmetric graphs, float32 too; a power iteration that finds ||X||_2 = 0 is a ValueError in fit."""
+    A, _ = graph
+    upper = sp.triu(A, 1).tocsr()
+    with pytest.raises(ValueError, match=r"not symmetric \(max \|X - X\^T\|"):
+        sd.ShardedGraph.from_matrix(upper)
+    for X in (A, A.astype(np.float32), A * 1e-30, A * 1e30):
+        sd.ShardedGraph(X.indptr, X.indices, X.data, X.shape[0]).check_symmetric()
+    bare = sd.ShardedGraph(upper.indptr, upper.indices, upper.data, upper.shape[0])  # no symmetry check here
+    with pytest.raises(ValueError, match="not symmetric.*symmetrise it"):
+        bare.check_symmetric()
+    nilpotent = sp.csr_matrix(np.triu(np.ones((4, 4)), 1))  # its power iteration reaches the zero vector
+    bare = sd.ShardedGraph(nilpotent.indptr, nilpotent.indices, nilpotent.data, 4)
+    with pytest.raises(ValueError, match=r"\|\|X\|\|_2 = 0"):
+        sd.fit(bare, 2, "hals")
+    with pytest.raises(ValueError, match="all zero"):
+        sd.ShardedGraph.from_matrix(np.zeros((4, 4)))
+
+
+def _refusals_worker(rank, world, root, port):
+    """Each case as `sd` is called under torchrun; every rank records the ValueError it raised (None: none)."""
+    import datetime
+
+    as_torchrun_rank(rank, world, port)
+    import torch.distributed as dist
+
+    # A rank left waiting by another's lone failure ends the run here instead of hanging it.
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    cases = {
+        "columns": lambda: sd.ShardedGraph.from_shards(os.path.join(root, "columns")),
+        "missing": lambda: sd.ShardedGraph.from_shards(os.path.join(root, "missing")),
+        "missing-nnz": lambda: sd.ShardedGraph.from_shards(os.path.join(root, "missing"), balance="nnz"),
+        "upper": lambda: sd.ShardedGraph.from_npz(os.path.join(root, "upper.npz")),
+        "upper-shards": lambda: sd.ShardedGraph.from_shards(os.path.join(root, "upper")),
+        "float32": lambda: sd.ShardedGraph.from_npz(os.path.join(root, "float32.npz")),
+        "out": lambda: sd.cluster(os.path.join(root, "float32.npz"), K, max_iter=5, out=os.path.join(root, "a-file")),
+    }
+    errors = {}
+    try:
+        for name, action in cases.items():
+            try:
+                action()
+                errors[name] = None
+            except ValueError as err:
+                errors[name] = str(err)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    with open(os.path.join(root, f"refusals-{rank}.json"), "w") as f:
+        json.dump(errors, f)
+
+
+def test_a_bad_input_raises_the_same_error_on_every_rank(tmp_path):
+    """On 2 ranks: a part file that one rank alone reads (wrong columns, or missing), a graph that is not
+    symmetric, and an `out` that is a file raise the same ValueError on both ranks, before any fit."""
+    A, _ = clustered_graph(n=600)
+    root = str(tmp_path)
+    for name in ("columns", "missing"):  # 4 parts of 150 rows: rank 0 reads parts 0 and 1, rank 1 parts 2 and 3
+        sd.save_shards(A, os.path.join(root, name), 4)
+    sp.save_npz(os.path.join(root, "columns", "part-00003.npz"), A[450:, :599], compressed=False)
+    os.remove(os.path.join(root, "missing", "part-00000.npz"))
+    upper = sp.triu(A, 1).tocsr()
+    sp.save_npz(os.path.join(root, "upper.npz"), upper)
+    sd.save_shards(upper, os.path.join(root, "upper"), 2)
+    sp.save_npz(os.path.join(root, "float32.npz"), A.astype(np.float32))
+    open(os.path.join(root, "a-file"), "w").close()
+    tmp.spawn(_refusals_worker, args=(2, root, _free_port()), nprocs=2, join=True)
+    ranks = []
+    for p in range(2):
+        with open(os.path.join(root, f"refusals-{p}.json")) as f:
+            ranks.append(json.load(f))
+    assert ranks[0] == ranks[1]  # the same outcome, word for word, on both ranks
+    errors = ranks[0]
+    assert "columns: rank 1 could not read its rows 300:600: part-00003.npz has 599 columns" in errors["columns"]
+    assert "rank 0 could not read its rows 0:300: " in errors["missing"] and "part-00000.npz" in errors["missing"]
+    assert "could not read the row pointers" in errors["missing-nnz"]
+    assert errors["upper"].startswith("upper.npz is not symmetric (|<u, X v> - <X u, v>| = ")
+    assert errors["upper-shards"].startswith("upper is not symmetric")  # the shards folder's name
+    assert errors["float32"] is None
+    assert errors["out"] == f"out {os.path.join(root, 'a-file')!r} is an existing file; give a folder for the results"
+
+
 def test_one_process_is_the_single_process_solver(graph, single, monkeypatch):
     """World size 1 (no torch.distributed) runs the sharded code: bit-for-bit the single-process result, but for
     ADMM, whose default penalty comes from a power iteration that sums its squares in float64 when sharded."""

@@ -31,6 +31,7 @@ CASES = {
     "array": (701, "float64", {}),
     "tiny": (7, "float64", {}),  # blocks of 2 or 3 rows: fewer candidates in a block than neighbours wanted
     "wide32": (1500, "float32", {"d": 64}),  # float32 in 64 dimensions: expanded distances round differently
+    "ties": (301, "float64", {"d": 4}),  # features in {0, 1, 2}: 81 distinct points, distances tied at every k
 }
 
 
@@ -75,8 +76,13 @@ def _worker(rank, world, root, port, backend="gloo", names=tuple(CASES)):
 def features(tmp_path_factory):
     """The features of every case on disk."""
     root = str(tmp_path_factory.mktemp("knn"))
-    for i, (name, (n, dtype, _)) in enumerate(CASES.items()):
-        np.save(os.path.join(root, f"{name}.npy"), mixture(n, dtype, seed=i, d=CASES[name][2].get("d", 12)))
+    for i, (name, (n, dtype, options)) in enumerate(CASES.items()):
+        d = options.get("d", 12)
+        if name == "ties":
+            features = np.random.default_rng(i).integers(0, 3, (n, d)).astype(dtype)
+        else:
+            features = mixture(n, dtype, seed=i, d=d)
+        np.save(os.path.join(root, f"{name}.npy"), features)
     return root
 
 

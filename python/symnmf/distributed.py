@@ -66,7 +66,7 @@ from .solvers.penalised import SYMMETRY_GAP, half_gradient
 from .solvers.newton import DEFAULTS as _NEWTON_DEFAULTS, cg_direction, is_descent
 from .solvers.nnls import nnls_gram
 from .solvers.pgd import DEFAULTS as _PGD_DEFAULTS
-from .validation import check_device
+from .validation import as_similarity, check_device, check_similarity
 
 __all__ = [
     "Comm", "row_offsets", "BALANCES", "read_npz_rows", "save_shards", "HaloPlan", "ShardedGraph", "init_factor",
@@ -178,6 +178,37 @@ def _offsets(n, comm, balance, indptr_reader):
     if balance not in BALANCES:
         raise ValueError(f"balance must be one of {BALANCES}, got {balance!r}")
     return row_offsets(n, comm.world_size, indptr_reader() if balance == "nnz" else None)
+
+
+def _on_every_rank(comm, action, describe):
+    """action()'s result on every rank; where it raises on any rank, every rank raises the same ValueError,
+    describe(first failing rank, its error as one line). A failure left on one rank would leave the others
+    waiting in their next collective until gloo or NCCL drops the connection."""
+    try:
+        result, caught = action(), None
+    except Exception as err:  # noqa: BLE001 - raised again below, as a ValueError on every rank
+        result, caught = None, err
+    failed = torch.tensor([float(caught is not None)], device=comm.device)
+    comm.all_reduce(failed, "max")
+    if not failed[0]:
+        return result
+    mine = None if caught is None else " ".join(str(caught).split()) or type(caught).__name__
+    errors = [mine]
+    if comm.world_size > 1:
+        errors = [None] * comm.world_size
+        dist.all_gather_object(errors, mine, group=comm.group)
+    rank = next(p for p, error in enumerate(errors) if error is not None)
+    raise ValueError(describe(rank, errors[rank])) from caught
+
+
+def _read_on_every_rank(comm, source, read, offsets=None):
+    """read() on every rank, or the same ValueError on every rank naming the source and the rank that failed:
+    its rows of the blocks `offsets`, or (None) the row pointers that the blocks are computed from."""
+    def describe(rank, error):
+        what = "the row pointers" if offsets is None else f"its rows {offsets[rank]}:{offsets[rank + 1]}"
+        return f"{source}: rank {rank} could not read {what}: {error}"
+
+    return _on_every_rank(comm, read, describe)
 
 
 # -------------------------------------------------------------------------------------- reading rows
@@ -436,6 +467,8 @@ class HaloPlan:
 # -------------------------------------------------------------------------------------------- graph
 # A local block whose extended column range (own rows and halo) reaches this many columns numbers them in int64.
 INT32_COLUMNS = 2**31
+# The asymmetry that `check_similarity` accepts, relative to max(X) (its symmetric_tol).
+SYMMETRY_TOL = 1e-5
 
 
 class ShardedGraph:
@@ -446,7 +479,9 @@ class ShardedGraph:
     must build it collectively (the halo plan exchanges index lists).
 
     Checked locally: square shape, finite and non-negative values, no all-zero X (all_reduce).
-    Symmetry is not checked: it would need the whole matrix; the solvers assume X = X^T.
+    Symmetry: `from_matrix` runs the single-process check (every rank holds X); `from_npz` and
+    `from_shards` run `check_symmetric`, a randomised test over the ranks; the constructor itself
+    does not (the kNN graph of symnmf.distributed_graph is symmetric as built).
     """
 
     def __init__(self, indptr, indices, data, n, *, comm=None, dtype=None, device=None, name="X", offsets=None):
@@ -521,6 +556,7 @@ class ShardedGraph:
         n = X.shape[0]
         if X.shape != (n, n):
             raise ValueError(f"X must be a square n x n similarity matrix, got shape {X.shape}")
+        check_similarity(as_similarity(X))  # every rank holds X: the single-process checks, symmetry included
         offsets = _offsets(n, comm, balance, lambda: X.indptr)
         block = X[offsets[comm.rank]:offsets[comm.rank + 1]]
         return cls(block.indptr, block.indices, block.data, n, comm=comm, dtype=dtype, offsets=offsets)
@@ -542,10 +578,13 @@ class ShardedGraph:
             with zipfile.ZipFile(path) as zf:
                 return _read_slice(zf, "indptr", 0, shape[0] + 1)
 
-        offsets = _offsets(shape[0], comm, balance, indptr_all)
-        indptr, indices, data, _ = read_npz_rows(path, offsets[comm.rank], offsets[comm.rank + 1])
-        return cls(indptr, indices, data, shape[0], comm=comm, dtype=dtype, name=os.path.basename(path),
-                   offsets=offsets)
+        offsets = _offsets(shape[0], comm, balance, lambda: _read_on_every_rank(comm, path, indptr_all))
+        indptr, indices, data, _ = _read_on_every_rank(
+            comm, path, lambda: read_npz_rows(path, offsets[comm.rank], offsets[comm.rank + 1]), offsets)
+        graph = cls(indptr, indices, data, shape[0], comm=comm, dtype=dtype, name=os.path.basename(path),
+                    offsets=offsets)
+        graph.check_symmetric()
+        return graph
 
     @classmethod
     def from_shards(cls, directory, *, group=None, device=None, dtype=None, balance="rows"):
@@ -567,10 +606,12 @@ class ShardedGraph:
                 total += int(ip[-1])
             return np.concatenate(parts)
 
-        offsets = _offsets(n, comm, balance, indptr_all)
-        indptr, indices, data, _ = _read_shard_rows(directory, offsets[comm.rank], offsets[comm.rank + 1])
+        offsets = _offsets(n, comm, balance, lambda: _read_on_every_rank(comm, directory, indptr_all))
+        indptr, indices, data, _ = _read_on_every_rank(
+            comm, directory, lambda: _read_shard_rows(directory, offsets[comm.rank], offsets[comm.rank + 1]), offsets)
         graph = cls(indptr, indices, data, n, comm=comm, dtype=dtype, name=os.path.basename(directory),
                     offsets=offsets)
+        graph.check_symmetric()
         if index.get("perm"):
             graph.perm_path = os.path.join(directory, index["perm"])
         return graph
@@ -654,6 +695,35 @@ class ShardedGraph:
             est = math.sqrt(float(self.sum(w.double().pow(2).sum())[0]))
             v = w / max(est, torch.finfo(self.dtype).tiny)
         return est
+
+    def check_symmetric(self, pairs=4):
+        """Raise ValueError, on every rank, when X is clearly not symmetric: <u, X v> = <X u, v> for X = X^T,
+        compared for `pairs` pairs of random sign vectors u, v (the same whatever the split into ranks), from one
+        halo product of 2 pairs + 1 columns (the last, of ones, gives the degrees) and one all_reduce. The
+        whole-matrix check of one process would need every rank's rows; this one finds gross asymmetry (a
+        triangle, a directed graph) and, with overwhelming probability, lets through the asymmetry that
+        `symnmf.validation.check_similarity` accepts; a smaller asymmetry that it refuses can pass."""
+        lo, hi, chunk = self.lo, self.hi, 1 << 16
+        blocks = []
+        for c in range(lo // chunk, -(-hi // chunk)):  # seeded per block of global rows, not per rank
+            draw = torch.randint(0, 2, (chunk, 2 * pairs), generator=torch.Generator().manual_seed(c))
+            blocks.append(draw[max(lo - c * chunk, 0):hi - c * chunk])
+        signs = (2 * torch.cat(blocks) - 1).to(device=self.device, dtype=self.dtype)
+        product = self.matmul(torch.cat([signs, signs.new_ones((self.n_local, 1))], dim=1)).double()
+        u, v = signs[:, :pairs].double(), signs[:, pairs:].double()
+        degree = product[:, -1]
+        # Bounds, per row, on what the check must let through: rounding of a row of X v (its stored entries
+        # times eps times its degree, X >= 0) and check_similarity's asymmetry, SYMMETRY_TOL max(X) per entry.
+        # Summed over the rows with random signs, both stay within a few root sums of their squares.
+        count = self.local.crow_indices.diff().double()
+        size = (count * torch.finfo(self.dtype).eps * degree).pow(2) + count * (SYMMETRY_TOL * self.max_value) ** 2
+        sums = torch.cat([(u * product[:, pairs:-1]).sum(0) - (product[:, :pairs] * v).sum(0), size.sum()[None]])
+        self.comm.all_reduce(sums)
+        gap, bound = float(sums[:pairs].abs().max()), 20 * math.sqrt(float(sums[pairs]))
+        if not gap <= bound:
+            raise ValueError(f"{self.local.name} is not symmetric (|<u, X v> - <X u, v>| = {gap:.3g} for random "
+                             f"sign vectors u, v, above the {bound:.3g} allowed for rounding); symmetrise it, e.g. "
+                             "(X + X^T) / 2")
 
     def __repr__(self):
         return (f"ShardedGraph(n={self.n}, rank {self.comm.rank}/{self.comm.world_size}, rows {self.lo}:{self.hi}, "
@@ -999,6 +1069,10 @@ def newton(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbo
     form ("cg") sharded. Each iteration: projected Newton-CG on the free set (a CG step costs one halo exchange
     and three all_reduces), then PGD's sharded Armijo along the direction. method "auto" or "cg"; the "exact"
     form factorises blocks of the dense n x n X and is not sharded.
+
+    Sharded, "auto" is always "cg", where one process takes "exact" for n <= EXACT_MAX_N (1000 nodes,
+    `symnmf.solvers.newton`): on such a small graph the sharded result is that of method="cg" in one process,
+    not that of the single-process default, and its labels can differ.
     """
     if lam is not None:
         raise ValueError("newton has no penalty: leave lam=None (lam is for anls, hals and admm)")
@@ -1146,6 +1220,9 @@ def fit(graph, k, solver="hals", *, seed=0, max_iter=None, tol=None, lam=None, g
     comm = graph.comm
     # As `symnmf.fitting.fit_affinity`: the fit runs on X / scale, and U comes back times sqrt(scale).
     scale = similarity_scale(graph)
+    if not 0 < scale < math.inf:  # the same on every rank: the power iteration's sums are all-reduced
+        raise ValueError(f"the power iteration gives ||X||_2 = {scale} for {graph.local.name}: X must be symmetric, "
+                         "non-zero, and its entries neither vanishingly small nor huge (rescale it, e.g. X / max(X))")
     if scale != 1.0:
         graph = graph.scaled(1.0 / scale)
         lam = _per_scale(lam, scale)
@@ -1228,7 +1305,8 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
     runs the same code on one shard.
     seed: the random start, the same as the single-process solvers' for the same int.
     out: a directory where rank 0 writes labels.txt, embedding.npy (the factor U, gathered) and
-    metrics.json, the files of `symnmf cluster`, plus the halo traffic and the ranks in metrics.
+    metrics.json, the files of `symnmf cluster`, plus the halo traffic and the ranks in metrics; checked on
+    every rank and made on rank 0 before any work (an existing file there is a ValueError on every rank).
     threads: torch CPU threads per rank (None or "auto": leave torch's setting; torchrun sets
     OMP_NUM_THREADS=1).
     dtype: torch.float32 / float64, "float32" / "float64" / "auto", or None (float32 input stays
@@ -1270,6 +1348,8 @@ def _cluster_on_group(source, k, solver, seed, max_iter, tol, lam, dtype, device
         torch.set_num_threads(int(threads))
     if affinity not in ("precomputed", "nearest_neighbors"):
         raise ValueError(f"affinity must be 'precomputed' or 'nearest_neighbors', got {affinity!r}")
+    if out is not None:
+        _prepare_out(Comm(group, device), out)
     start = time.perf_counter()
     if affinity == "nearest_neighbors":
         if balance != "rows":
@@ -1314,6 +1394,25 @@ def _cluster_on_group(source, k, solver, seed, max_iter, tol, lam, dtype, device
     return run if return_fit else run.labels
 
 
+def _prepare_out(comm, out):
+    """Check `out` on every rank before any work, as `symnmf cluster --out` does (`cli._check_out`), and make the
+    folder on rank 0: found after the fit, a bad `out` failed rank 0 alone, the others waiting at their barrier."""
+    from .cli import CLUSTER_FILES, CommandError, _check_out
+
+    def check():
+        try:
+            _check_out(out, True, CLUSTER_FILES)  # cluster() replaces the files it writes
+        except CommandError as err:
+            raise ValueError(str(err).replace("--out", "out", 1)) from None
+        if comm.rank == 0:
+            try:
+                os.makedirs(out, exist_ok=True)
+            except OSError as err:
+                raise ValueError(f"cannot create out {str(out)!r}: {err}") from None
+
+    _on_every_rank(comm, check, lambda rank, error: error)
+
+
 # ------------------------------------------------------------------------------------- command line
 def main(argv=None):
     """`torchrun --nproc-per-node N -m symnmf.distributed GRAPH -k K [--solver hals] [--seed 0] [--out DIR]`;
@@ -1353,6 +1452,8 @@ def main(argv=None):
     device = init_from_env()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.out:
+        _prepare_out(Comm(device=device), args.out)
     dtype = {"float32": torch.float32, "float64": torch.float64, None: None}[args.dtype]
     start = time.perf_counter()
     graph = ShardedGraph.load(args.graph, device=device, dtype=dtype, balance=args.balance)

@@ -20,9 +20,9 @@ matrix, the whole graph, or more than a chunk x block of distances (docs/distrib
 
 The result is the single-process graph up to the order of the degree sums: both searches rank twice
 k candidates per row by the expanded distance and keep the k nearest by the recomputed one, ties
-broken by index (`symnmf.graph.keep_nearest`), so how the rows are blocked does not change the
-neighbours. The search is exact: n^2 d / P multiply-adds per rank (FAISS's approximate search is a
-single-process option).
+broken by index in both steps (`symnmf.graph.block_candidates`, `keep_nearest`), so how the rows and
+columns are blocked does not change the neighbours. The search is exact: n^2 d / P multiply-adds per
+rank (FAISS's approximate search is a single-process option).
 """
 import math
 import os

@@ -110,14 +110,33 @@ def block_candidates(rows, block, n_cand, cosine, sq_rows=None, sq_block=None, s
     ||a||^2 + ||b||^2 - 2 a.b (sq_rows, sq_block: the squared norms) or, for cosine, the inner product;
     returned with their scores recomputed from the row differences: (scores, indices into block), unsorted.
     self_col: where rows[0] sits among block's rows when block holds `rows` (each row is then not its own
-    candidate). The searches of this module and of symnmf.distributed_graph all go through here."""
+    candidate). The searches of this module and of symnmf.distributed_graph all go through here.
+    Among scores tied with the n_cand-th, the lowest indices are the candidates: the same set whatever
+    the rows and columns a block holds."""
     scores = rows @ block.T
     if not cosine:
         scores.mul_(-2).add_(sq_rows[:, None]).add_(sq_block[None, :])
     if self_col is not None:
         local = torch.arange(rows.shape[0], device=rows.device)
         scores[local, local + self_col] = -math.inf if cosine else math.inf
-    _, idx = torch.topk(scores, n_cand, dim=1, largest=cosine, sorted=False)
+    # topk picks any of the scores tied with the last one it keeps. One more candidate shows where it had to
+    # choose (the next score equals the last kept): there the choice is redone by column, else each block of
+    # columns (the chunks, the ranks) could keep other neighbours.
+    extra = int(n_cand < scores.shape[1])
+    top, idx = torch.topk(scores, n_cand + extra, dim=1, largest=cosine, sorted=extra == 1)
+    idx = idx[:, :n_cand]
+    tie = top[:, n_cand - 1] == top[:, n_cand] if extra else None
+    # On a GPU every row is redone where needed, without reading back which: a host read per block of rows would
+    # stall the search's launches.
+    redo = idx.new_empty(0) if tie is None else (
+        torch.arange(tie.shape[0], device=tie.device) if tie.is_cuda else tie.nonzero()[:, 0])
+    if redo.numel():
+        tied, last = scores[redo], top[redo, n_cand - 1, None]
+        columns = torch.arange(tied.shape[1], device=tied.device).expand_as(tied)
+        key = torch.where(tied == last, columns, tied.shape[1])  # the tied ones by column, the worse ones last
+        key = torch.where(tied > last if cosine else tied < last, -1, key)  # then every better one first
+        chosen = torch.topk(key, n_cand, dim=1, largest=False, sorted=False).indices
+        idx[redo] = torch.where(tie[redo, None], chosen, idx[redo])
     del scores
     if cosine:
         return (rows[:, None, :] * block[idx]).sum(dim=-1), idx
