@@ -191,6 +191,13 @@ def test_bad_input_errors():
         similarity_graph(np.random.rand(6, 2), n_neighbors=0)
     with pytest.raises(ValueError, match="chunk_size"):
         similarity_graph(np.random.rand(6, 2), chunk_size=0)
+    for complex_or_text in (np.ones((6, 2), dtype=complex), torch.ones(6, 2, dtype=torch.complex64),
+                            np.full((6, 2), "a")):
+        with pytest.raises(TypeError, match="features must hold real numbers"):
+            similarity_graph(complex_or_text)
+    # binary features are numbers; features that need a gradient give a graph that does not
+    assert similarity_graph(np.eye(6, 3) > 0).shape == (6, 6)
+    assert not similarity_graph(torch.rand(6, 2, requires_grad=True)).requires_grad
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])

@@ -59,7 +59,12 @@ def _as_features(features, device, dtype, min_samples=2):
         X = features
     else:
         array = np.asarray(features)
+        if array.dtype.kind not in "biuf":  # complex, strings, objects: nothing a distance is defined on here
+            raise TypeError(f"features must hold real numbers, got an array of {array.dtype}")
         X = torch.as_tensor(array if array.flags.writeable else array.copy())  # torch refuses read-only memory
+    if X.is_complex():  # the cast below would drop the imaginary part
+        raise TypeError(f"features must hold real numbers, got a tensor of {X.dtype}")
+    X = X.detach()  # a graph of the data, not a function of it to differentiate
     if dtype is None:
         dtype = X.dtype if X.dtype in (torch.float32, torch.float64) else torch.float32
     if dtype not in (torch.float32, torch.float64):
