@@ -320,6 +320,9 @@ def test_spmm_bad_indices_raise_runtime_error():
         torch.ops.symnmf_kernels.spmm_csr(crow, torch.tensor([0, 5, 1]), torch.ones(3), torch.rand(4, 3, 8))
     with pytest.raises(RuntimeError, match="non-decreasing"):
         torch.ops.symnmf_kernels.spmm_csr(torch.tensor([0, 2, 1, 3]), torch.tensor([0, 1, 1]), torch.ones(3), U)
+    for empty in (torch.rand(3, 0), torch.rand(0, 3, 8)):  # no column read by the row loops: checked all the same
+        with pytest.raises(RuntimeError, match="out of range"):
+            torch.ops.symnmf_kernels.spmm_csr(crow, torch.tensor([0, 5, 1]), torch.ones(3), empty)
 
 
 @pytest.mark.parametrize("op", ["symnmf_block", "symnmf_block_from_gram", "apply_relu", "gram", "spd_inverse"])

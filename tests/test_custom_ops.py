@@ -91,3 +91,22 @@ def test_one_op_namespace():
     paragraph = paragraph[:paragraph.index("\n\n")]
     documented = set(re.findall(r"`(\w+)`", paragraph)) - {"symnmf_kernels"}
     assert {n.split("::")[1] for n in names} == documented
+
+
+def test_backward_ops_refuse_an_operand_of_another_batch(device):
+    """The backward ops' r x r operands have P's batch (the public functions expand a shared one): a shared Ginv
+    or H given to the op itself is refused, by the op and by its fake alike, rather than given a gradient of
+    another shape than its fake says."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    f64 = dict(device=device, dtype=torch.float64)
+    P, Y, grad = torch.randn(3, 7, 4, **f64), torch.rand(3, 7, 4, **f64), torch.randn(3, 7, 4, **f64)
+    shared = torch.linalg.inv(_spd(4, device)[0])
+    calls = [lambda *t: apply_relu_backward(t[0], t[1], t[2], t[3], None),
+             lambda *t: apply_relu_backward(t[0], t[1], t[2], t[3].expand(3, 4, 4), t[3]),
+             lambda *t: symnmf_block_backward(t[0], t[1], t[2], t[3], t[1])]
+    for call in calls:
+        with pytest.raises(ValueError, match="must have P's batch shape"):
+            call(grad, Y, P, shared)
+        with FakeTensorMode() as mode, pytest.raises(ValueError, match="must have P's batch shape"):
+            call(*(mode.from_tensor(t) for t in (grad, Y, P, shared)))

@@ -392,6 +392,13 @@ def test_native_ops_match_their_formulas():
     with pytest.raises(RuntimeError, match="out of range"):
         torch.ops.symnmf_kernels.sparse_loss_grad_csr(torch.tensor([0, 1]), bad[1:], torch.ones(1), None, S, S, ones,
                                                       ones, ones)
+    for S in (torch.rand(3, 1, 0), torch.rand(0, 1, 8)):  # r = 0 or no problem: no column read, checked anyway
+        ones = torch.ones(S.shape[0])
+        with pytest.raises(RuntimeError, match="out of range"):
+            torch.ops.symnmf_kernels.sparse_loss_terms_csr(torch.tensor([0, 1]), bad[1:], torch.ones(1), S, None, ones)
+        with pytest.raises(RuntimeError, match="out of range"):
+            torch.ops.symnmf_kernels.sparse_loss_grad_csr(torch.tensor([0, 1]), bad[1:], torch.ones(1), None, S, S,
+                                                          ones, ones, ones)
 
 
 def test_native_loss_keeps_nan():

@@ -49,6 +49,16 @@ void check_row_pointers(const crow_t* crow, int64_t n_rows, int64_t nnz, const c
               text(bad < 0 ? 0 : crow[bad + 1]), " < crow_indices[", text(bad), "] = ", text(bad < 0 ? 0 : crow[bad]));
 }
 
+// The first k with col[k] outside [0, n_cols), or -1. The row loops check the indices they read; a call whose
+// loops read none (r = 0, or an empty batch) checks them here, so that a bad index is an error at any width.
+template <typename index_t>
+int64_t first_bad_column(const index_t* col, int64_t nnz, int64_t n_cols) {
+  for (int64_t k = 0; k < nnz; ++k) {
+    if (col[k] < 0 || static_cast<int64_t>(col[k]) >= n_cols) return k;
+  }
+  return -1;
+}
+
 // The row loops are compiled twice, for AVX2 + FMA and for the baseline ISA; this picks one at run time.
 // SYMNMF_CPU_BASELINE=1 in the environment (read once) forces the baseline loops, so that they can be tested
 // on a machine with AVX2.

@@ -123,6 +123,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_loss_terms_csr_cpu(
               P_ptr, lam.data_ptr<scalar_t>(), S.data_ptr<scalar_t>(), R_ptr, B, n, r, n_blocks, kRowsPerBlock,
               partial.data(), parallel);
         }
+        if (r == 0 || B == 0) bad = first_bad_column(col.data_ptr<index_t>(), col.numel(), n);
       });
     });
   });
@@ -172,6 +173,7 @@ at::Tensor sparse_loss_grad_csr_cpu(const at::Tensor& crow_indices, const at::Te
               S.data_ptr<scalar_t>(), R.data_ptr<scalar_t>(), lam.data_ptr<scalar_t>(), coef_s.data_ptr<scalar_t>(),
               coef_r.data_ptr<scalar_t>(), dU.data_ptr<scalar_t>(), B, n, r, parallel);
         }
+        if (r == 0 || B == 0) bad = first_bad_column(col.data_ptr<index_t>(), col.numel(), n);
       });
     });
   });

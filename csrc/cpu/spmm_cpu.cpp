@@ -66,12 +66,14 @@ at::Tensor spmm_csr_cpu(const at::Tensor& crow_indices, const at::Tensor& col_in
   AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "spmm_csr_cpu_crow", [&] {
     using crow_t = index_t;
     check_row_pointers(crow.data_ptr<crow_t>(), n_rows, col.numel(), "spmm_csr");
-    if (out.numel() == 0) return;
     AT_DISPATCH_FLOATING_TYPES(U.scalar_type(), "spmm_csr_cpu", [&] {
       AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "spmm_csr_cpu_index", [&] {
         const int threads = at::get_num_threads();
         const bool parallel = col.numel() * r * batch > kParallelWork && n_rows > 1 && threads > 1;
-        int64_t bad;
+        int64_t bad = -1;
+        if (out.numel() == 0) {
+          bad = first_bad_column(col.data_ptr<index_t>(), col.numel(), n_cols);
+        } else
 #ifdef SYMNMF_SPMM_AVX2
         if (cpu_has_avx2()) {
           bad = avx2::spmm_rows<scalar_t, crow_t, index_t>(

@@ -389,6 +389,15 @@ def direct_call(*tensors):
     return not torch.compiler.is_compiling() and not needs_grad(*tensors)
 
 
+def check_batch_of(P, **tensors):
+    """The backward ops take r x r operands of P's own batch (the public functions expand a shared one first):
+    their gradients then have the operand's shape, as the ops' fake functions say."""
+    for name, t in tensors.items():
+        if t is not None and t.shape[:-2] != P.shape[:-2]:
+            raise ValueError(f"{name} must have P's batch shape {tuple(P.shape[:-2])} (one per problem; expand a "
+                             f"shared one first), got shape {tuple(t.shape)}")
+
+
 def check_square(G, name):
     check_tensor(G, name)
     if G.shape[-1] != G.shape[-2]:

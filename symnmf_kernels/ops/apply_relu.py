@@ -5,8 +5,8 @@ import torch
 
 from . import _common, _launch
 from ._common import (
-    FLOAT_DTYPES, as_batch, broadcasts_to, check_same, check_square, check_tensor, direct_call, needs_grad,
-    use_triton,
+    FLOAT_DTYPES, as_batch, broadcasts_to, check_batch_of, check_same, check_square, check_tensor, direct_call,
+    needs_grad, use_triton,
 )
 from .gram import _tall_native, tall_gram, tall_mm
 
@@ -157,6 +157,7 @@ def apply_relu_backward(
     grad: torch.Tensor, Y: torch.Tensor, P: torch.Tensor, Ginv: torch.Tensor, H: Optional[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dP, dGinv) for Y = ReLU(P @ Ginv) given dL/dY = grad + Y @ H (H = dGram + dGram^T, optional)."""
+    check_batch_of(P, Ginv=Ginv, H=H)
     if use_triton(P, P.shape[-1]):
         return apply_relu_backward_triton(grad, Y, P, Ginv, H)
     dP, dGinv = apply_relu_backward_torch(grad, Y, P, Ginv, H)
@@ -165,6 +166,7 @@ def apply_relu_backward(
 
 @apply_relu_backward.register_fake
 def _(grad, Y, P, Ginv, H):
+    check_batch_of(P, Ginv=Ginv, H=H)
     return (
         torch.empty_like(P, memory_format=torch.contiguous_format),
         torch.empty_like(Ginv, memory_format=torch.contiguous_format),

@@ -7,7 +7,9 @@ fused kernel of triton/symnmf_block.py.
 import torch
 
 from . import _launch
-from ._common import as_batch, as_lam, broadcasts_to, check_same, check_tensor, needs_grad, use_triton
+from ._common import (
+    as_batch, as_lam, broadcasts_to, check_batch_of, check_same, check_tensor, needs_grad, use_triton,
+)
 from .apply_relu import (
     apply_relu_backward_torch, apply_relu_gram, apply_relu_gram_torch,
     apply_relu_gram_triton, apply_relu_torch,
@@ -179,6 +181,7 @@ def symnmf_block_backward(
 
     The formulas: docs/design.md, "The block and its backward".
     """
+    check_batch_of(P, Ginv=Ginv)
     if use_triton(P, P.shape[-1]):
         return block_backward_triton(grad, U, P, Ginv, Y)
     return tuple(t.contiguous() for t in block_backward_torch(grad, U, P, Ginv, Y))
@@ -186,6 +189,7 @@ def symnmf_block_backward(
 
 @symnmf_block_backward.register_fake
 def _(grad, U, P, Ginv, Y):
+    check_batch_of(P, Ginv=Ginv)
     like = torch.contiguous_format
     return (
         torch.empty_like(U, memory_format=like),
