@@ -217,3 +217,35 @@ def test_a_start_drawn_for_a_renumbered_graph():
     assert torch.equal(renumbered, plain[:, perm])
     with renumbered_start(torch.arange(7)), pytest.raises(ValueError, match="renumbering has 7 nodes"):
         init_factor(A, 3, make_generator(5))
+
+
+def test_a_precomputed_similarity_may_be_a_nested_list():
+    A = [[0.0, 1.0, 0.5], [1.0, 0.0, 0.25], [0.5, 0.25, 0.0]]
+    assert torch.equal(build_affinity(A, "precomputed", device="cpu"),
+                       build_affinity(np.array(A), "precomputed", device="cpu"))
+    with pytest.raises(ValueError, match="square"):
+        build_affinity([[1.0, 0.5]], "precomputed")
+
+
+@pytest.mark.parametrize("solver", ["hals", "net"])
+def test_settings_are_refused_as_given_before_the_fit(solver, monkeypatch):
+    A = build_affinity(blocks([9, 11], 0)[0] * 5, "precomputed", device="cpu")  # a graph the fit rescales
+    assert fitting.similarity_scale(A) != 1.0
+    monkeypatch.setattr(fitting, "_fit_net", lambda *a, **k: pytest.fail("fitted before refusing"))
+    monkeypatch.setattr(fitting, "_fit_solver", lambda *a, **k: pytest.fail("fitted before refusing"))
+    for bad, match in ((dict(threads=-3), "threads must be"), (dict(threads="many"), "threads must be"),
+                       (dict(max_iter=-1), "max_iter must be"), (dict(max_iter=2.5), "max_iter must be"),
+                       (dict(lam=-1.0), r"lam must be a positive finite float, got -1.0"),
+                       (dict(lam=float("inf")), "lam must be a positive finite float, got inf")):
+        with pytest.raises(ValueError, match=match):
+            fit_affinity(A, 2, solver, random_state=0, **bad)
+    if solver == "net":
+        with pytest.raises(ValueError, match=r"net_options\['lam'\] must be a positive finite float, got -2.0"):
+            fit_affinity(A, 2, solver, random_state=0, net_options={"lam": -2.0})
+
+
+def test_zero_threads_and_numpy_integers_are_accepted():
+    A = build_affinity(blocks([9, 11], 0)[0], "precomputed", device="cpu")
+    base = fit_affinity(A, 2, "hals", random_state=0, max_iter=5)
+    same = fit_affinity(A, 2, "hals", random_state=0, max_iter=np.int64(5), threads=0)
+    assert torch.equal(base.U, same.U) and same.n_iter == base.n_iter

@@ -575,7 +575,7 @@ def test_checkpoint_has_version_and_checksum(saved_net):
     assert torch.equal(loaded(), net()) and loaded.get_config() == net.get_config()
 
 
-def _write_checkpoint(path, obj):
+def _write_checkpoint(path, obj, version=CHECKPOINT_VERSION):
     """A well-formed file (right header and checksum) around an arbitrary payload."""
     import hashlib
     import io
@@ -584,7 +584,7 @@ def _write_checkpoint(path, obj):
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     payload = buffer.getvalue()
-    header = {"format": "symnmf-net", "version": CHECKPOINT_VERSION, "size": len(payload),
+    header = {"format": "symnmf-net", "version": version, "size": len(payload),
               "sha256": hashlib.sha256(payload).hexdigest()}
     path.write_bytes(b"SYMNMF-NET\n" + json.dumps(header).encode() + b"\n" + payload)
 
@@ -598,7 +598,7 @@ def test_bad_checkpoints_raise_value_error_naming_the_file(saved_net, tmp_path):
         "header_cut": (good[:15], "header"),
         "flipped": (good[:-30] + bytes([good[-30] ^ 0xFF]) + good[-29:], "sha256"),
         "garbage": (b"not a checkpoint at all" * 10, "unpickle"),
-        "future": (good.replace(b'"version": 2', b'"version": 99', 1), "version"),
+        "future": (good.replace(f'"version": {CHECKPOINT_VERSION}'.encode(), b'"version": 99', 1), "version"),
     }
     for name, (data, match) in cases.items():
         bad = tmp_path / f"{name}.ckpt"
@@ -829,3 +829,161 @@ def test_host_memory_reads_meminfo(monkeypatch):
     monkeypatch.setattr(builtins, "open", lambda path, *a, **k: io.StringIO("MemTotal: 5 kB\n")
                         if path == "/proc/meminfo" else real_open(path, *a, **k))
     assert net_module._host_memory() == (None, None)
+
+
+# ------------------------------------------------------------------------ state, settings and scale
+
+
+def test_save_and_load_keep_the_relative_regulariser_weight(tmp_path):
+    """With beta_relative the regulariser's weight is beta / lam_start^2, and lam moves in training: a loaded
+    net reports the same loss and a warm start trains on as the saved net would."""
+    X, _ = planted_graph([7, 8], 0.6, 0.1, seed=60)
+    net = SymNMFNet(2, n_layers=2, random_state=0).fit(X, epochs=3)
+    assert net.beta_relative and net._beta_scale != 1.0
+    net.save(tmp_path / "net.pt")
+    loaded = SymNMFNet.load(tmp_path / "net.pt")
+    assert loaded._beta_now == net._beta_now and loaded._beta_scale == net._beta_scale
+    assert torch.equal(loaded.loss(X), net.loss(X))
+    import copy
+
+    went_on = copy.deepcopy(net).fit(X, epochs=2, warm_start=True)
+    loaded.fit(X, epochs=2, warm_start=True)
+    assert torch.equal(loaded(), went_on()) and loaded.history_["loss"] == went_on.history_["loss"]
+
+
+def test_checkpoints_of_version_2_recover_the_regulariser_weight(tmp_path):
+    X, _ = planted_graph([7, 8], 0.6, 0.1, seed=61)
+    for settings, exact in ((dict(lam=20.0), True), (dict(learn_lam=False), True), ({}, False)):
+        net = SymNMFNet(2, n_layers=2, random_state=0, **settings).fit(X, epochs=2)
+        state = {k: v for k, v in net.state_dict().items() if k != "_extra_state"}
+        path = tmp_path / "v2.ckpt"
+        _write_checkpoint(path, {"config": net.get_config(), "state_dict": state, "history": {}, "n_iter": 2},
+                          version=2)
+        if exact:
+            loaded = SymNMFNet.load(path)
+            assert loaded._beta_scale == net._beta_scale and torch.equal(loaded.loss(X), net.loss(X))
+        else:  # lam from ||X||_2, trained: the trained lam stands in for the starting one
+            with pytest.warns(RuntimeWarning, match="trained lam stands in"):
+                loaded = SymNMFNet.load(path)
+            assert loaded._beta_scale == pytest.approx(1 / float(net.lam.detach()) ** 2, rel=1e-12)
+        assert torch.equal(loaded(), net())
+
+
+def test_load_state_dict_into_a_new_net():
+    X, _ = planted_graph([7, 8], 0.6, 0.1, seed=62)
+    net = SymNMFNet(2, n_layers=2, random_state=0, n_restarts=2).fit(X, epochs=2)
+    fresh = SymNMFNet(2, n_layers=2, n_restarts=2)
+    fresh.load_state_dict(net.state_dict())
+    assert torch.equal(fresh(), net()) and torch.equal(fresh.loss(X), net.loss(X))
+    assert fresh.lam.requires_grad and torch.equal(fresh.lam_min, net.lam_min)
+    # a state dict that does not fit leaves the new net uninitialised
+    wrong = dict(net.state_dict(), **{"P.1": torch.zeros(3, 5)})
+    other = SymNMFNet(2, n_layers=2, n_restarts=2)
+    with pytest.raises(RuntimeError, match="P.1"):
+        other.load_state_dict(wrong)
+    assert not other.initialized and len(other.P) == 0 and other._beta_now == other.beta
+
+
+def test_a_refused_fit_leaves_the_trained_net_as_it_was():
+    X, _ = planted_graph([7, 8], 0.6, 0.1, seed=63)
+    net = SymNMFNet(2, n_layers=2, random_state=0, recipe="paper").fit(X, epochs=3, lr=0.01)
+    before, history = net().clone(), dict(net.history_)
+    with pytest.raises(ValueError, match="CUDA device"):
+        net.fit(X, epochs=2, cuda_graph=True)
+    with pytest.raises(ValueError, match="warm_start"):
+        net.fit(X, epochs=2, U0=torch.rand(15, 2, dtype=torch.float64), warm_start=True)
+    assert torch.equal(net(), before) and net.history_ == history and net.n_iter_ == 3
+
+
+def test_u0_must_match_the_restarts_and_the_batch_of_graphs():
+    X, _ = planted_graph([7, 8], 0.6, 0.1, seed=64)
+    n = X.shape[0]
+    for restarts, Xi, shape in ((3, X, (n, 2)), (3, X, (2, n, 2)), (None, X, (4, n, 2)),
+                                (None, torch.stack([X, X]), (n, 2)), (None, X.to_sparse_csr(), (2, n, 2))):
+        with pytest.raises(ValueError, match=r"U0 must have shape \(\*restarts, \*X.shape\[:-2\], n, r\)"):
+            SymNMFNet(2, n_layers=1, n_restarts=restarts).initialize(Xi, U0=torch.rand(shape, dtype=torch.float64))
+    net = SymNMFNet(2, n_layers=1, n_restarts=3).initialize(torch.stack([X, X]), U0=torch.rand(3, 2, n, 2))
+    assert net.U0.shape == (3, 2, n, 2)
+
+
+def test_fit_net_on_two_batch_dimensions_with_restarts():
+    Xs = [planted_graph([7, 8], 0.6, 0.1, seed=s)[0] for s in (65, 66, 67, 68)]
+    X = torch.stack(Xs).reshape(2, 2, 15, 15)
+    for select in ("loss", "consensus", "modularity"):
+        result = fit_net(X, 2, random_state=0, n_layers=1, epochs=2, n_restarts=3, polish_iter=0, select=select)
+        assert result.U.shape == (2, 2, 15, 2) and result.index.shape == (2, 2)
+        errors = np.array(result.relative_errors)  # (R, 2, 2)
+        kept = [[errors[result.index[i, j], i, j] for j in range(2)] for i in range(2)]
+        assert result.relative_error == kept
+        with torch.no_grad():
+            U_all = result.net()
+        assert torch.equal(result.U, torch.stack([torch.stack([U_all[result.index[i, j], i, j] for j in range(2)])
+                                                  for i in range(2)]))
+    q = restart_modularity(X, U_all)
+    assert q.shape == (3, 2, 2)
+    assert torch.equal(q[:, 1, 0], restart_modularity(X[1, 0], U_all[:, 1, 0]))
+
+
+def test_tol_none_is_the_recipes_and_patience_of_all_epochs_never_stops(monkeypatch):
+    import symnmf.net as net_module
+
+    X, _ = planted_graph([7, 8], 0.6, 0.1, seed=69)
+    seen = []
+    real = net_module.plateaued
+    monkeypatch.setattr(net_module, "plateaued",
+                        lambda losses, tol, window: seen.append(tol) or real(losses, tol, window))
+    SymNMFNet(2, n_layers=1, random_state=0).fit(X, epochs=2, tol=None)
+    SymNMFNet(2, n_layers=1, random_state=0, recipe="paper").fit(X, epochs=2, tol=None)
+    assert seen == [RECIPES["default"]["tol"]] * 2 + [None] * 2
+    # the largest tol stops at the first full window; patience >= epochs never fills one
+    assert SymNMFNet(2, n_layers=1, random_state=0).fit(X, epochs=8, tol=1e9, patience=2).n_iter_ < 8
+    assert SymNMFNet(2, n_layers=1, random_state=0).fit(X, epochs=8, tol=1e9, patience=8).n_iter_ == 8
+
+
+def test_numpy_integers_are_integers():
+    X, _ = planted_graph([7, 8], 0.6, 0.1, seed=70)
+    i = np.int64
+    net = SymNMFNet(i(2), n_layers=i(2), n_restarts=i(2), random_state=0, init_iter=i(0)).fit(X, epochs=i(2))
+    assert net.n_iter_ == 2 and type(net.n_components) is int and type(net.get_config()["n_restarts"]) is int
+    result = fit_net(X, i(2), random_state=0, n_layers=i(1), epochs=i(2), n_restarts=i(2), polish_iter=i(3))
+    assert result.U.shape == (15, 2) and type(result.settings["n_restarts"]) is int
+    for bad in (dict(n_components=True), dict(n_components=2, n_layers=np.bool_(True))):
+        with pytest.raises(ValueError, match="positive int"):
+            SymNMFNet(**bad)
+
+
+def test_infinite_settings_are_refused():
+    X, _ = planted_graph([7, 8], 0.6, 0.1, seed=71)
+    inf = float("inf")
+    for name, value in (("beta", inf), ("mu", inf), ("lam", inf), ("beta_final", inf), ("init_noise", inf)):
+        with pytest.raises(ValueError, match=f"{name} .*must be (a )?finite.*inf"):
+            SymNMFNet(2, **{name: value})
+    for name in ("lr", "tol"):
+        with pytest.raises(ValueError, match=f"{name} must be finite"):
+            SymNMFNet(2, n_layers=1).fit(X, epochs=1, **{name: inf})
+    with pytest.raises(ValueError, match="lam must be a finite"):
+        SymNMFNet(2, lam=True)
+
+
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+def test_float32_far_from_unit_scale_is_refused_with_the_fix(layout):
+    X, labels = planted_graph([7, 8], 0.6, 0.1, seed=72)
+    for c, what in ((1e18, "P_i"), (1e-20, "X"), (1e-24, "X"), (1e20, "X")):
+        Xc = (X * c).float()
+        Xc = Xc.to_sparse_csr() if layout == "sparse" else Xc
+        with pytest.raises(ValueError, match=f"{what}.*too far from unit scale.*fit_net"):
+            SymNMFNet(2, n_layers=1, random_state=0).fit(Xc, epochs=2)
+        with pytest.raises(ValueError, match="too far from unit scale"):
+            SymNMFNet(2, n_layers=1, random_state=0, recipe="paper").fit(Xc, epochs=2, lr=1e-3)
+        result = fit_net(Xc, 2, random_state=0, n_layers=1, epochs=2, n_restarts=1, polish_iter=0)
+        assert bool(torch.isfinite(result.U).all()) and np.isfinite(result.relative_error)
+
+
+def test_fit_net_checks_its_settings_as_given_before_training(monkeypatch):
+    X = random_similarity(12, seed=73) * 5  # a graph fit_net rescales
+    monkeypatch.setattr(SymNMFNet, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
+    for value in (-1, True, 2.5):
+        with pytest.raises(ValueError, match=f"polish_iter must be a non-negative int.*got {value!r}"):
+            fit_net(X, 2, random_state=0, polish_iter=value)
+    with pytest.raises(ValueError, match="lam must be a finite number > 0.*got -1.0"):
+        fit_net(X, 2, random_state=0, lam=-1.0)

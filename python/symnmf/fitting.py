@@ -32,6 +32,7 @@ Defaults
 """
 import contextlib
 import math
+import numbers
 import os
 import sys
 import time
@@ -44,7 +45,7 @@ import torch
 import symnmf_kernels as sk
 
 from .metrics import modularity
-from .solvers.base import as_seed, init_factor, make_generator, renumbered_start
+from .solvers.base import as_seed, check_lam, init_factor, make_generator, renumbered_start
 from .validation import as_similarity, check_device, check_rank, check_similarity
 
 __all__ = [
@@ -274,7 +275,7 @@ def build_affinity(X, affinity="nearest_neighbors", *, n_neighbors=None, metric=
         dtype = _input_dtype(X)
     graph = None
     if affinity == "precomputed":
-        shape = tuple(X.shape)
+        shape = tuple(np.shape(X))  # array-likes too (nested lists); a tensor's or scipy matrix's own shape
         if len(shape) != 2 or shape[0] != shape[1]:
             raise ValueError(
                 f"affinity='precomputed' needs a square (n_samples, n_samples) similarity matrix, got shape "
@@ -384,7 +385,7 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
     recipe: SymNMF-Net's training recipe, "default" (chosen in docs/symnmf_net_study.md:
       4 restarts, each finished by SymHALS, the one whose labels have the highest modularity on X kept) or
       "paper" (the paper's settings).
-    threads: "auto" (`default_threads`), None (leave torch's setting) or an int.
+    threads: "auto" (`default_threads`), None or 0 (leave torch's setting) or a positive int.
     progress: draw a bar (None: `show_progress(verbose)`).
     n_init: classical solvers: random starts (start 0 is the one-start fit's); the start whose labels have
       the highest modularity on A is kept, the rule SymNMF-Net keeps its restarts by, and
@@ -406,6 +407,17 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
     if solver == "net" and n_init != 1:
         raise ValueError("n_init applies to the classical solvers; SymNMF-Net's restarts are its recipe's n_restarts "
                          "(net_options={'n_restarts': N})")
+    if max_iter is not None and not (_is_int(max_iter) and max_iter >= 0):
+        raise ValueError(f"max_iter must be a non-negative int or None (the solver's default, the recipe's epochs for "
+                         f"the net), got {max_iter!r}")
+    if threads not in ("auto", None) and not (_is_int(threads) and threads >= 0):
+        raise ValueError(f'threads must be "auto", None or an int >= 1 (0 and None: torch\'s own setting), '
+                         f"got {threads!r}")
+    # A penalty given as a number is divided by A's scale below: checked here, as the caller gave it.
+    if _is_number(lam):
+        check_lam(lam)
+    if solver == "net" and _is_number((net_options or {}).get("lam")):
+        check_lam(net_options["lam"], "net_options['lam']")
     n = A.shape[-1]
     rank = check_rank(rank, n)
     device = A.device
@@ -523,6 +535,14 @@ def _renumber_net(net, rows):
             P.data = P.data.index_select(-2, rows)
 
 
+def _is_number(value):
+    return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _per_scale(lam, scale):
     """A penalty given as a number, in A's units, for the fit on A / scale; a named rule as it is."""
-    return lam / scale if isinstance(lam, (int, float, np.floating, np.integer)) and not isinstance(lam, bool) else lam
+    return lam / scale if _is_number(lam) else lam

@@ -38,6 +38,7 @@ import hashlib
 import io
 import json
 import math
+import numbers
 import os
 import time
 import warnings
@@ -104,7 +105,9 @@ _MIN_REPLAYS = 5
 _LOSS_BLOCKS = ("all", "last")
 _LR_SCHEDULES = ("constant", "cosine")
 SELECTION_RULES = ("loss", "error", "consensus", "modularity")
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
+# Version 2 files lack the regulariser's scale (the state dict's extra state); `load` recovers it from the weights.
+_READABLE_VERSIONS = (2, 3)
 _CHECKPOINT_MAGIC = b"SYMNMF-NET\n"
 
 
@@ -112,6 +115,27 @@ def _recipe(name):
     if name not in RECIPES:
         raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {name!r}")
     return RECIPES[name]
+
+
+def _is_int(value):
+    """An integer of any kind (Python's, numpy's), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_finite(value, low, strict=False):
+    """value is a finite number >= low (> low when strict); False for NaN, infinities and bools."""
+    if isinstance(value, bool):
+        return False
+    return bool((value > low if strict else value >= low) and math.isfinite(value))
+
+
+def _check_lam(lam):
+    """lam as SymNMFNet takes it: "fro", "spectral" or a positive finite number (None: the recipe's)."""
+    if isinstance(lam, str) and lam in ("fro", "spectral"):
+        return
+    if isinstance(lam, str) or not _is_finite(lam, 0, strict=True):
+        raise ValueError(f'lam must be a finite number > 0, "fro", "spectral" or None (None: the recipe\'s), '
+                         f"got {lam!r}")
 
 
 def _is_sparse(X):
@@ -180,6 +204,25 @@ class _StartRegulariser(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             dlam = (-2 * g.double() * dot64(R3, U3)).to(R3.dtype).reshape(ctx.batch)
         return dP, None, None, dlam
+
+
+def _check_range(X, what, values, low=None):
+    """Refuse a quantity that training forms from X when X's dtype cannot hold it (values: a tensor).
+
+    Far from unit scale the squared norms of X and of the weights (which scale like ||X||^3) or the regulariser's
+    weight (like 1 / ||X||^2) over- or underflow, and the loss turns into Inf or NaN a few steps later.
+    """
+    finfo = torch.finfo(X.dtype)
+    low = finfo.tiny if low is None else low
+    values = values.detach().double()
+    bad = ~(torch.isfinite(values) & (values >= low) & (values <= finfo.max))
+    if bool(bad.any()):
+        value = float(values[bad].flatten()[0])
+        raise ValueError(
+            f"training on X in {X.dtype} would form {what} = {value:.3g}, outside [{low:.3g}, {finfo.max:.3g}]: X "
+            "(or lam, given as a number) is too far from unit scale; fit_net(X, r) trains X / ||X||_2 "
+            "(symnmf.fitting.similarity_scale), or pass X rescaled (e.g. X / X.max()) or in float64"
+        )
 
 
 def _batch_view(t):
@@ -338,33 +381,28 @@ class SymNMFNet(nn.Module):
         init_noise, learn_lam = pick("init_noise", init_noise), pick("learn_lam", learn_lam)
         beta_final, loss_blocks = pick("beta_final", beta_final), pick("loss_blocks", loss_blocks)
         beta_relative = pick("beta_relative", beta_relative)
-        if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
+        if not _is_int(n_components) or n_components < 1:
             raise ValueError(f"n_components must be a positive int, got {n_components!r}")
-        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
+        if not _is_int(n_layers) or n_layers < 1:
             raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
-        if not beta >= 0 or not mu >= 0:
-            raise ValueError(f"beta and mu must be >= 0, got beta={beta!r}, mu={mu!r}")
-        if beta_final is not None and not (beta_final > 0 and beta > 0):
-            raise ValueError(f"beta_final must be > 0 (with beta > 0) or None, got {beta_final!r}")
-        if isinstance(lam, str):
-            if lam not in ("fro", "spectral"):
-                raise ValueError(f'lam must be > 0, "fro", "spectral" or None, got {lam!r}')
-        elif not lam > 0:
-            raise ValueError(f'lam must be > 0, "fro", "spectral" or None (None: the recipe\'s), got {lam!r}')
-        if n_restarts is not None and (
-                isinstance(n_restarts, bool) or not isinstance(n_restarts, int) or n_restarts < 1):
+        if not (_is_finite(beta, 0) and _is_finite(mu, 0)):
+            raise ValueError(f"beta and mu must be finite and >= 0, got beta={beta!r}, mu={mu!r}")
+        if beta_final is not None and not (_is_finite(beta_final, 0, strict=True) and beta > 0):
+            raise ValueError(f"beta_final must be finite and > 0 (with beta > 0) or None, got {beta_final!r}")
+        _check_lam(lam)
+        if n_restarts is not None and (not _is_int(n_restarts) or n_restarts < 1):
             raise ValueError(f"n_restarts must be a positive int or None, got {n_restarts!r}")
         if init not in _INITS:
             raise ValueError(f"init must be one of {_INITS}, got {init!r}")
-        if isinstance(init_iter, bool) or not isinstance(init_iter, int) or init_iter < 0:
+        if not _is_int(init_iter) or init_iter < 0:
             raise ValueError(f"init_iter must be a non-negative int, got {init_iter!r}")
-        if not init_noise >= 0:
-            raise ValueError(f"init_noise must be >= 0, got {init_noise!r}")
+        if not _is_finite(init_noise, 0):
+            raise ValueError(f"init_noise must be finite and >= 0, got {init_noise!r}")
         if loss_blocks not in _LOSS_BLOCKS:
             raise ValueError(f"loss_blocks must be one of {_LOSS_BLOCKS}, got {loss_blocks!r}")
         self.recipe = recipe
-        self.n_components = n_components
-        self.n_layers = n_layers
+        self.n_components = int(n_components)
+        self.n_layers = int(n_layers)
         self.beta = float(beta)
         self.beta_final = None if beta_final is None else float(beta_final)
         self.beta_relative = bool(beta_relative)
@@ -376,7 +414,7 @@ class SymNMFNet(nn.Module):
         self.init_iter = int(init_iter)
         self.init_noise = float(init_noise)
         self.loss_blocks = loss_blocks
-        self.n_restarts = n_restarts
+        self.n_restarts = None if n_restarts is None else int(n_restarts)
         self.random_state = random_state
         self._beta_now = self.beta
         self.P = nn.ParameterList()
@@ -432,10 +470,13 @@ class SymNMFNet(nn.Module):
         r = self.n_components
         X_norm2 = _frob2(X)
         if not bool((X_norm2 > 0).all()):
-            raise ValueError(
-                "X is all zero (every similarity is 0): there is nothing to factorise and the random start, "
-                "lam and the loss would be 0 or NaN; check the graph construction"
-            )
+            nonzero = X.values().any() if _is_sparse(X) else X.flatten(-2).any(-1)  # or its squares underflow
+            if not bool(nonzero.all()):
+                raise ValueError(
+                    "X is all zero (every similarity is 0): there is nothing to factorise and the random start, "
+                    "lam and the loss would be 0 or NaN; check the graph construction"
+                )
+        _check_range(X, "||X||_F^2", X_norm2)
         if U0 is None:
             generator = make_generator(self.random_state)
             if self.init == "spectral":
@@ -446,8 +487,13 @@ class SymNMFNet(nn.Module):
                 U0 = _hals_refine(X, U0, self.init_iter)
         else:
             U0 = torch.as_tensor(U0).to(device=X.device, dtype=X.dtype)
-            if U0.shape[-1] != r or U0.shape[-2] != X.shape[-1]:
-                raise ValueError(f"U0 must have shape (..., n, r) = (..., {X.shape[-1]}, {r}), got {tuple(U0.shape)}")
+            expected = (*self._restart_shape(), *X.shape[:-2], X.shape[-1], r)  # a sparse X is one (n, n) graph
+            if tuple(U0.shape) != expected:
+                raise ValueError(
+                    f"U0 must have shape (*restarts, *X.shape[:-2], n, r) = {expected}, got {tuple(U0.shape)} "
+                    f"(restarts = {self._restart_shape()} for n_restarts={self.n_restarts}; X.shape[:-2] = "
+                    f"{tuple(X.shape[:-2])}, X's batch of graphs)"
+                )
             if bool((U0 < 0).any()) or not bool(torch.isfinite(U0).all()):
                 raise ValueError("U0 must be finite and non-negative")
             U0 = U0.clone()
@@ -461,18 +507,24 @@ class SymNMFNet(nn.Module):
         lam0 = x_norm if isinstance(self.lam_init, str) else torch.full_like(lam_min, self.lam_init)
         lam = torch.maximum(lam0, lam_min)
 
-        self.U0 = U0
-        self.lam_min = lam_min.contiguous()
-        self.lam = nn.Parameter(lam.clone(), requires_grad=self.learn_lam)
         weights = []
         U = U0
         for _ in range(self.n_layers):
             P = _times(X, U) + _batch_view(lam) * U
             weights.append(nn.Parameter(P))
             U = sk.symnmf_block(U, P, lam)
-        self.P = nn.ParameterList(weights)
+        _check_range(X, "lam^2", lam.pow(2))
+        # an underflow here only weakens the regulariser: the weights' squares are refused when they overflow
+        _check_range(X, "||P_i||_F^2", torch.stack([P.pow(2).sum((-2, -1)) for P in weights]), low=0.0)
         # a host float, read once per initialisation
-        self._beta_scale = 1.0 / float(lam.pow(2).mean()) if self.beta_relative else 1.0
+        beta_scale = 1.0 / float(lam.pow(2).mean()) if self.beta_relative else 1.0
+        _check_range(X, "the regulariser's weight beta / lam^2" if self.beta_relative else "beta",
+                     torch.tensor(self.beta * beta_scale, dtype=torch.float64), low=0.0)
+        self.U0 = U0
+        self.lam_min = lam_min.contiguous()
+        self.lam = nn.Parameter(lam.clone(), requires_grad=self.learn_lam)
+        self.P = nn.ParameterList(weights)
+        self._beta_scale = beta_scale
         self._beta_now = self.beta * self._beta_scale
         self.history_ = {}
         self.n_iter_ = 0
@@ -581,7 +633,9 @@ class SymNMFNet(nn.Module):
         ----------
         X : dense (..., n, n) or sparse (n, n) symmetric non-negative similarity
             (torch, numpy or scipy.sparse), not all zero. A sparse X symmetric only
-            to rounding is trained on as (X + X^T) / 2.
+            to rounding is trained on as (X + X^T) / 2. An X so far from unit scale that its squared norm,
+            lam^2 or the weights' squared norms (which grow like ||X||^3) leave the range of its dtype is
+            refused, which in float32 can happen at scales of 1e12 and beyond: `fit_net` trains X / ||X||_2.
         epochs : int
             Most optimiser steps (one step = one pass through the L blocks).
         lr : float
@@ -600,7 +654,9 @@ class SymNMFNet(nn.Module):
             times the whole decrease since the first step (a plateau; measured at the
             logged steps). With patience 0 (or
             None in a recipe without one): stop once the loss changes by less than tol times the initial loss between
-            two logged steps. tol None: no early stopping.
+            two logged steps. None takes the recipe's value, as for every argument: the default recipe
+            stops at a plateau, the paper's never (its tol is None). To train all `epochs` steps pass
+            patience >= epochs (tol=0 still stops after `patience` steps without a new best loss).
         lr_schedule : "constant" or "cosine" (lr decays to 5% of its start over `epochs`).
         cuda_graph : bool or None
             On a CUDA device, capture one training step (zeroing the gradients, forward, backward,
@@ -611,8 +667,9 @@ class SymNMFNet(nn.Module):
             replay, and should the capture fail, warns and trains on with eager steps; True asks for it
             (a failed capture raises `CudaGraphCaptureError`); False trains with eager steps.
             `cuda_graph_` says whether steps were replayed.
-        U0 : tensor (..., n, r) or None
-            The start; None uses the net's `init` from random_state.
+        U0 : tensor (*restarts, *X.shape[:-2], n, r) or None
+            The start (restarts: (n_restarts,), or () for n_restarts None); None uses the net's
+            `init` from random_state. Not with warm_start on an initialised net.
         warm_start : bool
             Keep the current weights and continue training instead of re-initialising.
         progress : bool or None
@@ -642,31 +699,37 @@ class SymNMFNet(nn.Module):
         tol = settings["tol"] if tol is None else tol
         patience = settings["patience"] if patience is None else patience
         lr_schedule = settings["lr_schedule"] if lr_schedule is None else lr_schedule
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        if not _is_int(epochs) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}")
-        if tol is not None and not tol >= 0:
-            raise ValueError(f"tol must be >= 0 or None, got {tol!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            if patience is not None:
-                raise ValueError(f"patience must be a non-negative int or None, got {patience!r}")
+        epochs = int(epochs)
+        if not _is_finite(lr, 0, strict=True):
+            raise ValueError(f"lr must be finite and > 0, got {lr!r}")
+        if tol is not None and not _is_finite(tol, 0):
+            raise ValueError(f"tol must be finite and >= 0 or None, got {tol!r}")
+        if patience is not None and (not _is_int(patience) or patience < 0):
+            raise ValueError(f"patience must be a non-negative int or None, got {patience!r}")
+        patience = None if patience is None else int(patience)
         if lr_schedule not in _LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {_LR_SCHEDULES}, got {lr_schedule!r}")
-        if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+        if not _is_int(log_every) or log_every < 1:
             raise ValueError(f"log_every must be a positive int, got {log_every!r}")
+        log_every = int(log_every)
         if cuda_graph and (optimizer is not None or not _capturable(self.beta_final, lr_schedule)):
             raise ValueError("cuda_graph=True needs the default optimizer, beta_final=None and lr_schedule='constant' "
                              "(a captured step replays the same optimiser and the same beta every time)")
+        warm = warm_start and self.initialized
+        if warm and U0 is not None:
+            raise ValueError("U0 starts a new fit, while warm_start=True continues from the net's own weights: pass "
+                             "U0 without warm_start, or warm_start without U0")
         start = time.perf_counter()
-        if warm_start and self.initialized:
-            X = self._prepare(X)
+        X = self._prepare(X) if warm else self._prepare(X, like_net=False)
+        # Every refusal before _initialize: a failed call leaves a trained net and its history as they were.
+        if warm:
             self._check_matches(X)
-        else:
-            X = self._prepare(X, like_net=False)
-            self._initialize(X, U0)
         if cuda_graph and not X.is_cuda:
             raise ValueError(f"cuda_graph=True needs the net and X on a CUDA device, got {X.device}")
+        if not warm:
+            self._initialize(X, U0)
         graph_requested = bool(cuda_graph)
         if cuda_graph is None:
             # The replayed step did the same training 6-13x faster than eager steps on a GPU
@@ -854,8 +917,34 @@ class SymNMFNet(nn.Module):
             "loss_blocks": self.loss_blocks,
         }
 
+    def get_extra_state(self):
+        """The regulariser's weight, part of the state dict: with beta_relative it comes from lam at the start,
+        which training moves, so the weights alone do not give it back."""
+        return {"beta_scale": self._beta_scale, "beta_now": self._beta_now}
+
+    def set_extra_state(self, state):
+        if not (isinstance(state, dict) and all(isinstance(state.get(k), float) for k in ("beta_scale", "beta_now"))):
+            raise ValueError(f"the extra state must be a dict of the floats beta_scale and beta_now, got {state!r}")
+        self._beta_scale, self._beta_now = state["beta_scale"], state["beta_now"]
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """nn.Module's, into an initialised net or a new one: an uninitialised net first takes weights of the
+        state dict's shapes (so `SymNMFNet(r, n_layers=L).load_state_dict(net.state_dict())` gives net back), and
+        stays uninitialised should the load fail."""
+        fresh = not self.initialized and all(key in state_dict for key in ("U0", "lam_min", "lam"))
+        if fresh:
+            self._allocate(state_dict)
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except Exception:
+            if fresh:
+                self.U0 = self.lam_min = self.lam = None
+                self.P = nn.ParameterList()
+                self._beta_scale, self._beta_now = 1.0, self.beta
+            raise
+
     def save(self, path):
-        """Save the config, the weights (state_dict) and the history to path.
+        """Save the config, the weights (state_dict, the regulariser's weight included) and the history to path.
 
         The file is a header line (format name, `CHECKPOINT_VERSION`, payload size and
         its sha256) followed by the payload (torch.save of the rest), so `load` can
@@ -877,7 +966,8 @@ class SymNMFNet(nn.Module):
 
         Raises ValueError naming the file when it is empty, truncated, corrupt (checksum
         mismatch), of another format or version, or misses a key of the checkpoint.
-        Files of the first format (a bare torch.save, no checksum) still load.
+        Files of the first format (a bare torch.save, no checksum) and of version 2 still load; they lack the
+        regulariser's weight, which `_recovered_extra_state` derives from the config and the weights.
         """
         name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else repr(path)
 
@@ -897,16 +987,16 @@ class SymNMFNet(nn.Module):
                 version, size, digest = int(header["version"]), int(header["size"]), str(header["sha256"])
             except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
                 raise bad(f"the header is unreadable ({exc})") from None
-            if header.get("format") != "symnmf-net" or version != CHECKPOINT_VERSION:
+            if header.get("format") != "symnmf-net" or version not in _READABLE_VERSIONS:
                 raise bad(f"format {header.get('format')!r} version {version}; this library reads "
-                          f"symnmf-net version {CHECKPOINT_VERSION} (and the headerless version 1)")
+                          f"symnmf-net versions {_READABLE_VERSIONS} (and the headerless version 1)")
             if len(payload) != size:
                 raise bad(f"truncated: the payload has {len(payload)} bytes, the header says {size}")
             if hashlib.sha256(payload).hexdigest() != digest:
                 raise bad("corrupt: the payload's sha256 does not match the header's")
             legacy = False
         else:
-            payload, legacy = data, True  # version 1: a bare torch.save
+            payload, legacy, version = data, True, 1  # version 1: a bare torch.save
         try:
             saved = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
         except Exception as exc:  # torch raises many types on garbage: report them all as one
@@ -932,17 +1022,39 @@ class SymNMFNet(nn.Module):
         except (TypeError, ValueError) as exc:
             raise bad(f"the config is invalid ({exc})") from None
         needed = ["U0", "lam_min", "lam"] + [f"P.{i}" for i in range(net.n_layers)]
+        if version >= 3:
+            needed.append("_extra_state")
         missing = [key for key in needed if key not in state]
         if missing:
             raise bad(f"the state_dict misses {missing}")
+        if version < 3:
+            state = dict(state, _extra_state=net._recovered_extra_state(state, name))
         try:
-            net._allocate(state)
             net.load_state_dict(state)
         except (RuntimeError, ValueError, TypeError) as exc:
             raise bad(f"the weights do not fit the config ({str(exc)[:200]})") from None
         net.history_ = saved.get("history", {})
         net.n_iter_ = saved.get("n_iter", 0)
         return net
+
+    def _recovered_extra_state(self, state, name):
+        """The regulariser's weight of a file written before version 3 kept it: beta / lam_start^2 (mean over
+        problems) with beta_relative, lam_start = max(lam, lam_min) for a lam given as a number, the saved lam when
+        it was not learned, else the saved (trained) lam with a warning; beta_final's decay taken as run to its end.
+        """
+        beta_scale = 1.0
+        if self.beta_relative:
+            lam_min, lam = state["lam_min"], state["lam"]
+            if not isinstance(self.lam_init, str):
+                lam = torch.maximum(torch.full_like(lam_min, self.lam_init), lam_min)
+            elif self.learn_lam:
+                warnings.warn(f"{name} predates the checkpoints that keep the regulariser's weight beta / lam^2 of "
+                              "the start; the trained lam stands in for the starting one, so loss() and a warm "
+                              "start may differ from the saved net's (a new fit, without warm_start, sets it anew)",
+                              RuntimeWarning, stacklevel=3)
+            beta_scale = 1.0 / float(lam.detach().pow(2).mean())  # as `_initialize` computes it
+        return {"beta_scale": beta_scale,
+                "beta_now": beta_scale * (self.beta if self.beta_final is None else self.beta_final)}
 
     def _allocate(self, state_dict):
         """Empty parameters and buffers of the shapes in state_dict, so it can be loaded."""
@@ -1141,14 +1253,17 @@ def select_restart(U, rule="loss", scores=None):
 
 def restart_modularity(X, U):
     """The modularity on X of each restart's labels (argmax of the rows of U, shape (R, ..., n, r)), shape
-    (R, ...); X is one graph (n, n) or a dense batch (B, n, n) matching U's (R, B, n, r). A restart whose
+    (R, ...); X is one graph (n, n) or a dense batch (..., n, n) matching U's (R, ..., n, r). A restart whose
     factor is not finite scores NaN, so that no rule keeps it (its argmax labels would still score)."""
     labels = U.argmax(-1)
     r = U.shape[-1]
     if X.dim() == 2:
         q = modularity(X, labels.reshape(-1, labels.shape[-1]), r).reshape(labels.shape[:-1])
-    else:
-        q = torch.stack([modularity(X[b], labels[:, b], r) for b in range(X.shape[0])], 1)
+    else:  # any number of batch dimensions, taken one graph at a time
+        graphs = X.reshape(-1, *X.shape[-2:])
+        per_graph = labels.reshape(labels.shape[0], graphs.shape[0], labels.shape[-1])
+        q = torch.stack([modularity(graphs[b], per_graph[:, b], r) for b in range(graphs.shape[0])], 1)
+        q = q.reshape(labels.shape[:-1])
     finite = torch.isfinite(U).flatten(-2).all(-1).cpu()
     return torch.where(finite, q, torch.full_like(q, float("nan")))
 
@@ -1222,10 +1337,16 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
         raise ValueError(f"unknown recipe settings {unknown}; known: {sorted(settings)}")
     settings.update({k: v for k, v in overrides.items() if v is not None})
     R = settings["n_restarts"]
-    if isinstance(R, bool) or not isinstance(R, int) or R < 1:
+    if not _is_int(R) or R < 1:
         raise ValueError(f"n_restarts must be a positive int, got {R!r}")
+    R = settings["n_restarts"] = int(R)
     if settings["select"] not in SELECTION_RULES:
         raise ValueError(f"select must be one of {SELECTION_RULES}, got {settings['select']!r}")
+    polish_iter = settings["polish_iter"]
+    if not _is_int(polish_iter) or polish_iter < 0:
+        raise ValueError(f"polish_iter must be a non-negative int (0: no polish), got {polish_iter!r}")
+    polish_iter = settings["polish_iter"] = int(polish_iter)
+    _check_lam(settings["lam"])  # as given: for one graph it is divided by the scale below
     X = as_similarity(X, device=device, dtype=dtype)
     if settings["polish_iter"] and X.dim() != 2:
         raise ValueError("polish_iter needs one graph (a single n x n X); pass polish_iter=0 for a batch of graphs")
@@ -1257,7 +1378,6 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
         U_all = net()
     errors = net.history_["relative_error"][-1]
     losses = net.history_["loss_per_problem"][-1]
-    polish_iter = int(settings["polish_iter"])
     if R > 1 and settings["select"] == "modularity" and polish_iter:
         # Every restart is polished and the labels of the polished factors are scored: the polish can move a
         # restart to another stationary point, and the kept factor is a polished one.
@@ -1277,7 +1397,9 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
         else:
             idx = index.to(U_all.device)
             U = torch.take_along_dim(U_all, idx[None, ..., None, None], 0)[0]
-            error = [errors[int(k)][b] for b, k in enumerate(index.reshape(-1))]
+            # errors: nested lists of shape (R, *batch); the kept restart's E per problem, in the batch's shape
+            flat = torch.as_tensor(errors, dtype=torch.float64).reshape(R, -1)
+            error = flat[index.reshape(-1), torch.arange(flat.shape[1])].reshape(index.shape).tolist()
     if polish_iter:
         from .solvers import solve
 

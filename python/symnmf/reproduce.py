@@ -33,6 +33,7 @@ from .fitting import (
 )
 from .metrics import accuracy, nmi, purity
 from .net import RECIPES
+from .solvers.base import as_seed
 
 __all__ = [
     "METHODS", "METHOD_NAMES", "MethodRun", "run_method", "score", "reproduce", "format_table", "plot_convergence",
@@ -132,8 +133,16 @@ def reproduce(
     features' precision. threads: "auto" (`symnmf.fitting.default_threads`), None
     or an int. out_dir: where to write results.md, results.json and the
     convergence PNGs. log: a print-like function for progress lines, or None.
+    seed: run k of every method starts from seed + k, and the subset is drawn with seed; None
+    draws one seed from numpy's global random state (`symnmf.solvers.base.as_seed`), written to
+    results.json, so that the runs stay distinct and can be repeated.
     """
     log = log or (lambda *a, **k: None)
+    try:
+        seed = as_seed(seed)
+    except TypeError:
+        raise TypeError(f"seed must be None, an int or a numpy RandomState / Generator, got {type(seed).__name__}"
+                        ) from None
     if datasets:
         names = [_datasets.resolve(name) for name in datasets]
     else:
