@@ -26,7 +26,7 @@ Independent but for two scalars with relative_lr and beta_relative (the default
 recipe): the learning rates and the regulariser's weight come from means over the
 whole batch (an optimiser's lr is one number per tensor), so a problem trains as
 it would alone only when the batch's problems share a scale: restarts of one graph
-moved by about 2e-3 of their factor's size in a test, while a graph batched with
+moved by a few 1e-3 of their factor's size in a test, while a graph batched with
 one ten times its scale trained to E 0.709 instead of 0.567. Fit graphs of
 different scales apart, or through `fit_net`, which trains X / ||X||_2.
 
