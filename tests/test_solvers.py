@@ -380,6 +380,9 @@ def test_penalised_run_converging_apart_restarts_symmetric(solver):
     assert abs(run.history["rel_error"][-1] - pgd.history["rel_error"][-1]) <= 1e-3
     assert run.history["iteration"] == sorted(set(run.history["iteration"]))  # one entry per check
     assert len(run.history["iteration"]) == run.n_iter + 1
+    # converged apart at its last iteration: not converged (not a stationary point of SymNMF), no iteration more
+    capped = solve(X, 4, solver, random_state=0, max_iter=restart)
+    assert (capped.n_iter, capped.converged, capped.params["symmetric_restart"]) == (restart, False, None)
 
 
 def test_penalised_run_converging_together_keeps_its_penalty(sbm):

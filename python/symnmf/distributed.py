@@ -841,6 +841,9 @@ def _alternate_from(name, graph, U0, XU0, GU0, update, lam, monitor, it, restart
             if monitor.check(it, W, loss, pgW + pgV):
                 if restarted or not monitor.converged or not _asymmetric(graph, W, V):
                     break
+                monitor.converged = False  # W far from V: not a stationary point of SymNMF
+                if it >= monitor.max_iter:
+                    break
                 return _restart_symmetric(name, graph, W, XW, GW, V, XV, GV, update, monitor, it)
         W = update(W, BV, XV, V, lam)
         XW = graph.matmul(W)
@@ -865,7 +868,6 @@ def _restart_symmetric(name, graph, W, XW, GW, V, XV, GV, update, monitor, it):
     """`solvers.penalised.restart_symmetric` sharded: on from W = V = the better of W and V, with Zhu et al.'s
     penalty there."""
     F, XF, GF = (W, XW, GW) if graph.loss(W, XW, GW) <= graph.loss(V, XV, GV) else (V, XV, GV)
-    monitor.converged = False
     lam = _penalty(graph, "zhu", F, XF)
     if monitor.verbose:
         print(f"{monitor.name}: W and V converged apart at iteration {it}; from W = V again, lam = {lam:.4g}")
@@ -942,12 +944,14 @@ def hals_restarts(graph, U0, *, lam="kuang", max_iter=None, tol=None, verbose=Fa
             for i, k in enumerate(running):
                 if not stop[i]:
                     continue
-                if monitors[k].converged and _asymmetric(graph, W[i], V[i]):  # it goes on alone, as in one process
-                    results[k] = _restart_symmetric("hals", graph, W[i], XW[i], GW[i], V[i], XV[i], GV[i],
-                                                    lambda F, B, XO, O, lam: _sweep(graph, F, B, XO, O, lam, backend),
-                                                    monitors[k], it)
-                else:
-                    results[k] = monitors[k].result(W[i].clone(), solver="hals", lam=lam, symmetric_restart=None)
+                if monitors[k].converged and _asymmetric(graph, W[i], V[i]):  # as in one process
+                    monitors[k].converged = False
+                    if it < monitors[k].max_iter:  # it goes on alone
+                        results[k] = _restart_symmetric(
+                            "hals", graph, W[i], XW[i], GW[i], V[i], XV[i], GV[i],
+                            lambda F, B, XO, O, lam: _sweep(graph, F, B, XO, O, lam, backend), monitors[k], it)
+                        continue
+                results[k] = monitors[k].result(W[i].clone(), solver="hals", lam=lam, symmetric_restart=None)
             keep = [i for i, done in enumerate(stop) if not done]
             if not keep:
                 break

@@ -66,6 +66,9 @@ def _alternate_from(name, problem, U0, XU0, update, lam, monitor, it, restarted=
             if monitor.check(it, W, problem.loss(W, XW), 4 * projected_gradient_sq(half_gW, W) + pgV_sq):
                 if restarted or not monitor.converged or not asymmetric(W, V):
                     break
+                monitor.converged = False  # W far from V: not a stationary point of SymNMF
+                if it >= monitor.max_iter:
+                    break
                 return restart_symmetric(name, problem, *better_factor(problem, W, XW, V, XV), update, monitor, it)
         W = update(W, BV, XV, V, lam)
         XW = problem.matmul(W)
@@ -91,7 +94,6 @@ def better_factor(problem, W, XW, V, XV):
 def restart_symmetric(name, problem, F, XF, update, monitor, it):
     """The run of `monitor`, converged with W far from V at iteration `it`, from W = V = F on, with Zhu et al.'s
     penalty at F, which drives W to V."""
-    monitor.converged = False
     lam = symmetry_penalty(problem, F, XF)
     if monitor.verbose:
         print(f"{monitor.name}: W and V converged apart at iteration {it}; from W = V again, lam = {lam:.4g}")
@@ -146,11 +148,13 @@ def alternate_restarts(name, X, U0, update, *, lam, max_iter, tol, check_every, 
             for i, k in enumerate(running):
                 if not stop[i]:
                     continue
-                if monitors[k].converged and asymmetric(W[i], V[i]):  # it goes on alone (see the module's notes)
-                    F, XF = better_factor(problem, W[i], XW[i], V[i], XV[i])
-                    results[k] = restart_symmetric(name, problem, F, XF, update, monitors[k], it)
-                else:
-                    results[k] = monitors[k].result(W[i].clone(), solver=name, lam=lam, symmetric_restart=None)
+                if monitors[k].converged and asymmetric(W[i], V[i]):  # see the module's notes
+                    monitors[k].converged = False
+                    if it < monitors[k].max_iter:  # it goes on alone
+                        F, XF = better_factor(problem, W[i], XW[i], V[i], XV[i])
+                        results[k] = restart_symmetric(name, problem, F, XF, update, monitors[k], it)
+                        continue
+                results[k] = monitors[k].result(W[i].clone(), solver=name, lam=lam, symmetric_restart=None)
             keep = [i for i, s in enumerate(stop) if not s]
             if not keep:
                 break
