@@ -32,7 +32,6 @@ Defaults
 """
 import contextlib
 import math
-import numbers
 import os
 import sys
 import time
@@ -46,7 +45,7 @@ import symnmf_kernels as sk
 
 from .metrics import modularity
 from .solvers.base import as_seed, check_lam, init_factor, make_generator, renumbered_start
-from .validation import as_similarity, check_device, check_rank, check_similarity
+from .validation import as_similarity, check_device, check_rank, check_similarity, is_int
 
 __all__ = [
     "SOLVERS", "SOLVER_NAMES", "AFFINITIES", "DEFAULT_MAX_ITER", "DEFAULT_EPOCHS", "DEFAULT_RECIPE", "NET_DEFAULTS",
@@ -407,10 +406,10 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
     if solver == "net" and n_init != 1:
         raise ValueError("n_init applies to the classical solvers; SymNMF-Net's restarts are its recipe's n_restarts "
                          "(net_options={'n_restarts': N})")
-    if max_iter is not None and not (_is_int(max_iter) and max_iter >= 0):
+    if max_iter is not None and not (is_int(max_iter) and max_iter >= 0):
         raise ValueError(f"max_iter must be a non-negative int or None (the solver's default, the recipe's epochs for "
                          f"the net), got {max_iter!r}")
-    if threads not in ("auto", None) and not (_is_int(threads) and threads >= 0):
+    if threads not in ("auto", None) and not (is_int(threads) and threads >= 0):
         raise ValueError(f'threads must be "auto", None or an int >= 1 (0 and None: torch\'s own setting), '
                          f"got {threads!r}")
     # A penalty given as a number is divided by A's scale below: checked here, as the caller gave it.
@@ -537,10 +536,6 @@ def _renumber_net(net, rows):
 
 def _is_number(value):
     return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _per_scale(lam, scale):

@@ -45,7 +45,6 @@ import hashlib
 import io
 import json
 import math
-import numbers
 import os
 import time
 import warnings
@@ -63,7 +62,7 @@ from symnmf_kernels.sparse import as_csr
 from .metrics import modularity
 from .net_chain import NetChain
 from .solvers.base import draw_node_rows, init_factor, make_generator
-from .validation import as_similarity, check_rank, check_similarity
+from .validation import as_similarity, check_rank, check_similarity, is_int
 
 __all__ = ["SymNMFNet", "RECIPES", "NetResult", "fit_net", "kuang_init", "spectral_init", "sparse_factor",
            "select_restart", "CHECKPOINT_VERSION", "CudaGraphCaptureError"]
@@ -122,11 +121,6 @@ def _recipe(name):
     if name not in RECIPES:
         raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {name!r}")
     return RECIPES[name]
-
-
-def _is_int(value):
-    """An integer of any kind (Python's, numpy's), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_finite(value, low, strict=False):
@@ -388,20 +382,20 @@ class SymNMFNet(nn.Module):
         init_noise, learn_lam = pick("init_noise", init_noise), pick("learn_lam", learn_lam)
         beta_final, loss_blocks = pick("beta_final", beta_final), pick("loss_blocks", loss_blocks)
         beta_relative = pick("beta_relative", beta_relative)
-        if not _is_int(n_components) or n_components < 1:
+        if not is_int(n_components) or n_components < 1:
             raise ValueError(f"n_components must be a positive int, got {n_components!r}")
-        if not _is_int(n_layers) or n_layers < 1:
+        if not is_int(n_layers) or n_layers < 1:
             raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
         if not (_is_finite(beta, 0) and _is_finite(mu, 0)):
             raise ValueError(f"beta and mu must be finite and >= 0, got beta={beta!r}, mu={mu!r}")
         if beta_final is not None and not (_is_finite(beta_final, 0, strict=True) and beta > 0):
             raise ValueError(f"beta_final must be finite and > 0 (with beta > 0) or None, got {beta_final!r}")
         _check_lam(lam)
-        if n_restarts is not None and (not _is_int(n_restarts) or n_restarts < 1):
+        if n_restarts is not None and (not is_int(n_restarts) or n_restarts < 1):
             raise ValueError(f"n_restarts must be a positive int or None, got {n_restarts!r}")
         if init not in _INITS:
             raise ValueError(f"init must be one of {_INITS}, got {init!r}")
-        if not _is_int(init_iter) or init_iter < 0:
+        if not is_int(init_iter) or init_iter < 0:
             raise ValueError(f"init_iter must be a non-negative int, got {init_iter!r}")
         if not _is_finite(init_noise, 0):
             raise ValueError(f"init_noise must be finite and >= 0, got {init_noise!r}")
@@ -707,19 +701,19 @@ class SymNMFNet(nn.Module):
         tol = settings["tol"] if tol is None else tol
         patience = settings["patience"] if patience is None else patience
         lr_schedule = settings["lr_schedule"] if lr_schedule is None else lr_schedule
-        if not _is_int(epochs) or epochs < 0:
+        if not is_int(epochs) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
         epochs = int(epochs)
         if not _is_finite(lr, 0, strict=True):
             raise ValueError(f"lr must be finite and > 0, got {lr!r}")
         if tol is not None and not _is_finite(tol, 0):
             raise ValueError(f"tol must be finite and >= 0 or None, got {tol!r}")
-        if patience is not None and (not _is_int(patience) or patience < 0):
+        if patience is not None and (not is_int(patience) or patience < 0):
             raise ValueError(f"patience must be a non-negative int or None, got {patience!r}")
         patience = None if patience is None else int(patience)
         if lr_schedule not in _LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {_LR_SCHEDULES}, got {lr_schedule!r}")
-        if not _is_int(log_every) or log_every < 1:
+        if not is_int(log_every) or log_every < 1:
             raise ValueError(f"log_every must be a positive int, got {log_every!r}")
         log_every = int(log_every)
         if cuda_graph and (optimizer is not None or not _capturable(self.beta_final, lr_schedule)):
@@ -1345,13 +1339,13 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
         raise ValueError(f"unknown recipe settings {unknown}; known: {sorted(settings)}")
     settings.update({k: v for k, v in overrides.items() if v is not None})
     R = settings["n_restarts"]
-    if not _is_int(R) or R < 1:
+    if not is_int(R) or R < 1:
         raise ValueError(f"n_restarts must be a positive int, got {R!r}")
     R = settings["n_restarts"] = int(R)
     if settings["select"] not in SELECTION_RULES:
         raise ValueError(f"select must be one of {SELECTION_RULES}, got {settings['select']!r}")
     polish_iter = settings["polish_iter"]
-    if not _is_int(polish_iter) or polish_iter < 0:
+    if not is_int(polish_iter) or polish_iter < 0:
         raise ValueError(f"polish_iter must be a non-negative int (0: no polish), got {polish_iter!r}")
     polish_iter = settings["polish_iter"] = int(polish_iter)
     _check_lam(settings["lam"])  # as given: for one graph it is divided by the scale below

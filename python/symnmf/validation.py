@@ -3,6 +3,7 @@
 These read the values of X (a host synchronisation), so they run once per fit,
 never inside a training step.
 """
+import numbers
 import warnings
 
 import numpy as np
@@ -139,9 +140,14 @@ def _sparse_asymmetry(X):
     return diff.abs().max() if diff.numel() else v.new_zeros(())
 
 
+def is_int(value):
+    """An integer of any kind (Python's, numpy's), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_rank(rank, n, name="n_components"):
     """Raise ValueError unless 1 <= rank <= n."""
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
+    if not is_int(rank):
         raise TypeError(f"{name} must be an int, got {type(rank).__name__}")
     if rank < 1:
         raise ValueError(f"{name} must be >= 1, got {rank}")

@@ -49,3 +49,15 @@ def dot_tf32x3(a_hi, a_lo, b_hi, b_lo, acc):
     acc = tl.dot(a_lo, b_hi, acc, input_precision="tf32", out_dtype=tl.float32)
     acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32", out_dtype=tl.float32)
     return tl.dot(a_hi, b_hi, acc, input_precision="tf32", out_dtype=tl.float32)
+
+
+@triton.jit
+def add_tile_gram(acc, u, PRECISION: tl.constexpr):
+    """acc + u^T u for a row tile u, accumulated in acc's dtype. Under tf32x3 the tile is split once for both
+    sides of its product (tl.dot's tf32x3 would split it twice)."""
+    if PRECISION == "tf32x3":
+        u_hi, u_lo = tf32_split(u)
+        acc = dot_tf32x3(tl.trans(u_hi), tl.trans(u_lo), u_hi, u_lo, acc)
+    else:
+        acc += tl.dot(tl.trans(u), u, input_precision=PRECISION, out_dtype=acc.dtype)
+    return acc

@@ -18,7 +18,7 @@ rows [s * rows_per_split, (s + 1) * rows_per_split) of problem b.
 import triton
 import triton.language as tl
 
-from ._common import dot_tf32x3, relu, tf32_split
+from ._common import add_tile_gram, dot_tf32x3, relu, tf32_split
 from .gram import split_rows, store_partial
 
 
@@ -64,11 +64,7 @@ def apply_kernel(
         tl.store(Y + b * stride_yb + rows[:, None] * stride_yn + offs_r[None, :] * stride_yr, y, mask=mask)
         if EMIT_GRAM:
             # Padding rows of A are zero, so their rows of y are zero too.
-            if SPLIT:
-                y_hi, y_lo = tf32_split(y)
-                acc = dot_tf32x3(tl.trans(y_hi), tl.trans(y_lo), y_hi, y_lo, acc)
-            else:
-                acc += tl.dot(tl.trans(y), y, input_precision=PRECISION, out_dtype=ACC)
+            acc = add_tile_gram(acc, y, PRECISION)
     if EMIT_GRAM:
         store_partial(partials, acc, b, s, num_splits, BLOCK_R)
 

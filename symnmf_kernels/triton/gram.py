@@ -11,7 +11,7 @@ the Gram of their own output in the same pass.
 import triton
 import triton.language as tl
 
-from ._common import dot_tf32x3, tf32_split
+from ._common import add_tile_gram
 
 
 @triton.jit
@@ -64,13 +64,8 @@ def gram_partials_kernel(
         u = tl.load(U_b + rows[:, None].to(tl.int64) * stride_un + offs_r[None, :] * stride_ur, mask=mask, other=0.0)
         u = u.to(ACC)
         # The Gram feeds a Cholesky: plain tf32's 10-bit mantissa is not enough there, tf32x3 (three
-        # tensor-core products of split operands) and ieee (FMA) keep float32 accuracy. The tile is split
-        # once for both sides of its product (tl.dot's tf32x3 would split it twice).
-        if PRECISION == "tf32x3":
-            u_hi, u_lo = tf32_split(u)
-            acc = dot_tf32x3(tl.trans(u_hi), tl.trans(u_lo), u_hi, u_lo, acc)
-        else:
-            acc += tl.dot(tl.trans(u), u, input_precision=PRECISION, out_dtype=ACC)
+        # tensor-core products of split operands) and ieee (FMA) keep float32 accuracy.
+        acc = add_tile_gram(acc, u, PRECISION)
     if ATOMIC:
         tl.atomic_add(partials + b * BLOCK_R * BLOCK_R + offs_r[:, None] * BLOCK_R + offs_r[None, :], acc)
     else:

@@ -22,7 +22,7 @@ float64: ||X||^2 - 2 <S, U> + ||U^T U||^2 cancels near a good fit.
 import triton
 import triton.language as tl
 
-from ._common import dot_tf32x3, row_tile, tf32_split
+from ._common import add_tile_gram, row_tile
 from .gram import split_rows, store_partial
 
 
@@ -57,11 +57,7 @@ def sparse_loss_terms_kernel(
         x = x.to(ACC)
         su += tl.sum(u * x, axis=0).to(tl.float64)
         if HAS_GRAM:
-            if PRECISION == "tf32x3":  # the tile split once for both sides of its product
-                u_hi, u_lo = tf32_split(u)
-                g = dot_tf32x3(tl.trans(u_hi), tl.trans(u_lo), u_hi, u_lo, g)
-            else:
-                g += tl.dot(tl.trans(u), u, input_precision=PRECISION, out_dtype=ACC)
+            g = add_tile_gram(g, u, PRECISION)
         if HAS_P:
             p = tl.load(P + b * stride_pb + rows[:, None] * stride_pn + offs_r[None, :] * stride_pr, mask=mask, other=0.0)
             res = p.to(ACC) - x - lam_b * u
