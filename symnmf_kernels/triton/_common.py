@@ -53,11 +53,25 @@ def dot_tf32x3(a_hi, a_lo, b_hi, b_lo, acc):
 
 @triton.jit
 def add_tile_gram(acc, u, PRECISION: tl.constexpr):
-    """acc + u^T u for a row tile u, accumulated in acc's dtype. Under tf32x3 the tile is split once for both
-    sides of its product (tl.dot's tf32x3 would split it twice)."""
+    """acc plus a row tile u's u^T u, in a form that tile_gram_total turns into the Gram gathered so far.
+
+    Under tf32x3 the tile is split once, u = hi + lo, and u^T u = hi^T hi + hi^T lo + (hi^T lo)^T: the two cross
+    terms are one product's transpose. acc gathers hi^T hi + 2 hi^T lo (2 lo is exact), whose symmetric part
+    is the Gram: two tensor-core products a tile instead of tl.dot's three, in one accumulator."""
     if PRECISION == "tf32x3":
         u_hi, u_lo = tf32_split(u)
-        acc = dot_tf32x3(tl.trans(u_hi), tl.trans(u_lo), u_hi, u_lo, acc)
+        u_hi_t = tl.trans(u_hi)
+        acc = tl.dot(u_hi_t, u_lo + u_lo, acc, input_precision="tf32", out_dtype=tl.float32)
+        acc = tl.dot(u_hi_t, u_hi, acc, input_precision="tf32", out_dtype=tl.float32)
     else:
         acc += tl.dot(tl.trans(u), u, input_precision=PRECISION, out_dtype=acc.dtype)
+    return acc
+
+
+@triton.jit
+def tile_gram_total(acc, PRECISION: tl.constexpr):
+    """The Gram that add_tile_gram gathered in acc: under tf32x3 acc's symmetric part (acc + acc^T) / 2, which
+    also makes the result exactly symmetric."""
+    if PRECISION == "tf32x3":
+        acc = (acc + tl.trans(acc)) * 0.5
     return acc

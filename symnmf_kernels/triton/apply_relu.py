@@ -18,7 +18,7 @@ rows [s * rows_per_split, (s + 1) * rows_per_split) of problem b.
 import triton
 import triton.language as tl
 
-from ._common import add_tile_gram, dot_tf32x3, relu, tf32_split
+from ._common import add_tile_gram, dot_tf32x3, relu, tf32_split, tile_gram_total
 from .gram import split_rows, store_partial
 
 
@@ -66,7 +66,7 @@ def apply_kernel(
             # Padding rows of A are zero, so their rows of y are zero too.
             acc = add_tile_gram(acc, y, PRECISION)
     if EMIT_GRAM:
-        store_partial(partials, acc, b, s, num_splits, BLOCK_R)
+        store_partial(partials, tile_gram_total(acc, PRECISION), b, s, num_splits, BLOCK_R)
 
 
 @triton.jit

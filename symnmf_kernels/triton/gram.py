@@ -11,7 +11,7 @@ the Gram of their own output in the same pass.
 import triton
 import triton.language as tl
 
-from ._common import add_tile_gram
+from ._common import add_tile_gram, tile_gram_total
 
 
 @triton.jit
@@ -63,9 +63,10 @@ def gram_partials_kernel(
         mask = (rows[:, None] < row_end) & (offs_r[None, :] < r)
         u = tl.load(U_b + rows[:, None].to(tl.int64) * stride_un + offs_r[None, :] * stride_ur, mask=mask, other=0.0)
         u = u.to(ACC)
-        # The Gram feeds a Cholesky: plain tf32's 10-bit mantissa is not enough there, tf32x3 (three
-        # tensor-core products of split operands) and ieee (FMA) keep float32 accuracy.
+        # The Gram feeds a Cholesky: plain tf32's 10-bit mantissa is not enough there, tf32x3 (tensor-core
+        # products of split operands) and ieee (FMA) keep float32 accuracy.
         acc = add_tile_gram(acc, u, PRECISION)
+    acc = tile_gram_total(acc, PRECISION)
     if ATOMIC:
         tl.atomic_add(partials + b * BLOCK_R * BLOCK_R + offs_r[:, None] * BLOCK_R + offs_r[None, :], acc)
     else:

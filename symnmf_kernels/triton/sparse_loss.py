@@ -22,7 +22,7 @@ float64: ||X||^2 - 2 <S, U> + ||U^T U||^2 cancels near a good fit.
 import triton
 import triton.language as tl
 
-from ._common import add_tile_gram, row_tile
+from ._common import add_tile_gram, row_tile, tile_gram_total
 from .gram import split_rows, store_partial
 
 
@@ -68,7 +68,7 @@ def sparse_loss_terms_kernel(
     tl.store(sums + slot * 3 + 1, tl.sum(rr, axis=0))
     tl.store(sums + slot * 3 + 2, tl.sum(ru, axis=0))
     if HAS_GRAM:
-        store_partial(gram, g, b, s, num_splits, BLOCK_R)
+        store_partial(gram, tile_gram_total(g, PRECISION), b, s, num_splits, BLOCK_R)
 
 
 @triton.jit

@@ -9,7 +9,7 @@ one launch too: `symnmf_block_small_backward_kernel`.
 import triton
 import triton.language as tl
 
-from ._common import relu
+from ._common import add_tile_gram, relu, tile_gram_total
 from .gram import sum_partials
 from .spd_inverse import spd_inverse_tile
 
@@ -35,7 +35,8 @@ def symnmf_block_small_kernel(
         mask = (rows[:, None] < m) & r_ok
         u = tl.load(U + b * stride_ub + rows[:, None] * stride_un + offs_r[None, :] * stride_ur, mask=mask, other=0.0)
         u = u.to(ACC)
-        G += tl.dot(tl.trans(u), u, input_precision=PRECISION, out_dtype=ACC)
+        G = add_tile_gram(G, u, PRECISION)
+    G = tile_gram_total(G, PRECISION)
     diagonal = offs_r[:, None] == offs_r[None, :]
     lam_b = tl.load(lam + b).to(ACC)
     G = tl.where(diagonal, G + tl.where(offs_r[:, None] < r, lam_b, 1.0), G)
