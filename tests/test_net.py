@@ -384,6 +384,20 @@ def test_spectral_start_finds_planted_blocks():
     assert accuracy(labels, net.U0.argmax(-1).numpy()) >= 0.95
 
 
+def test_spectral_start_has_no_dead_column():
+    # Two blocks of ones: two positive eigenvalues, the rest 0. Rank 4 leaves two columns of the spectrum all zero,
+    # which the net would keep at zero; they take Kuang's start, and the spectral columns stay as they were.
+    X = torch.block_diag(torch.ones(6, 6), torch.ones(4, 4)).double()
+    U = spectral_init(X, 4, generator=torch.Generator().manual_seed(0))
+    assert U.shape == (10, 4) and bool((U >= 0).all()) and bool((U > 0).any(0).all())
+    assert U[:, :2].argmax(1).tolist() == [0] * 6 + [1] * 4  # the leading columns, one per block, as they were
+    batched = spectral_init(X, 4, (3,), torch.Generator().manual_seed(0))
+    assert bool((batched > 0).any(-2).all()) and rel(batched[0, :, 2:], batched[1, :, 2:]) > 1e-3
+    net = SymNMFNet(4, n_layers=2, init="spectral", random_state=0, recipe="paper").fit(X, epochs=3, lr=0.01)
+    U = net().detach()
+    assert bool((U.amax(-2) > 1e-3 * U.max()).all())
+
+
 def test_fixed_lam_stays_and_spectral_lam_uses_the_spectral_norm():
     X, _ = planted_graph([9, 11, 13], 0.5, 0.1, seed=43)
     net = SymNMFNet(3, n_layers=2, learn_lam=False, random_state=1, recipe="paper")

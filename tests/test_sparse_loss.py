@@ -375,6 +375,10 @@ def test_native_ops_match_their_formulas():
             assert rel_err(S, S64) < tol and rel_err(R, R64) < tol
             expect = torch.stack([(S64 * U64).sum((1, 2)), (R64 * R64).sum((1, 2)), (R64 * U64).sum((1, 2))], 1)
             assert sums.dtype == torch.float64 and rel_err(sums, expect) < tol
+            # summed in float64 at every r: against the same sums of the S and R it returned, to float64 rounding
+            Sd, Rd = S.double(), R.double()
+            own = torch.stack([(Sd * U64).sum((1, 2)), (Rd * Rd).sum((1, 2)), (Rd * U64).sum((1, 2))], 1)
+            assert rel_err(sums, own) < 1e-12
             dU = torch.ops.symnmf_kernels.sparse_loss_grad_csr(crow, col, values, T, S, R, lam, cs, cr)
             R64 = R.double()
             expect = (T.double() + cs.double()[:, None, None] * S.double()

@@ -57,18 +57,20 @@ inline void terms_epilogue(const scalar_t* __restrict__ s, const scalar_t* __res
     }
     return;
   }
-  scalar_t a = scalar_t(0);
+  // Wider rows: one float64 sum across the row per sum, whose cost is small beside such a row's SpMM.
+  double a = 0.0;
 #pragma omp simd reduction(+ : a)
-  for (int64_t c = 0; c < r; ++c) a += s[c] * u[c];
+  for (int64_t c = 0; c < r; ++c) a += static_cast<double>(s[c]) * static_cast<double>(u[c]);
   sums.su += a;
   if (p != nullptr) {
-    scalar_t x = scalar_t(0), y = scalar_t(0);
+    double x = 0.0, y = 0.0;
 #pragma omp simd reduction(+ : x, y)
     for (int64_t c = 0; c < r; ++c) {
       const scalar_t v = p[c] - s[c] - l * u[c];
       q[c] = v;
-      x += v * v;
-      y += v * u[c];
+      const double w = static_cast<double>(v);
+      x += w * w;
+      y += w * static_cast<double>(u[c]);
     }
     sums.rr += x;
     sums.ru += y;

@@ -264,6 +264,8 @@ def spectral_init(X, rank, batch_shape=(), generator=None, noise=0.0, iters=30):
 
     The eigenpairs come from a subspace iteration on X + s I, s = max row sum of X (so that the
     leading eigenvalues of X lead), with r + 4 vectors and `iters` steps: only products X V.
+    Where X has fewer than `rank` eigenvalues above rounding (sqrt(eps) times the largest), the
+    columns of the others take Kuang's random start.
     """
     n = X.shape[-1]
     k = min(n, rank + 4)
@@ -280,7 +282,12 @@ def spectral_init(X, rank, batch_shape=(), generator=None, noise=0.0, iters=30):
     Y = (Q @ V) * torch.sqrt(torch.clamp(w, min=0))[..., None, :]
     flip = torch.clamp(Y, min=0).pow(2).sum(-2, keepdim=True) < torch.clamp(-Y, min=0).pow(2).sum(-2, keepdim=True)
     U = torch.clamp(torch.where(flip, -Y, Y), min=0)
+    # A column of an eigenvalue that is 0 up to rounding (rank above the count of positive eigenvalues) is zero or
+    # rounding noise, and training keeps it so (its P column is as small): it takes Kuang's random start instead.
+    dead = (w <= torch.finfo(X.dtype).eps ** 0.5 * w[..., :1])[..., None, :] | ~(U > 0).any(-2, keepdim=True)
     U = U.expand((*batch_shape, *U.shape)).clone()
+    if bool(dead.any()):
+        U = torch.where(dead, kuang_init(X, rank, batch_shape, generator), U)
     if noise:
         U = U + noise * kuang_init(X, rank, batch_shape, generator)
     return U
