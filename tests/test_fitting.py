@@ -81,9 +81,10 @@ def test_all_zero_graphs_are_refused():
 
 
 @pytest.mark.parametrize("solver", ["hals", "anls"])
-def test_several_starts_keep_the_highest_modularity(solver):
+def test_several_starts_keep_the_highest_modularity(solver, monkeypatch):
     """n_init: start 0 is the one-start fit's start; the kept start has the highest modularity of the starts'
     labels, and is the fit from that start alone."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the rule that keeps a start, on the CPU's kernels
     from symnmf.metrics import modularity
     from symnmf.solvers import SOLVERS as FUNCTIONS
 
@@ -164,7 +165,8 @@ def shuffled_sparse_blocks(n_blocks, size, seed):
 
 
 @pytest.mark.parametrize("solver", ["hals", "net", "anls", "hals-starts"])
-def test_a_renumbered_fit_ends_where_the_fit_without_it_does(solver):
+def test_a_renumbered_fit_ends_where_the_fit_without_it_does(solver, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the renumbering and its inverse, on the CPU's kernels
     A, _ = shuffled_sparse_blocks(3, 40, 0)
     kwargs = dict(random_state=3, max_iter=4 if solver == "net" else 40, tol=0.0)
     if solver == "hals-starts":  # several starts side by side, the one of highest modularity kept

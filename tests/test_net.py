@@ -483,9 +483,10 @@ def test_fit_net_recovers_planted_blocks_with_each_recipe():
         fit_net(X, 3, epochs=2, depth=3)
 
 
-def test_fit_net_does_not_depend_on_the_scale_of_x():
+def test_fit_net_does_not_depend_on_the_scale_of_x(monkeypatch):
     """fit_net trains one graph at largest eigenvalue 1 (as the fit path) and scales the factor back: the
     labels of X at any scale, U(c X) = sqrt(c) U(X); a normalised graph is trained as it is."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the fit path's scaling, on the torch path
     X, _ = planted_graph([16, 20, 24], 0.5, 0.03, seed=46)
     small = dict(n_layers=2, epochs=10, polish_iter=10, n_restarts=2)
     base = fit_net(X, 3, random_state=0, **small)
@@ -499,8 +500,10 @@ def test_fit_net_does_not_depend_on_the_scale_of_x():
     assert fit_net(X * 1e3, 3, random_state=0, scale=1.0, **small).scale == 1.0  # as given: no estimate
 
 
-def test_fit_net_keeps_the_polished_restart_of_highest_modularity():
+def test_fit_net_keeps_the_polished_restart_of_highest_modularity(monkeypatch):
     from symnmf.solvers import solve
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the selection rule, on the torch path
 
     X, _ = planted_graph([14, 17, 21], 0.4, 0.08, seed=51, dtype=torch.float64)
     X = X.to_sparse_csr()
