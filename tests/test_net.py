@@ -899,6 +899,21 @@ def test_load_state_dict_into_a_new_net():
     with pytest.raises(RuntimeError, match="P.1"):
         other.load_state_dict(wrong)
     assert not other.initialized and len(other.P) == 0 and other._beta_now == other.beta
+    # a net of another config refuses it, and so does a state that fails before the load itself
+    for config in (dict(n_restarts=None), dict(n_restarts=3), dict(n_components=3)):
+        other = SymNMFNet(**dict(dict(n_components=2, n_layers=2, n_restarts=2), **config))
+        with pytest.raises(ValueError, match="config it was saved with"):
+            other.load_state_dict(net.state_dict())
+        assert not other.initialized and len(other.P) == 0
+    other = SymNMFNet(2, n_layers=2, n_restarts=2)
+    with pytest.raises(TypeError):
+        other.load_state_dict(dict(net.state_dict(), lam=net.lam.tolist()))
+    assert not other.initialized and len(other.P) == 0
+    # one restart kept as a plain net: the leading dimension of a batch of graphs is not one of restarts
+    single = SymNMFNet(2, n_layers=2, random_state=0).fit(X, epochs=2)
+    batch = SymNMFNet(2, n_layers=2)
+    batch.load_state_dict(single.state_dict())
+    assert torch.equal(batch(), single())
 
 
 def test_a_refused_fit_leaves_the_trained_net_as_it_was():

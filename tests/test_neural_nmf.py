@@ -223,6 +223,13 @@ def test_a_class_without_labels_is_named_not_merged():
     assert (model.predict(X) == 3).all()
     with pytest.raises(ValueError, match="numeric labels"):
         NeuralNMF([4, 2], n_classes=3, max_iter=2).fit(X, np.array(["a", "b"])[y % 2])
+    # names past the largest label in a type that holds them (uint8 255 + 1 wrapped to 0), or a clear error
+    model = NeuralNMF([4, 2], n_classes=3, max_iter=2, random_state=0).fit(X, np.where(y % 2, 255, 0).astype(np.uint8))
+    assert list(model.classes_) == [0, 255, 256]
+    with pytest.raises(ValueError, match="not distinct"):
+        NeuralNMF([4, 2], n_classes=3, max_iter=2).fit(X, np.where(y % 2, 1e20, 0.0))
+    with pytest.raises(ValueError, match="overflow"):
+        NeuralNMF([4, 2], n_classes=3, max_iter=2).fit(X, np.where(y % 2, np.iinfo(np.int64).max, 0))
 
 
 def test_nan_labels_are_refused_and_a_refit_without_labels_drops_the_classes():

@@ -383,6 +383,12 @@ def test_penalised_run_converging_apart_restarts_symmetric(solver):
     # converged apart at its last iteration: not converged (not a stationary point of SymNMF), no iteration more
     capped = solve(X, 4, solver, random_state=0, max_iter=restart)
     assert (capped.n_iter, capped.converged, capped.params["symmetric_restart"]) == (restart, False, None)
+    # likewise where the callback asks to stop there: the run stops, it does not restart
+    calls = []
+    stopped = solve(X, 4, solver, random_state=0, max_iter=2000,
+                    callback=lambda it, U, h: calls.append(it) or it >= restart)
+    assert (stopped.n_iter, stopped.converged, stopped.params["symmetric_restart"]) == (restart, False, None)
+    assert calls[-1] == restart and torch.equal(stopped.U, capped.U)
 
 
 def test_penalised_run_converging_together_keeps_its_penalty(sbm):

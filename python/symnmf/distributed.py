@@ -842,7 +842,7 @@ def _alternate_from(name, graph, U0, XU0, GU0, update, lam, monitor, it, restart
                 if restarted or not monitor.converged or not _asymmetric(graph, W, V):
                     break
                 monitor.converged = False  # W far from V: not a stationary point of SymNMF
-                if it >= monitor.max_iter:
+                if it >= monitor.max_iter or monitor.stopped_by_callback:
                     break
                 return _restart_symmetric(name, graph, W, XW, GW, V, XV, GV, update, monitor, it)
         W = update(W, BV, XV, V, lam)

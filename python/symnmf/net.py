@@ -928,12 +928,18 @@ class SymNMFNet(nn.Module):
 
     def get_extra_state(self):
         """The regulariser's weight, part of the state dict: with beta_relative it comes from lam at the start,
-        which training moves, so the weights alone do not give it back."""
-        return {"beta_scale": self._beta_scale, "beta_now": self._beta_now}
+        which training moves, so the weights alone do not give it back. Also n_restarts: the leading dimension of
+        restarts looks like a batch dimension of X in the weights' shapes."""
+        return {"beta_scale": self._beta_scale, "beta_now": self._beta_now, "n_restarts": self.n_restarts}
 
     def set_extra_state(self, state):
         if not (isinstance(state, dict) and all(isinstance(state.get(k), float) for k in ("beta_scale", "beta_now"))):
             raise ValueError(f"the extra state must be a dict of the floats beta_scale and beta_now, got {state!r}")
+        if "n_restarts" in state and state["n_restarts"] != self.n_restarts:  # states saved before it had none
+            raise ValueError(
+                f"the state dict is of a net with n_restarts={state['n_restarts']!r}, this net has "
+                f"n_restarts={self.n_restarts!r}: build the net with the config it was saved with"
+            )
         self._beta_scale, self._beta_now = state["beta_scale"], state["beta_now"]
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
@@ -941,9 +947,9 @@ class SymNMFNet(nn.Module):
         state dict's shapes (so `SymNMFNet(r, n_layers=L).load_state_dict(net.state_dict())` gives net back), and
         stays uninitialised should the load fail."""
         fresh = not self.initialized and all(key in state_dict for key in ("U0", "lam_min", "lam"))
-        if fresh:
-            self._allocate(state_dict)
         try:
+            if fresh:
+                self._allocate(state_dict)
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
         except Exception:
             if fresh:
@@ -1067,7 +1073,15 @@ class SymNMFNet(nn.Module):
 
     def _allocate(self, state_dict):
         """Empty parameters and buffers of the shapes in state_dict, so it can be loaded."""
-        U0 = state_dict["U0"]
+        U0, restarts = state_dict["U0"], self._restart_shape()
+        fits = isinstance(U0, torch.Tensor) and U0.dim() >= 2 + len(restarts) and U0.shape[-1] == self.n_components
+        if not (fits and tuple(U0.shape[:len(restarts)]) == restarts):
+            shape = tuple(U0.shape) if isinstance(U0, torch.Tensor) else type(U0).__name__
+            raise ValueError(
+                f"the state dict's U0 ({shape}) is not of a net with n_components={self.n_components} and "
+                f"n_restarts={self.n_restarts}, whose U0 is (*restarts, *X.shape[:-2], n, {self.n_components}): "
+                "build the net with the config it was saved with"
+            )
         self.U0 = torch.empty_like(U0)
         self.lam_min = torch.empty_like(state_dict["lam_min"])
         self.lam = nn.Parameter(torch.empty_like(state_dict["lam"]), requires_grad=self.learn_lam)

@@ -512,7 +512,19 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
                 raise ValueError(f"n_classes = {c} but the labelled samples show {len(classes)} classes: the other "
                                  "classes are named max(y) + 1, ..., which needs numeric labels; encode y as "
                                  "integers (e.g. sklearn.preprocessing.LabelEncoder)")
-            classes = np.concatenate([classes, classes.max() + np.arange(1, c - len(classes) + 1, dtype=classes.dtype)])
+            extra = np.arange(1, c - len(classes) + 1)
+            if classes.dtype.kind in "iu":  # in a type that holds them: uint8 labels up to 255 would wrap
+                wide = np.result_type(classes.dtype, np.int64)
+                if int(classes.max()) + len(extra) > np.iinfo(wide).max:
+                    raise ValueError(f"n_classes = {c} but the labelled samples show {len(classes)} classes, and the "
+                                     "other classes' names max(y) + 1, ... would overflow; encode y as small integers")
+                classes = classes.astype(wide)
+            made_up = classes.max() + extra.astype(classes.dtype)
+            if not bool((made_up > classes.max()).all()) or len(np.unique(made_up)) < len(made_up):
+                raise ValueError(f"n_classes = {c} but the labelled samples show {len(classes)} classes, and the other "
+                                 f"classes' names max(y) + 1, ... are not distinct at max(y) = {classes.max()}; "
+                                 "encode y as integers (e.g. sklearn.preprocessing.LabelEncoder)")
+            classes = np.concatenate([classes, made_up])
         Y = np.zeros((n, c))
         Y[np.flatnonzero(mask), codes] = 1.0
         return Y, mask, classes

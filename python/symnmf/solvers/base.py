@@ -195,7 +195,7 @@ class Monitor:
     reads the two scalars back (one host synchronisation), records them, calls
     the callback and returns True when the solver should stop: the
     projected-gradient norm is at most tol times the first one, max_iter is
-    reached, or the callback returned True.
+    reached, or the callback returned True (then stopped_by_callback is True).
     """
 
     def __init__(self, name, problem, tol, max_iter, check_every, callback=None, verbose=False):
@@ -215,6 +215,7 @@ class Monitor:
         self.history = {"iteration": [], "objective": [], "rel_error": [], "pg_norm": [], "time": []}
         self.pg0 = None
         self.converged = False
+        self.stopped_by_callback = False
         self.n_iter = 0
         self._norm_sq = float(problem.norm_sq)
         self._start = time.perf_counter()
@@ -248,7 +249,7 @@ class Monitor:
         self.converged = pg <= self.tol * self.pg0
         stop = self.converged or it >= self.max_iter
         if self.callback is not None and self.callback(it, U, h):
-            stop = True
+            stop = self.stopped_by_callback = True
         return stop
 
     def record_last(self, it, U, objective, pg_sq):

@@ -67,7 +67,7 @@ def _alternate_from(name, problem, U0, XU0, update, lam, monitor, it, restarted=
                 if restarted or not monitor.converged or not asymmetric(W, V):
                     break
                 monitor.converged = False  # W far from V: not a stationary point of SymNMF
-                if it >= monitor.max_iter:
+                if it >= monitor.max_iter or monitor.stopped_by_callback:
                     break
                 return restart_symmetric(name, problem, *better_factor(problem, W, XW, V, XV), update, monitor, it)
         W = update(W, BV, XV, V, lam)
