@@ -190,6 +190,8 @@ def test_bad_input_gives_clear_errors(graph):
         SymNMF(2, affinity="rbf").fit(A)
     with pytest.raises(ValueError, match="lam"):
         SymNMF(2, solver="net", affinity="precomputed", lam="zhu").fit(A)
+    with pytest.raises(ValueError, match="penalty rho"):  # before any work, as for the net
+        SymNMF(2, solver="admm", affinity="precomputed", lam="kuang").fit(A)
     with pytest.raises(ValueError, match="random_state"):
         SymNMF(2, random_state="seven", **pre).fit(A)
     with pytest.raises(ValueError, match="'n_init' parameter"):

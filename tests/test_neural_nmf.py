@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 
 import symnmf_kernels as sk
 from symnmf.neural_nmf import (
@@ -176,6 +177,10 @@ def test_unsupervised_fit_improves_on_hierarchical_nmf():
     np.testing.assert_allclose(np.square(model.history_["relative_error"]), model.history_["loss"], rtol=1e-9)
     untrained = NeuralNMF([9, 4, 2], max_iter=0, random_state=0).fit(X)
     assert untrained.history_ == {"loss": [], "relative_error": []} and untrained.n_iter_ == 0
+    with pytest.raises(NotFittedError, match="fitted without labels"):  # fitted, but with no classifier
+        model.predict(X)
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        NeuralNMF([9, 4, 2]).predict(X)
 
 
 def test_attributes_are_consistent():

@@ -30,7 +30,7 @@ def test_readme_example_runs(index):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     out = proc.stdout.strip().splitlines()
     if index == 0:
-        assert out == ["torch.Size([32, 32])"]  # the comment's (32, 32)
+        assert out == ["torch.Size([32, 32])"]  # as its comment says
     else:
         accuracy = float(out[-1])
         assert 0.5 < accuracy <= 1.0  # SymHALS on digits' kNN graph: 0.8 or so (README, docs)

@@ -229,8 +229,8 @@ class AlternatingNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     alpha : float
         First threshold, as a fraction of the largest weight decoded from the start.
     decay : float
-        The threshold is divided by `decay` (> 1) at every outer iteration (1.1: 200 iterations take
-        it down by a factor of 2e8).
+        The threshold is divided by `decay` (>= 1; 1 keeps it) at every outer iteration (1.1: 200
+        iterations take it down by a factor of 2e8).
     lr : float
         Step size relative to the largest eigenvalue of W^T W (bounded by its largest row sum);
         in (0, 2) for stable steps.

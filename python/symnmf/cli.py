@@ -673,7 +673,9 @@ def build_parser():
                    help="SymNMF-Net's restarts trained side by side (default: the recipe's; each holds its own "
                         "weights and optimiser state, so fewer need less memory)")
     _net_arguments(c)
-    c.add_argument("--tol", type=float, help="stopping tolerance (projected-gradient norm relative to its start)")
+    c.add_argument("--tol", type=float, help="stopping tolerance: the classical solvers' projected-gradient norm "
+                                             "relative to its start; the net's plateau tolerance (default: the "
+                                             "solver's or the recipe's)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random start (SymNMF's random_state; default 0)")
     c.add_argument("--node-order", choices=("auto", "rcm", "degree", "none"), default="auto",
                    help="renumber a sparse graph's nodes before the fit so that its products read nearby rows, "

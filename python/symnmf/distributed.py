@@ -1079,7 +1079,7 @@ def newton(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbo
     not that of the single-process default, and its labels can differ.
     """
     if lam is not None:
-        raise ValueError("newton has no penalty: leave lam=None (lam is for anls, hals and admm)")
+        raise ValueError("newton has no penalty: leave lam=None (lam is for anls, hals, admm and the net)")
     if method == "exact":
         raise ValueError("newton's method='exact' needs the whole dense X in one process; sharded, it runs 'cg'")
     if method not in ("auto", "cg"):

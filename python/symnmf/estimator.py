@@ -81,8 +81,9 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         or the recipe's default.
     lam : float or str, optional
         ANLS/HALS: the penalty lam of ||X - W V^T||^2 + lam ||W - V||^2 (a float,
-        "kuang" or "zhu"); ADMM: its penalty rho; the net: the initial lam
-        (None: ||X||_F). PGD and SymNewton take none.
+        "kuang" or "zhu"); ADMM: its penalty rho (a float); the net: the initial
+        lam (None: the recipe's, ||X||_2 for "default" and ||X||_F for "paper").
+        PGD and SymNewton take none.
     n_init : int
         Classical solvers: random starts (start 0 is the one-start fit's); the
         start whose labels have the highest modularity on the similarity is
@@ -158,10 +159,13 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     converged_ : bool
         Whether the stopping tolerance was met (the net: whether it stopped before max_iter).
     history_ : dict of lists
-        Per-iteration (per-epoch) objective, relative error and time of the solver. The fit runs on
-        A / scale, with scale = ||A||_2 (exactly 1 for a normalised graph: `symnmf.fitting.similarity_scale`),
-        so the objective and the losses are those of A / scale: reconstruction_err_ ** 2 is scale ** 2
-        times the last objective; the relative errors are A's own.
+        Classical solvers: the objective, relative error and time at each check of the stopping rule. The
+        fit runs on A / scale, with scale = ||A||_2 (exactly 1 for a normalised graph:
+        `symnmf.fitting.similarity_scale`), so the objective is that of A / scale: reconstruction_err_ ** 2
+        is scale ** 2 times the last objective; the relative errors are A's own. The net: its training
+        record per epoch (`SymNMFNet.history_`: the loss summed over restarts and blocks, regulariser
+        included, and each restart's relative error), before the SymHALS finish that gives
+        reconstruction_err_.
     affinity_matrix_ : ndarray or scipy.sparse CSR matrix (n_samples, n_samples)
         The similarity A that was factorised.
     net_ : SymNMFNet
@@ -289,7 +293,9 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         scipy.sparse or torch (dense or sparse). y is ignored.
         """
         if self.solver == "net" and isinstance(self.lam, str):
-            raise ValueError(f"lam for solver='net' must be a float > 0 or None (None: ||X||_F), got {self.lam!r}")
+            raise ValueError(f"lam for solver='net' must be a float > 0 or None (None: the recipe's), got {self.lam!r}")
+        if self.solver == "admm" and isinstance(self.lam, str):
+            raise ValueError(f"lam for solver='admm' is its penalty rho, a float > 0 or None, got {self.lam!r}")
         device = resolve_device(self.device, X)
         X = self._validate(X, reset=True)
         A, graph = build_affinity(

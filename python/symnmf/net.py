@@ -36,9 +36,10 @@ Every setting of the start, the loss and the optimiser is named in `RECIPES`:
 "paper" is the paper's (Kuang's random start, L = 10, beta = 5e-6, lam from
 ||X||_F, Adam at the absolute lr 0.5); "default" is the library's, chosen by
 the study in docs/symnmf_net_study.md (bench/study_net.py). A recipe fills in
-every argument left at None; explicit arguments win. `fit_net(X, r)` runs a
-whole recipe, restarts and label-free selection included, and returns one
-factor: the entry point for the estimator, the CLI and `symnmf reproduce`.
+every argument left at None but n_restarts (None there is one start, so that
+the net's shapes are those of X); explicit arguments win. `fit_net(X, r)` runs
+a whole recipe, its restarts and label-free selection included, and returns
+one factor: the entry point for the estimator, the CLI and `symnmf reproduce`.
 """
 import contextlib
 import hashlib
@@ -329,7 +330,7 @@ class SymNMFNet(nn.Module):
         The rank r (number of clusters).
     n_layers : int or None
         Number of blocks L (paper 10). Every argument left at None takes the
-        value of `recipe` (see `RECIPES`).
+        value of `recipe` (see `RECIPES`), but n_restarts.
     beta : float or None
         Weight of the regulariser ||P_i - (X + lam I) U_{i-1}||_F^2 that keeps
         each block close to the classical update (paper default 5e-6). The

@@ -688,6 +688,8 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
 
     def predict(self, X):
         """Class labels of new samples from the classification layer (needs a fit with labels)."""
-        check_is_fitted(self, "classifier_")
+        check_is_fitted(self, "A_")
+        check_is_fitted(self, "classifier_", msg="This %(name)s was fitted without labels: predict needs a fit with y "
+                                                  "(transform gives the embedding of an unsupervised fit)")
         scores = self.transform(X) @ self.classifier_.T
         return self.classes_[scores.argmax(1)]

@@ -152,7 +152,7 @@ def newton(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=F
       step run after CG's end costs far more than the read-back that would have stopped it).
     """
     if lam is not None:
-        raise ValueError("newton has no penalty: leave lam=None (lam is for anls, hals and admm)")
+        raise ValueError("newton has no penalty: leave lam=None (lam is for anls, hals, admm and the net)")
     problem = Problem(X)
     n, r = U0.shape
     if method == "auto":

@@ -24,7 +24,7 @@ def pgd(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=Fals
     (the step fell below what the working precision resolves).
     """
     if lam is not None:
-        raise ValueError("pgd has no penalty: leave lam=None (lam is for anls, hals and admm)")
+        raise ValueError("pgd has no penalty: leave lam=None (lam is for anls, hals, admm and the net)")
     problem = Problem(X)
     monitor = Monitor(
         "pgd", problem,
