@@ -294,6 +294,27 @@ def test_bad_input():
             hals_sweep_(W, C, B, V=W, lam=lam)
     with pytest.raises(TypeError, match="W must be a torch.Tensor"):
         hals_sweep(W.tolist(), C, B)
+    # no gradient through an update autograd cannot see (the reference's in-place loop fails in its backward)
+    for name in ("W", "C", "B"):
+        args = {"W": W.clone(), "C": C.clone(), "B": B.clone()}
+        args[name].requires_grad_()
+        for backend in ("torch", "triton"):
+            with pytest.raises(TypeError, match="no gradient"):
+                hals_sweep(args["W"], args["C"], args["B"], backend=backend)
+        with torch.no_grad():
+            hals_sweep(args["W"], args["C"], args["B"])
+    with pytest.raises(TypeError, match="no gradient"):
+        revive_zero_columns_(W.clone().requires_grad_(), W.amax(0))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_sweep_under_torch_compile(backend):
+    """torch.compile runs the sweep as eager (the Triton launch is a graph break), with the same result."""
+    W, C, B = hals_inputs(33, 4, torch.float64, seed=8)
+    expected, colmax = hals_sweep(W, C, B, backend=backend)
+    compiled = torch.compile(lambda W, C, B: hals_sweep_(W, C, B, backend=backend), backend="aot_eager")
+    W_c = W.clone()
+    assert rel(compiled(W_c, C, B), colmax) <= 1e-12 and rel(W_c, expected) <= 1e-12
 
 
 def test_triton_backend_on_a_cpu_tensor_needs_the_interpreter(monkeypatch):

@@ -306,6 +306,23 @@ def test_cpu_path_nan_and_not_positive_definite(cpu_path):
     assert torch.isnan(X[0]).all() and torch.equal(X[1], torch.tensor([1.0, 0.0], dtype=torch.float64))
 
 
+def test_cpu_path_gradient_of_a_nan_row_is_nan(cpu_path, monkeypatch):
+    """The backward of rows the forward made NaN: their passive sets are empty, and the gradient must be NaN (as the
+    reference's for a non-finite G, and the Triton kernel's), not the zero of an empty set. Both CPU paths."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    A, Bt, G, C = least_squares(3, 6)
+    G_bad = G.clone()
+    G_bad[0, 1] = G_bad[1, 0] = float("nan")
+    for f in (sk.nnls, reference.nnls):
+        Gx, Cx = G_bad.clone().requires_grad_(), C.clone().requires_grad_()
+        dG, dC = torch.autograd.grad(f(Gx, Cx).sum(), (Gx, Cx))
+        assert torch.isnan(dC).all() and torch.isnan(dG).all()
+    C[2, 0] = float("nan")
+    Gx, Cx = G.clone().requires_grad_(), C.clone().requires_grad_()
+    dG, dC = torch.autograd.grad(sk.nnls(Gx, Cx).sum(), (Gx, Cx))
+    assert torch.isnan(dC[2]).all() and bool(torch.isfinite(dC[[0, 1, 3, 4, 5]]).all()) and torch.isnan(dG).all()
+
+
 @pytest.mark.skipif(not nnls_module._NATIVE_NNLS, reason="the extension's CPU kernel is not built")
 def test_native_kernel_is_a_custom_op():
     A, Bt, G, C = least_squares(5, 11, batch=(2,))

@@ -85,6 +85,20 @@ def test_only_the_feasible_directions_count():
     assert float(sk.projected_gradient_sq(grad, U)) == 9.0 + 25.0 + 49.0
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_gradient_is_the_reference_gradient(monkeypatch, path):
+    """The kernels have no backward: where a gradient is recorded the measure runs in torch, so its gradient is the
+    reference's (2 P(grad) in grad) and never a silent None."""
+    take(path, monkeypatch)
+    grad, U = inputs((37, 5), torch.float64, seed=4)
+    grad.requires_grad_()
+    got = torch.autograd.grad(sk.projected_gradient_sq(grad, U), grad)[0]
+    want = torch.autograd.grad(reference.projected_gradient_sq(grad, U), grad)[0]
+    assert float((got - want).norm() / want.norm()) < 1e-12 and float(want.abs().sum()) > 0
+    with torch.no_grad():  # no gradient recorded: the path under test, and a result that needs none
+        assert not sk.projected_gradient_sq(grad, U).requires_grad
+
+
 @pytest.mark.parametrize("where_U", [0.0, 1.0])
 @pytest.mark.parametrize("path", PATHS)
 def test_nan_gives_nan(monkeypatch, where_U, path):

@@ -28,6 +28,13 @@ ZERO_COLUMN_FILL = 1e-16
 __all__ = ["hals_sweep_", "hals_sweep", "revive_zero_columns_"]
 
 
+def _check_no_grad(*tensors):
+    # An update in place that autograd cannot see: a gradient through it would be silently wrong.
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
+        raise TypeError("the SymHALS sweep updates W in place and has no gradient, but an input requires one: "
+                        "pass detached tensors or run it under torch.no_grad()")
+
+
 def _check(W, C, B, V):
     check_tensor(W, "W")
     check_tensor(C, "C")
@@ -117,11 +124,12 @@ def hals_sweep_(W, C, B, *, V=None, lam=0.0, revive=True, backend=None):
     """
     _check(W, C, B, V)
     _check_lam(lam)
+    _check_no_grad(W, C, B, V, lam)
     backend = _triton_backend(W, backend)
     if W.dim() == 3 and W.shape[0] == 0:
         return W.new_empty((0, W.shape[-1]))
     if backend == "triton":
-        return _launch.hals_sweep_(W, C, B, V, lam, revive, ZERO_COLUMN_FILL)
+        return _triton_sweep_(W, C, B, V, lam, revive, ZERO_COLUMN_FILL)
     if W.dim() == 3:  # one factor at a time, each in place on its own rows of the batch
         return torch.stack([hals_sweep_(W[p], C[p], B[p], V=None if V is None else V[p], lam=lam, revive=revive,
                                         backend="torch") for p in range(W.shape[0])])
@@ -149,9 +157,16 @@ def revive_zero_columns_(W, colmax, *, backend=None):
     if colmax.shape != (*W.shape[:-2], W.shape[-1]):
         raise ValueError(f"colmax must hold one maximum per column of W {tuple(W.shape)}: shape "
                          f"{(*W.shape[:-2], W.shape[-1])}, got {tuple(colmax.shape)}")
+    _check_no_grad(W)
     if _triton_backend(W, backend) == "triton":
-        return _launch.revive_zero_columns_(W, colmax, ZERO_COLUMN_FILL)
+        return _triton_revive_(W, colmax, ZERO_COLUMN_FILL)
     return _revive_torch_(W, colmax)
+
+
+# torch.compile runs the Triton launches eagerly (a graph break): traced, the launch of an in-place kernel
+# outside a custom op reached Triton's interpreter with fake tensors.
+_triton_sweep_ = torch.compiler.disable(_launch.hals_sweep_)
+_triton_revive_ = torch.compiler.disable(_launch.revive_zero_columns_)
 
 
 def _revive_torch_(W, colmax):

@@ -227,13 +227,17 @@ def nnls_torch(G, C, X0, max_rounds, tol_rel=None):
 
 
 def nnls_backward_torch(G, X, dX):
-    """Z with z_P = G_PP^{-1} dx_P and z = 0 off P = {x > 0}, row by row: dC = Z, and dG = -sym(Z^T X)."""
+    """Z with z_P = G_PP^{-1} dx_P and z = 0 off P = {x > 0}, row by row: dC = Z, and dG = -sym(Z^T X).
+
+    A row of X that the forward made NaN (a non-finite G or row of C) has no passive set, so its z would be 0:
+    X * 0 puts the NaN back, as in the Triton kernel's backward (and the reference's, for a non-finite G)."""
     B, m, k = X.shape
     if _native_runs(dX):
-        return torch.ops.symnmf_kernels.nnls_rows(G, dX, X, 0, 0.0, True)
-    problem = torch.arange(B, device=X.device).repeat_interleave(m)
-    Z = passive_solve_torch(_symmetric(G), problem, dX.reshape(B * m, k), X.reshape(B * m, k) > 0)
-    return Z.reshape(B, m, k)
+        Z = torch.ops.symnmf_kernels.nnls_rows(G, dX, X, 0, 0.0, True)
+    else:
+        problem = torch.arange(B, device=X.device).repeat_interleave(m)
+        Z = passive_solve_torch(_symmetric(G), problem, dX.reshape(B * m, k), X.reshape(B * m, k) > 0)
+    return Z.reshape(B, m, k) + X * 0
 
 
 def _dG(Z, X):

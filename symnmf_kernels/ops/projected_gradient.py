@@ -8,7 +8,7 @@ whatever U is there, and so does a NaN or an infinity in U. On the CPU the exten
 entries in their dtype and the runs in float64, in an order that does not depend on the number of threads. On
 a GPU the Triton kernel (symnmf_kernels/triton/projected_gradient.py) does the same in one pass, where torch's
 form makes about six (the masks, the selection, the squares, the sum and U's extremes). Elsewhere (without
-the extension, under torch.compile) the sum runs in torch.
+the extension, under torch.compile, or where a gradient is recorded) the sum runs in torch.
 """
 import torch
 
@@ -52,8 +52,8 @@ def projected_gradient_sq(grad, U):
         raise ValueError(f"grad has shape {tuple(grad.shape)} but U has {tuple(U.shape)}; they must match")
     if grad.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"grad must be float32 or float64, got {grad.dtype}; convert it with grad.float()")
-    if torch.compiler.is_compiling():
-        return _torch(grad, U)
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (grad.requires_grad or U.requires_grad)):
+        return _torch(grad, U)  # the kernels have no backward: a measure that needs a gradient runs in torch
     if _NATIVE and grad.device.type == "cpu":
         return torch.ops.symnmf_kernels.projected_gradient_sq(grad, U)
     if use_triton(grad):
