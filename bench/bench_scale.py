@@ -243,7 +243,7 @@ def main(argv=None):
         rows.append(dict(stage="symnmf-net fit", n=args.n, stored_entries=nnz, r=r, seconds=fit_s,
                          iterations=fit.n_iter, s_per_iter=fit_s / max(fit.n_iter, 1), rel_error=fit.relative_error,
                          acc=accuracy(labels, pred), nmi=nmi(labels, pred), peak_rss_gb=peak_gb(device),
-                         notes="fit_net's default recipe: 4 restarts, kept by training loss, SymHALS finish; "
+                         notes="fit_net's default recipe: 4 restarts, kept by modularity, SymHALS finish; "
                                "s_per_iter: the whole fit's seconds over its training steps"))
         print(rows[-1], flush=True)
 

@@ -16,7 +16,7 @@ tiles installed, the script measures
 
 --warm-jobs compiles every candidate first, in parallel processes sharing
 Triton's disk cache, so the timed pass pays no compile time. The best tiles go
-to <out>/tune_tiles-<date>-<device>.json; the tables to the .md beside it.
+to <out>/<name>-<date>-<device>.json (--name, tune_tiles by default); the tables to the .md beside it.
 """
 import argparse
 import concurrent.futures
@@ -181,6 +181,7 @@ def main(argv=None):
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--device", default="cuda", help="cpu: a smoke run through TRITON_INTERPRET=1, tiny sizes")
     parser.add_argument("--block-sizes", default="1000000,4000000", help="n of the block rows")
+    parser.add_argument("--name", default="tune_tiles", help="stem of the tables: <name>-<date>-<device>.md / .json")
     args = parser.parse_args(argv)
     families = args.families.split(",")
     ranks = [int(x) for x in args.ranks.split(",")]
@@ -224,7 +225,7 @@ def main(argv=None):
         name = torch.cuda.get_device_name().replace(" ", "-") if device.type == "cuda" else "cpu"
         stamp = f"{datetime.date.today()}-{name}"
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, f"tune_tiles-{stamp}.json"), "w") as f:
+        with open(os.path.join(args.out, f"{args.name}-{stamp}.json"), "w") as f:
             json.dump({fam: {str(k): v for k, v in d.items()} for fam, d in best.items()}, f, indent=1)
         import triton
 
@@ -252,7 +253,7 @@ def main(argv=None):
         for row in block_rows:
             lines.append(f"| {row['n']} | {row['r']} | " + " | ".join(
                 f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys) + " |")
-        with open(os.path.join(args.out, f"tune_tiles-{stamp}.md"), "w") as f:
+        with open(os.path.join(args.out, f"{args.name}-{stamp}.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
 
     previous_tiles = copy.deepcopy(_common._GPU_TILES)
