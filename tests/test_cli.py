@@ -169,6 +169,10 @@ def test_cluster_input_errors_are_one_line_before_any_fit(tmp_path, capsys, monk
         (["ok.npy", "-k", "2", "--device", "gpu"], "--device 'gpu' is not a device torch knows"),
         (["ok.npy", "-k", "2", "--device", "cuda:99"], "--device 'cuda:99' cannot be used"),
         (["dense_affinity.npy", "-k", "2", "--node-order", "rcm"], "--node-order: node_order='rcm' renumbers"),
+        (["dense_affinity.npy", "-k", "2", "--node-order", "rcm"], "pass --node-order none"),
+        (["ok.npy", "-k", "2", "--solver", "hals", "--epochs", "3"], "--epochs applies to SymNMF-Net"),
+        (["ok.npy", "-k", "2", "--solver", "pgd", "--lr", "0.1", "--absolute-lr"], "--lr, --absolute-lr applies"),
+        (["ok.npy", "-k", "2", "--max-iter", "3", "--epochs", "4"], "--max-iter and --epochs both"),
     ]
     for argv, message in cases:
         argv = [str(tmp_path / a) if a.endswith((".npy", ".npz", ".csv")) else a for a in argv]
@@ -199,6 +203,25 @@ def test_cluster_net_restarts_reach_the_fit(tmp_path, capsys, monkeypatch):
     assert main([*argv, "--restarts", "2", "--out", str(tmp_path / "two")]) == 0
     assert main([*argv, "--out", str(tmp_path / "default")]) == 0
     assert seen == [(2, (2,)), (None, (4,))]
+
+
+def test_cluster_net_takes_max_iter_as_its_steps(tmp_path, monkeypatch):
+    """--max-iter is SymNMF-Net's training steps when --epochs is not given, as SymNMF's max_iter is."""
+    import symnmf.fitting
+
+    real, seen = symnmf.fitting.fit_affinity, []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("max_iter"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(symnmf.fitting, "fit_affinity", spy)
+    X, _ = blobs(15, 2, 3, np.random.default_rng(4))
+    np.save(tmp_path / "f.npy", X)
+    argv = ["cluster", str(tmp_path / "f.npy"), "-k", "2", "--solver", "net", "--restarts", "1", "--device", "cpu"]
+    assert main([*argv, "--max-iter", "2", "--out", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--epochs", "3", "--max-iter", "3", "--out", str(tmp_path / "b")]) == 0
+    assert seen == [2, 3]
 
 
 def test_cluster_does_not_overwrite_without_flag(tmp_path, capsys):

@@ -138,6 +138,19 @@ def test_one_process_without_a_group(root):
     assert float((got - expected.to_dense()).norm() / expected.to_dense().norm()) <= 1e-13
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_one_process_graph_at_any_feature_scale(metric):
+    """Features at a scale where squared distances or norms overflow or underflow give the graph of one process
+    (which scales them by a power of two first), as at unit scale."""
+    X = np.random.default_rng(3).normal(size=(40, 5)).astype(np.float32)
+    expected = similarity_graph(X, metric=metric).to_dense()
+    for c in (1e20, 1e-25):
+        graph = sg.similarity_graph(X * np.float32(c), metric=metric)
+        got = graph.matmul(torch.eye(graph.n, dtype=graph.dtype))
+        assert torch.equal(got != 0, expected != 0)
+        assert float((got - expected).norm() / expected.norm()) <= 1e-5
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_fit_on_the_sharded_graph_gives_the_single_process_labels(root, world):
     from symnmf.fitting import fit_affinity

@@ -171,6 +171,27 @@ def test_duplicate_points_give_finite_weights(rng):
     assert torch.equal(dense, dense.T)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("dtype, scales", [(np.float32, (1e20, 1e-25)), (np.float64, (1e160, 1e-160))])
+def test_any_feature_scale_gives_the_same_graph(rng, metric, dtype, scales):
+    """The self-tuning graph does not change when every feature is multiplied by one factor: at scales where squared
+    distances or norms overflow or underflow (the features are scaled by a power of two first), the same pattern,
+    the same weights to rounding, and the same rows for new samples."""
+    from symnmf.graph import similarity_to_graph
+
+    X = rng.normal(size=(30, 4)).astype(dtype)
+    A, scales_1, used_1 = similarity_graph(X, metric=metric, return_scales=True)
+    new = rng.normal(size=(3, 4)).astype(dtype)
+    rows_1, _ = similarity_to_graph(new, used_1, scales_1)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for c in scales:
+        B, scales_c, used_c = similarity_graph(X * dtype(c), metric=metric, return_scales=True)
+        assert torch.equal(B.crow_indices(), A.crow_indices()) and torch.equal(B.col_indices(), A.col_indices())
+        assert rel_err(B.values().numpy(), A.values().numpy()) < tol
+        rows_c, _ = similarity_to_graph(new * dtype(c), used_c, scales_c)
+        assert rel_err(rows_c.numpy(), rows_1.numpy()) < tol
+
+
 def test_small_n_caps_neighbour_counts(rng):
     X = rng.normal(size=(5, 2))
     A = similarity_graph(X)  # k = 3, scale neighbour 7 capped at 4

@@ -343,6 +343,14 @@ def _print_scores(result):
           f"NMI (MI/mean H) {result['nmi_arithmetic']:.4f}  purity {result['purity']:.4f}")
 
 
+def _max_iter(args):
+    """The fit's max_iter: --max-iter, or for SymNMF-Net its training steps (--epochs, or --max-iter as SymNMF's
+    max_iter is for the net)."""
+    if args.solver == "net" and args.epochs is not None:
+        return args.epochs
+    return args.max_iter
+
+
 def _cluster_sharded(args, threads):
     """`symnmf cluster` under torchrun: each rank reads its own rows of the graph, or of the features and
     builds its rows of the kNN graph with the other ranks (symnmf.distributed, symnmf.distributed_graph)."""
@@ -370,9 +378,8 @@ def _cluster_sharded(args, threads):
                                              (("lr", args.lr), ("relative_lr", args.relative_lr), ("beta", args.beta),
                                               ("n_restarts", args.restarts))
                                              if value is not None}}
-    max_iter = args.epochs if args.solver == "net" else args.max_iter
     try:
-        run = distributed.cluster(source, k, args.solver, seed=args.seed, max_iter=max_iter,
+        run = distributed.cluster(source, k, args.solver, seed=args.seed, max_iter=_max_iter(args),
                                   tol=args.tol, dtype=args.dtype, device=args.device, threads=threads, out=args.out,
                                   return_fit=True, affinity=affinity, n_neighbors=args.n_neighbors,
                                   metric=args.metric, save_graph=args.save_graph, **options)
@@ -415,6 +422,14 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
         raise CommandError("--n-init applies to the classical solvers; SymNMF-Net's restarts are --restarts")
     if args.restarts is not None and args.solver != "net":
         raise CommandError("--restarts applies to SymNMF-Net; the classical solvers' starts are --n-init")
+    if args.solver != "net":  # SymNMF-Net's settings would be ignored
+        given = [flag for flag, value in (("--epochs", args.epochs), ("--lr", args.lr), ("--beta", args.beta),
+                                          ("--absolute-lr", args.relative_lr)) if value is not None]
+        if given:
+            raise CommandError(f"{', '.join(given)} applies to SymNMF-Net (--solver net), not to --solver "
+                               f"{args.solver}")
+    elif args.epochs is not None and args.max_iter is not None and args.epochs != args.max_iter:
+        raise CommandError("--max-iter and --epochs both set SymNMF-Net's training steps: give one")
     threads = _threads(args.threads)
     _check_out(args.out, args.overwrite, CLUSTER_FILES)
     if args.save_graph:
@@ -463,7 +478,7 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
     try:
         resolve_node_order(node_order, X)
     except ValueError as err:
-        raise CommandError("--node-order: " + _one_line(err)) from None
+        raise CommandError("--node-order: " + _one_line(err).replace("node_order=None", "--node-order none")) from None
     if affinity == "features":
         graph_note = (f"kNN graph ({args.metric}) of {matrix.shape[0]} x {matrix.shape[1]} features, "
                       f"nnz {X.values().numel()}")
@@ -482,7 +497,7 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
 
     run = fit_affinity(
         X, k, args.solver, random_state=args.seed,
-        max_iter=args.epochs if args.solver == "net" else args.max_iter, tol=args.tol, threads=threads,
+        max_iter=_max_iter(args), tol=args.tol, threads=threads,
         net_options={"lr": args.lr, "relative_lr": args.relative_lr, "beta": args.beta, "n_restarts": args.restarts},
         recipe=args.recipe,
         n_init=args.n_init,
@@ -664,7 +679,8 @@ def build_parser():
     c.add_argument("--labels", help="true labels (.npy or one per line) to score the clustering against")
     c.add_argument("--key", help="array name inside an .npz")
     c.add_argument("--max-iter", type=int,
-                   help="iterations of a classical solver (default: symnmf.fitting.DEFAULT_MAX_ITER, as SymNMF)")
+                   help="iterations of a classical solver (default: symnmf.fitting.DEFAULT_MAX_ITER, as SymNMF), "
+                        "or SymNMF-Net's training steps, as --epochs")
     c.add_argument("--n-init", type=int, default=1,
                    help="classical solvers: random starts, the one whose labels have the highest modularity kept "
                         "(the rule SymNMF-Net keeps its restarts by; SymHALS runs them side by side; default 1)")

@@ -33,7 +33,10 @@ import torch
 import torch.distributed as dist
 
 from .distributed import Comm, ShardedGraph, owner_of, row_offsets, write_shard, write_shards_index
-from .graph import _BLOCK_FLOATS, _METRICS, _check_count, block_candidates, candidates_per_row, keep_nearest
+from .graph import (
+    _BLOCK_FLOATS, _METRICS, _check_count, _power_of_two_scale, _unit_rows, block_candidates, candidates_per_row,
+    keep_nearest,
+)
 
 __all__ = ["similarity_graph", "feature_rows"]
 
@@ -212,12 +215,14 @@ def similarity_graph(features, n_neighbors=None, metric="euclidean", scale_neigh
     k = _check_count(int(math.floor(math.log2(n))) + 1 if n_neighbors is None else n_neighbors, "n_neighbors", n)
     cosine = metric == "cosine"
     if cosine:
-        norms = torch.linalg.vector_norm(X, dim=1, keepdim=True)
-        X = X / torch.where(norms > 0, norms, torch.ones_like(norms))
+        X = _unit_rows(X)
         s, n_search = 0, k
     else:
         s = _check_count(scale_neighbor, "scale_neighbor", n)
         n_search = max(k, s)
+        # every rank's features times one power of two, as in one process (graph._power_of_two_scale)
+        top = X.abs().amax().reshape(1).double() if X.numel() else torch.zeros(1, dtype=torch.float64, device=X.device)
+        X = X * _power_of_two_scale(comm.all_reduce(top, "max")).to(X.dtype)
 
     best, best_idx, feature_bytes = _knn_ring(comm, offsets, X, n_search, cosine, chunk_size)
     n_local = hi - lo

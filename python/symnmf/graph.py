@@ -262,8 +262,8 @@ def similarity_graph(
         Default: float64 features stay float64, anything else becomes float32.
     return_scales : bool
         Also return what `similarity_to_graph` needs to join new samples to
-        the graph: its `GraphScales` and the features as used (a torch tensor;
-        unit rows for cosine).
+        the graph: its `GraphScales` and the features as used (a torch tensor:
+        unit rows for cosine, the features times `GraphScales.unit` otherwise).
     neighbors : "auto" | "exact" | "faiss"
         The neighbour search. "exact": blocked matrix products (any device).
         "faiss": FAISS's approximate HNSW index on the CPU (pip install
@@ -286,32 +286,54 @@ def similarity_graph(
 class GraphScales:
     """What a new sample's row of a fitted graph needs (see `similarity_to_graph`): the k of the
     kNN pattern, the scale neighbour s, the metric, each fitted sample's sigma_i (euclidean)
-    and its degree before the normalisation."""
+    and its degree before the normalisation, and the power of two `unit` the features were
+    multiplied by (euclidean; sigma is in its units)."""
 
     n_neighbors: int
     scale_neighbor: int
     metric: str
     sigma: torch.Tensor
     degree: torch.Tensor
+    unit: float = 1.0
+
+
+def _power_of_two_scale(X, dim=None):
+    """The power of two near 1 / max|X| (over `dim`, keeping it, or over all of X; 1 where X is 0): X times it has
+    its largest magnitude in [0.5, 1), exactly, so squared distances and norms neither overflow nor underflow for
+    features of any scale, and the self-tuning graph, which a common factor does not change, is the same."""
+    top = X.abs().amax() if dim is None else X.abs().amax(dim, keepdim=True)
+    exponent = torch.frexp(torch.where(top > 0, top, torch.ones_like(top))).exponent
+    return torch.ldexp(torch.ones_like(top), -exponent)
+
+
+def _unit_rows(X):
+    """Rows of X over their norms (zero rows stay zero), each first scaled exactly by a power of two so that the
+    norm neither overflows nor underflows."""
+    X = X * _power_of_two_scale(X, dim=1)
+    norms = torch.linalg.vector_norm(X, dim=1, keepdim=True)
+    return X / torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
 def _build_graph(features, n_neighbors=None, metric="euclidean", scale_neighbor=7, device=None, chunk_size=None,
                  dtype=None, neighbors="exact"):
-    """(the graph of `similarity_graph`, its GraphScales, the features as used: unit rows for cosine)."""
+    """(the graph of `similarity_graph`, its GraphScales, the features as used: unit rows for cosine, times
+    GraphScales.unit otherwise)."""
     if metric not in _METRICS:
         raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
     X = _as_features(features, device, dtype)
     n = X.shape[0]
     k = _check_count(int(math.floor(math.log2(n))) + 1 if n_neighbors is None else n_neighbors, "n_neighbors", n)
     cosine = metric == "cosine"
+    unit = 1.0
     if cosine:
-        norms = torch.linalg.vector_norm(X, dim=1, keepdim=True)
-        X = X / torch.where(norms > 0, norms, torch.ones_like(norms))
+        X = _unit_rows(X)
         n_search = k
         s = 0
     else:
         s = _check_count(scale_neighbor, "scale_neighbor", n)
         n_search = max(k, s)
+        unit = float(_power_of_two_scale(X))
+        X = X * unit
 
     if _use_faiss(neighbors, X):
         indices, scores = faiss_knn_search(X, n_search, metric=metric)
@@ -355,7 +377,7 @@ def _build_graph(features, n_neighbors=None, metric="euclidean", scale_neighbor=
     with warnings.catch_warnings():  # torch's "sparse CSR is beta" notice
         warnings.simplefilter("ignore", UserWarning)
         A = torch.sparse_csr_tensor(crow, cols, values, size=(n, n))
-    return A, GraphScales(k, s, metric, sigma, degree), X
+    return A, GraphScales(k, s, metric, sigma, degree, unit), X
 
 
 def similarity_to_graph(new_features, fitted_features, scales, chunk_size=None):
@@ -378,9 +400,7 @@ def similarity_to_graph(new_features, fitted_features, scales, chunk_size=None):
     m, n = Y.shape[0], F.shape[0]
     k = scales.n_neighbors
     cosine = scales.metric == "cosine"
-    if cosine:
-        norms = torch.linalg.vector_norm(Y, dim=1, keepdim=True)
-        Y = Y / torch.where(norms > 0, norms, torch.ones_like(norms))
+    Y = _unit_rows(Y) if cosine else Y * scales.unit  # the fitted features' units
     n_search = k if cosine else max(k, scales.scale_neighbor)
     n_cand = candidates_per_row(n_search, n)
     if chunk_size is None:
