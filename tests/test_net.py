@@ -457,6 +457,14 @@ def test_select_restart_rules():
     assert select_restart(U, "error", [0.5, float("nan"), 0.7]) == 0  # NaN is never the best
     assert select_restart(U, "modularity", [0.2, 0.4, 0.3]) == 1  # the highest modularity
     assert select_restart(U, "modularity", [0.2, float("nan"), 0.1]) == 0
+    # restarts at one partition score equal up to rounding: the first is kept, whatever the rounding
+    q = 0.5633059465021742
+    assert select_restart(U, "modularity", [0.1, q, q * (1 + 1e-15)]) == 1
+    assert select_restart(U, "modularity", [0.1, q * (1 + 1e-15), q]) == 1
+    assert select_restart(U, "modularity", [0.1, q, q * (1 + 1e-6)]) == 2  # a real difference wins
+    scores = torch.tensor([[0.1, 0.3], [q, 0.3], [q, 0.2]])
+    batched = select_restart(U[:, None].expand(3, 2, n, r), "modularity", scores)
+    assert batched.tolist() == [1, 0]
     bad = U.clone()
     bad[1, 0, 0] = float("nan")
     assert select_restart(bad, "consensus") in (0, 2)

@@ -224,6 +224,22 @@ def test_bad_input(sbm):
         solve(X, 3, "pgd", max_iter=-1)
     with pytest.raises(ValueError, match="method"):
         solve(X, 3, "newton", method="bfgs")
+    with pytest.raises(ValueError, match="max_iter"):
+        solve(X, 3, "pgd", max_iter=True)
+    with pytest.raises(ValueError, match="tol"):
+        solve(X, 3, "pgd", tol=True)
+    with pytest.raises(TypeError, match="scipy.sparse"):
+        solve(X, 3, U0=scipy.sparse.csr_matrix(np.ones((X.shape[0], 3))))
+    assert solve(X, 3, "pgd", tol=np.float32(1e-3), max_iter=np.int32(3)).n_iter == 3  # numpy numbers are numbers
+
+
+@pytest.mark.parametrize("solver", ["pgd", "newton", "admm", "anls", "hals"])
+def test_float32_objective_of_an_exact_fit_is_not_negative(solver):
+    """X = 1 1^T is rank 1: the fit is exact, and the float64 sum of float32 terms, which cancel, rounded below 0
+    (-1.2e-4 for PGD). The objective and E are not negative."""
+    run = solve(torch.ones(20, 20), 1, solver, random_state=0)
+    assert min(run.history["objective"]) >= 0 and min(run.history["rel_error"]) >= 0
+    assert run.history["rel_error"][-1] < 1e-4
 
 
 def test_bench_solvers_runs(tmp_path):

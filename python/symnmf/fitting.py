@@ -43,7 +43,7 @@ import torch
 
 import symnmf_kernels as sk
 
-from .metrics import modularity
+from .metrics import first_best, modularity
 from .solvers.base import as_seed, check_lam, init_factor, make_generator, renumbered_start
 from .validation import as_similarity, check_device, check_rank, check_similarity, is_int
 
@@ -342,7 +342,7 @@ def _fit_starts(A, rank, solver, seed, max_iter, tol, lam, n_init, verbose):
         results = [_FUNCTIONS[solver](A, U0[k], lam=lam, max_iter=max_iter, tol=tol, verbose=verbose)
                    for k in range(n_init)]
     scores = [float(q) for q in modularity(A, torch.stack([result.U.argmax(-1) for result in results]), rank)]
-    kept = int(np.argmax(scores))
+    kept = int(first_best(scores))  # of starts at one partition (equal up to rounding), the first
     result = results[kept]
     return result.U.detach(), int(result.n_iter), bool(result.converged), result.history, kept, scores
 

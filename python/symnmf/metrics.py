@@ -7,6 +7,8 @@ tables use MI / max(H(true), H(pred)) (``normalization="max"``, the default here
 while scikit-learn's ``normalized_mutual_info_score`` defaults to the arithmetic
 mean of the two entropies (``normalization="arithmetic"``).
 """
+import math
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -150,6 +152,19 @@ def modularity(X, labels, n_clusters=None):
 def cluster_indicators(labels, k, dtype):
     """The indicators of B labellings (B, n) into k clusters side by side: an n x (B k) 0/1 matrix."""
     return torch.nn.functional.one_hot(labels.long().t(), k).to(dtype).reshape(labels.shape[1], -1)
+
+
+# Relative gap under which two modularities count as equal: starts that end at the same partition score equal up
+# to rounding, which a renumbered graph or another thread count changes.
+MODULARITY_TIE_RTOL = 1e-9
+
+
+def first_best(scores, rtol=MODULARITY_TIE_RTOL):
+    """Index along dim 0 of the first score within rtol |best| of the largest (NaN never wins), so that of starts
+    or restarts with the same score up to rounding the first is kept, whatever the rounding."""
+    s = torch.nan_to_num(torch.as_tensor(scores, dtype=torch.float64), nan=-math.inf)
+    best = s.amax(0)
+    return (s >= best - rtol * best.abs()).to(torch.int8).argmax(0)  # argmax: the first of the maxima
 
 
 def modularity_sums(H, XH, k):

@@ -60,7 +60,7 @@ from symnmf_kernels.ops._common import dot64
 from symnmf_kernels.ops.sparse_loss import sparse_layer_loss
 from symnmf_kernels.sparse import as_csr
 
-from .metrics import modularity
+from .metrics import first_best, modularity
 from .net_chain import NetChain
 from .solvers.base import draw_node_rows, init_factor, make_generator
 from .validation import as_similarity, check_rank, check_similarity, is_int
@@ -1234,7 +1234,8 @@ def select_restart(U, rule="loss", scores=None):
 
     - "loss" / "error": the smallest of `scores` (shape (R, ...): the training loss or E per restart);
     - "modularity": the largest of `scores` (the modularity of each restart's labels on X,
-      `symnmf.metrics.modularity`);
+      `symnmf.metrics.modularity`), the first of those equal to it up to rounding
+      (`symnmf.metrics.first_best`);
     - "consensus": the restart whose labels (argmax of each row) agree most with the other
       restarts' labels, by mean NMI (arithmetic normalisation): the medoid of the restarts.
     NaN never wins. Returns an int for U of shape (R, n, r), else a tensor of indices of shape U.shape[1:-2].
@@ -1251,9 +1252,10 @@ def select_restart(U, rule="loss", scores=None):
             raise ValueError(f"scores must have one entry per restart ({R}), got shape {tuple(scores.shape)}")
         if not bool(torch.isfinite(scores).any()):
             raise ValueError("every restart's score is NaN or infinite")
-        if rule == "modularity":
-            scores = -scores
-        best = torch.nan_to_num(scores, nan=float("inf")).argmin(0)
+        if rule == "modularity":  # of restarts at one partition (equal up to rounding), the first
+            best = first_best(scores)
+        else:
+            best = torch.nan_to_num(scores, nan=float("inf")).argmin(0)
         return int(best) if best.dim() == 0 else best
     labels = U.argmax(-1)  # (R, ..., n)
     r = U.shape[-1]

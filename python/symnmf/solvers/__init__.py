@@ -17,7 +17,7 @@ each accepts are in its docstring.
 import numpy as np
 import torch
 
-from ..validation import as_similarity, check_rank, check_similarity
+from ..validation import as_similarity, check_rank, check_similarity, is_scipy_sparse
 from .admm import admm
 from .anls import anls
 from .base import SolverResult, as_seed, init_factor, make_generator
@@ -37,6 +37,8 @@ def _initial_factor(U0, X, rank):
     n = X.shape[-1]
     if isinstance(U0, torch.Tensor):
         U0 = U0.detach()
+    elif is_scipy_sparse(U0):
+        raise TypeError("U0 must be a dense tensor or array, got a scipy.sparse matrix (U0.toarray())")
     else:
         U0 = torch.as_tensor(np.asarray(U0))
     if U0.layout != torch.strided:

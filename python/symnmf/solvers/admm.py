@@ -35,7 +35,8 @@ def default_rho(problem):
     coupling term; on normalised similarity graphs such values converge
     slowly, and rho between ||X||_2 / 10 and ||X||_2 / 2 settles two to four
     times faster while staying stable. rho scales with X, so the choice does
-    not depend on X's units.
+    not depend on X's units. Where r is a large part of n (r = 10 on 20 nodes)
+    it can fail to settle: pass a larger rho (||X||_2 / 2 to 2 ||X||_2).
     """
     return 0.25 * max(problem.spectral_norm(), torch.finfo(problem.dtype).tiny)
 

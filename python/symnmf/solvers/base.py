@@ -11,6 +11,7 @@ solvers that need no other synchronisation check every few iterations.
 import contextlib
 import contextvars
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -19,6 +20,8 @@ import torch
 
 import symnmf_kernels as sk
 from symnmf_kernels.ops._common import dot64
+
+from ..validation import is_int
 
 __all__ = [
     "SolverResult", "init_factor", "Problem", "Monitor", "projected_gradient_sq", "make_generator", "as_seed",
@@ -164,8 +167,9 @@ class Problem:
         if XU is None:
             return sk.sym_loss(self.X, U)
         G = sk.gram(U, 0.0) if G is None else G
-        # The three terms nearly cancel near a good fit: sum them in float64.
-        return self.norm_sq - 2 * dot64(XU[None], U[None])[0] + G.double().pow(2).sum()
+        # The three terms nearly cancel near a good fit: sum them in float64. X U and U^T U in float32 still carry
+        # float32 rounding, which at an exact fit can make the sum a little negative: it is 0 to that rounding.
+        return (self.norm_sq - 2 * dot64(XU[None], U[None])[0] + G.double().pow(2).sum()).clamp_min(0)
 
     def dense(self):
         return self.X.to_dense() if self.sparse else self.X
@@ -199,11 +203,11 @@ class Monitor:
     """
 
     def __init__(self, name, problem, tol, max_iter, check_every, callback=None, verbose=False):
-        if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 0):
+        if not (is_int(max_iter) and max_iter >= 0):
             raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
-        if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
+        if isinstance(tol, bool) or not (isinstance(tol, numbers.Real) and tol >= 0 and math.isfinite(tol)):
             raise ValueError(f"tol must be a non-negative finite float, got {tol!r}")
-        if not (isinstance(check_every, (int, np.integer)) and check_every >= 1):
+        if not (is_int(check_every) and check_every >= 1):
             raise ValueError(f"check_every must be a positive int, got {check_every!r}")
         self.name = name
         self.problem = problem
