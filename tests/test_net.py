@@ -924,7 +924,9 @@ def test_load_state_dict_into_a_new_net():
     assert torch.equal(batch(), single())
 
 
-def test_a_refused_fit_leaves_the_trained_net_as_it_was():
+def test_a_refused_fit_leaves_the_trained_net_as_it_was(monkeypatch):
+    import symnmf.net as net_module
+
     X, _ = planted_graph([7, 8], 0.6, 0.1, seed=63)
     net = SymNMFNet(2, n_layers=2, random_state=0, recipe="paper").fit(X, epochs=3, lr=0.01)
     before, history = net().clone(), dict(net.history_)
@@ -933,6 +935,25 @@ def test_a_refused_fit_leaves_the_trained_net_as_it_was():
     with pytest.raises(ValueError, match="warm_start"):
         net.fit(X, epochs=2, U0=torch.rand(15, 2, dtype=torch.float64), warm_start=True)
     assert torch.equal(net(), before) and net.history_ == history and net.n_iter_ == 3
+    # refused after the new start was made: the optimiser, the memory check
+    with pytest.raises(TypeError, match="optimizer"):
+        net.fit(X, epochs=2, optimizer="adam")
+    def refusing(groups, lr):  # as an optimiser that takes no parameter groups refuses them
+        raise ValueError("this optimiser doesn't support per-parameter options")
+    with pytest.raises(ValueError, match="per-parameter"):
+        net.fit(X, epochs=2, optimizer=refusing)
+    with monkeypatch.context() as m:
+        m.setattr(net_module, "free_memory", lambda device: (1, 1))
+        with pytest.raises(torch.OutOfMemoryError):
+            net.fit(X, epochs=2, U0=torch.rand(15, 2, dtype=torch.float64) + 0.1)
+    assert torch.equal(net(), before) and net.history_ == history and net.n_iter_ == 3
+
+    def stop(net, epoch, record):  # a fit ended by an exception keeps the record of the weights it leaves
+        if epoch >= 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, epochs=5, lr=0.01, warm_start=True, callback=stop)
+    assert net.history_["epoch"] == [0, 1, 2] and net.n_iter_ == 2
 
 
 def test_u0_must_match_the_restarts_and_the_batch_of_graphs():
@@ -963,6 +984,10 @@ def test_fit_net_on_two_batch_dimensions_with_restarts(monkeypatch):
     q = restart_modularity(X, U_all)
     assert q.shape == (3, 2, 2)
     assert torch.equal(q[:, 1, 0], restart_modularity(X[1, 0], U_all[:, 1, 0]))
+    # a batch is trained as given: a scale, which is for one graph, is refused rather than dropped
+    assert fit_net(X, 2, random_state=0, n_layers=1, epochs=1, polish_iter=0, scale=1.0).scale == 1.0
+    with pytest.raises(ValueError, match="scale is for one graph"):
+        fit_net(X, 2, random_state=0, n_layers=1, epochs=1, polish_iter=0, scale=25.0)
 
 
 def test_tol_none_is_the_recipes_and_patience_of_all_epochs_never_stops(monkeypatch):

@@ -28,7 +28,9 @@ whole batch (an optimiser's lr is one number per tensor), so a problem trains as
 it would alone only when the batch's problems share a scale: restarts of one graph
 moved by a few 1e-3 of their factor's size in a test, while a graph batched with
 one ten times its scale trained to E 0.709 instead of 0.567. Fit graphs of
-different scales apart, or through `fit_net`, which trains X / ||X||_2.
+different scales apart (`fit_net` trains one graph at X / ||X||_2, a batch as
+it is). The early stop (tol, patience) is a third coupling: it reads the loss
+summed over the batch, so the whole batch stops at one step.
 
 Training recipes
 ----------------
@@ -109,6 +111,8 @@ _INITS = ("random", "hals", "spectral")
 # about as much as a few eager steps: by default a fit with fewer steps than _MIN_REPLAYS after them stays eager.
 _EAGER_STEPS_BEFORE_CAPTURE = 3
 _MIN_REPLAYS = 5
+# What a new start of `fit` replaces, put back when the fit is refused after it
+_FIT_STATE = ("U0", "lam_min", "lam", "P", "_beta_scale", "_beta_now", "history_", "n_iter_", "cuda_graph_")
 _LOSS_BLOCKS = ("all", "last")
 _LR_SCHEDULES = ("constant", "cosine")
 SELECTION_RULES = ("loss", "error", "consensus", "modularity")
@@ -733,30 +737,41 @@ class SymNMFNet(nn.Module):
                              "U0 without warm_start, or warm_start without U0")
         start = time.perf_counter()
         X = self._prepare(X) if warm else self._prepare(X, like_net=False)
-        # Every refusal before _initialize: a failed call leaves a trained net and its history as they were.
+        # A failed call leaves a trained net and its history as they were: the refusals that need no new start
+        # come first, and a refusal after it (the memory, the optimiser) puts the previous state back.
         if warm:
             self._check_matches(X)
         if cuda_graph and not X.is_cuda:
             raise ValueError(f"cuda_graph=True needs the net and X on a CUDA device, got {X.device}")
-        if not warm:
-            self._initialize(X, U0)
-        graph_requested = bool(cuda_graph)
-        if cuda_graph is None:
-            # The replayed step did the same training 6-13x faster than eager steps on a GPU
-            # (docs/symnmf_net_study.md, "Cost"), where an eager step is bound by its kernel launches.
-            cuda_graph = (X.is_cuda and optimizer is None and _capturable(self.beta_final, lr_schedule)
-                          and epochs >= _EAGER_STEPS_BEFORE_CAPTURE + _MIN_REPLAYS)
-        cuda_graph = bool(cuda_graph)
-        _check_training_memory(self, X)
+        if optimizer is not None and not callable(optimizer):
+            raise TypeError(f"optimizer must be a torch.optim class (called with the parameter groups and lr), got "
+                            f"{optimizer!r}")
+        previous = None if warm else {name: getattr(self, name) for name in _FIT_STATE}
+        try:
+            if not warm:
+                self._initialize(X, U0)
+            graph_requested = bool(cuda_graph)
+            if cuda_graph is None:
+                # The replayed step did the same training 6-13x faster than eager steps on a GPU
+                # (docs/symnmf_net_study.md, "Cost"), where an eager step is bound by its kernel launches.
+                cuda_graph = (X.is_cuda and optimizer is None and _capturable(self.beta_final, lr_schedule)
+                              and epochs >= _EAGER_STEPS_BEFORE_CAPTURE + _MIN_REPLAYS)
+            cuda_graph = bool(cuda_graph)
+            _check_training_memory(self, X)
 
-        if optimizer is None:
-            # The fused Adam is one kernel for all of the net's weights; the loop-per-tensor Adam took as
-            # long as a third of a training step on the CPU at n = 20,000, r = 8, four restarts.
-            fused = self.lam.device.type in ("cpu", "cuda")
-            optimizer = torch.optim.Adam(self._param_groups(lr, relative_lr), lr=lr, fused=fused or None,
-                                         capturable=bool(cuda_graph))
-        else:
-            optimizer = optimizer(self._param_groups(lr, relative_lr), lr=lr)
+            if optimizer is None:
+                # The fused Adam is one kernel for all of the net's weights; the loop-per-tensor Adam took as
+                # long as a third of a training step on the CPU at n = 20,000, r = 8, four restarts.
+                fused = self.lam.device.type in ("cpu", "cuda")
+                optimizer = torch.optim.Adam(self._param_groups(lr, relative_lr), lr=lr, fused=fused or None,
+                                             capturable=bool(cuda_graph))
+            else:
+                optimizer = optimizer(self._param_groups(lr, relative_lr), lr=lr)
+        except BaseException:
+            if previous is not None:
+                for name, value in previous.items():
+                    setattr(self, name, value)
+            raise
         scheduler = None
         if lr_schedule == "cosine" and epochs > 0:
             scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -768,6 +783,9 @@ class SymNMFNet(nn.Module):
 
         history = {"epoch": [], "loss": [], "loss_per_problem": [], "relative_error": [], "sparse_factor": [],
                    "time": []}
+        # The record of this fit from its start, so that a fit ended by an exception (a callback's, an interrupt)
+        # leaves the history of the weights it leaves.
+        self.history_, self.n_iter_, self.cuda_graph_ = history, 0, False
 
         def record(epoch, loss, residual, U):
             loss = loss.detach()
@@ -781,6 +799,7 @@ class SymNMFNet(nn.Module):
             }
             for key, value in entry.items():
                 history[key].append(value)
+            self.n_iter_ = epoch
             return entry
 
         bar = _progress_bar(epochs, progress if progress is not None else verbose)
@@ -1354,7 +1373,8 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     recipe allows it (a constant lr, no beta decay), and trains on with eager steps, with a warning, should
     the capture fail; True raises `CudaGraphCaptureError` then.
     scale: one graph X is trained as X / scale and U multiplied back by sqrt(scale); None (the default) takes
-    `symnmf.fitting.similarity_scale(X)`, 1.0 trains X as given (for an X already scaled).
+    `symnmf.fitting.similarity_scale(X)`, 1.0 trains X as given (for an X already scaled). A batch of graphs is
+    trained as given (scale None or 1.0).
     Returns a `NetResult`.
     """
     settings = dict(_recipe(recipe))
@@ -1377,6 +1397,9 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     if settings["polish_iter"] and X.dim() != 2:
         raise ValueError("polish_iter needs one graph (a single n x n X); pass polish_iter=0 for a batch of graphs")
     if X.dim() != 2:
+        if scale is not None and scale != 1.0:
+            raise ValueError(f"scale is for one graph; a batch of graphs is trained as it is (got scale={scale!r}): "
+                             "fit graphs of different scales one at a time")
         scale = 1.0
     elif scale is None:
         # As the fit path: one graph is trained at largest eigenvalue 1 (the polish's SymHALS penalty is not
