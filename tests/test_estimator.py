@@ -253,6 +253,29 @@ def test_transform_of_the_fitted_data_with_repeated_samples_is_the_embedding(mon
         assert np.array_equal(pre.predict(affinity), pre.labels_)
 
 
+def test_a_sample_equal_to_a_fitted_one_gets_its_row_alone_or_in_a_batch(monkeypatch):
+    """A sample equal to a fitted one gets the first such sample's row of embedding_, passed alone or with others:
+    also where a repeated sample's kernel row is a near twin of the original's (rounding), and under cosine, where
+    a parallel fitted sample is as near as the equal one."""
+    from sklearn.metrics.pairwise import rbf_kernel
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    rng = np.random.default_rng(1)
+    X, _ = make_blobs(n_samples=120, centers=3, random_state=0)
+    X = X[np.concatenate([np.arange(120), rng.integers(0, 120, 40)])]
+    A = rbf_kernel(X, gamma=0.3)
+    model = SymNMF(3, solver="hals", affinity="precomputed", random_state=0, max_iter=50).fit(A)
+    first = [next(i for i in range(len(A)) if np.array_equal(A[i], A[j])) for j in range(len(A))]
+    alone = np.array([model.transform(A[[j]])[0] for j in range(len(A))])
+    assert np.array_equal(alone, model.embedding_[first])
+    assert np.array_equal(model.transform(A[:-1]), model.embedding_[first[:-1]])
+    F = np.abs(make_blobs(n_samples=60, centers=3, random_state=0)[0]) + 0.1
+    F[30] = 2 * F[5]  # parallel to sample 5: as near under cosine
+    model = SymNMF(3, solver="hals", metric="cosine", random_state=0, max_iter=50).fit(F)
+    assert np.array_equal(model.transform(F[[30]])[0], model.embedding_[30])
+    assert np.array_equal(model.transform(F[25:35]), model.embedding_[25:35])
+
+
 def test_positive_only_tag_follows_the_affinity(monkeypatch):
     """A precomputed similarity refuses negative entries with scikit-learn's message; features take any sign."""
     from sklearn.utils.estimator_checks import check_positive_only_tag_during_fit

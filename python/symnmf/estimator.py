@@ -37,9 +37,35 @@ def _to_numpy_or_scipy(A):
     return sp.csr_matrix((A.values().numpy(), A.col_indices().numpy(), A.crow_indices().numpy()), shape=tuple(A.shape))
 
 
-def _row_probe(n, dtype):
-    """A fixed random vector: X @ probe tells candidate equal rows apart cheaply."""
-    return np.random.default_rng(20261126).random(n).astype(dtype)
+def _row_keys(M):
+    """One key per row of M (dense, or scipy sparse): a digest of its nonzero columns and their values in float64,
+    so rows equal as vectors get the same key whatever their storage or dtype. A lookup by key finds an equal
+    fitted row exactly, where a nearest-neighbour or projection candidate can be a near twin."""
+    import hashlib
+
+    def key(cols, values):
+        data = np.asarray(cols, dtype=np.int64).tobytes() + np.asarray(values, dtype=np.float64).tobytes()
+        return hashlib.blake2b(data, digest_size=16).digest()
+
+    if is_scipy_sparse(M):
+        import scipy.sparse as sp
+
+        M = sp.csr_matrix(M, dtype=np.float64, copy=True)
+        M.sum_duplicates()
+        M.eliminate_zeros()
+        M.sort_indices()
+        return [key(M.indices[M.indptr[i]:M.indptr[i + 1]], M.data[M.indptr[i]:M.indptr[i + 1]])
+                for i in range(M.shape[0])]
+    M = np.asarray(M)
+    return [key(np.flatnonzero(row), row[row != 0]) for row in M]
+
+
+def _first_rows(M):
+    """{row key: the index of the first row of M with it}."""
+    first = {}
+    for i, k in enumerate(_row_keys(M)):
+        first.setdefault(k, i)
+    return first
 
 
 class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
@@ -331,7 +357,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             self._fit_X = X.toarray() if is_scipy_sparse(X) else np.asarray(X)
         else:
             self._graph = None
-            self._fit_keys = np.asarray(self.affinity_matrix_ @ _row_probe(A.shape[-1], np.float64)).ravel()
+        self._fit_rows = _first_rows(self._fit_X if graph is not None else self.affinity_matrix_)
         return self
 
     def fit_predict(self, X, y=None):
@@ -363,19 +389,13 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
 
             scales, used = self._graph
             dense = X.toarray() if is_scipy_sparse(X) else np.asarray(X)
-            rows, nearest = similarity_to_graph(dense, used, scales)
-            nearest = nearest.numpy()
-            equal = np.all(dense == self._fit_X[nearest], axis=1)
-            return np.where(equal, nearest, -1), rows
-        # A candidate per row from X @ probe (equal rows give equal values up to rounding), then an exact test.
-        keys = np.asarray(X @ _row_probe(X.shape[1], np.float64)).ravel()
-        order = np.argsort(self._fit_keys, kind="stable")
-        sorted_keys = self._fit_keys[order]
-        pos = np.clip(np.searchsorted(sorted_keys, keys), 1, max(len(order) - 1, 1))
-        left, right = order[pos - 1], order[np.minimum(pos, len(order) - 1)]
-        closer = np.abs(self._fit_keys[left] - keys) <= np.abs(self._fit_keys[right] - keys)
-        candidate = np.where(closer, left, right)
-        fitted = self.affinity_matrix_[candidate]
+            rows, _ = similarity_to_graph(dense, used, scales)
+            candidate = np.array([self._fit_rows.get(k, -1) for k in _row_keys(dense)], dtype=np.int64)
+            equal = (candidate >= 0) & np.all(dense == self._fit_X[np.maximum(candidate, 0)], axis=1)
+            return np.where(equal, candidate, -1), rows
+        # The first fitted row with the same key, then an exact test (a digest can collide, in principle).
+        candidate = np.array([self._fit_rows.get(k, -1) for k in _row_keys(X)], dtype=np.int64)
+        fitted = self.affinity_matrix_[np.maximum(candidate, 0)]
         if is_scipy_sparse(fitted) or is_scipy_sparse(X):
             import scipy.sparse as sp
 
@@ -384,7 +404,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             equal = np.diff(diff.indptr) == 0
         else:
             equal = np.all(np.asarray(X) == fitted, axis=1)
-        return np.where(equal, candidate, -1), X
+        return np.where((candidate >= 0) & equal, candidate, -1), X
 
     def transform(self, X):
         """The non-negative embedding of the samples X in the fitted factor's columns.
