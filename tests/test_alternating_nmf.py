@@ -219,3 +219,14 @@ def test_check_estimator(torch_path):
     failed = {r["check_name"]: repr(r["exception"]) for r in results if r["status"] == "failed"}
     assert not failed, failed
     assert sum(r["status"] == "passed" for r in results) >= 35
+
+
+@pytest.mark.parametrize("max_iter", [0, 5])
+def test_a_singular_start_is_refused_whatever_max_iter(max_iter, monkeypatch):
+    """A start whose rows are linearly dependent (all zero here) is refused with the documented message, also when
+    no step is taken (max_iter = 0), rather than fitted to NaN."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    rng = np.random.default_rng(0)
+    Y = rng.random((60, 3)) @ rng.random((3, 15))
+    with pytest.raises(ValueError, match="linearly dependent"):
+        AlternatingNMF(3, max_iter=max_iter).fit(Y, init_components=np.zeros((3, 15)))

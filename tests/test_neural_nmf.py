@@ -380,3 +380,23 @@ def test_cuda_graph_training_equals_eager(monkeypatch, dtype):
     assert not fallback.cuda_graph_
     with pytest.raises(RuntimeError, match="stream is capturing"):
         NeuralNMF([9, 4, 2], max_iter=30, random_state=0, device="cuda", dtype=dtype, cuda_graph=True).fit(X)
+
+
+def test_seed_types_and_a_non_finite_init(monkeypatch):
+    """A numpy integer seed is the same seed as the int; a seed past torch's range and an init holding NaN or an
+    infinity are refused up front (NaN passed the check for negative entries and gave an all-NaN model)."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    rng = np.random.default_rng(0)
+    X = rng.random((20, 6))
+    a = NeuralNMF([3, 2], max_iter=2, random_state=3).fit(X)
+    b = NeuralNMF([3, 2], max_iter=2, random_state=np.int64(3)).fit(X)
+    assert all(np.array_equal(p, q) for p, q in zip(a.A_, b.A_))
+    with pytest.raises(InvalidParameterError, match="random_state"):
+        NeuralNMF([3, 2], max_iter=2, random_state=2 ** 64).fit(X)
+    for bad in (np.nan, np.inf):
+        A = [rng.random((6, 3)), rng.random((3, 2))]
+        A[0][0, 0] = bad
+        with pytest.raises(ValueError, match="finite, non-negative"):
+            NeuralNMF([3, 2], init=A, max_iter=2).fit(X)

@@ -34,6 +34,7 @@ docs/alternating_nmf.md has the semi-synthetic study (recovery error against
 iterations, correlation and noise, next to ANLS, HALS, multiplicative updates
 and scikit-learn's NMF) and the timings.
 """
+import math
 import numbers
 import warnings
 from dataclasses import dataclass, field
@@ -360,6 +361,9 @@ class AlternatingNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self._n_features_out = k
         W = self._decode(Yt)
         self.reconstruction_err_ = float(torch.linalg.norm(Yt - W @ torch.as_tensor(self.components_, device=device)))
+        if not math.isfinite(self.reconstruction_err_):  # a start that is singular itself, with no step taken
+            raise ValueError("the features are linearly dependent (a singular H H^T): try another start, "
+                             "fewer n_components or a smaller lr")
         return self
 
     def _decode(self, Yt):

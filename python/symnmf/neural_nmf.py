@@ -411,7 +411,7 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "init": [StrOptions({"hierarchical", "random"}), list, tuple],
         "n_init_iter": [Interval(numbers.Integral, 1, None, closed="left")],
-        "random_state": [None, Interval(numbers.Integral, 0, None, closed="left")],
+        "random_state": [None, Interval(numbers.Integral, 0, 2 ** 63 - 1, closed="both")],  # torch's seed range
         "device": [None, str, torch.device],
         "dtype": [None, StrOptions({"float32", "float64"}), torch.dtype],
         "cuda_graph": [None, "boolean"],
@@ -538,15 +538,16 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         self._device_fit, self._dtype_fit = str(X.device), X.dtype
         ranks = self._check_ranks(X.shape[1])
         Y, mask, classes = self._labels(y, label_mask, X.shape[0])
-        generator = torch.Generator().manual_seed(self.random_state if self.random_state is not None
+        generator = torch.Generator().manual_seed(int(self.random_state) if self.random_state is not None
                                                   else int(np.random.SeedSequence().entropy % (2 ** 63)))
         sizes = [X.shape[1], *ranks]
         if isinstance(self.init, (list, tuple)):
             As = [torch.as_tensor(np.asarray(A), dtype=X.dtype, device=X.device) for A in self.init]
             shapes = [tuple(A.shape) for A in As]
-            if shapes != [(sizes[i], ranks[i]) for i in range(len(ranks))] or any(bool((A < 0).any()) for A in As):
-                raise ValueError(f"init must be non-negative A_l of shapes {[(sizes[i], k) for i, k in enumerate(ranks)]}"
-                                 f", got {shapes}")
+            if shapes != [(sizes[i], ranks[i]) for i in range(len(ranks))] or not all(
+                    bool((A >= 0).all()) and bool(torch.isfinite(A).all()) for A in As):  # NaN is not >= 0
+                raise ValueError("init must be finite, non-negative A_l of shapes "
+                                 f"{[(sizes[i], k) for i, k in enumerate(ranks)]}, got {shapes}")
         elif self.init == "hierarchical":
             As, _ = hierarchical_nmf(X, ranks, self.n_init_iter, generator)
         else:
