@@ -357,7 +357,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             self._fit_X = X.toarray() if is_scipy_sparse(X) else np.asarray(X)
         else:
             self._graph = None
-        self._fit_rows = _first_rows(self._fit_X if graph is not None else self.affinity_matrix_)
+        self._fit_rows = None  # built by the first transform that needs it (a pass over every fitted row)
         return self
 
     def fit_predict(self, X, y=None):
@@ -381,6 +381,12 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             return diff.count_nonzero() == 0
         return bool(np.array_equal(np.asarray(X), fitted))
 
+    def _fitted_rows(self):
+        """{row key: index of the first fitted sample with it} (`_row_keys`), built once."""
+        if getattr(self, "_fit_rows", None) is None:
+            self._fit_rows = _first_rows(self._fit_X if self._graph is not None else self.affinity_matrix_)
+        return self._fit_rows
+
     def _match_fitted(self, X):
         """(index of the fitted sample each row of X equals exactly, or -1; the rows' similarities to
         the fitted samples: a torch tensor for feature input, X itself for a precomputed affinity)."""
@@ -390,11 +396,11 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             scales, used = self._graph
             dense = X.toarray() if is_scipy_sparse(X) else np.asarray(X)
             rows, _ = similarity_to_graph(dense, used, scales)
-            candidate = np.array([self._fit_rows.get(k, -1) for k in _row_keys(dense)], dtype=np.int64)
+            candidate = np.array([self._fitted_rows().get(k, -1) for k in _row_keys(dense)], dtype=np.int64)
             equal = (candidate >= 0) & np.all(dense == self._fit_X[np.maximum(candidate, 0)], axis=1)
             return np.where(equal, candidate, -1), rows
         # The first fitted row with the same key, then an exact test (a digest can collide, in principle).
-        candidate = np.array([self._fit_rows.get(k, -1) for k in _row_keys(X)], dtype=np.int64)
+        candidate = np.array([self._fitted_rows().get(k, -1) for k in _row_keys(X)], dtype=np.int64)
         fitted = self.affinity_matrix_[np.maximum(candidate, 0)]
         if is_scipy_sparse(fitted) or is_scipy_sparse(X):
             import scipy.sparse as sp
