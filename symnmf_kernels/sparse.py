@@ -122,6 +122,8 @@ class CSR:
     @classmethod
     def from_scipy(cls, A, device=None, dtype=None, name="X"):
         """From a scipy.sparse matrix (any format); duplicates are summed and indices sorted."""
+        if A.dtype.kind not in "biuf":  # torch's cast would drop an imaginary part with a warning alone
+            raise TypeError(f"{name} must hold real numbers, got a scipy.sparse matrix of {A.dtype}")
         A = A.tocsr(copy=True)
         A.sum_duplicates()
         A.sort_indices()
@@ -137,18 +139,20 @@ class CSR:
         )
 
     def to_torch(self):
-        """As a torch sparse CSR tensor (shares memory where the index dtypes allow)."""
+        """As a torch sparse CSR tensor (shares memory where the index dtypes allow). A change made through it
+        is not seen by this CSR's cached data (its ||X||^2, its symmetry): change `values` itself instead."""
         col = self.col_indices.to(torch.int64)
         with warnings.catch_warnings():  # torch's "sparse CSR is beta" notice
             warnings.simplefilter("ignore", UserWarning)
             return torch.sparse_csr_tensor(self.crow_indices, col, self.values, size=self.shape, check_invariants=False)
 
     def to_scipy(self):
+        """As a scipy.sparse CSR matrix of its own arrays (a change to it does not reach this CSR)."""
         import scipy.sparse as sp
 
         return sp.csr_matrix(
             (self.values.detach().cpu().numpy(), self.col_indices.cpu().numpy(), self.crow_indices.cpu().numpy()),
-            shape=self.shape,
+            shape=self.shape, copy=True,
         )
 
     def to(self, device=None, dtype=None):
@@ -159,15 +163,16 @@ class CSR:
             if dtype is not None:
                 raise TypeError("CSR.to: the dtype is given twice")
             device, dtype = None, device
+        self._fresh()  # what is known of the arrays as they are now, not as they were
         out = CSR(
             self.crow_indices.to(device),
             self.col_indices.to(device),
             self.values.to(device=device, dtype=dtype),
             self.shape,
-            symmetric=self._symmetric,
+            symmetric=self._declared_symmetric,
             name=self.name,
         )
-        out._validated = self._validated
+        out._symmetric, out._validated = self._symmetric, self._validated
         return out
 
     # ---- properties -------------------------------------------------------------------------------------------
@@ -363,6 +368,8 @@ def block_diag(mats, name="X"):
         torch.cat(crows), torch.cat(cols).to(index_dtype), torch.cat([p.values for p in parts]), (row_off, col_off),
         name=name,
     )
+    for p in parts:
+        p._fresh()
     known = [p._symmetric for p in parts]
     if all(s is not None for s in known):
         out._symmetric = all(known)
@@ -425,6 +432,8 @@ def locality_order(X, method="rcm"):
     if method == "degree":
         degree = A.crow_indices[1:] - A.crow_indices[:-1]
         return torch.argsort(degree, descending=True, stable=True)
+    if A.shape[0] == 0:
+        return torch.empty(0, dtype=torch.int64, device=A.device)
     from scipy.sparse.csgraph import reverse_cuthill_mckee
 
     order = reverse_cuthill_mckee(A.to_scipy(), symmetric_mode=True)
@@ -441,13 +450,17 @@ def permute(X, perm):
     n = A.shape[0]
     if A.shape[1] != n:
         raise ValueError(f"X must be square to renumber its nodes, got shape {A.shape}")
-    perm = torch.as_tensor(perm, dtype=torch.int64)
+    perm = torch.as_tensor(perm)
+    if perm.dtype.is_floating_point or perm.is_complex() or perm.dtype == torch.bool:
+        raise TypeError(f"perm must hold integers (a permutation of range({n})), got {perm.dtype}")
+    perm = perm.to(torch.int64)
     if perm.shape != (n,) or not torch.equal(torch.sort(perm.cpu()).values, torch.arange(n)):
         raise ValueError(f"perm must be a permutation of range({n}), got shape {tuple(perm.shape)}")
     perm_np = perm.cpu().numpy()
     B = A.to_scipy()[perm_np][:, perm_np].tocsr()
     B.sort_indices()
     out = CSR.from_scipy(B, device=A.device, dtype=A.dtype, name=A.name)
+    A._fresh()
     out._symmetric = A._symmetric
     return out
 

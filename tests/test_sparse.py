@@ -5,7 +5,7 @@ import scipy.sparse as sp
 import torch
 
 import symnmf_kernels as sk
-from symnmf_kernels.sparse import as_csr, locality_order, permute
+from symnmf_kernels.sparse import as_csr, block_diag, locality_order, permute
 
 from conftest import rel_err
 
@@ -55,6 +55,34 @@ def test_bad_arguments():
         permute(A, torch.zeros(20, dtype=torch.int64))
     with pytest.raises(ValueError, match="square"):
         locality_order(sp.random(5, 6, density=0.5, format="csr"))
+    for perm in (torch.tensor([1.9, 0.2] + list(range(2, 20))), torch.tensor([True, False] * 10)):
+        with pytest.raises(TypeError, match="perm must hold integers"):
+            permute(A, perm)
+    with pytest.raises(TypeError, match="real numbers"):
+        as_csr(sp.csr_matrix(np.array([[0, 1j], [1j, 0]])))
+    assert locality_order(sp.csr_matrix((0, 0))).shape == (0,)
+
+
+def test_derived_copies_see_changes_made_in_place():
+    """to(), permute() and block_diag() carry over what is known of X as it is now: a symmetry found before a
+    change in place is found again, and the gradient of X U is that of the changed X. A scipy copy is X's own."""
+    D = np.array([[0, 1, 2], [1, 0, 3], [2, 3, 0.0]])
+    U = torch.rand(3, 2, dtype=torch.float64)
+    for derive in (lambda A: A.to(torch.float64), lambda A: permute(A, torch.arange(3)), lambda A: block_diag([A])):
+        A = as_csr(sp.csr_matrix(D))
+        assert A.is_symmetric()
+        A.values[0] += 5.0  # X[0, 1] = 6, X[1, 0] = 1
+        B = derive(A)
+        assert not B.is_symmetric()
+        Ug = U.clone().requires_grad_()
+        sk.spmm(B, Ug).sum().backward()
+        dense = torch.from_numpy(D).clone()
+        dense[0, 1] += 5.0
+        assert rel_err(Ug.grad, dense.T @ torch.ones(3, 2, dtype=torch.float64)) < 1e-12
+    A = as_csr(sp.csr_matrix(D))
+    norm = float(A.squared_norm())
+    A.to_scipy().data *= 2  # a copy: A and its cached ||X||^2 stay as they were
+    assert float(A.squared_norm()) == norm == float((torch.from_numpy(D) ** 2).sum())
 
 
 def test_to_takes_a_dtype_first_as_torch_does():
