@@ -360,6 +360,38 @@ def test_one_process_is_the_single_process_solver(graph, single, monkeypatch):
         assert run.n_iter == single[solver].n_iter
 
 
+def test_one_process_refuses_what_the_single_process_path_refuses(tmp_path, monkeypatch):
+    """In one process (no group), the values one process refuses up front are refused up front, by name and as
+    given: max_iter, lam (before the scale divides it), the net's lr and tol, dtype, threads, a matrix of another
+    dimension, an `out` whose result name is a folder. cluster restores torch's thread count."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    A, _ = clustered_graph(n=120, k=3)
+    G = sd.ShardedGraph.from_matrix(A * 3.0)  # ||X||_2 = 3: the fit runs on X / 3
+    for bad in (True, 2.5, "5", -1):
+        with pytest.raises(ValueError, match="max_iter"):
+            sd.fit(G, 3, "hals", max_iter=bad)
+    with pytest.raises(ValueError, match=r"got -1\.0"):
+        sd.fit(G, 3, "hals", lam=-1.0, max_iter=2)
+    for name, bad in (("lr", True), ("lr", float("inf")), ("tol", float("inf"))):
+        with pytest.raises(ValueError, match=name):
+            sd.fit(G, 3, "net", epochs=2, n_restarts=1, polish_iter=0, **{name: bad})
+    with pytest.raises(ValueError, match="dtype"):
+        sd.ShardedGraph.from_matrix(A, dtype=torch.int64)
+    assert sd.ShardedGraph.from_matrix(A, dtype="float32").local.values.dtype == torch.float32
+    for X in (np.ones(5), np.ones((2, 5, 5))):
+        with pytest.raises(ValueError, match=r"got shape \(" + str(X.shape[0])):
+            sd.ShardedGraph.from_matrix(X)
+    for bad in (True, -1, 1.5):
+        with pytest.raises(ValueError, match="threads"):
+            sd.cluster(A, 3, "hals", max_iter=2, threads=bad)
+    before = torch.get_num_threads()
+    sd.cluster(A, 3, "hals", max_iter=2, threads=1)
+    assert torch.get_num_threads() == before
+    (tmp_path / "out" / "labels.txt").mkdir(parents=True)
+    with pytest.raises(ValueError, match="not a file"):
+        sd.cluster(A, 3, "hals", max_iter=2, out=str(tmp_path / "out"))
+
+
 def test_int64_column_indices(graph, monkeypatch):
     """A local block of 2^31 columns or more numbers them in int64 (a graph of billions of nodes); forced here on a
     small graph, the fit is bit for bit the int32 one."""

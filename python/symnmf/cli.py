@@ -228,6 +228,10 @@ def _check_out(out, overwrite, files):
     if os.path.exists(out) and not os.path.isdir(out):
         raise CommandError(f"--out {out!r} is an existing file; give a folder for the results")
     existing = [name for name in files if os.path.exists(os.path.join(out, name))]
+    blocking = [name for name in existing if not os.path.isfile(os.path.join(out, name))]
+    if blocking:  # found only when the results are written, after the fit
+        raise CommandError(f"--out {out!r} holds {', '.join(blocking)}, which is not a file; remove it or choose "
+                           "another --out")
     if existing and not overwrite:
         raise CommandError(
             f"--out {out!r} already holds {', '.join(existing)}; pass --overwrite to replace them, or choose "

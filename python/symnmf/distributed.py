@@ -56,7 +56,7 @@ from symnmf_kernels.ops._common import dot64
 from symnmf_kernels.ops.hals import hals_sweep_, revive_zero_columns_
 from symnmf_kernels.sparse import CSR
 
-from .fitting import DEFAULT_MAX_ITER, _per_scale, snapped_scale
+from .fitting import DEFAULT_MAX_ITER, _per_scale, resolve_dtype, snapped_scale, thread_limit
 from .metrics import cluster_indicators, modularity_from_sums, modularity_sums
 from .solvers.admm import DEFAULTS as _ADMM_DEFAULTS, admm_step, default_rho
 from .solvers.anls import DEFAULTS as _ANLS_DEFAULTS
@@ -66,7 +66,7 @@ from .solvers.penalised import SYMMETRY_GAP, half_gradient
 from .solvers.newton import DEFAULTS as _NEWTON_DEFAULTS, cg_direction, is_descent
 from .solvers.nnls import nnls_gram
 from .solvers.pgd import DEFAULTS as _PGD_DEFAULTS
-from .validation import as_similarity, check_device, check_similarity
+from .validation import as_similarity, check_device, check_similarity, is_int
 
 __all__ = [
     "Comm", "row_offsets", "BALANCES", "read_npz_rows", "save_shards", "HaloPlan", "ShardedGraph", "init_factor",
@@ -542,6 +542,9 @@ class ShardedGraph:
         """
         import scipy.sparse as sp
 
+        dtype = resolve_dtype(dtype)
+        if np.ndim(X) != 2:  # also a torch tensor's dim(); before the CSR conversion, whose message hides it
+            raise ValueError(f"X must be a square n x n similarity matrix, got shape {tuple(np.shape(X))}")
         comm = Comm(group, device)
         if isinstance(X, torch.Tensor):
             if X.layout == torch.strided:
@@ -1221,6 +1224,11 @@ def fit(graph, k, solver="hals", *, seed=0, max_iter=None, tol=None, lam=None, g
         raise ValueError(f"the sharded solvers are {sorted(SOLVERS)}, got {solver!r} (not sharded yet)")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= graph.n:
         raise ValueError(f"k must be an int in [1, n = {graph.n}], got {k!r}")
+    if max_iter is not None and not (is_int(max_iter) and max_iter >= 0):
+        raise ValueError(f"max_iter must be a non-negative int or None, got {max_iter!r}")
+    for value in (lam, options.get("lam")):  # a number is checked as given, before it is divided by the scale
+        if value is not None and not isinstance(value, str):
+            check_lam(value, "lam (the ADMM penalty rho)" if solver == "admm" else "lam")
     comm = graph.comm
     # As `symnmf.fitting.fit_affinity`: the fit runs on X / scale, and U comes back times sqrt(scale).
     scale = similarity_scale(graph)
@@ -1319,11 +1327,10 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
     return_fit: return the DistributedFit (rank 0: with labels and the gathered U) instead of the labels.
     balance: "rows" (equal row counts per rank) or "nnz" (equal stored entries; a skewed graph).
     """
-    if isinstance(dtype, str):
-        from .fitting import resolve_dtype
-
-        dtype = resolve_dtype(dtype)
     device = check_device(device)
+    dtype = resolve_dtype(dtype)
+    if threads not in (None, "auto") and not (is_int(threads) and threads >= 1):
+        raise ValueError(f"threads must be a positive int, None or 'auto', got {threads!r}")
     owns_group = group is None and "WORLD_SIZE" in os.environ and not dist.is_initialized()
     if group is None:
         env_device = init_from_env(None if device is None else ("nccl" if torch.device(device).type == "cuda"
@@ -1331,8 +1338,10 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
         if device is None or torch.device(device).type == env_device.type:
             device = env_device  # under torchrun with NCCL: this rank's GPU (LOCAL_RANK)
     try:
-        result = _cluster_on_group(source, k, solver, seed, max_iter, tol, lam, dtype, device, out, group, threads,
-                                   verbose, return_fit, balance, affinity, n_neighbors, metric, save_graph, options)
+        with thread_limit(None if threads == "auto" else threads):  # torch's setting restored after, as in one process
+            result = _cluster_on_group(source, k, solver, seed, max_iter, tol, lam, dtype, device, out, group,
+                                       threads, verbose, return_fit, balance, affinity, n_neighbors, metric,
+                                       save_graph, options)
     except BaseException:
         if owns_group:
             dist.destroy_process_group()
@@ -1348,8 +1357,6 @@ def cluster(source, k, solver="hals", seed=0, *, max_iter=None, tol=None, lam=No
 def _cluster_on_group(source, k, solver, seed, max_iter, tol, lam, dtype, device, out, group, threads, verbose,
                       return_fit, balance, affinity, n_neighbors, metric, save_graph, options):
     """`cluster` once the process group (if any) is up: rank 0 gets the labels or the fit, the others None."""
-    if threads and threads != "auto":
-        torch.set_num_threads(int(threads))
     if affinity not in ("precomputed", "nearest_neighbors"):
         raise ValueError(f"affinity must be 'precomputed' or 'nearest_neighbors', got {affinity!r}")
     if out is not None:

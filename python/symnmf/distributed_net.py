@@ -219,7 +219,7 @@ def _check_int(name, value, low):
 
 def _settings(recipe, overrides):
     """The recipe's settings (read from `symnmf.net.RECIPES` now) with the non-None overrides, checked."""
-    from .net import _LR_SCHEDULES, RECIPES, SELECTION_RULES, SymNMFNet
+    from .net import _LR_SCHEDULES, RECIPES, SELECTION_RULES, SymNMFNet, _is_finite
 
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {recipe!r}")
@@ -239,10 +239,10 @@ def _settings(recipe, overrides):
     _check_int("n_restarts", settings["n_restarts"], 1)
     _check_int("epochs", settings["epochs"], 0)
     _check_int("polish_iter", settings["polish_iter"], 0)
-    if not settings["lr"] > 0:
-        raise ValueError(f"lr must be > 0, got {settings['lr']!r}")
-    if settings["tol"] is not None and not settings["tol"] >= 0:
-        raise ValueError(f"tol must be >= 0 or None, got {settings['tol']!r}")
+    if not _is_finite(settings["lr"], 0, strict=True):
+        raise ValueError(f"lr must be finite and > 0, got {settings['lr']!r}")
+    if settings["tol"] is not None and not _is_finite(settings["tol"], 0):
+        raise ValueError(f"tol must be finite and >= 0 or None, got {settings['tol']!r}")
     if settings["patience"] is not None:
         _check_int("patience", settings["patience"], 0)
     if settings["lr_schedule"] not in _LR_SCHEDULES:
