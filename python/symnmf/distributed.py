@@ -56,7 +56,7 @@ from symnmf_kernels.ops._common import dot64
 from symnmf_kernels.ops.hals import hals_sweep_, revive_zero_columns_
 from symnmf_kernels.sparse import CSR
 
-from .fitting import DEFAULT_MAX_ITER, _per_scale, resolve_dtype, snapped_scale, thread_limit
+from .fitting import DEFAULT_MAX_ITER, _per_scale, check_penalty, resolve_dtype, snapped_scale, thread_limit
 from .metrics import cluster_indicators, modularity_from_sums, modularity_sums
 from .solvers.admm import DEFAULTS as _ADMM_DEFAULTS, admm_step, default_rho
 from .solvers.anls import DEFAULTS as _ANLS_DEFAULTS
@@ -1226,9 +1226,8 @@ def fit(graph, k, solver="hals", *, seed=0, max_iter=None, tol=None, lam=None, g
         raise ValueError(f"k must be an int in [1, n = {graph.n}], got {k!r}")
     if max_iter is not None and not (is_int(max_iter) and max_iter >= 0):
         raise ValueError(f"max_iter must be a non-negative int or None, got {max_iter!r}")
-    for value in (lam, options.get("lam")):  # a number is checked as given, before it is divided by the scale
-        if value is not None and not isinstance(value, str):
-            check_lam(value, "lam (the ADMM penalty rho)" if solver == "admm" else "lam")
+    check_penalty(lam, "lam (the ADMM penalty rho)" if solver == "admm" else "lam")
+    check_penalty(options.get("lam"))
     comm = graph.comm
     # As `symnmf.fitting.fit_affinity`: the fit runs on X / scale, and U comes back times sqrt(scale).
     scale = similarity_scale(graph)

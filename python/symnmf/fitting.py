@@ -412,11 +412,9 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
     if threads not in ("auto", None) and not (is_int(threads) and threads >= 0):
         raise ValueError(f'threads must be "auto", None or an int >= 1 (0 and None: torch\'s own setting), '
                          f"got {threads!r}")
-    # A penalty given as a number is divided by A's scale below: checked here, as the caller gave it.
-    if _is_number(lam):
-        check_lam(lam)
-    if solver == "net" and _is_number((net_options or {}).get("lam")):
-        check_lam(net_options["lam"], "net_options['lam']")
+    check_penalty(lam)
+    if solver == "net":
+        check_penalty((net_options or {}).get("lam"), "net_options['lam']")
     n = A.shape[-1]
     rank = check_rank(rank, n)
     device = A.device
@@ -532,6 +530,14 @@ def _renumber_net(net, rows):
         net.U0 = net.U0.index_select(-2, rows)
         for P in net.P:
             P.data = P.data.index_select(-2, rows)
+
+
+def check_penalty(lam, name="lam"):
+    """A penalty given as a number, checked as the caller gave it: the fit divides it by the graph's scale
+    (`_per_scale`), after which a bad value would be reported as another number. Strings and None are the
+    solvers' own to check."""
+    if _is_number(lam):
+        check_lam(lam, name)
 
 
 def _is_number(value):

@@ -111,7 +111,7 @@ _INITS = ("random", "hals", "spectral")
 # about as much as a few eager steps: by default a fit with fewer steps than _MIN_REPLAYS after them stays eager.
 _EAGER_STEPS_BEFORE_CAPTURE = 3
 _MIN_REPLAYS = 5
-# What a new start of `fit` replaces, put back when the fit is refused after it
+# What a new start replaces (`fit`, a load into a new net), put back when the call fails after it
 _FIT_STATE = ("U0", "lam_min", "lam", "P", "_beta_scale", "_beta_now", "history_", "n_iter_", "cuda_graph_")
 _LOSS_BLOCKS = ("all", "last")
 _LR_SCHEDULES = ("constant", "cosine")
@@ -746,7 +746,7 @@ class SymNMFNet(nn.Module):
         if optimizer is not None and not callable(optimizer):
             raise TypeError(f"optimizer must be a torch.optim class (called with the parameter groups and lr), got "
                             f"{optimizer!r}")
-        previous = None if warm else {name: getattr(self, name) for name in _FIT_STATE}
+        previous = None if warm else self._fit_state()
         try:
             if not warm:
                 self._initialize(X, U0)
@@ -769,8 +769,7 @@ class SymNMFNet(nn.Module):
                 optimizer = optimizer(self._param_groups(lr, relative_lr), lr=lr)
         except BaseException:
             if previous is not None:
-                for name, value in previous.items():
-                    setattr(self, name, value)
+                self._put_back(previous)
             raise
         scheduler = None
         if lr_schedule == "cosine" and epochs > 0:
@@ -967,16 +966,23 @@ class SymNMFNet(nn.Module):
         state dict's shapes (so `SymNMFNet(r, n_layers=L).load_state_dict(net.state_dict())` gives net back), and
         stays uninitialised should the load fail."""
         fresh = not self.initialized and all(key in state_dict for key in ("U0", "lam_min", "lam"))
+        previous = self._fit_state() if fresh else None
         try:
             if fresh:
                 self._allocate(state_dict)
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
         except Exception:
-            if fresh:
-                self.U0 = self.lam_min = self.lam = None
-                self.P = nn.ParameterList()
-                self._beta_scale, self._beta_now = 1.0, self.beta
+            if previous is not None:
+                self._put_back(previous)
             raise
+
+    def _fit_state(self):
+        """What a new start (`fit`, a load into a new net) replaces, for `_put_back` should it fail."""
+        return {name: getattr(self, name) for name in _FIT_STATE}
+
+    def _put_back(self, state):
+        for name, value in state.items():
+            setattr(self, name, value)
 
     def save(self, path):
         """Save the config, the weights (state_dict, the regulariser's weight included) and the history to path.
