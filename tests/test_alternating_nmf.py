@@ -230,3 +230,36 @@ def test_a_singular_start_is_refused_whatever_max_iter(max_iter, monkeypatch):
     Y = rng.random((60, 3)) @ rng.random((3, 15))
     with pytest.raises(ValueError, match="linearly dependent"):
         AlternatingNMF(3, max_iter=max_iter).fit(Y, init_components=np.zeros((3, 15)))
+
+
+@pytest.mark.parametrize("dtype, scales", [(np.float32, [1e-25, 1e20]), (np.float64, [1e-170, 1e160])])
+def test_the_scale_of_y_changes_nothing_but_the_units(dtype, scales, torch_path, rng):
+    """The updates of H do not change when Y is multiplied by a constant, so a Y whose squares under- or overflow
+    learns the same features, with alpha_, the history's thresholds and reconstruction_err_ in Y's units (it gave
+    an error of 0.0 and NaN residuals at 1e-25 in float32, and refused valid data at 1e20)."""
+    Y = (rng.random((40, 3)) @ rng.random((3, 12))).astype(dtype)
+    H0 = rng.random((3, 12))
+    base = AlternatingNMF(3, max_iter=5, inner_iter=5).fit(Y, init_components=H0)
+    for s in scales:
+        model = AlternatingNMF(3, max_iter=5, inner_iter=5).fit(Y * dtype(s), init_components=H0)
+        assert rel_err(model.components_, base.components_) < 1e-5
+        assert rel_err(model.alpha_ / s, base.alpha_) < 1e-4
+        assert rel_err(model.history_["alpha"] / s, base.history_["alpha"]) < 1e-4
+        assert rel_err(model.history_["rel_residual"], base.history_["rel_residual"]) < 1e-4
+        assert abs(model.reconstruction_err_ / s / base.reconstruction_err_ - 1) < 1e-4
+        assert rel_err(model.transform(Y * dtype(s)) / s, base.transform(Y)) < 1e-4
+
+
+def test_a_start_that_is_not_real_numbers_is_refused(torch_path, rng):
+    """A complex start was cut to its real part with only a warning, and text failed deep in numpy."""
+    Y = rng.random((20, 6))
+    for bad in (rng.random((2, 6)) + 1j, rng.random((2, 6)).astype(str)):
+        with pytest.raises(ValueError, match="init_components must hold real numbers"):
+            AlternatingNMF(2, max_iter=2).fit(Y, init_components=bad)
+
+
+@pytest.mark.parametrize("kwargs", [{"decay": 0.0}, {"inner_iter": 0}, {"lr": 2.0}, {"max_iter": 1.5}, {"alpha": -1}])
+def test_the_function_refuses_what_the_estimator_refuses(kwargs):
+    """decay = 0 gave an infinite threshold and inner_iter = 0 took one step anyway."""
+    with pytest.raises(ValueError, match="max_iter|decay"):
+        alternating_nmf(torch.rand(10, 6, dtype=torch.float64), torch.rand(6, 2, dtype=torch.float64), **kwargs)

@@ -271,3 +271,38 @@ def test_zero_threads_and_numpy_integers_are_accepted():
     base = fit_affinity(A, 2, "hals", random_state=0, max_iter=5)
     same = fit_affinity(A, 2, "hals", random_state=0, max_iter=np.int64(5), threads=0)
     assert torch.equal(base.U, same.U) and same.n_iter == base.n_iter
+
+
+def _refused_refits():
+    """(estimator fitted once, a refit it refuses after its input check has run) for each estimator."""
+    from symnmf import SymNMF
+    from symnmf.alternating import AlternatingNMF
+    from symnmf.neural_nmf import NeuralNMF
+    from symnmf.specnet2 import SpecNet2
+
+    rng = np.random.default_rng(0)
+    X = rng.random((30, 5))
+    W = rng.random((30, 30))
+    W = W + W.T
+    yield SymNMF(3, solver="hals", max_iter=5).fit(X), lambda m: m.fit(rng.random((2, 2)))  # rank 3 > 2 samples
+    yield NeuralNMF([3], max_iter=2, n_init_iter=2, random_state=0).fit(X), lambda m: m.fit(rng.random((30, 2)))
+    yield (AlternatingNMF(3, max_iter=3, inner_iter=2, random_state=0).fit(X),
+           lambda m: m.set_params(max_iter=0).fit(X, init_components=np.zeros((3, 5))))
+    # a refit whose network collapses to rank 2 (two distinct feature rows) is refused after training
+    yield (SpecNet2(3, hidden=(8,), epochs=2, batch_size=None, random_state=0, device="cpu").fit(X),
+           lambda m: m.set_params(affinity="precomputed", n_oversamples=0).fit(W, features=np.repeat(np.eye(2), 15, 0)))
+
+
+def test_a_refused_refit_leaves_the_estimator_as_it_was(monkeypatch):
+    """A refit refused after it had set some attributes (n_features_in_ by the input check, a history by the
+    training) left the previous fit's factors beside the refused input's width: transform of the fitted data
+    then failed. Every field is now the previous fit's, the same objects."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    for model, refit in _refused_refits():
+        before = dict(vars(model))
+        with pytest.raises((ValueError, FloatingPointError)):
+            refit(model)
+        after = vars(model)
+        changed = sorted(k for k in before.keys() | after.keys()
+                         if k not in before or k not in after or after[k] is not before[k])
+        assert changed in ([], ["max_iter"], ["affinity", "n_oversamples"]), (type(model).__name__, changed)

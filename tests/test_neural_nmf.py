@@ -400,3 +400,38 @@ def test_seed_types_and_a_non_finite_init(monkeypatch):
         A[0][0, 0] = bad
         with pytest.raises(ValueError, match="finite, non-negative"):
             NeuralNMF([3, 2], init=A, max_iter=2).fit(X)
+
+
+@pytest.mark.parametrize("dtype, scales", [("float32", [1e-25, 1e20]), ("float64", [1e-170, 1e160])])
+def test_the_scale_of_x_changes_nothing_but_s(dtype, scales, monkeypatch):
+    """X whose squares under- or overflow (||X||^2 was 0 or inf, and the fit NaN without an error) is fitted at a
+    power of two of its scale: the same relative errors and A_, S_ and the classifier in X's units."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    rng = np.random.default_rng(0)
+    X = rng.random((30, 10))
+    y = np.arange(30) % 2
+    base = NeuralNMF([3, 2], max_iter=5, n_init_iter=5, random_state=0, dtype=dtype).fit(X, y)
+    for s in scales:
+        model = NeuralNMF([3, 2], max_iter=5, n_init_iter=5, random_state=0, dtype=dtype).fit(X * s, y)
+        assert np.allclose(model.relative_errors_, base.relative_errors_, rtol=1e-3)
+        assert np.isfinite(model.history_["loss"]).all()
+        product = model.S_[-1] @ (model.A_[0] @ model.A_[1]).T  # X ~ S_L P^T at X's own scale
+        assert rel_err(product / s, base.S_[-1] @ (base.A_[0] @ base.A_[1]).T) < 1e-2
+        assert rel_err(model.transform(X * s) / s, model.S_[-1] / s) < 1e-3
+        np.testing.assert_array_equal(model.predict(X * s), model.predict(X * s * 2))
+
+
+def test_labels_only_on_zero_rows_and_a_start_that_is_not_real_are_refused(monkeypatch):
+    """Labelled samples that are all-zero rows of X left the classifier's solve singular (a LinAlgError deep in
+    the fit); a complex init was cut to its real part with a warning, and text failed deep in torch."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    rng = np.random.default_rng(0)
+    X = rng.random((30, 10))
+    X[:2] = 0
+    mask = np.zeros(30, dtype=bool)
+    mask[:2] = True
+    with pytest.raises(ValueError, match="all-zero row"):
+        NeuralNMF([3], max_iter=3, n_init_iter=3).fit(X, np.arange(30) % 2, label_mask=mask)
+    for bad in (rng.random((10, 3)) + 1j, rng.random((10, 3)).astype(str)):
+        with pytest.raises(ValueError, match=r"init\[0\] must hold real numbers"):
+            NeuralNMF([3], init=[bad], max_iter=2).fit(X)

@@ -20,6 +20,8 @@ from symnmf.specnet2 import SpecNet2, _Graph, _RunningGram, specnet2_objective
 from symnmf.validation import as_similarity
 from symnmf_kernels.ops import _common
 
+from conftest import rel_err
+
 
 @pytest.fixture
 def torch_path(monkeypatch):
@@ -255,6 +257,22 @@ def test_same_seed_same_embedding(torch_path):
     np.testing.assert_array_equal(a.embedding_, b.embedding_)
     c = SpecNet2(2, **{**params, "random_state": 1}).fit(X)
     assert not np.array_equal(a.embedding_, c.embedding_)
+
+
+def test_the_scale_of_w_and_of_the_features_changes_nothing(torch_path):
+    """W is divided by its mean degree and the features standardised, so their scales cancel; both were cast to
+    float32 first, where a float64 W at 1e39 or 1e-46 became inf or 0 (NaN degrees, a crash on the degree check)
+    and features at 1e39 inf (a diverged fit)."""
+    X, _ = _blobs(120)
+    W = _scipy(similarity_graph(X)).astype(np.float64)
+    params = {**SMALL, "epochs": 3}
+    base = SpecNet2(3, **params, affinity="precomputed").fit(W, features=X)
+    for s in (1e39, 1e-46):
+        model = SpecNet2(3, **params, affinity="precomputed").fit(W * s, features=X)
+        np.testing.assert_allclose(model.eigenvalues_, base.eigenvalues_, rtol=1e-5)
+    scaled = SpecNet2(3, **params, affinity="precomputed").fit(W, features=X * 1e39)
+    np.testing.assert_allclose(scaled.eigenvalues_, base.eigenvalues_, rtol=1e-4)
+    assert rel_err(scaled.transform(X[:7] * 1e39), base.transform(X[:7])) < 1e-3
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -47,8 +47,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 import symnmf_kernels as sk
 
-from .fitting import resolve_device
+from .fitting import resolve_device, unchanged_on_error
 from .solvers.base import as_seed
+from .validation import power_of_two_scale, real_array
 
 __all__ = ["AlternatingNMF", "AlternatingResult", "alternating_nmf", "decode"]
 
@@ -140,9 +141,9 @@ def alternating_nmf(Y, A0, *, max_iter=200, inner_iter=50, alpha=0.1, decay=1.1,
     inside the loop (the history is gathered at the end), so a batch on a GPU runs without stalls.
 
     max_iter: outer iterations (decodes); inner_iter: gradient steps per decode.
-    alpha: the first threshold, as a fraction of the largest weight decoded from A0 (the reference
-      settings start at 0.1 for weights that are at most 1). decay: the threshold is divided by it at
-      every outer iteration, before the decode. lr: the bound on eta times the largest eigenvalue of
+    alpha: the threshold before the first decay, as a fraction of the largest weight decoded from A0 (the
+      reference settings start at 0.1 for weights that are at most 1). decay: the threshold is divided by it at
+      every outer iteration, before the decode, so the first decode uses alpha / decay. lr: the bound on eta times the largest eigenvalue of
       W^T W (see `_gradient_steps`).
     noise_floor: no feature's threshold falls below noise_floor times the noise level of its decoded
       weight (`_noise_floor`, measured at the previous decode); 0 follows the schedule down to zero.
@@ -153,11 +154,23 @@ def alternating_nmf(Y, A0, *, max_iter=200, inner_iter=50, alpha=0.1, decay=1.1,
     left free, the steps grow the columns to make up for the weights that the threshold shrinks, the
     decoded weights shrink further against the same threshold, and the iteration can diverge.
     """
+    if not (isinstance(inner_iter, numbers.Integral) and inner_iter >= 1 and isinstance(max_iter, numbers.Integral)
+            and max_iter >= 0):
+        raise ValueError(f"max_iter must be an int >= 0 and inner_iter an int >= 1, got {max_iter!r} and {inner_iter!r}")
+    if not (decay >= 1 and 0 < lr < 2 and alpha >= 0 and noise_floor >= 0):
+        raise ValueError(f"need decay >= 1 (1 keeps the threshold), 0 < lr < 2, alpha >= 0 and noise_floor >= 0; got "
+                         f"decay={decay!r}, lr={lr!r}, alpha={alpha!r}, noise_floor={noise_floor!r}")
     if Y.dim() < 2 or A0.dim() != Y.dim() or A0.shape[-2] != Y.shape[-1] or A0.shape[:-2] != Y.shape[:-2]:
         raise ValueError(f"A0 must have shape (..., d, k) matching Y (..., n, d); got {tuple(A0.shape)} "
                          f"and {tuple(Y.shape)}")
     A = A0.to(dtype=Y.dtype, device=Y.device).contiguous()
     norms0 = A.norm(dim=-2, keepdim=True)
+    # The updates of A do not change when Y is multiplied by a constant (the weights and thresholds scale with
+    # it), so each problem runs at an exact power of two of its Y, where ||Y||^2 and the noise level neither
+    # overflow nor underflow; the thresholds are reported in Y's own units.
+    unit = power_of_two_scale(Y, dim=(-2, -1))
+    Y = Y * unit
+    unit = unit[..., 0, 0]
     y_norm2 = Y.pow(2).sum((-2, -1))
     W0, _, _ = decode(Y, A, torch.zeros(Y.shape[:-2], dtype=Y.dtype, device=Y.device))
     schedule = alpha * W0.amax((-2, -1))
@@ -181,7 +194,8 @@ def alternating_nmf(Y, A0, *, max_iter=200, inner_iter=50, alpha=0.1, decay=1.1,
         A = A_next
         if callback is not None:
             callback(t, A)
-    final = torch.maximum(schedule[..., None], floor)
+    final = torch.maximum(schedule[..., None], floor) / unit[..., None]
+    records["alpha"] = [a / unit for a in records["alpha"]]
     history = {key: torch.stack(v).cpu().numpy() if v else np.empty((0, *Y.shape[:-2])) for key, v in records.items()}
     return AlternatingResult(A=A, alpha=final, n_iter=max_iter, history=history)
 
@@ -228,7 +242,8 @@ class AlternatingNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     inner_iter : int
         Gradient steps per decode. The reference settings: 50.
     alpha : float
-        First threshold, as a fraction of the largest weight decoded from the start.
+        The threshold before the first decay (the first decode uses alpha / decay), as a fraction of the
+        largest weight decoded from the start.
     decay : float
         The threshold is divided by `decay` (>= 1; 1 keeps it) at every outer iteration (1.1: 200
         iterations take it down by a factor of 2e8).
@@ -322,6 +337,7 @@ class AlternatingNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         return resolve_device(self.device, Y)
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @unchanged_on_error
     def fit(self, Y, y=None, *, init_components=None):
         """Learn the features of Y (n_samples, n_features); y is ignored.
 
@@ -340,8 +356,7 @@ class AlternatingNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             # scikit-learn's NMF takes no numpy Generator: a seed drawn from it stands in
             H0 = _default_start(Y, k, as_seed(self.random_state), self.init_iter)
         else:
-            H0 = init_components.detach().cpu().numpy() if isinstance(init_components, torch.Tensor) \
-                else np.asarray(init_components)
+            H0 = real_array(init_components, "init_components")
             if H0.shape != (k, d):
                 raise ValueError(f"init_components must have shape (n_components, n_features) = {(k, d)}, "
                                  f"got {H0.shape}")
@@ -360,15 +375,21 @@ class AlternatingNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self.history_ = result.history
         self._n_features_out = k
         W = self._decode(Yt)
-        self.reconstruction_err_ = float(torch.linalg.norm(Yt - W @ torch.as_tensor(self.components_, device=device)))
+        residual = Yt - W @ torch.as_tensor(self.components_, device=device)
+        unit = power_of_two_scale(residual)  # the norm of a residual of any scale, without under- or overflow
+        self.reconstruction_err_ = float(torch.linalg.norm(residual * unit).double() / unit.double())
         if not math.isfinite(self.reconstruction_err_):  # a start that is singular itself, with no step taken
             raise ValueError("the features are linearly dependent (a singular H H^T): try another start, "
                              "fewer n_components or a smaller lr")
         return self
 
     def _decode(self, Yt):
+        """The decode at alpha_, run at an exact power of two of Yt (it scales with Y) so that its products
+        neither overflow nor underflow."""
         A = torch.as_tensor(self.components_.T.copy(), device=Yt.device, dtype=Yt.dtype)
-        return decode(Yt, A, torch.as_tensor(self.alpha_, device=Yt.device, dtype=Yt.dtype))[0]
+        unit = power_of_two_scale(Yt)
+        alpha = torch.as_tensor(self.alpha_, device=Yt.device, dtype=Yt.dtype) * unit
+        return decode(Yt * unit, A, alpha)[0] / unit
 
     def transform(self, Y):
         """The weights W = max(Y H^T (H H^T)^{-1} - alpha_, 0) of the samples Y: the decode at the final threshold."""

@@ -18,7 +18,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Cluster
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .fitting import AFFINITIES, SOLVERS, build_affinity, fit_affinity, resolve_device, resolve_dtype
+from .fitting import AFFINITIES, SOLVERS, build_affinity, fit_affinity, resolve_device, resolve_dtype, unchanged_on_error
 from .net import RECIPES
 from .validation import as_similarity, is_scipy_sparse
 
@@ -311,6 +311,7 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
 
     # ------------------------------------------------------------------- fit
     @_fit_context(prefer_skip_nested_validation=True)
+    @unchanged_on_error
     def fit(self, X, y=None):
         """Factorise the similarity of X and store labels_, embedding_ and the diagnostics.
 

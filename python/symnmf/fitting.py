@@ -31,6 +31,7 @@ Defaults
   (docs/cpu_backend.md, "Renumbering the nodes").
 """
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -52,7 +53,7 @@ __all__ = [
     "SMALL_PROBLEM", "SCALE_TOL", "NODE_ORDERS", "AUTO_ORDER_MIN_NODES", "AUTO_ORDER_COPIES", "resolve_node_order",
     "FitResult", "resolve_device", "resolve_dtype", "build_affinity", "fit_affinity", "similarity_scale",
     "snapped_scale",
-    "default_threads", "thread_limit", "show_progress", "sync_device",
+    "default_threads", "thread_limit", "show_progress", "sync_device", "unchanged_on_error",
 ]
 
 SOLVERS = ("net", "anls", "hals", "pgd", "newton", "admm")
@@ -231,6 +232,27 @@ def thread_limit(threads):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def unchanged_on_error(fit):
+    """An estimator's fit that leaves the estimator as it was when it raises.
+
+    A refit that is refused, or interrupted, after it has set some of its attributes (n_features_in_ by the input
+    check, a history by the training) would otherwise leave a mix of two fits: the previous fit's factors read
+    against the new input's width. The fits replace their attributes rather than change them in place, so a
+    shallow copy of the instance's fields is enough to put the previous fit back.
+    """
+    @functools.wraps(fit)
+    def wrapper(self, *args, **kwargs):
+        before = dict(vars(self))
+        try:
+            return fit(self, *args, **kwargs)
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(before)
+            raise
+
+    return wrapper
 
 
 def show_progress(verbose=False):

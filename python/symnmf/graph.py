@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .validation import check_device, is_scipy_sparse
+from .validation import check_device, is_scipy_sparse, power_of_two_scale
 
 __all__ = ["similarity_graph", "knn_search", "faiss_knn_search", "GraphScales", "similarity_to_graph",
            "candidates_per_row", "keep_nearest", "block_candidates"]
@@ -297,19 +297,10 @@ class GraphScales:
     unit: float = 1.0
 
 
-def _power_of_two_scale(X, dim=None):
-    """The power of two near 1 / max|X| (over `dim`, keeping it, or over all of X; 1 where X is 0): X times it has
-    its largest magnitude in [0.5, 1), exactly, so squared distances and norms neither overflow nor underflow for
-    features of any scale, and the self-tuning graph, which a common factor does not change, is the same."""
-    top = X.abs().amax() if dim is None else X.abs().amax(dim, keepdim=True)
-    exponent = torch.frexp(torch.where(top > 0, top, torch.ones_like(top))).exponent
-    return torch.ldexp(torch.ones_like(top), -exponent)
-
-
 def _unit_rows(X):
     """Rows of X over their norms (zero rows stay zero), each first scaled exactly by a power of two so that the
     norm neither overflows nor underflows."""
-    X = X * _power_of_two_scale(X, dim=1)
+    X = X * power_of_two_scale(X, dim=1)
     norms = torch.linalg.vector_norm(X, dim=1, keepdim=True)
     return X / torch.where(norms > 0, norms, torch.ones_like(norms))
 
@@ -332,7 +323,7 @@ def _build_graph(features, n_neighbors=None, metric="euclidean", scale_neighbor=
     else:
         s = _check_count(scale_neighbor, "scale_neighbor", n)
         n_search = max(k, s)
-        unit = float(_power_of_two_scale(X))
+        unit = float(power_of_two_scale(X))
         X = X * unit
 
     if _use_faiss(neighbors, X):

@@ -48,7 +48,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 import symnmf_kernels as sk
 
-from .fitting import resolve_device, resolve_dtype
+from .fitting import resolve_device, resolve_dtype, unchanged_on_error
+from .validation import power_of_two_scale, real_array
 
 __all__ = ["NeuralNMF", "nnls_layer", "forward", "relative_errors", "nmf", "hierarchical_nmf", "deep_nmf"]
 
@@ -284,6 +285,16 @@ def _update(optimizer, As, grads):
 
 
 # ---- the baselines ----------------------------------------------------------------------------------------------
+
+
+def _working_unit(X):
+    """1, or where X's squares leave the range the fit needs, the power of two that brings X's largest entry to
+    [0.5, 1). The losses and their gradients are sums of squares at X's scale (||X||^2 under- or overflowed in
+    float32 from about 1e-20 and 1e19, and the fit became NaN); the model is X ~ S_L P^T, so a fit of X times a
+    constant gives the factors of X with S divided by it."""
+    limit = {torch.float32: 25, torch.float64: 204}[X.dtype]  # a fifth of the exponent range: far inside it
+    exponent = int(torch.frexp(X.abs().amax()).exponent)
+    return 1.0 if -limit <= exponent <= limit else float(power_of_two_scale(X))
 
 
 def _init_factor(n, k, scale, generator, like):
@@ -531,18 +542,25 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------- fit
     @_fit_context(prefer_skip_nested_validation=True)
+    @unchanged_on_error
     def fit(self, X, y=None, label_mask=None):
         """Train the layers on X (n_samples, n_features) >= 0; y (n_samples,) labels, used where label_mask
         (boolean, n_samples) is True (all samples without a mask)."""
         X = self._tensor(X, reset=True)
         self._device_fit, self._dtype_fit = str(X.device), X.dtype
+        self._unit = _working_unit(X)
+        X = X * self._unit
         ranks = self._check_ranks(X.shape[1])
         Y, mask, classes = self._labels(y, label_mask, X.shape[0])
+        if Y is not None and not bool(X[torch.as_tensor(mask, device=X.device)].any()):
+            raise ValueError("every labelled sample (label_mask) is an all-zero row of X: the classifier has nothing "
+                             "to learn from; label samples whose features are not all zero")
         generator = torch.Generator().manual_seed(int(self.random_state) if self.random_state is not None
                                                   else int(np.random.SeedSequence().entropy % (2 ** 63)))
         sizes = [X.shape[1], *ranks]
         if isinstance(self.init, (list, tuple)):
-            As = [torch.as_tensor(np.asarray(A), dtype=X.dtype, device=X.device) for A in self.init]
+            As = [torch.as_tensor(real_array(A, f"init[{i}]"), dtype=X.dtype, device=X.device)
+                  for i, A in enumerate(self.init)]
             shapes = [tuple(A.shape) for A in As]
             if shapes != [(sizes[i], ranks[i]) for i in range(len(ranks))] or not all(
                     bool((A >= 0).all()) and bool(torch.isfinite(A).all()) for A in As):  # NaN is not >= 0
@@ -635,9 +653,9 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
                 B = self._classifier(Ss[-1], Y, labelled)
         self.relative_errors_ = relative_errors(X, As, Ss)
         self.A_ = [A.cpu().numpy() for A in As]
-        self.S_ = [S.cpu().numpy() for S in Ss]
+        self.S_ = [(S / self._unit).cpu().numpy() for S in Ss]  # X ~ S_L P^T at X's own scale
         if B is not None:
-            self.classifier_, self.classes_ = B.cpu().numpy(), classes
+            self.classifier_, self.classes_ = (B * self._unit).cpu().numpy(), classes
         else:  # a refit without labels leaves no classifier of an earlier fit behind
             for name in ("classifier_", "classes_"):
                 if hasattr(self, name):
@@ -674,17 +692,19 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         """B = argmin ||Y_m - S_m B^T||_F over the labelled rows m, with a tiny relative ridge."""
         Sm = S[labelled]
         G = Sm.mT @ Sm
-        G = G + RIDGE * G.diagonal().sum() * torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+        # the ridge's floor keeps the solve defined where every labelled S row is 0 (B is then 0)
+        ridge = RIDGE * G.diagonal().sum().clamp_min(torch.finfo(G.dtype).tiny)
+        G = G + ridge * torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
         return torch.linalg.solve(G, Sm.mT @ Y[labelled]).mT
 
     # ------------------------------------------------------------- inference
     def transform(self, X, all_layers=False):
         """S_L^T (n_samples, k_L) of new samples through the trained layers; all_layers: [S_1^T, ..., S_L^T]."""
         check_is_fitted(self, "A_")
-        X = self._tensor(X, reset=False)
+        X = self._tensor(X, reset=False) * self._unit
         As = [torch.as_tensor(A, device=X.device, dtype=X.dtype) for A in self.A_]
         with torch.no_grad():
-            Ss = [S.cpu().numpy() for S in forward(X, As)]
+            Ss = [(S / self._unit).cpu().numpy() for S in forward(X, As)]
         return Ss if all_layers else Ss[-1]
 
     def predict(self, X):

@@ -54,9 +54,9 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 import symnmf_kernels as sk
 from symnmf_kernels.sparse import CSR, as_csr
 
-from .fitting import resolve_device
+from .fitting import resolve_device, unchanged_on_error
 from .solvers.base import as_seed
-from .validation import as_similarity, check_rank, check_similarity
+from .validation import as_similarity, check_rank, check_similarity, power_of_two_scale
 
 __all__ = ["SpecNet2", "specnet2_objective"]
 
@@ -70,14 +70,17 @@ class _Graph:
     """W / mean(d) as CSR arrays on one device, its degrees, and the row slices a mini-batch needs."""
 
     def __init__(self, W, dtype):
-        W = W.to(dtype)
-        crow, col, val = W.crow_indices(), W.col_indices(), W.values()
+        crow, col = W.crow_indices(), W.col_indices()
+        # W's own values, first times a power of two, in float64: cast to dtype first, a W of any float64 scale
+        # that float32 cannot hold became inf or 0, and its degrees NaN
+        val = W.values().double()
+        val = val * power_of_two_scale(val)
         self.n = W.shape[0]
         degree = torch.zeros(self.n, dtype=torch.float64, device=val.device)
-        degree.index_add_(0, torch.repeat_interleave(torch.arange(self.n, device=val.device), crow.diff()), val.double())
+        degree.index_add_(0, torch.repeat_interleave(torch.arange(self.n, device=val.device), crow.diff()), val)
         scale = degree.mean()
         self.crow, self.col = crow, col
-        self.val = (val.double() / scale).to(dtype)
+        self.val = (val / scale).to(dtype)
         self.degree = (degree / scale).to(dtype)
         self.full = CSR(crow, col, self.val, (self.n, self.n), symmetric=True, name="W")
 
@@ -161,15 +164,20 @@ class _Table(torch.nn.Module):
 
 
 class _MLP(torch.nn.Module):
-    """Y = MLP((F - mean) / std) evaluated on rows of the fitted features, or on new features."""
+    """Y = MLP((F - mean) / std) evaluated on rows of the fitted features, or on new features.
+
+    The features are standardised in float64, after an exact power-of-two scaling, and only then made float32:
+    features of any scale float64 holds give the same network input (cast first, 1e39 became inf)."""
 
     def __init__(self, features, hidden, k):
         super().__init__()
-        self.register_buffer("features", features)
-        self.register_buffer("mean", features.mean(0))
-        std = features.std(0) if features.shape[0] > 1 else torch.ones_like(features[0])
+        self.register_buffer("unit", power_of_two_scale(features).double())
+        F = features.double() * self.unit
+        self.register_buffer("mean", F.mean(0))
+        std = F.std(0) if F.shape[0] > 1 else torch.ones_like(F[0])
         # a constant feature (blank pixels) carries nothing: leave it at 0 instead of dividing by 0
         self.register_buffer("std", torch.where(std > 0, std, torch.ones_like(std)))
+        self.register_buffer("features", self.standardised(features))
         widths = [features.shape[1], *hidden]
         layers = []
         for a, b in zip(widths[:-1], widths[1:]):
@@ -177,11 +185,15 @@ class _MLP(torch.nn.Module):
         layers.append(torch.nn.Linear(widths[-1], k))
         self.net = torch.nn.Sequential(*layers)
 
+    def standardised(self, F):
+        """(F - mean) / std of features F in the fitted features' units, as the network's float32 input."""
+        return ((F.double() * self.unit - self.mean) / self.std).float()
+
     def embed(self, F):
-        return self.net((F - self.mean) / self.std)
+        return self.net(self.standardised(F))
 
     def forward(self, rows):
-        return self.embed(self.features[rows])
+        return self.net(self.features[rows])
 
 
 def _all_rows(model, n, device):
@@ -413,7 +425,7 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
         if isinstance(F, torch.Tensor):
             F = F.detach().cpu().numpy()
         F = check_array(F, dtype=[np.float64, np.float32], input_name=name)
-        return torch.as_tensor(np.ascontiguousarray(F), dtype=torch.float32, device=device)
+        return torch.as_tensor(np.ascontiguousarray(F), device=device)  # float32 only once standardised (_MLP)
 
     def _graph_and_features(self, X, features, device):
         """(W as a torch sparse CSR tensor, the network's input or None)."""
@@ -445,6 +457,7 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------- fit
     @_fit_context(prefer_skip_nested_validation=True)
+    @unchanged_on_error
     def fit(self, X, y=None, features=None):
         """Train the network on the graph of X and store embedding_, labels_ and history_.
 
@@ -463,7 +476,7 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
         width = k + min(int(self.n_oversamples), n - k)  # the network's outputs
         graph = _Graph(W, torch.float32)
         if not bool((graph.degree > 0).all()):
-            i = int(torch.nonzero(graph.degree <= 0)[0])
+            i = int(torch.nonzero(~(graph.degree > 0))[0])
             raise ValueError(
                 f"X: node {i} has no neighbour (zero degree); D^-1 W is undefined for isolated nodes, so "
                 "remove them or add edges"

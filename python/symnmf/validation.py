@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["as_similarity", "check_similarity", "check_rank", "check_device", "is_scipy_sparse"]
+__all__ = ["as_similarity", "check_similarity", "check_rank", "check_device", "is_scipy_sparse", "power_of_two_scale", "real_array"]
 
 
 def is_scipy_sparse(X):
@@ -17,6 +17,26 @@ def is_scipy_sparse(X):
     import scipy.sparse as sp
 
     return sp.issparse(X)
+
+
+def power_of_two_scale(X, dim=None):
+    """The power of two near 1 / max|X| (over `dim`, keeping it, or over all of X; 1 where X is 0): X times it has
+    its largest magnitude in [0.5, 1), exactly, so that squares, norms and distances of data of any scale neither
+    overflow nor underflow, and a method that a common factor does not change gives the same result."""
+    top = X.abs().amax() if dim is None else X.abs().amax(dim, keepdim=True)
+    exponent = torch.frexp(torch.where(top > 0, top, torch.ones_like(top))).exponent
+    return torch.ldexp(torch.ones_like(top), -exponent)
+
+
+def real_array(value, name):
+    """value (array-like or a torch tensor) as a numpy array of real numbers; anything else (complex numbers,
+    which a cast would cut to their real part, text, objects) is a ValueError naming the argument."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must hold real numbers, got an array of dtype {array.dtype}")
+    return array
 
 
 def check_device(device, name="device"):
