@@ -953,7 +953,7 @@ def test_a_refused_fit_leaves_the_trained_net_as_it_was(monkeypatch):
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
         net.fit(X, epochs=5, lr=0.01, warm_start=True, callback=stop)
-    assert net.history_["epoch"] == [0, 1, 2] and net.n_iter_ == 2
+    assert net.history_["epoch"] == [0, 1, 2, 3] and net.n_iter_ == 3  # three steps taken, the last one recorded
 
 
 def test_u0_must_match_the_restarts_and_the_batch_of_graphs():
@@ -1053,3 +1053,59 @@ def test_fit_net_checks_its_settings_as_given_before_training(monkeypatch):
             fit_net(X, 2, random_state=0, polish_iter=value)
     with pytest.raises(ValueError, match="lam must be a finite number > 0.*got -1.0"):
         fit_net(X, 2, random_state=0, lam=-1.0)
+
+
+def test_a_refused_load_into_a_trained_net_keeps_its_state():
+    """nn.Module copies every tensor of a matching shape before it reports a missing or unexpected key: the load
+    of a deeper net's state changed U0, lam and the shared layers' weights of the net it was refused by."""
+    X, _ = planted_graph([7, 8], 0.6, 0.1, seed=64)
+    net = SymNMFNet(2, n_layers=2, random_state=0).fit(X, epochs=2)
+    deeper = SymNMFNet(2, n_layers=3, random_state=1).fit(X, epochs=2)
+    before = {k: v.clone() for k, v in net.state_dict().items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(RuntimeError, match="P.2"):
+        net.load_state_dict(deeper.state_dict())
+    after = net.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_an_interrupted_fit_records_the_weights_it_leaves():
+    """A fit ended by an exception after the optimiser's step of epoch e left n_iter_ = e and the loss from before
+    that step: its history must describe the weights it leaves, as a fit of e + 1 steps does."""
+    X, _ = planted_graph([7, 8], 0.6, 0.1, seed=65)
+
+    def stop(net, epoch, entry):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    net = SymNMFNet(2, n_layers=2, random_state=0)
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, epochs=10, callback=stop, tol=None)
+    whole = SymNMFNet(2, n_layers=2, random_state=0).fit(X, epochs=4, tol=None)
+    assert net.n_iter_ == whole.n_iter_ == 4 and net.history_["epoch"][-1] == 4
+    assert net.history_["loss"][-1] == pytest.approx(float(net.loss(X).sum()), rel=1e-12)
+    assert net.history_["loss"][-1] == pytest.approx(whole.history_["loss"][-1], rel=1e-12)
+
+
+def test_divergence_bad_scales_and_settings_that_are_not_numbers_are_errors():
+    """A diverged training returned NaN factors and labels all 0 (or an error about a U0 the caller never passed);
+    scale was not checked (0 divided by zero, -2 blamed X's entries); a setting given as text or a complex number
+    failed in a comparison with no argument named; consensus kept restart 0 of all-NaN restarts."""
+    X, _ = planted_graph([7, 8], 0.6, 0.1, seed=66)
+    for restarts, polish in ((1, 0), (1, 20), (3, 20)):
+        with pytest.raises(FloatingPointError, match="diverged"):
+            fit_net(X, 2, random_state=0, lr=1e30, n_restarts=restarts, polish_iter=polish, epochs=10, tol=None,
+                    dtype=torch.float32)
+    for scale in (0, -2.0, float("inf"), float("nan"), "2", True):
+        with pytest.raises(ValueError, match="scale must be"):
+            fit_net(X, 2, random_state=0, epochs=1, scale=scale)
+    with pytest.raises(ValueError, match="lam must be"):
+        SymNMFNet(2, lam=1 + 0j)
+    with pytest.raises(ValueError, match="beta"):
+        SymNMFNet(2, beta="1")
+    with pytest.raises(ValueError, match="lr must be"):
+        SymNMFNet(2, n_layers=2).fit(X, epochs=1, lr="0.1")
+    with pytest.raises(ValueError, match="tol must be"):
+        SymNMFNet(2, n_layers=2).fit(X, epochs=1, tol="1e-3")
+    SymNMFNet(2, n_layers=2).fit(X, epochs=1, lr=torch.tensor(0.01))  # a one-element tensor is a number
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        select_restart(torch.full((3, 15, 2), float("nan")), "consensus")

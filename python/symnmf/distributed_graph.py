@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from .distributed import Comm, ShardedGraph, owner_of, row_offsets, write_shard, write_shards_index
 from .graph import (
-    _BLOCK_FLOATS, _METRICS, _check_count, _unit_rows, block_candidates, candidates_per_row, keep_nearest,
+    _BLOCK_FLOATS, _METRICS, _check_count, _unit_rows, block_candidates, candidates_per_row, centered, keep_nearest,
 )
 from .validation import power_of_two_scale
 
@@ -223,6 +223,7 @@ def similarity_graph(features, n_neighbors=None, metric="euclidean", scale_neigh
         # every rank's features times one power of two, as in one process (validation.power_of_two_scale)
         top = X.abs().amax().reshape(1).double() if X.numel() else torch.zeros(1, dtype=torch.float64, device=X.device)
         X = X * power_of_two_scale(comm.all_reduce(top, "max")).to(X.dtype)
+        X, _ = centered(X, comm.all_reduce(X.sum(0, dtype=torch.float64), "sum"), n)  # graph.centered
 
     best, best_idx, feature_bytes = _knn_ring(comm, offsets, X, n_search, cosine, chunk_size)
     n_local = hi - lo

@@ -354,6 +354,8 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         if graph is not None:
             scales, used = graph
             scales.sigma, scales.degree = scales.sigma.cpu(), scales.degree.cpu()
+            if scales.center is not None:
+                scales.center = scales.center.cpu()
             self._graph = (scales, used.cpu())
             self._fit_X = X.toarray() if is_scipy_sparse(X) else np.asarray(X)
         else:

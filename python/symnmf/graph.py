@@ -159,12 +159,20 @@ def knn_search(X, k, metric="euclidean", chunk_size=None):
     broken by index), so the result does not depend on chunk_size.
     """
     n, d = X.shape
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n - 1:
+        raise ValueError(f"k must be an int from 1 to n - 1 = {n - 1} (each row's other rows), got {k!r}")
     n_cand = candidates_per_row(k, n - 1)
     if chunk_size is None:  # the scores (c x n) and the candidates' rows gathered (c x n_cand x d) both bounded
         chunk_size = max(1, min(n, _BLOCK_FLOATS // max(n, n_cand * d)))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     cosine = metric == "cosine"
+    unit = 1.0
+    if not cosine:  # exact scaling, and a shift that does not change distances: see `centered`
+        unit = float(power_of_two_scale(X))
+        X, _ = centered(X * unit)
     sq_norms = None if cosine else (X * X).sum(dim=1)
     indices = torch.empty(n, k, dtype=torch.int64, device=X.device)
     scores = torch.empty(n, k, dtype=X.dtype, device=X.device)
@@ -173,7 +181,7 @@ def knn_search(X, k, metric="euclidean", chunk_size=None):
         exact, idx = block_candidates(X[start:stop], X, n_cand, cosine, None if cosine else sq_norms[start:stop],
                                       sq_norms, self_col=start)
         scores[start:stop], indices[start:stop] = keep_nearest(exact, idx, k, descending=cosine)
-    return indices, scores
+    return indices, scores if unit == 1.0 else scores / unit ** 2
 
 
 def faiss_knn_search(X, k, metric="euclidean"):
@@ -286,8 +294,9 @@ def similarity_graph(
 class GraphScales:
     """What a new sample's row of a fitted graph needs (see `similarity_to_graph`): the k of the
     kNN pattern, the scale neighbour s, the metric, each fitted sample's sigma_i (euclidean)
-    and its degree before the normalisation, and the power of two `unit` the features were
-    multiplied by (euclidean; sigma is in its units)."""
+    and its degree before the normalisation, the power of two `unit` the features were
+    multiplied by and the mean `center` then taken from them (euclidean: the features used
+    are features * unit - center, and sigma is in their units)."""
 
     n_neighbors: int
     scale_neighbor: int
@@ -295,6 +304,21 @@ class GraphScales:
     sigma: torch.Tensor
     degree: torch.Tensor
     unit: float = 1.0
+    center: torch.Tensor = None
+
+
+def centered(X, column_sums=None, n=None):
+    """(X less about the mean of the rows, that center), for X scaled to magnitudes below 1 (`power_of_two_scale`).
+
+    Distances do not change, and the expanded distance ||a||^2 + ||b||^2 - 2 a.b that ranks the candidates loses
+    about eps ||a||^2 to rounding: features far from the origin (a common offset of 1e3 on unit-spread float32 data)
+    had their true neighbours ranked out. The mean is summed in float64 and rounded to a multiple of 2^-12, so that
+    a sum in another order (the ranks' of symnmf.distributed_graph) gives the same center. column_sums and n: the
+    sums over all n rows, where X holds some of them (a rank's)."""
+    if column_sums is None:
+        column_sums, n = X.sum(0, dtype=torch.float64), X.shape[0]
+    center = torch.round(column_sums / max(n, 1) * 4096).div_(4096).to(X.dtype)
+    return X - center, center
 
 
 def _unit_rows(X):
@@ -308,14 +332,14 @@ def _unit_rows(X):
 def _build_graph(features, n_neighbors=None, metric="euclidean", scale_neighbor=7, device=None, chunk_size=None,
                  dtype=None, neighbors="exact"):
     """(the graph of `similarity_graph`, its GraphScales, the features as used: unit rows for cosine, times
-    GraphScales.unit otherwise)."""
+    GraphScales.unit less GraphScales.center otherwise)."""
     if metric not in _METRICS:
         raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
     X = _as_features(features, device, dtype)
     n = X.shape[0]
     k = _check_count(int(math.floor(math.log2(n))) + 1 if n_neighbors is None else n_neighbors, "n_neighbors", n)
     cosine = metric == "cosine"
-    unit = 1.0
+    unit, center = 1.0, None
     if cosine:
         X = _unit_rows(X)
         n_search = k
@@ -324,7 +348,7 @@ def _build_graph(features, n_neighbors=None, metric="euclidean", scale_neighbor=
         s = _check_count(scale_neighbor, "scale_neighbor", n)
         n_search = max(k, s)
         unit = float(power_of_two_scale(X))
-        X = X * unit
+        X, center = centered(X * unit)
 
     if _use_faiss(neighbors, X):
         indices, scores = faiss_knn_search(X, n_search, metric=metric)
@@ -368,7 +392,7 @@ def _build_graph(features, n_neighbors=None, metric="euclidean", scale_neighbor=
     with warnings.catch_warnings():  # torch's "sparse CSR is beta" notice
         warnings.simplefilter("ignore", UserWarning)
         A = torch.sparse_csr_tensor(crow, cols, values, size=(n, n))
-    return A, GraphScales(k, s, metric, sigma, degree, unit), X
+    return A, GraphScales(k, s, metric, sigma, degree, unit, center), X
 
 
 def similarity_to_graph(new_features, fitted_features, scales, chunk_size=None):
@@ -391,7 +415,7 @@ def similarity_to_graph(new_features, fitted_features, scales, chunk_size=None):
     m, n = Y.shape[0], F.shape[0]
     k = scales.n_neighbors
     cosine = scales.metric == "cosine"
-    Y = _unit_rows(Y) if cosine else Y * scales.unit  # the fitted features' units
+    Y = _unit_rows(Y) if cosine else Y * scales.unit - scales.center.to(Y.device)  # the fitted features' units
     n_search = k if cosine else max(k, scales.scale_neighbor)
     n_cand = candidates_per_row(n_search, n)
     if chunk_size is None:

@@ -44,10 +44,12 @@ a whole recipe, its restarts and label-free selection included, and returns
 one factor: the entry point for the estimator, the CLI and `symnmf reproduce`.
 """
 import contextlib
+import copy
 import hashlib
 import io
 import json
 import math
+import numbers
 import os
 import time
 import warnings
@@ -129,8 +131,15 @@ def _recipe(name):
 
 
 def _is_finite(value, low, strict=False):
-    """value is a finite number >= low (> low when strict); False for NaN, infinities and bools."""
+    """value is a finite real number (or a one-element real tensor) >= low (> low when strict); False for NaN,
+    infinities, bools and anything that is not a real number, so that the caller's error names the argument."""
     if isinstance(value, bool):
+        return False
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+            return False
+        value = float(value)
+    elif not isinstance(value, numbers.Real):
         return False
     return bool((value > low if strict else value >= low) and math.isfinite(value))
 
@@ -854,6 +863,15 @@ class SymNMFNet(nn.Module):
                         break
                     if plateaued(history["loss"], tol, window):
                         break
+        except BaseException:
+            # The weights have taken `steps` steps, and the last record may be from before the last of them.
+            if history["epoch"][-1:] != [steps]:
+                try:
+                    with torch.no_grad():
+                        record(steps, *self._objective(X, X_norm2, S0, chain))
+                except Exception:  # the error to raise is the one that ended the fit
+                    pass
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -964,9 +982,12 @@ class SymNMFNet(nn.Module):
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """nn.Module's, into an initialised net or a new one: an uninitialised net first takes weights of the
         state dict's shapes (so `SymNMFNet(r, n_layers=L).load_state_dict(net.state_dict())` gives net back), and
-        stays uninitialised should the load fail."""
+        stays uninitialised should the load fail; an initialised net keeps its own state then."""
         fresh = not self.initialized and all(key in state_dict for key in ("U0", "lam_min", "lam"))
         previous = self._fit_state() if fresh else None
+        # nn.Module copies every tensor whose shape matches before it reports missing or unexpected keys: a copy of
+        # an initialised net's state puts it back should the load fail, rather than leave a mix of two nets.
+        kept = None if fresh or not self.initialized else copy.deepcopy(self.state_dict())
         try:
             if fresh:
                 self._allocate(state_dict)
@@ -974,6 +995,8 @@ class SymNMFNet(nn.Module):
         except Exception:
             if previous is not None:
                 self._put_back(previous)
+            elif kept is not None:
+                super().load_state_dict(kept)
             raise
 
     def _fit_state(self):
@@ -1295,6 +1318,8 @@ def select_restart(U, rule="loss", scores=None):
                 agree[j] += v
         if not bool(torch.isfinite(U.reshape(R, flat.shape[1], -1)[:, b]).all()):
             finite = torch.isfinite(U.reshape(R, flat.shape[1], -1)[:, b]).all(-1)
+            if not bool(finite.any()):
+                raise ValueError("every restart's factor has NaN or infinite entries")
             agree[~finite] = -float("inf")
         picks.append(int(agree.argmax()))
     if labels.dim() == 2:
@@ -1402,6 +1427,9 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     X = as_similarity(X, device=device, dtype=dtype)
     if settings["polish_iter"] and X.dim() != 2:
         raise ValueError("polish_iter needs one graph (a single n x n X); pass polish_iter=0 for a batch of graphs")
+    if scale is not None and not _is_finite(scale, 0, strict=True):
+        raise ValueError(f"scale must be a finite number > 0 (X is trained as X / scale) or None (the largest "
+                         f"eigenvalue's), got {scale!r}")
     if X.dim() != 2:
         if scale is not None and scale != 1.0:
             raise ValueError(f"scale is for one graph; a batch of graphs is trained as it is (got scale={scale!r}): "
@@ -1431,6 +1459,11 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
             verbose=verbose, cuda_graph=cuda_graph)
     with torch.no_grad():
         U_all = net()
+    finite = torch.isfinite(U_all).flatten(-2).all(-1)  # (R, *batch) or batch
+    if not bool((finite.any(0) if R > 1 else finite).all()):  # NaN never wins a selection: one finite restart will do
+        which = "every restart's factor has" if R > 1 else "its factor has"
+        raise FloatingPointError(f"SymNMF-Net's training diverged: {which} NaN or infinite entries; lower lr, or fit "
+                                 "in float64")
     errors = net.history_["relative_error"][-1]
     losses = net.history_["loss_per_problem"][-1]
     if R > 1 and settings["select"] == "modularity" and polish_iter:
