@@ -299,3 +299,38 @@ def test_new_samples_join_the_fitted_graph_row_by_row(metric):
     d = ((new[:, None, :] - features[None]) ** 2).sum(-1) if metric == "euclidean" else None
     if d is not None:
         np.testing.assert_array_equal(nearest.numpy(), d.argmin(1))
+
+
+def test_features_far_from_the_origin_keep_their_true_neighbours(rng):
+    """The candidates are ranked by ||a||^2 + ||b||^2 - 2 a.b, which loses about eps ||a||^2 to rounding: float32
+    features with a common offset of 1e3 had 212 of 400 rows' neighbour sets wrong, and the search depended on its
+    chunks. The features are centered first (graph.centered), which no distance notices: the graph of the shifted
+    features is that of the features, and so are the rows of new samples."""
+    from symnmf.graph import similarity_to_graph
+
+    base = rng.normal(size=(400, 16))
+    D = ((base[:, None] - base[None]) ** 2).sum(-1)
+    np.fill_diagonal(D, np.inf)
+    true = np.sort(np.argsort(D, 1)[:, :9], 1)
+    shifted = torch.tensor(base + 1e3, dtype=torch.float32)
+    for chunk in (1, 400):
+        idx, dist = knn_search(shifted, 9, chunk_size=chunk)
+        np.testing.assert_array_equal(np.sort(idx.numpy(), 1), true)
+        assert rel_err(dist.numpy(), np.take_along_axis(D, idx.numpy(), 1)) < 1e-3
+    A, scales, used = similarity_graph(base.astype(np.float32), return_scales=True)
+    B, scales_b, used_b = similarity_graph(base.astype(np.float32) + np.float32(1e3), return_scales=True)
+    assert torch.equal(B.crow_indices(), A.crow_indices()) and torch.equal(B.col_indices(), A.col_indices())
+    assert rel_err(B.values().numpy(), A.values().numpy()) < 1e-3
+    new = rng.normal(size=(5, 16)).astype(np.float32)
+    rows, _ = similarity_to_graph(new, used, scales)
+    rows_b, _ = similarity_to_graph(new + np.float32(1e3), used_b, scales_b)
+    assert torch.equal(rows_b > 0, rows > 0) and rel_err(rows_b.numpy(), rows.numpy()) < 1e-3
+
+
+def test_knn_search_checks_its_arguments():
+    X = torch.randn(10, 3)
+    for k in (0, 10, 2.0, True):
+        with pytest.raises(ValueError, match="k must be an int from 1 to n - 1 = 9"):
+            knn_search(X, k)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        knn_search(X, 3, metric="cosin")
