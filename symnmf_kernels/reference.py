@@ -43,11 +43,16 @@ def _lam_matrix(lam, like):
     return lam[..., None, None]
 
 
+def _plus_lam_eye(G, lam):
+    """G + lam I with lam on the diagonal alone, as the ops add it: lam * I would make a non-finite lam's 0 * inf
+    NaN off the diagonal too."""
+    lam = _lam_matrix(lam, G)[..., 0]
+    return G + torch.diag_embed(lam.expand(torch.broadcast_shapes(G.shape[:-1], lam.shape)))
+
+
 def gram(U, lam=0.0):
     """G = U^T U + lam I."""
-    G = U.mT @ U
-    eye = torch.eye(U.shape[-1], dtype=U.dtype, device=U.device)
-    return G + _lam_matrix(lam, U) * eye
+    return _plus_lam_eye(U.mT @ U, lam)
 
 
 def spd_inverse(G):
@@ -82,8 +87,7 @@ def symnmf_block(U, P, lam):
 
 def symnmf_block_from_gram(UtU, P, lam):
     """One block from the Gram U^T U of its input: (Y, Y^T Y), Y = ReLU(P (U^T U + lam I)^{-1})."""
-    eye = torch.eye(P.shape[-1], dtype=P.dtype, device=P.device)
-    return apply_relu_gram(P, spd_inverse(UtU + _lam_matrix(lam, P) * eye))
+    return apply_relu_gram(P, spd_inverse(_plus_lam_eye(UtU, lam)))
 
 
 def block_backward(grad_out, U, P, Ginv, U_out):

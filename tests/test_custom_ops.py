@@ -110,3 +110,67 @@ def test_backward_ops_refuse_an_operand_of_another_batch(device):
             call(grad, Y, P, shared)
         with FakeTensorMode() as mode, pytest.raises(ValueError, match="must have P's batch shape"):
             call(*(mode.from_tensor(t) for t in (grad, Y, P, shared)))
+
+
+@pytest.mark.parametrize("interpret", ["0", "1"])
+def test_a_second_derivative_is_refused_or_right(interpret, monkeypatch):
+    """The blocks, the dense loss and NNLS save intermediates made without a graph (G^{-1}, X - U U^T, the
+    solution): a Hessian-vector product through them dropped their terms silently where another term (here
+    sum x^3) kept the graph alive (0.01-0.9 relative error). A second derivative is now an error, or equal to the
+    reference's."""
+    monkeypatch.setenv("TRITON_INTERPRET", interpret)
+    gen = torch.Generator().manual_seed(0)
+    n, r = 7, 3
+    X = torch.rand(n, n, dtype=torch.float64, generator=gen)
+    X = X + X.mT
+    U = (torch.rand(n, r, dtype=torch.float64, generator=gen) + 0.1).requires_grad_()
+    P = torch.randn(n, r, dtype=torch.float64, generator=gen).requires_grad_()
+    lam = torch.tensor(0.7, dtype=torch.float64)
+    G = torch.eye(r, dtype=torch.float64) * 2 + 0.1
+    C = torch.randn(5, r, dtype=torch.float64, generator=gen).requires_grad_()
+    cases = (
+        (lambda m, U: m.sym_loss(X, U).sum(), (U,)),
+        (lambda m, U, P: m.symnmf_block(U, P, lam).pow(2).sum(), (U, P)),
+        (lambda m, U, P: m.symnmf_block_from_gram(U.mT @ U, P, lam)[0].pow(2).sum(), (U, P)),
+        (lambda m, C: m.nnls(G, C).pow(2).sum(), (C,)),
+    )
+    refused = 0
+    for f, inputs in cases:
+        def hvp(m):
+            loss = f(m, *inputs) + sum(x.pow(3).sum() for x in inputs)
+            grads = torch.autograd.grad(loss, inputs, create_graph=True)
+            return torch.autograd.grad(sum(g.sum() for g in grads), inputs)
+
+        want = hvp(reference)
+        try:
+            got = hvp(sk)
+        except RuntimeError as e:
+            assert "first order only" in str(e) or "backward through" in str(e), e
+            refused += 1
+            continue
+        for a, b in zip(got, want):
+            assert rel_err(a, b) < 1e-10
+    assert refused >= (3 if interpret == "0" else 2)
+
+
+@pytest.mark.parametrize("interpret", ["0", "1"])
+def test_infinite_results_stay_infinite_and_a_nan_lam_stays_on_the_diagonal(interpret, monkeypatch):
+    """The Triton losses summed their padding unmasked: an infinite entry of U, or an infinite lam, made 0 * inf
+    NaN there, and an infinite loss came out NaN (the CPU path and the reference: inf). A NaN lam is added on the
+    diagonal alone, by the ops and by the reference (whose lam * I had made it NaN everywhere)."""
+    monkeypatch.setenv("TRITON_INTERPRET", interpret)
+    gen = torch.Generator().manual_seed(0)
+    n, r = 6, 3
+    U = torch.rand(n, r, dtype=torch.float64, generator=gen) + 0.1
+    X = torch.rand(n, n, dtype=torch.float64, generator=gen)
+    X = X + X.mT
+    Ui = U.clone()
+    Ui[1, 1] = float("inf")
+    assert sk.sym_loss(X, Ui).item() == reference.sym_loss(X, Ui).item() == float("inf")
+    inf = torch.tensor(float("inf"), dtype=torch.float64)
+    assert sk.sparse_layer_loss(X.to_sparse_csr(), U, U, inf)[1].item() == float("inf")
+    assert reference.sparse_layer_loss(X, U, U, inf)[1].item() == float("inf")
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    got, want = sk.gram(U, nan), reference.gram(U, nan)
+    torch.testing.assert_close(got, want, equal_nan=True)
+    assert bool(got.diagonal().isnan().all()) and bool(torch.isfinite(got[~torch.eye(r, dtype=torch.bool)]).all())

@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 import symnmf_kernels as sk
-from symnmf_kernels.ops._common import dot64
+from symnmf_kernels.ops._common import dot64, first_order_only
 from symnmf_kernels.ops.sparse_loss import sparse_layer_loss
 from symnmf_kernels.sparse import as_csr
 
@@ -209,7 +209,7 @@ class _StartRegulariser(torch.autograd.Function):
         return dot64(R3, R3).to(R.dtype).reshape(batch)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only
     def backward(ctx, grad):
         R3, U3 = ctx.saved_tensors
         g = grad.reshape(-1).to(R3.dtype)
@@ -665,8 +665,9 @@ class SymNMFNet(nn.Module):
             weight by about lr per step whatever its size, while P_i scales like
             ||X||_F^{3/2}: an absolute lr suits only graphs of one scale.
         relative_lr : bool
-            Scale lr by the root-mean-square of the initial P_i for the weights and by
-            the initial lam for lam (means over a batch: see the module's notes), which makes training with
+            Scale lr by the root-mean-square of the P_i this fit starts from for the weights (with
+            warm_start, the trained ones) and by its starting lam for lam (means over a batch: see the
+            module's notes), which makes training with
             beta = 0 invariant to
             the scale of X (X -> cX, U_0 -> sqrt(c) U_0 gives U -> sqrt(c) U; with
             beta > 0 the regulariser's relative weight still grows like c).

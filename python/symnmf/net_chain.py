@@ -27,9 +27,8 @@ and R_0 adds 2 beta g R_0 to dP_1 and -2 beta g <R_0, U_0> to dlam. The values a
 the op-by-op objective (tests/test_net.py compares them).
 """
 import torch
-from torch.autograd.function import once_differentiable
 
-from symnmf_kernels.ops._common import dot64, torch_path_cpu
+from symnmf_kernels.ops._common import dot64, first_order_only, torch_path_cpu
 from symnmf_kernels.ops.apply_relu import _fused_native, apply_relu_backward_torch, apply_relu_gram_torch
 from symnmf_kernels.ops.gram import tall_gram
 from symnmf_kernels.ops.sparse_loss import _NATIVE_LOSS
@@ -134,7 +133,7 @@ class _Chain(torch.autograd.Function):
         return total.to(U.dtype), residuals[-1].to(U.dtype), U
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad_loss, grad_residual, _grad_U):
         chain, weights, beta, mu = ctx.chain, ctx.weights, ctx.beta, ctx.mu
         B, n, r = chain.U0.shape

@@ -24,6 +24,22 @@ except ImportError:  # pragma: no cover - depends on the install
 _warned = set()
 
 
+def first_order_only(backward):
+    """An autograd.Function's backward whose saved intermediates (G^{-1}, X - U U^T, an NNLS solution) were made
+    without a graph: under create_graph=True a second derivative through it would leave out their terms, silently
+    where other terms of the graph carry on. It raises there instead."""
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                f"{type(ctx).__name__.removesuffix('Backward')}: the backward of this op is first order only; a "
+                "second derivative (create_graph=True, torch.func.hessian) is not supported"
+            )
+        return backward(ctx, *grads)
+
+    return wrapper
+
+
 def warn_once(key, message):
     if key not in _warned:
         _warned.add(key)

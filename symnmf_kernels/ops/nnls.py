@@ -40,7 +40,7 @@ passive set gives NaN in the rows that meet it.
 import torch
 
 from . import _launch
-from ._common import check_same, check_square, check_tensor, needs_grad, use_triton, warn_once
+from ._common import check_same, check_square, check_tensor, first_order_only, needs_grad, use_triton, warn_once
 from .._extension import has_cpu_op
 
 __all__ = ["nnls"]
@@ -263,6 +263,7 @@ class _NnlsTorch(torch.autograd.Function):
         return X
 
     @staticmethod
+    @first_order_only
     def backward(ctx, dX):
         G, X = ctx.saved_tensors
         k = X.shape[-1]

@@ -25,10 +25,9 @@ import math
 from typing import Optional
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import _common, _launch
-from ._common import as_lam, dot64, needs_grad, use_triton
+from ._common import as_lam, dot64, first_order_only, needs_grad, use_triton
 from .._extension import has_cpu_op
 from .gram import tall_gram, tall_mm
 from .spmm import _check_dense, host_side, layout
@@ -271,7 +270,7 @@ class _SparseLayerLoss(torch.autograd.Function):
         return loss, reg
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, gloss, greg):
         crow, col, values, t_crow, t_col, t_values, U, S, P, lam, G, sums = ctx.saved_tensors
         need_u, need_p, need_lam = ctx.needs_input_grad[7:10]

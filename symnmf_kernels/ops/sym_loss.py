@@ -2,7 +2,9 @@
 import torch
 
 from . import _launch
-from ._common import as_batch, broadcasts_to, check_same, check_tensor, direct_call, needs_grad, use_triton
+from ._common import (
+    as_batch, broadcasts_to, check_same, check_tensor, direct_call, first_order_only, needs_grad, use_triton,
+)
 from .sparse_loss import sparse_sym_loss
 
 
@@ -33,6 +35,7 @@ class _SymLossTorch(torch.autograd.Function):
         return sq_norm(R)
 
     @staticmethod
+    @first_order_only
     def backward(ctx, dloss):
         R, U = ctx.saved_tensors
         g = dloss[..., None, None]

@@ -8,7 +8,7 @@ import torch
 
 from . import _launch
 from ._common import (
-    as_batch, as_lam, broadcasts_to, check_batch_of, check_same, check_tensor, needs_grad, use_triton,
+    as_batch, as_lam, broadcasts_to, check_batch_of, check_same, check_tensor, first_order_only, needs_grad, use_triton,
 )
 from .apply_relu import (
     apply_relu_backward_torch, apply_relu_gram, apply_relu_gram_torch,
@@ -58,6 +58,7 @@ class _Block(torch.autograd.Function):
         return Y
 
     @staticmethod
+    @first_order_only
     def backward(ctx, dY):
         U, P, Ginv, Y = ctx.saved_tensors
         need_u, need_p, need_lam = ctx.needs_input_grad[:3]
@@ -95,6 +96,7 @@ class _BlockFromGram(torch.autograd.Function):
         return Y, YtY
 
     @staticmethod
+    @first_order_only
     def backward(ctx, dY, dYtY):
         P, Ginv, Y = ctx.saved_tensors
         need_g, need_p, need_lam = ctx.needs_input_grad[:3]

@@ -60,7 +60,7 @@ def sparse_loss_terms_kernel(
             g = add_tile_gram(g, u, PRECISION)
         if HAS_P:
             p = tl.load(P + b * stride_pb + rows[:, None] * stride_pn + offs_r[None, :] * stride_pr, mask=mask, other=0.0)
-            res = p.to(ACC) - x - lam_b * u
+            res = tl.where(mask, p.to(ACC) - x - lam_b * u, 0.0)  # padding's 0 * inf lam: NaN, not the inf it is
             rr += tl.sum(res * res, axis=0).to(tl.float64)
             ru += tl.sum(res * u, axis=0).to(tl.float64)
     slot = b * num_splits + s

@@ -31,6 +31,6 @@ def sym_loss_partials_kernel(
     uu = tl.dot(u_i.to(ACC), tl.trans(u_j.to(ACC)), input_precision=PRECISION, out_dtype=ACC)
     x_mask = (rows[:, None] < n) & (cols[None, :] < n)
     x = tl.load(X + b * stride_xb + rows[:, None] * stride_xi + cols[None, :] * stride_xj, mask=x_mask, other=0.0)
-    res = x.to(ACC) - uu
+    res = tl.where(x_mask, x.to(ACC) - uu, 0.0)  # padding's 0 * inf would make an infinite loss NaN
     total = tl.sum(tl.sum(res * res, axis=1), axis=0)
     tl.store(partials + (b * tl.num_programs(1) + i) * tl.num_programs(2) + j, total)
