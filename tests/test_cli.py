@@ -452,3 +452,14 @@ def test_front_ends_share_the_defaults():
         assert args.max_iter is None and args.epochs is None and args.dtype == "auto" and args.threads == 0
     assert params["max_iter"].default is None and params["dtype"].default is None
     assert params["recipe"].default == build_parser().parse_args(["cluster", "x.npy"]).recipe == "default"
+
+
+def test_reproduce_refuses_an_empty_method_list_and_a_subset_of_one(capsys, monkeypatch):
+    """--methods , ran nothing and wrote an empty table (exit 0); --subset 1 failed in the graph build (exit 1)."""
+    import symnmf.reproduce
+
+    monkeypatch.setattr(symnmf.reproduce, "reproduce", lambda **kwargs: pytest.fail("reproduce reached"))
+    assert main(["reproduce", "--dataset", "digits", "--methods", ",", "--no-plot"]) == 2
+    assert "names no method" in capsys.readouterr().err
+    assert main(["reproduce", "--dataset", "digits", "--methods", "hals", "--subset", "1", "--no-plot"]) == 2
+    assert "--subset must be >= 2" in capsys.readouterr().err

@@ -612,3 +612,28 @@ def test_symnmf_cluster_under_torchrun_gives_the_single_process_labels(tmp_path,
     labels_one = np.loadtxt(tmp_path / "one" / "labels.txt", dtype=np.int64)
     labels_two = np.loadtxt(tmp_path / "two" / "labels.txt", dtype=np.int64)
     np.testing.assert_array_equal(labels_two, labels_one)
+
+
+def test_bad_shards_and_shard_counts_are_refused(tmp_path, capsys):
+    """Column indices outside 0..n-1 crashed in the halo code with a shape error; --parts 0 divided by zero and
+    -1 wrote an unreadable shards.json; --save-shards needed a -k it never uses."""
+    import scipy.sparse as sp
+
+    A = sp.csr_matrix(np.ones((4, 4)) - np.eye(4))
+    with pytest.raises(ValueError, match=r"column indices outside 0..3"):
+        sd.ShardedGraph(A.indptr, np.where(A.indices == 3, 7, A.indices), A.data, 4)
+    for parts in (0, -1, 5, 2.0):
+        with pytest.raises(ValueError, match="parts must be an int from 1 to n = 4"):
+            sd.save_shards(A, str(tmp_path / "shards"), parts)
+    assert not (tmp_path / "shards").exists()
+    with pytest.raises(ValueError, match="positive int"):
+        sd.row_offsets(4, 0)
+    sp.save_npz(tmp_path / "g.npz", A)
+    with pytest.raises(SystemExit) as err:
+        sd.main([str(tmp_path / "g.npz"), "--save-shards", str(tmp_path / "bad"), "--parts", "0"])
+    assert err.value.code == 2 and "--parts must be at least 1" in capsys.readouterr().err
+    assert sd.main([str(tmp_path / "g.npz"), "--save-shards", str(tmp_path / "ok"), "--parts", "2"]) == 0
+    assert (tmp_path / "ok" / "shards.json").exists()
+    with pytest.raises(SystemExit) as err:
+        sd.main([str(tmp_path / "g.npz")])
+    assert err.value.code == 2 and "-k/--n-clusters" in capsys.readouterr().err

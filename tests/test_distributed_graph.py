@@ -247,3 +247,20 @@ def test_symnmf_cluster_of_a_dataset_under_torchrun(tmp_path):
     one, two = _one_and_two_ranks(tmp_path, ["cluster", "--dataset", "digits", "--solver", "hals", "--seed", "0",
                                              "--max-iter", "30"])
     assert two["acc"] == one["acc"] > 0.5
+
+
+def test_features_that_are_not_real_or_too_large_for_the_dtype_are_refused():
+    """The sharded graph cast complex features to real with only a warning (one process refuses them); a finite
+    1e300 cast to float32 was reported as NaN or infinite data, in both paths."""
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="real numbers"):
+        sg.similarity_graph(rng.normal(size=(20, 3)) + 1j)
+    big = rng.normal(size=(20, 3))
+    big[0, 0] = 1e300
+    with pytest.raises(ValueError, match="too large for torch.float32"):
+        sg.similarity_graph(big, dtype=torch.float32)
+    with pytest.raises(ValueError, match="too large for torch.float32"):
+        similarity_graph(big, dtype=torch.float32)
+    big[1, 1] = np.nan  # NaN is named first, as before
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        sg.similarity_graph(big, dtype=torch.float32)

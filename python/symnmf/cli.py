@@ -552,10 +552,12 @@ def _reproduce(args):
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise CommandError(f"unknown method(s) {unknown} in --methods; choose from {','.join(METHODS)}")
+    if not methods:
+        raise CommandError(f"--methods names no method; choose from {','.join(METHODS)}")
     if args.runs < 1:
         raise CommandError(f"--runs must be >= 1, got {args.runs}")
-    if args.subset is not None and args.subset < 1:
-        raise CommandError(f"--subset must be >= 1, got {args.subset}")
+    if args.subset is not None and args.subset < 2:  # a graph needs two samples
+        raise CommandError(f"--subset must be >= 2, got {args.subset}")
     _check_numbers(args)
     threads = _threads(args.threads)
     device = _device(args.device)

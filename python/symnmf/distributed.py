@@ -150,6 +150,8 @@ def row_offsets(n, world_size, indptr=None):
     Balanced by rows, or, given the matrix's row pointers `indptr` (n + 1), by stored entries
     (each block still has at least one row).
     """
+    if isinstance(world_size, bool) or not isinstance(world_size, (int, np.integer)) or world_size < 1:
+        raise ValueError(f"the rows are split into a positive int number of blocks, got {world_size!r}")
     if n < world_size:
         raise ValueError(f"n = {n} nodes cannot be split over {world_size} ranks: use at most n ranks")
     if indptr is None:
@@ -305,6 +307,8 @@ def save_shards(X, directory, parts, *, order=None):
     n = A.shape[0]
     if A.shape[1] != n:
         raise ValueError(f"X must be square, got shape {A.shape}")
+    if isinstance(parts, bool) or not isinstance(parts, (int, np.integer)) or not 1 <= parts <= n:
+        raise ValueError(f"parts must be an int from 1 to n = {n} (one shard holds at least one row), got {parts!r}")
     index = {}
     os.makedirs(directory, exist_ok=True)
     if order is not None:
@@ -493,6 +497,12 @@ class ShardedGraph:
         self.n_local = self.hi - self.lo
         if len(indptr) != self.n_local + 1:
             raise ValueError(f"{name}: rank {comm.rank} expected {self.n_local} rows, got {len(indptr) - 1}")
+        indices = np.asarray(indices)
+        outside = indices.size > 0 and (int(indices.min()) < 0 or int(indices.max()) >= self.n)
+        outside = comm.all_reduce(torch.tensor([float(outside)], dtype=torch.float64, device=comm.device), "max")
+        if outside[0] > 0:  # caught here, not as a shape error deep in the halo exchange
+            raise ValueError(f"{name} has column indices outside 0..{self.n - 1}: its rows do not describe an "
+                             f"{self.n} x {self.n} matrix")
         data = np.asarray(data)
         if dtype is None:  # as symnmf.fitting: float32 input stays float32, anything else is float64
             dtype = torch.float32 if data.dtype == np.float32 else torch.float64
@@ -1436,7 +1446,7 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(prog="python -m symnmf.distributed", description=main.__doc__.split("\n")[0])
     p.add_argument("graph")
-    p.add_argument("-k", "--n-clusters", type=int, required=True)
+    p.add_argument("-k", "--n-clusters", type=int, help="the number of clusters (needed to fit)")
     p.add_argument("--solver", choices=sorted(SOLVERS), default="hals")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-iter", type=int)
@@ -1456,9 +1466,13 @@ def main(argv=None):
     if args.save_shards:
         import scipy.sparse as sp
 
+        if args.parts < 1:
+            p.error(f"--parts must be at least 1, got {args.parts}")
         index = save_shards(sp.load_npz(args.graph), args.save_shards, args.parts, order=args.order)
         print(f"wrote {args.parts} shards and {index}")
         return 0
+    if args.n_clusters is None:
+        p.error("the following arguments are required to fit: -k/--n-clusters")
     device = init_from_env()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -63,6 +63,9 @@ def feature_rows(features):
         array = features.tocsr() if sp.issparse(features) else np.asarray(features)
     if array.ndim != 2:
         raise ValueError(f"features must be a 2-D (n_samples, n_features) array, got shape {tuple(array.shape)}")
+    # as in one process (graph._as_features): the cast to float would drop an imaginary part
+    if array.is_complex() if isinstance(array, torch.Tensor) else array.dtype.kind not in "biuf":
+        raise ValueError(f"features must hold real numbers, got an array of {array.dtype}")
     n, d = (int(s) for s in array.shape)
 
     def read(start, stop):
@@ -206,11 +209,17 @@ def similarity_graph(features, n_neighbors=None, metric="euclidean", scale_neigh
         raise ValueError("features has no columns (n_features = 0)")
     offsets = row_offsets(n, comm.world_size)
     lo, hi = offsets[comm.rank], offsets[comm.rank + 1]
-    X = read(lo, hi).to(device=comm.device, dtype=dtype).contiguous()
-    bad = torch.tensor([0.0 if bool(torch.isfinite(X).all()) else 1.0], dtype=torch.float64, device=comm.device)
+    X = read(lo, hi)
+    finite = bool(torch.isfinite(X).all())  # before the cast, as in one process: a finite 1e300 is inf in float32
+    X = X.to(device=comm.device, dtype=dtype).contiguous()
+    # 2: NaN or infinite entries, 1: entries too large for dtype; the first wins, as in one process
+    bad = torch.tensor([2.0 if not finite else 0.0 if bool(torch.isfinite(X).all()) else 1.0],
+                       dtype=torch.float64, device=comm.device)
     comm.all_reduce(bad, "max")
-    if bad[0] > 0:
+    if bad[0] == 2:
         raise ValueError("features has NaN or infinite entries; clean or impute them first")
+    if bad[0] == 1:
+        raise ValueError(f"features has entries too large for {dtype}; pass dtype=torch.float64 or rescale them")
 
     k = _check_count(int(math.floor(math.log2(n))) + 1 if n_neighbors is None else n_neighbors, "n_neighbors", n)
     cosine = metric == "cosine"

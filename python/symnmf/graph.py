@@ -70,7 +70,10 @@ def _as_features(features, device, dtype, min_samples=2):
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     device = check_device(device)
+    finite = bool(torch.isfinite(X).all())  # before the cast: a finite 1e300 becomes inf in float32
     X = X.to(device=device if device is not None else X.device, dtype=dtype)
+    if finite and not bool(torch.isfinite(X).all()):
+        raise ValueError(f"features has entries too large for {dtype}; pass dtype=torch.float64 or rescale them")
     if X.dim() != 2:
         raise ValueError(f"features must be a 2-D (n_samples, n_features) array, got shape {tuple(X.shape)}")
     if X.shape[0] < min_samples:
@@ -80,7 +83,7 @@ def _as_features(features, device, dtype, min_samples=2):
         )
     if X.shape[1] == 0:
         raise ValueError("features has no columns (n_features = 0)")
-    if not bool(torch.isfinite(X).all()):
+    if not finite:
         raise ValueError("features has NaN or infinite entries; clean or impute them first")
     return X.contiguous()
 
