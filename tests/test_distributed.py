@@ -637,3 +637,29 @@ def test_bad_shards_and_shard_counts_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         sd.main([str(tmp_path / "g.npz")])
     assert err.value.code == 2 and "-k/--n-clusters" in capsys.readouterr().err
+
+
+def test_extreme_scales_diverged_nets_and_dtype_names(tmp_path, graph):
+    """A graph at 1e-170 was refused as all zero (||X||^2 underflowed), one at 1e170 overflowed in the power
+    iteration and the symmetry check (a bare OverflowError); one process fits both. The sharded net returned NaN
+    labels where the one-process net raises; from_npz took a dtype name as a raw to() argument."""
+    import scipy.sparse as sp
+    from symnmf.fitting import build_affinity, fit_affinity
+
+    A, _ = graph
+    A = A[:200, :200]
+    single = fit_affinity(build_affinity(A, "precomputed"), 4, "hals", random_state=0, max_iter=5, node_order=None,
+                          threads=None)
+    for s in (1e-170, 1e170):
+        sp.save_npz(tmp_path / "g.npz", (A * s).tocsr())
+        for g in (sd.ShardedGraph.from_matrix(A * s), sd.ShardedGraph.from_npz(str(tmp_path / "g.npz"))):
+            run = sd.fit(g, 4, "hals", seed=0, max_iter=5)
+            assert run.rel_error == pytest.approx(single.rel_error, rel=1e-9)
+    sp.save_npz(tmp_path / "g.npz", A.tocsr())
+    assert sd.ShardedGraph.from_npz(str(tmp_path / "g.npz"), dtype="float32").dtype == torch.float32
+    with pytest.raises(ValueError, match="dtype must be"):
+        sd.ShardedGraph.from_npz(str(tmp_path / "g.npz"), dtype=torch.int64)
+    g = sd.ShardedGraph.from_matrix(A)
+    for opts in (dict(recipe="paper", n_layers=3), dict(n_restarts=2, init_iter=0, polish_iter=0, select="consensus")):
+        with pytest.raises(FloatingPointError, match="diverged"):
+            sd.fit(g, 4, "net", seed=0, max_iter=30, lr=1e200, relative_lr=False, **opts)

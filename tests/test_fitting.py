@@ -306,3 +306,14 @@ def test_a_refused_refit_leaves_the_estimator_as_it_was(monkeypatch):
         changed = sorted(k for k in before.keys() | after.keys()
                          if k not in before or k not in after or after[k] is not before[k])
         assert changed in ([], ["max_iter"], ["affinity", "n_oversamples"]), (type(model).__name__, changed)
+
+
+def test_the_nets_epochs_and_tol_may_come_in_net_options():
+    """epochs and tol are recipe keys, which net_options documents, but fit_affinity passed its own as well: a
+    TypeError (multiple values for 'epochs'). max_iter and tol set them where given; two values are refused."""
+    A = build_affinity(blocks([10, 12], seed=3)[0], "precomputed")
+    options = {"n_restarts": 1, "polish_iter": 0}
+    assert fit_affinity(A, 2, "net", random_state=0, net_options={**options, "epochs": 3}).n_iter == 3
+    assert fit_affinity(A, 2, "net", random_state=0, net_options={**options, "tol": 0.1, "epochs": 3}).n_iter <= 3
+    with pytest.raises(ValueError, match="epochs is given twice"):
+        fit_affinity(A, 2, "net", random_state=0, max_iter=4, net_options={**options, "epochs": 3})

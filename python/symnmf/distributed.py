@@ -66,7 +66,7 @@ from .solvers.penalised import SYMMETRY_GAP, half_gradient
 from .solvers.newton import DEFAULTS as _NEWTON_DEFAULTS, cg_direction, is_descent
 from .solvers.nnls import nnls_gram
 from .solvers.pgd import DEFAULTS as _PGD_DEFAULTS
-from .validation import as_similarity, check_device, check_similarity, is_int
+from .validation import as_similarity, check_device, check_similarity, is_int, power_of_two_scale
 
 __all__ = [
     "Comm", "row_offsets", "BALANCES", "read_npz_rows", "save_shards", "HaloPlan", "ShardedGraph", "init_factor",
@@ -504,8 +504,10 @@ class ShardedGraph:
             raise ValueError(f"{name} has column indices outside 0..{self.n - 1}: its rows do not describe an "
                              f"{self.n} x {self.n} matrix")
         data = np.asarray(data)
-        if dtype is None:  # as symnmf.fitting: float32 input stays float32, anything else is float64
-            dtype = torch.float32 if data.dtype == np.float32 else torch.float64
+        dtype = resolve_dtype(dtype)
+        if dtype is None:  # as symnmf.fitting: float32 input stays float32, anything else is float64, on every rank
+            wide = torch.tensor([float(data.dtype != np.float32)], dtype=torch.float64, device=comm.device)
+            dtype = torch.float64 if comm.all_reduce(wide, "max")[0] > 0 else torch.float32
         self.dtype = dtype
         self.device = comm.device
         # Canonical rows (sorted, duplicates summed), as the single-process path's scipy conversion.
@@ -524,19 +526,21 @@ class ShardedGraph:
             raise ValueError(f"{name} has NaN or infinite entries; clean or impute them before fitting")
         if bad[1] > 0:
             raise ValueError(f"{name} has negative entries; SymNMF needs a non-negative similarity (e.g. clip at 0)")
-        sums = torch.stack([values.double().pow(2).sum(), values.sum().double(),
-                            values.max().double() if values.numel() else values.new_zeros((), dtype=torch.float64)])
         self.values = values
-        # ||X||^2 (float64), sum(X) and max(X) over all ranks.
-        stats = torch.stack([sums[0], sums[1]]).clone()
-        comm.all_reduce(stats)
-        top = sums[2].clone().reshape(1)
-        comm.all_reduce(top, "max")
-        self.norm_sq = stats[0]
-        self.value_sum = float(stats[1])
-        self.max_value = float(top[0])
-        if self.norm_sq == 0:
+        # max(X), then ||X||^2 (float64) and sum(X) over all ranks. The squares are summed at a power of two of X
+        # (exact), so that an X of any scale float64 holds keeps them: `_norm_sq_at_unit` / unit^2 is ||X||^2
+        # to the same bits where that neither overflows nor underflows, and `scaled` falls back on it elsewhere.
+        top = values.max().double().reshape(1) if values.numel() else torch.zeros(1, dtype=torch.float64,
+                                                                                 device=self.device)
+        self.max_value = float(comm.all_reduce(top, "max")[0])
+        if self.max_value == 0:
             raise ValueError(f"{name} is all zero: nothing to factorise or cluster")
+        self._unit = float(power_of_two_scale(torch.tensor(self.max_value, dtype=torch.float64)))
+        stats = torch.stack([(values.double() * self._unit).pow(2).sum(), values.sum().double()])
+        comm.all_reduce(stats)
+        self._norm_sq_at_unit = stats[0]
+        self.norm_sq = stats[0] / torch.tensor(self._unit, dtype=torch.float64) ** 2
+        self.value_sum = float(stats[1])
         self.plan = HaloPlan(comm, self.offsets, cols)
         index_dtype = torch.int32 if self.plan.n_ext < INT32_COLUMNS else torch.int64
         self.local = CSR(crow, self.plan.ext_cols.to(index_dtype), values, (self.n_local, self.plan.n_ext),
@@ -693,9 +697,14 @@ class ShardedGraph:
         out.values = self.values * factor
         out.local = CSR(self.local.crow_indices, self.local.col_indices, out.values, self.local.shape,
                         symmetric=False, name=self.local.name)
-        out.norm_sq = self.norm_sq * factor**2
-        out.value_sum = self.value_sum * factor
+        f = torch.tensor(factor, dtype=torch.float64)
+        out.norm_sq = self.norm_sq * (f * f)
         out.max_value = self.max_value * factor
+        out._unit = float(power_of_two_scale(torch.tensor(out.max_value, dtype=torch.float64)))
+        out._norm_sq_at_unit = self._norm_sq_at_unit * (f * out._unit / self._unit) ** 2
+        if not (0 < out.norm_sq < math.inf):  # ||X||^2 over- or underflowed on one side of the scaling
+            out.norm_sq = out._norm_sq_at_unit / torch.tensor(out._unit, dtype=torch.float64) ** 2
+        out.value_sum = self.value_sum * factor
         return out
 
     def spectral_norm(self, iters=50):
@@ -705,7 +714,8 @@ class ShardedGraph:
         est = 0.0
         for _ in range(iters):
             w = self.matmul(v)
-            est = math.sqrt(float(self.sum(w.double().pow(2).sum())[0]))
+            # the norm of w at X's power of two (exact): its squares neither overflow nor underflow
+            est = math.sqrt(float(self.sum((w.double() * self._unit).pow(2).sum())[0])) / self._unit
             v = w / max(est, torch.finfo(self.dtype).tiny)
         return est
 
@@ -722,21 +732,23 @@ class ShardedGraph:
             draw = torch.randint(0, 2, (chunk, 2 * pairs), generator=torch.Generator().manual_seed(c))
             blocks.append(draw[max(lo - c * chunk, 0):hi - c * chunk])
         signs = (2 * torch.cat(blocks) - 1).to(device=self.device, dtype=self.dtype)
-        product = self.matmul(torch.cat([signs, signs.new_ones((self.n_local, 1))], dim=1)).double()
+        # at X's power of two (exact), so that the squares below neither overflow nor underflow
+        product = self.matmul(torch.cat([signs, signs.new_ones((self.n_local, 1))], dim=1)).double() * self._unit
         u, v = signs[:, :pairs].double(), signs[:, pairs:].double()
         degree = product[:, -1]
         # Bounds, per row, on what the check must let through: rounding of a row of X v (its stored entries
         # times eps times its degree, X >= 0) and check_similarity's asymmetry, SYMMETRY_TOL max(X) per entry.
         # Summed over the rows with random signs, both stay within a few root sums of their squares.
         count = self.local.crow_indices.diff().double()
-        size = (count * torch.finfo(self.dtype).eps * degree).pow(2) + count * (SYMMETRY_TOL * self.max_value) ** 2
+        size = (count * torch.finfo(self.dtype).eps * degree).pow(2) + count * (
+            SYMMETRY_TOL * self.max_value * self._unit) ** 2
         sums = torch.cat([(u * product[:, pairs:-1]).sum(0) - (product[:, :pairs] * v).sum(0), size.sum()[None]])
         self.comm.all_reduce(sums)
         gap, bound = float(sums[:pairs].abs().max()), 20 * math.sqrt(float(sums[pairs]))
         if not gap <= bound:
-            raise ValueError(f"{self.local.name} is not symmetric (|<u, X v> - <X u, v>| = {gap:.3g} for random "
-                             f"sign vectors u, v, above the {bound:.3g} allowed for rounding); symmetrise it, e.g. "
-                             "(X + X^T) / 2")
+            raise ValueError(f"{self.local.name} is not symmetric (|<u, X v> - <X u, v>| = {gap / self._unit:.3g} for "
+                             f"random sign vectors u, v, above the {bound / self._unit:.3g} allowed for rounding); "
+                             "symmetrise it, e.g. (X + X^T) / 2")
 
     def __repr__(self):
         return (f"ShardedGraph(n={self.n}, rank {self.comm.rank}/{self.comm.world_size}, rows {self.lo}:{self.hi}, "
@@ -1269,7 +1281,7 @@ def fit(graph, k, solver="hals", *, seed=0, max_iter=None, tol=None, lam=None, g
     rel_error = objective / float(graph.norm_sq)
     if scale != 1.0:
         U = U * math.sqrt(scale)
-        objective *= scale**2
+        objective *= scale * scale  # inf where X's own squared error overflows (** would raise)
     labels_local = U.argmax(dim=-1)
     modularity = float(graph.modularity(labels_local[None], int(k))[0])
     labels = gather_rows(graph, labels_local)  # a collective: every rank takes part

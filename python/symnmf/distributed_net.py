@@ -277,7 +277,9 @@ def _start(graph, k, seed, settings, U0):
 
 def net(graph, k, *, seed=0, recipe="default", U0=None, max_iter=None, tol=None, lam=None, verbose=False,
         **overrides):
-    """SymNMF-Net on a ShardedGraph, trained and finished as `symnmf.net.fit_net` does, by rows.
+    """SymNMF-Net on a ShardedGraph, trained and finished as `symnmf.net.fit_net(X, k, scale=1.0)` does, by rows:
+    the graph is trained as it is. `fit` divides it by ||X||_2 first, as `fit_net`'s default scale does, and the
+    net is not scale-free (the polish's penalty, for one), so call `fit` for `fit_net`'s result on any X.
 
     k: the rank. seed: the random starts (the same int gives the single-process starts). recipe:
     a name of `symnmf.net.RECIPES`; overrides: any recipe setting (n_layers, beta, lr, n_restarts,
@@ -438,6 +440,12 @@ def net(graph, k, *, seed=0, recipe="default", U0=None, max_iter=None, tol=None,
         loss, cross, U_all, G = objective(beta_now)
         loss, residual, _ = totals(loss, cross, G)
     record(steps, loss, residual)
+    # as symnmf.net.fit_net: a training that diverged in every restart is an error on every rank, not NaN labels
+    bad = graph.comm.all_reduce((~torch.isfinite(U_all)).reshape(R, -1).any(1).to(torch.float64), "max")
+    if bool((bad > 0).all()):
+        which = "every restart's factor has" if R > 1 else "its factor has"
+        raise FloatingPointError(f"SymNMF-Net's training diverged: {which} NaN or infinite entries; lower lr, or fit "
+                                 "in float64")
 
     errors, losses = history["relative_error"][-1], history["loss_per_problem"][-1]
     polish_iter = int(settings["polish_iter"])

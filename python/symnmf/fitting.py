@@ -343,9 +343,15 @@ def _fit_net(A, rank, seed, epochs, tol, verbose, net_options, recipe):
     from .net import fit_net
 
     options = {k: v for k, v in (net_options or {}).items() if v is not None}
+    # epochs and tol are recipe keys too: max_iter and tol, where given, set them
+    for key, value in (("epochs", epochs), ("tol", tol)):
+        if value is not None:
+            if key in options and options[key] != value:
+                raise ValueError(f"the net's {key} is given twice ({value!r} as {'max_iter' if key == 'epochs' else key}"
+                                 f" and {options[key]!r} in net_options): give one")
+            options[key] = value
     # A comes at the scale `fit_affinity` chose: scale=1.0 trains it as it is, without a second estimate
-    result = fit_net(A, rank, recipe=recipe, random_state=seed, verbose=verbose, epochs=epochs, tol=tol, scale=1.0,
-                     **options)
+    result = fit_net(A, rank, recipe=recipe, random_state=seed, verbose=verbose, scale=1.0, **options)
     converged = result.n_iter < result.settings["epochs"]  # stopped before the cap: by its plateau rule
     return result.U, result.net, int(result.n_iter), bool(converged), result.net.history_
 
