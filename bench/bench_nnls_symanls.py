@@ -127,7 +127,8 @@ def main(argv=None):
         "its NNLS calls kept and each timed on every path here",
         "paths: native = the extension's CPU kernel, torch = the op's torch path, kernel = the op's Triton kernel "
         "(CUDA, r <= 32)",
-        f"times: median ms of {args.max_runs} runs (bench.common.bench); torch threads {torch.get_num_threads()}",
+        ("times: triton.testing.do_bench medians (bench.common.bench)" if device.type == "cuda" else
+         f"times: median ms of {args.max_runs} runs (bench.common.bench)") + f"; torch threads {torch.get_num_threads()}",
         "passive: mean passive-set size of the solution; x_torch: torch_ms / the best other path's; "
         "rel_err: worst ||X_path - X_first|| / ||X_first||",
     ]

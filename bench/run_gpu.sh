@@ -41,6 +41,15 @@ PY=${PYTHON:-python3}
 OUT=${OUT:-$(mktemp -d)}
 BUDGET=${RUN_GPU_BUDGET_S:-470}
 STEPS=" ${RUN_GPU_STEPS:-install gpu_tests bench_net_fit bench_block bench_spmm bench_solvers} "
+KNOWN=" install gpu_tests bench_net_fit bench_nnls neural_nmf_speed bench_block bench_spmm bench_solvers net_step \
+net_profile nnls_symanls ext_errors scale graph inverse reorder tune tune_net tune_small suite "
+# A misspelt step, or a list with commas, would run nothing and exit 0: refuse it before the machine's time goes.
+for s in $STEPS; do
+    if [[ "$KNOWN" != *" $s "* ]]; then
+        echo "run_gpu.sh: unknown step '$s' in RUN_GPU_STEPS (names separated by spaces); known:$KNOWN" >&2
+        exit 2
+    fi
+done
 mkdir -p "$OUT" bench/results
 LOG="$OUT/run_gpu.log"
 export PYTHONUNBUFFERED=1
@@ -58,9 +67,11 @@ FAILED=0
 say() { echo "$*" | tee -a "$LOG"; }
 remaining() { echo $((BUDGET - ($(date +%s) - START))); }
 
-# step NAME LIMIT_S COMMAND...: run COMMAND under min(LIMIT_S, time left), log its output and outcome.
+# step NAME LIMIT_S COMMAND...: run COMMAND under min(LIMIT_S, time left), log its output and outcome. Where the
+# deadline cuts the limit, a --budget-s in COMMAND is cut by as much, so that the script still stops starting rows
+# in time to write its table instead of being killed mid-row.
 step() {
-    local name=$1 limit=$2 left rc t0 outcome
+    local name=$1 limit=$2 requested=$2 left rc t0 outcome prev="" a
     shift 2
     left=$(remaining)
     if [ "$left" -lt 15 ]; then
@@ -69,9 +80,18 @@ step() {
         return
     fi
     [ "$limit" -gt "$left" ] && limit=$left
-    say "=== $name (limit ${limit} s): $*"
+    local cmd=()
+    for a in "$@"; do
+        if [ "$prev" = "--budget-s" ] && [ "$limit" -lt "$requested" ]; then
+            cmd+=("$(( a - (requested - limit) > 5 ? a - (requested - limit) : 5 ))")
+        else
+            cmd+=("$a")
+        fi
+        prev=$a
+    done
+    say "=== $name (limit ${limit} s): ${cmd[*]}"
     t0=$(date +%s)
-    timeout --signal=TERM --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$LOG"
+    timeout --signal=TERM --kill-after=15 "$limit" "${cmd[@]}" 2>&1 | tee -a "$LOG"
     rc=${PIPESTATUS[0]}
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
         outcome="TIMED OUT after ${limit} s"

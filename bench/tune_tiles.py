@@ -135,7 +135,9 @@ def set_tile(family, r, bn, warps):
 
 def warm_one(family, r, n, part=0, parts=1):
     """Compile the candidates of (family, r) by running each once on a small problem: every `parts`-th of
-    them from the `part`-th on, so that several processes share one (family, r)."""
+    them from the `part`-th on, so that several processes share one (family, r). The sweep times the kernels
+    with tf32x3 dots, a compile-time constant of theirs: the warm-up must compile those, not "auto"'s."""
+    _common.set_dot_precision("tf32x3")
     for bn, w in candidates(family, r)[part::parts]:
         set_tile(family, r, bn, w)
         try:

@@ -653,8 +653,9 @@ def _run_arguments(p):
     p.add_argument("--dtype", choices=("auto", "float32", "float64"), default="auto",
                    help="precision (default auto: the input's float precision, float64 for integer data, as SymNMF)")
     p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for torch during each fit (default 0: one thread when n * k < 2^18, "
-                        "torch's default above; the policy of SymNMF, see symnmf.fitting)")
+                   help="CPU threads for torch during each fit (default 0: one thread when n * k, times the net's "
+                        "restarts or the starts, < 2^18, torch's default above; the policy of SymNMF, see "
+                        "symnmf.fitting)")
 
 
 def build_parser():
