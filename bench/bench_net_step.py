@@ -53,18 +53,24 @@ def plain_objective(X, X_norm2, U0, S0, Ps, lam, beta):
 
 
 @functools.lru_cache(maxsize=1)
-def graph(n, seed=0):
-    """The planted graph of n nodes (built on the CPU: about half a minute at 1M nodes)."""
+def graph(n, seed=0, order=None):
+    """The planted graph of n nodes (built on the CPU: about half a minute at 1M nodes), its nodes in random order,
+    or renumbered by `symnmf_kernels.sparse.locality_order(X, order)` ("rcm", "degree")."""
     from bench.bench_cpu import planted_graph
 
-    return planted_graph(n, CLUSTERS, 32, seed=seed)[0]
+    X = planted_graph(n, CLUSTERS, 32, seed=seed)[0]
+    if order is not None:
+        from symnmf_kernels.sparse import locality_order, permute
+
+        X = permute(X, locality_order(X, order)).to_torch()
+    return X
 
 
-def make_net(n, r, L, device, seed=0):
-    """(net, X prepared, ||X||^2, X U_0) on the planted graph."""
+def make_net(n, r, L, device, seed=0, order=None):
+    """(net, X prepared, ||X||^2, X U_0) on the planted graph (nodes renumbered by `order`, or in random order)."""
     from symnmf import SymNMFNet
 
-    X = graph(n, seed)
+    X = graph(n, seed, order)
     net = SymNMFNet(r, n_layers=L, loss_blocks="all", mu=0.0, random_state=seed)
     net.initialize(X.to(device))
     Xp = net._prepare(X.to(device))
@@ -133,7 +139,7 @@ def objective_gap(net, Xp, X_norm2, S0):
 def measure(n, r, L, args, device):
     graph = device.type == "cuda"
     row = {"n": n, "r": r, "L": L, "notes": ""}
-    net, Xp, X_norm2, S0 = make_net(n, r, L, device)
+    net, Xp, X_norm2, S0 = make_net(n, r, L, device, order=args.node_order)
     row["nnz"] = Xp.values().numel()
     row["rel_diff"] = objective_gap(net, Xp, X_norm2, S0)
     variants = steps(net, Xp, X_norm2, S0, graph)
@@ -176,6 +182,9 @@ def main(argv=None):
     parser.add_argument("--sizes", nargs="+", default=None, metavar="N,R,L",
                         help="cases as n,r,L (default: 100k and 1M nodes on CUDA, 2,000 and 20,000 on the CPU)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the variants in turns (median)")
+    parser.add_argument("--node-order", choices=("rcm", "degree"),
+                        help="renumber the graph's nodes first (both variants get the renumbered graph; default: "
+                             "the nodes in random order)")
     args, tiles = parse_step_args(parser, argv, "bench_net_step")
     device = args.device
     cases = [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else SIZES[device.type]
@@ -192,6 +201,9 @@ def main(argv=None):
     ]
     if device.type == "cpu":
         header.append("%d thread(s)" % torch.get_num_threads())
+    if args.node_order:
+        header.append("the graph's nodes renumbered by symnmf_kernels.sparse.locality_order(X, %r) before the net is "
+                      "built (a one-off host pass, not timed)" % args.node_order)
     if tiles:
         header.append("GPU tiles from %s: %s" % (os.path.basename(args.tiles), tiles))
     for n, r, L in cases:

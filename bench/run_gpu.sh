@@ -30,7 +30,8 @@
 #   scale             the 4M and 10M-node runs and a whole net fit at 1M, about 2 minutes
 #   graph             the exact kNN search, about 180 s
 #   inverse           the two forms of the in-register inverse and its one-warp form, about 180 s
-#   reorder           what renumbering a graph's nodes buys the SpMM and a whole SymHALS fit, about 120 s
+#   reorder           what renumbering a graph's nodes buys the SpMM, a whole SymHALS fit and SymNMF-Net's step
+#                     at 1M nodes, r = 64, about 4 minutes
 # a subset runs only those steps, in this order). $OUT receives at most 8 files: run_gpu.log and the tables
 # written under bench/results during this run (packed into bench_results.tar.gz
 # when there are more than 7).
@@ -210,10 +211,16 @@ if wants inverse; then
     run_bench bench_block.py 60 --kernels spd_inverse symnmf_block --inverse-warps 1 --name bench_block_inverse_1warp \
         --budget-s 45
 fi
-# Renumbering a graph in random node order (opt-in, about 2 minutes): the SpMM at 1M nodes, r = 16 and 64, in
+# Renumbering a graph in random node order (opt-in, about 4 minutes): the SpMM at 1M nodes, r = 16 and 64, in
 # random order, by reverse Cuthill-McKee and by degree, and a whole SymHALS fit of 30 iterations with and without
 # the renumbering (whose one-off cost runs on the host): whether node_order="auto" should renumber on a GPU too.
-wants reorder && run_bench bench_reorder.py 150 --fits hals --fit-iters 30
+# Then SymNMF-Net's step at the design's size on the planted graph renumbered by RCM: its 19 SpMMs were 38 of its
+# 69 ms in random order (fifth run), at the gather floor.
+if wants reorder; then
+    run_bench bench_reorder.py 150 --fits hals --fit-iters 30
+    run_bench bench_net_step.py 120 --sizes 1000000,64,10 --node-order rcm --rounds 2 --budget-s 60 \
+        --name bench_net_step_rcm
+fi
 # (BLOCK_N, num_warps) sweep of the split-n kernels, dot-precision accuracy, block before/after.
 wants tune && step "tune_tiles" 220 "$PY" bench/tune_tiles.py --warm-jobs 16 --budget-s 90 --out bench/results
 if wants tune_net; then

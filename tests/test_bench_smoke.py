@@ -203,6 +203,19 @@ def test_bench_net_step_cpu(tmp_path):
     assert float(row["rel_diff"]) <= 1e-4  # float32: the same network
 
 
+def test_net_step_traffic_counts_the_gpu_step(tmp_path):
+    """The step's traffic model records the Triton launches a GPU would make (one forward kernel per block) and
+    charges fused Adam seven passes over each of the L weights; the last row is the sum of the others."""
+    L = 3
+    _, _, rows = _run_script([os.path.join("bench", "net_step_traffic.py"), "--size", f"400,16,{L}"], tmp_path)
+    by_name = {row["name"]: row for row in rows}
+    assert int(by_name["apply_kernel"]["calls"]) == L
+    assert float(by_name["aten._fused_adam_.default"]["units"]) == pytest.approx(7 * L)
+    total = rows[-1]
+    assert total["kind"] == "all"
+    assert float(total["units"]) == pytest.approx(sum(float(row["units"]) for row in rows[:-1]), rel=1e-3)
+
+
 def test_bench_nnls_symanls_cpu(tmp_path):
     """SymANLS's NNLS calls timed on each CPU path: the same solutions, and the first call's positive start
     leaves larger passive sets than a later call's."""
