@@ -184,7 +184,7 @@ def knn_search(X, k, metric="euclidean", chunk_size=None):
         exact, idx = block_candidates(X[start:stop], X, n_cand, cosine, None if cosine else sq_norms[start:stop],
                                       sq_norms, self_col=start)
         scores[start:stop], indices[start:stop] = keep_nearest(exact, idx, k, descending=cosine)
-    return indices, scores if unit == 1.0 else scores / unit ** 2
+    return indices, scores if unit == 1.0 else scores / unit / unit  # (unit ** 2 can leave the float range)
 
 
 def faiss_knn_search(X, k, metric="euclidean"):
