@@ -76,6 +76,8 @@ class CSR:
                 f"{name}: crow_indices ({crow_indices.device}), col_indices ({col_indices.device}) and values "
                 f"({values.device}) must be on one device"
             )
+        if symmetric and shape[0] != shape[1]:
+            raise ValueError(f"{name}: symmetric=True for a {shape[0]} x {shape[1]} matrix; only a square one can be")
         self.crow_indices = crow_indices.to(torch.int64)
         self.col_indices = col_indices
         self.values = values
@@ -409,7 +411,8 @@ def as_csr(X, device=None, dtype=None, name="X"):
     if entry is not None and entry[0] == versions:
         return entry[1]
     A = CSR.from_torch(X, name=name)
-    _cache[X] = (versions, A)
+    if not A.values.requires_grad:  # values in a graph hold X itself: the weak cache could then never let it go
+        _cache[X] = (versions, A)
     return A
 
 

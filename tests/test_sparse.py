@@ -5,7 +5,7 @@ import scipy.sparse as sp
 import torch
 
 import symnmf_kernels as sk
-from symnmf_kernels.sparse import as_csr, block_diag, locality_order, permute
+from symnmf_kernels.sparse import CSR, as_csr, block_diag, locality_order, permute
 
 from conftest import rel_err
 
@@ -93,3 +93,30 @@ def test_to_takes_a_dtype_first_as_torch_does():
     assert X.to("cpu").values.dtype == torch.float32
     with pytest.raises(TypeError, match="dtype is given twice"):
         X.to(torch.float64, dtype=torch.float64)
+
+
+def test_a_tensor_whose_values_require_grad_is_not_kept_alive():
+    """The container of a tensor whose values require grad holds those values, and through them the tensor: in the
+    weak cache of as_csr the entry kept its own key, and the tensor and its graph stayed for the process's life."""
+    import gc
+    import weakref
+
+    for requires_grad in (False, True):
+        values = torch.rand(3, requires_grad=requires_grad)
+        X = torch.sparse_csr_tensor(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2]), values, (3, 3))
+        assert as_csr(X).values.requires_grad == requires_grad
+        ref = weakref.ref(X)
+        del X, values
+        gc.collect()
+        assert ref() is None
+
+
+def test_symmetric_is_refused_for_a_rectangular_x():
+    """symmetric=True spared a rectangular X's backward its transpose, which then failed with a misleading
+    'col_indices out of range' (CPU) or a shape mismatch (CUDA)."""
+    A = sp.random(3, 5, density=0.6, format="csr", random_state=np.random.RandomState(0))
+    U = torch.rand(5, 2, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="only a square X can be symmetric"):
+        sk.spmm(as_csr(A), U, symmetric=True)
+    with pytest.raises(ValueError, match="only a square one can be"):
+        CSR(torch.tensor([0, 0, 0, 0]), torch.zeros(0, dtype=torch.int64), torch.zeros(0), (3, 5), symmetric=True)

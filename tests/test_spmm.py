@@ -469,6 +469,12 @@ def test_cuda_matches_cpu(dtype, r):
     if r > 2:  # an unaligned, strided operand takes the element-load path
         Uw = torch.randn(3000, r + 1, dtype=dtype, device="cuda")[:, 1:]
         assert rel_err(sk.spmm(X.cuda(), Uw), sk.spmm(X, Uw.cpu())) < TOL[dtype]
+    # a column (or r columns) of a wider U: its rows are 8 apart; at r = 1 the kernel read them 1 apart
+    Uc = torch.randn(3000, 8 * r, dtype=dtype, device="cuda")[:, ::8]
+    assert rel_err(sk.spmm(X.cuda(), Uc), sk.spmm(X, Uc.cpu())) < TOL[dtype]
+    if r == 1:
+        W = torch.randn(3000, 8, dtype=dtype, device="cuda")
+        assert rel_err(sk.spmm(X.cuda(), W[:, 3]), sk.spmm(X, W[:, 3].cpu())) < TOL[dtype]
     Ub = torch.randn(3, 3000, r, dtype=dtype)
     assert rel_err(sk.spmm(X.cuda(), Ub.cuda()), sk.spmm(X, Ub)) < TOL[dtype]
 

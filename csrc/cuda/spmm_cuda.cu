@@ -34,7 +34,7 @@ void launch(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& val
   const int64_t batch = U.size(0), n_cols = U.size(1), r = U.size(2);
   const int64_t n_rows = crow.numel() - 1;
   const int64_t stride_b = U.stride(0);
-  const int64_t ld = r <= 1 ? 1 : U.stride(1);
+  const int64_t ld = U.stride(1);  // the row stride: a column of a wider U (r = 1) keeps its own
   const int64_t nnz = col.numel();
 
   // Column lanes: enough 16-byte slices to cover r, at most a warp (a tile of 32 * VEC columns).

@@ -120,6 +120,8 @@ def transpose_args(A, U, symmetric=None):
         return None, None, None
     if symmetric is None:
         symmetric = A.is_symmetric()
+    if symmetric and A.shape[0] != A.shape[1]:
+        raise ValueError(f"symmetric=True for a {A.shape[0]} x {A.shape[1]} X; only a square X can be symmetric")
     if symmetric:
         return None, None, None
     T = A.transpose()
