@@ -187,9 +187,9 @@ def hals_sweep(W, C, B, *, V=None, lam=0.0, revive=True):
 
 def projected_gradient_sq(grad, U):
     """||P(grad)||^2 with P(grad) = grad where U > 0, min(grad, 0) where U = 0 (a NaN in grad stays NaN, and a
-    NaN or an infinity in U makes it NaN)."""
+    NaN or an infinity in U makes it NaN), squared and summed in float64."""
     projected = torch.where(U > 0, grad, torch.minimum(grad, torch.zeros_like(grad))) + (U - U)
-    return projected.pow(2).sum()
+    return projected.double().pow(2).sum()
 
 
 def _passive_solution(G, C, F):

@@ -428,3 +428,35 @@ def test_hals_restarts_restart_symmetric_as_hals_alone():
     for run, ref in zip(runs, alone):
         assert (run.n_iter, run.params["symmetric_restart"]) == (ref.n_iter, ref.params["symmetric_restart"])
         assert run.converged and rel(run.U, ref.U) <= 1e-12 and run.history["rel_error"][-1] < 1.0
+
+
+@pytest.mark.parametrize("solver", ["hals", "anls", "admm"])
+def test_float32_x_of_tiny_scale_is_not_converged_at_the_start(solver, monkeypatch):
+    """The stopping measure squared float32 gradients of X ~ 1e-16 to 0: every solver stopped at iteration 0,
+    "converged" at its start. It squares in float64 now: the float32 fit runs as long as the float64 one, to
+    the same error."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    gen = torch.Generator().manual_seed(0)
+    A = torch.rand(15, 15, dtype=torch.float64, generator=gen)
+    A = (A + A.T) / 2
+    A[A < 0.5] = 0
+    X = A * 1e-16
+    f32, f64 = solve(X.float(), 3, solver, random_state=0), solve(X, 3, solver, random_state=0)
+    assert f32.n_iter > 20 and abs(f32.n_iter - f64.n_iter) <= 0.5 * f64.n_iter
+    assert f32.history["rel_error"][-1] == pytest.approx(f64.history["rel_error"][-1], rel=1e-3)
+
+
+def test_x_requiring_grad_and_the_factor_a_callback_keeps(monkeypatch):
+    """solve() left X's autograd graph on: SymHALS refused X, the others recorded a graph over every iteration
+    (U came back with a grad_fn). SymHALS handed the callback the factor it then updated in place, so a U kept
+    there became the final one."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    gen = torch.Generator().manual_seed(1)
+    A = torch.rand(20, 20, dtype=torch.float64, generator=gen)
+    X = ((A + A.T) / 2).requires_grad_()
+    for name in SOLVERS:
+        kept = []
+        result = solve(X, 3, name, random_state=0, max_iter=6,
+                       callback=lambda it, U, history: kept.append((U, U.clone())), check_every=1)
+        assert result.U.grad_fn is None and not result.U.requires_grad, name
+        assert all(torch.equal(U, copy) for U, copy in kept), name

@@ -68,7 +68,7 @@ at::Tensor projected_gradient_sq_cpu(const at::Tensor& grad_in, const at::Tensor
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "projected_gradient_sq", [&] {
     total = projected_gradient_sq_impl<scalar_t>(grad.data_ptr<scalar_t>(), U.data_ptr<scalar_t>(), grad.numel());
   });
-  return at::scalar_tensor(total, grad.options());
+  return at::scalar_tensor(total, grad.options().dtype(at::kDouble));  // float64 whatever grad's dtype
 }
 
 }  // namespace

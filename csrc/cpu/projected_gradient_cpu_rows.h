@@ -3,8 +3,10 @@
 // one instruction), so there is no include guard.
 
 // sum over [begin, end) of P(g)^2, P(g) = 0 where u <= 0 and g >= 0, else g (NaN where u is not finite).
-// Runs of kRun entries are summed in T over the lanes of one vector (independent sums, so the compiler needs
-// no reordering), each run added in float64.
+// Each P(g) is squared in float64: the square of a float32 entry leaves float32's range below about 1e-19 and
+// above 1e19, where a solver's first measure read 0 (a stop at iteration 0) or inf (a divergence that was not).
+// Runs of kRun entries are summed over the lanes of one vector (independent sums, so the compiler needs no
+// reordering), each run added to the part.
 template <typename T>
 double projected_gradient_sq_range(const T* g, const T* u, int64_t begin, int64_t end) {
   typedef T Vec __attribute__((vector_size(kVectorBytes)));
@@ -14,7 +16,7 @@ double projected_gradient_sq_range(const T* g, const T* u, int64_t begin, int64_
   double part = 0.0;
   int64_t i = begin;
   for (; i + kRun <= end; i += kRun) {
-    Vec acc = zero;
+    double acc[L] = {};
     for (int64_t j = 0; j < kRun; j += L) {
       Vec x, w;
       std::memcpy(&x, g + i + j, sizeof(Vec));
@@ -22,16 +24,19 @@ double projected_gradient_sq_range(const T* g, const T* u, int64_t begin, int64_
       // Dropped: a non-negative gradient on a zero entry (it points out of the feasible set). A NaN is kept,
       // in the gradient or in U (w - w is NaN for a NaN or infinite entry of U, else 0).
       const Vec keep = ((w <= zero) & (x >= zero) ? zero : x) + (w - w);
-      acc += keep * keep;
+      for (int64_t l = 0; l < L; ++l) {
+        const double k = static_cast<double>(keep[l]);
+        acc[l] += k * k;
+      }
     }
-    T run = T(0);
+    double run = 0.0;
     for (int64_t l = 0; l < L; ++l) run += acc[l];
-    part += static_cast<double>(run);
+    part += run;
   }
   for (; i < end; ++i) {
     const T x = g[i];
-    const T keep = ((u[i] <= T(0) && x >= T(0)) ? T(0) : x) + (u[i] - u[i]);
-    part += static_cast<double>(keep * keep);
+    const double keep = static_cast<double>(((u[i] <= T(0) && x >= T(0)) ? T(0) : x) + (u[i] - u[i]));
+    part += keep * keep;
   }
   return part;
 }

@@ -77,7 +77,9 @@ def solve(X, rank, solver="hals", *, lam=None, max_iter=None, tol=None, U0=None,
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
-    X = check_similarity(as_similarity(X, device=device, dtype=dtype))
+    # a similarity to factorise, not a function to differentiate: a graph recorded over every iteration would only
+    # hold memory (and SymHALS, which updates in place, refuses inputs that require grad)
+    X = check_similarity(as_similarity(X, device=device, dtype=dtype)).detach()
     if X.dim() != 2:
         raise ValueError(f"X must be one n x n similarity matrix, got shape {tuple(X.shape)}; solve each problem in turn")
     rank = check_rank(rank, X.shape[-1])

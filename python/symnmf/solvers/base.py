@@ -252,7 +252,8 @@ class Monitor:
             )
         self.converged = pg <= self.tol * self.pg0
         stop = self.converged or it >= self.max_iter
-        if self.callback is not None and self.callback(it, U, h):
+        # a copy: SymHALS updates its factor in place, and a U kept by the callback would change under it
+        if self.callback is not None and self.callback(it, U.detach().clone(), h):
             stop = self.stopped_by_callback = True
         return stop
 
