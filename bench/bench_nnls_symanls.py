@@ -128,7 +128,8 @@ def main(argv=None):
         "paths: native = the extension's CPU kernel, torch = the op's torch path, kernel = the op's Triton kernel "
         "(CUDA, r <= 32)",
         ("times: triton.testing.do_bench medians (bench.common.bench)" if device.type == "cuda" else
-         f"times: median ms of {args.max_runs} runs (bench.common.bench)") + f"; torch threads {torch.get_num_threads()}",
+         f"times: median ms of {args.max_runs} runs (bench.common.bench)")
+        + f"; torch threads {torch.get_num_threads()}",
         "passive: mean passive-set size of the solution; x_torch: torch_ms / the best other path's; "
         "rel_err: worst ||X_path - X_first|| / ||X_first||",
     ]

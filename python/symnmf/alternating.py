@@ -143,8 +143,8 @@ def alternating_nmf(Y, A0, *, max_iter=200, inner_iter=50, alpha=0.1, decay=1.1,
     max_iter: outer iterations (decodes); inner_iter: gradient steps per decode.
     alpha: the threshold before the first decay, as a fraction of the largest weight decoded from A0 (the
       reference settings start at 0.1 for weights that are at most 1). decay: the threshold is divided by it at
-      every outer iteration, before the decode, so the first decode uses alpha / decay. lr: the bound on eta times the largest eigenvalue of
-      W^T W (see `_gradient_steps`).
+      every outer iteration, before the decode, so the first decode uses alpha / decay. lr: the bound on eta
+      times the largest eigenvalue of W^T W (see `_gradient_steps`).
     noise_floor: no feature's threshold falls below noise_floor times the noise level of its decoded
       weight (`_noise_floor`, measured at the previous decode); 0 follows the schedule down to zero.
     callback(t, A), when given, is called after outer iteration t.
@@ -156,7 +156,8 @@ def alternating_nmf(Y, A0, *, max_iter=200, inner_iter=50, alpha=0.1, decay=1.1,
     """
     if not (isinstance(inner_iter, numbers.Integral) and inner_iter >= 1 and isinstance(max_iter, numbers.Integral)
             and max_iter >= 0):
-        raise ValueError(f"max_iter must be an int >= 0 and inner_iter an int >= 1, got {max_iter!r} and {inner_iter!r}")
+        raise ValueError(f"max_iter must be an int >= 0 and inner_iter an int >= 1, got {max_iter!r} and "
+                         f"{inner_iter!r}")
     if not (decay >= 1 and 0 < lr < 2 and alpha >= 0 and noise_floor >= 0):
         raise ValueError(f"need decay >= 1 (1 keeps the threshold), 0 < lr < 2, alpha >= 0 and noise_floor >= 0; got "
                          f"decay={decay!r}, lr={lr!r}, alpha={alpha!r}, noise_floor={noise_floor!r}")

@@ -18,7 +18,9 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Cluster
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .fitting import AFFINITIES, SOLVERS, build_affinity, fit_affinity, resolve_device, resolve_dtype, unchanged_on_error
+from .fitting import (
+    AFFINITIES, SOLVERS, build_affinity, fit_affinity, resolve_device, resolve_dtype, unchanged_on_error,
+)
 from .net import RECIPES
 from .validation import as_similarity, is_scipy_sparse
 
