@@ -174,3 +174,42 @@ def test_infinite_results_stay_infinite_and_a_nan_lam_stays_on_the_diagonal(inte
     got, want = sk.gram(U, nan), reference.gram(U, nan)
     torch.testing.assert_close(got, want, equal_nan=True)
     assert bool(got.diagonal().isnan().all()) and bool(torch.isfinite(got[~torch.eye(r, dtype=torch.bool)]).all())
+
+
+def test_padding_keeps_infinities_in_the_block_backward_the_sweep_and_nnls(monkeypatch):
+    """Tiles are padded with zeros, and 0 * inf there is NaN: an infinite dY made the block backward's dG, dlam
+    and dU NaN where the closed form is infinite; an infinite lam made every column maximum of the SymHALS sweep
+    NaN where the reference has 0; NNLS's Triton backward gave a row that the forward made NaN a gradient of 0,
+    where its torch path (and the docs) give NaN."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    gen = torch.Generator().manual_seed(0)
+    n, r = 70, 17
+    lam = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    A = torch.eye(r, dtype=torch.float64) + 0.05
+    UtU = (torch.linalg.inv(A) - 0.1 * torch.eye(r, dtype=torch.float64))[None]
+    Q, _ = torch.linalg.qr(torch.randn(n, r, dtype=torch.float64, generator=gen))
+    U = (Q @ torch.linalg.cholesky(UtU[0]).mT)[None].requires_grad_()
+    P = torch.rand(1, n, r, dtype=torch.float64, generator=gen) + 0.1
+    dY = torch.rand(1, n, r, dtype=torch.float64, generator=gen)
+    dY[0, 3, 1] = float("inf")
+    Ginv = reference.spd_inverse(reference.gram(U.detach(), 0.1))
+    _, _, dG = reference.block_backward(dY, U.detach(), P, Ginv, reference.apply_relu(P, Ginv))
+    sk.symnmf_block(U, P, lam).backward(dY)
+    assert lam.grad.item() == dG.diagonal(dim1=-2, dim2=-1).sum().item() and torch.isinf(lam.grad)
+
+    W = torch.rand(1, n, 5, dtype=torch.float64, generator=gen) + 0.1
+    C, V = torch.rand_like(W), torch.rand_like(W) + 0.1
+    B = (torch.eye(5, dtype=torch.float64) * 2 + 0.1)[None]
+    for bad in (float("inf"), -float("inf")):
+        got, want = sk.hals_sweep(W, C, B, V=V, lam=bad), reference.hals_sweep(W, C, B, V=V, lam=bad)
+        torch.testing.assert_close(got[1], want[1], equal_nan=True)
+
+    M = torch.randn(2, 15, 5, dtype=torch.float64, generator=gen)
+    G = M.mT @ M
+    Cn = torch.randn(2, 70, 5, dtype=torch.float64, generator=gen)
+    Cn[0, 3, 1] = float("inf")
+    Cn.requires_grad_()
+    X = sk.nnls(G, Cn)
+    assert bool(X[0, 3].isnan().all())
+    X.sum().backward()
+    assert bool(Cn.grad[0, 3].isnan().all()) and bool(torch.isfinite(Cn.grad[0, 4:]).all())

@@ -51,7 +51,7 @@ def hals_sweep_kernel(
     c = tl.load(C + rows[:, None] * stride_cn + cols[None, :] * stride_cr, mask=mask, other=0.0)
     if HAS_V:
         v = tl.load(V + rows[:, None] * stride_vn + cols[None, :] * stride_vr, mask=mask, other=0.0)
-        c += lam * v
+        c += tl.where(mask, lam * v, 0.0)  # padding's 0 * inf lam: NaN column maxima
     for k in range(r):
         # Column k of B; padding entries are zero so padded columns of w never contribute.
         b_k = tl.load(B + cols * stride_br + k * stride_bc, mask=col_ok, other=0.0)

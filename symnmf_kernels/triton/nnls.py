@@ -122,6 +122,8 @@ def nnls_kernel(
         F = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC)
     if SOLVE_ONLY:
         Xt = masked_solve(Gt, Ct, F, r, BLOCK_K)
+        if HAS_X0:  # a row that the forward made NaN (F empty there) gets a NaN gradient, not 0
+            Xt += 0.0 * x0.to(ACC)
     else:
         Xt = pivoting(Gt, Ct, F, valid, r, max_rounds, tol_rel, BLOCK_M, BLOCK_K)
     tl.store(X + b * stride_xb + rows[:, None] * stride_xm + idx[None, :] * stride_xk, Xt, mask=valid)

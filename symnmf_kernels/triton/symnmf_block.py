@@ -98,7 +98,9 @@ def symnmf_block_small_backward_kernel(
         p = tl.load(P + b * stride_pb + rows[:, None] * stride_pn + offs_r[None, :] * stride_pr, mask=mask, other=0.0)
         ptz += tl.dot(tl.trans(p.to(ACC)), zb, input_precision=PRECISION, out_dtype=ACC)
 
-    # r x r: in full precision, as the inverse itself (its padding rows and columns are zero).
+    # r x r: in full precision, as the inverse itself (its padding rows and columns are zero). P^T Zb's padding
+    # is zeroed first: an infinite dY made it 0 * inf = NaN there, which the products spread over dG.
+    ptz = tl.where(inside, ptz, 0.0)
     dg = tl.dot(tl.dot(inv_t, ptz, input_precision="ieee", out_dtype=ACC), inv_t, input_precision="ieee", out_dtype=ACC)
     dg = -dg
     tl.store(dG + b * stride_dgb + offs_r[:, None] * stride_dgr + offs_r[None, :] * stride_dgc, dg, mask=inside)
@@ -134,7 +136,7 @@ def symnmf_block_dgram_kernel(
     inv_t = tl.load(Ginv + b * stride_ib + offs[:, None] * stride_ic + offs[None, :] * stride_ir,
                     mask=inside, other=0.0).to(ACC)
     if FROM_PARTIALS:
-        ptz = sum_partials(PtZb, b, num_splits, BLOCK_R, SPLITS).to(ACC)
+        ptz = tl.where(inside, sum_partials(PtZb, b, num_splits, BLOCK_R, SPLITS).to(ACC), 0.0)  # NaN padding
     else:
         ptz = tl.load(PtZb + b * stride_zb + offs[:, None] * stride_zr + offs[None, :] * stride_zc,
                       mask=inside, other=0.0).to(ACC)
