@@ -460,3 +460,19 @@ def test_x_requiring_grad_and_the_factor_a_callback_keeps(monkeypatch):
                        callback=lambda it, U, history: kept.append((U, U.clone())), check_every=1)
         assert result.U.grad_fn is None and not result.U.requires_grad, name
         assert all(torch.equal(U, copy) for U, copy in kept), name
+
+
+@pytest.mark.parametrize("solver", ["pgd", "newton"])
+def test_line_search_settings_that_cannot_work_are_refused(solver):
+    """beta = 0 tried a zero step at every iteration and ran to max_iter without moving; beta >= 1 never shrank
+    the step; refactor_every = 0 divided by zero."""
+    X = torch.rand(12, 12, dtype=torch.float64)
+    X = X + X.T
+    for bad in ({"beta": 0.0}, {"beta": 1.5}, {"sigma": 0.0}, {"sigma": float("nan")}, {"max_trials": 0},
+                {"beta": True}):
+        with pytest.raises(ValueError, match="sigma|beta|max_trials"):
+            solve(X, 2, solver, random_state=0, max_iter=3, **bad)
+    if solver == "newton":
+        for name in ("refactor_every", "cg_max_iter", "cg_check_every"):
+            with pytest.raises(ValueError, match=name):
+                solve(X, 2, solver, random_state=0, max_iter=3, **{name: 0})

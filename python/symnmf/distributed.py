@@ -63,6 +63,7 @@ from .solvers.anls import DEFAULTS as _ANLS_DEFAULTS
 from .solvers.hals import DEFAULTS as _HALS_DEFAULTS
 from .solvers.base import Monitor, as_seed, check_lam, default_check_every, projected_gradient_sq
 from .solvers.penalised import SYMMETRY_GAP, half_gradient
+from .solvers.linesearch import check_search
 from .solvers.newton import DEFAULTS as _NEWTON_DEFAULTS, cg_direction, is_descent
 from .solvers.nnls import nnls_gram
 from .solvers.pgd import DEFAULTS as _PGD_DEFAULTS
@@ -1065,6 +1066,7 @@ def pgd(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=
     """
     if lam is not None:
         raise ValueError("pgd has no penalty: leave lam=None")
+    check_search(sigma, beta, max_trials)
     max_iter = _PGD_DEFAULTS["max_iter"] if max_iter is None else max_iter
     tol = _PGD_DEFAULTS["tol"] if tol is None else tol
     monitor = _monitor("pgd", graph, tol, max_iter, check_every, callback, verbose)
@@ -1105,6 +1107,7 @@ def newton(graph, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbo
     """
     if lam is not None:
         raise ValueError("newton has no penalty: leave lam=None (lam is for anls, hals, admm and the net)")
+    check_search(sigma, beta, max_trials, cg_max_iter=cg_max_iter, cg_check_every=cg_check_every)
     if method == "exact":
         raise ValueError("newton's method='exact' needs the whole dense X in one process; sharded, it runs 'cg'")
     if method not in ("auto", "cg"):

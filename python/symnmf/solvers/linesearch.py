@@ -14,7 +14,24 @@ rather than as a difference of two objectives: those are of the size of
 ||X||^2 and agree to many digits near a solution, so in float32 their
 difference drowns in rounding long before the tolerance is met.
 """
+import math
+import numbers
+
 import torch
+
+from ..validation import is_int
+
+
+def check_search(sigma, beta, max_trials, **counts):
+    """Refuse settings of the search that cannot work: a sigma outside (0, 1) accepts every trial or none, a beta
+    of 0 tries a zero step (the search then ran to max_iter without moving) and one of 1 or more never shrinks
+    it. counts: other settings that must be positive ints (max_trials too), by name."""
+    for name, value in (("sigma", sigma), ("beta", beta)):
+        if isinstance(value, bool) or not (isinstance(value, numbers.Real) and math.isfinite(value) and 0 < value < 1):
+            raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+    for name, value in {"max_trials": max_trials, **counts}.items():
+        if not (is_int(value) and value >= 1):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def objective_change(S, XS, H, XH, G):

@@ -31,7 +31,7 @@ import torch
 import symnmf_kernels as sk
 
 from .base import Monitor, Problem, projected_gradient_sq
-from .linesearch import armijo_projected
+from .linesearch import armijo_projected, check_search
 
 DEFAULTS = {"max_iter": 10000, "tol": 1e-4}
 EXACT_MAX_N = 1000
@@ -153,6 +153,8 @@ def newton(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=F
     """
     if lam is not None:
         raise ValueError("newton has no penalty: leave lam=None (lam is for anls, hals, admm and the net)")
+    check_search(sigma, beta, max_trials, refactor_every=refactor_every, cg_max_iter=cg_max_iter,
+                 cg_check_every=cg_check_every)
     problem = Problem(X)
     n, r = U0.shape
     if method == "auto":

@@ -10,7 +10,7 @@ trial; the accepted trial's product serves the next gradient and loss.
 import symnmf_kernels as sk
 
 from .base import Monitor, Problem, projected_gradient_sq
-from .linesearch import armijo_projected
+from .linesearch import armijo_projected, check_search
 
 DEFAULTS = {"max_iter": 10000, "tol": 1e-4}
 
@@ -25,6 +25,7 @@ def pgd(X, U0, *, lam=None, max_iter=None, tol=None, callback=None, verbose=Fals
     """
     if lam is not None:
         raise ValueError("pgd has no penalty: leave lam=None (lam is for anls, hals, admm and the net)")
+    check_search(sigma, beta, max_trials)
     problem = Problem(X)
     monitor = Monitor(
         "pgd", problem,
