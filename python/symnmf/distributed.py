@@ -498,17 +498,19 @@ class ShardedGraph:
         self.n_local = self.hi - self.lo
         if len(indptr) != self.n_local + 1:
             raise ValueError(f"{name}: rank {comm.rank} expected {self.n_local} rows, got {len(indptr) - 1}")
-        indices = np.asarray(indices)
+        indices, data = np.asarray(indices), np.asarray(data)
+        dtype = resolve_dtype(dtype)
+        # One collective for what every rank must agree on before the rows are converted: a column index outside
+        # the matrix on any rank (caught here, not as a shape error deep in the halo exchange), and any rank's data
+        # wider than float32 (as symnmf.fitting, float32 input stays float32, anything else is float64).
         outside = indices.size > 0 and (int(indices.min()) < 0 or int(indices.max()) >= self.n)
-        outside = comm.all_reduce(torch.tensor([float(outside)], dtype=torch.float64, device=comm.device), "max")
-        if outside[0] > 0:  # caught here, not as a shape error deep in the halo exchange
+        flags = comm.all_reduce(torch.tensor([float(outside), float(data.dtype != np.float32)], dtype=torch.float64,
+                                             device=comm.device), "max")
+        if flags[0] > 0:
             raise ValueError(f"{name} has column indices outside 0..{self.n - 1}: its rows do not describe an "
                              f"{self.n} x {self.n} matrix")
-        data = np.asarray(data)
-        dtype = resolve_dtype(dtype)
-        if dtype is None:  # as symnmf.fitting: float32 input stays float32, anything else is float64, on every rank
-            wide = torch.tensor([float(data.dtype != np.float32)], dtype=torch.float64, device=comm.device)
-            dtype = torch.float64 if comm.all_reduce(wide, "max")[0] > 0 else torch.float32
+        if dtype is None:
+            dtype = torch.float64 if flags[1] > 0 else torch.float32
         self.dtype = dtype
         self.device = comm.device
         # Canonical rows (sorted, duplicates summed), as the single-process path's scipy conversion.

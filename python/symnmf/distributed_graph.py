@@ -211,9 +211,10 @@ def similarity_graph(features, n_neighbors=None, metric="euclidean", scale_neigh
     lo, hi = offsets[comm.rank], offsets[comm.rank + 1]
     X = read(lo, hi)
     finite = bool(torch.isfinite(X).all())  # before the cast, as in one process: a finite 1e300 is inf in float32
+    narrowed = X.dtype == torch.float64 and dtype == torch.float32  # the one cast that can overflow
     X = X.to(device=comm.device, dtype=dtype).contiguous()
     # 2: NaN or infinite entries, 1: entries too large for dtype; the first wins, as in one process
-    bad = torch.tensor([2.0 if not finite else 0.0 if bool(torch.isfinite(X).all()) else 1.0],
+    bad = torch.tensor([2.0 if not finite else 1.0 if narrowed and not bool(torch.isfinite(X).all()) else 0.0],
                        dtype=torch.float64, device=comm.device)
     comm.all_reduce(bad, "max")
     if bad[0] == 2:

@@ -71,8 +71,9 @@ def _as_features(features, device, dtype, min_samples=2):
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     device = check_device(device)
     finite = bool(torch.isfinite(X).all())  # before the cast: a finite 1e300 becomes inf in float32
+    narrowed = X.dtype == torch.float64 and dtype == torch.float32  # the one cast that can overflow
     X = X.to(device=device if device is not None else X.device, dtype=dtype)
-    if finite and not bool(torch.isfinite(X).all()):
+    if finite and narrowed and not bool(torch.isfinite(X).all()):
         raise ValueError(f"features has entries too large for {dtype}; pass dtype=torch.float64 or rescale them")
     if X.dim() != 2:
         raise ValueError(f"features must be a 2-D (n_samples, n_features) array, got shape {tuple(X.shape)}")
@@ -166,16 +167,29 @@ def knn_search(X, k, metric="euclidean", chunk_size=None):
         raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n - 1:
         raise ValueError(f"k must be an int from 1 to n - 1 = {n - 1} (each row's other rows), got {k!r}")
-    n_cand = candidates_per_row(k, n - 1)
-    if chunk_size is None:  # the scores (c x n) and the candidates' rows gathered (c x n_cand x d) both bounded
-        chunk_size = max(1, min(n, _BLOCK_FLOATS // max(n, n_cand * d)))
+    chunk_size = _chunk_rows(n, d, k, chunk_size)
+    if metric == "cosine":
+        return _search(X, k, True, chunk_size)
+    # exact scaling, and a shift that does not change distances: see `centered`
+    unit = float(power_of_two_scale(X))
+    indices, scores = _search(centered(X * unit)[0], k, False, chunk_size)
+    return indices, scores if unit == 1.0 else scores / unit / unit  # (unit ** 2 can leave the float range)
+
+
+def _chunk_rows(n, d, k, chunk_size):
+    """chunk_size as given (checked), or the default: the scores (c x n) and the candidates' rows gathered
+    (c x n_cand x d) both bounded."""
+    if chunk_size is None:
+        chunk_size = max(1, min(n, _BLOCK_FLOATS // max(n, candidates_per_row(k, n - 1) * d)))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    cosine = metric == "cosine"
-    unit = 1.0
-    if not cosine:  # exact scaling, and a shift that does not change distances: see `centered`
-        unit = float(power_of_two_scale(X))
-        X, _ = centered(X * unit)
+    return chunk_size
+
+
+def _search(X, k, cosine, chunk_size):
+    """`knn_search` on features already prepared: unit rows (cosine), or scaled and centered (euclidean)."""
+    n = X.shape[0]
+    n_cand = candidates_per_row(k, n - 1)
     sq_norms = None if cosine else (X * X).sum(dim=1)
     indices = torch.empty(n, k, dtype=torch.int64, device=X.device)
     scores = torch.empty(n, k, dtype=X.dtype, device=X.device)
@@ -184,7 +198,7 @@ def knn_search(X, k, metric="euclidean", chunk_size=None):
         exact, idx = block_candidates(X[start:stop], X, n_cand, cosine, None if cosine else sq_norms[start:stop],
                                       sq_norms, self_col=start)
         scores[start:stop], indices[start:stop] = keep_nearest(exact, idx, k, descending=cosine)
-    return indices, scores if unit == 1.0 else scores / unit / unit  # (unit ** 2 can leave the float range)
+    return indices, scores
 
 
 def faiss_knn_search(X, k, metric="euclidean"):
@@ -356,7 +370,8 @@ def _build_graph(features, n_neighbors=None, metric="euclidean", scale_neighbor=
     if _use_faiss(neighbors, X):
         indices, scores = faiss_knn_search(X, n_search, metric=metric)
     else:
-        indices, scores = knn_search(X, n_search, metric=metric, chunk_size=chunk_size)
+        # the features are prepared above (scaled and centered, or unit rows): knn_search would do it again
+        indices, scores = _search(X, n_search, cosine, _chunk_rows(n, X.shape[1], n_search, chunk_size))
 
     # Undirected edges of the union pattern, each once as (lo, hi) with lo < hi.
     src = torch.arange(n, device=X.device).repeat_interleave(k)
