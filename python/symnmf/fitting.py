@@ -347,8 +347,9 @@ def _fit_net(A, rank, seed, epochs, tol, verbose, net_options, recipe):
     for key, value in (("epochs", epochs), ("tol", tol)):
         if value is not None:
             if key in options and options[key] != value:
-                raise ValueError(f"the net's {key} is given twice ({value!r} as {'max_iter' if key == 'epochs' else key}"
-                                 f" and {options[key]!r} in net_options): give one")
+                given_as = "max_iter" if key == "epochs" else key
+                raise ValueError(f"the net's {key} is given twice ({value!r} as {given_as} and {options[key]!r} in "
+                                 "net_options): give one")
             options[key] = value
     # A comes at the scale `fit_affinity` chose: scale=1.0 trains it as it is, without a second estimate
     result = fit_net(A, rank, recipe=recipe, random_state=seed, verbose=verbose, scale=1.0, **options)

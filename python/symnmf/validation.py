@@ -9,7 +9,10 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["as_similarity", "check_similarity", "check_rank", "check_device", "is_scipy_sparse", "power_of_two_scale", "real_array"]
+__all__ = [
+    "as_similarity", "check_similarity", "check_rank", "check_device", "is_scipy_sparse", "power_of_two_scale",
+    "real_array",
+]
 
 
 def is_scipy_sparse(X):
