@@ -4,8 +4,11 @@ One step: the objective of all L blocks (each block's residual ||X - U_i U_i^T||
 beta ||P_i - (X U_{i-1} + lam U_{i-1})||^2, X sparse), its backward, Adam's update and lam's projection.
 Variants, side by side on the same graph and the same weights:
 
-    ours        SymNMFNet's own step, as SymNMFNet.fit takes it (eager)
+    ours        SymNMFNet's own step, as SymNMFNet.fit takes it (eager): the objective in one autograd node
+                (symnmf.net_chain.NetChain) where it applies (a sparse X on a GPU, or on the CPU's extension)
     ours_graph  the same step replayed from a CUDA graph (fit(cuda_graph=True); CUDA only)
+    ops, ops_graph  the step with the objective op by op (a block and a layer loss per layer, each its own
+                autograd node), eager and replayed: what the chain saves
     torch       the network in plain torch: torch.sparse.mm for X U, U^T U + lam I inverted by
                 torch.linalg.inv, autograd for the backward, the same Adam (`plain_objective`)
 
@@ -30,8 +33,8 @@ import torch  # noqa: E402
 import symnmf_kernels as sk  # noqa: E402
 from bench.common import add_run_args, bench, load_tiles, resolve_run_args, write_table  # noqa: E402
 
-COLUMNS = ["n", "r", "L", "nnz", "ours_ms", "ours_graph_ms", "torch_ms", "x_torch", "x_torch_graph", "spmm_ms",
-           "spmm_floor", "spmm_floor_graph", "rel_diff", "notes"]
+COLUMNS = ["n", "r", "L", "nnz", "ours_ms", "ours_graph_ms", "ops_ms", "ops_graph_ms", "torch_ms", "x_torch",
+           "x_torch_graph", "x_ops_graph", "spmm_ms", "spmm_floor", "spmm_floor_graph", "rel_diff", "notes"]
 # The design's own size first (1M nodes, r = 64, L = 10), so a run cut short by --budget-s has it.
 SIZES = {"cuda": [(1_000_000, 64, 10), (1_000_000, 16, 5), (100_000, 16, 5)],
          "cpu": [(2_000, 8, 5), (20_000, 8, 5)]}
@@ -83,20 +86,25 @@ def _adam(params, device, capturable=False):
     return torch.optim.Adam(params, lr=1e-3, fused=fused or None, capturable=capturable)
 
 
-def steps(net, Xp, X_norm2, S0, graph):
-    """{variant: step function} of ours (and its CUDA graph) and of plain torch, each with its own weights."""
+def steps(net, Xp, X_norm2, S0, graph, op_by_op=True):
+    """{variant: step function} of ours (and its CUDA graph), of the op-by-op objective where the chain applies
+    (with op_by_op), and of plain torch; ours and ops train the same weights, plain torch its own."""
     from symnmf.net_chain import NetChain
 
     device = Xp.device
     chain = NetChain(Xp, net.U0, S0) if NetChain.applies(Xp, net.U0) else None
     opt = _adam(net.parameters(), device, capturable=graph)
 
-    def ours():
-        opt.zero_grad(set_to_none=not graph)
-        loss, _, _ = net._objective(Xp, X_norm2, S0, chain)
-        loss.sum().backward()
-        opt.step()
-        net.project_lam()
+    def step(chain):
+        def run():
+            opt.zero_grad(set_to_none=not graph)
+            loss, _, _ = net._objective(Xp, X_norm2, S0, chain)
+            loss.sum().backward()
+            opt.step()
+            net.project_lam()
+        return run
+
+    ours = step(chain)
 
     Ps = [P.detach().clone().requires_grad_() for P in net.P]
     lam = net.lam.detach().clone().requires_grad_()
@@ -112,23 +120,28 @@ def steps(net, Xp, X_norm2, S0, graph):
             lam.copy_(torch.maximum(lam, lam_min))
 
     variants = {"ours": ours, "torch": plain}
+    if op_by_op and chain is not None:
+        variants["ops"] = step(None)
     if graph:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # eager steps first: kernels compiled, Adam's state made
             for _ in range(3):
-                ours()
+                for name in ("ours", "ops"):
+                    if name in variants:
+                        variants[name]()
         torch.cuda.current_stream(device).wait_stream(side)
-        captured, _ = net._capture_step(Xp, X_norm2, S0, opt)
-        variants["ours_graph"] = captured.replay
+        variants["ours_graph"] = net._capture_step(Xp, X_norm2, S0, opt, chain)[0].replay
+        if "ops" in variants:
+            variants["ops_graph"] = net._capture_step(Xp, X_norm2, S0, opt, None)[0].replay
     return variants
 
 
-def objective_gap(net, Xp, X_norm2, S0):
+def objective_gap(net, Xp, X_norm2, S0, chain=None):
     """||ours - torch|| / ||torch|| over the loss and the gradients of every weight and lam, at the net's
-    weights: the two variants compute the same network."""
+    weights: the two variants compute the same network. chain: a NetChain for ours (None: op by op)."""
     ours_P = [P.detach().clone().requires_grad_() for P in net.P]
-    loss = net._objective(Xp, X_norm2, S0)[0].sum()
+    loss = net._objective(Xp, X_norm2, S0, chain)[0].sum()
     got = [loss.detach(), *torch.autograd.grad(loss, [*net.P, net.lam])]
     lam = net.lam.detach().clone().requires_grad_()
     ref_loss = plain_objective(Xp, X_norm2, net.U0, S0, ours_P, lam, float(net._beta_now))
@@ -141,7 +154,12 @@ def measure(n, r, L, args, device):
     row = {"n": n, "r": r, "L": L, "notes": ""}
     net, Xp, X_norm2, S0 = make_net(n, r, L, device, order=args.node_order)
     row["nnz"] = Xp.values().numel()
-    row["rel_diff"] = objective_gap(net, Xp, X_norm2, S0)
+    from symnmf.net_chain import NetChain
+
+    chain = NetChain(Xp, net.U0, S0) if NetChain.applies(Xp, net.U0) else None
+    # both forms of ours against torch: the chain and, where it applies, the op-by-op objective
+    row["rel_diff"] = max(objective_gap(net, Xp, X_norm2, S0, chain), objective_gap(net, Xp, X_norm2, S0))
+    del chain
     variants = steps(net, Xp, X_norm2, S0, graph)
     U = torch.rand(n, r, device=device)
     variants["spmm"] = functools.partial(sk.spmm, Xp, U)
@@ -155,6 +173,9 @@ def measure(n, r, L, args, device):
     if "ours_graph" in ms:
         row.update({"ours_graph_ms": ms["ours_graph"], "x_torch_graph": ms["torch"] / ms["ours_graph"],
                     "spmm_floor_graph": (2 * L - 1) * ms["spmm"] / ms["ours_graph"]})
+    row.update({"ops_ms": ms.get("ops"), "ops_graph_ms": ms.get("ops_graph")})
+    if "ops_graph" in ms:
+        row["x_ops_graph"] = ms["ops_graph"] / ms["ours_graph"]
     del net, Xp, variants
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -192,12 +213,14 @@ def main(argv=None):
     header = [
         "one training step of SymNMF-Net (all blocks' losses and regularisers, backward, fused Adam, lam's "
         "projection), float32, one problem, planted graph (16 clusters) with about 32 stored entries per row",
-        "ours: SymNMFNet's step as fit takes it; ours_graph: the same step replayed from a CUDA graph; torch: the "
+        "ours: SymNMFNet's step as fit takes it (its objective in one autograd node, symnmf.net_chain); ours_graph: "
+        "the same step replayed from a CUDA graph; ops, ops_graph: the step with the objective op by op; torch: the "
         "network in plain torch (torch.sparse.mm, torch.linalg.inv, autograd; bench_net_step.plain_objective)",
         "times: median of %d rounds of the variants in turns, each %s" % (
             args.rounds, "triton.testing.do_bench's median" if device.type == "cuda" else "a perf_counter median"),
-        "x_torch: torch_ms / ours_ms; spmm_floor: (2L - 1) SpMMs (sk.spmm) / the step, 1 at best; rel_diff: "
-        "ours against torch, loss and every gradient at the start's weights, worst ||a - b|| / ||b||",
+        "x_torch: torch_ms / ours_ms; x_ops_graph: ops_graph_ms / ours_graph_ms; spmm_floor: (2L - 1) SpMMs "
+        "(sk.spmm) / the step, 1 at best; rel_diff: ours against torch, loss and every gradient at the start's "
+        "weights, worst ||a - b|| / ||b||",
     ]
     if device.type == "cpu":
         header.append("%d thread(s)" % torch.get_num_threads())

@@ -68,17 +68,17 @@ def configs(quick):
         (gram.gram_finalize_kernel, ["HAS_LAM"]),
         (spd_inverse.spd_inverse_kernel, []),
         (apply_relu.apply_kernel, ["RELU", "EMIT_GRAM"]),
-        (apply_relu.apply_backward_kernel, ["HAS_H", "RELU"]),
+        (apply_relu.apply_backward_kernel, ["HAS_H", "RELU", "HAS_T"]),
         (symnmf_block.symnmf_block_small_kernel, []),
         (symnmf_block.symnmf_block_small_backward_kernel, []),
         (symnmf_block.symnmf_block_dgram_kernel, ["FROM_PARTIALS", "HALF"]),
         (symnmf_block.symnmf_block_gram_inverse_kernel, []),
         (sym_loss.sym_loss_partials_kernel, []),
-        (sparse_loss.sparse_loss_terms_kernel, ["HAS_P", "HAS_GRAM"]),
+        (sparse_loss.sparse_loss_terms_kernel, ["HAS_P", "HAS_GRAM", "WRITE_R"]),
         (sparse_loss.sparse_loss_values_kernel, []),
         (sparse_loss.sparse_loss_coefs_kernel, ["HAS_DGRAM"]),
         (sparse_loss.sparse_reg_grad_kernel, []),
-        (sparse_loss.sparse_loss_grad_kernel, ["HAS_W", "HAS_Y"]),
+        (sparse_loss.sparse_loss_grad_kernel, ["HAS_W", "HAS_Y", "HAS_CW"]),
         (hals.hals_sweep_kernel, ["HAS_V"]),
         (hals.fill_zero_columns_kernel, []),
         (projected_gradient.projected_gradient_partials_kernel, []),
@@ -220,7 +220,8 @@ def captured_launches(quick):
     patched in (bench/gpu_launches.py, as for the launch-grid test); each launch records its arguments instead
     of compiling. Shapes: the block (forward and backward) at n = 1,000,000 and at the small-problem n = 1,000,
     its chain form (SymNMF-Net's block) at n = 1,000,000, the dense loss at n = 2,048, the sparse layer loss at
-    n = 100,000 (without and with the caller's Gram), the SymHALS sweep at n = 1,000,000; r = 16, 64, 128 in
+    n = 100,000 (without and with the caller's Gram), SymNMF-Net's objective in one node (symnmf.net_chain, two
+    blocks) at n = 100,000, the SymHALS sweep at n = 1,000,000; r = 16, 64, 128 in
     float32 and 32 in float64 (r = 64 float32 alone with quick). At BLOCK_R = 128 the plain products are torch's
     GEMMs on a GPU (ops._common.cublas_products), and their kernels are not launched.
     """
@@ -256,6 +257,7 @@ def captured_launches(quick):
     for module in ("gram", "spd_inverse", "apply_relu", "symnmf_block", "sym_loss", "sparse_loss", "hals",
                    "projected_gradient"):
         patches.append((importlib.import_module("symnmf_kernels.ops." + module), "use_triton", lambda t, r=None: True))
+    patches.append((importlib.import_module("symnmf.net_chain"), "use_triton", lambda t, r=None: True))
     # the measure's CPU kernel would take these CPU tensors first
     patches.append((importlib.import_module("symnmf_kernels.ops.projected_gradient"), "_NATIVE", False))
     with gpu_launches(record, patches):
@@ -291,6 +293,17 @@ def captured_launches(quick):
             # as SymNMF-Net's chain form calls it: the Gram from the block, so the terms pass forms none
             fit, reg = sk.sparse_layer_loss(A, U, P, 0.5, symmetric=True, gram=U.mT @ U)
             (fit + reg).backward()
+            label[0] = f"net_chain n=100000 {tag}"
+            from symnmf.net_chain import NetChain
+
+            w = torch.rand(8 * n, dtype=dtype)  # the chain needs an exactly symmetric X
+            X = torch.sparse_coo_tensor(torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])]),
+                                        torch.cat([w, w]), (n, n)).coalesce().to_sparse_csr()
+            U0 = torch.rand(n, r, dtype=dtype)
+            Ps = [torch.rand(n, r, dtype=dtype, requires_grad=True) for _ in range(2)]
+            lam = torch.tensor(1.0, dtype=dtype, requires_grad=True)
+            loss, _, _ = NetChain(X, U0, torch.rand(n, r, dtype=dtype))(Ps, lam, [1.0, 1.0], 0.5, 0.0)
+            loss.sum().backward()
             label[0] = f"hals_sweep_ n=1000000 {tag}"
             W, XV, V = (torch.rand(1_000_000, r, dtype=dtype) for _ in range(3))
             sk.hals_sweep_(W, XV, V.T @ V, V=V, lam=0.5, backend="triton")

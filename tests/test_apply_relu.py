@@ -95,6 +95,35 @@ def test_apply_kernels_every_precision(monkeypatch, precision, with_h, r):
     assert rel_err(dM, A.double().mT @ Zb) <= tol
 
 
+@pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(), reason="needs the interpreter or a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B, n, r", [(1, 1, 1), (2, 7, 5), (3, 1003, 16), (1, 203, 48)])
+def test_apply_backward_adds_another_gradient_of_a(monkeypatch, dtype, B, n, r):
+    """dp_extra = (T, c): dA + c[b] T[b] stored by the backward's own pass (SymNMF-Net's chain adds the
+    regulariser's gradient of each weight so), on the kernels and on torch's GEMMs (`cublas_products`), with
+    T column-major; the other output and NaN in T are untouched by the sum."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    A = torch.randn(B, n, r, device=device, dtype=dtype)
+    M = inverse_like((B,), r, device, dtype)
+    Y = torch.relu(A @ M)
+    grad = torch.randn(B, n, r, device=device, dtype=dtype)
+    H = torch.randn(B, r, r, device=device, dtype=dtype)
+    T = torch.randn(B, r, n, device=device, dtype=dtype).mT
+    c = torch.randn(B, device=device, dtype=dtype)
+    Zb = (grad.double() + Y.double() @ (H + H.mT).double()) * (Y > 0)
+    dA_want = Zb @ M.double().mT + c.double()[:, None, None] * T.double()
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    dA, dM = _launch.apply_backward(grad, Y, A, M, H, sym_h=True, dp_extra=(T, c))
+    assert rel_err(dA, dA_want) <= tol and rel_err(dM, A.double().mT @ Zb) <= tol
+    dP, dG, _ = _launch.apply_relu_inverse_backward(grad, Y, A, M, H, sym_h=True, dp_extra=(T, c))
+    assert rel_err(dP, dA_want) <= tol
+    with monkeypatch.context() as m:
+        m.setattr(_launch, "cublas_products", lambda *args, **kwargs: True)
+        assert rel_err(_launch.apply_backward(grad, Y, A, M, H, sym_h=True, dp_extra=(T, c))[0], dA_want) <= tol
+    T[0, 0, 0] = float("nan")
+    assert torch.isnan(_launch.apply_backward(grad, Y, A, M, H, sym_h=True, dp_extra=(T, c))[0][0, 0, 0])
+
+
 def test_apply_relu_gradcheck(device):
     P = torch.randn(2, 5, 3, device=device, dtype=torch.float64, requires_grad=True)
     Ginv = inverse_like((2,), 3, device, torch.float64).requires_grad_()

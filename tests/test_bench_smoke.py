@@ -199,21 +199,29 @@ def test_bench_net_step_cpu(tmp_path):
     assert len(rows) == 1 and rows[0]["notes"] == "", rows
     row = rows[0]
     assert float(row["ours_ms"]) > 0 and float(row["torch_ms"]) > 0 and row["ours_graph_ms"] == ""
+    assert float(row["ops_ms"]) > 0 and row["ops_graph_ms"] == ""  # the op-by-op objective beside the chain
     assert float(row["x_torch"]) == pytest.approx(float(row["torch_ms"]) / float(row["ours_ms"]), rel=1e-3)
     assert float(row["rel_diff"]) <= 1e-4  # float32: the same network
 
 
 def test_net_step_traffic_counts_the_gpu_step(tmp_path):
     """The step's traffic model records the Triton launches a GPU would make (one forward kernel per block) and
-    charges fused Adam seven passes over each of the L weights; the last row is the sum of the others."""
+    charges fused Adam seven passes over each of the L weights, for the chain and the op-by-op objective; each
+    variant's total is the sum of its rows, and the chain moves less: no pass of its own sums a weight's two
+    gradients, and the regulariser's residual is formed once."""
     L = 3
     _, _, rows = _run_script([os.path.join("bench", "net_step_traffic.py"), "--size", f"400,16,{L}"], tmp_path)
-    by_name = {row["name"]: row for row in rows}
-    assert int(by_name["apply_kernel"]["calls"]) == L
-    assert float(by_name["aten._fused_adam_.default"]["units"]) == pytest.approx(7 * L)
-    total = rows[-1]
-    assert total["kind"] == "all"
-    assert float(total["units"]) == pytest.approx(sum(float(row["units"]) for row in rows[:-1]), rel=1e-3)
+    totals = {row["variant"]: row for row in rows if row["kind"] == "all"}
+    assert set(totals) == {"chain", "ops"}
+    for variant, total in totals.items():
+        mine = [row for row in rows if row["variant"] == variant and row["kind"] != "all"]
+        by_name = {row["name"]: row for row in mine}
+        assert int(by_name["apply_kernel"]["calls"]) == L
+        assert float(by_name["aten._fused_adam_.default"]["units"]) == pytest.approx(7 * L)
+        assert float(total["units"]) == pytest.approx(sum(float(row["units"]) for row in mine), rel=1e-3)
+    chain = {row["name"] for row in rows if row["variant"] == "chain"}
+    assert "sparse_reg_grad_kernel" not in chain and "aten.add.Tensor" not in chain
+    assert float(totals["chain"]["units"]) < float(totals["ops"]["units"]) - 5 * (L - 1)
 
 
 def test_bench_nnls_symanls_cpu(tmp_path):

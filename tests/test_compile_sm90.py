@@ -44,5 +44,11 @@ def test_kernels_as_launched_compile_for_sm90(tmp_path):
     assert {"gram_partials_kernel", "apply_kernel", "apply_backward_kernel", "symnmf_block_small_kernel",
             "symnmf_block_small_backward_kernel", "symnmf_block_dgram_kernel", "sparse_loss_terms_kernel",
             "sparse_loss_values_kernel", "sparse_loss_grad_kernel", "hals_sweep_kernel"} <= kernels
+    # SymNMF-Net's chain launches its own forms: the terms pass that stores R, the gradient pass that takes R with
+    # the regulariser's coefficient, the ReLU product's backward that adds R into dP
+    chain_flags = {(row[0].strip(), flag) for row in rows if row[1].strip().startswith("net_chain")
+                   for flag in row[2].split()}
+    assert {("sparse_loss_terms_kernel", "WRITE_R=1"), ("sparse_loss_grad_kernel", "HAS_CW=1"),
+            ("apply_backward_kernel", "HAS_T=1")} <= chain_flags
     # Row-major factors: every kernel that reads one gets its unit stride as a constant.
     assert all(row[3].strip() != "-" for row in rows if row[0].strip() in ("apply_kernel", "hals_sweep_kernel"))

@@ -1,10 +1,12 @@
 """NetChain: SymNMF-Net's objective in one autograd node against the op-by-op objective (values and gradients),
 gradcheck, its use by `fit`, NaN, and where it applies.
 
-The chain runs the extension's CPU kernels, so these tests take the ops' plain-torch CPU path (no Triton
-interpreter) for the op-by-op objective too.
+Every test runs on both of the chain's paths, each against the op-by-op objective on the same path: "native",
+the extension's CPU kernels (the ops take their plain-torch CPU path, no Triton interpreter), and "triton", the
+Triton kernels through the interpreter on CPU tensors (the GPU's kernels; the `gpu` case runs them compiled).
 """
 import importlib
+import warnings
 
 import pytest
 import torch
@@ -12,11 +14,21 @@ import torch
 from symnmf import SymNMFNet
 from symnmf.net_chain import NetChain
 
-@pytest.fixture(autouse=True)
-def torch_path(monkeypatch):
-    monkeypatch.setattr(importlib.import_module("symnmf_kernels.ops._common"), "interpreting", lambda: False)
-    if not NetChain.applies(torch.eye(2).to_sparse_csr(), torch.ones(2, 1)):
-        pytest.skip("the extension's CPU kernels are not built")
+_common = importlib.import_module("symnmf_kernels.ops._common")
+
+
+@pytest.fixture(autouse=True, params=["native", "triton"])
+def path(request, monkeypatch):
+    if request.node.get_closest_marker("gpu"):
+        if request.param == "native" or not torch.cuda.is_available():
+            pytest.skip("the GPU's case: the Triton kernels compiled, on CUDA tensors")
+    elif request.param == "native":
+        monkeypatch.setattr(_common, "interpreting", lambda: False)
+        if not NetChain.applies(torch.eye(2).to_sparse_csr(), torch.ones(2, 1)):
+            pytest.skip("the extension's CPU kernels are not built")
+    elif not (_common.HAS_TRITON and _common.interpreting()):
+        pytest.skip("the Triton path on CPU tensors needs TRITON_INTERPRET=1")
+    return request.param
 
 
 def rel(a, b):
@@ -62,7 +74,9 @@ def objective_and_grads(net, X, chain, grad_residual=0.3):
 @pytest.mark.parametrize("n, r", [(1, 1), (7, 5), (300, 8), (300, 13), (1003, 5)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("restarts, loss_blocks, mu", [(None, "all", 0.0), (3, "last", 0.4)])
-def test_chain_matches_the_op_by_op_objective(n, r, dtype, restarts, loss_blocks, mu):
+def test_chain_matches_the_op_by_op_objective(n, r, dtype, restarts, loss_blocks, mu, path):
+    if path == "triton" and n == 1003 and restarts:
+        pytest.skip("n = 1003 with one problem on the interpreter: each of its launches is 20 s with three")
     X = sparse_graph(n, seed=n + r, dtype=dtype)
     net = trained_looking_net(X, r, restarts, loss_blocks, mu)
     ref = objective_and_grads(net, X, chain=False)
@@ -126,7 +140,11 @@ def test_weights_not_contiguous():
         assert a.shape == b.shape and rel(a, b) <= 2e-5
 
 
-def test_gradcheck_in_float64():
+def test_gradcheck_in_float64(path):
+    if path == "triton":
+        pytest.skip("the interpreter's 150 evaluations take minutes; the Triton path's gradients are checked against "
+                    "the op-by-op objective's, whose ops gradcheck checks on the Triton path (tests/test_symnmf_block.py, "
+                    "tests/test_sparse_loss.py)")
     X = sparse_graph(9, seed=4, per_row=4)
     net = trained_looking_net(X, 2, 2, "all", 0.3, layers=2)
     S0 = net._start_product(X)
@@ -142,8 +160,8 @@ def test_gradcheck_in_float64():
 
 
 @pytest.mark.parametrize("learn_lam", [True, False])
-def test_fit_trains_through_the_chain_as_op_by_op(monkeypatch, learn_lam):
-    X = sparse_graph(300, seed=5, per_row=8)
+def test_fit_trains_through_the_chain_as_op_by_op(monkeypatch, learn_lam, path):
+    X = sparse_graph(300 if path == "native" else 40, seed=5, per_row=8)
     calls = []
     original = NetChain.__call__
 
@@ -192,13 +210,18 @@ def test_not_finite_input_gives_nan():
     assert bool(torch.isnan(loss).all()) and bool(torch.isnan(grads[0]).any())
 
 
-def test_where_the_chain_applies(monkeypatch):
+def test_where_the_chain_applies(path):
     X = sparse_graph(20, seed=7)
     U0 = torch.rand(20, 2, dtype=torch.float64)
     assert NetChain.applies(X, U0)
+    assert NetChain(X, U0, X @ U0).triton == (path == "triton")
     assert not NetChain.applies(X.to_dense(), U0)
-    monkeypatch.setattr(importlib.import_module("symnmf_kernels.ops._common"), "interpreting", lambda: True)
-    assert not NetChain.applies(X, U0) or not importlib.import_module("symnmf_kernels.ops._common").HAS_TRITON
+    assert not NetChain.applies(sparse_graph(40, seed=7), torch.rand(2, 20, 2, dtype=torch.float64))  # not (n, n)
+    # beyond the fused kernels' rank the Triton path is not taken: the chain runs only on the CPU's kernels
+    wide = torch.rand(20, _common.MAX_FUSED_R + 1, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the ops' one warning of the torch path beyond the fused kernels' rank
+        assert NetChain.applies(X, wide) == (path == "native")
 
 
 def test_a_graph_not_exactly_symmetric_is_refused():
@@ -207,3 +230,31 @@ def test_a_graph_not_exactly_symmetric_is_refused():
     U0 = torch.rand(20, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match="exactly symmetric"):
         NetChain(X.to_sparse_csr(), U0, X @ U0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chain_on_a_gpu_matches_the_op_by_op_objective(dtype):
+    """The compiled kernels: the chain against the op-by-op objective on CUDA (float32 within twice the op-by-op
+    objective's own error against float64, plus float32's rounding), and a fit that replays the chain's step
+    from a CUDA graph trains as its eager steps do."""
+    X64 = sparse_graph(1003, seed=21, per_row=12).cuda()
+    net64 = trained_looking_net(X64, 16, 2, "all", 0.2)
+    exact = objective_and_grads(net64, X64, chain=False)
+    X = X64.to(dtype)
+    net = SymNMFNet(16, n_layers=3, n_restarts=2, random_state=0, mu=0.2).initialize(X)
+    with torch.no_grad():
+        for p, p64 in zip(net.parameters(), net64.parameters()):
+            p.copy_(p64)
+        net.U0.copy_(net64.U0)
+    assert NetChain(X, net.U0, net._start_product(X)).triton
+    ops = objective_and_grads(net, X, chain=False)
+    got = objective_and_grads(net, X, chain=True)
+    floor = 1e-13 if dtype == torch.float64 else 1.2e-7
+    for a, b, e in zip([*got[:3], *got[3]], [*ops[:3], *ops[3]], [*exact[:3], *exact[3]]):
+        assert rel(a, e) <= 2 * rel(b, e) + floor, (rel(a, e), rel(b, e))
+    eager = SymNMFNet(4, n_layers=3, random_state=0).fit(X, epochs=30, tol=None, cuda_graph=False)
+    graphed = SymNMFNet(4, n_layers=3, random_state=0).fit(X, epochs=30, tol=None, cuda_graph=True)
+    assert graphed.cuda_graph_ and not eager.cuda_graph_
+    for a, b in zip(graphed.history_["loss"], eager.history_["loss"]):
+        assert abs(a - b) <= 1e-4 * abs(b)

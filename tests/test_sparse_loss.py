@@ -329,6 +329,33 @@ def test_triton_passes_match_torch(monkeypatch, dtype, B, n, r):
             assert a.shape == b.shape and rel_err(a, b) < tol
 
 
+@pytest.mark.skipif(not (INTERPRET or torch.cuda.is_available()), reason="Triton needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B, n, r", [(1, 1, 1), (2, 70, 5), (1, 131, 33), (3, 1003, 16)])
+def test_triton_passes_of_the_net_chain(dtype, B, n, r):
+    """The passes' forms that SymNMF-Net's chain launches, against float64 torch: the terms pass storing
+    R = P - S - lam U beside its sums, and the gradient pass -c (lam R + Y) + cs S taking R and Y = X R with the
+    regulariser's coefficient c."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    U, S, P, W, Y, G, lam, c1, c2 = [t.to(device) for t in _fused_inputs(B, n, r, dtype)]
+    U = U.mT.contiguous().mT  # a column-major operand: the kernels take strides
+    u, s_, p, lam64 = U.double(), S.double(), P.double(), lam.double()[:, None, None]
+    R_want = p - s_ - lam64 * u
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    sums, G_none, R = loss_mod._launch.sparse_loss_terms(U, S, P, lam, with_gram=False, write_r=True)
+    assert G_none is None and R.shape == U.shape and R.dtype == dtype and R.is_contiguous()
+    assert rel_err(R, R_want) < tol
+    want = torch.stack([(u * s_).sum((1, 2)), (R_want * R_want).sum((1, 2)), (R_want * u).sum((1, 2))], -1)
+    assert rel_err(sums, want) < tol
+    assert loss_mod._launch.sparse_loss_terms(U, S, None, lam, with_gram=False, write_r=True)[2] is None
+    dU = loss_mod._launch.sparse_loss_grad(S, S, None, W, Y, lam, c1, None, c2)
+    dU_want = c1.double()[:, None, None] * s_ - c2.double()[:, None, None] * (lam64 * W.double() + Y.double())
+    assert rel_err(dU, dU_want) < tol
+    # NaN in R stays NaN in dU, never zero
+    W[0, 0, 0] = float("nan")
+    assert torch.isnan(loss_mod._launch.sparse_loss_grad(S, S, None, W, Y, lam, c1, None, c2)[0, 0, 0])
+
+
 def test_opcheck_fused_ops():
     U, S, P, W, Y, G, lam, c1, c2 = _fused_inputs(2, 20, 4)
     torch.library.opcheck(torch.ops.symnmf_kernels.sparse_loss_terms.default, (U, S, P, lam))

@@ -787,8 +787,9 @@ class SymNMFNet(nn.Module):
                 optimizer, lambda t: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, epochs) / epochs)))
         X_norm2 = _frob2(X)
         S0 = self._start_product(X)
-        # A sparse X on the CPU: the whole objective in one autograd node (a step's per-op costs cut).
-        chain = NetChain(X, self.U0, S0) if not cuda_graph and NetChain.applies(X, self.U0) else None
+        # A sparse X: the whole objective in one autograd node (on the CPU a step's per-op costs cut, on a GPU
+        # its memory traffic).
+        chain = NetChain(X, self.U0, S0) if NetChain.applies(X, self.U0) else None
 
         history = {"epoch": [], "loss": [], "loss_per_problem": [], "relative_error": [], "sparse_factor": [],
                    "time": []}
@@ -831,7 +832,7 @@ class SymNMFNet(nn.Module):
                         # accumulators, and the stream they were made on, alive into the capture.
                         loss = residual = U = None
                         try:
-                            graph, static = self._capture_step(X, X_norm2, S0, optimizer)
+                            graph, static = self._capture_step(X, X_norm2, S0, optimizer, chain)
                         except _CAPTURE_ERRORS as exc:
                             if graph_requested:
                                 raise CudaGraphCaptureError(f"capturing the training step failed: {exc}") from exc
@@ -885,7 +886,7 @@ class SymNMFNet(nn.Module):
         self.cuda_graph_ = graph is not None
         return self
 
-    def _capture_step(self, X, X_norm2, S0, optimizer):
+    def _capture_step(self, X, X_norm2, S0, optimizer, chain=None):
         """One training step captured in a CUDA graph: (graph, (loss, residual, U_L)), the outputs being
         the tensors each replay overwrites. The eager steps before it compiled the kernels, cached what
         the ops derive from X once, and created Adam's state, none of which may happen during capture."""
@@ -893,7 +894,7 @@ class SymNMFNet(nn.Module):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             optimizer.zero_grad(set_to_none=False)  # the gradients must stay the tensors the graph writes
-            loss, residual, U = self._objective(X, X_norm2, S0)
+            loss, residual, U = self._objective(X, X_norm2, S0, chain)
             loss.sum().backward()
             optimizer.step()
             self.project_lam()

@@ -1,37 +1,42 @@
-"""SymNMF-Net's training objective for a sparse X on the CPU, as one autograd node.
+"""SymNMF-Net's training objective for a sparse X, as one autograd node.
 
 Op by op (`SymNMFNet._objective`), a training step is about 25 autograd nodes: a
 block and a layer loss per layer, each a Python autograd Function with its
 argument checks, reshapes and dispatch. On the CPU those cost more than a
 millisecond a step whatever the graph's size: a step took 2.8 ms op by op and
 1.2 ms here at n = 300, 16.3 and 12.9 ms at n = 20,000 (docs/cpu_backend.md,
-"The net's chain in one node"). Here the whole chain, forward and backward,
-calls the same kernels with the same formulas from one node. What does not change during a fit (X's CSR
+"The net's chain in one node"). On a GPU the nodes' boundaries cost memory
+traffic instead: each weight's two gradients summed by autograd, the
+regulariser's residual formed twice (docs/gpu_performance.md, "SymNMF-Net's
+chain on the GPU"). Here the whole chain, forward and backward, calls the same
+kernels with the same formulas from one node. What does not change during a fit (X's CSR
 arrays, ||X||^2, the start's Gram U_0^T U_0 and its product X U_0) is prepared
 once, and the backward walks the blocks in reverse by hand:
 
-    U_i = ReLU(P_i (G_{i-1} + lam I)^{-1}), G_i = U_i^T U_i          (tall_apply_relu_gram)
-    S_i = X U_i, R_i = P_{i+1} - S_i - lam U_i                       (sparse_loss_terms_csr)
+    U_i = ReLU(P_i (G_{i-1} + lam I)^{-1}), G_i = U_i^T U_i          (`NetChain.block`)
+    S_i = X U_i, R_i = P_{i+1} - S_i - lam U_i                       (`NetChain.terms`)
     loss = sum_i w_i ||X - U_i U_i^T||^2 + beta sum_{i<L} ||R_i||^2 + beta ||R_0||^2 + mu ||U_L||_1
 
 with w_i = 1 for the blocks whose residual is in the loss and R_0 = P_1 - X U_0 - lam U_0. For one problem
 with upstream gradient g, gl = w_i g and gr = beta g, layer i's backward is
 
-    dU_i = -4 gl S_i - 2 gr (X R_i + lam R_i)   (+ mu g at i = L)      (sparse_loss_grad_csr)
+    dU_i = -4 gl S_i - 2 gr (X R_i + lam R_i)   (+ mu g at i = L)      (`NetChain.loss_grad`)
     D_i = 2 gl G_i + dG_i, where block i + 1 gave dG_i
-    dP_i, dGinv_i = the block's backward of dU_i + U_i (D_i + D_i^T)   (tall_apply_relu_backward)
+    dP_i, dGinv_i = the block's backward of dU_i + U_i (D_i + D_i^T),
+        plus 2 gr R_{i-1} in dP_i                                     (`NetChain.block_backward`)
     dG_{i-1} = sym(-Ginv_i dGinv_i Ginv_i), dlam += trace(dG_{i-1})
-    dP_{i+1} += 2 gr R_i, dlam -= 2 gr <R_i, U_i>
+    dlam -= 2 gr <R_i, U_i>
 
-and R_0 adds 2 beta g R_0 to dP_1 and -2 beta g <R_0, U_0> to dlam. The values and gradients are those of
+with R_0 = P_1 - X U_0 - lam U_0 the start's residual (its -2 beta g <R_0, U_0> also in dlam). The values and gradients are those of
 the op-by-op objective (tests/test_net.py compares them).
 """
 import torch
 
-from symnmf_kernels.ops._common import dot64, first_order_only, torch_path_cpu
+from symnmf_kernels.ops import _launch
+from symnmf_kernels.ops._common import dot64, first_order_only, torch_path_cpu, use_triton
 from symnmf_kernels.ops.apply_relu import _fused_native, apply_relu_backward_torch, apply_relu_gram_torch
 from symnmf_kernels.ops.gram import tall_gram
-from symnmf_kernels.ops.sparse_loss import _NATIVE_LOSS
+from symnmf_kernels.ops.sparse_loss import _NATIVE_LOSS, _times_x
 from symnmf_kernels.ops.spd_inverse import spd_inverse_torch
 from symnmf_kernels.sparse import as_csr
 
@@ -46,13 +51,30 @@ def _col(t):
 class NetChain:
     """The fixed parts of one fit, prepared once: `NetChain(X, U0, S0)(P, lam, weights, beta, mu)` gives
     (loss, residual of U_L, U_L) per problem, differentiable in P and lam. X: a sparse, exactly symmetric
-    (n, n) X; U0 (..., n, r): the start; S0: X U0."""
+    (n, n) X; U0 (..., n, r): the start; S0: X U0.
+
+    Two sets of kernels run the same chain: the extension's CPU row loops (the SpMM fused with the passes
+    around it), and on a GPU (or under the Triton interpreter) the Triton kernels beside the SpMM. On the
+    GPU the chain moves less memory than the op-by-op objective: R_i is stored by the forward's terms pass
+    (never formed again, nor its multiple 2 beta R_i), the backward's gradient pass takes R_i and X R_i with
+    the regulariser's coefficient, and the block's backward adds 2 beta R_{i-1} to dP_i as it stores dP_i,
+    where autograd summed the two gradients of each weight in a pass of its own (docs/gpu_performance.md,
+    "SymNMF-Net's step counted in memory traffic").
+    """
 
     @staticmethod
     def applies(X, U0):
-        """Whether the chain runs for this X and start: a sparse X, the extension's CPU kernels, eager mode,
-        and a CPU path that the ops themselves would take (not the Triton interpreter)."""
-        return _NATIVE_LOSS and X.layout != torch.strided and X.is_cpu and torch_path_cpu(U0)
+        """Whether the chain runs for this X and start: a sparse (n, n) X on U0's device, eager mode, and
+        either the Triton kernels (a GPU, or the interpreter) or the extension's CPU kernels on a CPU path
+        that the ops themselves would take."""
+        n, r = U0.shape[-2:]
+        if X.layout == torch.strided or X.device != U0.device or tuple(X.shape) != (n, n):
+            return False
+        if torch.compiler.is_compiling():
+            return False
+        if use_triton(U0, r):
+            return True
+        return _NATIVE_LOSS and X.is_cpu and torch_path_cpu(U0)
 
     def __init__(self, X, U0, S0):
         A = as_csr(X)
@@ -65,12 +87,14 @@ class NetChain:
         self.x_sq = A.squared_norm()
         self.U0 = U0.reshape(self.B, n, r).contiguous()
         self.S0 = S0.reshape(self.B, n, r).contiguous()
+        self.triton = use_triton(self.U0, r)
         self.G0 = tall_gram(self.U0, self.U0)
-        self.eye = torch.eye(r, dtype=U0.dtype)
+        self.eye = torch.eye(r, dtype=U0.dtype, device=U0.device)
         # Whether the block's products take the extension's fused row loops, decided once (shapes and dtype do
         # not change during a fit) rather than by the helpers' checks at each of a step's 2 L calls: at n = 300
         # those checks took 0.15 ms of a 1.1-1.4 ms step. Otherwise the helpers take torch's products.
-        self.fused_block = _fused_native(self.U0, self.G0, self.U0)
+        self.fused_block = not self.triton and _fused_native(self.U0, self.G0, self.U0)
+        self._weights = {}
 
     def __call__(self, P, lam, weights, beta, mu):
         """P: the L weights (..., n, r); lam (...); weights: L floats, 1.0 where a block's residual is in the
@@ -78,17 +102,72 @@ class NetChain:
         loss, residual, U = _Chain.apply(self, tuple(float(w) for w in weights), float(beta), float(mu), lam, *P)
         return loss.reshape(self.batch), residual.reshape(self.batch), U.reshape(*self.batch, *U.shape[-2:])
 
+    def weight_vector(self, weights):
+        """The layers' weights as a float64 tensor on the chain's device, made once: a copy to the device at
+        every step would be a host-to-device transfer, which a CUDA graph's capture cannot hold."""
+        w = self._weights.get(weights)
+        if w is None:
+            w = self._weights[weights] = torch.tensor(weights, dtype=torch.float64, device=self.U0.device)
+        return w
+
+    def lam_term(self, lam_b):
+        """What `inverse` adds to a Gram: lam_b (B,) itself for the Triton kernel, which adds it as it loads the
+        Gram; lam I (B, r, r), formed once a step, on the CPU."""
+        return lam_b if self.triton else _col(lam_b) * self.eye
+
+    def inverse(self, G, lam_term):
+        """(G + lam I)^{-1}, NaN where G + lam I is not positive definite."""
+        if self.triton:
+            return _launch.spd_inverse(G, lam_term)[0]
+        return spd_inverse_torch(G + lam_term)[0]
+
     def block(self, P, Ginv):
         """(U, U^T U) with U = ReLU(P Ginv)."""
+        if self.triton:
+            return _launch.apply_relu_gram(P, Ginv)
         if self.fused_block:
             return torch.ops.symnmf_kernels.tall_apply_relu_gram(P, Ginv)
         return apply_relu_gram_torch(P, Ginv)
 
-    def block_backward(self, grad, U, P, Ginv, H):
-        """(dP, dGinv) of U = ReLU(P Ginv) given dL/dU = grad + U H."""
+    def terms(self, U, P_next, lam_b):
+        """(S, R, sums) of a layer: S = X U, R = P_next - S - lam U (None without P_next) and the float64 sums
+        (B, 3) = (<S, U>, ||R||^2, <R, U>)."""
+        if self.triton:
+            S = _times_x(*self.csr, U, False)
+            sums, _, R = _launch.sparse_loss_terms(U, S, P_next, lam_b, with_gram=False, write_r=True)
+            return S, R, sums
+        S, R, sums = torch.ops.symnmf_kernels.sparse_loss_terms_csr(*self.csr, U, P_next, lam_b)
+        return S, (R if P_next is not None else None), sums
+
+    def loss_grad(self, S, R, lam_b, coef_s, coef_r):
+        """dL/dU of a layer with a regulariser: coef_s S - coef_r (X R + lam R)."""
+        if self.triton:
+            return _launch.sparse_loss_grad(S, S, None, R, _times_x(*self.csr, R, False), lam_b, coef_s, None, coef_r)
+        return torch.ops.symnmf_kernels.sparse_loss_grad_csr(*self.csr, None, S, R, lam_b, coef_s, coef_r)
+
+    def start_residual(self, P1, lam_b):
+        """(R_0, ||R_0||^2, <R_0, U_0> or None) of the start's regulariser, R_0 = P_1 - X U_0 - lam U_0, the
+        sums in float64 per problem: on the Triton path from the terms pass that forms R_0, on the CPU <R_0, U_0>
+        is left to the backward, which needs it only when lam learns."""
+        if self.triton:
+            sums, _, R0 = _launch.sparse_loss_terms(self.U0, self.S0, P1, lam_b, with_gram=False, write_r=True)
+            return R0, sums[:, 1], sums[:, 2]
+        R0 = torch.sub(P1, self.S0).addcmul_(_col(lam_b), self.U0, value=-1)  # one n x r allocation
+        return R0, dot64(R0, R0), None
+
+    def block_backward(self, grad, U, P, Ginv, D, extra):
+        """(dP, E) of U = ReLU(P Ginv) given dL/dU = grad + U (D + D^T), with dP + c R added for extra = (R, c):
+        E's symmetric part is minus the gradient of the Gram that Ginv inverts."""
+        if self.triton:
+            dP, dG, _ = _launch.apply_relu_inverse_backward(grad, U, P, Ginv, D, sym_h=True, dp_extra=extra)
+            return dP, dG.neg_()
+        H = D + D.mT
         if self.fused_block:
-            return torch.ops.symnmf_kernels.tall_apply_relu_backward(grad, U, P, Ginv, H)
-        return apply_relu_backward_torch(grad, U, P, Ginv, H, True, True)
+            dP, dGinv = torch.ops.symnmf_kernels.tall_apply_relu_backward(grad, U, P, Ginv, H)
+        else:
+            dP, dGinv = apply_relu_backward_torch(grad, U, P, Ginv, H, True, True)
+        dP.addcmul_(extra[0], _col(extra[1]))
+        return dP, Ginv @ dGinv @ Ginv
 
 
 class _Chain(torch.autograd.Function):
@@ -100,26 +179,25 @@ class _Chain(torch.autograd.Function):
     def forward(ctx, chain, weights, beta, mu, lam, *P):
         B, n, r = chain.U0.shape
         lam_b = lam.reshape(-1).expand(B).contiguous()
-        lam_eye = _col(lam_b) * chain.eye
+        lam_term = chain.lam_term(lam_b)
         Ps = [p.reshape(B, n, r).contiguous() for p in P]  # the row loops take row-major factors
         L = len(Ps)
         layers, grams, sums = [], [], []
         G = chain.G0
         for i in range(L):
-            Ginv, _ = spd_inverse_torch(G + lam_eye)  # NaN where G + lam I is not positive definite
+            Ginv = chain.inverse(G, lam_term)
             U, G = chain.block(Ps[i], Ginv)
-            P_next = Ps[i + 1] if i + 1 < L else None
-            S, R, layer_sums = torch.ops.symnmf_kernels.sparse_loss_terms_csr(*chain.csr, U, P_next, lam_b)
-            layers.append((Ginv, U, G, S, R if P_next is not None else None))
+            S, R, layer_sums = chain.terms(U, Ps[i + 1] if i + 1 < L else None, lam_b)
+            layers.append((Ginv, U, G, S, R))
             grams.append(G)
             sums.append(layer_sums)
         # residual_i = ||X||^2 - 2 <S_i, U_i> + ||G_i||^2 per layer and problem, in float64
         g = torch.linalg.vector_norm(torch.stack(grams), dim=(-2, -1), dtype=torch.float64)
         sums = torch.stack(sums)  # (L, B, 3): <S, U>, ||R||^2, <R, U>
         residuals = torch.addcmul(chain.x_sq, g, g).sub_(sums[..., 0], alpha=2)
-        total = torch.mv(residuals.mT, torch.tensor(weights, dtype=torch.float64))
-        R0 = torch.sub(Ps[0], chain.S0).addcmul_(_col(lam_b), chain.U0, value=-1)  # one n x r allocation
-        total.add_(sums[:-1, :, 1].sum(0) + dot64(R0, R0), alpha=beta)
+        total = torch.mv(residuals.mT, chain.weight_vector(weights))
+        R0, rr0, ru0 = chain.start_residual(Ps[0], lam_b)
+        total.add_(sums[:-1, :, 1].sum(0) + rr0, alpha=beta)
         if mu:
             total.add_(U.sum((-2, -1), dtype=torch.float64), alpha=mu)
         # The layers' tensors stay on ctx, not in save_for_backward: none is an input, and the backward only reads
@@ -128,8 +206,10 @@ class _Chain(torch.autograd.Function):
         ctx.chain, ctx.weights, ctx.beta, ctx.mu = chain, weights, beta, mu
         ctx.layers, ctx.R0, ctx.lam_b, ctx.lam_shape = layers, R0, lam_b, lam.shape
         ctx.ru = sums[:-1, :, 2].sum(0)  # sum of <R_i, U_i> over the layers' regularisers, for lam's gradient
+        ctx.ru0 = ru0
         ctx.save_for_backward(*P)
         ctx.mark_non_differentiable(U)
+        ctx.set_materialize_grads(False)  # no n x r of zeros for U_L's gradient, which is never used
         return total.to(U.dtype), residuals[-1].to(U.dtype), U
 
     @staticmethod
@@ -145,6 +225,8 @@ class _Chain(torch.autograd.Function):
         g = grad_loss.reshape(-1).expand(B).to(dtype) if grad_loss is not None else lam_b.new_zeros(B)
         two_gr = 2 * beta * g  # a regulariser's weight in its gradients: dP += 2 gr R, dU -= 2 gr (X R + lam R)
         dP = [None] * L
+        # dP_i's second gradient, from the regulariser of P_i against the previous block's output (R_0: the start's)
+        extras = [ctx.R0] + [layer[4] for layer in ctx.layers[:-1]]
         # E_i = Ginv_i dGinv_i Ginv_i: the gradient of G_{i-1} is -E_i symmetrised. Its symmetric part is all that
         # reaches anything (H = D + D^T and the trace for lam), so -E_i itself is added.
         E, traces = None, []
@@ -157,19 +239,17 @@ class _Chain(torch.autograd.Function):
             if E is not None:
                 D.sub_(E)  # ... and of G_i from block i + 1
             if R is not None:
-                dU = torch.ops.symnmf_kernels.sparse_loss_grad_csr(*chain.csr, None, S, R, lam_b, -4 * gl, two_gr)
-                dP[i + 1].addcmul_(R, _col(two_gr))
+                dU = chain.loss_grad(S, R, lam_b, -4 * gl, two_gr)
             else:
                 dU = S * _col(-4 * gl)
                 if mu:
                     dU.add_(_col(mu * g))
-            dP[i], dGinv = chain.block_backward(dU, U, Ps[i], Ginv, D + D.mT)
-            E = Ginv @ dGinv @ Ginv
+            dP[i], E = chain.block_backward(dU, U, Ps[i], Ginv, D, (extras[i], two_gr))
             traces.append(E)
-        dP[0].addcmul_(ctx.R0, _col(two_gr))
         dlam = None
         if ctx.needs_input_grad[4]:
             trace = torch.stack(traces).diagonal(dim1=-2, dim2=-1).sum((0, -1), dtype=torch.float64)
-            ru = ctx.ru + dot64(ctx.R0, chain.U0)  # and the start's: a pass over n x r data only when lam learns
+            # and the start's: on the CPU a pass over n x r data, only when lam learns
+            ru = ctx.ru + (ctx.ru0 if ctx.ru0 is not None else dot64(ctx.R0, chain.U0))
             dlam = (-trace - two_gr.double() * ru).to(dtype).sum_to_size(ctx.lam_shape)
         return (None, None, None, None, dlam, *(d.reshape(p.shape) for d, p in zip(dP, P)))

@@ -163,16 +163,17 @@ def symnmf_block(U, P, lam, precision=None):
     return Y, Ginv, info
 
 
-def _relu_inverse_backward(grad, Y, P, Ginv, H, half, precision, sym_h=False, trace=False):
+def _relu_inverse_backward(grad, Y, P, Ginv, H, half, precision, sym_h=False, trace=False, dp_extra=None):
     """(dP, dG, dG + dG^T, or (dG + dG^T) / 2 with half, trace(dG) (B,) with trace, else None) of
     Y = ReLU(P G^{-1}) given dL/dY = grad + Y @ H (H + H^T with sym_h), with dG = -G^{-T} (P^T Zb) G^{-T}, for
     BLOCK_R <= SMALL_BACKWARD_MAX_BLOCK_R: the ReLU product's backward, then one program per problem for the r x r
     step. Up to BLOCK_R = 16 that program adds up P^T Zb's partial sums itself (one program per problem, as the
-    finalize would be); wider, the finalize's grid of programs does."""
+    finalize would be); wider, the finalize's grid of programs does. dp_extra: as in `apply_backward`."""
     B, _, r = P.shape
     BR = block_r(r)
     from_partials = BR * BR <= FINALIZE_CHUNK
-    dP, PtZb = apply_backward(grad, Y, P, Ginv, H, precision=precision, reduce=not from_partials, sym_h=sym_h)
+    dP, PtZb = apply_backward(grad, Y, P, Ginv, H, precision=precision, reduce=not from_partials, sym_h=sym_h,
+                              dp_extra=dp_extra)
     dG = torch.empty((B, r, r), dtype=P.dtype, device=P.device)
     S = torch.empty_like(dG)
     tr = torch.empty((B,), dtype=P.dtype, device=P.device) if trace else None
@@ -186,19 +187,20 @@ def _relu_inverse_backward(grad, Y, P, Ginv, H, half, precision, sym_h=False, tr
     return dP, dG, S, tr
 
 
-def apply_relu_inverse_backward(grad, Y, P, Ginv, H=None, precision=None, sym_h=False, trace=False):
+def apply_relu_inverse_backward(grad, Y, P, Ginv, H=None, precision=None, sym_h=False, trace=False, dp_extra=None):
     """(dP, dG, trace(dG) (B,) with trace, else None) of Y = ReLU(P G^{-1}) through G^{-1} = inverse(G), given
     dL/dY = grad + Y @ H (H + H^T with sym_h: H the gradient of Y^T Y): dG the symmetrised -G^{-T} dGinv G^{-T}
     (the chain form's backward into its Gram), its trace the gradient of a lam on G's diagonal. Past the r x r
-    kernel's tiles, or where `cublas_products`, the ReLU product's backward and torch's r x r products."""
+    kernel's tiles, or where `cublas_products`, the ReLU product's backward and torch's r x r products.
+    dp_extra: (T, c) adds c[b] T[b] to dP (`apply_backward`)."""
     r = P.shape[-1]
     if block_r(r) > SMALL_BACKWARD_MAX_BLOCK_R or cublas_products(P, r, precision):
         from .spd_inverse import spd_inverse_backward_torch  # the op's own torch path (that module imports this one)
 
-        dP, dGinv = apply_backward(grad, Y, P, Ginv, H, precision=precision, sym_h=sym_h)
+        dP, dGinv = apply_backward(grad, Y, P, Ginv, H, precision=precision, sym_h=sym_h, dp_extra=dp_extra)
         dG = spd_inverse_backward_torch(Ginv, dGinv)
         return dP, dG, (dG.diagonal(dim1=-2, dim2=-1).sum(-1) if trace else None)
-    dP, _, dG, tr = _relu_inverse_backward(grad, Y, P, Ginv, H, True, precision, sym_h, trace)
+    dP, _, dG, tr = _relu_inverse_backward(grad, Y, P, Ginv, H, True, precision, sym_h, trace, dp_extra)
     return dP, dG, tr
 
 
@@ -260,29 +262,36 @@ def apply_relu_gram(P, M, precision=None):
     return Y, reduce_partials(partials, None, r, P.dtype)
 
 
-def apply_backward(grad, Y, A, M, H=None, relu=True, precision=None, reduce=True, sym_h=False):
+def apply_backward(grad, Y, A, M, H=None, relu=True, precision=None, reduce=True, sym_h=False, dp_extra=None):
     """Backward of Y = [ReLU](A @ M): (dA, dM) with dM of shape (B, r, r).
 
     H, when given, adds Y @ H to grad first (the gradient through Y^T Y); with sym_h H is that gradient itself,
     and Y @ (H + H^T) is added (the kernel reads H both ways). reduce=False returns dM as its
     (B, splits, BR, BR) partial sums, for a kernel that adds them up itself (not where `cublas_products`).
+    dp_extra: (T, c), T of A's shape and c (B,), adds c[b] T[b] to dA in the same pass: another gradient of A
+    that would otherwise be summed with dA by a pass of its own (SymNMF-Net's chain: the regulariser's).
     """
     if reduce and cublas_products(A, A.shape[-1], precision):
         if H is not None:
             grad = torch.baddbmm(grad, Y, H + H.mT if sym_h else H)
         # threshold_backward: the gradient passes where Y is NaN, as in the kernel and torch's relu backward
         Zb = torch.ops.aten.threshold_backward(grad, Y, 0) if relu else grad
-        return torch.bmm(Zb, M.mT), torch.bmm(A.mT, Zb)
+        dA = torch.bmm(Zb, M.mT)
+        if dp_extra is not None:
+            dA.addcmul_(dp_extra[1][:, None, None], dp_extra[0])
+        return dA, torch.bmm(A.mT, Zb)
     B, n, r, BR, BN, warps, rows_per_split, splits = _geometry(A, "apply_backward" if H is None else "apply_backward_h")
     dA = torch.empty((B, n, r), dtype=A.dtype, device=A.device)
     partials = _partials(A, B, splits, BR)
     Mt = M.mT  # dA = Zb @ M^T: a transposed view, read through strides
     H_arg = H if H is not None else M
+    T, coef_t = dp_extra if dp_extra is not None else (dA, partials)  # stand-ins for unused pointers
     apply_backward_kernel[(B, splits)](
-        grad, Y, A, Mt, H_arg, dA, partials, n, r, rows_per_split,
-        *grad.stride(), *Y.stride(), *A.stride(), *Mt.stride(), *H_arg.stride(), *dA.stride(),
+        grad, Y, A, Mt, H_arg, dA, partials, T, coef_t, n, r, rows_per_split,
+        *grad.stride(), *Y.stride(), *A.stride(), *Mt.stride(), *H_arg.stride(), *dA.stride(), *T.stride(),
         HAS_H=H is not None, RELU=relu, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(A.dtype),
-        PRECISION=input_precision(A, r, True, precision), SYM_H=sym_h and H is not None, num_warps=warps,
+        PRECISION=input_precision(A, r, True, precision), SYM_H=sym_h and H is not None, HAS_T=dp_extra is not None,
+        num_warps=warps,
     )
     if not reduce:
         return dA, partials
@@ -313,21 +322,25 @@ def sym_loss(X, U, precision=None):
     return partials.sum((1, 2)).to(U.dtype)
 
 
-def sparse_loss_terms(U, S, P, lam, with_gram=True, reduce=True):
+def sparse_loss_terms(U, S, P, lam, with_gram=True, reduce=True, write_r=False):
     """(sums (B, 3) float64 = (<S, U>, ||R||^2, <R, U>), U^T U (B, r, r), or None without with_gram) with
     R = P - S - lam U; P may be None. reduce=False returns the sums as their (B, splits, 3) partials, for
-    `sparse_loss_values`."""
+    `sparse_loss_values`. write_r: R (B, n, r) itself is returned third (None without P), from the same pass."""
     B, n, r, BR, BN, warps, rows_per_split, splits = _geometry(U, "sparse_terms")
     lam = lam.contiguous()  # read as lam[b]: an expanded scalar would be read out of bounds
     sums = torch.empty((B, splits, 3), dtype=torch.float64, device=U.device)
     partials = _partials(U, B, splits, BR) if with_gram else sums  # sums stands in for an unused pointer
     Pt = P if P is not None else U  # stands in for an unused pointer
+    R = torch.empty((B, n, r), dtype=U.dtype, device=U.device) if write_r and P is not None else None
+    Rt = R if R is not None else U
     sparse_loss_terms_kernel[(B, splits)](
-        U, S, Pt, lam, sums, partials, n, r, rows_per_split, *U.stride(), *S.stride(), *Pt.stride(),
+        U, S, Pt, lam, sums, partials, Rt, n, r, rows_per_split, *U.stride(), *S.stride(), *Pt.stride(), *Rt.stride(),
         HAS_P=P is not None, BLOCK_N=BN, BLOCK_R=BR, ACC=acc_dtype(U.dtype), PRECISION=input_precision(U, r, True),
-        HAS_GRAM=with_gram, num_warps=warps,
+        HAS_GRAM=with_gram, WRITE_R=R is not None, num_warps=warps,
     )
-    return (sums.sum(1) if reduce else sums), (reduce_partials(partials, None, r, U.dtype) if with_gram else None)
+    sums = sums.sum(1) if reduce else sums
+    G = reduce_partials(partials, None, r, U.dtype) if with_gram else None
+    return (sums, G, R) if write_r else (sums, G)
 
 
 def sparse_loss_values(partials, G, x_sq, dtype):
@@ -380,20 +393,23 @@ def sparse_reg_grad(U, S, P, lam, coef):
     return W
 
 
-def sparse_loss_grad(U, S, G, W, Y, lam, coef_s, coef_g):
-    """dU = coef_s S + coef_g U G - lam W - Y; W, Y and coef_g may be None (coef_g None: no U G term), the
-    scalars are (B,) tensors."""
+def sparse_loss_grad(U, S, G, W, Y, lam, coef_s, coef_g, coef_w=None):
+    """dU = coef_s S + coef_g U G - cw (lam W + Y), cw = coef_w or 1; W, Y, coef_g and coef_w may be None
+    (coef_g None: no U G term, and then U and G are not read, G may be None); the scalars are (B,) tensors."""
     B, n, r = U.shape
     BN, warps = tiles("sparse_grad", r, U.device)
     dU = torch.empty((B, n, r), dtype=U.dtype, device=U.device)
     Wt = W if W is not None else U  # stand in for unused pointers
     Yt = Y if Y is not None else U
+    Gt = G if G is not None else U
     coef_s = coef_s.contiguous()
     sparse_loss_grad_kernel[(B * triton_cdiv(n, BN),)](
-        U, S, G, Wt, Yt, lam.contiguous(), coef_s, coef_g.contiguous() if coef_g is not None else coef_s, dU, n, r,
-        *U.stride(), *S.stride(), *G.stride(), *Wt.stride(), *Yt.stride(), *dU.stride(),
+        U, S, Gt, Wt, Yt, lam.contiguous(), coef_s, coef_g.contiguous() if coef_g is not None else coef_s,
+        coef_w.contiguous() if coef_w is not None else coef_s, dU, n, r,
+        *U.stride(), *S.stride(), *Gt.stride(), *Wt.stride(), *Yt.stride(), *dU.stride(),
         HAS_W=W is not None, HAS_Y=Y is not None, BLOCK_N=BN, BLOCK_R=block_r(r), ACC=acc_dtype(U.dtype),
-        PRECISION=input_precision(U, r, False), HAS_UG=coef_g is not None, num_warps=warps,
+        PRECISION=input_precision(U, r, False), HAS_UG=coef_g is not None, HAS_CW=coef_w is not None,
+        num_warps=warps,
     )
     return dU
 

@@ -71,16 +71,17 @@ def apply_kernel(
 
 @triton.jit
 def apply_backward_kernel(
-    grad, Y, A, M, H, dA, partials, n, r, rows_per_split,
+    grad, Y, A, M, H, dA, partials, T, coef_t, n, r, rows_per_split,
     stride_gb, stride_gn, stride_gr,
     stride_yb, stride_yn, stride_yr,
     stride_ab, stride_an, stride_ar,
     stride_mb, stride_mr, stride_mc,
     stride_hb, stride_hr, stride_hc,
     stride_db, stride_dn, stride_dr,
+    stride_tb, stride_tn, stride_tr,
     HAS_H: tl.constexpr, RELU: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
-    PRECISION: tl.constexpr = "ieee", SYM_H: tl.constexpr = False,
+    PRECISION: tl.constexpr = "ieee", SYM_H: tl.constexpr = False, HAS_T: tl.constexpr = False,
 ):
     b, s, num_splits, row_start, row_end = split_rows(n, rows_per_split)
     offs_r = tl.arange(0, BLOCK_R)
@@ -99,6 +100,8 @@ def apply_backward_kernel(
             h += _load_square(H, b, r, stride_hb, stride_hc, stride_hr, BLOCK_R, ACC)
         if SPLIT:
             h_hi, h_lo = tf32_split(h)
+    if HAS_T:
+        coef_t_b = tl.load(coef_t + b).to(ACC)
     acc = tl.zeros((BLOCK_R, BLOCK_R), dtype=ACC)
     for start in range(row_start, row_end, BLOCK_N):
         rows = (start + offs_n).to(tl.int64)
@@ -121,6 +124,9 @@ def apply_backward_kernel(
             da = dot_tf32x3(g_hi, g_lo, m_hi, m_lo, tl.zeros((BLOCK_N, BLOCK_R), dtype=ACC))
         else:
             da = tl.dot(g, m, input_precision=PRECISION, out_dtype=ACC)
+        if HAS_T:  # another gradient of A, added as dA is stored rather than by a pass of its own
+            t = tl.load(T + b * stride_tb + rows[:, None] * stride_tn + offs_r[None, :] * stride_tr, mask=mask, other=0.0)
+            da += coef_t_b * t.to(ACC)
         tl.store(dA + b * stride_db + rows[:, None] * stride_dn + offs_r[None, :] * stride_dr, da, mask=mask)
         a = tl.load(A + b * stride_ab + rows[:, None] * stride_an + offs_r[None, :] * stride_ar, mask=mask, other=0.0)
         if SPLIT:

@@ -13,7 +13,9 @@ both losses, one program per problem.
 Backward: `sparse_loss_coefs_kernel` forms the per-problem coefficients (one
 program per problem); `sparse_reg_grad_kernel` writes W = c (P - S - lam U), which is both
 dP and the right-hand side of the backward SpMM; `sparse_loss_grad_kernel`
-writes dU = cs S + cg U G - lam W - Y in one pass (Y the backward SpMM).
+writes dU = cs S + cg U G - lam W - Y in one pass (Y the backward SpMM). SymNMF-Net's
+chain (symnmf.net_chain) has the terms kernel store R instead, and the gradient
+kernel take R and X R with the coefficient c (no W at all).
 
 All tensors are batches (B, n, r) addressed through strides; per-problem
 scalars (lam, coefficients) are (B,) tensors. Scalar reductions accumulate in
@@ -28,17 +30,19 @@ from .gram import split_rows, store_partial
 
 @triton.jit
 def sparse_loss_terms_kernel(
-    U, S, P, lam, sums, gram, n, r, rows_per_split,
+    U, S, P, lam, sums, gram, R, n, r, rows_per_split,
     stride_ub, stride_un, stride_ur,
     stride_sb, stride_sn, stride_sr,
     stride_pb, stride_pn, stride_pr,
+    stride_rb, stride_rn, stride_rr,
     HAS_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
-    PRECISION: tl.constexpr = "ieee", HAS_GRAM: tl.constexpr = True,
+    PRECISION: tl.constexpr = "ieee", HAS_GRAM: tl.constexpr = True, WRITE_R: tl.constexpr = False,
 ):
     """Program (b, s) reduces rows [s * rows_per_split, (s + 1) * rows_per_split) of problem b.
 
     sums[b, s, :] = (<S, U>, ||R||^2, <R, U>) over those rows (float64);
-    gram[b, s] = their BLOCK_R x BLOCK_R part of U^T U (with HAS_GRAM; gram is not written otherwise).
+    gram[b, s] = their BLOCK_R x BLOCK_R part of U^T U (with HAS_GRAM; gram is not written otherwise);
+    with WRITE_R (and HAS_P) R itself is stored, for a backward that keeps it rather than forming it again.
     """
     b, s, num_splits, row_start, row_end = split_rows(n, rows_per_split)
     offs_r = tl.arange(0, BLOCK_R)
@@ -63,6 +67,8 @@ def sparse_loss_terms_kernel(
             res = tl.where(mask, p.to(ACC) - x - lam_b * u, 0.0)  # padding's 0 * inf lam: NaN, not the inf it is
             rr += tl.sum(res * res, axis=0).to(tl.float64)
             ru += tl.sum(res * u, axis=0).to(tl.float64)
+            if WRITE_R:
+                tl.store(R + b * stride_rb + rows[:, None] * stride_rn + offs_r[None, :] * stride_rr, res, mask=mask)
     slot = b * num_splits + s
     tl.store(sums + slot * 3, tl.sum(su, axis=0))
     tl.store(sums + slot * 3 + 1, tl.sum(rr, axis=0))
@@ -157,7 +163,7 @@ def sparse_reg_grad_kernel(
 
 @triton.jit
 def sparse_loss_grad_kernel(
-    U, S, G, W, Y, lam, coef_s, coef_g, dU, n, r,
+    U, S, G, W, Y, lam, coef_s, coef_g, coef_w, dU, n, r,
     stride_ub, stride_un, stride_ur,
     stride_sb, stride_sn, stride_sr,
     stride_gb, stride_gr, stride_gc,
@@ -165,11 +171,14 @@ def sparse_loss_grad_kernel(
     stride_yb, stride_yn, stride_yr,
     stride_db, stride_dn, stride_dr,
     HAS_W: tl.constexpr, HAS_Y: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
-    PRECISION: tl.constexpr = "ieee", HAS_UG: tl.constexpr = True,
+    PRECISION: tl.constexpr = "ieee", HAS_UG: tl.constexpr = True, HAS_CW: tl.constexpr = False,
 ):
-    """dU[b] = coef_s[b] S + coef_g[b] U G[b] - lam[b] W - Y on row tile (b, i), grid (B * row tiles,); W, Y optional.
+    """dU[b] = coef_s[b] S + coef_g[b] U G[b] - cw (lam[b] W + Y) on row tile (b, i), grid (B * row tiles,); W, Y
+    optional, cw = coef_w[b] with HAS_CW and 1 otherwise.
 
-    Without HAS_UG the U G term is left out (U, G and coef_g are not read): the caller's Gram carries it."""
+    Without HAS_UG the U G term is left out (U, G and coef_g are not read): the caller's Gram carries it. With
+    HAS_CW, W is the regulariser's residual R itself and Y = X R, where the layer loss's own backward passes
+    W = 2 greg R and X W: SymNMF-Net's chain keeps R from the forward and never forms W."""
     b, i = row_tile(n, BLOCK_N)
     offs_r = tl.arange(0, BLOCK_R)
     rows = (i * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
@@ -185,10 +194,14 @@ def sparse_loss_grad_kernel(
         )
         ug = tl.dot(u.to(ACC), g.to(ACC), input_precision=PRECISION, out_dtype=ACC)
         d += tl.load(coef_g + b).to(ACC) * ug
+    t = tl.zeros((BLOCK_N, BLOCK_R), dtype=ACC)
     if HAS_W:
         w = tl.load(W + b * stride_wb + rows[:, None] * stride_wn + offs_r[None, :] * stride_wr, mask=mask, other=0.0)
-        d -= tl.load(lam + b).to(ACC) * w.to(ACC)
+        t += tl.load(lam + b).to(ACC) * w.to(ACC)
     if HAS_Y:
         y = tl.load(Y + b * stride_yb + rows[:, None] * stride_yn + offs_r[None, :] * stride_yr, mask=mask, other=0.0)
-        d -= y.to(ACC)
+        t += y.to(ACC)
+    if HAS_CW:
+        t *= tl.load(coef_w + b).to(ACC)
+    d -= t
     tl.store(dU + b * stride_db + rows[:, None] * stride_dn + offs_r[None, :] * stride_dr, d, mask=mask)
