@@ -97,7 +97,7 @@ def test_several_starts_keep_the_highest_modularity(solver, monkeypatch):
     assert fits.start_modularity[fits.start] == pytest.approx(modularity(X, fits.labels, 4), rel=1e-12)
     # X is not a normalised graph: the fits run on X / scale (similarity_scale) and scale U back
     assert fits.scale == pytest.approx(torch.linalg.eigvalsh(X)[-1].item(), rel=1e-6)
-    X_fit, root = X * (1.0 / fits.scale), fits.scale**0.5
+    X_fit, root = X / fits.scale, fits.scale**0.5
     starts = fitting.init_factor(X_fit, 4, fitting.make_generator(3), batch_shape=(5,))
     alone = FUNCTIONS[solver](X_fit, starts[fits.start], max_iter=60)
     assert torch.allclose(fits.U, alone.U * root, rtol=1e-10, atol=1e-12) and fits.n_iter == alone.n_iter
@@ -119,7 +119,8 @@ def test_several_starts_refusals():
 def test_a_fit_does_not_depend_on_the_scale_of_the_similarity(solver, monkeypatch):
     """fit_affinity(c A) = sqrt(c) fit_affinity(A): the solvers see every A at the scale of a normalised
     graph (largest eigenvalue 1), whatever units its weights come in, and float32 neither over- nor
-    underflows at c = 1e-30 or 1e30. On the torch path: the rule is the fit path's, not a kernel's."""
+    underflows at c = 1e-30 or 1e30, nor at 2^-130, where A's entries are subnormal and 1 / ||A||_2 is beyond
+    float32's range. On the torch path: the rule is the fit path's, not a kernel's."""
     from symnmf_kernels.ops import _common
 
     monkeypatch.setattr(_common, "interpreting", lambda: False)
@@ -137,7 +138,7 @@ def test_a_fit_does_not_depend_on_the_scale_of_the_similarity(solver, monkeypatc
         assert torch.allclose(fit.U, base.U * c**0.5, rtol=1e-7, atol=1e-9 * c**0.5)
     A32 = A.astype(np.float32)
     small = fit_affinity(build_affinity(A32, "precomputed", device="cpu"), 4, solver, random_state=1, **options)
-    for c in (1e-30, 1e30):
+    for c in (1e-30, 1e30, 2.0**-130):
         fit = fit_affinity(build_affinity(A32 * np.float32(c), "precomputed", device="cpu"), 4, solver,
                            random_state=1, **options)
         assert bool(torch.isfinite(fit.U).all()) and fit.U.dtype == torch.float32

@@ -162,13 +162,14 @@ def snapped_scale(s):
     return 1.0 if abs(s - 1.0) <= SCALE_TOL else s
 
 
-def scaled_similarity(A, factor):
-    """factor * A; a sparse A keeps its index tensors (only the values are new)."""
+def scaled_similarity(A, scale):
+    """A / scale; a sparse A keeps its index tensors (only the values are new). Divided, not multiplied by
+    1 / scale: for an A of subnormal scale 1 / scale overflows A's dtype (and 0 * inf is NaN)."""
     if A.layout == torch.strided:
-        return A * factor
+        return A / scale
     with warnings.catch_warnings():  # torch's "sparse CSR is beta" notice
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(A.crow_indices(), A.col_indices(), A.values() * factor, A.shape,
+        return torch.sparse_csr_tensor(A.crow_indices(), A.col_indices(), A.values() / scale, A.shape,
                                        check_invariants=False)
 
 
@@ -474,7 +475,7 @@ def fit_affinity(A, rank, solver="hals", *, random_state=None, max_iter=None, to
         # The fit runs on A / scale (`similarity_scale`); a penalty given as a number is in A's units.
         scale = similarity_scale(A)
         if scale != 1.0:
-            A = scaled_similarity(A, 1.0 / scale)
+            A = scaled_similarity(A, scale)
             lam = _per_scale(lam, scale)
         sync_device(device)
         start = time.perf_counter()

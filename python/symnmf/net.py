@@ -264,7 +264,7 @@ def spectral_norm(X, iters=50, unit=1.0):
     for _ in range(iters):
         w = _times(X, v)
         if unit != 1.0:
-            w.mul_(1.0 / unit)
+            w.div_(unit)  # not times 1 / unit, which overflows X's dtype for a subnormal unit
         est = w.pow(2).sum((-2, -1)).sqrt()
         v = w / _batch_view(torch.clamp(est, min=torch.finfo(X.dtype).tiny))
     return est if unit == 1.0 else est * unit
@@ -1446,7 +1446,7 @@ def fit_net(X, n_components, recipe="default", random_state=None, device=None, d
     if scale != 1.0:
         from .fitting import _per_scale, scaled_similarity
 
-        X = scaled_similarity(X, 1.0 / scale)
+        X = scaled_similarity(X, scale)
         settings["lam"] = _per_scale(settings["lam"], scale)
     start = time.perf_counter()
     net = SymNMFNet(
