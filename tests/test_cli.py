@@ -142,6 +142,9 @@ def test_cluster_input_errors_are_one_line_before_any_fit(tmp_path, capsys, monk
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "garbage.npy").write_bytes(b"not numpy")  # numpy alone would call it an object array
     (tmp_path / "garbage.npz").write_bytes(b"not a zip")
+    y_nan = np.arange(12.0) % 3
+    y_nan[5] = np.nan  # np.unique would count NaN as a fourth class
+    np.save(tmp_path / "y_nan.npy", y_nan)
     (tmp_path / "saved").mkdir()
     (tmp_path / "saved" / "shards.json").write_text("{}")
     cases = [
@@ -173,6 +176,7 @@ def test_cluster_input_errors_are_one_line_before_any_fit(tmp_path, capsys, monk
         (["ok.npy", "-k", "2", "--solver", "hals", "--epochs", "3"], "--epochs applies to SymNMF-Net"),
         (["ok.npy", "-k", "2", "--solver", "pgd", "--lr", "0.1", "--absolute-lr"], "--lr, --absolute-lr applies"),
         (["ok.npy", "-k", "2", "--max-iter", "3", "--epochs", "4"], "--max-iter and --epochs both"),
+        (["ok.npy", "--labels", "y_nan.npy"], "the true labels have NaN or infinite entries"),
     ]
     for argv, message in cases:
         argv = [str(tmp_path / a) if a.endswith((".npy", ".npz", ".csv")) else a for a in argv]
@@ -284,6 +288,11 @@ def test_load_matrix_formats(tmp_path, rng):
     np.savetxt(tmp_path / "f.csv", F, delimiter=",")
     M, _ = load_matrix(str(tmp_path / "f.csv"))
     assert np.allclose(M, F)
+    # scipy.sparse.save_npz in each of its formats is the graph it saved (a DIA file's diagonals are no features)
+    for fmt in ("csr", "csc", "coo", "dia", "bsr"):
+        sp.save_npz(tmp_path / f"g_{fmt}.npz", A.asformat(fmt))
+        M, labels = load_matrix(str(tmp_path / f"g_{fmt}.npz"))
+        assert sp.issparse(M) and labels is None and np.allclose(M.toarray(), A.toarray()), fmt
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ def _read(path, key):
     elif ext == ".npz":
         with np.load(path, allow_pickle=False) as archive:
             keys = list(archive.keys())
-            if {"format", "indptr", "indices", "data", "shape"} <= set(keys):
+            if {"format", "shape"} <= set(keys):  # scipy.sparse.save_npz, in any of its formats (CSR, COO, DIA, ...)
                 import scipy.sparse as sp
 
                 matrix = sp.load_npz(path).tocsr()
@@ -323,6 +323,17 @@ def _sharded_source(args):
     return matrix, "precomputed" if affinity == "precomputed" else "nearest_neighbors", matrix.shape[0], labels
 
 
+def _check_labels(labels_true, n):
+    """CommandError for true labels that cannot score a clustering of n samples: another length, or NaN (which
+    np.unique would count as a class of its own, and the scores refuse after the whole fit)."""
+    if labels_true is None:
+        return
+    if len(labels_true) != n:
+        raise CommandError(f"--labels has {len(labels_true)} entries but the input has {n} rows")
+    if np.asarray(labels_true).dtype.kind in "fc" and not np.all(np.isfinite(labels_true)):
+        raise CommandError("the true labels have NaN or infinite entries: every sample needs a label")
+
+
 def _n_clusters(args, labels_true, n):
     """-k, or the number of classes in the labels; CommandError without either, or outside [1, n]."""
     k = args.n_clusters
@@ -373,8 +384,7 @@ def _cluster_sharded(args, threads):
                            "process (or build the graph first and pass the .npz)")
     if args.labels is not None:
         labels_true = _load_labels(args.labels)
-    if labels_true is not None and len(labels_true) != n:
-        raise CommandError(f"--labels has {len(labels_true)} entries but the input has {n} rows")
+    _check_labels(labels_true, n)
     k = _n_clusters(args, labels_true, n)
     options = {}
     if args.solver == "net":  # the same recipe and settings as the single-process fit
@@ -452,8 +462,7 @@ def _cluster(args):  # torch is imported here, not at the top: `symnmf --help` s
         source = args.input
     if args.labels is not None:
         labels_true = _load_labels(args.labels)
-    if labels_true is not None and len(labels_true) != matrix.shape[0]:
-        raise CommandError(f"--labels has {len(labels_true)} entries but the input has {matrix.shape[0]} rows")
+    _check_labels(labels_true, matrix.shape[0])
 
     affinity = args.affinity
     if affinity == "auto":
