@@ -14,7 +14,8 @@
 # Environment: PYTHON (default python3), OUT (default: a fresh temporary folder),
 # RUN_GPU_BUDGET_S, RUN_GPU_STEPS (default "install gpu_tests bench_net_fit bench_block bench_spmm bench_solvers";
 # add any of these, about how long each takes:
-#   net_step          SymNMF-Net's training step against the same network in plain torch, about 2 minutes
+#   net_step          SymNMF-Net's training step (its objective in one node and op by op) against the same
+#                     network in plain torch, about 2 minutes
 #   net_profile       each kernel's share of that step at 1M nodes, r = 64, L = 10 (torch.profiler), about 60 s
 #   bench_nnls        the NNLS op against scipy, about 25 s
 #   nnls_symanls      SymANLS's NNLS calls at 1M nodes on each GPU path, r = 64 and 16, about 2 minutes
