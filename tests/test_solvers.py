@@ -476,3 +476,25 @@ def test_line_search_settings_that_cannot_work_are_refused(solver):
         for name in ("refactor_every", "cg_max_iter", "cg_check_every"):
             with pytest.raises(ValueError, match=name):
                 solve(X, 2, solver, random_state=0, max_iter=3, **{name: 0})
+
+
+def test_a_callers_scipy_matrix_is_left_as_it_was(tmp_path):
+    """A CSR whose rows are not sorted is canonicalised on a copy: scipy shares the caller's data array with the
+    CSR it converts (while copying the index array to int32), so sorting it in place had the caller's arrays
+    describe another matrix. The same for the metrics and the sharded graph's files."""
+    import symnmf.distributed as sd
+    from symnmf.metrics import modularity
+
+    def unsorted():
+        indptr = np.array([0, 2, 3, 4])
+        indices = np.array([2, 1, 0, 0])  # row 0's columns in descending order: a valid CSR, not canonical
+        data = np.array([1.0, 0.5, 0.5, 1.0])
+        return (data, indices, indptr), scipy.sparse.csr_matrix((data, indices, indptr), shape=(3, 3))
+
+    for use in (lambda X: solve(X, 1, "hals", random_state=0, max_iter=2), lambda X: modularity(X, [0, 0, 1]),
+                lambda X: sd.save_shards(X, str(tmp_path / "shards"), 1)):
+        arrays, X = unsorted()
+        before = [a.copy() for a in arrays]
+        use(X)
+        assert all(np.array_equal(a, b) for a, b in zip(arrays, before))
+        assert np.array_equal(X.toarray(), scipy.sparse.csr_matrix(arrays, shape=(3, 3)).toarray())

@@ -67,7 +67,7 @@ from .solvers.linesearch import check_search
 from .solvers.newton import DEFAULTS as _NEWTON_DEFAULTS, cg_direction, is_descent
 from .solvers.nnls import nnls_gram
 from .solvers.pgd import DEFAULTS as _PGD_DEFAULTS
-from .validation import as_similarity, check_device, check_similarity, is_int, power_of_two_scale
+from .validation import as_similarity, canonical_csr, check_device, check_similarity, is_int, power_of_two_scale
 
 __all__ = [
     "Comm", "row_offsets", "BALANCES", "read_npz_rows", "save_shards", "HaloPlan", "ShardedGraph", "init_factor",
@@ -302,9 +302,7 @@ def save_shards(X, directory, parts, *, order=None):
     """
     import scipy.sparse as sp
 
-    A = sp.csr_matrix(X)
-    A.sum_duplicates()
-    A.sort_indices()
+    A = canonical_csr(sp.csr_matrix(X))
     n = A.shape[0]
     if A.shape[1] != n:
         raise ValueError(f"X must be square, got shape {A.shape}")

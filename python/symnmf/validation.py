@@ -66,6 +66,18 @@ def check_device(device, name="device"):
     return device
 
 
+def canonical_csr(X):
+    """A scipy.sparse matrix (any format) as a CSR with sorted indices and no duplicates. A CSR not in that form is
+    copied first: scipy's tocsr() returns the matrix itself, whose in-place sort would permute the caller's data
+    array (which it shares) and not its index array (which it may have copied to another integer type)."""
+    A = X.tocsr()
+    if not A.has_canonical_format:
+        A = A.copy() if A is X else A
+        A.sum_duplicates()
+        A.sort_indices()
+    return A
+
+
 def as_similarity(X, device=None, dtype=None, name="X"):
     """X (numpy, scipy.sparse, or torch; dense or sparse) as a torch tensor.
 
@@ -73,9 +85,7 @@ def as_similarity(X, device=None, dtype=None, name="X"):
     dtype defaults to float32 for integer or float16 input, else X's own float dtype.
     """
     if is_scipy_sparse(X):
-        X = X.tocsr()
-        X.sum_duplicates()
-        X.sort_indices()
+        X = canonical_csr(X)
         with warnings.catch_warnings():  # torch's "sparse CSR is beta" notice
             warnings.simplefilter("ignore", UserWarning)
             X = torch.sparse_csr_tensor(
