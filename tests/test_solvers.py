@@ -498,3 +498,50 @@ def test_a_callers_scipy_matrix_is_left_as_it_was(tmp_path):
         use(X)
         assert all(np.array_equal(a, b) for a, b in zip(arrays, before))
         assert np.array_equal(X.toarray(), scipy.sparse.csr_matrix(arrays, shape=(3, 3)).toarray())
+
+
+def _k22():
+    """The complete bipartite graph K_{2,2}, normalised (||X||_2 = 1): Kuang's rank-1 start from seed 0 fits it
+    worse than the zero factor does."""
+    A = torch.zeros(4, 4, dtype=torch.float64)
+    A[:2, 2:] = A[2:, :2] = 1
+    d = A.sum(1).sqrt()
+    return A / d[:, None] / d[None, :]
+
+
+@pytest.mark.parametrize("solver", ["pgd", "newton"])
+def test_the_line_search_never_steps_to_the_zero_factor(solver):
+    """From a start with f(U0) > f(0) = ||X||^2 the unit step clips every entry to 0, a decrease that the Armijo
+    rule accepts; there the gradient vanishes, and the solver stopped "converged" with U = 0 (a saddle point).
+    The search now takes a shorter step, and reaches the rank-1 optimum, E = 1/2, as the other solvers do. The
+    same for the row-sharded solver, and for X = [[3]]."""
+    import symnmf.distributed as sd
+
+    X = _k22()
+    U0 = solve(X, 1, solver, random_state=0, max_iter=0).U
+    assert float((X - U0 @ U0.T).pow(2).sum()) > float(X.pow(2).sum())
+    result = solve(X, 1, solver, random_state=0)
+    assert result.converged and result.history["rel_error"][-1] == pytest.approx(0.5, abs=1e-6)
+    assert bool((result.U > 0).all())
+    sharded = sd.pgd(sd.ShardedGraph.from_matrix(X.numpy()), U0.clone())
+    assert sharded.converged and sharded.history["rel_error"][-1] == pytest.approx(0.5, abs=1e-6)
+    one = solve(torch.tensor([[3.0]], dtype=torch.float64), 1, solver, random_state=0)
+    assert float(one.U) ** 2 == pytest.approx(3.0, rel=1e-2)  # not 0, within the tolerance tol = 1e-4
+
+
+def test_zero_starts_reversed_views_and_seeds_out_of_range():
+    """An all-zero U0 (where every gradient vanishes) is refused; numpy's reversed views (negative strides, which
+    torch does not take) are accepted as the arrays they show; a seed beyond a torch generator's range names the
+    argument."""
+    X = _k22().numpy()
+    with pytest.raises(ValueError, match="U0 is all zero"):
+        solve(X, 1, "hals", U0=np.zeros((4, 1)))
+    U0 = np.random.default_rng(0).random((4, 2))
+    for view in (U0[::-1], np.flip(U0, 1)):
+        want = solve(X, 2, "hals", U0=view.copy(), max_iter=5).U
+        assert torch.equal(solve(X, 2, "hals", U0=view, max_iter=5).U, want)
+    assert torch.equal(solve(X[::-1, ::-1], 2, "hals", random_state=0, max_iter=5).U,
+                       solve(X[::-1, ::-1].copy(), 2, "hals", random_state=0, max_iter=5).U)
+    for seed in (2**64, -2**63 - 1):
+        with pytest.raises(ValueError, match="random_state must be an int in"):
+            solve(X, 1, "hals", random_state=seed)

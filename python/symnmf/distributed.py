@@ -1023,28 +1023,30 @@ def anls(graph, U0, *, lam="kuang", max_iter=None, tol=None, callback=None, verb
     )
 
 
-def _objective_change(graph, S, XS, H, XH, G, grad):
-    """(f(H + S) - f(H), <grad, S>) as `solvers.linesearch`, their sums over all ranks in one all_reduce."""
+def _objective_change(graph, S, XS, H, XH, G, grad, Hn):
+    """(f(H + S) - f(H), <grad, S>, the number of non-zero entries of Hn = H + S) as `solvers.linesearch`, their
+    sums over all ranks in one all_reduce."""
     r = H.shape[1]
     SH = S.mT @ H
     StS = S.mT @ S
-    sums = torch.stack([(S * XH).sum(), (S * XS).sum(), (grad * S).sum()])
+    sums = torch.stack([(S * XH).sum(), (S * XS).sum(), (grad * S).sum(), Hn.count_nonzero().to(S.dtype)])
     packed = graph.comm.all_reduce(torch.cat([SH.reshape(-1), StS.reshape(-1), sums]))
     SH, StS = packed[: r * r].reshape(r, r), packed[r * r: 2 * r * r].reshape(r, r)
     delta = SH + SH.mT + StS
-    return -4 * packed[-3] - 2 * packed[-2] + 2 * (G * delta).sum() + delta.pow(2).sum(), packed[-1]
+    return -4 * packed[-4] - 2 * packed[-3] + 2 * (G * delta).sum() + delta.pow(2).sum(), packed[-2], packed[-1]
 
 
 def _armijo(graph, H, XH, G, grad, direction, sigma, beta, max_trials):
     """`solvers.linesearch.armijo_projected` sharded: (H_new, X H_new, accepted), one halo exchange and one
-    all_reduce per trial; every rank accepts the same trial from the same sums."""
+    all_reduce per trial; every rank accepts the same trial from the same sums, and none that clips the whole
+    factor to zero (a saddle point, where the gradient vanishes)."""
     a = 1.0
     for _ in range(max_trials):
         Hn = torch.clamp(H - a * direction, min=0)
         XHn = graph.matmul(Hn)
         S = Hn - H
-        change, decrease = _objective_change(graph, S, XHn - XH, H, XH, G, grad)
-        if bool(change <= sigma * decrease):
+        change, decrease, nonzero = _objective_change(graph, S, XHn - XH, H, XH, G, grad, Hn)
+        if bool((change <= sigma * decrease) & (nonzero > 0)):
             return Hn, XHn, True
         a *= beta
     return H, XH, False

@@ -97,7 +97,9 @@ def as_similarity(X, device=None, dtype=None, name="X"):
             )
     elif isinstance(X, np.ndarray) or not isinstance(X, torch.Tensor):
         array = np.asarray(X)
-        X = torch.as_tensor(array if array.flags.writeable else array.copy())  # torch refuses read-only memory
+        # torch refuses read-only memory and reversed views (negative strides)
+        copy = not array.flags.writeable or any(s < 0 for s in array.strides)
+        X = torch.as_tensor(array.copy() if copy else array)
     elif X.layout == torch.sparse_coo:
         X = X.coalesce().to_sparse_csr()
     elif X.layout not in (torch.strided, torch.sparse_csr):

@@ -40,7 +40,8 @@ def _initial_factor(U0, X, rank):
     elif is_scipy_sparse(U0):
         raise TypeError("U0 must be a dense tensor or array, got a scipy.sparse matrix (U0.toarray())")
     else:
-        U0 = torch.as_tensor(np.asarray(U0))
+        U0 = np.asarray(U0)
+        U0 = torch.as_tensor(U0.copy() if any(s < 0 for s in U0.strides) else U0)  # torch takes no reversed view
     if U0.layout != torch.strided:
         raise TypeError("U0 must be a dense tensor or array")
     if tuple(U0.shape) != (n, rank):
@@ -50,6 +51,9 @@ def _initial_factor(U0, X, rank):
         raise ValueError("U0 has NaN or infinite entries")
     if bool((U0 < 0).any()):
         raise ValueError("U0 has negative entries; a SymNMF factor is non-negative (clip it at 0)")
+    if not bool(U0.any()):
+        raise ValueError("U0 is all zero: a saddle point of the objective, where every solver's gradient vanishes "
+                         "(the fit would stop there at once); pass a start with positive entries")
     return U0
 
 

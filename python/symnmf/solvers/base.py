@@ -83,8 +83,11 @@ class SolverResult:
 
 def as_seed(random_state):
     """An int seed from sklearn-style random_state: None (numpy's global random state, as in
-    scikit-learn), an int (itself), or a numpy RandomState / Generator (one draw from it)."""
+    scikit-learn), an int (itself, within the range a torch generator takes), or a numpy RandomState /
+    Generator (one draw from it)."""
     if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+        if not -2**63 <= int(random_state) < 2**64:
+            raise ValueError(f"random_state must be an int in [-2**63, 2**64 - 1], got {random_state}")
         return int(random_state)
     if isinstance(random_state, np.random.Generator):
         return int(random_state.integers(0, 2**31 - 1))

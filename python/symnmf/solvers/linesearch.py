@@ -42,10 +42,18 @@ def objective_change(S, XS, H, XH, G):
 
 
 def armijo_projected(problem, H, XH, G, grad, direction, *, sigma=0.1, beta=0.1, max_trials=30):
-    """Returns (H_new, X H_new, accepted). Not accepted after max_trials: (H, X H, False)."""
+    """Returns (H_new, X H_new, accepted). Not accepted after max_trials: (H, X H, False).
+
+    A trial that clips the whole factor to zero is never taken, however much it decreases f: H = 0 is a saddle
+    point of ||X - H H^T||^2 (for X >= 0 and not zero, f decreases from it along X's Perron vector) where the
+    gradient vanishes, so a solver that stepped there stopped at once, "converged", with the zero factor. A start
+    that fits X worse than zero does (f(H) > ||X||^2) made the unit step do so."""
     a = 1.0
     for _ in range(max_trials):
         Hn = torch.clamp(H - a * direction, min=0)
+        if not bool(Hn.any()):
+            a *= beta
+            continue
         XHn = problem.matmul(Hn)
         S = Hn - H
         if bool(objective_change(S, XHn - XH, H, XH, G) <= sigma * (grad * S).sum()):
