@@ -228,6 +228,13 @@ def test_transform_is_row_wise_on_precomputed_rows(graph, fitted_hals):
     np.testing.assert_array_equal(model.transform(A), model.embedding_)
     np.testing.assert_array_equal(model.transform(A[[5, 2]]), model.embedding_[[5, 2]])
     np.testing.assert_array_equal(model.transform(sp.csr_matrix(A[[9]])), model.embedding_[[9]])
+    # fitted in float32 from float64 data: the data are matched in the fit's dtype
+    A64 = np.asarray(A, dtype=np.float64) * (1 + 1e-3 * np.random.default_rng(0).random(A.shape))
+    A64 = (A64 + A64.T) / 2  # values float32 cannot hold
+    model32 = SymNMF(3, solver="hals", affinity="precomputed", random_state=0, dtype=torch.float32).fit(A64)
+    np.testing.assert_array_equal(model32.transform(A64), model32.embedding_)
+    np.testing.assert_array_equal(model32.transform(A64[[5, 2]]), model32.embedding_[[5, 2]])
+    np.testing.assert_array_equal(model32.transform(sp.csr_matrix(A64)), model32.embedding_)
 
 
 def test_threads_are_restored_after_fit(graph):
@@ -285,6 +292,26 @@ def test_positive_only_tag_follows_the_affinity(monkeypatch):
         model = SymNMF(3, solver="hals", affinity=affinity, random_state=0, max_iter=20)
         assert model.__sklearn_tags__().input_tags.positive_only == (affinity == "precomputed")
         check_positive_only_tag_during_fit("SymNMF", model)
+    from symnmf import SpecNet2
+
+    for affinity in ("precomputed", "nearest_neighbors"):  # SpecNet2 refuses a negative similarity too
+        model = SpecNet2(2, affinity=affinity, random_state=0, epochs=2)
+        assert model.__sklearn_tags__().input_tags.positive_only == (affinity == "precomputed")
+        check_positive_only_tag_during_fit("SpecNet2", model)
+
+
+def test_a_precomputed_affinity_of_complex_or_too_large_values_is_refused_by_name():
+    """A cast to float would cut complex numbers to their real part (torch only warns), and a float64 entry of
+    1e300 made float32 was reported as "NaN or infinite"."""
+    from symnmf.fitting import build_affinity
+
+    A = np.array([[0.0, 1.0], [1.0, 0.0]])
+    for bad in (A + 1j * A, torch.from_numpy(A + 1j * A), sp.csr_matrix(A + 1j * A)):
+        with pytest.raises(TypeError, match="must hold real numbers"):
+            build_affinity(bad, "precomputed")
+    with pytest.raises(ValueError, match="too large for torch.float32; pass dtype=torch.float64"):
+        build_affinity(A * 1e300, "precomputed", dtype=torch.float32)
+    assert float(build_affinity(A * 1e300, "precomputed").max()) == 1e300  # float64 stays float64
 
 
 @pytest.mark.parametrize("solver", ["hals", "anls"])

@@ -422,7 +422,8 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
 
         Row by row (the result for a sample does not depend on the others):
 
-        - X equal to the fitted data as a whole gets embedding_;
+        - X equal to the fitted data as a whole gets embedding_ (with
+          affinity="precomputed", equal in the fit's dtype);
         - otherwise, a sample equal to a fitted one (the same feature vector, or
           with affinity="precomputed" the same row of similarities) gets that
           sample's row of embedding_ (of the first such sample: repeated samples
@@ -438,6 +439,8 @@ class SymNMF(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         X = self._validate(X, reset=False)
         if self._graph is None and bool(((X.data if is_scipy_sparse(X) else X) < 0).any()):
             raise ValueError("Negative values in data: X has negative entries; similarities must be non-negative")
+        if self._graph is None:  # compared with the fitted affinity, which is X in the fit's dtype (`dtype`)
+            X = X.astype(self.affinity_matrix_.dtype, copy=False)
         if self._is_fitted_data(X):
             return self.embedding_.copy()
         match, rows = self._match_fitted(X)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .validation import check_device, is_scipy_sparse, power_of_two_scale
+from .validation import array_as_tensor, check_device, is_scipy_sparse, power_of_two_scale
 
 __all__ = ["similarity_graph", "knn_search", "faiss_knn_search", "GraphScales", "similarity_to_graph",
            "candidates_per_row", "keep_nearest", "block_candidates"]
@@ -61,7 +61,7 @@ def _as_features(features, device, dtype, min_samples=2):
         array = np.asarray(features)
         if array.dtype.kind not in "biuf":  # complex, strings, objects: nothing a distance is defined on here
             raise TypeError(f"features must hold real numbers, got an array of {array.dtype}")
-        X = torch.as_tensor(array if array.flags.writeable else array.copy())  # torch refuses read-only memory
+        X = array_as_tensor(array)
     if X.is_complex():  # the cast below would drop the imaginary part
         raise TypeError(f"features must hold real numbers, got a tensor of {X.dtype}")
     X = X.detach()  # a graph of the data, not a function of it to differentiate
@@ -288,7 +288,8 @@ def similarity_graph(
     return_scales : bool
         Also return what `similarity_to_graph` needs to join new samples to
         the graph: its `GraphScales` and the features as used (a torch tensor:
-        unit rows for cosine, the features times `GraphScales.unit` otherwise).
+        unit rows for cosine, otherwise the features times `GraphScales.unit`
+        less `GraphScales.center`).
     neighbors : "auto" | "exact" | "faiss"
         The neighbour search. "exact": blocked matrix products (any device).
         "faiss": FAISS's approximate HNSW index on the CPU (pip install

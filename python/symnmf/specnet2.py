@@ -411,6 +411,7 @@ class SpecNet2(ClusterMixin, TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.pairwise = self.affinity == "precomputed"
         tags.input_tags.sparse = self.affinity == "precomputed"
+        tags.input_tags.positive_only = self.affinity == "precomputed"  # a similarity with a negative entry is refused
         return tags
 
     # ------------------------------------------------------------------ input

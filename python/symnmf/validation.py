@@ -66,6 +66,21 @@ def check_device(device, name="device"):
     return device
 
 
+def array_as_tensor(array):
+    """torch.as_tensor of a numpy array, without a copy where torch can share its memory: read-only memory and
+    reversed views (negative strides), which torch refuses, are copied first."""
+    copy = not array.flags.writeable or any(s < 0 for s in array.strides)
+    return torch.as_tensor(array.copy() if copy else array)
+
+
+def _real(X, name):
+    """TypeError unless X (a numpy array, scipy.sparse matrix or torch tensor) holds real numbers: a cast to a
+    float dtype would cut complex numbers to their real part, with a warning at most."""
+    kind = X.dtype.kind if not isinstance(X, torch.Tensor) else ("c" if X.is_complex() else "f")
+    if kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got {X.dtype}")
+
+
 def canonical_csr(X):
     """A scipy.sparse matrix (any format) as a CSR with sorted indices and no duplicates. A CSR not in that form is
     copied first: scipy's tocsr() returns the matrix itself, whose in-place sort would permute the caller's data
@@ -97,9 +112,8 @@ def as_similarity(X, device=None, dtype=None, name="X"):
             )
     elif isinstance(X, np.ndarray) or not isinstance(X, torch.Tensor):
         array = np.asarray(X)
-        # torch refuses read-only memory and reversed views (negative strides)
-        copy = not array.flags.writeable or any(s < 0 for s in array.strides)
-        X = torch.as_tensor(array.copy() if copy else array)
+        _real(array, name)
+        X = array_as_tensor(array)
     elif X.layout == torch.sparse_coo:
         X = X.coalesce().to_sparse_csr()
     elif X.layout not in (torch.strided, torch.sparse_csr):
@@ -108,8 +122,16 @@ def as_similarity(X, device=None, dtype=None, name="X"):
         dtype = X.dtype if X.dtype in (torch.float32, torch.float64) else torch.float32
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    _real(X, name)
     device = check_device(device)
-    return X.to(device=device if device is not None else X.device, dtype=dtype)
+    values = X.values() if X.layout == torch.sparse_csr else X
+    # the one cast that can overflow: a finite 1e300 would become inf, and then be refused as "not finite"
+    narrowed = X.dtype == torch.float64 and dtype == torch.float32 and bool(torch.isfinite(values).all())
+    X = X.to(device=device if device is not None else X.device, dtype=dtype)
+    if narrowed and not bool(torch.isfinite(X.values() if X.layout == torch.sparse_csr else X).all()):
+        raise ValueError(f"{name} has entries too large for {dtype}; pass dtype=torch.float64 or rescale it "
+                         f"(e.g. {name} / {name}.max())")
+    return X
 
 
 def check_similarity(X, name="X", symmetric_tol=1e-5):
@@ -132,8 +154,8 @@ def check_similarity(X, name="X", symmetric_tol=1e-5):
         raise ValueError(f"{name} has NaN or infinite entries; clean or impute them before fitting")
     if bool((values < 0).any()):
         # scikit-learn's wording first: its estimator checks look for it where negative input is refused
-        raise ValueError(f"Negative values in data: {name} has negative entries; SymNMF needs a non-negative "
-                         "similarity (e.g. clip at 0)")
+        raise ValueError(f"Negative values in data: {name} has negative entries; a similarity must be non-negative "
+                         "(e.g. clip at 0)")
     if not bool((values != 0).any()):
         raise ValueError(
             f"{name} is all zero: no two samples are similar, so there is nothing to factorise or cluster "

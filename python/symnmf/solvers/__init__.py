@@ -17,7 +17,7 @@ each accepts are in its docstring.
 import numpy as np
 import torch
 
-from ..validation import as_similarity, check_rank, check_similarity, is_scipy_sparse
+from ..validation import array_as_tensor, as_similarity, check_rank, check_similarity, is_scipy_sparse
 from .admm import admm
 from .anls import anls
 from .base import SolverResult, as_seed, init_factor, make_generator
@@ -40,8 +40,7 @@ def _initial_factor(U0, X, rank):
     elif is_scipy_sparse(U0):
         raise TypeError("U0 must be a dense tensor or array, got a scipy.sparse matrix (U0.toarray())")
     else:
-        U0 = np.asarray(U0)
-        U0 = torch.as_tensor(U0.copy() if any(s < 0 for s in U0.strides) else U0)  # torch takes no reversed view
+        U0 = array_as_tensor(np.asarray(U0))
     if U0.layout != torch.strided:
         raise TypeError("U0 must be a dense tensor or array")
     if tuple(U0.shape) != (n, rank):
