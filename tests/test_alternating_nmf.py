@@ -116,6 +116,11 @@ def test_recovers_features_under_correlated_weights(torch_path, rng):
     W = model.transform(Y)
     assert W.shape == (400, 5) and (W >= 0).all()
     assert np.linalg.norm(Y - model.inverse_transform(W)) / np.linalg.norm(Y) < 1e-3
+    assert np.array_equal(model.inverse_transform(torch.from_numpy(W)), model.inverse_transform(W))
+    # weights that cannot be: checked and named, not a matmul's error or NaN samples
+    for bad, message in ((W[:, :4], "n_components = 5"), (np.full((2, 5), np.nan), "NaN"), (W[0], "2D")):
+        with pytest.raises(ValueError, match=message):
+            model.inverse_transform(bad)
     assert model.reconstruction_err_ == pytest.approx(np.linalg.norm(Y - W @ model.components_), rel=1e-6)
 
 
@@ -263,3 +268,27 @@ def test_the_function_refuses_what_the_estimator_refuses(kwargs):
     """decay = 0 gave an infinite threshold and inner_iter = 0 took one step anyway."""
     with pytest.raises(ValueError, match="max_iter|decay"):
         alternating_nmf(torch.rand(10, 6, dtype=torch.float64), torch.rand(6, 2, dtype=torch.float64), **kwargs)
+
+
+@pytest.mark.parametrize("dtype, scales", [(np.float32, [2.0**-100, 2.0**20, 2.0**60]),
+                                           (np.float64, [2.0**-560, 2.0**20, 2.0**530])])
+def test_the_default_start_and_the_features_at_any_scale(dtype, scales, torch_path, rng):
+    """The default start is computed at a power of two of Y and given back in Y's units, and the features run at a
+    power of two of their own: a fit of c Y is the fit of Y in c's units (exactly, for c a power of two). NNDSVD's
+    truncation is absolute, so the start of Y * 1e6 ended at twice Y's error, and at 1e-170 the features' Gram
+    underflowed (refused as linearly dependent)."""
+    Y = (rng.random((40, 3)) @ rng.random((3, 12))).astype(dtype)
+    base = AlternatingNMF(3, max_iter=5, inner_iter=5, random_state=0).fit(Y)
+    for s in scales:
+        model = AlternatingNMF(3, max_iter=5, inner_iter=5, random_state=0).fit(Y * dtype(s))
+        assert rel_err(model.components_ / s, base.components_) < 1e-6, s
+        assert rel_err(model.alpha_, base.alpha_) < 1e-6, s  # weights: Y's units over the features'
+        assert abs(model.reconstruction_err_ / s / base.reconstruction_err_ - 1) < 1e-6, s
+        assert rel_err(model.transform(Y * dtype(s)), base.transform(Y)) < 1e-6, s
+    if dtype == np.float64:  # any other c: a start as good (the fit of Y * 1e6 here had 2.6 times the error)
+        g = np.random.default_rng(5)
+        Y = g.random((200, 5)) @ g.random((5, 40)) + 0.01 * g.random((200, 40))
+        base = AlternatingNMF(5, random_state=0).fit(Y)
+        for s in (1e6, 3.1e-7):
+            model = AlternatingNMF(5, random_state=0).fit(Y * s)
+            assert model.reconstruction_err_ / s <= 1.2 * base.reconstruction_err_, s

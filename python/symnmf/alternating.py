@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 import symnmf_kernels as sk
 
@@ -164,14 +164,19 @@ def alternating_nmf(Y, A0, *, max_iter=200, inner_iter=50, alpha=0.1, decay=1.1,
     if Y.dim() < 2 or A0.dim() != Y.dim() or A0.shape[-2] != Y.shape[-1] or A0.shape[:-2] != Y.shape[:-2]:
         raise ValueError(f"A0 must have shape (..., d, k) matching Y (..., n, d); got {tuple(A0.shape)} "
                          f"and {tuple(Y.shape)}")
-    A = A0.to(dtype=Y.dtype, device=Y.device).contiguous()
-    norms0 = A.norm(dim=-2, keepdim=True)
+    A = A0.to(dtype=Y.dtype, device=Y.device)
     # The updates of A do not change when Y is multiplied by a constant (the weights and thresholds scale with
     # it), so each problem runs at an exact power of two of its Y, where ||Y||^2 and the noise level neither
-    # overflow nor underflow; the thresholds are reported in Y's own units.
+    # overflow nor underflow; nor when A is (the decode absorbs it, W scaling inversely), so A runs at a power of
+    # two of its own, where A^T A neither overflows nor underflows. The thresholds and A are reported in the
+    # units of Y and A0.
     unit = power_of_two_scale(Y, dim=(-2, -1))
     Y = Y * unit
     unit = unit[..., 0, 0]
+    a_unit = power_of_two_scale(A, dim=(-2, -1))
+    A = (A * a_unit).contiguous()
+    a_unit = a_unit[..., 0, 0]
+    norms0 = A.norm(dim=-2, keepdim=True)
     y_norm2 = Y.pow(2).sum((-2, -1))
     W0, _, _ = decode(Y, A, torch.zeros(Y.shape[:-2], dtype=Y.dtype, device=Y.device))
     schedule = alpha * W0.amax((-2, -1))
@@ -194,9 +199,11 @@ def alternating_nmf(Y, A0, *, max_iter=200, inner_iter=50, alpha=0.1, decay=1.1,
         records["rel_change"].append((A_next - A).norm(dim=(-2, -1)) / A.norm(dim=(-2, -1)))
         A = A_next
         if callback is not None:
-            callback(t, A)
-    final = torch.maximum(schedule[..., None], floor) / unit[..., None]
-    records["alpha"] = [a / unit for a in records["alpha"]]
+            callback(t, A / a_unit[..., None, None])
+    to_y = a_unit / unit  # a weight decoded here, in the units of Y and A0
+    final = torch.maximum(schedule[..., None], floor) * to_y[..., None]
+    records["alpha"] = [a * to_y for a in records["alpha"]]
+    A = A / a_unit[..., None, None]
     history = {key: torch.stack(v).cpu().numpy() if v else np.empty((0, *Y.shape[:-2])) for key, v in records.items()}
     return AlternatingResult(A=A, alpha=final, n_iter=max_iter, history=history)
 
@@ -206,7 +213,9 @@ def alternating_nmf(Y, A0, *, max_iter=200, inner_iter=50, alpha=0.1, decay=1.1,
 
 def _default_start(Y, n_components, random_state, max_iter):
     """Components (k x d) for a start: scikit-learn's NMF, NNDSVDar initialisation and `max_iter`
-    coordinate-descent (HALS-type) iterations.
+    coordinate-descent (HALS-type) iterations, run on Y at an exact power of two (NNDSVD's truncation is
+    absolute, so the start of c Y was not c times the start of Y: a fit of Y * 1e6 ended at twice the error
+    of Y's) and given back in Y's units.
 
     The alternating updates are a local method: they converge to the true features from a start
     near them and the threshold schedule assumes one. NNDSVD alone is often far from the features;
@@ -217,10 +226,12 @@ def _default_start(Y, n_components, random_state, max_iter):
     from sklearn.exceptions import ConvergenceWarning
 
     model = NMF(n_components, init="nndsvdar", solver="cd", max_iter=max_iter, tol=0.0, random_state=random_state)
+    top = np.abs(Y).max()
+    unit = np.ldexp(1.0, -int(np.frexp(top)[1])) if top > 0 else 1.0  # as `power_of_two_scale`
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(Y)
-    return model.components_
+        model.fit(Y * Y.dtype.type(unit))
+    return model.components_ / unit
 
 
 class AlternatingNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -385,12 +396,13 @@ class AlternatingNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         return self
 
     def _decode(self, Yt):
-        """The decode at alpha_, run at an exact power of two of Yt (it scales with Y) so that its products
-        neither overflow nor underflow."""
+        """The decode at alpha_, run at exact powers of two of Yt and of the features (W scales with Y and
+        inversely with A) so that its products neither overflow nor underflow."""
         A = torch.as_tensor(self.components_.T.copy(), device=Yt.device, dtype=Yt.dtype)
-        unit = power_of_two_scale(Yt)
-        alpha = torch.as_tensor(self.alpha_, device=Yt.device, dtype=Yt.dtype) * unit
-        return decode(Yt * unit, A, alpha)[0] / unit
+        unit, a_unit = power_of_two_scale(Yt), power_of_two_scale(A)
+        to_w = unit / a_unit  # a weight in Y's and A's units, as decoded at those powers of two
+        alpha = torch.as_tensor(self.alpha_, device=Yt.device, dtype=Yt.dtype) * to_w
+        return decode(Yt * unit, A * a_unit, alpha)[0] / to_w
 
     def transform(self, Y):
         """The weights W = max(Y H^T (H H^T)^{-1} - alpha_, 0) of the samples Y: the decode at the final threshold."""
@@ -402,4 +414,10 @@ class AlternatingNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     def inverse_transform(self, W):
         """W components_: the samples that the weights W (n_samples, n_components) represent."""
         check_is_fitted(self, "components_")
-        return np.asarray(W) @ self.components_
+        if isinstance(W, torch.Tensor):
+            W = W.detach().cpu().numpy()
+        W = check_array(W, dtype=[np.float64, np.float32], input_name="W")
+        if W.shape[1] != self.components_.shape[0]:
+            raise ValueError(f"W must have n_components = {self.components_.shape[0]} columns (one weight per "
+                             f"component), got {W.shape[1]}")
+        return W @ self.components_
