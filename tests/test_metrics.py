@@ -112,6 +112,10 @@ def test_recovery_error_ignores_permutation_and_scale(rng):
     assert recovery_error(np.full_like(A, np.nan), A) == float("inf")
     with pytest.raises(ValueError, match="d x k"):
         recovery_error(A[:, :5], A)
+    # a true feature of zeros has no direction to match: named, not a NaN cosine deep in the assignment
+    for bad in (np.where(np.arange(6) == 3, 0.0, A), np.full_like(A, np.nan)):
+        with pytest.raises(ValueError, match="A_true must be finite with no all-zero column"):
+            recovery_error(A, bad)
 
 
 def _random_graph(n, density, seed):
@@ -161,6 +165,13 @@ def test_modularity_checks_input():
     for bad in (np.zeros((5, 5)), np.where(A > 0, np.nan, 0.0)):
         with pytest.raises(ValueError, match="positive, finite total weight"):
             modularity(bad, np.zeros(5, dtype=int))
+    # Q is at most 1 for non-negative weights only: a signed X (a correlation matrix) gave 1.5
+    with pytest.raises(ValueError, match="negative entries"):
+        modularity(np.array([[1.0, -0.5], [-0.5, 1.0]]), [0, 1])
+    # a batch of no labellings: no scores, of the batch's shape
+    for k in (None, 2):
+        q = modularity(A, np.zeros((0, 5), dtype=int), n_clusters=k)
+        assert q.shape == (0,) and q.dtype == torch.float64
 
 
 @pytest.mark.gpu

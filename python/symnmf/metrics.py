@@ -131,6 +131,9 @@ def modularity(X, labels, n_clusters=None):
     n = X.shape[0]
     if X.dim() != 2 or X.shape[1] != n:
         raise ValueError(f"X must be a square n x n similarity, got shape {tuple(X.shape)}")
+    values = X.values() if X.layout != torch.strided else X
+    if bool((values < 0).any()):  # Q compares weights with what their degrees predict: at most 1 only for X >= 0
+        raise ValueError("X has negative entries; modularity is defined for a graph's non-negative weights")
     labels = torch.as_tensor(labels.detach() if hasattr(labels, "detach") else np.asarray(labels),
                              device=X.device)
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dim() < 1 or labels.shape[-1] != n:
@@ -143,6 +146,8 @@ def modularity(X, labels, n_clusters=None):
     if high >= k:
         raise ValueError(f"labels must be < n_clusters = {k}, got {high}")
     batch = labels.shape[:-1]
+    if batch and labels.numel() == 0:  # a batch of no labellings
+        return torch.empty(batch, dtype=torch.float64)
     H = cluster_indicators(labels.reshape(-1, n), k, X.dtype)
     XH = sk.spmm(X, H) if X.layout != torch.strided else X @ H  # one product for the whole batch
     q = modularity_from_sums(modularity_sums(H, XH, k), k)
@@ -197,10 +202,13 @@ def recovery_error(A_hat, A_true):
     A_hat, A_true = np.asarray(A_hat, dtype=np.float64), np.asarray(A_true, dtype=np.float64)
     if A_hat.shape != A_true.shape:
         raise ValueError(f"A_hat has shape {A_hat.shape} but A_true {A_true.shape}; pass both as d x k")
+    true_norms = np.linalg.norm(A_true, axis=0)
+    if not (np.isfinite(A_true).all() and (true_norms > 0).all()):
+        raise ValueError("A_true must be finite with no all-zero column: a true feature has a direction to match")
     norms = np.linalg.norm(A_hat, axis=0)
     if not np.isfinite(A_hat).all() or (norms == 0).any():
         return float("inf")
-    cos = (A_hat / norms).T @ (A_true / np.linalg.norm(A_true, axis=0))
+    cos = (A_hat / norms).T @ (A_true / true_norms)
     rows, cols = linear_sum_assignment(-cos)
     matched = np.empty_like(A_true)
     matched[:, cols] = A_hat[:, rows]
