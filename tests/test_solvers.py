@@ -545,3 +545,14 @@ def test_zero_starts_reversed_views_and_seeds_out_of_range():
     for seed in (2**64, -2**63 - 1):
         with pytest.raises(ValueError, match="random_state must be an int in"):
             solve(X, 1, "hals", random_state=seed)
+
+
+def test_symanls_names_a_penalty_lost_to_rounding():
+    """Repeated nodes make V^T V singular, and a lam of 1e-8 is below float32's rounding of its diagonal: the
+    NNLS then fails, and the error said a penalty lam > 0 was needed though one was given. float64 fits."""
+    g = torch.Generator().manual_seed(0)
+    B = torch.rand(6, 6, generator=g)
+    X = (B + B.T).repeat_interleave(5, 0).repeat_interleave(5, 1)  # 30 nodes in 6 groups of equal nodes
+    with pytest.raises(ValueError, match="lam = 1e-08 is lost to rounding.*dtype=torch.float64"):
+        solve(X, 10, "anls", lam=1e-8, random_state=0, dtype=torch.float32, max_iter=300)
+    assert solve(X, 10, "anls", lam=1e-8, random_state=0, dtype=torch.float64, max_iter=300).converged

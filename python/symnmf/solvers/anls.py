@@ -13,9 +13,10 @@ warm-started from the previous factor's passive sets.
 Returned factor: the final W. The stopping rule uses the projected gradient of
 the penalised objective in (W, V); the history's objective is ||X - W W^T||^2.
 """
-from .nnls import nnls_gram
+import torch
 
 from .base import default_check_every
+from .nnls import nnls_gram
 from .penalised import alternate
 
 DEFAULTS = {"max_iter": 500, "tol": 1e-3}
@@ -35,7 +36,18 @@ def anls(X, U0, *, lam="kuang", max_iter=None, tol=None, callback=None, verbose=
     """
 
     def update(F, B, XO, O, lam):
-        return nnls_gram(B, XO + lam * O, X0=F)
+        try:
+            return nnls_gram(B, XO + lam * O, X0=F)
+        except ValueError as err:
+            # B = O^T O + lam I: a lam below the rounding of O^T O's diagonal is lost, and B is singular where
+            # O's columns are dependent (repeated nodes): say so, rather than ask for the lam > 0 that was given
+            rounding = torch.finfo(B.dtype).eps * float(B.diagonal(dim1=-2, dim2=-1).abs().max())
+            smallest = float(torch.as_tensor(lam).min())
+            if 0 < smallest < 8 * rounding:
+                raise ValueError(f"SymANLS's penalty lam = {smallest:.3g} is lost to rounding in V^T V + lam I "
+                                 f"({B.dtype} resolves about {rounding:.2g} there), which is then singular: pass a "
+                                 "larger lam, lam='kuang' (the default) or dtype=torch.float64") from err
+            raise
 
     return alternate(
         "anls", X, U0, update,
