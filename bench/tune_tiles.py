@@ -35,7 +35,6 @@ import torch  # noqa: E402
 import symnmf_kernels as sk  # noqa: E402
 from symnmf_kernels import reference  # noqa: E402
 from symnmf_kernels.ops import _common, _launch  # noqa: E402
-from symnmf_kernels.ops.sparse_loss import sparse_loss_grad, sparse_loss_terms  # noqa: E402
 
 FAMILIES = ["gram", "apply", "apply_backward", "apply_backward_h", "sparse_terms", "sparse_grad", "block_small",
             "block_small_backward"]
@@ -105,23 +104,29 @@ def inputs(family, n, r, device, seed=0, dtype=torch.float32):
             return [Zb @ M.mT, P.mT @ Zb]
 
         return (lambda: list(_launch.apply_backward(grad, Y, P, M))), eager
-    if family == "apply_backward_h":  # SymNMF-Net's chain form: the gradient G of Y^T Y joins grad through G + G^T
+    # The last three as SymNMF-Net's step launches them (symnmf.net_chain, the objective in one node).
+    if family == "apply_backward_h":  # the gradient G of Y^T Y joins grad through G + G^T, the regulariser's in dP
         def eager():
             Zb = (grad + Y @ (G + G.mT)) * (Y > 0)
-            return [Zb @ M.mT, P.mT @ Zb]
+            return [Zb @ M.mT + W, P.mT @ Zb]
 
-        # as the chain form launches it: G as it comes, G + G^T formed as the kernel loads it (SYM_H)
-        return (lambda: list(_launch.apply_backward(grad, Y, P, M, G, sym_h=True))), eager
-    if family == "sparse_terms":
-        return (lambda: [sparse_loss_terms(U, S, P, lam)[1]]), (lambda: [U.mT @ U])
-    if family == "sparse_grad":
-        return (lambda: [sparse_loss_grad(U, S, G, W, Y2, lam, one, one)]), (lambda: [S + U @ G - lam * W - Y2])
+        # G as it comes, G + G^T formed as the kernel loads it (SYM_H); W added to dP as it is stored (HAS_T)
+        return (lambda: list(_launch.apply_backward(grad, Y, P, M, G, sym_h=True, dp_extra=(W, one)))), eager
+    if family == "sparse_terms":  # R stored beside the sums, the Gram left to the block
+        def eager():
+            R = P - S - lam * U
+            return [R, torch.stack([(U * S).sum(), (R * R).sum(), (R * U).sum()]).double()[None]]
+
+        return (lambda: list(_launch.sparse_loss_terms(U, S, P, lam, with_gram=False, write_r=True))[::-2]), eager
+    if family == "sparse_grad":  # R and X R with the regulariser's coefficient, no U G term
+        return (lambda: [_launch.sparse_loss_grad(S, S, None, W, Y2, lam, one, None, one)]), (
+            lambda: [S - (lam * W + Y2)])
     raise ValueError(family)
 
 
 def traffic(family, n, r):
     """Least bytes of our kernel (float32)."""
-    per = {"gram": 1, "apply": 2, "apply_backward": 4, "apply_backward_h": 4, "sparse_terms": 3, "sparse_grad": 5}
+    per = {"gram": 1, "apply": 2, "apply_backward": 4, "apply_backward_h": 5, "sparse_terms": 4, "sparse_grad": 4}
     if family == "block_small":
         return 4 * 3 * SMALL_B * SMALL_N * r
     if family == "block_small_backward":  # reads grad, Y, P, U; writes dP, dU
