@@ -258,3 +258,28 @@ def test_chain_on_a_gpu_matches_the_op_by_op_objective(dtype):
     assert graphed.cuda_graph_ and not eager.cuda_graph_
     for a, b in zip(graphed.history_["loss"], eager.history_["loss"]):
         assert abs(a - b) <= 1e-4 * abs(b)
+
+
+def test_the_layers_are_freed_by_the_backward_and_guarded_against_changes():
+    """The layers' tensors are saved for the backward as autograd saves an op's: freed when it ends (kept on the
+    node, they lived until the next step's outputs replaced these: 3 L factors the size of U_0 more than op by op
+    through the next step), refused after an in-place change, and U_L, which the chain does not differentiate,
+    says so rather than drop its term."""
+    X = sparse_graph(60, seed=13)
+    net = trained_looking_net(X, 3, 2, "all", 0.0)
+    S0 = net._start_product(X)
+    chain = NetChain(X, net.U0, S0)
+    loss, residual, U = chain(list(net.P), net.lam, [1.0] * 3, 0.5, 0.0)
+    node = loss.grad_fn.next_functions[0][0]  # the chain's node, under the reshape to the batch's shape
+    factors = [t for t in node.saved_tensors if t is not None and t.shape == (2, 60, 3)]
+    assert len(factors) == 3 + 3 * 3 - 1 + 1  # the weights, U, S of each layer and R but the last, R_0
+    (loss.sum() + residual.sum()).backward()
+    with pytest.raises(RuntimeError, match="freed"):
+        node.saved_tensors
+    loss, _, U = chain(list(net.P), net.lam, [1.0] * 3, 0.5, 0.0)
+    U.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.sum().backward()
+    loss, _, U = chain(list(net.P), net.lam, [1.0] * 3, 0.5, 0.0)
+    with pytest.raises(RuntimeError, match="not U_L"):
+        (loss.sum() + U.sum()).backward()

@@ -28,7 +28,7 @@ with upstream gradient g, gl = w_i g and gr = beta g, layer i's backward is
     dlam -= 2 gr <R_i, U_i>
 
 with R_0 = P_1 - X U_0 - lam U_0 the start's residual (its -2 beta g <R_0, U_0> also in dlam). The values and gradients are those of
-the op-by-op objective (tests/test_net.py compares them).
+the op-by-op objective (tests/test_net_chain.py compares them).
 """
 import torch
 
@@ -50,8 +50,8 @@ def _col(t):
 
 class NetChain:
     """The fixed parts of one fit, prepared once: `NetChain(X, U0, S0)(P, lam, weights, beta, mu)` gives
-    (loss, residual of U_L, U_L) per problem, differentiable in P and lam. X: a sparse, exactly symmetric
-    (n, n) X; U0 (..., n, r): the start; S0: X U0.
+    (loss, residual of U_L, U_L) per problem, the loss and the residual differentiable in P and lam (a backward
+    through U_L raises). X: a sparse, exactly symmetric (n, n) X; U0 (..., n, r): the start; S0: X U0.
 
     Two sets of kernels run the same chain: the extension's CPU row loops (the SpMM fused with the passes
     around it), and on a GPU (or under the Triton interpreter) the Triton kernels beside the SpMM. On the
@@ -200,38 +200,43 @@ class _Chain(torch.autograd.Function):
         total.add_(sums[:-1, :, 1].sum(0) + rr0, alpha=beta)
         if mu:
             total.add_(U.sum((-2, -1), dtype=torch.float64), alpha=mu)
-        # The layers' tensors stay on ctx, not in save_for_backward: none is an input, and the backward only reads
-        # them (so it may run again under retain_graph). Until the backward ends they are held with every weight's
-        # gradient, about 4 L factors the size of U_0 at the peak: within `net.training_factors`.
+        # The layers' tensors are saved for the backward like the inputs: autograd frees them when the backward
+        # ends (held on ctx they lived until the next step's outputs replaced these, 3 L more factors the size of
+        # U_0 through that step), keeps them under retain_graph, and refuses a backward after one of them (U_L,
+        # lam) was changed in place. At the backward's peak they are held with every weight's gradient, about
+        # 4 L factors the size of U_0: within `net.training_factors`.
         ctx.chain, ctx.weights, ctx.beta, ctx.mu = chain, weights, beta, mu
-        ctx.layers, ctx.R0, ctx.lam_b, ctx.lam_shape = layers, R0, lam_b, lam.shape
+        ctx.n_layers, ctx.lam_shape = L, lam.shape
         ctx.ru = sums[:-1, :, 2].sum(0)  # sum of <R_i, U_i> over the layers' regularisers, for lam's gradient
         ctx.ru0 = ru0
-        ctx.save_for_backward(*P)
-        ctx.mark_non_differentiable(U)
+        ctx.save_for_backward(*P, *(t for layer in layers for t in layer), R0, lam_b)
         ctx.set_materialize_grads(False)  # no n x r of zeros for U_L's gradient, which is never used
         return total.to(U.dtype), residuals[-1].to(U.dtype), U
 
     @staticmethod
     @first_order_only
-    def backward(ctx, grad_loss, grad_residual, _grad_U):
+    def backward(ctx, grad_loss, grad_residual, grad_U):
+        if grad_U is not None:
+            raise RuntimeError("the net's chain differentiates its loss and residual, not U_L: differentiate a "
+                               "function of U_L through the op-by-op objective (SymNMFNet._objective without chain)")
         chain, weights, beta, mu = ctx.chain, ctx.weights, ctx.beta, ctx.mu
         B, n, r = chain.U0.shape
         dtype = chain.U0.dtype
-        P = ctx.saved_tensors
+        L = ctx.n_layers
+        saved = ctx.saved_tensors
+        P, R0, lam_b = saved[:L], saved[-2], saved[-1]
+        layers = [saved[L + 5 * i: L + 5 * i + 5] for i in range(L)]  # (Ginv, U, G, S, R) of each layer
         Ps = [p.reshape(B, n, r).contiguous() for p in P]  # the row loops take row-major factors
-        L = len(Ps)
-        lam_b = ctx.lam_b
         g = grad_loss.reshape(-1).expand(B).to(dtype) if grad_loss is not None else lam_b.new_zeros(B)
         two_gr = 2 * beta * g  # a regulariser's weight in its gradients: dP += 2 gr R, dU -= 2 gr (X R + lam R)
         dP = [None] * L
         # dP_i's second gradient, from the regulariser of P_i against the previous block's output (R_0: the start's)
-        extras = [ctx.R0] + [layer[4] for layer in ctx.layers[:-1]]
+        extras = [R0] + [layer[4] for layer in layers[:-1]]
         # E_i = Ginv_i dGinv_i Ginv_i: the gradient of G_{i-1} is -E_i symmetrised. Its symmetric part is all that
         # reaches anything (H = D + D^T and the trace for lam), so -E_i itself is added.
         E, traces = None, []
         for i in reversed(range(L)):
-            Ginv, U, G, S, R = ctx.layers[i]
+            Ginv, U, G, S, R = layers[i]
             gl = g * weights[i] if weights[i] != 1.0 else g
             if i == L - 1 and grad_residual is not None:
                 gl = gl + grad_residual.reshape(-1).expand(B).to(dtype)
@@ -250,6 +255,6 @@ class _Chain(torch.autograd.Function):
         if ctx.needs_input_grad[4]:
             trace = torch.stack(traces).diagonal(dim1=-2, dim2=-1).sum((0, -1), dtype=torch.float64)
             # and the start's: on the CPU a pass over n x r data, only when lam learns
-            ru = ctx.ru + (ctx.ru0 if ctx.ru0 is not None else dot64(ctx.R0, chain.U0))
+            ru = ctx.ru + (ctx.ru0 if ctx.ru0 is not None else dot64(R0, chain.U0))
             dlam = (-trace - two_gr.double() * ru).to(dtype).sum_to_size(ctx.lam_shape)
         return (None, None, None, None, dlam, *(d.reshape(p.shape) for d, p in zip(dP, P)))
