@@ -142,9 +142,9 @@ def test_weights_not_contiguous():
 
 def test_gradcheck_in_float64(path):
     if path == "triton":
-        pytest.skip("the interpreter's 150 evaluations take minutes; the Triton path's gradients are checked against "
-                    "the op-by-op objective's, whose ops gradcheck checks on the Triton path (tests/test_symnmf_block.py, "
-                    "tests/test_sparse_loss.py)")
+        pytest.skip("the interpreter's 150 evaluations take minutes; the Triton path's gradients are checked "
+                    "against the op-by-op objective's, whose ops gradcheck checks on the Triton path "
+                    "(tests/test_symnmf_block.py, tests/test_sparse_loss.py)")
     X = sparse_graph(9, seed=4, per_row=4)
     net = trained_looking_net(X, 2, 2, "all", 0.3, layers=2)
     S0 = net._start_product(X)

@@ -27,8 +27,8 @@ with upstream gradient g, gl = w_i g and gr = beta g, layer i's backward is
     dG_{i-1} = sym(-Ginv_i dGinv_i Ginv_i), dlam += trace(dG_{i-1})
     dlam -= 2 gr <R_i, U_i>
 
-with R_0 = P_1 - X U_0 - lam U_0 the start's residual (its -2 beta g <R_0, U_0> also in dlam). The values and gradients are those of
-the op-by-op objective (tests/test_net_chain.py compares them).
+with R_0 = P_1 - X U_0 - lam U_0 the start's residual (its -2 beta g <R_0, U_0> also in dlam). The values and
+gradients are those of the op-by-op objective (tests/test_net_chain.py compares them).
 """
 import torch
 
@@ -59,7 +59,7 @@ class NetChain:
     (never formed again, nor its multiple 2 beta R_i), the backward's gradient pass takes R_i and X R_i with
     the regulariser's coefficient, and the block's backward adds 2 beta R_{i-1} to dP_i as it stores dP_i,
     where autograd summed the two gradients of each weight in a pass of its own (docs/gpu_performance.md,
-    "SymNMF-Net's step counted in memory traffic").
+    "SymNMF-Net's chain on the GPU").
     """
 
     @staticmethod

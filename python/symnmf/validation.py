@@ -130,7 +130,7 @@ def as_similarity(X, device=None, dtype=None, name="X"):
     X = X.to(device=device if device is not None else X.device, dtype=dtype)
     if narrowed and not bool(torch.isfinite(X.values() if X.layout == torch.sparse_csr else X).all()):
         raise ValueError(f"{name} has entries too large for {dtype}; pass dtype=torch.float64 or rescale it "
-                         f"(e.g. {name} / {name}.max())")
+                         "(e.g. divide it by its largest entry)")
     return X
 
 

@@ -285,7 +285,8 @@ def apply_backward(grad, Y, A, M, H=None, relu=True, precision=None, reduce=True
     partials = _partials(A, B, splits, BR)
     Mt = M.mT  # dA = Zb @ M^T: a transposed view, read through strides
     H_arg = H if H is not None else M
-    T, coef_t = dp_extra if dp_extra is not None else (dA, partials)  # stand-ins for unused pointers
+    # read as coef_t[b]: an expanded scalar would be read out of bounds; dA and partials stand in for no dp_extra
+    T, coef_t = (dp_extra[0], dp_extra[1].contiguous()) if dp_extra is not None else (dA, partials)
     apply_backward_kernel[(B, splits)](
         grad, Y, A, Mt, H_arg, dA, partials, T, coef_t, n, r, rows_per_split,
         *grad.stride(), *Y.stride(), *A.stride(), *Mt.stride(), *H_arg.stride(), *dA.stride(), *T.stride(),

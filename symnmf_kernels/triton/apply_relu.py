@@ -125,7 +125,8 @@ def apply_backward_kernel(
         else:
             da = tl.dot(g, m, input_precision=PRECISION, out_dtype=ACC)
         if HAS_T:  # another gradient of A, added as dA is stored rather than by a pass of its own
-            t = tl.load(T + b * stride_tb + rows[:, None] * stride_tn + offs_r[None, :] * stride_tr, mask=mask, other=0.0)
+            t = tl.load(T + b * stride_tb + rows[:, None] * stride_tn + offs_r[None, :] * stride_tr, mask=mask,
+                        other=0.0)
             da += coef_t_b * t.to(ACC)
         tl.store(dA + b * stride_db + rows[:, None] * stride_dn + offs_r[None, :] * stride_dr, da, mask=mask)
         a = tl.load(A + b * stride_ab + rows[:, None] * stride_an + offs_r[None, :] * stride_ar, mask=mask, other=0.0)
