@@ -49,7 +49,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 import symnmf_kernels as sk
 
 from .fitting import resolve_device, resolve_dtype, unchanged_on_error
-from .validation import power_of_two_scale, real_array
+from .solvers.base import as_seed
+from .validation import real_array
 
 __all__ = ["NeuralNMF", "nnls_layer", "forward", "relative_errors", "nmf", "hierarchical_nmf", "deep_nmf"]
 
@@ -288,13 +289,18 @@ def _update(optimizer, As, grads):
 
 
 def _working_unit(X):
-    """1, or where X's squares leave the range the fit needs, the power of two that brings X's largest entry to
-    [0.5, 1). The losses and their gradients are sums of squares at X's scale (||X||^2 under- or overflowed in
-    float32 from about 1e-20 and 1e19, and the fit became NaN); the model is X ~ S_L P^T, so a fit of X times a
-    constant gives the factors of X with S divided by it."""
-    limit = {torch.float32: 25, torch.float64: 204}[X.dtype]  # a fifth of the exponent range: far inside it
-    exponent = int(torch.frexp(X.abs().amax()).exponent)
-    return 1.0 if -limit <= exponent <= limit else float(power_of_two_scale(X))
+    """1, or where X's largest entry (X: a numpy array) lies outside 2^-20 .. 2^20, the power of two that brings it
+    to [0.5, 1). The model is X ~ S_L P^T, so a fit of X times a constant gives the factors of X with S divided by
+    it, but the training is not free of X's scale: its losses are sums of squares at that scale (||X||^2 under- or
+    overflowed in float32 from about 1e-20 and 1e19, and the fit became NaN), and Adam's epsilon and the step's
+    floor are absolute (from the hierarchical start, A_1 stopped training at X * 1e40, and training raised the
+    loss at X * 1e-30). Within the window those effects are below a percent of a step, and data in its own units
+    (pixels in 0..255, counts) are fitted as they are."""
+    top = float(np.abs(X).max()) if X.size else 0.0
+    if top == 0.0:
+        return 1.0
+    exponent = int(np.frexp(top)[1])
+    return 1.0 if -20 <= exponent <= 20 else float(np.ldexp(1.0, -exponent))
 
 
 def _init_factor(n, k, scale, generator, like):
@@ -470,6 +476,8 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ input
     def _tensor(self, X, reset):
+        """X validated, as a tensor of the fit's dtype and device at the fit's working unit (`_working_unit`, set
+        with reset)."""
         device = resolve_device(self.device, X) if reset else torch.device(self._device_fit)
         if isinstance(X, torch.Tensor):
             X = X.detach().cpu().numpy()
@@ -479,6 +487,10 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
         if reset and not X.any():  # every NNLS solution and factor would be 0 and every relative error 0 / 0
             raise ValueError("X is all zero: there is nothing to factorise (check the data)")
         dtype = (resolve_dtype(self.dtype) or torch.float64) if reset else self._dtype_fit
+        if reset:
+            self._unit = _working_unit(X)
+        if self._unit != 1.0:  # in float64, before any cast: a float32 X would lose the entries its range cannot hold
+            X = X.astype(np.float64) * self._unit
         X = np.ascontiguousarray(X) if X.flags.writeable else X.copy()  # torch refuses read-only memory
         return torch.as_tensor(X, dtype=dtype, device=device)
 
@@ -546,17 +558,14 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
     def fit(self, X, y=None, label_mask=None):
         """Train the layers on X (n_samples, n_features) >= 0; y (n_samples,) labels, used where label_mask
         (boolean, n_samples) is True (all samples without a mask)."""
-        X = self._tensor(X, reset=True)
+        X = self._tensor(X, reset=True)  # at the working unit
         self._device_fit, self._dtype_fit = str(X.device), X.dtype
-        self._unit = _working_unit(X)
-        X = X * self._unit
         ranks = self._check_ranks(X.shape[1])
         Y, mask, classes = self._labels(y, label_mask, X.shape[0])
         if Y is not None and not bool(X[torch.as_tensor(mask, device=X.device)].any()):
             raise ValueError("every labelled sample (label_mask) is an all-zero row of X: the classifier has nothing "
                              "to learn from; label samples whose features are not all zero")
-        generator = torch.Generator().manual_seed(int(self.random_state) if self.random_state is not None
-                                                  else int(np.random.SeedSequence().entropy % (2 ** 63)))
+        generator = torch.Generator().manual_seed(as_seed(self.random_state))  # None: numpy's global state
         sizes = [X.shape[1], *ranks]
         if isinstance(self.init, (list, tuple)):
             As = [torch.as_tensor(real_array(A, f"init[{i}]"), dtype=X.dtype, device=X.device)
@@ -701,7 +710,7 @@ class NeuralNMF(TransformerMixin, BaseEstimator):
     def transform(self, X, all_layers=False):
         """S_L^T (n_samples, k_L) of new samples through the trained layers; all_layers: [S_1^T, ..., S_L^T]."""
         check_is_fitted(self, "A_")
-        X = self._tensor(X, reset=False) * self._unit
+        X = self._tensor(X, reset=False)  # at the fit's working unit
         As = [torch.as_tensor(A, device=X.device, dtype=X.dtype) for A in self.A_]
         with torch.no_grad():
             Ss = [(S / self._unit).cpu().numpy() for S in forward(X, As)]
