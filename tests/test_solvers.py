@@ -556,3 +556,19 @@ def test_symanls_names_a_penalty_lost_to_rounding():
     with pytest.raises(ValueError, match="lam = 1e-08 is lost to rounding.*dtype=torch.float64"):
         solve(X, 10, "anls", lam=1e-8, random_state=0, dtype=torch.float32, max_iter=300)
     assert solve(X, 10, "anls", lam=1e-8, random_state=0, dtype=torch.float64, max_iter=300).converged
+
+
+def test_power_of_two_scale_within_the_dtypes_range():
+    """The unit that brings data to [0.5, 1) exactly: 1 for zeros, and for a float32 whose largest entry is subnormal
+    the largest power of two float32 holds (2^-exponent itself is beyond it: the unit was inf, and X times it NaN
+    or inf), which still brings the data into the normal range."""
+    from symnmf.validation import power_of_two_scale
+
+    assert float(power_of_two_scale(torch.zeros(3))) == 1.0
+    assert power_of_two_scale(torch.tensor([[0.0, 1.0], [0.0, 3.0]]), dim=0).tolist() == [[1.0, 0.25]]
+    for dtype, tiny in ((torch.float32, 1e-39), (torch.float64, 1e-310)):
+        x = torch.tensor([tiny, tiny / 4], dtype=dtype)
+        u = power_of_two_scale(x)
+        assert bool(torch.isfinite(u)) and bool((x * u > torch.finfo(dtype).tiny).all())
+    x = torch.tensor([3e38, 1.0], dtype=torch.float32)
+    assert 0.5 <= float((x * power_of_two_scale(x)).max()) < 1

@@ -3,6 +3,7 @@
 These read the values of X (a host synchronisation), so they run once per fit,
 never inside a training step.
 """
+import math
 import numbers
 import warnings
 
@@ -27,7 +28,10 @@ def power_of_two_scale(X, dim=None):
     its largest magnitude in [0.5, 1), exactly, so that squares, norms and distances of data of any scale neither
     overflow nor underflow, and a method that a common factor does not change gives the same result."""
     top = X.abs().amax() if dim is None else X.abs().amax(dim, keepdim=True)
-    exponent = torch.frexp(torch.where(top > 0, top, torch.ones_like(top))).exponent
+    exponent = torch.frexp(torch.where(top > 0, top, torch.full_like(top, 0.5))).exponent  # 0.5: a unit of 1
+    # at most the dtype's largest power of two: for a subnormal largest entry 2^-exponent is beyond the range (X
+    # times it then lands in the normal range, if below 0.5)
+    exponent = exponent.clamp(min=1 - math.frexp(torch.finfo(X.dtype).max)[1])
     return torch.ldexp(torch.ones_like(top), -exponent)
 
 
