@@ -308,6 +308,11 @@ def test_refusals(graph):
         net(g, 3, U0=-torch.ones(100, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="restarts"):
         init_restarts(g, 3, restarts=0)
+    # a graph too far from unit scale for its dtype: refused before training, as fit_net(scale=1.0) refuses it
+    # (it trained every epoch and then blamed the learning rate)
+    far = sd.ShardedGraph.from_matrix((A[:100, :100] * 1e15).astype(np.float32))
+    with pytest.raises(ValueError, match="too far from unit scale"):
+        net(far, 3, epochs=5)
 
 
 @pytest.mark.slow

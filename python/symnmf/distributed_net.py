@@ -43,7 +43,7 @@ from torch import nn
 import symnmf_kernels as sk
 
 from . import distributed as sd
-from .net import agreement_of_counts, plateaued
+from .net import _check_range, agreement_of_counts, plateaued
 from .solvers.base import SolverResult, as_seed
 
 __all__ = ["net", "init_restarts", "STARTS"]
@@ -340,9 +340,16 @@ def net(graph, k, *, seed=0, recipe="default", U0=None, max_iter=None, tol=None,
             G = all_reduce(g)
             if i + 1 < settings["n_layers"]:
                 S = graph.matmul(U)
+        # fit_net's range checks, on every rank from the same global sums: a graph too far from unit scale for
+        # its dtype is refused before training, rather than reported as a divergence that no lr cures
+        _check_range(U0, "||X||_F^2", norm_sq)
+        _check_range(U0, "lam^2", lam_t.pow(2))
+        _check_range(U0, "||P_i||_F^2", all_reduce(torch.stack([P.pow(2).sum((-2, -1)) for P in weights])), low=0.0)
     _check_training_memory(graph, U0, settings["n_layers"])
     lam_p = nn.Parameter(lam_t.clone(), requires_grad=bool(settings["learn_lam"]))
     beta_scale = 1.0 / float(lam_t.pow(2).mean()) if settings["beta_relative"] else 1.0
+    _check_range(U0, "the regulariser's weight beta / lam^2" if settings["beta_relative"] else "beta",
+                 torch.tensor(float(settings["beta"]) * beta_scale, dtype=torch.float64), low=0.0)
     beta, beta_final, epochs = float(settings["beta"]), settings["beta_final"], int(settings["epochs"])
     mu = float(settings["mu"])
     last_only = settings["loss_blocks"] == "last"
