@@ -123,3 +123,33 @@ def test_tf32_split_rounds_to_nearest_tf32():
     assert torch.equal(hi.view(torch.int32) & 0x1FFF, torch.zeros_like(hi, dtype=torch.int32))
     assert float(((hi + lo - x).abs() / x.abs().clamp(min=1e-38)).max()) <= 2.0 ** -21
     assert hi[-5:].tolist() == [1.0 + 2.0 ** -10, -(1.0 + 2 * 2.0 ** -10), 3.0, 0.0, -0.0]
+
+
+@pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(), reason="needs the interpreter or a GPU")
+def test_tf32_split_passes_nan_and_infinity(monkeypatch):
+    """A GPU's NaN is 0x7FFFFFFF, whose rounding to tf32 carried into the sign bit: -0.0, so under tf32x3 (the
+    default for float32 on CUDA) a NaN input gave finite products, and a failed inverse an all-zero factor.
+    NaN and infinity now pass the split; a finite value near float32's largest is cut where rounding passes
+    it. Through the ops with tf32x3 forced, a GPU's NaN reaches the output as it does in the reference."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    bits = torch.tensor([0x7FFFFFFF, -1, 0x7F800001, 0x7FC00000, 0x7F800000, -8388608], dtype=torch.int32)
+    x = torch.cat([bits.view(torch.float32), torch.tensor([3.4028e38, -3.4028e38])])  # NaNs, +-inf, near max
+    hi, lo = torch.empty_like(x, device=device), torch.empty_like(x, device=device)
+    _split_kernel[(1,)](x.to(device), hi, lo, x.numel(), BLOCK=8)
+    hi, lo = hi.cpu(), lo.cpu()
+    assert torch.isnan(hi[:4]).all() and torch.isnan(lo[:4]).all()
+    assert hi[4:6].tolist() == [float("inf"), float("-inf")]
+    assert torch.isfinite(hi[6:]).all() and torch.isfinite(lo[6:]).all()
+    assert float(((hi[6:] + lo[6:]) / x[6:] - 1).abs().max()) <= 2.0 ** -21
+    gpu_nan = bits[:1].view(torch.float32)[0]
+    monkeypatch.setattr(_launch, "input_precision", lambda t, r, reduction, p=None: "tf32x3")
+    P = torch.randn(1, 7, 5, device=device)
+    P[0, 2, 3] = gpu_nan
+    Ginv = reference.spd_inverse(reference.gram(torch.rand(1, 20, 5, device=device), 0.1))
+    Y = _launch.apply(P, Ginv, relu=True)
+    assert torch.isnan(Y[0, 2]).all() and torch.isfinite(Y[0, [0, 1, 3, 4, 5, 6]]).all()
+    assert torch.isnan(_launch.apply(torch.randn(1, 7, 5, device=device), torch.full_like(Ginv, gpu_nan), True)).all()
+    U = torch.rand(1, 1100, 40, device=device)
+    U[0, 5, 7] = gpu_nan
+    G = _launch.gram(U, torch.zeros(1, device=device))
+    assert torch.equal(torch.isnan(G), torch.isnan(reference.gram(U, 0.0)))

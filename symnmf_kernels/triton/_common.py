@@ -29,8 +29,16 @@ def row_tile(n, BLOCK_N: tl.constexpr):
 @triton.jit
 def tf32_round(x):
     """float32 x rounded to tf32 (10 mantissa bits), to nearest with ties away from zero, as PTX's
-    cvt.rna.tf32.f32 does: add half of the dropped part's range to the bits, then clear it."""
-    return ((x.to(tl.uint32, bitcast=True) + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    cvt.rna.tf32.f32 does: add half of the dropped part's range to the bits, then clear it.
+
+    NaN and infinity pass as they are: a GPU's NaN is 0x7FFFFFFF, whose rounding carries into the sign bit and
+    gives -0.0 (a NaN input made a finite product, and a failed inverse an all-zero factor). A finite x that
+    rounds past the largest float32 is cut to tf32 instead (rounded, it was inf, and its split's low part -inf)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    cut = (bits & 0xFFFFE000).to(tl.float32, bitcast=True)
+    rounded = tl.where(tl.abs(rounded) < float("inf"), rounded, cut)
+    return tl.where(tl.abs(x) < float("inf"), rounded, x)
 
 
 @triton.jit
