@@ -201,7 +201,7 @@ class CSR:
         was changed in place or replaced since: a user's `A.values.mul_(2)` must not leave ||X||^2 stale. The
         tensors' version counters tell, at the cost of three attribute reads."""
         arrays = (self.crow_indices, self.col_indices, self.values)
-        versions = tuple(t._version for t in arrays)
+        versions = tuple(_version(t) for t in arrays)
         seen = self._derived_from
         if seen is not None and (versions != seen[1] or any(a is not b for a, b in zip(arrays, seen[0]))):
             self._symmetric = self._declared_symmetric
@@ -381,10 +381,16 @@ def block_diag(mats, name="X"):
 _cache = WeakIdKeyDictionary()
 
 
+def _version(t):
+    """t's version counter, or for a tensor made under torch.inference_mode (which has none) a new object each
+    time: it matches no stored version, so what was derived from t is derived again."""
+    return object() if t.is_inference() else t._version
+
+
 def _versions(X):
     if X.layout == torch.sparse_csr:
-        return (X.crow_indices()._version, X.col_indices()._version, X.values()._version)
-    return (X._version,)
+        return (_version(X.crow_indices()), _version(X.col_indices()), _version(X.values()))
+    return (_version(X),)
 
 
 def as_csr(X, device=None, dtype=None, name="X"):

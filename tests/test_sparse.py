@@ -120,3 +120,25 @@ def test_symmetric_is_refused_for_a_rectangular_x():
         sk.spmm(as_csr(A), U, symmetric=True)
     with pytest.raises(ValueError, match="only a square one can be"):
         CSR(torch.tensor([0, 0, 0, 0]), torch.zeros(0, dtype=torch.int64), torch.zeros(0), (3, 5), symmetric=True)
+
+
+def test_ops_run_under_inference_mode():
+    """Tensors made under torch.inference_mode have no version counter, which the CSR's caches read: every sparse
+    op raised there. Their derived data is now formed again at each call; the values are those outside."""
+    import symnmf_kernels as sk
+    from symnmf_kernels.sparse import locality_order
+
+    A = torch.rand(7, 7, dtype=torch.float64)
+    A = (A + A.T) * (torch.rand(7, 7) < 0.5)
+    A = (A + A.T).to_sparse_csr()
+    U = torch.rand(7, 3, dtype=torch.float64)
+    want = (sk.spmm(A, U), sk.sparse_sym_loss(A, U), sk.sparse_layer_loss(A, U, U, 0.1)[1])
+    with torch.inference_mode():
+        X = A.to_dense().to_sparse_csr()  # an inference tensor
+        got = (sk.spmm(X, U), sk.sparse_sym_loss(X, U), sk.sparse_layer_loss(X, U, U, 0.1)[1])
+        X.values().mul_(2)  # changed in place: no counter tells, and nothing stale is used
+        assert torch.allclose(sk.spmm(X, U), 2 * want[0])
+        assert torch.equal(locality_order(X), locality_order(A))
+        assert torch.allclose(sk.spmm(sp.csr_matrix(A.to_dense().numpy()), U), want[0])
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b)
