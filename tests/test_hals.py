@@ -441,3 +441,21 @@ def test_symhals_restarts_same_iterates_with_either_sweep():
         alone = hals(X, U0[k], max_iter=4, tol=0.0, check_every=2, backend="triton")
         assert a[k].n_iter == b[k].n_iter == alone.n_iter == 4
         assert rel(a[k].U, b[k].U) <= 1e-9 and rel(a[k].U, alone.U) <= 1e-12
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_w_whose_entries_share_memory_is_refused(backend):
+    """W is written in place: an expanded W (rows sharing one row's memory) was swept by the Triton kernels with
+    racing writes and maxima that matched no W, where torch raised an error of its own."""
+    if backend == "triton" and DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        pytest.skip("the Triton kernel needs CUDA or TRITON_INTERPRET=1")
+    W = torch.rand(1, 3, dtype=torch.float64).expand(7, 3)
+    C, V = torch.rand(7, 3, dtype=torch.float64), torch.rand(7, 3, dtype=torch.float64)
+    B = V.T @ V
+    with pytest.raises(ValueError, match="W has entries that share memory"):
+        hals_sweep_(W, C, B, V=V, lam=0.5, backend=backend)
+    with pytest.raises(ValueError, match="W has entries that share memory"):
+        revive_zero_columns_(W, torch.zeros(3, dtype=torch.float64), backend=backend)
+    with pytest.raises(ValueError, match="W has entries that share memory"):  # a batch expanded along its factors
+        hals_sweep_(torch.rand(1, 7, 3, dtype=torch.float64).expand(2, 7, 3), C.expand(2, 7, 3).clone(),
+                       B.expand(2, 3, 3).clone(), lam=0.5, backend=backend)

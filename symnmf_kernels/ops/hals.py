@@ -35,6 +35,15 @@ def _check_no_grad(*tensors):
                         "pass detached tensors or run it under torch.no_grad()")
 
 
+def _check_writable(W):
+    """W is written in place: refused where its entries share memory (an expanded W), which the Triton kernels
+    would write racing, with maxima that do not match W, where torch raises."""
+    if any(stride == 0 and size > 1 for size, stride in zip(W.shape, W.stride())) or \
+            torch._debug_has_internal_overlap(W) == 1:
+        raise ValueError(f"W has entries that share memory (strides {W.stride()} for shape {tuple(W.shape)}, e.g. "
+                         "an expanded tensor) and is updated in place: pass W.clone()")
+
+
 def _check(W, C, B, V):
     check_tensor(W, "W")
     check_tensor(C, "C")
@@ -54,6 +63,7 @@ def _check(W, C, B, V):
     if B.shape != (*W.shape[:-2], r, r):
         what = "r x r" if W.dim() == 2 else f"(P, r, r) with P = {W.shape[0]}"
         raise ValueError(f"B must be {what}, r = {r} (V^T V + lam I, one per factor), got shape {tuple(B.shape)}")
+    _check_writable(W)
 
 
 def _check_lam(lam):
@@ -157,6 +167,7 @@ def revive_zero_columns_(W, colmax, *, backend=None):
     if colmax.shape != (*W.shape[:-2], W.shape[-1]):
         raise ValueError(f"colmax must hold one maximum per column of W {tuple(W.shape)}: shape "
                          f"{(*W.shape[:-2], W.shape[-1])}, got {tuple(colmax.shape)}")
+    _check_writable(W)
     _check_no_grad(W)
     if _triton_backend(W, backend) == "triton":
         return _triton_revive_(W, colmax, ZERO_COLUMN_FILL)
