@@ -125,13 +125,13 @@ def test_tf32_split_rounds_to_nearest_tf32():
     assert hi[-5:].tolist() == [1.0 + 2.0 ** -10, -(1.0 + 2 * 2.0 ** -10), 3.0, 0.0, -0.0]
 
 
-@pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(), reason="needs the interpreter or a GPU")
-def test_tf32_split_passes_nan_and_infinity(monkeypatch):
+def test_tf32_split_passes_nan_and_infinity(monkeypatch, device):
     """A GPU's NaN is 0x7FFFFFFF, whose rounding to tf32 carried into the sign bit: -0.0, so under tf32x3 (the
     default for float32 on CUDA) a NaN input gave finite products, and a failed inverse an all-zero factor.
     NaN and infinity now pass the split; a finite value near float32's largest is cut where rounding passes
     it. Through the ops with tf32x3 forced, a GPU's NaN reaches the output as it does in the reference."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.type == "cpu" and not INTERPRET:
+        pytest.skip("the Triton kernels on the CPU need the interpreter")
     bits = torch.tensor([0x7FFFFFFF, -1, 0x7F800001, 0x7FC00000, 0x7F800000, -8388608], dtype=torch.int32)
     x = torch.cat([bits.view(torch.float32), torch.tensor([3.4028e38, -3.4028e38])])  # NaNs, +-inf, near max
     hi, lo = torch.empty_like(x, device=device), torch.empty_like(x, device=device)
@@ -148,7 +148,8 @@ def test_tf32_split_passes_nan_and_infinity(monkeypatch):
     Ginv = reference.spd_inverse(reference.gram(torch.rand(1, 20, 5, device=device), 0.1))
     Y = _launch.apply(P, Ginv, relu=True)
     assert torch.isnan(Y[0, 2]).all() and torch.isfinite(Y[0, [0, 1, 3, 4, 5, 6]]).all()
-    assert torch.isnan(_launch.apply(torch.randn(1, 7, 5, device=device), torch.full_like(Ginv, gpu_nan), True)).all()
+    failed = torch.full(Ginv.shape, 0x7FFFFFFF, dtype=torch.int32, device=device).view(torch.float32)  # an inverse
+    assert torch.isnan(_launch.apply(torch.randn(1, 7, 5, device=device), failed, relu=True)).all()
     U = torch.rand(1, 1100, 40, device=device)
     U[0, 5, 7] = gpu_nan
     G = _launch.gram(U, torch.zeros(1, device=device))
