@@ -54,7 +54,7 @@ def trained_looking_net(X, r, restarts, loss_blocks, mu, seed=0, layers=3):
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for P in net.P:
-            P.mul_(1 + 0.2 * torch.rand(P.shape, generator=g, dtype=P.dtype))
+            P.mul_((1 + 0.2 * torch.rand(P.shape, generator=g, dtype=P.dtype)).to(P.device))
         net.lam.mul_(1.05)
     return net
 
