@@ -226,8 +226,7 @@ def _default_start(Y, n_components, random_state, max_iter):
     from sklearn.exceptions import ConvergenceWarning
 
     model = NMF(n_components, init="nndsvdar", solver="cd", max_iter=max_iter, tol=0.0, random_state=random_state)
-    top = np.abs(Y).max()
-    unit = np.ldexp(1.0, -int(np.frexp(top)[1])) if top > 0 else 1.0  # as `power_of_two_scale`
+    unit = float(power_of_two_scale(torch.as_tensor(Y)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(Y * Y.dtype.type(unit))

@@ -50,7 +50,7 @@ import symnmf_kernels as sk
 
 from .fitting import resolve_device, resolve_dtype, unchanged_on_error
 from .solvers.base import as_seed
-from .validation import real_array
+from .validation import array_as_tensor, power_of_two_scale, real_array
 
 __all__ = ["NeuralNMF", "nnls_layer", "forward", "relative_errors", "nmf", "hierarchical_nmf", "deep_nmf"]
 
@@ -296,11 +296,8 @@ def _working_unit(X):
     floor are absolute (from the hierarchical start, A_1 stopped training at X * 1e40, and training raised the
     loss at X * 1e-30). Within the window those effects are below a percent of a step, and data in its own units
     (pixels in 0..255, counts) are fitted as they are."""
-    top = float(np.abs(X).max()) if X.size else 0.0
-    if top == 0.0:
-        return 1.0
-    exponent = int(np.frexp(top)[1])
-    return 1.0 if -20 <= exponent <= 20 else float(np.ldexp(1.0, -exponent))
+    unit = float(power_of_two_scale(array_as_tensor(X))) if X.size else 1.0
+    return 1.0 if 2.0**-20 <= unit <= 2.0**20 else unit
 
 
 def _init_factor(n, k, scale, generator, like):

@@ -85,6 +85,11 @@ def _real(X, name):
         raise TypeError(f"{name} must hold real numbers, got {X.dtype}")
 
 
+def _values(X):
+    """The stored entries of a dense or sparse CSR tensor."""
+    return X.values() if X.layout == torch.sparse_csr else X
+
+
 def canonical_csr(X):
     """A scipy.sparse matrix (any format) as a CSR with sorted indices and no duplicates. A CSR not in that form is
     copied first: scipy's tocsr() returns the matrix itself, whose in-place sort would permute the caller's data
@@ -128,11 +133,11 @@ def as_similarity(X, device=None, dtype=None, name="X"):
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     _real(X, name)
     device = check_device(device)
-    values = X.values() if X.layout == torch.sparse_csr else X
-    # the one cast that can overflow: a finite 1e300 would become inf, and then be refused as "not finite"
-    narrowed = X.dtype == torch.float64 and dtype == torch.float32 and bool(torch.isfinite(values).all())
-    X = X.to(device=device if device is not None else X.device, dtype=dtype)
-    if narrowed and not bool(torch.isfinite(X.values() if X.layout == torch.sparse_csr else X).all()):
+    narrowed = X.dtype == torch.float64 and dtype == torch.float32  # the one cast that can overflow
+    original, X = X, X.to(device=device if device is not None else X.device, dtype=dtype)
+    # a finite 1e300 become inf would be refused as "not finite": told apart (a second pass only where the cast
+    # gave a non-finite entry)
+    if narrowed and not bool(torch.isfinite(_values(X)).all()) and bool(torch.isfinite(_values(original)).all()):
         raise ValueError(f"{name} has entries too large for {dtype}; pass dtype=torch.float64 or rescale it "
                          "(e.g. divide it by its largest entry)")
     return X

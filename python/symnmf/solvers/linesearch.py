@@ -51,12 +51,10 @@ def armijo_projected(problem, H, XH, G, grad, direction, *, sigma=0.1, beta=0.1,
     a = 1.0
     for _ in range(max_trials):
         Hn = torch.clamp(H - a * direction, min=0)
-        if not bool(Hn.any()):
-            a *= beta
-            continue
         XHn = problem.matmul(Hn)
         S = Hn - H
-        if bool(objective_change(S, XHn - XH, H, XH, G) <= sigma * (grad * S).sum()):
+        # one host read a trial: the test and the factor's being non-zero together
+        if bool((objective_change(S, XHn - XH, H, XH, G) <= sigma * (grad * S).sum()) & Hn.any()):
             return Hn, XHn, True
         a *= beta
     return H, XH, False
